@@ -1,0 +1,3 @@
+/* placeholder, replaced by the SPTE engine */
+#include "pykvmmu.h"
+#include "common.h"

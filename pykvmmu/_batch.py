@@ -1,0 +1,92 @@
+"""Up-front validation shared by every scalar and batch API.
+
+Scalar inputs are checked to be ints in range; batch inputs are checked for
+dtype, shape, C-contiguity and (for outputs) writability before any C code
+runs, so a bad argument never reaches the core.
+"""
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+
+from ._ffi import ffi
+from .errors import ArrayError, InputError
+
+U64_MAX = (1 << 64) - 1
+
+
+def uint(name: str, value, bits: int = 64) -> int:
+    """Return ``value`` as a Python int in [0, 2**bits); raise InputError otherwise."""
+    if isinstance(value, (bool, np.bool_)):
+        value = int(value)
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise InputError(f"{name}={value!r}: expected an integer, got {type(value).__name__}") from None
+    if v < 0 or v >> bits:
+        raise InputError(f"{name}={value:#x}: does not fit in {bits} unsigned bits"
+                         if v >= 0 else f"{name}={v}: must not be negative")
+    return v
+
+
+def bad_u64(name: str, value) -> InputError:
+    """The error for a scalar that cffi refused as uint64_t (used in fast paths)."""
+    try:
+        uint(name, value)
+    except InputError as e:
+        return e
+    return InputError(f"{name}={value!r}: not a valid 64-bit unsigned integer")
+
+
+def in_array(name: str, a, dtype) -> np.ndarray:
+    """Check that ``a`` is a C-contiguous ndarray of exactly ``dtype``."""
+    dtype = np.dtype(dtype)
+    if not isinstance(a, np.ndarray):
+        raise ArrayError(f"{name}: expected a numpy.ndarray of {dtype}, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ArrayError(f"{name}: dtype {a.dtype} given, {dtype} required (no implicit conversion)")
+    if not a.flags.c_contiguous:
+        raise ArrayError(f"{name}: array is not C-contiguous (use numpy.ascontiguousarray)")
+    return a
+
+
+def out_array(name: str, out, dtype, shape) -> np.ndarray:
+    """Return ``out`` checked (dtype, shape, contiguous, writable) or a new array."""
+    dtype = np.dtype(dtype)
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    in_array(name, out, dtype)
+    if out.shape != tuple(shape):
+        raise ArrayError(f"{name}: shape {out.shape} given, {tuple(shape)} required")
+    if not out.flags.writeable:
+        raise ArrayError(f"{name}: array is read-only")
+    return out
+
+
+def same_shape(names_arrays) -> tuple:
+    """Check that every array given has the same shape; return it."""
+    shape = None
+    first = None
+    for name, a in names_arrays:
+        if shape is None:
+            shape, first = a.shape, name
+        elif a.shape != shape:
+            raise ArrayError(f"{name}: shape {a.shape} does not match {first} shape {shape}")
+    return shape
+
+
+def no_overlap(out: np.ndarray, *inputs: np.ndarray) -> None:
+    """Refuse an output that partly overlaps an input (exact aliasing is allowed)."""
+    for a in inputs:
+        if a is None or a is out:
+            continue
+        if np.shares_memory(out, a) and not (a.__array_interface__["data"][0] ==
+                                             out.__array_interface__["data"][0]
+                                             and a.nbytes == out.nbytes):
+            raise ArrayError("out: overlaps an input array partially")
+
+
+def ptr(a: np.ndarray, ctype: str):
+    """A cffi pointer to the array's data (zero copy)."""
+    return ffi.from_buffer(ctype + "[]", a)
