@@ -1,0 +1,56 @@
+"""The ``pykvmmu`` command line: subcommands are contributed by pykvmmu.commands.*."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from . import commands
+from .errors import PykvmmuError
+
+
+def _command_modules():
+    mods = []
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        mods.append(importlib.import_module(f"{commands.__name__}.{info.name}"))
+    return mods
+
+
+def run_demo(emit=print) -> int:
+    """``pykvmmu demo``: every concept's scene, in DEMO_ORDER, over the embedded defaults."""
+    scenes = [m for m in _command_modules() if hasattr(m, "demo")]
+    scenes.sort(key=lambda m: getattr(m, "DEMO_ORDER", 100))
+    for m in scenes:
+        m.demo(emit)
+        emit("")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pykvmmu", description=__doc__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    d = sub.add_parser("demo", help="end-to-end walk over the embedded default configurations")
+    d.set_defaults(func=lambda args: run_demo())
+    for m in _command_modules():
+        if hasattr(m, "register"):
+            m.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except PykvmmuError as e:
+        print(f"pykvmmu: error: {e}", file=sys.stderr)
+        return 1
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

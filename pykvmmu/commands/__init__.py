@@ -1,0 +1,1 @@
+"""CLI subcommands and demo scenes, one module per concept (discovered by pykvmmu.cli)."""
