@@ -1,3 +1,679 @@
-/* placeholder, replaced by the SPTE engine */
+/*
+ * The SPTE engine: make_spte() and friends, the SPTE predicates and decoding.
+ *
+ * Written from the rules in shared/spec/spte-mmio.md (sections 1, 2, 4, 5, 10);
+ * era differences are selected by cfg->rules (pykvmmu/profile.py).
+ */
 #include "pykvmmu.h"
 #include "common.h"
+
+#define PT_PRESENT_MASK     KBIT(0)
+#define PT_WRITABLE_MASK    KBIT(1)
+#define PT_PAGE_SIZE_MASK   KBIT(7)
+#define SPTE_AD_MASK        (UINT64_C(3) << 52)
+#define SPTE_AD_DISABLED    (UINT64_C(1) << 52)
+#define SPTE_AD_WRPROT_ONLY (UINT64_C(2) << 52)
+#define ACC_TRACK_SAVED     UINT64_C(0x5)
+#define ACC_TRACK_SHIFT     54
+#define ACC_EXEC            1u
+#define ACC_WRITE           2u
+#define ACC_USER            4u
+#define EPT_MT_FIELD        UINT64_C(0x78)   /* memtype (5:3) and IPAT (6) */
+#define EPT_MT_WB_IPAT      UINT64_C(0x70)
+#define EPT_MT_WB           UINT64_C(0x30)
+#define EPT_SVE             KBIT(63)
+
+_Static_assert((SPTE_AD_MASK & (ACC_TRACK_SAVED << ACC_TRACK_SHIFT)) == 0,
+               "AD type bits must not overlap the access-track saved bits");
+_Static_assert(((KBIT(57) | KBIT(58)) & SPTE_AD_MASK) == 0, "EPT writable bits vs AD type");
+_Static_assert(((KBIT(57) | KBIT(58)) & (ACC_TRACK_SAVED << ACC_TRACK_SHIFT)) == 0,
+               "EPT writable bits vs saved bits");
+_Static_assert((KBIT(11) & (KGENMASK(10, 3) | KGENMASK(62, 52))) == 0,
+               "MMU-present bit vs MMIO generation");
+_Static_assert(((KBIT(63) | KGENMASK(51, 12) | KGENMASK(2, 0)) &
+                (KBIT(11) | KGENMASK(10, 3) | KGENMASK(62, 52))) == 0,
+               "SPTE_MMIO_ALLOWED_MASK vs MMU-present and generation");
+_Static_assert(((KBIT(63) | UINT64_C(0x5A0)) & KBIT(11)) == 0, "FROZEN_SPTE is not MMU-present");
+
+/* ------------------------------------------------------------ predicates */
+
+static inline bool rule(const struct kvmmu_cfg *c, uint32_t r) { return (c->rules & r) != 0; }
+
+static inline bool is_mmio(const struct kvmmu_cfg *c, uint64_t s)
+{
+    if (!(c->flags & KVMMU_F_MMIO_ENABLED))
+        return false;
+    if (rule(c, KVMMU_R_MMIO_SPECIAL_TAG))
+        return (s & SPTE_AD_MASK) == SPTE_AD_MASK;
+    return (s & c->mmio_mask) == c->mmio_value;
+}
+
+static inline bool is_present(const struct kvmmu_cfg *c, uint64_t s)
+{
+    if (rule(c, KVMMU_R_MMU_PRESENT_BIT11))
+        return (s & KBIT(11)) != 0;
+    return s != 0 && !is_mmio(c, s);
+}
+
+static inline bool is_frozen(const struct kvmmu_cfg *c, uint64_t s)
+{
+    return (c->flags & KVMMU_F_HAS_FROZEN) && s == c->frozen_value;
+}
+
+static inline bool is_large(uint64_t s) { return (s & PT_PAGE_SIZE_MASK) != 0; }
+static inline bool is_last(uint64_t s, uint32_t level) { return level == 1 || is_large(s); }
+static inline bool is_writable(uint64_t s) { return (s & PT_WRITABLE_MASK) != 0; }
+
+static inline bool is_executable(const struct kvmmu_cfg *c, uint64_t s)
+{
+    return (s & (c->x_mask | c->nx_mask)) == c->x_mask;
+}
+
+static inline bool ad_enabled(uint64_t s) { return (s & SPTE_AD_MASK) != SPTE_AD_DISABLED; }
+static inline bool ad_need_wp(uint64_t s) { return (s & SPTE_AD_MASK) != 0; }
+
+static inline bool is_access_track(const struct kvmmu_cfg *c, uint64_t s)
+{
+    return !ad_enabled(s) && (s & c->acc_track_mask) == 0;
+}
+
+static inline bool is_mmu_writable(const struct kvmmu_cfg *c, uint64_t s)
+{
+    if (rule(c, KVMMU_R_LOCKLESS_BOTH_BITS)) {
+        uint64_t both = c->host_writable_mask | c->mmu_writable_mask;
+        return (s & both) == both;
+    }
+    return (s & c->mmu_writable_mask) != 0;
+}
+
+static inline bool is_accessed(const struct kvmmu_cfg *c, uint64_t s)
+{
+    if (rule(c, KVMMU_R_AD_ALWAYS))
+        return (s & c->accessed_mask) != 0;
+    uint64_t m = ad_enabled(s) ? c->accessed_mask : 0;
+    return m ? (s & m) != 0 : !is_access_track(c, s);
+}
+
+/* is_dirty_spte(), which exists before v6.13 only. */
+static inline bool is_dirty_old(const struct kvmmu_cfg *c, uint64_t s)
+{
+    uint64_t m = ad_enabled(s) ? c->dirty_mask : 0;
+    return m ? (s & m) != 0 : is_writable(s);
+}
+
+static inline bool needs_atomic(const struct kvmmu_cfg *c, uint64_t s)
+{
+    if (rule(c, KVMMU_R_ATOMIC_NEEDS)) {
+        if (!is_writable(s) && is_mmu_writable(c, s))
+            return true;
+        if (!ad_enabled(s))
+            return true;
+        return is_writable(s) && !(s & c->dirty_mask);
+    }
+    if (!is_present(c, s))
+        return false;
+    if (rule(c, KVMMU_R_ATOMIC_MMUW_NOT_W)) {
+        if (!is_writable(s) && is_mmu_writable(c, s))
+            return true;
+    } else if (is_mmu_writable(c, s)) {
+        return true;
+    }
+    if (is_access_track(c, s))
+        return true;
+    if (ad_enabled(s))
+        return !(s & c->accessed_mask) || (is_writable(s) && !(s & c->dirty_mask));
+    return false;
+}
+
+static inline bool writable_invariants_ok(const struct kvmmu_cfg *c, uint64_t s)
+{
+    if (s & c->mmu_writable_mask)
+        return (s & c->host_writable_mask) != 0;
+    return !is_writable(s);
+}
+
+static inline bool is_rsvd(const struct kvmmu_cfg *c, uint64_t s, uint32_t level)
+{
+    uint32_t large = (uint32_t)((s >> 7) & 1);
+    return ((c->bad_mt_xwr >> (s & 0x3F)) & 1) ||
+           (s & c->rsvd_bits_mask[large * 5 + (level - 1)]) != 0;
+}
+
+static inline bool ept_ve_possible(const struct kvmmu_cfg *c, uint64_t s)
+{
+    return (c->present_mask & EPT_SVE) && !(s & EPT_SVE) && (s & 7) != 6;
+}
+
+static inline bool pred(const struct kvmmu_cfg *c, int p, uint64_t s, uint32_t level)
+{
+    switch (p) {
+    case KVMMU_P_SHADOW_PRESENT: return is_present(c, s);
+    case KVMMU_P_MMIO: return is_mmio(c, s);
+    case KVMMU_P_FROZEN: return is_frozen(c, s);
+    case KVMMU_P_LARGE: return is_large(s);
+    case KVMMU_P_LAST: return is_last(s, level);
+    case KVMMU_P_EXECUTABLE: return is_executable(c, s);
+    case KVMMU_P_WRITABLE: return is_writable(s);
+    case KVMMU_P_MMU_WRITABLE: return is_mmu_writable(c, s);
+    case KVMMU_P_HOST_WRITABLE: return (s & c->host_writable_mask) != 0;
+    case KVMMU_P_ACCESSED: return is_accessed(c, s);
+    case KVMMU_P_DIRTY:
+        return rule(c, KVMMU_R_AD_ALWAYS) ? (s & c->dirty_mask) != 0 : is_dirty_old(c, s);
+    case KVMMU_P_AD_ENABLED: return ad_enabled(s);
+    case KVMMU_P_AD_NEED_WRITE_PROTECT: return ad_need_wp(s);
+    case KVMMU_P_ACCESS_TRACK: return is_access_track(c, s);
+    case KVMMU_P_NEEDS_ATOMIC_UPDATE: return needs_atomic(c, s);
+    case KVMMU_P_WRITABLE_INVARIANTS_OK: return writable_invariants_ok(c, s);
+    case KVMMU_P_RSVD: return is_rsvd(c, s, level);
+    case KVMMU_P_EPT_VE_POSSIBLE: return ept_ve_possible(c, s);
+    default: return false;
+    }
+}
+
+bool kvmmu_spte_pred(const struct kvmmu_cfg *cfg, int p, uint64_t spte, uint32_t level)
+{
+    return pred(cfg, p, spte, level);
+}
+
+bool kvmmu_is_shadow_present_pte(const struct kvmmu_cfg *cfg, uint64_t spte)
+{
+    return is_present(cfg, spte);
+}
+
+bool kvmmu_is_mmio_spte(const struct kvmmu_cfg *cfg, uint64_t spte) { return is_mmio(cfg, spte); }
+bool kvmmu_is_last_spte(uint64_t spte, uint32_t level) { return is_last(spte, level); }
+
+bool kvmmu_is_rsvd_spte(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level)
+{
+    return is_rsvd(cfg, spte, level);
+}
+
+uint64_t kvmmu_spte_to_pfn(const struct kvmmu_cfg *cfg, uint64_t spte)
+{
+    return (spte & cfg->base_addr_mask) >> 12;
+}
+
+bool kvmmu_leaf_spte_change_needs_tlb_flush(const struct kvmmu_cfg *c, uint64_t o, uint64_t n)
+{
+    if (rule(c, KVMMU_R_AD_ALWAYS))
+        return is_mmu_writable(c, o) && !is_mmu_writable(c, n);
+    /* Before v6.13: what mmu_spte_update() returned. */
+    if (!is_present(c, o))
+        return false;
+    if (is_mmu_writable(c, o) && !is_writable(n))
+        return true;
+    if (is_accessed(c, o) && !is_accessed(c, n))
+        return true;
+    return is_dirty_old(c, o) && !is_dirty_old(c, n);
+}
+
+/* -------------------------------------------------------- access tracking */
+
+static inline uint64_t mark_acc_track(const struct kvmmu_cfg *c, uint64_t s)
+{
+    if (ad_enabled(s))
+        return s & ~c->accessed_mask;
+    if (is_access_track(c, s))
+        return s;
+    s |= (s & ACC_TRACK_SAVED) << ACC_TRACK_SHIFT;
+    s &= ~c->acc_track_mask;
+    if (rule(c, KVMMU_R_AD_ALWAYS))
+        s &= ~c->accessed_mask;
+    return s;
+}
+
+static inline uint64_t restore_acc_track(const struct kvmmu_cfg *c, uint64_t s)
+{
+    uint64_t saved = (s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED;
+    s &= ~c->acc_track_mask;
+    s &= ~(ACC_TRACK_SAVED << ACC_TRACK_SHIFT);
+    return s | saved;
+}
+
+uint64_t kvmmu_mark_spte_for_access_track(const struct kvmmu_cfg *cfg, uint64_t spte)
+{
+    return mark_acc_track(cfg, spte);
+}
+
+uint64_t kvmmu_restore_acc_track_spte(const struct kvmmu_cfg *cfg, uint64_t spte)
+{
+    return restore_acc_track(cfg, spte);
+}
+
+size_t kvmmu_access_track_batch(const struct kvmmu_cfg *cfg, const uint64_t *in, bool restore,
+                                uint64_t *out, size_t n)
+{
+    if (restore) {
+        for (size_t i = 0; i < n; i++)
+            out[i] = restore_acc_track(cfg, in[i]);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            out[i] = mark_acc_track(cfg, in[i]);
+    }
+    return 0;
+}
+
+/* modify_spte_protections(): restore an access-tracked SPTE, change it, re-mark it. */
+static inline uint64_t modify_protections(const struct kvmmu_cfg *c, uint64_t s, uint64_t set,
+                                          uint64_t clear)
+{
+    bool tracked = is_access_track(c, s);
+    if (tracked)
+        s = restore_acc_track(c, s);
+    s = (s | set) & ~clear;
+    if (tracked)
+        s = mark_acc_track(c, s);
+    return s;
+}
+
+/* ---------------------------------------------------------------- make_spte */
+
+static inline uint64_t memtype_bits(const struct kvmmu_cfg *c, uint32_t memtype, bool host_mmio)
+{
+    if (!(c->flags & KVMMU_F_MT_HOOK))
+        return 0;
+    if (memtype != KVMMU_MEMTYPE_AUTO)
+        return memtype;
+    /* vmx_get_mt_mask(): UC for host MMIO, WB (+IPAT when guest PAT is ignored) otherwise. */
+    if (host_mmio)
+        return 0;
+    return (c->flags & KVMMU_F_IGNORE_GUEST_PAT) ? EPT_MT_WB_IPAT : EPT_MT_WB;
+}
+
+/* Everything make_spte() computes except the pfn, which is ORed in last but one. */
+static inline uint64_t make_spte_nopfn(const struct kvmmu_cfg *c, uint64_t old, uint32_t level,
+                                       uint32_t acc, uint32_t mk, uint32_t memtype, bool *wrprot)
+{
+    bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
+    bool host_mmio = mk & KVMMU_MK_HOST_MMIO;
+    uint64_t s = c->mmu_present_mask;
+
+    *wrprot = false;
+    if (mk & KVMMU_MK_AD_DISABLED)
+        s |= SPTE_AD_DISABLED;
+    else if (mk & KVMMU_MK_WRPROT_ONLY)
+        s |= SPTE_AD_WRPROT_ONLY;
+    s |= c->present_mask;
+    if (rule(c, KVMMU_R_AD_ALWAYS)) {
+        if (!prefetch || sync)
+            s |= c->accessed_mask;
+    } else if (!prefetch) {
+        s |= ad_enabled(s) ? c->accessed_mask : 0;
+    }
+    if (level > 1 && (acc & ACC_EXEC) && (mk & KVMMU_MK_NX_HUGE))
+        acc &= ~ACC_EXEC;
+    s |= (acc & ACC_EXEC) ? c->x_mask : c->nx_mask;
+    if (acc & ACC_USER)
+        s |= c->user_mask;
+    if (level > 1)
+        s |= PT_PAGE_SIZE_MASK;
+    s |= memtype_bits(c, memtype, host_mmio);
+    if (mk & KVMMU_MK_HOST_WRITABLE)
+        s |= c->host_writable_mask;
+    else
+        acc &= ~ACC_WRITE;
+    if (!host_mmio)
+        s |= c->me_value;
+
+    if (rule(c, KVMMU_R_AD_ALWAYS)) {
+        if (acc & ACC_WRITE) {
+            if ((!is_last(old, level) || !is_writable(old)) && (mk & KVMMU_MK_UNSYNC_FAILS))
+                *wrprot = true;
+            else
+                s |= PT_WRITABLE_MASK | c->mmu_writable_mask | c->dirty_mask;
+        }
+        if (prefetch && !sync)
+            s = mark_acc_track(c, s);
+        return s;
+    }
+
+    /* Before v6.13. */
+    if (acc & ACC_WRITE) {
+        s |= PT_WRITABLE_MASK | c->mmu_writable_mask;
+        if (rule(c, KVMMU_R_SHORTCUT_CAN_UNSYNC) && sync && is_writable(old))
+            return s;                       /* goto out: no D, no prefetch mark */
+        if (rule(c, KVMMU_R_SHORTCUT_OLD_W) && is_writable(old))
+            return prefetch ? mark_acc_track(c, s) : s;   /* goto out: no D */
+        if (mk & KVMMU_MK_UNSYNC_FAILS) {
+            *wrprot = true;
+            acc &= ~ACC_WRITE;
+            s &= ~(PT_WRITABLE_MASK | c->mmu_writable_mask);
+        }
+    }
+    if (acc & ACC_WRITE)
+        s |= ad_enabled(s) ? c->dirty_mask : 0;
+    if (prefetch)
+        s = mark_acc_track(c, s);
+    return s;
+}
+
+uint64_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
+                         uint32_t level, uint32_t pte_access, uint32_t mkflags,
+                         uint32_t memtype, bool *wrprot)
+{
+    /* The pfn only ever adds PA bits: access tracking touches bits 0-2, 8, 54 and 56. */
+    return make_spte_nopfn(cfg, old_spte, level, pte_access, mkflags, memtype, wrprot) |
+           (pfn << 12);
+}
+
+static inline int check_inputs(const struct kvmmu_cfg *c, uint64_t pfn, uint32_t level,
+                               uint32_t acc, uint32_t mk, uint32_t memtype)
+{
+    if ((pfn >> 40) || ((pfn << 12) & ~c->base_addr_mask))
+        return KVMMU_E_PFN;
+    if (level < 1 || level > 5)
+        return KVMMU_E_LEVEL;
+    if (acc > 7)
+        return KVMMU_E_ACCESS;
+    if (mk & ~(uint32_t)KVMMU_MK_ALL_FLAGS)
+        return KVMMU_E_FLAGS;
+    if (memtype != KVMMU_MEMTYPE_AUTO && (memtype & ~(uint32_t)EPT_MT_FIELD))
+        return KVMMU_E_MEMTYPE;
+    return 0;
+}
+
+int kvmmu_make_spte_check(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t level,
+                          uint32_t pte_access, uint32_t mkflags, uint32_t memtype)
+{
+    return check_inputs(cfg, pfn, level, pte_access, mkflags, memtype);
+}
+
+size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
+                             const uint64_t *old_spte, uint64_t old_spte_scalar,
+                             const uint8_t *level, uint32_t level_scalar,
+                             const uint8_t *pte_access, uint32_t pte_access_scalar,
+                             const uint8_t *mkflags, uint32_t mkflags_scalar,
+                             const uint8_t *memtype, uint32_t memtype_scalar,
+                             uint64_t *out, uint8_t *wrprot, size_t n, int *err)
+{
+    uint64_t pfn_bad = ~(cfg->base_addr_mask >> 12);
+
+    if (!old_spte && !level && !pte_access && !mkflags && !memtype) {
+        /* Every input but the pfn is shared: build the template once, OR the pfns in. */
+        int e = check_inputs(cfg, 0, level_scalar, pte_access_scalar, mkflags_scalar,
+                             memtype_scalar);
+        if (e) {
+            *err = e;
+            return 1;
+        }
+        bool wp;
+        uint64_t t = make_spte_nopfn(cfg, old_spte_scalar, level_scalar, pte_access_scalar,
+                                     mkflags_scalar, memtype_scalar, &wp);
+        uint64_t bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t p = pfn[i];
+            bad |= p & pfn_bad;
+            out[i] = t | (p << 12);
+        }
+        if (wrprot) {
+            for (size_t i = 0; i < n; i++)
+                wrprot[i] = wp;
+        }
+        if (KVMMU_UNLIKELY(bad)) {
+            for (size_t i = 0; i < n; i++) {
+                if (pfn[i] & pfn_bad) {
+                    *err = KVMMU_E_PFN;
+                    return i + 1;
+                }
+            }
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        uint64_t p = pfn[i];
+        uint32_t lv = level ? level[i] : level_scalar;
+        uint32_t ac = pte_access ? pte_access[i] : pte_access_scalar;
+        uint32_t mk = (mkflags ? mkflags[i] : 0u) | mkflags_scalar;
+        uint32_t mt = memtype ? memtype[i] : memtype_scalar;
+        int e = check_inputs(cfg, p, lv, ac, mk, mt);
+        if (KVMMU_UNLIKELY(e)) {
+            *err = e;
+            return i + 1;
+        }
+        bool wp;
+        out[i] = make_spte_nopfn(cfg, old_spte ? old_spte[i] : old_spte_scalar, lv, ac, mk, mt,
+                                 &wp) | (p << 12);
+        if (wrprot)
+            wrprot[i] = wp;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------- non-leaf, split, collapse */
+
+static inline uint64_t nonleaf(const struct kvmmu_cfg *c, uint64_t pa, bool ad_disabled)
+{
+    uint64_t s = c->mmu_present_mask | pa | c->present_mask | PT_WRITABLE_MASK | c->user_mask |
+                 c->x_mask | c->me_value;
+    return s | (ad_disabled ? SPTE_AD_DISABLED : c->accessed_mask);
+}
+
+uint64_t kvmmu_make_nonleaf_spte(const struct kvmmu_cfg *cfg, uint64_t child_pa, bool ad_disabled)
+{
+    return nonleaf(cfg, child_pa, ad_disabled);
+}
+
+size_t kvmmu_make_nonleaf_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *child_pa,
+                                     bool ad_disabled, uint64_t *out, size_t n)
+{
+    uint64_t bad = ~cfg->base_addr_mask;
+    for (size_t i = 0; i < n; i++) {
+        if (KVMMU_UNLIKELY(child_pa[i] & bad))
+            return i + 1;
+        out[i] = nonleaf(cfg, child_pa[i], ad_disabled);
+    }
+    return 0;
+}
+
+static inline uint64_t pages_per_hpage(uint32_t level)
+{
+    return UINT64_C(1) << ((level - 1) * 9);
+}
+
+static inline uint64_t make_executable(const struct kvmmu_cfg *c, uint64_t s, uint32_t access)
+{
+    if (access & ACC_EXEC)
+        return modify_protections(c, s, c->x_mask, c->nx_mask);
+    return modify_protections(c, s, c->nx_mask, c->x_mask);
+}
+
+static inline uint64_t small_spte(const struct kvmmu_cfg *c, uint64_t huge, uint32_t child_level,
+                                  uint32_t access, uint32_t index, bool nx_huge)
+{
+    uint64_t s = huge | ((index * pages_per_hpage(child_level)) << 12);
+    if (child_level == 1) {
+        s &= ~PT_PAGE_SIZE_MASK;
+        if (nx_huge) {
+            if (rule(c, KVMMU_R_SPLIT_EXEC_ACCESS))
+                s = make_executable(c, s, access);
+            else if (access & ACC_EXEC)
+                s = make_executable(c, s, ACC_EXEC);
+        }
+    }
+    return s;
+}
+
+uint64_t kvmmu_make_small_spte(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
+                               uint32_t child_level, uint32_t role_access, uint32_t index,
+                               bool nx_huge)
+{
+    return small_spte(cfg, huge_spte, child_level, role_access, index, nx_huge);
+}
+
+static inline int small_check(const struct kvmmu_cfg *c, uint64_t huge, uint32_t child_level,
+                              uint32_t index)
+{
+    if (!is_present(c, huge))
+        return KVMMU_E_NOT_PRESENT;
+    if (!is_large(huge))
+        return KVMMU_E_NOT_HUGE;
+    if (index > 511)
+        return KVMMU_E_INDEX;
+    uint64_t pfn = (huge & c->base_addr_mask) >> 12;
+    if (pfn & (pages_per_hpage(child_level + 1) - 1))
+        return KVMMU_E_PFN;
+    return 0;
+}
+
+size_t kvmmu_make_small_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *huge_spte,
+                                   uint32_t child_level, uint32_t role_access,
+                                   const uint16_t *index, uint32_t index_scalar, bool nx_huge,
+                                   uint64_t *out, size_t n, int *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t ix = index ? index[i] : index_scalar;
+        int e = small_check(cfg, huge_spte[i], child_level, ix);
+        if (KVMMU_UNLIKELY(e)) {
+            *err = e;
+            return i + 1;
+        }
+        out[i] = small_spte(cfg, huge_spte[i], child_level, role_access, ix, nx_huge);
+    }
+    return 0;
+}
+
+static inline uint64_t huge_spte(const struct kvmmu_cfg *c, uint64_t small, uint32_t level,
+                                 bool nx_huge)
+{
+    uint64_t hmask = ~((UINT64_C(1) << (12 + 9 * (level - 1))) - 1);
+    uint64_t h = (small | PT_PAGE_SIZE_MASK) & (hmask | 0xFFF);
+    if (nx_huge)
+        h = make_executable(c, h, 0);
+    return h;
+}
+
+uint64_t kvmmu_make_huge_spte(const struct kvmmu_cfg *cfg, uint64_t small_spte, uint32_t level,
+                              bool nx_huge)
+{
+    return huge_spte(cfg, small_spte, level, nx_huge);
+}
+
+size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *small_spte,
+                                  uint32_t level, bool nx_huge, uint64_t *out, size_t n, int *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (KVMMU_UNLIKELY(!is_present(cfg, small_spte[i]))) {
+            *err = KVMMU_E_NOT_PRESENT;
+            return i + 1;
+        }
+        out[i] = huge_spte(cfg, small_spte[i], level, nx_huge);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ batch queries */
+
+#define PRED_LOOP(expr)                                              \
+    for (size_t i = 0; i < n; i++) {                                 \
+        uint64_t s = spte[i];                                        \
+        (void)s;                                                     \
+        out[i] = (uint8_t)(expr);                                    \
+    }
+
+size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *c, int p, const uint64_t *spte,
+                             const uint8_t *level, uint32_t level_scalar, uint8_t *out,
+                             size_t n, int *err)
+{
+    if (p == KVMMU_P_LAST || p == KVMMU_P_RSVD) {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t lv = level ? level[i] : level_scalar;
+            if (KVMMU_UNLIKELY(lv < 1 || lv > 5)) {
+                *err = KVMMU_E_LEVEL;
+                return i + 1;
+            }
+            out[i] = (uint8_t)pred(c, p, spte[i], lv);
+        }
+        return 0;
+    }
+    switch (p) {
+    case KVMMU_P_SHADOW_PRESENT:
+        if (rule(c, KVMMU_R_MMU_PRESENT_BIT11)) {
+            PRED_LOOP((s >> 11) & 1);
+        } else {
+            PRED_LOOP(is_present(c, s));
+        }
+        break;
+    case KVMMU_P_MMIO: PRED_LOOP(is_mmio(c, s)); break;
+    case KVMMU_P_FROZEN: PRED_LOOP(is_frozen(c, s)); break;
+    case KVMMU_P_LARGE: PRED_LOOP((s >> 7) & 1); break;
+    case KVMMU_P_EXECUTABLE: PRED_LOOP(is_executable(c, s)); break;
+    case KVMMU_P_WRITABLE: PRED_LOOP((s >> 1) & 1); break;
+    case KVMMU_P_MMU_WRITABLE: PRED_LOOP(is_mmu_writable(c, s)); break;
+    case KVMMU_P_HOST_WRITABLE: PRED_LOOP((s & c->host_writable_mask) != 0); break;
+    case KVMMU_P_ACCESSED: PRED_LOOP(is_accessed(c, s)); break;
+    case KVMMU_P_DIRTY: PRED_LOOP(pred(c, KVMMU_P_DIRTY, s, 1)); break;
+    case KVMMU_P_AD_ENABLED: PRED_LOOP(ad_enabled(s)); break;
+    case KVMMU_P_AD_NEED_WRITE_PROTECT: PRED_LOOP(ad_need_wp(s)); break;
+    case KVMMU_P_ACCESS_TRACK: PRED_LOOP(is_access_track(c, s)); break;
+    case KVMMU_P_NEEDS_ATOMIC_UPDATE: PRED_LOOP(needs_atomic(c, s)); break;
+    case KVMMU_P_WRITABLE_INVARIANTS_OK: PRED_LOOP(writable_invariants_ok(c, s)); break;
+    case KVMMU_P_EPT_VE_POSSIBLE: PRED_LOOP(ept_ve_possible(c, s)); break;
+    default:
+        *err = KVMMU_E_FLAGS;
+        return 1;
+    }
+    return 0;
+}
+
+size_t kvmmu_spte_to_pfn_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
+                               uint64_t *out, size_t n)
+{
+    uint64_t m = cfg->base_addr_mask;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (spte[i] & m) >> 12;
+    return 0;
+}
+
+static inline uint8_t granted_access(const struct kvmmu_cfg *c, uint64_t s)
+{
+    uint8_t a = 0;
+    if (is_executable(c, s))
+        a |= ACC_EXEC;
+    if (is_writable(s))
+        a |= ACC_WRITE;
+    if (s & c->user_mask)
+        a |= ACC_USER;
+    return a;
+}
+
+size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *c, const uint64_t *spte,
+                               const uint8_t *level, uint32_t level_scalar,
+                               struct kvmmu_spte_info *out, size_t n, int *err)
+{
+    bool ept = (c->flags & KVMMU_F_EPT) != 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t s = spte[i];
+        uint32_t lv = level ? level[i] : level_scalar;
+        if (KVMMU_UNLIKELY(lv < 1 || lv > 5)) {
+            *err = KVMMU_E_LEVEL;
+            return i + 1;
+        }
+        struct kvmmu_spte_info *o = &out[i];
+        for (int p = 0; p < KVMMU_P_COUNT; p++)
+            o->pred[p] = (uint8_t)pred(c, p, s, lv);
+        for (int p = KVMMU_P_COUNT; p < 24; p++)
+            o->pred[p] = 0;
+        if (!(c->flags & KVMMU_F_EPT_VE_CHECK))
+            o->pred[KVMMU_P_EPT_VE_POSSIBLE] = 0;
+        o->spte = s;
+        o->pfn = (s & c->base_addr_mask) >> 12;
+        if (is_frozen(c, s))
+            o->kind = KVMMU_KIND_FROZEN;
+        else if (is_mmio(c, s))
+            o->kind = KVMMU_KIND_MMIO;
+        else if (is_present(c, s))
+            o->kind = KVMMU_KIND_PRESENT;
+        else if (s == c->nonpresent_value)
+            o->kind = KVMMU_KIND_NONPRESENT;
+        else
+            o->kind = KVMMU_KIND_OTHER;
+        o->ad_type = (uint8_t)((s >> 52) & 3);
+        o->memtype = ept ? (uint8_t)((s >> 3) & 7) : 0;
+        o->ipat = ept ? (uint8_t)((s >> 6) & 1) : 0;
+        o->access = granted_access(c, s);
+        o->saved_rx = (uint8_t)((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED);
+        o->level = (uint8_t)lv;
+        o->pad = 0;
+    }
+    return 0;
+}

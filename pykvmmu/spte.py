@@ -1,0 +1,575 @@
+"""The SPTE engine: build, change, test and decode shadow page table entries.
+
+Every routine models the kernel routine it is named after (arch/x86/kvm/mmu/spte.[ch],
+mmu.c) under the MmuConfig's kernel-era profile.  Scalar forms take Python ints;
+``*_batch`` forms take numpy arrays (exact dtype, C-contiguous) and run in the C core
+with the GIL released.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from . import profile as _profile
+from ._batch import bad_u64, in_array, out_array, ptr, same_shape, uint
+from ._ffi import ffi, lib
+from .config import (ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, MmuConfig)
+from .errors import InputError
+
+__all__ = [
+    "make_spte", "make_spte_batch", "MakeSpteResult", "make_nonleaf_spte", "make_nonleaf_spte_batch",
+    "make_small_spte", "make_small_spte_batch", "make_huge_spte", "make_huge_spte_batch",
+    "mark_spte_for_access_track", "restore_acc_track_spte", "access_track_batch",
+    "PREDICATES", "predicate", "predicate_batch", "spte_to_pfn", "spte_to_pfn_batch",
+    "leaf_spte_change_needs_tlb_flush", "decode", "decode_batch", "SpteRecord", "DECODE_DTYPE",
+    "is_shadow_present_pte", "is_mmio_spte", "is_frozen_spte", "is_large_pte", "is_last_spte",
+    "is_executable_pte", "is_writable_pte", "is_mmu_writable_spte", "is_accessed_spte",
+    "is_dirty_spte", "spte_ad_enabled", "spte_ad_need_write_protect", "is_access_track_spte",
+    "spte_needs_atomic_update", "check_spte_writable_invariants", "is_rsvd_spte",
+    "is_ept_ve_possible", "ACC_EXEC_MASK", "ACC_WRITE_MASK", "ACC_USER_MASK", "ACC_ALL",
+]
+
+_ERRORS = {
+    lib.KVMMU_E_PFN: "pfn does not fit the configuration's PFN mask (SPTE_BASE_ADDR_MASK)",
+    lib.KVMMU_E_LEVEL: "level must be 1..5",
+    lib.KVMMU_E_ACCESS: "pte_access must be a combination of ACC_EXEC|ACC_WRITE|ACC_USER (0..7)",
+    lib.KVMMU_E_FLAGS: "unknown make_spte flag bits",
+    lib.KVMMU_E_MEMTYPE: "memtype must only use EPT bits 6:3 (memtype and IPAT), e.g. 0x70",
+    lib.KVMMU_E_INDEX: "index must be 0..511",
+    lib.KVMMU_E_NOT_HUGE: "the SPTE is not a huge (large) SPTE",
+    lib.KVMMU_E_NOT_PRESENT: "the SPTE is not shadow-present",
+}
+
+# make_spte per-SPTE flag bits (the ``flags`` array of make_spte_batch).
+MK_AD_DISABLED = lib.KVMMU_MK_AD_DISABLED
+MK_WRPROT_ONLY = lib.KVMMU_MK_WRPROT_ONLY
+MK_PREFETCH = lib.KVMMU_MK_PREFETCH
+MK_SYNCHRONIZING = lib.KVMMU_MK_SYNCHRONIZING
+MK_HOST_WRITABLE = lib.KVMMU_MK_HOST_WRITABLE
+MK_HOST_MMIO = lib.KVMMU_MK_HOST_MMIO
+MK_UNSYNC_FAILS = lib.KVMMU_MK_UNSYNC_FAILS
+MK_NX_HUGE = lib.KVMMU_MK_NX_HUGE
+MEMTYPE_AUTO = lib.KVMMU_MEMTYPE_AUTO
+
+
+def _batch_error(func: str, idx: int, err: int, values: dict) -> InputError:
+    i = idx - 1
+    shown = ", ".join(f"{k}[{i}]={v[i] if isinstance(v, np.ndarray) else v!r}"
+                      for k, v in values.items())
+    return InputError(f"{func}: element {i} ({shown}): {_ERRORS.get(err, f'error {err}')}")
+
+
+def _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
+             unsync_fails, nx_huge) -> int:
+    return ((MK_PREFETCH if prefetch else 0) | (MK_SYNCHRONIZING if synchronizing else 0)
+            | (MK_HOST_WRITABLE if host_writable else 0) | (MK_HOST_MMIO if host_mmio else 0)
+            | (MK_AD_DISABLED if ad_disabled else 0) | (MK_WRPROT_ONLY if ad_wrprot_only else 0)
+            | (MK_UNSYNC_FAILS if unsync_fails else 0) | (MK_NX_HUGE if nx_huge else 0))
+
+
+class MakeSpteResult(NamedTuple):
+    """make_spte()'s outputs: the new SPTE, the write-protect flag, and the WARNs it would raise."""
+
+    spte: int
+    wrprot: bool
+    warnings: tuple
+
+
+def _memtype(memtype) -> int:
+    if memtype is None:
+        return MEMTYPE_AUTO
+    m = uint("memtype", memtype, 8)
+    if m & ~0x78:
+        raise InputError(f"memtype={m:#x}: {_ERRORS[lib.KVMMU_E_MEMTYPE]}")
+    return m
+
+
+def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC_ALL,
+              old_spte: int | None = None, prefetch: bool = False, synchronizing: bool = False,
+              host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool = False,
+              ad_wrprot_only: bool = False, unsync_fails: bool = False,
+              nx_huge_pages: bool | None = None, memtype: int | None = None) -> MakeSpteResult:
+    """Model of ``make_spte()`` (arch/x86/kvm/mmu/spte.c) for one leaf SPTE.
+
+    ``ad_disabled`` is ``sp->role.ad_disabled``; ``ad_wrprot_only`` is
+    ``kvm_mmu_page_ad_need_write_protect()`` (PML + L2); ``unsync_fails`` is the outcome of
+    ``mmu_try_to_unsync_pages()`` (nonzero: write-tracked, or shadowed and not unsyncable);
+    ``host_mmio`` is ``kvm_is_mmio_pfn()``; ``memtype`` is the value ``get_mt_mask`` returns
+    (None: ``vmx_get_mt_mask()``'s rule, honouring ``cfg.ignore_guest_pat``).
+    ``old_spte`` defaults to the era's SHADOW_NONPRESENT_VALUE.  Before v6.13,
+    ``synchronizing`` stands for ``!can_unsync``.
+    """
+    pfn = uint("pfn", pfn)
+    level = uint("level", level, 8)
+    pte_access = uint("pte_access", pte_access, 8)
+    old = cfg.profile.nonpresent_value if old_spte is None else uint("old_spte", old_spte)
+    mt = _memtype(memtype)
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else nx_huge_pages
+    mk = _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
+                  unsync_fails, nx)
+    c = cfg._cptr
+    err = lib.kvmmu_make_spte_check(c, pfn, level, pte_access, mk, mt)
+    if err:
+        bad = {lib.KVMMU_E_PFN: f"pfn={pfn:#x}", lib.KVMMU_E_LEVEL: f"level={level}",
+               lib.KVMMU_E_ACCESS: f"pte_access={pte_access:#x}"}.get(err, "input")
+        raise InputError(f"make_spte: {bad}: {_ERRORS[err]}"
+                         + (f" {cfg.base_addr_mask:#x}" if err == lib.KVMMU_E_PFN else ""))
+    wp = ffi.new("bool *")
+    spte = lib.kvmmu_make_spte(c, pfn, old, level, pte_access, mk, mt, wp)
+    warnings = []
+    if cfg.profile.nonpresent_value and (pte_access | cfg.present_mask) == cfg.profile.nonpresent_value:
+        warnings.append("pte_access|shadow_present_mask == SHADOW_NONPRESENT_VALUE")
+    if lib.kvmmu_is_rsvd_spte(c, spte, level):
+        warnings.append("is_rsvd_spte(shadow_zero_check)")
+    return MakeSpteResult(spte, bool(wp[0]), tuple(warnings))
+
+
+def _arg(name, v, dtype, bits, shape_list):
+    """A per-element argument: None, a scalar (validated) or an array (checked)."""
+    if isinstance(v, np.ndarray):
+        in_array(name, v, dtype)
+        shape_list.append((name, v))
+        return v, 0
+    return None, uint(name, v, bits)
+
+
+def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_ALL, old_spte=None,
+                    flags=None, prefetch: bool = False, synchronizing: bool = False,
+                    host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool = False,
+                    ad_wrprot_only: bool = False, unsync_fails: bool = False,
+                    nx_huge_pages: bool | None = None, memtype=None, out: np.ndarray | None = None,
+                    with_wrprot: bool = False):
+    """Batch ``make_spte()``: one SPTE per pfn (uint64 array).
+
+    ``level``, ``pte_access``, ``memtype`` (uint8 arrays), ``old_spte`` (uint64 array) and
+    ``flags`` (uint8 array of ``MK_*`` bits, ORed with the scalar booleans) may be scalars
+    or arrays of the pfn array's shape.  Returns the SPTE array, or ``(sptes, wrprot)``
+    with ``with_wrprot=True``.
+    """
+    in_array("pfn", pfn, np.uint64)
+    shapes = [("pfn", pfn)]
+    lv_a, lv_s = _arg("level", level, np.uint8, 8, shapes)
+    ac_a, ac_s = _arg("pte_access", pte_access, np.uint8, 8, shapes)
+    if old_spte is None:
+        old_spte = cfg.profile.nonpresent_value
+    os_a, os_s = _arg("old_spte", old_spte, np.uint64, 64, shapes)
+    if memtype is None:
+        mt_a, mt_s = None, MEMTYPE_AUTO
+    else:
+        mt_a, mt_s = _arg("memtype", memtype, np.uint8, 8, shapes)
+        if mt_a is None:
+            mt_s = _memtype(mt_s)
+    if flags is None:
+        fl_a = None
+    else:
+        fl_a, extra = _arg("flags", flags, np.uint8, 8, shapes)
+        if fl_a is None:
+            raise InputError(f"flags={flags!r}: pass a uint8 array of MK_* bits, or use the booleans")
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else nx_huge_pages
+    mk = _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
+                  unsync_fails, nx)
+    shape = same_shape(shapes)
+    out = out_array("out", out, np.uint64, shape)
+    wp = np.empty(shape, dtype=np.bool_) if with_wrprot else None
+    err = ffi.new("int *")
+    n = pfn.size
+    nul = ffi.NULL
+    bad = lib.kvmmu_make_spte_batch(
+        cfg._cptr, ptr(pfn, "uint64_t"),
+        ptr(os_a, "uint64_t") if os_a is not None else nul, os_s,
+        ptr(lv_a, "uint8_t") if lv_a is not None else nul, lv_s,
+        ptr(ac_a, "uint8_t") if ac_a is not None else nul, ac_s,
+        ptr(fl_a, "uint8_t") if fl_a is not None else nul, mk,
+        ptr(mt_a, "uint8_t") if mt_a is not None else nul, mt_s,
+        ptr(out, "uint64_t"), ptr(wp, "uint8_t") if wp is not None else nul, n, err)
+    if bad:
+        raise _batch_error("make_spte_batch", bad, err[0],
+                           {"pfn": pfn.reshape(-1), "level": lv_a.reshape(-1) if lv_a is not None else lv_s,
+                            "pte_access": ac_a.reshape(-1) if ac_a is not None else ac_s})
+    return (out, wp) if with_wrprot else out
+
+
+def make_nonleaf_spte(cfg: MmuConfig, child_pa: int, ad_disabled: bool = False) -> int:
+    """``make_nonleaf_spte(child_pt, ad_disabled)``: an SPTE pointing to a child page table."""
+    pa = uint("child_pa", child_pa)
+    if pa & ~cfg.base_addr_mask:
+        raise InputError(f"make_nonleaf_spte: child_pa={pa:#x}: must be 4 KiB aligned and within "
+                         f"SPTE_BASE_ADDR_MASK {cfg.base_addr_mask:#x}")
+    return lib.kvmmu_make_nonleaf_spte(cfg._cptr, pa, bool(ad_disabled))
+
+
+def make_nonleaf_spte_batch(cfg: MmuConfig, child_pa: np.ndarray, ad_disabled: bool = False,
+                            out: np.ndarray | None = None) -> np.ndarray:
+    """Batch ``make_nonleaf_spte()`` over a uint64 array of child page-table addresses."""
+    in_array("child_pa", child_pa, np.uint64)
+    out = out_array("out", out, np.uint64, child_pa.shape)
+    bad = lib.kvmmu_make_nonleaf_spte_batch(cfg._cptr, ptr(child_pa, "uint64_t"), bool(ad_disabled),
+                                            ptr(out, "uint64_t"), child_pa.size)
+    if bad:
+        v = int(child_pa.reshape(-1)[bad - 1])
+        raise InputError(f"make_nonleaf_spte_batch: element {bad - 1} (child_pa={v:#x}): must be "
+                         f"4 KiB aligned and within SPTE_BASE_ADDR_MASK {cfg.base_addr_mask:#x}")
+    return out
+
+
+def _split_args(cfg, child_level, role_access):
+    _profile.require(cfg.profile, "has_make_small_spte", "make_small_spte")
+    child_level = uint("child_level", child_level, 8)
+    if not 1 <= child_level <= 4:
+        raise InputError(f"child_level={child_level}: a split child is at level 1..4")
+    role_access = uint("role_access", role_access, 8)
+    if role_access > 7:
+        raise InputError(f"role_access={role_access:#x}: must be ACC_* bits (0..7)")
+    return child_level, role_access
+
+
+def make_small_spte(cfg: MmuConfig, huge_spte: int, child_level: int, index: int,
+                    role_access: int = ACC_ALL, nx_huge_pages: bool | None = None) -> int:
+    """``make_small_spte()`` (``make_huge_page_split_spte()`` before v6.13): child ``index``
+    (0..511) of a huge SPTE split into a page table at ``child_level``."""
+    child_level, role_access = _split_args(cfg, child_level, role_access)
+    huge = uint("huge_spte", huge_spte)
+    index = uint("index", index, 16)
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else bool(nx_huge_pages)
+    one = np.array([huge], dtype=np.uint64)
+    return int(make_small_spte_batch(cfg, one, child_level, index, role_access, nx)[0])
+
+
+def make_small_spte_batch(cfg: MmuConfig, huge_spte: np.ndarray, child_level: int, index=None,
+                          role_access: int = ACC_ALL, nx_huge_pages: bool | None = None,
+                          out: np.ndarray | None = None) -> np.ndarray:
+    """Batch ``make_small_spte()``; ``index`` is a scalar or a uint16 array (default: the
+    512 children of a single huge SPTE are produced when ``huge_spte`` has one element
+    and ``index`` is None)."""
+    child_level, role_access = _split_args(cfg, child_level, role_access)
+    in_array("huge_spte", huge_spte, np.uint64)
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else bool(nx_huge_pages)
+    if index is None:
+        if huge_spte.size != 1:
+            raise InputError("make_small_spte_batch: index is required unless huge_spte has one element")
+        index = np.arange(512, dtype=np.uint16)
+        huge_spte = np.repeat(huge_spte.reshape(-1), 512)
+    shapes = [("huge_spte", huge_spte)]
+    ix_a, ix_s = _arg("index", index, np.uint16, 16, shapes)
+    shape = same_shape(shapes)
+    out = out_array("out", out, np.uint64, shape)
+    err = ffi.new("int *")
+    bad = lib.kvmmu_make_small_spte_batch(
+        cfg._cptr, ptr(huge_spte, "uint64_t"), child_level, role_access,
+        ptr(ix_a, "uint16_t") if ix_a is not None else ffi.NULL, ix_s, nx, ptr(out, "uint64_t"),
+        huge_spte.size, err)
+    if bad:
+        raise _batch_error("make_small_spte", bad, err[0],
+                           {"huge_spte": huge_spte.reshape(-1),
+                            "index": ix_a.reshape(-1) if ix_a is not None else ix_s})
+    return out
+
+
+def make_huge_spte(cfg: MmuConfig, small_spte: int, level: int,
+                   nx_huge_pages: bool | None = None) -> int:
+    """``make_huge_spte()`` (v6.13+): the huge SPTE at ``level`` that replaces a page table
+    whose child ``small_spte`` is given (collapsing after dirty logging)."""
+    one = np.array([uint("small_spte", small_spte)], dtype=np.uint64)
+    return int(make_huge_spte_batch(cfg, one, level, nx_huge_pages)[0])
+
+
+def make_huge_spte_batch(cfg: MmuConfig, small_spte: np.ndarray, level: int,
+                         nx_huge_pages: bool | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """Batch ``make_huge_spte()``."""
+    _profile.require(cfg.profile, "has_make_huge_spte", "make_huge_spte")
+    level = uint("level", level, 8)
+    if not 2 <= level <= 3:
+        raise InputError(f"level={level}: huge SPTEs are at level 2 (2M) or 3 (1G)")
+    in_array("small_spte", small_spte, np.uint64)
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else bool(nx_huge_pages)
+    out = out_array("out", out, np.uint64, small_spte.shape)
+    err = ffi.new("int *")
+    bad = lib.kvmmu_make_huge_spte_batch(cfg._cptr, ptr(small_spte, "uint64_t"), level, nx,
+                                         ptr(out, "uint64_t"), small_spte.size, err)
+    if bad:
+        raise _batch_error("make_huge_spte", bad, err[0], {"small_spte": small_spte.reshape(-1)})
+    return out
+
+
+def mark_spte_for_access_track(cfg: MmuConfig, spte: int) -> int:
+    """``mark_spte_for_access_track()``: age an SPTE (clear A, or save R/X and clear RWX)."""
+    try:
+        return lib.kvmmu_mark_spte_for_access_track(cfg._cptr, spte)
+    except (OverflowError, TypeError):
+        raise bad_u64("spte", spte) from None
+
+
+def restore_acc_track_spte(cfg: MmuConfig, spte: int) -> int:
+    """``restore_acc_track_spte()``: put the saved R/X bits back (not W, not A)."""
+    try:
+        return lib.kvmmu_restore_acc_track_spte(cfg._cptr, spte)
+    except (OverflowError, TypeError):
+        raise bad_u64("spte", spte) from None
+
+
+def access_track_batch(cfg: MmuConfig, spte: np.ndarray, restore: bool = False,
+                       out: np.ndarray | None = None) -> np.ndarray:
+    """Batch ``mark_spte_for_access_track()`` (or ``restore_acc_track_spte()``)."""
+    in_array("spte", spte, np.uint64)
+    out = out_array("out", out, np.uint64, spte.shape)
+    lib.kvmmu_access_track_batch(cfg._cptr, ptr(spte, "uint64_t"), bool(restore),
+                                 ptr(out, "uint64_t"), spte.size)
+    return out
+
+
+# ------------------------------------------------------------------ predicates
+#: name -> (C predicate number, needs level, profile feature it requires or None)
+PREDICATES = {
+    "is_shadow_present_pte": (lib.KVMMU_P_SHADOW_PRESENT, False, None),
+    "is_mmio_spte": (lib.KVMMU_P_MMIO, False, None),
+    "is_frozen_spte": (lib.KVMMU_P_FROZEN, False, None),
+    "is_large_pte": (lib.KVMMU_P_LARGE, False, None),
+    "is_last_spte": (lib.KVMMU_P_LAST, True, None),
+    "is_executable_pte": (lib.KVMMU_P_EXECUTABLE, False, None),
+    "is_writable_pte": (lib.KVMMU_P_WRITABLE, False, None),
+    "is_mmu_writable_spte": (lib.KVMMU_P_MMU_WRITABLE, False, None),
+    "is_host_writable_spte": (lib.KVMMU_P_HOST_WRITABLE, False, None),
+    "is_accessed_spte": (lib.KVMMU_P_ACCESSED, False, None),
+    "is_dirty_spte": (lib.KVMMU_P_DIRTY, False, "has_is_dirty_spte"),
+    "spte_ad_enabled": (lib.KVMMU_P_AD_ENABLED, False, None),
+    "spte_ad_need_write_protect": (lib.KVMMU_P_AD_NEED_WRITE_PROTECT, False, None),
+    "is_access_track_spte": (lib.KVMMU_P_ACCESS_TRACK, False, None),
+    "spte_needs_atomic_update": (lib.KVMMU_P_NEEDS_ATOMIC_UPDATE, False, None),
+    "check_spte_writable_invariants": (lib.KVMMU_P_WRITABLE_INVARIANTS_OK, False, None),
+    "is_rsvd_spte": (lib.KVMMU_P_RSVD, True, None),
+    "is_ept_ve_possible": (lib.KVMMU_P_EPT_VE_POSSIBLE, False, "has_ept_ve_possible"),
+}
+
+
+def _make_pred(name, num, needs_level, feature, doc):
+    pred = lib.kvmmu_spte_pred
+    if needs_level:
+        def f(cfg: MmuConfig, spte: int, level: int) -> bool:
+            if level.__class__ is not int or not 1 <= level <= 5:
+                raise InputError(f"{name}: level={level!r}: must be 1..5")
+            try:
+                return pred(cfg._cptr, num, spte, level)
+            except (OverflowError, TypeError):
+                raise bad_u64("spte", spte) from None
+    elif feature:
+        def f(cfg: MmuConfig, spte: int) -> bool:
+            if not getattr(cfg.profile, feature):
+                _profile.require(cfg.profile, feature, name)
+            try:
+                return pred(cfg._cptr, num, spte, 1)
+            except (OverflowError, TypeError):
+                raise bad_u64("spte", spte) from None
+    else:
+        def f(cfg: MmuConfig, spte: int) -> bool:
+            try:
+                return pred(cfg._cptr, num, spte, 1)
+            except (OverflowError, TypeError):
+                raise bad_u64("spte", spte) from None
+    f.__name__ = f.__qualname__ = name
+    f.__doc__ = doc
+    return f
+
+
+_DOCS = {
+    "is_shadow_present_pte": "MMU-present bit 11 set (v5.10-5.12: non-zero and not MMIO).",
+    "is_mmio_spte": "``(spte & shadow_mmio_mask) == shadow_mmio_value`` with caching on (v5.10: bits 53:52 == 11b).",
+    "is_frozen_spte": "``spte == FROZEN_SPTE`` (REMOVED_SPTE before v6.11).",
+    "is_large_pte": "PS bit (7) set.",
+    "is_last_spte": "``level == 1 || is_large_pte(spte)``; presence is not checked.",
+    "is_executable_pte": "``(spte & (x_mask | nx_mask)) == x_mask``.",
+    "is_writable_pte": "W bit (1) set.",
+    "is_mmu_writable_spte": "MMU-writable bit set (v5.10: host- and MMU-writable both set).",
+    "is_host_writable_spte": "host-writable bit set.",
+    "is_accessed_spte": "Accessed (v6.13+: the A bit; before: A if AD-enabled, else not access-tracked).",
+    "is_dirty_spte": "Dirty (before v6.13 only): D if AD-enabled, else W.",
+    "spte_ad_enabled": "Bits 53:52 != AD_DISABLED (WRPROT_ONLY counts as enabled).",
+    "spte_ad_need_write_protect": "Bits 53:52 != 0 (AD-disabled or WRPROT_ONLY).",
+    "is_access_track_spte": "AD-disabled and no bits of shadow_acc_track_mask set.",
+    "spte_needs_atomic_update": "v6.15 spte_needs_atomic_update(); spte_has_volatile_bits() before.",
+    "check_spte_writable_invariants": "True if MMU-W implies host-W and !MMU-W implies !W.",
+    "is_rsvd_spte": "``is_rsvd_spte(&shadow_zero_check, spte, level)`` over the config's tables.",
+    "is_ept_ve_possible": "v6.10+: SVE in the present mask, SVE clear in the SPTE, RWX != 110b.",
+}
+
+for _name, (_num, _lvl, _feat) in PREDICATES.items():
+    globals()[_name] = _make_pred(_name, _num, _lvl, _feat, _DOCS[_name])
+del _name, _num, _lvl, _feat
+
+
+def predicate(cfg: MmuConfig, name: str, spte: int, level: int = 1) -> bool:
+    """Evaluate the predicate called ``name`` (a key of PREDICATES) on one SPTE."""
+    try:
+        _num, needs_level, _feat = PREDICATES[name]
+    except KeyError:
+        raise InputError(f"predicate={name!r}: unknown; known: {', '.join(PREDICATES)}") from None
+    f = globals()[name]
+    return f(cfg, spte, level) if needs_level else f(cfg, spte)
+
+
+def predicate_batch(cfg: MmuConfig, name: str, spte: np.ndarray, level=1,
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """Evaluate predicate ``name`` over a uint64 array; returns a bool array."""
+    try:
+        num, needs_level, feat = PREDICATES[name]
+    except KeyError:
+        raise InputError(f"predicate={name!r}: unknown; known: {', '.join(PREDICATES)}") from None
+    if feat:
+        _profile.require(cfg.profile, feat, name)
+    in_array("spte", spte, np.uint64)
+    shapes = [("spte", spte)]
+    lv_a, lv_s = _arg("level", level, np.uint8, 8, shapes)
+    if lv_a is None and not 1 <= lv_s <= 5:
+        raise InputError(f"level={lv_s}: must be 1..5")
+    shape = same_shape(shapes)
+    out = out_array("out", out, np.bool_, shape)
+    err = ffi.new("int *")
+    bad = lib.kvmmu_spte_pred_batch(cfg._cptr, num, ptr(spte, "uint64_t"),
+                                    ptr(lv_a, "uint8_t") if lv_a is not None else ffi.NULL, lv_s,
+                                    ptr(out, "uint8_t"), spte.size, err)
+    if bad:
+        raise _batch_error(name, bad, err[0], {"level": lv_a.reshape(-1) if lv_a is not None else lv_s})
+    return out
+
+
+def spte_to_pfn(cfg: MmuConfig, spte: int) -> int:
+    """``spte_to_pfn()``: ``(spte & SPTE_BASE_ADDR_MASK) >> 12``."""
+    try:
+        return lib.kvmmu_spte_to_pfn(cfg._cptr, spte)
+    except (OverflowError, TypeError):
+        raise bad_u64("spte", spte) from None
+
+
+def spte_to_pfn_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Batch ``spte_to_pfn()``."""
+    in_array("spte", spte, np.uint64)
+    out = out_array("out", out, np.uint64, spte.shape)
+    lib.kvmmu_spte_to_pfn_batch(cfg._cptr, ptr(spte, "uint64_t"), ptr(out, "uint64_t"), spte.size)
+    return out
+
+
+def leaf_spte_change_needs_tlb_flush(cfg: MmuConfig, old_spte: int, new_spte: int) -> bool:
+    """v6.13+ ``leaf_spte_change_needs_tlb_flush()`` (MMU-writable cleared); before v6.13
+    what ``mmu_spte_update()`` returned (MMU-W lost W, or A or D cleared)."""
+    try:
+        return lib.kvmmu_leaf_spte_change_needs_tlb_flush(cfg._cptr, old_spte, new_spte)
+    except (OverflowError, TypeError):
+        uint("old_spte", old_spte)
+        raise bad_u64("new_spte", new_spte) from None
+
+
+# ---------------------------------------------------------------------- decode
+KINDS = ("nonpresent", "present", "mmio", "frozen", "other")
+_PRED_NAMES = list(PREDICATES)
+_pred_fields = [n.replace("is_", "").replace("_pte", "").replace("_spte", "") for n in _PRED_NAMES]
+assert ffi.sizeof("struct kvmmu_spte_info") == 48
+DECODE_DTYPE = np.dtype({
+    "names": ["spte", "pfn", "kind", "ad_type", "memtype", "ipat", "access", "saved_rx", "level"]
+    + [f"p_{n}" for n in _pred_fields],
+    "formats": ["<u8", "<u8", "u1", "u1", "u1", "u1", "u1", "u1", "u1"] + ["?"] * len(_pred_fields),
+    "offsets": [0, 8, 16, 17, 18, 19, 20, 21, 22] + [24 + PREDICATES[n][0] for n in _PRED_NAMES],
+    "itemsize": 48,
+})
+
+
+def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1) -> np.ndarray:
+    """Decode a uint64 array into a structured array (DECODE_DTYPE): pfn, kind
+    (index into KINDS), AD type, EPT memtype/IPAT, granted ACC bits, saved R/X and one
+    ``p_<predicate>`` bool field per predicate.  ``p_dirty`` is ``is_dirty_spte()`` before
+    v6.13 and the raw D bit after; ``p_ept_ve_possible`` is False before v6.10."""
+    in_array("spte", spte, np.uint64)
+    shapes = [("spte", spte)]
+    lv_a, lv_s = _arg("level", level, np.uint8, 8, shapes)
+    if lv_a is None and not 1 <= lv_s <= 5:
+        raise InputError(f"level={lv_s}: must be 1..5")
+    shape = same_shape(shapes)
+    out = np.empty(shape, dtype=DECODE_DTYPE)
+    err = ffi.new("int *")
+    bad = lib.kvmmu_spte_decode_batch(cfg._cptr, ptr(spte, "uint64_t"),
+                                      ptr(lv_a, "uint8_t") if lv_a is not None else ffi.NULL, lv_s,
+                                      ffi.cast("struct kvmmu_spte_info *", ffi.from_buffer(out)),
+                                      spte.size, err)
+    if bad:
+        raise _batch_error("decode_batch", bad, err[0],
+                           {"level": lv_a.reshape(-1) if lv_a is not None else lv_s})
+    return out
+
+
+_EPT_MT = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
+_AD = {0: "ad-enabled", 1: "ad-disabled", 2: "ad-wrprot-only", 3: "special(3)"}
+
+
+@dataclass(frozen=True)
+class SpteRecord:
+    """One SPTE decoded under an MmuConfig; ``str()`` prints it field by field."""
+
+    spte: int
+    mode: str
+    profile: str
+    level: int
+    kind: str
+    pfn: int
+    ad_type: str
+    memtype: str | None
+    ipat: bool | None
+    access: str
+    saved_rx: int
+    predicates: dict
+    mmio: dict | None = None
+
+    def __str__(self) -> str:
+        lines = [f"SPTE 0x{self.spte:016x}  mode={self.mode} profile={self.profile} level={self.level}",
+                 f"  kind      : {self.kind}"]
+        if self.kind == "present":
+            lines.append(f"  pfn       : {self.pfn:#x} (pa {self.pfn << 12:#x})")
+            lines.append(f"  access    : {self.access}")
+            lines.append(f"  ad type   : {self.ad_type}")
+            if self.memtype is not None:
+                lines.append(f"  memtype   : {self.memtype}{' +IPAT' if self.ipat else ''}")
+            if self.saved_rx:
+                lines.append(f"  saved R/X : {self.saved_rx:#x}")
+        if self.mmio:
+            for k, v in self.mmio.items():
+                lines.append(f"  {k:10s}: {v:#x}" if isinstance(v, int) else f"  {k:10s}: {v}")
+        on = [k for k, v in self.predicates.items() if v]
+        lines.append("  true      : " + (", ".join(on) if on else "(none)"))
+        return "\n".join(lines)
+
+
+def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
+    """Decode one SPTE to a readable record (every field named, with the mode's meaning).
+
+    MMIO SPTEs also get gfn, access and generation when pykvmmu.mmio is available."""
+    s = uint("spte", spte)
+    level = uint("level", level, 8)
+    r = decode_batch(cfg, np.array([s], dtype=np.uint64), level)[0]
+    preds = {}
+    for name, field in zip(_PRED_NAMES, _pred_fields):
+        feat = PREDICATES[name][2]
+        if feat and not getattr(cfg.profile, feat):
+            continue
+        preds[name] = bool(r[f"p_{field}"])
+    acc = int(r["access"])
+    if cfg.is_ept:
+        access = ("R" if s & 1 else "-") + ("W" if s & 2 else "-") + ("X" if s & 4 else "-")
+    else:
+        access = ("P" if s & 1 else "-") + ("W" if s & 2 else "-") + ("U" if s & 4 else "-") \
+            + ("-" if acc & ACC_EXEC_MASK else " NX")
+    mmio = None
+    kind = KINDS[int(r["kind"])]
+    if kind == "mmio":
+        try:
+            from . import mmio as _mmio
+            mmio = {"gfn": _mmio.get_mmio_spte_gfn(cfg, s),
+                    "access": _mmio.get_mmio_spte_access(cfg, s),
+                    "generation": _mmio.get_mmio_spte_generation(cfg, s)}
+        except (ImportError, AttributeError):
+            mmio = None
+    return SpteRecord(
+        spte=s, mode=cfg.mode, profile=cfg.profile.name, level=level, kind=kind,
+        pfn=int(r["pfn"]), ad_type=_AD[int(r["ad_type"])] if cfg.is_ept else "n/a (legacy)",
+        memtype=_EPT_MT.get(int(r["memtype"]), f"reserved({int(r['memtype'])})") if cfg.is_ept else None,
+        ipat=bool(r["ipat"]) if cfg.is_ept else None, access=access,
+        saved_rx=int(r["saved_rx"]), predicates=preds, mmio=mmio)
+
