@@ -23,6 +23,175 @@
  * spte: MmuConfig and the SPTE engine (csrc/spte.c, pykvmmu/spte.py)
  * ====================================================================== */
 /* SPTE_SECTION */
+/* Rule switches of the kernel-era layout profile (pykvmmu/profile.py). */
+#define KVMMU_R_MMU_PRESENT_BIT11   1
+#define KVMMU_R_MMIO_SPECIAL_TAG    2
+#define KVMMU_R_AD_ALWAYS           4
+#define KVMMU_R_SHORTCUT_CAN_UNSYNC 8
+#define KVMMU_R_SHORTCUT_OLD_W      16
+#define KVMMU_R_ATOMIC_LOCKLESS     32
+#define KVMMU_R_ATOMIC_MMUW_NOT_W   64
+#define KVMMU_R_ATOMIC_NEEDS        128
+#define KVMMU_R_SPLIT_EXEC_ACCESS   256
+#define KVMMU_R_LOCKLESS_BOTH_BITS  512
+
+/* Configuration flags. */
+#define KVMMU_F_EPT                 1
+#define KVMMU_F_MMIO_ENABLED        2
+#define KVMMU_F_AD_ENABLED          4
+#define KVMMU_F_NX_HUGE             8
+#define KVMMU_F_MT_HOOK             16
+#define KVMMU_F_IGNORE_GUEST_PAT    32
+#define KVMMU_F_HAS_FROZEN          64
+#define KVMMU_F_EPT_VE_CHECK        128
+
+/* The masks KVM computes at module load, plus the profile's constants. */
+struct kvmmu_cfg {
+    uint64_t present_mask;
+    uint64_t user_mask;
+    uint64_t accessed_mask;
+    uint64_t dirty_mask;
+    uint64_t nx_mask;
+    uint64_t x_mask;
+    uint64_t acc_track_mask;
+    uint64_t host_writable_mask;
+    uint64_t mmu_writable_mask;
+    uint64_t me_value;
+    uint64_t me_mask;
+    uint64_t mmio_value;
+    uint64_t mmio_mask;
+    uint64_t mmio_access_mask;
+    uint64_t nonpresent_or_rsvd_mask;
+    uint64_t nonpresent_or_rsvd_lower_gfn_mask;
+    uint64_t base_addr_mask;
+    uint64_t mmu_present_mask;
+    uint64_t nonpresent_value;
+    uint64_t frozen_value;
+    uint64_t mmio_gen_low_mask;
+    uint64_t mmio_gen_high_mask;
+    uint64_t rsvd_bits_mask[10];     /* [2][5], row-major: [large][level-1] */
+    uint64_t bad_mt_xwr;
+    uint32_t mmio_gen_low_shift;
+    uint32_t mmio_gen_high_shift;
+    uint32_t mmio_gen_bits;
+    uint32_t rules;                  /* KVMMU_R_* */
+    uint32_t flags;                  /* KVMMU_F_* */
+    uint32_t maxphyaddr;
+};
+
+/* Per-SPTE inputs of make_spte() that are not in the configuration. */
+#define KVMMU_MK_AD_DISABLED    1
+#define KVMMU_MK_WRPROT_ONLY    2
+#define KVMMU_MK_PREFETCH       4
+#define KVMMU_MK_SYNCHRONIZING  8
+#define KVMMU_MK_HOST_WRITABLE  16
+#define KVMMU_MK_HOST_MMIO      32
+#define KVMMU_MK_UNSYNC_FAILS   64
+#define KVMMU_MK_NX_HUGE        128
+#define KVMMU_MK_ALL_FLAGS      255
+#define KVMMU_MEMTYPE_AUTO      255
+
+/* Error codes reported by batch functions through *err. */
+#define KVMMU_E_PFN             1
+#define KVMMU_E_LEVEL           2
+#define KVMMU_E_ACCESS          3
+#define KVMMU_E_FLAGS           4
+#define KVMMU_E_MEMTYPE         5
+#define KVMMU_E_INDEX           6
+#define KVMMU_E_NOT_HUGE        7
+#define KVMMU_E_NOT_PRESENT     8
+
+uint64_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
+                         uint32_t level, uint32_t pte_access, uint32_t mkflags,
+                         uint32_t memtype, bool *wrprot);
+size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
+                             const uint64_t *old_spte, uint64_t old_spte_scalar,
+                             const uint8_t *level, uint32_t level_scalar,
+                             const uint8_t *pte_access, uint32_t pte_access_scalar,
+                             const uint8_t *mkflags, uint32_t mkflags_scalar,
+                             const uint8_t *memtype, uint32_t memtype_scalar,
+                             uint64_t *out, uint8_t *wrprot, size_t n, int *err);
+int kvmmu_make_spte_check(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t level,
+                          uint32_t pte_access, uint32_t mkflags, uint32_t memtype);
+
+uint64_t kvmmu_make_nonleaf_spte(const struct kvmmu_cfg *cfg, uint64_t child_pa, bool ad_disabled);
+uint64_t kvmmu_make_small_spte(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
+                               uint32_t child_level, uint32_t role_access, uint32_t index,
+                               bool nx_huge);
+uint64_t kvmmu_make_huge_spte(const struct kvmmu_cfg *cfg, uint64_t small_spte,
+                              uint32_t level, bool nx_huge);
+uint64_t kvmmu_mark_spte_for_access_track(const struct kvmmu_cfg *cfg, uint64_t spte);
+uint64_t kvmmu_restore_acc_track_spte(const struct kvmmu_cfg *cfg, uint64_t spte);
+size_t kvmmu_make_nonleaf_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *child_pa,
+                                     bool ad_disabled, uint64_t *out, size_t n);
+size_t kvmmu_make_small_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *huge_spte,
+                                   uint32_t child_level, uint32_t role_access,
+                                   const uint16_t *index, uint32_t index_scalar, bool nx_huge,
+                                   uint64_t *out, size_t n, int *err);
+size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *small_spte,
+                                  uint32_t level, bool nx_huge, uint64_t *out, size_t n, int *err);
+size_t kvmmu_access_track_batch(const struct kvmmu_cfg *cfg, const uint64_t *in, bool restore,
+                                uint64_t *out, size_t n);
+
+/* Predicates, by number (the same numbers index the batch form). */
+enum kvmmu_pred {
+    KVMMU_P_SHADOW_PRESENT = 0,
+    KVMMU_P_MMIO = 1,
+    KVMMU_P_FROZEN = 2,
+    KVMMU_P_LARGE = 3,
+    KVMMU_P_LAST = 4,
+    KVMMU_P_EXECUTABLE = 5,
+    KVMMU_P_WRITABLE = 6,
+    KVMMU_P_MMU_WRITABLE = 7,
+    KVMMU_P_HOST_WRITABLE = 8,
+    KVMMU_P_ACCESSED = 9,
+    KVMMU_P_DIRTY = 10,
+    KVMMU_P_AD_ENABLED = 11,
+    KVMMU_P_AD_NEED_WRITE_PROTECT = 12,
+    KVMMU_P_ACCESS_TRACK = 13,
+    KVMMU_P_NEEDS_ATOMIC_UPDATE = 14,
+    KVMMU_P_WRITABLE_INVARIANTS_OK = 15,
+    KVMMU_P_RSVD = 16,
+    KVMMU_P_EPT_VE_POSSIBLE = 17,
+    KVMMU_P_COUNT = 18
+};
+
+bool kvmmu_spte_pred(const struct kvmmu_cfg *cfg, int pred, uint64_t spte, uint32_t level);
+bool kvmmu_is_shadow_present_pte(const struct kvmmu_cfg *cfg, uint64_t spte);
+bool kvmmu_is_mmio_spte(const struct kvmmu_cfg *cfg, uint64_t spte);
+bool kvmmu_is_last_spte(uint64_t spte, uint32_t level);
+bool kvmmu_is_rsvd_spte(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level);
+bool kvmmu_leaf_spte_change_needs_tlb_flush(const struct kvmmu_cfg *cfg, uint64_t old_spte,
+                                            uint64_t new_spte);
+uint64_t kvmmu_spte_to_pfn(const struct kvmmu_cfg *cfg, uint64_t spte);
+size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int pred, const uint64_t *spte,
+                             const uint8_t *level, uint32_t level_scalar, uint8_t *out,
+                             size_t n, int *err);
+size_t kvmmu_spte_to_pfn_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
+                               uint64_t *out, size_t n);
+
+/* One SPTE decoded (the numpy structured dtype in pykvmmu/spte.py mirrors it). */
+#define KVMMU_KIND_NONPRESENT 0
+#define KVMMU_KIND_PRESENT    1
+#define KVMMU_KIND_MMIO       2
+#define KVMMU_KIND_FROZEN     3
+#define KVMMU_KIND_OTHER      4
+struct kvmmu_spte_info {
+    uint64_t spte;
+    uint64_t pfn;
+    uint8_t kind;            /* KVMMU_KIND_* */
+    uint8_t ad_type;         /* bits 53:52 */
+    uint8_t memtype;         /* EPT bits 5:3 */
+    uint8_t ipat;
+    uint8_t access;          /* ACC_* bits the entry grants */
+    uint8_t saved_rx;        /* access-track saved R (bit 0) and X (bit 2) */
+    uint8_t level;
+    uint8_t pad;
+    uint8_t pred[24];        /* [i] = predicate i (0 where the era lacks it) */
+};
+size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
+                               const uint8_t *level, uint32_t level_scalar,
+                               struct kvmmu_spte_info *out, size_t n, int *err);
 
 /* ======================================================================
  * mmio: MMIO SPTEs and generations (csrc/mmio.c, pykvmmu/mmio.py)
