@@ -88,7 +88,7 @@ def _memtype(memtype) -> int:
 
 def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC_ALL,
               old_spte: int | None = None, prefetch: bool = False, synchronizing: bool = False,
-              host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool = False,
+              host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool | None = None,
               ad_wrprot_only: bool = False, unsync_fails: bool = False,
               nx_huge_pages: bool | None = None, memtype: int | None = None) -> MakeSpteResult:
     """Model of ``make_spte()`` (arch/x86/kvm/mmu/spte.c) for one leaf SPTE.
@@ -98,8 +98,9 @@ def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC
     ``mmu_try_to_unsync_pages()`` (nonzero: write-tracked, or shadowed and not unsyncable);
     ``host_mmio`` is ``kvm_is_mmio_pfn()``; ``memtype`` is the value ``get_mt_mask`` returns
     (None: ``vmx_get_mt_mask()``'s rule, honouring ``cfg.ignore_guest_pat``).
-    ``old_spte`` defaults to the era's SHADOW_NONPRESENT_VALUE.  Before v6.13,
-    ``synchronizing`` stands for ``!can_unsync``.
+    ``old_spte`` defaults to the era's SHADOW_NONPRESENT_VALUE; ``ad_disabled`` defaults
+    to ``!kvm_ad_enabled()`` (the TDP MMU's role).  Before v6.13, ``synchronizing``
+    stands for ``!can_unsync``.
     """
     pfn = uint("pfn", pfn)
     level = uint("level", level, 8)
@@ -107,6 +108,8 @@ def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC
     old = cfg.profile.nonpresent_value if old_spte is None else uint("old_spte", old_spte)
     mt = _memtype(memtype)
     nx = cfg.nx_huge_pages if nx_huge_pages is None else nx_huge_pages
+    if ad_disabled is None:
+        ad_disabled = not cfg.ad_enabled
     mk = _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
                   unsync_fails, nx)
     c = cfg._cptr
@@ -137,7 +140,7 @@ def _arg(name, v, dtype, bits, shape_list):
 
 def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_ALL, old_spte=None,
                     flags=None, prefetch: bool = False, synchronizing: bool = False,
-                    host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool = False,
+                    host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool | None = None,
                     ad_wrprot_only: bool = False, unsync_fails: bool = False,
                     nx_huge_pages: bool | None = None, memtype=None, out: np.ndarray | None = None,
                     with_wrprot: bool = False):
@@ -168,6 +171,8 @@ def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_
         if fl_a is None:
             raise InputError(f"flags={flags!r}: pass a uint8 array of MK_* bits, or use the booleans")
     nx = cfg.nx_huge_pages if nx_huge_pages is None else nx_huge_pages
+    if ad_disabled is None:
+        ad_disabled = not cfg.ad_enabled
     mk = _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
                   unsync_fails, nx)
     shape = same_shape(shapes)
@@ -191,19 +196,24 @@ def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_
     return (out, wp) if with_wrprot else out
 
 
-def make_nonleaf_spte(cfg: MmuConfig, child_pa: int, ad_disabled: bool = False) -> int:
-    """``make_nonleaf_spte(child_pt, ad_disabled)``: an SPTE pointing to a child page table."""
+def make_nonleaf_spte(cfg: MmuConfig, child_pa: int, ad_disabled: bool | None = None) -> int:
+    """``make_nonleaf_spte(child_pt, ad_disabled)``: an SPTE pointing to a child page table
+    (``ad_disabled`` defaults to ``!kvm_ad_enabled()``, as tdp_mmu_link_sp passes)."""
     pa = uint("child_pa", child_pa)
+    if ad_disabled is None:
+        ad_disabled = not cfg.ad_enabled
     if pa & ~cfg.base_addr_mask:
         raise InputError(f"make_nonleaf_spte: child_pa={pa:#x}: must be 4 KiB aligned and within "
                          f"SPTE_BASE_ADDR_MASK {cfg.base_addr_mask:#x}")
     return lib.kvmmu_make_nonleaf_spte(cfg._cptr, pa, bool(ad_disabled))
 
 
-def make_nonleaf_spte_batch(cfg: MmuConfig, child_pa: np.ndarray, ad_disabled: bool = False,
+def make_nonleaf_spte_batch(cfg: MmuConfig, child_pa: np.ndarray, ad_disabled: bool | None = None,
                             out: np.ndarray | None = None) -> np.ndarray:
     """Batch ``make_nonleaf_spte()`` over a uint64 array of child page-table addresses."""
     in_array("child_pa", child_pa, np.uint64)
+    if ad_disabled is None:
+        ad_disabled = not cfg.ad_enabled
     out = out_array("out", out, np.uint64, child_pa.shape)
     bad = lib.kvmmu_make_nonleaf_spte_batch(cfg._cptr, ptr(child_pa, "uint64_t"), bool(ad_disabled),
                                             ptr(out, "uint64_t"), child_pa.size)
