@@ -1,0 +1,385 @@
+/*
+ * Page role words (union kvm_mmu_page_role, kvm_mmu_extended_role,
+ * kvm_cpu_role) and the shadow-page hash (hash_64 / kvm_page_table_hashfn).
+ *
+ * A role word is a sequence of unsigned bit-fields allocated from bit 0
+ * upward (x86-64 SysV), so every era is described by data: a layout of
+ * (shift, width) pairs.  Packing gathers one byte per field into the word;
+ * unpacking scatters the word back into one byte per field.
+ *
+ * Fast path: with BMI2 (checked at run time, per call: no global state) a
+ * row of bytes is compressed with PEXT through a per-byte width mask and
+ * the compressed bits are deposited into the word's field bits with PDEP.
+ * This works because the fields are in ascending, non-overlapping order, so
+ * "field bits in row order" and "field bits in word order" are the same
+ * sequence.  The portable path does the shifts one field at a time.
+ */
+#include <string.h>
+
+#include "common.h"
+#include "pykvmmu.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define ROLE_HAVE_BMI2_PATH 1
+#else
+#define ROLE_HAVE_BMI2_PATH 0
+#endif
+
+#define GOLDEN_RATIO_32 UINT32_C(0x61C88647)
+#define GOLDEN_RATIO_64 UINT64_C(0x61C8864680B583EB)
+#define GOLDEN_RATIO_PRIME_64 UINT64_C(0x9e37fffffffc0001)
+
+_Static_assert(KVMMU_ROLE_ROW32 == 16 && KVMMU_ROLE_ROW64 == 32, "row sizes");
+_Static_assert(KVMMU_ROLE_MAXF >= KVMMU_ROLE_ROW64, "a 64-bit row holds at most MAXF fields");
+
+/* Per-call derived masks: lane k (8 bytes of the row) may hold these bits. */
+struct role_masks {
+    uint64_t lane[KVMMU_ROLE_ROW64 / 8];
+    uint32_t lane_bits[KVMMU_ROLE_ROW64 / 8];
+    uint32_t lanes;
+};
+
+static uint32_t word_bits(const struct kvmmu_role_layout *lay)
+{
+    return lay->row == KVMMU_ROLE_ROW64 ? 64u : 32u;
+}
+
+int kvmmu_role_layout_check(const struct kvmmu_role_layout *lay)
+{
+    uint64_t used = 0;
+    uint32_t next = 0;
+
+    if (lay->row != KVMMU_ROLE_ROW32 && lay->row != KVMMU_ROLE_ROW64)
+        return KVMMU_ROLE_E_LAYOUT;
+    if (lay->nfields > lay->row)
+        return KVMMU_ROLE_E_LAYOUT;
+    for (uint32_t i = 0; i < lay->nfields; i++) {
+        uint32_t s = lay->shift[i], w = lay->width[i];
+
+        if (w < 1 || w > 8 || s < next || s + w > word_bits(lay))
+            return KVMMU_ROLE_E_LAYOUT;
+        used |= KGENMASK(s + w - 1, s);
+        next = s + w;
+    }
+    for (uint32_t i = lay->nfields; i < KVMMU_ROLE_MAXF; i++)
+        if (lay->width[i] || lay->shift[i])
+            return KVMMU_ROLE_E_LAYOUT;
+    return used == lay->used_mask ? 0 : KVMMU_ROLE_E_LAYOUT;
+}
+
+static void role_masks(const struct kvmmu_role_layout *lay, struct role_masks *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->lanes = lay->row / 8;
+    for (uint32_t i = 0; i < lay->nfields; i++) {
+        uint64_t fm = KBIT(lay->width[i]) - 1;
+
+        m->lane[i / 8] |= fm << (8 * (i % 8));
+        m->lane_bits[i / 8] += lay->width[i];
+    }
+}
+
+static uint64_t load64(const uint8_t *p)
+{
+    uint64_t v;
+
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static void store64(uint8_t *p, uint64_t v)
+{
+    memcpy(p, &v, sizeof(v));
+}
+
+/* True when some byte of the row has bits outside its field's width. */
+static bool row_too_wide(const struct role_masks *m, const uint8_t *row)
+{
+    uint64_t bad = 0;
+
+    for (uint32_t k = 0; k < m->lanes; k++)
+        bad |= load64(row + 8 * k) & ~m->lane[k];
+    return bad != 0;
+}
+
+static uint64_t pack_portable(const struct kvmmu_role_layout *lay, const uint8_t *row)
+{
+    uint64_t w = 0;
+
+    for (uint32_t i = 0; i < lay->nfields; i++)
+        w |= (uint64_t)row[i] << lay->shift[i];
+    return w;
+}
+
+static void unpack_portable(const struct kvmmu_role_layout *lay, uint64_t w, uint8_t *row)
+{
+    memset(row, 0, lay->row);
+    for (uint32_t i = 0; i < lay->nfields; i++)
+        row[i] = (uint8_t)((w >> lay->shift[i]) & (KBIT(lay->width[i]) - 1));
+}
+
+uint64_t kvmmu_role_pack(const struct kvmmu_role_layout *lay, const uint8_t *fields, int *err)
+{
+    struct role_masks m;
+
+    role_masks(lay, &m);
+    if (row_too_wide(&m, fields)) {
+        if (err)
+            *err = KVMMU_ROLE_E_WIDTH;
+        return 0;
+    }
+    if (err)
+        *err = 0;
+    return pack_portable(lay, fields);
+}
+
+void kvmmu_role_unpack(const struct kvmmu_role_layout *lay, uint64_t word, uint8_t *fields)
+{
+    unpack_portable(lay, word, fields);
+}
+
+#if ROLE_HAVE_BMI2_PATH
+__attribute__((target("bmi2")))
+static uint64_t pack_bmi2(const struct role_masks *m, uint64_t used, const uint8_t *row)
+{
+    uint64_t c = 0;
+    uint32_t off = 0;
+
+    for (uint32_t k = 0; k < m->lanes; k++) {
+        if (!m->lane_bits[k])
+            continue;
+        c |= _pext_u64(load64(row + 8 * k), m->lane[k]) << off;
+        off += m->lane_bits[k];
+    }
+    return _pdep_u64(c, used);
+}
+
+__attribute__((target("bmi2")))
+static void unpack_bmi2(const struct role_masks *m, uint64_t used, uint64_t w, uint8_t *row)
+{
+    uint64_t c = _pext_u64(w, used);
+
+    for (uint32_t k = 0; k < m->lanes; k++) {
+        store64(row + 8 * k, _pdep_u64(c, m->lane[k]));
+        c = m->lane_bits[k] >= 64 ? 0 : c >> m->lane_bits[k];
+    }
+}
+
+/* The two-lane (32-bit word) forms, unrolled for the batch loops. */
+__attribute__((target("bmi2")))
+static size_t pack32_bmi2(const struct role_masks *m, uint64_t used, const uint8_t *rows,
+                          uint32_t *out, size_t n, int *err)
+{
+    const uint64_t m0 = m->lane[0], m1 = m->lane[1];
+    const uint32_t b0 = m->lane_bits[0];
+
+    for (size_t i = 0; i < n; i++) {
+        uint64_t lo = load64(rows + 16 * i), hi = load64(rows + 16 * i + 8);
+
+        if (KVMMU_UNLIKELY((lo & ~m0) | (hi & ~m1))) {
+            *err = KVMMU_ROLE_E_WIDTH;
+            return i + 1;
+        }
+        /* b0 <= 32 here (a 32-bit word has at most 32 field bits). */
+        out[i] = (uint32_t)_pdep_u64(_pext_u64(lo, m0) | (_pext_u64(hi, m1) << b0), used);
+    }
+    return 0;
+}
+
+__attribute__((target("bmi2")))
+static size_t unpack32_bmi2(const struct role_masks *m, uint64_t used, const uint32_t *words,
+                            uint8_t *rows, size_t n, bool strict, int *err)
+{
+    const uint64_t m0 = m->lane[0], m1 = m->lane[1];
+    const uint32_t b0 = m->lane_bits[0];
+
+    for (size_t i = 0; i < n; i++) {
+        uint64_t w = words[i];
+        uint64_t c = _pext_u64(w, used);
+
+        if (KVMMU_UNLIKELY(strict && (w & ~used))) {
+            *err = KVMMU_ROLE_E_RESERVED;
+            return i + 1;
+        }
+        store64(rows + 16 * i, _pdep_u64(c, m0));
+        store64(rows + 16 * i + 8, _pdep_u64(c >> b0, m1));
+    }
+    return 0;
+}
+
+static bool have_bmi2(void)
+{
+    return __builtin_cpu_supports("bmi2");
+}
+#else
+static bool have_bmi2(void)
+{
+    return false;
+}
+#endif
+
+size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_t *fields,
+                               uint32_t *out, size_t n, int *err)
+{
+    struct role_masks m;
+    int dummy;
+
+    if (!err)
+        err = &dummy;
+    *err = 0;
+    role_masks(lay, &m);
+#if ROLE_HAVE_BMI2_PATH
+    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2())
+        return pack32_bmi2(&m, lay->used_mask, fields, out, n, err);
+#endif
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *row = fields + (size_t)lay->row * i;
+
+        if (KVMMU_UNLIKELY(row_too_wide(&m, row))) {
+            *err = KVMMU_ROLE_E_WIDTH;
+            return i + 1;
+        }
+        out[i] = (uint32_t)pack_portable(lay, row);
+    }
+    return 0;
+}
+
+size_t kvmmu_role_unpack_batch32(const struct kvmmu_role_layout *lay, const uint32_t *words,
+                                 uint8_t *out, size_t n, bool strict, int *err)
+{
+    struct role_masks m;
+    int dummy;
+
+    if (!err)
+        err = &dummy;
+    *err = 0;
+    role_masks(lay, &m);
+#if ROLE_HAVE_BMI2_PATH
+    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2())
+        return unpack32_bmi2(&m, lay->used_mask, words, out, n, strict, err);
+#endif
+    for (size_t i = 0; i < n; i++) {
+        if (KVMMU_UNLIKELY(strict && (words[i] & ~lay->used_mask))) {
+            *err = KVMMU_ROLE_E_RESERVED;
+            return i + 1;
+        }
+        unpack_portable(lay, words[i], out + (size_t)lay->row * i);
+    }
+    return 0;
+}
+
+size_t kvmmu_role_pack_batch64(const struct kvmmu_role_layout *lay, const uint8_t *fields,
+                               uint64_t *out, size_t n, int *err)
+{
+    struct role_masks m;
+    bool fast = have_bmi2();
+    int dummy;
+
+    if (!err)
+        err = &dummy;
+    *err = 0;
+    role_masks(lay, &m);
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *row = fields + (size_t)lay->row * i;
+
+        if (KVMMU_UNLIKELY(row_too_wide(&m, row))) {
+            *err = KVMMU_ROLE_E_WIDTH;
+            return i + 1;
+        }
+#if ROLE_HAVE_BMI2_PATH
+        if (fast) {
+            out[i] = pack_bmi2(&m, lay->used_mask, row);
+            continue;
+        }
+#endif
+        out[i] = pack_portable(lay, row);
+    }
+    (void)fast;
+    return 0;
+}
+
+size_t kvmmu_role_unpack_batch64(const struct kvmmu_role_layout *lay, const uint64_t *words,
+                                 uint8_t *out, size_t n, bool strict, int *err)
+{
+    struct role_masks m;
+    bool fast = have_bmi2();
+    int dummy;
+
+    if (!err)
+        err = &dummy;
+    *err = 0;
+    role_masks(lay, &m);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *row = out + (size_t)lay->row * i;
+
+        if (KVMMU_UNLIKELY(strict && (words[i] & ~lay->used_mask))) {
+            *err = KVMMU_ROLE_E_RESERVED;
+            return i + 1;
+        }
+#if ROLE_HAVE_BMI2_PATH
+        if (fast) {
+            unpack_bmi2(&m, lay->used_mask, words[i], row);
+            continue;
+        }
+#endif
+        unpack_portable(lay, words[i], row);
+    }
+    (void)fast;
+    return 0;
+}
+
+/* ---- hash_64 (include/linux/hash.h) ---------------------------------- */
+
+static uint32_t hash32_mul(uint32_t x)
+{
+    return x * GOLDEN_RATIO_32;
+}
+
+uint32_t kvmmu_role_hash_64(uint64_t val, uint32_t bits, int variant)
+{
+    if (bits < 1 || bits > 32)
+        return 0;
+    switch (variant) {
+    case KVMMU_HASH_32BIT_HOST:
+        return hash32_mul((uint32_t)val ^ hash32_mul((uint32_t)(val >> 32))) >> (32 - bits);
+    case KVMMU_HASH_PRE_4_7:
+        return (uint32_t)((val * GOLDEN_RATIO_PRIME_64) >> (64 - bits));
+    default:
+        return (uint32_t)((val * GOLDEN_RATIO_64) >> (64 - bits));
+    }
+}
+
+size_t kvmmu_role_hash_batch(const uint64_t *val, uint32_t *out, size_t n, uint32_t bits,
+                             int variant)
+{
+    if (bits < 1 || bits > 32)
+        return n ? 1 : 0;
+    if (variant == KVMMU_HASH_32BIT_HOST) {
+        const uint32_t s = 32 - bits;
+
+        for (size_t i = 0; i < n; i++) {
+            uint64_t v = val[i];
+
+            out[i] = hash32_mul((uint32_t)v ^ hash32_mul((uint32_t)(v >> 32))) >> s;
+        }
+    } else {
+        const uint64_t g = variant == KVMMU_HASH_PRE_4_7 ? GOLDEN_RATIO_PRIME_64 : GOLDEN_RATIO_64;
+        const uint32_t s = 64 - bits;
+
+        for (size_t i = 0; i < n; i++)
+            out[i] = (uint32_t)((val[i] * g) >> s);
+    }
+    return 0;
+}
+
+size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_t nbuckets,
+                               size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (KVMMU_UNLIKELY(bucket[i] >= nbuckets))
+            return i + 1;
+        counts[bucket[i]]++;
+    }
+    return 0;
+}
