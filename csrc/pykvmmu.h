@@ -202,6 +202,47 @@ size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte
  * role: page role words and the shadow-page hash (csrc/role.c, pykvmmu/role.py)
  * ====================================================================== */
 /* ROLE_SECTION */
+/*
+ * A role layout: the bit-fields of one era's union (kvm_mmu_page_role,
+ * kvm_mmu_extended_role, or the 64-bit kvm_cpu_role), in ascending bit order.
+ * An unpacked role is a row of `row` bytes (16 for 32-bit words, 32 for
+ * 64-bit words); byte i holds field i, bytes past nfields are 0.
+ */
+#define KVMMU_ROLE_MAXF          32
+#define KVMMU_ROLE_ROW32         16
+#define KVMMU_ROLE_ROW64         32
+#define KVMMU_ROLE_E_WIDTH       1   /* a field value does not fit in its width */
+#define KVMMU_ROLE_E_RESERVED    2   /* a word has bits set outside every field */
+#define KVMMU_ROLE_E_LAYOUT      3   /* the layout itself is malformed */
+#define KVMMU_HASH_X86_64        0   /* hash_64, 64-bit kernel, v4.7+ */
+#define KVMMU_HASH_32BIT_HOST    1   /* hash_64 on a 32-bit kernel, v4.7+ */
+#define KVMMU_HASH_PRE_4_7       2   /* hash_64 before v4.7 (GOLDEN_RATIO_PRIME_64) */
+#define KVMMU_MMU_HASH_SHIFT     12
+
+struct kvmmu_role_layout {
+    uint64_t used_mask;                /* union of the fields' bits */
+    uint32_t nfields;                  /* fields in use, <= row */
+    uint32_t row;                      /* KVMMU_ROLE_ROW32 or KVMMU_ROLE_ROW64 */
+    uint8_t shift[KVMMU_ROLE_MAXF];
+    uint8_t width[KVMMU_ROLE_MAXF];    /* 1..8 */
+};
+
+int kvmmu_role_layout_check(const struct kvmmu_role_layout *lay);
+uint64_t kvmmu_role_pack(const struct kvmmu_role_layout *lay, const uint8_t *fields, int *err);
+void kvmmu_role_unpack(const struct kvmmu_role_layout *lay, uint64_t word, uint8_t *fields);
+size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_t *fields,
+                               uint32_t *out, size_t n, int *err);
+size_t kvmmu_role_unpack_batch32(const struct kvmmu_role_layout *lay, const uint32_t *words,
+                                 uint8_t *out, size_t n, bool strict, int *err);
+size_t kvmmu_role_pack_batch64(const struct kvmmu_role_layout *lay, const uint8_t *fields,
+                               uint64_t *out, size_t n, int *err);
+size_t kvmmu_role_unpack_batch64(const struct kvmmu_role_layout *lay, const uint64_t *words,
+                                 uint8_t *out, size_t n, bool strict, int *err);
+uint32_t kvmmu_role_hash_64(uint64_t val, uint32_t bits, int variant);
+size_t kvmmu_role_hash_batch(const uint64_t *val, uint32_t *out, size_t n, uint32_t bits,
+                             int variant);
+size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_t nbuckets,
+                               size_t n);
 
 /* ======================================================================
  * rmp: the SEV-SNP Reverse Map Table (csrc/rmp.c, pykvmmu/rmp.py)
