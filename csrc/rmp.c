@@ -1,0 +1,724 @@
+/*
+ * The SEV-SNP Reverse Map Table: entry layout, lookups, the RMP instructions
+ * (RMPUPDATE, PSMASH, PVALIDATE, RMPADJUST) and the RMP access checks.
+ *
+ * Written from the rules in shared/spec/rmp-private-memory.md sections 1-3 and
+ * the AMD APM (see docs/rmp.md for every reading taken and the flags that
+ * select the alternatives).  No kernel or firmware code is copied.
+ *
+ * The table is a caller-owned buffer laid out as at RMP_BASE: 16 KiB of
+ * processor bookkeeping, then (contiguous RMP) one 16-byte entry per 4 KiB
+ * page, or (segmented RMP) the 4 KiB segment table followed by the segments.
+ * struct kvmmu_rmp says where each segment's entries are; a contiguous RMP is
+ * one segment with shift 52, as the kernel unifies the two formats.
+ *
+ * Every instruction validates everything first and writes only when it will
+ * succeed, so a failed instruction leaves every entry unchanged.
+ */
+#include <string.h>
+
+#include "pykvmmu.h"
+#include "common.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the RMP buffer is little-endian; a big-endian host needs byte swaps here"
+#endif
+
+/* Raw entry, first quadword (AMD firmware rmp_fields_t / kernel rmpentry_raw). */
+#define RMP_ASSIGNED        KBIT(0)
+#define RMP_PAGESIZE        KBIT(1)
+#define RMP_IMMUTABLE       KBIT(2)
+#define RMP_SUBPAGE_SHIFT   3
+#define RMP_SUBPAGE_MASK    KGENMASK(11, 3)
+#define RMP_GPA_SHIFT       12
+#define RMP_GPA_MASK        KGENMASK(50, 12)
+#define RMP_GPA_BITS        39
+#define RMP_ASID_SHIFT      51
+#define RMP_ASID_MASK       KGENMASK(60, 51)
+#define RMP_ASID_MAX        0x3FFu
+#define RMP_VMSA            KBIT(61)
+#define RMP_VALIDATED       KBIT(62)
+#define RMP_LOCK            KBIT(63)
+/* Second quadword: four 8-bit VMPL permission masks in bits 31:0. */
+#define RMP_PERMS_MASK      KGENMASK(31, 0)
+#define PERM_R              1u
+#define PERM_W              2u
+#define PERM_XU             4u
+#define PERM_XS             8u
+#define PERM_SSS            16u
+#define PERM_RSVD           0xE0u
+#define PERM_FULL           (PERM_R | PERM_W | PERM_XU | PERM_XS | PERM_SSS)
+/* Firmware GPA-state tag in bits 38:36 of the GPA field. */
+#define GPA_STATE_SHIFT     36
+#define GPA_STATE_METADATA  1u
+#define GPA_STATE_FW_IOMMU  2u
+
+#define PTRS_PER_PMD        512u
+#define PMD_PFN_MASK        (~(uint64_t)(PTRS_PER_PMD - 1))
+#define PG_LEVEL_4K         1
+#define PG_LEVEL_2M         2
+
+/* NPF EXITINFO1 / KVM PFERR bits. */
+#define PFERR_PRESENT       KBIT(0)
+#define PFERR_WRITE         KBIT(1)
+#define PFERR_USER          KBIT(2)
+#define PFERR_FETCH         KBIT(4)
+#define PFERR_GUEST_RMP     KBIT(31)
+#define PFERR_GUEST_FINAL   KBIT(32)
+#define PFERR_GUEST_PAGE    KBIT(33)
+#define PFERR_GUEST_ENC     KBIT(34)
+#define PFERR_GUEST_SIZEM   KBIT(35)
+#define PFERR_GUEST_VMPL    KBIT(36)
+#define SVM_EXIT_VC_NOT_VALIDATED 0x404u
+
+#define PREFETCH_DIST       32
+
+_Static_assert((RMP_ASSIGNED | RMP_PAGESIZE | RMP_IMMUTABLE | RMP_SUBPAGE_MASK | RMP_GPA_MASK |
+                RMP_ASID_MASK | RMP_VMSA | RMP_VALIDATED | RMP_LOCK) == ~(uint64_t)0,
+               "the first quadword's fields cover all 64 bits");
+_Static_assert((RMP_SUBPAGE_MASK & RMP_GPA_MASK) == 0 && (RMP_GPA_MASK & RMP_ASID_MASK) == 0,
+               "RMP fields do not overlap");
+_Static_assert(RMP_SUBPAGE_MASK >> RMP_SUBPAGE_SHIFT == PTRS_PER_PMD - 1,
+               "the 9-bit sub-page count holds 0..511");
+_Static_assert(sizeof(struct kvmmu_rmp_state) == 16, "struct rmp_state is 16 bytes");
+_Static_assert(sizeof(struct kvmmu_rmp_fields) == 40, "fields record layout");
+_Static_assert(sizeof(struct kvmmu_rmp_access) == 32, "access record layout");
+_Static_assert(KVMMU_RMP_BOOKKEEPING == 0x4000 && KVMMU_RMP_ENTRY_SIZE == 16, "RMP geometry");
+
+/* ------------------------------------------------------------ locating entries */
+
+static inline uint64_t *entry_ptr(const struct kvmmu_rmp *t, uint64_t pfn)
+{
+    uint32_t sh = t->seg_shift - 12;
+    uint64_t seg = pfn >> sh;
+    uint64_t idx = pfn & ((KBIT(sh)) - 1);
+    if (KVMMU_UNLIKELY(seg >= t->nr_segs || idx >= t->seg_count[seg]))
+        return NULL;
+    return (uint64_t *)(void *)(t->base + t->seg_off[seg] + idx * KVMMU_RMP_ENTRY_SIZE);
+}
+
+/* The 512 entries of a 2M block are contiguous (a segment never splits one). */
+static inline uint64_t *block_ptr(const struct kvmmu_rmp *t, uint64_t head)
+{
+    uint64_t *h = entry_ptr(t, head);
+    if (!h || !entry_ptr(t, head + PTRS_PER_PMD - 1))
+        return NULL;
+    return h;
+}
+
+static inline bool is_2m_page(uint64_t lo)
+{
+    return (lo & (RMP_ASSIGNED | RMP_PAGESIZE)) == (RMP_ASSIGNED | RMP_PAGESIZE);
+}
+
+static inline uint64_t lo_gfn(uint64_t lo) { return (lo & RMP_GPA_MASK) >> RMP_GPA_SHIFT; }
+static inline uint32_t lo_asid(uint64_t lo) { return (uint32_t)((lo & RMP_ASID_MASK) >> RMP_ASID_SHIFT); }
+static inline uint32_t lo_count(uint64_t lo) { return (uint32_t)((lo & RMP_SUBPAGE_MASK) >> RMP_SUBPAGE_SHIFT); }
+static inline uint32_t hi_perm(uint64_t hi, uint32_t vmpl) { return (uint32_t)(hi >> (8 * vmpl)) & 0xFFu; }
+
+bool kvmmu_rmp_covered(const struct kvmmu_rmp *t, uint64_t pfn)
+{
+    return entry_ptr(t, pfn) != NULL;
+}
+
+int kvmmu_rmp_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *lo, uint64_t *hi)
+{
+    const uint64_t *e = entry_ptr(t, pfn);
+    if (!e)
+        return -1;
+    *lo = e[0];
+    *hi = e[1];
+    return 0;
+}
+
+int kvmmu_rmp_write(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t lo, uint64_t hi)
+{
+    uint64_t *e = entry_ptr(t, pfn);
+    if (!e)
+        return -1;
+    e[0] = lo;
+    e[1] = hi;
+    return 0;
+}
+
+/* ------------------------------------------------------------ lookups */
+
+/* snp_lookup_rmpentry(): assigned from the pfn's own entry, level from the
+ * 2M-aligned entry's page size. */
+int kvmmu_rmp_lookup(const struct kvmmu_rmp *t, uint64_t pfn, bool *assigned, int *level)
+{
+    const uint64_t *e = entry_ptr(t, pfn);
+    if (!e)
+        return -1;
+    const uint64_t *h = entry_ptr(t, pfn & PMD_PFN_MASK);
+    *assigned = (e[0] & RMP_ASSIGNED) != 0;
+    *level = (h[0] & RMP_PAGESIZE) ? PG_LEVEL_2M : PG_LEVEL_4K;
+    return 0;
+}
+
+static inline void lookup_one(uint64_t lo, uint64_t hlo, size_t i, uint8_t *assigned,
+                              uint8_t *level, uint16_t *asid, uint64_t *gpa)
+{
+    assigned[i] = (uint8_t)(lo & RMP_ASSIGNED);
+    level[i] = (uint8_t)(1 + ((hlo >> 1) & 1));
+    if (asid)
+        asid[i] = (uint16_t)lo_asid(lo);
+    if (gpa)
+        gpa[i] = lo & RMP_GPA_MASK;
+}
+
+size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, uint8_t *assigned,
+                              uint8_t *level, uint16_t *asid, uint64_t *gpa, size_t n, int *err)
+{
+    if (t->nr_segs == 1 && t->seg_shift == KVMMU_RMP_NONSEG_SHIFT) {
+        /* Contiguous RMP: flat index; prefetch both entries PREFETCH_DIST ahead. */
+        const uint64_t *ent = (const uint64_t *)(const void *)(t->base + t->seg_off[0]);
+        const uint64_t cnt = t->seg_count[0];
+        size_t warm = n < PREFETCH_DIST ? n : PREFETCH_DIST;
+        for (size_t i = 0; i < warm; i++) {
+            uint64_t p = pfn[i] < cnt ? pfn[i] : 0;
+            __builtin_prefetch(ent + 2 * p);
+            __builtin_prefetch(ent + 2 * (p & PMD_PFN_MASK));
+        }
+        for (size_t i = 0; i < n; i++) {
+            if (i + PREFETCH_DIST < n) {
+                uint64_t q = pfn[i + PREFETCH_DIST];
+                q = q < cnt ? q : 0;
+                __builtin_prefetch(ent + 2 * q);
+                __builtin_prefetch(ent + 2 * (q & PMD_PFN_MASK));
+            }
+            uint64_t p = pfn[i];
+            if (KVMMU_UNLIKELY(p >= cnt)) {
+                if (err)
+                    *err = KVMMU_RMP_E_RANGE;
+                return i + 1;
+            }
+            lookup_one(ent[2 * p], ent[2 * (p & PMD_PFN_MASK)], i, assigned, level, asid, gpa);
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (i + PREFETCH_DIST < n) {
+            const uint64_t *q = entry_ptr(t, pfn[i + PREFETCH_DIST]);
+            if (q) {
+                __builtin_prefetch(q);
+                __builtin_prefetch(entry_ptr(t, pfn[i + PREFETCH_DIST] & PMD_PFN_MASK));
+            }
+        }
+        const uint64_t *e = entry_ptr(t, pfn[i]);
+        if (KVMMU_UNLIKELY(!e)) {
+            if (err)
+                *err = KVMMU_RMP_E_RANGE;
+            return i + 1;
+        }
+        const uint64_t *h = entry_ptr(t, pfn[i] & PMD_PFN_MASK);
+        lookup_one(e[0], h[0], i, assigned, level, asid, gpa);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ fields and states */
+
+/* rmp_entry_get_state() of the AMD firmware, first match wins. */
+int kvmmu_rmp_state_raw(uint64_t lo)
+{
+    bool a = lo & RMP_ASSIGNED, v = lo & RMP_VALIDATED, im = lo & RMP_IMMUTABLE;
+    bool vmsa = lo & RMP_VMSA, lock = lo & RMP_LOCK;
+    uint32_t asid = lo_asid(lo);
+    uint64_t gfn = lo_gfn(lo);
+    uint64_t gfn_plain = gfn & ~(UINT64_C(7) << GPA_STATE_SHIFT);
+    uint32_t gstate = (uint32_t)(gfn >> GPA_STATE_SHIFT);
+
+    if (!a && !v && asid == 0)
+        return im ? KVMMU_RMP_STATE_HV_FIXED : KVMMU_RMP_STATE_HYPERVISOR;
+    if (a && !v && asid == 0) {
+        if (im && gfn == 0 && !vmsa)
+            return KVMMU_RMP_STATE_FIRMWARE;
+        if (!im && !lock)
+            return KVMMU_RMP_STATE_RECLAIM;
+        if (im && gfn == 0 && vmsa)
+            return KVMMU_RMP_STATE_CONTEXT;
+        if (im && gfn_plain > 0 && gstate == GPA_STATE_METADATA)
+            return KVMMU_RMP_STATE_METADATA;
+    }
+    if (a && asid > 0)
+        return im ? (v ? KVMMU_RMP_STATE_PRE_SWAP : KVMMU_RMP_STATE_PRE_GUEST)
+                  : (v ? KVMMU_RMP_STATE_GUEST_VALID : KVMMU_RMP_STATE_GUEST_INVALID);
+    if (a && !v && asid == 0 && im && gfn_plain == 1 && gstate == GPA_STATE_FW_IOMMU && !vmsa)
+        return KVMMU_RMP_STATE_FIRMWARE_IOMMU;
+    return KVMMU_RMP_STATE_INVALID;
+}
+
+void kvmmu_rmp_state_raw_batch(const uint64_t *lo, uint8_t *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = (uint8_t)kvmmu_rmp_state_raw(lo[i]);
+}
+
+/* The entry that governs a pfn: the 2M-aligned entry of an assigned 2M page,
+ * otherwise the pfn's own entry. */
+static inline const uint64_t *governing(const struct kvmmu_rmp *t, uint64_t pfn, const uint64_t *e,
+                                        bool *in_2m)
+{
+    const uint64_t *h = (pfn & (PTRS_PER_PMD - 1)) ? entry_ptr(t, pfn & PMD_PFN_MASK) : e;
+    *in_2m = is_2m_page(h[0]);
+    return *in_2m ? h : e;
+}
+
+int kvmmu_rmp_page_state(const struct kvmmu_rmp *t, uint64_t pfn, bool effective)
+{
+    const uint64_t *e = entry_ptr(t, pfn);
+    if (!e)
+        return KVMMU_RMP_STATE_DEFAULT;
+    if (effective) {
+        bool in2m;
+        e = governing(t, pfn, e, &in2m);
+    }
+    return kvmmu_rmp_state_raw(e[0]);
+}
+
+void kvmmu_rmp_page_state_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, bool effective,
+                                uint8_t *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i + PREFETCH_DIST < n) {
+            const uint64_t *q = entry_ptr(t, pfn[i + PREFETCH_DIST]);
+            if (q)
+                __builtin_prefetch(q);
+        }
+        out[i] = (uint8_t)kvmmu_rmp_page_state(t, pfn[i], effective);
+    }
+}
+
+void kvmmu_rmp_decode(uint64_t lo, uint64_t hi, struct kvmmu_rmp_fields *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->lo = lo;
+    o->hi = hi;
+    o->gpa = lo_gfn(lo);
+    o->asid = (uint16_t)lo_asid(lo);
+    o->subpage_count = (uint16_t)lo_count(lo);
+    o->assigned = (uint8_t)(lo & 1);
+    o->pagesize = (uint8_t)((lo >> 1) & 1);
+    o->immutable = (uint8_t)((lo >> 2) & 1);
+    o->vmsa = (uint8_t)((lo >> 61) & 1);
+    o->validated = (uint8_t)((lo >> 62) & 1);
+    o->lock = (uint8_t)(lo >> 63);
+    for (uint32_t v = 0; v < 4; v++)
+        o->vmpl[v] = (uint8_t)hi_perm(hi, v);
+    o->state = (uint8_t)kvmmu_rmp_state_raw(lo);
+}
+
+void kvmmu_rmp_decode_batch(const uint64_t *lo, const uint64_t *hi,
+                            struct kvmmu_rmp_fields *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        kvmmu_rmp_decode(lo[i], hi[i], &out[i]);
+}
+
+size_t kvmmu_rmp_fields_batch(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                              struct kvmmu_rmp_fields *out, size_t n, int *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i + PREFETCH_DIST < n) {
+            const uint64_t *q = entry_ptr(t, pfn[i + PREFETCH_DIST]);
+            if (q)
+                __builtin_prefetch(q);
+        }
+        const uint64_t *e = entry_ptr(t, pfn[i]);
+        if (!e) {
+            if (err)
+                *err = KVMMU_RMP_E_RANGE;
+            return i + 1;
+        }
+        kvmmu_rmp_decode(e[0], e[1], &out[i]);
+    }
+    return 0;
+}
+
+size_t kvmmu_rmp_count_assigned(const struct kvmmu_rmp *t, uint64_t start, uint64_t count)
+{
+    size_t c = 0;
+    for (uint64_t p = start; p < start + count; p++) {
+        const uint64_t *e = entry_ptr(t, p);
+        if (e && (e[0] & RMP_ASSIGNED))
+            c++;
+    }
+    return c;
+}
+
+/* ------------------------------------------------------------ RMPUPDATE */
+
+static inline int overlap_rc(const struct kvmmu_rmp *t)
+{
+    return (t->flags & KVMMU_RMP_F_OVERLAP_RC7) ? KVMMU_RMP_RC_FAIL_OVERLAP_RFC
+                                                : KVMMU_RMP_RC_FAIL_OVERLAP;
+}
+
+/* Validated, VMSA and the VMPL masks survive an RMPUPDATE only when the
+ * ownership (assigned, ASID, GPA, page size) is unchanged. */
+static inline bool ownership_same(const struct kvmmu_rmp *t, uint64_t old_lo, uint64_t new_lo)
+{
+    const uint64_t own = RMP_ASSIGNED | RMP_PAGESIZE | RMP_GPA_MASK | RMP_ASID_MASK;
+    if (t->flags & KVMMU_RMP_F_ALWAYS_RESET)
+        return false;
+    return (old_lo & own) == (new_lo & own);
+}
+
+static void write_owner(const struct kvmmu_rmp *t, uint64_t *e, uint64_t new_lo, bool keep_count)
+{
+    uint64_t old = e[0];
+    uint64_t lo = new_lo;
+    uint64_t hi = e[1];
+    if (keep_count)
+        lo |= old & RMP_SUBPAGE_MASK;
+    if (ownership_same(t, old, new_lo)) {
+        lo |= old & (RMP_VALIDATED | RMP_VMSA);
+    } else {
+        hi &= ~RMP_PERMS_MASK;
+        if (new_lo & RMP_ASSIGNED)
+            hi |= PERM_FULL;         /* VMPL0 full, VMPL1-3 none */
+    }
+    e[1] = hi;
+    e[0] = lo;
+}
+
+int kvmmu_rmp_rmpupdate(const struct kvmmu_rmp *t, uint64_t pfn, const struct kvmmu_rmp_state *st)
+{
+    uint64_t *e = entry_ptr(t, pfn);
+    if (!e || st->assigned > 1 || st->pagesize > 1 || st->immutable > 1 || st->rsvd != 0)
+        return KVMMU_RMP_RC_FAIL_INPUT;
+    if (st->asid > RMP_ASID_MAX || (st->gpa & 0xFFF) || (st->gpa >> (12 + RMP_GPA_BITS)))
+        return KVMMU_RMP_RC_FAIL_INPUT;
+    if (!st->assigned && st->asid != 0)
+        return KVMMU_RMP_RC_FAIL_INPUT;
+
+    uint64_t head = pfn & PMD_PFN_MASK;
+    uint64_t new_lo = (st->assigned ? RMP_ASSIGNED : 0) | (st->immutable ? RMP_IMMUTABLE : 0) |
+                      (st->gpa & RMP_GPA_MASK) | ((uint64_t)st->asid << RMP_ASID_SHIFT);
+
+    if (st->pagesize) {
+        if (pfn != head || (st->assigned && (st->gpa & (KBIT(21) - 1))))
+            return KVMMU_RMP_RC_FAIL_INPUT;
+        uint64_t *b = block_ptr(t, head);
+        if (!b)
+            return KVMMU_RMP_RC_FAIL_INPUT;
+        for (uint32_t i = 0; i < PTRS_PER_PMD; i++)
+            if (b[2 * i] & RMP_IMMUTABLE)
+                return KVMMU_RMP_RC_FAIL_PERMISSION;
+        for (uint32_t i = 0; i < PTRS_PER_PMD; i++)
+            if (b[2 * i] & RMP_LOCK)
+                return KVMMU_RMP_RC_FAIL_INUSE;
+        if (!is_2m_page(b[0]) && lo_count(b[0]) != 0)
+            return overlap_rc(t);
+        /* Commit: the 2M entry, then the 511 middle entries. */
+        new_lo |= RMP_PAGESIZE;
+        write_owner(t, b, new_lo, false);
+        for (uint32_t i = 1; i < PTRS_PER_PMD; i++) {
+            uint64_t *m = b + 2 * i;
+            if (t->flags & KVMMU_RMP_F_MIDDLE_FULL) {
+                uint64_t mlo = new_lo;
+                if (st->assigned)
+                    mlo = (mlo & ~RMP_GPA_MASK) | ((st->gpa & RMP_GPA_MASK) + ((uint64_t)i << 12));
+                m[0] = mlo;
+                m[1] = (m[1] & ~RMP_PERMS_MASK) | (b[1] & RMP_PERMS_MASK);
+            } else {
+                m[0] = st->assigned ? RMP_ASSIGNED : 0;
+                m[1] &= ~RMP_PERMS_MASK;
+            }
+        }
+        return KVMMU_RMP_RC_SUCCESS;
+    }
+
+    uint64_t *h = entry_ptr(t, head);
+    if (e[0] & RMP_IMMUTABLE)
+        return KVMMU_RMP_RC_FAIL_PERMISSION;
+    if (e[0] & RMP_LOCK)
+        return KVMMU_RMP_RC_FAIL_INUSE;
+    if (is_2m_page(h[0]))
+        return overlap_rc(t);
+    bool was = e[0] & RMP_ASSIGNED;
+    write_owner(t, e, new_lo, pfn == head);
+    if (pfn != head && was != (bool)st->assigned) {
+        uint64_t c = lo_count(h[0]);
+        c = st->assigned ? c + 1 : c - 1;
+        h[0] = (h[0] & ~RMP_SUBPAGE_MASK) | (c << RMP_SUBPAGE_SHIFT);
+    }
+    return KVMMU_RMP_RC_SUCCESS;
+}
+
+size_t kvmmu_rmp_rmpupdate_batch(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                 const uint64_t *gpa, uint32_t assigned, uint32_t pagesize,
+                                 uint32_t immutable, uint32_t asid, size_t n, int *err)
+{
+    struct kvmmu_rmp_state st = {0, (uint8_t)assigned, (uint8_t)pagesize, (uint8_t)immutable, 0, asid};
+    if (assigned > 1 || pagesize > 1 || immutable > 1) {
+        if (err)
+            *err = KVMMU_RMP_RC_FAIL_INPUT;
+        return n ? 1 : 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        st.gpa = gpa ? gpa[i] : 0;
+        int rc = kvmmu_rmp_rmpupdate(t, pfn[i], &st);
+        if (rc) {
+            if (err)
+                *err = rc;
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ PSMASH */
+
+int kvmmu_rmp_psmash(const struct kvmmu_rmp *t, uint64_t pfn)
+{
+    if (!entry_ptr(t, pfn) || (pfn & (PTRS_PER_PMD - 1)))
+        return KVMMU_RMP_RC_FAIL_INPUT;
+    uint64_t *b = block_ptr(t, pfn);
+    if (!b)
+        return KVMMU_RMP_RC_FAIL_INPUT;
+    if (b[0] & RMP_LOCK)
+        return KVMMU_RMP_RC_FAIL_INUSE;
+    if (!is_2m_page(b[0]))
+        return KVMMU_RMP_RC_FAIL_BADADDR;
+    uint64_t lo = b[0] & ~(RMP_PAGESIZE | RMP_SUBPAGE_MASK | RMP_LOCK);
+    uint64_t perms = b[1] & RMP_PERMS_MASK;
+    uint64_t gfn = lo_gfn(lo);
+    for (uint32_t i = PTRS_PER_PMD; i-- > 0;) {
+        uint64_t *m = b + 2 * i;
+        uint64_t mlo = (lo & ~RMP_GPA_MASK) | (((gfn + i) << RMP_GPA_SHIFT) & RMP_GPA_MASK);
+        if (i == 0)
+            mlo |= (uint64_t)(PTRS_PER_PMD - 1) << RMP_SUBPAGE_SHIFT;
+        m[1] = (m[1] & ~RMP_PERMS_MASK) | perms;
+        m[0] = mlo;
+    }
+    return KVMMU_RMP_RC_SUCCESS;
+}
+
+/* ------------------------------------------------------------ guest instructions */
+
+/* The RMP checks PVALIDATE and RMPADJUST share: covered, guest-owned,
+ * reverse-map, mutable, and (NPF with SIZEM) a 4K request on a 2M page.
+ * Returns 0 or KVMMU_RMP_RC_NPF; *g is the governing entry. */
+static int guest_insn_npf(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint64_t gfn,
+                          uint32_t size, uint64_t **g, bool *in2m, uint64_t *exitinfo)
+{
+    uint64_t *e = entry_ptr(t, pfn);
+    uint64_t base = PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC;
+    if (!e) {
+        *exitinfo = base;
+        return KVMMU_RMP_RC_NPF;
+    }
+    *g = (uint64_t *)governing(t, pfn, e, in2m);
+    uint64_t lo = (*g)[0];
+    uint64_t want_gfn = *in2m ? lo_gfn(lo) + (pfn & (PTRS_PER_PMD - 1)) : lo_gfn(lo);
+    if (!(lo & RMP_ASSIGNED) || lo_asid(lo) != asid || want_gfn != gfn || (lo & RMP_IMMUTABLE)) {
+        *exitinfo = base;
+        return KVMMU_RMP_RC_NPF;
+    }
+    if (*in2m && size == 0) {
+        *exitinfo = base | PFERR_GUEST_SIZEM;
+        return KVMMU_RMP_RC_NPF;
+    }
+    return 0;
+}
+
+int kvmmu_rmp_pvalidate(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint32_t vmpl,
+                        uint64_t gfn, uint32_t size, uint32_t validate, uint64_t *exitinfo)
+{
+    uint64_t *g = NULL;
+    bool in2m = false;
+    *exitinfo = 0;
+    if (size > 1 || validate > 1 || vmpl > 3)
+        return KVMMU_RMP_RC_FAIL_INPUT;
+    if (size == 1 && ((gfn | pfn) & (PTRS_PER_PMD - 1)))
+        return KVMMU_RMP_RC_FAIL_INPUT;
+    if (vmpl != 0)
+        return (t->flags & KVMMU_RMP_F_PVALIDATE_VMPL_GP) ? KVMMU_RMP_RC_GP
+                                                          : KVMMU_RMP_RC_FAIL_PERMISSION;
+    int rc = guest_insn_npf(t, pfn, asid, gfn, size, &g, &in2m, exitinfo);
+    if (rc)
+        return rc;
+    if (size == 1 && !in2m)
+        return KVMMU_RMP_RC_FAIL_SIZEMISMATCH;
+    if (((g[0] & RMP_VALIDATED) != 0) == (validate != 0))
+        return KVMMU_RMP_RC_NOUPDATE;
+    g[0] = validate ? (g[0] | RMP_VALIDATED) : (g[0] & ~RMP_VALIDATED);
+    return KVMMU_RMP_RC_SUCCESS;
+}
+
+int kvmmu_rmp_rmpadjust(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint32_t vmpl,
+                        uint64_t gfn, uint32_t size, uint32_t target_vmpl, uint32_t perms,
+                        uint32_t vmsa, uint64_t *exitinfo)
+{
+    uint64_t *g = NULL;
+    bool in2m = false;
+    *exitinfo = 0;
+    if (size > 1 || vmpl > 3 || target_vmpl > 3 || perms > 0xFF || (perms & PERM_RSVD) || vmsa > 1)
+        return KVMMU_RMP_RC_FAIL_INPUT;
+    if (size == 1 && ((gfn | pfn) & (PTRS_PER_PMD - 1)))
+        return KVMMU_RMP_RC_FAIL_INPUT;
+    if (target_vmpl <= vmpl)
+        return KVMMU_RMP_RC_FAIL_PERMISSION;
+    int rc = guest_insn_npf(t, pfn, asid, gfn, size, &g, &in2m, exitinfo);
+    if (rc)
+        return rc;
+    if (!(g[0] & RMP_VALIDATED)) {
+        *exitinfo = SVM_EXIT_VC_NOT_VALIDATED;
+        return KVMMU_RMP_RC_VC;
+    }
+    if (size == 1 && !in2m)
+        return KVMMU_RMP_RC_FAIL_SIZEMISMATCH;
+    if (perms & ~hi_perm(g[1], vmpl))
+        return KVMMU_RMP_RC_FAIL_PERMISSION;
+    uint64_t sh = 8u * target_vmpl;
+    g[1] = (g[1] & ~(UINT64_C(0xFF) << sh)) | ((uint64_t)perms << sh);
+    if (vmpl == 0)
+        g[0] = vmsa ? (g[0] | RMP_VMSA) : (g[0] & ~RMP_VMSA);
+    return KVMMU_RMP_RC_SUCCESS;
+}
+
+/* ------------------------------------------------------------ access checks */
+
+/* Hypervisor-Owned for a mapping of the given level (1G is checked as 2M):
+ * Assigned=0 in the entry, or in all 512 entries of a 2M mapping.  Immutable
+ * is "don't care" (APM) unless KVMMU_RMP_F_HOST_IMMUTABLE. */
+static int hv_owned_check(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t level, bool host)
+{
+    bool immut = host && (t->flags & KVMMU_RMP_F_HOST_IMMUTABLE);
+    uint64_t start = level > PG_LEVEL_4K ? (pfn & PMD_PFN_MASK) : pfn;
+    uint32_t cnt = level > PG_LEVEL_4K ? PTRS_PER_PMD : 1;
+    int fail = KVMMU_RMP_CHK_OK;
+    for (uint32_t i = 0; i < cnt; i++) {
+        const uint64_t *e = entry_ptr(t, start + i);
+        if (!e)
+            continue;                /* beyond the RMP: permanently hypervisor-owned */
+        if (e[0] & RMP_ASSIGNED)
+            return KVMMU_RMP_CHK_HV_OWNED;
+        if (immut && (e[0] & RMP_IMMUTABLE))
+            fail = KVMMU_RMP_CHK_MUTABLE;
+    }
+    return fail;
+}
+
+int kvmmu_rmp_host_check(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t level, bool user,
+                         uint64_t *error_code)
+{
+    int chk = hv_owned_check(t, pfn, level, true);
+    *error_code = chk ? (PFERR_PRESENT | PFERR_WRITE | (user ? PFERR_USER : 0) | PFERR_GUEST_RMP)
+                      : 0;
+    return chk;
+}
+
+size_t kvmmu_rmp_host_check_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, uint32_t level,
+                                  uint8_t *out, size_t n)
+{
+    size_t first = 0;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = (uint8_t)hv_owned_check(t, pfn[i], level, true);
+        if (out[i] && !first)
+            first = i + 1;
+    }
+    return first;
+}
+
+static uint64_t npf_base(const struct kvmmu_rmp_access *a, bool enc)
+{
+    uint64_t ei = PFERR_PRESENT | PFERR_GUEST_RMP;
+    if (a->kind == KVMMU_RMP_ACC_WRITE || a->kind == KVMMU_RMP_ACC_PT_WRITE)
+        ei |= PFERR_WRITE;
+    if (a->user)
+        ei |= PFERR_USER;
+    if (a->kind == KVMMU_RMP_ACC_FETCH)
+        ei |= PFERR_FETCH;
+    ei |= (a->kind == KVMMU_RMP_ACC_PT_READ || a->kind == KVMMU_RMP_ACC_PT_WRITE)
+              ? PFERR_GUEST_PAGE : PFERR_GUEST_FINAL;
+    if (enc)
+        ei |= PFERR_GUEST_ENC;
+    return ei;
+}
+
+int kvmmu_rmp_guest_check(const struct kvmmu_rmp *t, const struct kvmmu_rmp_access *a,
+                          int *fault, uint64_t *exitinfo)
+{
+    bool is_write = a->kind == KVMMU_RMP_ACC_WRITE || a->kind == KVMMU_RMP_ACC_PT_WRITE;
+    bool forced_c = a->kind == KVMMU_RMP_ACC_FETCH || a->kind == KVMMU_RMP_ACC_PT_READ ||
+                    a->kind == KVMMU_RMP_ACC_PT_WRITE;
+    bool enc = a->snp_active && (a->c_bit || forced_c);
+    uint32_t level = a->npt_level > PG_LEVEL_2M ? PG_LEVEL_2M : a->npt_level;
+    int chk = KVMMU_RMP_CHK_OK;
+    *fault = 0;
+    *exitinfo = 0;
+
+    if (!enc) {
+        /* Non-SNP guests: writes and page-table accesses; SNP C=0: data writes. */
+        bool checked = a->snp_active ? a->kind == KVMMU_RMP_ACC_WRITE
+                                     : (is_write || a->kind == KVMMU_RMP_ACC_PT_READ);
+        if (checked && (chk = hv_owned_check(t, a->pfn, level, false)) != KVMMU_RMP_CHK_OK) {
+            chk = KVMMU_RMP_CHK_HV_OWNED;
+            *fault = KVMMU_RMP_RC_NPF;
+            *exitinfo = npf_base(a, false);
+        }
+        return chk;
+    }
+
+    const uint64_t *e = entry_ptr(t, a->pfn);
+    bool in2m = false;
+    if (!e || (level > PG_LEVEL_4K && !entry_ptr(t, a->pfn & PMD_PFN_MASK)))
+        chk = KVMMU_RMP_CHK_COVERED;
+    else {
+        const uint64_t *g = governing(t, a->pfn, e, &in2m);
+        uint64_t lo = g[0];
+        uint64_t want = in2m ? lo_gfn(lo) + (a->pfn & (PTRS_PER_PMD - 1)) : lo_gfn(lo);
+        if (!(lo & RMP_ASSIGNED) || lo_asid(lo) != a->asid)
+            chk = KVMMU_RMP_CHK_GUEST_OWNED;
+        else if (want != a->gfn)
+            chk = KVMMU_RMP_CHK_REVERSE_MAP;
+        else if (lo & RMP_IMMUTABLE)
+            chk = KVMMU_RMP_CHK_MUTABLE;
+        else if (in2m != (level > PG_LEVEL_4K))
+            chk = KVMMU_RMP_CHK_PAGE_SIZE;
+        else if (!(lo & RMP_VALIDATED))
+            chk = KVMMU_RMP_CHK_VALIDATED;
+        else {
+            uint32_t p = a->vmpl < 4 ? hi_perm(g[1], a->vmpl) : 0;
+            bool ok;
+            if (a->kind == KVMMU_RMP_ACC_FETCH)
+                ok = p & (a->user ? PERM_XU : PERM_XS);
+            else if (is_write)
+                ok = (p & (PERM_R | PERM_W)) == (PERM_R | PERM_W);
+            else
+                ok = p & PERM_R;
+            if (!ok)
+                chk = KVMMU_RMP_CHK_VMPL;
+        }
+    }
+    if (chk == KVMMU_RMP_CHK_VALIDATED) {
+        *fault = KVMMU_RMP_RC_VC;
+        *exitinfo = SVM_EXIT_VC_NOT_VALIDATED;
+    } else if (chk != KVMMU_RMP_CHK_OK) {
+        *fault = KVMMU_RMP_RC_NPF;
+        *exitinfo = npf_base(a, true) | (chk == KVMMU_RMP_CHK_PAGE_SIZE ? PFERR_GUEST_SIZEM : 0) |
+                    (chk == KVMMU_RMP_CHK_VMPL ? PFERR_GUEST_VMPL : 0);
+    }
+    return chk;
+}
+
+size_t kvmmu_rmp_guest_check_batch(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                   const uint64_t *gfn, const struct kvmmu_rmp_access *proto,
+                                   uint8_t *check, size_t n)
+{
+    struct kvmmu_rmp_access a = *proto;
+    size_t first = 0;
+    for (size_t i = 0; i < n; i++) {
+        int fault;
+        uint64_t ei;
+        a.pfn = pfn[i];
+        a.gfn = gfn[i];
+        check[i] = (uint8_t)kvmmu_rmp_guest_check(t, &a, &fault, &ei);
+        if (check[i] && !first)
+            first = i + 1;
+    }
+    return first;
+}
