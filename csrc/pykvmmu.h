@@ -248,5 +248,165 @@ size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_
  * rmp: the SEV-SNP Reverse Map Table (csrc/rmp.c, pykvmmu/rmp.py)
  * ====================================================================== */
 /* RMP_SECTION */
+/* Table geometry (AMD APM 15.36.4 and 15.36.22; kernel snp_rmptable_init). */
+#define KVMMU_RMP_BOOKKEEPING       16384
+#define KVMMU_RMP_ENTRY_SIZE        16
+#define KVMMU_RMP_RST_SIZE          4096
+#define KVMMU_RMP_MAX_SEGMENTS      512
+#define KVMMU_RMP_NONSEG_SHIFT      52
+
+/* Rule switches (struct kvmmu_rmp.flags); 0 = the APM reading everywhere. */
+#define KVMMU_RMP_F_HOST_IMMUTABLE      1   /* host writes also need Immutable=0 (v7-v9 changelog) */
+#define KVMMU_RMP_F_OVERLAP_RC7         2   /* FAIL_OVERLAP is 7 (RFC v5-v7 numbering) */
+#define KVMMU_RMP_F_MIDDLE_FULL         4   /* 2M middle entries carry ASID/GPA/size/immutable too */
+#define KVMMU_RMP_F_PVALIDATE_VMPL_GP   8   /* PVALIDATE at VMPL>0 raises #GP, not FAIL_PERMISSION */
+#define KVMMU_RMP_F_ALWAYS_RESET        16  /* RMPUPDATE clears Validated/VMSA/perms even if unchanged */
+#define KVMMU_RMP_F_ALL                 31
+
+/* Instruction return codes (EAX), plus the faults a guest instruction can raise. */
+#define KVMMU_RMP_RC_SUCCESS        0
+#define KVMMU_RMP_RC_FAIL_INPUT     1
+#define KVMMU_RMP_RC_FAIL_PERMISSION 2
+#define KVMMU_RMP_RC_FAIL_INUSE     3
+#define KVMMU_RMP_RC_FAIL_OVERLAP   4
+#define KVMMU_RMP_RC_FAIL_SIZEMISMATCH 6
+#define KVMMU_RMP_RC_FAIL_BADADDR   7
+#define KVMMU_RMP_RC_FAIL_OVERLAP_RFC 7
+#define KVMMU_RMP_RC_NOUPDATE       255
+#define KVMMU_RMP_RC_NPF            256
+#define KVMMU_RMP_RC_VC             257
+#define KVMMU_RMP_RC_GP             258
+
+/* Access checks (APM Table 15-39): the check that failed, 0 = all passed. */
+#define KVMMU_RMP_CHK_OK            0
+#define KVMMU_RMP_CHK_COVERED       1
+#define KVMMU_RMP_CHK_HV_OWNED      2
+#define KVMMU_RMP_CHK_GUEST_OWNED   3
+#define KVMMU_RMP_CHK_REVERSE_MAP   4
+#define KVMMU_RMP_CHK_MUTABLE       5
+#define KVMMU_RMP_CHK_PAGE_SIZE     6
+#define KVMMU_RMP_CHK_VALIDATED     7
+#define KVMMU_RMP_CHK_VMPL          8
+
+/* Guest access kinds. */
+#define KVMMU_RMP_ACC_READ          0
+#define KVMMU_RMP_ACC_WRITE         1
+#define KVMMU_RMP_ACC_FETCH         2
+#define KVMMU_RMP_ACC_PT_READ       3
+#define KVMMU_RMP_ACC_PT_WRITE      4
+
+/* Firmware page states (AMD SEV firmware snp_page_state numbering). */
+#define KVMMU_RMP_STATE_INVALID     0
+#define KVMMU_RMP_STATE_DEFAULT     1
+#define KVMMU_RMP_STATE_HYPERVISOR  2
+#define KVMMU_RMP_STATE_HV_FIXED    3
+#define KVMMU_RMP_STATE_FIRMWARE    4
+#define KVMMU_RMP_STATE_FIRMWARE_IOMMU 5
+#define KVMMU_RMP_STATE_RECLAIM     6
+#define KVMMU_RMP_STATE_CONTEXT     7
+#define KVMMU_RMP_STATE_METADATA    8
+#define KVMMU_RMP_STATE_PRE_GUEST   9
+#define KVMMU_RMP_STATE_PRE_SWAP    10
+#define KVMMU_RMP_STATE_GUEST_INVALID 11
+#define KVMMU_RMP_STATE_GUEST_VALID 12
+
+/* Batch error codes (through *err). */
+#define KVMMU_RMP_E_RANGE           1
+#define KVMMU_RMP_E_LEVEL           2
+
+/* A table: a buffer laid out as at RMP_BASE, and where its entries are. */
+struct kvmmu_rmp {
+    uint8_t *base;                   /* RMP_BASE: 16 KiB bookkeeping first */
+    uint64_t size;                   /* bytes in the buffer */
+    uint64_t nr_pfns;                /* pfns below this may be covered */
+    uint32_t seg_shift;              /* KVMMU_RMP_NONSEG_SHIFT for a contiguous RMP */
+    uint32_t nr_segs;                /* RST entries in use (1 when contiguous) */
+    uint32_t flags;                  /* KVMMU_RMP_F_* */
+    uint32_t pad;
+    uint64_t seg_off[512];           /* byte offset in base of each segment's entry 0 */
+    uint64_t seg_count[512];         /* entries of each segment (0 = not covered) */
+};
+
+/* RMPUPDATE input (the kernel's struct rmp_state, 16 bytes). */
+struct kvmmu_rmp_state {
+    uint64_t gpa;
+    uint8_t assigned;
+    uint8_t pagesize;
+    uint8_t immutable;
+    uint8_t rsvd;
+    uint32_t asid;
+};
+
+/* One raw entry decoded (pykvmmu/rmp.py FIELDS_DTYPE mirrors it). */
+struct kvmmu_rmp_fields {
+    uint64_t lo;
+    uint64_t hi;
+    uint64_t gpa;                    /* the GPA field: a guest frame number */
+    uint16_t asid;
+    uint16_t subpage_count;
+    uint8_t assigned;
+    uint8_t pagesize;
+    uint8_t immutable;
+    uint8_t vmsa;
+    uint8_t validated;
+    uint8_t lock;
+    uint8_t vmpl[4];
+    uint8_t state;                   /* firmware page state of the raw entry */
+    uint8_t pad;
+};
+
+/* A guest access to be checked against the RMP. */
+struct kvmmu_rmp_access {
+    uint64_t pfn;                    /* system frame accessed */
+    uint64_t gfn;                    /* guest frame it was translated from */
+    uint32_t asid;
+    uint8_t vmpl;
+    uint8_t npt_level;               /* 1 = 4K, 2 = 2M, 3 = 1G (checked as 2M) */
+    uint8_t kind;                    /* KVMMU_RMP_ACC_* */
+    uint8_t c_bit;
+    uint8_t snp_active;
+    uint8_t user;
+    uint8_t pad[6];
+};
+
+bool kvmmu_rmp_covered(const struct kvmmu_rmp *t, uint64_t pfn);
+int kvmmu_rmp_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *lo, uint64_t *hi);
+int kvmmu_rmp_write(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t lo, uint64_t hi);
+int kvmmu_rmp_lookup(const struct kvmmu_rmp *t, uint64_t pfn, bool *assigned, int *level);
+size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, uint8_t *assigned,
+                              uint8_t *level, uint16_t *asid, uint64_t *gpa, size_t n, int *err);
+void kvmmu_rmp_decode(uint64_t lo, uint64_t hi, struct kvmmu_rmp_fields *out);
+void kvmmu_rmp_decode_batch(const uint64_t *lo, const uint64_t *hi,
+                            struct kvmmu_rmp_fields *out, size_t n);
+size_t kvmmu_rmp_fields_batch(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                              struct kvmmu_rmp_fields *out, size_t n, int *err);
+int kvmmu_rmp_state_raw(uint64_t lo);
+int kvmmu_rmp_page_state(const struct kvmmu_rmp *t, uint64_t pfn, bool effective);
+void kvmmu_rmp_page_state_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, bool effective,
+                                uint8_t *out, size_t n);
+void kvmmu_rmp_state_raw_batch(const uint64_t *lo, uint8_t *out, size_t n);
+
+int kvmmu_rmp_rmpupdate(const struct kvmmu_rmp *t, uint64_t pfn, const struct kvmmu_rmp_state *st);
+size_t kvmmu_rmp_rmpupdate_batch(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                 const uint64_t *gpa, uint32_t assigned, uint32_t pagesize,
+                                 uint32_t immutable, uint32_t asid, size_t n, int *err);
+int kvmmu_rmp_psmash(const struct kvmmu_rmp *t, uint64_t pfn);
+int kvmmu_rmp_pvalidate(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint32_t vmpl,
+                        uint64_t gfn, uint32_t size, uint32_t validate, uint64_t *exitinfo);
+int kvmmu_rmp_rmpadjust(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint32_t vmpl,
+                        uint64_t gfn, uint32_t size, uint32_t target_vmpl, uint32_t perms,
+                        uint32_t vmsa, uint64_t *exitinfo);
+
+int kvmmu_rmp_host_check(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t level, bool user,
+                         uint64_t *error_code);
+size_t kvmmu_rmp_host_check_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, uint32_t level,
+                                  uint8_t *out, size_t n);
+int kvmmu_rmp_guest_check(const struct kvmmu_rmp *t, const struct kvmmu_rmp_access *a,
+                          int *fault, uint64_t *exitinfo);
+size_t kvmmu_rmp_guest_check_batch(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                   const uint64_t *gfn, const struct kvmmu_rmp_access *proto,
+                                   uint8_t *check, size_t n);
+size_t kvmmu_rmp_count_assigned(const struct kvmmu_rmp *t, uint64_t start, uint64_t count);
+
 
 #endif
