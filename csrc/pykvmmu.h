@@ -256,11 +256,16 @@ size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_
 #define KVMMU_RMP_NONSEG_SHIFT      52
 
 /* Rule switches (struct kvmmu_rmp.flags); 0 = the APM reading everywhere. */
-#define KVMMU_RMP_F_HOST_IMMUTABLE      1   /* host writes also need Immutable=0 (v7-v9 changelog) */
-#define KVMMU_RMP_F_OVERLAP_RC7         2   /* FAIL_OVERLAP is 7 (RFC v5-v7 numbering) */
-#define KVMMU_RMP_F_MIDDLE_FULL         4   /* 2M middle entries carry ASID/GPA/size/immutable too */
-#define KVMMU_RMP_F_PVALIDATE_VMPL_GP   8   /* PVALIDATE at VMPL>0 raises #GP, not FAIL_PERMISSION */
-#define KVMMU_RMP_F_ALWAYS_RESET        16  /* RMPUPDATE clears Validated/VMSA/perms even if unchanged */
+/* KVMMU_RMP_F_HOST_IMMUTABLE: host writes also need Immutable=0 (v7-v9 changelog) */
+#define KVMMU_RMP_F_HOST_IMMUTABLE      1
+/* KVMMU_RMP_F_OVERLAP_RC7: FAIL_OVERLAP is 7 (RFC v5-v7 numbering) */
+#define KVMMU_RMP_F_OVERLAP_RC7         2
+/* KVMMU_RMP_F_MIDDLE_FULL: 2M middle entries carry ASID/GPA/size/immutable too */
+#define KVMMU_RMP_F_MIDDLE_FULL         4
+/* KVMMU_RMP_F_PVALIDATE_VMPL_GP: PVALIDATE at VMPL>0 raises #GP, not FAIL_PERMISSION */
+#define KVMMU_RMP_F_PVALIDATE_VMPL_GP   8
+/* KVMMU_RMP_F_ALWAYS_RESET: RMPUPDATE clears Validated/VMSA/perms even if unchanged */
+#define KVMMU_RMP_F_ALWAYS_RESET        16
 #define KVMMU_RMP_F_ALL                 31
 
 /* Instruction return codes (EAX), plus the faults a guest instruction can raise. */
