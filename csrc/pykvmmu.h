@@ -211,12 +211,15 @@ size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte
 #define KVMMU_ROLE_MAXF          32
 #define KVMMU_ROLE_ROW32         16
 #define KVMMU_ROLE_ROW64         32
-#define KVMMU_ROLE_E_WIDTH       1   /* a field value does not fit in its width */
-#define KVMMU_ROLE_E_RESERVED    2   /* a word has bits set outside every field */
-#define KVMMU_ROLE_E_LAYOUT      3   /* the layout itself is malformed */
-#define KVMMU_HASH_X86_64        0   /* hash_64, 64-bit kernel, v4.7+ */
-#define KVMMU_HASH_32BIT_HOST    1   /* hash_64 on a 32-bit kernel, v4.7+ */
-#define KVMMU_HASH_PRE_4_7       2   /* hash_64 before v4.7 (GOLDEN_RATIO_PRIME_64) */
+/* Batch rule codes: a field value wider than its field; bits outside every
+ * field; a malformed layout. */
+#define KVMMU_ROLE_E_WIDTH       1
+#define KVMMU_ROLE_E_RESERVED    2
+#define KVMMU_ROLE_E_LAYOUT      3
+/* hash_64 variants: 64-bit kernel v4.7+; 32-bit kernel v4.7+; before v4.7. */
+#define KVMMU_HASH_X86_64        0
+#define KVMMU_HASH_32BIT_HOST    1
+#define KVMMU_HASH_PRE_4_7       2
 #define KVMMU_MMU_HASH_SHIFT     12
 
 struct kvmmu_role_layout {
