@@ -7,6 +7,8 @@
 #include "pykvmmu.h"
 #include "common.h"
 
+#include <string.h>
+
 #define PT_PRESENT_MASK     KBIT(0)
 #define PT_WRITABLE_MASK    KBIT(1)
 #define PT_PAGE_SIZE_MASK   KBIT(7)
@@ -110,11 +112,12 @@ static inline bool needs_atomic(const struct kvmmu_cfg *c, uint64_t s)
             return true;
         return is_writable(s) && !(s & c->dirty_mask);
     }
-    if (!is_present(c, s))
-        return false;
     if (rule(c, KVMMU_R_ATOMIC_MMUW_NOT_W)) {
+        /* v5.19+: the shadow-present check moved to the callers. */
         if (!is_writable(s) && is_mmu_writable(c, s))
             return true;
+    } else if (!is_present(c, s)) {
+        return false;
     } else if (is_mmu_writable(c, s)) {
         return true;
     }
@@ -240,7 +243,7 @@ uint64_t kvmmu_restore_acc_track_spte(const struct kvmmu_cfg *cfg, uint64_t spte
     return restore_acc_track(cfg, spte);
 }
 
-size_t kvmmu_access_track_batch(const struct kvmmu_cfg *cfg, const uint64_t *in, bool restore,
+KVMMU_HOT size_t kvmmu_access_track_batch(const struct kvmmu_cfg *cfg, const uint64_t *in, bool restore,
                                 uint64_t *out, size_t n)
 {
     if (restore) {
@@ -378,27 +381,47 @@ int kvmmu_make_spte_check(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t le
     return check_inputs(cfg, pfn, level, pte_access, mkflags, memtype);
 }
 
-size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
-                             const uint64_t *old_spte, uint64_t old_spte_scalar,
-                             const uint8_t *level, uint32_t level_scalar,
-                             const uint8_t *pte_access, uint32_t pte_access_scalar,
-                             const uint8_t *mkflags, uint32_t mkflags_scalar,
-                             const uint8_t *memtype, uint32_t memtype_scalar,
-                             uint64_t *out, uint8_t *wrprot, size_t n, int *err)
+/* Batch sizes from which the per-element path uses a table of every (level, access, flags). */
+#define MK_TABLE_MIN 16384
+#define MK_TABLE_SIZE (5 * 8 * 256)
+
+static size_t first_bad_input(const struct kvmmu_cfg *c, const uint64_t *pfn, const uint8_t *level,
+                              uint32_t level_scalar, const uint8_t *acc, uint32_t acc_scalar,
+                              size_t n, int *err)
 {
-    uint64_t pfn_bad = ~(cfg->base_addr_mask >> 12);
+    for (size_t i = 0; i < n; i++) {
+        int e = check_inputs(c, pfn[i], level ? level[i] : level_scalar, acc ? acc[i] : acc_scalar,
+                             0, KVMMU_MEMTYPE_AUTO);
+        if (e) {
+            *err = e;
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
+KVMMU_HOT size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict pfn,
+                             const uint64_t *restrict old_spte, uint64_t old_spte_scalar,
+                             const uint8_t *restrict level, uint32_t level_scalar,
+                             const uint8_t *restrict pte_access, uint32_t pte_access_scalar,
+                             const uint8_t *restrict mkflags, uint32_t mkflags_scalar,
+                             const uint8_t *restrict memtype, uint32_t memtype_scalar,
+                             uint64_t *restrict out, uint8_t *restrict wrprot, size_t n, int *err)
+{
+    const struct kvmmu_cfg cl = *cfg;     /* a local copy: stores through out cannot alias it */
+    const struct kvmmu_cfg *c = &cl;
+    const uint64_t pfn_bad = ~(cl.base_addr_mask >> 12);
 
     if (!old_spte && !level && !pte_access && !mkflags && !memtype) {
         /* Every input but the pfn is shared: build the template once, OR the pfns in. */
-        int e = check_inputs(cfg, 0, level_scalar, pte_access_scalar, mkflags_scalar,
-                             memtype_scalar);
+        int e = check_inputs(c, 0, level_scalar, pte_access_scalar, mkflags_scalar, memtype_scalar);
         if (e) {
             *err = e;
             return 1;
         }
         bool wp;
-        uint64_t t = make_spte_nopfn(cfg, old_spte_scalar, level_scalar, pte_access_scalar,
-                                     mkflags_scalar, memtype_scalar, &wp);
+        const uint64_t t = make_spte_nopfn(c, old_spte_scalar, level_scalar, pte_access_scalar,
+                                           mkflags_scalar, memtype_scalar, &wp);
         uint64_t bad = 0;
         for (size_t i = 0; i < n; i++) {
             uint64_t p = pfn[i];
@@ -409,14 +432,38 @@ size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
             for (size_t i = 0; i < n; i++)
                 wrprot[i] = wp;
         }
-        if (KVMMU_UNLIKELY(bad)) {
-            for (size_t i = 0; i < n; i++) {
-                if (pfn[i] & pfn_bad) {
-                    *err = KVMMU_E_PFN;
-                    return i + 1;
-                }
-            }
+        if (KVMMU_UNLIKELY(bad))
+            return first_bad_input(c, pfn, NULL, level_scalar, NULL, pte_access_scalar, n, err);
+        return 0;
+    }
+    if (memtype_scalar != KVMMU_MEMTYPE_AUTO && (memtype_scalar & ~(uint32_t)EPT_MT_FIELD)) {
+        *err = KVMMU_E_MEMTYPE;
+        return 1;
+    }
+    if (!old_spte && !memtype && n >= MK_TABLE_MIN) {
+        /* Only (level, access, flags) vary: tabulate make_spte without the pfn once. */
+        uint64_t tab[MK_TABLE_SIZE];
+        uint8_t tab_wp[MK_TABLE_SIZE];
+        for (uint32_t k = 0; k < MK_TABLE_SIZE; k++) {
+            bool wp;
+            tab[k] = make_spte_nopfn(c, old_spte_scalar, k / 2048 + 1, (k / 256) % 8,
+                                     (k % 256) | mkflags_scalar, memtype_scalar, &wp);
+            tab_wp[k] = wp;
         }
+        uint64_t bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t p = pfn[i];
+            uint32_t l1 = (level ? level[i] : level_scalar) - 1u;
+            uint32_t ac = pte_access ? pte_access[i] : pte_access_scalar;
+            uint32_t mk = mkflags ? mkflags[i] : 0u;
+            bad |= (p & pfn_bad) | (uint64_t)(l1 > 4) | (uint64_t)(ac > 7);
+            uint32_t k = ((l1 > 4 ? 0 : l1) * 8 + (ac & 7)) * 256 + mk;
+            out[i] = tab[k] | (p << 12);
+            if (wrprot)
+                wrprot[i] = tab_wp[k];
+        }
+        if (KVMMU_UNLIKELY(bad))
+            return first_bad_input(c, pfn, level, level_scalar, pte_access, pte_access_scalar, n, err);
         return 0;
     }
     for (size_t i = 0; i < n; i++) {
@@ -425,14 +472,14 @@ size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
         uint32_t ac = pte_access ? pte_access[i] : pte_access_scalar;
         uint32_t mk = (mkflags ? mkflags[i] : 0u) | mkflags_scalar;
         uint32_t mt = memtype ? memtype[i] : memtype_scalar;
-        int e = check_inputs(cfg, p, lv, ac, mk, mt);
+        int e = check_inputs(c, p, lv, ac, mk, mt);
         if (KVMMU_UNLIKELY(e)) {
             *err = e;
             return i + 1;
         }
         bool wp;
-        out[i] = make_spte_nopfn(cfg, old_spte ? old_spte[i] : old_spte_scalar, lv, ac, mk, mt,
-                                 &wp) | (p << 12);
+        out[i] = make_spte_nopfn(c, old_spte ? old_spte[i] : old_spte_scalar, lv, ac, mk, mt, &wp) |
+                 (p << 12);
         if (wrprot)
             wrprot[i] = wp;
     }
@@ -565,15 +612,20 @@ size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *s
 
 #define PRED_LOOP(expr)                                              \
     for (size_t i = 0; i < n; i++) {                                 \
-        uint64_t s = spte[i];                                        \
-        (void)s;                                                     \
+        const uint64_t s = spte[i];                                  \
         out[i] = (uint8_t)(expr);                                    \
     }
 
-size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *c, int p, const uint64_t *spte,
-                             const uint8_t *level, uint32_t level_scalar, uint8_t *out,
-                             size_t n, int *err)
+KVMMU_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p, const uint64_t *restrict spte,
+                             const uint8_t *restrict level, uint32_t level_scalar,
+                             uint8_t *restrict out, size_t n, int *err)
 {
+    const struct kvmmu_cfg cl = *cfg;
+    const struct kvmmu_cfg *c = &cl;
+    const uint64_t hw = cl.host_writable_mask, mw = cl.mmu_writable_mask;
+    const uint64_t a = cl.accessed_mask, d = cl.dirty_mask, atm = cl.acc_track_mask;
+    const uint64_t xm = cl.x_mask, xnx = cl.x_mask | cl.nx_mask;
+
     if (p == KVMMU_P_LAST || p == KVMMU_P_RSVD) {
         for (size_t i = 0; i < n; i++) {
             uint32_t lv = level ? level[i] : level_scalar;
@@ -593,20 +645,66 @@ size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *c, int p, const uint64_t *s
             PRED_LOOP(is_present(c, s));
         }
         break;
-    case KVMMU_P_MMIO: PRED_LOOP(is_mmio(c, s)); break;
-    case KVMMU_P_FROZEN: PRED_LOOP(is_frozen(c, s)); break;
+    case KVMMU_P_MMIO:
+        if (!(cl.flags & KVMMU_F_MMIO_ENABLED)) {
+            memset(out, 0, n);
+        } else if (rule(c, KVMMU_R_MMIO_SPECIAL_TAG)) {
+            PRED_LOOP((s & SPTE_AD_MASK) == SPTE_AD_MASK);
+        } else {
+            const uint64_t m = cl.mmio_mask, v = cl.mmio_value;
+            PRED_LOOP((s & m) == v);
+        }
+        break;
+    case KVMMU_P_FROZEN:
+        if (cl.flags & KVMMU_F_HAS_FROZEN) {
+            const uint64_t f = cl.frozen_value;
+            PRED_LOOP(s == f);
+        } else {
+            memset(out, 0, n);
+        }
+        break;
     case KVMMU_P_LARGE: PRED_LOOP((s >> 7) & 1); break;
-    case KVMMU_P_EXECUTABLE: PRED_LOOP(is_executable(c, s)); break;
+    case KVMMU_P_EXECUTABLE: PRED_LOOP((s & xnx) == xm); break;
     case KVMMU_P_WRITABLE: PRED_LOOP((s >> 1) & 1); break;
-    case KVMMU_P_MMU_WRITABLE: PRED_LOOP(is_mmu_writable(c, s)); break;
-    case KVMMU_P_HOST_WRITABLE: PRED_LOOP((s & c->host_writable_mask) != 0); break;
-    case KVMMU_P_ACCESSED: PRED_LOOP(is_accessed(c, s)); break;
-    case KVMMU_P_DIRTY: PRED_LOOP(pred(c, KVMMU_P_DIRTY, s, 1)); break;
-    case KVMMU_P_AD_ENABLED: PRED_LOOP(ad_enabled(s)); break;
-    case KVMMU_P_AD_NEED_WRITE_PROTECT: PRED_LOOP(ad_need_wp(s)); break;
-    case KVMMU_P_ACCESS_TRACK: PRED_LOOP(is_access_track(c, s)); break;
-    case KVMMU_P_NEEDS_ATOMIC_UPDATE: PRED_LOOP(needs_atomic(c, s)); break;
-    case KVMMU_P_WRITABLE_INVARIANTS_OK: PRED_LOOP(writable_invariants_ok(c, s)); break;
+    case KVMMU_P_MMU_WRITABLE:
+        if (rule(c, KVMMU_R_LOCKLESS_BOTH_BITS)) {
+            PRED_LOOP((s & (hw | mw)) == (hw | mw));
+        } else {
+            PRED_LOOP((s & mw) != 0);
+        }
+        break;
+    case KVMMU_P_HOST_WRITABLE: PRED_LOOP((s & hw) != 0); break;
+    case KVMMU_P_ACCESSED:
+        if (rule(c, KVMMU_R_AD_ALWAYS)) {
+            PRED_LOOP((s & a) != 0);
+        } else {
+            PRED_LOOP(is_accessed(c, s));
+        }
+        break;
+    case KVMMU_P_DIRTY:
+        if (rule(c, KVMMU_R_AD_ALWAYS)) {
+            PRED_LOOP((s & d) != 0);
+        } else {
+            PRED_LOOP(is_dirty_old(c, s));
+        }
+        break;
+    case KVMMU_P_AD_ENABLED: PRED_LOOP((s & SPTE_AD_MASK) != SPTE_AD_DISABLED); break;
+    case KVMMU_P_AD_NEED_WRITE_PROTECT: PRED_LOOP((s & SPTE_AD_MASK) != 0); break;
+    case KVMMU_P_ACCESS_TRACK:
+        PRED_LOOP(((s & SPTE_AD_MASK) == SPTE_AD_DISABLED) & ((s & atm) == 0));
+        break;
+    case KVMMU_P_NEEDS_ATOMIC_UPDATE:
+        if (rule(c, KVMMU_R_ATOMIC_NEEDS) && !rule(c, KVMMU_R_LOCKLESS_BOTH_BITS)) {
+            PRED_LOOP(((((s >> 1) & 1) == 0) & ((s & mw) != 0)) |
+                      ((s & SPTE_AD_MASK) == SPTE_AD_DISABLED) |
+                      (((s >> 1) & 1) & ((s & d) == 0)));
+        } else {
+            PRED_LOOP(needs_atomic(c, s));
+        }
+        break;
+    case KVMMU_P_WRITABLE_INVARIANTS_OK:
+        PRED_LOOP((s & mw) ? ((s & hw) != 0) : (((s >> 1) & 1) == 0));
+        break;
     case KVMMU_P_EPT_VE_POSSIBLE: PRED_LOOP(ept_ve_possible(c, s)); break;
     default:
         *err = KVMMU_E_FLAGS;
@@ -615,7 +713,7 @@ size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *c, int p, const uint64_t *s
     return 0;
 }
 
-size_t kvmmu_spte_to_pfn_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
+KVMMU_HOT size_t kvmmu_spte_to_pfn_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
                                uint64_t *out, size_t n)
 {
     uint64_t m = cfg->base_addr_mask;
@@ -636,44 +734,65 @@ static inline uint8_t granted_access(const struct kvmmu_cfg *c, uint64_t s)
     return a;
 }
 
-size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *c, const uint64_t *spte,
-                               const uint8_t *level, uint32_t level_scalar,
-                               struct kvmmu_spte_info *out, size_t n, int *err)
+KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict spte,
+                               const uint8_t *restrict level, uint32_t level_scalar,
+                               struct kvmmu_spte_info *restrict out, size_t n, int *err)
 {
-    bool ept = (c->flags & KVMMU_F_EPT) != 0;
+    const struct kvmmu_cfg cl = *cfg;
+    const struct kvmmu_cfg *c = &cl;
+    const bool ept = (cl.flags & KVMMU_F_EPT) != 0;
+    const bool ve = (cl.flags & KVMMU_F_EPT_VE_CHECK) != 0;
+    const bool ad_always = rule(c, KVMMU_R_AD_ALWAYS);
+
     for (size_t i = 0; i < n; i++) {
-        uint64_t s = spte[i];
-        uint32_t lv = level ? level[i] : level_scalar;
+        const uint64_t s = spte[i];
+        const uint32_t lv = level ? level[i] : level_scalar;
         if (KVMMU_UNLIKELY(lv < 1 || lv > 5)) {
             *err = KVMMU_E_LEVEL;
             return i + 1;
         }
+        const bool present = is_present(c, s), mmio = is_mmio(c, s), frozen = is_frozen(c, s);
+        const bool w = is_writable(s), x = is_executable(c, s);
+        uint32_t m = 0;
+        m |= (uint32_t)present << KVMMU_P_SHADOW_PRESENT;
+        m |= (uint32_t)mmio << KVMMU_P_MMIO;
+        m |= (uint32_t)frozen << KVMMU_P_FROZEN;
+        m |= (uint32_t)is_large(s) << KVMMU_P_LARGE;
+        m |= (uint32_t)is_last(s, lv) << KVMMU_P_LAST;
+        m |= (uint32_t)x << KVMMU_P_EXECUTABLE;
+        m |= (uint32_t)w << KVMMU_P_WRITABLE;
+        m |= (uint32_t)is_mmu_writable(c, s) << KVMMU_P_MMU_WRITABLE;
+        m |= (uint32_t)((s & cl.host_writable_mask) != 0) << KVMMU_P_HOST_WRITABLE;
+        m |= (uint32_t)is_accessed(c, s) << KVMMU_P_ACCESSED;
+        m |= (uint32_t)(ad_always ? (s & cl.dirty_mask) != 0 : is_dirty_old(c, s)) << KVMMU_P_DIRTY;
+        m |= (uint32_t)ad_enabled(s) << KVMMU_P_AD_ENABLED;
+        m |= (uint32_t)ad_need_wp(s) << KVMMU_P_AD_NEED_WRITE_PROTECT;
+        m |= (uint32_t)is_access_track(c, s) << KVMMU_P_ACCESS_TRACK;
+        m |= (uint32_t)needs_atomic(c, s) << KVMMU_P_NEEDS_ATOMIC_UPDATE;
+        m |= (uint32_t)writable_invariants_ok(c, s) << KVMMU_P_WRITABLE_INVARIANTS_OK;
+        m |= (uint32_t)is_rsvd(c, s, lv) << KVMMU_P_RSVD;
+        m |= (uint32_t)(ve && ept_ve_possible(c, s)) << KVMMU_P_EPT_VE_POSSIBLE;
+
         struct kvmmu_spte_info *o = &out[i];
-        for (int p = 0; p < KVMMU_P_COUNT; p++)
-            o->pred[p] = (uint8_t)pred(c, p, s, lv);
-        for (int p = KVMMU_P_COUNT; p < 24; p++)
-            o->pred[p] = 0;
-        if (!(c->flags & KVMMU_F_EPT_VE_CHECK))
-            o->pred[KVMMU_P_EPT_VE_POSSIBLE] = 0;
         o->spte = s;
-        o->pfn = (s & c->base_addr_mask) >> 12;
-        if (is_frozen(c, s))
-            o->kind = KVMMU_KIND_FROZEN;
-        else if (is_mmio(c, s))
-            o->kind = KVMMU_KIND_MMIO;
-        else if (is_present(c, s))
-            o->kind = KVMMU_KIND_PRESENT;
-        else if (s == c->nonpresent_value)
-            o->kind = KVMMU_KIND_NONPRESENT;
-        else
-            o->kind = KVMMU_KIND_OTHER;
+        o->pfn = (s & cl.base_addr_mask) >> 12;
+        o->kind = frozen ? KVMMU_KIND_FROZEN : mmio ? KVMMU_KIND_MMIO : present ? KVMMU_KIND_PRESENT
+                  : s == cl.nonpresent_value ? KVMMU_KIND_NONPRESENT : KVMMU_KIND_OTHER;
         o->ad_type = (uint8_t)((s >> 52) & 3);
         o->memtype = ept ? (uint8_t)((s >> 3) & 7) : 0;
         o->ipat = ept ? (uint8_t)((s >> 6) & 1) : 0;
-        o->access = granted_access(c, s);
+        o->access = (uint8_t)((x ? ACC_EXEC : 0) | (w ? ACC_WRITE : 0) |
+                              ((s & cl.user_mask) ? ACC_USER : 0));
         o->saved_rx = (uint8_t)((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED);
         o->level = (uint8_t)lv;
         o->pad = 0;
+        /* Spread predicate bit k to byte k (0 or 1) eight at a time. */
+        for (int q = 0; q < 3; q++) {
+            uint64_t b = (m >> (8 * q)) & 0xFF;
+            uint64_t e = ((((b * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201)) +
+                           UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
+            memcpy(&o->pred[8 * q], &e, 8);
+        }
     }
     return 0;
 }
