@@ -197,6 +197,44 @@ size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte
  * mmio: MMIO SPTEs and generations (csrc/mmio.c, pykvmmu/mmio.py)
  * ====================================================================== */
 /* MMIO_SECTION */
+#define KVMMU_MMIO_GFN_BITS         40   /* gfns address a 52-bit GPA */
+/* Batch error codes (through *err). */
+#define KVMMU_MMIO_E_GFN            1
+#define KVMMU_MMIO_E_ACCESS         2
+#define KVMMU_MMIO_E_IN_PROGRESS    3
+/* Outcome of a fault on an MMIO SPTE (handle_mmio_page_fault). */
+#define KVMMU_MMIO_EMULATE          0    /* generation matches: cache and emulate */
+#define KVMMU_MMIO_STALE            1    /* RET_PF_INVALID: the slow path rebuilds the SPTE */
+#define KVMMU_MMIO_IN_PROGRESS      2    /* RET_PF_INVALID, update in progress: nothing cached */
+#define KVMMU_MMIO_NOT_MMIO         3    /* not an MMIO SPTE (RET_PF_RETRY) */
+/* Field selector of kvmmu_mmio_get_batch. */
+#define KVMMU_MMIO_GET_GFN          0
+#define KVMMU_MMIO_GET_ACCESS       1
+#define KVMMU_MMIO_GET_GENERATION   2
+
+uint64_t kvmmu_mmio_generation_mask(const struct kvmmu_cfg *cfg);
+uint64_t kvmmu_mmio_gen_spte_bits(const struct kvmmu_cfg *cfg, uint64_t gen);
+uint64_t kvmmu_mmio_make(const struct kvmmu_cfg *cfg, uint64_t gfn, uint32_t access,
+                         uint64_t generation);
+uint64_t kvmmu_mmio_get_gfn(const struct kvmmu_cfg *cfg, uint64_t spte);
+uint64_t kvmmu_mmio_get_access(const struct kvmmu_cfg *cfg, uint64_t spte);
+uint64_t kvmmu_mmio_get_generation(const struct kvmmu_cfg *cfg, uint64_t spte);
+bool kvmmu_mmio_check(const struct kvmmu_cfg *cfg, uint64_t spte, uint64_t memslots_gen);
+int kvmmu_mmio_fault_outcome(const struct kvmmu_cfg *cfg, uint64_t spte, uint64_t memslots_gen);
+bool kvmmu_mmio_invalidate_zaps(const struct kvmmu_cfg *cfg, uint64_t gen, uint32_t nr_as_ids);
+size_t kvmmu_mmio_make_batch(const struct kvmmu_cfg *cfg, const uint64_t *gfn,
+                             const uint64_t *access, uint64_t access_scalar,
+                             const uint64_t *gen, uint64_t gen_scalar,
+                             uint64_t *out, size_t n, int *err);
+void kvmmu_mmio_get_batch(const struct kvmmu_cfg *cfg, int which, const uint64_t *spte,
+                          uint64_t *out, size_t n);
+void kvmmu_mmio_check_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte, const uint64_t *gen,
+                            uint64_t gen_scalar, uint8_t *out, size_t n);
+void kvmmu_mmio_fault_outcome_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
+                                    const uint64_t *gen, uint64_t gen_scalar, uint8_t *out,
+                                    size_t n);
+size_t kvmmu_mmio_invalidate_batch(const struct kvmmu_cfg *cfg, const uint64_t *gen,
+                                   uint32_t nr_as_ids, uint8_t *zap, size_t n, int *err);
 
 /* ======================================================================
  * role: page role words and the shadow-page hash (csrc/role.c, pykvmmu/role.py)
