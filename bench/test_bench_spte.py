@@ -215,7 +215,8 @@ def test_pred_scalar_core(benchmark, sptes):
 
 # --------------------------------------------------------------------- decode
 def test_decode_core(benchmark, sptes):
-    bench(benchmark, "spte.decode_batch 16M", "core", N, S.decode_batch, CFG, sptes, rounds=3)
+    out = np.empty(sptes.shape, dtype=S.DECODE_DTYPE)
+    bench(benchmark, "spte.decode_batch 16M", "core", N, S.decode_batch, CFG, sptes, out=out, rounds=3)
 
 
 def test_decode_memcpy(benchmark):

@@ -43,27 +43,26 @@ static inline bool rule(const struct kvmmu_cfg *c, uint32_t r) { return (c->rule
 
 static inline bool is_mmio(const struct kvmmu_cfg *c, uint64_t s)
 {
-    if (!(c->flags & KVMMU_F_MMIO_ENABLED))
-        return false;
+    const bool on = (c->flags & KVMMU_F_MMIO_ENABLED) != 0;
     if (rule(c, KVMMU_R_MMIO_SPECIAL_TAG))
-        return (s & SPTE_AD_MASK) == SPTE_AD_MASK;
-    return (s & c->mmio_mask) == c->mmio_value;
+        return on & ((s & SPTE_AD_MASK) == SPTE_AD_MASK);
+    return on & ((s & c->mmio_mask) == c->mmio_value);
 }
 
 static inline bool is_present(const struct kvmmu_cfg *c, uint64_t s)
 {
     if (rule(c, KVMMU_R_MMU_PRESENT_BIT11))
         return (s & KBIT(11)) != 0;
-    return s != 0 && !is_mmio(c, s);
+    return (s != 0) & !is_mmio(c, s);
 }
 
 static inline bool is_frozen(const struct kvmmu_cfg *c, uint64_t s)
 {
-    return (c->flags & KVMMU_F_HAS_FROZEN) && s == c->frozen_value;
+    return ((c->flags & KVMMU_F_HAS_FROZEN) != 0) & (s == c->frozen_value);
 }
 
 static inline bool is_large(uint64_t s) { return (s & PT_PAGE_SIZE_MASK) != 0; }
-static inline bool is_last(uint64_t s, uint32_t level) { return level == 1 || is_large(s); }
+static inline bool is_last(uint64_t s, uint32_t level) { return (level == 1) | is_large(s); }
 static inline bool is_writable(uint64_t s) { return (s & PT_WRITABLE_MASK) != 0; }
 
 static inline bool is_executable(const struct kvmmu_cfg *c, uint64_t s)
@@ -76,7 +75,7 @@ static inline bool ad_need_wp(uint64_t s) { return (s & SPTE_AD_MASK) != 0; }
 
 static inline bool is_access_track(const struct kvmmu_cfg *c, uint64_t s)
 {
-    return !ad_enabled(s) && (s & c->acc_track_mask) == 0;
+    return !ad_enabled(s) & ((s & c->acc_track_mask) == 0);
 }
 
 static inline bool is_mmu_writable(const struct kvmmu_cfg *c, uint64_t s)
@@ -88,63 +87,52 @@ static inline bool is_mmu_writable(const struct kvmmu_cfg *c, uint64_t s)
     return (s & c->mmu_writable_mask) != 0;
 }
 
+/* Before v6.13: the A (or D) mask applies only to AD-enabled SPTEs; otherwise fall back. */
 static inline bool is_accessed(const struct kvmmu_cfg *c, uint64_t s)
 {
     if (rule(c, KVMMU_R_AD_ALWAYS))
         return (s & c->accessed_mask) != 0;
-    uint64_t m = ad_enabled(s) ? c->accessed_mask : 0;
-    return m ? (s & m) != 0 : !is_access_track(c, s);
+    const bool use_mask = ad_enabled(s) & (c->accessed_mask != 0);
+    return (use_mask & ((s & c->accessed_mask) != 0)) | (!use_mask & !is_access_track(c, s));
 }
 
 /* is_dirty_spte(), which exists before v6.13 only. */
 static inline bool is_dirty_old(const struct kvmmu_cfg *c, uint64_t s)
 {
-    uint64_t m = ad_enabled(s) ? c->dirty_mask : 0;
-    return m ? (s & m) != 0 : is_writable(s);
+    const bool use_mask = ad_enabled(s) & (c->dirty_mask != 0);
+    return (use_mask & ((s & c->dirty_mask) != 0)) | (!use_mask & is_writable(s));
 }
 
 static inline bool needs_atomic(const struct kvmmu_cfg *c, uint64_t s)
 {
-    if (rule(c, KVMMU_R_ATOMIC_NEEDS)) {
-        if (!is_writable(s) && is_mmu_writable(c, s))
-            return true;
-        if (!ad_enabled(s))
-            return true;
-        return is_writable(s) && !(s & c->dirty_mask);
-    }
-    if (rule(c, KVMMU_R_ATOMIC_MMUW_NOT_W)) {
-        /* v5.19+: the shadow-present check moved to the callers. */
-        if (!is_writable(s) && is_mmu_writable(c, s))
-            return true;
-    } else if (!is_present(c, s)) {
-        return false;
-    } else if (is_mmu_writable(c, s)) {
-        return true;
-    }
-    if (is_access_track(c, s))
-        return true;
-    if (ad_enabled(s))
-        return !(s & c->accessed_mask) || (is_writable(s) && !(s & c->dirty_mask));
-    return false;
+    const bool w = is_writable(s), mmuw = is_mmu_writable(c, s), ad = ad_enabled(s);
+    const bool d = (s & c->dirty_mask) != 0, a = (s & c->accessed_mask) != 0;
+    if (rule(c, KVMMU_R_ATOMIC_NEEDS))
+        return (!w & mmuw) | (!ad) | (w & !d);
+    /* spte_has_volatile_bits() */
+    /* v5.19+ (mmuw_not_w): the shadow-present check moved to the callers. */
+    const bool mmuw_not_w = rule(c, KVMMU_R_ATOMIC_MMUW_NOT_W);
+    const bool lockless = mmuw_not_w ? (!w & mmuw) : mmuw;
+    return (mmuw_not_w | is_present(c, s)) &
+           (lockless | is_access_track(c, s) | (ad & ((!a) | (w & !d))));
 }
 
 static inline bool writable_invariants_ok(const struct kvmmu_cfg *c, uint64_t s)
 {
-    if (s & c->mmu_writable_mask)
-        return (s & c->host_writable_mask) != 0;
-    return !is_writable(s);
+    const bool mmuw = (s & c->mmu_writable_mask) != 0;
+    return (mmuw & ((s & c->host_writable_mask) != 0)) | (!mmuw & !is_writable(s));
 }
 
 static inline bool is_rsvd(const struct kvmmu_cfg *c, uint64_t s, uint32_t level)
 {
     uint32_t large = (uint32_t)((s >> 7) & 1);
-    return ((c->bad_mt_xwr >> (s & 0x3F)) & 1) ||
-           (s & c->rsvd_bits_mask[large * 5 + (level - 1)]) != 0;
+    return ((c->bad_mt_xwr >> (s & 0x3F)) & 1) |
+           ((s & c->rsvd_bits_mask[large * 5 + (level - 1)]) != 0);
 }
 
 static inline bool ept_ve_possible(const struct kvmmu_cfg *c, uint64_t s)
 {
-    return (c->present_mask & EPT_SVE) && !(s & EPT_SVE) && (s & 7) != 6;
+    return ((c->present_mask & EPT_SVE) != 0) & !(s & EPT_SVE) & ((s & 7) != 6);
 }
 
 static inline bool pred(const struct kvmmu_cfg *c, int p, uint64_t s, uint32_t level)
@@ -608,6 +596,102 @@ size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *s
     return 0;
 }
 
+/* ------------------------------------------ branch-free predicate masks */
+
+/* Predicates as pure uint64 arithmetic (so loops vectorise); era rules become selectors. */
+struct pmask_consts {
+    uint64_t bit11, nb11;             /* ~0 if the MMU-present rule is bit 11, and its inverse */
+    uint64_t mmio_on, special, nspecial, mmio_mask, mmio_value;
+    uint64_t frozen_on, frozen_value;
+    uint64_t x_mask, xnx, hw, mw, both, lockless_both, nlockless_both, user_mask;
+    uint64_t a_mask, d_mask, a_nz, d_nz, atm;
+    uint64_t ad_always, nad_always, at_needs, at_mmuw_not_w, at_lockless;
+    uint64_t ve_on, last_lv1, rsvd0, rsvd1, bad_mt_xwr;
+};
+
+static inline uint64_t nz(uint64_t x) { return (x | (0 - x)) >> 63; }   /* 1 iff x != 0 */
+static inline uint64_t sel(bool b) { return b ? ~UINT64_C(0) : 0; }
+
+static void pmask_setup(const struct kvmmu_cfg *c, uint32_t level, struct pmask_consts *k)
+{
+    k->bit11 = sel(rule(c, KVMMU_R_MMU_PRESENT_BIT11));
+    k->nb11 = ~k->bit11;
+    k->mmio_on = (c->flags & KVMMU_F_MMIO_ENABLED) ? 1 : 0;
+    k->special = sel(rule(c, KVMMU_R_MMIO_SPECIAL_TAG));
+    k->nspecial = ~k->special;
+    k->mmio_mask = c->mmio_mask;
+    k->mmio_value = c->mmio_value;
+    k->frozen_on = (c->flags & KVMMU_F_HAS_FROZEN) ? 1 : 0;
+    k->frozen_value = c->frozen_value;
+    k->x_mask = c->x_mask;
+    k->xnx = c->x_mask | c->nx_mask;
+    k->hw = c->host_writable_mask;
+    k->mw = c->mmu_writable_mask;
+    k->both = c->host_writable_mask | c->mmu_writable_mask;
+    k->lockless_both = sel(rule(c, KVMMU_R_LOCKLESS_BOTH_BITS));
+    k->nlockless_both = ~k->lockless_both;
+    k->user_mask = c->user_mask;
+    k->a_mask = c->accessed_mask;
+    k->d_mask = c->dirty_mask;
+    k->a_nz = c->accessed_mask ? 1 : 0;
+    k->d_nz = c->dirty_mask ? 1 : 0;
+    k->atm = c->acc_track_mask;
+    k->ad_always = sel(rule(c, KVMMU_R_AD_ALWAYS));
+    k->nad_always = ~k->ad_always;
+    k->at_needs = sel(rule(c, KVMMU_R_ATOMIC_NEEDS));
+    k->at_mmuw_not_w = sel(rule(c, KVMMU_R_ATOMIC_MMUW_NOT_W));
+    k->at_lockless = sel(rule(c, KVMMU_R_ATOMIC_LOCKLESS));
+    k->ve_on = ((c->flags & KVMMU_F_EPT_VE_CHECK) && (c->present_mask & EPT_SVE)) ? 1 : 0;
+    k->last_lv1 = level == 1 ? 1 : 0;
+    k->rsvd0 = c->rsvd_bits_mask[level - 1];
+    k->rsvd1 = c->rsvd_bits_mask[5 + level - 1];
+    k->bad_mt_xwr = c->bad_mt_xwr;
+}
+
+/* Bit p of the result is predicate p (KVMMU_P_*) of s; equal to pred() bit for bit. */
+static inline __attribute__((always_inline)) uint64_t pmask(const struct pmask_consts *k, uint64_t s)
+{
+    const uint64_t adt = (s >> 52) & 3;
+    const uint64_t ad_en = nz(adt ^ 1);
+    const uint64_t ad_wp = nz(adt);
+    const uint64_t mmio_std = 1 ^ nz((s & k->mmio_mask) ^ k->mmio_value);
+    const uint64_t mmio_tag = 1 ^ nz(adt ^ 3);
+    const uint64_t mmio = k->mmio_on & ((mmio_std & k->nspecial) | (mmio_tag & k->special));
+    const uint64_t present = (((s >> 11) & 1) & k->bit11) | ((nz(s) & (1 ^ mmio)) & k->nb11);
+    const uint64_t frozen = k->frozen_on & (1 ^ nz(s ^ k->frozen_value));
+    const uint64_t large = (s >> 7) & 1;
+    const uint64_t w = (s >> 1) & 1;
+    const uint64_t x = 1 ^ nz((s & k->xnx) ^ k->x_mask);
+    const uint64_t mmuw = ((1 ^ nz((s & k->both) ^ k->both)) & k->lockless_both) |
+                          (nz(s & k->mw) & k->nlockless_both);
+    const uint64_t hwb = nz(s & k->hw);
+    const uint64_t abit = nz(s & k->a_mask), dbit = nz(s & k->d_mask);
+    const uint64_t tracked = (1 ^ ad_en) & (1 ^ nz(s & k->atm));
+    const uint64_t use_a = ad_en & k->a_nz, use_d = ad_en & k->d_nz;
+    const uint64_t acc_old = (use_a & abit) | ((1 ^ use_a) & (1 ^ tracked));
+    const uint64_t accessed = (abit & k->ad_always) | (acc_old & k->nad_always);
+    const uint64_t dirty_old = (use_d & dbit) | ((1 ^ use_d) & w);
+    const uint64_t dirty = (dbit & k->ad_always) | (dirty_old & k->nad_always);
+    const uint64_t at_new = ((1 ^ w) & mmuw) | (1 ^ ad_en) | (w & (1 ^ dbit));
+    const uint64_t lockless = (((1 ^ w) & mmuw) & k->at_mmuw_not_w) | (mmuw & k->at_lockless);
+    const uint64_t at_old = (present | k->at_mmuw_not_w) & (lockless | tracked | (ad_en & ((1 ^ abit) | (w & (1 ^ dbit)))));
+    const uint64_t atomic = (at_new & k->at_needs) | (at_old & ~k->at_needs);
+    const uint64_t wr_mmuw = nz(s & k->mw);
+    const uint64_t winv2 = (wr_mmuw & hwb) | ((1 ^ wr_mmuw) & (1 ^ w));
+    const uint64_t rs = (k->rsvd0 & (large - 1)) | (k->rsvd1 & (0 - large));
+    const uint64_t rsvd = ((k->bad_mt_xwr >> (s & 0x3F)) & 1) | nz(s & rs);
+    const uint64_t ve = k->ve_on & (1 ^ (s >> 63)) & nz((s & 7) ^ 6);
+    return (present << KVMMU_P_SHADOW_PRESENT) | (mmio << KVMMU_P_MMIO) |
+           (frozen << KVMMU_P_FROZEN) | (large << KVMMU_P_LARGE) |
+           ((k->last_lv1 | large) << KVMMU_P_LAST) | (x << KVMMU_P_EXECUTABLE) |
+           (w << KVMMU_P_WRITABLE) | (mmuw << KVMMU_P_MMU_WRITABLE) |
+           (hwb << KVMMU_P_HOST_WRITABLE) | (accessed << KVMMU_P_ACCESSED) |
+           (dirty << KVMMU_P_DIRTY) | (ad_en << KVMMU_P_AD_ENABLED) |
+           (ad_wp << KVMMU_P_AD_NEED_WRITE_PROTECT) | (tracked << KVMMU_P_ACCESS_TRACK) |
+           (atomic << KVMMU_P_NEEDS_ATOMIC_UPDATE) | (winv2 << KVMMU_P_WRITABLE_INVARIANTS_OK) |
+           (rsvd << KVMMU_P_RSVD) | (ve << KVMMU_P_EPT_VE_POSSIBLE);
+}
+
 /* ------------------------------------------------------------ batch queries */
 
 #define PRED_LOOP(expr)                                              \
@@ -616,17 +700,19 @@ size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *s
         out[i] = (uint8_t)(expr);                                    \
     }
 
-KVMMU_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p, const uint64_t *restrict spte,
-                             const uint8_t *restrict level, uint32_t level_scalar,
-                             uint8_t *restrict out, size_t n, int *err)
+KVMMU_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p,
+                                       const uint64_t *restrict spte,
+                                       const uint8_t *restrict level, uint32_t level_scalar,
+                                       uint8_t *restrict out, size_t n, int *err)
 {
     const struct kvmmu_cfg cl = *cfg;
     const struct kvmmu_cfg *c = &cl;
-    const uint64_t hw = cl.host_writable_mask, mw = cl.mmu_writable_mask;
-    const uint64_t a = cl.accessed_mask, d = cl.dirty_mask, atm = cl.acc_track_mask;
-    const uint64_t xm = cl.x_mask, xnx = cl.x_mask | cl.nx_mask;
 
-    if (p == KVMMU_P_LAST || p == KVMMU_P_RSVD) {
+    if (p < 0 || p >= KVMMU_P_COUNT) {
+        *err = KVMMU_E_FLAGS;
+        return 1;
+    }
+    if (level || level_scalar < 1 || level_scalar > 5) {
         for (size_t i = 0; i < n; i++) {
             uint32_t lv = level ? level[i] : level_scalar;
             if (KVMMU_UNLIKELY(lv < 1 || lv > 5)) {
@@ -637,6 +723,10 @@ KVMMU_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p, const
         }
         return 0;
     }
+    struct pmask_consts k;
+    pmask_setup(c, level_scalar, &k);
+    const uint64_t mw = k.mw, hw = k.hw, d = k.d_mask, a = k.a_mask;
+    (void)mw;
     switch (p) {
     case KVMMU_P_SHADOW_PRESENT:
         if (rule(c, KVMMU_R_MMU_PRESENT_BIT11)) {
@@ -649,66 +739,48 @@ KVMMU_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p, const
         if (!(cl.flags & KVMMU_F_MMIO_ENABLED)) {
             memset(out, 0, n);
         } else if (rule(c, KVMMU_R_MMIO_SPECIAL_TAG)) {
-            PRED_LOOP((s & SPTE_AD_MASK) == SPTE_AD_MASK);
+            PRED_LOOP(1 ^ nz(((s >> 52) & 3) ^ 3));
         } else {
             const uint64_t m = cl.mmio_mask, v = cl.mmio_value;
-            PRED_LOOP((s & m) == v);
-        }
-        break;
-    case KVMMU_P_FROZEN:
-        if (cl.flags & KVMMU_F_HAS_FROZEN) {
-            const uint64_t f = cl.frozen_value;
-            PRED_LOOP(s == f);
-        } else {
-            memset(out, 0, n);
+            PRED_LOOP(1 ^ nz((s & m) ^ v));
         }
         break;
     case KVMMU_P_LARGE: PRED_LOOP((s >> 7) & 1); break;
-    case KVMMU_P_EXECUTABLE: PRED_LOOP((s & xnx) == xm); break;
+    case KVMMU_P_LAST:
+        if (level_scalar == 1)
+            memset(out, 1, n);
+        else
+            PRED_LOOP((s >> 7) & 1);
+        break;
     case KVMMU_P_WRITABLE: PRED_LOOP((s >> 1) & 1); break;
-    case KVMMU_P_MMU_WRITABLE:
-        if (rule(c, KVMMU_R_LOCKLESS_BOTH_BITS)) {
-            PRED_LOOP((s & (hw | mw)) == (hw | mw));
-        } else {
-            PRED_LOOP((s & mw) != 0);
-        }
-        break;
-    case KVMMU_P_HOST_WRITABLE: PRED_LOOP((s & hw) != 0); break;
-    case KVMMU_P_ACCESSED:
-        if (rule(c, KVMMU_R_AD_ALWAYS)) {
-            PRED_LOOP((s & a) != 0);
-        } else {
-            PRED_LOOP(is_accessed(c, s));
-        }
-        break;
-    case KVMMU_P_DIRTY:
-        if (rule(c, KVMMU_R_AD_ALWAYS)) {
-            PRED_LOOP((s & d) != 0);
-        } else {
-            PRED_LOOP(is_dirty_old(c, s));
-        }
-        break;
-    case KVMMU_P_AD_ENABLED: PRED_LOOP((s & SPTE_AD_MASK) != SPTE_AD_DISABLED); break;
-    case KVMMU_P_AD_NEED_WRITE_PROTECT: PRED_LOOP((s & SPTE_AD_MASK) != 0); break;
-    case KVMMU_P_ACCESS_TRACK:
-        PRED_LOOP(((s & SPTE_AD_MASK) == SPTE_AD_DISABLED) & ((s & atm) == 0));
-        break;
+    case KVMMU_P_HOST_WRITABLE: PRED_LOOP(nz(s & hw)); break;
+    case KVMMU_P_AD_ENABLED: PRED_LOOP(nz(((s >> 52) & 3) ^ 1)); break;
+    case KVMMU_P_AD_NEED_WRITE_PROTECT: PRED_LOOP(nz((s >> 52) & 3)); break;
     case KVMMU_P_NEEDS_ATOMIC_UPDATE:
         if (rule(c, KVMMU_R_ATOMIC_NEEDS) && !rule(c, KVMMU_R_LOCKLESS_BOTH_BITS)) {
-            PRED_LOOP(((((s >> 1) & 1) == 0) & ((s & mw) != 0)) |
-                      ((s & SPTE_AD_MASK) == SPTE_AD_DISABLED) |
-                      (((s >> 1) & 1) & ((s & d) == 0)));
+            PRED_LOOP(((((s >> 1) & 1) ^ 1) & nz(s & mw)) | (1 ^ nz(((s >> 52) & 3) ^ 1)) |
+                      (((s >> 1) & 1) & (1 ^ nz(s & d))));
         } else {
-            PRED_LOOP(needs_atomic(c, s));
+            PRED_LOOP((pmask(&k, s) >> KVMMU_P_NEEDS_ATOMIC_UPDATE) & 1);
         }
         break;
-    case KVMMU_P_WRITABLE_INVARIANTS_OK:
-        PRED_LOOP((s & mw) ? ((s & hw) != 0) : (((s >> 1) & 1) == 0));
+    case KVMMU_P_ACCESSED:
+        if (rule(c, KVMMU_R_AD_ALWAYS)) {
+            PRED_LOOP(nz(s & a));
+        } else {
+            PRED_LOOP((pmask(&k, s) >> KVMMU_P_ACCESSED) & 1);
+        }
         break;
-    case KVMMU_P_EPT_VE_POSSIBLE: PRED_LOOP(ept_ve_possible(c, s)); break;
+    case KVMMU_P_FROZEN: PRED_LOOP(is_frozen(c, s)); break;
+    case KVMMU_P_EXECUTABLE: PRED_LOOP(is_executable(c, s)); break;
+    case KVMMU_P_MMU_WRITABLE: PRED_LOOP(is_mmu_writable(c, s)); break;
+    case KVMMU_P_DIRTY: PRED_LOOP((pmask(&k, s) >> KVMMU_P_DIRTY) & 1); break;
+    case KVMMU_P_ACCESS_TRACK: PRED_LOOP(is_access_track(c, s)); break;
+    case KVMMU_P_WRITABLE_INVARIANTS_OK: PRED_LOOP(writable_invariants_ok(c, s)); break;
+    case KVMMU_P_RSVD: PRED_LOOP(is_rsvd(c, s, level_scalar)); break;
+    case KVMMU_P_EPT_VE_POSSIBLE: PRED_LOOP(k.ve_on & ept_ve_possible(c, s)); break;
     default:
-        *err = KVMMU_E_FLAGS;
-        return 1;
+        break;
     }
     return 0;
 }
@@ -743,6 +815,45 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
     const bool ept = (cl.flags & KVMMU_F_EPT) != 0;
     const bool ve = (cl.flags & KVMMU_F_EPT_VE_CHECK) != 0;
     const bool ad_always = rule(c, KVMMU_R_AD_ALWAYS);
+
+    if (!level && level_scalar >= 1 && level_scalar <= 5) {
+        struct pmask_consts k;
+        uint64_t masks[256];
+        pmask_setup(c, level_scalar, &k);
+        for (size_t base = 0; base < n; base += 256) {
+            const size_t m = n - base < 256 ? n - base : 256;
+            const uint64_t *sp = spte + base;
+            for (size_t j = 0; j < m; j++)
+                masks[j] = pmask(&k, sp[j]);
+            for (size_t j = 0; j < m; j++) {
+                const uint64_t s = sp[j], mk = masks[j];
+                struct kvmmu_spte_info *o = &out[base + j];
+                o->spte = s;
+                o->pfn = (s & cl.base_addr_mask) >> 12;
+                o->kind = (mk >> KVMMU_P_FROZEN) & 1 ? KVMMU_KIND_FROZEN
+                          : (mk >> KVMMU_P_MMIO) & 1 ? KVMMU_KIND_MMIO
+                          : (mk >> KVMMU_P_SHADOW_PRESENT) & 1 ? KVMMU_KIND_PRESENT
+                          : s == cl.nonpresent_value ? KVMMU_KIND_NONPRESENT : KVMMU_KIND_OTHER;
+                o->ad_type = (uint8_t)((s >> 52) & 3);
+                o->memtype = ept ? (uint8_t)((s >> 3) & 7) : 0;
+                o->ipat = ept ? (uint8_t)((s >> 6) & 1) : 0;
+                o->access = (uint8_t)(((mk >> KVMMU_P_EXECUTABLE) & 1) * ACC_EXEC |
+                                      ((mk >> KVMMU_P_WRITABLE) & 1) * ACC_WRITE |
+                                      ((s & cl.user_mask) ? ACC_USER : 0));
+                o->saved_rx = (uint8_t)((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED);
+                o->level = (uint8_t)level_scalar;
+                o->pad = 0;
+                for (int q = 0; q < 3; q++) {
+                    uint64_t b = (mk >> (8 * q)) & 0xFF;
+                    uint64_t e = ((((b * UINT64_C(0x0101010101010101)) &
+                                    UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F))
+                                  >> 7) & UINT64_C(0x0101010101010101);
+                    memcpy(&o->pred[8 * q], &e, 8);
+                }
+            }
+        }
+        return 0;
+    }
 
     for (size_t i = 0; i < n; i++) {
         const uint64_t s = spte[i];

@@ -483,7 +483,7 @@ DECODE_DTYPE = np.dtype({
 })
 
 
-def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1) -> np.ndarray:
+def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1, out: np.ndarray | None = None) -> np.ndarray:
     """Decode a uint64 array into a structured array (DECODE_DTYPE): pfn, kind
     (index into KINDS), AD type, EPT memtype/IPAT, granted ACC bits, saved R/X and one
     ``p_<predicate>`` bool field per predicate.  ``p_dirty`` is ``is_dirty_spte()`` before
@@ -494,7 +494,7 @@ def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1) -> np.ndarray:
     if lv_a is None and not 1 <= lv_s <= 5:
         raise InputError(f"level={lv_s}: must be 1..5")
     shape = same_shape(shapes)
-    out = np.empty(shape, dtype=DECODE_DTYPE)
+    out = out_array("out", out, DECODE_DTYPE, shape)
     err = ffi.new("int *")
     bad = lib.kvmmu_spte_decode_batch(cfg._cptr, ptr(spte, "uint64_t"),
                                       ptr(lv_a, "uint8_t") if lv_a is not None else ffi.NULL, lv_s,
