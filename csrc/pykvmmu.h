@@ -197,16 +197,20 @@ size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte
  * mmio: MMIO SPTEs and generations (csrc/mmio.c, pykvmmu/mmio.py)
  * ====================================================================== */
 /* MMIO_SECTION */
-#define KVMMU_MMIO_GFN_BITS         40   /* gfns address a 52-bit GPA */
+/* A gfn addresses a 52-bit GPA. */
+#define KVMMU_MMIO_GFN_BITS         40
 /* Batch error codes (through *err). */
 #define KVMMU_MMIO_E_GFN            1
 #define KVMMU_MMIO_E_ACCESS         2
 #define KVMMU_MMIO_E_IN_PROGRESS    3
 /* Outcome of a fault on an MMIO SPTE (handle_mmio_page_fault). */
-#define KVMMU_MMIO_EMULATE          0    /* generation matches: cache and emulate */
-#define KVMMU_MMIO_STALE            1    /* RET_PF_INVALID: the slow path rebuilds the SPTE */
-#define KVMMU_MMIO_IN_PROGRESS      2    /* RET_PF_INVALID, update in progress: nothing cached */
-#define KVMMU_MMIO_NOT_MMIO         3    /* not an MMIO SPTE (RET_PF_RETRY) */
+/*   EMULATE: generation matches, cache and emulate; STALE: RET_PF_INVALID, the slow
+ *   path rebuilds the SPTE; IN_PROGRESS: RET_PF_INVALID during a memslot update,
+ *   nothing cached; NOT_MMIO: RET_PF_RETRY. */
+#define KVMMU_MMIO_EMULATE          0
+#define KVMMU_MMIO_STALE            1
+#define KVMMU_MMIO_IN_PROGRESS      2
+#define KVMMU_MMIO_NOT_MMIO         3
 /* Field selector of kvmmu_mmio_get_batch. */
 #define KVMMU_MMIO_GET_GFN          0
 #define KVMMU_MMIO_GET_ACCESS       1
