@@ -458,5 +458,36 @@ size_t kvmmu_rmp_guest_check_batch(const struct kvmmu_rmp *t, const uint64_t *pf
                                    uint8_t *check, size_t n);
 size_t kvmmu_rmp_count_assigned(const struct kvmmu_rmp *t, uint64_t start, uint64_t count);
 
+/* ======================================================================
+ * private: private/shared fault classification (csrc/private.c, pykvmmu/private.py)
+ * ====================================================================== */
+/* PRIVATE_SECTION */
+#define KVMMU_PFERR_RSVD            8
+#define KVMMU_PFERR_GUEST_ENC       0x400000000
+#define KVMMU_PFERR_PRIVATE_ACCESS  0x2000000000000
+#define KVMMU_PFERR_SYNTHETIC       0x3000000000000
+#define KVMMU_VM_DEFAULT            0
+#define KVMMU_VM_SW_PROTECTED       1
+#define KVMMU_VM_SEV                2
+#define KVMMU_VM_SEV_ES             3
+#define KVMMU_VM_SNP                4
+#define KVMMU_VM_TDX                5
+/* flags: CONFIG_KVM_SW_PROTECTED_VM; errors: a range with start >= end, ranges out of order */
+#define KVMMU_PF_F_SW_PROTECTED     1
+#define KVMMU_PF_E_RANGE            1
+#define KVMMU_PF_E_ORDER            2
+
+struct kvmmu_pf_policy {
+    uint32_t vm_type;                /* KVMMU_VM_* */
+    uint32_t flags;                  /* KVMMU_PF_F_* */
+    uint64_t gfn_direct_bits;        /* TDX shared bit as a gfn mask (kvm_gfn_direct_bits), else 0 */
+};
+
+int kvmmu_private_ranges_check(const uint64_t *start, const uint64_t *end, size_t nr);
+size_t kvmmu_private_classify_batch(const struct kvmmu_pf_policy *p, const uint64_t *gpa,
+                                    const uint64_t *ec, const uint64_t *priv_start,
+                                    const uint64_t *priv_end, size_t nranges,
+                                    uint64_t *out_gfn, uint64_t *out_ec, uint8_t *out_private,
+                                    size_t n, uint64_t *nsynthetic);
 
 #endif
