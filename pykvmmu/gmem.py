@@ -1,0 +1,638 @@
+"""guest_memfd: fd-based private memory, its memslot bindings, and the hooks between it and KVM.
+
+Models ``virt/kvm/guest_memfd.c`` (create, bind, fallocate, punch hole with the invalidation
+flow, release, memory failure, ``kvm_gmem_get_pfn``, ``kvm_gmem_populate``) over a simulated
+host memory (:class:`HostMemory`, a pfn allocator).  The arch hooks are methods of a
+:class:`GmemHooks` object that users replace: ``prepare`` (``kvm_arch_gmem_prepare``),
+``invalidate`` (``kvm_arch_gmem_invalidate``), ``max_mapping_level``
+(``kvm_x86_ops.gmem_max_mapping_level``), ``post_populate`` (``kvm_gmem_populate_cb``) and
+``migrate``: the page-migration handshake proposed in 2021-2022 and never merged (the backing
+store asks the MMU whether and how a private page may move; upstream ``kvm_gmem_migrate_folio``
+refuses with -EINVAL, which is the default here).
+
+The ``kvm`` argument of a guest_memfd is anything with the small protocol of
+:class:`StubKvm` (``pykvmmu.vm.Vm`` implements it).
+"""
+from __future__ import annotations
+
+import bisect
+import errno as _errno
+import itertools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ._batch import uint
+from .attrs import KVM_MEMORY_ATTRIBUTE_PRIVATE, MmuInvalidation
+from .errors import InputError
+
+__all__ = ["GUEST_MEMFD_FLAG_MMAP", "GUEST_MEMFD_FLAG_INIT_SHARED", "KVM_CREATE_GUEST_MEMFD",
+           "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "KVM_FILTER_SHARED", "KVM_FILTER_PRIVATE",
+           "GmemError", "HostMemory", "GmemHooks", "MigrateAnswer", "GuestMemfd", "Binding",
+           "GetPfn", "StubKvm", "supported_gmem_flags", "order_to_level", "max_order_at"]
+
+KVM_CREATE_GUEST_MEMFD = 0xd4
+GUEST_MEMFD_FLAG_MMAP = 1 << 0
+GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+KVM_FILTER_SHARED = 1 << 0
+KVM_FILTER_PRIVATE = 1 << 1
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G = 1, 2, 3
+_ids = itertools.count(3)
+
+
+class GmemError(InputError):
+    """A guest_memfd operation broke a rule; ``errno`` is the kernel's return value."""
+
+    def __init__(self, msg: str, errno: int = _errno.EINVAL):
+        super().__init__(f"{msg} (-{_errno.errorcode.get(errno, errno)})")
+        self.errno = errno
+
+
+def order_to_level(order: int) -> int:
+    """The largest page level a folio of ``order`` can map (``max_level_for_order``)."""
+    return PG_LEVEL_1G if order >= 18 else PG_LEVEL_2M if order >= 9 else PG_LEVEL_4K
+
+
+def supported_gmem_flags(has_private_mem: bool) -> int:
+    """``kvm_gmem_get_supported_flags()`` on x86: MMAP and INIT_SHARED only for VMs without
+    private memory (``kvm_arch_supports_gmem_mmap`` / ``_init_shared`` deny CoCo VM types;
+    reported, not verified in source)."""
+    return 0 if has_private_mem else (GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
+
+
+# ---------------------------------------------------------------------- host memory
+class HostMemory:
+    """A host physical-page allocator: who owns every allocated pfn, and which were freed.
+
+    ``owner`` tags are free-form ("shared", "gmem3", ...).  Order-n blocks are naturally
+    aligned.  Freed pfns go back to per-order free lists (so a stale SPTE would point at
+    memory that is reused: the invariant checker looks for exactly that)."""
+
+    def __init__(self, base_pfn: int = 0x1000, nr_pfns: int = 1 << 26):
+        self.base_pfn = uint("base_pfn", base_pfn)
+        self.limit = self.base_pfn + uint("nr_pfns", nr_pfns)
+        self._next = self.base_pfn
+        self._free: dict = {0: [], 9: []}
+        self.owner: dict = {}
+        self.freed_total = 0
+
+    def alloc(self, owner: str, order: int = 0) -> int:
+        n = 1 << order
+        fl = self._free.setdefault(order, [])
+        if fl:
+            pfn = fl.pop()
+        else:
+            pfn = (self._next + n - 1) & ~(n - 1)
+            if pfn + n > self.limit:
+                raise GmemError(f"host memory exhausted allocating order {order}", _errno.ENOMEM)
+            # the alignment gap goes to the 4K free list
+            self._free[0].extend(range(self._next, pfn))
+            self._next = pfn + n
+        for p in range(pfn, pfn + n):
+            self.owner[p] = owner
+        return pfn
+
+    def free(self, pfn: int, order: int = 0) -> None:
+        n = 1 << order
+        for p in range(pfn, pfn + n):
+            if p not in self.owner:
+                raise GmemError(f"pfn={p:#x}: freed twice (not allocated)", _errno.EINVAL)
+        for p in range(pfn, pfn + n):
+            del self.owner[p]
+        self._free.setdefault(order, []).append(pfn)
+        self.freed_total += n
+
+    def is_allocated(self, pfn: int) -> bool:
+        return pfn in self.owner
+
+    def max_pfn(self) -> int:
+        return self.limit
+
+
+# ---------------------------------------------------------------------- hooks
+@dataclass(frozen=True)
+class MigrateAnswer:
+    """The MMU's answer to "may this private page move?": ``ok`` and, if not, the errno; ``steps``
+    lists what was done (e.g. TDX SEAMCALLs with their arguments), ``zapped`` whether the
+    mapping was zapped rather than relocated."""
+
+    ok: bool
+    errno: int = 0
+    steps: tuple = ()
+    zapped: bool = False
+
+
+class GmemHooks:
+    """The generic (no-arch) hooks.  Replace methods, or subclass, to model an architecture.
+
+    Signatures follow the kernel's: ``prepare(kvm, gfn, pfn, max_order) -> 0 | -errno``,
+    ``invalidate(start_pfn, end_pfn)`` (no kvm: it runs from ``.free_folio``),
+    ``max_mapping_level(kvm, pfn, is_private) -> level`` (0 = no limit),
+    ``post_populate(kvm, gfn, pfn, src, opaque) -> 0 | -errno``, and
+    ``migrate(kvm, slot, gfn, level, old_pfn, new_pfn) -> MigrateAnswer`` (called by the backing
+    store with the MMU lock held)."""
+
+    name = "generic"
+
+    def prepare(self, kvm, gfn: int, pfn: int, max_order: int) -> int:
+        return 0
+
+    def invalidate(self, start_pfn: int, end_pfn: int) -> None:
+        return None
+
+    def max_mapping_level(self, kvm, pfn: int, is_private: bool) -> int:
+        return 0
+
+    def post_populate(self, kvm, gfn: int, pfn: int, src, opaque) -> int:
+        return 0
+
+    def migrate(self, kvm, slot, gfn: int, level: int, old_pfn: int, new_pfn: int) -> MigrateAnswer:
+        """Upstream: ``kvm_gmem_migrate_folio`` WARNs and returns -EINVAL (guest_memfd is
+        unmovable)."""
+        return MigrateAnswer(False, _errno.EINVAL, ("kvm_gmem_migrate_folio: WARN_ON_ONCE, -EINVAL",))
+
+
+# ---------------------------------------------------------------------- the kvm protocol
+class StubKvm:
+    """The smallest ``kvm`` a guest_memfd can be bound to: an invalidation counter, an MMU
+    lock, memory attributes (for populate), hooks, and an ``unmap_gfn_range`` that records
+    what would be zapped.  ``pykvmmu.vm.Vm`` provides the same methods for real."""
+
+    def __init__(self, has_private_mem: bool = True, hooks: Optional[GmemHooks] = None,
+                 is_private: Callable[[int], bool] = lambda gfn: True):
+        self.has_private_mem = has_private_mem
+        self.invalidation = MmuInvalidation()
+        self.gmem_hooks = hooks or GmemHooks()
+        self.mmu_lock_held = 0
+        self.unmapped: list = []
+        self._is_private = is_private
+
+    @contextmanager
+    def mmu_lock(self):
+        self.mmu_lock_held += 1
+        try:
+            yield
+        finally:
+            self.mmu_lock_held -= 1
+
+    def is_private(self, gfn: int) -> bool:
+        return self._is_private(gfn)
+
+    def unmap_gfn_range(self, slot, start: int, end: int, attr_filter: int) -> bool:
+        """``kvm_mmu_unmap_gfn_range``: range_add, then zap (here: recorded)."""
+        self.invalidation.range_add(start, end)
+        self.unmapped.append((slot, start, end, attr_filter))
+        return True
+
+
+# ---------------------------------------------------------------------- guest_memfd
+@dataclass
+class Binding:
+    """One memslot bound to a guest_memfd range: pgoff ``[pgoff, pgoff + npages)``."""
+
+    slot: Any
+    pgoff: int
+    npages: int
+
+    @property
+    def end(self) -> int:
+        return self.pgoff + self.npages
+
+
+@dataclass(frozen=True)
+class GetPfn:
+    """``kvm_gmem_get_pfn`` outputs: pfn, max_order, and whether prepare ran now."""
+
+    pfn: int
+    max_order: int
+    prepared_now: bool
+
+
+def max_order_at(gfn: int, index: int, folio_order: int) -> int:
+    """The order KVM may map at: the folio's, if gfn and index are equally aligned within it."""
+    mask = (1 << folio_order) - 1
+    return folio_order if (gfn & mask) == (index & mask) else 0
+
+
+class GuestMemfd:
+    """A guest_memfd file (``KVM_CREATE_GUEST_MEMFD``) bound to one VM.
+
+    ``folio_order`` 0 is upstream (order-0 folios); 9 models 2 MiB folios (the huge-page
+    series in flight), allocated when the whole aligned block lies in the file."""
+
+    def __init__(self, kvm, size: int, flags: int = 0, *, host: HostMemory,
+                 folio_order: int = 0, supported_flags: Optional[int] = None):
+        size = uint("size", size)
+        flags = uint("flags", flags)
+        if supported_flags is None:
+            supported_flags = supported_gmem_flags(getattr(kvm, "has_private_mem", True))
+        if flags & ~supported_flags:
+            raise GmemError(f"KVM_CREATE_GUEST_MEMFD: flags={flags:#x}: bits "
+                            f"{flags & ~supported_flags:#x} are not supported for this VM "
+                            f"(supported {supported_flags:#x})")
+        if size == 0 or size & (PAGE_SIZE - 1):
+            raise GmemError(f"KVM_CREATE_GUEST_MEMFD: size={size:#x}: must be > 0 and 4 KiB aligned")
+        if folio_order not in (0, 9):
+            raise GmemError(f"folio_order={folio_order!r}: 0 (upstream) or 9 (2 MiB folios)")
+        self.kvm = kvm
+        self.size = size
+        self.npages = size >> PAGE_SHIFT
+        self.flags = flags
+        self.host = host
+        self.folio_order = folio_order
+        self.fd = next(_ids)
+        self.owner_tag = f"gmem{self.fd}"
+        self.released = False
+        self._bind_starts: list = []       # sorted pgoffs
+        self._binds: list = []             # Binding, same order
+        self._folio: dict = {}             # base index -> (base pfn, order)
+        self._pfn: dict = {}               # index -> pfn (every page of every folio)
+        self.uptodate: set = set()         # base indexes of prepared/populated folios
+        self.poisoned: set = set()         # base indexes of hwpoisoned folios
+        self.log: list = []                # (operation, details) for demos/tests
+
+    # ------------------------------------------------------------ bindings
+    @property
+    def bindings(self):
+        return list(self._binds)
+
+    def _overlapping(self, start: int, end: int):
+        """Bindings overlapping pgoff range [start, end)."""
+        i = bisect.bisect_right(self._bind_starts, start) - 1
+        if i < 0 or self._binds[i].end <= start:
+            i += 1
+        out = []
+        while i < len(self._binds) and self._binds[i].pgoff < end:
+            out.append(self._binds[i])
+            i += 1
+        return out
+
+    def check_bind(self, kvm, npages: int, offset: int) -> tuple:
+        """``kvm_gmem_bind`` checks (all -EINVAL): the file is this VM's and open, offset
+        page-aligned, ``offset + size <= i_size``, no overlap with another binding."""
+        offset = uint("guest_memfd_offset", offset)
+        if self.released:
+            raise GmemError(f"guest_memfd {self.fd}: the file was released", _errno.EBADF)
+        if kvm is not self.kvm:
+            raise GmemError(f"guest_memfd {self.fd}: bound to another VM (gmem->kvm != kvm)")
+        if offset & (PAGE_SIZE - 1):
+            raise GmemError(f"guest_memfd_offset={offset:#x}: must be 4 KiB aligned")
+        if offset + (npages << PAGE_SHIFT) > self.size:
+            raise GmemError(f"guest_memfd_offset={offset:#x} + size {npages << PAGE_SHIFT:#x} "
+                            f"exceeds the file size {self.size:#x}")
+        start = offset >> PAGE_SHIFT
+        ov = self._overlapping(start, start + npages)
+        if ov:
+            raise GmemError(f"guest_memfd_offset={offset:#x}: pages [{start:#x}, "
+                            f"{start + npages:#x}) overlap the binding of slot "
+                            f"{getattr(ov[0].slot, 'id', ov[0].slot)} at [{ov[0].pgoff:#x}, "
+                            f"{ov[0].end:#x})")
+        return start, npages
+
+    def bind(self, slot, offset: int) -> Binding:
+        """``kvm_gmem_bind(kvm, slot, fd, offset)``: records the binding, sets
+        ``slot.gmem_pgoff`` / ``slot.gmem_file``.  ``slot`` needs ``npages`` and ``base_gfn``."""
+        start, npages = self.check_bind(self.kvm, slot.npages, offset)
+        b = Binding(slot, start, npages)
+        i = bisect.bisect_left(self._bind_starts, start)
+        self._bind_starts.insert(i, start)
+        self._binds.insert(i, b)
+        slot.gmem_pgoff = start
+        slot.gmem_file = self
+        slot.gmem_only = bool(self.flags & GUEST_MEMFD_FLAG_MMAP)
+        return b
+
+    def unbind(self, slot) -> None:
+        """``kvm_gmem_unbind``: drop the binding (memslot deletion)."""
+        for i, b in enumerate(self._binds):
+            if b.slot is slot:
+                del self._binds[i]
+                del self._bind_starts[i]
+                slot.gmem_file = None
+                return
+        raise GmemError(f"slot {getattr(slot, 'id', slot)} is not bound to guest_memfd {self.fd}")
+
+    @staticmethod
+    def index_of(slot, gfn: int) -> int:
+        """``kvm_gmem_get_index``: ``gfn - slot->base_gfn + slot->gmem.pgoff``."""
+        return gfn - slot.base_gfn + slot.gmem_pgoff
+
+    def binding_at(self, index: int):
+        bs = self._overlapping(index, index + 1)
+        return bs[0] if bs else None
+
+    # ------------------------------------------------------------ folios
+    def folio_of(self, index: int):
+        """(base index, base pfn, order) of the allocated folio holding ``index``, or None."""
+        pfn = self._pfn.get(index)
+        if pfn is None:
+            return None
+        if self.folio_order:
+            base = index & ~((1 << self.folio_order) - 1)
+            f = self._folio.get(base)
+            if f is not None and f[1] == self.folio_order:
+                return base, f[0], f[1]
+        return index, pfn, 0
+
+    def _alloc_folio(self, index: int):
+        order = self.folio_order
+        if order:
+            base = index & ~((1 << order) - 1)
+            n = 1 << order
+            if base + n <= self.npages and all(i not in self._pfn for i in range(base, base + n)):
+                pfn = self.host.alloc(self.owner_tag, order)
+                self._folio[base] = (pfn, order)
+                for k in range(n):
+                    self._pfn[base + k] = pfn + k
+                return base, pfn, order
+        pfn = self.host.alloc(self.owner_tag, 0)
+        self._folio[index] = (pfn, 0)
+        self._pfn[index] = pfn
+        return index, pfn, 0
+
+    def _free_index(self, index: int) -> None:
+        """Truncate one page: split its folio if huge, call the invalidate hook, free it."""
+        f = self.folio_of(index)
+        if f is None:
+            return
+        base, bpfn, order = f
+        hooks = self.kvm.gmem_hooks
+        if order:
+            # a partial truncate splits the large folio into order-0 folios
+            del self._folio[base]
+            for k in range(1 << order):
+                self._folio[base + k] = (bpfn + k, 0)
+                if base in self.uptodate:
+                    self.uptodate.add(base + k)
+                if base in self.poisoned:
+                    self.poisoned.add(base + k)
+        pfn = self._pfn.pop(index)
+        self._folio.pop(index, None)
+        hooks.invalidate(pfn, pfn + 1)
+        self.host.free(pfn, 0)
+        self.uptodate.discard(index)
+        self.poisoned.discard(index)
+
+    def _truncate(self, start: int, end: int) -> int:
+        """``truncate_inode_pages_range`` over indexes [start, end): whole folios are freed with
+        one invalidate call; partial large folios are split first.  Returns pages freed."""
+        freed = 0
+        hooks = self.kvm.gmem_hooks
+        idx = sorted(i for i in self._pfn if start <= i < end) if len(self._pfn) > (end - start) \
+            else [i for i in range(start, end) if i in self._pfn]
+        done = set()
+        for i in idx:
+            if i in done:
+                continue
+            f = self.folio_of(i)
+            base, bpfn, order = f
+            n = 1 << order
+            if order and start <= base and base + n <= end:
+                del self._folio[base]
+                for k in range(n):
+                    del self._pfn[base + k]
+                    done.add(base + k)
+                hooks.invalidate(bpfn, bpfn + n)
+                self.host.free(bpfn, order)
+                self.uptodate.discard(base)
+                self.poisoned.discard(base)
+                freed += n
+            else:
+                self._free_index(i)
+                done.add(i)
+                freed += 1
+        return freed
+
+    # ------------------------------------------------------------ invalidation
+    def _invalidate_begin(self, start: int, end: int) -> bool:
+        """``kvm_gmem_invalidate_begin``: for each binding overlapping pgoffs [start, end), the
+        gfn range ``base_gfn + max(pgoff, start) - pgoff .. base_gfn + min(pgoff + npages, end) -
+        pgoff``; invalidate-begin on the first, then unmap each (filter PRIVATE, or SHARED for
+        INIT_SHARED files).  Returns whether a binding was found."""
+        kvm = self.kvm
+        flt = KVM_FILTER_SHARED if self.flags & GUEST_MEMFD_FLAG_INIT_SHARED else KVM_FILTER_PRIVATE
+        found = False
+        with kvm.mmu_lock():
+            for b in self._overlapping(start, end):
+                s = b.slot.base_gfn + max(b.pgoff, start) - b.pgoff
+                e = b.slot.base_gfn + min(b.end, end) - b.pgoff
+                if not found:
+                    found = True
+                    kvm.invalidation.begin()
+                kvm.unmap_gfn_range(b.slot, s, e, flt)
+        return found
+
+    def _invalidate_end(self, start: int, end: int, found: bool) -> None:
+        if found:
+            with self.kvm.mmu_lock():
+                self.kvm.invalidation.end()
+
+    # ------------------------------------------------------------ fallocate
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        """``kvm_gmem_fallocate``: KEEP_SIZE required, only PUNCH_HOLE besides it, offset and len
+        page-aligned (and within the file)."""
+        mode = uint("mode", mode, 32)
+        offset = uint("offset", offset)
+        length = uint("len", length)
+        if self.released:
+            raise GmemError(f"guest_memfd {self.fd}: the file was released", _errno.EBADF)
+        if not mode & FALLOC_FL_KEEP_SIZE:
+            raise GmemError(f"fallocate mode={mode:#x}: FALLOC_FL_KEEP_SIZE is required",
+                            _errno.EOPNOTSUPP)
+        if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
+            raise GmemError(f"fallocate mode={mode:#x}: only FALLOC_FL_PUNCH_HOLE is supported "
+                            "besides KEEP_SIZE", _errno.EOPNOTSUPP)
+        if offset & (PAGE_SIZE - 1) or length & (PAGE_SIZE - 1):
+            raise GmemError(f"fallocate offset={offset:#x} len={length:#x}: both must be 4 KiB "
+                            "aligned")
+        if mode & FALLOC_FL_PUNCH_HOLE:
+            self.punch_hole(offset, length)
+        else:
+            self.allocate(offset, length)
+
+    def allocate(self, offset: int, length: int) -> int:
+        """Allocate (without preparing) every page of [offset, offset + len); -EINVAL beyond the
+        file size.  Returns pages newly allocated."""
+        start, end = offset >> PAGE_SHIFT, (offset + length) >> PAGE_SHIFT
+        if end > self.npages:
+            raise GmemError(f"allocate offset={offset:#x} len={length:#x}: beyond the file size "
+                            f"{self.size:#x}")
+        n = 0
+        for i in range(start, end):
+            if i not in self._pfn:
+                _, _, order = self._alloc_folio(i)
+                n += 1 << order
+        self.log.append(("allocate", start, end))
+        return n
+
+    def punch_hole(self, offset: int, length: int) -> int:
+        """``kvm_gmem_punch_hole``: invalidate-begin (unmap every bound gfn), truncate (freed
+        folios call the invalidate hook), invalidate-end (bumps ``mmu_invalidate_seq``)."""
+        start = offset >> PAGE_SHIFT
+        end = min((offset + length) >> PAGE_SHIFT, self.npages)
+        found = self._invalidate_begin(start, end)
+        try:
+            freed = self._truncate(start, end)
+        finally:
+            self._invalidate_end(start, end, found)
+        self.log.append(("punch_hole", start, end, freed))
+        return freed
+
+    def release(self) -> None:
+        """``kvm_gmem_release``: invalidate the whole file, unbind every slot (``slot->gmem.file
+        = NULL``); the inode goes too (its folios are truncated and freed)."""
+        if self.released:
+            raise GmemError(f"guest_memfd {self.fd}: released twice", _errno.EBADF)
+        found = self._invalidate_begin(0, self.npages)
+        try:
+            for b in list(self._binds):
+                b.slot.gmem_file = None
+            self._binds.clear()
+            self._bind_starts.clear()
+            self._truncate(0, self.npages)
+        finally:
+            self._invalidate_end(0, self.npages, found)
+        self.released = True
+        self.log.append(("release",))
+
+    def memory_failure(self, index: int) -> str:
+        """``kvm_gmem_error_folio``: invalidate begin/end over the folio (no truncate), the folio
+        is hwpoisoned, ``MF_DELAYED``; a later ``get_pfn`` fails with -EHWPOISON."""
+        index = uint("index", index)
+        f = self.folio_of(index)
+        if f is None:
+            raise GmemError(f"memory_failure: index {index:#x} has no folio", _errno.ENOENT)
+        base, _, order = f
+        found = self._invalidate_begin(base, base + (1 << order))
+        self.poisoned.add(base)
+        self._invalidate_end(base, base + (1 << order), found)
+        self.log.append(("memory_failure", base))
+        return "MF_DELAYED"
+
+    def is_poisoned(self, index: int) -> bool:
+        f = self.folio_of(index)
+        return f is not None and f[0] in self.poisoned
+
+    # ------------------------------------------------------------ get_pfn / populate
+    def _lookup_for(self, slot, gfn: int) -> int:
+        if slot.gmem_file is not self:
+            raise GmemError(f"gfn {gfn:#x}: slot {getattr(slot, 'id', '?')} has no guest_memfd "
+                            "file (released)", _errno.EFAULT)
+        index = self.index_of(slot, gfn)
+        b = self.binding_at(index)
+        if b is None or b.slot is not slot:
+            raise GmemError(f"gfn {gfn:#x}: index {index:#x} is not bound to this slot", _errno.EIO)
+        return index
+
+    def get_pfn(self, slot, gfn: int) -> GetPfn:
+        """``kvm_gmem_get_pfn(kvm, slot, gfn, &pfn, &page, &max_order)``: check the binding
+        (-EFAULT: no file, -EIO: binding mismatch), allocate on demand, -EHWPOISON if poisoned,
+        prepare (zero + ``prepare`` hook with the folio-aligned gfn/pfn and the folio order) if not
+        up to date.  ``max_order`` is 0 upstream (order-0 folios)."""
+        index = self._lookup_for(slot, gfn)
+        f = self.folio_of(index)
+        if f is None:
+            f = self._alloc_folio(index)
+        base, bpfn, order = f
+        if base in self.poisoned:
+            raise GmemError(f"gfn {gfn:#x}: the folio at index {base:#x} is hwpoisoned",
+                            _errno.EHWPOISON)
+        prepared_now = False
+        if base not in self.uptodate:
+            gfn_base = slot.base_gfn + base - slot.gmem_pgoff
+            rc = self.kvm.gmem_hooks.prepare(self.kvm, gfn_base, bpfn, order)
+            if rc:
+                raise GmemError(f"gfn {gfn:#x}: prepare hook failed for pfn {bpfn:#x} order "
+                                f"{order}", -rc if rc < 0 else rc)
+            self.uptodate.add(base)
+            prepared_now = True
+        pfn = bpfn + (index - base)
+        return GetPfn(pfn, max_order_at(gfn, index, order), prepared_now)
+
+    def populate(self, slot, start_gfn: int, src, npages: int,
+                 post_populate: Optional[Callable] = None, opaque=None) -> int:
+        """``kvm_gmem_populate(kvm, start_gfn, src, npages, post_populate, opaque)``: the slot must
+        be gmem-backed; ``npages`` is clipped to the slot; per page: get the folio without
+        preparing (-EEXIST if already up to date), the gfn must be PRIVATE (-EINVAL), call
+        ``post_populate(kvm, gfn, pfn, src_page, opaque)`` and mark up to date.  Returns the pages
+        done, or raises if the first page failed (the kernel's ``ret && !i ? ret : i``)."""
+        if getattr(slot, "gmem_file", None) is not self:
+            raise GmemError(f"populate: slot {getattr(slot, 'id', '?')} is not bound to guest_memfd "
+                            f"{self.fd}")
+        npages = min(uint("npages", npages), slot.npages - (start_gfn - slot.base_gfn))
+        cb = post_populate or self.kvm.gmem_hooks.post_populate
+        done = 0
+        for k in range(npages):
+            gfn = start_gfn + k
+            try:
+                index = self._lookup_for(slot, gfn)
+                f = self.folio_of(index) or self._alloc_folio(index)
+                base, bpfn, order = f
+                if base in self.poisoned:
+                    raise GmemError(f"populate gfn {gfn:#x}: hwpoisoned", _errno.EHWPOISON)
+                if base in self.uptodate and order == 0:
+                    raise GmemError(f"populate gfn {gfn:#x}: already populated/prepared",
+                                    _errno.EEXIST)
+                if not self.kvm.is_private(gfn):
+                    raise GmemError(f"populate gfn {gfn:#x}: the gfn is not PRIVATE in the memory "
+                                    "attributes")
+                src_page = None if src is None else src[k]
+                rc = cb(self.kvm, gfn, bpfn + (index - base), src_page, opaque)
+                if rc:
+                    raise GmemError(f"populate gfn {gfn:#x}: post_populate returned {rc}",
+                                    -rc if rc < 0 else rc)
+                if order == 0:
+                    self.uptodate.add(base)
+                done += 1
+            except GmemError:
+                if done == 0:
+                    raise
+                break
+        self.log.append(("populate", start_gfn, done))
+        return done
+
+    # ------------------------------------------------------------ migration
+    def migrate(self, index: int) -> MigrateAnswer:
+        """The proposed migration handshake for the page at ``index``: allocate a target page,
+        ask the MMU (``migrate`` hook, MMU lock held) for each bound gfn; on success the file
+        points at the new page and the old one is freed, otherwise nothing changes."""
+        index = uint("index", index)
+        f = self.folio_of(index)
+        if f is None:
+            raise GmemError(f"migrate: index {index:#x} has no folio", _errno.ENOENT)
+        base, bpfn, order = f
+        if order:
+            return MigrateAnswer(False, _errno.EOPNOTSUPP,
+                                 ("large folios are not migrated in this model",))
+        old = bpfn
+        b = self.binding_at(index)
+        new = self.host.alloc(self.owner_tag, 0)
+        kvm = self.kvm
+        with kvm.mmu_lock():
+            if b is None:
+                ans = MigrateAnswer(True, 0, ("unbound page: plain copy",))
+            else:
+                gfn = b.slot.base_gfn + index - b.pgoff
+                ans = kvm.gmem_hooks.migrate(kvm, b.slot, gfn, PG_LEVEL_4K, old, new)
+        if not ans.ok:
+            self.host.free(new, 0)
+            self.log.append(("migrate-refused", index, ans.errno))
+            return ans
+        self._pfn[index] = new
+        self._folio[index] = (new, 0)
+        self.host.free(old, 0)
+        self.log.append(("migrate", index, old, new))
+        return ans
+
+    # ------------------------------------------------------------ views
+    def allocated_pfns(self) -> dict:
+        """index -> pfn of every allocated page."""
+        return dict(self._pfn)
+
+    def __repr__(self) -> str:
+        return (f"<GuestMemfd fd={self.fd} size={self.size:#x} flags={self.flags:#x} "
+                f"pages={len(self._pfn)} bindings={len(self._binds)}>")
