@@ -472,7 +472,16 @@ def leaf_spte_change_needs_tlb_flush(cfg: MmuConfig, old_spte: int, new_spte: in
 # ---------------------------------------------------------------------- decode
 KINDS = ("nonpresent", "present", "mmio", "frozen", "other")
 _PRED_NAMES = list(PREDICATES)
-_pred_fields = [n.replace("is_", "").replace("_pte", "").replace("_spte", "") for n in _PRED_NAMES]
+_FIELD = {"is_shadow_present_pte": "shadow_present", "is_mmio_spte": "mmio", "is_frozen_spte": "frozen",
+          "is_large_pte": "large", "is_last_spte": "last", "is_executable_pte": "executable",
+          "is_writable_pte": "writable", "is_mmu_writable_spte": "mmu_writable",
+          "is_host_writable_spte": "host_writable", "is_accessed_spte": "accessed",
+          "is_dirty_spte": "dirty", "spte_ad_enabled": "ad_enabled",
+          "spte_ad_need_write_protect": "ad_need_write_protect", "is_access_track_spte": "access_track",
+          "spte_needs_atomic_update": "needs_atomic_update",
+          "check_spte_writable_invariants": "writable_invariants_ok", "is_rsvd_spte": "rsvd",
+          "is_ept_ve_possible": "ept_ve_possible"}
+_pred_fields = [_FIELD[n] for n in _PRED_NAMES]
 assert ffi.sizeof("struct kvmmu_spte_info") == 48
 DECODE_DTYPE = np.dtype({
     "names": ["spte", "pfn", "kind", "ad_type", "memtype", "ipat", "access", "saved_rx", "level"]
