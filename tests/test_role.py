@@ -1,0 +1,182 @@
+"""Role words: layouts per era vs the reference, pack/unpack, batch forms, hash, worked values."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pykvmmu import role as R
+from pykvmmu.errors import ArrayError, InputError, ProfileError, PykvmmuError
+from pykvmmu.ref import role as ref
+
+ERAS = list(R.ERAS)
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_layout_matches_reference_declaration_order(era):
+    e = R.get_era(era)
+    assert {f.name: (f.shift, f.width) for f in e.base.fields} == ref.base_fields(era)
+    assert e.base.used_mask == ref.used_mask(ref.base_fields(era))
+    if e.ext is None:
+        assert ref.ext_fields(era) == {}
+    else:
+        assert {f.name: (f.shift, f.width) for f in e.ext.fields} == ref.ext_fields(era)
+
+
+def test_era_table_bit4_and_names():
+    assert R.get_era("v5.0").bit4 == "cr4_pae" and R.get_era("v5.0").nx == "nxe"
+    assert R.get_era("v5.1").bit4 == "gpte_is_8_bytes"
+    assert R.get_era("v5.14").nx == "efer_nx"
+    assert R.get_era("v5.17").bit4 == "has_4_byte_gpte"
+    assert R.get_era("v6.8").has("passthrough") and not R.get_era("v6.8").has("is_mirror")
+    assert R.get_era("latest").has("is_mirror")
+    assert R.get_era("2019").name == "v5.0"
+    # masks of section 1.1 / 1.2
+    assert R.get_era("v6.14").base.field("is_mirror").mask == 0x80000
+    assert R.get_era("v6.14").base.field("smm").mask == 0xFF000000
+    assert R.get_era("v4.2").base.used_mask == 0xFF00FFFF
+    assert R.get_era("v4.12").base.field("ad_disabled").mask == 0x10000
+    assert R.get_era("v4.18").base.field("guest_mode").mask == 0x20000
+
+
+def test_unknown_era_and_field_errors():
+    with pytest.raises(ProfileError):
+        R.get_era("v2.6")
+    with pytest.raises(ProfileError, match="passthrough"):
+        R.pack("v5.0", passthrough=1)
+    with pytest.raises(InputError, match="nosuch"):
+        R.pack("latest", nosuch=1)
+    with pytest.raises(R.RoleFieldError, match="level=16"):
+        R.pack("latest", level=16)
+    with pytest.raises(R.RoleFieldError, match="quadrant=4"):
+        R.pack("latest", quadrant=4)
+    with pytest.raises(InputError):
+        R.pack("latest", level=-1)
+    with pytest.raises(InputError):
+        R.unpack("latest", 1 << 32)
+    with pytest.raises(R.RoleFieldError):
+        R.unpack("v5.0", 0x00100000, strict=True)
+    with pytest.raises(ProfileError):
+        R.pack_ext("v4.18", valid=1)
+
+
+def _values(era):
+    e = R.get_era(era)
+    return st.fixed_dictionaries({f.name: st.integers(0, (1 << f.width) - 1) for f in e.base.fields})
+
+
+@pytest.mark.parametrize("era", ERAS)
+@settings(max_examples=60)
+@given(data=st.data())
+def test_pack_unpack_vs_reference(era, data):
+    vals = data.draw(_values(era))
+    w = R.pack(era, **vals)
+    assert w == ref.pack_role(era, **vals)
+    assert R.unpack(era, w).fields == vals
+    assert ref.unpack_role(era, w) == vals
+
+
+@pytest.mark.parametrize("era", ERAS)
+@settings(max_examples=40)
+@given(words=st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=40))
+def test_batch_round_trip_vs_reference(era, words):
+    e = R.get_era(era)
+    w = np.array(words, dtype=np.uint32) & np.uint32(e.base.used_mask)
+    rec = R.unpack_batch(era, w)
+    for i, word in enumerate(w.tolist()):
+        assert {n: int(rec[n][i]) for n in e.base.names} == ref.unpack_role(era, word)
+    assert np.array_equal(R.pack_batch(era, rec), w)
+
+
+def test_batch_errors():
+    e = R.get_era("latest")
+    rec = np.zeros(5, dtype=e.base.dtype)
+    rec["level"] = 4
+    rec["quadrant"][3] = 4
+    with pytest.raises(R.RoleFieldError, match=r"fields\[3\]: quadrant=4"):
+        R.pack_batch("latest", rec)
+    with pytest.raises(R.RoleFieldError, match=r"words\[1\]"):
+        R.unpack_batch("latest", np.array([0, 0x00100000], dtype=np.uint32))
+    R.unpack_batch("latest", np.array([0, 0x00100000], dtype=np.uint32), strict=False)
+    with pytest.raises(ArrayError):
+        R.unpack_batch("latest", np.array([1, 2], dtype=np.int64))
+    with pytest.raises(ArrayError):
+        R.unpack_batch("latest", np.zeros(4, dtype=np.uint32)[::2])
+    raw = np.zeros((3, 16), dtype=np.uint8)
+    raw[:, 0] = 4
+    raw[1, 15] = 1                      # pad byte
+    with pytest.raises(R.RoleFieldError, match="pad byte 15"):
+        R.pack_batch("latest", raw)
+    with pytest.raises(InputError):
+        R.pack_batch("latest", np.zeros((3, 8), dtype=np.uint8))
+    out = np.zeros(2, dtype=np.uint32)
+    with pytest.raises(ArrayError):
+        R.pack_batch("latest", rec, out=out)
+
+
+@pytest.mark.parametrize("era", [e for e in ERAS if R.get_era(e).ext is not None])
+@settings(max_examples=40)
+@given(data=st.data())
+def test_cpu_role_vs_reference(era, data):
+    e = R.get_era(era)
+    b = data.draw(_values(era))
+    x = data.draw(st.fixed_dictionaries({f.name: st.integers(0, (1 << f.width) - 1)
+                                         for f in e.ext.fields}))
+    v = R.pack_cpu_role(era, b, x)
+    assert v == ref.pack_cpu_role(era, b, x)
+    cr = R.unpack_cpu_role(era, v)
+    assert cr.base == R.pack(era, **b) and cr.ext == R.pack_ext(era, **x)
+    arr = np.array([v, 0], dtype=np.uint64)
+    rec = R.cpu_role_unpack_batch(era, arr)
+    assert np.array_equal(R.cpu_role_pack_batch(era, rec), arr)
+    assert int(rec["ext_valid"][0]) == x["valid"]
+
+
+VECTORS = [(0x0, 0, 0, 0), (0x1, 1564, 1564, 2531), (0x2, 3129, 3129, 966),
+           (0x800, 1091, 1091, 3071), (0x1000, 2182, 2182, 2047), (0xffc00, 1060, 1061, 511),
+           (0xfffff, 41, 42, 1564), (0x14b600, 207, 208, 3327), (0x123456789, 1402, 775, 831)]
+
+
+@pytest.mark.parametrize("gfn,x64,h32,pre", VECTORS)
+def test_hash_vectors(gfn, x64, h32, pre):
+    assert R.kvm_page_table_hashfn(gfn) == x64 == ref.kvm_page_table_hashfn(gfn)
+    assert R.hash_64(gfn, 12, "32bit") == h32 == ref.hash_64_32bit_host(gfn, 12)
+    assert R.hash_64(gfn, 12, "pre-4.7") == pre == ref.hash_64_pre_4_7(gfn, 12)
+    g = np.array([gfn], dtype=np.uint64)
+    assert R.hash_batch(g)[0] == x64
+    assert R.hash_batch(g, variant="32bit")[0] == h32
+    assert R.hash_batch(g, variant="pre-4.7")[0] == pre
+
+
+@given(st.lists(st.integers(0, 2**64 - 1), max_size=30), st.integers(1, 32),
+       st.sampled_from(["x86_64", "32bit", "pre-4.7"]))
+def test_hash_batch_vs_reference(vals, bits, variant):
+    f = {"x86_64": ref.hash_64, "32bit": ref.hash_64_32bit_host, "pre-4.7": ref.hash_64_pre_4_7}[variant]
+    out = R.hash_batch(np.array(vals, dtype=np.uint64), bits, variant)
+    assert out.tolist() == [f(v, bits) for v in vals]
+    for v in vals[:3]:
+        assert R.hash_64(v, bits, variant) == f(v, bits)
+
+
+def test_hash_errors():
+    with pytest.raises(InputError):
+        R.hash_64(1, 0)
+    with pytest.raises(InputError):
+        R.hash_64(1, 33)
+    with pytest.raises(InputError):
+        R.hash_64(1, 12, "arm")
+    with pytest.raises(InputError):
+        R.kvm_page_table_hashfn(-1)
+    with pytest.raises(InputError):
+        R.kvm_page_table_hashfn(1 << 64)
+    with pytest.raises(PykvmmuError):
+        R.hash_batch(np.array([1], dtype=np.int64))
+
+
+def test_hash_distribution_sequential_and_clustered():
+    from pykvmmu.sphash import bucket_counts, bucket_stats
+    st_ = bucket_stats(bucket_counts(np.arange(1 << 16, dtype=np.uint64)))
+    assert st_["max"] <= 2 * st_["mean"]            # multiplicative hashing spreads runs
+    assert st_["chi2"] < 2 * st_["chi2_dof"]
+    rng = np.random.default_rng(1)
+    st2 = bucket_stats(bucket_counts(rng.integers(0, 1 << 40, 40000, dtype=np.uint64)))
+    assert abs(st2["chi2"] - st2["chi2_dof"]) < 6 * np.sqrt(2 * st2["chi2_dof"])
