@@ -71,7 +71,9 @@
 #define PFERR_GUEST_VMPL    KBIT(36)
 #define SVM_EXIT_VC_NOT_VALIDATED 0x404u
 
-#define PREFETCH_DIST       32
+#ifndef PREFETCH_DIST
+#define PREFETCH_DIST       16
+#endif
 
 _Static_assert((RMP_ASSIGNED | RMP_PAGESIZE | RMP_IMMUTABLE | RMP_SUBPAGE_MASK | RMP_GPA_MASK |
                 RMP_ASID_MASK | RMP_VMSA | RMP_VALIDATED | RMP_LOCK) == ~(uint64_t)0,
