@@ -541,13 +541,13 @@ def mmio_mask_violations(config: MmuConfig, value: int | None = None, mask: int 
             f"mask {m:#x} uses bits outside SPTE_MMIO_ALLOWED_MASK {SPTE_MMIO_ALLOWED_MASK:#x}")
     if v & ~m:
         bad("value_outside_mask", v & ~m, f"value {v:#x} has bits outside mask {m:#x}")
-    fz = p.frozen_value
+    fz = None if p.mmio_special_tag else p.frozen_value   # v5.10: the tag tells them apart
     if fz is not None and (fz & m) == v:
         bad("value_matches_frozen", fz & m,
             f"FROZEN_SPTE {fz:#x} under mask {m:#x} equals value {v:#x}")
     npv = p.nonpresent_value
-    if (npv & m) == v:
-        bad("value_matches_nonpresent", npv & m | (v or m),
+    if not p.mmio_special_tag and (npv & m) == v:
+        bad("value_matches_nonpresent", m,
             f"SHADOW_NONPRESENT_VALUE {npv:#x} under mask {m:#x} equals value {v:#x}")
     rmask = cfg.nonpresent_or_rsvd_mask
     reloc = rmask << SHADOW_NONPRESENT_OR_RSVD_MASK_LEN
