@@ -350,6 +350,30 @@ uint32_t kvmmu_role_hash_64(uint64_t val, uint32_t bits, int variant)
     }
 }
 
+#if ROLE_HAVE_BMI2_PATH
+/* The multiplicative hash with AVX-512DQ (vpmullq): 8 gfns per step, streamed stores of
+ * the 32-bit buckets when the output is 32-byte aligned (no read-for-ownership). */
+__attribute__((target("avx512f,avx512dq,avx512vl")))
+static void hash_mul_avx512(const uint64_t *val, uint32_t *out, size_t n, uint64_t g, uint32_t s)
+{
+    const __m512i vg = _mm512_set1_epi64((long long)g);
+    const __m128i vs = _mm_cvtsi32_si128((int)s);
+    size_t i = 0;
+
+    while (i < n && ((uintptr_t)(out + i) & 31))
+        out[i] = (uint32_t)((val[i] * g) >> s), i++;
+    for (; i + 8 <= n; i += 8) {
+        __m512i v = _mm512_loadu_si512((const void *)(val + i));
+        __m256i h = _mm512_cvtepi64_epi32(_mm512_srl_epi64(_mm512_mullo_epi64(v, vg), vs));
+
+        _mm256_stream_si256((__m256i *)(void *)(out + i), h);
+    }
+    _mm_sfence();
+    for (; i < n; i++)
+        out[i] = (uint32_t)((val[i] * g) >> s);
+}
+#endif
+
 size_t kvmmu_role_hash_batch(const uint64_t *val, uint32_t *out, size_t n, uint32_t bits,
                              int variant)
 {
@@ -367,6 +391,12 @@ size_t kvmmu_role_hash_batch(const uint64_t *val, uint32_t *out, size_t n, uint3
         const uint64_t g = variant == KVMMU_HASH_PRE_4_7 ? GOLDEN_RATIO_PRIME_64 : GOLDEN_RATIO_64;
         const uint32_t s = 64 - bits;
 
+#if ROLE_HAVE_BMI2_PATH
+        if (__builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+            hash_mul_avx512(val, out, n, g, s);
+            return 0;
+        }
+#endif
         for (size_t i = 0; i < n; i++)
             out[i] = (uint32_t)((val[i] * g) >> s);
     }

@@ -180,3 +180,13 @@ def test_hash_distribution_sequential_and_clustered():
     rng = np.random.default_rng(1)
     st2 = bucket_stats(bucket_counts(rng.integers(0, 1 << 40, 40000, dtype=np.uint64)))
     assert abs(st2["chi2"] - st2["chi2_dof"]) < 6 * np.sqrt(2 * st2["chi2_dof"])
+
+
+def test_hash_batch_vector_path_and_misaligned_out():
+    rng = np.random.default_rng(7)
+    g = rng.integers(0, 2**64 - 1, 1003, dtype=np.uint64)
+    buf = np.zeros(1004, dtype=np.uint32)
+    for bits in (12, 1, 32):
+        out = R.hash_batch(g, bits, out=buf[1:])          # misaligned start, odd tail
+        assert out.tolist() == [ref.hash_64(int(v), bits) for v in g]
+        assert R.hash_batch(g, bits, "pre-4.7").tolist() == [ref.hash_64_pre_4_7(int(v), bits) for v in g]
