@@ -1,0 +1,821 @@
+"""A simulated confidential VM: memslots, memory attributes, guest_memfd, a TDP page table of
+numpy SPTE pages and (SNP) an RMP, tied together by the KVM x86 page-fault path.
+
+``Vm.fault(gpa, error_code)`` follows ``kvm_mmu_page_fault`` -> ``kvm_mmu_do_page_fault`` ->
+``kvm_tdp_page_fault``: the MMIO fast path for reserved-bit faults, classification (a
+:mod:`pykvmmu.private` policy), the ``mmu_invalidate_seq`` snapshot, the private/shared mismatch
+rule, the no-slot and no-gmem exits, faultin (host memory or guest_memfd), the max mapping level
+(slot bounds, uniform attributes, guest_memfd order, the vendor hook), the staleness re-check
+under mmu_lock, ``make_spte`` and installation (or an MMIO SPTE).  Conversions
+(``KVM_SET_MEMORY_ATTRIBUTES``), punch holes, memslot updates and page migrations zap what they
+must.  :meth:`Vm.check` verifies the invariants after any step.
+"""
+from __future__ import annotations
+
+import errno as _errno
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import private as P
+from . import spte as S
+from ._batch import uint
+from ._ffi import lib
+from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
+                    kvm_supported_mem_attributes)
+from .config import ACC_ALL, MmuConfig
+from .errors import InputError
+from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
+                   GmemError, GmemHooks, GuestMemfd, HostMemory, MigrateAnswer, order_to_level)
+
+__all__ = ["Vm", "Memslot", "FaultOutcome", "VmError", "InvariantError", "SnpHooks", "TdxHooks",
+           "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY", "KVM_MEM_GUEST_MEMFD"]
+
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+KVM_MEM_GUEST_MEMFD = 1 << 2
+KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS = 1 << 63
+KVM_USER_MEM_SLOTS = 32764
+PAGES = {1: 1, 2: 512, 3: 512 * 512, 4: 512 ** 3, 5: 512 ** 4}
+
+
+class VmError(InputError):
+    """A VM operation (memslot update, ioctl) broke a rule; ``errno`` is the kernel's."""
+
+    def __init__(self, msg: str, errno: int = _errno.EINVAL):
+        super().__init__(f"{msg} (-{_errno.errorcode.get(errno, errno)})")
+        self.errno = errno
+
+
+class InvariantError(AssertionError):
+    """:meth:`Vm.check` found a broken invariant (the message says which and where)."""
+
+
+@dataclass
+class Memslot:
+    """A ``kvm_memory_slot``: gfn range, userspace address, flags, guest_memfd binding."""
+
+    id: int
+    base_gfn: int
+    npages: int
+    userspace_addr: int
+    flags: int = 0
+    gmem_file: Optional[GuestMemfd] = None
+    gmem_pgoff: int = 0
+    gmem_only: bool = False
+
+    @property
+    def end_gfn(self) -> int:
+        return self.base_gfn + self.npages
+
+    def contains(self, gfn: int) -> bool:
+        return self.base_gfn <= gfn < self.base_gfn + self.npages
+
+    def kind(self) -> str:
+        if self.flags & KVM_MEM_GUEST_MEMFD:
+            return "gmem_only" if self.gmem_only else "gmem"
+        return "plain"
+
+
+@dataclass(frozen=True)
+class FaultOutcome:
+    """What ``vm.fault`` did: ``kind`` is ``mapped`` (at ``level``), ``spurious`` (already
+    mapped), ``emulate`` (MMIO; ``spte`` is the MMIO SPTE if one was installed), ``exit``
+    (``exit`` is the KVM_EXIT_MEMORY_FAULT), or ``retry`` (stale fault, nothing installed)."""
+
+    kind: str
+    gfn: int
+    is_private: bool = False
+    level: int = 0
+    pfn: int = 0
+    spte: int = 0
+    exit: Optional[P.MemoryFaultExit] = None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.kind in ("mapped", "spurious"):
+            sz = {1: "4K", 2: "2M", 3: "1G"}[self.level]
+            return (f"{self.kind} gfn {self.gfn:#x} {'private' if self.is_private else 'shared'} "
+                    f"-> pfn {self.pfn:#x} at {sz} (spte {self.spte:#018x})")
+        if self.kind == "exit":
+            return f"exit: {self.exit}"
+        if self.kind == "emulate":
+            return f"emulate MMIO gfn {self.gfn:#x}" + (f" (MMIO spte {self.spte:#018x})"
+                                                         if self.spte else " (no SPTE)") \
+                + (f": {self.reason}" if self.reason else "")
+        return f"{self.kind} gfn {self.gfn:#x}: {self.reason}"
+
+
+# ---------------------------------------------------------------------- vendor hooks
+class SnpHooks(GmemHooks):
+    """SEV-SNP: ``sev_gmem_prepare`` (RMP private, 2M when the folio is large and its whole 2M
+    pfn range is shared), ``sev_gmem_invalidate`` (back to shared; PSMASH first when only part
+    of a 2M entry is freed), ``sev_gmem_max_mapping_level`` (the RMP level), SNP_LAUNCH_UPDATE
+    as post-populate, and a firmware page move as the migration answer."""
+
+    name = "snp"
+
+    def __init__(self, vm: "Vm"):
+        self.vm = vm
+
+    def prepare(self, kvm, gfn, pfn, max_order):
+        rmp = self.vm.rmp
+        assigned, _ = rmp.snp_lookup_rmpentry(pfn)
+        if assigned:
+            return 0
+        base = pfn & ~511
+        if max_order >= 9 and rmp.count_assigned(base, 512) == 0:
+            level, p, g = PG_LEVEL_2M, base, gfn & ~511
+        else:
+            level, p, g = PG_LEVEL_4K, pfn, gfn
+        rc = rmp.rmp_make_private(p, g << 12, level, self.vm.asid, False)
+        self.vm._log("rmp_make_private", pfn=p, gpa=g << 12, level=level, rc=rc)
+        return rc
+
+    def invalidate(self, start_pfn, end_pfn):
+        rmp = self.vm.rmp
+        pfn = start_pfn
+        while pfn < end_pfn:
+            assigned, level = rmp.snp_lookup_rmpentry(pfn)
+            if not assigned:
+                pfn += 1
+                continue
+            if level == PG_LEVEL_2M and pfn % 512 == 0 and pfn + 512 <= end_pfn:
+                rmp.rmp_make_shared(pfn, PG_LEVEL_2M)
+                self.vm._log("rmp_make_shared", pfn=pfn, level=PG_LEVEL_2M)
+                pfn += 512
+                continue
+            if level == PG_LEVEL_2M:
+                rmp.psmash(pfn & ~511)
+                self.vm._log("psmash", pfn=pfn & ~511)
+            rmp.rmp_make_shared(pfn, PG_LEVEL_4K)
+            self.vm._log("rmp_make_shared", pfn=pfn, level=PG_LEVEL_4K)
+            pfn += 1
+
+    def max_mapping_level(self, kvm, pfn, is_private):
+        from .rmp import sev_private_max_mapping_level
+        return sev_private_max_mapping_level(self.vm.rmp, pfn) if is_private else 0
+
+    def post_populate(self, kvm, gfn, pfn, src, opaque):
+        rc = self.vm.rmp.rmp_make_private(pfn, gfn << 12, PG_LEVEL_4K, self.vm.asid, False)
+        self.vm._log("SNP_LAUNCH_UPDATE", gfn=gfn, pfn=pfn, rc=rc)
+        return rc
+
+    def migrate(self, kvm, slot, gfn, level, old_pfn, new_pfn):
+        vm = self.vm
+        assert vm.mmu_lock_held, "the migration hook runs under the MMU lock"
+        rmp = vm.rmp
+        assigned, rlevel = rmp.snp_lookup_rmpentry(old_pfn)
+        zapped = vm._zap_gfn_range(gfn, gfn + 1, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
+        if not assigned:
+            return MigrateAnswer(True, 0, ("page not assigned in the RMP: plain copy",), zapped)
+        if rlevel == PG_LEVEL_2M:
+            rmp.psmash(old_pfn & ~511)
+        e = rmp.entry(old_pfn)
+        rmp.write_raw(new_pfn, e.lo, e.hi)      # the PSP copies contents and RMP state
+        rmp.write_raw(old_pfn, 0, 0)            # the old page returns to the hypervisor
+        vm._log("SNP_PAGE_MOVE", old_pfn=old_pfn, new_pfn=new_pfn, gfn=gfn)
+        return MigrateAnswer(True, 0, (("SNP_PAGE_MOVE", old_pfn, new_pfn, PG_LEVEL_4K),), zapped)
+
+
+class TdxHooks(GmemHooks):
+    """TDX: no prepare/invalidate (S-EPT AUG at map time), 4K private mappings
+    (``tdx_gmem_max_mapping_level``), TDH.MEM.PAGE.ADD as post-populate, and the
+    BLOCK/TRACK/RELOCATE SEAMCALL sequence (VM id, gfn, level) as the migration answer."""
+
+    name = "tdx"
+
+    def __init__(self, vm: "Vm"):
+        self.vm = vm
+        self.seamcalls: list = []
+
+    def max_mapping_level(self, kvm, pfn, is_private):
+        return PG_LEVEL_4K if is_private else 0
+
+    def post_populate(self, kvm, gfn, pfn, src, opaque):
+        self.seamcalls.append(("TDH.MEM.PAGE.ADD", self.vm.vm_id, gfn << 12, pfn))
+        return 0
+
+    def migrate(self, kvm, slot, gfn, level, old_pfn, new_pfn):
+        vm = self.vm
+        assert vm.mmu_lock_held, "TDX SEAMCALLs on the S-EPT run under the MMU lock"
+        leaf = vm._leaf("private", gfn)
+        if leaf is None:
+            return MigrateAnswer(True, 0, ("not mapped in the S-EPT: plain copy",))
+        lvl, base, _pfn = leaf
+        gpa = base << 12
+        steps = (("TDH.MEM.RANGE.BLOCK", vm.vm_id, gpa, lvl),
+                 ("TDH.MEM.TRACK", vm.vm_id),
+                 ("TDH.MEM.PAGE.RELOCATE", vm.vm_id, gpa, lvl, new_pfn << 12))
+        self.seamcalls.extend(steps)
+        vm._relocate_leaf("private", base, lvl, new_pfn)
+        vm._log("TDX relocate", gfn=gfn, old_pfn=old_pfn, new_pfn=new_pfn, level=lvl)
+        return MigrateAnswer(True, 0, steps)
+
+
+# ---------------------------------------------------------------------- the VM
+class Vm:
+    """One VM of a given type (``"snp"``, ``"tdx"``, ``"sw_protected"``, ``"default"``...)."""
+
+    _next_id = 1
+
+    def __init__(self, vm_type="snp", *, cfg: Optional[MmuConfig] = None, gpaw: int = 52,
+                 policy=None, host: Optional[HostMemory] = None, rmp=None, hooks=None,
+                 asid: int = 1, folio_order: int = 0, max_level: int = PG_LEVEL_1G,
+                 log: bool = False):
+        self.vm_type = P.vm_type_number(vm_type)
+        self.type_name = P.vm_type_name(self.vm_type)
+        self.vm_id = Vm._next_id
+        Vm._next_id += 1
+        self.asid = asid
+        if cfg is None:
+            cfg = MmuConfig.preset({P.KVM_X86_TDX_VM: "tdx", P.KVM_X86_SNP_VM: "npt-sme",
+                                    P.KVM_X86_SEV_VM: "npt-sme", P.KVM_X86_SEV_ES_VM: "npt-sme"}
+                                   .get(self.vm_type, "ept"))
+        self.cfg = cfg
+        self._c = cfg._cptr
+        self.gpaw = gpaw
+        self.gfn_direct_bits = P.gfn_direct_bits(self.vm_type, gpaw)
+        self.has_private_mem = P.has_private_mem(self.vm_type)
+        self.has_protected_state = P.has_protected_state(self.vm_type)
+        self.sw_protected_enabled = True
+        self.policy = P.get_policy(policy)
+        self.host = host or HostMemory()
+        self.attrs = MemoryAttributes(kvm_supported_mem_attributes(self.has_private_mem))
+        self.invalidation = MmuInvalidation()
+        self.nr_as_ids = 1 if self.has_private_mem else 2
+        self.generation = 0
+        self.slots: list = []                 # sorted by base_gfn
+        self.gmems: list = []
+        self.folio_order = folio_order
+        self.max_level = max_level
+        self.levels = 5 if gpaw == 52 and self.vm_type == P.KVM_X86_TDX_VM else 4
+        self.mmu_lock_held = 0
+        self.trace = [] if log else None
+        self._shared_pfn: dict = {}            # hva page -> host pfn (the host's shared memory)
+        self._max_gfn = (1 << (cfg.maxphyaddr - 12)) - 1
+        # TDP roots: TDX has a mirror (private, S-EPT) root and a direct (shared) root.
+        self.root_names = ("private", "shared") if self.vm_type == P.KVM_X86_TDX_VM else ("direct",)
+        self.pages: dict = {}                  # table pa -> np.ndarray[512] uint64
+        self.roots = {r: self._alloc_table() for r in self.root_names}
+        self.leaves = {r: {} for r in self.root_names}    # base gfn -> (level, pfn, kind)
+        self.stats = dict(faults=0, mapped=0, exits=0, retries=0, emulate=0, zapped=0)
+        if self.vm_type == P.KVM_X86_SNP_VM:
+            if rmp is None:
+                from .rmp import RmpTable
+                rmp = RmpTable.create(self.host.max_pfn() << 12)
+            self.rmp = rmp
+        else:
+            self.rmp = rmp
+        if hooks is None:
+            hooks = {P.KVM_X86_SNP_VM: SnpHooks, P.KVM_X86_TDX_VM: TdxHooks}.get(
+                self.vm_type, lambda vm: GmemHooks())(self)
+        self.gmem_hooks = hooks
+
+    # ------------------------------------------------------------------ plumbing
+    def _log(self, what, **kw):
+        if self.trace is not None:
+            self.trace.append((what, kw))
+
+    @contextmanager
+    def mmu_lock(self):
+        self.mmu_lock_held += 1
+        try:
+            yield
+        finally:
+            self.mmu_lock_held -= 1
+
+    def is_private(self, gfn: int) -> bool:
+        """``kvm_mem_is_private``."""
+        return self.attrs.is_private(gfn)
+
+    def slot_of(self, gfn: int) -> Optional[Memslot]:
+        """``gfn_to_memslot``."""
+        lo, hi = 0, len(self.slots)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.slots[mid].end_gfn <= gfn:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(self.slots) and self.slots[lo].base_gfn <= gfn:
+            return self.slots[lo]
+        return None
+
+    def slot_kind(self, gfn: int):
+        s = self.slot_of(gfn)
+        return None if s is None else s.kind()
+
+    def _alloc_table(self) -> int:
+        pfn = self.host.alloc("pt")
+        self.pages[pfn << 12] = np.full(512, self.cfg.profile.nonpresent_value, dtype=np.uint64)
+        return pfn << 12
+
+    def _root_for(self, is_private: bool) -> str:
+        if self.vm_type == P.KVM_X86_TDX_VM:
+            return "private" if is_private else "shared"
+        return "direct"
+
+    def _walk_gfn(self, root: str, gfn: int) -> int:
+        """The gfn the root's tables are indexed with (TDX shared root: with the shared bit)."""
+        return gfn | self.gfn_direct_bits if root == "shared" else gfn
+
+    def _path(self, root: str, gfn: int, level: int, create: bool):
+        """(table, index) of the entry for ``gfn`` at ``level``; None if a table is missing."""
+        g = self._walk_gfn(root, gfn)
+        pa = self.roots[root]
+        mask = self.cfg.base_addr_mask
+        for lv in range(self.levels, level, -1):
+            t = self.pages[pa]
+            i = (g >> (9 * (lv - 1))) & 511
+            s = int(t[i])
+            if S.is_shadow_present_pte(self.cfg, s) and not (lv > 1 and S.is_large_pte(self.cfg, s)) \
+                    and not S.is_mmio_spte(self.cfg, s):
+                pa = s & mask
+                continue
+            if not create:
+                return None
+            child = self._alloc_table()
+            t[i] = S.make_nonleaf_spte(self.cfg, child)
+            pa = child
+        return self.pages[pa], (g >> (9 * (level - 1))) & 511
+
+    def _leaf(self, root: str, gfn: int):
+        """(level, base gfn, pfn) of the leaf mapping gfn in ``root``, or None."""
+        lv_map = self.leaves[root]
+        for lv in (1, 2, 3):
+            base = gfn & ~(PAGES[lv] - 1)
+            e = lv_map.get(base)
+            if e is not None and e[0] == lv:
+                return lv, base, e[1]
+        return None
+
+    def _set_entry(self, root, base, level, value):
+        t, i = self._path(root, base, level, create=False)
+        t[i] = value
+
+    def _free_subtree(self, pa: int, level: int):
+        t = self.pages.pop(pa)
+        if level > 2:
+            mask = self.cfg.base_addr_mask
+            for s in t:
+                s = int(s)
+                if S.is_shadow_present_pte(self.cfg, s) and not S.is_large_pte(self.cfg, s):
+                    self._free_subtree(s & mask, level - 1)
+        self.host.free(pa >> 12)
+
+    def _drop_leaves_below(self, root, base, level):
+        n = PAGES[level]
+        lv_map = self.leaves[root]
+        for b in [b for b in lv_map if base <= b < base + n]:
+            del lv_map[b]
+
+    # ------------------------------------------------------------------ zapping
+    def _zap_gfn_range(self, start: int, end: int, attr_filter: int) -> int:
+        """``kvm_unmap_gfn_range`` / ``kvm_tdp_mmu_unmap_gfn_range``: zap every leaf (and MMIO
+        SPTE) intersecting [start, end); huge leaves are zapped whole.  TDX: the filter selects
+        the mirror (PRIVATE) and/or direct (SHARED) root; other VMs have one root."""
+        n = 0
+        for root in self.root_names:
+            if root == "private" and not attr_filter & KVM_FILTER_PRIVATE:
+                continue
+            if root == "shared" and not attr_filter & KVM_FILTER_SHARED:
+                continue
+            lv_map = self.leaves[root]
+            if end - start <= 4 * len(lv_map) + 64:
+                cands = set()
+                for lv in (1, 2, 3):
+                    sz = PAGES[lv]
+                    b = start & ~(sz - 1)
+                    while b < end:
+                        e = lv_map.get(b)
+                        if e is not None and e[0] == lv:
+                            cands.add(b)
+                        b += sz
+            else:
+                cands = {b for b, e in lv_map.items() if b < end and b + PAGES[e[0]] > start}
+            for b in cands:
+                lv = lv_map[b][0]
+                self._set_entry(root, b, lv, self.cfg.profile.nonpresent_value)
+                del lv_map[b]
+                n += 1
+        self.stats["zapped"] += n
+        return n
+
+    def unmap_gfn_range(self, slot, start: int, end: int, attr_filter: int) -> bool:
+        """``kvm_mmu_unmap_gfn_range``: widen the invalidation range, then zap."""
+        self.invalidation.range_add(start, end)
+        return bool(self._zap_gfn_range(start, end, attr_filter))
+
+    def _relocate_leaf(self, root, base, level, new_pfn):
+        old = self.leaves[root][base]
+        r = S.make_spte(self.cfg, new_pfn, level=level, pte_access=ACC_ALL)
+        self._set_entry(root, base, level, r.spte)
+        self.leaves[root][base] = (level, new_pfn, old[2])
+
+    def zap_all(self) -> int:
+        """``kvm_mmu_zap_all_fast``: every root's leaves (MMIO generation wrap, tests)."""
+        n = 0
+        for root in self.root_names:
+            for b, (lv, _, _) in list(self.leaves[root].items()):
+                self._set_entry(root, b, lv, self.cfg.profile.nonpresent_value)
+                n += 1
+            self.leaves[root].clear()
+        return n
+
+    # ------------------------------------------------------------------ memslots
+    def create_guest_memfd(self, size: int, flags: int = 0, folio_order: Optional[int] = None) -> GuestMemfd:
+        """``KVM_CREATE_GUEST_MEMFD``."""
+        g = GuestMemfd(self, size, flags, host=self.host,
+                       folio_order=self.folio_order if folio_order is None else folio_order)
+        self.gmems.append(g)
+        return g
+
+    def _valid_flags(self, flags: int) -> int:
+        valid = KVM_MEM_LOG_DIRTY_PAGES
+        if self.has_private_mem:
+            valid |= KVM_MEM_GUEST_MEMFD
+        if flags & KVM_MEM_GUEST_MEMFD:
+            valid &= ~KVM_MEM_LOG_DIRTY_PAGES
+        if not self.has_protected_state and not flags & KVM_MEM_GUEST_MEMFD:
+            valid |= KVM_MEM_READONLY
+        return valid
+
+    def set_memory_region(self, slot_id: int, guest_phys_addr: int, memory_size: int,
+                          userspace_addr: Optional[int] = None, flags: int = 0,
+                          guest_memfd: Optional[GuestMemfd] = None,
+                          guest_memfd_offset: int = 0) -> str:
+        """``KVM_SET_USER_MEMORY_REGION2``: create, delete (size 0), move or change flags of a
+        memslot.  Every rule is checked before anything changes; returns the change kind."""
+        slot_id = uint("slot", slot_id, 32)
+        gpa = uint("guest_phys_addr", guest_phys_addr)
+        size = uint("memory_size", memory_size)
+        flags = uint("flags", flags, 32)
+        off = uint("guest_memfd_offset", guest_memfd_offset)
+        if slot_id >= KVM_USER_MEM_SLOTS:
+            raise VmError(f"slot={slot_id}: must be < KVM_USER_MEM_SLOTS ({KVM_USER_MEM_SLOTS})")
+        if flags & ~self._valid_flags(flags):
+            raise VmError(f"flags={flags:#x}: bits {flags & ~self._valid_flags(flags):#x} are not "
+                          f"valid for a {self.type_name} VM (check_memory_region_flags)")
+        if gpa & 0xFFF or size & 0xFFF:
+            raise VmError(f"guest_phys_addr={gpa:#x} memory_size={size:#x}: must be 4 KiB aligned")
+        if gpa + size > 1 << 64 or (gpa + size) >> 12 > self._max_gfn + 1:
+            raise VmError(f"guest_phys_addr={gpa:#x} + memory_size={size:#x}: beyond the guest "
+                          "physical address space")
+        if flags & KVM_MEM_GUEST_MEMFD:
+            if guest_memfd is None:
+                raise VmError("KVM_MEM_GUEST_MEMFD without a guest_memfd", _errno.EBADF)
+            if off + size >= 1 << 64:
+                raise VmError(f"guest_memfd_offset={off:#x} + memory_size overflows")
+        old = next((s for s in self.slots if s.id == slot_id), None)
+        base, npages = gpa >> 12, size >> 12
+        if size == 0:
+            if old is None:
+                raise VmError(f"slot {slot_id}: deleting a slot that does not exist")
+            change = "delete"
+        elif old is None:
+            change = "create"
+        elif old.npages != npages:
+            raise VmError(f"slot {slot_id}: memory_size {size:#x} differs from the existing "
+                          f"{old.npages << 12:#x} (slots cannot be resized)")
+        elif old.base_gfn != base:
+            change = "move"
+        elif old.flags != flags:
+            change = "flags"
+        else:
+            return "none"
+        if change in ("move", "flags") and old.flags & KVM_MEM_GUEST_MEMFD:
+            raise VmError(f"slot {slot_id}: guest_memfd memslots are immutable ({change} refused)")
+        if change in ("move", "flags") and (old.flags ^ flags) & KVM_MEM_GUEST_MEMFD:
+            raise VmError(f"slot {slot_id}: KVM_MEM_GUEST_MEMFD cannot be toggled")
+        if change in ("create", "move"):
+            for s in self.slots:
+                if s is not old and s.base_gfn < base + npages and base < s.end_gfn:
+                    raise VmError(f"slot {slot_id}: gfns [{base:#x}, {base + npages:#x}) overlap slot "
+                                  f"{s.id} [{s.base_gfn:#x}, {s.end_gfn:#x})", _errno.EEXIST)
+        new = None
+        if change == "create":
+            new = Memslot(slot_id, base, npages,
+                          userspace_addr if userspace_addr is not None else 0x7f0000000000 + gpa,
+                          flags)
+            if flags & KVM_MEM_GUEST_MEMFD:
+                guest_memfd.check_bind(self, npages, off)     # validate before any change
+        # ---- commit: nothing below can fail
+        self.generation |= KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
+        if change == "create":
+            if flags & KVM_MEM_GUEST_MEMFD:
+                guest_memfd.bind(new, off)
+            self.slots.append(new)
+        elif change == "delete":
+            self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
+            if old.gmem_file is not None:
+                old.gmem_file.unbind(old)
+            self.slots.remove(old)
+        elif change == "move":
+            self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
+            old.base_gfn = base
+        else:
+            old.flags = flags
+            if flags & KVM_MEM_LOG_DIRTY_PAGES:
+                # dirty logging write-protects; model: zap so that faults re-install
+                self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_SHARED | KVM_FILTER_PRIVATE)
+        self.slots.sort(key=lambda s: s.base_gfn)
+        gen = (self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + self.nr_as_ids
+        self.generation = gen
+        if lib.kvmmu_mmio_invalidate_zaps(self._c, gen, self.nr_as_ids):
+            self.zap_all()
+        self._log("memslot", change=change, slot=slot_id, generation=gen)
+        return change
+
+    # ------------------------------------------------------------------ attributes
+    def set_memory_attributes(self, address: int, size: int, attributes: int, flags: int = 0) -> bool:
+        """``KVM_SET_MEMORY_ATTRIBUTES``: checks (no change on error), then invalidate-begin, zap
+        the old attribute's SPTEs (x86 ``kvm_arch_pre_set_memory_attributes``: converting to
+        private zaps shared mappings, to shared zaps private ones), store, invalidate-end."""
+        def zap(start, end, attrs):
+            flt = KVM_FILTER_SHARED if attrs & KVM_MEMORY_ATTRIBUTE_PRIVATE else KVM_FILTER_PRIVATE
+            with self.mmu_lock():
+                self._zap_gfn_range(start, end, flt)
+        changed = self.attrs.check_and_set(address, size, attributes, flags, self.invalidation, zap)
+        self._log("set_memory_attributes", address=address, size=size, attributes=attributes,
+                  changed=changed)
+        return changed
+
+    def convert(self, gfn: int, npages: int = 1, private: bool = True) -> bool:
+        """Convenience: set or clear PRIVATE on ``npages`` gfns from ``gfn``."""
+        return self.set_memory_attributes(gfn << 12, npages << 12,
+                                          KVM_MEMORY_ATTRIBUTE_PRIVATE if private else 0)
+
+    # ------------------------------------------------------------------ faults
+    def _shared_pfn_for(self, slot: Memslot, gfn: int) -> int:
+        hva = (slot.userspace_addr >> 12) + (gfn - slot.base_gfn)
+        pfn = self._shared_pfn.get(hva)
+        if pfn is None:
+            pfn = self.host.alloc("shared")
+            self._shared_pfn[hva] = pfn
+        return pfn
+
+    def _lpage_ok(self, slot: Memslot, gfn: int, level: int, is_private: bool) -> bool:
+        """Huge page allowed: the aligned block lies in the slot (and, for shared memory, the
+        hva has the same alignment) and its attributes are uniform (KVM_LPAGE_MIXED_FLAG)."""
+        n = PAGES[level]
+        base = gfn & ~(n - 1)
+        if base < slot.base_gfn or base + n > slot.end_gfn:
+            return False
+        if not is_private and ((slot.userspace_addr >> 12) - slot.base_gfn) & (n - 1):
+            return False
+        if self.has_private_mem:
+            want = KVM_MEMORY_ATTRIBUTE_PRIVATE if is_private else 0
+            return self.attrs.range_has(base, base + n, KVM_MEMORY_ATTRIBUTE_PRIVATE, want)
+        return True
+
+    def fault(self, gpa: int, error_code: int = 0, *, race=None) -> FaultOutcome:
+        """One guest page fault (see the module docstring).  ``race()``, if given, runs after
+        faultin and before the staleness check, as a concurrent ioctl would."""
+        self.stats["faults"] += 1
+        cfg = self.cfg
+        # --- RSVD fast path: handle_mmio_page_fault on an existing MMIO SPTE
+        if error_code & P.PFERR_RSVD_MASK:
+            gfn0 = (gpa >> 12) & ~self.gfn_direct_bits
+            root = self._root_for(False)
+            e = self.leaves[root].get(gfn0)
+            if e is not None and e[2] == "mmio":
+                t, i = self._path(root, gfn0, 1, create=False)
+                rc = lib.kvmmu_mmio_fault_outcome(self._c, int(t[i]), self.generation)
+                if rc == lib.KVMMU_MMIO_EMULATE:
+                    self.stats["emulate"] += 1
+                    return FaultOutcome("emulate", gfn0, spte=int(t[i]), reason="MMIO SPTE hit")
+                # stale generation (RET_PF_INVALID): take the slow path, which replaces it
+        c = self.policy.classify(self, gpa, error_code)
+        gfn = c.gfn
+        mmu_seq = self.invalidation.seq
+        is_private, ex = self.policy.resolve(self, c)
+        if ex is not None:
+            return self._exit(ex)
+        slot = self.slot_of(gfn)
+        if slot is None:
+            if is_private:
+                return self._exit(P.MemoryFaultExit.for_fault(
+                    gfn, True, "private fault with no memslot (kvm_handle_noslot_fault)"))
+            if not cfg.mmio_caching or gfn > self._max_gfn:
+                self.stats["emulate"] += 1
+                return FaultOutcome("emulate", gfn, reason="no MMIO caching or gfn above "
+                                    "host MAXPHYADDR: no SPTE")
+            pfn, max_level, kind = None, PG_LEVEL_4K, "mmio"
+        else:
+            if self.invalidation.retry_gfn(mmu_seq, gfn):        # ..._unsafe check
+                self.stats["retries"] += 1
+                return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
+            if is_private:
+                if slot.gmem_file is None or not slot.flags & KVM_MEM_GUEST_MEMFD:
+                    return self._exit(P.MemoryFaultExit.for_fault(
+                        gfn, True, "private fault on a memslot without guest_memfd"
+                        if not slot.flags & KVM_MEM_GUEST_MEMFD else
+                        "guest_memfd was released (kvm_gmem_get_pfn: -EFAULT)"))
+                try:
+                    r = slot.gmem_file.get_pfn(slot, gfn)
+                except GmemError as e:
+                    return self._exit(P.MemoryFaultExit.for_fault(gfn, True, f"kvm_gmem_get_pfn: {e}"))
+                pfn = r.pfn
+                hook = self.gmem_hooks.max_mapping_level(self, pfn, True)
+                max_level = min(self.max_level, order_to_level(r.max_order))
+                if hook:
+                    max_level = min(max_level, hook)
+                kind = "private"
+            elif slot.gmem_only:
+                try:
+                    r = slot.gmem_file.get_pfn(slot, gfn)
+                except GmemError as e:
+                    return self._exit(P.MemoryFaultExit.for_fault(gfn, False, f"kvm_gmem_get_pfn: {e}"))
+                pfn, max_level, kind = r.pfn, PG_LEVEL_4K, "shared"
+            else:
+                pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
+        if race is not None:
+            race()
+        with self.mmu_lock():
+            if self.invalidation.retry_gfn(mmu_seq, gfn):           # is_page_fault_stale
+                self.stats["retries"] += 1
+                return FaultOutcome("retry", gfn, is_private,
+                                    reason="mmu_invalidate_seq moved or range in progress")
+            root = self._root_for(is_private)
+            if kind == "mmio":
+                spte = lib.kvmmu_mmio_make(self._c, self._walk_gfn(root, gfn), ACC_ALL & 0,
+                                           self.generation)
+                self._install(root, gfn, PG_LEVEL_4K, spte, None, "mmio")
+                self.stats["emulate"] += 1
+                return FaultOutcome("emulate", gfn, spte=spte, reason="MMIO SPTE installed")
+            level = PG_LEVEL_4K
+            for lv in (PG_LEVEL_1G, PG_LEVEL_2M):
+                if lv <= max_level and self._lpage_ok(slot, gfn, lv, is_private):
+                    level = lv
+                    break
+            base = gfn & ~(PAGES[level] - 1)
+            bpfn = pfn - (gfn - base)
+            cur = self._leaf(root, gfn)
+            if cur is not None and cur[0] == level and cur[2] == bpfn:
+                t, i = self._path(root, base, level, create=False)
+                return FaultOutcome("spurious", gfn, is_private, level, bpfn, int(t[i]))
+            spte = S.make_spte(cfg, bpfn, level=level, pte_access=ACC_ALL).spte
+            self._install(root, base, level, spte, bpfn, kind)
+            self.stats["mapped"] += 1
+            return FaultOutcome("mapped", gfn, is_private, level, bpfn, spte)
+
+    def _exit(self, ex):
+        self.stats["exits"] += 1
+        return FaultOutcome("exit", ex.gpa >> 12, ex.private, exit=ex, reason=ex.reason)
+
+    def _install(self, root, base, level, spte, pfn, kind):
+        lv_map = self.leaves[root]
+        # a leaf at another level covering this block (or MMIO / smaller leaves) goes first
+        for lv in (1, 2, 3):
+            b = base & ~(PAGES[lv] - 1)
+            e = lv_map.get(b)
+            if e is not None and e[0] == lv and lv != level:
+                if lv > level:
+                    self._set_entry(root, b, lv, self.cfg.profile.nonpresent_value)
+                    del lv_map[b]
+        if level > 1:
+            t, i = self._path(root, base, level, create=True)
+            old = int(t[i])
+            if S.is_shadow_present_pte(self.cfg, old) and not S.is_large_pte(self.cfg, old) \
+                    and not S.is_mmio_spte(self.cfg, old):
+                self._drop_leaves_below(root, base, level)
+                self._free_subtree(old & self.cfg.base_addr_mask, level)
+        t, i = self._path(root, base, level, create=True)
+        t[i] = spte
+        lv_map[base] = (level, pfn, kind)
+
+    # ------------------------------------------------------------------ punch / migrate
+    def punch_hole(self, gmem: GuestMemfd, offset: int, length: int) -> int:
+        """``fallocate(PUNCH_HOLE | KEEP_SIZE)`` on a guest_memfd of this VM."""
+        from .gmem import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
+        before = self.host.freed_total
+        gmem.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+        return self.host.freed_total - before
+
+    def migrate_gfn(self, gfn: int) -> MigrateAnswer:
+        """Ask the backing store to move the private page behind ``gfn`` (the migration hook)."""
+        slot = self.slot_of(gfn)
+        if slot is None or slot.gmem_file is None:
+            raise VmError(f"gfn {gfn:#x}: no guest_memfd-backed memslot")
+        return slot.gmem_file.migrate(GuestMemfd.index_of(slot, gfn))
+
+    # ------------------------------------------------------------------ invariants
+    def walk(self):
+        """Every leaf in the tables: {root: {base gfn: (level, spte)}} (vectorised per page)."""
+        cfg = self.cfg
+        out = {}
+        mask = cfg.base_addr_mask
+        for root in self.root_names:
+            res = {}
+            stack = [(self.roots[root], self.levels, 0)]
+            while stack:
+                pa, lv, gbase = stack.pop()
+                t = self.pages[pa]
+                present = S.predicate_batch(cfg, "is_shadow_present_pte", t)
+                mmio = S.predicate_batch(cfg, "is_mmio_spte", t)
+                large = S.predicate_batch(cfg, "is_large_pte", t)
+                for i in np.nonzero(present | mmio)[0]:
+                    s = int(t[i])
+                    g = gbase | (int(i) << (9 * (lv - 1)))
+                    if mmio[i] or lv == 1 or large[i]:
+                        res[g & ~self.gfn_direct_bits if root == "shared" else g] = (lv, s)
+                    else:
+                        stack.append((s & mask, lv - 1, g))
+            out[root] = res
+        return out
+
+    def check(self) -> None:
+        """Raise InvariantError unless every invariant holds:
+
+        - the tables and the leaf index agree; every leaf pfn is allocated host memory (no SPTE
+          to freed memory) and owned by the right backing (guest_memfd for private, the host's
+          shared memory or a gmem-only file for shared);
+        - no pfn is mapped both private and shared (guest SPTEs, and the host's shared mappings);
+        - attributes and mappings agree over every gfn a leaf covers, inside a memslot;
+        - TDX: private leaves only in the mirror root, shared only in the direct root;
+        - an MMIO SPTE whose gfn now has a memslot carries a stale generation (never accepted);
+        - SNP: each private leaf's pfn is assigned in the RMP to this ASID at this GPA, with the
+          NPT level never above the RMP level; shared leaves point at hypervisor-owned pages.
+        """
+        cfg = self.cfg
+        tables = self.walk()
+        priv_pfns, shared_pfns = set(), set()
+        for root in self.root_names:
+            idx, tab = self.leaves[root], tables[root]
+            if set(idx) != set(tab):
+                raise InvariantError(f"root {root}: leaf index {sorted(set(idx) ^ set(tab))[:4]} "
+                                     "disagrees with the page tables")
+            for base, (lv, pfn, kind) in idx.items():
+                tlv, s = tab[base]
+                if tlv != lv:
+                    raise InvariantError(f"root {root} gfn {base:#x}: level {tlv} in tables, {lv} indexed")
+                if kind == "mmio":
+                    if not S.is_mmio_spte(cfg, s):
+                        raise InvariantError(f"gfn {base:#x}: indexed MMIO but spte {s:#x} is not")
+                    if self.slot_of(base) is not None and \
+                            lib.kvmmu_mmio_fault_outcome(self._c, s, self.generation) == lib.KVMMU_MMIO_EMULATE:
+                        raise InvariantError(f"gfn {base:#x}: MMIO SPTE with the current generation "
+                                             "but the gfn has a memslot (would be accepted)")
+                    continue
+                if S.spte_to_pfn(cfg, s) != pfn:
+                    raise InvariantError(f"gfn {base:#x}: spte pfn {S.spte_to_pfn(cfg, s):#x} != {pfn:#x}")
+                n = PAGES[lv]
+                owners = {self.host.owner.get(p) for p in range(pfn, pfn + n)}
+                if None in owners:
+                    raise InvariantError(f"root {root} gfn {base:#x}: SPTE maps freed pfn(s) in "
+                                         f"[{pfn:#x}, {pfn + n:#x})")
+                is_priv = kind == "private"
+                if self.vm_type == P.KVM_X86_TDX_VM and (root == "private") != is_priv:
+                    raise InvariantError(f"TDX gfn {base:#x}: {kind} leaf in the {root} root")
+                if is_priv and not all(o.startswith("gmem") for o in owners):
+                    raise InvariantError(f"gfn {base:#x}: private leaf on non-gmem pfn {pfn:#x}")
+                if not is_priv:
+                    slot = self.slot_of(base)
+                    if not (owners == {"shared"} or (slot is not None and slot.gmem_only)):
+                        raise InvariantError(f"gfn {base:#x}: shared leaf on pfn {pfn:#x} owned by {owners}")
+                (priv_pfns if is_priv else shared_pfns).update(range(pfn, pfn + n))
+                slot = self.slot_of(base)
+                if slot is None or base < slot.base_gfn or base + n > slot.end_gfn:
+                    raise InvariantError(f"gfn {base:#x} level {lv}: leaf outside any memslot")
+                want = KVM_MEMORY_ATTRIBUTE_PRIVATE if is_priv else 0
+                if self.has_private_mem and not self.attrs.range_has(
+                        base, base + n, KVM_MEMORY_ATTRIBUTE_PRIVATE, want):
+                    raise InvariantError(f"gfn {base:#x} level {lv}: {kind} mapping but the "
+                                         "attributes disagree")
+                if self.rmp is not None and self.vm_type == P.KVM_X86_SNP_VM:
+                    self._check_rmp(base, lv, pfn, is_priv)
+        both = priv_pfns & shared_pfns
+        if both:
+            raise InvariantError(f"pfn {min(both):#x} is mapped both private and shared")
+        host_shared = set(self._shared_pfn.values())
+        if priv_pfns & host_shared:
+            raise InvariantError(f"pfn {min(priv_pfns & host_shared):#x}: private in the guest and "
+                                 "mapped by the host")
+        for g in self.gmems:
+            for idx_, pfn in g.allocated_pfns().items():
+                if self.host.owner.get(pfn) != g.owner_tag:
+                    raise InvariantError(f"guest_memfd {g.fd} index {idx_:#x}: pfn {pfn:#x} not owned by it")
+
+    def _check_rmp(self, base, lv, pfn, is_priv):
+        rmp = self.rmp
+        for p in range(pfn, pfn + PAGES[lv]):
+            assigned, rlevel = rmp.snp_lookup_rmpentry(p)
+            if is_priv:
+                e = rmp.entry(p)
+                if not assigned:
+                    raise InvariantError(f"SNP gfn {base:#x}: private pfn {p:#x} not assigned in the RMP")
+                if lv > rlevel:
+                    raise InvariantError(f"SNP gfn {base:#x}: NPT level {lv} above RMP level {rlevel}")
+                if e.asid != self.asid or (rlevel == PG_LEVEL_4K and e.gpa != base + (p - pfn)):
+                    raise InvariantError(f"SNP pfn {p:#x}: RMP owner asid={e.asid} gpa={e.gpa << 12:#x} "
+                                         f"does not match gfn {base + (p - pfn):#x}")
+            elif assigned:
+                raise InvariantError(f"SNP gfn {base:#x}: shared pfn {p:#x} is guest-owned in the RMP")
+
+    def __repr__(self) -> str:
+        n = sum(len(v) for v in self.leaves.values())
+        return (f"<Vm {self.type_name} id={self.vm_id} slots={len(self.slots)} leaves={n} "
+                f"gen={self.generation} seq={self.invalidation.seq}>")
