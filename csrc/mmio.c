@@ -141,43 +141,49 @@ size_t kvmmu_mmio_make_batch(const struct kvmmu_cfg *cfg, const uint64_t *gfn,
 {
     const uint64_t gfn_bad = ~(KBIT(KVMMU_MMIO_GFN_BITS) - 1);
     const uint64_t acc_bad = ~UINT64_C(7);
-    uint64_t seen_gfn = 0, seen_acc = 0;
+    uint64_t seen_gfn = 0, seen_acc = access ? 0 : access_scalar;
     size_t i;
 
-    /* Validate everything first: nothing is written unless the whole batch is legal. */
-    for (i = 0; i < n; i++)
-        seen_gfn |= gfn[i];
-    if (access)
-        for (i = 0; i < n; i++)
-            seen_acc |= access[i];
-    if (seen_gfn & gfn_bad) {
-        if (err)
-            *err = KVMMU_MMIO_E_GFN;
-        return first_bad(gfn, gfn_bad, n);
-    }
-    if (seen_acc & acc_bad) {
-        if (err)
-            *err = KVMMU_MMIO_E_ACCESS;
-        return first_bad(access, acc_bad, n);
-    }
-
+    /*
+     * One pass: build every element while ORing the inputs together, then report the
+     * first bad element if any (out is only an output buffer; its content is
+     * unspecified when the call fails).  Validation costs no extra read of the input.
+     */
     if (!access && !gen) {
         /* The common case: one access and one generation for the whole batch. */
         const uint64_t r = cfg->nonpresent_or_rsvd_mask;
         const uint64_t base = make(cfg, 0, access_scalar, gen_scalar);
         if (r) {
             for (i = 0; i < n; i++) {
-                uint64_t gpa = gfn[i] << PAGE_SHIFT;
+                uint64_t g = gfn[i], gpa = g << PAGE_SHIFT;
+                seen_gfn |= g;
                 out[i] = base | gpa | ((gpa & r) << RSVD_MASK_LEN);
             }
         } else {
-            for (i = 0; i < n; i++)
-                out[i] = base | (gfn[i] << PAGE_SHIFT);
+            for (i = 0; i < n; i++) {
+                uint64_t g = gfn[i];
+                seen_gfn |= g;
+                out[i] = base | (g << PAGE_SHIFT);
+            }
         }
-        return 0;
+    } else {
+        for (i = 0; i < n; i++) {
+            uint64_t a = access ? access[i] : access_scalar;
+            seen_gfn |= gfn[i];
+            seen_acc |= a;
+            out[i] = make(cfg, gfn[i], a, gen ? gen[i] : gen_scalar);
+        }
     }
-    for (i = 0; i < n; i++)
-        out[i] = make(cfg, gfn[i], access ? access[i] : access_scalar, gen ? gen[i] : gen_scalar);
+    if (KVMMU_UNLIKELY(seen_gfn & gfn_bad)) {
+        if (err)
+            *err = KVMMU_MMIO_E_GFN;
+        return first_bad(gfn, gfn_bad, n);
+    }
+    if (KVMMU_UNLIKELY(seen_acc & acc_bad)) {
+        if (err)
+            *err = KVMMU_MMIO_E_ACCESS;
+        return access ? first_bad(access, acc_bad, n) : 1;
+    }
     return 0;
 }
 
@@ -224,8 +230,11 @@ void kvmmu_mmio_check_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte, c
         /* Compare in SPTE space: the generation bits of the SPTE against the spread generation. */
         const uint64_t gm = cfg->mmio_gen_low_mask | cfg->mmio_gen_high_mask;
         const uint64_t want = gen_bits(cfg, gen_scalar & gen_mask(cfg));
-        for (i = 0; i < n; i++)
-            out[i] = (spte[i] & gm) == want;
+        /* Branch-free form of (spte & gm) == want that SSE2 can vectorize (no 64-bit compare). */
+        for (i = 0; i < n; i++) {
+            uint64_t x = (spte[i] & gm) ^ want;
+            out[i] = (uint8_t)(((x | (0 - x)) >> 63) ^ 1);
+        }
         return;
     }
     for (i = 0; i < n; i++)

