@@ -27,6 +27,8 @@ class LayoutProfile:
     #: v5.10-5.12: MMIO SPTEs are tagged with SPTE_SPECIAL_MASK == 3<<52.
     mmio_special_tag: bool
     #: v5.13-6.9: is_mmio_spte additionally requires a non-zero value; v6.10+ uses enable_mmio_caching.
+    #: (A v6.1-based spte.h already tests enable_mmio_caching; from v6.0 caching is off exactly
+    #: when the value is 0, so the two forms agree until TDX's per-VM value 0 in v6.10+.)
     mmio_requires_nonzero_value: bool
     #: MMIO generation layout: (low_start, low_end, high_start, high_end).
     mmio_gen_layout: tuple
