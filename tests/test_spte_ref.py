@@ -300,8 +300,8 @@ def test_decode_batch_fields_match_reference(cfg, data):
         assert int(r["spte"]) == s
         assert int(r["pfn"]) == R.spte_to_pfn(cfg, s)
         assert int(r["ad_type"]) == (s >> 52) & 3
-        for name in S.PREDICATES:
-            field = "p_" + name.replace("is_", "").replace("_pte", "").replace("_spte", "")
+        for name, fname in zip(S.PREDICATES, S._pred_fields):
+            field = "p_" + fname
             feature = S.PREDICATES[name][2]
             if feature and not getattr(cfg.profile, feature):
                 continue
