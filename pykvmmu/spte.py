@@ -271,9 +271,16 @@ def make_small_spte_batch(cfg: MmuConfig, huge_spte: np.ndarray, child_level: in
         ptr(ix_a, "uint16_t") if ix_a is not None else ffi.NULL, ix_s, nx, ptr(out, "uint64_t"),
         huge_spte.size, err)
     if bad:
-        raise _batch_error("make_small_spte", bad, err[0],
-                           {"huge_spte": huge_spte.reshape(-1),
-                            "index": ix_a.reshape(-1) if ix_a is not None else ix_s})
+        e = _batch_error("make_small_spte", bad, err[0],
+                         {"huge_spte": huge_spte.reshape(-1),
+                          "index": ix_a.reshape(-1) if ix_a is not None else ix_s})
+        if err[0] == lib.KVMMU_E_PFN:   # small_check: the huge pfn is not aligned
+            pages = 1 << (9 * child_level)
+            e = InputError(str(e).replace(_ERRORS[lib.KVMMU_E_PFN],
+                                          f"the huge SPTE's pfn is not aligned to {pages} pages "
+                                          f"(a level-{child_level + 1} huge page); "
+                                          "make_small_spte ORs the child offset into it"))
+        raise e
     return out
 
 
