@@ -30,7 +30,7 @@ __all__ = [
     "FIELDS_DTYPE", "PG_LEVEL_4K", "PG_LEVEL_2M", "PG_LEVEL_1G", "table_bytes", "decode",
     "page_state_raw", "handle_user_rmp_page_fault", "sev_handle_rmp_fault",
     "sev_private_max_mapping_level", "kvm_max_private_mapping_level", "RMP_PF_SPLIT",
-    "RMP_PF_RETRY", "RMP_PF_UNMAP", "make_lo",
+    "RMP_PF_RETRY", "RMP_PF_UNMAP", "make_lo", "rmp_cfg_decode", "rst_entry",
 ]
 
 BOOKKEEPING = lib.KVMMU_RMP_BOOKKEEPING          # 16 KiB
@@ -45,6 +45,14 @@ PTRS_PER_PMD = 512
 GPA_FRAME_BITS = 39
 
 RMP_PF_SPLIT, RMP_PF_RETRY, RMP_PF_UNMAP = 0, 1, 2   # enum rmp_pf_ret of the v7/v8 patch
+FAULT_FLAG_PAGE_SPLIT = 1 << 12                      # set by the v7/v8 caller on SPLIT
+X86_PF_RMP = 1 << 31                                 # host #PF error code bit
+PFERR_GUEST_RMP, PFERR_GUEST_ENC = 1 << 31, 1 << 34  # NPF EXITINFO1 bits
+PFERR_GUEST_SIZEM, PFERR_GUEST_VMPL = 1 << 35, 1 << 36
+SVM_EXIT_VC_NOT_VALIDATED = 0x404
+MSR_AMD64_RMP_BASE, MSR_AMD64_RMP_END, MSR_AMD64_RMP_CFG = 0xC0010132, 0xC0010133, 0xC0010136
+MSR_AMD64_SYSCFG = 0xC0010010
+SYSCFG_MFDM, SYSCFG_MEM_ENCRYPT, SYSCFG_SNP_EN, SYSCFG_SNP_VMPL_EN = 1 << 19, 1 << 23, 1 << 24, 1 << 25
 
 
 class RmpError(InputError):
@@ -187,6 +195,20 @@ def decode(lo: np.ndarray, hi: np.ndarray, out: Optional[np.ndarray] = None) -> 
     lib.kvmmu_rmp_decode_batch(_batch.ptr(lo, "uint64_t"), _batch.ptr(hi, "uint64_t"),
                                ffi.from_buffer("struct kvmmu_rmp_fields[]", out), lo.size)
     return out
+
+
+def rmp_cfg_decode(value: int) -> tuple:
+    """MSR_AMD64_RMP_CFG: (segmented RMP enabled (bit 0), segment shift (bits 13:8))."""
+    value = _batch.uint("rmp_cfg", value)
+    return bool(value & 1), (value >> 8) & 0x3F
+
+
+def rst_entry(segment_base: int, mapped_gib: int) -> int:
+    """An RMP segment table entry: bits 51:20 the segment base, bits 19:0 the mapped GiB."""
+    segment_base = _batch.uint("segment_base", segment_base, 52)
+    if segment_base % (1 << 20):
+        raise RmpError(f"segment_base={segment_base:#x}: must be 1 MiB aligned (bits 51:20)")
+    return segment_base | _batch.uint("mapped_gib", mapped_gib, 20)
 
 
 def table_bytes(mem_bytes: int) -> int:
@@ -335,7 +357,7 @@ class RmpTable:
         buf = _anon_zeros(off)
         rst = buf[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")
         for i, (o, gib) in enumerate(layout):
-            rst[i] = ((rmp_base + o) & (((1 << 52) - 1) & ~((1 << 20) - 1))) | gib
+            rst[i] = rst_entry(rmp_base + o, gib)
         return cls(buf, segmented=True, seg_shift=seg_shift, rmp_base=rmp_base, flags=flags)
 
     @classmethod

@@ -569,3 +569,17 @@ def test_bad_buffers():
         RmpTable.open("/nonexistent/rmp.bin")
     t = RmpTable(np.zeros(BOOKKEEPING + 32, np.uint64).view(np.uint8)[:BOOKKEEPING + 32])
     assert t.nr_pfns == 2
+
+
+def test_fact_sheet_constants():
+    import pykvmmu.rmp as R
+    assert (R.MSR_AMD64_RMP_BASE, R.MSR_AMD64_RMP_END, R.MSR_AMD64_RMP_CFG) == (
+        0xC0010132, 0xC0010133, 0xC0010136)
+    assert R.SYSCFG_SNP_EN == 1 << 24 and R.SYSCFG_MEM_ENCRYPT == 1 << 23
+    assert R.X86_PF_RMP == 1 << 31 and R.FAULT_FLAG_PAGE_SPLIT == 1 << 12
+    assert (R.RMP_PF_SPLIT, R.RMP_PF_RETRY, R.RMP_PF_UNMAP) == (0, 1, 2)
+    assert R.rmp_cfg_decode(1 | 36 << 8) == (True, 36)            # 64 GiB segments
+    assert R.rst_entry(0x4010_0000, 64) == 0x4010_0000 | 64
+    with pytest.raises(RmpError, match="1 MiB"):
+        R.rst_entry(0x1000, 1)
+    assert R.BOOKKEEPING == 0x4000 and R.NONSEG_SHIFT == 52
