@@ -571,11 +571,12 @@ _TABLE_EC = {
 }
 
 
-def policy_table(policies=None, only_disagreements: bool = True):
+def policy_table(policies=None, only_disagreements: bool = True, error_codes=None):
     """Every combination of VM type x memslot x attribute x error code x TDX shared bit, with
     each policy's outcome (:attr:`FaultDecision.outcome`).  Rows where all policies agree are
     dropped unless ``only_disagreements`` is False."""
     pols = [get_policy(p) for p in (policies or list(POLICIES))]
+    ecs = {k: _TABLE_EC[k] for k in (error_codes or _TABLE_EC)}
     rows = []
     for vt_name in ("default", "sw_protected", "sev", "sev_es", "snp", "tdx"):
         vt = VM_TYPES[vt_name]
@@ -584,7 +585,7 @@ def policy_table(policies=None, only_disagreements: bool = True):
             if slot == "gmem" and not has_private_mem(vt):
                 continue
             for attr in attrs_choices:
-                for ec_name, ec in _TABLE_EC.items():
+                for ec_name, ec in ecs.items():
                     for shared_bit in ((False, True) if vt == KVM_X86_TDX_VM else (False,)):
                         ctx = FaultContext(vm_type=vt, is_private=lambda g, a=attr: a,
                                            slot_kind=lambda g, s=slot: s)
@@ -659,3 +660,9 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
                                      ptr(og, "uint64_t"), ptr(oe, "uint64_t"), ptr(op, "uint8_t"),
                                      gpa.size, nsyn)
     return og, oe, op, int(nsyn[0])
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates the docs table
+    print(format_policy_table(policy_table(error_codes=("read", "ENC", "RSVD", "ENC|RSVD"))))
+    print()
+    print(format_policy_table(policy_table(error_codes=("hw bit49",))))
