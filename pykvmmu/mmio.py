@@ -26,7 +26,7 @@ from .config import (ACC_ALL, ACC_USER_MASK, ACC_WRITE_MASK, GENMASK, PT_PRESENT
                      VMX_EPT_MISCONFIG_WX_VALUE, VMX_EPT_RWX_MASK, VMX_EPT_SUPPRESS_VE_BIT,
                      MmuConfig, kvm_mmu_set_mmio_spte_mask, rsvd_bits)
 from .errors import ConfigError, InputError, ProfileError
-from .profile import LayoutProfile, get_profile
+from .profile import get_profile
 from .spte import is_mmio_spte, predicate_batch
 
 __all__ = [
