@@ -230,7 +230,14 @@ class MemoryAttributes:
         if lo < hi:
             if e[hi - 1] > end:
                 new_s.append(end); new_e.append(e[hi - 1]); new_v.append(v[hi - 1])  # noqa: E702
-        # merge with neighbours outside [lo, hi)
+        # merge equal adjacent pieces, then with the neighbours outside [lo, hi)
+        k = 1
+        while k < len(new_s):
+            if new_e[k - 1] == new_s[k] and new_v[k - 1] == new_v[k]:
+                new_e[k - 1] = new_e[k]
+                del new_s[k], new_e[k], new_v[k]
+            else:
+                k += 1
         if lo > 0 and new_s and e[lo - 1] == new_s[0] and v[lo - 1] == new_v[0]:
             lo -= 1
             new_s[0] = s[lo]
