@@ -45,6 +45,12 @@ def make_machine(flags):
                 return int(owned[pick % owned.size])
             return pfn
 
+        def matched(self, pfn, size):
+            """With a size matching the governing entry: the 2M page's head and size 1."""
+            if self.r.covered(pfn) and self.r.governing(pfn)[1]:
+                return pfn - pfn % 512, 1
+            return pfn, 0 if size == 1 else size
+
         def guest_args(self, pfn, own_asid, own_gfn, asid, gfn):
             if self.r.covered(pfn):
                 g, in2m = self.r.governing(pfn)
@@ -70,8 +76,11 @@ def make_machine(flags):
             rc_r = self.r.rmpupdate(pfn, gpa, assigned, pagesize, immutable, asid)
             self.compare(rc_c, rc_r, before, "rmpupdate")
 
-        @rule(pfn=PFNS)
-        def psmash(self, pfn):
+        @rule(pfn=PFNS, pick=st.integers(0, 1 << 20))
+        def psmash(self, pfn, pick):
+            heads = [h for h in range(0, NPFN - 511, 512) if self.r.is_2m(h)]
+            if pick % 2 and heads:
+                pfn = heads[pick % len(heads)]
             before = self.snapshot()
             self.compare(self.t.psmash(pfn), self.r.psmash(pfn), before, "psmash")
 
@@ -81,6 +90,11 @@ def make_machine(flags):
         def pvalidate(self, pfn, pick, own_asid, own_gfn, asid, gfn, vmpl, size, validate):
             pfn = self.pick(pfn, pick)
             vmpl, size = (0 if vmpl == 3 else vmpl), (size if size < 2 or own_gfn else 0)
+            if pick % 3:
+                pfn, size = self.matched(pfn, size)
+            if pick % 5 == 0:        # a well-formed validate, so that RMPADJUST has targets
+                own_asid = own_gfn = True
+                vmpl, validate = 0, 1
             asid, gfn = self.guest_args(pfn, own_asid, own_gfn, asid, gfn)
             before = self.snapshot()
             c = self.t.pvalidate(pfn, asid=asid, gfn=gfn, size=size, validate=validate, vmpl=vmpl)
@@ -95,6 +109,11 @@ def make_machine(flags):
         def rmpadjust(self, pfn, pick, own_asid, own_gfn, asid, gfn, vmpl, tvmpl, perms, size,
                       vmsa):
             pfn = self.pick(pfn, pick)
+            valid = np.nonzero(self.t.entries[:, 0] >> np.uint64(62) & np.uint64(1))[0]
+            if pick % 2 and valid.size:          # mostly a validated page
+                pfn = int(valid[pick % valid.size])
+            if pick % 3:
+                pfn, size = self.matched(pfn, size)
             asid, gfn = self.guest_args(pfn, own_asid, own_gfn, asid, gfn)
             before = self.snapshot()
             c = self.t.rmpadjust(pfn, asid=asid, gfn=gfn, target_vmpl=tvmpl, perms=perms,
@@ -155,13 +174,12 @@ def make_machine(flags):
     return RmpMachine
 
 
-_SETTINGS = settings(max_examples=80, stateful_step_count=40, deadline=None)
+_SETTINGS = settings(max_examples=50, stateful_step_count=40, deadline=None)
 
 
-@pytest.mark.parametrize("flags", [RmpFlags.APM,
-                                   RmpFlags.MIDDLE_FULL | RmpFlags.OVERLAP_RC7,
-                                   RmpFlags.ALWAYS_RESET | RmpFlags.HOST_IMMUTABLE
-                                   | RmpFlags.PVALIDATE_VMPL_GP])
+@pytest.mark.parametrize("flags", [RmpFlags.APM, *[f for f in RmpFlags if f],
+                                   RmpFlags(sum(f for f in RmpFlags))],
+                         ids=lambda f: f.name or "ALL")
 def test_rmp_state_machine(flags):
     machine = make_machine(int(flags))
     machine.TestCase.settings = _SETTINGS
