@@ -41,6 +41,8 @@ KVM_FILTER_PRIVATE = 1 << 1
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G = 1, 2, 3
+#: Linux's EHWPOISON (133 on x86); Python's errno module does not always define it.
+EHWPOISON = getattr(_errno, "EHWPOISON", 133)
 _ids = itertools.count(3)
 
 
@@ -48,7 +50,8 @@ class GmemError(InputError):
     """A guest_memfd operation broke a rule; ``errno`` is the kernel's return value."""
 
     def __init__(self, msg: str, errno: int = _errno.EINVAL):
-        super().__init__(f"{msg} (-{_errno.errorcode.get(errno, errno)})")
+        name = "EHWPOISON" if errno == EHWPOISON else _errno.errorcode.get(errno, errno)
+        super().__init__(f"{msg} (-{name})")
         self.errno = errno
 
 
@@ -540,7 +543,7 @@ class GuestMemfd:
         base, bpfn, order = f
         if base in self.poisoned:
             raise GmemError(f"gfn {gfn:#x}: the folio at index {base:#x} is hwpoisoned",
-                            _errno.EHWPOISON)
+                            EHWPOISON)
         prepared_now = False
         if base not in self.uptodate:
             gfn_base = slot.base_gfn + base - slot.gmem_pgoff
@@ -573,7 +576,7 @@ class GuestMemfd:
                 f = self.folio_of(index) or self._alloc_folio(index)
                 base, bpfn, order = f
                 if base in self.poisoned:
-                    raise GmemError(f"populate gfn {gfn:#x}: hwpoisoned", _errno.EHWPOISON)
+                    raise GmemError(f"populate gfn {gfn:#x}: hwpoisoned", EHWPOISON)
                 if base in self.uptodate and order == 0:
                     raise GmemError(f"populate gfn {gfn:#x}: already populated/prepared",
                                     _errno.EEXIST)
