@@ -278,6 +278,12 @@ class MmuConfig:
             self._fail("SHADOW_NONPRESENT_VALUE has no MMU-present bit", f"{self.nonpresent_value_:#x}")
         if not self.mmio_caching and self.mmio_value and not p.mmio_special_tag:
             pass  # a VM value may remain stored while caching is off (v6.10+ per-VM value)
+        if p.mmio_requires_nonzero_value and self.mmio_caching != (self.mmio_value != 0):
+            # v5.13-v6.9: is_mmio_spte() is "(s & mask) == value && value != 0", and
+            # kvm_mmu_set_mmio_spte_mask() stores value 0 exactly when caching is off; a
+            # config with the two out of step has no kernel counterpart (spte-mmio.md 3.4, 3.6).
+            self._fail("MMIO caching on iff shadow_mmio_value != 0 (v5.13-v6.9 is_mmio_spte)",
+                       f"mmio_caching={self.mmio_caching} with mmio_value={self.mmio_value:#x}")
         if self.mmio_value & ~self.mmio_mask and not p.mmio_special_tag:
             self._fail("MMIO value within MMIO mask",
                        f"mmio_value={self.mmio_value:#x} mmio_mask={self.mmio_mask:#x}")
