@@ -804,12 +804,13 @@ class Vm:
         for p in range(pfn, pfn + PAGES[lv]):
             assigned, rlevel = rmp.snp_lookup_rmpentry(p)
             if is_priv:
-                e = rmp.entry(p)
+                e = rmp.entry(p if rlevel == PG_LEVEL_4K else p & ~511)
+                want_gfn = base + (p - pfn) if rlevel == PG_LEVEL_4K else (base + (p - pfn)) & ~511
                 if not assigned:
                     raise InvariantError(f"SNP gfn {base:#x}: private pfn {p:#x} not assigned in the RMP")
                 if lv > rlevel:
                     raise InvariantError(f"SNP gfn {base:#x}: NPT level {lv} above RMP level {rlevel}")
-                if e.asid != self.asid or (rlevel == PG_LEVEL_4K and e.gpa != base + (p - pfn)):
+                if e.asid != self.asid or e.gpa != want_gfn:
                     raise InvariantError(f"SNP pfn {p:#x}: RMP owner asid={e.asid} gpa={e.gpa << 12:#x} "
                                          f"does not match gfn {base + (p - pfn):#x}")
             elif assigned:
