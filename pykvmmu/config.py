@@ -240,7 +240,7 @@ class MmuConfig:
         if self.base_addr_mask & ~GENMASK(51, 12):
             self._fail("SPTE_BASE_ADDR_MASK within bits 51:12",
                        f"base_addr_mask={self.base_addr_mask:#x}")
-        if self.x_mask & self.nx_mask or not (self.x_mask or self.nx_mask):
+        if bool(self.x_mask) == bool(self.nx_mask):
             self._fail("exactly one of shadow_x_mask / shadow_nx_mask",
                        f"x_mask={self.x_mask:#x} nx_mask={self.nx_mask:#x}")
         if self.acc_track_mask not in (0, VMX_EPT_RWX_MASK):
