@@ -132,7 +132,7 @@ _FLAG_BITS = [("ad_disabled", S.MK_AD_DISABLED), ("ad_wrprot_only", S.MK_WRPROT_
 @given(cfgs, st.randoms(use_true_random=False))
 def test_make_spte_batch_per_element(cfg, rng):
     """Every argument an array: each element == the reference on that element."""
-    n = rng.randint(0, 64)
+    n = rng.randint(0, 32)
     pfn = [rand_pfn(rng, cfg) for _ in range(n)]
     old = [rand_spte(rng, cfg) for _ in range(n)]
     lv = [rng.randint(1, 5) for _ in range(n)]
@@ -267,7 +267,7 @@ def test_predicates_scalar_and_batch(cfg, data):
 @given(cfgs, st.randoms(use_true_random=False))
 def test_predicates_bulk(cfg, rng):
     """Many SPTEs per example (fast generator), all predicates, scalar and batch."""
-    ss = [rand_spte(rng, cfg) for _ in range(48)]
+    ss = [rand_spte(rng, cfg) for _ in range(24)]
     _check_predicates(cfg, ss, [rng.randint(1, 5) for _ in ss])
 
 
