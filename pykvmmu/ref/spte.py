@@ -123,7 +123,7 @@ def is_host_writable_spte(cfg, spte: int) -> bool:
 
 
 def is_mmu_writable_spte(cfg, spte: int) -> bool:
-    if cfg.profile.name == "v5.10":
+    if cfg.profile.mmu_writable_needs_both_bits:
         # spte_can_locklessly_be_made_writable (O1): host-W (10) and MMU-W (11) both set.
         both = cfg.host_writable_mask | cfg.mmu_writable_mask
         return spte & both == both
