@@ -489,5 +489,6 @@ size_t kvmmu_private_classify_batch(const struct kvmmu_pf_policy *p, const uint6
                                     const uint64_t *priv_end, size_t nranges,
                                     uint64_t *out_gfn, uint64_t *out_ec, uint8_t *out_private,
                                     size_t n, uint64_t *nsynthetic);
+/* (out_gfn, out_ec, out_private must not be NULL nor overlap the inputs) */
 
 #endif
