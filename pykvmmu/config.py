@@ -276,8 +276,9 @@ class MmuConfig:
                                f"{na}={a:#x} overlaps {nb}={b:#x} in {a & b:#x}")
         if self.nonpresent_value_ & mmu_present:
             self._fail("SHADOW_NONPRESENT_VALUE has no MMU-present bit", f"{self.nonpresent_value_:#x}")
-        if not self.mmio_caching and self.mmio_value and not p.mmio_special_tag:
-            pass  # a VM value may remain stored while caching is off (v6.10+ per-VM value)
+        if p.mmio_special_tag and not self.mmio_caching:
+            self._fail("no MMIO caching switch before v5.13 (kvm.mmio_caching came with b09763da4dd8)",
+                       f"profile {p.name} has MMIO SPTEs always on; mmio_caching=False has no kernel counterpart")
         if p.mmio_requires_nonzero_value and self.mmio_caching != (self.mmio_value != 0):
             # v5.13-v6.9: is_mmio_spte() is "(s & mask) == value && value != 0", and
             # kvm_mmu_set_mmio_spte_mask() stores value 0 exactly when caching is off; a
@@ -433,9 +434,11 @@ class MmuConfig:
         if p.mmio_special_tag:
             # v5.10-5.12: kvm_mmu_set_mmio_spte_mask(value, access) ORs SPTE_MMIO_MASK into the value;
             # detection looks only at SPTE_SPECIAL_MASK.
+            if not mmio_caching:
+                raise ConfigError(f"mmio_caching=False: profile {p} had no kvm.mmio_caching parameter "
+                                  "(added in v5.13); MMIO SPTEs are always on in that era")
             kw.update(mmio_value=value | SPTE_SPECIAL_MMIO_TAG, mmio_mask=SPTE_SPECIAL_MMIO_TAG | mask,
-                      mmio_access_mask=access, mmio_caching=bool(mmio_caching),
-                      mmio_fired=() if mmio_caching else ("mmio_caching_disabled_by_parameter",))
+                      mmio_access_mask=access, mmio_caching=True, mmio_fired=())
             return cls(**kw)
         r = kvm_mmu_set_mmio_spte_mask(p, value, mask, access, allow_mmio_caching=mmio_caching,
                                        nonpresent_or_rsvd_mask=kw["nonpresent_or_rsvd_mask"],

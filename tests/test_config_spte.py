@@ -206,3 +206,15 @@ def test_preset_tables():
     assert n.rsvd_bits_mask == legacy_rsvd_table(46, 4, nx=True, gbpages=True, amd=True)[0]
     s = MmuConfig.npt(maxphyaddr=48, sme_cbit=47)
     assert not s.rsvd_bits_mask[0] & BIT(47)
+
+
+def test_v510_has_no_mmio_caching_switch():
+    """v5.10-5.12 had no kvm.mmio_caching parameter: such a configuration is refused."""
+    import pytest as _pytest
+    from pykvmmu.config import MmuConfig as _M
+    from pykvmmu.errors import ConfigError as _CE
+    with _pytest.raises(_CE, match="mmio_caching"):
+        _M.npt(profile="v5.10", mmio_caching=False)
+    good = _M.npt(profile="v5.10")
+    with _pytest.raises(_CE, match="no MMIO caching switch"):
+        good.replace(mmio_caching=False)
