@@ -19,10 +19,11 @@ from typing import Optional
 
 import numpy as np
 
+from . import mmio as M
 from . import private as P
 from . import spte as S
+from .memslots import kvm_arch_nr_memslot_as_ids
 from ._batch import uint
-from ._ffi import lib
 from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
                     kvm_supported_mem_attributes)
 from .config import ACC_ALL, MmuConfig
@@ -245,7 +246,7 @@ class Vm:
         self.host = host or HostMemory()
         self.attrs = MemoryAttributes(kvm_supported_mem_attributes(self.has_private_mem))
         self.invalidation = MmuInvalidation()
-        self.nr_as_ids = 1 if self.has_private_mem else 2
+        self.nr_as_ids = kvm_arch_nr_memslot_as_ids(self.has_private_mem)
         self.generation = 0
         self.slots: list = []                 # sorted by base_gfn
         self.gmems: list = []
@@ -524,7 +525,7 @@ class Vm:
         self.slots.sort(key=lambda s: s.base_gfn)
         gen = (self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + self.nr_as_ids
         self.generation = gen
-        if lib.kvmmu_mmio_invalidate_zaps(self._c, gen, self.nr_as_ids):
+        if M.kvm_mmu_invalidate_mmio_sptes(cfg=self.cfg, generation=gen, nr_as_ids=self.nr_as_ids):
             self.zap_all()
         self._log("memslot", change=change, slot=slot_id, generation=gen)
         return change
@@ -583,8 +584,7 @@ class Vm:
             e = self.leaves[root].get(gfn0)
             if e is not None and e[2] == "mmio":
                 t, i = self._path(root, gfn0, 1, create=False)
-                rc = lib.kvmmu_mmio_fault_outcome(self._c, int(t[i]), self.generation)
-                if rc == lib.KVMMU_MMIO_EMULATE:
+                if M.mmio_fault_outcome(cfg, int(t[i]), self.generation) == "emulate":
                     self.stats["emulate"] += 1
                     return FaultOutcome("emulate", gfn0, spte=int(t[i]), reason="MMIO SPTE hit")
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
@@ -641,8 +641,8 @@ class Vm:
                                     reason="mmu_invalidate_seq moved or range in progress")
             root = self._root_for(is_private)
             if kind == "mmio":
-                spte = lib.kvmmu_mmio_make(self._c, self._walk_gfn(root, gfn), ACC_ALL & 0,
-                                           self.generation)
+                spte = M.make_mmio_spte(cfg, self._walk_gfn(root, gfn), ACC_ALL,
+                                        self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS)
                 self._install(root, gfn, PG_LEVEL_4K, spte, None, "mmio")
                 self.stats["emulate"] += 1
                 return FaultOutcome("emulate", gfn, spte=spte, reason="MMIO SPTE installed")
@@ -756,7 +756,7 @@ class Vm:
                     if not S.is_mmio_spte(cfg, s):
                         raise InvariantError(f"gfn {base:#x}: indexed MMIO but spte {s:#x} is not")
                     if self.slot_of(base) is not None and \
-                            lib.kvmmu_mmio_fault_outcome(self._c, s, self.generation) == lib.KVMMU_MMIO_EMULATE:
+                            M.mmio_fault_outcome(cfg, s, self.generation) == "emulate":
                         raise InvariantError(f"gfn {base:#x}: MMIO SPTE with the current generation "
                                              "but the gfn has a memslot (would be accepted)")
                     continue
