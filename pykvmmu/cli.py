@@ -13,6 +13,8 @@ from .errors import PykvmmuError
 def _command_modules():
     mods = []
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
         mods.append(importlib.import_module(f"{commands.__name__}.{info.name}"))
     return mods
 
@@ -49,6 +51,10 @@ def main(argv=None) -> int:
     except PykvmmuError as e:
         print(f"pykvmmu: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Output piped into e.g. `head`: stop quietly, as other command-line tools do.
+        sys.stderr.close()
+        return 0
     return int(rc or 0)
 
 

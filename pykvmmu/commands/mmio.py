@@ -1,47 +1,13 @@
 """CLI: ``pykvmmu mmio check`` and ``pykvmmu mmio make``; the MMIO demo scene."""
 from __future__ import annotations
 
-import argparse
-
 from .. import mmio as M
 from ..config import ACC_ALL, MmuConfig
 from ..memslots import MemslotGenerations
-from ..profile import DEFAULT_PROFILE, PROFILES
 from ..spte import decode, is_mmio_spte
+from ._args import add_config_args, config_from_args as _config, parse_int as _int
 
 DEMO_ORDER = 20
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text.replace("_", ""), 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (use 0x... for hex)") from None
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mode", default="npt", choices=MmuConfig.PRESETS,
-                   help="configuration preset (default: npt)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE,
-                   help=f"kernel-era layout profile: {', '.join(PROFILES)} or an alias such as v6.11")
-    p.add_argument("--maxphyaddr", type=int, default=None, help="host MAXPHYADDR")
-    p.add_argument("--phys-bits", type=int, default=None, help="x86_phys_bits (default: MAXPHYADDR)")
-    p.add_argument("--cache-bits", type=int, default=None,
-                   help="L1TF host: x86_cache_bits (enables the L1TF masks)")
-    p.add_argument("--sme-cbit", type=int, default=None,
-                   help="npt: SME/SEV host with this C-bit (svm_adjust_mmio_mask)")
-    p.add_argument("--no-mmio-caching", action="store_true", help="kvm.mmio_caching=0")
-
-
-def _config(args) -> MmuConfig:
-    kw = {"profile": args.profile}
-    if args.no_mmio_caching:
-        kw["mmio_caching"] = False
-    for name in ("maxphyaddr", "phys_bits", "cache_bits", "sme_cbit"):
-        v = getattr(args, name)
-        if v is not None:
-            kw[name] = v
-    return MmuConfig.preset(args.mode, **kw)
 
 
 def _cmd_check(args) -> int:
@@ -97,13 +63,13 @@ def register(sub) -> None:
     p = sub.add_parser("mmio", help="MMIO SPTEs: mask validation and encoding")
     msub = p.add_subparsers(dest="mmio_command", metavar="SUBCOMMAND")
     c = msub.add_parser("check", help="effective MMIO value/mask/access mask, caching, rules that fired")
-    _config_args(c)
+    add_config_args(c, default_mode="npt")
     c.add_argument("--value", type=_int, default=None, help="pass this value to kvm_mmu_set_mmio_spte_mask")
     c.add_argument("--mask", type=_int, default=None, help="... and this mask")
     c.add_argument("--access-mask", type=_int, default=None, help="... and this access mask")
     c.set_defaults(func=_cmd_check)
     m = msub.add_parser("make", help="make_mmio_spte() once and decode it")
-    _config_args(m)
+    add_config_args(m, default_mode="npt")
     m.add_argument("gfn", type=_int)
     m.add_argument("--access", type=_int, default=ACC_ALL)
     m.add_argument("--generation", type=_int, default=0, help="memslots generation")

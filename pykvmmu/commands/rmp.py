@@ -6,17 +6,11 @@ import re
 
 from .. import rmp as R
 from ..errors import InputError
+from ._args import parse_int as _int
 
 DEMO_ORDER = 50
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text.replace("_", ""), 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (use 0x... for hex)") from None
 
 
 def _size(text: str) -> int:

@@ -1,47 +1,13 @@
 """CLI: ``pykvmmu decode``, ``pykvmmu config``, ``pykvmmu make-spte``; the SPTE demo scene."""
 from __future__ import annotations
 
-import argparse
-
 from .. import spte as S
 from ..config import ACC_ALL, MmuConfig
 from ..errors import InputError
-from ..profile import DEFAULT_PROFILE, PROFILES
+from ..profile import PROFILES
+from ._args import add_config_args, config_from_args, parse_int as _int
 
 DEMO_ORDER = 10
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text.replace("_", ""), 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer (use 0x... for hex)") from None
-
-
-def add_config_args(p: argparse.ArgumentParser) -> None:
-    """The options that select an MmuConfig (shared by every command that needs one)."""
-    p.add_argument("--mode", default="ept", choices=MmuConfig.PRESETS,
-                   help="configuration preset (default: ept)")
-    p.add_argument("--profile", default=DEFAULT_PROFILE,
-                   help=f"kernel-era layout profile: {', '.join(PROFILES)} or aliases like v6.11 "
-                        f"(default: {DEFAULT_PROFILE})")
-    p.add_argument("--maxphyaddr", type=int, default=None, help="host MAXPHYADDR")
-    p.add_argument("--phys-bits", type=int, default=None, help="x86_phys_bits (default: MAXPHYADDR)")
-    p.add_argument("--cache-bits", type=int, default=None, help="L1TF: x86_cache_bits (enables the L1TF masks)")
-    p.add_argument("--nx-huge-pages", action="store_true", help="NX huge pages mitigation on")
-    p.add_argument("--no-mmio-caching", action="store_true", help="kvm.mmio_caching=0")
-
-
-def config_from_args(args) -> MmuConfig:
-    kw = {"profile": args.profile, "nx_huge_pages": args.nx_huge_pages,
-          "mmio_caching": not args.no_mmio_caching}
-    if args.maxphyaddr is not None:
-        kw["maxphyaddr"] = args.maxphyaddr
-    if args.phys_bits is not None:
-        kw["phys_bits"] = args.phys_bits
-    if args.cache_bits is not None:
-        kw["cache_bits"] = args.cache_bits
-    return MmuConfig.preset(args.mode, **kw)
 
 
 def _cmd_decode(args) -> int:
