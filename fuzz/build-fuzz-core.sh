@@ -41,9 +41,8 @@ PYEOF
 OUT=$(cd "$OUT" && pwd)
 cat <<EOM
 
-Instrumented build ready in $OUT.  pykvmmu has no __init__.py (a namespace package), so run
-from $OUT: started from the repository root, python would merge in ./pykvmmu and load the
-uninstrumented core.  Fuzz a target with atheris (pip install 'pykvmmu[fuzz]'):
+Instrumented build ready in $OUT.  Run from $OUT: started from the repository root,
+python would import ./pykvmmu, whose core is not instrumented.  Fuzz a target with atheris (pip install 'pykvmmu[fuzz]'):
 
   ATHERIS_LIB=\$($PY -c 'import atheris; print(atheris.path())')
   LD_PRELOAD=\$ATHERIS_LIB/asan_with_fuzzer.so ASAN_OPTIONS=detect_leaks=0 \\
