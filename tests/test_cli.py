@@ -55,8 +55,13 @@ def test_demo_covers_every_scene():
     assert "0x8600000012345b77" in text
 
 
-def test_output_into_a_closed_pipe_is_quiet():
-    p = subprocess.run(f"{sys.executable} -m pykvmmu demo | head -1", shell=True,
-                       capture_output=True, text=True, timeout=120)
+def test_output_into_a_closed_pipe_is_quiet(tmp_path):
+    import os
+
+    import pykvmmu
+    # Run the same pykvmmu this process imported (installed or built in place), not ./pykvmmu.
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(pykvmmu.__file__)))
+    p = subprocess.run(f"{sys.executable} -m pykvmmu demo | head -1", shell=True, cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
     assert p.stdout.startswith("== SPTE engine")
     assert "Traceback" not in p.stderr
