@@ -57,3 +57,23 @@ def test_table_path_reports_the_first_bad_element(field, value, index):
         kw[field][index] = value
     with pytest.raises(InputError, match=rf"element {index} \("):
         S.make_spte_batch(cfg, pfn, **kw)
+
+
+def test_streaming_store_path_equals_cached_path():
+    """Outputs of 8 MiB and more use non-temporal stores; the values must not change."""
+    from pykvmmu import mmio as M
+    cfg = MmuConfig.ept()
+    n = (1 << 20) + 3
+    pfn = np.arange(n, dtype=np.uint64) * np.uint64(977) & np.uint64((1 << 36) - 1)
+    big = S.make_spte_batch(cfg, pfn)
+    small = np.concatenate([S.make_spte_batch(cfg, pfn[i:i + 65536]) for i in range(0, n, 65536)])
+    assert np.array_equal(big, small)
+    gfn = pfn & np.uint64((1 << 30) - 1)
+    big = M.make_mmio_spte_batch(cfg, gfn, 7, 0x12345)
+    small = np.concatenate([M.make_mmio_spte_batch(cfg, gfn[i:i + 65536], 7, 0x12345)
+                            for i in range(0, n, 65536)])
+    assert np.array_equal(big, small)
+    bad = pfn.copy()
+    bad[n - 2] = 1 << 45
+    with pytest.raises(InputError, match=rf"element {n - 2} "):
+        S.make_spte_batch(cfg, bad)
