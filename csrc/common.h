@@ -16,24 +16,6 @@
 #define KVMMU_HOT
 #endif
 
-/*
- * Streaming (non-temporal) stores for outputs too large to stay in cache: they skip the
- * read-for-ownership of each destination line, so a streaming loop moves 16 instead of
- * 24 bytes per uint64 element.  Callers fence once after the loop.
- */
-#define KVMMU_NT_MIN_BYTES (UINT64_C(8) << 20)
-#if defined(__x86_64__) && defined(__SSE2__)
-#include <emmintrin.h>
-static inline void kvmmu_stream_u64(uint64_t *p, uint64_t v)
-{
-    _mm_stream_si64((long long *)p, (long long)v);
-}
-static inline void kvmmu_stream_fence(void) { _mm_sfence(); }
-#else
-static inline void kvmmu_stream_u64(uint64_t *p, uint64_t v) { *p = v; }
-static inline void kvmmu_stream_fence(void) {}
-#endif
-
 #define KVMMU_LIKELY(x) __builtin_expect(!!(x), 1)
 #define KVMMU_UNLIKELY(x) __builtin_expect(!!(x), 0)
 

@@ -159,13 +159,6 @@ size_t kvmmu_mmio_make_batch(const struct kvmmu_cfg *cfg, const uint64_t *gfn,
                 seen_gfn |= g;
                 out[i] = base | gpa | ((gpa & r) << RSVD_MASK_LEN);
             }
-        } else if ((uint64_t)n * 8 >= KVMMU_NT_MIN_BYTES) {
-            for (i = 0; i < n; i++) {
-                uint64_t g = gfn[i];
-                seen_gfn |= g;
-                kvmmu_stream_u64(&out[i], base | (g << PAGE_SHIFT));
-            }
-            kvmmu_stream_fence();
         } else {
             for (i = 0; i < n; i++) {
                 uint64_t g = gfn[i];

@@ -463,19 +463,10 @@ KVMMU_HOT size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64
         const uint64_t t = make_spte_nopfn(c, old_spte_scalar, level_scalar, pte_access_scalar,
                                            mkflags_scalar, memtype_scalar, &wp);
         uint64_t bad = 0;
-        if ((uint64_t)n * 8 >= KVMMU_NT_MIN_BYTES) {
-            for (size_t i = 0; i < n; i++) {
-                uint64_t p = pfn[i];
-                bad |= p & pfn_bad;
-                kvmmu_stream_u64(&out[i], t | (p << 12));
-            }
-            kvmmu_stream_fence();
-        } else {
-            for (size_t i = 0; i < n; i++) {
-                uint64_t p = pfn[i];
-                bad |= p & pfn_bad;
-                out[i] = t | (p << 12);
-            }
+        for (size_t i = 0; i < n; i++) {
+            uint64_t p = pfn[i];
+            bad |= p & pfn_bad;
+            out[i] = t | (p << 12);
         }
         if (wrprot) {
             for (size_t i = 0; i < n; i++)

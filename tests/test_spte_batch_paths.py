@@ -59,8 +59,8 @@ def test_table_path_reports_the_first_bad_element(field, value, index):
         S.make_spte_batch(cfg, pfn, **kw)
 
 
-def test_streaming_store_path_equals_cached_path():
-    """Outputs of 8 MiB and more use non-temporal stores; the values must not change."""
+def test_large_batches_equal_chunked_batches():
+    """A large batch (beyond the caches) gives exactly the chunked results."""
     from pykvmmu import mmio as M
     cfg = MmuConfig.ept()
     n = (1 << 20) + 3
