@@ -65,3 +65,14 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path):
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.stdout.startswith("== SPTE engine")
     assert "Traceback" not in p.stderr
+
+
+def test_role_hash_occupancy(capsys, tmp_path):
+    out_file = tmp_path / "occ.png"
+    assert main(["role", "hash", "--plot", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "4096 buckets" in out and "chi-square" in out
+    written = out.strip().splitlines()[-1].split("wrote ", 1)[1]
+    assert written.endswith((".png", ".txt"))
+    with open(written, "rb") as f:
+        assert f.read(8)[:4] in (b"\x89PNG", b"# mm")

@@ -9,6 +9,7 @@ from .. import role as R
 from .. import trace as T
 from ..errors import InputError
 from ..prevroots import run_switches
+from .. import sphash as H
 
 DEMO_ORDER = 40
 
@@ -115,6 +116,17 @@ def _cmd_role_prevroots(args) -> int:
     return 0
 
 
+def _cmd_role_hash(args) -> int:
+    gfns = H.realistic_gfns(n_vms=args.vms, seed=args.seed)
+    counts = H.bucket_counts(gfns, args.bits, args.variant)
+    print(f"mmu_page_hash: {gfns.size} shadow-page gfns ({args.vms} shadow-paged guests), "
+          f"{1 << args.bits} buckets, hash_64 variant {args.variant}")
+    print(H.format_stats(H.bucket_stats(counts)))
+    if args.plot:
+        print("wrote", H.plot_bucket_occupancy(counts, args.plot))
+    return 0
+
+
 def register(sub) -> None:
     t = sub.add_parser("trace", help="decode kvmmmu tracepoint text (ftrace / trace-cmd report)")
     t.add_argument("file")
@@ -139,6 +151,13 @@ def register(sub) -> None:
     p.add_argument("--era", default="v5.0")
     p.add_argument("--rounds", type=int, default=10)
     p.set_defaults(func=_cmd_role_prevroots)
+    h = rs.add_parser("hash", help="shadow-page hash bucket occupancy for a realistic gfn population")
+    h.add_argument("--vms", type=int, default=4, help="shadow-paged guests in the population")
+    h.add_argument("--bits", type=int, default=H.KVM_MMU_HASH_SHIFT, help="hash bits (KVM_MMU_HASH_SHIFT)")
+    h.add_argument("--variant", default="x86_64", help="hash_64 variant (x86_64, 32bit, pre-v4.7)")
+    h.add_argument("--seed", type=int, default=0)
+    h.add_argument("--plot", metavar="PNG", help="write the occupancy plot (text table without matplotlib)")
+    h.set_defaults(func=_cmd_role_hash)
     r.set_defaults(func=lambda a: (r.print_help(), 2)[1])
 
 
