@@ -163,6 +163,10 @@ bool kvmmu_is_last_spte(uint64_t spte, uint32_t level);
 bool kvmmu_is_rsvd_spte(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level);
 bool kvmmu_leaf_spte_change_needs_tlb_flush(const struct kvmmu_cfg *cfg, uint64_t old_spte,
                                             uint64_t new_spte);
+size_t kvmmu_leaf_spte_change_needs_tlb_flush_batch(const struct kvmmu_cfg *cfg,
+                                                    const uint64_t *old_spte,
+                                                    const uint64_t *new_spte, uint8_t *out,
+                                                    size_t n);
 uint64_t kvmmu_spte_to_pfn(const struct kvmmu_cfg *cfg, uint64_t spte);
 size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int pred, const uint64_t *spte,
                              const uint8_t *level, uint32_t level_scalar, uint8_t *out,

@@ -198,6 +198,17 @@ bool kvmmu_leaf_spte_change_needs_tlb_flush(const struct kvmmu_cfg *c, uint64_t 
     return is_dirty_old(c, o) && !is_dirty_old(c, n);
 }
 
+KVMMU_HOT size_t kvmmu_leaf_spte_change_needs_tlb_flush_batch(const struct kvmmu_cfg *cfg,
+                                                              const uint64_t *restrict o,
+                                                              const uint64_t *restrict nw,
+                                                              uint8_t *restrict out, size_t n)
+{
+    const struct kvmmu_cfg cl = *cfg;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (uint8_t)kvmmu_leaf_spte_change_needs_tlb_flush(&cl, o[i], nw[i]);
+    return 0;
+}
+
 /* -------------------------------------------------------- access tracking */
 
 static inline uint64_t mark_acc_track(const struct kvmmu_cfg *c, uint64_t s)

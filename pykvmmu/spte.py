@@ -23,7 +23,8 @@ __all__ = [
     "make_small_spte", "make_small_spte_batch", "make_huge_spte", "make_huge_spte_batch",
     "mark_spte_for_access_track", "restore_acc_track_spte", "access_track_batch",
     "PREDICATES", "predicate", "predicate_batch", "spte_to_pfn", "spte_to_pfn_batch",
-    "leaf_spte_change_needs_tlb_flush", "decode", "decode_batch", "SpteRecord", "DECODE_DTYPE",
+    "leaf_spte_change_needs_tlb_flush", "leaf_spte_change_needs_tlb_flush_batch",
+    "decode", "decode_batch", "SpteRecord", "DECODE_DTYPE",
     "is_shadow_present_pte", "is_mmio_spte", "is_frozen_spte", "is_large_pte", "is_last_spte",
     "is_executable_pte", "is_writable_pte", "is_mmu_writable_spte", "is_accessed_spte",
     "is_dirty_spte", "spte_ad_enabled", "spte_ad_need_write_protect", "is_access_track_spte",
@@ -474,6 +475,19 @@ def leaf_spte_change_needs_tlb_flush(cfg: MmuConfig, old_spte: int, new_spte: in
     except (OverflowError, TypeError):
         uint("old_spte", old_spte)
         raise bad_u64("new_spte", new_spte) from None
+
+
+def leaf_spte_change_needs_tlb_flush_batch(cfg: MmuConfig, old_spte: np.ndarray, new_spte: np.ndarray,
+                                           out: np.ndarray | None = None) -> np.ndarray:
+    """Batch ``leaf_spte_change_needs_tlb_flush()`` over two uint64 arrays of equal shape."""
+    in_array("old_spte", old_spte, np.uint64)
+    in_array("new_spte", new_spte, np.uint64)
+    shape = same_shape([("old_spte", old_spte), ("new_spte", new_spte)])
+    out = out_array("out", out, np.bool_, shape)
+    lib.kvmmu_leaf_spte_change_needs_tlb_flush_batch(cfg._cptr, ptr(old_spte, "uint64_t"),
+                                                     ptr(new_spte, "uint64_t"), ptr(out, "uint8_t"),
+                                                     old_spte.size)
+    return out
 
 
 # ---------------------------------------------------------------------- decode

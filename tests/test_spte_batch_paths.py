@@ -77,3 +77,20 @@ def test_large_batches_equal_chunked_batches():
     bad[n - 2] = 1 << 45
     with pytest.raises(InputError, match=rf"element {n - 2} "):
         S.make_spte_batch(cfg, bad)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.mode}-{c.profile.name}")
+def test_tlb_flush_batch_equals_scalar_and_reference(cfg):
+    from pykvmmu.ref import spte as ref
+    rng = np.random.default_rng(11)
+    pfn, level, access, flags = _inputs(cfg, rng, 400)
+    built = S.make_spte_batch(cfg, pfn, level=level, pte_access=access, flags=flags)
+    old = np.concatenate([built, built, built[::-1]])
+    new = np.concatenate([S.access_track_batch(cfg, built), built & np.uint64(~2 & (2**64 - 1)),
+                          built])
+    got = S.leaf_spte_change_needs_tlb_flush_batch(cfg, old, new)
+    for o, nw, g in zip(old.tolist(), new.tolist(), got.tolist()):
+        assert g == S.leaf_spte_change_needs_tlb_flush(cfg, o, nw)
+        assert g == ref.leaf_spte_change_needs_tlb_flush(cfg, o, nw)
+    with pytest.raises(Exception, match="shape"):
+        S.leaf_spte_change_needs_tlb_flush_batch(cfg, old, new[:-1])
