@@ -36,6 +36,10 @@ _Static_assert(((KBIT(63) | KGENMASK(51, 12) | KGENMASK(2, 0)) &
                 (KBIT(11) | KGENMASK(10, 3) | KGENMASK(62, 52))) == 0,
                "SPTE_MMIO_ALLOWED_MASK vs MMU-present and generation");
 _Static_assert(((KBIT(63) | UINT64_C(0x5A0)) & KBIT(11)) == 0, "FROZEN_SPTE is not MMU-present");
+_Static_assert(sizeof(struct kvmmu_spte_info) == 48, "decode record is 48 bytes (DECODE_DTYPE)");
+_Static_assert(offsetof(struct kvmmu_spte_info, kind) == 16 &&
+               offsetof(struct kvmmu_spte_info, level) == 22 &&
+               offsetof(struct kvmmu_spte_info, pred) == 24, "decode record layout (DECODE_DTYPE)");
 
 /* ------------------------------------------------------------ predicates */
 
