@@ -160,7 +160,22 @@ class GmemHooks:
 
 
 # ---------------------------------------------------------------------- the kvm protocol
-class StubKvm:
+class MmuLock:
+    """``kvm->mmu_lock`` as a depth counter: ``with kvm.mmu_lock():`` holds it, and hooks that
+    must run under it can assert ``kvm.mmu_lock_held``."""
+
+    mmu_lock_held = 0
+
+    @contextmanager
+    def mmu_lock(self):
+        self.mmu_lock_held += 1
+        try:
+            yield
+        finally:
+            self.mmu_lock_held -= 1
+
+
+class StubKvm(MmuLock):
     """The smallest ``kvm`` a guest_memfd can be bound to: an invalidation counter, an MMU
     lock, memory attributes (for populate), hooks, and an ``unmap_gfn_range`` that records
     what would be zapped.  ``pykvmmu.vm.Vm`` provides the same methods for real."""
@@ -170,17 +185,8 @@ class StubKvm:
         self.has_private_mem = has_private_mem
         self.invalidation = MmuInvalidation()
         self.gmem_hooks = hooks or GmemHooks()
-        self.mmu_lock_held = 0
         self.unmapped: list = []
         self._is_private = is_private
-
-    @contextmanager
-    def mmu_lock(self):
-        self.mmu_lock_held += 1
-        try:
-            yield
-        finally:
-            self.mmu_lock_held -= 1
 
     def is_private(self, gfn: int) -> bool:
         return self._is_private(gfn)

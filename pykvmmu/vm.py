@@ -13,7 +13,6 @@ must.  :meth:`Vm.check` verifies the invariants after any step.
 from __future__ import annotations
 
 import errno as _errno
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +28,8 @@ from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidat
 from .config import ACC_ALL, MmuConfig
 from .errors import InputError
 from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
-                   GmemError, GmemHooks, GuestMemfd, HostMemory, MigrateAnswer, order_to_level)
+                   GmemError, GmemHooks, GuestMemfd, HostMemory, MigrateAnswer, MmuLock,
+                   order_to_level)
 
 __all__ = ["Vm", "Memslot", "FaultOutcome", "VmError", "InvariantError", "SnpHooks", "TdxHooks",
            "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY", "KVM_MEM_GUEST_MEMFD"]
@@ -217,7 +217,7 @@ class TdxHooks(GmemHooks):
 
 
 # ---------------------------------------------------------------------- the VM
-class Vm:
+class Vm(MmuLock):
     """One VM of a given type (``"snp"``, ``"tdx"``, ``"sw_protected"``, ``"default"``...)."""
 
     _next_id = 1
@@ -279,14 +279,6 @@ class Vm:
     def _log(self, what, **kw):
         if self.trace is not None:
             self.trace.append((what, kw))
-
-    @contextmanager
-    def mmu_lock(self):
-        self.mmu_lock_held += 1
-        try:
-            yield
-        finally:
-            self.mmu_lock_held -= 1
 
     def is_private(self, gfn: int) -> bool:
         """``kvm_mem_is_private``."""
