@@ -19,11 +19,11 @@ import bisect
 import errno as _errno
 import itertools
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ._batch import uint
-from .attrs import KVM_MEMORY_ATTRIBUTE_PRIVATE, MmuInvalidation
+from .attrs import MmuInvalidation
 from .errors import InputError
 
 __all__ = ["GUEST_MEMFD_FLAG_MMAP", "GUEST_MEMFD_FLAG_INIT_SHARED", "KVM_CREATE_GUEST_MEMFD",

@@ -15,7 +15,7 @@ numpy arrays runs in the C core (:func:`classify_batch`).
 from __future__ import annotations
 
 import errno as _errno
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
 
 import numpy as np

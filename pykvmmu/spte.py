@@ -26,7 +26,8 @@ __all__ = [
     "leaf_spte_change_needs_tlb_flush", "leaf_spte_change_needs_tlb_flush_batch",
     "decode", "decode_batch", "SpteRecord", "DECODE_DTYPE",
     "is_shadow_present_pte", "is_mmio_spte", "is_frozen_spte", "is_large_pte", "is_last_spte",
-    "is_executable_pte", "is_writable_pte", "is_mmu_writable_spte", "is_accessed_spte",
+    "is_executable_pte", "is_writable_pte", "is_mmu_writable_spte", "is_host_writable_spte",
+    "is_accessed_spte",
     "is_dirty_spte", "spte_ad_enabled", "spte_ad_need_write_protect", "is_access_track_spte",
     "spte_needs_atomic_update", "check_spte_writable_invariants", "is_rsvd_spte",
     "is_ept_ve_possible", "ACC_EXEC_MASK", "ACC_WRITE_MASK", "ACC_USER_MASK", "ACC_ALL",
@@ -411,9 +412,30 @@ _DOCS = {
     "is_ept_ve_possible": "v6.10+: SVE in the present mask, SVE clear in the SPTE, RWX != 110b.",
 }
 
-for _name, (_num, _lvl, _feat) in PREDICATES.items():
-    globals()[_name] = _make_pred(_name, _num, _lvl, _feat, _DOCS[_name])
-del _name, _num, _lvl, _feat
+
+def _pred(name):
+    return _make_pred(name, *PREDICATES[name], _DOCS[name])
+
+
+is_shadow_present_pte = _pred("is_shadow_present_pte")
+is_mmio_spte = _pred("is_mmio_spte")
+is_frozen_spte = _pred("is_frozen_spte")
+is_large_pte = _pred("is_large_pte")
+is_last_spte = _pred("is_last_spte")
+is_executable_pte = _pred("is_executable_pte")
+is_writable_pte = _pred("is_writable_pte")
+is_mmu_writable_spte = _pred("is_mmu_writable_spte")
+is_host_writable_spte = _pred("is_host_writable_spte")
+is_accessed_spte = _pred("is_accessed_spte")
+is_dirty_spte = _pred("is_dirty_spte")
+spte_ad_enabled = _pred("spte_ad_enabled")
+spte_ad_need_write_protect = _pred("spte_ad_need_write_protect")
+is_access_track_spte = _pred("is_access_track_spte")
+spte_needs_atomic_update = _pred("spte_needs_atomic_update")
+check_spte_writable_invariants = _pred("check_spte_writable_invariants")
+is_rsvd_spte = _pred("is_rsvd_spte")
+is_ept_ve_possible = _pred("is_ept_ve_possible")
+assert set(PREDICATES) == set(_DOCS), "every predicate is bound above"
 
 
 def predicate(cfg: MmuConfig, name: str, spte: int, level: int = 1) -> bool:
