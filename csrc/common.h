@@ -11,7 +11,7 @@
 
 /* Hot batch loops get an AVX2 clone chosen at load time (ifunc); portable otherwise. */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(PYKVMMU_NO_CLONES)
-#define KVMMU_HOT __attribute__((target_clones("avx2", "default")))
+#define KVMMU_HOT __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define KVMMU_HOT
 #endif

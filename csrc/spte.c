@@ -36,6 +36,9 @@ _Static_assert(((KBIT(63) | KGENMASK(51, 12) | KGENMASK(2, 0)) &
                 (KBIT(11) | KGENMASK(10, 3) | KGENMASK(62, 52))) == 0,
                "SPTE_MMIO_ALLOWED_MASK vs MMU-present and generation");
 _Static_assert(((KBIT(63) | UINT64_C(0x5A0)) & KBIT(11)) == 0, "FROZEN_SPTE is not MMU-present");
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "decode writes its records as little-endian uint64 words"
+#endif
 _Static_assert(sizeof(struct kvmmu_spte_info) == 48, "decode record is 48 bytes (DECODE_DTYPE)");
 _Static_assert(offsetof(struct kvmmu_spte_info, kind) == 16 &&
                offsetof(struct kvmmu_spte_info, level) == 22 &&
@@ -891,38 +894,52 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
 
     if (!level && level_scalar >= 1 && level_scalar <= 5) {
         struct pmask_consts k;
-        uint64_t masks[256];
+        /* Pass 1 (vectorisable): every record word as structure-of-arrays. */
+        uint64_t w1[256], w2[256], p0[256], p1[256], p2[256];
+        const uint64_t eptm = ept ? ~UINT64_C(0) : 0;
+        const uint64_t base_mask = cl.base_addr_mask, user = cl.user_mask, npv = cl.nonpresent_value;
+        const uint64_t lvl = (uint64_t)level_scalar << 48;
         pmask_setup(c, level_scalar, &k);
         for (size_t base = 0; base < n; base += 256) {
             const size_t m = n - base < 256 ? n - base : 256;
             const uint64_t *sp = spte + base;
-            for (size_t j = 0; j < m; j++)
-                masks[j] = pmask(&k, sp[j]);
             for (size_t j = 0; j < m; j++) {
-                const uint64_t s = sp[j], mk = masks[j];
-                struct kvmmu_spte_info *o = &out[base + j];
-                o->spte = s;
-                o->pfn = (s & cl.base_addr_mask) >> 12;
-                o->kind = (mk >> KVMMU_P_FROZEN) & 1 ? KVMMU_KIND_FROZEN
-                          : (mk >> KVMMU_P_MMIO) & 1 ? KVMMU_KIND_MMIO
-                          : (mk >> KVMMU_P_SHADOW_PRESENT) & 1 ? KVMMU_KIND_PRESENT
-                          : s == cl.nonpresent_value ? KVMMU_KIND_NONPRESENT : KVMMU_KIND_OTHER;
-                o->ad_type = (uint8_t)((s >> 52) & 3);
-                o->memtype = ept ? (uint8_t)((s >> 3) & 7) : 0;
-                o->ipat = ept ? (uint8_t)((s >> 6) & 1) : 0;
-                o->access = (uint8_t)(((mk >> KVMMU_P_EXECUTABLE) & 1) * ACC_EXEC |
-                                      ((mk >> KVMMU_P_WRITABLE) & 1) * ACC_WRITE |
-                                      ((s & cl.user_mask) ? ACC_USER : 0));
-                o->saved_rx = (uint8_t)((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED);
-                o->level = (uint8_t)level_scalar;
-                o->pad = 0;
-                for (int q = 0; q < 3; q++) {
-                    uint64_t b = (mk >> (8 * q)) & 0xFF;
-                    uint64_t e = ((((b * UINT64_C(0x0101010101010101)) &
-                                    UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F))
-                                  >> 7) & UINT64_C(0x0101010101010101);
-                    memcpy(&o->pred[8 * q], &e, 8);
-                }
+                const uint64_t s = sp[j], mk = pmask(&k, s);
+                const uint64_t fr = (mk >> KVMMU_P_FROZEN) & 1, mm = (mk >> KVMMU_P_MMIO) & 1;
+                const uint64_t pr = (mk >> KVMMU_P_SHADOW_PRESENT) & 1;
+                const uint64_t np = 1 ^ nz(s ^ npv);
+                /* frozen > mmio > present > non-present value > other */
+                const uint64_t kind = fr * KVMMU_KIND_FROZEN +
+                                      (1 - fr) * (mm * KVMMU_KIND_MMIO +
+                                      (1 - mm) * (pr * KVMMU_KIND_PRESENT +
+                                      (1 - pr) * ((1 - np) * KVMMU_KIND_OTHER)));
+                const uint64_t acc = ((mk >> KVMMU_P_EXECUTABLE) & 1) * ACC_EXEC +
+                                     ((mk >> KVMMU_P_WRITABLE) & 1) * ACC_WRITE +
+                                     nz(s & user) * ACC_USER;
+                w1[j] = (s & base_mask) >> 12;
+                w2[j] = kind | (((s >> 52) & 3) << 8) | ((((s >> 3) & 7) & eptm) << 16) |
+                        ((((s >> 6) & 1) & eptm) << 24) | (acc << 32) |
+                        (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | lvl;
+                /* Spread predicate bit i to byte i (0 or 1), eight bits per word. */
+                p0[j] = (((((mk & 0xFF) * UINT64_C(0x0101010101010101)) &
+                           UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) &
+                        UINT64_C(0x0101010101010101);
+                p1[j] = (((((mk >> 8 & 0xFF) * UINT64_C(0x0101010101010101)) &
+                           UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) &
+                        UINT64_C(0x0101010101010101);
+                p2[j] = (((((mk >> 16 & 0xFF) * UINT64_C(0x0101010101010101)) &
+                           UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) &
+                        UINT64_C(0x0101010101010101);
+            }
+            /* Pass 2: interleave into 48-byte records. */
+            uint64_t *o = (uint64_t *)(void *)(out + base);
+            for (size_t j = 0; j < m; j++) {
+                o[6 * j + 0] = sp[j];
+                o[6 * j + 1] = w1[j];
+                o[6 * j + 2] = w2[j];
+                o[6 * j + 3] = p0[j];
+                o[6 * j + 4] = p1[j];
+                o[6 * j + 5] = p2[j];
             }
         }
         return 0;
