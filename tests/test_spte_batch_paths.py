@@ -26,21 +26,48 @@ def _chunked(cfg, pfn, **kw):
     return np.concatenate(parts)
 
 
+def _scalar(cfg, pfn, old, level, access, flags, memtype):
+    """The scalar C path (make_spte_nopfn) for one element of a batch call."""
+    fl = int(flags)
+    r = S.make_spte(cfg, int(pfn), level=int(level), pte_access=int(access), old_spte=int(old),
+                    prefetch=bool(fl & S.MK_PREFETCH), synchronizing=bool(fl & S.MK_SYNCHRONIZING),
+                    host_writable=bool(fl & S.MK_HOST_WRITABLE), host_mmio=bool(fl & S.MK_HOST_MMIO),
+                    ad_disabled=bool(fl & S.MK_AD_DISABLED), ad_wrprot_only=bool(fl & S.MK_WRPROT_ONLY),
+                    unsync_fails=bool(fl & S.MK_UNSYNC_FAILS), nx_huge_pages=bool(fl & S.MK_NX_HUGE),
+                    memtype=None if memtype == S.MEMTYPE_AUTO else int(memtype))
+    return r.spte, r.wrprot
+
+
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.mode}-{c.profile.name}")
-def test_table_path_equals_general_path(cfg):
+def test_vector_path_equals_scalar_path(cfg):
+    """The branch-free per-element batch path equals the scalar make_spte, bit for bit,
+    including per-element old SPTEs (writable or not, leaf or not) and memtypes."""
     rng = np.random.default_rng(7)
-    pfn, level, access, flags = _inputs(cfg, rng)
-    for kw in ({"level": level, "pte_access": access, "flags": flags},
-               {"level": 3, "pte_access": access},
-               {"level": level, "prefetch": True, "flags": flags}):
-        assert np.array_equal(S.make_spte_batch(cfg, pfn, **kw), _chunked(cfg, pfn, **kw))
-    big, wp = S.make_spte_batch(cfg, pfn, level=level, pte_access=access, flags=flags,
-                                with_wrprot=True)
-    small, wp_small = zip(*(S.make_spte_batch(cfg, pfn[i:i + 1000], level=level[i:i + 1000],
-                                              pte_access=access[i:i + 1000], flags=flags[i:i + 1000],
-                                              with_wrprot=True) for i in range(0, BIG, 1000)))
-    assert np.array_equal(big, np.concatenate(small))
-    assert np.array_equal(wp, np.concatenate(wp_small))
+    n = 1500
+    pfn, level, access, flags = _inputs(cfg, rng, n)
+    olds = np.array([0, 2, 0x82, 0x8000000000000002, cfg.profile.nonpresent_value,
+                     0x8600000012345b77, 0x12345e67], dtype=np.uint64)
+    old = olds[rng.integers(0, olds.size, n)]
+    memtype = np.where(rng.integers(0, 2, n) == 0, S.MEMTYPE_AUTO,
+                       rng.integers(0, 16, n) << 3).astype(np.uint8)
+    got, wp = S.make_spte_batch(cfg, pfn, level=level, pte_access=access, flags=flags,
+                                old_spte=old, memtype=memtype, with_wrprot=True,
+                                host_writable=False, ad_disabled=False)  # flags alone decide
+    for i in range(n):
+        want = _scalar(cfg, pfn[i], old[i], level[i], access[i], flags[i], memtype[i])
+        assert (int(got[i]), bool(wp[i])) == want, i
+    # A large batch (table + AVX2 gather path) against the scalar path on a sample.
+    bpfn, blevel, baccess, bflags = _inputs(cfg, rng, BIG)
+    big, bwp = S.make_spte_batch(cfg, bpfn, level=blevel, pte_access=baccess, flags=bflags,
+                                 old_spte=int(olds[5]), with_wrprot=True, host_writable=False,
+                                 ad_disabled=False)
+    for i in list(range(0, BIG, 53)) + [BIG - 1, BIG - 2, BIG - 3]:
+        want = _scalar(cfg, bpfn[i], olds[5], blevel[i], baccess[i], bflags[i], S.MEMTYPE_AUTO)
+        assert (int(big[i]), bool(bwp[i])) == want, i
+    shared = S.make_spte_batch(cfg, pfn, level=3, pte_access=access, old_spte=int(olds[1]))
+    for i in range(0, n, 7):
+        fl = S.MK_HOST_WRITABLE | (0 if cfg.ad_enabled else S.MK_AD_DISABLED)
+        assert int(shared[i]) == _scalar(cfg, pfn[i], olds[1], 3, access[i], fl, S.MEMTYPE_AUTO)[0]
 
 
 @pytest.mark.parametrize("field, value, index", [
