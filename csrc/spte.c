@@ -389,7 +389,7 @@ int kvmmu_make_spte_check(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t le
 
 /* Batch sizes from which the per-element path uses a table of every (level, access, flags). */
 #define MK_TABLE_MIN 16384
-#define MK_TABLE_SIZE (5 * 8 * 256)
+#define MK_TABLE_SIZE (2 * 8 * 256)   /* make_spte sees the level only as level > 1 */
 
 static size_t first_bad_input(const struct kvmmu_cfg *c, const uint64_t *pfn, const uint8_t *level,
                               uint32_t level_scalar, const uint8_t *acc, uint32_t acc_scalar,
@@ -447,7 +447,8 @@ mk_table_avx2(const uint64_t *tab, const uint64_t *pfn, const uint8_t *level, ui
         __m256i abad = _mm256_cmpgt_epi64(ac, seven);
         bad = _mm256_or_si256(bad, _mm256_and_si256(p, badm));
         bad = _mm256_or_si256(bad, _mm256_or_si256(lbad, abad));
-        __m256i l1c = _mm256_andnot_si256(lbad, l1);
+        __m256i l1c = _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_andnot_si256(lbad, l1),
+                                                          _mm256_setzero_si256()), one);
         __m256i k = _mm256_add_epi64(_mm256_slli_epi64(_mm256_add_epi64(_mm256_slli_epi64(l1c, 3),
                                                                          _mm256_and_si256(ac, seven)), 8), m);
         __m256i t = _mm256_i64gather_epi64((const long long *)tab, k, 8);
@@ -504,7 +505,7 @@ KVMMU_HOT size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64
         uint8_t tab_wp[MK_TABLE_SIZE];
         for (uint32_t k = 0; k < MK_TABLE_SIZE; k++) {
             bool wp;
-            tab[k] = make_spte_nopfn(c, old_spte_scalar, k / 2048 + 1, (k / 256) % 8,
+            tab[k] = make_spte_nopfn(c, old_spte_scalar, k / 2048 ? 2 : 1, (k / 256) % 8,
                                      (k % 256) | mkflags_scalar, memtype_scalar, &wp);
             tab_wp[k] = wp;
         }
@@ -521,7 +522,7 @@ KVMMU_HOT size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64
             uint32_t ac = pte_access ? pte_access[i] : pte_access_scalar;
             uint32_t mk = mkflags ? mkflags[i] : 0u;
             bad |= (p & pfn_bad) | (uint64_t)(l1 > 4) | (uint64_t)(ac > 7);
-            uint32_t k = ((l1 > 4 ? 0 : l1) * 8 + (ac & 7)) * 256 + mk;
+            uint32_t k = ((l1 > 4 ? 0 : (l1 != 0)) * 8 + (ac & 7)) * 256 + mk;
             out[i] = tab[k] | (p << 12);
             if (wrprot)
                 wrprot[i] = tab_wp[k];
