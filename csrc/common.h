@@ -16,6 +16,36 @@
 #define KVMMU_HOT
 #endif
 
+/*
+ * Streaming (non-temporal) 32-byte stores for outputs far larger than the caches: the
+ * destination lines are not read first, which cuts the memory traffic of a write-heavy
+ * batch by up to a third.  Use only past KVMMU_STREAM_MIN_BYTES of output.
+ */
+#define KVMMU_STREAM_MIN_BYTES (UINT64_C(32) << 20)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(PYKVMMU_NO_STREAM)
+#include <immintrin.h>
+#include <string.h>
+#define KVMMU_HAVE_STREAM 1
+static inline bool kvmmu_stream_ok(void) { return __builtin_cpu_supports("avx2"); }
+
+/* Copy bytes (a multiple of 8) from a cached buffer to dst with streaming stores. */
+__attribute__((target("avx2"), unused)) static void
+kvmmu_stream_copy(void *dst, const void *src, size_t bytes)
+{
+    unsigned char *d = (unsigned char *)dst;
+    const unsigned char *s = (const unsigned char *)src;
+    while (bytes && ((uintptr_t)d & 31)) {
+        memcpy(d, s, 8);
+        d += 8, s += 8, bytes -= 8;
+    }
+    for (; bytes >= 32; d += 32, s += 32, bytes -= 32)
+        _mm256_stream_si256((__m256i *)(void *)d, _mm256_loadu_si256((const __m256i *)(const void *)s));
+    if (bytes)
+        memcpy(d, s, bytes);
+}
+static inline void kvmmu_stream_fence(void) { _mm_sfence(); }
+#endif
+
 #define KVMMU_LIKELY(x) __builtin_expect(!!(x), 1)
 #define KVMMU_UNLIKELY(x) __builtin_expect(!!(x), 0)
 

@@ -134,10 +134,39 @@ static size_t first_bad(const uint64_t *a, uint64_t bad, size_t n)
     return 0;
 }
 
-size_t kvmmu_mmio_make_batch(const struct kvmmu_cfg *cfg, const uint64_t *gfn,
-                             const uint64_t *access, uint64_t access_scalar,
-                             const uint64_t *gen, uint64_t gen_scalar,
-                             uint64_t *out, size_t n, int *err)
+
+#ifdef KVMMU_HAVE_STREAM
+/* make_mmio_spte for one shared access/generation with streaming 32-byte stores. */
+__attribute__((target("avx2"))) static size_t
+mmio_make_stream(const uint64_t *gfn, uint64_t *out, size_t n, uint64_t base, uint64_t *seen)
+{
+    size_t i = 0;
+    uint64_t s = 0;
+    while (i < n && ((uintptr_t)(out + i) & 31)) {
+        s |= gfn[i];
+        out[i] = base | (gfn[i] << PAGE_SHIFT);
+        i++;
+    }
+    const __m256i b = _mm256_set1_epi64x((long long)base);
+    __m256i acc = _mm256_setzero_si256();
+    for (; i + 4 <= n; i += 4) {
+        __m256i g = _mm256_loadu_si256((const __m256i *)(gfn + i));
+        acc = _mm256_or_si256(acc, g);
+        _mm256_stream_si256((__m256i *)(out + i),
+                            _mm256_or_si256(b, _mm256_slli_epi64(g, PAGE_SHIFT)));
+    }
+    kvmmu_stream_fence();
+    uint64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, acc);
+    *seen |= s | lanes[0] | lanes[1] | lanes[2] | lanes[3];
+    return i;
+}
+#endif
+
+size_t kvmmu_mmio_make_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict gfn,
+                                       const uint64_t *restrict access, uint64_t access_scalar,
+                                       const uint64_t *restrict gen, uint64_t gen_scalar,
+                                       uint64_t *restrict out, size_t n, int *err)
 {
     const uint64_t gfn_bad = ~(KBIT(KVMMU_MMIO_GFN_BITS) - 1);
     const uint64_t acc_bad = ~UINT64_C(7);
@@ -160,7 +189,12 @@ size_t kvmmu_mmio_make_batch(const struct kvmmu_cfg *cfg, const uint64_t *gfn,
                 out[i] = base | gpa | ((gpa & r) << RSVD_MASK_LEN);
             }
         } else {
-            for (i = 0; i < n; i++) {
+            i = 0;
+#ifdef KVMMU_HAVE_STREAM
+            if ((uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok())
+                i = mmio_make_stream(gfn, out, n, base, &seen_gfn);
+#endif
+            for (; i < n; i++) {
                 uint64_t g = gfn[i];
                 seen_gfn |= g;
                 out[i] = base | (g << PAGE_SHIFT);
@@ -187,8 +221,8 @@ size_t kvmmu_mmio_make_batch(const struct kvmmu_cfg *cfg, const uint64_t *gfn,
     return 0;
 }
 
-void kvmmu_mmio_get_batch(const struct kvmmu_cfg *cfg, int which, const uint64_t *spte,
-                          uint64_t *out, size_t n)
+KVMMU_HOT void kvmmu_mmio_get_batch(const struct kvmmu_cfg *cfg, int which,
+                                    const uint64_t *restrict spte, uint64_t *restrict out, size_t n)
 {
     size_t i;
 
@@ -216,8 +250,9 @@ void kvmmu_mmio_get_batch(const struct kvmmu_cfg *cfg, int which, const uint64_t
     }
 }
 
-void kvmmu_mmio_check_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte, const uint64_t *gen,
-                            uint64_t gen_scalar, uint8_t *out, size_t n)
+KVMMU_HOT void kvmmu_mmio_check_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict spte,
+                                      const uint64_t *restrict gen, uint64_t gen_scalar,
+                                      uint8_t *restrict out, size_t n)
 {
     size_t i;
 
@@ -241,7 +276,7 @@ void kvmmu_mmio_check_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte, c
         out[i] = check(cfg, spte[i], gen[i]);
 }
 
-void kvmmu_mmio_fault_outcome_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
+KVMMU_HOT void kvmmu_mmio_fault_outcome_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
                                     const uint64_t *gen, uint64_t gen_scalar, uint8_t *out,
                                     size_t n)
 {

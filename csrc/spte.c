@@ -417,7 +417,7 @@ static size_t first_bad_input(const struct kvmmu_cfg *c, const uint64_t *pfn, co
 __attribute__((target("avx2"))) static uint64_t
 mk_table_avx2(const uint64_t *tab, const uint64_t *pfn, const uint8_t *level, uint32_t level_scalar,
               const uint8_t *acc, uint32_t acc_scalar, const uint8_t *mk, uint64_t *out, size_t n,
-              uint64_t pfn_bad, size_t *done)
+              uint64_t pfn_bad, size_t *done, bool stream)
 {
     const __m256i one = _mm256_set1_epi64x(1), four = _mm256_set1_epi64x(4);
     const __m256i seven = _mm256_set1_epi64x(7), badm = _mm256_set1_epi64x((long long)pfn_bad);
@@ -452,8 +452,14 @@ mk_table_avx2(const uint64_t *tab, const uint64_t *pfn, const uint8_t *level, ui
         __m256i k = _mm256_add_epi64(_mm256_slli_epi64(_mm256_add_epi64(_mm256_slli_epi64(l1c, 3),
                                                                          _mm256_and_si256(ac, seven)), 8), m);
         __m256i t = _mm256_i64gather_epi64((const long long *)tab, k, 8);
-        _mm256_storeu_si256((__m256i *)(out + i), _mm256_or_si256(t, _mm256_slli_epi64(p, 12)));
+        __m256i r = _mm256_or_si256(t, _mm256_slli_epi64(p, 12));
+        if (stream)
+            _mm256_stream_si256((__m256i *)(out + i), r);     /* out + i is 32-byte aligned */
+        else
+            _mm256_storeu_si256((__m256i *)(out + i), r);
     }
+    if (stream)
+        _mm_sfence();
     *done = i;
     return !_mm256_testz_si256(bad, bad);
 }
@@ -510,13 +516,27 @@ KVMMU_HOT size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64
             tab_wp[k] = wp;
         }
         uint64_t bad = 0;
-        size_t start = 0;
+        size_t head = 0, end = 0;
 #ifdef KVMMU_HAVE_AVX2_GATHER
-        if (!wrprot && __builtin_cpu_supports("avx2"))
-            bad = mk_table_avx2(tab, pfn, level, level_scalar, pte_access, pte_access_scalar,
-                                mkflags, out, n, pfn_bad, &start);
+        if (!wrprot && __builtin_cpu_supports("avx2")) {
+            /* Huge outputs: streaming stores from the first 32-byte aligned element on. */
+            const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 7);
+            head = stream ? (((32 - ((uintptr_t)out & 31)) & 31) / 8) : 0;
+            if (head > n)
+                head = n;
+            size_t done = 0;
+            bad = mk_table_avx2(tab, pfn + head, level ? level + head : NULL, level_scalar,
+                                pte_access ? pte_access + head : NULL, pte_access_scalar,
+                                mkflags ? mkflags + head : NULL, out + head, n - head, pfn_bad,
+                                &done, stream);
+            end = head + done;
+        }
 #endif
-        for (size_t i = start; i < n; i++) {
+        for (size_t i = 0; i < n; i++) {
+            if (i == head)
+                i = end > head ? end : head;
+            if (i >= n)
+                break;
             uint64_t p = pfn[i];
             uint32_t l1 = (level ? level[i] : level_scalar) - 1u;
             uint32_t ac = pte_access ? pte_access[i] : pte_access_scalar;
@@ -900,6 +920,12 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
         const uint64_t eptm = ept ? ~UINT64_C(0) : 0;
         const uint64_t base_mask = cl.base_addr_mask, user = cl.user_mask, npv = cl.nonpresent_value;
         const uint64_t lvl = (uint64_t)level_scalar << 48;
+        uint64_t stage[256 * 6];
+#ifdef KVMMU_HAVE_STREAM
+        const bool stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok();
+#else
+        const bool stream = false;
+#endif
         pmask_setup(c, level_scalar, &k);
         for (size_t base = 0; base < n; base += 256) {
             const size_t m = n - base < 256 ? n - base : 256;
@@ -932,8 +958,8 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
                            UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) &
                         UINT64_C(0x0101010101010101);
             }
-            /* Pass 2: interleave into 48-byte records. */
-            uint64_t *o = (uint64_t *)(void *)(out + base);
+            /* Pass 2: interleave into 48-byte records (staged in L1 for huge outputs). */
+            uint64_t *o = stream ? stage : (uint64_t *)(void *)(out + base);
             for (size_t j = 0; j < m; j++) {
                 o[6 * j + 0] = sp[j];
                 o[6 * j + 1] = w1[j];
@@ -942,7 +968,15 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
                 o[6 * j + 4] = p1[j];
                 o[6 * j + 5] = p2[j];
             }
+#ifdef KVMMU_HAVE_STREAM
+            if (stream)
+                kvmmu_stream_copy(out + base, stage, m * sizeof(*out));
+#endif
         }
+#ifdef KVMMU_HAVE_STREAM
+        if (stream)
+            kvmmu_stream_fence();
+#endif
         return 0;
     }
 
