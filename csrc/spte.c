@@ -39,6 +39,7 @@ _Static_assert(((KBIT(63) | UINT64_C(0x5A0)) & KBIT(11)) == 0, "FROZEN_SPTE is n
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "decode writes its records as little-endian uint64 words"
 #endif
+_Static_assert(ACC_EXEC == 1 && ACC_WRITE == 2 && ACC_USER == 4, "decode packs ACC bits by shifts");
 _Static_assert(sizeof(struct kvmmu_spte_info) == 48, "decode record is 48 bytes (DECODE_DTYPE)");
 _Static_assert(offsetof(struct kvmmu_spte_info, kind) == 16 &&
                offsetof(struct kvmmu_spte_info, level) == 22 &&
@@ -916,7 +917,7 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
     if (!level && level_scalar >= 1 && level_scalar <= 5) {
         struct pmask_consts k;
         /* Pass 1 (vectorisable): every record word as structure-of-arrays. */
-        uint64_t w1[256], w2[256], p0[256], p1[256], p2[256];
+        uint64_t w1[256], w2[256], p0[256], spread[256];
         const uint64_t eptm = ept ? ~UINT64_C(0) : 0;
         const uint64_t base_mask = cl.base_addr_mask, user = cl.user_mask, npv = cl.nonpresent_value;
         const uint64_t lvl = (uint64_t)level_scalar << 48;
@@ -927,6 +928,10 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
         const bool stream = false;
 #endif
         pmask_setup(c, level_scalar, &k);
+        /* spread[b]: bit i of b becomes byte i (0 or 1) of the word. */
+        for (uint64_t b = 0; b < 256; b++)
+            spread[b] = ((((b * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201)) +
+                          UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
         for (size_t base = 0; base < n; base += 256) {
             const size_t m = n - base < 256 ? n - base : 256;
             const uint64_t *sp = spte + base;
@@ -935,28 +940,18 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
                 const uint64_t fr = (mk >> KVMMU_P_FROZEN) & 1, mm = (mk >> KVMMU_P_MMIO) & 1;
                 const uint64_t pr = (mk >> KVMMU_P_SHADOW_PRESENT) & 1;
                 const uint64_t np = 1 ^ nz(s ^ npv);
-                /* frozen > mmio > present > non-present value > other */
-                const uint64_t kind = fr * KVMMU_KIND_FROZEN +
-                                      (1 - fr) * (mm * KVMMU_KIND_MMIO +
-                                      (1 - mm) * (pr * KVMMU_KIND_PRESENT +
-                                      (1 - pr) * ((1 - np) * KVMMU_KIND_OTHER)));
-                const uint64_t acc = ((mk >> KVMMU_P_EXECUTABLE) & 1) * ACC_EXEC +
-                                     ((mk >> KVMMU_P_WRITABLE) & 1) * ACC_WRITE +
-                                     nz(s & user) * ACC_USER;
+                /* frozen > mmio > present > non-present value > other, as mask selects */
+                uint64_t kind = KVMMU_KIND_OTHER & (np - 1);
+                kind = (kind & (pr - 1)) | (KVMMU_KIND_PRESENT & (0 - pr));
+                kind = (kind & (mm - 1)) | (KVMMU_KIND_MMIO & (0 - mm));
+                kind = (kind & (fr - 1)) | (KVMMU_KIND_FROZEN & (0 - fr));
+                const uint64_t acc = ((mk >> KVMMU_P_EXECUTABLE) & 1) |
+                                     (((mk >> KVMMU_P_WRITABLE) & 1) << 1) | (nz(s & user) << 2);
                 w1[j] = (s & base_mask) >> 12;
                 w2[j] = kind | (((s >> 52) & 3) << 8) | ((((s >> 3) & 7) & eptm) << 16) |
                         ((((s >> 6) & 1) & eptm) << 24) | (acc << 32) |
                         (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | lvl;
-                /* Spread predicate bit i to byte i (0 or 1), eight bits per word. */
-                p0[j] = (((((mk & 0xFF) * UINT64_C(0x0101010101010101)) &
-                           UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) &
-                        UINT64_C(0x0101010101010101);
-                p1[j] = (((((mk >> 8 & 0xFF) * UINT64_C(0x0101010101010101)) &
-                           UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) &
-                        UINT64_C(0x0101010101010101);
-                p2[j] = (((((mk >> 16 & 0xFF) * UINT64_C(0x0101010101010101)) &
-                           UINT64_C(0x8040201008040201)) + UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) &
-                        UINT64_C(0x0101010101010101);
+                p0[j] = mk;
             }
             /* Pass 2: interleave into 48-byte records (staged in L1 for huge outputs). */
             uint64_t *o = stream ? stage : (uint64_t *)(void *)(out + base);
@@ -964,9 +959,9 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
                 o[6 * j + 0] = sp[j];
                 o[6 * j + 1] = w1[j];
                 o[6 * j + 2] = w2[j];
-                o[6 * j + 3] = p0[j];
-                o[6 * j + 4] = p1[j];
-                o[6 * j + 5] = p2[j];
+                o[6 * j + 3] = spread[p0[j] & 0xFF];
+                o[6 * j + 4] = spread[(p0[j] >> 8) & 0xFF];
+                o[6 * j + 5] = spread[(p0[j] >> 16) & 0xFF];
             }
 #ifdef KVMMU_HAVE_STREAM
             if (stream)
