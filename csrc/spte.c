@@ -904,6 +904,31 @@ static inline uint8_t granted_access(const struct kvmmu_cfg *c, uint64_t s)
     return a;
 }
 
+#ifdef KVMMU_HAVE_STREAM
+/* Two 48-byte decode records = three aligned 32-byte streaming stores, built in registers. */
+__attribute__((target("avx2"))) static size_t
+decode_stream_pairs(uint64_t *dst, const uint64_t *sp, const uint64_t *w1, const uint64_t *w2,
+                    const uint64_t *p0, const uint64_t *spread, size_t m)
+{
+    size_t j = 0;
+    for (; j + 2 <= m; j += 2) {
+        const uint64_t pa = p0[j], pb = p0[j + 1];
+        __m256i v0 = _mm256_set_epi64x((long long)spread[pa & 0xFF], (long long)w2[j],
+                                       (long long)w1[j], (long long)sp[j]);
+        __m256i v1 = _mm256_set_epi64x((long long)w1[j + 1], (long long)sp[j + 1],
+                                       (long long)spread[(pa >> 16) & 0xFF],
+                                       (long long)spread[(pa >> 8) & 0xFF]);
+        __m256i v2 = _mm256_set_epi64x((long long)spread[(pb >> 16) & 0xFF],
+                                       (long long)spread[(pb >> 8) & 0xFF],
+                                       (long long)spread[pb & 0xFF], (long long)w2[j + 1]);
+        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j), v0);
+        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j + 4), v1);
+        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j + 8), v2);
+    }
+    return j;
+}
+#endif
+
 KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict spte,
                                const uint8_t *restrict level, uint32_t level_scalar,
                                struct kvmmu_spte_info *restrict out, size_t n, int *err)
@@ -921,11 +946,10 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
         const uint64_t eptm = ept ? ~UINT64_C(0) : 0;
         const uint64_t base_mask = cl.base_addr_mask, user = cl.user_mask, npv = cl.nonpresent_value;
         const uint64_t lvl = (uint64_t)level_scalar << 48;
-        uint64_t stage[256 * 6];
 #ifdef KVMMU_HAVE_STREAM
+        uint64_t stage[256 * 6];
         const bool stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok();
-#else
-        const bool stream = false;
+        const bool direct = ((uintptr_t)out & 31) == 0;    /* every 256-record block stays aligned */
 #endif
         pmask_setup(c, level_scalar, &k);
         /* spread[b]: bit i of b becomes byte i (0 or 1) of the word. */
@@ -953,9 +977,17 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
                         (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | lvl;
                 p0[j] = mk;
             }
-            /* Pass 2: interleave into 48-byte records (staged in L1 for huge outputs). */
-            uint64_t *o = stream ? stage : (uint64_t *)(void *)(out + base);
-            for (size_t j = 0; j < m; j++) {
+            /* Pass 2: interleave into 48-byte records; huge outputs are streamed, straight
+             * from registers when out is 32-byte aligned, else through an L1 block. */
+            size_t j0 = 0;
+            uint64_t *o = (uint64_t *)(void *)(out + base);
+#ifdef KVMMU_HAVE_STREAM
+            if (stream && direct)
+                j0 = decode_stream_pairs(o, sp, w1, w2, p0, spread, m);
+            else if (stream)
+                o = stage;
+#endif
+            for (size_t j = j0; j < m; j++) {
                 o[6 * j + 0] = sp[j];
                 o[6 * j + 1] = w1[j];
                 o[6 * j + 2] = w2[j];
@@ -964,7 +996,7 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
                 o[6 * j + 5] = spread[(p0[j] >> 16) & 0xFF];
             }
 #ifdef KVMMU_HAVE_STREAM
-            if (stream)
+            if (stream && !direct)
                 kvmmu_stream_copy(out + base, stage, m * sizeof(*out));
 #endif
         }

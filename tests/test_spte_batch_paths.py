@@ -180,3 +180,9 @@ def test_streaming_paths_equal_cached_paths():
     for i in range(0, m, 100_000):
         S.decode_batch(cfg, sptes[i:i + 100_000], out=want[i:i + 100_000])
     assert S.decode_batch(cfg, sptes).tobytes() == want.tobytes()
+    raw = np.empty(m * 48 + 64, np.uint8)
+    first = (-raw.ctypes.data) % 32
+    for off in (8, 16):                              # records not 32-byte aligned: staged path
+        view = raw[first + off:first + off + m * 48].view(S.DECODE_DTYPE)
+        S.decode_batch(cfg, sptes, out=view)
+        assert view.tobytes() == want.tobytes()
