@@ -38,8 +38,6 @@
 /* Configuration flags. */
 #define KVMMU_F_EPT                 1
 #define KVMMU_F_MMIO_ENABLED        2
-#define KVMMU_F_AD_ENABLED          4
-#define KVMMU_F_NX_HUGE             8
 #define KVMMU_F_MT_HOOK             16
 #define KVMMU_F_IGNORE_GUEST_PAT    32
 #define KVMMU_F_HAS_FROZEN          64

@@ -701,7 +701,7 @@ struct pmask_consts {
     uint64_t bit11, nb11;             /* ~0 if the MMU-present rule is bit 11, and its inverse */
     uint64_t mmio_on, special, nspecial, mmio_mask, mmio_value;
     uint64_t frozen_on, frozen_value;
-    uint64_t x_mask, xnx, hw, mw, both, lockless_both, nlockless_both, user_mask;
+    uint64_t x_mask, xnx, hw, mw, both, lockless_both, nlockless_both;
     uint64_t a_mask, d_mask, a_nz, d_nz, atm;
     uint64_t ad_always, nad_always, at_needs, at_mmuw_not_w, at_lockless;
     uint64_t ve_on, last_lv1, rsvd0, rsvd1, bad_mt_xwr;
@@ -728,7 +728,6 @@ static void pmask_setup(const struct kvmmu_cfg *c, uint32_t level, struct pmask_
     k->both = c->host_writable_mask | c->mmu_writable_mask;
     k->lockless_both = sel(rule(c, KVMMU_R_LOCKLESS_BOTH_BITS));
     k->nlockless_both = ~k->lockless_both;
-    k->user_mask = c->user_mask;
     k->a_mask = c->accessed_mask;
     k->d_mask = c->dirty_mask;
     k->a_nz = c->accessed_mask ? 1 : 0;

@@ -76,17 +76,6 @@ def same_shape(names_arrays) -> tuple:
     return shape
 
 
-def no_overlap(out: np.ndarray, *inputs: np.ndarray) -> None:
-    """Refuse an output that partly overlaps an input (exact aliasing is allowed)."""
-    for a in inputs:
-        if a is None or a is out:
-            continue
-        if np.shares_memory(out, a) and not (a.__array_interface__["data"][0] ==
-                                             out.__array_interface__["data"][0]
-                                             and a.nbytes == out.nbytes):
-            raise ArrayError("out: overlaps an input array partially")
-
-
 def ptr(a: np.ndarray, ctype: str):
     """A cffi pointer to the array's data (zero copy)."""
     return ffi.from_buffer(ctype + "[]", a)

@@ -364,8 +364,6 @@ class MmuConfig:
         flags = 0
         flags |= lib.KVMMU_F_EPT if self.is_ept else 0
         flags |= lib.KVMMU_F_MMIO_ENABLED if self.mmio_caching else 0
-        flags |= lib.KVMMU_F_AD_ENABLED if self.ad_enabled else 0
-        flags |= lib.KVMMU_F_NX_HUGE if self.nx_huge_pages else 0
         flags |= lib.KVMMU_F_MT_HOOK if self.mt_hook else 0
         flags |= lib.KVMMU_F_IGNORE_GUEST_PAT if self.ignore_guest_pat else 0
         flags |= lib.KVMMU_F_HAS_FROZEN if p.frozen_value is not None else 0
