@@ -11,8 +11,10 @@ dev:            ## rebuild pykvmmu/_core*.so in place
 test: dev
 	$(PY) -m pytest -q
 
-cwarn:          ## the C sources alone must be -Wall -Wextra clean (C11)
+cwarn:          ## the C sources alone must be -Wall -Wextra clean (C11), with gcc and (if present) clang
 	for f in csrc/*.c; do gcc -std=c11 -Wall -Wextra -Wpedantic -Werror -Icsrc -fsyntax-only $$f || exit 1; done
+	if command -v clang >/dev/null; then for f in csrc/*.c; do \
+	  clang -std=c11 -Wall -Wextra -Werror -DPYKVMMU_NO_CLONES -Icsrc -fsyntax-only $$f || exit 1; done; fi
 
 sanitize:       ## the whole test suite against an ASan+UBSan build of the core
 	PYKVMMU_SANITIZE=1 $(PY) csrc/build_core.py

@@ -46,6 +46,17 @@ kvmmu_stream_copy(void *dst, const void *src, size_t bytes)
 static inline void kvmmu_stream_fence(void) { _mm_sfence(); }
 #endif
 
+/* Hand-written AVX-512 (F, BW, DQ) kernels, used when the CPU has them. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(PYKVMMU_NO_AVX512)
+#include <immintrin.h>
+#define KVMMU_HAVE_AVX512 1
+static inline bool kvmmu_avx512_ok(void)
+{
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq");
+}
+#endif
+
 #define KVMMU_LIKELY(x) __builtin_expect(!!(x), 1)
 #define KVMMU_UNLIKELY(x) __builtin_expect(!!(x), 0)
 

@@ -42,6 +42,8 @@
 #define KVMMU_F_IGNORE_GUEST_PAT    32
 #define KVMMU_F_HAS_FROZEN          64
 #define KVMMU_F_EPT_VE_CHECK        128
+/* Portable loops only: no hand-written SIMD kernel (tests cover both paths with it). */
+#define KVMMU_F_PORTABLE            32768
 
 /* The masks KVM computes at module load, plus the profile's constants. */
 struct kvmmu_cfg {

@@ -121,8 +121,8 @@ static inline bool needs_atomic(const struct kvmmu_cfg *c, uint64_t s)
     /* v5.19+ (mmuw_not_w): the shadow-present check moved to the callers. */
     const bool mmuw_not_w = rule(c, KVMMU_R_ATOMIC_MMUW_NOT_W);
     const bool lockless = mmuw_not_w ? (!w & mmuw) : mmuw;
-    return (mmuw_not_w | is_present(c, s)) &
-           (lockless | is_access_track(c, s) | (ad & ((!a) | (w & !d))));
+    return (mmuw_not_w || is_present(c, s)) &&
+           (lockless || is_access_track(c, s) || (ad && (!a || (w && !d))));
 }
 
 static inline bool writable_invariants_ok(const struct kvmmu_cfg *c, uint64_t s)
@@ -891,18 +891,6 @@ KVMMU_HOT size_t kvmmu_spte_to_pfn_batch(const struct kvmmu_cfg *cfg, const uint
     return 0;
 }
 
-static inline uint8_t granted_access(const struct kvmmu_cfg *c, uint64_t s)
-{
-    uint8_t a = 0;
-    if (is_executable(c, s))
-        a |= ACC_EXEC;
-    if (is_writable(s))
-        a |= ACC_WRITE;
-    if (s & c->user_mask)
-        a |= ACC_USER;
-    return a;
-}
-
 #ifdef KVMMU_HAVE_STREAM
 /* Two 48-byte decode records = three aligned 32-byte streaming stores, built in registers. */
 __attribute__((target("avx2"))) static size_t
@@ -928,6 +916,239 @@ decode_stream_pairs(uint64_t *dst, const uint64_t *sp, const uint64_t *w1, const
 }
 #endif
 
+/* The record words of a uniform-level decode that do not depend on the SPTE. */
+struct decode_consts {
+    uint64_t eptm, base_mask, user, npv, lvl;
+};
+
+/*
+ * Uniform-level decode, portable: a vectorisable structure-of-arrays pass per block of 256,
+ * then the interleave into 48-byte records; huge outputs are streamed, straight from
+ * registers when out is 32-byte aligned, else through an L1 block.
+ */
+static inline __attribute__((always_inline)) void
+decode_blocks(const struct pmask_consts *k, const struct decode_consts *d,
+              const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n,
+              bool stream)
+{
+    uint64_t w1[256], w2[256], p0[256], spread[256];
+    const uint64_t eptm = d->eptm, base_mask = d->base_mask, user = d->user, npv = d->npv;
+    const uint64_t lvl = d->lvl;
+#ifdef KVMMU_HAVE_STREAM
+    uint64_t stage[256 * 6];
+    const bool direct = ((uintptr_t)out & 31) == 0;    /* every 256-record block stays aligned */
+#else
+    (void)stream;
+#endif
+    /* spread[b]: bit i of b becomes byte i (0 or 1) of the word. */
+    for (uint64_t b = 0; b < 256; b++)
+        spread[b] = ((((b * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201)) +
+                      UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
+    for (size_t base = 0; base < n; base += 256) {
+        const size_t m = n - base < 256 ? n - base : 256;
+        const uint64_t *sp = spte + base;
+        for (size_t j = 0; j < m; j++) {
+            const uint64_t s = sp[j], mk = pmask(k, s);
+            const uint64_t fr = (mk >> KVMMU_P_FROZEN) & 1, mm = (mk >> KVMMU_P_MMIO) & 1;
+            const uint64_t pr = (mk >> KVMMU_P_SHADOW_PRESENT) & 1;
+            const uint64_t np = 1 ^ nz(s ^ npv);
+            /* frozen > mmio > present > non-present value > other, as mask selects */
+            uint64_t kind = KVMMU_KIND_OTHER & (np - 1);
+            kind = (kind & (pr - 1)) | (KVMMU_KIND_PRESENT & (0 - pr));
+            kind = (kind & (mm - 1)) | (KVMMU_KIND_MMIO & (0 - mm));
+            kind = (kind & (fr - 1)) | (KVMMU_KIND_FROZEN & (0 - fr));
+            const uint64_t acc = ((mk >> KVMMU_P_EXECUTABLE) & 1) |
+                                 (((mk >> KVMMU_P_WRITABLE) & 1) << 1) | (nz(s & user) << 2);
+            w1[j] = (s & base_mask) >> 12;
+            w2[j] = kind | (((s >> 52) & 3) << 8) | ((((s >> 3) & 7) & eptm) << 16) |
+                    ((((s >> 6) & 1) & eptm) << 24) | (acc << 32) |
+                    (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | lvl;
+            p0[j] = mk;
+        }
+        size_t j0 = 0;
+        uint64_t *o = (uint64_t *)(void *)(out + base);
+#ifdef KVMMU_HAVE_STREAM
+        if (stream && direct)
+            j0 = decode_stream_pairs(o, sp, w1, w2, p0, spread, m);
+        else if (stream)
+            o = stage;
+#endif
+        for (size_t j = j0; j < m; j++) {
+            o[6 * j + 0] = sp[j];
+            o[6 * j + 1] = w1[j];
+            o[6 * j + 2] = w2[j];
+            o[6 * j + 3] = spread[p0[j] & 0xFF];
+            o[6 * j + 4] = spread[(p0[j] >> 8) & 0xFF];
+            o[6 * j + 5] = spread[(p0[j] >> 16) & 0xFF];
+        }
+#ifdef KVMMU_HAVE_STREAM
+        if (stream && !direct)
+            kvmmu_stream_copy(out + base, stage, m * sizeof(*out));
+#endif
+    }
+#ifdef KVMMU_HAVE_STREAM
+    if (stream)
+        kvmmu_stream_fence();
+#endif
+}
+
+#ifdef KVMMU_HAVE_AVX512
+#define AVX512_DECODE __attribute__((target("avx512f,avx512bw,avx512dq")))
+/*
+ * Uniform-level decode of eight SPTEs per step, all in registers: the predicates of pmask()
+ * as k-masks (one bit per SPTE), set into the predicate bytes by masked ORs; the records
+ * interleaved by two-source permutes (output vector v takes word f of record e, 8v + lane
+ * = 6e + f, from the word pairs (spte, pfn), (fields, pred[0:8]), (pred[8:16], pred[16:24]))
+ * and two blends.  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
+ */
+AVX512_DECODE static void
+decode_avx512(const struct pmask_consts *k, const struct decode_consts *d,
+              const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
+{
+    const __m512i c1 = _mm512_set1_epi64(1), c3 = _mm512_set1_epi64(3);
+    const __m512i bit1 = _mm512_set1_epi64(PT_WRITABLE_MASK), bit7 = _mm512_set1_epi64(PT_PAGE_SIZE_MASK);
+    const __m512i bit11 = _mm512_set1_epi64((long long)KBIT(11)), bit63 = _mm512_set1_epi64((long long)KBIT(63));
+    const __m512i adm = _mm512_set1_epi64((long long)SPTE_AD_MASK);
+    const __m512i mmio_m = _mm512_set1_epi64((long long)k->mmio_mask);
+    const __m512i mmio_v = _mm512_set1_epi64((long long)k->mmio_value);
+    const __m512i frozen_v = _mm512_set1_epi64((long long)k->frozen_value);
+    const __m512i xnx = _mm512_set1_epi64((long long)k->xnx), xm = _mm512_set1_epi64((long long)k->x_mask);
+    const __m512i both = _mm512_set1_epi64((long long)k->both), mw = _mm512_set1_epi64((long long)k->mw);
+    const __m512i hw = _mm512_set1_epi64((long long)k->hw), am = _mm512_set1_epi64((long long)k->a_mask);
+    const __m512i dm = _mm512_set1_epi64((long long)k->d_mask), atm = _mm512_set1_epi64((long long)k->atm);
+    const __m512i rsvd0 = _mm512_set1_epi64((long long)k->rsvd0), rsvd1 = _mm512_set1_epi64((long long)k->rsvd1);
+    const __m512i bad = _mm512_set1_epi64((long long)k->bad_mt_xwr);
+    const __m512i c63 = _mm512_set1_epi64(0x3F), c7 = _mm512_set1_epi64(7), c6 = _mm512_set1_epi64(6);
+    const __m512i npv = _mm512_set1_epi64((long long)d->npv), user = _mm512_set1_epi64((long long)d->user);
+    const __m512i base_mask = _mm512_set1_epi64((long long)d->base_mask);
+    const __m512i kind_other = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_OTHER));
+    const __m512i kind_np = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_NONPRESENT));
+    const __m512i kind_pr = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_PRESENT));
+    const __m512i kind_mm = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_MMIO));
+    const __m512i kind_fr = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_FROZEN));
+    const __m512i mt_field = _mm512_set1_epi64((long long)(d->eptm & (UINT64_C(7) << 16)));
+    const __m512i ipat_field = _mm512_set1_epi64((long long)(d->eptm & (UINT64_C(1) << 24)));
+    const __m512i saved_field = _mm512_set1_epi64((long long)(ACC_TRACK_SAVED << 40));
+    const __m512i acc_x = _mm512_set1_epi64((long long)((uint64_t)ACC_EXEC << 32));
+    const __m512i acc_w = _mm512_set1_epi64((long long)((uint64_t)ACC_WRITE << 32));
+    const __m512i acc_u = _mm512_set1_epi64((long long)((uint64_t)ACC_USER << 32));
+    const __m512i idx0 = _mm512_set_epi64(9, 1, 8, 0, 8, 0, 8, 0);
+    const __m512i idx1 = _mm512_set_epi64(10, 2, 10, 2, 9, 1, 9, 1);
+    const __m512i idx2 = _mm512_set_epi64(11, 3, 11, 3, 11, 3, 10, 2);
+    const __m512i four = _mm512_set1_epi64(4);
+    const __m512i idx3 = _mm512_add_epi64(idx0, four), idx4 = _mm512_add_epi64(idx1, four);
+    const __m512i idx5 = _mm512_add_epi64(idx2, four);
+    const __mmask8 mb0 = 0x0C, mc0 = 0x30, mb1 = 0xC3, mc1 = 0x0C, mb2 = 0x30, mc2 = 0xC3;
+    const bool mmio_on = k->mmio_on != 0, special = k->special != 0, present11 = k->bit11 != 0;
+    const bool frozen_on = k->frozen_on != 0, lockless_both = k->lockless_both != 0;
+    const bool ad_always = k->ad_always != 0, at_needs = k->at_needs != 0;
+    const __mmask8 use_a_on = k->a_nz ? 0xFF : 0, use_d_on = k->d_nz ? 0xFF : 0;
+    const __mmask8 mmuw_not_w = k->at_mmuw_not_w ? 0xFF : 0, at_lockless = k->at_lockless ? 0xFF : 0;
+    const __mmask8 ve_on = k->ve_on ? 0xFF : 0, last_lv1 = k->last_lv1 ? 0xFF : 0;
+
+    for (size_t j = 0; j < n; j += 8) {
+        const __m512i s = _mm512_loadu_si512(spte + j);
+        const __m512i adt = _mm512_and_si512(_mm512_srli_epi64(s, 52), c3);
+        const __mmask8 ad_en = _mm512_cmpneq_epi64_mask(adt, c1);
+        const __mmask8 ad_wp = _mm512_test_epi64_mask(s, adm);
+        __mmask8 mmio = 0;
+        if (mmio_on)
+            mmio = special ? _mm512_cmpeq_epi64_mask(adt, c3)
+                           : _mm512_cmpeq_epi64_mask(_mm512_and_si512(s, mmio_m), mmio_v);
+        const __mmask8 present = present11 ? _mm512_test_epi64_mask(s, bit11)
+                                           : (__mmask8)(_mm512_test_epi64_mask(s, s) & ~mmio);
+        const __mmask8 frozen = frozen_on ? _mm512_cmpeq_epi64_mask(s, frozen_v) : 0;
+        const __mmask8 large = _mm512_test_epi64_mask(s, bit7);
+        const __mmask8 w = _mm512_test_epi64_mask(s, bit1);
+        const __mmask8 x = _mm512_cmpeq_epi64_mask(_mm512_and_si512(s, xnx), xm);
+        const __mmask8 mmuw = lockless_both ? _mm512_cmpeq_epi64_mask(_mm512_and_si512(s, both), both)
+                                            : _mm512_test_epi64_mask(s, mw);
+        const __mmask8 hwb = _mm512_test_epi64_mask(s, hw);
+        const __mmask8 abit = _mm512_test_epi64_mask(s, am), dbit = _mm512_test_epi64_mask(s, dm);
+        const __mmask8 tracked = _mm512_mask_testn_epi64_mask((__mmask8)~ad_en, s, atm);
+        const __mmask8 use_a = ad_en & use_a_on, use_d = ad_en & use_d_on;
+        const __mmask8 accessed = ad_always ? abit : (__mmask8)((use_a & abit) | (~use_a & ~tracked));
+        const __mmask8 dirty = ad_always ? dbit : (__mmask8)((use_d & dbit) | (~use_d & w));
+        __mmask8 atomic;
+        if (at_needs) {
+            atomic = (__mmask8)((~w & mmuw) | ~ad_en | (w & ~dbit));
+        } else {
+            const __mmask8 lockless = (__mmask8)((~w & mmuw & mmuw_not_w) | (mmuw & at_lockless));
+            atomic = (present | mmuw_not_w) &
+                     (lockless | tracked | (ad_en & (__mmask8)(~abit | (w & ~dbit))));
+        }
+        const __mmask8 wr_mmuw = _mm512_test_epi64_mask(s, mw);
+        const __mmask8 winv = (__mmask8)((wr_mmuw & hwb) | (~wr_mmuw & ~w));
+        const __m512i rs = _mm512_mask_blend_epi64(large, rsvd0, rsvd1);
+        const __mmask8 rsvd = _mm512_test_epi64_mask(_mm512_srlv_epi64(bad, _mm512_and_si512(s, c63)), c1) |
+                              _mm512_test_epi64_mask(s, rs);
+        const __mmask8 ve = ve_on & _mm512_mask_cmpneq_epi64_mask(_mm512_testn_epi64_mask(s, bit63),
+                                                                  _mm512_and_si512(s, c7), c6);
+        const __mmask8 last = last_lv1 | large;
+        const __mmask8 np = _mm512_cmpeq_epi64_mask(s, npv);
+
+        __m512i q[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+#define PUT(p, mk) q[(p) / 8] = _mm512_mask_or_epi64(q[(p) / 8], (mk), q[(p) / 8], \
+                                                      _mm512_set1_epi64((long long)KBIT(8 * ((p) % 8))))
+        PUT(KVMMU_P_SHADOW_PRESENT, present);
+        PUT(KVMMU_P_MMIO, mmio);
+        PUT(KVMMU_P_FROZEN, frozen);
+        PUT(KVMMU_P_LARGE, large);
+        PUT(KVMMU_P_LAST, last);
+        PUT(KVMMU_P_EXECUTABLE, x);
+        PUT(KVMMU_P_WRITABLE, w);
+        PUT(KVMMU_P_MMU_WRITABLE, mmuw);
+        PUT(KVMMU_P_HOST_WRITABLE, hwb);
+        PUT(KVMMU_P_ACCESSED, accessed);
+        PUT(KVMMU_P_DIRTY, dirty);
+        PUT(KVMMU_P_AD_ENABLED, ad_en);
+        PUT(KVMMU_P_AD_NEED_WRITE_PROTECT, ad_wp);
+        PUT(KVMMU_P_ACCESS_TRACK, tracked);
+        PUT(KVMMU_P_NEEDS_ATOMIC_UPDATE, atomic);
+        PUT(KVMMU_P_WRITABLE_INVARIANTS_OK, winv);
+        PUT(KVMMU_P_RSVD, rsvd);
+        PUT(KVMMU_P_EPT_VE_POSSIBLE, ve);
+#undef PUT
+        /* frozen > mmio > present > non-present value > other */
+        __m512i f2 = _mm512_mask_mov_epi64(kind_other, np, kind_np);
+        f2 = _mm512_mask_mov_epi64(f2, present, kind_pr);
+        f2 = _mm512_mask_mov_epi64(f2, mmio, kind_mm);
+        f2 = _mm512_mask_mov_epi64(f2, frozen, kind_fr);
+        f2 = _mm512_or_si512(f2, _mm512_slli_epi64(adt, 8));
+        f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 13), mt_field, 0xF8);
+        f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 18), ipat_field, 0xF8);
+        f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, ACC_TRACK_SHIFT - 40), saved_field, 0xF8);
+        f2 = _mm512_mask_or_epi64(f2, x, f2, acc_x);
+        f2 = _mm512_mask_or_epi64(f2, w, f2, acc_w);
+        f2 = _mm512_mask_or_epi64(f2, _mm512_test_epi64_mask(s, user), f2, acc_u);
+        const __m512i f1 = _mm512_srli_epi64(_mm512_and_si512(s, base_mask), 12);
+
+        __m512i v[6];
+#define RECORDS(i, idx, mb, mc)                                                               \
+        v[i] = _mm512_mask_blend_epi64(mc, _mm512_mask_blend_epi64(mb,                           \
+                   _mm512_permutex2var_epi64(s, idx, f1), _mm512_permutex2var_epi64(f2, idx, q[0])), \
+                   _mm512_permutex2var_epi64(q[1], idx, q[2]))
+        RECORDS(0, idx0, mb0, mc0);
+        RECORDS(1, idx1, mb1, mc1);
+        RECORDS(2, idx2, mb2, mc2);
+        RECORDS(3, idx3, mb0, mc0);
+        RECORDS(4, idx4, mb1, mc1);
+        RECORDS(5, idx5, mb2, mc2);
+#undef RECORDS
+        uint64_t *o = dst + 6 * j;
+        if (nt) {
+            for (int i = 0; i < 6; i++)
+                _mm512_stream_si512((void *)(o + 8 * i), v[i]);
+        } else {
+            for (int i = 0; i < 6; i++)
+                _mm512_storeu_si512(o + 8 * i, v[i]);
+        }
+    }
+    if (nt)
+        _mm_sfence();
+}
+#endif
+
 KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict spte,
                                const uint8_t *restrict level, uint32_t level_scalar,
                                struct kvmmu_spte_info *restrict out, size_t n, int *err)
@@ -940,69 +1161,34 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
 
     if (!level && level_scalar >= 1 && level_scalar <= 5) {
         struct pmask_consts k;
-        /* Pass 1 (vectorisable): every record word as structure-of-arrays. */
-        uint64_t w1[256], w2[256], p0[256], spread[256];
-        const uint64_t eptm = ept ? ~UINT64_C(0) : 0;
-        const uint64_t base_mask = cl.base_addr_mask, user = cl.user_mask, npv = cl.nonpresent_value;
-        const uint64_t lvl = (uint64_t)level_scalar << 48;
+        const struct decode_consts d = {
+            .eptm = ept ? ~UINT64_C(0) : 0, .base_mask = cl.base_addr_mask, .user = cl.user_mask,
+            .npv = cl.nonpresent_value, .lvl = (uint64_t)level_scalar << 48,
+        };
+        bool stream = false;
 #ifdef KVMMU_HAVE_STREAM
-        uint64_t stage[256 * 6];
-        const bool stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok();
-        const bool direct = ((uintptr_t)out & 31) == 0;    /* every 256-record block stays aligned */
+        stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok();
 #endif
         pmask_setup(c, level_scalar, &k);
-        /* spread[b]: bit i of b becomes byte i (0 or 1) of the word. */
-        for (uint64_t b = 0; b < 256; b++)
-            spread[b] = ((((b * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201)) +
-                          UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
-        for (size_t base = 0; base < n; base += 256) {
-            const size_t m = n - base < 256 ? n - base : 256;
-            const uint64_t *sp = spte + base;
-            for (size_t j = 0; j < m; j++) {
-                const uint64_t s = sp[j], mk = pmask(&k, s);
-                const uint64_t fr = (mk >> KVMMU_P_FROZEN) & 1, mm = (mk >> KVMMU_P_MMIO) & 1;
-                const uint64_t pr = (mk >> KVMMU_P_SHADOW_PRESENT) & 1;
-                const uint64_t np = 1 ^ nz(s ^ npv);
-                /* frozen > mmio > present > non-present value > other, as mask selects */
-                uint64_t kind = KVMMU_KIND_OTHER & (np - 1);
-                kind = (kind & (pr - 1)) | (KVMMU_KIND_PRESENT & (0 - pr));
-                kind = (kind & (mm - 1)) | (KVMMU_KIND_MMIO & (0 - mm));
-                kind = (kind & (fr - 1)) | (KVMMU_KIND_FROZEN & (0 - fr));
-                const uint64_t acc = ((mk >> KVMMU_P_EXECUTABLE) & 1) |
-                                     (((mk >> KVMMU_P_WRITABLE) & 1) << 1) | (nz(s & user) << 2);
-                w1[j] = (s & base_mask) >> 12;
-                w2[j] = kind | (((s >> 52) & 3) << 8) | ((((s >> 3) & 7) & eptm) << 16) |
-                        ((((s >> 6) & 1) & eptm) << 24) | (acc << 32) |
-                        (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | lvl;
-                p0[j] = mk;
-            }
-            /* Pass 2: interleave into 48-byte records; huge outputs are streamed, straight
-             * from registers when out is 32-byte aligned, else through an L1 block. */
-            size_t j0 = 0;
-            uint64_t *o = (uint64_t *)(void *)(out + base);
-#ifdef KVMMU_HAVE_STREAM
-            if (stream && direct)
-                j0 = decode_stream_pairs(o, sp, w1, w2, p0, spread, m);
-            else if (stream)
-                o = stage;
-#endif
-            for (size_t j = j0; j < m; j++) {
-                o[6 * j + 0] = sp[j];
-                o[6 * j + 1] = w1[j];
-                o[6 * j + 2] = w2[j];
-                o[6 * j + 3] = spread[p0[j] & 0xFF];
-                o[6 * j + 4] = spread[(p0[j] >> 8) & 0xFF];
-                o[6 * j + 5] = spread[(p0[j] >> 16) & 0xFF];
-            }
-#ifdef KVMMU_HAVE_STREAM
-            if (stream && !direct)
-                kvmmu_stream_copy(out + base, stage, m * sizeof(*out));
-#endif
+#ifdef KVMMU_HAVE_AVX512
+        if (!(cl.flags & KVMMU_F_PORTABLE) && kvmmu_avx512_ok()) {
+            /* Records before the first 64-byte aligned one (when out is 16-byte aligned) and
+             * the last n % 8 go through the portable blocks. */
+            size_t head = 0;
+            if (((uintptr_t)out & 15) == 0)
+                while (head < n && head < 4 && ((uintptr_t)(out + head) & 63))
+                    head++;
+            const bool nt = stream && ((uintptr_t)(out + head) & 63) == 0;
+            if (!nt)
+                head = 0;
+            const size_t body = (n - head) & ~(size_t)7;
+            decode_blocks(&k, &d, spte, out, head, false);
+            decode_avx512(&k, &d, spte + head, (uint64_t *)(void *)(out + head), body, nt);
+            decode_blocks(&k, &d, spte + head + body, out + head + body, n - head - body, false);
+            return 0;
         }
-#ifdef KVMMU_HAVE_STREAM
-        if (stream)
-            kvmmu_stream_fence();
 #endif
+        decode_blocks(&k, &d, spte, out, n, stream);
         return 0;
     }
 

@@ -372,6 +372,14 @@ class MmuConfig:
         c.maxphyaddr = self.maxphyaddr
         return c
 
+    def _portable_copy(self) -> "MmuConfig":
+        """An equal configuration whose C struct switches the core's hand-written SIMD
+        kernels off (KVMMU_F_PORTABLE), so tests can hold both paths to the same results."""
+        from ._ffi import lib
+        twin = self.replace()
+        twin._cptr.flags |= lib.KVMMU_F_PORTABLE
+        return twin
+
     def replace(self, **changes) -> "MmuConfig":
         """A copy with some fields changed (validated again)."""
         changes.setdefault("mmio_fired", self.mmio_fired)

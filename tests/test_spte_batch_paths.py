@@ -136,10 +136,21 @@ def test_decode_fast_path_equals_per_element_path(cfg):
     special = np.array([cfg.profile.nonpresent_value, cfg.profile.frozen_value or 0,
                         cfg.mmio_value, 0], dtype=np.uint64)
     vals = np.concatenate([made, S.access_track_batch(cfg, made), raw, special])
+    portable = cfg._portable_copy()
     for lv in (1, 2, 3, 4, 5):
         fast = S.decode_batch(cfg, vals, lv)
         slow = S.decode_batch(cfg, vals, np.full(vals.shape, lv, np.uint8))
         assert fast.tobytes() == slow.tobytes()
+        assert S.decode_batch(portable, vals, lv).tobytes() == fast.tobytes()
+    # Every length around the 8-record SIMD step, from every 8-byte offset of out.
+    raw_out = np.empty(40 * 48 + 64, np.uint8)
+    first = (-raw_out.ctypes.data) % 64
+    for n in range(0, 40):
+        off = 8 * (n % 8)
+        view = raw_out[first + off:first + off + n * 48].view(S.DECODE_DTYPE)
+        S.decode_batch(cfg, vals[n:2 * n], 2, out=view)
+        want = S.decode_batch(cfg, vals[n:2 * n], np.full(n, 2, np.uint8))
+        assert view.tobytes() == want.tobytes(), n
     rec = S.decode_batch(cfg, vals, 1)
     for v, k in zip(vals[-10:].tolist() + vals[:50].tolist(), rec["kind"][-10:].tolist() + rec["kind"][:50].tolist()):
         want = (3 if S.is_frozen_spte(cfg, v) else 2 if S.is_mmio_spte(cfg, v)
@@ -180,9 +191,13 @@ def test_streaming_paths_equal_cached_paths():
     for i in range(0, m, 100_000):
         S.decode_batch(cfg, sptes[i:i + 100_000], out=want[i:i + 100_000])
     assert S.decode_batch(cfg, sptes).tobytes() == want.tobytes()
-    raw = np.empty(m * 48 + 64, np.uint8)
-    first = (-raw.ctypes.data) % 32
-    for off in (8, 16):                              # records not 32-byte aligned: staged path
-        view = raw[first + off:first + off + m * 48].view(S.DECODE_DTYPE)
-        S.decode_batch(cfg, sptes, out=view)
-        assert view.tobytes() == want.tobytes()
+    raw = np.empty(m * 48 + 128, np.uint8)
+    first = (-raw.ctypes.data) % 64
+    # Portable: 32-byte aligned records stream from registers, others through an L1 block.
+    # AVX-512: 16-byte aligned outputs stream after 0-3 head records, others use plain stores.
+    for c in (cfg, cfg._portable_copy()):
+        for off in (0, 8, 16, 24, 32, 48):
+            view = raw[first + off:first + off + m * 48].view(S.DECODE_DTYPE)
+            view.view(np.uint8)[:] = 0xA5
+            S.decode_batch(c, sptes, out=view)
+            assert view.tobytes() == want.tobytes(), (c, off)
