@@ -12,7 +12,11 @@ import pytest
 N = int(os.environ.get("PYKVMMU_BENCH_N", 16 * 1024 * 1024))
 #: Elements the pure-Python reference is timed on (its ratio is per element).
 REF_N = int(os.environ.get("PYKVMMU_BENCH_REF_N", 20000))
-KINDS = ("core", "memcpy", "numpy", "reference")
+KINDS = ("core", "core1t", "memcpy", "numpy", "reference")
+#: The core is timed twice per group: ``core`` as called by default (large batches split
+#: over the CPUs, pykvmmu._par) and ``core1t`` on one thread (threads=1).
+CORE_THREADS = {"core": None, "core1t": 1}
+core_kinds = pytest.mark.parametrize("core", list(CORE_THREADS))
 
 
 def bench(benchmark, group, kind, elements, fn, *args, rounds=5, **kwargs):

@@ -33,28 +33,32 @@ def rows(groups):
     out = []
     for g in sorted(groups):
         kinds = groups[g]
-        if "core" not in kinds:
-            continue
-        for ns_core, name, n in kinds["core"]:
-            r = {"group": g, "case": name.split("[")[-1].rstrip("]") if "[" in name else name,
-                 "n": n, "ns_core": ns_core}
-            for base in ("memcpy", "numpy", "reference"):
-                if base in kinds:
-                    ns_base = min(k[0] for k in kinds[base])
-                    r[base] = ns_base / ns_core
-                    r["ns_" + base] = ns_base
-            out.append(r)
+        for kind in ("core", "core1t"):
+            for ns_core, name, n in kinds.get(kind, []):
+                out.append(_row(g, kinds, kind, ns_core, name, n))
     return out
 
 
+def _row(g, kinds, kind, ns_core, name, n):
+    """One measured core case of group g with its ratios to the group's baselines."""
+    r = {"group": g, "case": name.split("[")[-1].rstrip("]") if "[" in name else name,
+         "n": n, "ns_core": ns_core, "threads": "1" if kind == "core1t" else "auto"}
+    for base in ("memcpy", "numpy", "reference"):
+        if base in kinds:
+            ns_base = min(k[0] for k in kinds[base])
+            r[base] = ns_base / ns_core
+            r["ns_" + base] = ns_base
+    return r
+
+
 def markdown(table):
-    lines = ["| group | elements | core ns/elem | vs memcpy | vs numpy | vs reference |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| group | elements | core threads | core ns/elem | vs memcpy | vs numpy | vs reference |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in table:
         def f(k):
             return f"{r[k]:.2f}x" if k in r else "-"
-        lines.append(f"| {r['group']} | {r['n']:,} | {r['ns_core']:.3f} | {f('memcpy')} | "
-                     f"{f('numpy')} | {f('reference')} |")
+        lines.append(f"| {r['group']} | {r['n']:,} | {r['threads']} | {r['ns_core']:.3f} | "
+                     f"{f('memcpy')} | {f('numpy')} | {f('reference')} |")
     return "\n".join(lines)
 
 
@@ -65,7 +69,7 @@ def plot(table, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    labels = [r["group"] for r in table]
+    labels = [r["group"] + (" (1 thread)" if r["threads"] == "1" else "") for r in table]
     fig, ax = plt.subplots(figsize=(10, 0.4 * len(labels) + 1.5))
     y = range(len(labels))
     for i, (base, color) in enumerate((("memcpy", "tab:blue"), ("numpy", "tab:orange"))):

@@ -7,7 +7,7 @@ pure-Python reference on a small sample (ratios are per element).
 import numpy as np
 import pytest
 
-from conftest import N, REF_N, bench, memcpy_case
+from conftest import CORE_THREADS, N, REF_N, bench, memcpy_case
 from pykvmmu import mmio as M
 from pykvmmu.config import MmuConfig
 from pykvmmu.ref import mmio as R
@@ -44,12 +44,13 @@ def numpy_make(cfg, gfn, out, tmp):
 
 
 @pytest.mark.parametrize("name,cfg", [("ept", EPT), ("l1tf", L1TF)])
-@pytest.mark.parametrize("kind", ["core", "memcpy", "numpy", "reference"])
+@pytest.mark.parametrize("kind", ["core", "core1t", "memcpy", "numpy", "reference"])
 def test_make(benchmark, gfns, name, cfg, kind):
     group = f"mmio.make 16M {name}"
-    if kind == "core":
+    if kind in CORE_THREADS:
         out = np.empty_like(gfns)
-        bench(benchmark, group, kind, N, M.make_mmio_spte_batch, cfg, gfns, 7, GEN, out=out)
+        bench(benchmark, group, kind, N, M.make_mmio_spte_batch, cfg, gfns, 7, GEN, out=out,
+              threads=CORE_THREADS[kind])
     elif kind == "memcpy":
         memcpy_case(benchmark, group, N * 8, N)
     elif kind == "numpy":
@@ -89,14 +90,14 @@ DECODERS = {
 
 
 @pytest.mark.parametrize("field", sorted(DECODERS))
-@pytest.mark.parametrize("kind", ["core", "memcpy", "numpy", "reference"])
+@pytest.mark.parametrize("kind", ["core", "core1t", "memcpy", "numpy", "reference"])
 def test_decode(benchmark, l1tf_sptes, field, kind):
     core, npf, ref = DECODERS[field]
     group = f"mmio.decode_{field} 16M l1tf"
     s = l1tf_sptes
-    if kind == "core":
+    if kind in CORE_THREADS:
         out = np.empty_like(s)
-        bench(benchmark, group, kind, N, core, L1TF, s, out=out)
+        bench(benchmark, group, kind, N, core, L1TF, s, out=out, threads=CORE_THREADS[kind])
     elif kind == "memcpy":
         memcpy_case(benchmark, group, N * 8, N)
     elif kind == "numpy":
@@ -119,14 +120,15 @@ def numpy_check(cfg, s, gen, out, tmp):
     return out
 
 
-@pytest.mark.parametrize("kind", ["core", "memcpy", "numpy", "reference"])
+@pytest.mark.parametrize("kind", ["core", "core1t", "memcpy", "numpy", "reference"])
 def test_check(benchmark, l1tf_sptes, kind):
     group = "mmio.check 16M"
     s = l1tf_sptes
     gen = GEN + 2
-    if kind == "core":
+    if kind in CORE_THREADS:
         out = np.empty(s.shape, dtype=np.bool_)
-        bench(benchmark, group, kind, N, M.check_mmio_spte_batch, L1TF, s, gen, out=out)
+        bench(benchmark, group, kind, N, M.check_mmio_spte_batch, L1TF, s, gen, out=out,
+              threads=CORE_THREADS[kind])
     elif kind == "memcpy":
         memcpy_case(benchmark, group, N * 8, N)
     elif kind == "numpy":

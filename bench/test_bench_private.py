@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import N, REF_N, bench, memcpy_case
+from conftest import CORE_THREADS, N, REF_N, bench, core_kinds, memcpy_case
 from pykvmmu import private as P
 from pykvmmu.ref import private as R
 
@@ -50,12 +50,13 @@ def numpy_classify(vm_type, gpa, ec, out_gfn, out_ec, out_p, tmp):
     return nsyn
 
 
+@core_kinds
 @pytest.mark.parametrize("vm", ["snp", "tdx"])
-def test_classify_core(benchmark, faults, vm):
+def test_classify_core(benchmark, faults, vm, core):
     gpa, ec = faults
     outs = (np.empty_like(gpa), np.empty_like(gpa), np.empty(N, dtype=np.bool_))
-    bench(benchmark, f"private.classify 16M {vm}", "core", N, P.classify_batch, vm, gpa, ec,
-          out_gfn=outs[0], out_ec=outs[1], out_private=outs[2])
+    bench(benchmark, f"private.classify 16M {vm}", core, N, P.classify_batch, vm, gpa, ec,
+          out_gfn=outs[0], out_ec=outs[1], out_private=outs[2], threads=CORE_THREADS[core])
 
 
 @pytest.mark.parametrize("vm", ["snp", "tdx"])

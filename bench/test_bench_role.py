@@ -8,7 +8,7 @@ pack/unpack, the uint64 gfns for hashing), the best plain-numpy formulation of t
 import numpy as np
 import pytest
 
-from conftest import N, REF_N, bench, memcpy_case
+from conftest import CORE_THREADS, N, REF_N, bench, core_kinds, memcpy_case
 from pykvmmu import role as R
 from pykvmmu.ref import role as ref
 
@@ -83,9 +83,10 @@ def test_numpy_formulations_agree(words, rows, gfns):
 G_PACK = "role.pack 16M (newest layout, 16-byte rows -> u32)"
 
 
-def test_pack_core(benchmark, rows, words):
+@core_kinds
+def test_pack_core(benchmark, rows, words, core):
     out = np.empty(N, dtype=np.uint32)
-    bench(benchmark, G_PACK, "core", N, R.pack_batch, ERA, rows, out=out)
+    bench(benchmark, G_PACK, core, N, R.pack_batch, ERA, rows, out=out, threads=CORE_THREADS[core])
     assert np.array_equal(out, words)
 
 
@@ -108,9 +109,10 @@ def test_pack_reference(benchmark, rows):
 G_UNPACK = "role.unpack 16M (newest layout, u32 -> 16-byte rows)"
 
 
-def test_unpack_core(benchmark, words, rows):
+@core_kinds
+def test_unpack_core(benchmark, words, rows, core):
     out = np.empty(N, dtype=LAY.dtype)
-    bench(benchmark, G_UNPACK, "core", N, R.unpack_batch, ERA, words, out=out)
+    bench(benchmark, G_UNPACK, core, N, R.unpack_batch, ERA, words, out=out, threads=CORE_THREADS[core])
     assert np.array_equal(out.view(np.uint8), rows.view(np.uint8))
 
 
@@ -133,9 +135,10 @@ def test_unpack_reference(benchmark, words):
 G_HASH = "role.kvm_page_table_hashfn 16M (u64 gfn -> u32 bucket)"
 
 
-def test_hash_core(benchmark, gfns):
+@core_kinds
+def test_hash_core(benchmark, gfns, core):
     out = np.empty(N, dtype=np.uint32)
-    bench(benchmark, G_HASH, "core", N, R.hash_batch, gfns, out=out)
+    bench(benchmark, G_HASH, core, N, R.hash_batch, gfns, out=out, threads=CORE_THREADS[core])
 
 
 def test_hash_memcpy(benchmark):

@@ -6,7 +6,7 @@ the same rule (checked once against the core's output), the pure-Python referenc
 import numpy as np
 import pytest
 
-from conftest import N, REF_N, bench, memcpy_case
+from conftest import CORE_THREADS, N, REF_N, bench, core_kinds, memcpy_case
 from pykvmmu import spte as S
 from pykvmmu.config import MmuConfig
 
@@ -47,9 +47,11 @@ def numpy_make_spte_uniform(pfn, template, out):
     return out
 
 
-def test_make_spte_uniform_core(benchmark, pfns):
+@core_kinds
+def test_make_spte_uniform_core(benchmark, pfns, core):
     out = np.empty_like(pfns)
-    bench(benchmark, "spte.make_spte 16M shared inputs", "core", N, S.make_spte_batch, CFG, pfns, out=out)
+    bench(benchmark, "spte.make_spte 16M shared inputs", core, N, S.make_spte_batch, CFG, pfns, out=out,
+          threads=CORE_THREADS[core])
 
 
 def test_make_spte_uniform_memcpy(benchmark):
@@ -111,11 +113,12 @@ def numpy_make_spte_general(pfn, level, acc, flags):
     return s
 
 
-def test_make_spte_general_core(benchmark, pfns, per_elem):
+@core_kinds
+def test_make_spte_general_core(benchmark, pfns, per_elem, core):
     level, access, flags = per_elem
     out = np.empty_like(pfns)
-    bench(benchmark, "spte.make_spte 16M per-element inputs", "core", N, S.make_spte_batch, CFG,
-          pfns, level=level, pte_access=access, flags=flags, out=out)
+    bench(benchmark, "spte.make_spte 16M per-element inputs", core, N, S.make_spte_batch, CFG,
+          pfns, level=level, pte_access=access, flags=flags, out=out, threads=CORE_THREADS[core])
 
 
 def test_make_spte_general_memcpy(benchmark):
@@ -166,10 +169,12 @@ def numpy_needs_atomic(s):
     return (~w & mmuw) | ~ad_en | (w & ~d)
 
 
+@core_kinds
 @pytest.mark.parametrize("pred", ["is_shadow_present_pte", "spte_needs_atomic_update", "is_mmio_spte"])
-def test_pred_core(benchmark, sptes, pred):
+def test_pred_core(benchmark, sptes, pred, core):
     out = np.empty(sptes.shape, dtype=np.bool_)
-    bench(benchmark, f"spte.{pred} 16M", "core", N, S.predicate_batch, CFG, pred, sptes, out=out)
+    bench(benchmark, f"spte.{pred} 16M", core, N, S.predicate_batch, CFG, pred, sptes, out=out,
+          threads=CORE_THREADS[core])
 
 
 @pytest.mark.parametrize("pred", ["is_shadow_present_pte", "spte_needs_atomic_update", "is_mmio_spte"])
@@ -214,9 +219,11 @@ def test_pred_scalar_core(benchmark, sptes):
 
 
 # --------------------------------------------------------------------- decode
-def test_decode_core(benchmark, sptes):
+@core_kinds
+def test_decode_core(benchmark, sptes, core):
     out = np.empty(sptes.shape, dtype=S.DECODE_DTYPE)
-    bench(benchmark, "spte.decode_batch 16M", "core", N, S.decode_batch, CFG, sptes, out=out, rounds=3)
+    bench(benchmark, "spte.decode_batch 16M", core, N, S.decode_batch, CFG, sptes, out=out,
+          threads=CORE_THREADS[core], rounds=3)
 
 
 def test_decode_memcpy(benchmark):

@@ -79,3 +79,10 @@ def same_shape(names_arrays) -> tuple:
 def ptr(a: np.ndarray, ctype: str):
     """A cffi pointer to the array's data (zero copy)."""
     return ffi.from_buffer(ctype + "[]", a)
+
+
+def ptr_at(a: np.ndarray | None, ctype: str, lo: int):
+    """A cffi pointer to element ``lo`` of the flattened array, or NULL for ``None``."""
+    if a is None:
+        return ffi.NULL
+    return ffi.from_buffer(ctype + "[]", a) + lo

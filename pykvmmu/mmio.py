@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._batch import bad_u64, in_array, out_array, ptr, same_shape, uint
+from . import _par
+from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
 from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_USER_MASK, ACC_WRITE_MASK, GENMASK, PT_PRESENT_MASK,
                      PT_USER_MASK, PT_WRITABLE_MASK, SHADOW_NONPRESENT_OR_RSVD_MASK_LEN,
@@ -133,11 +134,12 @@ def _u64_arg(name, v, shapes):
 
 
 def make_mmio_spte_batch(cfg: MmuConfig, gfn: np.ndarray, access=ACC_ALL, generation=0,
-                         out: np.ndarray | None = None) -> np.ndarray:
+                         out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Batch ``make_mmio_spte()``: one MMIO SPTE per gfn (uint64 array).
 
     ``access`` and ``generation`` are scalars or uint64 arrays of the gfn array's shape.
-    The whole batch is validated before anything is written.
+    A bad element raises InputError naming the first one (``out`` then holds unspecified
+    data).  ``threads``: see :mod:`pykvmmu._par` (None: automatic).
     """
     in_array("gfn", gfn, np.uint64)
     shapes = [("gfn", gfn)]
@@ -147,17 +149,20 @@ def make_mmio_spte_batch(cfg: MmuConfig, gfn: np.ndarray, access=ACC_ALL, genera
     ge_a, ge_s = _u64_arg("generation", generation, shapes)
     shape = same_shape(shapes)
     out = out_array("out", out, np.uint64, shape)
-    err = ffi.new("int *")
-    nul = ffi.NULL
-    bad = lib.kvmmu_mmio_make_batch(cfg._cptr, ptr(gfn, "uint64_t"),
-                                    ptr(ac_a, "uint64_t") if ac_a is not None else nul, ac_s,
-                                    ptr(ge_a, "uint64_t") if ge_a is not None else nul, ge_s,
-                                    ptr(out, "uint64_t"), gfn.size, err)
+    c = cfg._cptr
+
+    def part(lo, hi):
+        err = ffi.new("int *")
+        bad = lib.kvmmu_mmio_make_batch(c, ptr_at(gfn, "uint64_t", lo), ptr_at(ac_a, "uint64_t", lo),
+                                        ac_s, ptr_at(ge_a, "uint64_t", lo), ge_s,
+                                        ptr_at(out, "uint64_t", lo), hi - lo, err)
+        return bad, err[0]
+    bad, code = _par.run(gfn.size, threads, part)
     if bad:
         i = bad - 1
-        name, arr = ("gfn", gfn) if err[0] == lib.KVMMU_MMIO_E_GFN else ("access", ac_a)
+        name, arr = ("gfn", gfn) if code == lib.KVMMU_MMIO_E_GFN else ("access", ac_a)
         raise InputError(f"make_mmio_spte_batch: element {i} ({name}[{i}]="
-                         f"{int(arr.reshape(-1)[i]):#x}): {_ERRORS[err[0]]}")
+                         f"{int(arr.reshape(-1)[i]):#x}): {_ERRORS[code]}")
     return out
 
 
@@ -189,33 +194,38 @@ def get_mmio_spte_generation(cfg: MmuConfig, spte: int) -> int:
         raise bad_u64("spte", spte) from None
 
 
-def _get_batch(cfg, which, spte, out):
+def _get_batch(cfg, which, spte, out, threads):
     in_array("spte", spte, np.uint64)
     out = out_array("out", out, np.uint64, spte.shape)
-    lib.kvmmu_mmio_get_batch(cfg._cptr, which, ptr(spte, "uint64_t"), ptr(out, "uint64_t"), spte.size)
+    c = cfg._cptr
+    _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_mmio_get_batch(
+        c, which, ptr_at(spte, "uint64_t", lo), ptr_at(out, "uint64_t", lo), hi - lo))
     return out
 
 
-def get_mmio_spte_gfn_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def get_mmio_spte_gfn_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None,
+                            threads: int | None = None) -> np.ndarray:
     """Batch ``get_mmio_spte_gfn()`` (uint64 in, uint64 out)."""
-    return _get_batch(cfg, lib.KVMMU_MMIO_GET_GFN, spte, out)
+    return _get_batch(cfg, lib.KVMMU_MMIO_GET_GFN, spte, out, threads)
 
 
 def get_mmio_spte_access_batch(cfg: MmuConfig, spte: np.ndarray,
-                               out: np.ndarray | None = None) -> np.ndarray:
+                               out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Batch ``get_mmio_spte_access()`` (uint64 in, uint64 out)."""
-    return _get_batch(cfg, lib.KVMMU_MMIO_GET_ACCESS, spte, out)
+    return _get_batch(cfg, lib.KVMMU_MMIO_GET_ACCESS, spte, out, threads)
 
 
 def get_mmio_spte_generation_batch(cfg: MmuConfig, spte: np.ndarray,
-                                   out: np.ndarray | None = None) -> np.ndarray:
+                                   out: np.ndarray | None = None,
+                                   threads: int | None = None) -> np.ndarray:
     """Batch ``get_mmio_spte_generation()`` (uint64 in, uint64 out)."""
-    return _get_batch(cfg, lib.KVMMU_MMIO_GET_GENERATION, spte, out)
+    return _get_batch(cfg, lib.KVMMU_MMIO_GET_GENERATION, spte, out, threads)
 
 
-def is_mmio_spte_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def is_mmio_spte_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None,
+                       threads: int | None = None) -> np.ndarray:
     """Batch ``is_mmio_spte()`` (bool array); the scalar form is ``pykvmmu.spte.is_mmio_spte``."""
-    return predicate_batch(cfg, "is_mmio_spte", spte, out=out)
+    return predicate_batch(cfg, "is_mmio_spte", spte, out=out, threads=threads)
 
 
 def mmio_gfn_lost_bits(cfg: MmuConfig) -> int:
@@ -238,16 +248,17 @@ def check_mmio_spte(cfg: MmuConfig, spte: int, memslots_generation: int) -> bool
 
 
 def check_mmio_spte_batch(cfg: MmuConfig, spte: np.ndarray, memslots_generation,
-                          out: np.ndarray | None = None) -> np.ndarray:
+                          out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Batch ``check_mmio_spte()``; ``memslots_generation`` is a scalar or a uint64 array."""
     in_array("spte", spte, np.uint64)
     shapes = [("spte", spte)]
     ge_a, ge_s = _u64_arg("memslots_generation", memslots_generation, shapes)
     shape = same_shape(shapes)
     out = out_array("out", out, np.bool_, shape)
-    lib.kvmmu_mmio_check_batch(cfg._cptr, ptr(spte, "uint64_t"),
-                               ptr(ge_a, "uint64_t") if ge_a is not None else ffi.NULL, ge_s,
-                               ptr(out, "uint8_t"), spte.size)
+    c = cfg._cptr
+    _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_mmio_check_batch(
+        c, ptr_at(spte, "uint64_t", lo), ptr_at(ge_a, "uint64_t", lo), ge_s,
+        ptr_at(out, "uint8_t", lo), hi - lo))
     return out
 
 
@@ -266,16 +277,17 @@ def mmio_fault_outcome(cfg: MmuConfig, spte: int, memslots_generation: int) -> s
 
 
 def mmio_fault_outcome_batch(cfg: MmuConfig, spte: np.ndarray, memslots_generation,
-                             out: np.ndarray | None = None) -> np.ndarray:
+                             out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Batch :func:`mmio_fault_outcome`: uint8 codes indexing FAULT_OUTCOMES."""
     in_array("spte", spte, np.uint64)
     shapes = [("spte", spte)]
     ge_a, ge_s = _u64_arg("memslots_generation", memslots_generation, shapes)
     shape = same_shape(shapes)
     out = out_array("out", out, np.uint8, shape)
-    lib.kvmmu_mmio_fault_outcome_batch(cfg._cptr, ptr(spte, "uint64_t"),
-                                       ptr(ge_a, "uint64_t") if ge_a is not None else ffi.NULL,
-                                       ge_s, ptr(out, "uint8_t"), spte.size)
+    c = cfg._cptr
+    _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_mmio_fault_outcome_batch(
+        c, ptr_at(spte, "uint64_t", lo), ptr_at(ge_a, "uint64_t", lo), ge_s,
+        ptr_at(out, "uint8_t", lo), hi - lo))
     return out
 
 

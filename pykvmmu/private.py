@@ -20,7 +20,8 @@ from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
-from ._batch import in_array, out_array, ptr, same_shape, uint
+from . import _par
+from ._batch import in_array, out_array, ptr, ptr_at, same_shape, uint
 from ._ffi import ffi, lib
 from .errors import InputError
 
@@ -614,7 +615,7 @@ def format_policy_table(rows=None) -> str:
 # ------------------------------------------------------------------ batch path
 def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: int = 52,
                    attrs=None, sw_protected_enabled: bool = True, out_gfn=None, out_ec=None,
-                   out_private=None):
+                   out_private=None, threads: int | None = None):
     """Upstream classification (:func:`kvm_mmu_do_page_fault`) of arrays of faults, in C.
 
     ``gpa`` and ``error_code`` are uint64 arrays of one shape; ``attrs`` (SW-protected VMs) is
@@ -622,6 +623,7 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
     ``(start_gfn, end_gfn)`` of the private ranges.  Returns ``(gfn, error_code, is_private,
     n_synthetic_collisions)``: the stripped gfns, the error codes with bit 49 set/cleared, a
     bool array, and how many inputs carried synthetic bits (WARNed and cleared).
+    ``threads``: see :mod:`pykvmmu._par` (None: automatic).
     """
     vt = vm_type_number(vm_type)
     in_array("gpa", gpa, np.uint64)
@@ -654,12 +656,16 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
     pol.vm_type = vt
     pol.flags = lib.KVMMU_PF_F_SW_PROTECTED if sw_protected_enabled else 0
     pol.gfn_direct_bits = gfn_direct_bits(vt, gpaw)
-    nsyn = ffi.new("uint64_t *")
-    lib.kvmmu_private_classify_batch(pol, ptr(gpa, "uint64_t"), ptr(error_code, "uint64_t"),
-                                     ptr(starts, "uint64_t"), ptr(ends, "uint64_t"), starts.size,
-                                     ptr(og, "uint64_t"), ptr(oe, "uint64_t"), ptr(op, "uint8_t"),
-                                     gpa.size, nsyn)
-    return og, oe, op, int(nsyn[0])
+    ps, pe = ptr(starts, "uint64_t"), ptr(ends, "uint64_t")
+
+    def part(lo, hi):
+        nsyn = ffi.new("uint64_t *")
+        lib.kvmmu_private_classify_batch(pol, ptr_at(gpa, "uint64_t", lo),
+                                         ptr_at(error_code, "uint64_t", lo), ps, pe, starts.size,
+                                         ptr_at(og, "uint64_t", lo), ptr_at(oe, "uint64_t", lo),
+                                         ptr_at(op, "uint8_t", lo), hi - lo, nsyn)
+        return int(nsyn[0])
+    return og, oe, op, sum(_par.map_parts(gpa.size, threads, part))
 
 
 if __name__ == "__main__":  # pragma: no cover - regenerates the docs table

@@ -15,7 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ._batch import in_array, out_array, ptr, uint
+from . import _par
+from ._batch import in_array, out_array, ptr, ptr_at, uint
 from ._ffi import ffi, lib
 from .errors import InputError, ProfileError
 
@@ -140,35 +141,46 @@ class RoleLayout:
                              f"uint8 array of shape (n, {self.row}); got shape {fields.shape}")
         return fields, fields.shape[:1]
 
-    def pack_batch(self, fields: np.ndarray, out=None) -> np.ndarray:
+    def pack_batch(self, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
         rows, shape = self._rows("fields", fields)
         wt = np.uint32 if self.word_bits == 32 else np.uint64
         out = out_array("out", out, wt, shape)
-        err = ffi.new("int *")
         n = int(np.prod(shape))
         fn = lib.kvmmu_role_pack_batch32 if self.word_bits == 32 else lib.kvmmu_role_pack_batch64
-        idx = fn(self._c, ptr(rows, "uint8_t"), ptr(out, "uint32_t" if self.word_bits == 32
-                                                     else "uint64_t"), n, err)
+        ot = "uint32_t" if self.word_bits == 32 else "uint64_t"
+
+        def part(lo, hi):
+            err = ffi.new("int *")
+            return fn(self._c, ptr_at(rows, "uint8_t", lo * self.row), ptr_at(out, ot, lo),
+                      hi - lo, err), err[0]
+        idx, code = _par.run(n, threads, part)
         if idx:
             i = idx - 1
             r = rows.reshape(-1, self.row)[i]
             bad = [f"{f.name}={int(r[k])} (width {f.width})" for k, f in enumerate(self.fields)
                    if r[k] >> f.width] + [f"pad byte {k}={int(r[k])}"
                                           for k in range(len(self.fields), self.row) if r[k]]
-            raise RoleFieldError(f"fields[{i}]: {', '.join(bad)}: {_ERRS[err[0]]} ({self.name})")
+            raise RoleFieldError(f"fields[{i}]: {', '.join(bad)}: {_ERRS[code]} ({self.name})")
         return out
 
-    def unpack_batch(self, words: np.ndarray, out=None, strict: bool = True) -> np.ndarray:
+    def unpack_batch(self, words: np.ndarray, out=None, strict: bool = True,
+                     threads: int | None = None) -> np.ndarray:
         wt = np.uint32 if self.word_bits == 32 else np.uint64
         in_array("words", words, wt)
         out = out_array("out", out, self.dtype, words.shape)
-        err = ffi.new("int *")
         fn = lib.kvmmu_role_unpack_batch32 if self.word_bits == 32 else lib.kvmmu_role_unpack_batch64
-        idx = fn(self._c, ptr(words, "uint32_t" if self.word_bits == 32 else "uint64_t"),
-                 ptr(out.view(np.uint8), "uint8_t"), words.size, bool(strict), err)
+        wt_c = "uint32_t" if self.word_bits == 32 else "uint64_t"
+        rows = out.view(np.uint8)
+        st = bool(strict)
+
+        def part(lo, hi):
+            err = ffi.new("int *")
+            return fn(self._c, ptr_at(words, wt_c, lo), ptr_at(rows, "uint8_t", lo * self.row),
+                      hi - lo, st, err), err[0]
+        idx, code = _par.run(words.size, threads, part)
         if idx:
             w = int(words.reshape(-1)[idx - 1])
-            raise RoleFieldError(f"words[{idx - 1}]={w:#x}: {_ERRS[err[0]]} "
+            raise RoleFieldError(f"words[{idx - 1}]={w:#x}: {_ERRS[code]} "
                                  f"({w & ~self.used_mask:#x}, layout {self.name})")
         return out
 
@@ -469,14 +481,15 @@ def unpack(era, word: int, strict: bool = False) -> Role:
     return Role(era, uint("word", word, 32), era.base.unpack(word, strict))
 
 
-def pack_batch(era, fields: np.ndarray, out=None) -> np.ndarray:
+def pack_batch(era, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
     """Batch pack: a structured array of ``role_dtype(era)`` (or uint8 (n, 16)) to uint32 words."""
-    return get_era(era).base.pack_batch(fields, out)
+    return get_era(era).base.pack_batch(fields, out, threads)
 
 
-def unpack_batch(era, words: np.ndarray, out=None, strict: bool = True) -> np.ndarray:
+def unpack_batch(era, words: np.ndarray, out=None, strict: bool = True,
+                 threads: int | None = None) -> np.ndarray:
     """Batch unpack: uint32 words to a structured array (one uint8 per field)."""
-    return get_era(era).base.unpack_batch(words, out, strict)
+    return get_era(era).base.unpack_batch(words, out, strict, threads)
 
 
 def pack_ext(era, **fields) -> int:
@@ -526,16 +539,17 @@ def unpack_cpu_role(era, as_u64: int) -> CpuRole:
     return CpuRole(era, v & 0xFFFFFFFF, v >> 32)
 
 
-def cpu_role_pack_batch(era, fields: np.ndarray, out=None) -> np.ndarray:
+def cpu_role_pack_batch(era, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
     era = get_era(era)
     _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
-    return era.cpu_role.pack_batch(fields, out)
+    return era.cpu_role.pack_batch(fields, out, threads)
 
 
-def cpu_role_unpack_batch(era, words: np.ndarray, out=None, strict: bool = True) -> np.ndarray:
+def cpu_role_unpack_batch(era, words: np.ndarray, out=None, strict: bool = True,
+                          threads: int | None = None) -> np.ndarray:
     era = get_era(era)
     _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
-    return era.cpu_role.unpack_batch(words, out, strict)
+    return era.cpu_role.unpack_batch(words, out, strict, threads)
 
 
 def kvm_mmu_role_as_id(word: int) -> int:
@@ -580,12 +594,13 @@ def kvm_page_table_hashfn(gfn: int) -> int:
 
 
 def hash_batch(gfn: np.ndarray, bits: int = KVM_MMU_HASH_SHIFT, variant: str = "x86_64",
-               out=None) -> np.ndarray:
+               out=None, threads: int | None = None) -> np.ndarray:
     """Batch hash_64 of a uint64 array into a uint32 array (C core, GIL released)."""
     in_array("gfn", gfn, np.uint64)
     out = out_array("out", out, np.uint32, gfn.shape)
-    lib.kvmmu_role_hash_batch(ptr(gfn, "uint64_t"), ptr(out, "uint32_t"), gfn.size, _bits(bits),
-                              _variant(variant))
+    b, v = _bits(bits), _variant(variant)
+    _par.map_parts(gfn.size, threads, lambda lo, hi: lib.kvmmu_role_hash_batch(
+        ptr_at(gfn, "uint64_t", lo), ptr_at(out, "uint32_t", lo), hi - lo, b, v))
     return out
 
 

@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _par
 from . import profile as _profile
-from ._batch import bad_u64, in_array, out_array, ptr, same_shape, uint
+from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
 from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, MmuConfig)
 from .errors import InputError
@@ -145,13 +146,13 @@ def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_
                     host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool | None = None,
                     ad_wrprot_only: bool = False, unsync_fails: bool = False,
                     nx_huge_pages: bool | None = None, memtype=None, out: np.ndarray | None = None,
-                    with_wrprot: bool = False):
+                    with_wrprot: bool = False, threads: int | None = None):
     """Batch ``make_spte()``: one SPTE per pfn (uint64 array).
 
     ``level``, ``pte_access``, ``memtype`` (uint8 arrays), ``old_spte`` (uint64 array) and
     ``flags`` (uint8 array of ``MK_*`` bits, ORed with the scalar booleans) may be scalars
     or arrays of the pfn array's shape.  Returns the SPTE array, or ``(sptes, wrprot)``
-    with ``with_wrprot=True``.
+    with ``with_wrprot=True``.  ``threads``: see :mod:`pykvmmu._par` (None: automatic).
     """
     in_array("pfn", pfn, np.uint64)
     shapes = [("pfn", pfn)]
@@ -180,19 +181,19 @@ def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_
     shape = same_shape(shapes)
     out = out_array("out", out, np.uint64, shape)
     wp = np.empty(shape, dtype=np.bool_) if with_wrprot else None
-    err = ffi.new("int *")
-    n = pfn.size
-    nul = ffi.NULL
-    bad = lib.kvmmu_make_spte_batch(
-        cfg._cptr, ptr(pfn, "uint64_t"),
-        ptr(os_a, "uint64_t") if os_a is not None else nul, os_s,
-        ptr(lv_a, "uint8_t") if lv_a is not None else nul, lv_s,
-        ptr(ac_a, "uint8_t") if ac_a is not None else nul, ac_s,
-        ptr(fl_a, "uint8_t") if fl_a is not None else nul, mk,
-        ptr(mt_a, "uint8_t") if mt_a is not None else nul, mt_s,
-        ptr(out, "uint64_t"), ptr(wp, "uint8_t") if wp is not None else nul, n, err)
+    c = cfg._cptr
+
+    def part(lo, hi):
+        err = ffi.new("int *")
+        bad = lib.kvmmu_make_spte_batch(
+            c, ptr_at(pfn, "uint64_t", lo), ptr_at(os_a, "uint64_t", lo), os_s,
+            ptr_at(lv_a, "uint8_t", lo), lv_s, ptr_at(ac_a, "uint8_t", lo), ac_s,
+            ptr_at(fl_a, "uint8_t", lo), mk, ptr_at(mt_a, "uint8_t", lo), mt_s,
+            ptr_at(out, "uint64_t", lo), ptr_at(wp, "uint8_t", lo), hi - lo, err)
+        return bad, err[0]
+    bad, code = _par.run(pfn.size, threads, part)
     if bad:
-        raise _batch_error("make_spte_batch", bad, err[0],
+        raise _batch_error("make_spte_batch", bad, code,
                            {"pfn": pfn.reshape(-1), "level": lv_a.reshape(-1) if lv_a is not None else lv_s,
                             "pte_access": ac_a.reshape(-1) if ac_a is not None else ac_s})
     return (out, wp) if with_wrprot else out
@@ -329,12 +330,13 @@ def restore_acc_track_spte(cfg: MmuConfig, spte: int) -> int:
 
 
 def access_track_batch(cfg: MmuConfig, spte: np.ndarray, restore: bool = False,
-                       out: np.ndarray | None = None) -> np.ndarray:
+                       out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Batch ``mark_spte_for_access_track()`` (or ``restore_acc_track_spte()``)."""
     in_array("spte", spte, np.uint64)
     out = out_array("out", out, np.uint64, spte.shape)
-    lib.kvmmu_access_track_batch(cfg._cptr, ptr(spte, "uint64_t"), bool(restore),
-                                 ptr(out, "uint64_t"), spte.size)
+    c, r = cfg._cptr, bool(restore)
+    _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_access_track_batch(
+        c, ptr_at(spte, "uint64_t", lo), r, ptr_at(out, "uint64_t", lo), hi - lo))
     return out
 
 
@@ -449,7 +451,7 @@ def predicate(cfg: MmuConfig, name: str, spte: int, level: int = 1) -> bool:
 
 
 def predicate_batch(cfg: MmuConfig, name: str, spte: np.ndarray, level=1,
-                    out: np.ndarray | None = None) -> np.ndarray:
+                    out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Evaluate predicate ``name`` over a uint64 array; returns a bool array."""
     try:
         num, needs_level, feat = PREDICATES[name]
@@ -464,12 +466,17 @@ def predicate_batch(cfg: MmuConfig, name: str, spte: np.ndarray, level=1,
         raise InputError(f"level={lv_s}: must be 1..5")
     shape = same_shape(shapes)
     out = out_array("out", out, np.bool_, shape)
-    err = ffi.new("int *")
-    bad = lib.kvmmu_spte_pred_batch(cfg._cptr, num, ptr(spte, "uint64_t"),
-                                    ptr(lv_a, "uint8_t") if lv_a is not None else ffi.NULL, lv_s,
-                                    ptr(out, "uint8_t"), spte.size, err)
+    c = cfg._cptr
+
+    def part(lo, hi):
+        err = ffi.new("int *")
+        bad = lib.kvmmu_spte_pred_batch(c, num, ptr_at(spte, "uint64_t", lo),
+                                        ptr_at(lv_a, "uint8_t", lo), lv_s,
+                                        ptr_at(out, "uint8_t", lo), hi - lo, err)
+        return bad, err[0]
+    bad, code = _par.run(spte.size, threads, part)
     if bad:
-        raise _batch_error(name, bad, err[0], {"level": lv_a.reshape(-1) if lv_a is not None else lv_s})
+        raise _batch_error(name, bad, code, {"level": lv_a.reshape(-1) if lv_a is not None else lv_s})
     return out
 
 
@@ -481,11 +488,14 @@ def spte_to_pfn(cfg: MmuConfig, spte: int) -> int:
         raise bad_u64("spte", spte) from None
 
 
-def spte_to_pfn_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def spte_to_pfn_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None,
+                      threads: int | None = None) -> np.ndarray:
     """Batch ``spte_to_pfn()``."""
     in_array("spte", spte, np.uint64)
     out = out_array("out", out, np.uint64, spte.shape)
-    lib.kvmmu_spte_to_pfn_batch(cfg._cptr, ptr(spte, "uint64_t"), ptr(out, "uint64_t"), spte.size)
+    c = cfg._cptr
+    _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_spte_to_pfn_batch(
+        c, ptr_at(spte, "uint64_t", lo), ptr_at(out, "uint64_t", lo), hi - lo))
     return out
 
 
@@ -500,15 +510,17 @@ def leaf_spte_change_needs_tlb_flush(cfg: MmuConfig, old_spte: int, new_spte: in
 
 
 def leaf_spte_change_needs_tlb_flush_batch(cfg: MmuConfig, old_spte: np.ndarray, new_spte: np.ndarray,
-                                           out: np.ndarray | None = None) -> np.ndarray:
+                                           out: np.ndarray | None = None,
+                                           threads: int | None = None) -> np.ndarray:
     """Batch ``leaf_spte_change_needs_tlb_flush()`` over two uint64 arrays of equal shape."""
     in_array("old_spte", old_spte, np.uint64)
     in_array("new_spte", new_spte, np.uint64)
     shape = same_shape([("old_spte", old_spte), ("new_spte", new_spte)])
     out = out_array("out", out, np.bool_, shape)
-    lib.kvmmu_leaf_spte_change_needs_tlb_flush_batch(cfg._cptr, ptr(old_spte, "uint64_t"),
-                                                     ptr(new_spte, "uint64_t"), ptr(out, "uint8_t"),
-                                                     old_spte.size)
+    c = cfg._cptr
+    _par.map_parts(old_spte.size, threads, lambda lo, hi: lib.kvmmu_leaf_spte_change_needs_tlb_flush_batch(
+        c, ptr_at(old_spte, "uint64_t", lo), ptr_at(new_spte, "uint64_t", lo),
+        ptr_at(out, "uint8_t", lo), hi - lo))
     return out
 
 
@@ -535,7 +547,8 @@ DECODE_DTYPE = np.dtype({
 })
 
 
-def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1, out: np.ndarray | None = None) -> np.ndarray:
+def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1, out: np.ndarray | None = None,
+                 threads: int | None = None) -> np.ndarray:
     """Decode a uint64 array into a structured array (DECODE_DTYPE): pfn, kind
     (index into KINDS), AD type, EPT memtype/IPAT, granted ACC bits, saved R/X and one
     ``p_<predicate>`` bool field per predicate.  ``p_dirty`` is ``is_dirty_spte()`` before
@@ -547,13 +560,17 @@ def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1, out: np.ndarray | No
         raise InputError(f"level={lv_s}: must be 1..5")
     shape = same_shape(shapes)
     out = out_array("out", out, DECODE_DTYPE, shape)
-    err = ffi.new("int *")
-    bad = lib.kvmmu_spte_decode_batch(cfg._cptr, ptr(spte, "uint64_t"),
-                                      ptr(lv_a, "uint8_t") if lv_a is not None else ffi.NULL, lv_s,
-                                      ffi.cast("struct kvmmu_spte_info *", ffi.from_buffer(out)),
-                                      spte.size, err)
+    c = cfg._cptr
+
+    def part(lo, hi):
+        err = ffi.new("int *")
+        bad = lib.kvmmu_spte_decode_batch(
+            c, ptr_at(spte, "uint64_t", lo), ptr_at(lv_a, "uint8_t", lo), lv_s,
+            ffi.cast("struct kvmmu_spte_info *", ffi.from_buffer(out)) + lo, hi - lo, err)
+        return bad, err[0]
+    bad, code = _par.run(spte.size, threads, part)
     if bad:
-        raise _batch_error("decode_batch", bad, err[0],
+        raise _batch_error("decode_batch", bad, code,
                            {"level": lv_a.reshape(-1) if lv_a is not None else lv_s})
     return out
 
