@@ -33,12 +33,12 @@ MAX_THREADS = 64
 T = TypeVar("T")
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
-_pool_workers = 0
 
 
 def _reset_after_fork() -> None:
-    global _pool, _pool_workers, _lock
-    _pool, _pool_workers, _lock = None, 0, threading.Lock()
+    """A forked child has none of the parent's worker threads: start a pool of its own."""
+    global _pool, _lock
+    _pool, _lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -87,15 +87,12 @@ def bounds(n: int, parts: int) -> list[tuple[int, int]]:
     return [(lo, hi) for lo, hi in zip(cuts, cuts[1:]) if hi > lo]
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    global _pool, _pool_workers
+def _executor() -> ThreadPoolExecutor:
+    """The process's pool (threads start on demand, up to MAX_THREADS - 1 workers)."""
+    global _pool
     with _lock:
-        if _pool is None or _pool_workers < workers:
-            old = _pool
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pykvmmu")
-            _pool_workers = workers
-            if old is not None:
-                old.shutdown(wait=False)
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=MAX_THREADS - 1, thread_name_prefix="pykvmmu")
         return _pool
 
 
@@ -105,7 +102,8 @@ def map_parts(n: int, threads: int | None, part: Callable[[int, int], T]) -> lis
     if t == 1:
         return [part(0, n)]
     rng = bounds(n, t)
-    futures = [_executor(len(rng) - 1).submit(part, lo, hi) for lo, hi in rng[1:]]
+    pool = _executor()
+    futures = [pool.submit(part, lo, hi) for lo, hi in rng[1:]]
     try:
         first = part(*rng[0])
     finally:

@@ -124,3 +124,19 @@ def test_split_batches_report_the_one_pass_error(data):
     words[N - 1] = 0xFFFFFFFF
     assert _err(lambda: R.unpack_batch("v6.13", words, threads=3)) == \
         _err(lambda: R.unpack_batch("v6.13", words, threads=1))
+
+
+def test_split_batches_work_in_a_forked_child(data):
+    import os
+    import signal
+    want = CASES["decode"](data, 1).tobytes()
+    assert CASES["decode"](data, 3).tobytes() == want       # the parent's pool is running
+    pid = os.fork()
+    if pid == 0:                                            # child: a pool of its own
+        signal.alarm(30)                                    # a hang fails instead of blocking
+        try:
+            os._exit(0 if CASES["decode"](data, 3).tobytes() == want else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
