@@ -3,8 +3,9 @@
 A profile is data: bit positions and the switches that select an era's rule.
 MmuConfig carries one; the C core and the reference model read only the
 switches, never a version number.  Eras follow ``../shared/spec/spte-mmio.md``
-section 6 (P1..P6); the "v6.13 and later" era is split where the fact sheet
-records rule changes inside it (v6.15 atomic updates, v6.19 split-child
+section 6 (P1..P6); the fact sheet's v5.13-5.18 era is split at v5.16 (make_spte's
+writable shortcut, read in source) and its "v6.13 and later" era where the fact
+sheet records rule changes inside it (v6.15 atomic updates, v6.19 split-child
 executability).
 """
 from __future__ import annotations
@@ -106,7 +107,7 @@ _add(LayoutProfile(
            "MMU-W bit 11 in every mode; no MMU-present bit; 18-bit MMIO generation (3-11, 54-62)",
            "REMOVED_SPTE of the v5.12 TDP MMU is not modelled (frozen value: none)")))
 _add(LayoutProfile(
-    name="v5.13", kernels="v5.13-v5.18",
+    name="v5.13", kernels="v5.13-v5.15",
     mmu_present_bit11=True, mmio_special_tag=False, mmio_requires_nonzero_value=True,
     mmio_gen_layout=_GEN19, writable_bits_legacy=(9, 10), writable_bits_ept=(57, 58),
     nonpresent_value=0, frozen_value=0x5A0, ept_suppress_ve=False, me_value_split=False,
@@ -114,9 +115,21 @@ _add(LayoutProfile(
     split_exec_from_access=False, has_make_small_spte=False, has_make_huge_spte=False,
     has_is_dirty_spte=True, has_ept_ve_possible=False,
     notes=("v5.13 series: MMU-present bit 11, EPT host/MMU-W 57/58, 19-bit generation, "
-           "REMOVED_SPTE 0x5A0; make_spte follows the v5.13 source (the v5.16 shortcut "
-           "change is in the v5.19 profile)",
-           "make_huge_page_split_spte appeared late in this range (v5.17/5.18): use v5.19+")))
+           "REMOVED_SPTE 0x5A0; make_spte skips on !can_unsync && writable old SPTE "
+           "(read in the v5.13 spte.c)",)))
+_add(LayoutProfile(
+    name="v5.16", kernels="v5.16-v5.18",
+    mmu_present_bit11=True, mmio_special_tag=False, mmio_requires_nonzero_value=True,
+    mmio_gen_layout=_GEN19, writable_bits_legacy=(9, 10), writable_bits_ept=(57, 58),
+    nonpresent_value=0, frozen_value=0x5A0, ept_suppress_ve=False, me_value_split=False,
+    ad_always=False, writable_shortcut="old_writable", atomic_rule="lockless",
+    split_exec_from_access=False, has_make_small_spte=False, has_make_huge_spte=False,
+    has_is_dirty_spte=True, has_ept_ve_possible=False,
+    notes=("make_spte's writable shortcut skips on any writable old SPTE, with out: before "
+           "the prefetch mark (read in spte.c @ 115111ef); still one shadow_me_mask and "
+           "spte_can_locklessly_be_made_writable = MMU-W (the v5.19 changes are not here)",
+           "make_huge_page_split_spte (eager split, v5.17/5.18) is not modelled for this "
+           "profile: make_small_spte needs v5.19+")))
 _add(LayoutProfile(
     name="v5.19", kernels="v5.19-v6.9",
     mmu_present_bit11=True, mmio_special_tag=False, mmio_requires_nonzero_value=True,
@@ -171,8 +184,8 @@ DEFAULT_PROFILE = "v6.19"
 
 _ALIASES = {
     "v5.10-5.12": "v5.10", "v5.11": "v5.10", "v5.12": "v5.10",
-    "v5.13-5.18": "v5.13", "v5.14": "v5.13", "v5.15": "v5.13", "v5.16": "v5.13",
-    "v5.17": "v5.13", "v5.18": "v5.13",
+    "v5.13-5.15": "v5.13", "v5.14": "v5.13", "v5.15": "v5.13",
+    "v5.16-5.18": "v5.16", "v5.17": "v5.16", "v5.18": "v5.16",
     "v5.19-6.9": "v5.19", **{f"v6.{i}": "v5.19" for i in range(0, 10)},
     "v6.10-6.12": "v6.10", "v6.11": "v6.10", "v6.12": "v6.10",
     "v6.13-6.14": "v6.13", "v6.14": "v6.13",

@@ -12,7 +12,8 @@ def test_default_is_newest():
 
 
 @pytest.mark.parametrize("alias, name", [
-    ("v5.11", "v5.10"), ("5.12", "v5.10"), ("v5.13-5.18", "v5.13"), ("v5.18", "v5.13"),
+    ("v5.11", "v5.10"), ("5.12", "v5.10"), ("v5.13-5.15", "v5.13"), ("v5.15", "v5.13"),
+    ("v5.16", "v5.16"), ("v5.18", "v5.16"), ("v5.16-5.18", "v5.16"),
     ("v6.0", "v5.19"), ("v6.9", "v5.19"), ("v6.11", "v6.10"), ("v6.14", "v6.13"),
     ("v6.17", "v6.15"), ("V6.19", "v6.19"), (" newest ", "v6.19")])
 def test_aliases(alias, name):
@@ -20,7 +21,7 @@ def test_aliases(alias, name):
     assert get_profile(PROFILES[name]) is PROFILES[name]
 
 
-@pytest.mark.parametrize("bad", ["v4.19", "v7.0", "", "linux", None, 6.1])
+@pytest.mark.parametrize("bad", ["v4.19", "v7.0", "", "linux", None, 6.1, "v5.13-5.18"])
 def test_unknown_profile(bad):
     with pytest.raises(ProfileError, match=repr(bad).replace(".", r"\.").replace("(", r"\(")):
         get_profile(bad)
@@ -40,24 +41,24 @@ def _switch(field):
 
 def test_era_switches_follow_section_6():
     order = list(PROFILES)
-    assert order == ["v5.10", "v5.13", "v5.19", "v6.10", "v6.13", "v6.15", "v6.19"]
+    assert order == ["v5.10", "v5.13", "v5.16", "v5.19", "v6.10", "v6.13", "v6.15", "v6.19"]
     assert _switch("mmio_special_tag") == ["v5.10"]                          # P1
     assert _switch("mmu_present_bit11") == order[1:]                         # edea7c4fc215 (v5.13)
-    assert _switch("mmio_requires_nonzero_value") == ["v5.13", "v5.19"]      # 3.4
-    assert _switch("me_value_split") == order[2:]                            # v5.19
-    assert _switch("ept_suppress_ve") == order[3:]                           # 7fa5e2929198 (v6.10)
-    assert _switch("has_ept_ve_possible") == order[3:]
-    assert _switch("ad_always") == order[4:]                                 # G3 (v6.13)
-    assert _switch("has_make_huge_spte") == order[4:]
-    assert _switch("has_is_dirty_spte") == order[:4]
-    assert _switch("has_make_small_spte") == order[2:]
+    assert _switch("mmio_requires_nonzero_value") == ["v5.13", "v5.16", "v5.19"]   # 3.4
+    assert _switch("me_value_split") == order[3:]                            # v5.19
+    assert _switch("ept_suppress_ve") == order[4:]                           # 7fa5e2929198 (v6.10)
+    assert _switch("has_ept_ve_possible") == order[4:]
+    assert _switch("ad_always") == order[5:]                                 # G3 (v6.13)
+    assert _switch("has_make_huge_spte") == order[5:]
+    assert _switch("has_is_dirty_spte") == order[:5]
+    assert _switch("has_make_small_spte") == order[3:]
     assert _switch("split_exec_from_access") == ["v6.19"]
     assert [PROFILES[n].atomic_rule for n in order] == \
-        ["lockless", "lockless", "mmuw_not_w", "mmuw_not_w", "mmuw_not_w", "needs_atomic", "needs_atomic"]
-    assert [PROFILES[n].writable_shortcut for n in order[:4]] == \
-        ["can_unsync", "can_unsync", "old_writable", "old_writable"]
-    assert {PROFILES[n].writable_shortcut for n in order[4:]} == {"v6.13"}
-    assert [PROFILES[n].has_tdx for n in order] == [False] * 5 + [True] * 2
+        ["lockless"] * 3 + ["mmuw_not_w"] * 3 + ["needs_atomic"] * 2
+    assert [PROFILES[n].writable_shortcut for n in order[:5]] == \
+        ["can_unsync", "can_unsync", "old_writable", "old_writable", "old_writable"]
+    assert {PROFILES[n].writable_shortcut for n in order[5:]} == {"v6.13"}
+    assert [PROFILES[n].has_tdx for n in order] == [False] * 6 + [True] * 2
 
 
 def test_layout_constants_per_era():
@@ -69,4 +70,4 @@ def test_layout_constants_per_era():
         assert p.mmio_gen_layout == (3, 10, 52, 62) and p.mmio_gen_bits == 19
         assert p.writable_bits_legacy == (9, 10) and p.writable_bits_ept == (57, 58)
     assert [PROFILES[n].frozen_value for n in PROFILES] == \
-        [None, 0x5A0, 0x5A0] + [0x8000_0000_0000_05A0] * 4
+        [None, 0x5A0, 0x5A0, 0x5A0] + [0x8000_0000_0000_05A0] * 4

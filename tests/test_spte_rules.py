@@ -412,12 +412,24 @@ def test_era_writable_shortcut():
     c = MmuConfig.npt(profile="v5.19")
     r = S.make_spte(c, 0x10, old_spte=old, unsync_fails=True)
     assert r.spte & BIT(1) and not r.spte & BIT(6) and not r.wrprot
-    # v5.13-v5.18: the shortcut needs !can_unsync (synchronizing); otherwise the check runs
+    # v5.16-v5.18: the same shortcut as v5.19, on the v5.13 layout
+    c = MmuConfig.npt(profile="v5.16")
+    r = S.make_spte(c, 0x10, old_spte=old, unsync_fails=True)
+    assert r.spte & BIT(1) and not r.spte & BIT(6) and not r.wrprot
+    r = S.make_spte(c, 0x10, old_spte=old, unsync_fails=True, synchronizing=True, prefetch=True)
+    assert r.spte & BIT(1) and not r.wrprot
+    assert r.spte == S.mark_spte_for_access_track(c, r.spte)          # the prefetch mark applied
+    # v5.13-v5.15: the shortcut needs !can_unsync (synchronizing); otherwise the check runs
     c = MmuConfig.npt(profile="v5.13")
     r = S.make_spte(c, 0x10, old_spte=old, unsync_fails=True)
     assert r.wrprot and not r.spte & BIT(1)
     r = S.make_spte(c, 0x10, old_spte=old, unsync_fails=True, synchronizing=True, prefetch=True)
     assert r.spte & BIT(1) and r.spte & BIT(5) == 0 and not r.wrprot   # also skips the prefetch mark
+    # the v5.13 -> v5.16 difference on one input: an ordinary fault (can_unsync) on a
+    # writable old SPTE sets D in v5.13 (no shortcut) and not in v5.16 (shortcut)
+    v513 = S.make_spte(MmuConfig.npt(profile="v5.13"), 0x10, old_spte=old)
+    v516 = S.make_spte(MmuConfig.npt(profile="v5.16"), 0x10, old_spte=old)
+    assert v513.spte == v516.spte | BIT(6) and v513.spte & BIT(6)
 
 
 def test_era_nonpresent_value_and_default_old_spte():
