@@ -194,21 +194,26 @@ _ALIASES = {
 }
 
 
-def get_profile(name) -> LayoutProfile:
-    """Look up a profile by name, alias (``"v6.11"``, ``"v5.19-6.9"``, ``"latest"``) or object."""
-    if isinstance(name, LayoutProfile):
+def lookup_named(name, table: dict, aliases: dict, cls: type, what: str, kind: str, default: str):
+    """``table[name]`` by name, alias or object; a bare version gets its "v" ("6.11").
+    Shared by the layout profiles and the role eras (pykvmmu.role.get_era)."""
+    if isinstance(name, cls):
         return name
     if not isinstance(name, str):
-        raise ProfileError(f"profile={name!r}: expected a profile name such as {DEFAULT_PROFILE!r}")
+        raise ProfileError(f"{what}={name!r}: expected a {kind} name such as {default!r}")
     key = name.strip().lower()
-    if not key.startswith("v") and key[:1].isdigit():
+    if key not in table and key not in aliases and key[:1].isdigit():
         key = "v" + key
-    key = _ALIASES.get(key, key)
     try:
-        return PROFILES[key]
+        return table[key if key in table else aliases.get(key, key)]
     except KeyError:
-        raise ProfileError(f"profile={name!r}: unknown kernel-era layout profile; known: "
-                           + ", ".join(PROFILES)) from None
+        raise ProfileError(f"{what}={name!r}: unknown {kind}; known: " + ", ".join(table)) from None
+
+
+def get_profile(name) -> LayoutProfile:
+    """Look up a profile by name, alias (``"v6.11"``, ``"v5.19-6.9"``, ``"latest"``) or object."""
+    return lookup_named(name, PROFILES, _ALIASES, LayoutProfile, "profile",
+                        "kernel-era layout profile", DEFAULT_PROFILE)
 
 
 def require(profile: LayoutProfile, feature: str, routine: str) -> None:

@@ -16,9 +16,10 @@ from typing import Iterable
 import numpy as np
 
 from . import _par
-from ._batch import in_array, out_array, ptr, ptr_at, uint
+from ._batch import in_array, out_array, ptr_at, uint
 from ._ffi import ffi, lib
 from .errors import InputError, ProfileError
+from .profile import lookup_named
 
 __all__ = [
     "RoleLayout", "RoleEra", "ERAS", "get_era", "DEFAULT_ERA", "Role", "CpuRole", "VcpuState",
@@ -359,20 +360,7 @@ _ALIASES = {
 
 def get_era(name) -> RoleEra:
     """An era by name or alias (``"v5.0"``, ``"2019"``, ``"v6.8"``, ``"latest"``) or object."""
-    if isinstance(name, RoleEra):
-        return name
-    if not isinstance(name, str):
-        raise ProfileError(f"era={name!r}: expected an era name such as {DEFAULT_ERA!r}")
-    key = name.strip().lower()
-    if key[:1].isdigit() and key != "2019":
-        key = "v" + key
-    if key in ERAS:
-        return ERAS[key]
-    key = _ALIASES.get(key, key)
-    try:
-        return ERAS[key]
-    except KeyError:
-        raise ProfileError(f"era={name!r}: unknown role era; known: {', '.join(ERAS)}") from None
+    return lookup_named(name, ERAS, _ALIASES, RoleEra, "era", "role era", DEFAULT_ERA)
 
 
 def _require(era: RoleEra, ok: bool, what: str):

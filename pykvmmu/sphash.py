@@ -16,7 +16,7 @@ import numpy as np
 from ._batch import in_array, ptr
 from ._ffi import lib
 from .errors import InputError
-from .role import KVM_MMU_HASH_SHIFT, KVM_NUM_MMU_PAGES, hash_batch, kvm_page_table_hashfn
+from .role import KVM_MMU_HASH_SHIFT, hash_batch, kvm_page_table_hashfn
 
 __all__ = ["ShadowPage", "MmuPageHash", "bucket_counts", "bucket_stats", "plot_bucket_occupancy",
            "realistic_gfns"]

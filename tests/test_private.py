@@ -1,6 +1,5 @@
 """Fault classification: error-code decoding, VM types, the upstream rule, the 2023 policies,
 their agreement table, and the C batch classifier against the pure-Python reference."""
-import re
 
 import numpy as np
 import pytest

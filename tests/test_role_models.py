@@ -1,5 +1,4 @@
 """prev_roots cache, the seed's NPT bug, shadow-page hash model, write flooding."""
-import numpy as np
 import pytest
 
 from pykvmmu import prevroots as P

@@ -1,7 +1,6 @@
 """kvmmmu trace decoding: every documented format, every event, malformed lines, the CLI."""
 import os
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -1,6 +1,5 @@
 """The simulated fault path: outcomes, retry on a racing invalidation, exits, MMIO SPTEs with
 generations, memslot rules (no change on error), SNP RMP levels, migrations, and the checker."""
-import numpy as np
 import pytest
 
 from pykvmmu import private as P
@@ -183,7 +182,7 @@ def test_checker_catches_freed_and_double_mapping():
     vm2, g2 = vm_with_gmem("sw_protected")
     vm2.convert(0x10, 1, True)
     o = vm2.fault(0x10000, 0)
-    s = vm2.fault(0x20000, 0)
+    vm2.fault(0x20000, 0)
     vm2.leaves["direct"][0x20] = (1, o.pfn, "shared")
     vm2._set_entry("direct", 0x20, 1, int(vm2._path("direct", 0x10, 1, False)[0][0x10]))
     with pytest.raises(InvariantError):
