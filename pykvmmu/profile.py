@@ -10,7 +10,7 @@ executability).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import ProfileError
 
@@ -117,14 +117,8 @@ _add(LayoutProfile(
     notes=("v5.13 series: MMU-present bit 11, EPT host/MMU-W 57/58, 19-bit generation, "
            "REMOVED_SPTE 0x5A0; make_spte skips on !can_unsync && writable old SPTE "
            "(read in the v5.13 spte.c)",)))
-_add(LayoutProfile(
-    name="v5.16", kernels="v5.16-v5.18",
-    mmu_present_bit11=True, mmio_special_tag=False, mmio_requires_nonzero_value=True,
-    mmio_gen_layout=_GEN19, writable_bits_legacy=(9, 10), writable_bits_ept=(57, 58),
-    nonpresent_value=0, frozen_value=0x5A0, ept_suppress_ve=False, me_value_split=False,
-    ad_always=False, writable_shortcut="old_writable", atomic_rule="lockless",
-    split_exec_from_access=False, has_make_small_spte=False, has_make_huge_spte=False,
-    has_is_dirty_spte=True, has_ept_ve_possible=False,
+_add(replace(
+    PROFILES["v5.13"], name="v5.16", kernels="v5.16-v5.18", writable_shortcut="old_writable",
     notes=("make_spte's writable shortcut skips on any writable old SPTE, with out: before "
            "the prefetch mark (read in spte.c @ 115111ef); still one shadow_me_mask and "
            "spte_can_locklessly_be_made_writable = MMU-W (the v5.19 changes are not here)",
