@@ -247,19 +247,25 @@ def check_mmio_spte(cfg: MmuConfig, spte: int, memslots_generation: int) -> bool
         raise bad_u64("memslots_generation", memslots_generation) from None
 
 
-def check_mmio_spte_batch(cfg: MmuConfig, spte: np.ndarray, memslots_generation,
-                          out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
-    """Batch ``check_mmio_spte()``; ``memslots_generation`` is a scalar or a uint64 array."""
+def _generation_batch(cfg, cfn, spte, memslots_generation, out, dtype, threads):
+    """A per-SPTE C routine against a scalar or per-element memslots generation."""
     in_array("spte", spte, np.uint64)
     shapes = [("spte", spte)]
     ge_a, ge_s = _u64_arg("memslots_generation", memslots_generation, shapes)
     shape = same_shape(shapes)
-    out = out_array("out", out, np.bool_, shape)
+    out = out_array("out", out, dtype, shape)
     c = cfg._cptr
-    _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_mmio_check_batch(
+    _par.map_parts(spte.size, threads, lambda lo, hi: cfn(
         c, ptr_at(spte, "uint64_t", lo), ptr_at(ge_a, "uint64_t", lo), ge_s,
         ptr_at(out, "uint8_t", lo), hi - lo))
     return out
+
+
+def check_mmio_spte_batch(cfg: MmuConfig, spte: np.ndarray, memslots_generation,
+                          out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+    """Batch ``check_mmio_spte()``; ``memslots_generation`` is a scalar or a uint64 array."""
+    return _generation_batch(cfg, lib.kvmmu_mmio_check_batch, spte, memslots_generation, out,
+                             np.bool_, threads)
 
 
 def mmio_fault_outcome(cfg: MmuConfig, spte: int, memslots_generation: int) -> str:
@@ -279,16 +285,8 @@ def mmio_fault_outcome(cfg: MmuConfig, spte: int, memslots_generation: int) -> s
 def mmio_fault_outcome_batch(cfg: MmuConfig, spte: np.ndarray, memslots_generation,
                              out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Batch :func:`mmio_fault_outcome`: uint8 codes indexing FAULT_OUTCOMES."""
-    in_array("spte", spte, np.uint64)
-    shapes = [("spte", spte)]
-    ge_a, ge_s = _u64_arg("memslots_generation", memslots_generation, shapes)
-    shape = same_shape(shapes)
-    out = out_array("out", out, np.uint8, shape)
-    c = cfg._cptr
-    _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_mmio_fault_outcome_batch(
-        c, ptr_at(spte, "uint64_t", lo), ptr_at(ge_a, "uint64_t", lo), ge_s,
-        ptr_at(out, "uint8_t", lo), hi - lo))
-    return out
+    return _generation_batch(cfg, lib.kvmmu_mmio_fault_outcome_batch, spte, memslots_generation,
+                             out, np.uint8, threads)
 
 
 def _nr_as(nr_as_ids) -> int:
