@@ -3,7 +3,7 @@ PY ?= python
 ASAN_LIB := $(shell gcc -print-file-name=libasan.so)
 UBSAN_LIB := $(shell gcc -print-file-name=libubsan.so)
 
-.PHONY: dev test cwarn sanitize bench clean
+.PHONY: dev test cwarn lint sanitize bench clean
 
 dev:            ## rebuild pykvmmu/_core*.so in place
 	$(PY) csrc/build_core.py
@@ -15,6 +15,10 @@ cwarn:          ## the C sources alone must be -Wall -Wextra clean (C11), with g
 	for f in csrc/*.c; do gcc -std=c11 -Wall -Wextra -Wpedantic -Werror -Icsrc -fsyntax-only $$f || exit 1; done
 	if command -v clang >/dev/null; then for f in csrc/*.c; do \
 	  clang -std=c11 -Wall -Wextra -Werror -DPYKVMMU_NO_CLONES -Icsrc -fsyntax-only $$f || exit 1; done; fi
+
+lint:           ## pinned ruff and mypy (pip install '.[lint]'), configured in pyproject.toml
+	ruff check pykvmmu tests bench fuzz csrc setup.py
+	mypy
 
 sanitize:       ## the whole test suite against an ASan+UBSan build of the core
 	PYKVMMU_SANITIZE=1 $(PY) csrc/build_core.py

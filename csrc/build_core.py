@@ -54,15 +54,37 @@ def compile_args():
     return args + extra, link
 
 
+def flags_stamp(cflags, ldflags):
+    """build/core-flags.stamp holds the compiler and linker flags of the last build; it is
+    rewritten (so it becomes newer than the built core) only when they change, and the
+    extension depends on it: a change of PYKVMMU_CFLAGS or of the sanitizer switches then
+    rebuilds the core instead of reusing a stale build/."""
+    stamp = os.path.join(ROOT, "build", "core-flags.stamp")
+    text = " ".join(cflags) + "\n" + " ".join(ldflags) + "\n"
+    try:
+        with open(stamp) as f:
+            if f.read() == text:
+                return stamp
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    with open(stamp, "w") as f:
+        f.write(text)
+    return stamp
+
+
 def make_ffibuilder(absolute=False):
     rel = HERE if absolute else os.path.relpath(HERE, os.getcwd())
     sources = sorted(os.path.join(rel, os.path.basename(p))
                      for p in glob.glob(os.path.join(HERE, "*.c")))
+    headers = sorted(os.path.join(rel, os.path.basename(p))
+                     for p in glob.glob(os.path.join(HERE, "*.h")))
     cflags, ldflags = compile_args()
     fb = FFI()
     fb.cdef(cdef_text())
+    # depends: an edited header or changed flags make setuptools rebuild every source.
     fb.set_source("pykvmmu._core", '#include "pykvmmu.h"\n',
-                  sources=sources, include_dirs=[rel],
+                  sources=sources, include_dirs=[rel], depends=headers + [flags_stamp(cflags, ldflags)],
                   extra_compile_args=cflags, extra_link_args=ldflags)
     return fb
 

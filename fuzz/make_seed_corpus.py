@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--time", type=float, default=5.0)
     ap.add_argument("--max", type=int, default=16)
     a = ap.parse_args()
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+    root = F.SEED_CORPUS
     for name in a.targets or list(F.TARGETS):
         tmp = tempfile.mkdtemp()
         try:

@@ -9,8 +9,7 @@ models in ``pykvmmu.ref``; the fuzzing harness in ``pykvmmu.fuzz``.  Every error
 from .config import MmuConfig
 from .errors import ArrayError, ConfigError, InputError, ProfileError, PykvmmuError
 from .profile import DEFAULT_PROFILE, PROFILES, LayoutProfile, get_profile
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["MmuConfig", "LayoutProfile", "PROFILES", "DEFAULT_PROFILE", "get_profile",
            "PykvmmuError", "InputError", "ArrayError", "ConfigError", "ProfileError",

@@ -7,6 +7,7 @@ import pkgutil
 import sys
 
 from . import commands
+from ._version import __version__
 from .errors import PykvmmuError
 
 
@@ -31,6 +32,7 @@ def run_demo(emit=print) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pykvmmu", description=__doc__)
+    p.add_argument("--version", action="version", version=f"pykvmmu {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser("demo", help="end-to-end walk over the embedded default configurations")
     d.set_defaults(func=lambda args: run_demo())

@@ -1039,8 +1039,12 @@ def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: The seed corpus ships inside the package (package data), so an installed pykvmmu finds it.
+SEED_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fuzz_corpus")
+
+
 def corpus_dir(name: str, root: Optional[str] = None) -> str:
-    return os.path.join(root or os.path.join(repo_root(), "fuzz", "corpus"), name)
+    return os.path.join(root or SEED_CORPUS, name)
 
 
 def load_corpus(name: str, root: Optional[str] = None) -> list:

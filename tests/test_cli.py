@@ -1,4 +1,5 @@
 """The core CLI: decode, config, make-spte, demo, and how errors are reported."""
+import os
 import subprocess
 import sys
 
@@ -76,3 +77,15 @@ def test_role_hash_occupancy(capsys, tmp_path):
     assert written.endswith((".png", ".txt"))
     with open(written, "rb") as f:
         assert f.read(8)[:4] in (b"\x89PNG", b"# mm")
+
+
+def test_version_has_one_source(capsys):
+    import pykvmmu
+    from pykvmmu._version import __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pykvmmu {__version__}"
+    assert pykvmmu.__version__ == __version__
+    pyproject = open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml")).read()
+    assert 'dynamic = ["version"]' in pyproject and "pykvmmu._version.__version__" in pyproject

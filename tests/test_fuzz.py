@@ -93,8 +93,7 @@ def test_cli_list_run_and_progress(capsys, tmp_path):
     assert "role: random:" in cap.out
     assert main(["fuzz", "nosuch"]) == 2
     assert main(["fuzz"]) == 2
-    assert main(["fuzz", "--replay", os.path.join(os.path.dirname(__file__), "..", "fuzz", "corpus",
-                                                  "mmio")]) == 0
+    assert main(["fuzz", "--replay", os.path.join(F.SEED_CORPUS, "mmio")]) == 0
 
 
 def test_atheris_missing_says_how_to_install(capsys, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 
 from pykvmmu import fuzz as F
 
-ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fuzz", "corpus")
+ROOT = F.SEED_CORPUS
 SANITIZED = os.environ.get("PYKVMMU_SANITIZED") == "1"
 #: seconds per target (total stays well under 40 s for the seven targets)
 BUDGET = float(os.environ.get("PYKVMMU_FUZZ_BUDGET", "1.5" if SANITIZED else "2"))

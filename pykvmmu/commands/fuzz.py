@@ -12,7 +12,7 @@ examples:
   pykvmmu fuzz rmp --engine hypothesis      hypothesis drives (default for rmp and vm)
   pykvmmu fuzz spte --engine atheris        coverage-guided libFuzzer (pip install 'pykvmmu[fuzz]')
   pykvmmu fuzz --replay fuzz-crashes/spte-disagreement-0123abcd.bin
-  pykvmmu fuzz --replay fuzz/corpus/mmio    every file of a directory
+  pykvmmu fuzz --replay DIR                 every file of a directory
 A failure is shrunk and written to --out (default fuzz-crashes/) as raw bytes plus a .txt
 with the message and traceback; the exit status is 1 when anything failed.
 """
@@ -31,7 +31,7 @@ def register(sub) -> None:
                    help="auto: hypothesis for stateful targets, the built-in random engine otherwise")
     p.add_argument("--seed", type=int, default=None, help="seed of the built-in engine")
     p.add_argument("--corpus", default=None, metavar="DIR",
-                   help="corpus root holding one directory per target (default: fuzz/corpus)")
+                   help="corpus root holding one directory per target (default: the seed corpus shipped in the package, pykvmmu/data/fuzz_corpus)")
     p.add_argument("--save-corpus", default=None, metavar="DIR",
                    help="write inputs that found new features to DIR (random engine)")
     p.add_argument("--out", default="fuzz-crashes", metavar="DIR",
