@@ -276,10 +276,17 @@ def default_spte_decoder(era="latest", mode: str | None = None, profile: str | N
     pykvmmu.spte.decode); None when the engine, the mode or the era's profile is missing."""
     if mode is None:
         return None
-    era = get_era(era)
+    era_arg, era = era, get_era(era)
     prof = profile or ERA_TO_SPTE_PROFILE.get(era.name)
     if prof is None:
         return None
+    if profile is None and isinstance(era_arg, str):
+        from .errors import ProfileError
+        from .profile import profile_for_version
+        try:
+            prof = profile_for_version(era_arg)[0]  # the library's one version -> profile map
+        except ProfileError:
+            pass                                    # a role-era name only ("current", "2019")
     try:
         from .config import MmuConfig
         from .spte import decode
