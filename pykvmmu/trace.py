@@ -106,7 +106,7 @@ _ACC = {"---": 0, "--x": 1, "w--": 2, "w-x": 3, "-u-": 4, "-ux": 5, "wu-": 6, "w
 #: The SPTE-engine layout profile closest to each role era (None: SPTE layout not modelled).
 ERA_TO_SPTE_PROFILE = {"v4.2": None, "v4.12": None, "v4.18": None, "v4.20": None, "v5.0": None,
                        "v5.0-fix": None, "v5.1": None, "v5.9": "v5.10", "v5.14": "v5.13",
-                       "v5.17": "v5.16", "v5.19": "v5.19", "v6.14": "v6.13"}
+                       "v5.17": "v5.17", "v5.19": "v5.19", "v6.14": "v6.13"}
 
 
 @dataclass

@@ -225,3 +225,22 @@ def test_lts_lines_per_era_vectors(version):
                  "is_mmio_spte", "is_accessed_spte"):
         got = S.predicate_batch(e, pred, s)
         assert got.tolist() == [R.predicate(e, pred, int(x)) for x in s]
+
+
+# ------------------------------------------------ CLI: pykvmmu config --profile X
+@pytest.mark.parametrize("version, line, warned", [
+    ("6.6.75", "profile v6.6.64 (6.6.64 and later 6.6.y) for '6.6.75': stable-line rule", False),
+    ("v6.12", "profile v6.10 (v6.10-v6.12) for 'v6.12': exact", False),
+    ("7.3", "profile v6.19 (v6.19 and later) for '7.3': nearest known (warned)", True),
+    ("6.18.44-fc-v669", "profile v6.15 (v6.15-v6.18) for '6.18.44-fc-v669': unverified (warned)",
+     True),
+])
+def test_cli_config_prints_the_mapping(capsys, version, line, warned):
+    from pykvmmu.cli import main
+    assert main(["config", "--profile", version, "--mode", "npt"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == line
+    p = profile_for_version(version, warn=False)[0]
+    assert out.splitlines()[1].startswith(f"MmuConfig mode=npt profile={p.name} ")
+    assert (err.startswith("pykvmmu: warning: kernel ") and version in err) is warned
+    assert bool(err) is warned
