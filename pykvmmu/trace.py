@@ -106,7 +106,7 @@ _ACC = {"---": 0, "--x": 1, "w--": 2, "w-x": 3, "-u-": 4, "-ux": 5, "wu-": 6, "w
 #: The SPTE-engine layout profile closest to each role era (None: SPTE layout not modelled).
 ERA_TO_SPTE_PROFILE = {"v4.2": None, "v4.12": None, "v4.18": None, "v4.20": None, "v5.0": None,
                        "v5.0-fix": None, "v5.1": None, "v5.9": "v5.10", "v5.14": "v5.13",
-                       "v5.17": "v5.16", "v5.19": "v5.19", "v6.14": "v6.13"}
+                       "v5.17": "v5.17", "v5.19": "v5.19", "v6.14": "v6.13"}
 
 
 @dataclass
@@ -276,10 +276,17 @@ def default_spte_decoder(era="latest", mode: str | None = None, profile: str | N
     pykvmmu.spte.decode); None when the engine, the mode or the era's profile is missing."""
     if mode is None:
         return None
-    era = get_era(era)
+    era_arg, era = era, get_era(era)
     prof = profile or ERA_TO_SPTE_PROFILE.get(era.name)
     if prof is None:
         return None
+    if profile is None and isinstance(era_arg, str):
+        from .errors import ProfileError
+        from .profile import profile_for_version
+        try:
+            prof = profile_for_version(era_arg)[0]  # the library's one version -> profile map
+        except ProfileError:
+            pass                                    # a role-era name only ("current", "2019")
     try:
         from .config import MmuConfig
         from .spte import decode
