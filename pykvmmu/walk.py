@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 from . import role as R
 from ._batch import uint
 from .errors import InputError
-from .perm import (ACC_EXEC, ACC_USER, ACC_WRITE, PFERR_FETCH, PFERR_PRESENT, PFERR_RSVD,
+from .perm import (ACCESS_BITS, ACC_EXEC, ACC_USER, ACC_WRITE, PFERR_FETCH, PFERR_PRESENT, PFERR_RSVD,
                    PFERR_USER, PFERR_WRITE, PermissionModel, pfec_str)
 from .vcpu import EptContext, Vcpu
 
@@ -455,10 +455,11 @@ def _check_inputs(mmu, addr, access):
         raise WalkError(f"mmu={mmu!r}: expected a GuestMmu")
     addr = uint("addr", addr, 64)
     access = uint("access", access, 64)
-    bad = access & ~(PFERR_PRESENT | PFERR_WRITE | PFERR_USER | PFERR_FETCH | (1 << 48))
+    bad = access & ~ACCESS_BITS
     if bad:
-        raise WalkError(f"access={access:#x}: a walk's access is P/W/U/F (+ PFERR_IMPLICIT_ACCESS); "
-                        f"bits {bad:#x} are not (FNAME(page_fault) strips RSVD first)")
+        raise WalkError(f"access={access:#x}: a walk's access is P/W/U/F plus bits 32..63 "
+                        f"(PFERR_GUEST_FINAL/PAGE, PFERR_IMPLICIT_ACCESS); bits {bad:#x} are not "
+                        f"(FNAME(page_fault) strips RSVD first)")
     return addr, access
 
 
