@@ -296,7 +296,8 @@ class WalkFault:
 
     error_code: int
     level: int
-    #: "not-present", "rsvd", "permission", "pkey"
+    #: "not-present", "rsvd", "permission", "pkey", "no-memslot" (table outside every
+    #: visible memslot)
     reason: str
     #: EPT only, non-RSVD faults: exit-qualification bits 0..5 KVM synthesises
     ept_exit_qualification: int | None = None
@@ -360,7 +361,7 @@ class Walk:
         if not self.ok:
             return None
         a = self.pte_access
-        if self.access & PFERR_WRITE and not a & ACC_WRITE and not mmu.cr0_wp \
+        if mmu.pttype != "ept" and self.access & PFERR_WRITE and not a & ACC_WRITE and not mmu.cr0_wp \
                 and not self.access & PFERR_USER:
             a = (a | ACC_WRITE) & ~ACC_USER
             if mmu.cr4_smep:
@@ -463,8 +464,12 @@ def _check_inputs(mmu, addr, access):
     return addr, access
 
 
+_NO_MEMSLOT = object()
+
+
 def _walk(mmu: GuestMmu, addr: int, access: int, fetch: Callable, pte_writable=None) -> tuple:
-    """FNAME(walk_addr_generic); ``fetch(level, gpa, is_pdpte)`` supplies each gpte.
+    """FNAME(walk_addr_generic); ``fetch(level, gpa, is_pdpte)`` supplies each gpte, or
+    ``_NO_MEMSLOT`` when the table's gfn is in no visible memslot.
 
     Returns (Walk, [(gpa, new_gpte), ...] writes of the A/D update)."""
     size = mmu.gpte_size
@@ -526,6 +531,10 @@ def _walk(mmu: GuestMmu, addr: int, access: int, fetch: Callable, pte_writable=N
         table_gfn = mmu.gpte_to_gfn_lvl(pte, 1)
         pte_gpa = (table_gfn << 12) + index * size
         pte = fetch(level, pte_gpa, False)
+        if pte is _NO_MEMSLOT:                 # !kvm_is_visible_memslot(): error, no element
+            reason = "no-memslot"
+            record()
+            return fail(level)
         element(pte, level)
         pte_access = pt_access & (pte ^ nx)
         acc_here = gpte_access(mmu.pttype, pt_access ^ nx)
@@ -594,11 +603,13 @@ def _walk(mmu: GuestMmu, addr: int, access: int, fetch: Callable, pte_writable=N
 
 
 def walk_addr(mmu: GuestMmu, addr: int, access: int, mem, *, write_back: bool = True,
-              pte_writable: Callable | None = None) -> Walk:
+              pte_writable: Callable | None = None, visible: Callable | None = None) -> Walk:
     """Walk guest memory (form a): ``mem`` is a :class:`GuestMemory`, a ``{gpa: gpte}`` dict or
     a ``read_gpte(gpa) -> int`` callable.  A/D bits are written back to a GuestMemory or dict
     when ``write_back`` (a callable source is read-only); ``pte_writable(table_gfn)`` says
     whether a table's memslot is writable (FNAME(update_accessed_dirty_bits) skips the others).
+    ``visible(table_gfn)`` False makes the walk fail there without reading (the table is in
+    no visible memslot: error code 0 | W | U (| F)).
     PAE: the PDPTEs come from ``mmu.pdptrs`` when set, else from memory at CR3."""
     addr, access = _check_inputs(mmu, addr, access)
     rd, wr = _reader(mem, mmu.gpte_size)
@@ -607,6 +618,8 @@ def walk_addr(mmu: GuestMmu, addr: int, access: int, mem, *, write_back: bool = 
     def fetch(level, gpa, is_pdpte):
         if is_pdpte and mmu.pdptrs is not None:
             return mmu.pdptrs[(addr >> 30) & 3]
+        if not is_pdpte and visible is not None and not visible(gpa >> 12):
+            return _NO_MEMSLOT
         v = rd(gpa)
         try:
             v = uint(f"gpte at {gpa:#x}", v, 8 * (8 if is_pdpte else mmu.gpte_size))
@@ -637,7 +650,8 @@ def _observed_pairs(gptes, mmu) -> list:
     return out
 
 
-def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Walk:
+def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable, *,
+                  walker_error: int | None = None) -> Walk:
     """Replay a walk from observed gptes (form b), as the tracepoints report it:
     ``kvm_mmu_pagetable_walk(addr, pferr)`` gives ``addr``/``access``, each
     ``kvm_mmu_paging_element(pte, level)`` one item of ``gptes`` (``(pte, level)`` pairs,
@@ -645,6 +659,10 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Wal
     level 3).  The same walker as :func:`walk_addr` runs over them; the result's ``events``
     are the tracepoints the kernel emits (incl. the A/D bits it sets and
     ``kvm_mmu_walker_error``) for comparison with the rest of the trace.
+
+    ``walker_error``: the pferr of a ``kvm_mmu_walker_error`` that ends the observed walk.
+    When the elements run out before the walk ends and it is given, the table the walk would
+    read next was in no visible memslot (the kernel fails there without an element).
 
     Raises WalkReplayError when an element's level is not the one the walk reads next, or
     the walk needs more (or fewer) elements than given."""
@@ -655,6 +673,8 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Wal
 
     def fetch(level, gpa, is_pdpte):
         i = pos[0]
+        if i >= len(seq) and walker_error is not None and not is_pdpte:
+            return _NO_MEMSLOT
         if i >= len(seq):
             raise WalkReplayError(f"the walk reads a level-{level} gpte at {gpa:#x} after the "
                                   f"{len(seq)} observed element(s): trace truncated?")
@@ -667,7 +687,12 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Wal
         pos[0] += 1
         return p
 
+    if walker_error is not None:
+        walker_error = uint("walker_error", walker_error, 32)
     w, _ = _walk(mmu, addr, access, fetch)
+    if walker_error is not None and (w.ok or w.fault.error_code != walker_error):
+        got = "success" if w.ok else f"error code {w.fault.error_code:#x}"
+        raise WalkReplayError(f"walker_error={walker_error:#x} observed, the walk gives {got}")
     if pos[0] != len(seq):
         raise WalkReplayError(f"{len(seq) - pos[0]} observed element(s) left after the walk ended "
                               f"at level {w.leaf_level} (a retried walk, or another walk's "

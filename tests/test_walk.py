@@ -437,3 +437,23 @@ def test_memory_walk_equals_observed_walk(mode, addr, access, flags):
     for lv in a.levels:
         if lv.pte_gpa is not None:
             assert mem.read(lv.pte_gpa, size) == lv.new_gpte
+
+
+def test_table_outside_memslots_fails_without_an_element():
+    mem = GuestMemory()
+    four_level(mem, 0x5000)
+    mmu = GuestMmu.for_vcpu(Vcpu(cr3=0x1000))
+    w = walk_addr(mmu, 0x5000, PF_W | PF_U, mem, visible=lambda gfn: gfn != 3)
+    assert not w.ok and w.fault.reason == "no-memslot" and w.fault.level == 2
+    assert w.fault.error_code == PF_W | PF_U
+    assert [e[0] for e in w.events] == ["kvm_mmu_pagetable_walk"] + [
+        "kvm_mmu_paging_element"] * 2 + ["kvm_mmu_walker_error"]
+    seq = [(e[1]["pte"], e[1]["level"]) for e in w.events if e[0] == "kvm_mmu_paging_element"]
+    assert walk_observed(mmu, 0x5000, PF_W | PF_U, seq, walker_error=6) == w
+    with pytest.raises(WalkReplayError, match="walker_error=0x7"):
+        walk_observed(mmu, 0x5000, PF_W | PF_U, seq, walker_error=7)
+    # a not-present leaf replayed with its walker_error
+    mem.write(0x4000 + 8 * 5, 0)
+    a = walk_addr(mmu, 0x5000, PF_U, mem)
+    seq = [(e[1]["pte"], e[1]["level"]) for e in a.events if e[0] == "kvm_mmu_paging_element"]
+    assert walk_observed(mmu, 0x5000, PF_U, seq, walker_error=4) == a

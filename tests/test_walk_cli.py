@@ -92,6 +92,13 @@ def test_walk_command_replays_observed_gptes(capsys):
     # a level that does not match the walk is refused
     rc, _, err = run(capsys, "walk", "5000", "0", "2007:3", "--cr3", "1000")
     assert rc == 1 and "observed level 3" in err
+    # the observed walker_error is checked
+    rc, out, _ = run(capsys, "walk", "5000", "6", "2007", "3007", "--cr3", "1000",
+                     "--walker-error", "6")
+    assert rc == 0 and "no-memslot at level 2" in out
+    rc, _, err = run(capsys, "walk", "5000", "6", "2007", "3007", "--cr3", "1000",
+                     "--walker-error", "7")
+    assert rc == 1 and "walker_error=0x7" in err
     # nested EPT from an EPTP
     rc, out, _ = run(capsys, "walk", "0", "4", "2007", "3007", "4007", "9031", "--ept", "105e")
     assert rc == 0 and "gfn 0x9" in out and "0x00020704" in out

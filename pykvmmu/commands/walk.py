@@ -43,7 +43,7 @@ def _mmu_from_args(args) -> W.GuestMmu:
 
 def _cmd_walk(args) -> int:
     mmu = _mmu_from_args(args)
-    w = W.walk_observed(mmu, args.addr, args.pferr, args.gptes)
+    w = W.walk_observed(mmu, args.addr, args.pferr, args.gptes, walker_error=args.walker_error)
     print(w)
     if w.ok and mmu.root_role is not None:
         for sp in W.shadow_pages(mmu, w, goal_level=args.goal_level):
@@ -79,6 +79,9 @@ def register(sub) -> None:
     p.add_argument("--smm", action="store_true")
     p.add_argument("--goal-level", type=int, default=None,
                    help="host mapping level: split a huge gpte into direct SPs down to it")
+    p.add_argument("--walker-error", type=_hex, default=None,
+                   help="the observed kvm_mmu_walker_error pferr (hex): checked against the "
+                        "model; elements missing before it mean a table outside every memslot")
     p.add_argument("--events", action="store_true", help="print the predicted tracepoints")
     p.set_defaults(func=_cmd_walk)
 
