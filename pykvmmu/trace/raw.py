@@ -3,14 +3,15 @@ streams, filled by the capture, tracefs-directory and trace.dat readers) decoded
 :class:`~pykvmmu.trace.record.TraceRecord` objects carrying every field of each event."""
 from __future__ import annotations
 
+import re
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .record import TraceFormatError, TraceRecord
 from .ringbuf import iter_cpu, merge_cpus
-from .tpformat import (EventFormat, HeaderPage, check_header_event, parse_event_format,
-                       parse_header_page)
+from .tpformat import HeaderPage, check_header_event, parse_event_format, parse_header_page
 
 __all__ = ["RawSource", "raw_records"]
 
@@ -20,7 +21,7 @@ class RawSource:
     """What a binary reader found: page layout, event formats by id, per-CPU readers
     (``(cpu, read(n) -> bytes, name)``), saved command lines, kernel release."""
     header_page: HeaderPage
-    formats: dict                                  # id -> EventFormat
+    formats: "FormatTable"                         # id -> EventFormat
     cpus: list                                     # [(cpu, read, name)]
     endian: str = "<"
     cmdlines: dict = field(default_factory=dict)   # pid -> comm
@@ -39,16 +40,41 @@ class RawSource:
         self.closers.clear()
 
 
+_ID = re.compile(r"^ID:\s*(\d+)\s*$", re.M)
+
+
+class FormatTable:
+    """Event formats by id, each parsed the first time a record of that id is met (a
+    trace.dat carries the formats of every event on the system)."""
+
+    def __init__(self, formats: list, endian: str):
+        self._texts, self._parsed, self.endian = {}, {}, endian
+        for system, text in formats:
+            m = _ID.search(text)
+            if m is None:
+                raise TraceFormatError(f"format file of system {system!r} without an 'ID:' line")
+            self._texts[int(m[1])] = (system, text)
+
+    def get(self, id_: int):
+        ef = self._parsed.get(id_)
+        if ef is None and id_ in self._texts:
+            system, text = self._texts[id_]
+            ef = self._parsed[id_] = parse_event_format(text, system, self.endian)
+        return ef
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __contains__(self, id_) -> bool:
+        return id_ in self._texts
+
+
 def build_source(header_page: str, header_event: str | None, formats: list, cpus: list,
                  endian: str = "<", **kw) -> RawSource:
     """A RawSource from texts: ``formats`` is [(system, format text)]."""
     hp = parse_header_page(header_page)
     check_header_event(header_event)
-    by_id = {}
-    for system, text in formats:
-        ef = parse_event_format(text, system, endian)
-        by_id[ef.id] = ef
-    return RawSource(hp, by_id, cpus, endian, **kw)
+    return RawSource(hp, FormatTable(formats, endian), cpus, endian, **kw)
 
 
 def raw_records(src: RawSource, *, all_events: bool = False, other: Counter | None = None,
@@ -60,15 +86,14 @@ def raw_records(src: RawSource, *, all_events: bool = False, other: Counter | No
         lost = src.lost.setdefault(f"cpu{cpu}", {})
         streams.append(iter_cpu(read, src.header_page, cpu, src.endian, lost, name))
     u16 = "<H" if src.endian == "<" else ">H"
-    import struct
     type_of = struct.Struct(u16).unpack_from
-    fmts: dict = src.formats
+    fmts = src.formats
     n = 0
     for ts, cpu, data in merge_cpus(streams):
         n += 1
         if len(data) < 2:
             raise TraceFormatError(f"cpu{cpu} record {n}: {len(data)} bytes, no common_type")
-        ef: EventFormat | None = fmts.get(type_of(data, 0)[0])
+        ef = fmts.get(type_of(data, 0)[0])
         if ef is None:
             if other is not None:
                 other[f"id:{type_of(data, 0)[0]}"] += 1
