@@ -1,0 +1,377 @@
+"""Decode ``kvmmmu`` tracepoint text: the kernel's print format (ftrace ``trace`` /
+``trace_pipe``, ``trace-cmd report``, with ftrace ``<stack trace>`` blocks), ftrace
+``options/fields`` (``gfn=0x1 (1)``), ``trace-cmd report -R`` (``name=value``), the
+libtraceevent plugin's page lines and the old trace-cmd plugin's (``1/4 q3 ... !pge``).
+
+Every event of the fact sheet (role-hash-trace.md section 6) is parsed into a
+:class:`TraceRecord`; page events get their role word decoded under a chosen era.  A text
+line carries only some role bits (level, gpte size, quadrant, direct, access, invalid, nx,
+ad): the record keeps the partial word and ``role_known`` (the mask of bits the text
+states).  A raw ``role=`` field gives the whole word.  Malformed lines are collected in
+``TraceResult.errors`` with their line number and skipped; parsing never raises on input.
+SPTE values can be decoded by an optional callable ``spte_decoder(spte, level) -> str``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+from ..role import get_era, unpack
+from .record import PAGE_EVENTS, SPTE_FIELDS, TraceRecord, TraceResult, decorate
+
+__all__ = ["parse", "parse_file", "parse_line", "EVENTS", "PAGE_EVENTS", "SPTE_FIELDS",
+           "ALL_EVENTS", "STACK", "STACK_LINE"]
+
+_HEX = r"(?:0x)?[0-9a-fA-F]+"
+_DEC = r"-?\d+"
+
+# One line: "comm-pid [cpu] flags timestamp: event: payload"; trace-cmd report may omit the
+# flags column and may print "(tgid)" after the pid.
+# trace-cmd report prefixes records of an instance with "name:".  The event may carry its
+# system ("kvmmmu:kvm_mmu_get_page"); ftrace stack traces print "<stack trace>" as the event.
+_HEADER = re.compile(
+    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?(?P<ts>\d+\.\d+):\s+"
+    r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
+    r"(?P<payload>.*?)\s*$")
+_INSTANCE = re.compile(r"^\S+:\s+")
+_COLON_SPACE = re.compile(r":\s")
+_SKIP = re.compile(r"^\s*(?:$|#|(?:cpus|version)\s*=)")
+#: parse_line's answers for the lines of an ftrace stack-trace block.
+STACK, STACK_LINE = "stack", "stack_line"
+_STACK_LINE = re.compile(r"^ => (?P<func>.*?)\s*$")
+
+# KVM_MMU_PAGE_PRINTK of every era (the optional groups cover the history in sec. 6.2).
+_PAGE_TEXT = re.compile(
+    r"^sp (?:gen (?P<gen>[0-9a-f]+) )?gfn (?P<gfn>[0-9a-f]+) l?(?P<level>\d+)"
+    r"(?: (?P<gsz>[48])-byte| ?(?P<pae> pae)?) q(?P<quadrant>\d)(?P<direct> direct)? "
+    r"(?P<access>[-w][-u][-x])(?P<invalid> invalid)? (?P<nx>!?)nxe(?: (?P<ad>!?)ad)? "
+    r"root (?P<root_count>\d+) (?P<sync>sync|unsync)(?: (?P<created>new|existing))?$")
+# libtraceevent plugin_kvm.c (pre-v4.12 role union):
+# "[new |existing ]sp gfn %llx %u q%u%s %s%s %spae %snxe %swp%s%s%s root %u %s"; only
+# kvm_mmu_get_page prints "sp gfn %llx" (sync/unsync/zap print the role alone).
+_PAGE_PLUGIN = re.compile(
+    r"^(?:(?P<created>new|existing) )?(?:sp gfn (?P<gfn>[0-9a-f]+) )?(?P<level>\d+) q(?P<quadrant>\d)"
+    r"(?P<direct> direct)? (?P<access>[-w][-u][-x])(?P<invalid> invalid)? (?P<pae>!?)pae "
+    r"(?P<nx>!?)nxe (?P<wp>!?)wp(?P<smep> smep)?(?P<smap> smap)?(?P<smm> smm)?"
+    r"\s+root (?P<root_count>\d+)\s+(?P<sync>sync|unsync)$")
+# old trace-cmd plugin_kvm.c (2008 role layout): "%u/%u q%u%s %s%s %spge %snxe" (level/glevels)
+_PAGE_OLD_PLUGIN = re.compile(
+    r"^(?:(?P<created>new|existing) )?sp gfn (?P<gfn>[0-9a-f]+) (?P<level>\d+)/(?P<glevels>\d+) "
+    r"q(?P<quadrant>\d)(?P<direct> direct)? (?P<access>[-w][-u][-x])(?P<invalid> invalid)? "
+    r"(?P<pge>!?)pge (?P<nx>!?)nxe\s+root (?P<root_count>\d+)\s+(?P<sync>sync|unsync)$")
+_RAW_FIELD = re.compile(r"(\w+)=(\S+)")
+# trace-cmd report -R prints a field in hex (no "0x" unless the format has it) when the
+# event's print fmt converts it with %x/%llx, else in decimal; the page events' print fmt is
+# a statement expression, so their fields print decimal.
+RAW_HEX_FIELDS = {
+    "kvm_mmu_pagetable_walk": {"addr", "pferr"}, "kvm_mmu_paging_element": {"pte"},
+    "kvm_mmu_set_accessed_bit": {"gpa"}, "kvm_mmu_set_dirty_bit": {"gpa"},
+    "kvm_mmu_walker_error": {"pferr"}, "mark_mmio_spte": {"sptep", "gfn", "access", "gen"},
+    "handle_mmio_page_fault": {"addr", "gfn", "access"},
+    "fast_page_fault": {"cr2_or_gpa", "sptep", "old_spte", "new_spte"},
+    "kvm_mmu_zap_all_fast": {"mmu_used_pages"},
+    "kvm_mmu_invalidate_zap_all_pages": {"mmu_valid_gen", "mmu_used_pages"},
+    "check_mmio_spte": {"spte", "kvm_gen", "spte_gen"},
+    "kvm_mmu_set_spte": {"gfn", "spte", "sptep"}, "kvm_mmu_spte_requested": {"gfn", "pfn"},
+    "kvm_tdp_mmu_spte_changed": {"gfn", "old_spte", "new_spte"},
+    "kvm_mmu_split_huge_page": {"gfn", "spte"}}
+_RAW_LINE = re.compile(r"^(?:\w+=\S+\s*)+$")
+# ftrace options/fields: "name=0x1 (1)" for integers (u64 decimals print signed or
+# truncated: the hex is the value), "name=text" for strings.
+# A bool prints as "name=(1)" (no hex).
+_FIELDS_ITEM = re.compile(r"(\w+)=(?:\((-?\d+)\)|(\S*?)(?: \((-?\d+)\))?)(?=\s+\w+=|\s*$)")
+_FIELDS_LINE = re.compile(r"^(?:\w+=(?:\(-?\d+\)|\S*(?: \(-?\d+\))?)\s*)+$")
+
+# (payload regex, {field: "x" hex | "d" decimal | "s" string})
+EVENTS = {
+    "kvm_mmu_pagetable_walk": (rf"addr (?P<addr>{_HEX}) pferr (?P<pferr>{_HEX})\s*(?P<pferr_flags>.*)",
+                               {"addr": "x", "pferr": "x", "pferr_flags": "s"}),
+    "kvm_mmu_paging_element": (rf"pte (?P<pte>{_HEX}) level (?P<level>\d+)", {"pte": "x", "level": "d"}),
+    "kvm_mmu_set_accessed_bit": (rf"gpa (?P<gpa>{_HEX})", {"gpa": "x"}),
+    "kvm_mmu_set_dirty_bit": (rf"gpa (?P<gpa>{_HEX})", {"gpa": "x"}),
+    "kvm_mmu_walker_error": (rf"pferr (?P<pferr>{_HEX})\s*(?P<pferr_flags>.*)",
+                             {"pferr": "x", "pferr_flags": "s"}),
+    "mark_mmio_spte": (rf"sptep:(?P<sptep>\S+) gfn (?P<gfn>{_HEX}) access (?P<access>{_HEX}) "
+                       rf"gen (?P<gen>{_HEX})",
+                       {"sptep": "s", "gfn": "x", "access": "x", "gen": "x"}),
+    "handle_mmio_page_fault": (rf"addr:(?P<addr>{_HEX}) gfn (?P<gfn>{_HEX}) access (?P<access>{_HEX})",
+                               {"addr": "x", "gfn": "x", "access": "x"}),
+    "fast_page_fault": (rf"vcpu (?P<vcpu_id>{_DEC}) gva (?P<gva>{_HEX}) error_code (?P<error_code>.*?) "
+                        rf"sptep (?P<sptep>\S+) old (?P<old_spte>{_HEX}) new (?P<new_spte>{_HEX}) "
+                        rf"spurious (?P<spurious>\d) fixed (?P<fixed>\d)",
+                        {"vcpu_id": "d", "gva": "x", "error_code": "s", "sptep": "s", "old_spte": "x",
+                         "new_spte": "x", "spurious": "d", "fixed": "d"}),
+    "kvm_mmu_zap_all_fast": (rf"kvm-mmu-valid-gen (?P<mmu_valid_gen>{_HEX}) used_pages (?P<used_pages>{_HEX})",
+                             {"mmu_valid_gen": "x", "used_pages": "x"}),
+    "kvm_mmu_invalidate_zap_all_pages": (rf"kvm-mmu-valid-gen (?P<mmu_valid_gen>{_HEX}) "
+                                         rf"used_pages (?P<used_pages>{_HEX})",
+                                         {"mmu_valid_gen": "x", "used_pages": "x"}),
+    "check_mmio_spte": (rf"spte (?P<spte>{_HEX}) kvm_gen (?P<kvm_gen>{_HEX}) spte-gen (?P<spte_gen>{_HEX}) "
+                        rf"valid (?P<valid>\d)",
+                        {"spte": "x", "kvm_gen": "x", "spte_gen": "x", "valid": "d"}),
+    "kvm_mmu_set_spte": (rf"gfn (?P<gfn>{_HEX}) spte (?P<spte>{_HEX}) \((?P<perm>[^)]*)\) "
+                         rf"level (?P<level>\d+) at (?P<sptep>{_HEX})",
+                         {"gfn": "x", "spte": "x", "perm": "s", "level": "d", "sptep": "x"}),
+    "kvm_mmu_spte_requested": (rf"gfn (?P<gfn>{_HEX}) pfn (?P<pfn>{_HEX}) level (?P<level>\d+)",
+                               {"gfn": "x", "pfn": "x", "level": "d"}),
+    "kvm_tdp_mmu_spte_changed": (rf"as id (?P<as_id>\d+) gfn (?P<gfn>{_HEX}) level (?P<level>\d+) "
+                                 rf"old_spte (?P<old_spte>{_HEX}) new_spte (?P<new_spte>{_HEX})",
+                                 {"as_id": "d", "gfn": "x", "level": "d", "old_spte": "x",
+                                  "new_spte": "x"}),
+    "kvm_mmu_split_huge_page": (rf"gfn (?P<gfn>{_HEX}) spte (?P<spte>{_HEX}) level (?P<level>\d+) "
+                                rf"errno (?P<errno>{_DEC})",
+                                {"gfn": "x", "spte": "x", "level": "d", "errno": "d"}),
+}
+_EVENT_RE = {k: re.compile("^" + v[0] + "$") for k, v in EVENTS.items()}
+ALL_EVENTS = tuple(EVENTS) + PAGE_EVENTS
+
+_ACC = {"---": 0, "--x": 1, "w--": 2, "w-x": 3, "-u-": 4, "-ux": 5, "wu-": 6, "wux": 7}
+
+
+def _int(v: str, kind: str):
+    if kind == "d":
+        return int(v, 10)
+    if kind == "x":
+        return int(v, 16)
+    return v
+
+
+def _raw_int(v: str) -> int:
+    v = v.rstrip(",")
+    if v.lower().startswith("0x"):
+        return int(v, 16)
+    if v.lstrip("-").isdigit():
+        return int(v, 10)
+    return int(v, 16)
+
+
+def _decode_page_text(era, m, plugin: bool) -> tuple:
+    """(partial role word, mask of bits the text states) from a page line."""
+    g = m.groupdict()
+    f = {"level": int(g["level"]), "quadrant": int(g["quadrant"]), "direct": int(bool(g["direct"])),
+         "access": _ACC[g["access"]], "invalid": int(bool(g["invalid"]))}
+    known = ["level", "quadrant", "direct", "access", "invalid", era.nx]
+    f[era.nx] = 0 if g["nx"] == "!" else 1
+    if plugin:
+        # plugin_kvm.c's own (pre-v4.12) union: "pae" is the raw bit 4, whatever its name.
+        f[era.bit4] = 0 if g["pae"] == "!" else 1
+        f["cr0_wp"] = 0 if g["wp"] == "!" else 1
+        f["smep_andnot_wp"] = int(bool(g["smep"]))
+        f["smap_andnot_wp"] = int(bool(g["smap"]))
+        f["smm"] = int(bool(g["smm"]))
+        known += [era.bit4, "cr0_wp", "smep_andnot_wp", "smap_andnot_wp", "smm"]
+    else:
+        if g["gsz"]:
+            eight = g["gsz"] == "8"
+            f[era.bit4] = int(eight) if era.bit4 != "has_4_byte_gpte" else int(not eight)
+        else:
+            # " pae" token (<= v5.0 printk): cr4_pae; absent means 0.
+            f[era.bit4] = int(bool(g["pae"]))
+        known.append(era.bit4)
+        if g["ad"] is not None and "ad_disabled" in era.base.index:
+            f["ad_disabled"] = 1 if g["ad"] == "!" else 0
+            known.append("ad_disabled")
+    word = era.base.pack({k: v for k, v in f.items() if k in era.base.index})
+    mask = 0
+    for k in known:
+        if k in era.base.index:
+            mask |= era.base.field(k).mask
+    return word, mask
+
+
+def _fields_payload(payload: str) -> dict:
+    """ftrace options/fields payload -> {name: int or str} (the hex, not the decimal)."""
+    out = {}
+    for name, bare, val, dec in _FIELDS_ITEM.findall(payload):
+        if bare:
+            out[name] = int(bare)
+            continue
+        if dec:
+            if val.lower().startswith("0x"):
+                try:
+                    out[name] = int(val, 16)
+                    continue
+                except ValueError:
+                    pass
+            out[name] = int(dec) if not val else val   # a symbol (%pS): keep its text
+            if val:
+                out[name + "_dec"] = int(dec)
+        else:
+            out[name] = val
+    return out
+
+
+def _old_plugin_role(era, g) -> tuple:
+    """(partial word, known mask) from an old trace-cmd plugin line: only level, quadrant,
+    direct, access, invalid and nxe carry over (its cr4_pge/glevels have no modern bit)."""
+    f = {"level": int(g["level"]), "quadrant": int(g["quadrant"]), "direct": int(bool(g["direct"])),
+         "access": _ACC[g["access"]], "invalid": int(bool(g["invalid"])),
+         era.nx: 0 if g["nx"] == "!" else 1}
+    word = era.base.pack({k: v for k, v in f.items() if k in era.base.index})
+    mask = 0
+    for k in f:
+        if k in era.base.index:
+            mask |= era.base.field(k).mask
+    return word, mask
+
+
+def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
+               all_events: bool = False):
+    """Parse one line: a TraceRecord; None for a blank/comment line; ``("other", event)``
+    for a non-kvmmmu event (a record instead when ``all_events``); ``(STACK, None)`` for a
+    ``<stack trace>`` header and ``(STACK_LINE, func)`` for a `` => func`` line (they belong
+    to the record before them).  Raises ValueError with the reason for a malformed line."""
+    era = get_era(era)
+    s = line.rstrip("\n")
+    if _SKIP.match(s):
+        return None
+    if s.startswith(" =>"):
+        sm = _STACK_LINE.match(s)
+        if sm:
+            return (STACK_LINE, sm["func"])
+    m = _HEADER.match(s)
+    if m and _COLON_SPACE.search(m["comm"]):
+        m = _HEADER.match(_INSTANCE.sub("", s.lstrip(), count=1))
+    if not m:
+        raise ValueError("not a trace line (expected 'comm-pid [cpu] ts: event: ...')")
+    if m["stack"]:
+        return (STACK, m["stack"])
+    ev, payload = m["event"], m["payload"]
+    system = m["system"] or ("kvmmmu" if ev in ALL_EVENTS else "")
+    rec = TraceRecord(line_no, m["comm"], int(m["pid"]), int(m["cpu"]), m["flags"] or "",
+                      float(m["ts"]), ev, {}, system=system, payload=payload)
+    if ev not in ALL_EVENTS or system != "kvmmmu":
+        if not all_events:
+            return ("other", ev)
+        if payload and _FIELDS_LINE.match(payload) and "(" in payload:
+            rec.fields, rec.source = _fields_payload(payload), "fields"
+        elif payload and _RAW_LINE.match(payload):
+            rec.fields, rec.source = dict(_RAW_FIELD.findall(payload)), "raw"
+            for k, v in rec.fields.items():
+                try:
+                    rec.fields[k] = _raw_int(v)
+                except ValueError:
+                    pass
+        return rec
+    if payload and _FIELDS_LINE.match(payload) and "(" in payload:
+        rec.fields, rec.source = _fields_payload(payload), "fields"
+        if ev in PAGE_EVENTS and not isinstance(rec.fields.get("role"), int):
+            raise ValueError(f"{ev}: fields record without an integer role=")
+    elif _RAW_LINE.match(payload):
+        raw = dict(_RAW_FIELD.findall(payload))
+        hexes = RAW_HEX_FIELDS.get(ev, ())
+        try:
+            rec.fields = {k: int(v.rstrip(","), 16) if k in hexes else _raw_int(v)
+                          for k, v in raw.items()}
+        except ValueError:
+            raise ValueError(f"{ev}: raw field value is not a number") from None
+        rec.source = "raw"
+        if ev in PAGE_EVENTS:
+            if "role" not in rec.fields or "gfn" not in rec.fields:
+                raise ValueError(f"{ev}: raw record without role= or gfn=")
+            if rec.fields["role"] >> 32:
+                raise ValueError(f"{ev}: role={rec.fields['role']:#x} wider than 32 bits")
+    elif ev in PAGE_EVENTS:
+        pm = _PAGE_TEXT.match(payload)
+        kind = "text"
+        if not pm:
+            pm = _PAGE_PLUGIN.match(payload)
+            kind = "plugin"
+        if not pm:
+            pm = _PAGE_OLD_PLUGIN.match(payload)
+            kind = "plugin-old"
+        if not pm:
+            raise ValueError(f"{ev}: page payload does not match KVM_MMU_PAGE_PRINTK of any era")
+        g = pm.groupdict()
+        rec.fields = {"root_count": int(g["root_count"]), "unsync": int(g["sync"] == "unsync")}
+        if g["gfn"] is not None:
+            rec.fields = {"gfn": int(g["gfn"], 16), **rec.fields}
+        if g.get("gen") is not None:
+            rec.fields["mmu_valid_gen"] = int(g["gen"], 16)
+        if g.get("created"):
+            rec.fields["created"] = int(g["created"] == "new")
+        if kind == "plugin-old":
+            rec.fields["glevels"] = int(g["glevels"])
+            rec.fields["cr4_pge"] = 0 if g["pge"] == "!" else 1
+            word, known = _old_plugin_role(era, g)
+        else:
+            word, known = _decode_page_text(era, pm, kind == "plugin")
+        rec.role, rec.role_known = unpack(era, word), known
+        rec.source = kind
+    else:
+        em = _EVENT_RE[ev].match(payload)
+        if not em:
+            raise ValueError(f"{ev}: payload does not match the event's TP_printk format")
+        kinds = EVENTS[ev][1]
+        rec.fields = {k: _int(v, kinds[k]) for k, v in em.groupdict().items()}
+    return decorate(rec, era, spte_decoder)
+
+
+def iter_text(lines: Iterable[str], era="latest", spte_decoder: Callable | None = None, *,
+              all_events: bool = False, on_error: Callable | None = None,
+              on_other: Callable | None = None):
+    """Stream records from text lines; a stack-trace block is attached to the record before
+    it (``record.stack``); malformed lines go to ``on_error(line_no, reason, text)``."""
+    era = get_era(era)
+    pending = None
+    in_stack = False
+    for n, line in enumerate(lines, 1):
+        try:
+            r = parse_line(line, n, era, spte_decoder, all_events)
+        except (ValueError, KeyError, OverflowError) as e:
+            in_stack = False
+            if on_error is not None:
+                on_error(n, str(e), line.rstrip("\n"))
+            continue
+        if r is None:
+            continue
+        if isinstance(r, tuple):
+            kind, what = r
+            if kind == STACK:
+                in_stack = True
+                continue
+            if kind == STACK_LINE:
+                if not in_stack:
+                    if on_error is not None:
+                        on_error(n, "' => ' stack line outside a <stack trace> block",
+                                 line.rstrip("\n"))
+                elif pending is not None:
+                    pending.stack = pending.stack + (what,)
+                continue
+            in_stack = False
+            pending_other = what
+            if pending is not None:
+                yield pending
+                pending = None
+            if on_other is not None:
+                on_other(pending_other)
+            continue
+        in_stack = False
+        if pending is not None:
+            yield pending
+        pending = r
+    if pending is not None:
+        yield pending
+
+
+def parse(lines: Iterable[str], era="latest", spte_decoder: Callable | None = None) -> TraceResult:
+    """Parse trace text into memory; malformed lines go to ``errors`` as (line_no, reason,
+    text).  ``open_trace`` streams instead."""
+    era = get_era(era)
+    res = TraceResult(era=era, format="text")
+    res.records = list(iter_text(lines, era, spte_decoder,
+                                 on_error=lambda n, why, s: res.errors.append((n, why, s)),
+                                 on_other=lambda ev: res.other_events.update([ev])))
+    return res
+
+
+def parse_file(path: str, era="latest", spte_decoder=None) -> TraceResult:
+    """Any supported trace file (text, gzip, capture, trace.dat) read into a TraceResult."""
+    from .stream import open_trace
+    with open_trace(path, era=era, spte_decoder=spte_decoder, check_era=False) as st:
+        res = TraceResult(era=st.era, kernel_version=st.kernel_version, format=st.format)
+        res.records = list(st)
+        res.errors = list(st.errors)
+        res.other_events = st.other_events
+    return res
