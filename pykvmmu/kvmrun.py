@@ -35,7 +35,7 @@ from typing import Any
 from .errors import InputError, PykvmmuError
 
 __all__ = ["Memslot", "Mapping", "PageTables", "Registers", "Op", "SlotChange", "Run", "GuestDesc",
-           "RunResult", "KvmError", "HostUnsupported", "GuestTimeout", "detect_host", "run_guest",
+           "RunResult", "HostInfo", "host_refusal", "KvmError", "HostUnsupported", "GuestTimeout", "detect_host", "run_guest",
            "build_page_tables", "compile_program", "Asm", "demo_guest", "load_desc", "PVM_MSR_VIF",
            "PVM_MSR_ID", "OP_KINDS"]
 
@@ -323,6 +323,9 @@ class GuestDesc:
                        **d)
         except TypeError as e:
             raise InputError(f"guest description: {e} (unknown or missing field)") from None
+        except (AttributeError, ValueError) as e:
+            raise InputError(f"guest description: {e} (each of memslots, page_tables.mappings, runs, "
+                             f"program, changes must hold JSON objects)") from None
         desc.check()
         return desc
 
@@ -959,8 +962,8 @@ def run_guest(desc: GuestDesc, host: HostInfo | None = None, kvm_path: str = "/d
     Every fd and mapping is released before returning or raising."""
     if not isinstance(desc, GuestDesc):
         raise InputError(f"desc={desc!r}: must be a GuestDesc")
-    tables, leaves, root, code, entries, fetch = desc.compile()   # validates first
-    desc.check()
+    desc.check()                                      # every field, before anything is opened
+    tables, leaves, root, code, entries, fetch = desc.compile()
     host = host or detect_host(kvm_path)
     why = host_refusal(desc, host)
     if why:

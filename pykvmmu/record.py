@@ -154,16 +154,23 @@ class Recorder:
     print format and with ``options/fields`` (for fixtures; costs a second buffer).
     ``all_tasks``: record every task's events; by default only this process and the tasks it
     forks afterwards (``set_event_pid`` with ``options/event-fork``), so other VMs on the host
-    stay out of the capture.  ``progress``: a callable given a status line while recording."""
+    stay out of the capture.  ``drain_interval``: seconds between reads of the buffers while
+    recording (None: read only at stop, so a small buffer overruns).  ``progress``: a callable
+    given a status line while recording."""
 
     def __init__(self, events=DEFAULT_EVENTS, buffer_kb: int = 4096, tracefs: str | None = None,
-                 text: bool = False, all_tasks: bool = False, progress=None) -> None:
+                 text: bool = False, all_tasks: bool = False, drain_interval: float | None = 0.1,
+                 progress=None) -> None:
         self.events = _split_events(events)
         if isinstance(buffer_kb, bool) or not isinstance(buffer_kb, int) or not 64 <= buffer_kb <= 1 << 20:
             raise InputError(f"buffer_kb={buffer_kb!r}: must be an integer in [64, 1048576]")
         if tracefs is not None and not isinstance(tracefs, str):
             raise InputError(f"tracefs={tracefs!r}: must be a directory path")
+        if drain_interval is not None and (isinstance(drain_interval, bool) or not isinstance(
+                drain_interval, (int, float)) or not 0.001 <= drain_interval <= 60):
+            raise InputError(f"drain_interval={drain_interval!r}: must be None or seconds in [0.001, 60]")
         self.buffer_kb = buffer_kb
+        self.drain_interval = drain_interval
         self.tracefs = tracefs
         self.text = bool(text)
         self.all_tasks = bool(all_tasks)
@@ -280,8 +287,9 @@ class Recorder:
             for inst in (self.inst, self.inst_text):
                 if inst:
                     _write(os.path.join(inst, "tracing_on"), "1")
-            self._thread = threading.Thread(target=self._drain_loop, daemon=True, name="pykvmmu-record")
-            self._thread.start()
+            if self.drain_interval is not None:
+                self._thread = threading.Thread(target=self._drain_loop, daemon=True, name="pykvmmu-record")
+                self._thread.start()
         except BaseException:
             self._cleanup()
             raise
@@ -307,7 +315,7 @@ class Recorder:
 
     def _drain_loop(self) -> None:
         last = 0.0
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(self.drain_interval):
             self._drain()
             if self.progress and time.monotonic() - last > 1.0:
                 last = time.monotonic()
