@@ -151,8 +151,9 @@ class Memslot:
         if not isinstance(self.flags, list) or any(f not in ("readonly", "dirty_log") for f in self.flags):
             raise InputError(f"{where}.flags={self.flags!r}: must be a list of 'readonly', 'dirty_log'")
         _check_bool(f"{where}.guest_memfd", self.guest_memfd)
-        if self.guest_memfd and "readonly" in self.flags:
-            raise InputError(f"{where}: a guest_memfd memslot cannot be read-only (KVM refuses it)")
+        if self.guest_memfd and self.flags:
+            raise InputError(f"{where}: a guest_memfd memslot cannot be read-only or dirty-logged "
+                             f"(check_memory_region_flags refuses both)")
 
     def kvm_flags(self) -> int:
         return ((KVM_MEM_READONLY if "readonly" in self.flags else 0)
@@ -424,8 +425,8 @@ class GuestDesc:
                 elif c.action == "move":
                     slots[c.slot].gpa = c.gpa
                 else:
-                    if slots[c.slot].guest_memfd and "readonly" in c.flags:
-                        raise InputError(f"{where}: a guest_memfd memslot cannot be read-only")
+                    if slots[c.slot].guest_memfd and c.flags:
+                        raise InputError(f"{where}: a guest_memfd memslot cannot be read-only or dirty-logged")
                     slots[c.slot].flags = list(c.flags)
                 _check_overlap(list(slots.values()), where)
                 for name, lo, n in fixed:
