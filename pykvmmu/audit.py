@@ -324,7 +324,7 @@ class _Fault:
     chain: dict            # level -> expected indirect SP role word (root level included)
     chain_gfn: dict        # level -> gfn of that SP
     requested: _Rec | None = None
-    direct_parent: int | None = None
+    direct: dict = field(default_factory=dict)
     unsync_seen: list = field(default_factory=list)
     done: bool = False
 
@@ -430,7 +430,10 @@ class Auditor:
         self.pending_free = {}     # (gfn, role) of zapped in-use roots -> record index
         self.writes = defaultdict(int)
         self._parts = []
-        for rec in recs:
+        self._recs = recs
+        self._zap_all = {}
+        for pos, rec in enumerate(recs):
+            self._pos = pos
             self.report.events[rec.event] += 1
             h = getattr(self, "_on_" + rec.event, None)
             if h is not None:
@@ -528,12 +531,9 @@ class Auditor:
                 and level < max(f.chain):
             return f.chain[level], f.chain_gfn.get(level), (), "kvm_mmu_child_role from the walk"
         if f is not None and f.requested is not None and direct:
-            parent = f.direct_parent if f.direct_parent is not None else f.chain.get(level + 1)
-            if parent is None:
+            exp = self._direct_role(f, level)
+            if exp is None:
                 return None, None, (), "no parent shadow page on the walk"
-            exp = R.kvm_mmu_child_role(self.era, parent, direct=True,
-                                       access=f.walk.pte_access, index=0)
-            f.direct_parent = exp
             pages = 1 << (9 * level)
             return exp, f.requested.fields["gfn"] & ~(pages - 1), (), \
                 "direct child of a guest huge page (gw->pte_access)"
@@ -546,6 +546,18 @@ class Auditor:
                      "EFER.LMA, SMM, guest mode)", "root gfn: the guest CR3"),
                     "kvm_calc_shadow_mmu_root_page_role")
         return None, None, (), "no guest walk or fault explains this shadow page"
+
+    def _direct_role(self, f, level):
+        """The role of the direct SP at ``level`` below a guest huge page: FNAME(fetch) links
+        direct children of the walk's leaf SP with access gw->pte_access."""
+        role = f.chain.get(f.walk.level)
+        if role is None or level >= f.walk.level:
+            return None
+        for lvl in range(f.walk.level - 1, level - 1, -1):
+            known = f.direct.get(lvl)
+            role = known if known is not None else R.kvm_mmu_child_role(
+                self.era, role, direct=True, access=f.walk.pte_access, index=0)
+        return role
 
     def _on_kvm_mmu_get_page(self, rec):
         gfn, word = rec.fields["gfn"], rec.role
@@ -594,7 +606,7 @@ class Auditor:
         if f is not None and not sp.direct and (word & 0xF) in f.chain:
             f.chain[word & 0xF], f.chain_gfn[word & 0xF] = word, gfn
         if f is not None and f.requested is not None and sp.direct:
-            f.direct_parent = word
+            f.direct[word & 0xF] = word
 
     def _on_kvm_mmu_sync_page(self, rec):
         sp = self.mmu.any_page(rec.fields["gfn"], rec.role or 0)
@@ -614,10 +626,14 @@ class Auditor:
 
     def _on_kvm_mmu_prepare_zap_page(self, rec):
         gfn, word = rec.fields["gfn"], rec.role or 0
-        sp = self.mmu.any_page(gfn, word)
+        sp = self.mmu.any_page(gfn, word, rec.fields.get("mmu_valid_gen"))
         rc = rec.fields.get("root_count", 0)
         key = (gfn, word & ~ROLE_INVALID)
-        if word & ROLE_INVALID:
+        if sp is None:
+            self._v("page_hash", "disagreed", rec, what="zap of a page the model does not have",
+                    model=None, kernel=f"gfn {gfn:#x} role {word:#x}",
+                    reason="every zapped page was created before (kvm_mmu_get_page new)")
+        elif word & ROLE_INVALID:
             # an obsolete root whose last reference went: the free of a root zapped in use
             if rc == 0:
                 self.pending_free.pop(key, None)
@@ -626,14 +642,46 @@ class Auditor:
             else:
                 self._v("page_hash", "disagreed", rec, what="invalid root zapped", model=0,
                         kernel=rc, reason="an invalid root is zapped again only at root_count 0")
-        elif rc:
+        elif self.mmu.page_hash.is_obsolete(sp):
+            # kvm_zap_obsolete_pages walks active_mmu_pages from the tail (oldest first)
+            old = [x for x in reversed(self.mmu.page_hash.active_mmu_pages)
+                   if self.mmu.page_hash.is_obsolete(x) and not x.role & ROLE_INVALID]
+            exp = (old[0].gfn, old[0].role) if old else None
+            self._cmp("page_hash", rec, "obsolete page zapped in list order", exp, (gfn, word),
+                      reason="kvm_zap_obsolete_pages: oldest obsolete page first")
+        elif self._in_zap_all(rec, sp):
+            self._v("page_hash", "agreed", rec, what="kvm_mmu_zap_all: newest page first",
+                    reason="every valid page zapped in active_mmu_pages order (mmu notifier "
+                           "release / VM teardown)")
+        else:
+            self._judge_flood(rec, sp)
+        if rc and not word & ROLE_INVALID:
             self.pending_free[key] = rec.index
-        self._judge_flood(rec, sp)
         if sp is not None:
+            sp.root_count = rc
             self.mmu.prepare_zap(sp)
             if not rc:
-                for p in [p for p, k in self.sptep_sp.items() if k == (gfn, word & ~ROLE_INVALID)]:
+                for p in [p for p, k in self.sptep_sp.items() if k == key]:
                     del self.sptep_sp[p]
+
+    def _in_zap_all(self, rec, sp) -> bool:
+        """Is this zap part of a kvm_mmu_zap_all run: consecutive prepare_zap records that
+        zap every valid page, newest first?"""
+        if rec.index in self._zap_all:
+            return True
+        expected = [(x.gfn, x.role) for x in self.mmu.page_hash.active_mmu_pages
+                    if not x.role & ROLE_INVALID and not self.mmu.page_hash.is_obsolete(x)]
+        if len(expected) < 2 or expected[0] != (sp.gfn, sp.role):
+            return False
+        run = []
+        for r in self._recs[self._pos:self._pos + len(expected)]:
+            if r.event != "kvm_mmu_prepare_zap_page":
+                break
+            run.append(r)
+        if [(r.fields["gfn"], r.role) for r in run] != expected:
+            return False
+        self._zap_all.update((r.index, True) for r in run)
+        return True
 
     def _judge_flood(self, rec, sp):
         """write_flood: a zapped valid indirect upper-level SP, not a root, must have seen
@@ -655,15 +703,18 @@ class Auditor:
                            "(unprotect-and-retry, memslot or misaligned write)")
 
     def _on_kvm_mmu_zap_all_fast(self, rec):
-        exp_gen = self.mmu.mmu_valid_gen ^ 1
-        self._cmp("page_hash", rec, "new mmu_valid_gen", exp_gen, rec.fields["mmu_valid_gen"],
-                  reason="kvm_mmu_zap_all_fast toggles the generation")
-        used = rec.fields.get("used_pages")
+        """The event fires before the toggle: it records the old generation and
+        n_used_mmu_pages; then every current page is obsolete."""
+        self._cmp("page_hash", rec, "mmu_valid_gen before the toggle", self.mmu.mmu_valid_gen,
+                  rec.fields["mmu_valid_gen"],
+                  reason="trace_kvm_mmu_zap_all_fast precedes the 0<->1 toggle")
+        used = rec.fields.get("mmu_used_pages", rec.fields.get("used_pages"))
         if used is not None:
             self._cmp("page_hash", rec, "used_pages", self.mmu.used_pages, used,
                       reason="n_used_mmu_pages: allocated minus freed shadow pages")
         if self.mmu.mmu_valid_gen != rec.fields["mmu_valid_gen"]:
-            self.mmu.zap_all_fast()
+            self.mmu.page_hash.mmu_valid_gen = rec.fields["mmu_valid_gen"]
+        self.mmu.zap_all_fast()
 
     # -------------------------------------------------------------- SPTEs
     def _on_kvm_mmu_spte_requested(self, rec):
@@ -699,8 +750,12 @@ class Auditor:
             if rl != level or (req.fields["gfn"] & ~(pages - 1)) != gfn:
                 self._cmp("set_spte", rec, "gfn/level of the request", (req.fields["gfn"] &
                           ~(pages - 1), rl), (gfn, level))
-            if f.direct_parent is not None and level < f.walk.level:
-                sp_role = f.direct_parent
+            if level < f.walk.level:
+                sp_role = self._direct_role(f, level)
+                if sp_role is not None:
+                    inferred.append("direct shadow page: derived from the walk (already linked)"
+                                    if level not in f.direct else "")
+                    inferred = [i for i in inferred if i]
             else:
                 sp_role = f.chain.get(level)
             if sp_role is None or not f.walk.ok:
@@ -749,7 +804,8 @@ class Auditor:
         if v.status == "disagreed":
             self._adopt_unsync(rec)
         self.pending_unsync[rec.key] = []
-        self._adopt(sptep, gfn, spte_k, (gfn if sp_role >> 7 & 1 else None, sp_role), f)
+        sp_gfn = (gfn & ~((1 << (9 * level)) - 1)) if sp_role >> 7 & 1 else None
+        self._adopt(sptep, gfn, spte_k, (sp_gfn, sp_role), f)
 
     def _prefetch_access(self, sp_role, gfn, pfn, old, spte_k):
         cand = [a for a in range(8) if a & ~((sp_role >> 8) & 7) == 0]

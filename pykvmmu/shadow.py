@@ -87,10 +87,10 @@ class ShadowMmu:
                 return sp
         return None
 
-    def any_page(self, gfn: int, role: int) -> ShadowPage | None:
-        """The newest SP with this gfn and role word, obsolete or not."""
+    def any_page(self, gfn: int, role: int, gen: int | None = None) -> ShadowPage | None:
+        """The newest SP with this gfn and exact role word (and generation), obsolete or not."""
         for sp in self.page_hash.buckets[self.page_hash.bucket_of(gfn)]:
-            if sp.gfn == gfn and (sp.role & ~ROLE_INVALID) == (role & ~ROLE_INVALID):
+            if sp.gfn == gfn and sp.role == role and (gen is None or sp.mmu_valid_gen == gen):
                 return sp
         return None
 
@@ -155,8 +155,11 @@ class ShadowMmu:
             self._unaccount(sp)
         sp.unsync = False
         zapped_root = False
+        active = self.page_hash.active_mmu_pages
         if sp.root_count:
             zapped_root = was_valid
+            if sp in active:
+                active.remove(sp)
         else:
             if sp in self.page_hash.buckets[self.page_hash.bucket_of(sp.gfn)]:
                 self.page_hash.zap(sp)

@@ -144,16 +144,16 @@ def test_unsync_decision_matches_unsync_page_records():
 
 
 def test_zap_all_fast_generation_and_obsolete_pages():
-    body = fault() + lines("zap_all_fast: mmu_valid_gen=1 used_pages=4",
+    body = fault() + lines("zap_all_fast: mmu_valid_gen=0 used_pages=4",
                            "get_page: mmu_valid_gen=1 gfn=0x1000 role=0x3704 root_count=0 "
                            "unsync=0 created=1")
     rep = run(body)
     assert rep.total("disagreed") == 0, rep.format_table()
-    body = fault() + lines("zap_all_fast: mmu_valid_gen=0 used_pages=4")
+    body = fault() + lines("zap_all_fast: mmu_valid_gen=1 used_pages=4")
     rep = run(body)
     d = [v for v in rep.disagreements if v.check == "page_hash"]
-    assert d and d[0].model == 1 and d[0].kernel == 0
-    body = fault() + lines("zap_all_fast: mmu_valid_gen=1 used_pages=5")
+    assert d and d[0].model == 0 and d[0].kernel == 1
+    body = fault() + lines("zap_all_fast: mmu_valid_gen=0 used_pages=5")
     assert [v.kernel for v in run(body).disagreements] == [5]
 
 
@@ -167,7 +167,7 @@ def test_existing_page_that_was_never_created_disagrees():
 
 def test_root_zapped_in_use_then_freed():
     body = fault() + lines(
-        "zap_all_fast: mmu_valid_gen=1 used_pages=4",
+        "zap_all_fast: mmu_valid_gen=0 used_pages=4",
         "prepare_zap_page: mmu_valid_gen=0 gfn=0x1000 role=0x3704 root_count=1 unsync=0")
     rep = run(body)
     assert rep.counts["page_hash"]["not_checkable"] == 1     # never freed in the trace
