@@ -1,5 +1,7 @@
-"""Decode ``kvmmmu`` tracepoint text (ftrace ``trace`` file, ``trace-cmd report``,
-``trace-cmd report -R`` raw fields, and the libtraceevent plugin's page lines).
+"""Decode ``kvmmmu`` tracepoint text: the kernel's print format (ftrace ``trace`` /
+``trace_pipe``, ``trace-cmd report``, with ftrace ``<stack trace>`` blocks), ftrace
+``options/fields`` (``gfn=0x1 (1)``), ``trace-cmd report -R`` (``name=value``), the
+libtraceevent plugin's page lines and the old trace-cmd plugin's (``1/4 q3 ... !pge``).
 
 Every event of the fact sheet (role-hash-trace.md section 6) is parsed into a
 :class:`TraceRecord`; page events get their role word decoded under a chosen era.  A text
@@ -12,30 +14,30 @@ SPTE values can be decoded by an optional callable ``spte_decoder(spte, level) -
 from __future__ import annotations
 
 import re
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-import numpy as np
+from ..role import get_era, unpack
+from .record import PAGE_EVENTS, SPTE_FIELDS, TraceRecord, TraceResult, decorate
 
-from .role import Role, get_era, unpack
-
-__all__ = ["TraceRecord", "TraceResult", "parse", "parse_file", "parse_line", "summary",
-           "format_record", "default_spte_decoder", "EVENTS", "PAGE_EVENTS", "SPTE_FIELDS",
-           "to_numpy", "ERA_TO_SPTE_PROFILE"]
+__all__ = ["parse", "parse_file", "parse_line", "EVENTS", "PAGE_EVENTS", "SPTE_FIELDS",
+           "ALL_EVENTS", "STACK", "STACK_LINE"]
 
 _HEX = r"(?:0x)?[0-9a-fA-F]+"
 _DEC = r"-?\d+"
 
 # One line: "comm-pid [cpu] flags timestamp: event: payload"; trace-cmd report may omit the
 # flags column and may print "(tgid)" after the pid.
+# trace-cmd report prefixes records of an instance with "name:".  The event may carry its
+# system ("kvmmmu:kvm_mmu_get_page"); ftrace stack traces print "<stack trace>" as the event.
 _HEADER = re.compile(
     r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?(?P<ts>\d+\.\d+):\s+(?:kvmmmu:)?(?P<event>\w+):\s*"
+    r"(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?(?P<ts>\d+\.\d+):\s+"
+    r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
     r"(?P<payload>.*?)\s*$")
-
-PAGE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page",
-               "kvm_mmu_prepare_zap_page", "kvm_mmu_zap_page")
+_INSTANCE = re.compile(r"^\S+:\s+")
+#: parse_line's answers for the lines of an ftrace stack-trace block.
+STACK, STACK_LINE = "stack", "stack_line"
+_STACK_LINE = re.compile(r"^ => (?P<func>.*?)\s*$")
 
 # KVM_MMU_PAGE_PRINTK of every era (the optional groups cover the history in sec. 6.2).
 _PAGE_TEXT = re.compile(
@@ -50,8 +52,18 @@ _PAGE_PLUGIN = re.compile(
     r"(?P<direct> direct)? (?P<access>[-w][-u][-x])(?P<invalid> invalid)? (?P<pae>!?)pae "
     r"(?P<nx>!?)nxe (?P<wp>!?)wp(?P<smep> smep)?(?P<smap> smap)?(?P<smm> smm)?"
     r"\s+root (?P<root_count>\d+)\s+(?P<sync>sync|unsync)$")
+# old trace-cmd plugin_kvm.c (2008 role layout): "%u/%u q%u%s %s%s %spge %snxe" (level/glevels)
+_PAGE_OLD_PLUGIN = re.compile(
+    r"^(?:(?P<created>new|existing) )?sp gfn (?P<gfn>[0-9a-f]+) (?P<level>\d+)/(?P<glevels>\d+) "
+    r"q(?P<quadrant>\d)(?P<direct> direct)? (?P<access>[-w][-u][-x])(?P<invalid> invalid)? "
+    r"(?P<pge>!?)pge (?P<nx>!?)nxe\s+root (?P<root_count>\d+)\s+(?P<sync>sync|unsync)$")
 _RAW_FIELD = re.compile(r"(\w+)=(\S+)")
 _RAW_LINE = re.compile(r"^(?:\w+=\S+\s*)+$")
+# ftrace options/fields: "name=0x1 (1)" for integers (u64 decimals print signed or
+# truncated: the hex is the value), "name=text" for strings.
+# A bool prints as "name=(1)" (no hex).
+_FIELDS_ITEM = re.compile(r"(\w+)=(?:\((-?\d+)\)|(\S*?)(?: \((-?\d+)\))?)(?=\s+\w+=|\s*$)")
+_FIELDS_LINE = re.compile(r"^(?:\w+=(?:\(-?\d+\)|\S*(?: \(-?\d+\))?)\s*)+$")
 
 # (payload regex, {field: "x" hex | "d" decimal | "s" string})
 EVENTS = {
@@ -96,41 +108,7 @@ EVENTS = {
 _EVENT_RE = {k: re.compile("^" + v[0] + "$") for k, v in EVENTS.items()}
 ALL_EVENTS = tuple(EVENTS) + PAGE_EVENTS
 
-#: SPTE-valued fields per event (for the optional SPTE decoder).
-SPTE_FIELDS = {"kvm_mmu_set_spte": ("spte",), "kvm_tdp_mmu_spte_changed": ("old_spte", "new_spte"),
-               "fast_page_fault": ("old_spte", "new_spte"), "check_mmio_spte": ("spte",),
-               "kvm_mmu_split_huge_page": ("spte",)}
-
 _ACC = {"---": 0, "--x": 1, "w--": 2, "w-x": 3, "-u-": 4, "-ux": 5, "wu-": 6, "wux": 7}
-
-#: The SPTE-engine layout profile closest to each role era (None: SPTE layout not modelled).
-ERA_TO_SPTE_PROFILE = {"v4.2": None, "v4.12": None, "v4.18": None, "v4.20": None, "v5.0": None,
-                       "v5.0-fix": None, "v5.1": None, "v5.9": "v5.10", "v5.14": "v5.13",
-                       "v5.17": "v5.16", "v5.19": "v5.19", "v6.14": "v6.13"}
-
-
-@dataclass
-class TraceRecord:
-    line_no: int
-    comm: str
-    pid: int
-    cpu: int
-    flags: str
-    ts: float
-    event: str
-    fields: dict
-    role: Role | None = None
-    role_known: int = 0
-    spte_text: dict = field(default_factory=dict)
-    source: str = "text"
-
-
-@dataclass
-class TraceResult:
-    records: list = field(default_factory=list)
-    errors: list = field(default_factory=list)      # (line_no, reason, line)
-    other_events: Counter = field(default_factory=Counter)
-    era: object = None
 
 
 def _int(v: str, kind: str):
@@ -184,22 +162,84 @@ def _decode_page_text(era, m, plugin: bool) -> tuple:
     return word, mask
 
 
-def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None):
-    """Parse one line: a TraceRecord, None for a non-kvmmmu or blank/comment line, or
-    raise ValueError with the reason (parse() turns it into an error entry)."""
+def _fields_payload(payload: str) -> dict:
+    """ftrace options/fields payload -> {name: int or str} (the hex, not the decimal)."""
+    out = {}
+    for name, bare, val, dec in _FIELDS_ITEM.findall(payload):
+        if bare:
+            out[name] = int(bare)
+            continue
+        if dec:
+            if val.lower().startswith("0x"):
+                try:
+                    out[name] = int(val, 16)
+                    continue
+                except ValueError:
+                    pass
+            out[name] = int(dec) if not val else val   # a symbol (%pS): keep its text
+            if val:
+                out[name + "_dec"] = int(dec)
+        else:
+            out[name] = val
+    return out
+
+
+def _old_plugin_role(era, g) -> tuple:
+    """(partial word, known mask) from an old trace-cmd plugin line: only level, quadrant,
+    direct, access, invalid and nxe carry over (its cr4_pge/glevels have no modern bit)."""
+    f = {"level": int(g["level"]), "quadrant": int(g["quadrant"]), "direct": int(bool(g["direct"])),
+         "access": _ACC[g["access"]], "invalid": int(bool(g["invalid"])),
+         era.nx: 0 if g["nx"] == "!" else 1}
+    word = era.base.pack({k: v for k, v in f.items() if k in era.base.index})
+    mask = 0
+    for k in f:
+        if k in era.base.index:
+            mask |= era.base.field(k).mask
+    return word, mask
+
+
+def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
+               all_events: bool = False):
+    """Parse one line: a TraceRecord; None for a blank/comment line; ``("other", event)``
+    for a non-kvmmmu event (a record instead when ``all_events``); ``(STACK, None)`` for a
+    ``<stack trace>`` header and ``(STACK_LINE, func)`` for a `` => func`` line (they belong
+    to the record before them).  Raises ValueError with the reason for a malformed line."""
     era = get_era(era)
     s = line.rstrip("\n")
     if not s.strip() or s.lstrip().startswith("#") or re.match(r"^\s*(cpus|version)\s*=", s):
         return None
+    sm = _STACK_LINE.match(s)
+    if sm:
+        return (STACK_LINE, sm["func"])
     m = _HEADER.match(s)
+    if m and re.search(r":\s", m["comm"]):
+        m = _HEADER.match(_INSTANCE.sub("", s.lstrip(), count=1))
     if not m:
         raise ValueError("not a trace line (expected 'comm-pid [cpu] ts: event: ...')")
+    if m["stack"]:
+        return (STACK, m["stack"])
     ev, payload = m["event"], m["payload"]
+    system = m["system"] or ("kvmmmu" if ev in ALL_EVENTS else "")
     rec = TraceRecord(line_no, m["comm"], int(m["pid"]), int(m["cpu"]), m["flags"] or "",
-                      float(m["ts"]), ev, {})
-    if ev not in ALL_EVENTS:
-        return ("other", ev)
-    if _RAW_LINE.match(payload):
+                      float(m["ts"]), ev, {}, system=system, payload=payload)
+    if ev not in ALL_EVENTS or system != "kvmmmu":
+        if not all_events:
+            return ("other", ev)
+        if payload and _FIELDS_LINE.match(payload) and "(" in payload:
+            rec.fields, rec.source = _fields_payload(payload), "fields"
+        elif payload and _RAW_LINE.match(payload):
+            rec.fields, rec.source = dict(_RAW_FIELD.findall(payload)), "raw"
+            for k, v in rec.fields.items():
+                try:
+                    rec.fields[k] = _raw_int(v)
+                except ValueError:
+                    pass
+        return rec
+    if payload and _FIELDS_LINE.match(payload) and "(" in payload:
+        rec.fields, rec.source = _fields_payload(payload), "fields"
+        if ev in PAGE_EVENTS and not isinstance(rec.fields.get("role"), int):
+            raise ValueError(f"{ev}: fields record without an integer role=")
+    elif _RAW_LINE.match(payload):
         raw = dict(_RAW_FIELD.findall(payload))
         try:
             rec.fields = {k: _raw_int(v) for k, v in raw.items()}
@@ -211,14 +251,15 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None):
                 raise ValueError(f"{ev}: raw record without role= or gfn=")
             if rec.fields["role"] >> 32:
                 raise ValueError(f"{ev}: role={rec.fields['role']:#x} wider than 32 bits")
-            rec.role = unpack(era, rec.fields["role"])
-            rec.role_known = 0xFFFFFFFF
     elif ev in PAGE_EVENTS:
         pm = _PAGE_TEXT.match(payload)
-        plugin = False
+        kind = "text"
         if not pm:
             pm = _PAGE_PLUGIN.match(payload)
-            plugin = pm is not None
+            kind = "plugin"
+        if not pm:
+            pm = _PAGE_OLD_PLUGIN.match(payload)
+            kind = "plugin-old"
         if not pm:
             raise ValueError(f"{ev}: page payload does not match KVM_MMU_PAGE_PRINTK of any era")
         g = pm.groupdict()
@@ -228,148 +269,87 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None):
             rec.fields["mmu_valid_gen"] = int(g["gen"], 16)
         if g.get("created"):
             rec.fields["created"] = int(g["created"] == "new")
-        word, known = _decode_page_text(era, pm, plugin)
+        if kind == "plugin-old":
+            rec.fields["glevels"] = int(g["glevels"])
+            rec.fields["cr4_pge"] = 0 if g["pge"] == "!" else 1
+            word, known = _old_plugin_role(era, g)
+        else:
+            word, known = _decode_page_text(era, pm, kind == "plugin")
         rec.role, rec.role_known = unpack(era, word), known
-        rec.source = "plugin" if plugin else "text"
+        rec.source = kind
     else:
         em = _EVENT_RE[ev].match(payload)
         if not em:
             raise ValueError(f"{ev}: payload does not match the event's TP_printk format")
         kinds = EVENTS[ev][1]
         rec.fields = {k: _int(v, kinds[k]) for k, v in em.groupdict().items()}
-    if spte_decoder is not None and ev in SPTE_FIELDS:
-        for k in SPTE_FIELDS[ev]:
-            if k in rec.fields:
-                try:
-                    rec.spte_text[k] = spte_decoder(rec.fields[k], rec.fields.get("level", 1) or 1)
-                except Exception as e:  # a decoder problem must not stop the trace
-                    rec.spte_text[k] = f"<spte decode failed: {e}>"
-    return rec
+    return decorate(rec, era, spte_decoder)
 
 
-def parse(lines: Iterable[str], era="latest", spte_decoder: Callable | None = None) -> TraceResult:
-    """Parse trace text; malformed lines go to ``errors`` as (line_no, reason, text)."""
+def iter_text(lines: Iterable[str], era="latest", spte_decoder: Callable | None = None, *,
+              all_events: bool = False, on_error: Callable | None = None,
+              on_other: Callable | None = None):
+    """Stream records from text lines; a stack-trace block is attached to the record before
+    it (``record.stack``); malformed lines go to ``on_error(line_no, reason, text)``."""
     era = get_era(era)
-    res = TraceResult(era=era)
+    pending = None
+    in_stack = False
     for n, line in enumerate(lines, 1):
         try:
-            r = parse_line(line, n, era, spte_decoder)
+            r = parse_line(line, n, era, spte_decoder, all_events)
         except (ValueError, KeyError, OverflowError) as e:
-            res.errors.append((n, str(e), line.rstrip("\n")))
+            in_stack = False
+            if on_error is not None:
+                on_error(n, str(e), line.rstrip("\n"))
             continue
         if r is None:
             continue
         if isinstance(r, tuple):
-            res.other_events[r[1]] += 1
+            kind, what = r
+            if kind == STACK:
+                in_stack = True
+                continue
+            if kind == STACK_LINE:
+                if not in_stack:
+                    if on_error is not None:
+                        on_error(n, "' => ' stack line outside a <stack trace> block",
+                                 line.rstrip("\n"))
+                elif pending is not None:
+                    pending.stack = pending.stack + (what,)
+                continue
+            in_stack = False
+            pending_other = what
+            if pending is not None:
+                yield pending
+                pending = None
+            if on_other is not None:
+                on_other(pending_other)
             continue
-        res.records.append(r)
+        in_stack = False
+        if pending is not None:
+            yield pending
+        pending = r
+    if pending is not None:
+        yield pending
+
+
+def parse(lines: Iterable[str], era="latest", spte_decoder: Callable | None = None) -> TraceResult:
+    """Parse trace text into memory; malformed lines go to ``errors`` as (line_no, reason,
+    text).  ``open_trace`` streams instead."""
+    era = get_era(era)
+    res = TraceResult(era=era, format="text")
+    res.records = list(iter_text(lines, era, spte_decoder,
+                                 on_error=lambda n, why, s: res.errors.append((n, why, s)),
+                                 on_other=lambda ev: res.other_events.update([ev])))
     return res
 
 
 def parse_file(path: str, era="latest", spte_decoder=None) -> TraceResult:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return parse(f, era, spte_decoder)
-
-
-def default_spte_decoder(era="latest", mode: str | None = None, profile: str | None = None):
-    """A decoder built on the SPTE engine (pykvmmu.config.MmuConfig.preset and
-    pykvmmu.spte.decode); None when the engine, the mode or the era's profile is missing."""
-    if mode is None:
-        return None
-    era = get_era(era)
-    prof = profile or ERA_TO_SPTE_PROFILE.get(era.name)
-    if prof is None:
-        return None
-    try:
-        from .config import MmuConfig
-        from .spte import decode
-        cfg = MmuConfig.preset(mode, profile=prof)
-    except Exception:
-        return None
-
-    def dec(spte: int, level: int) -> str:
-        r = decode(cfg, spte, level)
-        kind = getattr(r, "kind", None)
-        if kind is None:
-            return " | ".join(str(r).splitlines())
-        parts = [kind]
-        if kind == "present":
-            parts += [f"pfn {r.pfn:#x}", r.access, r.ad_type]
-            if r.memtype is not None:
-                parts.append(r.memtype)
-        if getattr(r, "mmio", None):
-            parts += [f"{k} {v:#x}" if isinstance(v, int) else f"{k} {v}" for k, v in r.mmio.items()]
-        return ", ".join(parts)
-    return dec
-
-
-_DECIMAL = ("level", "root_count", "as_id", "vcpu_id", "errno", "unsync", "created", "spurious",
-            "fixed", "valid")
-
-
-def format_record(r: TraceRecord) -> str:
-    head = f"{r.line_no:6d} {r.ts:.6f} cpu{r.cpu} {r.event}"
-    fs = " ".join(f"{k}={v:#x}" if isinstance(v, int) and k not in _DECIMAL else f"{k}={v}"
-                  for k, v in r.fields.items() if k != "role")
-    out = [f"{head}: {fs}"]
-    if r.role is not None:
-        unk = ~r.role_known & r.role.era.base.used_mask
-        out.append(f"         role {r.role}" + (f"  (bits {unk:#x} unknown from text)" if unk else ""))
-    for k, v in r.spte_text.items():
-        out.append(f"         {k}: {v}")
-    return "\n".join(out)
-
-
-def zap_reason(r: TraceRecord) -> str:
-    """A heuristic class for a kvm_mmu_prepare_zap_page record (the event has no reason)."""
-    if r.role is None:
-        return "unknown"
-    if r.role.invalid:
-        return "invalid (obsolete) root"
-    if r.fields.get("root_count", 0):
-        return "root still in use"
-    if r.fields.get("unsync"):
-        return "unsync page"
-    if r.role.direct:
-        return f"direct page l{r.role.level} (TDP/huge-page zap, memslot or mmu_notifier)"
-    return f"indirect page l{r.role.level} (write-flood/misaligned/unaccount/sync)"
-
-
-def summary(res: TraceResult) -> str:
-    """Per-event counts, role distributions, zap reasons, and the malformed lines."""
-    lines = [f"era {res.era}", f"records: {len(res.records)}  malformed: {len(res.errors)}  "
-             f"other events: {sum(res.other_events.values())}", "", "events:"]
-    for ev, n in Counter(r.event for r in res.records).most_common():
-        lines.append(f"  {n:8d} {ev}")
-    roles = Counter((r.role.word, r.role_known) for r in res.records if r.role is not None)
-    if roles:
-        lines += ["", "role distribution (page events):"]
-        for (w, known), n in roles.most_common(20):
-            r = unpack(res.era, w)
-            lines.append(f"  {n:8d} {r}" + ("" if known == 0xFFFFFFFF else " (partial: from text)"))
-    zaps = Counter(zap_reason(r) for r in res.records if r.event == "kvm_mmu_prepare_zap_page")
-    if zaps:
-        lines += ["", "zap reasons (heuristic):"]
-        for why, n in zaps.most_common():
-            lines.append(f"  {n:8d} {why}")
-    if res.errors:
-        lines += ["", "malformed lines (skipped):"]
-        for n, why, _ in res.errors[:50]:
-            lines.append(f"  line {n}: {why}")
-    return "\n".join(lines)
-
-
-_NP_DTYPE = np.dtype([("line_no", "<u4"), ("ts", "<f8"), ("cpu", "<u2"), ("event", "U32"),
-                      ("gfn", "<u8"), ("level", "<u1"), ("role", "<u4"), ("role_known", "<u4"),
-                      ("spte", "<u8")])
-
-
-def to_numpy(res: TraceResult) -> np.ndarray:
-    """The records as a numpy structured array (missing values are 0)."""
-    out = np.zeros(len(res.records), dtype=_NP_DTYPE)
-    for i, r in enumerate(res.records):
-        f = r.fields
-        out[i] = (r.line_no, r.ts, r.cpu, r.event, f.get("gfn", 0), f.get("level", 0) or 0,
-                  r.role.word if r.role is not None else 0, r.role_known,
-                  f.get("spte", f.get("new_spte", 0)))
-    return out
+    """Any supported trace file (text, gzip, capture, trace.dat) read into a TraceResult."""
+    from .stream import open_trace
+    with open_trace(path, era=era, spte_decoder=spte_decoder, check_era=False) as st:
+        res = TraceResult(era=st.era, kernel_version=st.kernel_version, format=st.format)
+        res.records = list(st)
+        res.errors = list(st.errors)
+        res.other_events = st.other_events
+    return res

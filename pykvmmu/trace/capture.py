@@ -1,0 +1,129 @@
+"""The pykvmmu capture file (``pykvmmu record``'s ``.kvmcap``: a POSIX tar, maybe gzipped,
+with ``capture.json``, ``header_page``, ``header_event``, ``events/<sys>/<event>/format``,
+``per_cpu/cpu<N>/trace_pipe_raw``, ``params/...``) and the same layout as a plain directory
+(a tracefs copy: format files saved beside the raw pages, ``proc_version`` optional)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+
+from .raw import RawSource, build_source
+from .record import TraceError, TraceFormatError
+
+__all__ = ["open_capture", "open_directory", "is_capture_dir", "release_from_proc_version"]
+
+_CPU = re.compile(r"^per_cpu/cpu(\d+)/trace_pipe_raw$")
+_FMT = re.compile(r"^events/([^/]+)/([^/]+)/format$")
+
+
+def release_from_proc_version(text: str) -> str | None:
+    """``6.18.44-fc-v669`` from /proc/version text ("Linux version 6.18.44-fc-v669 (...)")."""
+    m = re.match(r"^\s*Linux version (\S+)", text or "")
+    return m[1] if m else None
+
+
+def open_capture(fileobj, name: str = "capture") -> RawSource:
+    """Read a capture tar from a seekable binary file object (already decompressed)."""
+    try:
+        tf = tarfile.open(fileobj=fileobj, mode="r:")
+    except tarfile.TarError as e:
+        raise TraceFormatError(f"{name}: not a tar archive ({e})") from None
+    members = {}
+    for m in tf.getmembers():
+        if m.isfile():
+            members[m.name.lstrip("./") if m.name.startswith("./") else m.name] = m
+
+    def text(member: str) -> str | None:
+        m = members.get(member)
+        if m is None:
+            return None
+        return tf.extractfile(m).read().decode("utf-8", "replace")
+
+    meta = {}
+    cj = text("capture.json")
+    if cj is not None:
+        try:
+            meta = json.loads(cj)
+        except ValueError as e:
+            raise TraceFormatError(f"{name}: capture.json is not JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != "pykvmmu-capture":
+            raise TraceFormatError(f"{name}: capture.json 'format' is not 'pykvmmu-capture'")
+    hp = text("header_page")
+    if hp is None:
+        raise TraceFormatError(f"{name}: no header_page member (needed to decode the raw pages)")
+    formats = []
+    for mname in members:
+        m = _FMT.match(mname)
+        if m:
+            formats.append((m[1], text(mname)))
+    cpus = []
+    for mname, m in members.items():
+        c = _CPU.match(mname)
+        if c:
+            cpus.append((int(c[1]), tf.extractfile(m).read, mname))
+    cpus.sort()
+    release = meta.get("kernel_release") or release_from_proc_version(meta.get("proc_version", ""))
+    if release is None:
+        release = release_from_proc_version(text("proc_version") or "")
+    lost = {k: dict(v) for k, v in (meta.get("lost") or {}).items() if isinstance(v, dict)}
+    src = build_source(hp, text("header_event"), formats, cpus, "<", kernel_release=release,
+                       format="capture", meta=meta)
+    for k, v in lost.items():
+        src.lost.setdefault(k, {}).update({f"stats {s}": n for s, n in v.items()})
+    src.closers.append(tf.close)
+    return src
+
+
+def is_capture_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "header_page"))
+
+
+def open_directory(path: str) -> RawSource:
+    """A directory with ``header_page``, ``events/*/*/format`` and ``per_cpu/cpuN/trace_pipe_raw``
+    (``header_event``, ``proc_version`` and ``capture.json`` optional)."""
+    def text(rel):
+        p = os.path.join(path, rel)
+        if not os.path.isfile(p):
+            return None
+        with open(p, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    hp = text("header_page")
+    if hp is None:
+        raise TraceError(f"{path}: no header_page file (needed to decode the raw pages)")
+    formats = []
+    ev = os.path.join(path, "events")
+    if os.path.isdir(ev):
+        for system in sorted(os.listdir(ev)):
+            sd = os.path.join(ev, system)
+            if not os.path.isdir(sd):
+                continue
+            for event in sorted(os.listdir(sd)):
+                t = text(os.path.join("events", system, event, "format"))
+                if t is not None:
+                    formats.append((system, t))
+    cpus, files = [], []
+    pc = os.path.join(path, "per_cpu")
+    if os.path.isdir(pc):
+        for d in os.listdir(pc):
+            m = re.match(r"^cpu(\d+)$", d)
+            p = os.path.join(pc, d, "trace_pipe_raw")
+            if m and os.path.isfile(p):
+                f = open(p, "rb")
+                files.append(f)
+                cpus.append((int(m[1]), f.read, f"per_cpu/{d}/trace_pipe_raw"))
+    cpus.sort()
+    meta = {}
+    cj = text("capture.json")
+    if cj:
+        try:
+            meta = json.loads(cj)
+        except ValueError as e:
+            raise TraceFormatError(f"{path}/capture.json is not JSON ({e})") from None
+    release = meta.get("kernel_release") or release_from_proc_version(text("proc_version") or "")
+    src = build_source(hp, text("header_event"), formats, cpus, "<", kernel_release=release,
+                       format="capture", meta=meta)
+    src.closers += [f.close for f in files]
+    return src

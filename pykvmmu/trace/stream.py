@@ -1,0 +1,277 @@
+"""``open_trace``: one streaming entry point for every trace source.
+
+The format is detected from the bytes: gzip/xz are unwrapped; ``\\x17\\x08\\x44tracing`` is a
+trace-cmd ``trace.dat`` (v6/v7); a POSIX tar is a pykvmmu capture; a directory with
+``header_page`` is a saved tracefs tree; anything else is text (the print format, ftrace
+``options/fields``, ``trace-cmd report [-R]``, libtraceevent and old trace-cmd plugin lines,
+one line at a time).  ``-`` is standard input.  Records come one at a time (constant memory):
+binary sources are read a page per CPU at a time, text a line at a time.
+
+The role era comes from the kernel version where the source carries one (capture
+``kernel_release``, trace.dat ``UNAME`` option, a ``proc_version`` file beside the trace or in
+the directory); otherwise it must be given.  A given era that contradicts the trace's kernel
+is refused (:class:`TraceEraError`).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter
+
+from ..errors import PykvmmuError
+from ..role import get_era
+from .capture import is_capture_dir, open_capture, open_directory, release_from_proc_version
+from .raw import raw_records
+from .record import TraceEraError, TraceError, decorate
+from .report import default_spte_decoder, kernel_version_of
+from .text import iter_text
+
+__all__ = ["open_trace", "TraceStream", "era_for_release", "detect_format"]
+
+_GZIP, _XZ = b"\x1f\x8b", b"\xfd7zXZ\x00"
+_TRACEDAT = b"\x17\x08\x44tracing"
+
+
+def era_for_release(release: str):
+    """The role era of a kernel release string ("6.18.44-fc-v669" -> era v6.14)."""
+    mm = kernel_version_of(release)
+    if mm is None:
+        raise TraceEraError(f"kernel release {release!r}: no major.minor version in it")
+    try:
+        return get_era(f"v{mm[0]}.{mm[1]}")
+    except PykvmmuError:
+        raise TraceEraError(f"kernel {release}: no role era covers v{mm[0]}.{mm[1]} "
+                            "(give one with --era)") from None
+
+
+def _peek(f, n: int) -> bytes:
+    if hasattr(f, "peek"):
+        b = f.peek(n)
+        return b[:n]
+    raise TraceError("internal: stream without peek")
+
+
+def _spool(f) -> tempfile.TemporaryFile:
+    """Copy a non-seekable or compressed stream to an anonymous temporary file (disk, not
+    memory) so binary formats can seek."""
+    t = tempfile.TemporaryFile()
+    shutil.copyfileobj(f, t, 1 << 20)
+    t.seek(0)
+    return t
+
+
+def detect_format(head: bytes) -> str:
+    """'gzip', 'xz', 'trace.dat', 'capture' (tar) or 'text' from a file's first 512 bytes."""
+    if head.startswith(_GZIP):
+        return "gzip"
+    if head.startswith(_XZ):
+        return "xz"
+    if head.startswith(_TRACEDAT):
+        return "trace.dat"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "capture"
+    return "text"
+
+
+class TraceStream:
+    """An iterator of :class:`TraceRecord` with what is known about the source: ``era``,
+    ``kernel_version``, ``format``, ``errors`` (first ``max_errors`` malformed lines),
+    ``n_errors``, ``other_events`` (non-kvmmmu counts), ``lost`` (ring-buffer losses per CPU)."""
+
+    def __init__(self, name: str, max_errors: int = 1000):
+        self.name = name
+        self.era = None
+        self.kernel_version: str | None = None
+        self.format: str | None = None
+        self.errors: list = []
+        self.n_errors = 0
+        self.other_events: Counter = Counter()
+        self.lost: dict = {}
+        self.meta: dict = {}
+        self.max_errors = max_errors
+        self.on_error = None
+        self._it = iter(())
+        self._closers: list = []
+        self._pos = None             # () -> (bytes done, total) for a progress bar
+
+    def _error(self, n, why, text):
+        self.n_errors += 1
+        if len(self.errors) < self.max_errors:
+            self.errors.append((n, why, text))
+        if self.on_error is not None:
+            self.on_error(n, why, text)
+
+    def progress(self):
+        """(bytes read, total bytes) of the underlying file, or None when unknown."""
+        if self._pos is None:
+            return None
+        try:
+            return self._pos()
+        except (OSError, ValueError):
+            return None
+
+    def __iter__(self):
+        return self._it
+
+    def __next__(self):
+        return next(self._it)
+
+    def close(self) -> None:
+        while self._closers:
+            c = self._closers.pop()
+            try:
+                c()
+            except (OSError, ValueError):
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _resolve_era(era, version: str | None, check_era: bool, name: str):
+    if era is None:
+        if version is None:
+            raise TraceEraError(f"{name}: the trace carries no kernel version: give the role era "
+                                "(--era, e.g. v6.14; `pykvmmu role eras` lists them)")
+        return era_for_release(version)
+    e = get_era(era)
+    if version is not None and check_era:
+        want = era_for_release(version)
+        if want is not e:
+            raise TraceEraError(f"era={era!r} (role era {e.name}) contradicts the trace's kernel "
+                                f"{version} (role era {want.name}); omit --era to use the trace's")
+    return e
+
+
+def open_trace(src, era=None, *, spte_decoder=None, mode=None, all_events: bool = False,
+               check_era: bool = True, max_errors: int = 1000, on_error=None) -> TraceStream:
+    """Open a trace (path, ``"-"``, directory, or binary/text file object) and return a
+    :class:`TraceStream` of its records.  ``mode`` (a preset name or an MmuConfig) builds the
+    SPTE decoder for the trace's kernel (``spte_decoder`` overrides it); ``all_events`` also
+    yields non-kvmmmu events.  Use as a context manager (or call ``close()``)."""
+    if isinstance(src, os.PathLike):
+        src = os.fspath(src)
+    name = src if isinstance(src, str) else getattr(src, "name", "<stream>")
+    st = TraceStream(str(name), max_errors)
+    st.on_error = on_error
+    try:
+        _open(st, src, era, spte_decoder, mode, all_events, check_era)
+    except BaseException:
+        st.close()
+        raise
+    return st
+
+
+def _open(st, src, era, spte_decoder, mode, all_events, check_era):
+    sibling_version = None
+    raw_file = None
+    if isinstance(src, str):
+        if src == "-":
+            f = sys.stdin.buffer
+        elif os.path.isdir(src):
+            if not is_capture_dir(src):
+                raise TraceError(f"{src}: a directory without header_page (not a saved tracefs tree)")
+            rs = open_directory(src)
+            return _binary(st, rs, era, spte_decoder, mode, all_events, check_era)
+        else:
+            try:
+                f = open(src, "rb")
+            except OSError as e:
+                raise TraceError(f"trace file {src!r}: {e.strerror}") from None
+            st._closers.append(f.close)
+            raw_file = f
+            pv = os.path.join(os.path.dirname(os.path.abspath(src)), "proc_version")
+            if os.path.isfile(pv):
+                with open(pv, encoding="utf-8", errors="replace") as pf:
+                    sibling_version = release_from_proc_version(pf.read())
+    elif isinstance(src, io.TextIOBase):
+        return _text(st, src, era, spte_decoder, mode, all_events, check_era, None)
+    else:
+        f = src
+    if not hasattr(f, "peek"):
+        f = io.BufferedReader(f) if isinstance(f, io.RawIOBase) else _Peekable(f)
+    if raw_file is not None:
+        try:
+            total = os.fstat(raw_file.fileno()).st_size
+            st._pos = lambda: (raw_file.tell(), total)
+        except OSError:
+            pass
+    kind = detect_format(_peek(f, 512))
+    compressed = False
+    while kind in ("gzip", "xz"):
+        f = gzip.GzipFile(fileobj=f, mode="rb") if kind == "gzip" else lzma.LZMAFile(f, "rb")
+        f = io.BufferedReader(f)
+        st._closers.append(f.close)
+        compressed = True
+        try:
+            kind = detect_format(_peek(f, 512))
+        except (OSError, EOFError, lzma.LZMAError) as e:
+            raise TraceError(f"{st.name}: bad compressed data ({e})") from None
+    if kind in ("trace.dat", "capture"):
+        seekable = not compressed and raw_file is not None
+        if not seekable:
+            t = _spool(f)
+            st._closers.append(t.close)
+            f = t
+        if kind == "capture":
+            rs = open_capture(f, st.name)
+        else:
+            from .tracedat import open_tracedat
+            rs = open_tracedat(f, st.name)
+        return _binary(st, rs, era, spte_decoder, mode, all_events, check_era)
+    text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
+    return _text(st, text, era, spte_decoder, mode, all_events, check_era, sibling_version)
+
+
+class _Peekable(io.RawIOBase):
+    """A binary file object without peek() (e.g. a socket file) made peekable."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        data = self._f.read(len(b))
+        n = len(data)
+        b[:n] = data
+        return n
+
+
+def _decoder(era, version, spte_decoder, mode):
+    if spte_decoder is not None or mode is None:
+        return spte_decoder
+    if isinstance(mode, str):
+        return default_spte_decoder(era, mode, version=version)
+    return default_spte_decoder(era, config=mode)
+
+
+def _text(st, text, era, spte_decoder, mode, all_events, check_era, version):
+    st.format = "text"
+    st.kernel_version = version
+    st.era = _resolve_era(era, version, check_era, st.name)
+    dec = _decoder(st.era if era is None else era, version, spte_decoder, mode)
+    st._it = iter_text(text, st.era, dec, all_events=all_events, on_error=st._error,
+                       on_other=lambda ev: st.other_events.update([ev]))
+
+
+def _binary(st, rs, era, spte_decoder, mode, all_events, check_era):
+    st._closers.append(rs.close)
+    st.format = rs.format
+    st.kernel_version = rs.kernel_release
+    st.meta = rs.meta
+    st.lost = rs.lost
+    st.era = _resolve_era(era, rs.kernel_release, check_era, st.name)
+    dec = _decoder(st.era if era is None else era, rs.kernel_release, spte_decoder, mode)
+    e = st.era
+    st._it = raw_records(rs, all_events=all_events, other=st.other_events,
+                         decorate=lambda r: decorate(r, e, dec))
