@@ -1,0 +1,147 @@
+"""CLI: ``pykvmmu record -o FILE [--guest DESC.json | --demo-guest | -- COMMAND...]`` and
+``pykvmmu guest run|demo`` (the guest runner without tracing)."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+
+from ..errors import InputError
+
+EPILOG = """\
+examples:
+  sudo pykvmmu record -o demo.kvmcap --demo-guest          the built-in guest under the capture
+  sudo pykvmmu record -o g.kvmcap --guest desc.json        a guest description (pykvmmu guest demo)
+  sudo pykvmmu record -o vm.kvmcap -- qemu-system-x86_64 ...   any command and its children
+  sudo pykvmmu record -o x.kvmcap --text x --demo-guest    also x.trace.txt and x.fields.txt
+The capture (a gzip'd tar, see docs/live.md) is read by `pykvmmu trace` and `audit`.
+Exit status: 0 recorded, 1 error, 3 recorded but events were lost (buffer too small).
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("record", help="capture kvmmmu trace events of a guest or command (root)",
+                       description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="capture file to write (gzip'd tar; plain tar if FILE ends in .tar)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--guest", metavar="DESC.json", help="run this guest description under the capture")
+    g.add_argument("--demo-guest", action="store_true", help="run the built-in demo guest")
+    p.add_argument("--guest-memfd", action="store_true",
+                   help="--demo-guest: add its guest_memfd memslot (when the host supports it)")
+    p.add_argument("--events", default=None, metavar="LIST",
+                   help="comma-separated 'system' or 'system/event' (default: kvmmmu and useful kvm events)")
+    p.add_argument("--buffer-kb", type=int, default=4096, metavar="KB", help="per-CPU buffer (default 4096)")
+    p.add_argument("--tracefs", default=None, metavar="DIR",
+                   help="use this tracefs mount (default: /sys/kernel/tracing if mounted, else a private mount)")
+    p.add_argument("--all-tasks", action="store_true",
+                   help="record every task's events, not only this process and its children")
+    p.add_argument("--text", default=None, metavar="PREFIX",
+                   help="also write the same run as PREFIX.trace.txt (print format) and PREFIX.fields.txt")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...] to run under the capture")
+    p.set_defaults(func=run_record)
+
+    gp = sub.add_parser("guest", help="run a guest description on /dev/kvm (no tracing)",
+                        description="Run a guest description, or print the demo description.")
+    gsub = gp.add_subparsers(dest="guest_cmd", metavar="ACTION")
+    r = gsub.add_parser("run", help="run DESC.json and print what happened as JSON")
+    r.add_argument("desc", metavar="DESC.json")
+    r.set_defaults(func=run_guest_cmd)
+    d = gsub.add_parser("demo", help="print the demo guest description as JSON")
+    d.add_argument("--guest-memfd", action="store_true", help="include the guest_memfd memslot")
+    d.set_defaults(func=lambda a: print(_demo(a.guest_memfd).to_json()) or 0)
+    gp.set_defaults(func=lambda a: gp.print_help() or 2)
+
+
+def _demo(guest_memfd: bool):
+    from ..kvmrun import demo_guest
+    return demo_guest(guest_memfd=guest_memfd)
+
+
+def run_guest_cmd(args) -> int:
+    from ..kvmrun import load_desc, run_guest
+    res = run_guest(load_desc(args.desc))
+    print(json.dumps(res.to_dict(), indent=1))
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _status(line: str) -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + line)
+        sys.stderr.flush()
+
+
+def run_record(args) -> int:
+    from .. import kvmrun, record
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    modes = sum((bool(cmd), bool(args.guest), bool(args.demo_guest)))
+    if modes != 1:
+        raise InputError("record: give exactly one of --guest DESC.json, --demo-guest or -- COMMAND")
+    desc = None
+    if args.guest:
+        desc = kvmrun.load_desc(args.guest)
+    elif args.demo_guest:
+        desc = _demo(args.guest_memfd)
+    events = record.DEFAULT_EVENTS if args.events is None else args.events
+    rec = record.Recorder(events=events, buffer_kb=args.buffer_kb, tracefs=args.tracefs, text=bool(args.text),
+                          all_tasks=args.all_tasks, progress=_status)
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    failure = None
+    try:
+        with rec:
+            if desc is not None:
+                _status("running the guest ...")
+                try:
+                    result = kvmrun.run_guest(desc)
+                except kvmrun.KvmError as e:      # keep the capture: it is the reproducer
+                    failure, result = e, None
+            else:
+                proc = subprocess.Popen(cmd)
+                try:
+                    status = proc.wait()
+                except KeyboardInterrupt:
+                    proc.terminate()
+                    proc.wait()
+                    raise
+            cap = rec.stop()
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    _status("")
+    if desc is not None:
+        cap.guest = desc.to_dict()
+        cap.meta["guest"] = cap.guest
+        cap.meta["guest_result"] = result.to_dict() if result else None
+        cap.meta["guest_error"] = str(failure) if failure else None
+    else:
+        cap.meta["command"] = cmd
+        cap.meta["exit_status"] = status
+    record.write_capture(args.output, cap)
+    if args.text:
+        for key, suffix in (("trace", "trace.txt"), ("fields", "fields.txt")):
+            with open(f"{args.text}.{suffix}", "w") as f:
+                f.write(cap.text[key])
+    nread = sum(int(s.get("read events", 0)) for s in cap.meta["lost"].values())
+    print(f"wrote {args.output}: {nread} events from CPUs {cap.meta['cpus']}, "
+          f"{len(cap.meta['events'])} event types enabled", file=sys.stderr)
+    if failure is not None:
+        print(f"pykvmmu record: the guest failed: {failure}", file=sys.stderr)
+        return 1
+    if cap.lost:
+        per = ", ".join(f"{c}: overrun {s.get('overrun')}, commit overrun {s.get('commit overrun')}, "
+                        f"dropped {s.get('dropped events')}, pages with missed events {s.get('missed_pages')}"
+                        for c, s in cap.meta["lost"].items())
+        print(f"pykvmmu record: WARNING: {cap.lost} events were lost ({per}); raise --buffer-kb",
+              file=sys.stderr)
+        return 3
+    if desc is None and status:
+        return status if 0 < status < 256 else 1
+    return 0
