@@ -46,20 +46,22 @@ from dataclasses import dataclass, field
 
 from . import role as R
 from . import spte as S
+from . import vcpu as V
+from . import walk as W
 from .config import PT_WRITABLE_MASK, MmuConfig
 from .errors import InputError
 from .shadow import ROLE_INVALID, ShadowMmu, make_spte_outcome
 from .wflood import WRITE_FLOOD_THRESHOLD
 
 __all__ = ["CHECKS", "Verdict", "AuditReport", "Auditor", "audit", "audit_records",
-           "live_config", "WalkResult", "walk_from_elements", "spte_bit_names", "role_bit_names"]
+           "live_config", "vcpu_from_root", "spte_bit_names", "role_bit_names"]
 
-CHECKS = ("role", "set_spte", "write_tracking", "write_flood", "page_hash", "mmio")
+CHECKS = ("guest_walk", "role", "set_spte", "write_tracking", "write_flood", "page_hash", "mmio")
 STATUSES = ("agreed", "disagreed", "not_checkable")
 
-PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_RSVD, PFERR_FETCH = 1, 2, 4, 8, 16
-_GPTE_ADDR = ((1 << 52) - 1) & ~0xFFF
+PFERR_PRESENT, PFERR_WRITE = 1, 2
 _U64 = (1 << 64) - 1
+_WALK_TAIL = ("kvm_mmu_set_accessed_bit", "kvm_mmu_set_dirty_bit", "kvm_mmu_walker_error")
 
 
 def live_config(maxphyaddr: int = 48, profile: str = "v6.15", mmio_caching: bool = False,
@@ -229,72 +231,6 @@ class AuditReport:
         return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ guest walk
-@dataclass
-class WalkResult:
-    """What ``FNAME(walk_addr_generic)`` leaves in the guest_walker, rebuilt from the traced
-    gptes: per level L (index L-1) the gpte, the table gfn and pt_access (access of the gptes
-    above L); the leaf level, pte_access (after protect_clean_gpte), and gfn."""
-
-    addr: int
-    pferr: int
-    ptes: dict
-    table_gfn: dict
-    pt_access: dict
-    level: int
-    pte_access: int
-    gfn: int
-    ok: bool = True
-    reason: str = ""
-
-    @property
-    def write(self) -> bool:
-        return bool(self.pferr & PFERR_WRITE)
-
-
-def _gpte_access(pte: int, nx: bool) -> int:
-    """FNAME(gpte_access) for 64-bit gptes: W and U as is, EXEC unless NX."""
-    acc = (pte & 0x6) | R.ACC_EXEC
-    if nx and pte >> 63:
-        acc &= ~R.ACC_EXEC
-    return acc
-
-
-def walk_from_elements(addr: int, pferr: int, elements: list, *, efer_nx: bool = True,
-                       failed: bool = False) -> WalkResult:
-    """Replay a 64-bit (4/5-level) guest walk from its ``kvm_mmu_paging_element`` gptes.
-
-    pt_access at level L is the AND of the access of the gptes above L (W, U, and EXEC
-    unless NX); pte_access adds the leaf gpte, then loses W on a non-write fault when the
-    leaf's Dirty bit is clear (protect_clean_gpte).  The gfn is the leaf frame plus the
-    address bits below the leaf level.  A walk that ended in ``kvm_mmu_walker_error`` or
-    without a leaf is returned with ``ok`` False."""
-    ptes, table_gfn, pt_access = {}, {}, {}
-    acc = R.ACC_ALL
-    prev = None
-    last = None
-    for pte, level in elements:
-        if prev is not None:
-            table_gfn[level] = (prev & _GPTE_ADDR) >> 12
-        pt_access[level] = acc
-        ptes[level] = pte
-        if pte & 1:
-            acc &= _gpte_access(pte, efer_nx)
-        prev, last = pte, level
-        if pte & 1 and (level == 1 or (level in (2, 3) and pte & 0x80)):
-            break
-    if failed or last is None or not prev & 1 or not (last == 1 or prev & 0x80):
-        return WalkResult(addr, pferr, ptes, table_gfn, pt_access, last or 0, 0, 0, False,
-                          "walker error" if failed else "walk without a present leaf")
-    pte_access = acc
-    if not pferr & PFERR_WRITE and not prev & 0x40:
-        pte_access &= ~R.ACC_WRITE
-    shift = 12 + 9 * (last - 1)
-    frame = prev & _GPTE_ADDR & ~((1 << shift) - 1)
-    gfn = (frame >> 12) + ((addr & ((1 << shift) - 1)) >> 12)
-    return WalkResult(addr, pferr, ptes, table_gfn, pt_access, last, pte_access, gfn)
-
-
 # ------------------------------------------------------------------ records
 @dataclass
 class _Rec:
@@ -320,7 +256,9 @@ def _norm(i: int, r) -> _Rec:
 
 @dataclass
 class _Fault:
-    walk: WalkResult
+    walk: W.Walk
+    mmu: W.GuestMmu
+    pte_access: int
     chain: dict            # level -> expected indirect SP role word (root level included)
     chain_gfn: dict        # level -> gfn of that SP
     requested: _Rec | None = None
@@ -333,7 +271,8 @@ class Auditor:
     """Replays records against the model; ``run(records)`` returns an :class:`AuditReport`."""
 
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
-                 zero_page_min_gfns: int = 3, keep_agreed: bool = False):
+                 zero_page_min_gfns: int = 3, keep_agreed: bool = False,
+                 guest_gbpages: bool = False, guest_amd: bool = True):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -348,6 +287,7 @@ class Auditor:
         self.host_writable_fn = host_writable
         self.zero_min = zero_page_min_gfns
         self.keep_agreed = bool(keep_agreed)
+        self.guest_gbpages, self.guest_amd = bool(guest_gbpages), bool(guest_amd)
 
     # -------------------------------------------------------------- helpers
     def _v(self, check, status, rec, **kw) -> Verdict:
@@ -423,6 +363,7 @@ class Auditor:
         self.walk_state = {}       # key -> {"addr","pferr","elems","failed"}
         self.fault = {}            # key -> _Fault
         self.root = {}             # key -> (gfn, role) of the current root
+        self.gbpages, self.amd = self.guest_gbpages, self.guest_amd
         self.sptes = {}            # sptep -> last SPTE value the trace showed
         self.sptep_sp = {}         # sptep page -> (gfn, role) of the SP it belongs to (inferred)
         self.gfn_sptes = defaultdict(set)
@@ -435,6 +376,8 @@ class Auditor:
         for pos, rec in enumerate(recs):
             self._pos = pos
             self.report.events[rec.event] += 1
+            if rec.event != "kvm_mmu_paging_element" and rec.event not in _WALK_TAIL:
+                self._replay(rec.key)
             h = getattr(self, "_on_" + rec.event, None)
             if h is not None:
                 h(rec)
@@ -452,65 +395,106 @@ class Auditor:
     def _on_kvm_mmu_pagetable_walk(self, rec):
         self._finish_walk(rec.key)
         self.walk_state[rec.key] = {"addr": rec.fields["addr"], "pferr": rec.fields["pferr"],
-                                    "elems": [], "failed": False, "rec": rec}
+                                    "elems": [], "rec": rec, "walk": None, "expect": []}
 
     def _on_kvm_mmu_paging_element(self, rec):
         w = self.walk_state.get(rec.key)
-        if w is not None:
-            w["elems"].append((rec.fields["pte"], rec.fields["level"]))
-            if self._walk_complete(w):
-                self._start_fault(rec.key, w)
+        if w is None or w["walk"] is not None:
+            self._v("guest_walk", "not_checkable", rec, reason="paging element outside a walk")
+            return
+        w["elems"].append((rec.fields["pte"], rec.fields["level"]))
 
-    def _on_kvm_mmu_walker_error(self, rec):
-        w = self.walk_state.get(rec.key)
-        if w is not None:
-            w["failed"] = True
+    def _replay(self, key):
+        """Replay the walk in progress (walk.walk_observed) once its elements are all in: the
+        gptes give pt_access, table gfns, pte_access and the A/D bits and walker error the
+        kernel must trace next."""
+        w = self.walk_state.get(key)
+        if w is None or w["walk"] is not None:
+            return w
+        root = self.root.get(key)
+        wrec = w["rec"]
+        if root is None:
+            w["walk"] = False
+            self.report.add(Verdict("guest_walk", "not_checkable", wrec.index, wrec.event,
+                                    reason="no shadow root seen yet: the guest paging mode is unknown"))
+            return w
+        vcpu = vcpu_from_root(self.era, root[1], root[0], maxphyaddr=self.cfg.maxphyaddr,
+                              gbpages=self.gbpages, amd=self.amd)
+        if vcpu is None:
+            w["walk"] = False
+            self.report.add(Verdict("guest_walk", "not_checkable", wrec.index, wrec.event,
+                                    reason=f"no vCPU state gives the root role {root[1]:#x}"))
+            return w
+        inferred = ("vcpu registers: from the root's role word",
+                    f"guest CPUID: MAXPHYADDR {self.cfg.maxphyaddr}, GBPAGES "
+                    f"{'on' if self.gbpages else 'off'}, {'AMD' if self.amd else 'Intel'}")
+        try:
+            mmu = W.GuestMmu.for_vcpu(vcpu, self.era, "shadow")
+            walk = W.walk_observed(mmu, w["addr"], w["pferr"], w["elems"])
+        except W.WalkError as e:
+            w["walk"] = False
+            self.report.add(Verdict("guest_walk", "disagreed", wrec.index, wrec.event,
+                                    what="walk replay", model="a walk of these gptes",
+                                    kernel=f"{len(w['elems'])} elements", reason=str(e),
+                                    inferred=inferred))
+            return w
+        w["walk"] = walk
+        w["inferred"] = inferred
+        w["expect"] = [e for e in walk.events if e[0] in _WALK_TAIL]
+        if walk.ok:
+            f = _Fault(walk, mmu, walk.fault_pte_access(mmu), {}, {})
+            for sp in W.shadow_pages(mmu, walk):
+                f.chain[sp.level], f.chain_gfn[sp.level] = sp.role, sp.gfn
+            self.fault[key] = f
+        return w
 
-    @staticmethod
-    def _walk_complete(w) -> bool:
-        pte, level = w["elems"][-1]
-        return bool(pte & 1) and (level == 1 or (level in (2, 3) and bool(pte & 0x80)))
+    def _walk_tail(self, rec):
+        """kvm_mmu_set_accessed_bit / set_dirty_bit / walker_error against the replay."""
+        w = self._replay(rec.key)
+        if w is None or w["walk"] is None:
+            self._v("guest_walk", "not_checkable", rec, reason="not inside a guest walk")
+            return
+        if w["walk"] is False:
+            self._v("guest_walk", "not_checkable", rec, reason="the walk could not be replayed")
+            return
+        exp = w["expect"].pop(0) if w["expect"] else None
+        self._cmp("guest_walk", rec, rec.event.replace("kvm_mmu_", ""), exp,
+                  (rec.event, dict(rec.fields)), inferred=w["inferred"],
+                  reason="FNAME(update_accessed_dirty_bits) / walker error of the replayed walk")
 
-    def _root_for(self, key):
-        return self.root.get(key) or (self.root.get(None) if None in self.root else None)
-
-    def _start_fault(self, key, w):
-        """A complete walk: compute the chain of shadow pages FNAME(fetch) will use."""
-        root = self._root_for(key)
-        wr = walk_from_elements(w["addr"], w["pferr"], w["elems"])
-        chain, chain_gfn = {}, {}
-        if root is not None and wr.ok:
-            rgfn, rrole = root
-            lvl = rrole & 0xF
-            chain[lvl], chain_gfn[lvl] = rrole, rgfn
-            try:
-                while lvl > wr.level:
-                    child = R.kvm_mmu_child_role(self.era, chain[lvl], direct=False,
-                                                 access=wr.pt_access.get(lvl - 1, R.ACC_ALL),
-                                                 index=0)
-                    lvl -= 1
-                    chain[lvl], chain_gfn[lvl] = child, wr.table_gfn.get(lvl)
-            except InputError:
-                chain = {}
-        self.fault[key] = _Fault(wr, chain, chain_gfn)
-        w["fault"] = True
+    _on_kvm_mmu_set_accessed_bit = _walk_tail
+    _on_kvm_mmu_set_dirty_bit = _walk_tail
+    _on_kvm_mmu_walker_error = _walk_tail
 
     def _finish_walk(self, key):
-        """A walk that was not followed by kvm_mmu_spte_requested: if it was a write to a
-        write-tracked gfn, the write is emulated (kvm_mmu_track_write)."""
-        w = self.walk_state.pop(key, None)
-        f = self.fault.get(key)
-        if w is None or f is None or f.requested is not None or not w.get("fault"):
+        """The walk's verdict (every predicted A/D/error event seen), and for a walk that was
+        not followed by kvm_mmu_spte_requested: a write to a write-tracked gfn is emulated
+        (kvm_mmu_track_write)."""
+        w = self._replay(key)
+        self.walk_state.pop(key, None)
+        if w is None or not w["walk"]:
             return
-        wr = f.walk
-        if wr.ok and wr.write and self.mmu.is_write_tracked(wr.gfn):
-            if not wr.pferr & PFERR_PRESENT:
-                self._track_write(wr.gfn)
+        wrec, walk = w["rec"], w["walk"]
+        missing = [e for e in w["expect"]]
+        what = (f"gfn {walk.gfn:#x} level {walk.leaf_level}" if walk.ok
+                else f"fault {walk.fault}")
+        if missing:
+            self.report.add(Verdict("guest_walk", "disagreed", wrec.index, wrec.event, what=what,
+                                    model=missing, kernel="not traced", inferred=w["inferred"],
+                                    reason="events the replayed walk emits are missing"))
+        else:
+            self.report.add(Verdict("guest_walk", "agreed", wrec.index, wrec.event, what=what,
+                                    inferred=w["inferred"], reason="walk_observed replay"))
+        f = self.fault.get(key)
+        if f is None or f.walk is not walk or f.requested is not None:
+            return
+        if walk.access & PFERR_WRITE and self.mmu.is_write_tracked(walk.gfn):
+            if not walk.access & PFERR_PRESENT:
+                self._track_write(walk.gfn)
             else:
                 # page_fault_handle_page_track: shadow_page_table_clear_flood(addr).
                 for lvl, role in f.chain.items():
-                    sp = self.mmu.lookup(f.chain_gfn.get(lvl), role) if f.chain_gfn.get(lvl) \
-                        is not None else None
+                    sp = self.mmu.lookup(f.chain_gfn[lvl], role)
                     if sp is not None:
                         sp.write_flooding_count = 0
 
@@ -538,26 +522,20 @@ class Auditor:
             return exp, f.requested.fields["gfn"] & ~(pages - 1), (), \
                 "direct child of a guest huge page (gw->pte_access)"
         if not direct and level >= 4:
-            v = _vcpu_from_root(self.era, word)
+            v = vcpu_from_root(self.era, word, gfn, maxphyaddr=self.cfg.maxphyaddr)
             if v is None:
                 return None, None, (), "no vCPU state yields this root role word"
-            return (R.kvm_calc_shadow_mmu_root_page_role(self.era, v), gfn,
+            return (v.root_role(self.era, "shadow"), gfn,
                     ("vcpu registers: from the root's role word (CR0.WP, CR4.SMEP/SMAP/PAE, "
                      "EFER.LMA, SMM, guest mode)", "root gfn: the guest CR3"),
                     "kvm_calc_shadow_mmu_root_page_role")
         return None, None, (), "no guest walk or fault explains this shadow page"
 
     def _direct_role(self, f, level):
-        """The role of the direct SP at ``level`` below a guest huge page: FNAME(fetch) links
-        direct children of the walk's leaf SP with access gw->pte_access."""
-        role = f.chain.get(f.walk.level)
-        if role is None or level >= f.walk.level:
-            return None
-        for lvl in range(f.walk.level - 1, level - 1, -1):
-            known = f.direct.get(lvl)
-            role = known if known is not None else R.kvm_mmu_child_role(
-                self.era, role, direct=True, access=f.walk.pte_access, index=0)
-        return role
+        """The role of the direct SP at ``level`` below a guest huge page (walk.shadow_pages
+        with the requested goal level: direct children with gw->pte_access)."""
+        d = f.direct.get(level)
+        return d[0] if d is not None else None
 
     def _on_kvm_mmu_get_page(self, rec):
         gfn, word = rec.fields["gfn"], rec.role
@@ -606,7 +584,7 @@ class Auditor:
         if f is not None and not sp.direct and (word & 0xF) in f.chain:
             f.chain[word & 0xF], f.chain_gfn[word & 0xF] = word, gfn
         if f is not None and f.requested is not None and sp.direct:
-            f.direct[word & 0xF] = word
+            f.direct[word & 0xF] = (word, gfn)
 
     def _on_kvm_mmu_sync_page(self, rec):
         sp = self.mmu.any_page(rec.fields["gfn"], rec.role or 0)
@@ -724,6 +702,11 @@ class Auditor:
             return
         f.requested = rec
         f.unsync_seen = []
+        goal = rec.fields["level"]
+        if 1 <= goal <= f.walk.leaf_level:
+            for sp in W.shadow_pages(f.mmu, f.walk, goal_level=goal):
+                if sp.direct:
+                    f.direct[sp.level] = (sp.role, sp.gfn)
         if f.walk.ok:
             self._cmp("set_spte", rec, "requested gfn", f.walk.gfn, rec.fields["gfn"],
                       reason="fault->gfn is the walk's gfn")
@@ -750,12 +733,10 @@ class Auditor:
             if rl != level or (req.fields["gfn"] & ~(pages - 1)) != gfn:
                 self._cmp("set_spte", rec, "gfn/level of the request", (req.fields["gfn"] &
                           ~(pages - 1), rl), (gfn, level))
-            if level < f.walk.level:
+            if level < f.walk.leaf_level:
                 sp_role = self._direct_role(f, level)
                 if sp_role is not None:
-                    inferred.append("direct shadow page: derived from the walk (already linked)"
-                                    if level not in f.direct else "")
-                    inferred = [i for i in inferred if i]
+                    pass
             else:
                 sp_role = f.chain.get(level)
             if sp_role is None or not f.walk.ok:
@@ -769,7 +750,7 @@ class Auditor:
             if sptep is not None and sptep not in self.sptes:
                 old = None
             prefetch = False
-            pte_access = f.walk.pte_access
+            pte_access = f.pte_access
         else:
             # prefetch: mmu_set_spte(..., fault = NULL): prefetch, host-writable
             sp_key = self.sptep_sp.get(sptep & ~0xFFF) if sptep is not None else None
@@ -871,7 +852,7 @@ class Auditor:
             self._v("mmio", "not_checkable", rec, reason="no guest walk before the MMIO SPTE")
             return
         self._cmp("mmio", rec, "gfn", f.walk.gfn, rec.fields["gfn"])
-        self._cmp("mmio", rec, "access", f.walk.pte_access & self.cfg.mmio_access_mask,
+        self._cmp("mmio", rec, "access", f.pte_access & self.cfg.mmio_access_mask,
                   rec.fields["access"], reason="pte_access & shadow_mmio_access_mask")
 
     def _on_check_mmio_spte(self, rec):
@@ -892,18 +873,26 @@ class Auditor:
                     reason="MMIO caching is off: no MMIO SPTE faults")
 
 
-def _vcpu_from_root(era, word: int):
-    """The vCPU state a shadow root role word implies (CR0.PG=1, long mode), or None."""
+def vcpu_from_root(era, word: int, gfn: int = 0, *, maxphyaddr: int = 48,
+                   gbpages: bool = False, amd: bool = True):
+    """The vCPU registers a 4/5-level shadow root implies (inferred; the trace has no
+    registers): CR0.PG/PE, CR0.WP from cr0_wp, CR4.PAE, CR4.LA57 from level 5, CR4.SMEP/SMAP
+    from smep/smap_andnot_wp, EFER.LME/LMA, EFER.NX (forced into every shadow root, so assumed
+    on), CR3 = the root's gfn, SMM and guest mode.  None when no register set gives ``word``."""
+    era = R.get_era(era)
     f = era.base.unpack(word)
     lvl = f["level"]
-    if lvl not in (4, 5) or f["direct"] or f.get("has_4_byte_gpte"):
+    if lvl not in (4, 5) or f["direct"] or f.get("has_4_byte_gpte") or f["invalid"]:
         return None
     wp = bool(f["cr0_wp"])
     if wp and (f["smep_andnot_wp"] or f["smap_andnot_wp"]):
         return None
-    return R.VcpuState(cr0_wp=wp, cr4_pae=True, cr4_la57=lvl == 5, efer_lma=True,
-                       cr4_smep=bool(f["smep_andnot_wp"]), cr4_smap=bool(f["smap_andnot_wp"]),
-                       smm=bool(f["smm"]), guest_mode=bool(f.get("guest_mode", 0)))
+    cr4 = V.CR4_PAE | (V.CR4_LA57 if lvl == 5 else 0) | (V.CR4_SMEP if f["smep_andnot_wp"] else 0) \
+        | (V.CR4_SMAP if f["smap_andnot_wp"] else 0)
+    return V.Vcpu(cr0=V.CR0_PE | V.CR0_PG | (V.CR0_WP if wp else 0), cr4=cr4,
+                  efer=V.EFER_LME | V.EFER_LMA | V.EFER_NX, cr3=(gfn << 12) & _U64,
+                  maxphyaddr=maxphyaddr, gbpages=gbpages, amd=amd, smm=bool(f["smm"]),
+                  guest_mode=bool(f.get("guest_mode", 0)))
 
 
 def audit_records(records, cfg: MmuConfig | None = None, era="v6.18", **kw) -> AuditReport:
@@ -912,15 +901,18 @@ def audit_records(records, cfg: MmuConfig | None = None, era="v6.18", **kw) -> A
 
 
 def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw) -> AuditReport:
-    """Audit a trace file (a text trace, or what pykvmmu.trace opens)."""
+    """Audit a trace file: a capture (.kvmcap), a saved tracefs tree, trace text, the
+    ``options/fields`` text or ``trace-cmd report`` output (pykvmmu.trace.open_trace).  The era
+    comes from the trace's kernel version when it has one; text needs ``era``."""
     from . import trace as T
-    era = era or "v6.18"
-    if hasattr(T, "open_trace"):
-        res = T.open_trace(path, era=era)
-    else:
-        res = T.parse_file(path, era=era)
-    records = getattr(res, "records", res)
-    return Auditor(cfg, era, **kw).run(records)
+    stream = T.open_trace(path, era=era)
+    records = list(stream)
+    rep = Auditor(cfg, stream.era, **kw).run(records)
+    rep.era = f"{stream.era.name}" + (f" (kernel {stream.kernel_version})"
+                                       if getattr(stream, "kernel_version", None) else "")
+    if stream.n_errors:
+        rep.warnings.append(f"{stream.n_errors} trace lines or records could not be read")
+    return rep
 
 
 def dumps(report: AuditReport) -> str:

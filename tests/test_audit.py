@@ -86,7 +86,9 @@ def test_flipped_role_bit_is_a_disagreement_naming_the_field():
 def test_impossible_root_role_is_not_checkable_and_children_follow_it():
     # smep_andnot_wp with CR0.WP=1: no vCPU state gives this root
     rep = run(fault(root="0x7704"))
-    assert rep.counts["role"]["not_checkable"] == 1
+    assert rep.counts["role"]["not_checkable"] == 4
+    assert rep.counts["guest_walk"]["not_checkable"] == 1
+    assert rep.total("disagreed") == 0
 
 
 def test_clean_leaf_read_fault_drops_write():

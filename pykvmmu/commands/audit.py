@@ -46,7 +46,9 @@ def register(sub) -> None:
                                      "record (roles, set_spte, write tracking, flooding, hash, MMIO)")
     p.add_argument("trace", help="trace file (capture .kvmcap, trace text, trace-cmd report)")
     p.add_argument("--json", action="store_true", help="the whole report as JSON")
-    p.add_argument("--era", default="v6.18", help="kernel of the trace (role era and layout)")
+    p.add_argument("--era", default=None,
+                   help="kernel of the trace, e.g. v6.18 (default: the capture's kernel version; "
+                        "text traces need it)")
     p.add_argument("--mode", default="shadow", help="configuration preset (only shadow is modelled)")
     p.add_argument("--profile", default="v6.15", help="SPTE layout profile (v6.15 = v6.15-v6.18)")
     p.add_argument("--maxphyaddr", type=int, default=48, help="host MAXPHYADDR (default 48)")
