@@ -199,10 +199,10 @@ def test_prefetch_infers_access_and_checks_the_spte():
 def test_cli_table_and_json(tmp_path, capsys):
     p = tmp_path / "t.txt"
     p.write_text("\n".join(fault(spte="0x1e296bc67")) + "\n")
-    assert main(["audit", str(p)]) == 0
+    assert main(["audit", str(p), "--era", "v6.18"]) == 0
     out = capsys.readouterr().out
     assert "disagreed" in out and "host-W" in out
-    assert main(["audit", str(p), "--json", "--strict"]) == 1
+    assert main(["audit", str(p), "--era", "v6.18", "--json", "--strict"]) == 1
     j = json.loads(capsys.readouterr().out)
     assert j["counts"]["set_spte"]["disagreed"] == 1
     assert j["verdicts"][0]["bits"] == ["host-W"]
