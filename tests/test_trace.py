@@ -133,10 +133,14 @@ def test_summary_and_numpy():
 
 
 def test_cli_trace(capsys):
-    assert cli.main(["trace", os.path.join(DATA, "trace_ftrace_v6.txt"), "--mode", "ept"]) == 0
+    assert cli.main(["trace", os.path.join(DATA, "trace_ftrace_v6.txt"), "--mode", "ept",
+                     "--era", "v6.14"]) == 0
     out = capsys.readouterr().out
     assert "kvm_mmu_prepare_zap_page" in out and "role 0x00001783" in out
-    assert cli.main(["trace", os.path.join(DATA, "trace_malformed.txt"), "--summary"]) == 0
+    # text carries no kernel version: the era is required
+    assert cli.main(["trace", os.path.join(DATA, "trace_ftrace_v6.txt")]) == 1
+    assert "give the role era" in capsys.readouterr().err
+    assert cli.main(["trace", os.path.join(DATA, "trace_malformed.txt"), "--summary", "--era", "latest"]) == 0
     cap = capsys.readouterr()
     assert "malformed" in cap.out and "trace_malformed.txt:2: malformed line skipped" in cap.err
     assert cli.main(["trace", os.path.join(DATA, "nope.txt")]) == 1

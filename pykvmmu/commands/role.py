@@ -1,12 +1,10 @@
-"""CLI and demo for page roles: ``pykvmmu role ...``, ``pykvmmu trace FILE``, and the
+"""CLI and demo for page roles: ``pykvmmu role ...`` and the
 prev_roots NPT scene (the v4.20/v5.0 cr4_pae bug of seed 002)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .. import role as R
-from .. import trace as T
 from ..errors import InputError
 from ..prevroots import run_switches
 from .. import sphash as H
@@ -62,30 +60,6 @@ def demo(emit) -> None:
         emit(f"{name:28s} {R.unpack('latest', w)}")
 
 
-def _cmd_trace(args) -> int:
-    era = R.get_era(args.era)
-    dec = T.default_spte_decoder(era, args.mode, args.profile) if args.mode else None
-    note = None
-    if args.mode and dec is None:
-        note = (f"note: SPTE decoding unavailable for era {era.name} / mode {args.mode} "
-                "(no SPTE-engine profile for the era, or the engine is missing)")
-    try:
-        res = T.parse_file(args.file, era, dec)
-    except OSError as e:
-        raise InputError(f"trace file {args.file!r}: {e.strerror}") from None
-    out = sys.stdout
-    if note:
-        print(note, file=sys.stderr)
-    if args.summary:
-        print(T.summary(res), file=out)
-    else:
-        for r in res.records:
-            print(T.format_record(r), file=out)
-    for n, why, _ in res.errors:
-        print(f"{args.file}:{n}: malformed line skipped: {why}", file=sys.stderr)
-    return 0
-
-
 def _cmd_role_decode(args) -> int:
     era = R.get_era(args.era)
     for w in args.words:
@@ -128,16 +102,6 @@ def _cmd_role_hash(args) -> int:
 
 
 def register(sub) -> None:
-    t = sub.add_parser("trace", help="decode kvmmmu tracepoint text (ftrace / trace-cmd report)")
-    t.add_argument("file")
-    t.add_argument("--era", default=R.DEFAULT_ERA, help="role-word era (see `pykvmmu role eras`)")
-    t.add_argument("--mode", default=None,
-                   help="MmuConfig preset for SPTE decoding (npt, ept, shadow, ...); off if omitted")
-    t.add_argument("--profile", default=None, help="SPTE layout profile (default: the era's)")
-    t.add_argument("--summary", action="store_true",
-                   help="per-event counts, role distribution and zap reasons")
-    t.set_defaults(func=_cmd_trace)
-
     r = sub.add_parser("role", help="page role words: decode, eras, prev_roots scene")
     rs = r.add_subparsers(dest="role_cmd", metavar="ROLECMD")
     d = rs.add_parser("decode", help="decode role words and check them")

@@ -14,6 +14,8 @@ from .record import TraceError, TraceFormatError
 
 __all__ = ["open_capture", "open_directory", "is_capture_dir", "release_from_proc_version"]
 
+#: per_cpu/cpuN/stats counters that mean lost records
+LOST_STATS = ("overrun", "commit overrun", "dropped events")
 _CPU = re.compile(r"^per_cpu/cpu(\d+)/trace_pipe_raw$")
 _FMT = re.compile(r"^events/([^/]+)/([^/]+)/format$")
 
@@ -71,7 +73,8 @@ def open_capture(fileobj, name: str = "capture") -> RawSource:
     src = build_source(hp, text("header_event"), formats, cpus, "<", kernel_release=release,
                        format="capture", meta=meta)
     for k, v in lost.items():
-        src.lost.setdefault(k, {}).update({f"stats {s}": n for s, n in v.items()})
+        src.lost.setdefault(k, {}).update({f"stats {s}": n for s, n in v.items()
+                                           if s in LOST_STATS and isinstance(n, int)})
     src.closers.append(tf.close)
     return src
 

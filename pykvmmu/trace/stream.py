@@ -31,7 +31,7 @@ from .record import TraceEraError, TraceError, decorate
 from .report import default_spte_decoder, kernel_version_of
 from .text import iter_text
 
-__all__ = ["open_trace", "TraceStream", "era_for_release", "detect_format"]
+__all__ = ["open_trace", "TraceStream", "era_for_release", "era_arg", "detect_format"]
 
 _GZIP, _XZ = b"\x1f\x8b", b"\xfd7zXZ\x00"
 _TRACEDAT = b"\x17\x08\x44tracing"
@@ -47,6 +47,17 @@ def era_for_release(release: str):
     except PykvmmuError:
         raise TraceEraError(f"kernel {release}: no role era covers v{mm[0]}.{mm[1]} "
                             "(give one with --era)") from None
+
+
+def era_arg(era):
+    """An era given by the user: a role-era name or alias ("v6.14", "latest", "v6.8") or a
+    kernel release ("6.18.44-fc-v669"); a typo raises."""
+    try:
+        return get_era(era)
+    except PykvmmuError:
+        if isinstance(era, str) and kernel_version_of(era) is not None:
+            return era_for_release(era)
+        raise
 
 
 def _peek(f, n: int) -> bytes:
@@ -95,6 +106,9 @@ class TraceStream:
         self.meta: dict = {}
         self.max_errors = max_errors
         self.on_error = None
+        #: ``(spte, level) -> str`` applied to SPTE-valued fields; may be set after opening
+        #: (e.g. from the kernel version the source revealed), before iterating.
+        self.spte_decoder = None
         self._it = iter(())
         self._closers: list = []
         self._pos = None             # () -> (bytes done, total) for a progress bar
@@ -116,10 +130,13 @@ class TraceStream:
             return None
 
     def __iter__(self):
-        return self._it
+        return self
 
     def __next__(self):
-        return next(self._it)
+        r = next(self._it)
+        if self.spte_decoder is not None:
+            decorate(r, self.era, self.spte_decoder)
+        return r
 
     def close(self) -> None:
         while self._closers:
@@ -142,7 +159,7 @@ def _resolve_era(era, version: str | None, check_era: bool, name: str):
             raise TraceEraError(f"{name}: the trace carries no kernel version: give the role era "
                                 "(--era, e.g. v6.14; `pykvmmu role eras` lists them)")
         return era_for_release(version)
-    e = get_era(era)
+    e = era_arg(era)
     if version is not None and check_era:
         want = era_for_release(version)
         if want is not e:
@@ -197,7 +214,7 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
     else:
         f = src
     if not hasattr(f, "peek"):
-        f = io.BufferedReader(f) if isinstance(f, io.RawIOBase) else _Peekable(f)
+        f = io.BufferedReader(f if isinstance(f, io.RawIOBase) else _Peekable(f))
     if raw_file is not None:
         try:
             total = os.fstat(raw_file.fileno()).st_size
@@ -259,8 +276,8 @@ def _text(st, text, era, spte_decoder, mode, all_events, check_era, version):
     st.format = "text"
     st.kernel_version = version
     st.era = _resolve_era(era, version, check_era, st.name)
-    dec = _decoder(st.era if era is None else era, version, spte_decoder, mode)
-    st._it = iter_text(text, st.era, dec, all_events=all_events, on_error=st._error,
+    st.spte_decoder = _decoder(st.era if era is None else era, version, spte_decoder, mode)
+    st._it = iter_text(text, st.era, None, all_events=all_events, on_error=st._error,
                        on_other=lambda ev: st.other_events.update([ev]))
 
 
@@ -271,7 +288,7 @@ def _binary(st, rs, era, spte_decoder, mode, all_events, check_era):
     st.meta = rs.meta
     st.lost = rs.lost
     st.era = _resolve_era(era, rs.kernel_release, check_era, st.name)
-    dec = _decoder(st.era if era is None else era, rs.kernel_release, spte_decoder, mode)
+    st.spte_decoder = _decoder(st.era if era is None else era, rs.kernel_release, spte_decoder, mode)
     e = st.era
     st._it = raw_records(rs, all_events=all_events, other=st.other_events,
-                         decorate=lambda r: decorate(r, e, dec))
+                         decorate=lambda r: decorate(r, e, None))

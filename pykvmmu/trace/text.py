@@ -46,9 +46,10 @@ _PAGE_TEXT = re.compile(
     r"(?P<access>[-w][-u][-x])(?P<invalid> invalid)? (?P<nx>!?)nxe(?: (?P<ad>!?)ad)? "
     r"root (?P<root_count>\d+) (?P<sync>sync|unsync)(?: (?P<created>new|existing))?$")
 # libtraceevent plugin_kvm.c (pre-v4.12 role union):
-# "[new |existing ]sp gfn %llx %u q%u%s %s%s %spae %snxe %swp%s%s%s root %u %s"
+# "[new |existing ]sp gfn %llx %u q%u%s %s%s %spae %snxe %swp%s%s%s root %u %s"; only
+# kvm_mmu_get_page prints "sp gfn %llx" (sync/unsync/zap print the role alone).
 _PAGE_PLUGIN = re.compile(
-    r"^(?:(?P<created>new|existing) )?sp gfn (?P<gfn>[0-9a-f]+) (?P<level>\d+) q(?P<quadrant>\d)"
+    r"^(?:(?P<created>new|existing) )?(?:sp gfn (?P<gfn>[0-9a-f]+) )?(?P<level>\d+) q(?P<quadrant>\d)"
     r"(?P<direct> direct)? (?P<access>[-w][-u][-x])(?P<invalid> invalid)? (?P<pae>!?)pae "
     r"(?P<nx>!?)nxe (?P<wp>!?)wp(?P<smep> smep)?(?P<smap> smap)?(?P<smm> smm)?"
     r"\s+root (?P<root_count>\d+)\s+(?P<sync>sync|unsync)$")
@@ -58,6 +59,21 @@ _PAGE_OLD_PLUGIN = re.compile(
     r"q(?P<quadrant>\d)(?P<direct> direct)? (?P<access>[-w][-u][-x])(?P<invalid> invalid)? "
     r"(?P<pge>!?)pge (?P<nx>!?)nxe\s+root (?P<root_count>\d+)\s+(?P<sync>sync|unsync)$")
 _RAW_FIELD = re.compile(r"(\w+)=(\S+)")
+# trace-cmd report -R prints a field in hex (no "0x" unless the format has it) when the
+# event's print fmt converts it with %x/%llx, else in decimal; the page events' print fmt is
+# a statement expression, so their fields print decimal.
+RAW_HEX_FIELDS = {
+    "kvm_mmu_pagetable_walk": {"addr", "pferr"}, "kvm_mmu_paging_element": {"pte"},
+    "kvm_mmu_set_accessed_bit": {"gpa"}, "kvm_mmu_set_dirty_bit": {"gpa"},
+    "kvm_mmu_walker_error": {"pferr"}, "mark_mmio_spte": {"sptep", "gfn", "access", "gen"},
+    "handle_mmio_page_fault": {"addr", "gfn", "access"},
+    "fast_page_fault": {"cr2_or_gpa", "sptep", "old_spte", "new_spte"},
+    "kvm_mmu_zap_all_fast": {"mmu_used_pages"},
+    "kvm_mmu_invalidate_zap_all_pages": {"mmu_valid_gen", "mmu_used_pages"},
+    "check_mmio_spte": {"spte", "kvm_gen", "spte_gen"},
+    "kvm_mmu_set_spte": {"gfn", "spte", "sptep"}, "kvm_mmu_spte_requested": {"gfn", "pfn"},
+    "kvm_tdp_mmu_spte_changed": {"gfn", "old_spte", "new_spte"},
+    "kvm_mmu_split_huge_page": {"gfn", "spte"}}
 _RAW_LINE = re.compile(r"^(?:\w+=\S+\s*)+$")
 # ftrace options/fields: "name=0x1 (1)" for integers (u64 decimals print signed or
 # truncated: the hex is the value), "name=text" for strings.
@@ -241,8 +257,10 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
             raise ValueError(f"{ev}: fields record without an integer role=")
     elif _RAW_LINE.match(payload):
         raw = dict(_RAW_FIELD.findall(payload))
+        hexes = RAW_HEX_FIELDS.get(ev, ())
         try:
-            rec.fields = {k: _raw_int(v) for k, v in raw.items()}
+            rec.fields = {k: int(v.rstrip(","), 16) if k in hexes else _raw_int(v)
+                          for k, v in raw.items()}
         except ValueError:
             raise ValueError(f"{ev}: raw field value is not a number") from None
         rec.source = "raw"
@@ -263,8 +281,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         if not pm:
             raise ValueError(f"{ev}: page payload does not match KVM_MMU_PAGE_PRINTK of any era")
         g = pm.groupdict()
-        rec.fields = {"gfn": int(g["gfn"], 16), "root_count": int(g["root_count"]),
-                      "unsync": int(g["sync"] == "unsync")}
+        rec.fields = {"root_count": int(g["root_count"]), "unsync": int(g["sync"] == "unsync")}
+        if g["gfn"] is not None:
+            rec.fields = {"gfn": int(g["gfn"], 16), **rec.fields}
         if g.get("gen") is not None:
             rec.fields["mmu_valid_gen"] = int(g["gen"], 16)
         if g.get("created"):

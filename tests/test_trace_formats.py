@@ -1,0 +1,172 @@
+"""Every trace source of one real kvm_pvm shadow-MMU run (tests/data/live, recorded on this
+project's machine: capture file, print-format text, options/fields text, trace-cmd trace.dat
+v6/v7 and report/report -R), read through open_trace and held to each other."""
+import gzip
+import io
+import json
+import os
+import sys
+from collections import Counter
+
+import pytest
+
+from pykvmmu import cli
+from pykvmmu import trace as T
+from pykvmmu.profile import get_profile
+
+L = os.path.join(os.path.dirname(__file__), "data", "live")
+D = os.path.join(os.path.dirname(__file__), "data", "tracefmt")
+
+
+def _read(name, era=None, **kw):
+    with T.open_trace(os.path.join(L, name), era=era, **kw) as st:
+        recs = list(st)
+        assert st.n_errors == 0, st.errors[:3]
+        return recs, st
+
+
+def _same_int(raw, text):
+    """A raw (signed per format) integer against a text hex (unsigned, field width)."""
+    return raw == text or any(raw < 0 and raw + (1 << b) == text for b in (8, 16, 32, 64))
+
+
+@pytest.fixture(scope="module")
+def cap():
+    return _read("demo.kvmcap")
+
+
+def test_capture_whole_roles_and_kernel(cap):
+    recs, st = cap
+    assert st.format == "capture" and st.kernel_version == "6.18.44-fc-v669" and st.era.name == "v6.14"
+    assert st.other_events["kvm_mmio"] == 8                 # kvm:* events are not kvmmmu
+    pages = [r for r in recs if r.role is not None]
+    assert pages and all(r.role_known == T.FULL_ROLE and r.source == "capture" for r in pages)
+    assert pages[0].fields == {"mmu_valid_gen": 0, "gfn": 0x10, "role": 0x3704, "root_count": 0,
+                               "unsync": 0, "created": 1}
+    assert pages[0].role.cr0_wp == 1 and pages[0].role.level == 4
+    zf = [r for r in recs if r.event == "kvm_mmu_zap_all_fast"]
+    assert [r.fields["mmu_valid_gen"] for r in zf] == [0, 1]
+    with T.open_trace(os.path.join(L, "demo.kvmcap"), all_events=True) as st2:
+        allr = list(st2)
+    assert Counter(r.event for r in allr)["kvm_mmio"] == 8 and st2.other_events == {}
+
+
+def test_print_text_is_the_capture_minus_the_hidden_role_bits(cap):
+    raw, _ = cap
+    txt, st = _read("demo.trace.txt", "v6.14")
+    assert st.kernel_version is None and len(txt) == len(raw)
+    hidden = 0
+    for r, t in zip(raw, txt):
+        assert (r.event, r.cpu, r.pid) == (t.event, t.cpu, t.pid)
+        if r.role is not None:
+            assert t.role_known != T.FULL_ROLE and t.role.word == r.role.word & t.role_known
+            hidden |= r.role.word & ~t.role_known
+        for k in ("gfn", "spte", "pte", "addr", "gpa", "level", "pfn"):
+            if k in t.fields:
+                assert _same_int(r.fields[k], t.fields[k]), (k, r, t)
+    assert hidden & 0x2000          # cr0_wp: 0x3704 and 0x1704 print the same text
+
+
+def test_fields_text_equals_the_capture(cap):
+    raw, _ = cap
+    fl, _ = _read("demo.fields.txt", "v6.14")
+    assert len(fl) == len(raw)
+    for r, t in zip(raw, fl):
+        assert r.event == t.event and t.source == "fields"
+        assert set(t.fields) == set(r.fields)
+        assert all(_same_int(r.fields[k], v) for k, v in t.fields.items()), (r, t)
+        if r.role is not None:
+            assert t.role.word == r.role.word and t.role_known == T.FULL_ROLE
+
+
+@pytest.mark.parametrize("name", ["demo-v6.dat.gz", "demo-v7-nocomp.dat.gz"])
+def test_trace_dat_equals_report_R(name):
+    dat, st = _read(name)
+    assert st.format == "trace.dat" and st.kernel_version == "6.18.44-fc-v669"
+    assert st.meta["file_version"] == (6 if "v6" in name else 7)
+    rr, _ = _read("demo-dat.report-R.txt", "v6.14")
+    assert len(dat) == len(rr) == 478
+    for d, t in zip(dat, rr):
+        assert (d.event, d.cpu, d.pid, d.comm) == (t.event, t.cpu, t.pid, t.comm)
+        assert (d.ts_ns + 500) // 1000 == round(t.ts * 1e6)
+        assert d.fields == {k: v for k, v in t.fields.items()}, (d, t)
+    # the plugin text of the same file: partial words that agree with the raw ones
+    rep, _ = _read("demo-dat.report.txt", "v6.14")
+    assert len(rep) == len(dat)
+    for d, t in zip(dat, rep):
+        if d.role is not None:
+            assert t.source == "plugin" and t.role.word == d.role.word & t.role_known
+
+
+def test_trace_dat_zstd_is_refused_clearly():
+    with pytest.raises(T.UnsupportedTraceError, match="zstd"):
+        T.open_trace(os.path.join(L, "demo-v7.dat"))
+    assert cli.main(["trace", os.path.join(L, "demo-v7.dat")]) == 1
+
+
+def test_v6_and_v7_identical():
+    a, _ = _read("demo-v6.dat.gz")
+    b, _ = _read("demo-v7-nocomp.dat.gz")
+    assert [(r.ts_ns, r.event, r.fields) for r in a] == [(r.ts_ns, r.event, r.fields) for r in b]
+
+
+def test_stdin_gzip_and_text_file_objects(monkeypatch, cap):
+    raw, _ = cap
+    data = open(os.path.join(L, "demo.fields.txt"), "rb").read()
+    with T.open_trace(io.BytesIO(gzip.compress(data)), era="v6.14") as st:
+        assert len(list(st)) == len(raw)
+    with T.open_trace(io.StringIO(data.decode()), era="v6.14") as st:
+        assert len(list(st)) == len(raw)
+
+    class _Stdin:
+        buffer = io.BufferedReader(io.BytesIO(open(os.path.join(L, "demo.kvmcap"), "rb").read()))
+    monkeypatch.setattr(sys, "stdin", _Stdin)
+    with T.open_trace("-") as st:
+        assert [r.fields for r in st] == [r.fields for r in raw]
+
+
+def test_spte_profile_follows_the_kernel_version():
+    # one mapping: a v6.18 trace decodes SPTEs with the profile v6.18 means everywhere else
+    assert T.spte_profile_for("v6.14", "6.18.44-fc-v669") == get_profile("v6.18").name
+    assert T.spte_profile_for("v6.18") == get_profile("v6.18").name
+    assert T.spte_profile_for("v6.14") == get_profile("v6.14").name
+    assert T.spte_profile_for("v5.0") is None
+    recs, _ = _read("demo.kvmcap", mode="shadow")
+    s = [r for r in recs if r.event == "kvm_mmu_set_spte"][0]
+    assert s.spte_text["spte"].startswith("present")
+
+
+def test_cli_json_summary_and_errors(capsys):
+    kc = os.path.join(L, "demo.kvmcap")
+    assert cli.main(["trace", kc, "--json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    objs = [json.loads(x) for x in lines]
+    assert len(objs) == 478 and all(o["system"] == "kvmmmu" and o["source"] == "capture" for o in objs)
+    gp = [o for o in objs if o["event"] == "kvm_mmu_get_page"][0]
+    assert gp["role"]["word"] == 0x3704 and gp["role"]["known"] == 0xFFFFFFFF and gp["ts_ns"] > 0
+    assert cli.main(["trace", kc, "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel 6.18.44-fc-v669" in out and "format: capture" in out and "0x00003704" in out
+    # a wrong explicit era is reported as such; typos are one-line errors
+    assert cli.main(["trace", kc, "--era", "v5.1"]) == 1
+    err = capsys.readouterr().err
+    assert "contradicts the trace's kernel 6.18.44" in err and err.count("\n") == 1
+    assert cli.main(["trace", kc, "--mode", "shadw"]) == 1
+    err = capsys.readouterr().err
+    assert "'shadw'" in err and err.count("\n") == 1
+    assert cli.main(["trace", kc, "--mode", "shadow", "--profile", "v9.99"]) == 1
+    assert "v9.99" in capsys.readouterr().err
+    assert cli.main(["trace", kc, "--era", "v6.99x"]) == 1
+    # --mode takes the whole MmuConfig description
+    assert cli.main(["trace", kc, "--mode", "shadow", "--maxphyaddr", "48", "--no-mmio-caching"]) == 0
+    out = capsys.readouterr().out
+    assert "spte: present" in out
+
+
+def test_old_trace_cmd_plugin_line():
+    res = T.parse_file(os.path.join(D, "old_plugin.txt"), "v4.2")
+    assert res.errors == []
+    r = res.records[0]
+    assert r.source == "plugin-old" and r.fields["gfn"] == 0x3a22e and r.fields["glevels"] == 4
+    assert r.fields["cr4_pge"] == 0 and r.fields["created"] == 0 and r.fields["root_count"] == 6
+    assert (r.role.level, r.role.quadrant, r.role.direct, r.role.access, r.role.nxe) == (1, 3, 1, 1, 0)
