@@ -34,7 +34,7 @@ from .vcpu import EptContext, Vcpu
 __all__ = [
     "GuestMmu", "GuestMemory", "Walk", "WalkLevel", "WalkFault", "ShadowPage", "WalkError",
     "WalkReplayError", "walk_addr", "walk_observed", "shadow_pages", "rsvd_bits_mask",
-    "ept_bad_mt_xwr", "gpte_access", "MODES",
+    "ept_bad_mt_xwr", "gpte_access", "MODES", "ARCHES", "EntryDecode", "decode_entry",
 ]
 
 U64 = (1 << 64) - 1
@@ -738,3 +738,144 @@ def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
         out.append(ShadowPage(child, base, parent, True, "direct"))
         level = child
     return tuple(out)
+
+
+# ---------------------------------------------------------------------------
+# Raw hardware paging entries (``pykvmmu decode --arch``)
+# ---------------------------------------------------------------------------
+
+ARCHES = ("x86-64", "pae", "32bit", "ept")
+_EPT_MT = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
+_X86_NAMES = {1: "PTE", 2: "PDE", 3: "PDPTE", 4: "PML4E", 5: "PML5E"}
+_EPT_NAMES = {1: "EPT PTE", 2: "EPT PDE", 3: "EPT PDPTE", 4: "EPT PML4E", 5: "EPT PML5E"}
+
+
+@dataclass(frozen=True)
+class EntryDecode:
+    """One architectural paging-structure entry, decoded (no KVM software bits)."""
+
+    arch: str
+    level: int
+    word: int
+    name: str
+    present: bool
+    leaf: bool
+    page_size: int | None
+    address: int
+    flags: tuple
+    #: leaf entries only: "PAT entry N (PAT:PCD:PWT)" or the EPT memory type
+    memtype: str | None
+    reserved: int
+
+    def __str__(self) -> str:
+        digits = 8 if self.arch == "32bit" else 16
+        kind = (f"{self.page_size >> 10}K" if self.page_size and self.page_size < 1 << 20 else
+                f"{self.page_size >> 20}M" if self.page_size and self.page_size < 1 << 30 else
+                f"{self.page_size >> 30}G" if self.page_size else "")
+        what = (f"leaf, {kind} page" if self.leaf else "points to a page table") \
+            if self.present else "not present"
+        out = [f"0x{self.word:0{digits}x} {self.arch} level {self.level} {self.name} ({what})",
+               "  " + " ".join(self.flags)]
+        if self.present:
+            out.append(f"  {'page' if self.leaf else 'table'} address 0x{self.address:x}")
+        if self.memtype is not None:
+            out.append(f"  memory type: {self.memtype}")
+        out.append(f"  reserved bits set: 0x{self.reserved:x}" if self.reserved
+                   else "  reserved bits set: none")
+        return "\n".join(out)
+
+
+def _flag(word, bit, name):
+    return f"{name}={(word >> bit) & 1}"
+
+
+def decode_entry(arch: str, word: int, level: int = 1, *, maxphyaddr: int = 52,
+                 execonly: bool = True, gbpages: bool = True) -> EntryDecode:
+    """Decode a raw hardware entry: ``arch`` "x86-64" (4/5-level), "pae", "32bit" or "ept",
+    at ``level`` (1 = PTE).  Reserved bits come from the same tables the walker uses
+    (__reset_rsvds_bits_mask / __reset_rsvds_bits_mask_ept, plus EPT misconfigured
+    memory-type/XWR combinations); a non-leaf entry has no memory type."""
+    if arch not in ARCHES:
+        raise WalkError(f"arch={arch!r}: one of {', '.join(ARCHES)}")
+    top = {"x86-64": 5, "pae": 3, "32bit": 2, "ept": 5}[arch]
+    if not isinstance(level, int) or not 1 <= level <= top:
+        raise WalkError(f"level={level!r}: {arch} entries are levels 1..{top}")
+    word = uint("word", word, 32 if arch == "32bit" else 64)
+    mpa = uint("maxphyaddr", maxphyaddr, 8)
+    if not 32 <= mpa <= 52:
+        raise WalkError(f"maxphyaddr={mpa}: 32..52")
+    pa_rsvd = U64 & ~((1 << mpa) - 1)
+    ps = bool(word & PT_PAGE_SIZE)
+    if arch == "ept":
+        nl, lg = ept_rsvd_bits_mask(pa_rsvd, 3 if gbpages else 2)
+        present = bool(word & 7)
+        leaf = level == 1 or (ps and level in (2, 3))
+        rsvd = (lg if ps else nl)[level - 1] & word
+        bad = ept_bad_mt_xwr(execonly)
+        if present and (bad >> (word & (0x3F if leaf else 0x7))) & 1:
+            rsvd |= word & (0x3F if leaf else 0x7)
+        flags = [_flag(word, 0, "R"), _flag(word, 1, "W"), _flag(word, 2, "X")]
+        if level in (2, 3):
+            flags.append(_flag(word, 7, "PS"))
+        flags.append(_flag(word, 8, "A"))
+        if leaf:
+            flags += [_flag(word, 6, "IPAT"), _flag(word, 9, "D"), _flag(word, 10, "XU"),
+                      _flag(word, 63, "SVE")]
+        memtype = None
+        if leaf and present:
+            mt = (word >> 3) & 7
+            memtype = f"{_EPT_MT.get(mt, 'reserved')} ({mt})" + (" ignore-PAT" if word & 64 else "")
+        shift = 12 + 9 * (level - 1) if leaf else 12
+        addr = word & PAGE_MASK64 & ~((1 << shift) - 1) & ((1 << mpa) - 1)
+        return EntryDecode(arch, level, word, _EPT_NAMES[level], present, leaf,
+                           (1 << shift) if leaf else None, addr, tuple(flags), memtype, rsvd)
+    if arch == "32bit":
+        m = rsvd_bits_mask(2, pa_rsvd, True, gbpages, True, False)
+        leaf = level == 1 or ps
+        shift = 22 if leaf and level == 2 else 12
+        addr = word & ~((1 << shift) - 1) & 0xFFFFFFFF
+        if level == 2 and leaf:
+            # PSE-36/40 (SDM table 4-4): bits (M-19):13 are address bits (M-1):32, M <= 40;
+            # the rest of 21:13 is reserved (KVM itself assumes PSE-36: bits 21:17).
+            n = min(mpa, 40) - 32
+            addr |= ((word >> 13) & ((1 << n) - 1)) << 32
+            m = (m[0], m[1][:1] + (_rsvd(13 + n, 21),) + m[1][2:])
+    else:
+        lvl_table = 3 if arch == "pae" else 5
+        m = rsvd_bits_mask(lvl_table, pa_rsvd, True, gbpages, False, False)
+        if arch == "pae" and level == 3:
+            leaf = False
+        else:
+            leaf = level == 1 or (ps and level in (2, 3))
+        shift = 12 + 9 * (level - 1) if leaf else 12
+        addr = word & PAGE_MASK64 & ~((1 << shift) - 1) & ((1 << mpa) - 1)
+    rsvd = m[1 if ps else 0][level - 1] & word
+    present = bool(word & PT_PRESENT)
+    names = ["P", "R/W", "U/S", "PWT", "PCD", "A"]
+    if arch == "pae" and level == 3:
+        flags = [_flag(word, 0, "P"), _flag(word, 3, "PWT"), _flag(word, 4, "PCD")]
+    else:
+        flags = [_flag(word, i, n) for i, n in enumerate(names)]
+        if leaf:
+            flags.append(_flag(word, 6, "D"))
+            pat_bit = 7 if level == 1 else 12
+            flags += [_flag(word, pat_bit, "PAT"), _flag(word, 8, "G")]
+            if level > 1:
+                flags.append("PS=1")
+        elif level in (2, 3) or (arch == "32bit" and level == 2):
+            flags.append("PS=0")
+        elif word & PT_PAGE_SIZE:
+            flags.append("PS=1(reserved)")
+        if arch != "32bit":
+            flags.append(_flag(word, 63, "XD"))
+        if arch == "x86-64" and leaf:
+            flags.append(f"PK={(word >> 59) & 0xF}")
+    memtype = None
+    if leaf and present:
+        pat = 1 if word & (1 << (7 if level == 1 else 12)) else 0
+        idx = (pat << 2) | (((word >> 4) & 1) << 1) | ((word >> 3) & 1)
+        memtype = f"PAT entry {idx} (PAT:PCD:PWT = {idx:03b})"
+    name = ("PDPTE (register)" if arch == "pae" and level == 3
+            else _X86_NAMES[level] if arch != "32bit" else ("PTE", "PDE")[level - 1])
+    return EntryDecode(arch, level, word, name, present, leaf, (1 << shift) if leaf else None,
+                       addr, tuple(flags), memtype, rsvd)

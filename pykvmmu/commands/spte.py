@@ -1,7 +1,10 @@
 """CLI: ``pykvmmu decode``, ``pykvmmu config``, ``pykvmmu make-spte``; the SPTE demo scene."""
 from __future__ import annotations
 
+import argparse
+
 from .. import spte as S
+from .. import walk as W
 from ..config import ACC_ALL, MmuConfig
 from ..errors import InputError
 from ..profile import PROFILES
@@ -10,7 +13,22 @@ from ._args import add_config_args, config_from_args, parse_int as _int
 DEMO_ORDER = 10
 
 
+def _hex_word(text: str) -> int:
+    """argparse type for decoded words: hex with or without 0x, as the kernel prints them."""
+    t = text.replace("_", "").lower()
+    try:
+        return int(t[2:] if t.startswith("0x") else t, 16)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a hex word (e.g. 100000000 or "
+                                         f"0x8600000012345b77)") from None
+
+
 def _cmd_decode(args) -> int:
+    if args.arch:
+        for v in args.spte:
+            print(W.decode_entry(args.arch, v, args.level,
+                                 maxphyaddr=52 if args.maxphyaddr is None else args.maxphyaddr))
+        return 0
     cfg = config_from_args(args)
     for v in args.spte:
         print(S.decode(cfg, v, args.level))
@@ -34,9 +52,14 @@ def _cmd_make(args) -> int:
 
 
 def register(sub) -> None:
-    d = sub.add_parser("decode", help="decode SPTEs under a configuration and kernel era")
-    d.add_argument("spte", nargs="+", type=_int, help="SPTE value(s), e.g. 0x8600000012345b77")
-    d.add_argument("--level", type=int, default=1, help="the SPTE's level (1=4K .. 5)")
+    d = sub.add_parser("decode", help="decode SPTEs under a configuration and kernel era, or "
+                       "raw hardware paging entries (--arch)")
+    d.add_argument("spte", nargs="+", type=_hex_word,
+                   help="word(s) in hex, 0x optional (a bare 100000000 is hex, as the kernel prints)")
+    d.add_argument("--level", type=int, default=1, help="the entry's level (1=4K .. 5)")
+    d.add_argument("--arch", choices=W.ARCHES, default=None,
+                   help="decode a raw hardware entry of this format instead of a KVM SPTE "
+                        "(--maxphyaddr is then the guest's, default 52)")
     add_config_args(d)
     d.set_defaults(func=_cmd_decode)
     c = sub.add_parser("config", help="print a configuration preset (every mask in hex)")
