@@ -222,7 +222,7 @@ class Registers:
             _check_bool(f"registers.{k}", getattr(self, k))
 
 
-OP_KINDS = ("read", "write", "fetch", "invlpg", "cr3_reload", "pte_write", "out", "rdmsr")
+OP_KINDS = ("read", "write", "fetch", "invlpg", "cr3_reload", "pte_write", "out", "rdmsr", "spin")
 
 
 @dataclass
@@ -236,6 +236,7 @@ class Op:
     - pte_write: store ``value`` into the leaf entry that maps ``addr`` (through the page-table
       window), then ``flush`` = "invlpg" (of addr), "cr3" or "none".
     - out: OUT to port ``addr`` (byte ``value``).  rdmsr: RDMSR ``addr``.
+    - spin: JMP to itself, forever: the run ends by the time limit (GuestTimeout).
     """
     kind: str
     addr: int = 0
@@ -617,6 +618,11 @@ class Asm:
         self.code += b"\xee"
         return self
 
+    def jmp_self(self) -> "Asm":
+        """JMP rel8 -2 (EB FE): an endless loop."""
+        self.code += b"\xeb\xfe"
+        return self
+
     def hlt(self) -> "Asm":
         self.code += b"\xf4"
         return self
@@ -681,6 +687,8 @@ def compile_program(desc: GuestDesc, leaves: dict, root: int):
                 a.mov_imm(RDX, o.addr).mov_imm(RAX, o.value).out_dx_al()
             elif o.kind == "rdmsr":
                 a.mov_imm(RCX, o.addr).rdmsr()
+            elif o.kind == "spin":
+                a.jmp_self()
         a.hlt()
     # the PVM registration prologue sits after every run's code: entered first, then jumps to run 0
     pro = len(a.code)
