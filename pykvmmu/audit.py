@@ -61,6 +61,15 @@ STATUSES = ("agreed", "disagreed", "not_checkable")
 
 PFERR_PRESENT, PFERR_WRITE = 1, 2
 _U64 = (1 << 64) - 1
+_EVENT_CHECK = {"kvm_mmu_get_page": "role", "kvm_mmu_set_spte": "set_spte",
+                "kvm_mmu_spte_requested": "set_spte", "kvm_mmu_pagetable_walk": "guest_walk",
+                "kvm_mmu_paging_element": "guest_walk", "kvm_mmu_set_accessed_bit": "guest_walk",
+                "kvm_mmu_set_dirty_bit": "guest_walk", "kvm_mmu_walker_error": "guest_walk",
+                "kvm_mmu_unsync_page": "write_tracking", "mark_mmio_spte": "mmio",
+                "check_mmio_spte": "mmio", "handle_mmio_page_fault": "mmio"}
+#: records whose loss leaves the page hash and unsync state unknown
+_STATE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_unsync_page",
+                 "kvm_mmu_sync_page", "kvm_mmu_zap_all_fast")
 _WALK_TAIL = ("kvm_mmu_set_accessed_bit", "kvm_mmu_set_dirty_bit", "kvm_mmu_walker_error")
 
 
@@ -324,6 +333,11 @@ class Auditor:
              reason=""):
         diff = (model ^ kernel) & known if isinstance(model, int) and isinstance(kernel, int) \
             else (0 if model == kernel else 1)
+        if diff and check in self.tainted:
+            return self._v(check, "not_checkable", rec, what=what, model=model, kernel=kernel,
+                           inferred=tuple(inferred),
+                           reason=f"the model's state is unknown since record "
+                                  f"{self.tainted[check]} (a field missing from the trace)")
         if diff:
             bits = tuple(bits_fn(diff)) if bits_fn and isinstance(model, int) else ()
             return self._v(check, "disagreed", rec, what=what, model=model, kernel=kernel,
@@ -371,6 +385,7 @@ class Auditor:
         self.pending_free = {}     # (gfn, role) of zapped in-use roots -> record index
         self.writes = defaultdict(int)
         self._parts = []
+        self.tainted = {}
         self._recs = recs
         self._zap_all = {}
         for pos, rec in enumerate(recs):
@@ -380,7 +395,17 @@ class Auditor:
                 self._replay(rec.key)
             h = getattr(self, "_on_" + rec.event, None)
             if h is not None:
-                h(rec)
+                try:
+                    h(rec)
+                except KeyError as e:
+                    # a text form that does not print this field (e.g. trace-cmd's plugin):
+                    # the state this record changes is unknown from here on
+                    self._parts = []
+                    self._v(_EVENT_CHECK.get(rec.event, "page_hash"), "not_checkable", rec,
+                            reason=f"the record has no {e.args[0]!r} field")
+                    if rec.event in _STATE_EVENTS:
+                        self.tainted.setdefault("page_hash", rec.index)
+                        self.tainted.setdefault("write_tracking", rec.index)
                 self._flush()
         for key in list(self.walk_state):
             self._finish_walk(key)
