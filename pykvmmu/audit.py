@@ -281,7 +281,7 @@ class Auditor:
 
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 3, keep_agreed: bool = False,
-                 guest_gbpages: bool = False, guest_amd: bool = True):
+                 guest_gbpages: bool = False, guest_amd: bool = True, memslots=None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -297,6 +297,14 @@ class Auditor:
         self.zero_min = zero_page_min_gfns
         self.keep_agreed = bool(keep_agreed)
         self.guest_gbpages, self.guest_amd = bool(guest_gbpages), bool(guest_amd)
+        self.readonly = []
+        for i, m in enumerate(memslots or ()):
+            try:
+                gpa, size, flags = int(m["gpa"]), int(m["size"]), tuple(m.get("flags", ()))
+            except (KeyError, TypeError, ValueError):
+                raise InputError(f"memslots[{i}]={m!r}: needs gpa, size and flags") from None
+            if "readonly" in flags:
+                self.readonly.append((gpa >> 12, (gpa + size) >> 12))
 
     # -------------------------------------------------------------- helpers
     def _v(self, check, status, rec, **kw) -> Verdict:
@@ -322,8 +330,7 @@ class Auditor:
             else:
                 v = Verdict(check, status, sel[0].record, sel[0].event,
                             what="; ".join(x.what for x in sel if x.what),
-                            model=sel[0].model if status == "disagreed" else None,
-                            kernel=sel[0].kernel if status == "disagreed" else None,
+                            model=sel[0].model, kernel=sel[0].kernel,
                             diff=sel[0].diff, bits=tuple(b for x in sel for b in x.bits),
                             reason="; ".join(dict.fromkeys(x.reason for x in sel if x.reason)),
                             inferred=tuple(dict.fromkeys(i for x in vs for i in x.inferred)))
@@ -740,6 +747,8 @@ class Auditor:
     def _host_writable(self, gfn, pfn, level):
         if self.host_writable_fn is not None:
             return bool(self.host_writable_fn(gfn, pfn)), ()
+        if any(lo <= gfn < hi for lo, hi in self.readonly):
+            return False, ()       # a KVM_MEM_READONLY slot: never map_writable (not inferred)
         hw = (pfn, level) not in self.zero_pfns
         why = ("host_writable: false, the pfn serves several gfns (the host's shared zero page)"
                if not hw else "host_writable: true, the pfn is not shared (not the zero page)")
@@ -932,6 +941,9 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw)
     from . import trace as T
     stream = T.open_trace(path, era=era)
     records = list(stream)
+    guest = (getattr(stream, "meta", None) or {}).get("guest") or {}
+    if guest.get("memslots") and "memslots" not in kw:
+        kw["memslots"] = guest["memslots"]
     rep = Auditor(cfg, stream.era, **kw).run(records)
     rep.era = f"{stream.era.name}" + (f" (kernel {stream.kernel_version})"
                                        if getattr(stream, "kernel_version", None) else "")

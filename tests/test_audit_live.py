@@ -140,3 +140,15 @@ def test_json_report_lists_counts_and_inferred(records):
     assert j["agreement_percent"] == 100.0
     assert set(j["counts"]) == set(A.CHECKS)
     assert j["inferred_inputs"]["host_writable"] > 0
+
+
+def test_read_only_memslot_from_the_guest_description(records):
+    # the capture's guest.json names slot 2 read-only: its SPTEs lack host-W by the memslot
+    # rule, not by the zero-page inference
+    with_desc = A.audit(CAPTURE)
+    without = A.audit_records(records)
+    assert with_desc.total("disagreed") == without.total("disagreed") == 0
+    assert with_desc.inferred_inputs["host_writable"] < without.inferred_inputs["host_writable"]
+    # claiming that every slot is read-only contradicts the writable SPTEs of the run
+    rep = A.audit_records(records, memslots=[{"gpa": 0, "size": 1 << 40, "flags": ["readonly"]}])
+    assert any(v.check == "set_spte" and "host-W" in v.bits for v in rep.disagreements)
