@@ -280,7 +280,7 @@ class Auditor:
     """Replays records against the model; ``run(records)`` returns an :class:`AuditReport`."""
 
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
-                 zero_page_min_gfns: int = 3, keep_agreed: bool = False,
+                 zero_page_min_gfns: int = 2, keep_agreed: bool = False,
                  guest_gbpages: bool = False, guest_amd: bool = True, memslots=None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
@@ -391,6 +391,7 @@ class Auditor:
         self.pending_unsync = defaultdict(list)
         self.pending_free = {}     # (gfn, role) of zapped in-use roots -> record index
         self.writes = defaultdict(int)
+        self.expect_flood = {}     # (gfn, role) -> walk record of the write that floods it
         self._parts = []
         self.tainted = {}
         self._recs = recs
@@ -416,6 +417,7 @@ class Auditor:
                 self._flush()
         for key in list(self.walk_state):
             self._finish_walk(key)
+        self._missing_floods()
         self._flush()
         for (gfn, role), idx in self.pending_free.items():
             self.report.add(Verdict("page_hash", "not_checkable", idx, "kvm_mmu_prepare_zap_page",
@@ -426,6 +428,7 @@ class Auditor:
     # -------------------------------------------------------------- walks
     def _on_kvm_mmu_pagetable_walk(self, rec):
         self._finish_walk(rec.key)
+        self._missing_floods()
         self.walk_state[rec.key] = {"addr": rec.fields["addr"], "pferr": rec.fields["pferr"],
                                     "elems": [], "rec": rec, "walk": None, "expect": []}
 
@@ -522,7 +525,7 @@ class Auditor:
             return
         if walk.access & PFERR_WRITE and self.mmu.is_write_tracked(walk.gfn):
             if not walk.access & PFERR_PRESENT:
-                self._track_write(walk.gfn)
+                self._track_write(walk.gfn, wrec)
             else:
                 # page_fault_handle_page_track: shadow_page_table_clear_flood(addr).
                 for lvl, role in f.chain.items():
@@ -530,12 +533,28 @@ class Auditor:
                     if sp is not None:
                         sp.write_flooding_count = 0
 
-    def _track_write(self, gfn):
-        """kvm_mmu_track_write for one (inferred aligned 8-byte) emulated write."""
+    def _track_write(self, gfn, rec):
+        """kvm_mmu_track_write for one (inferred aligned 8-byte) emulated write: every valid
+        upper-level indirect SP of the gfn counts it; at WRITE_FLOOD_THRESHOLD the kernel zaps
+        it right away (the next kvm_mmu_prepare_zap_page records must be those SPs)."""
         self.writes[gfn] += 1
         for sp in self.mmu.valid_pages_with_gptes(gfn):
             if sp.level > 1:
                 sp.write_flooding_count += 1
+                if sp.write_flooding_count >= WRITE_FLOOD_THRESHOLD:
+                    self.expect_flood[(sp.gfn, sp.role)] = rec
+
+    def _missing_floods(self):
+        for (gfn, role), rec in self.expect_flood.items():
+            self.report.add(Verdict("write_flood", "disagreed", rec.index, rec.event,
+                                    what=f"flood zap of gfn {gfn:#x} role {role:#x}",
+                                    model="zapped", kernel="not zapped",
+                                    inferred=("emulated writes: from write walks without the "
+                                              "present bit to write-tracked gfns",
+                                              "write size: aligned 8-byte"),
+                                    reason="detect_write_flooding: the emulated write reaches "
+                                           "the threshold, kvm_mmu_track_write zaps the SP"))
+        self.expect_flood.clear()
 
     # -------------------------------------------------------------- pages
     def _expected_role(self, rec, gfn, word):
@@ -635,6 +654,9 @@ class Auditor:
                 self.sptes[p] &= ~(PT_WRITABLE_MASK | self.cfg.mmu_writable_mask)
 
     def _on_kvm_mmu_prepare_zap_page(self, rec):
+        # a zap ends the walk before it: an emulated write's walk is done when
+        # kvm_mmu_track_write zaps
+        self._finish_walk(rec.key)
         gfn, word = rec.fields["gfn"], rec.role or 0
         sp = self.mmu.any_page(gfn, word, rec.fields.get("mmu_valid_gen"))
         rc = rec.fields.get("root_count", 0)
@@ -701,7 +723,7 @@ class Auditor:
                 or rec.fields.get("root_count", 0) or self.mmu.page_hash.is_obsolete(sp):
             return
         n = sp.write_flooding_count
-        if n >= WRITE_FLOOD_THRESHOLD:
+        if self.expect_flood.pop((sp.gfn, sp.role), None) is not None or n >= WRITE_FLOOD_THRESHOLD:
             self._v("write_flood", "agreed", rec, what=f"flooded after {n} writes",
                     model=True, kernel=True,
                     inferred=("emulated writes: from write faults on write-tracked gfns",

@@ -152,3 +152,41 @@ def test_read_only_memslot_from_the_guest_description(records):
     # claiming that every slot is read-only contradicts the writable SPTEs of the run
     rep = A.audit_records(records, memslots=[{"gpa": 0, "size": 1 << 40, "flags": ["readonly"]}])
     assert any(v.check == "set_spte" and "host-W" in v.bits for v in rep.disagreements)
+
+
+FLOOD = os.path.join(os.path.dirname(__file__), "data", "audit", "flood.kvmcap")
+
+
+def test_write_flooding_capture_agrees():
+    rep = A.audit(FLOOD)
+    assert rep.total("disagreed") == 0 and rep.total("not_checkable") == 0, rep.format_table()
+    assert rep.counts["write_flood"]["agreed"] == 1
+    text = A.audit(os.path.join(os.path.dirname(FLOOD), "flood.fields.txt"), era="v6.18")
+    assert counts(text) == counts(rep)
+
+
+def test_missing_flood_zap_is_a_disagreement():
+    recs = list(T.open_trace(FLOOD))
+    # the first zap is the flood (the later ones are the VM teardown's kvm_mmu_zap_all)
+    i = next(i for i, r in enumerate(recs) if r.event == "kvm_mmu_prepare_zap_page")
+    assert (recs[i].fields["gfn"], recs[i].role.word) == (0x17, 0x3702)
+    rep = A.audit_records(recs[:i] + recs[i + 1:])
+    d = [v for v in rep.disagreements if v.check == "write_flood"]
+    assert len(d) == 1 and d[0].model == "zapped" and "0x17" in d[0].what
+
+
+def test_flood_with_writes_hidden_is_not_claimed():
+    recs = list(T.open_trace(FLOOD))
+    # drop the emulator's write walks (pferr W without P) to gfn 0x17's page-table window:
+    # the zap then has too few visible writes and is reported not checkable, not agreed
+    walks = [i for i, r in enumerate(recs) if r.event == "kvm_mmu_pagetable_walk"
+             and r.fields["pferr"] == 2 and r.fields["addr"] == 0x607000]
+    drop = set()
+    for i in walks[1:]:
+        j = i
+        while j == i or recs[j].event == "kvm_mmu_paging_element":
+            drop.add(j)
+            j += 1
+    rep = A.audit_records([r for k, r in enumerate(recs) if k not in drop])
+    assert rep.counts["write_flood"]["agreed"] == 0
+    assert rep.counts["write_flood"]["not_checkable"] == 1
