@@ -17,6 +17,7 @@ import enum
 import re
 import errno
 import mmap
+import operator
 import os
 import stat
 import struct
@@ -677,7 +678,7 @@ class RmpTable:
                 st = os.fstat(f.fileno())
                 head = f.read(HEADER_SIZE)
         except OSError as e:
-            raise RmpError(f"table={path!r}: cannot map the file ({e.strerror or e})") from None
+            raise RmpError(f"table={path!r}: cannot open the file ({e.strerror or e})") from None
         if not stat.S_ISREG(st.st_mode):
             raise RmpError(f"table={path!r}: not a regular file")
         if st.st_size == 0:
@@ -1007,7 +1008,8 @@ class RmpTable:
             _batch.in_array("gpas", gpas, np.uint64)
             _batch.same_shape([("pfns", pfns), ("gpas", gpas)])
             gp = _batch.ptr(gpas, "uint64_t")
-        self._disjoint([], [("pfns", pfns), ("gpas", gpas)])
+        for name, a in (("pfns", pfns), ("gpas", gpas)):    # inputs the updates would change
+            _batch.disjoint([(name, a)], [("the RMP table buffer", self.buffer)])
         st = (_batch.uint("assigned", assigned, 8), _batch.uint("pagesize", pagesize, 8),
               _batch.uint("immutable", immutable, 8), _batch.uint("asid", asid, 32))
         pp = _batch.ptr(pfns, "uint64_t")
@@ -1079,7 +1081,9 @@ class RmpTable:
         FAIL_OVERLAP, a transient firmware lock there; in the model it is persistent, so it
         is reported once as -EFAULT.)"""
         pfn = _batch.uint("pfn", pfn)
-        level = _batch.uint("level", level, 32)        # enum pg_level
+        if isinstance(level, (bool, np.bool_)):
+            raise RmpError(f"level={level!r}: enum pg_level is an int (1 = 4K, 2 = 2M)")
+        level = _batch.uint("level", level, 32)        # enum pg_level; > 2M gives -EFAULT
         _batch.uint("gpa", gpa)
         _batch.uint("asid", asid, 32)                  # u32 asid
         assigned = _batch.boolean("assigned", assigned)
@@ -1154,7 +1158,7 @@ class RmpTable:
         try:
             if isinstance(kind, (bool, np.bool_)):
                 raise ValueError
-            kind = Access[kind.upper()] if isinstance(kind, str) else Access(kind)
+            kind = Access[kind.upper()] if isinstance(kind, str) else Access(operator.index(kind))
         except (KeyError, ValueError, TypeError):
             raise RmpError(f"kind={kind!r}: one of {[a.name.lower() for a in Access]}") from None
         a = ffi.new("struct kvmmu_rmp_access *")

@@ -565,7 +565,7 @@ def test_bad_buffers():
         RmpTable(np.zeros(BOOKKEEPING, np.int32))
     with pytest.raises(RmpError, match="flags"):
         RmpTable(np.zeros(BOOKKEEPING, np.uint8), flags=64)
-    with pytest.raises(RmpError, match="cannot map"):
+    with pytest.raises(RmpError, match="cannot open"):
         RmpTable.open("/nonexistent/rmp.bin")
     t = RmpTable(np.zeros(BOOKKEEPING + 32, np.uint64).view(np.uint8)[:BOOKKEEPING + 32])
     assert t.nr_pfns == 2

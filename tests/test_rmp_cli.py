@@ -20,7 +20,7 @@ def test_create_update_show(tmp_path, capsys):
 
 def test_show_errors(tmp_path, capsys):
     assert main(["rmp", "show", "--table", str(tmp_path / "missing.bin"), "0"]) == 1
-    assert "cannot map" in capsys.readouterr().err
+    assert "cannot open" in capsys.readouterr().err
 
 
 def test_demo_scene():
