@@ -707,7 +707,7 @@ class RmpTable:
                                       ("mem_bytes", mem_bytes, hdr.mem_bytes)):
                 if given is not None and (have is None or
                                           _batch.uint(name, given) != int(have)):
-                    what = "contiguous" if name == "seg_shift" else f"{have!r}"
+                    what = "none (a contiguous table)" if have is None else f"{have!r}"
                     raise RmpError(f"{name}={given!r}: the table file {path!r} says {name} = "
                                    f"{what} (the header describes the file; omit the option)")
             offset, size = HEADER_SIZE, hdr.table_bytes

@@ -65,7 +65,7 @@ def test_options_must_agree_with_the_header(tmp_path):
     RmpTable.create_file(p, 64 * MiB)
     with pytest.raises(RmpError, match="segmented=True: the table file .* says segmented = False"):
         RmpTable.open(p, segmented=True)               # was: "covers 0x0 pages", exit 0
-    with pytest.raises(RmpError, match="seg_shift=30: .* contiguous"):
+    with pytest.raises(RmpError, match="seg_shift=30: .* says seg_shift = none .a contiguous"):
         RmpTable.open(p, seg_shift=30)
     with pytest.raises(RmpError, match="flags=1: .*says flags = 0"):
         RmpTable.open(p, flags=1)

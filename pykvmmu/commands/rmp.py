@@ -172,7 +172,7 @@ def _cmd_decode(args) -> int:
     lines = decode_lines(text)
     for line in lines:
         print(line)
-    return 0 if R.decode_dump(text) else 1
+    return 1 if lines[0].startswith("no RMP dump lines found") else 0
 
 
 def register(sub) -> None:
