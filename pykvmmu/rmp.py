@@ -489,6 +489,7 @@ class RmpTable:
         self.segmented = segmented
         self.path: Optional[str] = None          # the table file, when opened from one
         self.mode: Optional[str] = None
+        self.headerless = False                  # that file has no header (the old format)
         self._t_ = ffi.new("struct kvmmu_rmp *")
         self._cbuf = ffi.from_buffer("uint8_t[]", buf)
         self._t_.base = self._cbuf
@@ -728,7 +729,7 @@ class RmpTable:
                 raise RmpError(f"table={path!r}: covers {t.nr_pfns:#x} pages, the header says "
                                f"{hdr.nr_pfns:#x}")
             t.mem_bytes = hdr.mem_bytes
-        t.path, t.mode = path, mode
+        t.path, t.mode, t.headerless = path, mode, headerless
         return t
 
     @classmethod
@@ -776,8 +777,9 @@ class RmpTable:
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise RmpError(f"path: expected a path, got {type(path).__name__}")
         p = os.fsdecode(os.fspath(path))
-        if (exist_ok and self.mode == "r+" and self.path is not None and not headerless
-                and os.path.exists(p) and os.path.samefile(p, self.path)):
+        if (exist_ok and self.mode == "r+" and self.path is not None
+                and headerless == self.headerless and os.path.exists(p)
+                and os.path.samefile(p, self.path)):
             self.flush()
             return
         raw = b"" if headerless else self.header().pack()

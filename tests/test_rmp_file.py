@@ -312,3 +312,18 @@ def test_enomem_becomes_a_clear_error(monkeypatch):
         RmpTable.create(1 << 40)
     with pytest.raises(RmpError, match="ENOMEM"):
         RmpTable.create(1 << 40, segmented=True)
+
+
+def test_format_conversion_and_segmented_save(tmp_path):
+    t = RmpTable.create(2 * GiB, segmented=True, seg_shift=30)
+    guest(t, 0x40200, 0x200)
+    raw, headed = tmp_path / "raw.bin", tmp_path / "headed.rmp"
+    t.save(raw, headerless=True)
+    with RmpTable.open(raw, mode="r+", headerless=True, segmented=True, seg_shift=30) as u:
+        u.save(raw)                                     # onto its own file, now with a header
+        u.save(headed)
+        assert u.entry(0x40200) == t.entry(0x40200)
+    for p in (raw, headed):
+        with RmpTable.open(p, mode="r") as v:
+            assert v.segmented and v.seg_shift == 30 and v.entry(0x40200) == t.entry(0x40200)
+            assert v.header() == t.header()
