@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import _batch
+from . import _batch, _par
 from ._ffi import ffi, lib
 from .errors import InputError
 
@@ -895,15 +895,20 @@ class RmpTable:
         return RmpError(f"pfns[{idx}]={int(pfns.reshape(-1)[idx]):#x}: beyond the RMP "
                         f"(covers {self.nr_pfns:#x} pages)")
 
-    def fields(self, pfns: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def fields(self, pfns: np.ndarray, out: Optional[np.ndarray] = None, *,
+               threads: Optional[int] = None) -> np.ndarray:
         """Batch field extraction for pfns into a FIELDS_DTYPE array."""
         pfns = self._pfn_array(pfns)
         out = _batch.out_array("out", out, FIELDS_DTYPE, pfns.shape)
         self._disjoint([("out", out)], [("pfns", pfns)])
-        err = ffi.new("int *")
-        r = lib.kvmmu_rmp_fields_batch(self._t, _batch.ptr(pfns, "uint64_t"),
-                                       ffi.from_buffer("struct kvmmu_rmp_fields[]", out),
-                                       pfns.size, err)
+        t = self._t
+
+        def part(lo, hi):
+            err = ffi.new("int *")
+            return (lib.kvmmu_rmp_fields_batch(t, _batch.ptr_at(pfns, "uint64_t", lo),
+                                               _batch.ptr_at(out, "struct kvmmu_rmp_fields", lo),
+                                               hi - lo, err),)
+        r = _par.run(pfns.size, threads, part)[0]
         if r:
             raise self._range_error(pfns, r - 1)
         return out
@@ -920,10 +925,11 @@ class RmpTable:
     lookup = snp_lookup_rmpentry
 
     def lookup_batch(self, pfns: np.ndarray, *, assigned=None, level=None, asid=None, gpa=None,
-                     with_owner: bool = True) -> LookupResult:
+                     with_owner: bool = True, threads: Optional[int] = None) -> LookupResult:
         """snp_lookup_rmpentry() over a pfn array: assigned/level (and ASID/GPA of the pfn's
         own entry unless ``with_owner=False``).  Out-of-range pfns raise RmpError.  No output
-        may overlap ``pfns``, another output or the table."""
+        may overlap ``pfns``, another output or the table.  Batches of 1M pfns and more run
+        as parts on threads (``threads``, see pykvmmu._par); errors are those of one pass."""
         with_owner = _batch.boolean("with_owner", with_owner)
         pfns = self._pfn_array(pfns)
         shape = pfns.shape
@@ -941,11 +947,17 @@ class RmpTable:
                                    "(it would not be written)")
         self._disjoint([("assigned", assigned), ("level", level), ("asid", asid), ("gpa", gpa)],
                        [("pfns", pfns)])
-        err = ffi.new("int *")
-        r = lib.kvmmu_rmp_lookup_batch(self._t, _batch.ptr(pfns, "uint64_t"),
-                                       _batch.ptr(assigned, "uint8_t"),
-                                       _batch.ptr(level, "uint8_t"), asid_p, gpa_p,
-                                       pfns.size, err)
+        t = self._t
+        owner = asid_p != ffi.NULL
+
+        def part(lo, hi):
+            err = ffi.new("int *")
+            return (lib.kvmmu_rmp_lookup_batch(
+                t, _batch.ptr_at(pfns, "uint64_t", lo), _batch.ptr_at(assigned, "uint8_t", lo),
+                _batch.ptr_at(level, "uint8_t", lo),
+                _batch.ptr_at(asid if owner else None, "uint16_t", lo),
+                _batch.ptr_at(gpa if owner else None, "uint64_t", lo), hi - lo, err),)
+        r = _par.run(pfns.size, threads, part)[0]
         if r:
             raise self._range_error(pfns, r - 1)
         return LookupResult(assigned, level, asid, gpa)
@@ -959,13 +971,16 @@ class RmpTable:
         return PageState(lib.kvmmu_rmp_page_state(self._t, v, effective))
 
     def page_states(self, pfns: np.ndarray, *, effective: bool = True,
-                    out: Optional[np.ndarray] = None) -> np.ndarray:
+                    out: Optional[np.ndarray] = None, threads: Optional[int] = None) -> np.ndarray:
+        """page_state() over a pfn array (DEFAULT beyond the table)."""
         effective = _batch.boolean("effective", effective)
         pfns = self._pfn_array(pfns)
         out = _batch.out_array("out", out, np.uint8, pfns.shape)
         self._disjoint([("out", out)], [("pfns", pfns)])
-        lib.kvmmu_rmp_page_state_batch(self._t, _batch.ptr(pfns, "uint64_t"), effective,
-                                       _batch.ptr(out, "uint8_t"), pfns.size)
+        t = self._t
+        _par.map_parts(pfns.size, threads, lambda lo, hi: lib.kvmmu_rmp_page_state_batch(
+            t, _batch.ptr_at(pfns, "uint64_t", lo), effective, _batch.ptr_at(out, "uint8_t", lo),
+            hi - lo))
         return out
 
     def count_assigned(self, start: int, count: int) -> int:
@@ -1143,14 +1158,17 @@ class RmpTable:
         return AccessResult(chk, "#PF" if chk else None, int(ec[0]))
 
     def host_check_batch(self, pfns: np.ndarray, level: int = PG_LEVEL_4K,
-                         out: Optional[np.ndarray] = None) -> np.ndarray:
+                         out: Optional[np.ndarray] = None, *,
+                         threads: Optional[int] = None) -> np.ndarray:
         """host_check() over a pfn array: the Check code per pfn (0 = OK)."""
         level = _level("level", level)
         pfns = self._pfn_array(pfns)
         out = _batch.out_array("out", out, np.uint8, pfns.shape)
         self._disjoint([("out", out)], [("pfns", pfns)])
-        lib.kvmmu_rmp_host_check_batch(self._t, _batch.ptr(pfns, "uint64_t"), level,
-                                       _batch.ptr(out, "uint8_t"), pfns.size)
+        t = self._t
+        _par.map_parts(pfns.size, threads, lambda lo, hi: lib.kvmmu_rmp_host_check_batch(
+            t, _batch.ptr_at(pfns, "uint64_t", lo), level, _batch.ptr_at(out, "uint8_t", lo),
+            hi - lo))
         return out
 
     def _access(self, asid, vmpl, npt_level, kind, c_bit, snp_active, user):
@@ -1185,16 +1203,19 @@ class RmpTable:
     def guest_check_batch(self, pfns: np.ndarray, gfns: np.ndarray, *, asid: int, vmpl: int = 0,
                           npt_level: int = PG_LEVEL_4K, kind="read", c_bit: bool = True,
                           snp_active: bool = True, user: bool = False,
-                          out: Optional[np.ndarray] = None) -> np.ndarray:
+                          out: Optional[np.ndarray] = None,
+                          threads: Optional[int] = None) -> np.ndarray:
+        """guest_check() over pfn/gfn arrays: the Check code per access (0 = OK)."""
         pfns = self._pfn_array(pfns)
         _batch.in_array("gfns", gfns, np.uint64)
         _batch.same_shape([("pfns", pfns), ("gfns", gfns)])
         out = _batch.out_array("out", out, np.uint8, pfns.shape)
         self._disjoint([("out", out)], [("pfns", pfns), ("gfns", gfns)])
         a = self._access(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
-        lib.kvmmu_rmp_guest_check_batch(self._t, _batch.ptr(pfns, "uint64_t"),
-                                        _batch.ptr(gfns, "uint64_t"), a,
-                                        _batch.ptr(out, "uint8_t"), pfns.size)
+        t = self._t
+        _par.map_parts(pfns.size, threads, lambda lo, hi: lib.kvmmu_rmp_guest_check_batch(
+            t, _batch.ptr_at(pfns, "uint64_t", lo), _batch.ptr_at(gfns, "uint64_t", lo), a,
+            _batch.ptr_at(out, "uint8_t", lo), hi - lo))
         return out
 
     def __repr__(self) -> str:
