@@ -368,6 +368,12 @@ size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_
 /* Batch error codes (through *err). */
 #define KVMMU_RMP_E_RANGE           1
 #define KVMMU_RMP_E_LEVEL           2
+/* RMPUPDATE input rules (kvmmu_rmp_rmpupdate_batch_check; all are FAIL_INPUT) */
+#define KVMMU_RMP_E_FIELD           3
+#define KVMMU_RMP_E_ASID            4
+#define KVMMU_RMP_E_GPA             5
+#define KVMMU_RMP_E_ALIGN           6
+#define KVMMU_RMP_E_BLOCK           7
 
 /* A table: a buffer laid out as at RMP_BASE, and where its entries are. */
 struct kvmmu_rmp {
@@ -442,6 +448,9 @@ void kvmmu_rmp_page_state_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, 
 void kvmmu_rmp_state_raw_batch(const uint64_t *lo, uint8_t *out, size_t n);
 
 int kvmmu_rmp_rmpupdate(const struct kvmmu_rmp *t, uint64_t pfn, const struct kvmmu_rmp_state *st);
+size_t kvmmu_rmp_rmpupdate_batch_check(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                       const uint64_t *gpa, uint32_t assigned, uint32_t pagesize,
+                                       uint32_t immutable, uint32_t asid, size_t n, int *err);
 size_t kvmmu_rmp_rmpupdate_batch(const struct kvmmu_rmp *t, const uint64_t *pfn,
                                  const uint64_t *gpa, uint32_t assigned, uint32_t pagesize,
                                  uint32_t immutable, uint32_t asid, size_t n, int *err);

@@ -385,26 +385,60 @@ static void write_owner(const struct kvmmu_rmp *t, uint64_t *e, uint64_t new_lo,
     e[0] = lo;
 }
 
+/* The RMPUPDATE FAIL_INPUT rules, which depend on the operands and the table's
+ * geometry only (never on entry contents): 0, or the KVMMU_RMP_E_* rule broken. */
+static int rmpupdate_input(const struct kvmmu_rmp *t, uint64_t pfn, const struct kvmmu_rmp_state *st)
+{
+    if (!entry_ptr(t, pfn))
+        return KVMMU_RMP_E_RANGE;
+    if (st->assigned > 1 || st->pagesize > 1 || st->immutable > 1 || st->rsvd != 0)
+        return KVMMU_RMP_E_FIELD;
+    if (st->asid > RMP_ASID_MAX || (!st->assigned && st->asid != 0))
+        return KVMMU_RMP_E_ASID;
+    if ((st->gpa & 0xFFF) || (st->gpa >> (12 + RMP_GPA_BITS)))
+        return KVMMU_RMP_E_GPA;
+    if (st->pagesize) {
+        if (pfn & (PTRS_PER_PMD - 1))
+            return KVMMU_RMP_E_ALIGN;
+        if (st->assigned && (st->gpa & (KBIT(21) - 1)))
+            return KVMMU_RMP_E_GPA;
+        if (!block_ptr(t, pfn))
+            return KVMMU_RMP_E_BLOCK;
+    }
+    return 0;
+}
+
+size_t kvmmu_rmp_rmpupdate_batch_check(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                       const uint64_t *gpa, uint32_t assigned, uint32_t pagesize,
+                                       uint32_t immutable, uint32_t asid, size_t n, int *err)
+{
+    struct kvmmu_rmp_state st = {0, (uint8_t)assigned, (uint8_t)pagesize, (uint8_t)immutable, 0, asid};
+    if (assigned > 1 || pagesize > 1 || immutable > 1) {
+        *err = KVMMU_RMP_E_FIELD;
+        return n ? 1 : 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        st.gpa = gpa ? gpa[i] : 0;
+        int rule = rmpupdate_input(t, pfn[i], &st);
+        if (rule) {
+            *err = rule;
+            return i + 1;
+        }
+    }
+    return 0;
+}
+
 int kvmmu_rmp_rmpupdate(const struct kvmmu_rmp *t, uint64_t pfn, const struct kvmmu_rmp_state *st)
 {
+    if (rmpupdate_input(t, pfn, st))
+        return KVMMU_RMP_RC_FAIL_INPUT;
     uint64_t *e = entry_ptr(t, pfn);
-    if (!e || st->assigned > 1 || st->pagesize > 1 || st->immutable > 1 || st->rsvd != 0)
-        return KVMMU_RMP_RC_FAIL_INPUT;
-    if (st->asid > RMP_ASID_MAX || (st->gpa & 0xFFF) || (st->gpa >> (12 + RMP_GPA_BITS)))
-        return KVMMU_RMP_RC_FAIL_INPUT;
-    if (!st->assigned && st->asid != 0)
-        return KVMMU_RMP_RC_FAIL_INPUT;
-
     uint64_t head = pfn & PMD_PFN_MASK;
     uint64_t new_lo = (st->assigned ? RMP_ASSIGNED : 0) | (st->immutable ? RMP_IMMUTABLE : 0) |
                       (st->gpa & RMP_GPA_MASK) | ((uint64_t)st->asid << RMP_ASID_SHIFT);
 
     if (st->pagesize) {
-        if (pfn != head || (st->assigned && (st->gpa & (KBIT(21) - 1))))
-            return KVMMU_RMP_RC_FAIL_INPUT;
         uint64_t *b = block_ptr(t, head);
-        if (!b)
-            return KVMMU_RMP_RC_FAIL_INPUT;
         for (uint32_t i = 0; i < PTRS_PER_PMD; i++)
             if (b[2 * i] & RMP_IMMUTABLE)
                 return KVMMU_RMP_RC_FAIL_PERMISSION;

@@ -14,18 +14,27 @@ alternative is a flag (``RmpFlags``).
 from __future__ import annotations
 
 import enum
+import re
+import errno
 import mmap
+import operator
 import os
+import stat
+import struct
+import tempfile
+import zlib
+from builtins import open as builtins_open
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-from . import _batch
+from . import _batch, _par
 from ._ffi import ffi, lib
 from .errors import InputError
 
 __all__ = [
-    "RmpError", "RmpFlags", "Rc", "Check", "Access", "PageState", "RmpEntry", "RmpTable",
+    "RmpError", "RmpBatchError", "RmpFlags", "TableFileHeader", "HEADER_SIZE", "FILE_MAGIC",
+    "decode_dump", "DumpEntry", "Rc", "Check", "Access", "PageState", "RmpEntry", "RmpTable",
     "InsnResult", "AccessResult", "LookupResult", "UserFault", "NpfOutcome",
     "FIELDS_DTYPE", "PG_LEVEL_4K", "PG_LEVEL_2M", "PG_LEVEL_1G", "table_bytes", "decode",
     "page_state_raw", "handle_user_rmp_page_fault", "sev_handle_rmp_fault",
@@ -57,6 +66,34 @@ SYSCFG_MFDM, SYSCFG_MEM_ENCRYPT, SYSCFG_SNP_EN, SYSCFG_SNP_VMPL_EN = 1 << 19, 1 
 
 class RmpError(InputError):
     """A value breaks an RMP rule (pfn beyond the table, bad layout, read-only table...)."""
+
+
+class RmpBatchError(RmpError):
+    """A batch of RMP instructions stopped part-way on the entries' state (the hardware
+    applies each instruction on its own): ``done`` instructions were applied, the next
+    one failed with ``rc``."""
+
+    def __init__(self, message: str, *, done: int, rc: "Rc"):
+        super().__init__(message)
+        self.done = done
+        self.rc = rc
+
+
+def _level(name: str, level) -> int:
+    """A page level argument: an int 1 (4K), 2 (2M) or 3 (1G); bools are refused."""
+    if isinstance(level, (bool, np.bool_)):
+        raise RmpError(f"{name}={level!r}: a page level is the int 1 (4K), 2 (2M) or 3 (1G)")
+    v = _batch.uint(name, level, 32)
+    if v not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
+        raise RmpError(f"{name}={level!r}: a page level is 1 (4K), 2 (2M) or 3 (1G)")
+    return v
+
+
+def _table(table) -> "RmpTable":
+    if not isinstance(table, RmpTable):
+        raise RmpError(f"table: expected an RmpTable, got {type(table).__name__}")
+    table._t
+    return table
 
 
 class RmpFlags(enum.IntFlag):
@@ -192,6 +229,7 @@ def decode(lo: np.ndarray, hi: np.ndarray, out: Optional[np.ndarray] = None) -> 
     _batch.in_array("hi", hi, np.uint64)
     shape = _batch.same_shape([("lo", lo), ("hi", hi)])
     out = _batch.out_array("out", out, FIELDS_DTYPE, shape)
+    _batch.disjoint([("out", out)], [("lo", lo), ("hi", hi)])
     lib.kvmmu_rmp_decode_batch(_batch.ptr(lo, "uint64_t"), _batch.ptr(hi, "uint64_t"),
                                ffi.from_buffer("struct kvmmu_rmp_fields[]", out), lo.size)
     return out
@@ -217,14 +255,182 @@ def table_bytes(mem_bytes: int) -> int:
     return BOOKKEEPING + ENTRY_SIZE * -(-mem_bytes // 4096)
 
 
-def _anon_zeros(nbytes: int) -> np.ndarray:
+MAX_PHYS_BITS = 52                               # x86 physical addresses are at most 52 bits
+MAX_MEM_BYTES = 1 << MAX_PHYS_BITS
+
+
+def _anon_zeros(nbytes: int, what: str) -> np.ndarray:
     """A zero-filled, lazily allocated byte buffer (anonymous mmap, transparent huge pages)."""
-    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, OverflowError, ValueError) as e:
+        reason = errno.errorcode.get(getattr(e, "errno", None) or 0, type(e).__name__)
+        raise RmpError(f"{what}: the table needs {nbytes:#x} bytes ({nbytes / 2**30:.1f} GiB) of "
+                       f"address space and the kernel refused the anonymous mapping ({reason}: "
+                       f"{e}); the table must fit in virtual memory (see vm.overcommit_memory)"
+                       ) from None
     try:
         m.madvise(mmap.MADV_HUGEPAGE)
     except (AttributeError, OSError, ValueError):   # pragma: no cover - platform dependent
         pass
     return np.frombuffer(m, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------ table files
+#
+# A table file is a 8 KiB header followed by the table bytes exactly as in memory
+# (bookkeeping, [RST,] entries).  Header, little-endian:
+#   0 magic "PYKVMRMP" | 8 u32 version | 12 u32 header bytes | 16 u32 layout (0 contiguous,
+#   1 segmented) | 20 u32 seg_shift (52 when contiguous) | 24 u32 RmpFlags | 28 u32 RST entries
+#   stored (0 or 512) | 32 u64 rmp_base | 40 u64 host memory bytes | 48 u64 table bytes |
+#   56 u64 pfns covered | 64 u32 CRC-32 of the header with this field zero | 68..4095 zero |
+#   4096..8191 the segment table (a copy of the RST; zero when contiguous).
+FILE_MAGIC = b"PYKVMRMP"
+FILE_VERSION = 1
+HEADER_SIZE = 8192
+_HDR = struct.Struct("<8sIIIIIIQQQQI")
+LAYOUT_CONTIGUOUS, LAYOUT_SEGMENTED = 0, 1
+_CHUNK = 64 << 20
+
+
+class TableFileHeader(NamedTuple):
+    """The header of a pykvmmu RMP table file (see the layout above)."""
+    version: int
+    layout: int
+    seg_shift: int
+    flags: int
+    rmp_base: int
+    mem_bytes: int
+    table_bytes: int
+    nr_pfns: int
+    rst: tuple           # the 512 RST values of a segmented table, () when contiguous
+
+    @property
+    def segmented(self) -> bool:
+        return self.layout == LAYOUT_SEGMENTED
+
+    def pack(self) -> bytes:
+        raw = bytearray(HEADER_SIZE)
+        _HDR.pack_into(raw, 0, FILE_MAGIC, self.version, HEADER_SIZE, self.layout,
+                       self.seg_shift, self.flags, len(self.rst), self.rmp_base, self.mem_bytes,
+                       self.table_bytes, self.nr_pfns, 0)
+        if self.rst:
+            raw[4096:8192] = np.array(self.rst, dtype="<u8").tobytes()
+        struct.pack_into("<I", raw, 64, zlib.crc32(raw))
+        return bytes(raw)
+
+    @classmethod
+    def unpack(cls, raw: bytes, where: str) -> "TableFileHeader":
+        """Parse and check a header; raise RmpError naming the broken rule."""
+        if len(raw) < HEADER_SIZE:
+            raise RmpError(f"{where}: {len(raw)} bytes, shorter than the {HEADER_SIZE}-byte "
+                           "table file header (truncated file)")
+        (magic, version, hsize, layout, seg_shift, flags, nrst, rmp_base, mem_bytes, tbytes,
+         nr_pfns, crc) = _HDR.unpack_from(raw, 0)
+        if magic != FILE_MAGIC:
+            raise RmpError(f"{where}: magic {magic!r} is not {FILE_MAGIC!r}")
+        if version != FILE_VERSION:
+            raise RmpError(f"{where}: file format version {version}; this pykvmmu reads "
+                           f"version {FILE_VERSION}")
+        if hsize != HEADER_SIZE:
+            raise RmpError(f"{where}: header size {hsize}, version 1 headers are {HEADER_SIZE}")
+        check = bytearray(raw[:HEADER_SIZE])
+        check[64:68] = b"\0\0\0\0"
+        if zlib.crc32(check) != crc:
+            raise RmpError(f"{where}: header CRC-32 {crc:#010x} does not match its contents "
+                           f"({zlib.crc32(check):#010x}): the header is corrupt")
+        if any(raw[68:4096]):
+            raise RmpError(f"{where}: reserved header bytes 68..4095 are not zero")
+        if layout not in (LAYOUT_CONTIGUOUS, LAYOUT_SEGMENTED):
+            raise RmpError(f"{where}: layout {layout}: 0 (contiguous) or 1 (segmented)")
+        if flags & ~lib.KVMMU_RMP_F_ALL:
+            raise RmpError(f"{where}: flags {flags:#x}: unknown RMP flag bits")
+        want_rst = MAX_SEGMENTS if layout == LAYOUT_SEGMENTED else 0
+        if nrst != want_rst:
+            raise RmpError(f"{where}: {nrst} RST entries stored, the layout needs {want_rst}")
+        rst = tuple(int(v) for v in np.frombuffer(raw[4096:8192], "<u8")) if nrst else ()
+        if not nrst and any(raw[4096:8192]):
+            raise RmpError(f"{where}: a contiguous table stores no segment table (bytes "
+                           "4096..8191 must be zero)")
+        if mem_bytes == 0 or mem_bytes > MAX_MEM_BYTES:
+            raise RmpError(f"{where}: host memory {mem_bytes:#x} bytes: 1..2^52")
+        if layout == LAYOUT_CONTIGUOUS:
+            if seg_shift != NONSEG_SHIFT:
+                raise RmpError(f"{where}: seg_shift {seg_shift}: {NONSEG_SHIFT} for a contiguous RMP")
+            if tbytes != table_bytes(mem_bytes):
+                raise RmpError(f"{where}: {tbytes:#x} table bytes, but {mem_bytes:#x} bytes of "
+                               f"memory need 16 KiB + 16 per 4 KiB page = {table_bytes(mem_bytes):#x}")
+        return cls(version, layout, seg_shift, flags, rmp_base, mem_bytes, tbytes, nr_pfns, rst)
+
+
+def _write_all(fd: int, data) -> None:
+    """os.write until every byte of ``data`` is written."""
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fs_error(path: str, e: OSError, what: str) -> RmpError:
+    reason = e.strerror or str(e)
+    return RmpError(f"{path}: cannot {what} ({reason})")
+
+
+def _atomic_write(path, size: int, writer, *, exist_ok: bool) -> None:
+    """Build ``path`` as a temporary file in the same directory (``writer(fd)`` writes the
+    contents, holes stay sparse), truncate it to ``size``, fsync it and move it into place:
+    os.replace when ``exist_ok``, else os.link, which refuses an existing name.  On any
+    error or interrupt (KeyboardInterrupt too) the temporary file is removed and ``path`` is
+    untouched."""
+    path = os.fspath(path)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    d = os.path.dirname(os.path.abspath(path))
+    if not exist_ok and os.path.lexists(path):
+        raise RmpError(f"{path}: already exists (refusing to overwrite it; use --force / "
+                       "exist_ok=True)")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as e:
+        raise _fs_error(path, e, "create a file in its directory") from None
+    try:
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            writer(fd)
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if exist_ok:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise RmpError(f"{path}: already exists (refusing to overwrite it; use --force / "
+                               "exist_ok=True)") from None
+            os.unlink(tmp)
+        tmp = None
+        try:
+            dfd = os.open(d, os.O_RDONLY)
+        except OSError:                              # pragma: no cover - odd filesystems
+            return
+        try:
+            os.fsync(dfd)
+        except OSError:                              # pragma: no cover
+            pass
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        raise _fs_error(path, e, "write the table file") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:                          # pragma: no cover
+                pass
 
 
 class InsnResult(NamedTuple):
@@ -253,9 +459,11 @@ class RmpTable:
     """An RMP over a numpy uint8 buffer laid out as at RMP_BASE.
 
     Create one with :meth:`create` (lazily zeroed: a 1 TiB host costs 4 GiB +
-    16 KiB of address space and only the pages written become resident), open
-    one over an existing buffer or a file with :meth:`open`, write it with
-    :meth:`save`.
+    16 KiB of address space and only the pages written become resident) or
+    :meth:`create_file`, open one over an existing buffer or a table file with
+    :meth:`open`, write it with :meth:`save` (atomically: a temporary file renamed into
+    place).  ``flush()`` writes a file-backed table's changes back, ``close()`` (or a
+    ``with`` block) ends its use; a closed table refuses every operation.
     """
 
     def __init__(self, buffer: np.ndarray, *, segmented: bool = False, seg_shift: int = 36,
@@ -265,35 +473,52 @@ class RmpTable:
         if buffer.dtype not in (np.uint8, np.uint64) or not buffer.flags.c_contiguous:
             raise RmpError(f"buffer: dtype {buffer.dtype}: a C-contiguous uint8 or uint64 array "
                            "is required (the RMP is raw little-endian memory)")
+        segmented = _batch.boolean("segmented", segmented)
         buf = buffer.reshape(-1).view(np.uint8)
         if buf.ctypes.data % 16:
             raise RmpError("buffer: not 16-byte aligned (RMP entries are 16-byte records)")
-        self.flags = RmpFlags(_batch.uint("flags", flags, 32))
-        if self.flags & ~lib.KVMMU_RMP_F_ALL:
+        flags = _batch.uint("flags", flags, 32)
+        if flags & ~lib.KVMMU_RMP_F_ALL:
             raise RmpError(f"flags={int(flags):#x}: unknown RMP flag bits")
-        self.buffer = buf
-        self.writable = bool(buf.flags.writeable)
-        self.segmented = bool(segmented)
+        self.flags = RmpFlags(flags)
         self.rmp_base = _batch.uint("rmp_base", rmp_base, 52)
-        self._t = ffi.new("struct kvmmu_rmp *")
-        self._cbuf = ffi.from_buffer("uint8_t[]", buf)
-        self._t.base = self._cbuf
-        self._t.size = buf.size
-        self._t.flags = int(self.flags)
         if buf.size < BOOKKEEPING:
             raise RmpError(f"buffer: {buf.size} bytes, smaller than the 16 KiB bookkeeping area")
+        self.buffer = buf
+        self.writable = bool(buf.flags.writeable)
+        self.segmented = segmented
+        self.path: Optional[str] = None          # the table file, when opened from one
+        self.mode: Optional[str] = None
+        self.headerless = False                  # that file has no header (the old format)
+        self._t_ = ffi.new("struct kvmmu_rmp *")
+        self._cbuf = ffi.from_buffer("uint8_t[]", buf)
+        self._t_.base = self._cbuf
+        self._t_.size = buf.size
+        self._t_.flags = int(self.flags)
         if not segmented:
             if (buf.size - BOOKKEEPING) % ENTRY_SIZE:
                 raise RmpError(f"buffer: {buf.size} bytes: size - 16 KiB must be a multiple of "
                                "16 (one entry per 4 KiB page)")
             self.seg_shift = NONSEG_SHIFT
-            self._t.seg_shift = NONSEG_SHIFT
-            self._t.nr_segs = 1
-            self._t.seg_off[0] = BOOKKEEPING
-            self._t.seg_count[0] = (buf.size - BOOKKEEPING) // ENTRY_SIZE
-            self.nr_pfns = int(self._t.seg_count[0])
+            self._t_.seg_shift = NONSEG_SHIFT
+            self._t_.nr_segs = 1
+            self._t_.seg_off[0] = BOOKKEEPING
+            self._t_.seg_count[0] = (buf.size - BOOKKEEPING) // ENTRY_SIZE
+            self.nr_pfns = int(self._t_.seg_count[0])
         else:
             self._load_segments(seg_shift)
+        self.mem_bytes = self.nr_pfns << 12      # host memory covered (exact when created here)
+
+    @property
+    def _t(self):
+        t = self._t_
+        if t is None:
+            raise RmpError("the table is closed (close() was called or its with-block ended)")
+        return t
+
+    @property
+    def closed(self) -> bool:
+        return self._t_ is None
 
     # -------------------------------------------------------------- layout
     def _load_segments(self, seg_shift: int) -> None:
@@ -307,8 +532,8 @@ class RmpTable:
             raise RmpError("buffer: too small for the bookkeeping area and the segment table")
         rst = self.buffer[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")
         self.seg_shift = seg_shift
-        self._t.seg_shift = seg_shift
-        self._t.nr_segs = MAX_SEGMENTS
+        self._t_.seg_shift = seg_shift
+        self._t_.nr_segs = MAX_SEGMENTS
         per_seg = 1 << (seg_shift - 12)
         top = 0
         for i in range(MAX_SEGMENTS):
@@ -321,78 +546,293 @@ class RmpTable:
                 if off < BOOKKEEPING + RST_SIZE or off + count * ENTRY_SIZE > self.buffer.size:
                     raise RmpError(f"RST[{i}]={v:#x}: segment base {seg_base:#x} + {count} entries "
                                    f"is outside the buffer at rmp_base={self.rmp_base:#x}")
-                self._t.seg_off[i] = off
+                self._t_.seg_off[i] = off
                 top = (i * per_seg) + count
-            self._t.seg_count[i] = count
+            self._t_.seg_count[i] = count
         self.nr_pfns = top
 
-    @classmethod
-    def create(cls, mem_bytes: int, *, segmented: bool = False, seg_shift: int = 36,
-               rmp_base: int = DEFAULT_RMP_BASE, flags: int = 0) -> "RmpTable":
-        """A zeroed RMP covering ``mem_bytes`` of host memory (lazily allocated, no copy).
-
-        Contiguous: exactly 16 KiB + 16 bytes per 4 KiB page (1 TiB -> 4 GiB + 16 KiB).
-        Segmented: bookkeeping, the 4 KiB RST, then 1 MiB-aligned segments of
-        ``mapped_GiB * 4 MiB`` each (segment size ``1 << seg_shift``).
-        """
-        mem_bytes = _batch.uint("mem_bytes", mem_bytes)
-        if mem_bytes == 0:
-            raise RmpError("mem_bytes=0: an RMP must cover at least one page")
-        if not segmented:
-            return cls(_anon_zeros(table_bytes(mem_bytes)), flags=flags, rmp_base=rmp_base)
+    @staticmethod
+    def _segmented_layout(mem_bytes: int, seg_shift: int, rmp_base: int) -> tuple:
+        """(table bytes, RST values) of create()'s segmented layout."""
         seg_shift = _batch.uint("seg_shift", seg_shift, 8)
         if not 30 <= seg_shift <= 51:
             raise RmpError(f"seg_shift={seg_shift}: create() builds segments of 1 GiB..2^51 bytes")
+        if rmp_base % (1 << 20):
+            raise RmpError(f"rmp_base={rmp_base:#x}: a segmented RMP_BASE must be 1 MiB aligned")
         seg_size = 1 << seg_shift
         nseg = -(-mem_bytes // seg_size)
         if nseg > MAX_SEGMENTS:
             raise RmpError(f"mem_bytes={mem_bytes:#x}: needs {nseg} segments of 2^{seg_shift} "
                            f"bytes, more than the {MAX_SEGMENTS} RST entries")
-        first = -(-(BOOKKEEPING + RST_SIZE) // (1 << 20)) << 20
-        layout, off = [], first
+        off = -(-(BOOKKEEPING + RST_SIZE) // (1 << 20)) << 20
+        rst = [0] * MAX_SEGMENTS
         for i in range(nseg):
             gib = -(-min(seg_size, mem_bytes - i * seg_size) // (1 << 30))
-            layout.append((off, gib))
+            rst[i] = rst_entry(rmp_base + off, gib)
             off += gib << 22          # 4 MiB of entries per GiB covered
-        buf = _anon_zeros(off)
-        rst = buf[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")
-        for i, (o, gib) in enumerate(layout):
-            rst[i] = rst_entry(rmp_base + o, gib)
-        return cls(buf, segmented=True, seg_shift=seg_shift, rmp_base=rmp_base, flags=flags)
+        if rmp_base + off > MAX_MEM_BYTES:
+            raise RmpError(f"rmp_base={rmp_base:#x}: the table's {off:#x} bytes would end beyond "
+                           "the 52-bit physical address space")
+        return off, tuple(rst)
+
+    @staticmethod
+    def _create_args(mem_bytes, segmented, rmp_base, flags) -> tuple:
+        mem_bytes = _batch.uint("mem_bytes", mem_bytes)
+        if mem_bytes == 0:
+            raise RmpError("mem_bytes=0: an RMP must cover at least one page")
+        if mem_bytes > MAX_MEM_BYTES:
+            raise RmpError(f"mem_bytes={mem_bytes:#x}: more than 2^52 bytes, the x86 physical "
+                           "address space (an RMP covers system physical addresses)")
+        segmented = _batch.boolean("segmented", segmented)
+        rmp_base = _batch.uint("rmp_base", rmp_base, 52)
+        flags = _batch.uint("flags", flags, 32)
+        if flags & ~lib.KVMMU_RMP_F_ALL:
+            raise RmpError(f"flags={flags:#x}: unknown RMP flag bits")
+        return mem_bytes, segmented, rmp_base, flags
 
     @classmethod
-    def open(cls, source, *, mode: str = "r+", segmented: bool = False, seg_shift: int = 36,
-             rmp_base: int = DEFAULT_RMP_BASE, flags: int = 0) -> "RmpTable":
-        """An RMP over an existing buffer (ndarray, no copy) or a file (numpy.memmap)."""
+    def create(cls, mem_bytes: int, *, segmented: bool = False, seg_shift: int = 36,
+               rmp_base: int = DEFAULT_RMP_BASE, flags: int = 0) -> "RmpTable":
+        """A zeroed RMP covering ``mem_bytes`` (1..2^52) of host memory (lazily allocated).
+
+        Contiguous: exactly 16 KiB + 16 bytes per 4 KiB page (1 TiB -> 4 GiB + 16 KiB).
+        Segmented: bookkeeping, the 4 KiB RST, then 1 MiB-aligned segments of
+        ``mapped_GiB * 4 MiB`` each (segment size ``1 << seg_shift``).  A table larger than
+        the address space the kernel grants raises RmpError naming the size.
+        """
+        mem_bytes, segmented, rmp_base, flags = cls._create_args(mem_bytes, segmented, rmp_base,
+                                                                 flags)
+        what = f"mem_bytes={mem_bytes:#x}"
+        if not segmented:
+            t = cls(_anon_zeros(table_bytes(mem_bytes), what), flags=flags, rmp_base=rmp_base)
+        else:
+            size, rst = cls._segmented_layout(mem_bytes, seg_shift, rmp_base)
+            buf = _anon_zeros(size, what)
+            buf[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")[:] = rst
+            t = cls(buf, segmented=True, seg_shift=seg_shift, rmp_base=rmp_base, flags=flags)
+        t.mem_bytes = mem_bytes
+        return t
+
+    @classmethod
+    def create_file(cls, path, mem_bytes: int, *, segmented: bool = False, seg_shift: int = 36,
+                    rmp_base: int = DEFAULT_RMP_BASE, flags: int = 0,
+                    exist_ok: bool = False) -> None:
+        """Create a zeroed table file (header + sparse table) atomically: the file appears
+        complete or not at all, and an existing ``path`` is refused unless ``exist_ok``."""
+        mem_bytes, segmented, rmp_base, flags = cls._create_args(mem_bytes, segmented, rmp_base,
+                                                                 flags)
+        exist_ok = _batch.boolean("exist_ok", exist_ok)
+        if segmented:
+            size, rst = cls._segmented_layout(mem_bytes, seg_shift, rmp_base)
+            hdr = TableFileHeader(FILE_VERSION, LAYOUT_SEGMENTED, seg_shift, flags, rmp_base,
+                                  mem_bytes, size, 0, rst)
+            nr_pfns = max(((i << (seg_shift - 12)) + min((v & 0xFFFFF) << 18, 1 << (seg_shift - 12))
+                           for i, v in enumerate(rst) if v & 0xFFFFF), default=0)
+            hdr = hdr._replace(nr_pfns=nr_pfns)
+        else:
+            size, rst = table_bytes(mem_bytes), ()
+            hdr = TableFileHeader(FILE_VERSION, LAYOUT_CONTIGUOUS, NONSEG_SHIFT, flags, rmp_base,
+                                  mem_bytes, size, (size - BOOKKEEPING) // ENTRY_SIZE, ())
+        raw = hdr.pack()
+
+        def writer(fd):
+            _write_all(fd, raw)
+            if rst:
+                os.lseek(fd, HEADER_SIZE + BOOKKEEPING, os.SEEK_SET)
+                _write_all(fd, np.array(rst, dtype="<u8").tobytes())
+        _atomic_write(path, HEADER_SIZE + size, writer, exist_ok=exist_ok)
+
+    @classmethod
+    def open(cls, source, *, mode: str = "r+", segmented: Optional[bool] = None,
+             seg_shift: Optional[int] = None, rmp_base: Optional[int] = None,
+             flags: Optional[int] = None, headerless: bool = False,
+             mem_bytes: Optional[int] = None) -> "RmpTable":
+        """An RMP over an existing buffer (ndarray, no copy) or a table file (numpy.memmap).
+
+        ``mode``: 'r' read-only, 'r+' read-write (changes go to the file; ``flush()``),
+        'c' copy-on-write (changes stay in memory).  A table file carries its layout, flags
+        and size in its header; layout arguments given here must agree with it, and a file
+        whose size does not match its header is refused.  ``headerless=True`` reads the old
+        raw format (the table bytes only): the layout then comes from the arguments
+        (defaults: contiguous, seg_shift 36, RMP_BASE 1 MiB, APM flags), and ``mem_bytes``,
+        when given, must match the file's size.  An ndarray is always raw.
+        """
+        if mode not in ("r", "r+", "c"):
+            raise RmpError(f"mode={mode!r}: use 'r' (read-only), 'r+' or 'c' (copy-on-write)")
+        headerless = _batch.boolean("headerless", headerless)
+        if segmented is not None:
+            segmented = _batch.boolean("segmented", segmented)
         if isinstance(source, np.ndarray):
             buf = source
+            if mode == "r":
+                buf = buf.view()
+                buf.flags.writeable = False
+            elif mode == "c":
+                buf = buf.copy()
+            return cls._raw(buf, segmented, seg_shift, rmp_base, flags, mem_bytes, "buffer")
+        if not isinstance(source, (str, bytes, os.PathLike)):
+            raise RmpError(f"source: expected a numpy.ndarray or a path, got "
+                           f"{type(source).__name__}")
+        path = os.fsdecode(os.fspath(source))
+        try:
+            with builtins_open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                head = f.read(HEADER_SIZE)
+        except OSError as e:
+            raise RmpError(f"table={path!r}: cannot open the file ({e.strerror or e})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise RmpError(f"table={path!r}: not a regular file")
+        if st.st_size == 0:
+            raise RmpError(f"table={path!r}: empty file (0 bytes), not an RMP table")
+        has_magic = head[:len(FILE_MAGIC)] == FILE_MAGIC
+        if headerless:
+            if has_magic:
+                raise RmpError(f"table={path!r}: has a pykvmmu table header; open it without "
+                               "headerless (--headerless)")
+            offset, size = 0, st.st_size
         else:
-            path = os.fspath(source)
-            if mode not in ("r", "r+", "c"):
-                raise RmpError(f"mode={mode!r}: use 'r' (read-only), 'r+' or 'c' (copy-on-write)")
-            try:
-                buf = np.memmap(path, dtype=np.uint8, mode=mode)
-            except (OSError, ValueError) as e:
-                raise RmpError(f"table={path!r}: cannot map the file ({e})") from None
-        return cls(buf, segmented=segmented, seg_shift=seg_shift, rmp_base=rmp_base, flags=flags)
+            if not has_magic:
+                raise RmpError(f"table={path!r}: no pykvmmu table header (magic {FILE_MAGIC!r}); "
+                               "a header-less table needs headerless=True (--headerless) and "
+                               "its layout options")
+            hdr = TableFileHeader.unpack(head, f"table={path!r}")
+            if st.st_size != HEADER_SIZE + hdr.table_bytes:
+                raise RmpError(f"table={path!r}: {st.st_size:#x} bytes, but its header says "
+                               f"{HEADER_SIZE:#x} + {hdr.table_bytes:#x} (truncated or "
+                               "extended file)")
+            for name, given, have in (("segmented", segmented, hdr.segmented),
+                                      ("seg_shift", seg_shift,
+                                       hdr.seg_shift if hdr.segmented else None),
+                                      ("rmp_base", rmp_base, hdr.rmp_base),
+                                      ("flags", flags, hdr.flags),
+                                      ("mem_bytes", mem_bytes, hdr.mem_bytes)):
+                if given is not None and (have is None or
+                                          _batch.uint(name, given) != int(have)):
+                    what = "none (a contiguous table)" if have is None else f"{have!r}"
+                    raise RmpError(f"{name}={given!r}: the table file {path!r} says {name} = "
+                                   f"{what} (the header describes the file; omit the option)")
+            offset, size = HEADER_SIZE, hdr.table_bytes
+        try:
+            buf = np.memmap(path, dtype=np.uint8, mode=mode, offset=offset, shape=(size,))
+        except (OSError, ValueError) as e:
+            raise RmpError(f"table={path!r}: cannot map the file ({e})") from None
+        if headerless:
+            t = cls._raw(buf, segmented, seg_shift, rmp_base, flags, mem_bytes, f"table={path!r}")
+        else:
+            t = cls(buf, segmented=hdr.segmented, seg_shift=hdr.seg_shift, rmp_base=hdr.rmp_base,
+                    flags=hdr.flags)
+            if hdr.segmented and tuple(int(v) for v in
+                                       buf[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")) != hdr.rst:
+                raise RmpError(f"table={path!r}: the RST in the table differs from the header's "
+                               "segment table (corrupt file)")
+            if t.nr_pfns != hdr.nr_pfns:
+                raise RmpError(f"table={path!r}: covers {t.nr_pfns:#x} pages, the header says "
+                               f"{hdr.nr_pfns:#x}")
+            t.mem_bytes = hdr.mem_bytes
+        t.path, t.mode, t.headerless = path, mode, headerless
+        return t
 
-    def save(self, path) -> None:
-        """Write the raw table (bookkeeping + entries) to ``path``, skipping zero holes."""
-        chunk = 64 << 20
-        with open(os.fspath(path), "wb") as f:
-            size = self.buffer.size
-            for start in range(0, size, chunk):
-                part = self.buffer[start:start + chunk]
+    @classmethod
+    def _raw(cls, buf, segmented, seg_shift, rmp_base, flags, mem_bytes, where) -> "RmpTable":
+        """A header-less table: layout from the arguments, size checked against mem_bytes."""
+        segmented = bool(segmented)
+        t = cls(buf, segmented=segmented, seg_shift=36 if seg_shift is None else seg_shift,
+                rmp_base=DEFAULT_RMP_BASE if rmp_base is None else rmp_base,
+                flags=0 if flags is None else flags)
+        if segmented and t.nr_pfns == 0:
+            raise RmpError(f"{where}: segmented=True but its segment table is empty (covers no "
+                           "page): not a segmented RMP (a contiguous one?)")
+        if mem_bytes is not None:
+            mem_bytes = _batch.uint("mem_bytes", mem_bytes)
+            if not segmented and buf.size != table_bytes(mem_bytes):
+                raise RmpError(f"{where}: {buf.size:#x} bytes, but mem_bytes={mem_bytes:#x} "
+                               f"needs {table_bytes(mem_bytes):#x} (truncated or wrong table)")
+            if segmented and t.nr_pfns < -(-mem_bytes // 4096):
+                raise RmpError(f"{where}: covers {t.nr_pfns:#x} pages, mem_bytes={mem_bytes:#x} "
+                               f"needs {-(-mem_bytes // 4096):#x}")
+            t.mem_bytes = mem_bytes
+        return t
+
+    def header(self) -> TableFileHeader:
+        """The file header that describes this table (what :meth:`save` writes)."""
+        rst = ()
+        if self.segmented:
+            rst = tuple(int(v) for v in self._view()[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8"))
+        return TableFileHeader(FILE_VERSION, int(self.segmented), self.seg_shift, int(self.flags),
+                               self.rmp_base, self.mem_bytes, self.size, self.nr_pfns, rst)
+
+    def _view(self) -> np.ndarray:
+        self._t
+        return self.buffer
+
+    def save(self, path, *, exist_ok: bool = True, headerless: bool = False) -> None:
+        """Write the table to ``path`` (header + table; ``headerless``: the table bytes only),
+        atomically: a temporary file in the same directory, fsync, then a rename, so ``path``
+        holds the old or the new table, never a partial one, and saving onto the file the
+        table is mapped from is safe (a read-write table saved onto its own file is flushed).
+        Zero 64 MiB chunks stay holes.  ``exist_ok=False`` refuses an existing ``path``."""
+        buf = self._view()
+        exist_ok = _batch.boolean("exist_ok", exist_ok)
+        headerless = _batch.boolean("headerless", headerless)
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise RmpError(f"path: expected a path, got {type(path).__name__}")
+        p = os.fsdecode(os.fspath(path))
+        if (exist_ok and self.mode == "r+" and self.path is not None
+                and headerless == self.headerless and os.path.exists(p)
+                and os.path.samefile(p, self.path)):
+            self.flush()
+            return
+        raw = b"" if headerless else self.header().pack()
+        size = buf.size
+
+        def writer(fd):
+            if raw:
+                _write_all(fd, raw)
+            base = len(raw)
+            for start in range(0, size, _CHUNK):
+                part = buf[start:start + _CHUNK]
                 if not part.any():
-                    f.seek(start + part.size)      # sparse: leave holes for zero chunks
-                    continue
-                f.seek(start)
-                f.write(memoryview(part))
-            f.truncate(size)
+                    continue                         # sparse: leave a hole
+                os.lseek(fd, base + start, os.SEEK_SET)
+                _write_all(fd, part)
+        _atomic_write(p, len(raw) + size, writer, exist_ok=exist_ok)
+
+    def flush(self) -> None:
+        """Write a read-write file-backed table's changes to its file (msync); a no-op for
+        in-memory, read-only and copy-on-write tables (use :meth:`save` for those)."""
+        buf = self._view()
+        if isinstance(buf, np.memmap) and self.mode == "r+":
+            try:
+                buf.flush()
+            except OSError as e:
+                raise RmpError(f"table={self.path!r}: flush failed ({e.strerror or e})") from None
+
+    def close(self) -> None:
+        """Flush (read-write files) and end the table's use: every later call raises
+        RmpError.  The mapping itself goes when the last array viewing it is gone."""
+        if self._t_ is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._t_ = None
+            try:
+                ffi.release(self._cbuf)
+            except (AttributeError, ValueError):     # pragma: no cover - old cffi
+                pass
+            self._cbuf = None
+            self.buffer = None
+
+    def __enter__(self) -> "RmpTable":
+        self._t
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def size(self) -> int:
-        return int(self.buffer.size)
+        return int(self._view().size)
 
     @property
     def rmp_end(self) -> int:
@@ -404,7 +844,7 @@ class RmpTable:
         """The contiguous table's entries as an (nr_pfns, 2) uint64 view [lo, hi]."""
         if self.segmented:
             raise RmpError("entries: a segmented RMP has no single entry array (use fields())")
-        return self.buffer[BOOKKEEPING:].view("<u8").reshape(-1, 2)
+        return self._view()[BOOKKEEPING:].view("<u8").reshape(-1, 2)
 
     # -------------------------------------------------------------- entries
     def _pfn(self, pfn) -> int:
@@ -437,25 +877,38 @@ class RmpTable:
 
     def set_in_use(self, pfn, in_use: bool = True) -> None:
         """Set or clear the hardware lock bit (an entry in use: RMPUPDATE/PSMASH fail INUSE)."""
+        in_use = _batch.boolean("in_use", in_use)
+        self._need_writable("set_in_use")
         e = self.entry(pfn)
         lo = (e.lo | (1 << 63)) if in_use else (e.lo & ~(1 << 63))
         self.write_raw(pfn, lo, e.hi)
 
     def _pfn_array(self, pfns) -> np.ndarray:
+        self._t
         return _batch.in_array("pfns", pfns, np.uint64)
+
+    def _disjoint(self, outs, ins) -> None:
+        """Outputs may overlap neither an input, another output, nor the table itself."""
+        _batch.disjoint(outs, list(ins) + [("the RMP table buffer", self.buffer)])
 
     def _range_error(self, pfns, idx: int) -> RmpError:
         return RmpError(f"pfns[{idx}]={int(pfns.reshape(-1)[idx]):#x}: beyond the RMP "
                         f"(covers {self.nr_pfns:#x} pages)")
 
-    def fields(self, pfns: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    def fields(self, pfns: np.ndarray, out: Optional[np.ndarray] = None, *,
+               threads: Optional[int] = None) -> np.ndarray:
         """Batch field extraction for pfns into a FIELDS_DTYPE array."""
         pfns = self._pfn_array(pfns)
         out = _batch.out_array("out", out, FIELDS_DTYPE, pfns.shape)
-        err = ffi.new("int *")
-        r = lib.kvmmu_rmp_fields_batch(self._t, _batch.ptr(pfns, "uint64_t"),
-                                       ffi.from_buffer("struct kvmmu_rmp_fields[]", out),
-                                       pfns.size, err)
+        self._disjoint([("out", out)], [("pfns", pfns)])
+        t = self._t
+
+        def part(lo, hi):
+            err = ffi.new("int *")
+            return (lib.kvmmu_rmp_fields_batch(t, _batch.ptr_at(pfns, "uint64_t", lo),
+                                               _batch.ptr_at(out, "struct kvmmu_rmp_fields", lo),
+                                               hi - lo, err),)
+        r = _par.run(pfns.size, threads, part)[0]
         if r:
             raise self._range_error(pfns, r - 1)
         return out
@@ -472,9 +925,12 @@ class RmpTable:
     lookup = snp_lookup_rmpentry
 
     def lookup_batch(self, pfns: np.ndarray, *, assigned=None, level=None, asid=None, gpa=None,
-                     with_owner: bool = True) -> LookupResult:
+                     with_owner: bool = True, threads: Optional[int] = None) -> LookupResult:
         """snp_lookup_rmpentry() over a pfn array: assigned/level (and ASID/GPA of the pfn's
-        own entry unless ``with_owner=False``).  Out-of-range pfns raise RmpError."""
+        own entry unless ``with_owner=False``).  Out-of-range pfns raise RmpError.  No output
+        may overlap ``pfns``, another output or the table.  Batches of 1M pfns and more run
+        as parts on threads (``threads``, see pykvmmu._par); errors are those of one pass."""
+        with_owner = _batch.boolean("with_owner", with_owner)
         pfns = self._pfn_array(pfns)
         shape = pfns.shape
         assigned = _batch.out_array("assigned", assigned, np.uint8, shape)
@@ -484,11 +940,24 @@ class RmpTable:
             asid = _batch.out_array("asid", asid, np.uint16, shape)
             gpa = _batch.out_array("gpa", gpa, np.uint64, shape)
             asid_p, gpa_p = _batch.ptr(asid, "uint16_t"), _batch.ptr(gpa, "uint64_t")
-        err = ffi.new("int *")
-        r = lib.kvmmu_rmp_lookup_batch(self._t, _batch.ptr(pfns, "uint64_t"),
-                                       _batch.ptr(assigned, "uint8_t"),
-                                       _batch.ptr(level, "uint8_t"), asid_p, gpa_p,
-                                       pfns.size, err)
+        else:
+            for name, a in (("asid", asid), ("gpa", gpa)):
+                if a is not None:
+                    raise RmpError(f"{name}=: an output array given with with_owner=False "
+                                   "(it would not be written)")
+        self._disjoint([("assigned", assigned), ("level", level), ("asid", asid), ("gpa", gpa)],
+                       [("pfns", pfns)])
+        t = self._t
+        owner = asid_p != ffi.NULL
+
+        def part(lo, hi):
+            err = ffi.new("int *")
+            return (lib.kvmmu_rmp_lookup_batch(
+                t, _batch.ptr_at(pfns, "uint64_t", lo), _batch.ptr_at(assigned, "uint8_t", lo),
+                _batch.ptr_at(level, "uint8_t", lo),
+                _batch.ptr_at(asid if owner else None, "uint16_t", lo),
+                _batch.ptr_at(gpa if owner else None, "uint64_t", lo), hi - lo, err),)
+        r = _par.run(pfns.size, threads, part)[0]
         if r:
             raise self._range_error(pfns, r - 1)
         return LookupResult(assigned, level, asid, gpa)
@@ -498,20 +967,31 @@ class RmpTable:
         pfn inside an assigned 2M page, the state of the 2M entry that governs it; otherwise
         the raw entry's own state, as the firmware's rmp_entry_get_state() sees it."""
         v = _batch.uint("pfn", pfn)
-        return PageState(lib.kvmmu_rmp_page_state(self._t, v, bool(effective)))
+        effective = _batch.boolean("effective", effective)
+        return PageState(lib.kvmmu_rmp_page_state(self._t, v, effective))
 
     def page_states(self, pfns: np.ndarray, *, effective: bool = True,
-                    out: Optional[np.ndarray] = None) -> np.ndarray:
+                    out: Optional[np.ndarray] = None, threads: Optional[int] = None) -> np.ndarray:
+        """page_state() over a pfn array (DEFAULT beyond the table)."""
+        effective = _batch.boolean("effective", effective)
         pfns = self._pfn_array(pfns)
         out = _batch.out_array("out", out, np.uint8, pfns.shape)
-        lib.kvmmu_rmp_page_state_batch(self._t, _batch.ptr(pfns, "uint64_t"), bool(effective),
-                                       _batch.ptr(out, "uint8_t"), pfns.size)
+        self._disjoint([("out", out)], [("pfns", pfns)])
+        t = self._t
+        _par.map_parts(pfns.size, threads, lambda lo, hi: lib.kvmmu_rmp_page_state_batch(
+            t, _batch.ptr_at(pfns, "uint64_t", lo), effective, _batch.ptr_at(out, "uint8_t", lo),
+            hi - lo))
         return out
 
     def count_assigned(self, start: int, count: int) -> int:
-        """Number of entries with Assigned=1 among pfns [start, start + count)."""
-        return int(lib.kvmmu_rmp_count_assigned(self._t, _batch.uint("start", start),
-                                                _batch.uint("count", count)))
+        """Number of entries with Assigned=1 among pfns [start, start + count) (pfns beyond
+        the table count as unassigned: they are hypervisor-owned)."""
+        start, count = _batch.uint("start", start), _batch.uint("count", count)
+        end = min(start + count, self.nr_pfns)
+        if end <= start:
+            self._t
+            return 0
+        return int(lib.kvmmu_rmp_count_assigned(self._t, start, end - start))
 
     # -------------------------------------------------------------- instructions
     def rmpupdate(self, pfn, *, gpa: int = 0, assigned=False, pagesize: int = 0,
@@ -529,8 +1009,15 @@ class RmpTable:
 
     def rmpupdate_batch(self, pfns: np.ndarray, gpas: Optional[np.ndarray] = None, *,
                         assigned=True, pagesize: int = 0, immutable=False, asid: int = 0) -> int:
-        """RMPUPDATE for each pfn in order (same state, per-pfn GPA byte address).  Stops at the
-        first failure and raises RmpError naming it; instructions before it stay done."""
+        """RMPUPDATE for each pfn in order (same state, per-pfn GPA byte address).
+
+        Every input rule (RMPUPDATE's FAIL_INPUT cases: pfn covered, field widths, ASID,
+        GPA alignment and width, 2M alignment and coverage) is checked for the whole batch
+        first; a bad element raises RmpError naming it and nothing is changed.  The
+        instructions then run in order, as the kernel issues them one at a time: one that
+        fails on the entries' state (FAIL_PERMISSION, FAIL_INUSE, FAIL_OVERLAP) stops the
+        batch and raises :class:`RmpBatchError`, whose ``done`` says how many updates were
+        applied (RMPUPDATE is not transactional).  Returns the number of updates done."""
         self._need_writable("rmpupdate_batch")
         pfns = self._pfn_array(pfns)
         gp = ffi.NULL
@@ -538,16 +1025,38 @@ class RmpTable:
             _batch.in_array("gpas", gpas, np.uint64)
             _batch.same_shape([("pfns", pfns), ("gpas", gpas)])
             gp = _batch.ptr(gpas, "uint64_t")
+        for name, a in (("pfns", pfns), ("gpas", gpas)):    # inputs the updates would change
+            _batch.disjoint([(name, a)], [("the RMP table buffer", self.buffer)])
+        st = (_batch.uint("assigned", assigned, 8), _batch.uint("pagesize", pagesize, 8),
+              _batch.uint("immutable", immutable, 8), _batch.uint("asid", asid, 32))
+        pp = _batch.ptr(pfns, "uint64_t")
         err = ffi.new("int *")
-        r = lib.kvmmu_rmp_rmpupdate_batch(
-            self._t, _batch.ptr(pfns, "uint64_t"), gp, _batch.uint("assigned", assigned, 32),
-            _batch.uint("pagesize", pagesize, 32), _batch.uint("immutable", immutable, 32),
-            _batch.uint("asid", asid, 32), pfns.size, err)
+        r = lib.kvmmu_rmp_rmpupdate_batch_check(self._t, pp, gp, *st, pfns.size, err)
         if r:
             i = r - 1
-            p = int(pfns.reshape(-1)[i]) if i < pfns.size else 0
-            raise RmpError(f"pfns[{i}]={p:#x}: RMPUPDATE failed with {Rc(err[0]).name} "
-                           f"({err[0]}); {i} earlier updates were done")
+            p = int(pfns.reshape(-1)[i])
+            g = int(gpas.reshape(-1)[i]) if gpas is not None else 0
+            rule = {
+                lib.KVMMU_RMP_E_RANGE: f"pfn {p:#x} is beyond the RMP (covers "
+                                       f"{self.nr_pfns:#x} pages)",
+                lib.KVMMU_RMP_E_FIELD: f"assigned={st[0]}, pagesize={st[1]}, immutable={st[2]}: "
+                                       "each must be 0 or 1",
+                lib.KVMMU_RMP_E_ASID: f"asid={st[3]:#x}: at most 0x3ff, and 0 when "
+                                      "assigned=0",
+                lib.KVMMU_RMP_E_GPA: f"gpa={g:#x}: 4K aligned (2M aligned for an assigned 2M "
+                                     "page) and below 2^51",
+                lib.KVMMU_RMP_E_ALIGN: f"pfn {p:#x}: a 2M update needs a 2M-aligned pfn",
+                lib.KVMMU_RMP_E_BLOCK: f"pfn {p:#x}: the 2M block is not fully covered",
+            }[err[0]]
+            raise RmpError(f"pfns[{i}]={p:#x}: {rule} (RMPUPDATE FAIL_INPUT); nothing was "
+                           "updated")
+        r = lib.kvmmu_rmp_rmpupdate_batch(self._t, pp, gp, *st, pfns.size, err)
+        if r:
+            i = r - 1
+            raise RmpBatchError(f"pfns[{i}]={int(pfns.reshape(-1)[i]):#x}: RMPUPDATE failed "
+                                f"with {Rc(err[0]).name} ({err[0]}); the {i} earlier updates "
+                                "were done (RMPUPDATE is not transactional)", done=i,
+                                rc=Rc(err[0]))
         return pfns.size
 
     def psmash(self, pfn) -> Rc:
@@ -557,7 +1066,9 @@ class RmpTable:
 
     def pvalidate(self, pfn, *, asid: int, gfn: int, size: int = 0, validate=True,
                   vmpl: int = 0) -> InsnResult:
-        """PVALIDATE (guest): set or clear Validated of the page at ``gfn`` backed by ``pfn``."""
+        """PVALIDATE (guest): set or clear Validated of the page at ``gfn`` backed by ``pfn``.
+        ``size`` (RCX) and ``validate`` (RDX) are register operands: values other than 0/1
+        give FAIL_INPUT, as on the hardware."""
         self._need_writable("pvalidate")
         ei = ffi.new("uint64_t *")
         rc = lib.kvmmu_rmp_pvalidate(self._t, _batch.uint("pfn", pfn), _batch.uint("asid", asid, 32),
@@ -587,6 +1098,14 @@ class RmpTable:
         FAIL_OVERLAP, a transient firmware lock there; in the model it is persistent, so it
         is reported once as -EFAULT.)"""
         pfn = _batch.uint("pfn", pfn)
+        if isinstance(level, (bool, np.bool_)):
+            raise RmpError(f"level={level!r}: enum pg_level is an int (1 = 4K, 2 = 2M)")
+        level = _batch.uint("level", level, 32)        # enum pg_level; > 2M gives -EFAULT
+        _batch.uint("gpa", gpa)
+        _batch.uint("asid", asid, 32)                  # u32 asid
+        assigned = _batch.boolean("assigned", assigned)
+        immutable = _batch.boolean("immutable", immutable)
+        self._need_writable("rmpupdate_kernel")
         self.last_rc = None
         if level not in (PG_LEVEL_4K, PG_LEVEL_2M) or not self.covered(pfn):
             return -EFAULT                       # adjust_direct_map: -EINVAL -> -EFAULT
@@ -632,36 +1151,42 @@ class RmpTable:
     def host_check(self, pfn, level: int = PG_LEVEL_4K, *, user: bool = False) -> AccessResult:
         """The RMP check of a host data write / page-table access through a mapping of
         ``level`` (1G checked as 2M: all 512 entries need Assigned=0).  Reads are not checked."""
-        if level not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
-            raise RmpError(f"level={level!r}: a host mapping level is 1 (4K), 2 (2M) or 3 (1G)")
+        level = _level("level", level)
+        user = _batch.boolean("user", user)
         ec = ffi.new("uint64_t *")
-        chk = Check(lib.kvmmu_rmp_host_check(self._t, _batch.uint("pfn", pfn), level,
-                                             bool(user), ec))
+        chk = Check(lib.kvmmu_rmp_host_check(self._t, _batch.uint("pfn", pfn), level, user, ec))
         return AccessResult(chk, "#PF" if chk else None, int(ec[0]))
 
     def host_check_batch(self, pfns: np.ndarray, level: int = PG_LEVEL_4K,
-                         out: Optional[np.ndarray] = None) -> np.ndarray:
-        if level not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
-            raise RmpError(f"level={level!r}: a host mapping level is 1 (4K), 2 (2M) or 3 (1G)")
+                         out: Optional[np.ndarray] = None, *,
+                         threads: Optional[int] = None) -> np.ndarray:
+        """host_check() over a pfn array: the Check code per pfn (0 = OK)."""
+        level = _level("level", level)
         pfns = self._pfn_array(pfns)
         out = _batch.out_array("out", out, np.uint8, pfns.shape)
-        lib.kvmmu_rmp_host_check_batch(self._t, _batch.ptr(pfns, "uint64_t"), level,
-                                       _batch.ptr(out, "uint8_t"), pfns.size)
+        self._disjoint([("out", out)], [("pfns", pfns)])
+        t = self._t
+        _par.map_parts(pfns.size, threads, lambda lo, hi: lib.kvmmu_rmp_host_check_batch(
+            t, _batch.ptr_at(pfns, "uint64_t", lo), level, _batch.ptr_at(out, "uint8_t", lo),
+            hi - lo))
         return out
 
     def _access(self, asid, vmpl, npt_level, kind, c_bit, snp_active, user):
-        if npt_level not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
-            raise RmpError(f"npt_level={npt_level!r}: 1 (4K), 2 (2M) or 3 (1G)")
+        npt_level = _level("npt_level", npt_level)
         if not 0 <= _batch.uint("vmpl", vmpl, 8) <= 3:
             raise RmpError(f"vmpl={vmpl}: VMPLs are 0..3")
         try:
-            kind = Access[kind.upper()] if isinstance(kind, str) else Access(kind)
-        except (KeyError, ValueError):
+            if isinstance(kind, (bool, np.bool_)):
+                raise ValueError
+            kind = Access[kind.upper()] if isinstance(kind, str) else Access(operator.index(kind))
+        except (KeyError, ValueError, TypeError):
             raise RmpError(f"kind={kind!r}: one of {[a.name.lower() for a in Access]}") from None
         a = ffi.new("struct kvmmu_rmp_access *")
         a.asid = _batch.uint("asid", asid, 32)
         a.vmpl, a.npt_level, a.kind = vmpl, npt_level, int(kind)
-        a.c_bit, a.snp_active, a.user = bool(c_bit), bool(snp_active), bool(user)
+        a.c_bit = _batch.boolean("c_bit", c_bit)
+        a.snp_active = _batch.boolean("snp_active", snp_active)
+        a.user = _batch.boolean("user", user)
         return a
 
     def guest_check(self, pfn, gfn, *, asid: int, vmpl: int = 0, npt_level: int = PG_LEVEL_4K,
@@ -678,18 +1203,24 @@ class RmpTable:
     def guest_check_batch(self, pfns: np.ndarray, gfns: np.ndarray, *, asid: int, vmpl: int = 0,
                           npt_level: int = PG_LEVEL_4K, kind="read", c_bit: bool = True,
                           snp_active: bool = True, user: bool = False,
-                          out: Optional[np.ndarray] = None) -> np.ndarray:
+                          out: Optional[np.ndarray] = None,
+                          threads: Optional[int] = None) -> np.ndarray:
+        """guest_check() over pfn/gfn arrays: the Check code per access (0 = OK)."""
         pfns = self._pfn_array(pfns)
         _batch.in_array("gfns", gfns, np.uint64)
         _batch.same_shape([("pfns", pfns), ("gfns", gfns)])
         out = _batch.out_array("out", out, np.uint8, pfns.shape)
+        self._disjoint([("out", out)], [("pfns", pfns), ("gfns", gfns)])
         a = self._access(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
-        lib.kvmmu_rmp_guest_check_batch(self._t, _batch.ptr(pfns, "uint64_t"),
-                                        _batch.ptr(gfns, "uint64_t"), a,
-                                        _batch.ptr(out, "uint8_t"), pfns.size)
+        t = self._t
+        _par.map_parts(pfns.size, threads, lambda lo, hi: lib.kvmmu_rmp_guest_check_batch(
+            t, _batch.ptr_at(pfns, "uint64_t", lo), _batch.ptr_at(gfns, "uint64_t", lo), a,
+            _batch.ptr_at(out, "uint8_t", lo), hi - lo))
         return out
 
     def __repr__(self) -> str:
+        if self.closed:
+            return "RmpTable(closed)"
         kind = f"segmented shift={self.seg_shift}" if self.segmented else "contiguous"
         return (f"RmpTable({kind}, {self.size:#x} bytes, covers {self.nr_pfns:#x} pages, "
                 f"flags={self.flags!r})")
@@ -709,12 +1240,13 @@ def handle_user_rmp_page_fault(table: RmpTable, *, pte_present: bool, pte_pfn: i
     """The v7/v8 patch's handle_user_rmp_page_fault() given the host mapping found for
     ``address``: UNMAP (PTE gone), SIGBUS (4K entry assigned, or the lookup failed),
     SPLIT (host level above the RMP level), else RETRY."""
+    _table(table)
+    pte_present = _batch.boolean("pte_present", pte_present)
+    level = _level("level", level)
+    pfn = _batch.uint("pte_pfn", pte_pfn, 40)           # a 52-bit physical address's frame
+    address = _batch.uint("address", address)
     if not pte_present:
         return UserFault("UNMAP", RMP_PF_UNMAP, None, None)
-    if level not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
-        raise RmpError(f"level={level!r}: a host mapping level is 1 (4K), 2 (2M) or 3 (1G)")
-    pfn = _batch.uint("pte_pfn", pte_pfn)
-    address = _batch.uint("address", address)
     if level > PG_LEVEL_4K:
         size = 1 << (12 + 9 * (level - 1))
         pfn |= (address & (size - 1)) >> 12
@@ -745,15 +1277,19 @@ def sev_handle_rmp_fault(table: RmpTable, gpa: int, error_code: int = 0, *,
     (warn and return), "spurious" (the entry is already 4K), "psmash" (split, zap the
     GFN range), "psmash-raced" (PSMASH failed but the entry is now 4K and assigned),
     "psmash-failed" (warn, zap anyway).  ``pfn=None``: kvm_gmem_get_pfn() failed."""
+    _table(table)
     gfn = _batch.uint("gpa", gpa) >> 12
     _batch.uint("error_code", error_code)
+    is_private = _batch.boolean("is_private", is_private)
+    has_gmem = _batch.boolean("has_gmem", has_gmem)
+    if pfn is not None:
+        pfn = _batch.uint("pfn", pfn)
     if not is_private:
         return NpfOutcome("not-private", None, None, None)
     if not has_gmem:
         return NpfOutcome("non-gmem-slot", None, None, None)
     if pfn is None:
         return NpfOutcome("no-backing-page", None, None, None)
-    pfn = _batch.uint("pfn", pfn)
     if not table.covered(pfn):
         return NpfOutcome("no-assigned-entry", None, None, None)
     assigned, rmp_level = table.snp_lookup_rmpentry(pfn)
@@ -775,9 +1311,11 @@ def sev_handle_rmp_fault(table: RmpTable, gpa: int, error_code: int = 0, *,
 def sev_private_max_mapping_level(table: RmpTable, pfn: int, *, snp: bool = True) -> int:
     """The gmem max-mapping-level hook: 0 (no limit) for non-SNP VMs, 4K if the lookup
     fails or the entry is unassigned, otherwise the RMP level (NPT level <= RMP level)."""
+    _table(table)
+    snp = _batch.boolean("snp", snp)
+    pfn = _batch.uint("pfn", pfn)
     if not snp:
         return 0
-    pfn = _batch.uint("pfn", pfn)
     if not table.covered(pfn):
         return PG_LEVEL_4K
     assigned, level = table.snp_lookup_rmpentry(pfn)
@@ -787,13 +1325,109 @@ def sev_private_max_mapping_level(table: RmpTable, pfn: int, *, snp: bool = True
 def kvm_max_private_mapping_level(max_level: int, max_order: int, hook_level: int = 0) -> int:
     """kvm_max_private_mapping_level(): min(max_level, the level the gmem folio order
     allows, the vendor hook's level when it is non-zero)."""
-    max_level = _batch.uint("max_level", max_level, 8)
+    max_level = _level("max_level", max_level)
     order = _batch.uint("max_order", max_order, 8)
-    if max_level not in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G):
-        raise RmpError(f"max_level={max_level}: 1 (4K), 2 (2M) or 3 (1G)")
+    hook = 0 if isinstance(hook_level, int) and not isinstance(hook_level, bool) and \
+        hook_level == 0 else _level("hook_level", hook_level)
     order_level = PG_LEVEL_1G if order >= 18 else PG_LEVEL_2M if order >= 9 else PG_LEVEL_4K
     level = min(max_level, order_level)
-    hook = _batch.uint("hook_level", hook_level, 8)
     if hook:
         level = min(level, hook)
     return level
+
+
+# ------------------------------------------------------------------ kernel RMP dumps
+
+class DumpEntry(NamedTuple):
+    """One RMP line found in a kernel log (see :func:`decode_dump`).
+
+    ``kind``: "entry" (the dumped pfn's raw entry), "region" (a non-zero entry of the
+    2M region dumped for an unassigned pfn), "fields" (an early RFC line that printed
+    decoded fields only: ``lo`` is rebuilt from them, sub-page count and lock unknown,
+    ``hi`` None), "region-start" (the unassigned pfn and its 2M region ``[lo, hi)``),
+    "none" (no populated entry in the region), "error" (the lookup failed, ``lo`` = the
+    errno printed) or "rmpupdate-failed" (``lo`` = the RMPUPDATE return code, ``hi`` =
+    the pg_level)."""
+    line: int              # 1-based line number in the text
+    kind: str
+    fmt: str               # which kernel's format the line is in
+    pfn: int
+    lo: Optional[int]
+    hi: Optional[int]
+
+    @property
+    def entry(self) -> Optional[RmpEntry]:
+        if self.kind in ("entry", "region", "fields"):
+            return RmpEntry(self.lo, self.hi or 0)
+        return None
+
+
+_X = r"0x([0-9a-fA-F]{1,16})"        # a hex number that fits 64 bits
+# (regex, kind, format, how the groups map to (pfn, lo, hi)).  Formats, from the kernel
+# sources read (docs/rmp.md lists them): mainline dump_rmpentry() since v6.9 (and in
+# v6.14's rmpentry_raw shape); the v10/v11 SNP host patches' sev_dump_rmpentry()
+# ("high=... low=...", pfn); the RFC v6-v9 patches ("RMPEntry paddr", physical address).
+_DUMP_PATTERNS = [
+    (rf"PFN {_X}, RMP entry: \[{_X} - {_X}\]", "entry", "v6.9+", "p,lo,hi"),
+    (rf"PFN: {_X}, \[{_X} - {_X}\]", "region", "v6.9+", "p,lo,hi"),
+    (rf"PFN {_X} unassigned, dumping non-zero entries in 2M PFN region: \[{_X} - {_X}\]",
+     "region-start", "v6.9+", "p,lo,hi"),
+    (rf"RMP entry for PFN {_X}: \[high={_X} low={_X}\]", "entry", "v10-v11 patches", "p,hi,lo"),
+    (rf"e\.g\.: PFN {_X}: \[high={_X} low={_X}\]", "region", "v10-v11 patches", "p,hi,lo"),
+    (rf"No populated RMP entries in the 2MB region containing PFN {_X}", "none",
+     "v10-v11 patches", "p"),
+    (rf"RMPEntry paddr {_X}: \[high={_X} low={_X}\]", "entry", "RFC patches", "pa,hi,lo"),
+    (rf"RMPEntry paddr {_X} ([0-9a-fA-F]{{16}}) ([0-9a-fA-F]{{16}})", "entry", "RFC patches",
+     "pa,hi,lo"),
+    (rf"RMPEntry paddr {_X} \[assigned=(\d) immutable=(\d) pagesize=(\d) gpa={_X} "
+     r"asid=(\d+) vmsa=(\d) validated=(\d)\]", "fields", "RFC patches", "fields"),
+    (rf"Failed to read RMP (?:entry|contents) for PFN {_X}, error (-?\d+)", "error", "v6.9+",
+     "p,err"),
+    (rf"Error (-?\d+) reading RMP (?:entry|contents) for PFN {_X}", "error", "v6.9+", "err,p"),
+    (r"RMPUPDATE failed for PFN ([0-9a-fA-F]{1,16}), pg_level: (\d+), ret: (-?\d+)",
+     "rmpupdate-failed", "v6.9+", "p,level,ret"),
+]
+_DUMP_RES = [(re.compile(r), k, f, m) for r, k, f, m in _DUMP_PATTERNS]
+
+
+def decode_dump(text: str) -> list:
+    """Find the RMP lines of the kernel's dump_rmpentry() (every known format) in a pasted
+    log (dmesg or journal prefixes, any other lines are skipped) and return them as
+    :class:`DumpEntry` records, in order.  Numbers that do not fit their field raise
+    RmpError naming the line."""
+    if not isinstance(text, str):
+        raise RmpError(f"text: expected a str, got {type(text).__name__}")
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        for rx, kind, fmt, how in _DUMP_RES:
+            m = rx.search(line)
+            if not m:
+                continue
+            g = m.groups()
+            if how == "p,lo,hi":
+                pfn, lo, hi = (int(x, 16) for x in g)
+            elif how == "p,hi,lo":
+                pfn, hi, lo = (int(x, 16) for x in g)
+            elif how == "pa,hi,lo":
+                pa, hi, lo = (int(x, 16) for x in g)
+                pfn = pa >> 12
+            elif how == "p":
+                pfn, lo, hi = int(g[0], 16), None, None
+            elif how == "p,err":
+                pfn, lo, hi = int(g[0], 16), int(g[1]), None
+            elif how == "err,p":
+                pfn, lo, hi = int(g[1], 16), int(g[0]), None
+            elif how == "p,level,ret":
+                pfn, hi, lo = int(g[0], 16), int(g[1]), int(g[2])
+            else:                                    # fields
+                pfn = int(g[0], 16) >> 12
+                try:
+                    lo = make_lo(assigned=int(g[1]), immutable=int(g[2]), pagesize=int(g[3]),
+                                 gpa=int(g[4], 16), asid=int(g[5]), vmsa=int(g[6]),
+                                 validated=int(g[7]))
+                except InputError as e:
+                    raise RmpError(f"line {n}: {e}") from None
+                hi = None
+            out.append(DumpEntry(n, kind, fmt, pfn, lo, hi))
+            break
+    return out

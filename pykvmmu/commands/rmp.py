@@ -1,8 +1,9 @@
-"""CLI: ``pykvmmu rmp create|update|show``; the SEV-SNP RMP demo scene."""
+"""CLI: ``pykvmmu rmp create|update|show|decode``; the SEV-SNP RMP demo scene."""
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 from .. import rmp as R
 from ..errors import InputError
@@ -31,20 +32,35 @@ def _flags(names) -> int:
     return f
 
 
-def _layout_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--segmented", action="store_true", help="segmented RMP (RST after the bookkeeping)")
-    p.add_argument("--seg-shift", type=int, default=36, help="RMP_CFG segment shift (default 36 = 64 GiB)")
-    p.add_argument("--rmp-base", type=_int, default=R.DEFAULT_RMP_BASE,
-                   help="modelled RMP_BASE (segment bases are absolute)")
+def _layout_args(p: argparse.ArgumentParser, *, create: bool = False) -> None:
+    """Layout options.  ``create`` gives their defaults; for existing files they come from
+    the file's header, and an option given must agree with it (or apply to a
+    ``--headerless`` file, which has no header)."""
+    p.add_argument("--segmented", action="store_true", default=False if create else None,
+                   help="segmented RMP (RST after the bookkeeping)")
+    p.add_argument("--seg-shift", type=int, default=36 if create else None,
+                   help="RMP_CFG segment shift (default 36 = 64 GiB)")
+    p.add_argument("--rmp-base", type=_int, default=R.DEFAULT_RMP_BASE if create else None,
+                   help="modelled RMP_BASE (segment bases are absolute; default 0x100000)")
     p.add_argument("--flag", action="append", metavar="NAME",
                    help="rule switch (host_immutable, overlap_rc7, middle_full, "
                         "pvalidate_vmpl_gp, always_reset); default: the APM reading")
+    if not create:
+        p.add_argument("--headerless", action="store_true",
+                       help="the file is a raw table without a pykvmmu header (the format of "
+                            "older versions): give its layout options")
+        p.add_argument("--memory", type=_size, default=None,
+                       help="with --headerless: host memory the table must cover (checks the "
+                            "file size)")
 
 
 def _open(args, mode="r"):
-    return R.RmpTable.open(args.table, mode=mode, segmented=args.segmented,
+    if not args.headerless and args.memory is not None:
+        raise InputError("--memory: only with --headerless (a table file's header holds it)")
+    return R.RmpTable.open(args.table, mode=mode, segmented=args.segmented or None,
                            seg_shift=args.seg_shift, rmp_base=args.rmp_base,
-                           flags=_flags(args.flag))
+                           flags=_flags(args.flag) if args.flag else None,
+                           headerless=args.headerless, mem_bytes=args.memory)
 
 
 def show_lines(t: R.RmpTable, pfn: int, limit: int = 16) -> list:
@@ -77,29 +93,86 @@ def show_lines(t: R.RmpTable, pfn: int, limit: int = 16) -> list:
 
 
 def _cmd_show(args) -> int:
-    t = _open(args)
-    for pfn in args.pfn:
-        for line in show_lines(t, pfn, 0 if args.all else 16):
-            print(line)
+    with _open(args) as t:
+        for pfn in args.pfn:
+            for line in show_lines(t, pfn, 0 if args.all else 16):
+                print(line)
     return 0
 
 
 def _cmd_create(args) -> int:
-    t = R.RmpTable.create(args.memory, segmented=args.segmented, seg_shift=args.seg_shift,
-                          rmp_base=args.rmp_base)
-    t.save(args.table)
-    print(f"{args.table}: {t!r}")
+    R.RmpTable.create_file(args.table, args.memory, segmented=args.segmented,
+                           seg_shift=args.seg_shift, rmp_base=args.rmp_base,
+                           flags=_flags(args.flag), exist_ok=args.force)
+    with R.RmpTable.open(args.table, mode="r") as t:
+        print(f"{args.table}: {t!r}")
     return 0
 
 
 def _cmd_update(args) -> int:
-    t = _open(args, mode="r+")
-    rc = t.rmpupdate(args.pfn, gpa=args.gpa, assigned=args.asid != 0 or args.assigned,
-                     pagesize=1 if args.level == 2 else 0, immutable=args.immutable,
-                     asid=args.asid)
+    with _open(args, mode="r+") as t:
+        rc = t.rmpupdate(args.pfn, gpa=args.gpa, assigned=args.asid != 0 or args.assigned,
+                         pagesize=1 if args.level == 2 else 0, immutable=args.immutable,
+                         asid=args.asid)
+        t.flush()
     print(f"RMPUPDATE pfn={args.pfn:#x}: {rc.name} ({int(rc)})")
-    t.buffer.flush() if hasattr(t.buffer, "flush") else None
     return 0 if rc == R.Rc.SUCCESS else 1
+
+
+def decode_lines(text: str) -> list:
+    """The lines ``pykvmmu rmp decode`` prints for a pasted kernel log."""
+    out = []
+    recs = R.decode_dump(text)
+    for r in recs:
+        head = f"line {r.line}: PFN {r.pfn:#x}"
+        if r.kind == "region-start":
+            out.append(f"{head} unassigned; non-zero entries of its 2M region "
+                       f"[{r.lo:#x} - {r.hi:#x}) follow ({r.fmt})")
+        elif r.kind == "none":
+            out.append(f"{head}: no populated RMP entries in its 2M region ({r.fmt})")
+        elif r.kind == "error":
+            out.append(f"{head}: the kernel could not read the entry (error {r.lo}; -14 "
+                       f"EFAULT = beyond the RMP) ({r.fmt})")
+        elif r.kind == "rmpupdate-failed":
+            try:
+                name = R.Rc(r.lo).name
+            except ValueError:
+                name = "unknown code"
+            out.append(f"{head}: RMPUPDATE at pg_level {r.hi} failed with {r.lo} ({name}) "
+                       f"({r.fmt})")
+        else:
+            e = r.entry
+            what = {"entry": "dumped entry", "region": "non-zero entry of the 2M region",
+                    "fields": "decoded-fields line"}[r.kind]
+            hi = "unknown (not printed)" if r.hi is None else f"{r.hi:#018x}"
+            out.append(f"{head}: {what} ({r.fmt}): lo={e.lo:#018x} hi={hi}")
+            desc = e.describe()
+            if r.hi is None:
+                desc = desc.split(" vmpl=")[0] + " (sub-page count, lock and VMPL masks not printed)"
+            out.append(f"  {desc}")
+            state = R.page_state_raw(e.lo).name
+            size = "a 2M page's 2M-aligned entry" if e.assigned and e.pagesize else (
+                "inside a 2M page (middle entry) or a 4K page" if e.assigned else "hypervisor-owned")
+            out.append(f"  firmware page state: {state}; {size}")
+    if not recs:
+        out.append("no RMP dump lines found (expected the kernel's dump_rmpentry() output, "
+                   "e.g. 'SEV-SNP: PFN 0x..., RMP entry: [0x... - 0x...]')")
+    return out
+
+
+def _cmd_decode(args) -> int:
+    if args.file in (None, "-"):
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(args.file, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError as e:
+            raise InputError(f"{args.file}: cannot read ({e.strerror or e})") from None
+    lines = decode_lines(text)
+    for line in lines:
+        print(line)
+    return 1 if lines[0].startswith("no RMP dump lines found") else 0
 
 
 def register(sub) -> None:
@@ -113,8 +186,9 @@ def register(sub) -> None:
     s.set_defaults(func=_cmd_show)
     c = rs.add_parser("create", help="create a zeroed (sparse) RMP file for an amount of memory")
     c.add_argument("--memory", type=_size, required=True, help="host memory covered, e.g. 1T")
-    c.add_argument("table", help="output file")
-    _layout_args(c)
+    c.add_argument("table", help="output file (created atomically)")
+    c.add_argument("--force", action="store_true", help="replace an existing file")
+    _layout_args(c, create=True)
     c.set_defaults(func=_cmd_create)
     u = rs.add_parser("update", help="execute RMPUPDATE on a table file")
     u.add_argument("--table", required=True)
@@ -126,6 +200,10 @@ def register(sub) -> None:
     u.add_argument("--immutable", action="store_true")
     _layout_args(u)
     u.set_defaults(func=_cmd_update)
+    d = rs.add_parser("decode", help="decode the RMP entries of a pasted kernel log "
+                                     "(dump_rmpentry lines, every kernel format)")
+    d.add_argument("file", nargs="?", help="log file (default or '-': standard input)")
+    d.set_defaults(func=_cmd_decode)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
