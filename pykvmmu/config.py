@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .errors import ConfigError, InputError
+from ._check import boolean, choice, in_range
+from .errors import ConfigError
 from .profile import DEFAULT_PROFILE, LayoutProfile, get_profile
 
 BIT = lambda n: 1 << n  # noqa: E731
@@ -407,10 +408,11 @@ class MmuConfig:
     def _base(cls, profile, maxphyaddr, phys_bits, cache_bits):
         """kvm_mmu_reset_all_pte_masks(): the defaults every vendor starts from."""
         p = get_profile(profile)
-        phys_bits = maxphyaddr if phys_bits is None else phys_bits
-        for n, v in (("maxphyaddr", maxphyaddr), ("phys_bits", phys_bits)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise InputError(f"{n}={v!r}: expected an integer")
+        maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
+                              err=ConfigError)
+        phys_bits = maxphyaddr if phys_bits is None else \
+            in_range("phys_bits", phys_bits, 32, maxphyaddr, "x86_phys_bits <= maxphyaddr",
+                     err=ConfigError)
         low_phys_bits = phys_bits
         rsvd = 0
         if cache_bits is not None:
@@ -467,12 +469,26 @@ class MmuConfig:
         """
         me = 0
         pb = phys_bits
+        maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
+                              err=ConfigError)
+        mode = choice("mode", mode, ("npt", "legacy"), err=ConfigError)
+        tdp_level = in_range("tdp_level", tdp_level, 4, 5, "NPT tables have 4 or 5 levels",
+                             err=ConfigError)
+        nx_huge_pages, mmio_caching, tdp, gbpages, guest_nx, guest_amd = (
+            boolean(n, v, err=ConfigError) for n, v in (
+                ("nx_huge_pages", nx_huge_pages), ("mmio_caching", mmio_caching), ("tdp", tdp),
+                ("gbpages", gbpages), ("guest_nx", guest_nx), ("guest_amd", guest_amd)))
         if sme_cbit is not None:
-            if not isinstance(sme_cbit, int) or not 32 <= sme_cbit <= 51:
-                raise ConfigError(f"sme_cbit={sme_cbit!r}: the C-bit position must be in 32..51")
+            sme_cbit = in_range("sme_cbit", sme_cbit, 32, 51, "the C-bit position, "
+                                "CPUID 0x8000001F EBX[5:0]", err=ConfigError)
+            sme_phys_reduction = in_range("sme_phys_reduction", sme_phys_reduction, 0, 63,
+                                          "CPUID 0x8000001F EBX[11:6]", err=ConfigError)
             me = BIT(sme_cbit)
             if pb is None:
                 pb = maxphyaddr - sme_phys_reduction
+                if pb < 32:
+                    raise ConfigError(f"sme_phys_reduction={sme_phys_reduction}: maxphyaddr "
+                                      f"{maxphyaddr} - reduction = {pb} phys bits, below 32")
         p, kw = cls._base(profile, maxphyaddr, pb, cache_bits)
         value, mask, access = cls._default_mmio(maxphyaddr)
         if me:
@@ -515,6 +531,12 @@ class MmuConfig:
         With ``phys_bits < maxphyaddr`` (MKTME/TDX KeyID bits) the KeyID bits become
         ``shadow_me_mask`` with value 0 (v5.19+).
         """
+        ad, exec_only, nx_huge_pages, mmio_caching, ignore_guest_pat = (
+            boolean(n, v, err=ConfigError) for n, v in (
+                ("ad", ad), ("exec_only", exec_only), ("nx_huge_pages", nx_huge_pages),
+                ("mmio_caching", mmio_caching), ("ignore_guest_pat", ignore_guest_pat)))
+        huge_level = in_range("huge_level", huge_level, 1, 3, "1: 4K only, 2: 2M, 3: 1G pages",
+                              err=ConfigError)
         p, kw = cls._base(profile, maxphyaddr, phys_bits, cache_bits)
         hw, mw = p.writable_bits_ept
         present = (0 if exec_only else VMX_EPT_READABLE_MASK)
@@ -545,6 +567,8 @@ class MmuConfig:
         ``tdx_bringup`` refuses to come up.  TDX exists from v6.16 (profile v6.15 or later).
         """
         p = get_profile(profile)
+        maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
+                              err=ConfigError)
         if not p.has_tdx:
             raise ConfigError(f"tdx: TDX was merged in v6.16; profile {p} predates it")
         if kw.pop("ad", True) is not True:
@@ -573,7 +597,7 @@ class MmuConfig:
             "ept-xo": lambda: cls.ept(**{"exec_only": True, **kw}),
             "tdx": lambda: cls.tdx(**kw),
         }
-        if name not in table:
+        if not isinstance(name, str) or name not in table:
             raise ConfigError(f"preset={name!r}: unknown; known: {', '.join(cls.PRESETS)}")
         return table[name]()
 

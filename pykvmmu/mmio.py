@@ -148,7 +148,7 @@ def make_mmio_spte_batch(cfg: MmuConfig, gfn: np.ndarray, access=ACC_ALL, genera
         raise InputError(f"access={ac_s:#x}: {_ERRORS[lib.KVMMU_MMIO_E_ACCESS]}")
     ge_a, ge_s = _u64_arg("generation", generation, shapes)
     shape = same_shape(shapes)
-    out = out_array("out", out, np.uint64, shape)
+    out = out_array("out", out, np.uint64, shape, shapes)
     c = cfg._cptr
 
     def part(lo, hi):
@@ -196,7 +196,7 @@ def get_mmio_spte_generation(cfg: MmuConfig, spte: int) -> int:
 
 def _get_batch(cfg, which, spte, out, threads):
     in_array("spte", spte, np.uint64)
-    out = out_array("out", out, np.uint64, spte.shape)
+    out = out_array("out", out, np.uint64, spte.shape, [("spte", spte)])
     c = cfg._cptr
     _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_mmio_get_batch(
         c, which, ptr_at(spte, "uint64_t", lo), ptr_at(out, "uint64_t", lo), hi - lo))
@@ -253,7 +253,7 @@ def _generation_batch(cfg, cfn, spte, memslots_generation, out, dtype, threads):
     shapes = [("spte", spte)]
     ge_a, ge_s = _u64_arg("memslots_generation", memslots_generation, shapes)
     shape = same_shape(shapes)
-    out = out_array("out", out, dtype, shape)
+    out = out_array("out", out, dtype, shape, shapes)
     c = cfg._cptr
     _par.map_parts(spte.size, threads, lambda lo, hi: cfn(
         c, ptr_at(spte, "uint64_t", lo), ptr_at(ge_a, "uint64_t", lo), ge_s,
@@ -316,7 +316,7 @@ def kvm_mmu_invalidate_mmio_sptes_batch(cfg: MmuConfig, generation: np.ndarray, 
     """Batch ``kvm_mmu_invalidate_mmio_sptes()`` over new generations: bool array (zap all)."""
     in_array("generation", generation, np.uint64)
     n = _nr_as(nr_as_ids)
-    out = out_array("out", out, np.bool_, generation.shape)
+    out = out_array("out", out, np.bool_, generation.shape, [("generation", generation)])
     err = ffi.new("int *")
     bad = lib.kvmmu_mmio_invalidate_batch(cfg._cptr, ptr(generation, "uint64_t"), n,
                                           ptr(out, "uint8_t"), generation.size, err)

@@ -628,10 +628,11 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
     vt = vm_type_number(vm_type)
     in_array("gpa", gpa, np.uint64)
     in_array("error_code", error_code, np.uint64)
-    shape = same_shape([("gpa", gpa), ("error_code", error_code)])
-    og = out_array("out_gfn", out_gfn, np.uint64, shape)
-    oe = out_array("out_ec", out_ec, np.uint64, shape)
-    op = out_array("out_private", out_private, np.bool_, shape)
+    ins = [("gpa", gpa), ("error_code", error_code)]
+    shape = same_shape(ins)
+    og = out_array("out_gfn", out_gfn, np.uint64, shape, ins)
+    oe = out_array("out_ec", out_ec, np.uint64, shape, ins + [("out_gfn", og)])
+    op = out_array("out_private", out_private, np.bool_, shape, ins + [("out_gfn", og), ("out_ec", oe)])
     if attrs is None:
         starts = ends = np.zeros(0, dtype=np.uint64)
     elif hasattr(attrs, "private_ranges"):
