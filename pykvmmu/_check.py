@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import ArrayError, InputError
 
-__all__ = ["integer", "uint", "sint", "in_range", "boolean", "opt_boolean", "choice",
+__all__ = ["integer", "uint", "u64", "sint", "in_range", "boolean", "opt_boolean", "choice",
            "aligned", "page_aligned", "no_overlap", "snapshot", "fmt"]
 
 
@@ -50,6 +50,13 @@ def uint(name: str, value, bits: int = 64, *, err=InputError, **kw) -> int:
     if v >> bits:
         _raise(err, name, v, f"does not fit in {bits} unsigned bits", **kw)
     return v
+
+
+def u64(name: str, value, *, err=InputError, **kw) -> int:
+    """:func:`uint` with 64 bits and a fast path for plain in-range ints (hot scalar paths)."""
+    if value.__class__ is int and 0 <= value < (1 << 64):
+        return value
+    return uint(name, value, 64, err=err, **kw)
 
 
 def sint(name: str, value, bits: int = 64, *, err=InputError, **kw) -> int:

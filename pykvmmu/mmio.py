@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _par
 from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
+from ._check import boolean, choice, in_range, opt_boolean
 from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_USER_MASK, ACC_WRITE_MASK, GENMASK, PT_PRESENT_MASK,
                      PT_USER_MASK, PT_WRITABLE_MASK, SHADOW_NONPRESENT_OR_RSVD_MASK_LEN,
@@ -331,7 +332,7 @@ def kvm_mmu_invalidate_mmio_sptes_batch(cfg: MmuConfig, generation: np.ndarray, 
 def default_mmio_masks(maxphyaddr: int) -> tuple:
     """``kvm_mmu_reset_all_pte_masks()``: (value, mask, access_mask) = (BIT51|BIT0, same, W|U)
     below 52-bit MAXPHYADDR; value and mask 0 at 52 bits (no reserved PA bit left)."""
-    m = uint("maxphyaddr", maxphyaddr, 8)
+    m = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]", err=ConfigError)
     v = (1 << 51) | PT_PRESENT_MASK if m < 52 else 0
     return v, v, ACC_WRITE_MASK | ACC_USER_MASK
 
@@ -349,10 +350,13 @@ def svm_adjust_mmio_mask(phys_bits: int, c_bit: int | None, *, mem_encrypt: bool
     SYSCFG.MEM_ENCRYPT), the reserved bit is the first one above x86_phys_bits, bumped by
     one when it is the C-bit; value = mask = ``rsvd_bits(bit, 51) | P`` below 52, else 0.
     Returns (value, mask, access_mask), or None when the default masks stay."""
-    if not mem_encrypt or c_bit is None:
+    bit = in_range("phys_bits", phys_bits, 32, 52, "x86_phys_bits", err=ConfigError)
+    if c_bit is not None:
+        c_bit = in_range("c_bit", c_bit, 32, 51, "the C-bit position, CPUID 0x8000001F EBX[5:0]",
+                         err=ConfigError)
+    if not boolean("mem_encrypt", mem_encrypt) or c_bit is None:
         return None
-    bit = uint("phys_bits", phys_bits, 8)
-    if bit == uint("c_bit", c_bit, 8):
+    if bit == c_bit:
         bit += 1
     mask = rsvd_bits(bit, 51) | PT_PRESENT_MASK if bit < 52 else 0
     return mask, mask, PT_WRITABLE_MASK | PT_USER_MASK
@@ -459,7 +463,7 @@ def set_mmio_spte_mask(config: MmuConfig, value: int, mask: int, access_mask: in
     if allow_mmio_caching is None:
         allow = "mmio_caching_disabled_by_parameter" not in config.mmio_fired
     else:
-        allow = bool(allow_mmio_caching)
+        allow = opt_boolean("allow_mmio_caching", allow_mmio_caching)
     if p.mmio_special_tag:
         ev, em, caching, fired = _set_mask_v510(config, p, v, m, a, allow_mmio_caching)
     else:
@@ -529,7 +533,7 @@ def mmio_mask_violations(config: MmuConfig, value: int | None = None, mask: int 
     v = cfg.mmio_value if value is None else uint("value", value)
     m = cfg.mmio_mask if mask is None else uint("mask", mask)
     a = cfg.mmio_access_mask if access_mask is None else uint("access_mask", access_mask)
-    mode = mode or cfg.mode
+    mode = cfg.mode if mode is None else choice("mode", mode, ("legacy", "npt", "shadow", "ept", "tdx"))
     if p.mmio_special_tag:
         # v5.10-5.12: the SPTE_MMIO_MASK tag is the identifier; judge the rest of the pair.
         v &= ~SPTE_SPECIAL_MMIO_TAG

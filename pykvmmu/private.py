@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _par
 from ._batch import in_array, out_array, ptr, ptr_at, same_shape, uint
+from ._check import boolean
 from ._ffi import ffi, lib
 from .errors import InputError
 
@@ -183,6 +184,8 @@ def has_protected_state(vm_type) -> bool:
 
 def tdx_shared_gpa_bit(gpaw: int) -> int:
     """The TDX shared-GPA bit: 51 with GPAW 52 (TDX_CONFIG_FLAGS_MAX_GPAW), else 47 (GPAW 48)."""
+    if isinstance(gpaw, bool) or not isinstance(gpaw, int):
+        raise PrivateFaultError(f"gpaw={gpaw!r}: expected the integer 48 or 52")
     if gpaw == 52:
         return 51
     if gpaw == 48:
@@ -192,10 +195,12 @@ def tdx_shared_gpa_bit(gpaw: int) -> int:
 
 
 def gfn_direct_bits(vm_type, gpaw: int = 52) -> int:
-    """``kvm_gfn_direct_bits()``: the TDX shared bit as a gfn mask (0 for every other VM type)."""
+    """``kvm_gfn_direct_bits()``: the TDX shared bit as a gfn mask (0 for every other VM type;
+    ``gpaw`` must still be 48 or 52)."""
+    bit = tdx_shared_gpa_bit(gpaw)
     if vm_type_number(vm_type) != KVM_X86_TDX_VM:
         return 0
-    return 1 << (tdx_shared_gpa_bit(gpaw) - 12)
+    return 1 << (bit - 12)
 
 
 # ------------------------------------------------------------------ exits
@@ -257,6 +262,10 @@ class FaultContext:
 
     def __post_init__(self):
         self.vm_type = vm_type_number(self.vm_type)
+        self.sw_protected_enabled = boolean("sw_protected_enabled", self.sw_protected_enabled)
+        for n in ("is_private", "slot_kind"):
+            if not callable(getattr(self, n)):
+                raise PrivateFaultError(f"{n}={getattr(self, n)!r}: expected a callable of gfn")
         self.gfn_direct_bits = gfn_direct_bits(self.vm_type, self.gpaw)
 
 
@@ -303,7 +312,8 @@ def upstream_error_code(ctx, gpa: int, error_code: int):
        the attributes of ``gpa_to_gfn(gpa)`` unless the fault is a reserved-bit (MMIO) fault.
     """
     warnings = ()
-    ec = error_code
+    gpa = uint("gpa", gpa)
+    ec = error_code = uint("error_code", error_code)
     if ec & PFERR_SYNTHETIC_MASK:
         warnings = (f"WARN: hardware error code {ec:#x} collides with synthetic bits "
                     f"{ec & PFERR_SYNTHETIC_MASK:#x} (cleared)",)
@@ -529,7 +539,7 @@ def prefault_error_code(vm_type, is_private_gfn: bool) -> int:
     """``KVM_PRE_FAULT_MEMORY``: ``PFERR_GUEST_FINAL_MASK``, plus PRIVATE_ACCESS when the VM has
     private memory and the gfn is private."""
     ec = PFERR_GUEST_FINAL_MASK
-    if has_private_mem(vm_type) and is_private_gfn:
+    if has_private_mem(vm_type) and boolean("is_private_gfn", is_private_gfn):
         ec |= PFERR_PRIVATE_ACCESS
     return ec
 
@@ -655,7 +665,8 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
                                                " (ranges out of order or overlapping)"))
     pol = ffi.new("struct kvmmu_pf_policy *")
     pol.vm_type = vt
-    pol.flags = lib.KVMMU_PF_F_SW_PROTECTED if sw_protected_enabled else 0
+    pol.flags = lib.KVMMU_PF_F_SW_PROTECTED if boolean("sw_protected_enabled",
+                                                       sw_protected_enabled) else 0
     pol.gfn_direct_bits = gfn_direct_bits(vt, gpaw)
     ps, pe = ptr(starts, "uint64_t"), ptr(ends, "uint64_t")
 
