@@ -20,7 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._batch import in_array, uint
-from ._check import snapshot, u64
+from ._check import boolean, snapshot, u64
 from .errors import InputError
 
 __all__ = ["KVM_MEMORY_ATTRIBUTE_PRIVATE", "KVM_MEMORY_ATTRIBUTES_RESERVED_RWX",
@@ -59,7 +59,7 @@ def _gfn_range(start, end) -> tuple:
 def kvm_supported_mem_attributes(has_private_mem: bool) -> int:
     """``kvm_supported_mem_attributes()``: PRIVATE for VMs with private memory, else nothing
     (this is also what ``KVM_CAP_MEMORY_ATTRIBUTES`` reports)."""
-    return KVM_MEMORY_ATTRIBUTE_PRIVATE if has_private_mem else 0
+    return KVM_MEMORY_ATTRIBUTE_PRIVATE if boolean("has_private_mem", has_private_mem) else 0
 
 
 def check_set_memory_attributes(address: int, size: int, attributes: int, flags: int,

@@ -298,7 +298,7 @@ class GuestMemfd:
 
     def _open(self) -> None:
         if self.released:
-            raise GmemError(f"guest_memfd {self.fd}: the file was released", _errno.EBADF)
+            raise GmemError(f"guest_memfd fd={self.fd}: the file was released", _errno.EBADF)
 
     def _falloc_args(self, offset, length) -> tuple:
         """``vfs_fallocate`` + ``kvm_gmem_fallocate`` argument rules: the file open (-EBADF),
@@ -341,7 +341,7 @@ class GuestMemfd:
         if npages == 0:
             raise GmemError("npages=0: a memslot binding covers at least one page")
         if self.released:
-            raise GmemError(f"guest_memfd {self.fd}: the file was released", _errno.EBADF)
+            raise GmemError(f"guest_memfd fd={self.fd}: the file was released", _errno.EBADF)
         if kvm is not self.kvm:
             raise GmemError(f"guest_memfd {self.fd}: bound to another VM (gmem->kvm != kvm)")
         if offset & (PAGE_SIZE - 1):

@@ -231,5 +231,8 @@ def run_switches(era, seq) -> PrevRootsCache:
     for i, step in enumerate(seq):
         if not isinstance(step, (tuple, list)) or len(step) != 3:
             raise InputError(f"seq[{i}]={step!r}: expected a (pgd, role, label) triple")
-        c.new_pgd(*step)
+        try:
+            c.new_pgd(*step)
+        except InputError as e:
+            raise InputError(f"seq[{i}]: {e}") from None
     return c

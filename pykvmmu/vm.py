@@ -487,6 +487,9 @@ class Vm(MmuLock):
             if not flags & KVM_MEM_GUEST_MEMFD:
                 raise VmError(f"guest_memfd=<fd {guest_memfd.fd}> given with flags={flags:#x} "
                               "without KVM_MEM_GUEST_MEMFD (the binding would be ignored)")
+        if off and not flags & KVM_MEM_GUEST_MEMFD:
+            raise VmError(f"guest_memfd_offset={off:#x} given without KVM_MEM_GUEST_MEMFD (the "
+                          "kernel ignores it; refused here so that it is not lost silently)")
         if slot_id >= KVM_USER_MEM_SLOTS:
             raise VmError(f"slot={slot_id}: must be < KVM_USER_MEM_SLOTS ({KVM_USER_MEM_SLOTS})")
         if flags & ~self._valid_flags(flags):

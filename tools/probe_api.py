@@ -213,7 +213,7 @@ def build():
 
     # ------------------------------------------------------------------ role
     scalar("role", "pack", R.pack, ("v6.19",), {"level": 4}, {
-        "level": (0, 6, 9, 16, -1, "4", 1.5, None), "access": (8, -1), "quadrant": (4, -1),
+        "level": (6, 9, 16, -1, "4", 1.5, None), "access": (8, -1), "quadrant": (4, -1),
         "direct": (2, "no", -1), "gpte_bytes": (2, "8", 16)})
     scalar("role", "unpack", R.unpack, ("v6.19", 0x24), {}, {1: BAD_U + [1 << 32], "strict": BAD_B})
     scalar("role", "kvm_mmu_get_page_role", R.kvm_mmu_get_page_role, ("v5.4", 0x24),
@@ -230,7 +230,7 @@ def build():
         0: BAD_U, 1: bad_int(1, 5) + [0]})
     scalar("role", "kvm_mmu_role_as_id", R.kvm_mmu_role_as_id, (0x24,), {}, {0: BAD_U + [1 << 32]})
     scalar("role", "gpte_bytes", R.gpte_bytes, ("v6.19", 0x24), {}, {1: BAD_U + [1 << 32]})
-    scalar("role", "is_ept_sp", R.is_ept_sp, ("v6.19", 0x24), {}, {1: BAD_U + [1 << 32]})
+    scalar("role", "is_ept_sp", R.is_ept_sp, ("v5.4", 0x24), {}, {1: BAD_U + [1 << 32]})
     scalar("role", "identify_nested_ept", R.identify_nested_ept, ("v6.19", 0x24), {}, {1: BAD_U})
     scalar("role", "check_role_word", R.check_role_word, ("v6.19", 0x24), {}, {
         1: BAD_U, "kind": ("bogus", None)})
@@ -266,11 +266,11 @@ def build():
     stateful("sphash", "MmuPageHash", mkhash, "find", (5, 0x24), {}, {0: BAD_U, 1: BAD_U + [1 << 32]})
     stateful("sphash", "MmuPageHash", mkhash, "get", (6, 0x24), {}, {0: BAD_U, 1: BAD_U + [1 << 32]})
     stateful("sphash", "MmuPageHash", mkhash, "bucket_of", (6,), {}, {0: BAD_U})
-    add("sphash", "MmuPageHash.zap(foreign)", 0, ["foreign"],
+    add("sphash", "MmuPageHash.zap(foreign)", "sp", ["foreign"],
         lambda v: (lambda h: (h, lambda: h.zap(SH.ShadowPage(9, 0x24))))(mkhash()))
-    add("sphash", "MmuPageHash.zap(type)", 0, [None, 5],
+    add("sphash", "MmuPageHash.zap(type)", "sp", [None, 5],
         lambda v: (lambda h: (h, lambda: h.zap(v)))(mkhash()))
-    add("sphash", "MmuPageHash.alloc(dup)", 0, ["dup"],
+    add("sphash", "MmuPageHash.alloc(dup)", "gfn", ["dup"],
         lambda v: (lambda h: (h, lambda: h.alloc(5, 0x24)))(mkhash()))
     scalar("sphash", "MmuPageHash", SH.MmuPageHash, (), {}, {"shift": (0, 21, -1, "12", 1.5)})
     scalar("sphash", "bucket_counts", SH.bucket_counts, (u64,), {}, {0: bad_arrays, "bits": (0, 33)})
@@ -396,7 +396,8 @@ def build():
     stateful("gmem", "GuestMemfd", mkgm, "unbind", (None,), {}, {0: (None, 5)})
     for m, a in (("allocate", (0, 0x1000)), ("punch_hole", (0, 0x1000)),
                  ("fallocate", (3, 0, 0x1000))):
-        stateful("gmem", "GuestMemfd(released)", lambda: mkgm(True), m, a, {}, {0: (a[0],)})
+        add("gmem", f"GuestMemfd(released).{m}", "fd", ["released"],
+            lambda v, m=m, a=a: (lambda g: (g, lambda: getattr(g, m)(*a)))(mkgm(True)))
     scalar("gmem", "GuestMemfd", lambda *a, **k: G.GuestMemfd(G.StubKvm(), *a, host=mkhost(), **k),
            (0x10000,), {}, {0: BAD_U + [0, 0x1001], "flags": BAD_U + [8], "folio_order": (1, -1, "0", 9.0)})
     scalar("gmem", "order_to_level", G.order_to_level, (0,), {}, {0: (-1, "0", None, 1.5, 64)})
