@@ -207,7 +207,11 @@ class StubKvm(MmuLock):
 
     def __init__(self, has_private_mem: bool = True, hooks: Optional[GmemHooks] = None,
                  is_private: Callable[[int], bool] = lambda gfn: True):
-        self.has_private_mem = has_private_mem
+        if hooks is not None and not isinstance(hooks, GmemHooks):
+            raise InputError(f"hooks={hooks!r}: expected a GmemHooks or None")
+        if not callable(is_private):
+            raise InputError(f"is_private={is_private!r}: expected a callable of gfn")
+        self.has_private_mem = boolean("has_private_mem", has_private_mem)
         self.invalidation = MmuInvalidation()
         self.gmem_hooks = hooks or GmemHooks()
         self.unmapped: list = []
@@ -588,7 +592,7 @@ class GuestMemfd:
 
     # ------------------------------------------------------------ get_pfn / populate
     def _lookup_for(self, slot, gfn: int) -> int:
-        if slot.gmem_file is not self:
+        if getattr(slot, "gmem_file", None) is not self:
             raise GmemError(f"gfn {gfn:#x}: slot {getattr(slot, 'id', '?')} has no guest_memfd "
                             "file (released)", _errno.EFAULT)
         index = self.index_of(slot, gfn)

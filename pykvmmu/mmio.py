@@ -31,6 +31,12 @@ from .errors import ConfigError, InputError, ProfileError
 from .profile import get_profile
 from .spte import is_mmio_spte, predicate_batch
 
+
+def _cfg(cfg, name: str = "cfg") -> MmuConfig:
+    if not isinstance(cfg, MmuConfig):
+        raise InputError(f"{name}={cfg!r}: expected an MmuConfig, got {type(cfg).__name__}")
+    return cfg
+
 __all__ = [
     "make_mmio_spte", "make_mmio_spte_batch", "get_mmio_spte_gfn", "get_mmio_spte_gfn_batch",
     "get_mmio_spte_access", "get_mmio_spte_access_batch", "get_mmio_spte_generation",
@@ -74,11 +80,13 @@ class MmioMaskError(ConfigError):
 # ------------------------------------------------------------------ generation
 def mmio_generation_mask(cfg: MmuConfig) -> int:
     """``MMIO_SPTE_GEN_MASK`` of the era: 19 bits (v5.13+), 18 bits (v5.10-5.12)."""
+    _cfg(cfg)
     return (1 << cfg.profile.mmio_gen_bits) - 1
 
 
 def mmio_generation_bits(cfg: MmuConfig) -> int:
     """The SPTE bits that hold the generation (``GEN_LOW_MASK | GEN_HIGH_MASK``)."""
+    _cfg(cfg)
     ls, le, hs, he = cfg.profile.mmio_gen_layout
     return GENMASK(le, ls) | GENMASK(he, hs)
 
@@ -233,6 +241,7 @@ def mmio_gfn_lost_bits(cfg: MmuConfig) -> int:
     """The gfn bits (below GFN_BITS) that ``get_mmio_spte_gfn()`` does not give back as stored:
     bits outside ``(lower_gfn_mask | R) >> 12``.  With L1TF those in [cache_bits,
     cache_bits+5) alias into R (section 10.1); the others vanish."""
+    _cfg(cfg)
     kept = (cfg.nonpresent_or_rsvd_lower_gfn_mask | cfg.nonpresent_or_rsvd_mask) >> 12
     return (_GFN_LIMIT - 1) & ~kept
 
@@ -371,6 +380,7 @@ def tdx_vm_mmio_value() -> int:
 def mmio_caching_off_reasons(cfg: MmuConfig) -> tuple:
     """Why MMIO caching is off for ``cfg`` (empty when it is on); every is_mmio_spte is
     then false and no-slot faults are emulated without installing an SPTE."""
+    _cfg(cfg)
     if cfg.mmio_caching:
         return ()
     out = []
@@ -456,6 +466,7 @@ def set_mmio_spte_mask(config: MmuConfig, value: int, mask: int, access_mask: in
     A failed check forces the value to 0, which turns caching off.  A TDX config keeps
     its per-VM value 0.  ``allow_mmio_caching`` defaults to the config's parameter.
     """
+    _cfg(config, "config")
     v = uint("value", value)
     m = uint("mask", mask)
     a = uint("access_mask", access_mask)
@@ -528,7 +539,7 @@ def mmio_mask_violations(config: MmuConfig, value: int | None = None, mask: int 
     Defaults are the config's effective (per-VM) value, mask and access mask; ``mode``
     defaults to the config's mode (legacy/npt/shadow, ept, tdx).
     """
-    cfg = config
+    cfg = _cfg(config, "config")
     p = cfg.profile
     v = cfg.mmio_value if value is None else uint("value", value)
     m = cfg.mmio_mask if mask is None else uint("mask", mask)

@@ -22,7 +22,7 @@ import numpy as np
 
 from . import _par
 from ._batch import in_array, out_array, ptr, ptr_at, same_shape, uint
-from ._check import boolean
+from ._check import boolean, u64
 from ._ffi import ffi, lib
 from .errors import InputError
 
@@ -224,6 +224,9 @@ class MemoryFaultExit:
 
     @classmethod
     def for_fault(cls, gfn: int, is_private: bool, reason: str) -> "MemoryFaultExit":
+        """The exit for a fault on ``gfn`` (a 52-bit frame number)."""
+        gfn = uint("gfn", gfn, 52)
+        is_private = boolean("is_private", is_private)
         return cls(gpa=gfn << 12, size=PAGE_SIZE,
                    flags=KVM_MEMORY_EXIT_FLAG_PRIVATE if is_private else 0, reason=reason)
 
@@ -386,6 +389,7 @@ class RfcV9MaskPolicy(FaultPolicy):
     summary = "slot gate, then err & mmu_private_fault_mask (SNP), else attributes"
 
     def classify(self, ctx, gpa, error_code):
+        gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         gfn = gpa >> 12
         kind = KVM_FAULT_SHARED
         slot = ctx.slot_kind(gfn)
@@ -418,6 +422,7 @@ class MaskPolicy(FaultPolicy):
         return fault_mask, ctx.gfn_direct_bits << 12
 
     def classify(self, ctx, gpa, error_code):
+        gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         fault_mask, shared_mask = self._masks(ctx)
         if fault_mask:
             private = bool(error_code & fault_mask)
@@ -439,6 +444,7 @@ class ThreeWayPolicy(MaskPolicy):
     summary = "mask / shared bit decide, otherwise VMM_DEFINED resolved from attributes at faultin"
 
     def classify(self, ctx, gpa, error_code):
+        gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         fault_mask, shared_mask = self._masks(ctx)
         gfn = (gpa >> 12) & ~ctx.gfn_direct_bits
         if fault_mask:
@@ -471,7 +477,7 @@ class SoftwarePferrPolicy(FaultPolicy):
         self.mask = 1 << uint("bit", bit, 6)
 
     def caller_error_code(self, ctx, gpa, error_code):
-        ec = error_code
+        gpa, ec = u64("gpa", gpa), u64("error_code", error_code)
         vt = ctx.vm_type
         if vt == KVM_X86_SNP_VM and ec & PFERR_GUEST_ENC_MASK:
             ec |= self.mask
@@ -482,6 +488,7 @@ class SoftwarePferrPolicy(FaultPolicy):
         return ec
 
     def classify(self, ctx, gpa, error_code):
+        gpa = u64("gpa", gpa)
         ec = self.caller_error_code(ctx, gpa, error_code)
         return Classification((gpa >> 12) & ~ctx.gfn_direct_bits, ec,
                               KVM_FAULT_PRIVATE if ec & self.mask else KVM_FAULT_SHARED)
@@ -586,7 +593,14 @@ def policy_table(policies=None, only_disagreements: bool = True, error_codes=Non
     """Every combination of VM type x memslot x attribute x error code x TDX shared bit, with
     each policy's outcome (:attr:`FaultDecision.outcome`).  Rows where all policies agree are
     dropped unless ``only_disagreements`` is False."""
+    only_disagreements = boolean("only_disagreements", only_disagreements)
+    for n, v in (("policies", policies), ("error_codes", error_codes)):
+        if v is not None and (isinstance(v, (str, bytes)) or not hasattr(v, "__iter__")):
+            raise PrivateFaultError(f"{n}={v!r}: expected a list of names or None")
     pols = [get_policy(p) for p in (policies or list(POLICIES))]
+    for k in (error_codes or ()):
+        if k not in _TABLE_EC:
+            raise PrivateFaultError(f"error_codes: {k!r}: unknown; known: {', '.join(_TABLE_EC)}")
     ecs = {k: _TABLE_EC[k] for k in (error_codes or _TABLE_EC)}
     rows = []
     for vt_name in ("default", "sw_protected", "sev", "sev_es", "snp", "tdx"):

@@ -127,7 +127,7 @@ class RoleLayout:
 
     def unpack(self, word: int, strict: bool = False) -> dict:
         word = uint("word", word, self.word_bits)
-        if strict and word & ~self.used_mask:
+        if boolean("strict", strict) and word & ~self.used_mask:
             raise RoleFieldError(f"word={word:#x}: bits {word & ~self.used_mask:#x} are outside "
                                  f"every field of {self.name}")
         buf = bytearray(self.row)
@@ -174,7 +174,7 @@ class RoleLayout:
         fn = lib.kvmmu_role_unpack_batch32 if self.word_bits == 32 else lib.kvmmu_role_unpack_batch64
         wt_c = "uint32_t" if self.word_bits == 32 else "uint64_t"
         rows = out.view(np.uint8)
-        st = bool(strict)
+        st = boolean("strict", strict)
 
         def part(lo, hi):
             err = ffi.new("int *")
@@ -537,6 +537,9 @@ class CpuRole:
 def pack_cpu_role(era, base: dict, ext: dict) -> int:
     era = get_era(era)
     _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
+    for n, d in (("base", base), ("ext", ext)):
+        if not isinstance(d, dict):
+            raise InputError(f"{n}={d!r}: expected a dict of field values")
     vals = dict(base)
     vals.update({"ext_" + k: v for k, v in ext.items()})
     return era.cpu_role.pack(vals)
@@ -714,6 +717,7 @@ def kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
 def kvm_calc_cpu_role(era, v: VcpuState) -> CpuRole:
     """kvm_calc_cpu_role (v5.19+): the guest's paging mode as a role (level 0 = CR0.PG=0)."""
     era = get_era(era)
+    v = _vcpu(v)
     _require(era, era.has_cpu_role, "kvm_calc_cpu_role (v5.19+)")
     f = dict(access=ACC_ALL, smm=v.smm, guest_mode=v.guest_mode)
     if not v.cr0_pg:

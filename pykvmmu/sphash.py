@@ -178,6 +178,14 @@ def bucket_counts(gfns: np.ndarray, bits: int = KVM_MMU_HASH_SHIFT, variant: str
 def bucket_stats(counts: np.ndarray) -> dict:
     """Occupancy statistics: mean, max, empty buckets, chi-square against uniform, and the
     mean walk length (expected collisions of a successful lookup)."""
+    try:
+        raw = np.asarray(counts)
+    except ValueError:
+        raw = None
+    if raw is None or raw.ndim != 1 or raw.dtype.kind not in "ui" or (raw.size and raw.min() < 0):
+        raise InputError(f"counts={counts!r}: expected a 1-D array of non-negative integer "
+                         "bucket counts")
+    counts = raw
     c = np.asarray(counts, dtype=np.float64)
     n, k = c.sum(), c.size
     mean = n / k
@@ -233,6 +241,12 @@ def plot_bucket_occupancy(counts: np.ndarray, path: str, title: str = "mmu_page_
 
 
 def format_stats(stats: dict) -> str:
+    """The statistics of :func:`bucket_stats` as an aligned text table."""
+    need = ("pages", "buckets", "mean", "max", "empty", "chi2", "chi2_dof",
+            "mean_collisions_per_hit", "histogram")
+    if not isinstance(stats, dict) or any(k not in stats for k in need):
+        raise InputError(f"stats={stats!r}: expected the dict bucket_stats() returns "
+                         f"(keys {', '.join(need)})")
     lines = [f"{'pages':>24} {stats['pages']}", f"{'buckets':>24} {stats['buckets']}",
              f"{'mean per bucket':>24} {stats['mean']:.3f}", f"{'max per bucket':>24} {stats['max']}",
              f"{'empty buckets':>24} {stats['empty']}",

@@ -453,6 +453,115 @@ def build():
         vm = mkvm("tdx")
         return vm, lambda: vm.punch_hole(vm._probe_gmem, v, 0x1000)
     add("vm", "Vm.punch_hole(offset)", "offset", [-4096, 1, "0", None], vm_punch)
+    # ------------------------------------------------------------------ wider sweep
+    from pykvmmu import profile as PF, config as C
+    for fn in ("is_frozen_spte", "is_executable_pte", "is_mmu_writable_spte", "is_host_writable_spte",
+               "spte_ad_need_write_protect", "spte_needs_atomic_update",
+               "check_spte_writable_invariants", "is_ept_ve_possible"):
+        scalar("spte", fn, getattr(S, fn), (cfg, 0x12345b77), {}, {1: BAD_U})
+    scalar("spte", "make_small_spte_batch", S.make_small_spte_batch,
+           (cfg, np.array([0x200ef7], dtype=np.uint64), 1), {}, {
+               1: bad_arrays, 2: (0, 5, -1, "1"), "index": (512, -1, "3", np.arange(4, dtype=np.int64)),
+               "role_access": (8, -1), "nx_huge_pages": BAD_OB})
+    overlap_cases("spte", "decode_batch", S.decode_batch, lambda n: np.zeros(n, dtype=np.uint64))
+    scalar("spte", "decode_batch", S.decode_batch, (cfg, u64), {}, {"level": (0, 6, "1"),
+                                                                  "threads": BAD_THREADS})
+    def exact_alias(fn, *extra):
+        def make(v):
+            buf = np.full(8, 0x12345b77, dtype=np.uint64)
+            return None, lambda: fn(cfg, buf, *extra, out=buf)
+        return make
+    for name, fn in (("spte_to_pfn_batch", S.spte_to_pfn_batch), ("access_track_batch", S.access_track_batch),
+                     ("make_spte_batch", S.make_spte_batch),
+                     ("get_mmio_spte_gfn_batch", M.get_mmio_spte_gfn_batch)):
+        add("spte", f"{name}(out is in)", "out", ["alias"], exact_alias(fn))
+    scalar("spte", "leaf_spte_change_needs_tlb_flush_batch", S.leaf_spte_change_needs_tlb_flush_batch,
+           (cfg, u64, u64.copy()), {}, {1: bad_arrays, 2: bad_arrays + [np.zeros(3, dtype=np.uint64)],
+                                        "threads": BAD_THREADS})
+    for fn in ("get_mmio_spte_gfn", "get_mmio_spte_access", "get_mmio_spte_generation", "is_mmio_spte"):
+        scalar("mmio", fn, getattr(M, fn), (cfg, 0x6), {}, {1: BAD_U})
+    for fn in ("check_mmio_spte_batch", "mmio_fault_outcome_batch"):
+        scalar("mmio", fn, getattr(M, fn), (cfg, u64, 0), {}, {1: bad_arrays, 2: BAD_U + [np.zeros(3, np.uint64)],
+                                                              "threads": BAD_THREADS})
+    scalar("mmio", "kvm_mmu_invalidate_mmio_sptes_batch", M.kvm_mmu_invalidate_mmio_sptes_batch,
+           (cfg, u64 * np.uint64(2)), {}, {1: bad_arrays, "nr_as_ids": (0, 3, "2")})
+    scalar("mmio", "make_mmio_spte_batch", M.make_mmio_spte_batch, (cfg, u64), {}, {
+        "access": (8, -1, "7", np.zeros(3, np.uint64)), "generation": (-1, "0", 1.5),
+        "threads": BAD_THREADS})
+    scalar("mmio", "mmio_mask_violations", M.mmio_mask_violations, (npt,), {}, {
+        1: BAD_OPTU, 2: BAD_OPTU, 3: BAD_OPTU, "mode": ("bogus", 3), 0: (None, "npt")})
+    scalar("mmio", "ept_mmio_masks", M.ept_mmio_masks, (), {}, {"profile": ("v1.0", 3)})
+    for fn in ("mmio_generation_mask", "mmio_generation_bits", "mmio_gfn_lost_bits",
+               "mmio_caching_off_reasons"):
+        scalar("mmio", fn, getattr(M, fn), (cfg,), {}, {0: (None, "ept", 3)})
+    scalar("role", "pack_batch", R.pack_batch, ("v6.19", np.zeros(4, R.get_era("v6.19").base.dtype)), {}, {
+        1: bad_arrays + [np.zeros((4, 3), np.uint8)], "threads": BAD_THREADS})
+    scalar("role", "unpack_batch", R.unpack_batch, ("v6.19", np.zeros(4, np.uint32)), {}, {
+        1: bad_arrays + [np.zeros(4, np.uint64)], "strict": BAD_B})
+    scalar("role", "unpack_ext", R.unpack_ext, ("v5.4", 0), {}, {1: BAD_U + [1 << 32], "strict": BAD_B})
+    scalar("role", "pack_cpu_role", R.pack_cpu_role, ("v5.4", {"level": 4}, {"valid": 1}), {}, {
+        1: ({"level": 99}, None, 5), 2: ({"valid": 2}, None)})
+    scalar("role", "cpu_role_unpack_batch", R.cpu_role_unpack_batch, ("v5.4", np.zeros(4, np.uint64)), {}, {
+        1: bad_arrays + [np.zeros(4, np.uint32)], "strict": BAD_B})
+    scalar("role", "kvm_calc_cpu_role", R.kvm_calc_cpu_role, ("v6.19", vs), {}, {1: (None, 5)})
+    scalar("role", "kvm_calc_shadow_mmu_root_page_role", R.kvm_calc_shadow_mmu_root_page_role,
+           ("v6.19", vs), {}, {1: (None, 5)})
+    scalar("role", "shadow_root_sp_roles", R.shadow_root_sp_roles, ("v6.19", vs), {}, {1: (None, 5)})
+    scalar("role", "find_collisions", R.find_collisions, ("v6.19",), {}, {0: ("v1.0", 5)})
+    scalar("role", "VcpuState.replace", vs.replace, (), {}, {"cr4_pae": ("no", 2), "maxphyaddr": (60, -1)})
+    scalar("sphash", "bucket_stats", SH.bucket_stats, (np.ones(8, np.uint64),), {}, {0: (None, "x", [[1, 2], [3]])})
+    scalar("sphash", "format_stats", SH.format_stats, (SH.bucket_stats(np.ones(8, np.uint64)),), {}, {
+        0: (None, {}, 5)})
+    scalar("sphash", "ShadowPage", SH.ShadowPage, (1, 0x24), {}, {0: BAD_U, 1: BAD_U + [1 << 32]})
+    scalar("private", "vm_type_name", P.vm_type_name, ("snp",), {}, {0: ("bogus", 9, None)})
+    scalar("private", "has_private_mem", P.has_private_mem, ("snp",), {}, {0: ("bogus", 9, None)})
+    scalar("private", "has_protected_state", P.has_protected_state, ("snp",), {}, {0: ("bogus", 9, None)})
+    scalar("private", "MemoryFaultExit.for_fault", P.MemoryFaultExit.for_fault, (1, True, "r"), {}, {
+        0: BAD_U + [1 << 52], 1: BAD_B})
+    scalar("private", "policy_table", P.policy_table, (), {}, {
+        "policies": (["bogus"], 5), "only_disagreements": BAD_B, "error_codes": (["bogus"], 5)})
+    for pname_ in ("upstream", "rfc-v9", "mask", "three-way", "sw-pferr"):
+        pol = P.get_policy(pname_)
+        scalar("private", f"{pname_}.classify", pol.classify, (ctx, 0x1000, 0), {}, {1: BAD_U, 2: BAD_U})
+    scalar("profile", "get_profile", PF.get_profile, ("v6.19",), {}, {0: ("v1.0", 3, 6.19)})
+    scalar("config", "GENMASK", C.GENMASK, (51, 12), {}, {0: (64, -1, "51"), 1: (-1, 64, "12")})
+    scalar("config", "rsvd_bits", C.rsvd_bits, (12, 51), {}, {0: (-1, 64, "12"), 1: (-1, 64, "51")})
+    scalar("config", "ept_rsvd_table", C.ept_rsvd_table, (46, False, 3), {}, {
+        0: (31, 53, "46"), 1: BAD_B, 2: (0, 4, "3"), "me_mask": BAD_U})
+    scalar("config", "legacy_rsvd_table", C.legacy_rsvd_table, (46, 4, True, True, True), {}, {
+        0: (31, 53, "46"), 1: (3, 6, "4"), 2: BAD_B, 3: BAD_B, 4: BAD_B})
+    scalar("config", "kvm_mmu_set_mmio_spte_mask", C.kvm_mmu_set_mmio_spte_mask,
+           (PF.get_profile("v6.19"), 0x6, 0x7, 6), {}, {
+               0: (None, "v1.0"), 1: BAD_U, 2: BAD_U, 3: (-1, 1 << 32, "6"),
+               "allow_mmio_caching": BAD_B, "strict_allowed_mask": BAD_OB})
+    scalar("config", "MmuConfig.replace", cfg.replace, (), {}, {
+        "maxphyaddr": (99, -1, "46"), "ad_enabled": ("no", 2), "nosuch": (1,)})
+    scalar("config", "MmuConfig.all_presets", MmuConfig.all_presets, (), {}, {"profiles": (["v1.0"], 5)})
+
+    def gm_bound():
+        vm = mkvm("tdx")
+        return vm
+    stateful("gmem", "GuestMemfd", lambda: mkvm("tdx")._probe_gmem, "get_pfn", (None, 1), {}, {
+        0: (None, 5)})
+    def populate(v, p):
+        vm = mkvm("sw_protected")
+        g = vm._probe_gmem
+        slot = vm.slot_of(0)
+        args = {"slot": slot, "start_gfn": 0x20, "src": None, "npages": 2}
+        args[p] = v
+        return vm, lambda: g.populate(**args)
+    for p, vals in {"start_gfn": BAD_U + [0x400], "npages": BAD_U, "post_populate": (5,),
+                    "slot": (None, 5)}.items():
+        add("gmem", f"GuestMemfd.populate({p})", p, vals, lambda v, p=p: populate(v, p))
+    add("gmem", "GuestMemfd.release(twice)", "fd", ["released"],
+        lambda v: (lambda g: (g, g.release))(mkgm(True)))
+    scalar("gmem", "StubKvm", G.StubKvm, (), {}, {"has_private_mem": BAD_B, "hooks": (5,),
+                                                 "is_private": (5,)})
+    stateful("vm", "Vm[tdx]", lambda: mkvm("tdx"), "punch_hole", (None, 0, 0x1000), {}, {0: (None, 5)})
+    add("vm", "Vm.punch_hole(len)", "len", [0, -4096, 0x1001],
+        lambda v: (lambda vm: (vm, lambda: vm.punch_hole(vm._probe_gmem, 0, v)))(mkvm("tdx")))
+    stateful("vm", "Vm[tdx]", lambda: mkvm("tdx"), "slot_kind", (1,), {}, {0: BAD_U})
+
     scalar("vm", "Vm", V.Vm, ("snp",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
         "asid": (0, 5000, -1, "1", None, 1.5), "max_level": (0, 4, 7, "3"), "gpaw": (50, "52"),
         "folio_order": (1, "0"), 0: ("bogus", 9, None), "log": ("no", 2), "policy": ("bogus",)})
@@ -471,6 +580,8 @@ def classify(exc, param, value, changed):
     reprs = {repr(value), str(value)}
     if isinstance(value, int) and not isinstance(value, bool):
         reprs |= {f"{value:#x}", f"-{-value:#x}", hex(value)}
+    if isinstance(value, (dict, list)):         # a container: naming a bad member is naming it
+        names += [str(k) for k in value]
     if any(n and n in msg for n in names) or any(r and r in msg for r in reprs):
         return "clear"
     return "unclear"
