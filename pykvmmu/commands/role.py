@@ -7,7 +7,10 @@ import sys
 
 from .. import role as R
 from .. import trace as T
+from ..config import MmuConfig
 from ..errors import InputError
+from ..profile import get_profile
+from ._args import positive_int as _positive
 from ..prevroots import run_switches
 from .. import sphash as H
 
@@ -64,6 +67,8 @@ def demo(emit) -> None:
 
 def _cmd_trace(args) -> int:
     era = R.get_era(args.era)
+    if args.profile is not None:
+        get_profile(args.profile)           # an unknown profile is an error, not "no decoding"
     dec = T.default_spte_decoder(era, args.mode, args.profile) if args.mode else None
     note = None
     if args.mode and dec is None:
@@ -131,7 +136,7 @@ def register(sub) -> None:
     t = sub.add_parser("trace", help="decode kvmmmu tracepoint text (ftrace / trace-cmd report)")
     t.add_argument("file")
     t.add_argument("--era", default=R.DEFAULT_ERA, help="role-word era (see `pykvmmu role eras`)")
-    t.add_argument("--mode", default=None,
+    t.add_argument("--mode", default=None, choices=MmuConfig.PRESETS,
                    help="MmuConfig preset for SPTE decoding (npt, ept, shadow, ...); off if omitted")
     t.add_argument("--profile", default=None, help="SPTE layout profile (default: the era's)")
     t.add_argument("--summary", action="store_true",
@@ -149,10 +154,10 @@ def register(sub) -> None:
     e.set_defaults(func=_cmd_role_eras)
     p = rs.add_parser("prevroots", help="L1<->L2 switches on NPT through the prev_roots cache")
     p.add_argument("--era", default="v5.0")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=_positive, default=10)
     p.set_defaults(func=_cmd_role_prevroots)
     h = rs.add_parser("hash", help="shadow-page hash bucket occupancy for a realistic gfn population")
-    h.add_argument("--vms", type=int, default=4, help="shadow-paged guests in the population")
+    h.add_argument("--vms", type=_positive, default=4, help="shadow-paged guests in the population")
     h.add_argument("--bits", type=int, default=H.KVM_MMU_HASH_SHIFT, help="hash bits (KVM_MMU_HASH_SHIFT)")
     h.add_argument("--variant", default="x86_64", help="hash_64 variant (x86_64, 32bit, pre-v4.7)")
     h.add_argument("--seed", type=int, default=0)
