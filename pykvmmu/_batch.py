@@ -6,28 +6,15 @@ runs, so a bad argument never reaches the core.
 """
 from __future__ import annotations
 
-import operator
-
 import numpy as np
 
 from ._ffi import ffi
+from ._check import no_overlap, uint
 from .errors import ArrayError, InputError
 
+__all__ = ["uint", "bad_u64", "in_array", "out_array", "same_shape", "ptr", "ptr_at", "U64_MAX"]
+
 U64_MAX = (1 << 64) - 1
-
-
-def uint(name: str, value, bits: int = 64) -> int:
-    """Return ``value`` as a Python int in [0, 2**bits); raise InputError otherwise."""
-    if isinstance(value, (bool, np.bool_)):
-        value = int(value)
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise InputError(f"{name}={value!r}: expected an integer, got {type(value).__name__}") from None
-    if v < 0 or v >> bits:
-        raise InputError(f"{name}={value:#x}: does not fit in {bits} unsigned bits"
-                         if v >= 0 else f"{name}={v}: must not be negative")
-    return v
 
 
 def bad_u64(name: str, value) -> InputError:
@@ -51,8 +38,10 @@ def in_array(name: str, a, dtype) -> np.ndarray:
     return a
 
 
-def out_array(name: str, out, dtype, shape) -> np.ndarray:
-    """Return ``out`` checked (dtype, shape, contiguous, writable) or a new array."""
+def out_array(name: str, out, dtype, shape, inputs=()) -> np.ndarray:
+    """Return ``out`` checked (dtype, shape, contiguous, writable, sharing no memory with any
+    of ``inputs``, ``(name, array)`` pairs) or a new array.  The C batch loops declare their
+    pointers ``restrict``, so no overlap at all is allowed, not even exact aliasing."""
     dtype = np.dtype(dtype)
     if out is None:
         return np.empty(shape, dtype=dtype)
@@ -61,6 +50,7 @@ def out_array(name: str, out, dtype, shape) -> np.ndarray:
         raise ArrayError(f"{name}: shape {out.shape} given, {tuple(shape)} required")
     if not out.flags.writeable:
         raise ArrayError(f"{name}: array is read-only")
+    no_overlap(name, out, inputs)
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ._batch import in_array, uint
+from ._check import boolean, snapshot, u64
 from .errors import InputError
 
 __all__ = ["KVM_MEMORY_ATTRIBUTE_PRIVATE", "KVM_MEMORY_ATTRIBUTES_RESERVED_RWX",
@@ -43,20 +44,33 @@ class MemoryAttributeError(InputError):
         self.errno = errno
 
 
+def _gfn(name: str, v) -> int:
+    """A gfn argument: a u64 (fast path for plain ints)."""
+    return u64(name, v)
+
+
+def _gfn_range(start, end) -> tuple:
+    s, e = _gfn("start", start), _gfn("end", end)
+    if e < s:
+        raise InputError(f"start={s:#x} end={e:#x}: end must not be below start")
+    return s, e
+
+
 def kvm_supported_mem_attributes(has_private_mem: bool) -> int:
     """``kvm_supported_mem_attributes()``: PRIVATE for VMs with private memory, else nothing
     (this is also what ``KVM_CAP_MEMORY_ATTRIBUTES`` reports)."""
-    return KVM_MEMORY_ATTRIBUTE_PRIVATE if has_private_mem else 0
+    return KVM_MEMORY_ATTRIBUTE_PRIVATE if boolean("has_private_mem", has_private_mem) else 0
 
 
 def check_set_memory_attributes(address: int, size: int, attributes: int, flags: int,
                                 supported: int) -> tuple:
     """The argument checks of ``kvm_vm_ioctl_set_mem_attributes()``, in kernel order; each
     failure is -EINVAL.  Returns ``(start_gfn, end_gfn)``."""
-    address = uint("address", address)
-    size = uint("size", size)
-    attributes = uint("attributes", attributes)
-    flags = uint("flags", flags)
+    address = uint("address", address, err=MemoryAttributeError)
+    size = uint("size", size, err=MemoryAttributeError)
+    attributes = uint("attributes", attributes, err=MemoryAttributeError)
+    flags = uint("flags", flags, err=MemoryAttributeError)
+    supported = uint("supported", supported)
     if flags:
         raise MemoryAttributeError(f"flags={flags:#x}: must be 0 (no flags are defined)")
     if attributes & ~supported:
@@ -93,9 +107,10 @@ class MmuInvalidation:
 
     def range_add(self, start: int, end: int) -> None:
         """``kvm_mmu_invalidate_range_add()``: widen the in-progress range to cover [start, end)."""
+        start, end = _gfn_range(start, end)
         if not self.in_progress:
-            raise InputError("kvm_mmu_invalidate_range_add: no invalidation in progress "
-                             "(WARN_ON_ONCE in the kernel)")
+            raise InputError(f"kvm_mmu_invalidate_range_add(start={start:#x}, end={end:#x}): no "
+                             "invalidation in progress (WARN_ON_ONCE in the kernel)")
         if self.range_start == INVALID_GPA:
             self.range_start, self.range_end = start, end
         else:
@@ -112,6 +127,7 @@ class MmuInvalidation:
     def retry_gfn(self, mmu_seq: int, gfn: int) -> bool:
         """``mmu_invalidate_retry_gfn()``: retry if an invalidation in progress covers gfn (or
         has no range yet), or the sequence moved since the fault's snapshot."""
+        mmu_seq, gfn = _gfn("mmu_seq", mmu_seq), _gfn("gfn", gfn)
         if self.in_progress:
             if self.range_start == INVALID_GPA:
                 return True
@@ -120,7 +136,10 @@ class MmuInvalidation:
         return self.seq != mmu_seq
 
     def snapshot(self) -> tuple:
+        """(seq, in_progress, range_start, range_end)."""
         return (self.seq, self.in_progress, self.range_start, self.range_end)
+
+    _snapshot = snapshot
 
 
 class MemoryAttributes:
@@ -137,6 +156,7 @@ class MemoryAttributes:
     # ------------------------------------------------------------ queries
     def get(self, gfn: int) -> int:
         """``kvm_get_memory_attributes(kvm, gfn)``."""
+        gfn = _gfn("gfn", gfn)
         i = bisect.bisect_right(self._s, gfn) - 1
         if i >= 0 and gfn < self._e[i]:
             return self._v[i]
@@ -144,12 +164,15 @@ class MemoryAttributes:
 
     def is_private(self, gfn: int) -> bool:
         """``kvm_mem_is_private(kvm, gfn)``."""
+        gfn = _gfn("gfn", gfn)
         i = bisect.bisect_right(self._s, gfn) - 1
         return i >= 0 and gfn < self._e[i] and bool(self._v[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
     def range_has(self, start: int, end: int, mask: int, attrs: int) -> bool:
         """``kvm_range_has_memory_attributes(kvm, start, end, mask, attrs)``: every gfn in
         [start, end) has ``attributes & mask == attrs`` (true for an empty range)."""
+        start, end = _gfn_range(start, end)
+        mask, attrs = uint("mask", mask), uint("attrs", attrs)
         if start >= end:
             return True
         want = attrs & mask
@@ -213,9 +236,22 @@ class MemoryAttributes:
     def __len__(self) -> int:
         return len(self._s)
 
+    def _snapshot(self):
+        """The stored runs and the supported mask, comparable."""
+        return snapshot((self.supported, self._s, self._e, self._v))
+
+    def _attrs(self, attrs) -> int:
+        a = uint("attrs", attrs)
+        if a & ~self.supported:
+            raise MemoryAttributeError(f"attrs={a:#x}: bits {a & ~self.supported:#x} are not "
+                                       f"supported (kvm_supported_mem_attributes={self.supported:#x})")
+        return a
+
     # ------------------------------------------------------------ updates
     def store(self, start: int, end: int, attrs: int) -> None:
         """``xa_store()`` of ``attrs`` for every gfn in [start, end) (runs kept maximal)."""
+        start, end = _gfn_range(start, end)
+        attrs = self._attrs(attrs)
         if start >= end:
             return
         s, e, v = self._s, self._e, self._v
@@ -255,7 +291,12 @@ class MemoryAttributes:
         ``kvm_arch_pre_set_memory_attributes``: zap the SPTEs), store every gfn, ``post_set``
         (x86: recompute huge-page eligibility), invalidate-end.  Returns True if anything changed.
         (The kernel does this for each overlapping memslot; ranges outside memslots still
-        change the attributes and the counter.)"""
+        change the attributes and the counter.)  Every argument is checked first; if ``zap`` or
+        ``post_set`` raises, the invalidation still ends (seq bumped), as the kernel's
+        callbacks cannot fail."""
+        start, end = _gfn_range(start, end)
+        attrs = self._attrs(attrs)
+        _check_inval(inval, zap, post_set)
         if self.range_has(start, end, ~0 & U64, attrs):
             return False
         inval.begin()
@@ -274,5 +315,14 @@ class MemoryAttributes:
                       inval: MmuInvalidation, zap=None, post_set=None) -> bool:
         """The ``KVM_SET_MEMORY_ATTRIBUTES`` ioctl: argument checks (no change on error), then
         :meth:`set_range`."""
+        _check_inval(inval, zap, post_set)
         start, end = check_set_memory_attributes(address, size, attributes, flags, self.supported)
         return self.set_range(start, end, attributes, inval, zap, post_set)
+
+
+def _check_inval(inval, zap, post_set) -> None:
+    if not isinstance(inval, MmuInvalidation):
+        raise InputError(f"inval={inval!r}: expected an MmuInvalidation")
+    for n, f in (("zap", zap), ("post_set", post_set)):
+        if f is not None and not callable(f):
+            raise InputError(f"{n}={f!r}: expected a callable (start, end, attrs) or None")

@@ -42,14 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    """Run one command.  Bad values and file errors print one ``pykvmmu: error:`` line and
+    exit 1; Ctrl-C prints one line and exits 130 (no traceback)."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         rc = args.func(args)
+    except KeyboardInterrupt:
+        print("pykvmmu: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except PykvmmuError as e:
         print(f"pykvmmu: error: {e}", file=sys.stderr)
         return 1
@@ -57,6 +66,10 @@ def main(argv=None) -> int:
         # Output piped into e.g. `head`: stop quietly, as other command-line tools do.
         sys.stderr.close()
         return 0
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"pykvmmu: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -12,7 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from .errors import ConfigError, InputError
+from ._check import boolean, choice, in_range, opt_boolean, uint
+from .errors import ConfigError
 from .profile import DEFAULT_PROFILE, LayoutProfile, get_profile
 
 BIT = lambda n: 1 << n  # noqa: E731
@@ -21,11 +22,13 @@ U64 = (1 << 64) - 1
 
 def GENMASK(h: int, l: int) -> int:  # noqa: E743
     """Bits h..l inclusive (the kernel's GENMASK_ULL)."""
+    h, l = in_range("h", h, 0, 63, "a bit of a u64"), in_range("l", l, 0, 63, "a bit of a u64")  # noqa: E741
     return ((1 << (h + 1)) - 1) & ~((1 << l) - 1) if h >= l else 0
 
 
 def rsvd_bits(s: int, e: int) -> int:
     """The kernel's rsvd_bits(s, e): bits s..e, or 0 if e < s."""
+    s, e = in_range("s", s, 0, 63, "a bit of a u64"), in_range("e", e, 0, 63, "a bit of a u64")
     return GENMASK(e, s) if e >= s else 0
 
 
@@ -70,6 +73,12 @@ def ept_rsvd_table(maxphyaddr: int, execonly: bool, huge_level: int, me_mask: in
     Returns (rsvd_bits_mask[2][5] flattened row-major, bad_mt_xwr).  The TDP table
     drops shadow_me_mask bits from the reserved set (reset_tdp_shadow_zero_bits_mask).
     """
+    maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
+                          err=ConfigError)
+    execonly = boolean("execonly", execonly, err=ConfigError)
+    huge_level = in_range("huge_level", huge_level, 1, 3, "1: 4K only, 2: 2M, 3: 1G pages",
+                          err=ConfigError)
+    me_mask = uint("me_mask", me_mask, err=ConfigError)
     high = rsvd_bits(maxphyaddr, 63) & GENMASK(51, 0) & ~me_mask
     r0 = [0] * 5
     r1 = [0] * 5
@@ -96,6 +105,13 @@ def legacy_rsvd_table(maxphyaddr: int, level: int, nx: bool, gbpages: bool, amd:
     ``drop_mask`` bits are removed from the reserved set (TDP: shadow_me_mask);
     ``add_mask`` bits are added (shadow paging: shadow_me_mask & ~shadow_me_value).
     """
+    maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
+                          err=ConfigError)
+    level = in_range("level", level, 4, 5, "4- or 5-level 64-bit tables", err=ConfigError)
+    nx, gbpages, amd = (boolean(n, v, err=ConfigError)
+                        for n, v in (("nx", nx), ("gbpages", gbpages), ("amd", amd)))
+    drop_mask = uint("drop_mask", drop_mask, err=ConfigError)
+    add_mask = uint("add_mask", add_mask, err=ConfigError)
     high = (rsvd_bits(maxphyaddr, 63) & GENMASK(51, 0) & ~drop_mask) | add_mask
     if not nx:
         high |= BIT(63)
@@ -139,6 +155,13 @@ def kvm_mmu_set_mmio_spte_mask(profile: LayoutProfile, value: int, mask: int, ac
     SPTE_MMIO_ALLOWED_MASK check (present since about v6.1; default: on for
     profiles from v5.19, whose range it entered).
     """
+    profile = get_profile(profile)
+    value, mask = uint("value", value, err=ConfigError), uint("mask", mask, err=ConfigError)
+    access_mask = uint("access_mask", access_mask, err=ConfigError)
+    allow_mmio_caching = boolean("allow_mmio_caching", allow_mmio_caching, err=ConfigError)
+    nonpresent_or_rsvd_mask = uint("nonpresent_or_rsvd_mask", nonpresent_or_rsvd_mask, err=ConfigError)
+    lower_gfn_mask = uint("lower_gfn_mask", lower_gfn_mask, err=ConfigError)
+    strict_allowed_mask = opt_boolean("strict_allowed_mask", strict_allowed_mask, err=ConfigError)
     if access_mask >> 32:
         raise ConfigError(f"access_mask={access_mask:#x}: must fit in 32 bits "
                           "(BUG_ON in kvm_mmu_set_mmio_spte_mask)")
@@ -223,6 +246,8 @@ class MmuConfig:
             raise ConfigError(f"mode={self.mode!r}: unknown paging mode; known: {', '.join(MODES)}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.type == "bool":
+                boolean(f.name, v, err=ConfigError)
             if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > U64):
                 raise ConfigError(f"{f.name}={v!r}: must be an unsigned 64-bit integer")
         if not 32 <= self.maxphyaddr <= 52:
@@ -410,6 +435,10 @@ class MmuConfig:
 
     def replace(self, **changes) -> "MmuConfig":
         """A copy with some fields changed (validated again)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        for k in changes:
+            if k not in names:
+                raise ConfigError(f"{k}: not an MmuConfig field (fields: {', '.join(sorted(names))})")
         changes.setdefault("mmio_fired", self.mmio_fired)
         return dataclasses.replace(self, **changes)
 
@@ -435,10 +464,11 @@ class MmuConfig:
     def _base(cls, profile, maxphyaddr, phys_bits, cache_bits):
         """kvm_mmu_reset_all_pte_masks(): the defaults every vendor starts from."""
         p = get_profile(profile)
-        phys_bits = maxphyaddr if phys_bits is None else phys_bits
-        for n, v in (("maxphyaddr", maxphyaddr), ("phys_bits", phys_bits)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise InputError(f"{n}={v!r}: expected an integer")
+        maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
+                              err=ConfigError)
+        phys_bits = maxphyaddr if phys_bits is None else \
+            in_range("phys_bits", phys_bits, 32, maxphyaddr, "x86_phys_bits <= maxphyaddr",
+                     err=ConfigError)
         low_phys_bits = phys_bits
         rsvd = 0
         if cache_bits is not None:
@@ -495,12 +525,26 @@ class MmuConfig:
         """
         me = 0
         pb = phys_bits
+        maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
+                              err=ConfigError)
+        mode = choice("mode", mode, ("npt", "legacy"), err=ConfigError)
+        tdp_level = in_range("tdp_level", tdp_level, 4, 5, "NPT tables have 4 or 5 levels",
+                             err=ConfigError)
+        nx_huge_pages, mmio_caching, tdp, gbpages, guest_nx, guest_amd = (
+            boolean(n, v, err=ConfigError) for n, v in (
+                ("nx_huge_pages", nx_huge_pages), ("mmio_caching", mmio_caching), ("tdp", tdp),
+                ("gbpages", gbpages), ("guest_nx", guest_nx), ("guest_amd", guest_amd)))
         if sme_cbit is not None:
-            if not isinstance(sme_cbit, int) or not 32 <= sme_cbit <= 51:
-                raise ConfigError(f"sme_cbit={sme_cbit!r}: the C-bit position must be in 32..51")
+            sme_cbit = in_range("sme_cbit", sme_cbit, 32, 51, "the C-bit position, "
+                                "CPUID 0x8000001F EBX[5:0]", err=ConfigError)
+            sme_phys_reduction = in_range("sme_phys_reduction", sme_phys_reduction, 0, 63,
+                                          "CPUID 0x8000001F EBX[11:6]", err=ConfigError)
             me = BIT(sme_cbit)
             if pb is None:
                 pb = maxphyaddr - sme_phys_reduction
+                if pb < 32:
+                    raise ConfigError(f"sme_phys_reduction={sme_phys_reduction}: maxphyaddr "
+                                      f"{maxphyaddr} - reduction = {pb} phys bits, below 32")
         p, kw = cls._base(profile, maxphyaddr, pb, cache_bits)
         value, mask, access = cls._default_mmio(maxphyaddr)
         if me:
@@ -543,6 +587,12 @@ class MmuConfig:
         With ``phys_bits < maxphyaddr`` (MKTME/TDX KeyID bits) the KeyID bits become
         ``shadow_me_mask`` with value 0 (v5.19+).
         """
+        ad, exec_only, nx_huge_pages, mmio_caching, ignore_guest_pat = (
+            boolean(n, v, err=ConfigError) for n, v in (
+                ("ad", ad), ("exec_only", exec_only), ("nx_huge_pages", nx_huge_pages),
+                ("mmio_caching", mmio_caching), ("ignore_guest_pat", ignore_guest_pat)))
+        huge_level = in_range("huge_level", huge_level, 1, 3, "1: 4K only, 2: 2M, 3: 1G pages",
+                              err=ConfigError)
         p, kw = cls._base(profile, maxphyaddr, phys_bits, cache_bits)
         hw, mw = p.writable_bits_ept
         present = (0 if exec_only else VMX_EPT_READABLE_MASK)
@@ -573,6 +623,8 @@ class MmuConfig:
         ``tdx_bringup`` refuses to come up.  TDX exists from v6.16 (profile v6.15 or later).
         """
         p = get_profile(profile)
+        maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
+                              err=ConfigError)
         if not p.has_tdx:
             raise ConfigError(f"tdx: TDX was merged in v6.16; profile {p} predates it")
         if kw.pop("ad", True) is not True:
@@ -601,7 +653,7 @@ class MmuConfig:
             "ept-xo": lambda: cls.ept(**{"exec_only": True, **kw}),
             "tdx": lambda: cls.tdx(**kw),
         }
-        if name not in table:
+        if not isinstance(name, str) or name not in table:
             raise ConfigError(f"preset={name!r}: unknown; known: {', '.join(cls.PRESETS)}")
         return table[name]()
 
@@ -610,6 +662,9 @@ class MmuConfig:
         """Every preset for every profile where it exists (for tests and demos)."""
         from .profile import PROFILES
         out = []
+        if profiles is not None and (isinstance(profiles, (str, bytes))
+                                     or not hasattr(profiles, "__iter__")):
+            raise ConfigError(f"profiles={profiles!r}: expected a list of profile names or None")
         for pname in (profiles or PROFILES):
             for name in cls.PRESETS:
                 try:

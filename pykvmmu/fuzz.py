@@ -570,7 +570,8 @@ def fuzz_role(fi: FuzzInput) -> None:
     op = fi.int_in(0, 3)
     fi.feature("role", op, era)
     if op == 0:
-        vals = {f.name: fi.uint(f.width) for f in e.base.fields}
+        vals = {f.name: fi.int_in(0, 5) if f.name == "level" else fi.uint(f.width)
+                for f in e.base.fields}       # pack() refuses levels above 5
         w = R.pack(era, **vals)
         expect_same("pack", w, RR.pack_role(era, **vals), era, vals)
         expect_same("unpack(pack)", R.unpack(era, w).fields, vals, era, w)
@@ -604,7 +605,8 @@ def fuzz_role(fi: FuzzInput) -> None:
     elif op == 2:
         if e.ext is None:
             return
-        b = {f.name: fi.uint(f.width) for f in e.base.fields}
+        b = {f.name: fi.int_in(0, 5) if f.name == "level" else fi.uint(f.width)
+             for f in e.base.fields}
         x = {f.name: fi.uint(f.width) for f in e.ext.fields}
         v = R.pack_cpu_role(era, b, x)
         expect_same("pack_cpu_role", v, RR.pack_cpu_role(era, b, x), era)
@@ -1175,6 +1177,7 @@ class RunStats:
     corpus: int = 0
     features: int = 0
     failures: list = field(default_factory=list)
+    interrupted: bool = False          # stopped by Ctrl-C (the counts are those reached)
 
     @property
     def rate(self) -> float:
@@ -1216,25 +1219,29 @@ def fuzz_random(name: str, *, seconds: float = 60.0, max_execs: Optional[int] = 
         return False
 
     t0 = time.monotonic()
-    for d in list(corpus):
-        execute(d)
-    while True:
-        el = time.monotonic() - t0
-        if el >= seconds or (max_execs is not None and stats.execs >= max_execs):
-            break
-        if stats.failures and stop_on_failure:
-            break
-        if rng.random() < 0.05:
-            data = rng.randbytes(rng.randint(1, t.max_len))
-        else:
-            data = _mutate(rng, rng.choice(corpus), corpus, t.max_len)
-        if execute(data) and len(corpus) < 4096:
-            corpus.append(data)
-            if save_corpus:
-                os.makedirs(save_corpus, exist_ok=True)
-                with open(os.path.join(save_corpus, hashlib.sha1(data).hexdigest()[:16]), "wb") as f:
-                    f.write(data)
-        prog.tick(len(corpus), len(stats.failures), len(seen))
+    try:
+        for d in list(corpus):
+            execute(d)
+        while True:
+            el = time.monotonic() - t0
+            if el >= seconds or (max_execs is not None and stats.execs >= max_execs):
+                break
+            if stats.failures and stop_on_failure:
+                break
+            if rng.random() < 0.05:
+                data = rng.randbytes(rng.randint(1, t.max_len))
+            else:
+                data = _mutate(rng, rng.choice(corpus), corpus, t.max_len)
+            if execute(data) and len(corpus) < 4096:
+                corpus.append(data)
+                if save_corpus:
+                    os.makedirs(save_corpus, exist_ok=True)
+                    with open(os.path.join(save_corpus, hashlib.sha1(data).hexdigest()[:16]),
+                              "wb") as f:
+                        f.write(data)
+            prog.tick(len(corpus), len(stats.failures), len(seen))
+    except KeyboardInterrupt:
+        stats.interrupted = True
     stats.seconds = time.monotonic() - t0
     stats.corpus, stats.features = len(corpus), len(seen)
     prog.tick(len(corpus), len(stats.failures), len(seen), force=True)
@@ -1248,7 +1255,7 @@ def fuzz_hypothesis(name: str, *, seconds: float = 60.0, max_execs: Optional[int
     """hypothesis drives the target with ``st.binary()`` (seeded with the corpus) in rounds
     until the time is up; a failure is shrunk by hypothesis, then by :func:`shrink`."""
     try:
-        from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
+        import hypothesis  # noqa: F401
     except ImportError:  # pragma: no cover - hypothesis is a test extra
         raise RuntimeError("the hypothesis engine needs hypothesis: pip install 'pykvmmu[test]'") from None
     t = TARGETS[name]
@@ -1272,6 +1279,21 @@ def fuzz_hypothesis(name: str, *, seconds: float = 60.0, max_execs: Optional[int
         seen.update(feats)
         prog.tick(len(corpus), len(stats.failures), len(seen))
 
+    try:
+        _hypothesis_rounds(t, name, body, corpus, smallest, stats, seconds, max_execs, t0, rnd,
+                           out_dir, emit)
+    except KeyboardInterrupt:
+        stats.interrupted = True
+    stats.seconds = time.monotonic() - t0
+    stats.corpus, stats.features = len(corpus), len(seen)
+    prog.tick(len(corpus), len(stats.failures), len(seen), force=True)
+    return stats
+
+
+def _hypothesis_rounds(t, name, body, corpus, smallest, stats, seconds, max_execs, t0, rnd,
+                       out_dir, emit):
+    """fuzz_hypothesis's loop: rounds of 100 examples until time, runs or a failure."""
+    from hypothesis import HealthCheck, Phase, example, given, settings, strategies as st
     rounds = 0
     while time.monotonic() - t0 < seconds and (max_execs is None or stats.execs < max_execs):
         rounds += 1
@@ -1295,10 +1317,6 @@ def fuzz_hypothesis(name: str, *, seconds: float = 60.0, max_execs: Optional[int
                      f"[{name}] reproducer ({len(small.data)} bytes): {path}\n"
                      f"[{name}] replay: pykvmmu fuzz --replay {path}")
             break
-    stats.seconds = time.monotonic() - t0
-    stats.corpus, stats.features = len(corpus), len(seen)
-    prog.tick(len(corpus), len(stats.failures), len(seen), force=True)
-    return stats
 
 
 def _seeded(test, s):

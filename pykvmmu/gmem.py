@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ._batch import uint
+from ._check import boolean, in_range, snapshot
 from .attrs import MmuInvalidation
 from .errors import InputError
 
@@ -55,8 +56,19 @@ class GmemError(InputError):
         self.errno = errno
 
 
+#: The largest folio order modelled: a 1 GiB folio (PUD_ORDER).
+MAX_FOLIO_ORDER = 18
+#: loff_t is a signed 64-bit file offset.
+LOFF_MAX = (1 << 63) - 1
+
+
+def _order(order, name: str = "order") -> int:
+    return in_range(name, order, 0, MAX_FOLIO_ORDER, "a folio order: 0 (4K) .. 18 (1G)")
+
+
 def order_to_level(order: int) -> int:
     """The largest page level a folio of ``order`` can map (``max_level_for_order``)."""
+    order = _order(order)
     return PG_LEVEL_1G if order >= 18 else PG_LEVEL_2M if order >= 9 else PG_LEVEL_4K
 
 
@@ -64,7 +76,7 @@ def supported_gmem_flags(has_private_mem: bool) -> int:
     """``kvm_gmem_get_supported_flags()`` on x86: MMAP and INIT_SHARED only for VMs without
     private memory (``kvm_arch_supports_gmem_mmap`` / ``_init_shared`` deny CoCo VM types;
     reported, not verified in source)."""
-    return 0 if has_private_mem else (GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
+    return 0 if boolean("has_private_mem", has_private_mem) else (GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
 
 
 # ---------------------------------------------------------------------- host memory
@@ -76,16 +88,27 @@ class HostMemory:
     memory that is reused: the invariant checker looks for exactly that)."""
 
     def __init__(self, base_pfn: int = 0x1000, nr_pfns: int = 1 << 26):
-        self.base_pfn = uint("base_pfn", base_pfn)
-        self.limit = self.base_pfn + uint("nr_pfns", nr_pfns)
+        self.base_pfn = uint("base_pfn", base_pfn, 40)
+        nr_pfns = uint("nr_pfns", nr_pfns, 40)
+        if nr_pfns == 0 or self.base_pfn + nr_pfns > 1 << 40:
+            raise InputError(f"nr_pfns={nr_pfns:#x}: must be > 0 with base_pfn + nr_pfns within "
+                             "the 52-bit physical address space (2**40 pfns)")
+        self.limit = self.base_pfn + nr_pfns
         self._next = self.base_pfn
         self._free: dict = {0: [], 9: []}
         self.owner: dict = {}
         self.freed_total = 0
 
+    def _snapshot(self):
+        return snapshot(self)
+
     def alloc(self, owner: str, order: int = 0) -> int:
+        """Allocate a naturally aligned block of ``1 << order`` pfns for ``owner``."""
+        if not isinstance(owner, str):
+            raise InputError(f"owner={owner!r}: expected a str tag")
+        order = _order(order)
         n = 1 << order
-        fl = self._free.setdefault(order, [])
+        fl = self._free.get(order)
         if fl:
             pfn = fl.pop()
         else:
@@ -100,6 +123,8 @@ class HostMemory:
         return pfn
 
     def free(self, pfn: int, order: int = 0) -> None:
+        """Free a block allocated by :meth:`alloc` (every pfn must be allocated)."""
+        pfn, order = uint("pfn", pfn, 40), _order(order)
         n = 1 << order
         for p in range(pfn, pfn + n):
             if p not in self.owner:
@@ -110,7 +135,7 @@ class HostMemory:
         self.freed_total += n
 
     def is_allocated(self, pfn: int) -> bool:
-        return pfn in self.owner
+        return uint("pfn", pfn) in self.owner
 
     def max_pfn(self) -> int:
         return self.limit
@@ -182,7 +207,11 @@ class StubKvm(MmuLock):
 
     def __init__(self, has_private_mem: bool = True, hooks: Optional[GmemHooks] = None,
                  is_private: Callable[[int], bool] = lambda gfn: True):
-        self.has_private_mem = has_private_mem
+        if hooks is not None and not isinstance(hooks, GmemHooks):
+            raise InputError(f"hooks={hooks!r}: expected a GmemHooks or None")
+        if not callable(is_private):
+            raise InputError(f"is_private={is_private!r}: expected a callable of gfn")
+        self.has_private_mem = boolean("has_private_mem", has_private_mem)
         self.invalidation = MmuInvalidation()
         self.gmem_hooks = hooks or GmemHooks()
         self.unmapped: list = []
@@ -223,7 +252,8 @@ class GetPfn:
 
 def max_order_at(gfn: int, index: int, folio_order: int) -> int:
     """The order KVM may map at: the folio's, if gfn and index are equally aligned within it."""
-    mask = (1 << folio_order) - 1
+    gfn, index = uint("gfn", gfn), uint("index", index)
+    mask = (1 << _order(folio_order, "folio_order")) - 1
     return folio_order if (gfn & mask) == (index & mask) else 0
 
 
@@ -245,7 +275,8 @@ class GuestMemfd:
                             f"(supported {supported_flags:#x})")
         if size == 0 or size & (PAGE_SIZE - 1):
             raise GmemError(f"KVM_CREATE_GUEST_MEMFD: size={size:#x}: must be > 0 and 4 KiB aligned")
-        if folio_order not in (0, 9):
+        if isinstance(folio_order, bool) or not isinstance(folio_order, int) or \
+                folio_order not in (0, 9):
             raise GmemError(f"folio_order={folio_order!r}: 0 (upstream) or 9 (2 MiB folios)")
         self.kvm = kvm
         self.size = size
@@ -263,6 +294,32 @@ class GuestMemfd:
         self.uptodate: set = set()         # base indexes of prepared/populated folios
         self.poisoned: set = set()         # base indexes of hwpoisoned folios
         self.log: list = []                # (operation, details) for demos/tests
+
+    def _snapshot(self):
+        """This file's state (bindings, folios, flags) and its host memory, comparable."""
+        state = {k: v for k, v in vars(self).items() if k != "kvm"}
+        return snapshot(state)
+
+    def _open(self) -> None:
+        if self.released:
+            raise GmemError(f"guest_memfd fd={self.fd}: the file was released", _errno.EBADF)
+
+    def _falloc_args(self, offset, length) -> tuple:
+        """``vfs_fallocate`` + ``kvm_gmem_fallocate`` argument rules: the file open (-EBADF),
+        ``offset >= 0`` and ``len > 0`` as loff_t (-EINVAL), both 4 KiB aligned (-EINVAL)."""
+        self._open()
+        offset = in_range("offset", offset, 0, LOFF_MAX, "loff_t, vfs_fallocate", err=GmemError)
+        length = in_range("len", length, 1, LOFF_MAX, "vfs_fallocate: len > 0", err=GmemError)
+        if offset + length > LOFF_MAX:
+            raise GmemError(f"offset={offset:#x} len={length:#x}: offset + len overflows loff_t",
+                            _errno.EFBIG)
+        if offset & (PAGE_SIZE - 1) or length & (PAGE_SIZE - 1):
+            raise GmemError(f"fallocate offset={offset:#x} len={length:#x}: both must be 4 KiB "
+                            "aligned")
+        return offset, length
+
+    def _index(self, index) -> int:
+        return uint("index", index)
 
     # ------------------------------------------------------------ bindings
     @property
@@ -284,8 +341,11 @@ class GuestMemfd:
         """``kvm_gmem_bind`` checks (all -EINVAL): the file is this VM's and open, offset
         page-aligned, ``offset + size <= i_size``, no overlap with another binding."""
         offset = uint("guest_memfd_offset", offset)
+        npages = uint("npages", npages)
+        if npages == 0:
+            raise GmemError("npages=0: a memslot binding covers at least one page")
         if self.released:
-            raise GmemError(f"guest_memfd {self.fd}: the file was released", _errno.EBADF)
+            raise GmemError(f"guest_memfd fd={self.fd}: the file was released", _errno.EBADF)
         if kvm is not self.kvm:
             raise GmemError(f"guest_memfd {self.fd}: bound to another VM (gmem->kvm != kvm)")
         if offset & (PAGE_SIZE - 1):
@@ -331,12 +391,15 @@ class GuestMemfd:
         return gfn - slot.base_gfn + slot.gmem_pgoff
 
     def binding_at(self, index: int):
+        """The binding covering file page ``index``, or None."""
+        index = self._index(index)
         bs = self._overlapping(index, index + 1)
         return bs[0] if bs else None
 
     # ------------------------------------------------------------ folios
     def folio_of(self, index: int):
         """(base index, base pfn, order) of the allocated folio holding ``index``, or None."""
+        index = self._index(index)
         pfn = self._pfn.get(index)
         if pfn is None:
             return None
@@ -444,28 +507,26 @@ class GuestMemfd:
     def fallocate(self, mode: int, offset: int, length: int) -> None:
         """``kvm_gmem_fallocate``: KEEP_SIZE required, only PUNCH_HOLE besides it, offset and len
         page-aligned (and within the file)."""
-        mode = uint("mode", mode, 32)
-        offset = uint("offset", offset)
-        length = uint("len", length)
-        if self.released:
-            raise GmemError(f"guest_memfd {self.fd}: the file was released", _errno.EBADF)
+        self._open()
+        mode = uint("mode", mode, 32, err=GmemError)
         if not mode & FALLOC_FL_KEEP_SIZE:
             raise GmemError(f"fallocate mode={mode:#x}: FALLOC_FL_KEEP_SIZE is required",
                             _errno.EOPNOTSUPP)
         if mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE):
             raise GmemError(f"fallocate mode={mode:#x}: only FALLOC_FL_PUNCH_HOLE is supported "
                             "besides KEEP_SIZE", _errno.EOPNOTSUPP)
-        if offset & (PAGE_SIZE - 1) or length & (PAGE_SIZE - 1):
-            raise GmemError(f"fallocate offset={offset:#x} len={length:#x}: both must be 4 KiB "
-                            "aligned")
+        offset, length = self._falloc_args(offset, length)
         if mode & FALLOC_FL_PUNCH_HOLE:
             self.punch_hole(offset, length)
         else:
             self.allocate(offset, length)
 
     def allocate(self, offset: int, length: int) -> int:
-        """Allocate (without preparing) every page of [offset, offset + len); -EINVAL beyond the
-        file size.  Returns pages newly allocated."""
+        """``kvm_gmem_allocate``: allocate (without preparing) every page of [offset, offset +
+        len); the fallocate argument rules, and -EINVAL beyond the file size.  Returns pages
+        newly allocated.  (Host memory running out part way leaves the pages allocated so far,
+        as the kernel's loop does, and raises -ENOMEM.)"""
+        offset, length = self._falloc_args(offset, length)
         start, end = offset >> PAGE_SHIFT, (offset + length) >> PAGE_SHIFT
         if end > self.npages:
             raise GmemError(f"allocate offset={offset:#x} len={length:#x}: beyond the file size "
@@ -480,7 +541,9 @@ class GuestMemfd:
 
     def punch_hole(self, offset: int, length: int) -> int:
         """``kvm_gmem_punch_hole``: invalidate-begin (unmap every bound gfn), truncate (freed
-        folios call the invalidate hook), invalidate-end (bumps ``mmu_invalidate_seq``)."""
+        folios call the invalidate hook), invalidate-end (bumps ``mmu_invalidate_seq``).  The
+        fallocate argument rules apply; a range beyond the file size is clipped (truncate)."""
+        offset, length = self._falloc_args(offset, length)
         start = offset >> PAGE_SHIFT
         end = min((offset + length) >> PAGE_SHIFT, self.npages)
         found = self._invalidate_begin(start, end)
@@ -511,7 +574,7 @@ class GuestMemfd:
     def memory_failure(self, index: int) -> str:
         """``kvm_gmem_error_folio``: invalidate begin/end over the folio (no truncate), the folio
         is hwpoisoned, ``MF_DELAYED``; a later ``get_pfn`` fails with -EHWPOISON."""
-        index = uint("index", index)
+        index = self._index(index)
         f = self.folio_of(index)
         if f is None:
             raise GmemError(f"memory_failure: index {index:#x} has no folio", _errno.ENOENT)
@@ -523,12 +586,13 @@ class GuestMemfd:
         return "MF_DELAYED"
 
     def is_poisoned(self, index: int) -> bool:
+        """Whether the folio holding ``index`` is hwpoisoned."""
         f = self.folio_of(index)
         return f is not None and f[0] in self.poisoned
 
     # ------------------------------------------------------------ get_pfn / populate
     def _lookup_for(self, slot, gfn: int) -> int:
-        if slot.gmem_file is not self:
+        if getattr(slot, "gmem_file", None) is not self:
             raise GmemError(f"gfn {gfn:#x}: slot {getattr(slot, 'id', '?')} has no guest_memfd "
                             "file (released)", _errno.EFAULT)
         index = self.index_of(slot, gfn)
@@ -542,6 +606,7 @@ class GuestMemfd:
         (-EFAULT: no file, -EIO: binding mismatch), allocate on demand, -EHWPOISON if poisoned,
         prepare (zero + ``prepare`` hook with the folio-aligned gfn/pfn and the folio order) if not
         up to date.  ``max_order`` is 0 upstream (order-0 folios)."""
+        gfn = uint("gfn", gfn)
         index = self._lookup_for(slot, gfn)
         f = self.folio_of(index)
         if f is None:
@@ -572,6 +637,12 @@ class GuestMemfd:
         if getattr(slot, "gmem_file", None) is not self:
             raise GmemError(f"populate: slot {getattr(slot, 'id', '?')} is not bound to guest_memfd "
                             f"{self.fd}")
+        start_gfn = uint("start_gfn", start_gfn)
+        if not slot.base_gfn <= start_gfn < slot.base_gfn + slot.npages:
+            raise GmemError(f"start_gfn={start_gfn:#x}: outside slot {getattr(slot, 'id', '?')} "
+                            f"[{slot.base_gfn:#x}, {slot.base_gfn + slot.npages:#x})")
+        if post_populate is not None and not callable(post_populate):
+            raise GmemError(f"post_populate={post_populate!r}: expected a callable or None")
         npages = min(uint("npages", npages), slot.npages - (start_gfn - slot.base_gfn))
         cb = post_populate or self.kvm.gmem_hooks.post_populate
         done = 0
@@ -609,7 +680,7 @@ class GuestMemfd:
         """The proposed migration handshake for the page at ``index``: allocate a target page,
         ask the MMU (``migrate`` hook, MMU lock held) for each bound gfn; on success the file
         points at the new page and the old one is freed, otherwise nothing changes."""
-        index = uint("index", index)
+        index = self._index(index)
         f = self.folio_of(index)
         if f is None:
             raise GmemError(f"migrate: index {index:#x} has no folio", _errno.ENOENT)
@@ -619,14 +690,21 @@ class GuestMemfd:
                                  ("large folios are not migrated in this model",))
         old = bpfn
         b = self.binding_at(index)
+        if base in self.poisoned:
+            raise GmemError(f"migrate: index {index:#x} is hwpoisoned (a poisoned folio is "
+                            "never migrated: its contents are lost)", EHWPOISON)
         new = self.host.alloc(self.owner_tag, 0)
         kvm = self.kvm
-        with kvm.mmu_lock():
-            if b is None:
-                ans = MigrateAnswer(True, 0, ("unbound page: plain copy",))
-            else:
-                gfn = b.slot.base_gfn + index - b.pgoff
-                ans = kvm.gmem_hooks.migrate(kvm, b.slot, gfn, PG_LEVEL_4K, old, new)
+        try:
+            with kvm.mmu_lock():
+                if b is None:
+                    ans = MigrateAnswer(True, 0, ("unbound page: plain copy",))
+                else:
+                    gfn = b.slot.base_gfn + index - b.pgoff
+                    ans = kvm.gmem_hooks.migrate(kvm, b.slot, gfn, PG_LEVEL_4K, old, new)
+        except BaseException:
+            self.host.free(new, 0)
+            raise
         if not ans.ok:
             self.host.free(new, 0)
             self.log.append(("migrate-refused", index, ans.errno))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._batch import uint
+from ._check import boolean, snapshot
 from .config import ACC_ALL, MmuConfig
 from .errors import InputError
 from .mmio import (KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, check_mmio_spte,
@@ -28,7 +29,7 @@ __all__ = ["kvm_arch_nr_memslot_as_ids", "MemslotGenerations", "generation_seque
 
 def kvm_arch_nr_memslot_as_ids(private_mem: bool) -> int:
     """x86 ``kvm_arch_nr_memslot_as_ids()``: 1 with private memory (no SMM), else 2."""
-    return 1 if private_mem else 2
+    return 1 if boolean("private_mem", private_mem) else 2
 
 
 class MemslotGenerations:
@@ -39,6 +40,8 @@ class MemslotGenerations:
     """
 
     def __init__(self, cfg: MmuConfig, private_mem: bool = False):
+        if not isinstance(cfg, MmuConfig):
+            raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
         self.cfg = cfg
         self.nr_as_ids = kvm_arch_nr_memslot_as_ids(private_mem)
         self._gen = list(range(self.nr_as_ids))
@@ -49,6 +52,9 @@ class MemslotGenerations:
         if a >= self.nr_as_ids:
             raise InputError(f"as_id={a}: this VM has {self.nr_as_ids} memslot address space(s)")
         return a
+
+    def _snapshot(self):
+        return snapshot((self.nr_as_ids, self._gen, self.zaps))
 
     def generation(self, as_id: int = 0) -> int:
         """``kvm_memslots(kvm, as_id)->generation`` (bit 63 set during an update)."""

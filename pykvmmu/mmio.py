@@ -20,6 +20,7 @@ import numpy as np
 
 from . import _par
 from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
+from ._check import boolean, choice, in_range, opt_boolean
 from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_USER_MASK, ACC_WRITE_MASK, GENMASK, PT_PRESENT_MASK,
                      PT_USER_MASK, PT_WRITABLE_MASK, SHADOW_NONPRESENT_OR_RSVD_MASK_LEN,
@@ -29,6 +30,12 @@ from .config import (ACC_ALL, ACC_USER_MASK, ACC_WRITE_MASK, GENMASK, PT_PRESENT
 from .errors import ConfigError, InputError, ProfileError
 from .profile import get_profile
 from .spte import is_mmio_spte, predicate_batch
+
+
+def _cfg(cfg, name: str = "cfg") -> MmuConfig:
+    if not isinstance(cfg, MmuConfig):
+        raise InputError(f"{name}={cfg!r}: expected an MmuConfig, got {type(cfg).__name__}")
+    return cfg
 
 __all__ = [
     "make_mmio_spte", "make_mmio_spte_batch", "get_mmio_spte_gfn", "get_mmio_spte_gfn_batch",
@@ -73,11 +80,13 @@ class MmioMaskError(ConfigError):
 # ------------------------------------------------------------------ generation
 def mmio_generation_mask(cfg: MmuConfig) -> int:
     """``MMIO_SPTE_GEN_MASK`` of the era: 19 bits (v5.13+), 18 bits (v5.10-5.12)."""
+    _cfg(cfg)
     return (1 << cfg.profile.mmio_gen_bits) - 1
 
 
 def mmio_generation_bits(cfg: MmuConfig) -> int:
     """The SPTE bits that hold the generation (``GEN_LOW_MASK | GEN_HIGH_MASK``)."""
+    _cfg(cfg)
     ls, le, hs, he = cfg.profile.mmio_gen_layout
     return GENMASK(le, ls) | GENMASK(he, hs)
 
@@ -148,7 +157,7 @@ def make_mmio_spte_batch(cfg: MmuConfig, gfn: np.ndarray, access=ACC_ALL, genera
         raise InputError(f"access={ac_s:#x}: {_ERRORS[lib.KVMMU_MMIO_E_ACCESS]}")
     ge_a, ge_s = _u64_arg("generation", generation, shapes)
     shape = same_shape(shapes)
-    out = out_array("out", out, np.uint64, shape)
+    out = out_array("out", out, np.uint64, shape, shapes)
     c = cfg._cptr
 
     def part(lo, hi):
@@ -196,7 +205,7 @@ def get_mmio_spte_generation(cfg: MmuConfig, spte: int) -> int:
 
 def _get_batch(cfg, which, spte, out, threads):
     in_array("spte", spte, np.uint64)
-    out = out_array("out", out, np.uint64, spte.shape)
+    out = out_array("out", out, np.uint64, spte.shape, [("spte", spte)])
     c = cfg._cptr
     _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_mmio_get_batch(
         c, which, ptr_at(spte, "uint64_t", lo), ptr_at(out, "uint64_t", lo), hi - lo))
@@ -232,6 +241,7 @@ def mmio_gfn_lost_bits(cfg: MmuConfig) -> int:
     """The gfn bits (below GFN_BITS) that ``get_mmio_spte_gfn()`` does not give back as stored:
     bits outside ``(lower_gfn_mask | R) >> 12``.  With L1TF those in [cache_bits,
     cache_bits+5) alias into R (section 10.1); the others vanish."""
+    _cfg(cfg)
     kept = (cfg.nonpresent_or_rsvd_lower_gfn_mask | cfg.nonpresent_or_rsvd_mask) >> 12
     return (_GFN_LIMIT - 1) & ~kept
 
@@ -253,7 +263,7 @@ def _generation_batch(cfg, cfn, spte, memslots_generation, out, dtype, threads):
     shapes = [("spte", spte)]
     ge_a, ge_s = _u64_arg("memslots_generation", memslots_generation, shapes)
     shape = same_shape(shapes)
-    out = out_array("out", out, dtype, shape)
+    out = out_array("out", out, dtype, shape, shapes)
     c = cfg._cptr
     _par.map_parts(spte.size, threads, lambda lo, hi: cfn(
         c, ptr_at(spte, "uint64_t", lo), ptr_at(ge_a, "uint64_t", lo), ge_s,
@@ -316,7 +326,7 @@ def kvm_mmu_invalidate_mmio_sptes_batch(cfg: MmuConfig, generation: np.ndarray, 
     """Batch ``kvm_mmu_invalidate_mmio_sptes()`` over new generations: bool array (zap all)."""
     in_array("generation", generation, np.uint64)
     n = _nr_as(nr_as_ids)
-    out = out_array("out", out, np.bool_, generation.shape)
+    out = out_array("out", out, np.bool_, generation.shape, [("generation", generation)])
     err = ffi.new("int *")
     bad = lib.kvmmu_mmio_invalidate_batch(cfg._cptr, ptr(generation, "uint64_t"), n,
                                           ptr(out, "uint8_t"), generation.size, err)
@@ -331,7 +341,7 @@ def kvm_mmu_invalidate_mmio_sptes_batch(cfg: MmuConfig, generation: np.ndarray, 
 def default_mmio_masks(maxphyaddr: int) -> tuple:
     """``kvm_mmu_reset_all_pte_masks()``: (value, mask, access_mask) = (BIT51|BIT0, same, W|U)
     below 52-bit MAXPHYADDR; value and mask 0 at 52 bits (no reserved PA bit left)."""
-    m = uint("maxphyaddr", maxphyaddr, 8)
+    m = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]", err=ConfigError)
     v = (1 << 51) | PT_PRESENT_MASK if m < 52 else 0
     return v, v, ACC_WRITE_MASK | ACC_USER_MASK
 
@@ -349,10 +359,13 @@ def svm_adjust_mmio_mask(phys_bits: int, c_bit: int | None, *, mem_encrypt: bool
     SYSCFG.MEM_ENCRYPT), the reserved bit is the first one above x86_phys_bits, bumped by
     one when it is the C-bit; value = mask = ``rsvd_bits(bit, 51) | P`` below 52, else 0.
     Returns (value, mask, access_mask), or None when the default masks stay."""
-    if not mem_encrypt or c_bit is None:
+    bit = in_range("phys_bits", phys_bits, 32, 52, "x86_phys_bits", err=ConfigError)
+    if c_bit is not None:
+        c_bit = in_range("c_bit", c_bit, 32, 51, "the C-bit position, CPUID 0x8000001F EBX[5:0]",
+                         err=ConfigError)
+    if not boolean("mem_encrypt", mem_encrypt) or c_bit is None:
         return None
-    bit = uint("phys_bits", phys_bits, 8)
-    if bit == uint("c_bit", c_bit, 8):
+    if bit == c_bit:
         bit += 1
     mask = rsvd_bits(bit, 51) | PT_PRESENT_MASK if bit < 52 else 0
     return mask, mask, PT_WRITABLE_MASK | PT_USER_MASK
@@ -367,6 +380,7 @@ def tdx_vm_mmio_value() -> int:
 def mmio_caching_off_reasons(cfg: MmuConfig) -> tuple:
     """Why MMIO caching is off for ``cfg`` (empty when it is on); every is_mmio_spte is
     then false and no-slot faults are emulated without installing an SPTE."""
+    _cfg(cfg)
     if cfg.mmio_caching:
         return ()
     out = []
@@ -452,6 +466,7 @@ def set_mmio_spte_mask(config: MmuConfig, value: int, mask: int, access_mask: in
     A failed check forces the value to 0, which turns caching off.  A TDX config keeps
     its per-VM value 0.  ``allow_mmio_caching`` defaults to the config's parameter.
     """
+    _cfg(config, "config")
     v = uint("value", value)
     m = uint("mask", mask)
     a = uint("access_mask", access_mask)
@@ -459,7 +474,7 @@ def set_mmio_spte_mask(config: MmuConfig, value: int, mask: int, access_mask: in
     if allow_mmio_caching is None:
         allow = "mmio_caching_disabled_by_parameter" not in config.mmio_fired
     else:
-        allow = bool(allow_mmio_caching)
+        allow = opt_boolean("allow_mmio_caching", allow_mmio_caching)
     if p.mmio_special_tag:
         ev, em, caching, fired = _set_mask_v510(config, p, v, m, a, allow_mmio_caching)
     else:
@@ -524,12 +539,12 @@ def mmio_mask_violations(config: MmuConfig, value: int | None = None, mask: int 
     Defaults are the config's effective (per-VM) value, mask and access mask; ``mode``
     defaults to the config's mode (legacy/npt/shadow, ept, tdx).
     """
-    cfg = config
+    cfg = _cfg(config, "config")
     p = cfg.profile
     v = cfg.mmio_value if value is None else uint("value", value)
     m = cfg.mmio_mask if mask is None else uint("mask", mask)
     a = cfg.mmio_access_mask if access_mask is None else uint("access_mask", access_mask)
-    mode = mode or cfg.mode
+    mode = cfg.mode if mode is None else choice("mode", mode, ("legacy", "npt", "shadow", "ept", "tdx"))
     if p.mmio_special_tag:
         # v5.10-5.12: the SPTE_MMIO_MASK tag is the identifier; judge the rest of the pair.
         v &= ~SPTE_SPECIAL_MMIO_TAG

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ._check import in_range, snapshot, uint
 from .errors import InputError, ProfileError
 from .role import get_era, kvm_mmu_get_page_role, unpack
 
@@ -27,7 +28,7 @@ KVM_MMU_ROOTS_ALL = (1 << (1 + KVM_MMU_NUM_PREV_ROOTS)) - 1
 
 
 def KVM_MMU_ROOT_PREVIOUS(i: int) -> int:  # noqa: N802 - kernel macro name
-    return 1 << (1 + i)
+    return 1 << (1 + in_range("i", i, 0, KVM_MMU_NUM_PREV_ROOTS - 1, "KVM_MMU_NUM_PREV_ROOTS"))
 
 
 @dataclass
@@ -72,12 +73,28 @@ class PrevRootsCache:
         self.flavour = self.era.prev_roots
 
     # -- helpers -----------------------------------------------------------
+    def _args(self, pgd, role) -> tuple:
+        """Check a (pgd, role) switch before anything changes: pgd a u64, role a 32-bit
+        role word whose level is 1..5 (kvm_mmu_get_page builds the root from it)."""
+        pgd = uint("pgd", pgd)
+        role = uint("role", role, 32)
+        in_range("role.level", role & 0xF, 1, 5, "a root SP's level is PG_LEVEL_4K.."
+                 "PT64_ROOT_MAX_LEVEL")
+        return pgd, role
+
+    def _snapshot(self):
+        """The cache's whole state, comparable (tests: a refused call changes nothing)."""
+        return snapshot(self)
+
     def _sp(self, hpa: int):
         return self.pages.get(hpa)
 
     def is_root_usable(self, root: RootInfo, pgd: int, role: int) -> bool:
         """is_root_usable: valid hpa, pgd equal (ignored for direct roles from v5.7), an SP
         behind the root, and role.word equal to the SP's stored role.word."""
+        if not isinstance(root, RootInfo):
+            raise InputError(f"root={root!r}: expected a RootInfo")
+        pgd, role = uint("pgd", pgd), uint("role", role, 32)
         if not root.valid:
             return False
         direct = (role >> 7) & 1
@@ -101,6 +118,7 @@ class PrevRootsCache:
     def free_roots(self, roots_to_free: int) -> None:
         """kvm_mmu_free_roots: free the selected roots; a prev root keeps its pgd, the current
         root gets pgd 0."""
+        roots_to_free = uint("roots_to_free", roots_to_free)
         if roots_to_free & ~KVM_MMU_ROOTS_ALL:
             raise InputError(f"roots_to_free={roots_to_free:#x}: bits outside KVM_MMU_ROOTS_ALL")
         for i in range(KVM_MMU_NUM_PREV_ROOTS):
@@ -122,6 +140,7 @@ class PrevRootsCache:
 
     def alloc_root(self, pgd: int, role: int) -> int:
         """kvm_mmu_reload -> a new root SP whose stored role is kvm_mmu_get_page's."""
+        pgd, role = self._args(pgd, role)
         r = unpack(self.era, role)
         stored = kvm_mmu_get_page_role(self.era, role, level=r.level, direct=bool(r.direct),
                                        access=r.access)
@@ -153,6 +172,8 @@ class PrevRootsCache:
         return False
 
     def fast_pgd_switch(self, pgd: int, role: int) -> bool:
+        """kvm_mmu_fast_pgd_switch: look for a usable cached root (see the module docstring)."""
+        pgd, role = self._args(pgd, role)
         if self.flavour == "v5.19":
             if self.root.valid and self._sp(self.root.hpa) is None:
                 self.free_roots(KVM_MMU_ROOT_CURRENT)
@@ -172,7 +193,11 @@ class PrevRootsCache:
         return False
 
     def new_pgd(self, pgd: int, role: int, label: str = "") -> bool:
-        """kvm_mmu_new_pgd: fast switch; on a miss build a new root (kvm_mmu_reload)."""
+        """kvm_mmu_new_pgd: fast switch; on a miss build a new root (kvm_mmu_reload).  Every
+        argument is checked before the cache changes."""
+        pgd, role = self._args(pgd, role)
+        if not isinstance(label, str):
+            raise InputError(f"label={label!r}: expected a str")
         hit = self.fast_pgd_switch(pgd, role)
         if hit:
             self.hits += 1
@@ -201,6 +226,13 @@ class PrevRootsCache:
 def run_switches(era, seq) -> PrevRootsCache:
     """Drive a cache with [(pgd, role, label), ...]; returns the cache (hits/misses/log)."""
     c = PrevRootsCache(era)
-    for pgd, role, label in seq:
-        c.new_pgd(pgd, role, label)
+    if isinstance(seq, (str, bytes)) or not hasattr(seq, "__iter__"):
+        raise InputError(f"seq={seq!r}: expected an iterable of (pgd, role, label) triples")
+    for i, step in enumerate(seq):
+        if not isinstance(step, (tuple, list)) or len(step) != 3:
+            raise InputError(f"seq[{i}]={step!r}: expected a (pgd, role, label) triple")
+        try:
+            c.new_pgd(*step)
+        except InputError as e:
+            raise InputError(f"seq[{i}]: {e}") from None
     return c

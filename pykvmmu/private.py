@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _par
 from ._batch import in_array, out_array, ptr, ptr_at, same_shape, uint
+from ._check import boolean, u64
 from ._ffi import ffi, lib
 from .errors import InputError
 
@@ -183,6 +184,8 @@ def has_protected_state(vm_type) -> bool:
 
 def tdx_shared_gpa_bit(gpaw: int) -> int:
     """The TDX shared-GPA bit: 51 with GPAW 52 (TDX_CONFIG_FLAGS_MAX_GPAW), else 47 (GPAW 48)."""
+    if isinstance(gpaw, bool) or not isinstance(gpaw, int):
+        raise PrivateFaultError(f"gpaw={gpaw!r}: expected the integer 48 or 52")
     if gpaw == 52:
         return 51
     if gpaw == 48:
@@ -192,10 +195,12 @@ def tdx_shared_gpa_bit(gpaw: int) -> int:
 
 
 def gfn_direct_bits(vm_type, gpaw: int = 52) -> int:
-    """``kvm_gfn_direct_bits()``: the TDX shared bit as a gfn mask (0 for every other VM type)."""
+    """``kvm_gfn_direct_bits()``: the TDX shared bit as a gfn mask (0 for every other VM type;
+    ``gpaw`` must still be 48 or 52)."""
+    bit = tdx_shared_gpa_bit(gpaw)
     if vm_type_number(vm_type) != KVM_X86_TDX_VM:
         return 0
-    return 1 << (tdx_shared_gpa_bit(gpaw) - 12)
+    return 1 << (bit - 12)
 
 
 # ------------------------------------------------------------------ exits
@@ -219,6 +224,9 @@ class MemoryFaultExit:
 
     @classmethod
     def for_fault(cls, gfn: int, is_private: bool, reason: str) -> "MemoryFaultExit":
+        """The exit for a fault on ``gfn`` (a 52-bit frame number)."""
+        gfn = uint("gfn", gfn, 52)
+        is_private = boolean("is_private", is_private)
         return cls(gpa=gfn << 12, size=PAGE_SIZE,
                    flags=KVM_MEMORY_EXIT_FLAG_PRIVATE if is_private else 0, reason=reason)
 
@@ -257,6 +265,10 @@ class FaultContext:
 
     def __post_init__(self):
         self.vm_type = vm_type_number(self.vm_type)
+        self.sw_protected_enabled = boolean("sw_protected_enabled", self.sw_protected_enabled)
+        for n in ("is_private", "slot_kind"):
+            if not callable(getattr(self, n)):
+                raise PrivateFaultError(f"{n}={getattr(self, n)!r}: expected a callable of gfn")
         self.gfn_direct_bits = gfn_direct_bits(self.vm_type, self.gpaw)
 
 
@@ -303,7 +315,8 @@ def upstream_error_code(ctx, gpa: int, error_code: int):
        the attributes of ``gpa_to_gfn(gpa)`` unless the fault is a reserved-bit (MMIO) fault.
     """
     warnings = ()
-    ec = error_code
+    gpa = uint("gpa", gpa)
+    ec = error_code = uint("error_code", error_code)
     if ec & PFERR_SYNTHETIC_MASK:
         warnings = (f"WARN: hardware error code {ec:#x} collides with synthetic bits "
                     f"{ec & PFERR_SYNTHETIC_MASK:#x} (cleared)",)
@@ -376,6 +389,7 @@ class RfcV9MaskPolicy(FaultPolicy):
     summary = "slot gate, then err & mmu_private_fault_mask (SNP), else attributes"
 
     def classify(self, ctx, gpa, error_code):
+        gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         gfn = gpa >> 12
         kind = KVM_FAULT_SHARED
         slot = ctx.slot_kind(gfn)
@@ -408,6 +422,7 @@ class MaskPolicy(FaultPolicy):
         return fault_mask, ctx.gfn_direct_bits << 12
 
     def classify(self, ctx, gpa, error_code):
+        gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         fault_mask, shared_mask = self._masks(ctx)
         if fault_mask:
             private = bool(error_code & fault_mask)
@@ -429,6 +444,7 @@ class ThreeWayPolicy(MaskPolicy):
     summary = "mask / shared bit decide, otherwise VMM_DEFINED resolved from attributes at faultin"
 
     def classify(self, ctx, gpa, error_code):
+        gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         fault_mask, shared_mask = self._masks(ctx)
         gfn = (gpa >> 12) & ~ctx.gfn_direct_bits
         if fault_mask:
@@ -461,7 +477,7 @@ class SoftwarePferrPolicy(FaultPolicy):
         self.mask = 1 << uint("bit", bit, 6)
 
     def caller_error_code(self, ctx, gpa, error_code):
-        ec = error_code
+        gpa, ec = u64("gpa", gpa), u64("error_code", error_code)
         vt = ctx.vm_type
         if vt == KVM_X86_SNP_VM and ec & PFERR_GUEST_ENC_MASK:
             ec |= self.mask
@@ -472,6 +488,7 @@ class SoftwarePferrPolicy(FaultPolicy):
         return ec
 
     def classify(self, ctx, gpa, error_code):
+        gpa = u64("gpa", gpa)
         ec = self.caller_error_code(ctx, gpa, error_code)
         return Classification((gpa >> 12) & ~ctx.gfn_direct_bits, ec,
                               KVM_FAULT_PRIVATE if ec & self.mask else KVM_FAULT_SHARED)
@@ -529,7 +546,7 @@ def prefault_error_code(vm_type, is_private_gfn: bool) -> int:
     """``KVM_PRE_FAULT_MEMORY``: ``PFERR_GUEST_FINAL_MASK``, plus PRIVATE_ACCESS when the VM has
     private memory and the gfn is private."""
     ec = PFERR_GUEST_FINAL_MASK
-    if has_private_mem(vm_type) and is_private_gfn:
+    if has_private_mem(vm_type) and boolean("is_private_gfn", is_private_gfn):
         ec |= PFERR_PRIVATE_ACCESS
     return ec
 
@@ -576,7 +593,14 @@ def policy_table(policies=None, only_disagreements: bool = True, error_codes=Non
     """Every combination of VM type x memslot x attribute x error code x TDX shared bit, with
     each policy's outcome (:attr:`FaultDecision.outcome`).  Rows where all policies agree are
     dropped unless ``only_disagreements`` is False."""
+    only_disagreements = boolean("only_disagreements", only_disagreements)
+    for n, v in (("policies", policies), ("error_codes", error_codes)):
+        if v is not None and (isinstance(v, (str, bytes)) or not hasattr(v, "__iter__")):
+            raise PrivateFaultError(f"{n}={v!r}: expected a list of names or None")
     pols = [get_policy(p) for p in (policies or list(POLICIES))]
+    for k in (error_codes or ()):
+        if k not in _TABLE_EC:
+            raise PrivateFaultError(f"error_codes: {k!r}: unknown; known: {', '.join(_TABLE_EC)}")
     ecs = {k: _TABLE_EC[k] for k in (error_codes or _TABLE_EC)}
     rows = []
     for vt_name in ("default", "sw_protected", "sev", "sev_es", "snp", "tdx"):
@@ -628,10 +652,11 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
     vt = vm_type_number(vm_type)
     in_array("gpa", gpa, np.uint64)
     in_array("error_code", error_code, np.uint64)
-    shape = same_shape([("gpa", gpa), ("error_code", error_code)])
-    og = out_array("out_gfn", out_gfn, np.uint64, shape)
-    oe = out_array("out_ec", out_ec, np.uint64, shape)
-    op = out_array("out_private", out_private, np.bool_, shape)
+    ins = [("gpa", gpa), ("error_code", error_code)]
+    shape = same_shape(ins)
+    og = out_array("out_gfn", out_gfn, np.uint64, shape, ins)
+    oe = out_array("out_ec", out_ec, np.uint64, shape, ins + [("out_gfn", og)])
+    op = out_array("out_private", out_private, np.bool_, shape, ins + [("out_gfn", og), ("out_ec", oe)])
     if attrs is None:
         starts = ends = np.zeros(0, dtype=np.uint64)
     elif hasattr(attrs, "private_ranges"):
@@ -654,7 +679,8 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
                                                " (ranges out of order or overlapping)"))
     pol = ffi.new("struct kvmmu_pf_policy *")
     pol.vm_type = vt
-    pol.flags = lib.KVMMU_PF_F_SW_PROTECTED if sw_protected_enabled else 0
+    pol.flags = lib.KVMMU_PF_F_SW_PROTECTED if boolean("sw_protected_enabled",
+                                                       sw_protected_enabled) else 0
     pol.gfn_direct_bits = gfn_direct_bits(vt, gpaw)
     ps, pe = ptr(starts, "uint64_t"), ptr(ends, "uint64_t")
 

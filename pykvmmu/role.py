@@ -10,6 +10,7 @@ the C core (``csrc/role.c``); the role computations are small and stay in Python
 from __future__ import annotations
 
 import itertools
+import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from . import _par
 from ._batch import in_array, out_array, ptr_at, uint
+from ._check import boolean, choice, in_range, opt_boolean
 from ._ffi import ffi, lib
 from .errors import InputError, ProfileError
 from .profile import lookup_named
@@ -125,7 +127,7 @@ class RoleLayout:
 
     def unpack(self, word: int, strict: bool = False) -> dict:
         word = uint("word", word, self.word_bits)
-        if strict and word & ~self.used_mask:
+        if boolean("strict", strict) and word & ~self.used_mask:
             raise RoleFieldError(f"word={word:#x}: bits {word & ~self.used_mask:#x} are outside "
                                  f"every field of {self.name}")
         buf = bytearray(self.row)
@@ -145,7 +147,7 @@ class RoleLayout:
     def pack_batch(self, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
         rows, shape = self._rows("fields", fields)
         wt = np.uint32 if self.word_bits == 32 else np.uint64
-        out = out_array("out", out, wt, shape)
+        out = out_array("out", out, wt, shape, [("fields", rows)])
         n = int(np.prod(shape))
         fn = lib.kvmmu_role_pack_batch32 if self.word_bits == 32 else lib.kvmmu_role_pack_batch64
         ot = "uint32_t" if self.word_bits == 32 else "uint64_t"
@@ -168,11 +170,11 @@ class RoleLayout:
                      threads: int | None = None) -> np.ndarray:
         wt = np.uint32 if self.word_bits == 32 else np.uint64
         in_array("words", words, wt)
-        out = out_array("out", out, self.dtype, words.shape)
+        out = out_array("out", out, self.dtype, words.shape, [("words", words)])
         fn = lib.kvmmu_role_unpack_batch32 if self.word_bits == 32 else lib.kvmmu_role_unpack_batch64
         wt_c = "uint32_t" if self.word_bits == 32 else "uint64_t"
         rows = out.view(np.uint8)
-        st = bool(strict)
+        st = boolean("strict", strict)
 
         def part(lo, hi):
             err = ffi.new("int *")
@@ -363,6 +365,22 @@ def get_era(name) -> RoleEra:
     return lookup_named(name, ERAS, _ALIASES, RoleEra, "era", "role era", DEFAULT_ERA)
 
 
+def _sp_level(level, name: str = "level") -> int:
+    """A shadow page's level: PG_LEVEL_4K (1) .. PT64_ROOT_MAX_LEVEL (5)."""
+    return in_range(name, level, 1, 5, "PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
+
+
+def _tdp_level(level, name: str = "tdp_level") -> int:
+    """A TDP root level: 4 or 5 (PT64_ROOT_4LEVEL / PT64_ROOT_5LEVEL)."""
+    return in_range(name, level, 4, 5, "TDP tables have 4 or 5 levels")
+
+
+def _vcpu(v, name: str = "v"):
+    if not isinstance(v, VcpuState):
+        raise InputError(f"{name}={v!r}: expected a VcpuState, got {type(v).__name__}")
+    return v
+
+
 def _require(era: RoleEra, ok: bool, what: str):
     if not ok:
         raise ProfileError(f"{what}: not available in role era {era}")
@@ -378,7 +396,7 @@ _ACCESS_STR = ("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux")
 def gpte_bytes(era, word: int) -> int:
     """Guest PTE size (4 or 8) that bit 4 states, under the era's sense of bit 4."""
     era = get_era(era)
-    b4 = (word >> 4) & 1
+    b4 = (uint("word", word, 32) >> 4) & 1
     if era.bit4 == "has_4_byte_gpte":
         return 4 if b4 else 8
     return 8 if b4 else 4
@@ -450,8 +468,12 @@ def pack(era, **fields) -> int:
     """
     era = get_era(era)
     g = fields.pop("gpte_bytes", None)
+    if "level" in fields:
+        fields["level"] = in_range("level", fields["level"], 0, 5,
+                                   "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL",
+                                   err=RoleFieldError)
     if g is not None:
-        if g not in (4, 8):
+        if isinstance(g, bool) or g not in (4, 8):
             raise RoleFieldError(f"gpte_bytes={g!r}: must be 4 or 8")
         fields[era.bit4] = int((g == 4) == (era.bit4 == "has_4_byte_gpte"))
     if "nx" in fields:
@@ -466,7 +488,7 @@ def pack(era, **fields) -> int:
 def unpack(era, word: int, strict: bool = False) -> Role:
     """Decode a role word into a readable :class:`Role` (strict: refuse unused bits)."""
     era = get_era(era)
-    return Role(era, uint("word", word, 32), era.base.unpack(word, strict))
+    return Role(era, uint("word", word, 32), era.base.unpack(word, boolean("strict", strict)))
 
 
 def pack_batch(era, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
@@ -515,6 +537,9 @@ class CpuRole:
 def pack_cpu_role(era, base: dict, ext: dict) -> int:
     era = get_era(era)
     _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
+    for n, d in (("base", base), ("ext", ext)):
+        if not isinstance(d, dict):
+            raise InputError(f"{n}={d!r}: expected a dict of field values")
     vals = dict(base)
     vals.update({"ext_" + k: v for k, v in ext.items()})
     return era.cpu_role.pack(vals)
@@ -542,7 +567,7 @@ def cpu_role_unpack_batch(era, words: np.ndarray, out=None, strict: bool = True,
 
 def kvm_mmu_role_as_id(word: int) -> int:
     """kvm_mmu_role_as_id: address space 1 when role.smm is non-zero."""
-    return 1 if (word >> 24) & 0xFF else 0
+    return 1 if (uint("word", word, 32) >> 24) & 0xFF else 0
 
 
 # ---------------------------------------------------------------------------
@@ -585,7 +610,7 @@ def hash_batch(gfn: np.ndarray, bits: int = KVM_MMU_HASH_SHIFT, variant: str = "
                out=None, threads: int | None = None) -> np.ndarray:
     """Batch hash_64 of a uint64 array into a uint32 array (C core, GIL released)."""
     in_array("gfn", gfn, np.uint64)
-    out = out_array("out", out, np.uint32, gfn.shape)
+    out = out_array("out", out, np.uint32, gfn.shape, [("gfn", gfn)])
     b, v = _bits(bits), _variant(variant)
     _par.map_parts(gfn.size, threads, lambda lo, hi: lib.kvmmu_role_hash_batch(
         ptr_at(gfn, "uint64_t", lo), ptr_at(out, "uint32_t", lo), hi - lo, b, v))
@@ -613,6 +638,15 @@ class VcpuState:
     smm: bool = False
     guest_mode: bool = False
     maxphyaddr: int = 0
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name == "maxphyaddr":
+                object.__setattr__(self, f.name, in_range(
+                    "maxphyaddr", v, 0, 52, "0 (not modelled) or CPUID.80000008H:EAX[7:0]"))
+            else:
+                object.__setattr__(self, f.name, boolean(f.name, v))
 
     @classmethod
     def long_mode(cls, **kw) -> "VcpuState":
@@ -659,6 +693,8 @@ def _pk(era, **f) -> int:
 def kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
     """The era's extended role for vCPU state ``v`` (kvm_calc_mmu_role_ext / kvm_calc_cpu_role)."""
     era = get_era(era)
+    v = _vcpu(v)
+    execonly = boolean("execonly", execonly)
     _require(era, era.ext is not None, "kvm_mmu_extended_role")
     names = era.ext.index
     pg = v.cr0_pg
@@ -681,6 +717,7 @@ def kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
 def kvm_calc_cpu_role(era, v: VcpuState) -> CpuRole:
     """kvm_calc_cpu_role (v5.19+): the guest's paging mode as a role (level 0 = CR0.PG=0)."""
     era = get_era(era)
+    v = _vcpu(v)
     _require(era, era.has_cpu_role, "kvm_calc_cpu_role (v5.19+)")
     f = dict(access=ACC_ALL, smm=v.smm, guest_mode=v.guest_mode)
     if not v.cr0_pg:
@@ -707,8 +744,10 @@ def kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
                                     ad_enabled: bool = True, mirror: bool = False) -> int:
     """The TDP (EPT/NPT for L1) root role word that root lookups compare against."""
     era = get_era(era)
-    if tdp_level not in (4, 5):
-        raise InputError(f"tdp_level={tdp_level!r}: 4 or 5")
+    v = _vcpu(v)
+    tdp_level = _tdp_level(tdp_level)
+    ad_enabled = boolean("ad_enabled", ad_enabled)
+    mirror = boolean("mirror", mirror)
     f = dict(level=tdp_level, direct=1, access=ACC_ALL, smm=v.smm, guest_mode=v.guest_mode,
              ad_disabled=not ad_enabled)
     if era.forced_wp_nx:
@@ -726,6 +765,7 @@ def kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
 def kvm_calc_shadow_mmu_root_page_role(era, v: VcpuState) -> int:
     """The shadow-paging (TDP off) root role for vCPU state ``v``."""
     era = get_era(era)
+    v = _vcpu(v)
     pg = v.cr0_pg
     lvl = max(v.paging_level, PT32E_ROOT_LEVEL) if pg else PT32E_ROOT_LEVEL
     if era.has_cpu_role:
@@ -750,6 +790,8 @@ def kvm_calc_shadow_mmu_root_page_role(era, v: VcpuState) -> int:
 
 def quadrant_for_gaddr(gaddr: int, level: int) -> int:
     """The 2019 kvm_mmu_get_page quadrant: (gaddr >> (12 + 9*level)) & ((1 << level) - 1)."""
+    gaddr = uint("gaddr", gaddr)
+    level = _sp_level(level)
     return (gaddr >> (12 + 9 * level)) & ((1 << ((10 - 9) * level)) - 1)
 
 
@@ -759,6 +801,12 @@ def kvm_mmu_get_page_role(era, base_word: int, *, level: int, direct: bool, acce
     base role: level/direct/access set, bit 4 forced on direct pages (era rule), quadrant
     from ``gaddr`` for 32-bit non-PAE guests."""
     era = get_era(era)
+    base_word = uint("base_word", base_word, 32)
+    level = _sp_level(level)
+    direct = boolean("direct", direct)
+    access = in_range("access", access, 0, 7, "ACC_* bits")
+    gaddr = uint("gaddr", gaddr)
+    guest_32bit = opt_boolean("guest_32bit", guest_32bit)
     f = era.base.unpack(base_word & (MMU_BASE_ROLE_MASK if era.masks_mmu_role else 0xFFFFFFFF))
     f.update(level=level, direct=int(direct), access=access, quadrant=0, invalid=0)
     if direct and era.direct_bit4 is not None:
@@ -774,7 +822,7 @@ def shadow_root_sp_roles(era, v: VcpuState) -> list:
     """The root SP role words that shadow paging allocates: one 4/5-level root, or four PAE
     page directories (level 2) with quadrant i for a 32-bit non-PAE guest."""
     era = get_era(era)
-    root = kvm_calc_shadow_mmu_root_page_role(era, v)
+    root = kvm_calc_shadow_mmu_root_page_role(era, _vcpu(v))
     if v.cr0_pg and v.efer_lma:
         return [root]
     out = []
@@ -789,6 +837,11 @@ def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool 
                                        tdp_ad_enabled: bool = True) -> CpuRole:
     """The nested-EPT (shadow EPT) root role for an L1 in state ``l1`` (era rules, sec. 2.5)."""
     era = get_era(era)
+    l1 = _vcpu(l1, "l1")
+    accessed_dirty = boolean("accessed_dirty", accessed_dirty)
+    execonly = boolean("execonly", execonly)
+    level = _tdp_level(level, "level")
+    tdp_ad_enabled = boolean("tdp_ad_enabled", tdp_ad_enabled)
     _require(era, era.ept_rule is not None, "kvm_calc_shadow_ept_root_page_role (modelled v4.20+)")
     if era.ept_rule == "inherit":
         l1b = kvm_calc_tdp_mmu_root_page_role(era, l1.replace(guest_mode=False),
@@ -816,7 +869,8 @@ def kvm_calc_shadow_npt_root_page_role(era, l1_npt: VcpuState, tdp_level: int = 
     """Nested NPT (SVM L1 with NPT): L1's NPT paging registers as a guest-mode shadow root,
     at the host TDP level; passthrough when a 5-level host shadows a 4-level L1 (v5.19+)."""
     era = get_era(era)
-    v = l1_npt.replace(guest_mode=True, cr4_pke=False)
+    tdp_level = _tdp_level(tdp_level)
+    v = _vcpu(l1_npt, "l1_npt").replace(guest_mode=True, cr4_pke=False)
     if era.has_cpu_role:
         f = era.base.unpack(kvm_calc_cpu_role(era, v).base)
         f["level"] = tdp_level
@@ -835,12 +889,15 @@ def kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, inde
     4-byte gptes quadrant = index & 1 (bit 21 of the address).  Older eras also apply the
     direct-page bit-4 rule."""
     era = get_era(era)
+    parent_word = uint("parent_word", parent_word, 32)
+    direct = boolean("direct", direct)
     uint("index", index, 9)
-    if access >> 3:
-        raise RoleFieldError(f"access={access}: ACC_* bits 0..7")
+    access = in_range("access", access, 0, 7, "ACC_* bits", err=RoleFieldError)
+    guest_32bit = opt_boolean("guest_32bit", guest_32bit)
     f = era.base.unpack(parent_word)
     if f["level"] <= 1:
-        raise InputError(f"parent level {f['level']}: a level-1 SP has no child SPs")
+        raise InputError(f"parent_word={parent_word:#x}: level {f['level']}: a level-1 SP (or "
+                         "level 0) has no child SPs")
     f.update(level=f["level"] - 1, access=access, direct=int(direct))
     if "passthrough" in f:
         f["passthrough"] = 0
@@ -857,9 +914,11 @@ def kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, inde
 def tdp_mmu_child_role(era, parent_word: int) -> int:
     """tdp_mmu_init_child_sp: the parent role with level - 1 and nothing else."""
     era = get_era(era)
+    parent_word = uint("parent_word", parent_word, 32)
     lvl = parent_word & 0xF
     if lvl <= 1:
-        raise InputError(f"parent level {lvl}: a level-1 SP has no child SPs")
+        raise InputError(f"parent_word={parent_word:#x}: level {lvl}: a level-1 SP (or level 0) "
+                         "has no child SPs")
     return (parent_word & ~0xF) | (lvl - 1)
 
 
@@ -871,7 +930,7 @@ def is_ept_sp(era, word: int) -> bool:
     """v5.1-v5.13 is_ept_sp(): cr0_wp && smap_andnot_wp (an impossible CPU combination)."""
     era = get_era(era)
     _require(era, era.ept_rule == "marker", "is_ept_sp (v5.1-v5.13 only)")
-    f = era.base.unpack(word)
+    f = era.base.unpack(uint("word", word, 32))
     return bool(f["cr0_wp"] and f["smap_andnot_wp"])
 
 
@@ -880,6 +939,7 @@ def identify_nested_ept(era, word: int) -> tuple:
 
     verdict is "nested-ept", "not-nested-ept" or "ambiguous"."""
     era = get_era(era)
+    word = uint("word", word, 32)
     f = era.base.unpack(word)
     if not f.get("guest_mode", 0):
         return ("not-nested-ept", "guest_mode=0 (or the era has no guest_mode bit)")
@@ -911,8 +971,7 @@ def check_role_word(era, word: int, kind: str = "sp") -> list:
 
     kind: "sp" (a shadow page's role), "root" (a root role), "cpu" (a kvm_cpu_role base)."""
     era = get_era(era)
-    if kind not in _SP_KIND:
-        raise InputError(f"kind={kind!r}: one of {_SP_KIND}")
+    kind = choice("kind", kind, _SP_KIND)
     word = uint("word", word, 32)
     out = []
     extra = word & ~era.base.used_mask

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._batch import in_array, ptr
+from ._check import boolean, in_range, snapshot, uint
 from ._ffi import lib
 from .errors import InputError
 from .role import KVM_MMU_HASH_SHIFT, hash_batch, kvm_page_table_hashfn
@@ -32,6 +33,10 @@ class ShadowPage:
     root_count: int = 0
     write_flooding_count: int = 0
     spt: list = field(default_factory=lambda: [0] * 512)
+
+    def __post_init__(self):
+        self.gfn = uint("gfn", self.gfn)
+        self.role = uint("role", self.role, 32)
 
     @property
     def direct(self) -> bool:
@@ -55,15 +60,20 @@ class MmuPageHash:
     """kvm->arch.mmu_page_hash plus the statistics KVM keeps about it."""
 
     def __init__(self, shift: int = KVM_MMU_HASH_SHIFT):
-        if shift != KVM_MMU_HASH_SHIFT and not 1 <= shift <= 20:
-            raise InputError(f"shift={shift}: 1..20")
+        shift = in_range("shift", shift, 1, 20, "hash_64 bits for the bucket array")
         self.shift = shift
         self.buckets: list[list[ShadowPage]] = [[] for _ in range(1 << shift)]
         self.mmu_valid_gen = 0
         self.stat = {"mmu_cache_miss": 0, "max_mmu_page_hash_collisions": 0, "mmu_shadow_zapped": 0}
         self.active_mmu_pages: list[ShadowPage] = []
 
+    def _snapshot(self):
+        """The whole hash state, comparable (tests: a refused call changes nothing)."""
+        return snapshot(self)
+
     def bucket_of(self, gfn: int) -> int:
+        """kvm_page_table_hashfn(gfn) (hash_64 with this table's bits)."""
+        gfn = uint("gfn", gfn)
         if self.shift == KVM_MMU_HASH_SHIFT:
             return kvm_page_table_hashfn(gfn)
         from .role import hash_64
@@ -76,6 +86,7 @@ class MmuPageHash:
     def find(self, gfn: int, role: int) -> ShadowPage | None:
         """kvm_mmu_find_shadow_page: walk the bucket; gfn mismatches count as collisions;
         on a role mismatch an unsync SP is zapped when the requested level > 4K."""
+        gfn, role = uint("gfn", gfn), uint("role", role, 32)
         collisions = 0
         found = None
         for sp in list(self.buckets[self.bucket_of(gfn)]):
@@ -100,7 +111,15 @@ class MmuPageHash:
         return found
 
     def alloc(self, gfn: int, role: int, tdp_mmu_page: bool = False) -> ShadowPage:
-        """kvm_mmu_alloc_shadow_page: head of active_mmu_pages and of the gfn's bucket."""
+        """kvm_mmu_alloc_shadow_page: head of active_mmu_pages and of the gfn's bucket.  A
+        second valid SP with the same gfn and role is refused (KVM looks one up first:
+        __kvm_mmu_get_shadow_page)."""
+        gfn, role = uint("gfn", gfn), uint("role", role, 32)
+        tdp_mmu_page = boolean("tdp_mmu_page", tdp_mmu_page)
+        for other in self.buckets[self.bucket_of(gfn)]:
+            if other.gfn == gfn and other.role == role and not self.is_obsolete(other):
+                raise InputError(f"gfn={gfn:#x} role={role:#x}: a valid shadow page with this gfn "
+                                 "and role already exists (use get(), which finds it)")
         sp = ShadowPage(gfn, role, self.mmu_valid_gen, tdp_mmu_page=tdp_mmu_page)
         self.active_mmu_pages.insert(0, sp)
         self.buckets[self.bucket_of(gfn)].insert(0, sp)
@@ -108,16 +127,26 @@ class MmuPageHash:
 
     def get(self, gfn: int, role: int) -> tuple:
         """__kvm_mmu_get_shadow_page: (sp, created)."""
+        gfn, role = uint("gfn", gfn), uint("role", role, 32)
         sp = self.find(gfn, role)
         if sp is not None:
             return sp, False
         return self.alloc(gfn, role), True
 
     def zap(self, sp: ShadowPage) -> None:
-        """Remove the SP from the hash (kvm_mmu_prepare_zap_page + commit, simplified)."""
-        self.buckets[self.bucket_of(sp.gfn)].remove(sp)
-        if sp in self.active_mmu_pages:
-            self.active_mmu_pages.remove(sp)
+        """Remove the SP from the hash (kvm_mmu_prepare_zap_page + commit, simplified).  The
+        SP must be this hash's (the very object, not an equal one)."""
+        if not isinstance(sp, ShadowPage):
+            raise InputError(f"sp={sp!r}: expected a ShadowPage, got {type(sp).__name__}")
+        bucket = self.buckets[self.bucket_of(sp.gfn)]
+        i = next((k for k, x in enumerate(bucket) if x is sp), None)
+        if i is None:
+            raise InputError(f"sp=<ShadowPage gfn={sp.gfn:#x} role={sp.role:#x}>: not in this "
+                             "mmu_page_hash (already zapped, or another table's page)")
+        del bucket[i]
+        j = next((k for k, x in enumerate(self.active_mmu_pages) if x is sp), None)
+        if j is not None:
+            del self.active_mmu_pages[j]
         self.stat["mmu_shadow_zapped"] += 1
 
     def zap_all_fast(self) -> None:
@@ -125,6 +154,10 @@ class MmuPageHash:
         self.mmu_valid_gen ^= 1
 
     def for_each_gfn_valid_sp_with_gptes(self, gfn: int, passthrough_bit: int | None = 18):
+        """for_each_gfn_valid_sp_with_gptes: the valid SPs of ``gfn`` that shadow guest PTEs."""
+        gfn = uint("gfn", gfn)
+        if passthrough_bit is not None:
+            passthrough_bit = in_range("passthrough_bit", passthrough_bit, 0, 31, "a role word bit")
         for sp in self.buckets[self.bucket_of(gfn)]:
             if sp.gfn == gfn and not self.is_obsolete(sp) and sp.has_gptes(passthrough_bit):
                 yield sp
@@ -145,6 +178,14 @@ def bucket_counts(gfns: np.ndarray, bits: int = KVM_MMU_HASH_SHIFT, variant: str
 def bucket_stats(counts: np.ndarray) -> dict:
     """Occupancy statistics: mean, max, empty buckets, chi-square against uniform, and the
     mean walk length (expected collisions of a successful lookup)."""
+    try:
+        raw = np.asarray(counts)
+    except ValueError:
+        raw = None
+    if raw is None or raw.ndim != 1 or raw.dtype.kind not in "ui" or (raw.size and raw.min() < 0):
+        raise InputError(f"counts={counts!r}: expected a 1-D array of non-negative integer "
+                         "bucket counts")
+    counts = raw
     c = np.asarray(counts, dtype=np.float64)
     n, k = c.sum(), c.size
     mean = n / k
@@ -159,6 +200,7 @@ def bucket_stats(counts: np.ndarray) -> dict:
 def realistic_gfns(n_vms: int = 4, seed: int = 0) -> np.ndarray:
     """A gfn population like a shadow-paged guest's page-table pages: clustered kernel page
     tables low in memory, per-process tables scattered over RAM, a few high (MMIO/PCI hole)."""
+    n_vms = in_range("n_vms", n_vms, 1, 1 << 16, "shadow-paged guests to simulate")
     rng = np.random.default_rng(seed)
     parts = []
     for vm in range(n_vms):
@@ -199,6 +241,12 @@ def plot_bucket_occupancy(counts: np.ndarray, path: str, title: str = "mmu_page_
 
 
 def format_stats(stats: dict) -> str:
+    """The statistics of :func:`bucket_stats` as an aligned text table."""
+    need = ("pages", "buckets", "mean", "max", "empty", "chi2", "chi2_dof",
+            "mean_collisions_per_hit", "histogram")
+    if not isinstance(stats, dict) or any(k not in stats for k in need):
+        raise InputError(f"stats={stats!r}: expected the dict bucket_stats() returns "
+                         f"(keys {', '.join(need)})")
     lines = [f"{'pages':>24} {stats['pages']}", f"{'buckets':>24} {stats['buckets']}",
              f"{'mean per bucket':>24} {stats['mean']:.3f}", f"{'max per bucket':>24} {stats['max']}",
              f"{'empty buckets':>24} {stats['empty']}",

@@ -15,6 +15,7 @@ import numpy as np
 from . import _par
 from . import profile as _profile
 from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
+from ._check import boolean, in_range
 from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, MmuConfig)
 from .errors import InputError
@@ -66,6 +67,14 @@ def _batch_error(func: str, idx: int, err: int, values: dict) -> InputError:
 
 def _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
              unsync_fails, nx_huge) -> int:
+    prefetch = boolean("prefetch", prefetch)
+    synchronizing = boolean("synchronizing", synchronizing)
+    host_writable = boolean("host_writable", host_writable)
+    host_mmio = boolean("host_mmio", host_mmio)
+    ad_disabled = boolean("ad_disabled", ad_disabled)
+    ad_wrprot_only = boolean("ad_wrprot_only", ad_wrprot_only)
+    unsync_fails = boolean("unsync_fails", unsync_fails)
+    nx_huge = boolean("nx_huge_pages", nx_huge)
     return ((MK_PREFETCH if prefetch else 0) | (MK_SYNCHRONIZING if synchronizing else 0)
             | (MK_HOST_WRITABLE if host_writable else 0) | (MK_HOST_MMIO if host_mmio else 0)
             | (MK_AD_DISABLED if ad_disabled else 0) | (MK_WRPROT_ONLY if ad_wrprot_only else 0)
@@ -110,7 +119,7 @@ def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC
     pte_access = uint("pte_access", pte_access, 8)
     old = cfg.profile.nonpresent_value if old_spte is None else uint("old_spte", old_spte)
     mt = _memtype(memtype)
-    nx = cfg.nx_huge_pages if nx_huge_pages is None else nx_huge_pages
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
     if ad_disabled is None:
         ad_disabled = not cfg.ad_enabled
     mk = _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
@@ -173,13 +182,14 @@ def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_
         fl_a, extra = _arg("flags", flags, np.uint8, 8, shapes)
         if fl_a is None:
             raise InputError(f"flags={flags!r}: pass a uint8 array of MK_* bits, or use the booleans")
-    nx = cfg.nx_huge_pages if nx_huge_pages is None else nx_huge_pages
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
     if ad_disabled is None:
         ad_disabled = not cfg.ad_enabled
+    with_wrprot = boolean("with_wrprot", with_wrprot)
     mk = _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
                   unsync_fails, nx)
     shape = same_shape(shapes)
-    out = out_array("out", out, np.uint64, shape)
+    out = out_array("out", out, np.uint64, shape, shapes)
     wp = np.empty(shape, dtype=np.bool_) if with_wrprot else None
     c = cfg._cptr
 
@@ -203,8 +213,7 @@ def make_nonleaf_spte(cfg: MmuConfig, child_pa: int, ad_disabled: bool | None = 
     """``make_nonleaf_spte(child_pt, ad_disabled)``: an SPTE pointing to a child page table
     (``ad_disabled`` defaults to ``!kvm_ad_enabled()``, as tdp_mmu_link_sp passes)."""
     pa = uint("child_pa", child_pa)
-    if ad_disabled is None:
-        ad_disabled = not cfg.ad_enabled
+    ad_disabled = not cfg.ad_enabled if ad_disabled is None else boolean("ad_disabled", ad_disabled)
     if pa & ~cfg.base_addr_mask:
         raise InputError(f"make_nonleaf_spte: child_pa={pa:#x}: must be 4 KiB aligned and within "
                          f"SPTE_BASE_ADDR_MASK {cfg.base_addr_mask:#x}")
@@ -215,9 +224,8 @@ def make_nonleaf_spte_batch(cfg: MmuConfig, child_pa: np.ndarray, ad_disabled: b
                             out: np.ndarray | None = None) -> np.ndarray:
     """Batch ``make_nonleaf_spte()`` over a uint64 array of child page-table addresses."""
     in_array("child_pa", child_pa, np.uint64)
-    if ad_disabled is None:
-        ad_disabled = not cfg.ad_enabled
-    out = out_array("out", out, np.uint64, child_pa.shape)
+    ad_disabled = not cfg.ad_enabled if ad_disabled is None else boolean("ad_disabled", ad_disabled)
+    out = out_array("out", out, np.uint64, child_pa.shape, [("child_pa", child_pa)])
     bad = lib.kvmmu_make_nonleaf_spte_batch(cfg._cptr, ptr(child_pa, "uint64_t"), bool(ad_disabled),
                                             ptr(out, "uint64_t"), child_pa.size)
     if bad:
@@ -244,8 +252,8 @@ def make_small_spte(cfg: MmuConfig, huge_spte: int, child_level: int, index: int
     (0..511) of a huge SPTE split into a page table at ``child_level``."""
     child_level, role_access = _split_args(cfg, child_level, role_access)
     huge = uint("huge_spte", huge_spte)
-    index = uint("index", index, 16)
-    nx = cfg.nx_huge_pages if nx_huge_pages is None else bool(nx_huge_pages)
+    index = in_range("index", index, 0, 511, "a page table has 512 entries")
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
     one = np.array([huge], dtype=np.uint64)
     return int(make_small_spte_batch(cfg, one, child_level, index, role_access, nx)[0])
 
@@ -258,7 +266,7 @@ def make_small_spte_batch(cfg: MmuConfig, huge_spte: np.ndarray, child_level: in
     and ``index`` is None)."""
     child_level, role_access = _split_args(cfg, child_level, role_access)
     in_array("huge_spte", huge_spte, np.uint64)
-    nx = cfg.nx_huge_pages if nx_huge_pages is None else bool(nx_huge_pages)
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
     if index is None:
         if huge_spte.size != 1:
             raise InputError("make_small_spte_batch: index is required unless huge_spte has one element")
@@ -267,7 +275,7 @@ def make_small_spte_batch(cfg: MmuConfig, huge_spte: np.ndarray, child_level: in
     shapes = [("huge_spte", huge_spte)]
     ix_a, ix_s = _arg("index", index, np.uint16, 16, shapes)
     shape = same_shape(shapes)
-    out = out_array("out", out, np.uint64, shape)
+    out = out_array("out", out, np.uint64, shape, shapes)
     err = ffi.new("int *")
     bad = lib.kvmmu_make_small_spte_batch(
         cfg._cptr, ptr(huge_spte, "uint64_t"), child_level, role_access,
@@ -303,8 +311,8 @@ def make_huge_spte_batch(cfg: MmuConfig, small_spte: np.ndarray, level: int,
     if not 2 <= level <= 3:
         raise InputError(f"level={level}: huge SPTEs are at level 2 (2M) or 3 (1G)")
     in_array("small_spte", small_spte, np.uint64)
-    nx = cfg.nx_huge_pages if nx_huge_pages is None else bool(nx_huge_pages)
-    out = out_array("out", out, np.uint64, small_spte.shape)
+    nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
+    out = out_array("out", out, np.uint64, small_spte.shape, [("small_spte", small_spte)])
     err = ffi.new("int *")
     bad = lib.kvmmu_make_huge_spte_batch(cfg._cptr, ptr(small_spte, "uint64_t"), level, nx,
                                          ptr(out, "uint64_t"), small_spte.size, err)
@@ -333,8 +341,8 @@ def access_track_batch(cfg: MmuConfig, spte: np.ndarray, restore: bool = False,
                        out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Batch ``mark_spte_for_access_track()`` (or ``restore_acc_track_spte()``)."""
     in_array("spte", spte, np.uint64)
-    out = out_array("out", out, np.uint64, spte.shape)
-    c, r = cfg._cptr, bool(restore)
+    out = out_array("out", out, np.uint64, spte.shape, [("spte", spte)])
+    c, r = cfg._cptr, boolean("restore", restore)
     _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_access_track_batch(
         c, ptr_at(spte, "uint64_t", lo), r, ptr_at(out, "uint64_t", lo), hi - lo))
     return out
@@ -444,8 +452,10 @@ def predicate(cfg: MmuConfig, name: str, spte: int, level: int = 1) -> bool:
     """Evaluate the predicate called ``name`` (a key of PREDICATES) on one SPTE."""
     try:
         _num, needs_level, _feat = PREDICATES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise InputError(f"predicate={name!r}: unknown; known: {', '.join(PREDICATES)}") from None
+    if not needs_level:
+        in_range("level", level, 1, 5, "PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
     f = globals()[name]
     return f(cfg, spte, level) if needs_level else f(cfg, spte)
 
@@ -455,7 +465,7 @@ def predicate_batch(cfg: MmuConfig, name: str, spte: np.ndarray, level=1,
     """Evaluate predicate ``name`` over a uint64 array; returns a bool array."""
     try:
         num, needs_level, feat = PREDICATES[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise InputError(f"predicate={name!r}: unknown; known: {', '.join(PREDICATES)}") from None
     if feat:
         _profile.require(cfg.profile, feat, name)
@@ -465,7 +475,7 @@ def predicate_batch(cfg: MmuConfig, name: str, spte: np.ndarray, level=1,
     if lv_a is None and not 1 <= lv_s <= 5:
         raise InputError(f"level={lv_s}: must be 1..5")
     shape = same_shape(shapes)
-    out = out_array("out", out, np.bool_, shape)
+    out = out_array("out", out, np.bool_, shape, shapes)
     c = cfg._cptr
 
     def part(lo, hi):
@@ -492,7 +502,7 @@ def spte_to_pfn_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None =
                       threads: int | None = None) -> np.ndarray:
     """Batch ``spte_to_pfn()``."""
     in_array("spte", spte, np.uint64)
-    out = out_array("out", out, np.uint64, spte.shape)
+    out = out_array("out", out, np.uint64, spte.shape, [("spte", spte)])
     c = cfg._cptr
     _par.map_parts(spte.size, threads, lambda lo, hi: lib.kvmmu_spte_to_pfn_batch(
         c, ptr_at(spte, "uint64_t", lo), ptr_at(out, "uint64_t", lo), hi - lo))
@@ -515,8 +525,9 @@ def leaf_spte_change_needs_tlb_flush_batch(cfg: MmuConfig, old_spte: np.ndarray,
     """Batch ``leaf_spte_change_needs_tlb_flush()`` over two uint64 arrays of equal shape."""
     in_array("old_spte", old_spte, np.uint64)
     in_array("new_spte", new_spte, np.uint64)
-    shape = same_shape([("old_spte", old_spte), ("new_spte", new_spte)])
-    out = out_array("out", out, np.bool_, shape)
+    ins = [("old_spte", old_spte), ("new_spte", new_spte)]
+    shape = same_shape(ins)
+    out = out_array("out", out, np.bool_, shape, ins)
     c = cfg._cptr
     _par.map_parts(old_spte.size, threads, lambda lo, hi: lib.kvmmu_leaf_spte_change_needs_tlb_flush_batch(
         c, ptr_at(old_spte, "uint64_t", lo), ptr_at(new_spte, "uint64_t", lo),
@@ -559,7 +570,7 @@ def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1, out: np.ndarray | No
     if lv_a is None and not 1 <= lv_s <= 5:
         raise InputError(f"level={lv_s}: must be 1..5")
     shape = same_shape(shapes)
-    out = out_array("out", out, DECODE_DTYPE, shape)
+    out = out_array("out", out, DECODE_DTYPE, shape, shapes)
     c = cfg._cptr
 
     def part(lo, hi):

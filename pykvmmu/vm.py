@@ -23,6 +23,7 @@ from . import private as P
 from . import spte as S
 from .memslots import kvm_arch_nr_memslot_as_ids
 from ._batch import uint
+from ._check import boolean, choice, in_range, snapshot, u64
 from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
                     kvm_supported_mem_attributes)
 from .config import ACC_ALL, MmuConfig
@@ -39,6 +40,8 @@ KVM_MEM_READONLY = 1 << 1
 KVM_MEM_GUEST_MEMFD = 1 << 2
 KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS = 1 << 63
 KVM_USER_MEM_SLOTS = 32764
+#: The RMP entry's ASID field is 10 bits; 0 is the hypervisor and 0x3FF RMP_INVALID_ASID.
+SEV_ASID_MAX = 0x3FE
 PAGES = {1: 1, 2: 512, 3: 512 * 512, 4: 512 ** 3, 5: 512 ** 4}
 
 
@@ -226,7 +229,25 @@ class Vm(MmuLock):
                  policy=None, host: Optional[HostMemory] = None, rmp=None, hooks=None,
                  asid: int = 1, folio_order: int = 0, max_level: int = PG_LEVEL_1G,
                  log: bool = False):
-        self.vm_type = P.vm_type_number(vm_type)
+        vt = P.vm_type_number(vm_type)
+        if vt in (P.KVM_X86_SEV_VM, P.KVM_X86_SEV_ES_VM, P.KVM_X86_SNP_VM):
+            asid = in_range("asid", asid, 1, SEV_ASID_MAX, "an SEV guest ASID: 1..0x3fe (10-bit "
+                            "RMP field; 0 is the hypervisor, 0x3ff RMP_INVALID_ASID)", err=VmError)
+        else:
+            asid = uint("asid", asid, 32, err=VmError)
+        gpaw = choice("gpaw", gpaw, (48, 52), err=VmError)
+        if isinstance(folio_order, bool) or folio_order not in (0, 9) or \
+                not isinstance(folio_order, int):
+            raise VmError(f"folio_order={folio_order!r}: 0 (upstream) or 9 (2 MiB folios)")
+        max_level = in_range("max_level", max_level, PG_LEVEL_4K, PG_LEVEL_1G,
+                             "PG_LEVEL_4K..PG_LEVEL_1G", err=VmError)
+        log = boolean("log", log, err=VmError)
+        if cfg is not None and not isinstance(cfg, MmuConfig):
+            raise VmError(f"cfg={cfg!r}: expected an MmuConfig or None")
+        if host is not None and not isinstance(host, HostMemory):
+            raise VmError(f"host={host!r}: expected a HostMemory or None")
+        policy = P.get_policy(policy)
+        self.vm_type = vt
         self.type_name = P.vm_type_name(self.vm_type)
         self.vm_id = Vm._next_id
         Vm._next_id += 1
@@ -242,7 +263,7 @@ class Vm(MmuLock):
         self.has_private_mem = P.has_private_mem(self.vm_type)
         self.has_protected_state = P.has_protected_state(self.vm_type)
         self.sw_protected_enabled = True
-        self.policy = P.get_policy(policy)
+        self.policy = policy
         self.host = host or HostMemory()
         self.attrs = MemoryAttributes(kvm_supported_mem_attributes(self.has_private_mem))
         self.invalidation = MmuInvalidation()
@@ -280,12 +301,18 @@ class Vm(MmuLock):
         if self.trace is not None:
             self.trace.append((what, kw))
 
+    def _snapshot(self):
+        """The VM's whole state (slots, attributes, tables, host memory, RMP...), comparable:
+        a refused call must leave it equal."""
+        return snapshot(self)
+
     def is_private(self, gfn: int) -> bool:
         """``kvm_mem_is_private``."""
         return self.attrs.is_private(gfn)
 
     def slot_of(self, gfn: int) -> Optional[Memslot]:
         """``gfn_to_memslot``."""
+        gfn = u64("gfn", gfn)
         lo, hi = 0, len(self.slots)
         while lo < hi:
             mid = (lo + hi) // 2
@@ -399,6 +426,9 @@ class Vm(MmuLock):
 
     def unmap_gfn_range(self, slot, start: int, end: int, attr_filter: int) -> bool:
         """``kvm_mmu_unmap_gfn_range``: widen the invalidation range, then zap."""
+        start, end = u64("start", start), u64("end", end)
+        attr_filter = in_range("attr_filter", attr_filter, 1, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED,
+                               "KVM_FILTER_SHARED and/or KVM_FILTER_PRIVATE")
         self.invalidation.range_add(start, end)
         return bool(self._zap_gfn_range(start, end, attr_filter))
 
@@ -442,11 +472,24 @@ class Vm(MmuLock):
                           guest_memfd_offset: int = 0) -> str:
         """``KVM_SET_USER_MEMORY_REGION2``: create, delete (size 0), move or change flags of a
         memslot.  Every rule is checked before anything changes; returns the change kind."""
-        slot_id = uint("slot", slot_id, 32)
-        gpa = uint("guest_phys_addr", guest_phys_addr)
-        size = uint("memory_size", memory_size)
-        flags = uint("flags", flags, 32)
-        off = uint("guest_memfd_offset", guest_memfd_offset)
+        slot_id = uint("slot", slot_id, 32, err=VmError)
+        gpa = uint("guest_phys_addr", guest_phys_addr, err=VmError)
+        size = uint("memory_size", memory_size, err=VmError)
+        flags = uint("flags", flags, 32, err=VmError)
+        off = uint("guest_memfd_offset", guest_memfd_offset, err=VmError)
+        if userspace_addr is not None:
+            userspace_addr = uint("userspace_addr", userspace_addr, err=VmError)
+            if userspace_addr & 0xFFF:
+                raise VmError(f"userspace_addr={userspace_addr:#x}: must be 4 KiB aligned")
+        if guest_memfd is not None:
+            if not isinstance(guest_memfd, GuestMemfd):
+                raise VmError(f"guest_memfd={guest_memfd!r}: expected a GuestMemfd", _errno.EBADF)
+            if not flags & KVM_MEM_GUEST_MEMFD:
+                raise VmError(f"guest_memfd=<fd {guest_memfd.fd}> given with flags={flags:#x} "
+                              "without KVM_MEM_GUEST_MEMFD (the binding would be ignored)")
+        if off and not flags & KVM_MEM_GUEST_MEMFD:
+            raise VmError(f"guest_memfd_offset={off:#x} given without KVM_MEM_GUEST_MEMFD (the "
+                          "kernel ignores it; refused here so that it is not lost silently)")
         if slot_id >= KVM_USER_MEM_SLOTS:
             raise VmError(f"slot={slot_id}: must be < KVM_USER_MEM_SLOTS ({KVM_USER_MEM_SLOTS})")
         if flags & ~self._valid_flags(flags):
@@ -538,6 +581,11 @@ class Vm(MmuLock):
 
     def convert(self, gfn: int, npages: int = 1, private: bool = True) -> bool:
         """Convenience: set or clear PRIVATE on ``npages`` gfns from ``gfn``."""
+        gfn = uint("gfn", gfn, 52, err=VmError)
+        npages = uint("npages", npages, 52, err=VmError)
+        if npages == 0:
+            raise VmError("npages=0: the range must not be empty")
+        private = boolean("private", private, err=VmError)
         return self.set_memory_attributes(gfn << 12, npages << 12,
                                           KVM_MEMORY_ATTRIBUTE_PRIVATE if private else 0)
 
@@ -566,7 +614,12 @@ class Vm(MmuLock):
 
     def fault(self, gpa: int, error_code: int = 0, *, race=None) -> FaultOutcome:
         """One guest page fault (see the module docstring).  ``race()``, if given, runs after
-        faultin and before the staleness check, as a concurrent ioctl would."""
+        faultin and before the staleness check, as a concurrent ioctl would.  ``gpa`` and
+        ``error_code`` are u64 (kvm_mmu_page_fault's types); nothing changes if they are not."""
+        gpa = u64("gpa", gpa, err=VmError)
+        error_code = u64("error_code", error_code, err=VmError)
+        if race is not None and not callable(race):
+            raise VmError(f"race={race!r}: expected a callable or None")
         self.stats["faults"] += 1
         cfg = self.cfg
         # --- RSVD fast path: handle_mmio_page_fault on an existing MMIO SPTE
@@ -683,12 +736,16 @@ class Vm(MmuLock):
     def punch_hole(self, gmem: GuestMemfd, offset: int, length: int) -> int:
         """``fallocate(PUNCH_HOLE | KEEP_SIZE)`` on a guest_memfd of this VM."""
         from .gmem import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
+        if not isinstance(gmem, GuestMemfd) or gmem.kvm is not self:
+            raise VmError(f"gmem={gmem!r}: not a guest_memfd of this VM", _errno.EBADF)
         before = self.host.freed_total
         gmem.fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
         return self.host.freed_total - before
 
     def migrate_gfn(self, gfn: int) -> MigrateAnswer:
-        """Ask the backing store to move the private page behind ``gfn`` (the migration hook)."""
+        """Ask the backing store to move the private page behind ``gfn`` (the migration hook).
+        A hwpoisoned page is refused (-EHWPOISON) and nothing changes."""
+        gfn = u64("gfn", gfn, err=VmError)
         slot = self.slot_of(gfn)
         if slot is None or slot.gmem_file is None:
             raise VmError(f"gfn {gfn:#x}: no guest_memfd-backed memslot")

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._batch import uint
+from ._check import boolean, in_range
 from .errors import InputError
 from .role import get_era, gpte_bytes
+from .sphash import MmuPageHash, ShadowPage
 
 __all__ = ["detect_write_flooding", "detect_write_misaligned", "get_written_sptes",
            "mmu_pte_write_fetch_gpte", "kvm_mmu_track_write", "TrackWriteResult",
@@ -24,6 +26,8 @@ PT32_ROOT_LEVEL = 2
 def detect_write_flooding(sp) -> bool:
     """detect_write_flooding: 4K SPs never flood (they can go unsync); otherwise count the
     write and report flooding from the third one on."""
+    if not isinstance(sp, ShadowPage):
+        raise InputError(f"sp={sp!r}: expected a ShadowPage, got {type(sp).__name__}")
     if sp.level == 1:
         return False
     sp.write_flooding_count += 1
@@ -40,6 +44,7 @@ def _bytes(nbytes) -> int:
 def detect_write_misaligned(era, role: int, gpa: int, nbytes: int) -> bool:
     """detect_write_misaligned: a 1-byte write to the first byte of a gpte is allowed;
     otherwise misaligned when the write crosses a gpte or is shorter than 4 bytes."""
+    role = uint("role", role, 32)
     gpa = uint("gpa", gpa, 64)
     nbytes = _bytes(nbytes)
     offset = gpa & 0xFFF
@@ -55,6 +60,7 @@ def get_written_sptes(era, role: int, gpa: int):
     shadows another quadrant.  4-byte gptes: offset doubled (32->64); a 32-bit PDE (level 2)
     is shadowed by two PAE PDEs (``&= ~7``, doubled again, nspte 2)."""
     era = get_era(era)
+    role = uint("role", role, 32)
     gpa = uint("gpa", gpa, 64)
     page_offset = gpa & 0xFFF
     level = role & 0xF
@@ -75,6 +81,7 @@ def get_written_sptes(era, role: int, gpa: int):
 def mmu_pte_write_fetch_gpte(gpa: int, nbytes: int, is_pae: bool) -> tuple:
     """The (gpa, bytes) kvm_mmu_track_write reads: a 4-byte write by a PAE guest covers the
     whole 8-byte gpte (gpa &= ~7, bytes = 8)."""
+    gpa, nbytes, is_pae = uint("gpa", gpa), _bytes(nbytes), boolean("is_pae", is_pae)
     if is_pae and nbytes == 4:
         return gpa & ~7, 8
     return gpa, nbytes
@@ -93,10 +100,14 @@ def kvm_mmu_track_write(era, page_hash, gpa: int, nbytes: int, is_pae: bool = Tr
     """One emulated guest write to a write-tracked gfn, against a sphash.MmuPageHash:
     misaligned or flooded SPs are zapped, the others get the written SPTEs zapped."""
     era = get_era(era)
+    if not isinstance(page_hash, MmuPageHash):
+        raise InputError(f"page_hash={page_hash!r}: expected an MmuPageHash")
+    if passthrough_bit is not None:
+        passthrough_bit = in_range("passthrough_bit", passthrough_bit, 0, 31, "a role word bit")
     if "passthrough" not in era.base.index:
         passthrough_bit = None
     res = TrackWriteResult()
-    gpa, nbytes = mmu_pte_write_fetch_gpte(uint("gpa", gpa, 64), _bytes(nbytes), is_pae)
+    gpa, nbytes = mmu_pte_write_fetch_gpte(gpa, nbytes, is_pae)
     res.stat["mmu_pte_write"] += 1
     gfn = gpa >> 12
     for sp in list(page_hash.for_each_gfn_valid_sp_with_gptes(gfn, passthrough_bit)):

@@ -15,6 +15,14 @@ def parse_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer (use 0x... for hex)") from None
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (counts such as --vms, --rounds)."""
+    v = parse_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return v
+
+
 def add_config_args(p: argparse.ArgumentParser, default_mode: str = "ept") -> None:
     """The options that select an MmuConfig (shared by every command that needs one)."""
     p.add_argument("--mode", default=default_mode, choices=MmuConfig.PRESETS,

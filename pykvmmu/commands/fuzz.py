@@ -95,8 +95,12 @@ def run(args) -> int:
             st = F.fuzz_random(n, seed=args.seed, save_corpus=args.save_corpus,
                                stop_on_failure=not args.keep_going, **kw)
         print(f"{n}: {engine}: {st.execs} executions in {st.seconds:.1f}s ({st.rate:.0f}/s), "
-              f"corpus {st.corpus}, features {st.features}, failures {len(st.failures)}")
+              f"corpus {st.corpus}, features {st.features}, failures {len(st.failures)}"
+              + (" (interrupted)" if st.interrupted else ""))
         for fail, path in st.failures:
             print(f"  {fail.kind}: {fail.message.splitlines()[0][:200]}\n  reproducer: {path}")
         failed += len(st.failures)
+        if st.interrupted:
+            from ..cli import EXIT_INTERRUPTED
+            return EXIT_INTERRUPTED          # Ctrl-C: the summary above, then 128 + SIGINT
     return 1 if failed else 0

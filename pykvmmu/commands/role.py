@@ -6,6 +6,7 @@ import argparse
 
 from .. import role as R
 from ..errors import InputError
+from ._args import positive_int as _positive
 from ..prevroots import run_switches
 from .. import sphash as H
 
@@ -113,10 +114,10 @@ def register(sub) -> None:
     e.set_defaults(func=_cmd_role_eras)
     p = rs.add_parser("prevroots", help="L1<->L2 switches on NPT through the prev_roots cache")
     p.add_argument("--era", default="v5.0")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=_positive, default=10)
     p.set_defaults(func=_cmd_role_prevroots)
     h = rs.add_parser("hash", help="shadow-page hash bucket occupancy for a realistic gfn population")
-    h.add_argument("--vms", type=int, default=4, help="shadow-paged guests in the population")
+    h.add_argument("--vms", type=_positive, default=4, help="shadow-paged guests in the population")
     h.add_argument("--bits", type=int, default=H.KVM_MMU_HASH_SHIFT, help="hash bits (KVM_MMU_HASH_SHIFT)")
     h.add_argument("--variant", default="x86_64", help="hash_64 variant (x86_64, 32bit, pre-v4.7)")
     h.add_argument("--seed", type=int, default=0)

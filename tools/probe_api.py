@@ -1,0 +1,665 @@
+"""Probe the public API with bad inputs and classify every outcome (issue 11).
+
+    python tools/probe_api.py            # counts per outcome and per module
+    python tools/probe_api.py -v         # also every case that is not a clear error
+
+Each case calls one public function or method with one argument made bad (wrong type,
+outside the kernel's width or range, a bool that is not a bool, an array that is not the
+right kind or that partly overlaps ``out=``), everything else valid.  Outcomes:
+
+  clear    a PykvmmuError whose message names the argument (or the value)
+  unclear  a PykvmmuError that names neither
+  other    any other exception (TypeError, OverflowError, list.remove, ...)
+  silent   no exception: the bad input was accepted
+  crash    the interpreter died (cases run in a child process that is restarted)
+  half     an exception, but the stateful object changed (snapshot before != after)
+
+The RMP (pykvmmu.rmp) is another helper's and is not probed here.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from collections import Counter
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import numpy as np  # noqa: E402
+
+U64 = 1 << 64
+BAD_U = [-1, U64, "1", 1.5, None]         # a required integer argument
+BAD_OPTU = [-1, U64, "1", 1.5]            # an optional integer argument (None is valid)
+BAD_B = ("no", 2, 1.5, None)               # a bool argument
+BAD_OB = ("no", 2, 1.5)                    # an optional bool (None: the default)
+BAD_THREADS = (0, -1, "2", 1.5, 10 ** 6)
+
+
+def bad_int(lo=None, hi=None, optional=False):
+    """Bad values for an integer argument with an optional kernel range [lo, hi]."""
+    v = list(BAD_OPTU if optional else BAD_U)
+    if lo is not None and lo > 0:
+        v.append(lo - 1)
+    if hi is not None:
+        v.append(hi + 1)
+    return v
+
+
+# ---------------------------------------------------------------------- case table
+CASES = []     # (module, label, param, value, thunk) ; thunk() -> (state_obj | None, call)
+
+
+def add(module, label, param, values, make):
+    """``make(value)`` returns (state object or None, a zero-argument call)."""
+    for v in values:
+        CASES.append((module, label, param, v, (lambda v=v: make(v))))
+
+
+def call_with(fn, args, kw, param, value):
+    kw = dict(kw)
+    if isinstance(param, int) and param >= len(args):
+        param = pname(fn, param)
+    if isinstance(param, int):
+        args = list(args)
+        args[param] = value
+    else:
+        kw[param] = value
+    return lambda: fn(*args, **kw)
+
+
+def pname(fn, p):
+    """The name of positional parameter ``p`` of ``fn`` (or ``p`` itself)."""
+    if not isinstance(p, int):
+        return p
+    try:
+        names = [n for n, q in inspect.signature(fn).parameters.items()
+                 if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return p
+    return names[p] if p < len(names) else p
+
+
+def scalar(module, label, fn, args, kw, params):
+    """Probe ``fn(*args, **kw)`` with each param (name or positional index) made bad."""
+    for p, values in params.items():
+        add(module, f"{label}({pname(fn, p)})", pname(fn, p), values,
+            lambda v, p=p: (None, call_with(fn, args, kw, p, v)))
+
+
+def stateful(module, label, factory, method, args, kw, params):
+    """Probe a method on a fresh object from ``factory()``; the object is snapshotted."""
+    meth = getattr(factory(), method)
+    for p, values in params.items():
+        def make(v, p=p):
+            obj = factory()
+            return obj, call_with(getattr(obj, method), args, kw, p, v)
+        add(module, f"{label}.{method}({pname(meth, p)})", pname(meth, p), values, make)
+
+
+def build():
+    from pykvmmu.config import MmuConfig
+    from pykvmmu import spte as S, mmio as M, role as R, memslots as MS, private as P
+    from pykvmmu import attrs as A, gmem as G, vm as V, prevroots as PR, sphash as SH
+    from pykvmmu import wflood as W
+
+    cfg = MmuConfig.ept()
+    npt = MmuConfig.npt()
+    u64 = np.arange(16, dtype=np.uint64)
+    bad_arrays = [list(range(4)), np.arange(4, dtype=np.int64), np.arange(8, dtype=np.uint64)[::2]]
+
+    # ------------------------------------------------------------------ config
+    scalar("config", "MmuConfig.ept", MmuConfig.ept, (), {}, {
+        "maxphyaddr": bad_int(32, 52) + [99], "huge_level": bad_int(1, 3) + [9],
+        "ad": BAD_B, "exec_only": BAD_B, "nx_huge_pages": BAD_B, "mmio_caching": BAD_B,
+        "ignore_guest_pat": BAD_B, "phys_bits": bad_int(32, 46, True) + [60],
+        "cache_bits": bad_int(46, 46, True), "profile": ("v1.0", 3, None)})
+    scalar("config", "MmuConfig.npt", MmuConfig.npt, (), {}, {
+        "maxphyaddr": bad_int(32, 52), "tdp_level": bad_int(4, 5) + [7, 3],
+        "sme_cbit": bad_int(32, 51, True) + [47.0], "nx_huge_pages": BAD_B,
+        "gbpages": BAD_B, "mmio_caching": BAD_B})
+    scalar("config", "MmuConfig.npt(sme)", MmuConfig.npt, (), {"sme_cbit": 47, "maxphyaddr": 48}, {
+        "sme_phys_reduction": (-1, 60, 1.5, "5", None, 17)})
+    scalar("config", "MmuConfig.shadow", MmuConfig.shadow, (), {}, {
+        "guest_nx": BAD_B, "guest_amd": BAD_B, "maxphyaddr": ("46", 31, 53)})
+    scalar("config", "MmuConfig.tdx", MmuConfig.tdx, (), {}, {
+        "maxphyaddr": (0, 99, "52", None), "phys_bits": (-1, 53, "46")})
+    scalar("config", "MmuConfig.preset", MmuConfig.preset, ("ept",), {}, {0: ("bogus", None, 3)})
+
+    # ------------------------------------------------------------------ spte scalar
+    scalar("spte", "make_spte", S.make_spte, (cfg, 0x1234), {}, {
+        1: BAD_U, "level": bad_int(1, 5) + [0], "pte_access": bad_int(0, 7),
+        "old_spte": BAD_OPTU, "prefetch": BAD_B, "synchronizing": BAD_B, "host_writable": BAD_B,
+        "host_mmio": BAD_B, "ad_disabled": BAD_OB, "ad_wrprot_only": BAD_B,
+        "unsync_fails": BAD_B, "nx_huge_pages": BAD_OB, "memtype": (-1, 256, "6", 1.5)})
+    scalar("spte", "make_nonleaf_spte", S.make_nonleaf_spte, (cfg, 0x5000), {}, {
+        1: BAD_U, "ad_disabled": BAD_OB})
+    scalar("spte", "make_small_spte", S.make_small_spte, (cfg, 0x8000000000200ef7 & (U64 - 1), 1, 3), {}, {
+        1: BAD_U, 2: bad_int(1, 4) + [0], 3: bad_int(0, 511), "role_access": bad_int(0, 7),
+        "nx_huge_pages": BAD_OB})
+    scalar("spte", "make_huge_spte", S.make_huge_spte, (cfg, 0x12345b77, 2), {}, {
+        1: BAD_U, 2: bad_int(2, 3) + [0, 1], "nx_huge_pages": BAD_OB})
+    for fn in ("mark_spte_for_access_track", "restore_acc_track_spte", "spte_to_pfn",
+               "is_shadow_present_pte", "is_mmio_spte", "is_large_pte", "is_writable_pte",
+               "is_accessed_spte", "is_dirty_spte", "spte_ad_enabled", "is_access_track_spte"):
+        scalar("spte", fn, getattr(S, fn), (cfg, 0x12345b77), {}, {1: BAD_U})
+    scalar("spte", "is_last_spte", S.is_last_spte, (cfg, 0x12345b77, 1), {}, {
+        1: BAD_U, 2: bad_int(1, 5) + [0]})
+    scalar("spte", "is_rsvd_spte", S.is_rsvd_spte, (cfg, 0x12345b77, 1), {}, {
+        2: bad_int(1, 5) + [0]})
+    scalar("spte", "predicate", S.predicate, (cfg, "is_large_pte", 0x12345b77), {}, {
+        1: ("bogus", None, 3), 2: BAD_U, "level": bad_int(1, 5) + [0]})
+    scalar("spte", "decode", S.decode, (cfg, 0x12345b77), {}, {1: BAD_U, "level": bad_int(1, 5) + [0]})
+    scalar("spte", "leaf_spte_change_needs_tlb_flush", S.leaf_spte_change_needs_tlb_flush,
+           (cfg, 0x12345b77, 0x12345b75), {}, {1: BAD_U, 2: BAD_U})
+
+    # ------------------------------------------------------------------ spte batch
+    def overlap_cases(module, label, fn, make_in, extra=()):
+        """out= partly overlapping the input, and bad arrays."""
+        def partial(v):
+            buf = make_in(17)
+            return None, lambda: fn(cfg, buf[:-1], *extra, out=buf[1:])
+        add(module, f"{label}(out overlaps in)", "out", ["partial"], partial)
+        scalar(module, label, fn, (cfg, make_in(4)) + tuple(extra), {}, {1: bad_arrays})
+    overlap_cases("spte", "make_spte_batch", S.make_spte_batch, lambda n: np.arange(n, dtype=np.uint64))
+    overlap_cases("spte", "spte_to_pfn_batch", S.spte_to_pfn_batch,
+                  lambda n: np.full(n, 0x12345b77, dtype=np.uint64))
+    overlap_cases("spte", "access_track_batch", S.access_track_batch,
+                  lambda n: np.full(n, 0x12345b77, dtype=np.uint64))
+    overlap_cases("spte", "make_nonleaf_spte_batch", S.make_nonleaf_spte_batch,
+                  lambda n: np.arange(n, dtype=np.uint64) << np.uint64(12))
+    overlap_cases("spte", "make_huge_spte_batch", S.make_huge_spte_batch,
+                  lambda n: np.full(n, 0x12345b77, dtype=np.uint64), (2,))
+    overlap_cases("mmio", "get_mmio_spte_gfn_batch", M.get_mmio_spte_gfn_batch,
+                  lambda n: np.zeros(n, dtype=np.uint64))
+    overlap_cases("mmio", "make_mmio_spte_batch", M.make_mmio_spte_batch,
+                  lambda n: np.arange(n, dtype=np.uint64))
+    scalar("spte", "make_spte_batch", S.make_spte_batch, (cfg, u64), {}, {
+        "level": (0, 6, -1, "1", 1.5), "pte_access": (8, -1, "7"), "prefetch": BAD_B,
+        "ad_disabled": BAD_OB, "threads": BAD_THREADS, "with_wrprot": BAD_B})
+    scalar("spte", "predicate_batch", S.predicate_batch, (cfg, "is_large_pte", u64), {}, {
+        1: ("bogus", None), "level": (0, 6, -1, "1"), "threads": BAD_THREADS})
+    scalar("spte", "access_track_batch", S.access_track_batch, (cfg, u64), {}, {"restore": BAD_B})
+
+    # ------------------------------------------------------------------ mmio
+    scalar("mmio", "make_mmio_spte", M.make_mmio_spte, (cfg, 0x1000), {}, {
+        1: BAD_U, "access": bad_int(0, 7), "generation": BAD_U})
+    scalar("mmio", "check_mmio_spte", M.check_mmio_spte, (cfg, 0x6, 0), {}, {1: BAD_U, 2: BAD_U})
+    scalar("mmio", "mmio_fault_outcome", M.mmio_fault_outcome, (cfg, 0x6, 0), {}, {1: BAD_U, 2: BAD_U})
+    scalar("mmio", "default_mmio_masks", M.default_mmio_masks, (46,), {}, {0: bad_int(32, 52) + [0]})
+    scalar("mmio", "svm_adjust_mmio_mask", M.svm_adjust_mmio_mask, (43, 47), {}, {
+        0: bad_int(32, 52) + [0], 1: bad_int(32, 51, True), "mem_encrypt": BAD_B})
+    scalar("mmio", "kvm_mmu_invalidate_mmio_sptes", M.kvm_mmu_invalidate_mmio_sptes, (cfg, 2), {}, {
+        1: BAD_U, "nr_as_ids": bad_int(1, 2) + [0]})
+    scalar("mmio", "generation_mmio_spte_mask", M.generation_mmio_spte_mask, (cfg, 2), {}, {1: BAD_U})
+    scalar("mmio", "set_mmio_spte_mask", M.set_mmio_spte_mask, (npt, 0x6, 0x7, 6), {}, {
+        1: BAD_U, 2: BAD_U, 3: (-1, 1 << 32, "6"), "allow_mmio_caching": BAD_OB})
+    scalar("mmio", "validate_mmio_masks", M.validate_mmio_masks, (npt,), {}, {
+        1: BAD_OPTU, "mode": ("bogus", 3)})
+
+    # ------------------------------------------------------------------ memslots
+    def mkgen():
+        return MS.MemslotGenerations(cfg)
+    for m in ("generation", "in_progress", "begin_update", "update"):
+        stateful("memslots", "MemslotGenerations", mkgen, m, (), {}, {"as_id": bad_int(0, 1)})
+    stateful("memslots", "MemslotGenerations", mkgen, "make_mmio_spte", (0x10,), {}, {
+        0: BAD_U, "access": bad_int(0, 7), "as_id": (2, -1)})
+    stateful("memslots", "MemslotGenerations", mkgen, "check", (0x6,), {}, {0: BAD_U})
+    scalar("memslots", "MemslotGenerations", MS.MemslotGenerations, (cfg,), {}, {
+        "private_mem": BAD_B, 0: ("ept", None)})
+    scalar("memslots", "generation_sequence", MS.generation_sequence, (cfg, 4), {}, {
+        1: BAD_U, "as_id": (2, -1, "0"), "private_mem": BAD_B, "start": (-1, 1, "0")})
+
+    # ------------------------------------------------------------------ role
+    scalar("role", "pack", R.pack, ("v6.19",), {"level": 4}, {
+        "level": (6, 9, 16, -1, "4", 1.5, None), "access": (8, -1), "quadrant": (4, -1),
+        "direct": (2, "no", -1), "gpte_bytes": (2, "8", 16)})
+    scalar("role", "unpack", R.unpack, ("v6.19", 0x24), {}, {1: BAD_U + [1 << 32], "strict": BAD_B})
+    scalar("role", "kvm_mmu_get_page_role", R.kvm_mmu_get_page_role, ("v5.4", 0x24),
+           {"level": 1, "direct": False}, {
+               1: BAD_U + [1 << 32], "level": (0, 6, -1, "1", None), "direct": BAD_B,
+               "access": (8, -1), "gaddr": BAD_U, "guest_32bit": BAD_OB})
+    scalar("role", "kvm_mmu_child_role", R.kvm_mmu_child_role, ("v6.19", 0x24),
+           {"direct": False, "access": 7, "index": 3}, {
+               1: BAD_U + [1 << 32], "direct": BAD_B, "access": (8, -1, "7", None),
+               "index": (512, -1, "1"), "guest_32bit": BAD_OB})
+    scalar("role", "tdp_mmu_child_role", R.tdp_mmu_child_role, ("v6.19", 0x84), {}, {
+        1: BAD_U + [1 << 32]})
+    scalar("role", "quadrant_for_gaddr", R.quadrant_for_gaddr, (0x1000, 1), {}, {
+        0: BAD_U, 1: bad_int(1, 5) + [0]})
+    scalar("role", "kvm_mmu_role_as_id", R.kvm_mmu_role_as_id, (0x24,), {}, {0: BAD_U + [1 << 32]})
+    scalar("role", "gpte_bytes", R.gpte_bytes, ("v6.19", 0x24), {}, {1: BAD_U + [1 << 32]})
+    scalar("role", "is_ept_sp", R.is_ept_sp, ("v5.4", 0x24), {}, {1: BAD_U + [1 << 32]})
+    scalar("role", "identify_nested_ept", R.identify_nested_ept, ("v6.19", 0x24), {}, {1: BAD_U})
+    scalar("role", "check_role_word", R.check_role_word, ("v6.19", 0x24), {}, {
+        1: BAD_U, "kind": ("bogus", None)})
+    scalar("role", "hash_64", R.hash_64, (5,), {}, {0: BAD_U, "bits": (0, 33, -1, "12"),
+                                                   "variant": ("bogus", None)})
+    scalar("role", "kvm_page_table_hashfn", R.kvm_page_table_hashfn, (5,), {}, {0: BAD_U})
+    scalar("role", "hash_batch", R.hash_batch, (u64,), {}, {0: bad_arrays, "bits": (0, 33),
+                                                           "threads": BAD_THREADS})
+    scalar("role", "get_era", R.get_era, ("v6.19",), {}, {0: ("v1.0", None, 3)})
+    vs = R.VcpuState()
+    scalar("role", "kvm_calc_tdp_mmu_root_page_role", R.kvm_calc_tdp_mmu_root_page_role,
+           ("v6.19", vs), {}, {"tdp_level": (3, 6, "4"), "ad_enabled": BAD_B, "mirror": BAD_B,
+                               1: ("state", None)})
+    scalar("role", "kvm_calc_shadow_ept_root_page_role", R.kvm_calc_shadow_ept_root_page_role,
+           ("v6.19", vs), {}, {"accessed_dirty": BAD_B, "execonly": BAD_B,
+                               "level": (3, 6, 0, "4"), "tdp_ad_enabled": BAD_B})
+    scalar("role", "kvm_calc_shadow_npt_root_page_role", R.kvm_calc_shadow_npt_root_page_role,
+           ("v6.19", vs), {}, {"tdp_level": (3, 6, 7, "4")})
+    scalar("role", "kvm_calc_mmu_role_ext", R.kvm_calc_mmu_role_ext, ("v6.19", vs), {}, {
+        "execonly": BAD_B})
+    scalar("role", "VcpuState", R.VcpuState, (), {}, {
+        "cr0_pg": ("no", 2), "maxphyaddr": (-1, 53, "46"), "smm": ("yes", 2)})
+    scalar("role", "pack_ext", R.pack_ext, ("v5.4",), {"cr4_smep": 1}, {"cr4_smep": (2, -1, "1")})
+    scalar("role", "unpack_cpu_role", R.unpack_cpu_role, ("v5.4", 0), {}, {1: BAD_U})
+
+    # ------------------------------------------------------------------ sphash / wflood
+    def mkhash():
+        h = SH.MmuPageHash()
+        h.alloc(5, 0x24)
+        return h
+    stateful("sphash", "MmuPageHash", mkhash, "alloc", (6, 0x24), {}, {
+        0: BAD_U, 1: BAD_U + [1 << 32], "tdp_mmu_page": BAD_B})
+    stateful("sphash", "MmuPageHash", mkhash, "find", (5, 0x24), {}, {0: BAD_U, 1: BAD_U + [1 << 32]})
+    stateful("sphash", "MmuPageHash", mkhash, "get", (6, 0x24), {}, {0: BAD_U, 1: BAD_U + [1 << 32]})
+    stateful("sphash", "MmuPageHash", mkhash, "bucket_of", (6,), {}, {0: BAD_U})
+    add("sphash", "MmuPageHash.zap(foreign)", "sp", ["foreign"],
+        lambda v: (lambda h: (h, lambda: h.zap(SH.ShadowPage(9, 0x24))))(mkhash()))
+    add("sphash", "MmuPageHash.zap(type)", "sp", [None, 5],
+        lambda v: (lambda h: (h, lambda: h.zap(v)))(mkhash()))
+    add("sphash", "MmuPageHash.alloc(dup)", "gfn", ["dup"],
+        lambda v: (lambda h: (h, lambda: h.alloc(5, 0x24)))(mkhash()))
+    scalar("sphash", "MmuPageHash", SH.MmuPageHash, (), {}, {"shift": (0, 21, -1, "12", 1.5)})
+    scalar("sphash", "bucket_counts", SH.bucket_counts, (u64,), {}, {0: bad_arrays, "bits": (0, 33)})
+    scalar("sphash", "realistic_gfns", SH.realistic_gfns, (), {}, {"n_vms": (-1, "4", 1.5)})
+    sp = SH.ShadowPage(5, 0x1024 | 2)
+    scalar("wflood", "detect_write_misaligned", W.detect_write_misaligned, ("v6.19", 0x22, 0x1000, 4),
+           {}, {1: BAD_U + [1 << 32], 2: BAD_U, 3: (0, 9, -1, "4")})
+    scalar("wflood", "get_written_sptes", W.get_written_sptes, ("v6.19", 0x22, 0x1000), {}, {
+        1: BAD_U + [1 << 32], 2: BAD_U})
+    scalar("wflood", "mmu_pte_write_fetch_gpte", W.mmu_pte_write_fetch_gpte, (0x1000, 4, True), {}, {
+        0: BAD_U, 1: (0, 9, -1, "4"), 2: BAD_B})
+    scalar("wflood", "detect_write_flooding", W.detect_write_flooding, (sp,), {}, {0: (None, 5)})
+
+    def mkwf():
+        h = SH.MmuPageHash()
+        h.alloc(1, 0x22)
+        return h
+    for p, vals in {2: BAD_U, 3: (0, 9, -1, "4"), "is_pae": BAD_B, "passthrough_bit": (-1, 32, "18")}.items():
+        add("wflood", f"kvm_mmu_track_write({p})", p, vals,
+            lambda v, p=p: (lambda h: (h, call_with(W.kvm_mmu_track_write, ("v6.19", h, 0x1008, 8),
+                                                    {}, p, v)))(mkwf()))
+
+    # ------------------------------------------------------------------ prevroots
+    def mkpr():
+        c = PR.PrevRootsCache("v6.19")
+        c.new_pgd(0x1000, 0x24)
+        c.new_pgd(0x2000, 0x24)
+        return c
+    stateful("prevroots", "PrevRootsCache", mkpr, "new_pgd", (0x3000, 0x24), {}, {
+        0: BAD_U, 1: BAD_U + [1 << 32, 1 << 40], "label": (None, 5)})
+    stateful("prevroots", "PrevRootsCache", mkpr, "free_roots", (1,), {}, {0: BAD_U + [16]})
+    stateful("prevroots", "PrevRootsCache", mkpr, "alloc_root", (0x3000, 0x24), {}, {
+        0: BAD_U, 1: BAD_U + [1 << 32]})
+    stateful("prevroots", "PrevRootsCache", mkpr, "fast_pgd_switch", (0x3000, 0x24), {}, {
+        0: BAD_U, 1: BAD_U + [1 << 32]})
+    scalar("prevroots", "PrevRootsCache", PR.PrevRootsCache, ("v6.19",), {}, {0: ("v1.0", None, 3)})
+    scalar("prevroots", "run_switches", PR.run_switches, ("v6.19", [(0x1000, 0x24, "a")]), {}, {
+        1: ([(0x1000, 1 << 40, "a")], [(-1, 0x24, "a")], [(0x1000,)], None)})
+    scalar("prevroots", "KVM_MMU_ROOT_PREVIOUS", PR.KVM_MMU_ROOT_PREVIOUS, (0,), {}, {0: (-1, 3, "0")})
+
+    # ------------------------------------------------------------------ private
+    scalar("private", "decode_error_code", P.decode_error_code, (0,), {}, {0: BAD_U})
+    scalar("private", "vm_type_number", P.vm_type_number, ("snp",), {}, {0: ("bogus", 6, -1, None, 1.5)})
+    scalar("private", "tdx_shared_gpa_bit", P.tdx_shared_gpa_bit, (52,), {}, {0: (50, "52", None)})
+    scalar("private", "gfn_direct_bits", P.gfn_direct_bits, ("tdx",), {}, {"gpaw": (50, "52")})
+    scalar("private", "prefault_error_code", P.prefault_error_code, ("snp", True), {}, {
+        0: ("bogus", 9), 1: BAD_B})
+    scalar("private", "ept_violation_error_code", P.ept_violation_error_code, (0x1, 0x1000), {}, {
+        0: BAD_U, 1: BAD_U, "vm_type": ("bogus", 9), "gpaw": (50, "52")})
+    ctx = P.FaultContext(vm_type=P.KVM_X86_SNP_VM)
+    scalar("private", "decide", P.decide, (ctx, 0x1000, 0), {}, {1: BAD_U, 2: BAD_U,
+                                                               "policy": ("bogus", 3)})
+    scalar("private", "kvm_mmu_do_page_fault", P.kvm_mmu_do_page_fault, (ctx, 0x1000, 0), {}, {
+        1: BAD_U, 2: BAD_U})
+    scalar("private", "upstream_error_code", P.upstream_error_code, (ctx, 0x1000, 0), {}, {
+        1: BAD_U, 2: BAD_U})
+    scalar("private", "FaultContext", P.FaultContext, (), {}, {
+        "vm_type": ("bogus", 9), "gpaw": (50, "52"), "sw_protected_enabled": BAD_B})
+    scalar("private", "get_policy", P.get_policy, ("upstream",), {}, {0: ("bogus", 3)})
+    scalar("private", "classify_batch", P.classify_batch,
+           ("snp", u64 << np.uint64(12), np.zeros(16, dtype=np.uint64)), {}, {
+               1: bad_arrays, 2: bad_arrays, "gpaw": (50, "52"), "threads": BAD_THREADS,
+               "sw_protected_enabled": BAD_B})
+
+    # ------------------------------------------------------------------ attrs
+    def mkattrs():
+        a = A.MemoryAttributes()
+        a.store(0x10, 0x20, 8)
+        return a
+    stateful("attrs", "MemoryAttributes", mkattrs, "store", (0x30, 0x40, 8), {}, {
+        0: BAD_U, 1: BAD_U, 2: BAD_U})
+    stateful("attrs", "MemoryAttributes", mkattrs, "store", (0x30, 0x40, 8), {}, {
+        0: (0x50,)})
+    stateful("attrs", "MemoryAttributes", mkattrs, "get", (0x10,), {}, {0: BAD_U})
+    stateful("attrs", "MemoryAttributes", mkattrs, "is_private", (0x10,), {}, {0: BAD_U})
+    stateful("attrs", "MemoryAttributes", mkattrs, "range_has", (0x10, 0x20, 8, 8), {}, {
+        0: BAD_U, 1: BAD_U, 2: BAD_U, 3: BAD_U})
+    stateful("attrs", "MemoryAttributes", mkattrs, "get_batch", (u64,), {}, {0: bad_arrays})
+    inv = A.MmuInvalidation
+    stateful("attrs", "MemoryAttributes", mkattrs, "set_range", (0x30, 0x40, 8, None), {}, {
+        0: BAD_U, 1: BAD_U, 2: BAD_U, 3: (None, 5)})
+    stateful("attrs", "MemoryAttributes", mkattrs, "check_and_set", (0x30000, 0x1000, 8, 0, inv()), {}, {
+        0: BAD_U + [0x30001], 1: BAD_U + [0], 2: BAD_U + [1], 3: BAD_U + [1], 4: (None, 5)})
+    scalar("attrs", "MemoryAttributes", A.MemoryAttributes, (), {}, {"supported": BAD_U})
+    scalar("attrs", "check_set_memory_attributes", A.check_set_memory_attributes,
+           (0x1000, 0x1000, 8, 0, 8), {}, {0: BAD_U, 1: BAD_U, 2: BAD_U, 3: BAD_U, 4: BAD_U})
+
+    def mkinv():
+        i = inv()
+        i.begin()
+        return i
+    stateful("attrs", "MmuInvalidation", mkinv, "range_add", (1, 2), {}, {0: BAD_U, 1: BAD_U + [0]})
+    stateful("attrs", "MmuInvalidation", mkinv, "retry_gfn", (0, 1), {}, {0: BAD_U, 1: BAD_U})
+    scalar("attrs", "kvm_supported_mem_attributes", A.kvm_supported_mem_attributes, (True,), {}, {
+        0: BAD_B})
+
+    # ------------------------------------------------------------------ gmem
+    def mkhost():
+        return G.HostMemory(nr_pfns=1 << 16)
+    stateful("gmem", "HostMemory", mkhost, "alloc", ("x",), {}, {"order": (-1, 19, "0", 1.5, None)})
+    stateful("gmem", "HostMemory", mkhost, "free", (0x1000,), {}, {0: BAD_U, "order": (-1, "0")})
+    scalar("gmem", "HostMemory", G.HostMemory, (), {}, {"base_pfn": BAD_U, "nr_pfns": BAD_U + [0]})
+
+    def mkgm(release=False):
+        k = G.StubKvm()
+        g = G.GuestMemfd(k, 0x100000, host=mkhost())
+        g.allocate(0, 0x4000)
+        if release:
+            g.release()
+        return g
+    stateful("gmem", "GuestMemfd", mkgm, "allocate", (0, 0x1000), {}, {
+        0: BAD_U + [1, -4096], 1: BAD_U + [0, 0x1001]})
+    stateful("gmem", "GuestMemfd", mkgm, "punch_hole", (0, 0x1000), {}, {
+        0: BAD_U + [1, -4096], 1: BAD_U + [0, 0x1001]})
+    stateful("gmem", "GuestMemfd", mkgm, "fallocate", (3, 0, 0x1000), {}, {
+        0: BAD_U + [0, 4, 1 << 32], 1: BAD_U + [1], 2: BAD_U + [0x1001]})
+    stateful("gmem", "GuestMemfd", mkgm, "memory_failure", (0,), {}, {0: BAD_U + [0x5000]})
+    stateful("gmem", "GuestMemfd", mkgm, "migrate", (0,), {}, {0: BAD_U})
+    stateful("gmem", "GuestMemfd", mkgm, "folio_of", (0,), {}, {0: BAD_U})
+    stateful("gmem", "GuestMemfd", mkgm, "is_poisoned", (0,), {}, {0: BAD_U})
+    stateful("gmem", "GuestMemfd", mkgm, "binding_at", (0,), {}, {0: BAD_U})
+    stateful("gmem", "GuestMemfd", mkgm, "check_bind", (None, 1, 0), {}, {1: BAD_U, 2: BAD_U + [1]})
+    stateful("gmem", "GuestMemfd", mkgm, "unbind", (None,), {}, {0: (None, 5)})
+    for m, a in (("allocate", (0, 0x1000)), ("punch_hole", (0, 0x1000)),
+                 ("fallocate", (3, 0, 0x1000))):
+        add("gmem", f"GuestMemfd(released).{m}", "fd", ["released"],
+            lambda v, m=m, a=a: (lambda g: (g, lambda: getattr(g, m)(*a)))(mkgm(True)))
+    scalar("gmem", "GuestMemfd", lambda *a, **k: G.GuestMemfd(G.StubKvm(), *a, host=mkhost(), **k),
+           (0x10000,), {}, {0: BAD_U + [0, 0x1001], "flags": BAD_U + [8], "folio_order": (1, -1, "0", 9.0)})
+    scalar("gmem", "order_to_level", G.order_to_level, (0,), {}, {0: (-1, "0", None, 1.5, 64)})
+    scalar("gmem", "max_order_at", G.max_order_at, (0, 0, 9), {}, {0: BAD_U, 1: BAD_U, 2: (-1, "9")})
+    scalar("gmem", "supported_gmem_flags", G.supported_gmem_flags, (True,), {}, {0: BAD_B})
+
+    # ------------------------------------------------------------------ vm
+    def mkvm(kind="tdx"):
+        vm = V.Vm(kind, host=G.HostMemory(nr_pfns=1 << 16))
+        g = vm.create_guest_memfd(0x400000)
+        vm.set_memory_region(0, 0, 0x200000, flags=V.KVM_MEM_GUEST_MEMFD, guest_memfd=g)
+        vm.set_memory_region(1, 0x200000, 0x200000)
+        vm.convert(0, 16)
+        vm.fault(0x1000)
+        vm.fault(0x201000 | (1 << 51))
+        vm._probe_gmem = g
+        return vm
+    for kind in ("tdx", "sw_protected"):
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "fault", (0x2000,), {}, {
+            0: BAD_U + [(1 << 64) + 0x1000], 1: BAD_U + [1 << 64], "race": (5,)})
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "set_memory_region",
+                 (2, 0x400000, 0x1000), {}, {
+                     0: BAD_U + [1 << 32, 32764], 1: BAD_U + [0x400001], 2: BAD_U + [0x1001],
+                     "userspace_addr": BAD_OPTU + [0x7f0000000001], "flags": BAD_U + [8, 1 << 32],
+                     "guest_memfd": (5, "g"), "guest_memfd_offset": BAD_U + [1]})
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "set_memory_attributes",
+                 (0x10000, 0x1000, 8), {}, {0: BAD_U + [1], 1: BAD_U + [0], 2: BAD_U + [1],
+                                            "flags": BAD_U + [1]})
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "convert", (0x10,), {}, {
+            0: BAD_U, 1: BAD_U + [0], "private": BAD_B})
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "create_guest_memfd", (0x1000,), {}, {
+            0: BAD_U + [0], 1: BAD_U + [4], "folio_order": (1, -1, "0")})
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "migrate_gfn", (1,), {}, {
+            0: BAD_U + [0x300]})
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "slot_of", (1,), {}, {0: BAD_U})
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "is_private", (1,), {}, {0: BAD_U})
+        stateful("vm", f"Vm[{kind}]", lambda k=kind: mkvm(k), "unmap_gfn_range", (None, 1, 2, 3), {}, {
+            1: BAD_U, 2: BAD_U, 3: (-1, 4, "3")})
+
+    def vm_gmem_flag(v):
+        vm = mkvm("tdx")
+        g = vm.create_guest_memfd(0x100000)
+        return vm, lambda: vm.set_memory_region(5, 0x800000, 0x1000, guest_memfd=g)
+    add("vm", "Vm.set_memory_region(guest_memfd without flag)", "guest_memfd", ["G"], vm_gmem_flag)
+
+    def vm_poison(v):
+        vm = mkvm("tdx")
+        vm._probe_gmem.memory_failure(1)
+        return vm, lambda: vm.migrate_gfn(1)
+    add("vm", "Vm.migrate_gfn(hwpoisoned)", "gfn", [1], vm_poison)
+
+    def vm_punch(v):
+        vm = mkvm("tdx")
+        return vm, lambda: vm.punch_hole(vm._probe_gmem, v, 0x1000)
+    add("vm", "Vm.punch_hole(offset)", "offset", [-4096, 1, "0", None], vm_punch)
+    # ------------------------------------------------------------------ wider sweep
+    from pykvmmu import profile as PF, config as C
+    for fn in ("is_frozen_spte", "is_executable_pte", "is_mmu_writable_spte", "is_host_writable_spte",
+               "spte_ad_need_write_protect", "spte_needs_atomic_update",
+               "check_spte_writable_invariants", "is_ept_ve_possible"):
+        scalar("spte", fn, getattr(S, fn), (cfg, 0x12345b77), {}, {1: BAD_U})
+    scalar("spte", "make_small_spte_batch", S.make_small_spte_batch,
+           (cfg, np.array([0x200ef7], dtype=np.uint64), 1), {}, {
+               1: bad_arrays, 2: (0, 5, -1, "1"), "index": (512, -1, "3", np.arange(4, dtype=np.int64)),
+               "role_access": (8, -1), "nx_huge_pages": BAD_OB})
+    overlap_cases("spte", "decode_batch", S.decode_batch, lambda n: np.zeros(n, dtype=np.uint64))
+    scalar("spte", "decode_batch", S.decode_batch, (cfg, u64), {}, {"level": (0, 6, "1"),
+                                                                  "threads": BAD_THREADS})
+    def exact_alias(fn, *extra):
+        def make(v):
+            buf = np.full(8, 0x12345b77, dtype=np.uint64)
+            return None, lambda: fn(cfg, buf, *extra, out=buf)
+        return make
+    for name, fn in (("spte_to_pfn_batch", S.spte_to_pfn_batch), ("access_track_batch", S.access_track_batch),
+                     ("make_spte_batch", S.make_spte_batch),
+                     ("get_mmio_spte_gfn_batch", M.get_mmio_spte_gfn_batch)):
+        add("spte", f"{name}(out is in)", "out", ["alias"], exact_alias(fn))
+    scalar("spte", "leaf_spte_change_needs_tlb_flush_batch", S.leaf_spte_change_needs_tlb_flush_batch,
+           (cfg, u64, u64.copy()), {}, {1: bad_arrays, 2: bad_arrays + [np.zeros(3, dtype=np.uint64)],
+                                        "threads": BAD_THREADS})
+    for fn in ("get_mmio_spte_gfn", "get_mmio_spte_access", "get_mmio_spte_generation", "is_mmio_spte"):
+        scalar("mmio", fn, getattr(M, fn), (cfg, 0x6), {}, {1: BAD_U})
+    for fn in ("check_mmio_spte_batch", "mmio_fault_outcome_batch"):
+        scalar("mmio", fn, getattr(M, fn), (cfg, u64, 0), {}, {1: bad_arrays, 2: BAD_U + [np.zeros(3, np.uint64)],
+                                                              "threads": BAD_THREADS})
+    scalar("mmio", "kvm_mmu_invalidate_mmio_sptes_batch", M.kvm_mmu_invalidate_mmio_sptes_batch,
+           (cfg, u64 * np.uint64(2)), {}, {1: bad_arrays, "nr_as_ids": (0, 3, "2")})
+    scalar("mmio", "make_mmio_spte_batch", M.make_mmio_spte_batch, (cfg, u64), {}, {
+        "access": (8, -1, "7", np.zeros(3, np.uint64)), "generation": (-1, "0", 1.5),
+        "threads": BAD_THREADS})
+    scalar("mmio", "mmio_mask_violations", M.mmio_mask_violations, (npt,), {}, {
+        1: BAD_OPTU, 2: BAD_OPTU, 3: BAD_OPTU, "mode": ("bogus", 3), 0: (None, "npt")})
+    scalar("mmio", "ept_mmio_masks", M.ept_mmio_masks, (), {}, {"profile": ("v1.0", 3)})
+    for fn in ("mmio_generation_mask", "mmio_generation_bits", "mmio_gfn_lost_bits",
+               "mmio_caching_off_reasons"):
+        scalar("mmio", fn, getattr(M, fn), (cfg,), {}, {0: (None, "ept", 3)})
+    scalar("role", "pack_batch", R.pack_batch, ("v6.19", np.zeros(4, R.get_era("v6.19").base.dtype)), {}, {
+        1: bad_arrays + [np.zeros((4, 3), np.uint8)], "threads": BAD_THREADS})
+    scalar("role", "unpack_batch", R.unpack_batch, ("v6.19", np.zeros(4, np.uint32)), {}, {
+        1: bad_arrays + [np.zeros(4, np.uint64)], "strict": BAD_B})
+    scalar("role", "unpack_ext", R.unpack_ext, ("v5.4", 0), {}, {1: BAD_U + [1 << 32], "strict": BAD_B})
+    scalar("role", "pack_cpu_role", R.pack_cpu_role, ("v5.4", {"level": 4}, {"valid": 1}), {}, {
+        1: ({"level": 99}, None, 5), 2: ({"valid": 2}, None)})
+    scalar("role", "cpu_role_unpack_batch", R.cpu_role_unpack_batch, ("v5.4", np.zeros(4, np.uint64)), {}, {
+        1: bad_arrays + [np.zeros(4, np.uint32)], "strict": BAD_B})
+    scalar("role", "kvm_calc_cpu_role", R.kvm_calc_cpu_role, ("v6.19", vs), {}, {1: (None, 5)})
+    scalar("role", "kvm_calc_shadow_mmu_root_page_role", R.kvm_calc_shadow_mmu_root_page_role,
+           ("v6.19", vs), {}, {1: (None, 5)})
+    scalar("role", "shadow_root_sp_roles", R.shadow_root_sp_roles, ("v6.19", vs), {}, {1: (None, 5)})
+    scalar("role", "find_collisions", R.find_collisions, ("v6.19",), {}, {0: ("v1.0", 5)})
+    scalar("role", "VcpuState.replace", vs.replace, (), {}, {"cr4_pae": ("no", 2), "maxphyaddr": (60, -1)})
+    scalar("sphash", "bucket_stats", SH.bucket_stats, (np.ones(8, np.uint64),), {}, {0: (None, "x", [[1, 2], [3]])})
+    scalar("sphash", "format_stats", SH.format_stats, (SH.bucket_stats(np.ones(8, np.uint64)),), {}, {
+        0: (None, {}, 5)})
+    scalar("sphash", "ShadowPage", SH.ShadowPage, (1, 0x24), {}, {0: BAD_U, 1: BAD_U + [1 << 32]})
+    scalar("private", "vm_type_name", P.vm_type_name, ("snp",), {}, {0: ("bogus", 9, None)})
+    scalar("private", "has_private_mem", P.has_private_mem, ("snp",), {}, {0: ("bogus", 9, None)})
+    scalar("private", "has_protected_state", P.has_protected_state, ("snp",), {}, {0: ("bogus", 9, None)})
+    scalar("private", "MemoryFaultExit.for_fault", P.MemoryFaultExit.for_fault, (1, True, "r"), {}, {
+        0: BAD_U + [1 << 52], 1: BAD_B})
+    scalar("private", "policy_table", P.policy_table, (), {}, {
+        "policies": (["bogus"], 5), "only_disagreements": BAD_B, "error_codes": (["bogus"], 5)})
+    for pname_ in ("upstream", "rfc-v9", "mask", "three-way", "sw-pferr"):
+        pol = P.get_policy(pname_)
+        scalar("private", f"{pname_}.classify", pol.classify, (ctx, 0x1000, 0), {}, {1: BAD_U, 2: BAD_U})
+    scalar("profile", "get_profile", PF.get_profile, ("v6.19",), {}, {0: ("v1.0", 3, 6.19)})
+    scalar("config", "GENMASK", C.GENMASK, (51, 12), {}, {0: (64, -1, "51"), 1: (-1, 64, "12")})
+    scalar("config", "rsvd_bits", C.rsvd_bits, (12, 51), {}, {0: (-1, 64, "12"), 1: (-1, 64, "51")})
+    scalar("config", "ept_rsvd_table", C.ept_rsvd_table, (46, False, 3), {}, {
+        0: (31, 53, "46"), 1: BAD_B, 2: (0, 4, "3"), "me_mask": BAD_U})
+    scalar("config", "legacy_rsvd_table", C.legacy_rsvd_table, (46, 4, True, True, True), {}, {
+        0: (31, 53, "46"), 1: (3, 6, "4"), 2: BAD_B, 3: BAD_B, 4: BAD_B})
+    scalar("config", "kvm_mmu_set_mmio_spte_mask", C.kvm_mmu_set_mmio_spte_mask,
+           (PF.get_profile("v6.19"), 0x6, 0x7, 6), {}, {
+               0: (None, "v1.0"), 1: BAD_U, 2: BAD_U, 3: (-1, 1 << 32, "6"),
+               "allow_mmio_caching": BAD_B, "strict_allowed_mask": BAD_OB})
+    scalar("config", "MmuConfig.replace", cfg.replace, (), {}, {
+        "maxphyaddr": (99, -1, "46"), "ad_enabled": ("no", 2), "nosuch": (1,)})
+    scalar("config", "MmuConfig.all_presets", MmuConfig.all_presets, (), {}, {"profiles": (["v1.0"], 5)})
+
+    def gm_bound():
+        vm = mkvm("tdx")
+        return vm
+    stateful("gmem", "GuestMemfd", lambda: mkvm("tdx")._probe_gmem, "get_pfn", (None, 1), {}, {
+        0: (None, 5)})
+    def populate(v, p):
+        vm = mkvm("sw_protected")
+        g = vm._probe_gmem
+        slot = vm.slot_of(0)
+        args = {"slot": slot, "start_gfn": 0x20, "src": None, "npages": 2}
+        args[p] = v
+        return vm, lambda: g.populate(**args)
+    for p, vals in {"start_gfn": BAD_U + [0x400], "npages": BAD_U, "post_populate": (5,),
+                    "slot": (None, 5)}.items():
+        add("gmem", f"GuestMemfd.populate({p})", p, vals, lambda v, p=p: populate(v, p))
+    add("gmem", "GuestMemfd.release(twice)", "fd", ["released"],
+        lambda v: (lambda g: (g, g.release))(mkgm(True)))
+    scalar("gmem", "StubKvm", G.StubKvm, (), {}, {"has_private_mem": BAD_B, "hooks": (5,),
+                                                 "is_private": (5,)})
+    stateful("vm", "Vm[tdx]", lambda: mkvm("tdx"), "punch_hole", (None, 0, 0x1000), {}, {0: (None, 5)})
+    add("vm", "Vm.punch_hole(len)", "len", [0, -4096, 0x1001],
+        lambda v: (lambda vm: (vm, lambda: vm.punch_hole(vm._probe_gmem, 0, v)))(mkvm("tdx")))
+    stateful("vm", "Vm[tdx]", lambda: mkvm("tdx"), "slot_kind", (1,), {}, {0: BAD_U})
+
+    scalar("vm", "Vm", V.Vm, ("snp",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
+        "asid": (0, 5000, -1, "1", None, 1.5), "max_level": (0, 4, 7, "3"), "gpaw": (50, "52"),
+        "folio_order": (1, "0"), 0: ("bogus", 9, None), "log": ("no", 2), "policy": ("bogus",)})
+
+
+def classify(exc, param, value, changed):
+    from pykvmmu.errors import PykvmmuError
+    if exc is None:
+        return "silent"
+    if changed:
+        return "half"
+    if not isinstance(exc, PykvmmuError):
+        return "other"
+    msg = str(exc)
+    names = [str(param)] if isinstance(param, str) else []
+    reprs = {repr(value), str(value)}
+    if isinstance(value, int) and not isinstance(value, bool):
+        reprs |= {f"{value:#x}", f"-{-value:#x}", hex(value)}
+    if isinstance(value, (dict, list)):         # a container: naming a bad member is naming it
+        names += [str(k) for k in value]
+    if any(n and n in msg for n in names) or any(r and r in msg for r in reprs):
+        return "clear"
+    return "unclear"
+
+
+def run_child(start: int) -> None:
+    """Run cases from ``start`` on, one line per case (a crash leaves a case unanswered)."""
+    from pykvmmu._check import snapshot
+    build()
+    out = sys.stdout
+    for i in range(start, len(CASES)):
+        module, label, param, value, thunk = CASES[i]
+        out.write(f"S {i}\n")
+        out.flush()
+        exc = None
+        changed = False
+        try:
+            obj, call = thunk()
+            before = snapshot(obj) if obj is not None else None
+        except Exception as e:     # noqa: BLE001 - a setup failure is a probe bug
+            out.write(f"R {i} setup {type(e).__name__}: {e}\n")
+            continue
+        try:
+            call()
+        except Exception as e:     # noqa: BLE001 - classifying every exception is the point
+            exc = e
+        if exc is not None and obj is not None:
+            changed = snapshot(obj) != before
+        cat = classify(exc, param, value, changed)
+        msg = "" if exc is None else f"{type(exc).__name__}: {str(exc)[:160]}"
+        out.write(f"R {i} {cat} {msg}\n".replace("\r", " "))
+        out.flush()
+
+
+def main(argv) -> int:
+    if argv[:1] == ["--child"]:
+        run_child(int(argv[1]))
+        return 0
+    verbose = "-v" in argv
+    build()
+    n = len(CASES)
+    results = {}
+    start = 0
+    while start < n:
+        p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", str(start)],
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYKVMMU_THREADS": "1"})
+        last = None
+        for line in p.stdout.splitlines():
+            if line.startswith("S "):
+                last = int(line.split()[1])
+            elif line.startswith("R "):
+                _, i, rest = line.split(" ", 2)
+                cat, _, msg = rest.partition(" ")
+                results[int(i)] = (cat, msg)
+                last = None
+        if last is not None:
+            results[last] = ("crash", f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
+            start = last + 1
+        else:
+            if p.returncode and len(results) < n:
+                print(p.stderr, file=sys.stderr)
+                return 2
+            start = n
+    counts = Counter(c for c, _ in results.values())
+    per_mod = {}
+    for i, (cat, msg) in sorted(results.items()):
+        module, label, param, value, _ = CASES[i]
+        per_mod.setdefault(module, Counter())[cat] += 1
+        if verbose and cat != "clear":
+            print(f"{cat:8s} {label} = {value!r}: {msg}")
+    print(f"inputs tried: {n}")
+    for cat in ("clear", "unclear", "other", "silent", "crash", "half", "setup"):
+        print(f"  {cat:8s} {counts.get(cat, 0)}")
+    for m, c in per_mod.items():
+        print(f"  [{m}] " + " ".join(f"{k}={v}" for k, v in sorted(c.items())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
