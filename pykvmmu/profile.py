@@ -284,7 +284,7 @@ STABLE_RULES = {
     (6, 11): ((11, "v6.11.11"),), (6, 12): ((2, "v6.12.2"),),
 }
 #: Checked lines whose evidence is not a tree of that line (docs/spte.md says what it is).
-STABLE_UNVERIFIED = {(5, 15): "no 5.15.y tree read; rule from the issue's 5.15.222 report"}
+STABLE_UNVERIFIED: dict = {}
 
 HOW_EXACT = "exact"
 HOW_STABLE = "stable-line rule"
@@ -330,7 +330,8 @@ def profile_for_version(version, *, warn: bool = True):
     release), HOW_STABLE (a stable release at or past a backport recorded in STABLE_RULES),
     HOW_NEAREST (a release the tables do not know: the nearest older known one, or the
     oldest) or HOW_UNVERIFIED (a stable release of a line whose backports were not read,
-    or a distribution ``X.Y.0-N`` whose stable level is unknown).  The last two warn with
+    a distribution ``X.Y.0-N`` whose stable level is unknown, or a release mapped by
+    inference, MAINLINE_UNVERIFIED).  The last two warn with
     ProfileVersionWarning (unless ``warn=False``).  The one version-to-profile mapping
     of the library: trace.py and the CLI use it too.
     """
@@ -376,11 +377,10 @@ def profile_for_version(version, *, warn: bool = True):
                           f"profile {p.name}, unverified for this stable release",
                           ProfileVersionWarning, stacklevel=2)
         return p, HOW_UNVERIFIED
-    how = HOW_STABLE
     for first, name in STABLE_RULES[mm]:
         if sub >= first:
-            p, how = PROFILES[name], HOW_STABLE
-    return p, how
+            p = PROFILES[name]
+    return p, HOW_STABLE
 
 
 def describe_version(version) -> str:
