@@ -621,8 +621,13 @@ class Auditor:
         if rc is not None and (sp is None or not is_root):
             self._cmp("page_hash", rec, "root_count", 0 if sp is None else sp.root_count, rc)
         # adopt the kernel's view
-        if created or sp is None:
-            sp, _ = self.mmu.get(gfn, word) if sp is None else (self.mmu.alloc(gfn, word), True)
+        if created and sp is not None:
+            # the kernel found no valid page where the model has one (a disagreement reported
+            # above): the model's page goes, as if zapped, and the kernel's new page takes its place
+            self.mmu.prepare_zap(sp)
+            sp = None
+        if sp is None:
+            sp, _ = self.mmu.get(gfn, word)
         elif not sp.direct:
             sp.write_flooding_count = 0
         sp.unsync = bool(rec.fields.get("unsync", sp.unsync))
