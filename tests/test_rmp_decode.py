@@ -85,7 +85,7 @@ def test_the_model_dump_roundtrips():
 
 
 def test_bad_values_and_nothing_found():
-    with pytest.raises(RmpError, match="line 1: asid=0x400"):
+    with pytest.raises(RmpError, match="line 1: asid=1024"):
         decode_dump("RMPEntry paddr 0x1000 [assigned=1 immutable=0 pagesize=0 gpa=0x1 asid=1024 "
                     "vmsa=0 validated=0]")
     # a 17-digit value is not a 64-bit quadword: the line is not an RMP dump line
