@@ -727,6 +727,9 @@ def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
         raise WalkError(f"goal_level={goal_level!r}: 1..{w.leaf_level} (the guest leaf level; "
                         f"kvm_mmu_hugepage_adjust never maps above it)")
     era = R.get_era(mmu.era)
+    # 4-byte gptes: every child gets a quadrant, direct ones included (v5.x kvm_mmu_get_page
+    # tested the MMU's root level; kvm_mmu_child_role inherits has_4_byte_gpte).
+    four = mmu.pttype == "32"
     by_level = {lv.level: lv for lv in w.levels if lv.table_gfn is not None}
     root_level = R.unpack(era, mmu.root_role).level
     out = []
@@ -743,7 +746,6 @@ def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
         level = mmu.root_level
     else:
         i = (w.addr >> 30) & 3
-        four = mmu.pttype == "32"
         parent = R.kvm_mmu_get_page_role(era, mmu.root_role, level=2, direct=False,
                                          gaddr=i << 30, guest_32bit=four)
         out.append(ShadowPage(2, by_level[2].table_gfn, parent, False, "root"))
@@ -752,14 +754,15 @@ def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
         child = level - 1
         idx = (w.addr >> (12 + 9 * (level - 1))) & 511
         parent = R.kvm_mmu_child_role(era, parent, direct=False, access=by_level[child].pt_access,
-                                      index=idx)
+                                      index=idx, guest_32bit=four)
         out.append(ShadowPage(child, by_level[child].table_gfn, parent, False, "child"))
         level = child
     direct_access = w.fault_pte_access(mmu)
     while level > goal:
         child = level - 1
         idx = (w.addr >> (12 + 9 * (level - 1))) & 511
-        parent = R.kvm_mmu_child_role(era, parent, direct=True, access=direct_access, index=idx)
+        parent = R.kvm_mmu_child_role(era, parent, direct=True, access=direct_access, index=idx,
+                                      guest_32bit=four)
         base = w.gfn & ~((1 << (9 * (level - 1))) - 1)
         out.append(ShadowPage(child, base, parent, True, "direct"))
         level = child

@@ -457,3 +457,28 @@ def test_table_outside_memslots_fails_without_an_element():
     a = walk_addr(mmu, 0x5000, PF_U, mem)
     seq = [(e[1]["pte"], e[1]["level"]) for e in a.events if e[0] == "kvm_mmu_paging_element"]
     assert walk_observed(mmu, 0x5000, PF_U, seq, walker_error=4) == a
+
+
+@pytest.mark.parametrize("era,b4_indirect,b4_direct", [
+    ("v5.0", 0, 0),            # cr4_pae: 0 for 4-byte gptes, forced 0 on direct pages
+    ("v5.1", 0, 1),            # gpte_is_8_bytes: direct pages forced to 1
+    ("v5.14", 0, 1),
+    ("v5.17", 1, 1),           # has_4_byte_gpte inherited by direct children
+    ("latest", 1, 1),
+])
+def test_32bit_children_roles_per_era(era, b4_indirect, b4_direct):
+    """Direct children of a split 4M page carry the quadrant in every era (v5.x
+    kvm_mmu_get_page tested the MMU's root level, not the page's bit 4)."""
+    mem = GuestMemory()
+    mem.write(0x1000 + 4 * 1, 0x00400000 | P | W | U | PS | A | D, 4)   # 4M at 4M
+    mem.write(0x1000 + 4 * 2, 0x2000 | P | W | U | A, 4)
+    mem.write(0x2000 + 4 * 0x200, 0x9000 | P | W | U | A | D, 4)
+    mmu = GuestMmu.for_vcpu(Vcpu.legacy32(cr3=0x1000), era)
+    w = walk_addr(mmu, 0x0060_0000, 0, mem)
+    d = shadow_pages(mmu, w, goal_level=1)[-1]
+    f = R.unpack(era, d.role)
+    assert d.direct and f.level == 1 and f.quadrant == 1 and (d.role >> 4) & 1 == b4_direct
+    w = walk_addr(mmu, 0x00A0_0000, 0, mem)
+    c = shadow_pages(mmu, w)[-1]
+    f = R.unpack(era, c.role)
+    assert not c.direct and f.quadrant == 1 and (c.role >> 4) & 1 == b4_indirect
