@@ -35,6 +35,7 @@ __all__ = [
     "GuestMmu", "GuestMemory", "Walk", "WalkLevel", "WalkFault", "ShadowPage", "WalkError",
     "WalkReplayError", "walk_addr", "walk_observed", "shadow_pages", "rsvd_bits_mask",
     "ept_bad_mt_xwr", "gpte_access", "MODES", "ARCHES", "EntryDecode", "decode_entry",
+    "WalkReplay", "replay_records", "WALK_EVENTS",
 ]
 
 U64 = (1 << 64) - 1
@@ -908,3 +909,70 @@ def decode_entry(arch: str, word: int, level: int = 1, *, maxphyaddr: int = 52,
             else _X86_NAMES[level] if arch != "32bit" else ("PTE", "PDE")[level - 1])
     return EntryDecode(arch, level, word, name, present, leaf, (1 << shift) if leaf else None,
                        addr, tuple(flags), memtype, rsvd)
+
+
+# ---------------------------------------------------------------------------
+# Replaying the walk events of a parsed trace
+# ---------------------------------------------------------------------------
+
+WALK_EVENTS = ("kvm_mmu_pagetable_walk", "kvm_mmu_paging_element", "kvm_mmu_set_accessed_bit",
+               "kvm_mmu_set_dirty_bit", "kvm_mmu_walker_error")
+
+
+@dataclass(frozen=True)
+class WalkReplay:
+    """One observed walk (a ``kvm_mmu_pagetable_walk`` and the walk events after it on the same
+    CPU) replayed through :func:`walk_observed`: the model's Walk (None when the replay was
+    refused), the observed events, and whether the model predicts exactly those events."""
+
+    cpu: int
+    observed: tuple
+    walk: Walk | None
+    error: str | None
+
+    @property
+    def matches(self) -> bool:
+        return self.walk is not None and tuple(self.walk.events) == self.observed
+
+
+def replay_records(mmu, records: Iterable) -> list:
+    """Group trace records (:class:`pykvmmu.trace.TraceRecord` or anything with ``event``,
+    ``fields`` and ``cpu``) into walks and replay each one.
+
+    A walk is a ``kvm_mmu_pagetable_walk`` and the following ``kvm_mmu_paging_element`` /
+    ``kvm_mmu_set_{accessed,dirty}_bit`` / ``kvm_mmu_walker_error`` records of the same CPU; it
+    ends at that CPU's next walk or next other event.  ``mmu`` is a GuestMmu, or a callable
+    ``mmu(record) -> GuestMmu`` given the walk's first record (registers change over a trace)."""
+    open_walks: dict = {}
+    groups = []
+    for r in records:
+        ev, cpu = getattr(r, "event", None), getattr(r, "cpu", 0)
+        if ev == "kvm_mmu_pagetable_walk":
+            g = open_walks[cpu] = [r]
+            groups.append(g)
+        elif ev in WALK_EVENTS and cpu in open_walks:
+            open_walks[cpu].append(r)
+            if ev == "kvm_mmu_walker_error":
+                del open_walks[cpu]
+        else:
+            open_walks.pop(cpu, None)
+    out = []
+    for g in groups:
+        first = g[0]
+        observed = tuple((r.event, {k: r.fields[k] for k in _EVENT_KEYS[r.event]}) for r in g)
+        m = mmu(first) if callable(mmu) and not isinstance(mmu, GuestMmu) else mmu
+        elements = [(r.fields["pte"], r.fields["level"]) for r in g
+                    if r.event == "kvm_mmu_paging_element"]
+        errs = [r.fields["pferr"] for r in g if r.event == "kvm_mmu_walker_error"]
+        try:
+            w = walk_observed(m, first.fields["addr"], first.fields["pferr"], elements,
+                              walker_error=errs[0] if errs else None)
+            out.append(WalkReplay(first.cpu, observed, w, None))
+        except InputError as e:
+            out.append(WalkReplay(first.cpu, observed, None, str(e)))
+    return out
+
+
+_EVENT_KEYS = {"kvm_mmu_pagetable_walk": ("addr", "pferr"), "kvm_mmu_paging_element": ("pte", "level"),
+               "kvm_mmu_set_accessed_bit": ("gpa",), "kvm_mmu_set_dirty_bit": ("gpa",),
+               "kvm_mmu_walker_error": ("pferr",)}

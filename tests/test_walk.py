@@ -7,8 +7,8 @@ from pykvmmu import role as R
 from pykvmmu.errors import PykvmmuError
 from pykvmmu.vcpu import (CR0_PE, CR0_PG, CR4_PAE, CR4_PKE, CR4_PSE, CR4_SMEP, EFER_LMA,
                           EFER_LME, EptContext, Vcpu)
-from pykvmmu.walk import (GuestMemory, GuestMmu, WalkError, WalkReplayError, shadow_pages,
-                          walk_addr, walk_observed)
+from pykvmmu.walk import (GuestMemory, GuestMmu, WalkError, WalkReplayError, replay_records,
+                          shadow_pages, walk_addr, walk_observed)
 
 P, W, U, A, D, PS = 1, 2, 4, 0x20, 0x40, 0x80
 NX = 1 << 63
@@ -482,3 +482,39 @@ def test_32bit_children_roles_per_era(era, b4_indirect, b4_direct):
     c = shadow_pages(mmu, w)[-1]
     f = R.unpack(era, c.role)
     assert not c.direct and f.quadrant == 1 and (c.role >> 4) & 1 == b4_indirect
+
+
+def _trace_lines(w, cpu=1, t0=100.0):
+    fmt = {"kvm_mmu_pagetable_walk": lambda f: f"addr {f['addr']:x} pferr {f['pferr']:x} -",
+           "kvm_mmu_paging_element": lambda f: f"pte {f['pte']:x} level {f['level']}",
+           "kvm_mmu_set_accessed_bit": lambda f: f"gpa {f['gpa']:x}",
+           "kvm_mmu_set_dirty_bit": lambda f: f"gpa {f['gpa']:x}",
+           "kvm_mmu_walker_error": lambda f: f"pferr {f['pferr']:x} -"}
+    return [f" qemu-1 [{cpu:03d}] ..... {t0 + i / 1e6:.6f}: {name}: {fmt[name](f)}"
+            for i, (name, f) in enumerate(w.events)]
+
+
+def test_replay_parsed_trace_records():
+    from pykvmmu import trace
+    mem = GuestMemory()
+    four_level(mem, 0x5000)
+    four_level(mem, 0x6000, leaf_flags=W | U)                  # not present
+    mmu = GuestMmu.for_vcpu(Vcpu(cr3=0x1000))
+    a = walk_addr(mmu, 0x5000, PF_W, mem, write_back=False)
+    b = walk_addr(mmu, 0x6000, PF_U, mem, write_back=False)
+    la, lb = _trace_lines(a, cpu=1), _trace_lines(b, cpu=2, t0=100.000001)
+    lines = [x for pair in zip(la, lb) for x in pair] + la[len(lb):] + lb[len(la):]
+    lines.append(" qemu-1 [001] ..... 101.000000: kvm_mmu_spte_requested: gfn 9 pfn 1234 level 1")
+    res = trace.parse(lines)
+    assert not res.errors
+    reps = replay_records(mmu, res.records)
+    assert [r.cpu for r in reps] == [1, 2] and all(r.matches for r in reps)
+    assert reps[0].walk == a and reps[1].walk.fault.error_code == PF_U
+    # an observed walk that skipped the A/D update does not match the model
+    cut = [x for x in la if "set_dirty_bit" not in x]
+    reps = replay_records(lambda rec: mmu, trace.parse(cut).records)
+    assert reps[0].walk is not None and not reps[0].matches
+    # an element at the wrong level: the replay is refused, with the reason
+    bad = la[:1] + [la[1].replace("level 4", "level 3")]
+    reps = replay_records(mmu, trace.parse(bad).records)
+    assert reps[0].walk is None and "observed level 3" in reps[0].error
