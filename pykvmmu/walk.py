@@ -159,6 +159,16 @@ class GuestMmu:
     pkru: int = 0
     pkrs: int = 0
 
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise WalkError(f"mode={self.mode!r}: one of {', '.join(MODES)}")
+        if not isinstance(self.perm, PermissionModel):
+            raise WalkError(f"perm={self.perm!r}: expected a PermissionModel")
+        if self.pdptrs is not None and (not isinstance(self.pdptrs, tuple) or len(self.pdptrs) != 4):
+            raise WalkError(f"pdptrs={self.pdptrs!r}: a tuple of the four PDPTEs")
+        for name, bits in (("pgd", 64), ("rflags", 64), ("pkru", 32), ("pkrs", 32)):
+            uint(name, getattr(self, name), bits)
+
     @property
     def pttype(self) -> str:
         return MODES[self.mode][0]
@@ -181,6 +191,8 @@ class GuestMmu:
         if not isinstance(vcpu, Vcpu):
             raise WalkError(f"vcpu={vcpu!r}: expected a pykvmmu.vcpu.Vcpu")
         era_obj = R.get_era(era)
+        if tdp_level not in (4, 5):
+            raise WalkError(f"tdp_level={tdp_level!r}: the host TDP level is 4 or 5")
         lvl = vcpu.paging_level
         if lvl == 0:
             raise WalkError("CR0.PG=0: there is no guest page-table walk (nonpaging_gva_to_gpa "
@@ -359,6 +371,8 @@ class Walk:
     def fault_pte_access(self, mmu: GuestMmu) -> int | None:
         """walker.pte_access after FNAME(page_fault)'s CR0.WP=0 rule: a supervisor write to a
         read-only page gets W, loses U (and X when SMEP is on).  Assumes a memslot backs it."""
+        if not isinstance(mmu, GuestMmu):
+            raise WalkError(f"mmu={mmu!r}: expected the GuestMmu of this walk")
         if not self.ok:
             return None
         a = self.pte_access
@@ -614,6 +628,9 @@ def walk_addr(mmu: GuestMmu, addr: int, access: int, mem, *, write_back: bool = 
     PAE: the PDPTEs come from ``mmu.pdptrs`` when set, else from memory at CR3."""
     addr, access = _check_inputs(mmu, addr, access)
     rd, wr = _reader(mem, mmu.gpte_size)
+    for name, fn in (("pte_writable", pte_writable), ("visible", visible)):
+        if fn is not None and not callable(fn):
+            raise WalkError(f"{name}={fn!r}: expected a callable taking a table gfn")
     limit = (1 << (8 * mmu.gpte_size)) - 1
 
     def fetch(level, gpa, is_pdpte):
@@ -705,8 +722,7 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable, *,
 # Shadow pages along the walk (FNAME(fetch))
 # ---------------------------------------------------------------------------
 
-def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
-                 tdp_level: int = 4) -> tuple:
+def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None) -> tuple:
     """The shadow pages FNAME(fetch) links for a successful walk, root first.
 
     Root: ``mmu.root_role`` at the pgd's gfn (4/5-level), or the PAE root for ``addr``

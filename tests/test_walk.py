@@ -383,6 +383,17 @@ def test_refused_inputs_change_nothing():
         GuestMmu.for_vcpu(Vcpu.real_mode())
     with pytest.raises(WalkError, match="wider"):
         walk_addr(GuestMmu.for_vcpu(Vcpu.legacy32(cr3=0x1000)), 0, 0, lambda gpa: 1 << 40)
+    with pytest.raises(WalkError, match="visible"):
+        walk_addr(mmu, 0x5000, 0, mem, visible=3)
+    with pytest.raises(WalkError, match="tdp_level"):
+        GuestMmu.for_vcpu(Vcpu(), mmu="nested-npt", tdp_level=3)
+    with pytest.raises(WalkError, match="mode"):
+        GuestMmu(**{**mmu.__dict__, "mode": "6level"})
+    w = walk_addr(mmu, 0x5000, 0, mem, write_back=False)
+    with pytest.raises(WalkError, match="GuestMmu"):
+        w.fault_pte_access(None)
+    with pytest.raises(WalkError, match="goal_level"):
+        shadow_pages(mmu, w, goal_level=2)
     assert mem.read(0x1000) & A == 0
 
 
