@@ -529,3 +529,42 @@ def test_replay_parsed_trace_records():
     bad = la[:1] + [la[1].replace("level 4", "level 3")]
     reps = replay_records(mmu, trace.parse(bad).records)
     assert reps[0].walk is None and "observed level 3" in reps[0].error
+
+
+def test_access_test_style_enumeration():
+    """In the spirit of kvm-unit-tests' access test: every combination of PDE and PTE U/W/NX,
+    leaf A/D, access type and CR0.WP/SMEP/SMAP/EFLAGS.AC, against the architectural rules
+    (tests/test_perm.py's oracle): fault or not, the error code, and the A/D bits written."""
+    import itertools
+
+    from test_perm import arch_fault
+    n = 0
+    for wp, smep, smap, ac in itertools.product((False, True), repeat=4):
+        cr0 = CR0_PE | CR0_PG | (1 << 16 if wp else 0)
+        cr4 = CR4_PAE | (CR4_SMEP if smep else 0) | (1 << 21 if smap else 0)
+        mmu = GuestMmu.for_vcpu(Vcpu(cr3=0x1000, cr0=cr0, cr4=cr4, rflags=0x2 | (ac << 18)))
+        for pde_w, pde_u, pde_nx, w, u, nx, a, d in itertools.product((0, 1), repeat=8):
+            for kind, user in itertools.product(("read", "write", "fetch"), (False, True)):
+                access = {"read": 0, "write": PF_W, "fetch": PF_F}[kind] | (PF_U if user else 0)
+                mem = GuestMemory()
+                build(mem, 0x1000, 0x5000, [
+                    (4, 0x2000 | P | W | U), (3, 0x3000 | P | W | U),
+                    (2, 0x4000 | P | (W if pde_w else 0) | (U if pde_u else 0)
+                     | (NX if pde_nx else 0)),
+                    (1, 0x9000 | P | (W if w else 0) | (U if u else 0) | (NX if nx else 0)
+                     | (A if a else 0) | (D if d else 0))])
+                res = walk_addr(mmu, 0x5000, access, mem)
+                fault = arch_fault(user_page=bool(pde_u and u), writable=bool(pde_w and w),
+                                   executable=not (pde_nx or nx), write=kind == "write",
+                                   user_mode=user, fetch=kind == "fetch", wp=wp, smep=smep,
+                                   smap=smap, nx=True, ac=ac, implicit=False)
+                leaf = mem.read(0x4000 + 8 * 5)
+                if fault:
+                    assert not res.ok and res.fault.error_code == P | access
+                    assert leaf & (A | D) == (A if a else 0) | (D if d else 0)
+                else:
+                    assert res.ok and res.gfn == 9
+                    assert leaf & A and bool(leaf & D) == bool(d or kind == "write")
+                    assert all(mem.read(g) & A for g in (0x1000, 0x2000, 0x3000))
+                n += 1
+    assert n == 16 * 256 * 6
