@@ -158,3 +158,39 @@ def test_absolute_timestamp_and_padding():
     page = struct.pack("<QQ", 1000, len(data)) + data + bytes(4096 - 16 - len(data))
     (ts, rec), = list(iter_page(page, hp))
     assert ts == (2 << 27) + 3 + 7 and bytes(rec) == b"\x01\x00\x02\x03\x04\x05\x06\x07"
+
+
+def test_capture_losses_reach_the_summary(tmp_path, capsys):
+    from pykvmmu import cli
+    p = tmp_path / "lossy.kvmcap"
+    _capture_tar(p, meta={"format": "pykvmmu-capture", "version": 1, "kernel_release": "6.18.44-fc-v669",
+                          "lost": {"cpu1": {"overrun": 5, "dropped events": 2, "now ts": "1.0"}}})
+    with T.open_trace(str(p)) as st:
+        list(st)
+        assert st.lost["cpu1"] == {"stats overrun": 5, "stats dropped events": 2}
+    assert cli.main(["trace", str(p), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "lost events (ring buffer):" in out and "stats overrun 5" in out
+    assert cli.main(["trace", str(p)]) == 0
+    assert "ring buffer lost events: cpu1" in capsys.readouterr().err
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    from pykvmmu.commands import trace as C
+
+    class _St:
+        def progress(self):
+            return (50, 100)
+    clock = iter(range(0, 10**6))
+    monkeypatch.setattr(C.time, "monotonic", lambda: next(clock))
+    off = C._Progress(_St(), False)
+    for _ in range(5000):
+        off.tick()
+    off.done()
+    assert capsys.readouterr().err == ""
+    on = C._Progress(_St(), True)
+    for _ in range(5000):
+        on.tick()
+    err = capsys.readouterr().err
+    assert " 50.0%" in err and "4096 records" in err
+    on.done()
