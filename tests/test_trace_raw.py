@@ -38,7 +38,7 @@ def test_header_page_and_format_files():
 def test_raw_pages_match_the_kernels_fields_text():
     recs, st = _all(RAW)
     assert st.kernel_version == "6.18.44-fc-v669" and st.era.name == "v6.14" and st.format == "capture"
-    assert st.other_events == {"id:4": 12}          # ftrace kernel_stack entries (no format saved)
+    assert st.other_events == {}                    # the 12 kernel_stack entries are stacks
     with T.open_trace(os.path.join(D, "sched_fields.txt"), era="v6.14", all_events=True) as ft:
         txt = list(ft)
         assert ft.n_errors == 0
@@ -61,6 +61,14 @@ def test_print_text_and_stack_blocks():
     assert len(stacked) == 12
     assert stacked[0].event == "sched_switch" and stacked[0].stack[0] == "trace_event_raw_event_sched_switch"
     assert all(r.stack[1].startswith("__traceiter_") for r in stacked)
+    # the same stacks in the raw pages (kernel_stack entries after their record): same frame
+    # counts, same events, addresses instead of names
+    raw, _ = _all(RAW)
+    rstacked = [r for r in raw if r.stack]
+    assert [len(r.stack) for r in rstacked] == [len(r.stack) for r in stacked] == [
+        11, 13, 7, 11, 8, 12, 7, 8, 10, 8, 13, 10]
+    assert [(r.event, r.pid, r.cpu) for r in rstacked] == [(r.event, r.pid, r.cpu) for r in stacked]
+    assert all(a.startswith("0xffffffff8") for r in rstacked for a in r.stack)
 
 
 def _capture_tar(path, gz=False, meta=None):
