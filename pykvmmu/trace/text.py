@@ -291,9 +291,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     if ev not in ALL_EVENTS or system != "kvmmmu":
         if not all_events:
             return ("other", ev)
-        if payload and _FIELDS_LINE.match(payload) and "(" in payload:
+        if "=" in payload and "(" in payload and _FIELDS_LINE.match(payload):
             rec.fields, rec.source = _fields_payload(payload), "fields"
-        elif payload and _RAW_LINE.match(payload):
+        elif "=" in payload and _RAW_LINE.match(payload):
             rec.fields, rec.source = dict(_RAW_FIELD.findall(payload)), "raw"
             for k, v in rec.fields.items():
                 try:
@@ -301,11 +301,11 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
                 except ValueError:
                     pass
         return rec
-    if payload and _FIELDS_LINE.match(payload) and "(" in payload:
+    if "=" in payload and "(" in payload and _FIELDS_LINE.match(payload):
         rec.fields, rec.source = _fields_payload(payload), "fields"
         if ev in PAGE_EVENTS and not isinstance(rec.fields.get("role"), int):
             raise ValueError(f"{ev}: fields record without an integer role=")
-    elif _RAW_LINE.match(payload):
+    elif "=" in payload and _RAW_LINE.match(payload):
         raw = dict(_RAW_FIELD.findall(payload))
         hexes = RAW_HEX_FIELDS.get(ev, ())
         try:
