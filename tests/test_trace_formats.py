@@ -132,6 +132,8 @@ def test_spte_profile_follows_the_kernel_version():
     assert T.spte_profile_for("v6.18") == get_profile("v6.18").name
     assert T.spte_profile_for("v6.14") == get_profile("v6.14").name
     assert T.spte_profile_for("v5.0") is None
+    assert T.spte_profile_for("latest") == get_profile("latest").name    # the newest kernel
+    assert T.spte_profile_for("2019") is None                            # era v5.0 by alias
     with pytest.warns(ProfileVersionWarning):
         recs, _ = _read("demo.kvmcap", mode="shadow")
     s = [r for r in recs if r.event == "kvm_mmu_set_spte"][0]
