@@ -17,7 +17,7 @@ __all__ = ["default_spte_decoder", "spte_profile_for", "kernel_version_of", "for
 #: modelled).  Used only when neither the trace nor ``--era`` names a kernel version.
 ERA_TO_SPTE_PROFILE = {"v4.2": None, "v4.12": None, "v4.18": None, "v4.20": None, "v5.0": None,
                        "v5.0-fix": None, "v5.1": None, "v5.9": "v5.10", "v5.14": "v5.13",
-                       "v5.17": "v5.16", "v5.19": "v5.19", "v6.14": "v6.13"}
+                       "v5.17": "v5.17", "v5.19": "v5.19", "v6.14": "v6.13"}
 
 
 _NEWEST = ("latest", "newest", "current", "default")
