@@ -20,10 +20,10 @@ __all__ = ["integer", "uint", "u64", "sint", "in_range", "boolean", "opt_boolean
 
 
 def fmt(value) -> str:
-    """A value as messages show it: ints in hex (and decimal when small), others by repr."""
+    """A value as messages show it: small ints in decimal, large ones in hex, others by repr."""
     if isinstance(value, bool) or not isinstance(value, int):
         return repr(value)
-    if -4096 < value < 4096:
+    if -65536 < value < 65536:
         return str(value)
     return f"{value:#x}" if value >= 0 else f"-{-value:#x}"
 
