@@ -16,14 +16,14 @@ import numpy as np
 from .errors import ArrayError, InputError
 
 __all__ = ["integer", "uint", "u64", "sint", "in_range", "boolean", "opt_boolean", "choice",
-           "aligned", "page_aligned", "no_overlap", "snapshot", "fmt"]
+           "mmu_config", "aligned", "page_aligned", "no_overlap", "snapshot", "fmt"]
 
 
 def fmt(value) -> str:
-    """A value as messages show it: ints in hex (and decimal when small), others by repr."""
+    """A value as messages show it: small ints in decimal, large ones in hex, others by repr."""
     if isinstance(value, bool) or not isinstance(value, int):
         return repr(value)
-    if -4096 < value < 4096:
+    if -65536 < value < 65536:
         return str(value)
     return f"{value:#x}" if value >= 0 else f"-{-value:#x}"
 
@@ -78,7 +78,9 @@ def in_range(name: str, value, lo: int, hi: int, rule: str = "", *, err=InputErr
 
 def boolean(name: str, value, *, err=InputError, **kw) -> bool:
     """A bool: True/False (numpy bools too) or the ints 0/1 -- never truthiness of other values."""
-    if isinstance(value, (bool, np.bool_)):
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, (int, np.integer)) and value in (0, 1):
         return bool(value)
@@ -99,6 +101,14 @@ def choice(name: str, value, options, *, err=InputError, **kw):
         ok = False
     if not ok or isinstance(value, bool):
         raise err(f"{name}={value!r}: must be one of {', '.join(map(repr, options))}", **kw)
+    return value
+
+
+def mmu_config(value, name: str = "cfg"):
+    """An :class:`~pykvmmu.config.MmuConfig` (scalar fast paths call this only on failure)."""
+    from .config import MmuConfig
+    if not isinstance(value, MmuConfig):
+        raise InputError(f"{name}={value!r}: expected an MmuConfig, got {type(value).__name__}")
     return value
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import _par
 from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
-from ._check import boolean, choice, in_range, opt_boolean
+from ._check import boolean, choice, in_range, mmu_config, opt_boolean
 from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_USER_MASK, ACC_WRITE_MASK, GENMASK, PT_PRESENT_MASK,
                      PT_USER_MASK, PT_WRITABLE_MASK, SHADOW_NONPRESENT_OR_RSVD_MASK_LEN,
@@ -33,9 +33,7 @@ from .spte import is_mmio_spte, predicate_batch
 
 
 def _cfg(cfg, name: str = "cfg") -> MmuConfig:
-    if not isinstance(cfg, MmuConfig):
-        raise InputError(f"{name}={cfg!r}: expected an MmuConfig, got {type(cfg).__name__}")
-    return cfg
+    return mmu_config(cfg, name)
 
 __all__ = [
     "make_mmio_spte", "make_mmio_spte_batch", "get_mmio_spte_gfn", "get_mmio_spte_gfn_batch",
@@ -128,7 +126,8 @@ def make_mmio_spte(cfg: MmuConfig, gfn: int, access: int = ACC_ALL, generation: 
             and 0 <= access <= 7):
         try:
             return lib.kvmmu_mmio_make(cfg._cptr, gfn, access, generation)
-        except (OverflowError, TypeError):
+        except (OverflowError, TypeError, AttributeError):
+            mmu_config(cfg)
             raise bad_u64("generation", generation) from None
     g, a, gen = _check_make_args(gfn, access, generation)
     return lib.kvmmu_mmio_make(cfg._cptr, g, a, gen)
@@ -150,6 +149,7 @@ def make_mmio_spte_batch(cfg: MmuConfig, gfn: np.ndarray, access=ACC_ALL, genera
     A bad element raises InputError naming the first one (``out`` then holds unspecified
     data).  ``threads``: see :mod:`pykvmmu._par` (None: automatic).
     """
+    mmu_config(cfg)
     in_array("gfn", gfn, np.uint64)
     shapes = [("gfn", gfn)]
     ac_a, ac_s = _u64_arg("access", access, shapes)
@@ -183,7 +183,8 @@ def get_mmio_spte_gfn(cfg: MmuConfig, spte: int) -> int:
     """
     try:
         return lib.kvmmu_mmio_get_gfn(cfg._cptr, spte)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
         raise bad_u64("spte", spte) from None
 
 
@@ -191,7 +192,8 @@ def get_mmio_spte_access(cfg: MmuConfig, spte: int) -> int:
     """``get_mmio_spte_access()``: ``spte & shadow_mmio_access_mask`` (0 on EPT/TDX)."""
     try:
         return lib.kvmmu_mmio_get_access(cfg._cptr, spte)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
         raise bad_u64("spte", spte) from None
 
 
@@ -199,11 +201,13 @@ def get_mmio_spte_generation(cfg: MmuConfig, spte: int) -> int:
     """``get_mmio_spte_generation()``: the generation bits of the SPTE, packed."""
     try:
         return lib.kvmmu_mmio_get_generation(cfg._cptr, spte)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
         raise bad_u64("spte", spte) from None
 
 
 def _get_batch(cfg, which, spte, out, threads):
+    mmu_config(cfg)
     in_array("spte", spte, np.uint64)
     out = out_array("out", out, np.uint64, spte.shape, [("spte", spte)])
     c = cfg._cptr
@@ -234,6 +238,7 @@ def get_mmio_spte_generation_batch(cfg: MmuConfig, spte: np.ndarray,
 def is_mmio_spte_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None,
                        threads: int | None = None) -> np.ndarray:
     """Batch ``is_mmio_spte()`` (bool array); the scalar form is ``pykvmmu.spte.is_mmio_spte``."""
+    mmu_config(cfg)
     return predicate_batch(cfg, "is_mmio_spte", spte, out=out, threads=threads)
 
 
@@ -252,13 +257,15 @@ def check_mmio_spte(cfg: MmuConfig, spte: int, memslots_generation: int) -> bool
     masked memslots generation must equal the SPTE's generation."""
     try:
         return lib.kvmmu_mmio_check(cfg._cptr, spte, memslots_generation)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
         uint("spte", spte)
         raise bad_u64("memslots_generation", memslots_generation) from None
 
 
 def _generation_batch(cfg, cfn, spte, memslots_generation, out, dtype, threads):
     """A per-SPTE C routine against a scalar or per-element memslots generation."""
+    mmu_config(cfg)
     in_array("spte", spte, np.uint64)
     shapes = [("spte", spte)]
     ge_a, ge_s = _u64_arg("memslots_generation", memslots_generation, shapes)
@@ -287,6 +294,7 @@ def mmio_fault_outcome(cfg: MmuConfig, spte: int, memslots_generation: int) -> s
     rebuilt SPTE carries the pre-update generation and ``vcpu_cache_mmio_info`` caches
     nothing; ``"not_mmio"``: not an MMIO SPTE (RET_PF_RETRY).
     """
+    mmu_config(cfg)
     s = uint("spte", spte)
     g = uint("memslots_generation", memslots_generation)
     return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(cfg._cptr, s, g)]
@@ -314,6 +322,7 @@ def kvm_mmu_invalidate_mmio_sptes(cfg: MmuConfig, generation: int, nr_as_ids: in
     address-space modifier (``nr_as_ids - 1``) is stripped, and a result of 0 means the
     MMIO generation wrapped in some address space, so ``kvm_mmu_zap_all_fast()`` runs.
     """
+    mmu_config(cfg)
     g = uint("generation", generation)
     n = _nr_as(nr_as_ids)
     if g & KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS:
@@ -324,6 +333,7 @@ def kvm_mmu_invalidate_mmio_sptes(cfg: MmuConfig, generation: int, nr_as_ids: in
 def kvm_mmu_invalidate_mmio_sptes_batch(cfg: MmuConfig, generation: np.ndarray, nr_as_ids: int = 2,
                                         out: np.ndarray | None = None) -> np.ndarray:
     """Batch ``kvm_mmu_invalidate_mmio_sptes()`` over new generations: bool array (zap all)."""
+    mmu_config(cfg)
     in_array("generation", generation, np.uint64)
     n = _nr_as(nr_as_ids)
     out = out_array("out", out, np.bool_, generation.shape, [("generation", generation)])

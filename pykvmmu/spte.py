@@ -15,7 +15,7 @@ import numpy as np
 from . import _par
 from . import profile as _profile
 from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
-from ._check import boolean, in_range
+from ._check import boolean, in_range, mmu_config
 from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, MmuConfig)
 from .errors import InputError
@@ -114,6 +114,7 @@ def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC
     to ``!kvm_ad_enabled()`` (the TDP MMU's role).  Before v6.13, ``synchronizing``
     stands for ``!can_unsync``.
     """
+    mmu_config(cfg)
     pfn = uint("pfn", pfn)
     level = uint("level", level, 8)
     pte_access = uint("pte_access", pte_access, 8)
@@ -163,6 +164,7 @@ def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_
     or arrays of the pfn array's shape.  Returns the SPTE array, or ``(sptes, wrprot)``
     with ``with_wrprot=True``.  ``threads``: see :mod:`pykvmmu._par` (None: automatic).
     """
+    mmu_config(cfg)
     in_array("pfn", pfn, np.uint64)
     shapes = [("pfn", pfn)]
     lv_a, lv_s = _arg("level", level, np.uint8, 8, shapes)
@@ -212,6 +214,7 @@ def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_
 def make_nonleaf_spte(cfg: MmuConfig, child_pa: int, ad_disabled: bool | None = None) -> int:
     """``make_nonleaf_spte(child_pt, ad_disabled)``: an SPTE pointing to a child page table
     (``ad_disabled`` defaults to ``!kvm_ad_enabled()``, as tdp_mmu_link_sp passes)."""
+    mmu_config(cfg)
     pa = uint("child_pa", child_pa)
     ad_disabled = not cfg.ad_enabled if ad_disabled is None else boolean("ad_disabled", ad_disabled)
     if pa & ~cfg.base_addr_mask:
@@ -223,6 +226,7 @@ def make_nonleaf_spte(cfg: MmuConfig, child_pa: int, ad_disabled: bool | None = 
 def make_nonleaf_spte_batch(cfg: MmuConfig, child_pa: np.ndarray, ad_disabled: bool | None = None,
                             out: np.ndarray | None = None) -> np.ndarray:
     """Batch ``make_nonleaf_spte()`` over a uint64 array of child page-table addresses."""
+    mmu_config(cfg)
     in_array("child_pa", child_pa, np.uint64)
     ad_disabled = not cfg.ad_enabled if ad_disabled is None else boolean("ad_disabled", ad_disabled)
     out = out_array("out", out, np.uint64, child_pa.shape, [("child_pa", child_pa)])
@@ -250,6 +254,7 @@ def make_small_spte(cfg: MmuConfig, huge_spte: int, child_level: int, index: int
                     role_access: int = ACC_ALL, nx_huge_pages: bool | None = None) -> int:
     """``make_small_spte()`` (``make_huge_page_split_spte()`` before v6.13): child ``index``
     (0..511) of a huge SPTE split into a page table at ``child_level``."""
+    mmu_config(cfg)
     child_level, role_access = _split_args(cfg, child_level, role_access)
     huge = uint("huge_spte", huge_spte)
     index = in_range("index", index, 0, 511, "a page table has 512 entries")
@@ -264,6 +269,7 @@ def make_small_spte_batch(cfg: MmuConfig, huge_spte: np.ndarray, child_level: in
     """Batch ``make_small_spte()``; ``index`` is a scalar or a uint16 array (default: the
     512 children of a single huge SPTE are produced when ``huge_spte`` has one element
     and ``index`` is None)."""
+    mmu_config(cfg)
     child_level, role_access = _split_args(cfg, child_level, role_access)
     in_array("huge_spte", huge_spte, np.uint64)
     nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
@@ -299,6 +305,7 @@ def make_huge_spte(cfg: MmuConfig, small_spte: int, level: int,
                    nx_huge_pages: bool | None = None) -> int:
     """``make_huge_spte()`` (v6.13+): the huge SPTE at ``level`` that replaces a page table
     whose child ``small_spte`` is given (collapsing after dirty logging)."""
+    mmu_config(cfg)
     one = np.array([uint("small_spte", small_spte)], dtype=np.uint64)
     return int(make_huge_spte_batch(cfg, one, level, nx_huge_pages)[0])
 
@@ -306,6 +313,7 @@ def make_huge_spte(cfg: MmuConfig, small_spte: int, level: int,
 def make_huge_spte_batch(cfg: MmuConfig, small_spte: np.ndarray, level: int,
                          nx_huge_pages: bool | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Batch ``make_huge_spte()``."""
+    mmu_config(cfg)
     _profile.require(cfg.profile, "has_make_huge_spte", "make_huge_spte")
     level = uint("level", level, 8)
     if not 2 <= level <= 3:
@@ -325,7 +333,8 @@ def mark_spte_for_access_track(cfg: MmuConfig, spte: int) -> int:
     """``mark_spte_for_access_track()``: age an SPTE (clear A, or save R/X and clear RWX)."""
     try:
         return lib.kvmmu_mark_spte_for_access_track(cfg._cptr, spte)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
         raise bad_u64("spte", spte) from None
 
 
@@ -333,13 +342,15 @@ def restore_acc_track_spte(cfg: MmuConfig, spte: int) -> int:
     """``restore_acc_track_spte()``: put the saved R/X bits back (not W, not A)."""
     try:
         return lib.kvmmu_restore_acc_track_spte(cfg._cptr, spte)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
         raise bad_u64("spte", spte) from None
 
 
 def access_track_batch(cfg: MmuConfig, spte: np.ndarray, restore: bool = False,
                        out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Batch ``mark_spte_for_access_track()`` (or ``restore_acc_track_spte()``)."""
+    mmu_config(cfg)
     in_array("spte", spte, np.uint64)
     out = out_array("out", out, np.uint64, spte.shape, [("spte", spte)])
     c, r = cfg._cptr, boolean("restore", restore)
@@ -380,21 +391,24 @@ def _make_pred(name, num, needs_level, feature, doc):
                 raise InputError(f"{name}: level={level!r}: must be 1..5")
             try:
                 return pred(cfg._cptr, num, spte, level)
-            except (OverflowError, TypeError):
+            except (OverflowError, TypeError, AttributeError):
+                mmu_config(cfg)
                 raise bad_u64("spte", spte) from None
     elif feature:
         def f(cfg: MmuConfig, spte: int) -> bool:
-            if not getattr(cfg.profile, feature):
-                _profile.require(cfg.profile, feature, name)
             try:
+                if not getattr(cfg.profile, feature):
+                    _profile.require(cfg.profile, feature, name)
                 return pred(cfg._cptr, num, spte, 1)
-            except (OverflowError, TypeError):
+            except (OverflowError, TypeError, AttributeError):
+                mmu_config(cfg)
                 raise bad_u64("spte", spte) from None
     else:
         def f(cfg: MmuConfig, spte: int) -> bool:
             try:
                 return pred(cfg._cptr, num, spte, 1)
-            except (OverflowError, TypeError):
+            except (OverflowError, TypeError, AttributeError):
+                mmu_config(cfg)
                 raise bad_u64("spte", spte) from None
     f.__name__ = f.__qualname__ = name
     f.__doc__ = doc
@@ -463,6 +477,7 @@ def predicate(cfg: MmuConfig, name: str, spte: int, level: int = 1) -> bool:
 def predicate_batch(cfg: MmuConfig, name: str, spte: np.ndarray, level=1,
                     out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
     """Evaluate predicate ``name`` over a uint64 array; returns a bool array."""
+    mmu_config(cfg)
     try:
         num, needs_level, feat = PREDICATES[name]
     except (KeyError, TypeError):
@@ -494,13 +509,15 @@ def spte_to_pfn(cfg: MmuConfig, spte: int) -> int:
     """``spte_to_pfn()``: ``(spte & SPTE_BASE_ADDR_MASK) >> 12``."""
     try:
         return lib.kvmmu_spte_to_pfn(cfg._cptr, spte)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
         raise bad_u64("spte", spte) from None
 
 
 def spte_to_pfn_batch(cfg: MmuConfig, spte: np.ndarray, out: np.ndarray | None = None,
                       threads: int | None = None) -> np.ndarray:
     """Batch ``spte_to_pfn()``."""
+    mmu_config(cfg)
     in_array("spte", spte, np.uint64)
     out = out_array("out", out, np.uint64, spte.shape, [("spte", spte)])
     c = cfg._cptr
@@ -514,7 +531,8 @@ def leaf_spte_change_needs_tlb_flush(cfg: MmuConfig, old_spte: int, new_spte: in
     what ``mmu_spte_update()`` returned (MMU-W lost W, or A or D cleared)."""
     try:
         return lib.kvmmu_leaf_spte_change_needs_tlb_flush(cfg._cptr, old_spte, new_spte)
-    except (OverflowError, TypeError):
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
         uint("old_spte", old_spte)
         raise bad_u64("new_spte", new_spte) from None
 
@@ -523,6 +541,7 @@ def leaf_spte_change_needs_tlb_flush_batch(cfg: MmuConfig, old_spte: np.ndarray,
                                            out: np.ndarray | None = None,
                                            threads: int | None = None) -> np.ndarray:
     """Batch ``leaf_spte_change_needs_tlb_flush()`` over two uint64 arrays of equal shape."""
+    mmu_config(cfg)
     in_array("old_spte", old_spte, np.uint64)
     in_array("new_spte", new_spte, np.uint64)
     ins = [("old_spte", old_spte), ("new_spte", new_spte)]
@@ -564,6 +583,7 @@ def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1, out: np.ndarray | No
     (index into KINDS), AD type, EPT memtype/IPAT, granted ACC bits, saved R/X and one
     ``p_<predicate>`` bool field per predicate.  ``p_dirty`` is ``is_dirty_spte()`` before
     v6.13 and the raw D bit after; ``p_ept_ve_possible`` is False before v6.10."""
+    mmu_config(cfg)
     in_array("spte", spte, np.uint64)
     shapes = [("spte", spte)]
     lv_a, lv_s = _arg("level", level, np.uint8, 8, shapes)
@@ -631,6 +651,7 @@ def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
     """Decode one SPTE to a readable record (every field named, with the mode's meaning).
 
     MMIO SPTEs also get gfn, access and generation when pykvmmu.mmio is available."""
+    mmu_config(cfg)
     s = uint("spte", spte)
     level = uint("level", level, 8)
     r = decode_batch(cfg, np.array([s], dtype=np.uint64), level)[0]

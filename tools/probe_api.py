@@ -562,6 +562,37 @@ def build():
         lambda v: (lambda vm: (vm, lambda: vm.punch_hole(vm._probe_gmem, 0, v)))(mkvm("tdx")))
     stateful("vm", "Vm[tdx]", lambda: mkvm("tdx"), "slot_kind", (1,), {}, {0: BAD_U})
 
+    # every spte / mmio entry point with a configuration that is not an MmuConfig
+    for mod, names in ((S, S.__all__), (M, M.__all__)):
+        for fname in names:
+            fn = getattr(mod, fname)
+            if not callable(fn) or isinstance(fn, type):
+                continue
+            try:
+                params = list(inspect.signature(fn).parameters)
+            except (TypeError, ValueError):
+                continue
+            if not params or params[0] not in ("cfg", "config"):
+                continue
+            rest = {"make_spte": (1,), "make_nonleaf_spte": (0x5000,), "make_small_spte": (0x200ef7, 1, 3),
+                    "make_huge_spte": (0x12345b77, 2), "predicate": ("is_large_pte", 1),
+                    "is_last_spte": (1, 1), "is_rsvd_spte": (1, 1), "leaf_spte_change_needs_tlb_flush": (1, 2),
+                    "decode": (1,), "make_mmio_spte": (1,), "check_mmio_spte": (1, 0),
+                    "mmio_fault_outcome": (1, 0), "kvm_mmu_invalidate_mmio_sptes": (2,),
+                    "generation_mmio_spte_mask": (2,), "set_mmio_spte_mask": (6, 7, 6),
+                    "make_spte_batch": (u64,), "make_nonleaf_spte_batch": (u64 << np.uint64(12),),
+                    "make_small_spte_batch": (np.zeros(1, np.uint64), 1),
+                    "make_huge_spte_batch": (u64, 2), "access_track_batch": (u64,),
+                    "predicate_batch": ("is_large_pte", u64), "spte_to_pfn_batch": (u64,),
+                    "leaf_spte_change_needs_tlb_flush_batch": (u64, u64.copy()), "decode_batch": (u64,),
+                    "make_mmio_spte_batch": (u64,), "check_mmio_spte_batch": (u64, 0),
+                    "mmio_fault_outcome_batch": (u64, 0),
+                    "kvm_mmu_invalidate_mmio_sptes_batch": (u64 * np.uint64(2),)}.get(fname)
+            if rest is None:
+                rest = (u64,) if fname.endswith("_batch") else (1,) if len(params) > 1 else ()
+            scalar(mod.__name__.split(".")[-1], f"{fname}[cfg]", fn, (cfg,) + tuple(rest), {},
+                   {0: (None, "ept")})
+
     scalar("vm", "Vm", V.Vm, ("snp",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
         "asid": (0, 5000, -1, "1", None, 1.5), "max_level": (0, 4, 7, "3"), "gpaw": (50, "52"),
         "folio_order": (1, "0"), 0: ("bogus", 9, None), "log": ("no", 2), "policy": ("bogus",)})

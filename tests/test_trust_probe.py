@@ -1,0 +1,26 @@
+"""Issue 11: the probe of the public API (tools/probe_api.py, about 2000 bad inputs over every
+module but the RMP) finds no silent accept, no unclear or foreign exception, no crash and no
+half-applied call."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_probe_all_clear():
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "probe_api.py"), "-v"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+    assert p.returncode == 0, p.stderr[-2000:]
+    counts = {}
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if line.startswith("inputs tried:"):
+            counts["tried"] = int(parts[-1])
+        elif line.startswith("  ") and len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    assert counts["tried"] >= 2000
+    assert counts["clear"] == counts["tried"], p.stdout[:4000]
+    for cat in ("unclear", "other", "silent", "crash", "half", "setup"):
+        assert counts[cat] == 0, (cat, p.stdout[:4000])
