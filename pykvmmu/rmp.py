@@ -584,7 +584,7 @@ class RmpTable:
         return off, tuple(rst)
 
     @staticmethod
-    def _create_args(mem_bytes, segmented, rmp_base, flags) -> tuple:
+    def _create_args(mem_bytes, segmented, rmp_base, flags, seg_shift) -> tuple:
         mem_bytes = _batch.uint("mem_bytes", mem_bytes)
         if mem_bytes == 0:
             raise RmpError("mem_bytes=0: an RMP must cover at least one page")
@@ -592,6 +592,7 @@ class RmpTable:
             raise RmpError(f"mem_bytes={mem_bytes:#x}: more than 2^52 bytes, the x86 physical "
                            "address space (an RMP covers system physical addresses)")
         segmented = _batch.boolean("segmented", segmented)
+        _batch.uint("seg_shift", seg_shift, 8)      # checked even where a layout ignores it
         rmp_base = _batch.uint("rmp_base", rmp_base, 52)
         flags = _batch.uint("flags", flags, 32)
         if flags & ~lib.KVMMU_RMP_F_ALL:
@@ -609,7 +610,7 @@ class RmpTable:
         the address space the kernel grants raises RmpError naming the size.
         """
         mem_bytes, segmented, rmp_base, flags = cls._create_args(mem_bytes, segmented, rmp_base,
-                                                                 flags)
+                                                                 flags, seg_shift)
         what = f"mem_bytes={mem_bytes:#x}"
         if not segmented:
             t = cls(_anon_zeros(table_bytes(mem_bytes), what), flags=flags, rmp_base=rmp_base)
@@ -628,7 +629,7 @@ class RmpTable:
         """Create a zeroed table file (header + sparse table) atomically: the file appears
         complete or not at all, and an existing ``path`` is refused unless ``exist_ok``."""
         mem_bytes, segmented, rmp_base, flags = cls._create_args(mem_bytes, segmented, rmp_base,
-                                                                 flags)
+                                                                 flags, seg_shift)
         exist_ok = _batch.boolean("exist_ok", exist_ok)
         if segmented:
             size, rst = cls._segmented_layout(mem_bytes, seg_shift, rmp_base)

@@ -115,6 +115,10 @@ def _calls(t):
         (lambda: R.kvm_max_private_mapping_level(True, 9), "max_level=True"),
         (lambda: RmpTable(np.zeros(BOOKKEEPING, np.uint8), segmented=1), "segmented=1"),
         (lambda: RmpTable.create(1 << 20, segmented="no"), "segmented='no'"),
+        (lambda: RmpTable.create(1 << 20, seg_shift="x"), "seg_shift='x'"),
+        (lambda: RmpTable.create_file("/nonexistent/x", 1 << 20, flags=1 << 40), "flags="),
+        (lambda: t.lookup_batch(one, threads=True), "threads=True"),
+        (lambda: t.advise(3), "pattern=3"),
         (lambda: R.decode_dump(b"PFN 0x1"), "text: expected a str"),
     ]
 
