@@ -10,6 +10,8 @@ Groups and baselines:
   reference on a small sample.
 - ``rmp lookup 1TiB vs single gather``: the same core call against one numpy gather of the
   4K entries only (a lower bound for any numpy formulation).
+- ``rmp lookup 1TiB level index``: the lookup with ``enable_level_index()`` (one entry read
+  per pfn), default threads and ``threads=1``, against the same single numpy gather.
 The 1 TiB cases run only here, never in tests/.  PYKVMMU_BENCH_RMP_MAX (bytes of host memory,
 default 1 TiB) shrinks the largest table for a quick look.
 """
@@ -218,6 +220,32 @@ def test_lookup_1tib_vs_single_gather(benchmark, big_table, big_pfns, kind):
     idx = big_pfns << np.uint64(1)
     out = np.empty(idx.size, np.uint64)
     bench(benchmark, group, "numpy", idx.size, np.take, flat, idx, out=out)
+
+
+@pytest.mark.parametrize("kind", ["core", "core1t", "numpy"])
+def test_lookup_1tib_level_index(benchmark, big_table, big_pfns, kind):
+    """The level index (a 64 KiB-per-TiB bitmap of the 2M entries' Page_Size): one entry,
+    one DRAM line per lookup; numpy: one gather of the 4K entries (the same one line)."""
+    group = f"rmp lookup {big_table.size >> 20}MiB level index"
+    t = big_table
+    if kind == "numpy":
+        flat = t.buffer[16384:].view(np.uint64)
+        idx = big_pfns << np.uint64(1)
+        out = np.empty(idx.size, np.uint64)
+        bench(benchmark, group, "numpy", idx.size, np.take, flat, idx, out=out)
+        return
+    n = big_pfns.size
+    outs = dict(assigned=np.empty(n, np.uint8), level=np.empty(n, np.uint8),
+                asid=np.empty(n, np.uint16), gpa=np.empty(n, np.uint64))
+    plain = t.lookup_batch(big_pfns)
+    t.enable_level_index()
+    try:
+        res = bench(benchmark, group, kind, n, t.lookup_batch, big_pfns, **outs,
+                    threads=1 if kind == "core1t" else None)
+        for a, b in zip(res, plain):
+            assert np.array_equal(a, b)
+    finally:
+        t.disable_level_index()
 
 
 def test_lookup_1tib_reference(benchmark, big_pfns):

@@ -386,6 +386,8 @@ struct kvmmu_rmp {
     uint32_t pad;
     uint64_t seg_off[512];           /* byte offset in base of each segment's entry 0 */
     uint64_t seg_count[512];         /* entries of each segment (0 = not covered) */
+    uint64_t *lvl_bits;              /* optional level index (NULL: none): bit i = Page_Size */
+    uint64_t lvl_nbits;              /*   of the entry at pfn i * 512, kept by every writer */
 };
 
 /* RMPUPDATE input (the kernel's struct rmp_state, 16 bytes). */
@@ -471,6 +473,8 @@ size_t kvmmu_rmp_guest_check_batch(const struct kvmmu_rmp *t, const uint64_t *pf
                                    const uint64_t *gfn, const struct kvmmu_rmp_access *proto,
                                    uint8_t *check, size_t n);
 size_t kvmmu_rmp_count_assigned(const struct kvmmu_rmp *t, uint64_t start, uint64_t count);
+void kvmmu_rmp_level_index_build(const struct kvmmu_rmp *t);
+size_t kvmmu_rmp_level_index_check(const struct kvmmu_rmp *t);
 
 /* ======================================================================
  * private: private/shared fault classification (csrc/private.c, pykvmmu/private.py)

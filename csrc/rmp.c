@@ -118,6 +118,51 @@ static inline uint32_t lo_asid(uint64_t lo) { return (uint32_t)((lo & RMP_ASID_M
 static inline uint32_t lo_count(uint64_t lo) { return (uint32_t)((lo & RMP_SUBPAGE_MASK) >> RMP_SUBPAGE_SHIFT); }
 static inline uint32_t hi_perm(uint64_t hi, uint32_t vmpl) { return (uint32_t)(hi >> (8 * vmpl)) & 0xFFu; }
 
+/* ------------------------------------------------------------ level index
+ *
+ * The lookup's level comes from the Page_Size bit of the 2M-aligned entry, a second
+ * cache line per random lookup.  The optional level index keeps that bit for every 2M
+ * block (64 KiB per TiB of host memory, cache-resident), so a batch lookup reads one
+ * entry.  Every function here that writes a 2M-aligned entry calls lvl_sync(). */
+
+static inline void lvl_sync(const struct kvmmu_rmp *t, uint64_t head, uint64_t lo)
+{
+    uint64_t i = head / PTRS_PER_PMD;
+    if (!t->lvl_bits || i >= t->lvl_nbits)
+        return;
+    uint64_t m = KBIT(i & 63);
+    if (lo & RMP_PAGESIZE)
+        t->lvl_bits[i >> 6] |= m;
+    else
+        t->lvl_bits[i >> 6] &= ~m;
+}
+
+static inline uint8_t lvl_get(const struct kvmmu_rmp *t, uint64_t pfn)
+{
+    uint64_t i = pfn / PTRS_PER_PMD;
+    return (uint8_t)(1 + ((t->lvl_bits[i >> 6] >> (i & 63)) & 1));
+}
+
+void kvmmu_rmp_level_index_build(const struct kvmmu_rmp *t)
+{
+    for (uint64_t i = 0; i < t->lvl_nbits; i++) {
+        const uint64_t *h = entry_ptr(t, i * PTRS_PER_PMD);
+        lvl_sync(t, i * PTRS_PER_PMD, h ? h[0] : 0);
+    }
+}
+
+/* 0, or 1 + the first 2M block whose index bit differs from its entry. */
+size_t kvmmu_rmp_level_index_check(const struct kvmmu_rmp *t)
+{
+    for (uint64_t i = 0; t->lvl_bits && i < t->lvl_nbits; i++) {
+        const uint64_t *h = entry_ptr(t, i * PTRS_PER_PMD);
+        uint64_t want = h ? (h[0] & RMP_PAGESIZE) >> 1 : 0;
+        if (((t->lvl_bits[i >> 6] >> (i & 63)) & 1) != want)
+            return (size_t)i + 1;
+    }
+    return 0;
+}
+
 bool kvmmu_rmp_covered(const struct kvmmu_rmp *t, uint64_t pfn)
 {
     return entry_ptr(t, pfn) != NULL;
@@ -140,6 +185,8 @@ int kvmmu_rmp_write(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t lo, uint64
         return -1;
     e[0] = lo;
     e[1] = hi;
+    if (!(pfn & (PTRS_PER_PMD - 1)))
+        lvl_sync(t, pfn, lo);
     return 0;
 }
 
@@ -172,6 +219,33 @@ static inline void lookup_one(uint64_t lo, uint64_t hlo, size_t i, uint8_t *assi
 size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, uint8_t *assigned,
                               uint8_t *level, uint16_t *asid, uint64_t *gpa, size_t n, int *err)
 {
+    if (t->nr_segs == 1 && t->seg_shift == KVMMU_RMP_NONSEG_SHIFT && t->lvl_bits) {
+        /* Contiguous RMP with the level index: one entry (one cache line) per lookup. */
+        const uint64_t *ent = (const uint64_t *)(const void *)(t->base + t->seg_off[0]);
+        const uint64_t cnt = t->seg_count[0];
+        for (size_t i = 0; i < n && i < PREFETCH_DIST; i++)
+            __builtin_prefetch(ent + 2 * (pfn[i] < cnt ? pfn[i] : 0));
+        for (size_t i = 0; i < n; i++) {
+            if (i + PREFETCH_DIST < n) {
+                uint64_t q = pfn[i + PREFETCH_DIST];
+                __builtin_prefetch(ent + 2 * (q < cnt ? q : 0));
+            }
+            uint64_t p = pfn[i];
+            if (KVMMU_UNLIKELY(p >= cnt)) {
+                if (err)
+                    *err = KVMMU_RMP_E_RANGE;
+                return i + 1;
+            }
+            uint64_t lo = ent[2 * p];
+            assigned[i] = (uint8_t)(lo & RMP_ASSIGNED);
+            level[i] = lvl_get(t, p);
+            if (asid)
+                asid[i] = (uint16_t)lo_asid(lo);
+            if (gpa)
+                gpa[i] = lo & RMP_GPA_MASK;
+        }
+        return 0;
+    }
     if (t->nr_segs == 1 && t->seg_shift == KVMMU_RMP_NONSEG_SHIFT) {
         /* Contiguous RMP: flat index; prefetch both entries PREFETCH_DIST ahead. */
         const uint64_t *ent = (const uint64_t *)(const void *)(t->base + t->seg_off[0]);
@@ -213,8 +287,13 @@ size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, ui
                 *err = KVMMU_RMP_E_RANGE;
             return i + 1;
         }
-        const uint64_t *h = entry_ptr(t, pfn[i] & PMD_PFN_MASK);
-        lookup_one(e[0], h[0], i, assigned, level, asid, gpa);
+        if (t->lvl_bits) {
+            lookup_one(e[0], 0, i, assigned, level, asid, gpa);
+            level[i] = lvl_get(t, pfn[i]);
+        } else {
+            const uint64_t *h = entry_ptr(t, pfn[i] & PMD_PFN_MASK);
+            lookup_one(e[0], h[0], i, assigned, level, asid, gpa);
+        }
     }
     return 0;
 }
@@ -450,6 +529,7 @@ int kvmmu_rmp_rmpupdate(const struct kvmmu_rmp *t, uint64_t pfn, const struct kv
         /* Commit: the 2M entry, then the 511 middle entries. */
         new_lo |= RMP_PAGESIZE;
         write_owner(t, b, new_lo, false);
+        lvl_sync(t, head, b[0]);
         for (uint32_t i = 1; i < PTRS_PER_PMD; i++) {
             uint64_t *m = b + 2 * i;
             if (t->flags & KVMMU_RMP_F_MIDDLE_FULL) {
@@ -475,6 +555,8 @@ int kvmmu_rmp_rmpupdate(const struct kvmmu_rmp *t, uint64_t pfn, const struct kv
         return overlap_rc(t);
     bool was = e[0] & RMP_ASSIGNED;
     write_owner(t, e, new_lo, pfn == head);
+    if (pfn == head)
+        lvl_sync(t, head, e[0]);
     if (pfn != head && was != (bool)st->assigned) {
         uint64_t c = lo_count(h[0]);
         c = st->assigned ? c + 1 : c - 1;
@@ -529,6 +611,7 @@ int kvmmu_rmp_psmash(const struct kvmmu_rmp *t, uint64_t pfn)
         m[1] = (m[1] & ~RMP_PERMS_MASK) | perms;
         m[0] = mlo;
     }
+    lvl_sync(t, pfn, b[0]);
     return KVMMU_RMP_RC_SUCCESS;
 }
 

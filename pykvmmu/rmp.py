@@ -484,7 +484,9 @@ class RmpTable:
         self.rmp_base = _batch.uint("rmp_base", rmp_base, 52)
         if buf.size < BOOKKEEPING:
             raise RmpError(f"buffer: {buf.size} bytes, smaller than the 16 KiB bookkeeping area")
-        self.buffer = buf
+        self._buf = buf
+        self._ro: Optional[np.ndarray] = None    # read-only view while the level index is on
+        self._lvl: Optional[np.ndarray] = None   # the level index bitmap
         self.writable = bool(buf.flags.writeable)
         self.segmented = segmented
         self.path: Optional[str] = None          # the table file, when opened from one
@@ -510,6 +512,12 @@ class RmpTable:
         self.mem_bytes = self.nr_pfns << 12      # host memory covered (exact when created here)
 
     @property
+    def buffer(self) -> np.ndarray:
+        """The table bytes (read-only while the level index is on: write through the API)."""
+        self._t
+        return self._ro if self._ro is not None else self._buf
+
+    @property
     def _t(self):
         t = self._t_
         if t is None:
@@ -528,9 +536,9 @@ class RmpTable:
                            "to 2^51 bytes (21..51)")
         if self.rmp_base % (1 << 20):
             raise RmpError(f"rmp_base={self.rmp_base:#x}: a segmented RMP_BASE must be 1 MiB aligned")
-        if self.buffer.size < BOOKKEEPING + RST_SIZE:
+        if self._buf.size < BOOKKEEPING + RST_SIZE:
             raise RmpError("buffer: too small for the bookkeeping area and the segment table")
-        rst = self.buffer[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")
+        rst = self._buf[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")
         self.seg_shift = seg_shift
         self._t_.seg_shift = seg_shift
         self._t_.nr_segs = MAX_SEGMENTS
@@ -543,7 +551,7 @@ class RmpTable:
             count = min(gib << 18, per_seg)
             if count:
                 off = seg_base - self.rmp_base
-                if off < BOOKKEEPING + RST_SIZE or off + count * ENTRY_SIZE > self.buffer.size:
+                if off < BOOKKEEPING + RST_SIZE or off + count * ENTRY_SIZE > self._buf.size:
                     raise RmpError(f"RST[{i}]={v:#x}: segment base {seg_base:#x} + {count} entries "
                                    f"is outside the buffer at rmp_base={self.rmp_base:#x}")
                 self._t_.seg_off[i] = off
@@ -576,7 +584,7 @@ class RmpTable:
         return off, tuple(rst)
 
     @staticmethod
-    def _create_args(mem_bytes, segmented, rmp_base, flags) -> tuple:
+    def _create_args(mem_bytes, segmented, rmp_base, flags, seg_shift) -> tuple:
         mem_bytes = _batch.uint("mem_bytes", mem_bytes)
         if mem_bytes == 0:
             raise RmpError("mem_bytes=0: an RMP must cover at least one page")
@@ -584,6 +592,7 @@ class RmpTable:
             raise RmpError(f"mem_bytes={mem_bytes:#x}: more than 2^52 bytes, the x86 physical "
                            "address space (an RMP covers system physical addresses)")
         segmented = _batch.boolean("segmented", segmented)
+        _batch.uint("seg_shift", seg_shift, 8)      # checked even where a layout ignores it
         rmp_base = _batch.uint("rmp_base", rmp_base, 52)
         flags = _batch.uint("flags", flags, 32)
         if flags & ~lib.KVMMU_RMP_F_ALL:
@@ -601,7 +610,7 @@ class RmpTable:
         the address space the kernel grants raises RmpError naming the size.
         """
         mem_bytes, segmented, rmp_base, flags = cls._create_args(mem_bytes, segmented, rmp_base,
-                                                                 flags)
+                                                                 flags, seg_shift)
         what = f"mem_bytes={mem_bytes:#x}"
         if not segmented:
             t = cls(_anon_zeros(table_bytes(mem_bytes), what), flags=flags, rmp_base=rmp_base)
@@ -620,7 +629,7 @@ class RmpTable:
         """Create a zeroed table file (header + sparse table) atomically: the file appears
         complete or not at all, and an existing ``path`` is refused unless ``exist_ok``."""
         mem_bytes, segmented, rmp_base, flags = cls._create_args(mem_bytes, segmented, rmp_base,
-                                                                 flags)
+                                                                 flags, seg_shift)
         exist_ok = _batch.boolean("exist_ok", exist_ok)
         if segmented:
             size, rst = cls._segmented_layout(mem_bytes, seg_shift, rmp_base)
@@ -762,7 +771,6 @@ class RmpTable:
                                self.rmp_base, self.mem_bytes, self.size, self.nr_pfns, rst)
 
     def _view(self) -> np.ndarray:
-        self._t
         return self.buffer
 
     def save(self, path, *, exist_ok: bool = True, headerless: bool = False) -> None:
@@ -800,7 +808,8 @@ class RmpTable:
     def flush(self) -> None:
         """Write a read-write file-backed table's changes to its file (msync); a no-op for
         in-memory, read-only and copy-on-write tables (use :meth:`save` for those)."""
-        buf = self._view()
+        self._t
+        buf = self._buf
         if isinstance(buf, np.memmap) and self.mode == "r+":
             try:
                 buf.flush()
@@ -821,7 +830,91 @@ class RmpTable:
             except (AttributeError, ValueError):     # pragma: no cover - old cffi
                 pass
             self._cbuf = None
-            self.buffer = None
+            self._buf = self._ro = self._lvl = None
+
+    # -------------------------------------------------------------- level index, page cache
+    @property
+    def level_index(self) -> bool:
+        """Whether batch lookups take the level from the level index."""
+        return self._t.lvl_bits != ffi.NULL
+
+    def enable_level_index(self) -> None:
+        """Keep the Page_Size bit of every 2M-aligned entry in a bitmap (64 KiB per TiB of
+        host memory) so that ``lookup_batch`` reads one entry (one cache line) per pfn
+        instead of two.  Every write through this object keeps the bitmap exact, and
+        ``buffer``/``entries`` become read-only views meanwhile; an array or file written
+        behind the table's back (the ndarray given to the constructor, another process)
+        needs :meth:`enable_level_index` again (it rebuilds; :meth:`check_level_index`
+        finds a stale bit).  Building reads every 2M-aligned entry once."""
+        t = self._t
+        nbits = -(-self.nr_pfns // PTRS_PER_PMD)
+        self._lvl = np.zeros(max(1, -(-nbits // 64)), np.uint64)
+        t.lvl_bits = ffi.from_buffer("uint64_t[]", self._lvl)
+        t.lvl_nbits = nbits
+        lib.kvmmu_rmp_level_index_build(t)
+        ro = self._buf.view()
+        ro.flags.writeable = False
+        self._ro = ro
+
+    def disable_level_index(self) -> None:
+        """Batch lookups read the 2M-aligned entry again; ``buffer`` is writable again."""
+        t = self._t
+        t.lvl_bits, t.lvl_nbits = ffi.NULL, 0
+        self._lvl = self._ro = None
+
+    def check_level_index(self) -> None:
+        """Raise RmpError naming the first 2M block whose index bit differs from its entry."""
+        r = lib.kvmmu_rmp_level_index_check(self._t)
+        if r:
+            raise RmpError(f"level index: the bit of the 2M block at pfn {(r - 1) * 512:#x} "
+                           "differs from its entry's Page_Size (the table was written behind "
+                           "the index's back; call enable_level_index() to rebuild it)")
+
+    def advise(self, pattern: str) -> None:
+        """madvise() the table's mapping: 'random' (no readahead: a random lookup into a
+        file-backed table then reads one page, not a readahead window), 'sequential',
+        'normal' or 'willneed'."""
+        flag = {"random": "MADV_RANDOM", "sequential": "MADV_SEQUENTIAL",
+                "normal": "MADV_NORMAL", "willneed": "MADV_WILLNEED"}.get(pattern) \
+            if isinstance(pattern, str) else None
+        if flag is None:
+            raise RmpError(f"pattern={pattern!r}: one of 'random', 'sequential', 'normal', "
+                           "'willneed'")
+        m = self._mapping()
+        if m is not None and hasattr(mmap, flag):
+            m.madvise(getattr(mmap, flag))
+
+    def drop_cache(self) -> None:
+        """Bound the memory a file-backed table holds: write back a read-write table, drop
+        its pages from this process (MADV_DONTNEED) and ask the kernel to evict the file's
+        clean page-cache pages (POSIX_FADV_DONTNEED).  Random lookups into a table file pull
+        every page they touch into the page cache (4 KiB, plus readahead unless
+        ``advise('random')``), and those pages count against the memory cgroup; call this
+        between batches to bound that.  Refused for a copy-on-write table (its changes
+        live only in those pages); a no-op for an in-memory table."""
+        self._t
+        if self.mode == "c":
+            raise RmpError("drop_cache: a copy-on-write table's changes live only in its "
+                           "pages; save() it first, then reopen")
+        m = self._mapping()
+        if m is None:
+            return
+        self.flush()
+        m.madvise(mmap.MADV_DONTNEED)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError as e:
+            raise RmpError(f"table={self.path!r}: cannot open to evict its pages "
+                           f"({e.strerror or e})") from None
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    def _mapping(self) -> Optional[mmap.mmap]:
+        self._t
+        m = getattr(self._buf, "_mmap", None) if isinstance(self._buf, np.memmap) else None
+        return m if isinstance(m, mmap.mmap) else None
 
     def __enter__(self) -> "RmpTable":
         self._t
@@ -935,11 +1028,9 @@ class RmpTable:
         shape = pfns.shape
         assigned = _batch.out_array("assigned", assigned, np.uint8, shape)
         level = _batch.out_array("level", level, np.uint8, shape)
-        asid_p = gpa_p = ffi.NULL
         if with_owner:
             asid = _batch.out_array("asid", asid, np.uint16, shape)
             gpa = _batch.out_array("gpa", gpa, np.uint64, shape)
-            asid_p, gpa_p = _batch.ptr(asid, "uint16_t"), _batch.ptr(gpa, "uint64_t")
         else:
             for name, a in (("asid", asid), ("gpa", gpa)):
                 if a is not None:
@@ -948,7 +1039,7 @@ class RmpTable:
         self._disjoint([("assigned", assigned), ("level", level), ("asid", asid), ("gpa", gpa)],
                        [("pfns", pfns)])
         t = self._t
-        owner = asid_p != ffi.NULL
+        owner = with_owner
 
         def part(lo, hi):
             err = ffi.new("int *")

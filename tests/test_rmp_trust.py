@@ -115,6 +115,10 @@ def _calls(t):
         (lambda: R.kvm_max_private_mapping_level(True, 9), "max_level=True"),
         (lambda: RmpTable(np.zeros(BOOKKEEPING, np.uint8), segmented=1), "segmented=1"),
         (lambda: RmpTable.create(1 << 20, segmented="no"), "segmented='no'"),
+        (lambda: RmpTable.create(1 << 20, seg_shift="x"), "seg_shift='x'"),
+        (lambda: RmpTable.create_file("/nonexistent/x", 1 << 20, flags=1 << 40), "flags="),
+        (lambda: t.lookup_batch(one, threads=True), "threads=True"),
+        (lambda: t.advise(3), "pattern=3"),
         (lambda: R.decode_dump(b"PFN 0x1"), "text: expected a str"),
     ]
 
@@ -192,9 +196,12 @@ class TrustMachine(RuleBasedStateMachine):
     instruction) leaves every byte of the table unchanged; a partial batch applied
     exactly the instructions it reports."""
 
-    @initialize(flags=st.sampled_from([0, int(RmpFlags.MIDDLE_FULL), int(RmpFlags.ALWAYS_RESET)]))
-    def setup(self, flags):
+    @initialize(flags=st.sampled_from([0, int(RmpFlags.MIDDLE_FULL), int(RmpFlags.ALWAYS_RESET)]),
+                index=st.booleans())
+    def setup(self, flags, index):
         self.t = small(flags=flags)
+        if index:
+            self.t.enable_level_index()
         self.refused = 0
 
     def run(self, fn):
@@ -247,6 +254,12 @@ class TrustMachine(RuleBasedStateMachine):
             assert replay.rmpupdate(int(p[e.done]), gpa=0 if g is None else int(g[e.done]),
                                     assigned=assigned, pagesize=pagesize, asid=asid) == e.rc
             assert np.array_equal(replay.buffer, self.t.buffer)
+
+    @rule(head=st.sampled_from([0, 512, 1024]), asid=st.sampled_from([1, 5]))
+    def assign_2m(self, head, asid):
+        """A valid 2M assignment, so that PSMASH, PVALIDATE and the level index get work."""
+        self.run(lambda: self.t.rmpupdate(head, gpa=head << 12, assigned=1, pagesize=1,
+                                          asid=asid))
 
     @rule(pfn=maybe(PFNS))
     def psmash(self, pfn):
@@ -311,6 +324,11 @@ class TrustMachine(RuleBasedStateMachine):
     def entries_stay_consistent(self):
         # RMP_BOOKKEEPING is never written by any operation
         assert not self.t.buffer[:BOOKKEEPING].any()
+        if self.t.level_index:                 # the index follows every write exactly
+            self.t.check_level_index()
+            pf = np.arange(0, NPFN, 7, dtype=np.uint64)
+            r = self.t.lookup_batch(pf)
+            assert [int(x) for x in r.level] == [self.t.snp_lookup_rmpentry(int(p))[1] for p in pf]
 
 
 TestTrustMachine = TrustMachine.TestCase
