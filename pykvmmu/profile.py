@@ -352,6 +352,9 @@ def profile_for_version(version, *, warn: bool = True):
                            "'6.6.75' or 'v6.11'")
     major, minor, sub, suffix = parsed
     mm = (major, minor)
+    if mm < (2, 6) or (mm == (2, 6) and (sub or 0) < 20):
+        raise ProfileError(f"profile={version!r}: Linux {major}.{minor} has no KVM (merged in "
+                           "2.6.20); the oldest modelled SPTE layout is v5.10")
     if mm not in MAINLINE_RELEASES:
         near = _nearest_release(mm)
         p = PROFILES[MAINLINE_RELEASES[near]]

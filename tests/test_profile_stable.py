@@ -304,3 +304,9 @@ def test_gmem_default_vm_mmap_memslot_by_era(version, allowed):
     g = vm.create_guest_memfd(1 << 20, flags)
     assert vm.set_memory_region(0, 0, 1 << 20, flags=KVM_MEM_GUEST_MEMFD, guest_memfd=g) == "create"
     assert vm.slots[0].gmem_only and g.bindings[0].npages == 256
+
+
+@pytest.mark.parametrize("version", ["v1.0", "2.4.37", "2.6.19"])
+def test_a_kernel_without_kvm_is_refused_not_mapped(version):
+    with pytest.raises(ProfileError, match=f"profile={version!r}: Linux .* has no KVM"):
+        profile_for_version(version)

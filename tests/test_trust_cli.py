@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("argv,rc,needle", [
     (["role", "hash", "--vms", "0"], 2, "--vms"),
     (["role", "prevroots", "--rounds", "-1"], 2, "--rounds"),
-    (["trace", "--mode", "bogus", __file__], 2, "--mode"),
+    (["trace", "--mode", "bogus", __file__], 1, "--mode 'bogus'"),
     (["trace", "--profile", "v1.0", __file__], 1, "profile='v1.0'"),
     (["trace", "/nonexistent/trace.txt"], 1, "No such file"),
     (["role", "hash", "--plot", "/nonexistent/dir/x.png"], 1, "/nonexistent/dir"),

@@ -51,6 +51,9 @@ def _cmd_trace(args) -> int:
                          + ", ".join(MmuConfig.PRESETS))
     if args.era is not None:
         T.era_arg(args.era)                     # a typo is an error before anything is read
+    if args.profile is not None:
+        from ..profile import get_profile
+        get_profile(args.profile)               # likewise, with or without --mode
 
     def on_error(n, why, _text):
         print(f"{args.file}:{n}: malformed line skipped: {why}", file=sys.stderr)
@@ -65,9 +68,6 @@ def _cmd_trace(args) -> int:
                       "profile for that kernel era)", file=sys.stderr)
             else:
                 st.spte_decoder = T.default_spte_decoder(config=config_from_args(args))
-        elif args.profile is not None:
-            from ..profile import get_profile
-            get_profile(args.profile)           # a typo is an error even without --mode
         out = sys.stdout
         prog = _Progress(st, sys.stderr.isatty() and not args.no_progress)
         summ = T.Summary(st.era) if args.summary else None
