@@ -376,6 +376,20 @@ def _fs_error(path: str, e: OSError, what: str) -> RmpError:
     return RmpError(f"{path}: cannot {what} ({reason})")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with builtins_open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):                    # pragma: no cover - not Linux >= 4.7
+        pass
+    m = os.umask(0o22)                               # pragma: no cover
+    os.umask(m)                                      # pragma: no cover
+    return m                                         # pragma: no cover
+
+
 def _atomic_write(path, size: int, writer, *, exist_ok: bool) -> None:
     """Build ``path`` as a temporary file in the same directory (``writer(fd)`` writes the
     contents, holes stay sparse), truncate it to ``size``, fsync it and move it into place:
@@ -395,9 +409,7 @@ def _atomic_write(path, size: int, writer, *, exist_ok: bool) -> None:
         raise _fs_error(path, e, "create a file in its directory") from None
     try:
         try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+            os.fchmod(fd, 0o666 & ~_umask())
             writer(fd)
             os.ftruncate(fd, size)
             os.fsync(fd)
