@@ -746,9 +746,9 @@ class RmpTable:
                                        buf[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")) != hdr.rst:
                 raise RmpError(f"table={path!r}: the RST in the table differs from the header's "
                                "segment table (corrupt file)")
-            if t.nr_pfns != hdr.nr_pfns:
+            if t.nr_pfns != hdr.nr_pfns or t.nr_pfns < -(-hdr.mem_bytes // 4096):
                 raise RmpError(f"table={path!r}: covers {t.nr_pfns:#x} pages, the header says "
-                               f"{hdr.nr_pfns:#x}")
+                               f"{hdr.nr_pfns:#x} pages for {hdr.mem_bytes:#x} bytes of memory")
             t.mem_bytes = hdr.mem_bytes
         t.path, t.mode, t.headerless = path, mode, headerless
         return t
