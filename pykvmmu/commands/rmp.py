@@ -237,3 +237,7 @@ def demo(emit) -> None:
     emit(f"NPT level allowed for pfn 0x202: {R.sev_private_max_mapping_level(t, 0x202)} (4K)")
     for line in show_lines(t, 0x201, limit=3):
         emit(line)
+    pasted = f"[ 4242.000001] SEV-SNP: {t.dump_rmpentry(0x202)[0]}"
+    emit(f"rmp decode of a pasted dmesg line: {pasted}")
+    for line in decode_lines(pasted):
+        emit("  " + line)
