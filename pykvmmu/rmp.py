@@ -696,13 +696,13 @@ class RmpTable:
                            f"{type(source).__name__}")
         path = os.fsdecode(os.fspath(source))
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):    # a FIFO would block in open()
+                raise RmpError(f"table={path!r}: not a regular file")
             with builtins_open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 head = f.read(HEADER_SIZE)
         except OSError as e:
             raise RmpError(f"table={path!r}: cannot open the file ({e.strerror or e})") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise RmpError(f"table={path!r}: not a regular file")
         if st.st_size == 0:
             raise RmpError(f"table={path!r}: empty file (0 bytes), not an RMP table")
         has_magic = head[:len(FILE_MAGIC)] == FILE_MAGIC

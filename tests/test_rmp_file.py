@@ -167,8 +167,11 @@ def test_empty_and_odd_files(tmp_path):
     (tmp_path / "zero").write_bytes(b"")
     with pytest.raises(RmpError, match="empty file"):
         RmpTable.open(tmp_path / "zero")
-    with pytest.raises(RmpError, match="Is a directory|not a regular file"):
+    with pytest.raises(RmpError, match="not a regular file"):
         RmpTable.open(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(RmpError, match="not a regular file"):
+        RmpTable.open(tmp_path / "fifo")                # refused, not blocked in open()
     with pytest.raises(RmpError, match="cannot open"):
         RmpTable.open(tmp_path / "missing")
     (tmp_path / "short").write_bytes(b"PYKVMRMP" + bytes(100))
