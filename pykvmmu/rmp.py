@@ -376,6 +376,20 @@ def _fs_error(path: str, e: OSError, what: str) -> RmpError:
     return RmpError(f"{path}: cannot {what} ({reason})")
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with builtins_open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):                    # pragma: no cover - not Linux >= 4.7
+        pass
+    m = os.umask(0o22)                               # pragma: no cover
+    os.umask(m)                                      # pragma: no cover
+    return m                                         # pragma: no cover
+
+
 def _atomic_write(path, size: int, writer, *, exist_ok: bool) -> None:
     """Build ``path`` as a temporary file in the same directory (``writer(fd)`` writes the
     contents, holes stay sparse), truncate it to ``size``, fsync it and move it into place:
@@ -395,9 +409,7 @@ def _atomic_write(path, size: int, writer, *, exist_ok: bool) -> None:
         raise _fs_error(path, e, "create a file in its directory") from None
     try:
         try:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)
+            os.fchmod(fd, 0o666 & ~_umask())
             writer(fd)
             os.ftruncate(fd, size)
             os.fsync(fd)
@@ -684,13 +696,13 @@ class RmpTable:
                            f"{type(source).__name__}")
         path = os.fsdecode(os.fspath(source))
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):    # a FIFO would block in open()
+                raise RmpError(f"table={path!r}: not a regular file")
             with builtins_open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 head = f.read(HEADER_SIZE)
         except OSError as e:
             raise RmpError(f"table={path!r}: cannot open the file ({e.strerror or e})") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise RmpError(f"table={path!r}: not a regular file")
         if st.st_size == 0:
             raise RmpError(f"table={path!r}: empty file (0 bytes), not an RMP table")
         has_magic = head[:len(FILE_MAGIC)] == FILE_MAGIC
@@ -734,9 +746,9 @@ class RmpTable:
                                        buf[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")) != hdr.rst:
                 raise RmpError(f"table={path!r}: the RST in the table differs from the header's "
                                "segment table (corrupt file)")
-            if t.nr_pfns != hdr.nr_pfns:
+            if t.nr_pfns != hdr.nr_pfns or t.nr_pfns < -(-hdr.mem_bytes // 4096):
                 raise RmpError(f"table={path!r}: covers {t.nr_pfns:#x} pages, the header says "
-                               f"{hdr.nr_pfns:#x}")
+                               f"{hdr.nr_pfns:#x} pages for {hdr.mem_bytes:#x} bytes of memory")
             t.mem_bytes = hdr.mem_bytes
         t.path, t.mode, t.headerless = path, mode, headerless
         return t

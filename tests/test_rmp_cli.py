@@ -29,6 +29,7 @@ def test_demo_scene():
     text = "\n".join(lines)
     assert cmd.DEMO_ORDER == 50
     assert "psmash" in text and "SIGBUS" in text and "SPLIT" in text and "#PF" in text
+    assert "dumped entry (v6.9+): lo=0x0028000000402001 hi=0x000000000000001f" in text
 
 
 def test_create_is_atomic_and_refuses_to_overwrite(tmp_path, capsys):

@@ -115,6 +115,22 @@ def test_corrupt_headers_are_refused(tmp_path):
         opened_with(40, 0, "<Q")()
 
 
+def test_segmented_coverage_must_match_the_header(tmp_path):
+    import zlib
+    p = tmp_path / "s.rmp"
+    RmpTable.create_file(p, 2 * GiB, segmented=True, seg_shift=30)
+    raw = bytearray(p.read_bytes())
+    for off, val in ((56, 3 << 18), (40, 2 * GiB + 4096)):   # pfns covered / memory size
+        bad = bytearray(raw)
+        struct.pack_into("<Q", bad, off, val)
+        hdr = bytearray(bad[:HEADER_SIZE])
+        hdr[64:68] = b"\0" * 4
+        struct.pack_into("<I", bad, 64, zlib.crc32(hdr))
+        p.write_bytes(bytes(bad))
+        with pytest.raises(RmpError, match="covers 0x80000 pages, the header says"):
+            RmpTable.open(p)
+
+
 def test_segmented_rst_must_match_the_header(tmp_path):
     p = tmp_path / "s.rmp"
     RmpTable.create_file(p, 2 * GiB, segmented=True, seg_shift=30)
@@ -151,8 +167,11 @@ def test_empty_and_odd_files(tmp_path):
     (tmp_path / "zero").write_bytes(b"")
     with pytest.raises(RmpError, match="empty file"):
         RmpTable.open(tmp_path / "zero")
-    with pytest.raises(RmpError, match="Is a directory|not a regular file"):
+    with pytest.raises(RmpError, match="not a regular file"):
         RmpTable.open(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(RmpError, match="not a regular file"):
+        RmpTable.open(tmp_path / "fifo")                # refused, not blocked in open()
     with pytest.raises(RmpError, match="cannot open"):
         RmpTable.open(tmp_path / "missing")
     (tmp_path / "short").write_bytes(b"PYKVMRMP" + bytes(100))

@@ -38,10 +38,12 @@ def _layout_args(p: argparse.ArgumentParser, *, create: bool = False) -> None:
     ``--headerless`` file, which has no header)."""
     p.add_argument("--segmented", action="store_true", default=False if create else None,
                    help="segmented RMP (RST after the bookkeeping)")
+    dflt = "" if create else "from the file's header, or with --headerless "
     p.add_argument("--seg-shift", type=int, default=36 if create else None,
-                   help="RMP_CFG segment shift (default 36 = 64 GiB)")
+                   help=f"RMP_CFG segment shift (default: {dflt}36 = 64 GiB)")
     p.add_argument("--rmp-base", type=_int, default=R.DEFAULT_RMP_BASE if create else None,
-                   help="modelled RMP_BASE (segment bases are absolute; default 0x100000)")
+                   help=f"modelled RMP_BASE; segment bases are absolute (default: {dflt}"
+                        "0x100000)")
     p.add_argument("--flag", action="append", metavar="NAME",
                    help="rule switch (host_immutable, overlap_rc7, middle_full, "
                         "pvalidate_vmpl_gp, always_reset); default: the APM reading")
@@ -235,3 +237,7 @@ def demo(emit) -> None:
     emit(f"NPT level allowed for pfn 0x202: {R.sev_private_max_mapping_level(t, 0x202)} (4K)")
     for line in show_lines(t, 0x201, limit=3):
         emit(line)
+    pasted = f"[ 4242.000001] SEV-SNP: {t.dump_rmpentry(0x202)[0]}"
+    emit(f"rmp decode of a pasted dmesg line: {pasted}")
+    for line in decode_lines(pasted):
+        emit("  " + line)
