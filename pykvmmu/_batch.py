@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._ffi import ffi
-from ._check import no_overlap, uint
+from ._check import boolean, disjoint, no_overlap, uint  # noqa: F401 (re-exported)
 from .errors import ArrayError, InputError
 
 __all__ = ["uint", "bad_u64", "in_array", "out_array", "same_shape", "ptr", "ptr_at", "U64_MAX"]
@@ -76,26 +76,3 @@ def ptr_at(a: np.ndarray | None, ctype: str, lo: int):
     if a is None:
         return ffi.NULL
     return ffi.from_buffer(ctype + "[]", a) + lo
-
-
-def boolean(name: str, value) -> bool:
-    """Return ``value`` if it is a real bool (``bool`` or ``numpy.bool_``); no truthiness."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise InputError(f"{name}={value!r}: expected True or False, got {type(value).__name__} "
-                     "(no truthiness: 0/1, None or strings are refused)")
-
-
-def disjoint(outs, ins) -> None:
-    """Refuse an output array that shares memory with an input or another output.
-
-    ``outs`` and ``ins`` are ``(name, array)`` pairs (``None`` arrays are skipped). Every
-    array here is C-contiguous, so overlapping byte ranges mean shared elements.
-    """
-    outs = [(n, a) for n, a in outs if a is not None]
-    ins = [(n, a) for n, a in ins if a is not None]
-    for i, (name, a) in enumerate(outs):
-        for other, b in outs[i + 1:] + ins:
-            if np.may_share_memory(a, b):
-                raise ArrayError(f"{name}: shares memory with {other} (an output may not "
-                                 "overlap an input or another output)")

@@ -16,7 +16,7 @@ import numpy as np
 from .errors import ArrayError, InputError
 
 __all__ = ["integer", "uint", "u64", "sint", "in_range", "boolean", "opt_boolean", "choice",
-           "mmu_config", "aligned", "page_aligned", "no_overlap", "snapshot", "fmt"]
+           "mmu_config", "aligned", "page_aligned", "no_overlap", "disjoint", "snapshot", "fmt"]
 
 
 def fmt(value) -> str:
@@ -77,14 +77,12 @@ def in_range(name: str, value, lo: int, hi: int, rule: str = "", *, err=InputErr
 
 
 def boolean(name: str, value, *, err=InputError, **kw) -> bool:
-    """A bool: True/False (numpy bools too) or the ints 0/1 -- never truthiness of other values."""
+    """A real bool: True/False (numpy bools too); no truthiness, and no ints, not even 0/1."""
     if value is True or value is False:
         return value
     if isinstance(value, np.bool_):
         return bool(value)
-    if isinstance(value, (int, np.integer)) and value in (0, 1):
-        return bool(value)
-    raise err(f"{name}={value!r}: expected a bool (True/False or 0/1), got "
+    raise err(f"{name}={value!r}: expected a bool (True or False), got "
               f"{type(value).__name__}", **kw)
 
 
@@ -139,6 +137,21 @@ def no_overlap(out_name: str, out: np.ndarray, inputs) -> None:
             raise ArrayError(f"{out_name}: {how} the input {name} (out= must not share memory "
                              "with an input: the C loop's pointers are restrict; pass a "
                              "separate array)")
+
+
+def disjoint(outs, ins) -> None:
+    """Refuse an output array that shares memory with an input or another output.
+
+    ``outs`` and ``ins`` are ``(name, array)`` pairs (``None`` arrays are skipped). Every
+    array here is C-contiguous, so overlapping byte ranges mean shared elements.
+    """
+    outs = [(n, a) for n, a in outs if a is not None]
+    ins = [(n, a) for n, a in ins if a is not None]
+    for i, (name, a) in enumerate(outs):
+        for other, b in outs[i + 1:] + ins:
+            if np.may_share_memory(a, b):
+                raise ArrayError(f"{name}: shares memory with {other} (an output may not "
+                                 "overlap an input or another output)")
 
 
 # ---------------------------------------------------------------------- snapshots

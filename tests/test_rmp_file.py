@@ -250,8 +250,8 @@ def test_create_file_refuses_to_overwrite(tmp_path):
     assert RmpTable.open(p).nr_pfns == 0x4000
     with pytest.raises(RmpError, match="already exists"):
         RmpTable.create(64 * MiB).save(p, exist_ok=False)
-    with pytest.raises(InputError, match="exist_ok=1: expected True or False"):
-        RmpTable.create_file(p, 64 * MiB, exist_ok=1)
+    with pytest.raises(InputError, match="exist_ok='yes': expected a bool"):
+        RmpTable.create_file(p, 64 * MiB, exist_ok="yes")
     assert leftovers(tmp_path) == []
 
 

@@ -43,7 +43,9 @@ def test_check_helpers():
     assert in_range("lvl", 3, 1, 5) == 3
     with pytest.raises(ConfigError, match=r"lvl=9: must be in 1\.\.5 \(why\)"):
         in_range("lvl", 9, 1, 5, "why", err=ConfigError)
-    assert boolean("b", 0) is False and boolean("b", True) is True
+    assert boolean("b", False) is False and boolean("b", True) is True
+    with pytest.raises(InputError, match="b=1: expected a bool"):
+        boolean("b", 1)                   # no ints either: one rule for every bool parameter
     with pytest.raises(InputError, match="b='no'"):
         boolean("b", "no")
     assert choice("m", "a", ("a", "b")) == "a"
