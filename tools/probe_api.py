@@ -593,6 +593,16 @@ def build():
             scalar(mod.__name__.split(".")[-1], f"{fname}[cfg]", fn, (cfg,) + tuple(rest), {},
                    {0: (None, "ept")})
 
+    from pykvmmu import fuzz as FZ
+    scalar("fuzz", "fuzz_random", FZ.fuzz_random, ("spte",), {"max_execs": 1, "quiet": True}, {
+        0: ("bogus", None, 5), "seconds": (-1, float("nan"), "1"), "max_execs": (0, -1, 1.5)})
+    scalar("fuzz", "fuzz_hypothesis", FZ.fuzz_hypothesis, ("spte",), {"max_execs": 1, "quiet": True}, {
+        0: ("bogus", None), "seconds": (-1, float("inf"))})
+    scalar("fuzz", "corpus_dir", FZ.corpus_dir, ("spte",), {}, {0: ("bogus", 5)})
+    scalar("fuzz", "load_corpus", FZ.load_corpus, ("spte",), {}, {0: ("bogus", None)})
+    scalar("fuzz", "replay", FZ.replay, (__file__, "spte"), {"emit": lambda s: None}, {1: ("bogus",)})
+    scalar("fuzz", "FuzzInput", FZ.FuzzInput, (b"",), {}, {0: (5, None, "text")})
+
     scalar("vm", "Vm", V.Vm, ("snp",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
         "asid": (0, 5000, -1, "1", None, 1.5), "max_level": (0, 4, 7, "3"), "gpaw": (50, "52"),
         "folio_order": (1, "0"), 0: ("bogus", 9, None), "log": ("no", 2), "policy": ("bogus",)})
