@@ -70,6 +70,15 @@ class Memslot:
     gmem_pgoff: int = 0
     gmem_only: bool = False
 
+    def __post_init__(self):
+        self.id = uint("id", self.id, 32, err=VmError)
+        self.base_gfn = uint("base_gfn", self.base_gfn, err=VmError)
+        self.npages = uint("npages", self.npages, err=VmError)
+        if self.npages == 0:
+            raise VmError("npages=0: a memslot has at least one page")
+        self.userspace_addr = uint("userspace_addr", self.userspace_addr, err=VmError)
+        self.flags = uint("flags", self.flags, 32, err=VmError)
+
     @property
     def end_gfn(self) -> int:
         return self.base_gfn + self.npages

@@ -593,6 +593,19 @@ def build():
             scalar(mod.__name__.split(".")[-1], f"{fname}[cfg]", fn, (cfg,) + tuple(rest), {},
                    {0: (None, "ept")})
 
+    def gm_vm():
+        vm = mkvm("tdx")
+        return vm._probe_gmem
+    stateful("gmem", "GuestMemfd", gm_vm, "bind", (V.Memslot(7, 0x900, 4, 0x7f0000900000), 0x300000), {}, {
+        0: (None, 5), 1: BAD_U + [1, 0x400000]})
+    scalar("gmem", "GuestMemfd.index_of", G.GuestMemfd.index_of, (V.Memslot(7, 0x900, 4, 0), 0x901), {}, {
+        0: (None, 5), 1: BAD_U + [0x800]})
+    stateful("gmem", "HostMemory", mkhost, "is_allocated", (0x1000,), {}, {0: BAD_U})
+    stateful("vm", "Vm[tdx]", lambda: mkvm("tdx"), "create_guest_memfd", (0x1000,), {}, {
+        "folio_order": (1, -1, "0", 9.0)})
+    scalar("vm", "Memslot", V.Memslot, (7, 0x900, 4, 0), {}, {
+        0: BAD_U + [1 << 32], 1: BAD_U, 2: BAD_U + [0], 3: BAD_U, "flags": BAD_U + [1 << 32]})
+
     from pykvmmu import fuzz as FZ
     scalar("fuzz", "fuzz_random", FZ.fuzz_random, ("spte",), {"max_execs": 1, "quiet": True}, {
         0: ("bogus", None, 5), "seconds": (-1, float("nan"), "1"), "max_execs": (0, -1, 1.5)})
