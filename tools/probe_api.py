@@ -606,6 +606,8 @@ def build():
     scalar("vm", "Memslot", V.Memslot, (7, 0x900, 4, 0), {}, {
         0: BAD_U + [1 << 32], 1: BAD_U, 2: BAD_U + [0], 3: BAD_U, "flags": BAD_U + [1 << 32]})
 
+    if os.environ.get("PYKVMMU_PROBE_SELFTEST"):
+        _selftest_cases()
     from pykvmmu import fuzz as FZ
     scalar("fuzz", "fuzz_random", FZ.fuzz_random, ("spte",), {"max_execs": 1, "quiet": True}, {
         0: ("bogus", None, 5), "seconds": (-1, float("nan"), "1"), "max_execs": (0, -1, 1.5)})
@@ -619,6 +621,30 @@ def build():
     scalar("vm", "Vm", V.Vm, ("snp",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
         "asid": (0, 5000, -1, "1", None, 1.5), "max_level": (0, 4, 7, "3"), "gpaw": (50, "52"),
         "folio_order": (1, "0"), 0: ("bogus", 9, None), "log": ("no", 2), "policy": ("bogus",)})
+
+
+def _selftest_cases():
+    """Known-bad cases that show the probe is not blind (tests/test_trust_probe.py)."""
+    from pykvmmu.errors import InputError
+
+    class Box:
+        def __init__(self):
+            self.n = 0
+
+        def bump_then_fail(self, v):
+            self.n += 1
+            raise InputError(f"v={v!r}: refused too late")
+
+    add("selftest", "silent", "v", [1], lambda v: (None, lambda: None))
+    add("selftest", "other", "v", [1], lambda v: (None, lambda: [].remove(v)))
+    add("selftest", "unclear", "v", [1], lambda v: (None, lambda: (_ for _ in ()).throw(InputError("no"))))
+    add("selftest", "half", "v", [1], lambda v: (lambda b: (b, lambda: b.bump_then_fail(v)))(Box()))
+    def die():
+        import resource
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))      # no core file
+        os.abort()
+    add("selftest", "crash", "v", [1], lambda v: (None, die))
+    add("selftest", "clear", "v", [7], lambda v: (None, lambda: (_ for _ in ()).throw(InputError("v=7: no"))))
 
 
 def classify(exc, param, value, changed):
