@@ -255,6 +255,12 @@ class Vm(MmuLock):
             raise VmError(f"cfg={cfg!r}: expected an MmuConfig or None")
         if host is not None and not isinstance(host, HostMemory):
             raise VmError(f"host={host!r}: expected a HostMemory or None")
+        if hooks is not None and not isinstance(hooks, GmemHooks):
+            raise VmError(f"hooks={hooks!r}: expected a GmemHooks (or subclass) or None")
+        if rmp is not None:
+            from .rmp import RmpTable
+            if not isinstance(rmp, RmpTable):
+                raise VmError(f"rmp={rmp!r}: expected an RmpTable or None")
         policy = P.get_policy(policy)
         self.vm_type = vt
         self.type_name = P.vm_type_name(self.vm_type)

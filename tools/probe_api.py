@@ -608,6 +608,18 @@ def build():
 
     if os.environ.get("PYKVMMU_PROBE_SELFTEST"):
         _selftest_cases()
+    for fn in (P.decide, P.kvm_mmu_do_page_fault, P.upstream_error_code):
+        scalar("private", fn.__name__ + "[ctx]", fn, (ctx, 0x1000, 0), {}, {0: (None, 5, "snp")})
+    scalar("private", "classify_batch[attrs]", P.classify_batch,
+           ("snp", u64 << np.uint64(12), np.zeros(16, dtype=np.uint64)), {}, {
+               "attrs": (5, "x", (np.zeros(2, np.uint64), np.zeros(3, np.uint64)))})
+    scalar("vm", "Vm[objects]", V.Vm, ("tdx",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
+        "hooks": (5, "snp"), "rmp": (5,), "cfg": (5, "ept"), "host": (5,), "policy": (5, object())})
+    scalar("wflood", "kvm_mmu_track_write[page_hash]", W.kvm_mmu_track_write, ("v6.19", SH.MmuPageHash(), 0x1008, 8),
+           {}, {1: (None, 5)})
+    scalar("role", "get_page_role[era]", R.kvm_mmu_get_page_role, (None, 0x24), {"level": 1, "direct": False},
+           {0: ("v1.0", 5, 4.2)})
+
     from pykvmmu import fuzz as FZ
     scalar("fuzz", "fuzz_random", FZ.fuzz_random, ("spte",), {"max_execs": 1, "quiet": True}, {
         0: ("bogus", None, 5), "seconds": (-1, float("nan"), "1"), "max_execs": (0, -1, 1.5)})
