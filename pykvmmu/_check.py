@@ -20,10 +20,11 @@ __all__ = ["integer", "uint", "u64", "sint", "in_range", "boolean", "opt_boolean
 
 
 def fmt(value) -> str:
-    """A value as messages show it: small ints in decimal, large ones in hex, others by repr."""
+    """A value as messages show it: small ints in decimal, large ones (addresses, masks) in
+    hex, others by repr."""
     if isinstance(value, bool) or not isinstance(value, int):
         return repr(value)
-    if -65536 < value < 65536:
+    if -4096 < value < 4096:
         return str(value)
     return f"{value:#x}" if value >= 0 else f"-{-value:#x}"
 
@@ -76,8 +77,9 @@ def in_range(name: str, value, lo: int, hi: int, rule: str = "", *, err=InputErr
     """An integer with ``lo <= value <= hi``; ``rule`` says where the bounds come from."""
     v = integer(name, value, err=err, **kw)
     if not lo <= v <= hi:
-        _raise(err, name, v, f"must be in {fmt(lo)}..{fmt(hi)}" + (f" ({rule})" if rule else ""),
-               **kw)
+        shown = str(v) if max(abs(lo), abs(hi)) < 65536 and abs(v) < 1 << 32 else fmt(v)
+        raise err(f"{name}={shown}: must be in {fmt(lo)}..{fmt(hi)}" + (f" ({rule})" if rule else ""),
+                  **kw)
     return v
 
 
