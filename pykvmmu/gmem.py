@@ -304,9 +304,9 @@ class GuestMemfd:
         self.log: list = []                # (operation, details) for demos/tests
 
     def _snapshot(self):
-        """This file's state (bindings, folios, flags) and its host memory, comparable."""
-        state = {k: v for k, v in vars(self).items() if k != "kvm"}
-        return snapshot(state)
+        """This file's state (bindings, folios, flags), its host memory and its VM's (the
+        invalidation counter, the SPTEs...), comparable."""
+        return snapshot(self)
 
     def _open(self) -> None:
         if self.released:
