@@ -20,10 +20,11 @@ __all__ = ["integer", "uint", "u64", "sint", "in_range", "boolean", "opt_boolean
 
 
 def fmt(value) -> str:
-    """A value as messages show it: small ints in decimal, large ones in hex, others by repr."""
+    """A value as messages show it: small ints in decimal, large ones (addresses, masks) in
+    hex, others by repr."""
     if isinstance(value, bool) or not isinstance(value, int):
         return repr(value)
-    if -65536 < value < 65536:
+    if -4096 < value < 4096:
         return str(value)
     return f"{value:#x}" if value >= 0 else f"-{-value:#x}"
 
@@ -44,6 +45,8 @@ def integer(name: str, value, *, err=InputError, **kw) -> int:
 
 def uint(name: str, value, bits: int = 64, *, err=InputError, **kw) -> int:
     """An integer in [0, 2**bits) (the width of the kernel's field)."""
+    if value.__class__ is int and value >= 0 and not value >> bits:     # fast path
+        return value
     v = integer(name, value, err=err, **kw)
     if v < 0:
         _raise(err, name, v, f"must not be negative (an unsigned {bits}-bit value)", **kw)
@@ -52,9 +55,12 @@ def uint(name: str, value, bits: int = 64, *, err=InputError, **kw) -> int:
     return v
 
 
+_U64_END = 1 << 64
+
+
 def u64(name: str, value, *, err=InputError, **kw) -> int:
     """:func:`uint` with 64 bits and a fast path for plain in-range ints (hot scalar paths)."""
-    if value.__class__ is int and 0 <= value < (1 << 64):
+    if value.__class__ is int and 0 <= value < _U64_END:
         return value
     return uint(name, value, 64, err=err, **kw)
 
@@ -71,8 +77,9 @@ def in_range(name: str, value, lo: int, hi: int, rule: str = "", *, err=InputErr
     """An integer with ``lo <= value <= hi``; ``rule`` says where the bounds come from."""
     v = integer(name, value, err=err, **kw)
     if not lo <= v <= hi:
-        _raise(err, name, v, f"must be in {fmt(lo)}..{fmt(hi)}" + (f" ({rule})" if rule else ""),
-               **kw)
+        shown = str(v) if max(abs(lo), abs(hi)) < 65536 and abs(v) < 1 << 32 else fmt(v)
+        raise err(f"{name}={shown}: must be in {fmt(lo)}..{fmt(hi)}" + (f" ({rule})" if rule else ""),
+                  **kw)
     return v
 
 
@@ -102,10 +109,16 @@ def choice(name: str, value, options, *, err=InputError, **kw):
     return value
 
 
+_MMU_CONFIG = None      # pykvmmu.config.MmuConfig, imported on first use (config imports us)
+
+
 def mmu_config(value, name: str = "cfg"):
     """An :class:`~pykvmmu.config.MmuConfig` (scalar fast paths call this only on failure)."""
-    from .config import MmuConfig
-    if not isinstance(value, MmuConfig):
+    cls = _MMU_CONFIG
+    if cls is None or not isinstance(value, cls):
+        from .config import MmuConfig
+        globals()["_MMU_CONFIG"] = cls = MmuConfig
+    if not isinstance(value, cls):
         raise InputError(f"{name}={value!r}: expected an MmuConfig, got {type(value).__name__}")
     return value
 

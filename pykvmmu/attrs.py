@@ -44,9 +44,7 @@ class MemoryAttributeError(InputError):
         self.errno = errno
 
 
-def _gfn(name: str, v) -> int:
-    """A gfn argument: a u64 (fast path for plain ints)."""
-    return u64(name, v)
+_gfn = u64      # a gfn argument: a u64 (fast path for plain ints)
 
 
 def _gfn_range(start, end) -> tuple:

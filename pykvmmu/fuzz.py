@@ -34,6 +34,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["FuzzInput", "Disagreement", "Target", "TARGETS", "target", "run_one", "Failure",
            "shrink", "fuzz_random", "fuzz_hypothesis", "fuzz_atheris", "replay", "corpus_dir",
            "load_corpus", "target_for_file", "ENGINES"]
@@ -49,6 +51,8 @@ class FuzzInput:
     __slots__ = ("data", "pos", "features")
 
     def __init__(self, data: bytes):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise InputError(f"data={data!r}: expected bytes, got {type(data).__name__}")
         self.data = bytes(data)
         self.pos = 0
         self.features: set = set()
@@ -1041,11 +1045,39 @@ def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+class UnknownTarget(InputError, KeyError):
+    """A fuzz target name that is not one of TARGETS (also a KeyError, as before)."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def get_target(name) -> "Target":
+    """The target called ``name``; UnknownTarget (naming the known ones) otherwise."""
+    if not isinstance(name, str) or name not in TARGETS:
+        raise UnknownTarget(f"target={name!r}: unknown; known: {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def _budget(seconds, max_execs) -> None:
+    import math
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or \
+            not math.isfinite(seconds) or seconds < 0:
+        raise InputError(f"seconds={seconds!r}: must be a finite number of seconds >= 0")
+    if max_execs is not None and (isinstance(max_execs, bool) or not isinstance(max_execs, int)
+                                  or max_execs < 1):
+        raise InputError(f"max_execs={max_execs!r}: must be None or an integer >= 1")
+
+
 #: The seed corpus ships inside the package (package data), so an installed pykvmmu finds it.
 SEED_CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "fuzz_corpus")
 
 
 def corpus_dir(name: str, root: Optional[str] = None) -> str:
+    """The corpus directory of target ``name`` under ``root`` (default: the shipped seed
+    corpus, SEED_CORPUS); ``name=""`` is ``root`` itself when a root is given."""
+    if name or root is None:
+        get_target(name)
     return os.path.join(root or SEED_CORPUS, name)
 
 
@@ -1094,7 +1126,7 @@ def replay(path: str, name: Optional[str] = None, emit=print) -> Optional[Failur
     for p in paths:
         tname = name or target_for_file(p)
         if tname not in TARGETS:
-            raise KeyError(f"{p}: cannot tell the target; name it (pykvmmu fuzz TARGET --replay "
+            raise UnknownTarget(f"{p}: cannot tell the target; name it (pykvmmu fuzz TARGET --replay "
                            f"FILE); known: {', '.join(TARGETS)}")
         with open(p, "rb") as f:
             data = f.read()
@@ -1189,7 +1221,8 @@ def fuzz_random(name: str, *, seconds: float = 60.0, max_execs: Optional[int] = 
                 save_corpus: Optional[str] = None, stop_on_failure: bool = True,
                 shrink_budget: float = 10.0, quiet: bool = False, emit=None) -> RunStats:
     """The built-in mutational engine: mutate corpus entries, keep inputs with new features."""
-    t = TARGETS[name]
+    t = get_target(name)
+    _budget(seconds, max_execs)
     rng = random.Random(seed)
     emit = emit or (lambda s: print(s, file=sys.stderr, flush=True))
     corpus = load_corpus(name, corpus_root) or [b""]
@@ -1258,7 +1291,8 @@ def fuzz_hypothesis(name: str, *, seconds: float = 60.0, max_execs: Optional[int
         import hypothesis  # noqa: F401
     except ImportError:  # pragma: no cover - hypothesis is a test extra
         raise RuntimeError("the hypothesis engine needs hypothesis: pip install 'pykvmmu[test]'") from None
-    t = TARGETS[name]
+    t = get_target(name)
+    _budget(seconds, max_execs)
     emit = emit or (lambda s: print(s, file=sys.stderr, flush=True))
     stats = RunStats(name, "hypothesis")
     prog = Progress(name, "hypothesis", quiet=quiet)
@@ -1339,7 +1373,7 @@ def fuzz_atheris(name: str, *, seconds: float = 60.0, max_execs: Optional[int] =
         import atheris
     except ImportError:
         raise RuntimeError(ATHERIS_HINT) from None
-    t = TARGETS[name]
+    t = get_target(name)
     # The CLI has already imported the engines, so instrument what is loaded (Python-side
     # coverage); the C core's coverage comes from the clang build (fuzz/build-fuzz-core.sh).
     from . import config, mmio, private, rmp, role, spte, vm  # noqa: F401

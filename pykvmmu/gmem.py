@@ -300,6 +300,14 @@ class GetPfn:
     prepared_now: bool
 
 
+def _slot(slot):
+    """A memslot-like object (``base_gfn``, ``npages``), as bind and get_index need."""
+    if not (hasattr(slot, "base_gfn") and hasattr(slot, "npages")):
+        raise InputError(f"slot={slot!r}: expected a memslot (base_gfn, npages), got "
+                         f"{type(slot).__name__}")
+    return slot
+
+
 def max_order_at(gfn: int, index: int, folio_order: int) -> int:
     """The order KVM may map at: the folio's, if gfn and index are equally aligned within it."""
     gfn, index = uint("gfn", gfn), uint("index", index)
@@ -347,9 +355,9 @@ class GuestMemfd:
         self.log: list = []                # (operation, details) for demos/tests
 
     def _snapshot(self):
-        """This file's state (bindings, folios, flags) and its host memory, comparable."""
-        state = {k: v for k, v in vars(self).items() if k != "kvm"}
-        return snapshot(state)
+        """This file's state (bindings, folios, flags), its host memory and its VM's (the
+        invalidation counter, the SPTEs...), comparable."""
+        return snapshot(self)
 
     def _open(self) -> None:
         if self.released:
@@ -416,6 +424,7 @@ class GuestMemfd:
     def bind(self, slot, offset: int) -> Binding:
         """``kvm_gmem_bind(kvm, slot, fd, offset)``: records the binding, sets
         ``slot.gmem_pgoff`` / ``slot.gmem_file``.  ``slot`` needs ``npages`` and ``base_gfn``."""
+        _slot(slot)
         start, npages = self.check_bind(self.kvm, slot.npages, offset)
         b = Binding(slot, start, npages)
         i = bisect.bisect_left(self._bind_starts, start)
@@ -438,7 +447,12 @@ class GuestMemfd:
 
     @staticmethod
     def index_of(slot, gfn: int) -> int:
-        """``kvm_gmem_get_index``: ``gfn - slot->base_gfn + slot->gmem.pgoff``."""
+        """``kvm_gmem_get_index``: ``gfn - slot->base_gfn + slot->gmem.pgoff`` (gfn in the slot)."""
+        _slot(slot)
+        gfn = uint("gfn", gfn)
+        if not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
+            raise InputError(f"gfn={gfn:#x}: outside the slot [{slot.base_gfn:#x}, "
+                             f"{slot.base_gfn + slot.npages:#x})")
         return gfn - slot.base_gfn + slot.gmem_pgoff
 
     def binding_at(self, index: int):

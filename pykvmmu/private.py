@@ -305,6 +305,22 @@ class FaultDecision:
         return "mmio" if self.action == "noslot" else self.action
 
 
+_CTX_ATTRS = ("vm_type", "gfn_direct_bits", "is_private", "slot_kind")
+_CTX_OK: set = set()         # classes already seen to provide the FaultContext protocol
+
+
+def _ctx(ctx):
+    """A fault context: a FaultContext, a Vm, or anything with the same attributes."""
+    if ctx.__class__ not in _CTX_OK:
+        missing = [a for a in _CTX_ATTRS if not hasattr(ctx, a)]
+        if missing:
+            raise PrivateFaultError(f"ctx={ctx!r}: not a fault context (a FaultContext or a Vm); "
+                                    f"missing {', '.join(missing)}")
+        if isinstance(ctx, FaultContext) or type(ctx).__name__ == "Vm":
+            _CTX_OK.add(ctx.__class__)
+    return ctx
+
+
 def upstream_error_code(ctx, gpa: int, error_code: int):
     """The error code as ``kvm_mmu_do_page_fault()`` sees it (upstream, v6.10+), and warnings.
 
@@ -315,6 +331,7 @@ def upstream_error_code(ctx, gpa: int, error_code: int):
        the attributes of ``gpa_to_gfn(gpa)`` unless the fault is a reserved-bit (MMIO) fault.
     """
     warnings = ()
+    _ctx(ctx)
     gpa = uint("gpa", gpa)
     ec = error_code = uint("error_code", error_code)
     if ec & PFERR_SYNTHETIC_MASK:
@@ -389,6 +406,7 @@ class RfcV9MaskPolicy(FaultPolicy):
     summary = "slot gate, then err & mmu_private_fault_mask (SNP), else attributes"
 
     def classify(self, ctx, gpa, error_code):
+        _ctx(ctx)
         gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         gfn = gpa >> 12
         kind = KVM_FAULT_SHARED
@@ -422,6 +440,7 @@ class MaskPolicy(FaultPolicy):
         return fault_mask, ctx.gfn_direct_bits << 12
 
     def classify(self, ctx, gpa, error_code):
+        _ctx(ctx)
         gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         fault_mask, shared_mask = self._masks(ctx)
         if fault_mask:
@@ -444,6 +463,7 @@ class ThreeWayPolicy(MaskPolicy):
     summary = "mask / shared bit decide, otherwise VMM_DEFINED resolved from attributes at faultin"
 
     def classify(self, ctx, gpa, error_code):
+        _ctx(ctx)
         gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
         fault_mask, shared_mask = self._masks(ctx)
         gfn = (gpa >> 12) & ~ctx.gfn_direct_bits
@@ -488,6 +508,7 @@ class SoftwarePferrPolicy(FaultPolicy):
         return ec
 
     def classify(self, ctx, gpa, error_code):
+        _ctx(ctx)
         gpa = u64("gpa", gpa)
         ec = self.caller_error_code(ctx, gpa, error_code)
         return Classification((gpa >> 12) & ~ctx.gfn_direct_bits, ec,
@@ -518,6 +539,7 @@ def decide(ctx, gpa: int, error_code: int, policy=None) -> FaultDecision:
     mismatch with the attributes -> memory-fault exit; no memslot -> private: exit, shared:
     ``noslot`` (MMIO); private fault on a slot without guest_memfd -> exit; private ->
     guest_memfd; shared on a gmem-only slot -> guest_memfd; else host memory."""
+    _ctx(ctx)
     gpa = uint("gpa", gpa)
     error_code = uint("error_code", error_code)
     pol = get_policy(policy)

@@ -201,6 +201,8 @@ def realistic_gfns(n_vms: int = 4, seed: int = 0) -> np.ndarray:
     """A gfn population like a shadow-paged guest's page-table pages: clustered kernel page
     tables low in memory, per-process tables scattered over RAM, a few high (MMIO/PCI hole)."""
     n_vms = in_range("n_vms", n_vms, 1, 1 << 16, "shadow-paged guests to simulate")
+    if seed is not None:
+        seed = uint("seed", seed)
     rng = np.random.default_rng(seed)
     parts = []
     for vm in range(n_vms):

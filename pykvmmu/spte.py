@@ -67,14 +67,15 @@ def _batch_error(func: str, idx: int, err: int, values: dict) -> InputError:
 
 def _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
              unsync_fails, nx_huge) -> int:
-    prefetch = boolean("prefetch", prefetch)
-    synchronizing = boolean("synchronizing", synchronizing)
-    host_writable = boolean("host_writable", host_writable)
-    host_mmio = boolean("host_mmio", host_mmio)
-    ad_disabled = boolean("ad_disabled", ad_disabled)
-    ad_wrprot_only = boolean("ad_wrprot_only", ad_wrprot_only)
-    unsync_fails = boolean("unsync_fails", unsync_fails)
-    nx_huge = boolean("nx_huge_pages", nx_huge)
+    flags = (prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
+             unsync_fails, nx_huge)
+    if not (prefetch.__class__ is bool and synchronizing.__class__ is bool     # fast path
+            and host_writable.__class__ is bool and host_mmio.__class__ is bool
+            and ad_disabled.__class__ is bool and ad_wrprot_only.__class__ is bool
+            and unsync_fails.__class__ is bool and nx_huge.__class__ is bool):
+        for n, f in zip(("prefetch", "synchronizing", "host_writable", "host_mmio", "ad_disabled",
+                         "ad_wrprot_only", "unsync_fails", "nx_huge_pages"), flags):
+            boolean(n, f)
     return ((MK_PREFETCH if prefetch else 0) | (MK_SYNCHRONIZING if synchronizing else 0)
             | (MK_HOST_WRITABLE if host_writable else 0) | (MK_HOST_MMIO if host_mmio else 0)
             | (MK_AD_DISABLED if ad_disabled else 0) | (MK_WRPROT_ONLY if ad_wrprot_only else 0)

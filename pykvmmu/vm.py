@@ -70,6 +70,15 @@ class Memslot:
     gmem_pgoff: int = 0
     gmem_only: bool = False
 
+    def __post_init__(self):
+        self.id = uint("id", self.id, 32, err=VmError)
+        self.base_gfn = uint("base_gfn", self.base_gfn, err=VmError)
+        self.npages = uint("npages", self.npages, err=VmError)
+        if self.npages == 0:
+            raise VmError("npages=0: a memslot has at least one page")
+        self.userspace_addr = uint("userspace_addr", self.userspace_addr, err=VmError)
+        self.flags = uint("flags", self.flags, 32, err=VmError)
+
     @property
     def end_gfn(self) -> int:
         return self.base_gfn + self.npages
@@ -246,6 +255,12 @@ class Vm(MmuLock):
             raise VmError(f"cfg={cfg!r}: expected an MmuConfig or None")
         if host is not None and not isinstance(host, HostMemory):
             raise VmError(f"host={host!r}: expected a HostMemory or None")
+        if hooks is not None and not isinstance(hooks, GmemHooks):
+            raise VmError(f"hooks={hooks!r}: expected a GmemHooks (or subclass) or None")
+        if rmp is not None:
+            from .rmp import RmpTable
+            if not isinstance(rmp, RmpTable):
+                raise VmError(f"rmp={rmp!r}: expected an RmpTable or None")
         policy = P.get_policy(policy)
         self.vm_type = vt
         self.type_name = P.vm_type_name(self.vm_type)

@@ -24,6 +24,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (["make-spte", "0x1", "--level", "0"], 1, "level=0"),
     (["mmio", "make", "0x1", "--access", "99"], 1, "access="),
     (["config", "--mode", "ept", "--maxphyaddr", "99"], 1, "maxphyaddr=99"),
+    (["role", "hash", "--seed", "-1"], 1, "seed=-1"),
+    (["fuzz", "spte", "--time", "-1"], 2, "--time"),
+    (["fuzz", "spte", "--time", "nan"], 2, "--time"),
+    (["fuzz", "spte", "--runs", "0"], 2, "--runs"),
+    (["fuzz", "spte", "--corpus", "/nonexistent/corpus"], 2, "not a directory"),
+    (["fuzz", "spte", "--out", __file__ + "/sub"], 2, "not a directory"),
 ])
 def test_bad_values_one_line_nonzero(argv, rc, needle, capsys):
     try:

@@ -53,7 +53,9 @@ def test_check_helpers():
         choice("m", "c", ("a", "b"))
     with pytest.raises(InputError):
         choice("m", [], ("a",))           # unhashable: still a clear error
-    assert fmt(5000) == "5000" and fmt(1 << 40) == "0x10000000000" and fmt("s") == "'s'"
+    assert fmt(4095) == "4095" and fmt(4096) == "0x1000" and fmt("s") == "'s'"
+    with pytest.raises(InputError, match="asid=5000: must be in 1..1022"):
+        in_range("asid", 5000, 1, 1022)
 
 
 def test_errno_carrying_errors():

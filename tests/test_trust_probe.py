@@ -8,11 +8,15 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_probe_all_clear():
+def _probe(**env):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "probe_api.py"), "-v"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
+                       env=dict(os.environ, PYTHONPATH=ROOT, **env))
     assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+def _counts(p):
     counts = {}
     for line in p.stdout.splitlines():
         parts = line.split()
@@ -20,7 +24,24 @@ def test_probe_all_clear():
             counts["tried"] = int(parts[-1])
         elif line.startswith("  ") and len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_probe_all_clear():
+    p = _probe()
+    counts = _counts(p)
     assert counts["tried"] >= 2000
     assert counts["clear"] == counts["tried"], p.stdout[:4000]
     for cat in ("unclear", "other", "silent", "crash", "half", "setup"):
         assert counts[cat] == 0, (cat, p.stdout[:4000])
+
+
+def test_probe_sees_every_outcome():
+    """Known-bad synthetic cases are classified as what they are, a crash included (the child
+    dies, is counted and restarted)."""
+    p = _probe(PYKVMMU_PROBE_SELFTEST="1")
+    counts = _counts(p)
+    for cat in ("silent", "other", "unclear", "half", "crash"):
+        assert counts[cat] == 1, (cat, p.stdout[:3000])
+    assert counts["clear"] == counts["tried"] - 5
+    assert "[selftest] clear=1 crash=1 half=1 other=1 silent=1 unclear=1" in p.stdout

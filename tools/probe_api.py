@@ -593,9 +593,70 @@ def build():
             scalar(mod.__name__.split(".")[-1], f"{fname}[cfg]", fn, (cfg,) + tuple(rest), {},
                    {0: (None, "ept")})
 
+    def gm_vm():
+        vm = mkvm("tdx")
+        return vm._probe_gmem
+    stateful("gmem", "GuestMemfd", gm_vm, "bind", (V.Memslot(7, 0x900, 4, 0x7f0000900000), 0x300000), {}, {
+        0: (None, 5), 1: BAD_U + [1, 0x400000]})
+    scalar("gmem", "GuestMemfd.index_of", G.GuestMemfd.index_of, (V.Memslot(7, 0x900, 4, 0), 0x901), {}, {
+        0: (None, 5), 1: BAD_U + [0x800]})
+    stateful("gmem", "HostMemory", mkhost, "is_allocated", (0x1000,), {}, {0: BAD_U})
+    stateful("vm", "Vm[tdx]", lambda: mkvm("tdx"), "create_guest_memfd", (0x1000,), {}, {
+        "folio_order": (1, -1, "0", 9.0)})
+    scalar("vm", "Memslot", V.Memslot, (7, 0x900, 4, 0), {}, {
+        0: BAD_U + [1 << 32], 1: BAD_U, 2: BAD_U + [0], 3: BAD_U, "flags": BAD_U + [1 << 32]})
+
+    if os.environ.get("PYKVMMU_PROBE_SELFTEST"):
+        _selftest_cases()
+    for fn in (P.decide, P.kvm_mmu_do_page_fault, P.upstream_error_code):
+        scalar("private", fn.__name__ + "[ctx]", fn, (ctx, 0x1000, 0), {}, {0: (None, 5, "snp")})
+    scalar("private", "classify_batch[attrs]", P.classify_batch,
+           ("snp", u64 << np.uint64(12), np.zeros(16, dtype=np.uint64)), {}, {
+               "attrs": (5, "x", (np.zeros(2, np.uint64), np.zeros(3, np.uint64)))})
+    scalar("vm", "Vm[objects]", V.Vm, ("tdx",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
+        "hooks": (5, "snp"), "rmp": (5,), "cfg": (5, "ept"), "host": (5,), "policy": (5, object())})
+    scalar("wflood", "kvm_mmu_track_write[page_hash]", W.kvm_mmu_track_write, ("v6.19", SH.MmuPageHash(), 0x1008, 8),
+           {}, {1: (None, 5)})
+    scalar("role", "get_page_role[era]", R.kvm_mmu_get_page_role, (None, 0x24), {"level": 1, "direct": False},
+           {0: ("v1.0", 5, 4.2)})
+
+    from pykvmmu import fuzz as FZ
+    scalar("fuzz", "fuzz_random", FZ.fuzz_random, ("spte",), {"max_execs": 1, "quiet": True}, {
+        0: ("bogus", None, 5), "seconds": (-1, float("nan"), "1"), "max_execs": (0, -1, 1.5)})
+    scalar("fuzz", "fuzz_hypothesis", FZ.fuzz_hypothesis, ("spte",), {"max_execs": 1, "quiet": True}, {
+        0: ("bogus", None), "seconds": (-1, float("inf"))})
+    scalar("fuzz", "corpus_dir", FZ.corpus_dir, ("spte",), {}, {0: ("bogus", 5)})
+    scalar("fuzz", "load_corpus", FZ.load_corpus, ("spte",), {}, {0: ("bogus", None)})
+    scalar("fuzz", "replay", FZ.replay, (__file__, "spte"), {"emit": lambda s: None}, {1: ("bogus",)})
+    scalar("fuzz", "FuzzInput", FZ.FuzzInput, (b"",), {}, {0: (5, None, "text")})
+
     scalar("vm", "Vm", V.Vm, ("snp",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
         "asid": (0, 5000, -1, "1", None, 1.5), "max_level": (0, 4, 7, "3"), "gpaw": (50, "52"),
         "folio_order": (1, "0"), 0: ("bogus", 9, None), "log": ("no", 2), "policy": ("bogus",)})
+
+
+def _selftest_cases():
+    """Known-bad cases that show the probe is not blind (tests/test_trust_probe.py)."""
+    from pykvmmu.errors import InputError
+
+    class Box:
+        def __init__(self):
+            self.n = 0
+
+        def bump_then_fail(self, v):
+            self.n += 1
+            raise InputError(f"v={v!r}: refused too late")
+
+    add("selftest", "silent", "v", [1], lambda v: (None, lambda: None))
+    add("selftest", "other", "v", [1], lambda v: (None, lambda: [].remove(v)))
+    add("selftest", "unclear", "v", [1], lambda v: (None, lambda: (_ for _ in ()).throw(InputError("no"))))
+    add("selftest", "half", "v", [1], lambda v: (lambda b: (b, lambda: b.bump_then_fail(v)))(Box()))
+    def die():
+        import resource
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))      # no core file
+        os.abort()
+    add("selftest", "crash", "v", [1], lambda v: (None, die))
+    add("selftest", "clear", "v", [7], lambda v: (None, lambda: (_ for _ in ()).throw(InputError("v=7: no"))))
 
 
 def classify(exc, param, value, changed):
@@ -693,4 +754,7 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BrokenPipeError:         # piped into head: stop quietly
+        sys.stderr.close()

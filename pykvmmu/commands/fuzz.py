@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+
+from ._args import positive_int
 
 EPILOG = """\
 examples:
@@ -18,14 +22,37 @@ with the message and traceback; the exit status is 1 when anything failed.
 """
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a finite time budget > 0 seconds."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds > 0")
+    return v
+
+
+def _writable_dir(path: str) -> str | None:
+    """Why ``path`` cannot hold files (None when it exists as, or can be created as, a directory)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        p = os.path.dirname(p)
+    if not os.path.isdir(p):
+        return f"{p} is not a directory"
+    if not os.access(p, os.W_OK | os.X_OK):
+        return f"{p} is not writable"
+    return None
+
+
 def register(sub) -> None:
     p = sub.add_parser("fuzz", help="fuzz the C core against the reference (see --list)",
                        description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("target", nargs="?", help="a target name (see --list) or 'all'")
-    p.add_argument("--time", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--time", type=_seconds, default=60.0, metavar="SECONDS",
                    help="time budget per target (default 60)")
-    p.add_argument("--runs", type=int, default=None, metavar="N",
+    p.add_argument("--runs", type=positive_int, default=None, metavar="N",
                    help="stop after N executions per target")
     p.add_argument("--engine", default="auto", choices=("auto", "random", "hypothesis", "atheris"),
                    help="auto: hypothesis for stateful targets, the built-in random engine otherwise")
@@ -63,6 +90,14 @@ def run(args) -> int:
         print("pykvmmu fuzz: name a target (or 'all'); pykvmmu fuzz --list shows them",
               file=sys.stderr)
         return 2
+    if args.corpus is not None and not os.path.isdir(args.corpus):
+        print(f"pykvmmu fuzz: --corpus {args.corpus}: not a directory", file=sys.stderr)
+        return 2
+    for opt, d in (("--out", args.out), ("--save-corpus", args.save_corpus)):
+        why = d is not None and _writable_dir(d)
+        if why:
+            print(f"pykvmmu fuzz: {opt} {d}: {why}", file=sys.stderr)
+            return 2
     names = list(F.TARGETS) if args.target == "all" else [args.target]
     for n in names:
         if n not in F.TARGETS:
