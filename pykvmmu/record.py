@@ -20,9 +20,11 @@ import datetime
 import gzip
 import io
 import json
+import mmap
 import os
 import platform
 import re
+import struct
 import sys
 import tarfile
 import tempfile
@@ -33,13 +35,14 @@ from dataclasses import dataclass, field
 from .errors import InputError, PykvmmuError
 
 __all__ = ["RecordError", "Recorder", "Capture", "write_capture", "read_capture", "DEFAULT_EVENTS",
-           "find_tracefs", "tracing_snapshot", "KVM_MODULES", "lost_events"]
+           "find_tracefs", "tracing_snapshot", "KVM_MODULES", "lost_events", "host_zero_pfn"]
 
 DEFAULT_EVENTS = ("kvmmmu", "kvm/kvm_page_fault", "kvm/kvm_mmio", "kvm/kvm_userspace_exit",
                   "kvm/kvm_emulate_insn", "kvm/kvm_cr", "kvm/kvm_msr", "kvm/kvm_exit", "kvm/kvm_entry",
                   "kvm/kvm_unmap_hva_range")
 KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
 _STD_MOUNT = "/sys/kernel/tracing"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class RecordError(PykvmmuError):
@@ -347,7 +350,7 @@ class Recorder:
                 "started": self.started, "ended": self.ended, "events": list(self.enabled),
                 "buffer_size_kb": self.buffer_kb, "page_size": self.page_size, "cpus": sorted(self.fds),
                 "lost": lost, "command": None, "guest": None,
-                "tasks": "all" if self.all_tasks else "self-and-children"}
+                "tasks": "all" if self.all_tasks else "self-and-children", "host_zero_pfn": host_zero_pfn()}
         self.capture = Capture(meta=meta, header_page=_read(os.path.join(self.root, "events", "header_page")),
                                header_event=_read(os.path.join(self.root, "events", "header_event")),
                                formats=formats, raw={c: bytes(b) for c, b in self.raw.items()},
@@ -388,6 +391,28 @@ class Recorder:
                 self.stop()
         finally:
             self._cleanup()
+
+
+def host_zero_pfn():
+    """The pfn of the host's shared zero page (what a read of never-written anonymous memory
+    maps, so KVM maps it read-only: no host-writable bit), from /proc/self/pagemap; None when
+    the pfn is hidden (not root).  A THP host may use the huge zero page instead for
+    huge-aligned memory; that one is not reported."""
+    m = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        _ = m[0]                                       # read fault: maps the zero page
+        ref = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(ref)
+        del ref
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek((addr // PAGE_SIZE) * 8)
+            (v,) = struct.unpack("<Q", f.read(8))
+    except OSError:
+        return None
+    finally:
+        m.close()
+    pfn = v & ((1 << 55) - 1)
+    return pfn if v >> 63 and pfn else None
 
 
 def _now() -> str:

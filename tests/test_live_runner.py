@@ -387,3 +387,29 @@ def test_record_cli_keeps_the_capture_of_a_failing_guest(monkeypatch, tmp_path, 
     assert main(["record", "-o", str(out), "--demo-guest"]) == 1
     assert "the guest failed" in capsys.readouterr().err
     assert "no HLT" in R.read_capture(str(out)).meta["guest_error"]
+
+
+def test_random_guests_are_valid_and_seeded():
+    import random
+    from pykvmmu import kfuzz
+    seen = {}
+    for seed in range(200):
+        d = kfuzz.random_desc(random.Random(seed))
+        d.check()                                            # valid by construction
+        assert K.host_refusal(d, _host()) is None            # and runnable on kvm_pvm
+        assert K.GuestDesc.from_json(d.to_json()) == d
+        for r in d.runs:
+            for o in r.program:
+                seen[o.kind] = seen.get(o.kind, 0) + 1
+            for c in r.changes:
+                seen[c.action] = seen.get(c.action, 0) + 1
+    assert kfuzz.random_desc(random.Random(7)) == kfuzz.random_desc(random.Random(7))
+    for k in ("read", "write", "fetch", "invlpg", "cr3_reload", "pte_write", "delete", "move", "flags"):
+        assert seen.get(k, 0) > 0, k
+
+
+@pytest.mark.parametrize("kw,msg", [({"seconds": 0}, "seconds"), ({"seconds": 1, "runs": 0}, "runs")])
+def test_fuzz_kernel_refuses_bad_budgets(kw, msg):
+    from pykvmmu import kfuzz
+    with pytest.raises(InputError, match=msg):
+        kfuzz.fuzz_kernel(**kw)
