@@ -60,9 +60,24 @@ def _snapshot():
         if not os.path.isdir(os.path.join(d, "events", "kvmmmu")):
             pytest.skip("no kvmmmu trace events on this host")
         s = R.tracing_snapshot(d)
-    s["mounts"] = [m for m in s["mounts"] if not m.startswith(os.path.join(tempfile.gettempdir(),
-                                                                            "pykvmmu-test-tracefs-"))]
+    # the standard mount point and the instances of recorders no longer running (a concurrent
+    # recorder's private mount and instance are its own; a test checks its recorder's mount itself)
+    s["mounts"] = [m for m in s["mounts"] if m == "/sys/kernel/tracing"]
+    s["instances"] = [n for n in s["instances"] if not _alive_other(n)]
     return s
+
+
+def _alive_other(instance: str) -> bool:
+    parts = instance.split("-")
+    if len(parts) < 2 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    return pid != os.getpid() and os.path.exists(f"/proc/{pid}")
+
+
+def _unmounted(mounted) -> bool:
+    """The recorder's private tracefs mount (None if it used an existing one) is gone."""
+    return mounted is None or (mounted not in R._tracefs_mounts() and not os.path.exists(mounted))
 
 
 def _kvm_fds():
@@ -169,8 +184,9 @@ def test_record_small_guest_restores_tracing_state(tmp_path):
         K.run_guest(desc)
         cap = rec.stop()
         assert os.path.isdir(rec.inst)
+        mounted = rec.mounted
     after = _snapshot()
-    assert after == before
+    assert after == before and _unmounted(mounted)
     assert _kvm_fds() == []
     assert cap.lost == 0
     meta = cap.meta
@@ -197,7 +213,8 @@ def test_demo_guest_capture_matches_its_text(tmp_path):
     with R.Recorder(text=True) as rec:
         res = K.run_guest(desc, host)
         cap = rec.stop()
-    assert _snapshot() == before
+        mounted = rec.mounted
+    assert _snapshot() == before and _unmounted(mounted)
     assert cap.lost == 0 and len(res.runs) == 3
     names = _names(cap)
     lines = [ln for ln in cap.text["trace"].splitlines() if not ln.startswith("#")]
@@ -217,10 +234,12 @@ def test_demo_guest_capture_matches_its_text(tmp_path):
 
 def test_interrupted_recording_cleans_up():
     before = _snapshot()
+    rec = R.Recorder()
     with pytest.raises(KeyboardInterrupt):
-        with R.Recorder():
+        with rec:
+            mounted = rec.mounted
             raise KeyboardInterrupt
-    assert _snapshot() == before
+    assert _snapshot() == before and _unmounted(mounted) and rec.inst is None
 
 
 def test_record_cli_command_mode(tmp_path):
@@ -264,7 +283,7 @@ def test_record_cli_refusals(tmp_path):
 def test_lost_events_are_counted():
     desc = K.demo_guest()
     with R.Recorder(buffer_kb=64, drain_interval=None) as rec:
-        for _ in range(6):                                 # ~20 KB of records each, 64 KB per CPU
+        for _ in range(16):            # ~20 KB of records each: more than 64 KB on every CPU together
             K.run_guest(desc)
         cap = rec.stop()
     overrun = sum(s["overrun"] for s in cap.meta["lost"].values())
