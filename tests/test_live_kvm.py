@@ -312,3 +312,28 @@ def test_kernel_fuzz_writes_a_reproducer(tmp_path, monkeypatch):
     assert K.GuestDesc.from_dict(cap.guest) == kfuzz.random_desc(random.Random(5), K.detect_host())
     assert "no HLT" in cap.meta["guest_error"]
     assert (tmp_path / os.path.basename(st.findings[0].path).replace(".kvmcap", ".txt")).exists()
+
+
+def test_register_variants_run_or_are_refused_with_the_reason():
+    host = K.detect_host()
+    d = _small_guest()
+    d.registers.efer_nx = False                                  # no NX anywhere: still runs
+    assert K.run_guest(d, host).runs[0]["exits"]["HLT"] == 1
+    d = _small_guest()
+    d.registers.cr0_wp = False
+    assert K.run_guest(d, host).runs[1]["rax"] == 5             # the MMIO read after the MOVE
+    d = _small_guest()
+    d.registers.cr4_smep = True
+    if host.kind == "pvm":
+        with pytest.raises(K.HostUnsupported, match="SMEP/SMAP"):
+            K.run_guest(d, host)
+    else:
+        assert K.run_guest(d, host).runs[0]["exits"]["HLT"] == 1
+    d = _small_guest()
+    d.page_tables.levels = 5
+    if host.la57:
+        assert K.run_guest(d, host).runs[1]["rax"] == 5
+    else:
+        with pytest.raises(K.HostUnsupported, match="LA57"):
+            K.run_guest(d, host)
+    assert _kvm_fds() == []
