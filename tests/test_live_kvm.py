@@ -7,10 +7,12 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -337,3 +339,24 @@ def test_register_variants_run_or_are_refused_with_the_reason():
         with pytest.raises(K.HostUnsupported, match="LA57"):
             K.run_guest(d, host)
     assert _kvm_fds() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_record_cli_interrupted_restores_and_keeps_the_capture(tmp_path, sig):
+    out = tmp_path / "i.kvmcap"
+    before = _snapshot()
+    p = subprocess.Popen([sys.executable, "-m", "pykvmmu", "record", "-o", str(out), "--", "sleep", "30"],
+                         stderr=subprocess.PIPE, text=True)
+    inst = f"pykvmmu-{p.pid}"
+    deadline = time.monotonic() + 20
+    with _PrivateTracefs() as d:                 # wait until the recorder's instance exists
+        while not os.path.isdir(os.path.join(d, "instances", inst)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.isdir(os.path.join(d, "instances", inst))
+    time.sleep(0.3)                              # let the command start
+    p.send_signal(sig)
+    err = p.communicate(timeout=30)[1]
+    assert p.returncode == 130, err
+    assert "interrupted" in err and _snapshot() == before
+    cap = R.read_capture(str(out))
+    assert cap.meta["command"] == ["sleep", "30"] and cap.meta["exit_status"] == -signal.SIGTERM
