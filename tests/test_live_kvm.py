@@ -20,6 +20,16 @@ from pykvmmu import kvmrun as K
 from pykvmmu import record as R
 
 
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
+
+
+def _cli_env() -> dict:
+    """The environment for ``python -m pykvmmu`` children: the same pykvmmu as this process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _PKG_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def _why_not_live():
     if not os.path.exists("/dev/kvm"):
         return "no /dev/kvm on this host"
@@ -251,7 +261,8 @@ def test_record_cli_command_mode(tmp_path):
     before = _snapshot()
     p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(out), "--",
                         sys.executable, "-m", "pykvmmu", "guest", "run", str(desc)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr
     assert _snapshot() == before
     cap = R.read_capture(str(out))
@@ -263,7 +274,8 @@ def test_record_cli_command_mode(tmp_path):
 def test_record_cli_guest_mode_with_text(tmp_path):
     out = tmp_path / "d.kvmcap"
     p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(out), "--demo-guest",
-                        "--text", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+                        "--text", str(tmp_path / "d")], capture_output=True, text=True, timeout=60,
+                       env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr
     cap = R.read_capture(str(out))
     assert K.GuestDesc.from_dict(cap.guest) == K.demo_guest()
@@ -274,11 +286,13 @@ def test_record_cli_guest_mode_with_text(tmp_path):
 
 def test_record_cli_refusals(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(tmp_path / "x")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 1 and "exactly one of" in p.stderr
     p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(tmp_path / "x"),
                         "--events", "nosuchsystem/x,kvmmmu/nosuchevent", "--demo-guest"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 1 and "kvmmmu/nosuchevent does not exist" in p.stderr
 
 
@@ -346,7 +360,7 @@ def test_record_cli_interrupted_restores_and_keeps_the_capture(tmp_path, sig):
     out = tmp_path / "i.kvmcap"
     before = _snapshot()
     p = subprocess.Popen([sys.executable, "-m", "pykvmmu", "record", "-o", str(out), "--", "sleep", "30"],
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, env=_cli_env(), cwd=str(tmp_path))
     inst = f"pykvmmu-{p.pid}"
     deadline = time.monotonic() + 20
     with _PrivateTracefs() as d:                 # wait until the recorder's instance exists
