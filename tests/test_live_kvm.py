@@ -294,6 +294,13 @@ def test_record_cli_refusals(tmp_path):
                        capture_output=True, text=True, timeout=60,
                        env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 1 and "kvmmmu/nosuchevent does not exist" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(tmp_path / "y"),
+                        "--events", "kvmmmu/kvm_mmu_get_page,nosuchsystem,kvm/nosuchevent", "--demo-guest"],
+                       capture_output=True, text=True, timeout=60, env=_cli_env(), cwd=str(tmp_path))
+    assert p.returncode == 0 and "not recorded: nosuchsystem, kvm/nosuchevent" in p.stderr
+    cap = R.read_capture(str(tmp_path / "y"))
+    assert cap.meta["events"] == ["kvmmmu/kvm_mmu_get_page"] and list(cap.formats) == cap.meta["events"]
+    assert cap.meta["skipped_events"] == ["nosuchsystem", "kvm/nosuchevent"]
 
 
 def test_lost_events_are_counted():

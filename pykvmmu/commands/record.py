@@ -139,6 +139,9 @@ def run_record(args) -> int:
         for key, suffix in (("trace", "trace.txt"), ("fields", "fields.txt")):
             with open(f"{args.text}.{suffix}", "w") as f:
                 f.write(cap.text[key])
+    if cap.meta.get("skipped_events"):
+        print(f"pykvmmu record: not on this host, not recorded: {', '.join(cap.meta['skipped_events'])}",
+              file=sys.stderr)
     nread = sum(int(s.get("read events", 0)) for s in cap.meta["lost"].values())
     print(f"wrote {args.output}: {nread} events from CPUs {cap.meta['cpus']}, "
           f"{len(cap.meta['events'])} event types enabled", file=sys.stderr)
