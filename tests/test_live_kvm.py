@@ -328,7 +328,7 @@ def test_kernel_fuzz_writes_a_reproducer(tmp_path, monkeypatch):
     def fail(desc, host=None):
         raise K.GuestTimeout(62, "run 0: no HLT within 2.0 s")
     monkeypatch.setattr(K, "run_guest", fail)
-    st = kfuzz.fuzz_kernel(30, runs=3, seed=5, out_dir=str(tmp_path), audit=False)
+    st = kfuzz.fuzz_kernel(30, runs=3, seed=5, out_dir=str(tmp_path), audit=False, shrink_s=0)
     assert st.runs == 1 and len(st.findings) == 1 and st.findings[0].kind == "guest"
     cap = R.read_capture(st.findings[0].path)
     import random
@@ -381,3 +381,18 @@ def test_record_cli_interrupted_restores_and_keeps_the_capture(tmp_path, sig):
     assert "interrupted" in err and _snapshot() == before
     cap = R.read_capture(str(out))
     assert cap.meta["command"] == ["sleep", "30"] and cap.meta["exit_status"] == -signal.SIGTERM
+
+
+def test_kernel_fuzz_shrinks_a_finding():
+    from pykvmmu import kfuzz
+    host = K.detect_host()
+    d = _small_guest(timeout=0.2)
+    d.runs[0].program = [K.Op("write", 0x1000000, 1), K.Op("read", 0x1100000), K.Op("spin"), K.Op("read", 0)]
+    out = kfuzz.judge(d, host)
+    sig = ("guest", "GuestTimeout")
+    assert [f[1] for f in out.found] == [sig]
+    small, small_out, tried = kfuzz.shrink(d, sig, host, budget_s=15)
+    assert [r.program for r in small.runs] == [[K.Op("spin")]]
+    assert small.page_tables.mappings == [] and [f[1] for f in small_out.found] == [sig]
+    assert "spin" in [o["kind"] for o in small_out.cap.guest["runs"][0]["program"]]
+    assert _kvm_fds() == []

@@ -430,3 +430,18 @@ def test_fuzz_kernel_refuses_bad_budgets(kw, msg):
     from pykvmmu import kfuzz
     with pytest.raises(InputError, match=msg):
         kfuzz.fuzz_kernel(**kw)
+
+
+def test_shrink_candidates_are_smaller_and_idle_mappings_go_first():
+    from pykvmmu import kfuzz
+    d = K.demo_guest()
+    d.page_tables.mappings.append(K.Mapping(0x5000000, 0x30000))         # touched by no op
+    cands = list(kfuzz._candidates(d))
+    first = cands[0]
+    assert len(first.page_tables.mappings) == len(d.page_tables.mappings) - 1
+    assert K.Mapping(0x5000000, 0x30000) not in first.page_tables.mappings
+
+    def size(x):
+        return (len(x.runs), sum(len(r.program) + len(r.changes) for r in x.runs), len(x.page_tables.mappings))
+    assert all(size(c) != size(d) and all(a <= b for a, b in zip(size(c), size(d))) for c in cands)
+    assert len(d.page_tables.mappings) == len(K.demo_guest().page_tables.mappings) + 1     # d untouched
