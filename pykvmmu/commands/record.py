@@ -162,3 +162,27 @@ def run_record(args) -> int:
     if desc is None and status:
         return status if 0 < status < 256 else 1
     return 0
+
+
+DEMO_ORDER = 90
+
+
+def demo(emit) -> None:
+    """``pykvmmu demo`` scene: the demo guest compiled (no KVM_RUN), and whether this host can run it."""
+    from .. import kvmrun
+    d = kvmrun.demo_guest()
+    tables, leaves, root, code, entries, fetch = d.compile()
+    ops = sum(len(r.program) for r in d.runs)
+    emit("== live KVM: guest runner and capture (docs/live.md) ==")
+    emit(f"demo guest: {len(d.memslots)} memslots, {len(d.page_tables.mappings)} mappings, {len(d.runs)} runs, "
+         f"{ops} ops -> {len(code)} bytes of x86-64 code, {len(tables)} page-table pages, root gpa {root:#x}")
+    first = kvmrun.Asm().mov_imm(kvmrun.RBX, d.runs[0].program[0].addr).mov_imm(kvmrun.RAX, 1).store(
+        kvmrun.RBX, kvmrun.RAX).code
+    emit(f"its first op, write 1 to {d.runs[0].program[0].addr:#x}: {bytes(first).hex(' ')}")
+    try:
+        host = kvmrun.detect_host()
+        why = kvmrun.host_refusal(d, host)
+        emit(f"this host: {host.kind} KVM, " + (f"cannot run it: {why}" if why else
+                                                "can run it: sudo pykvmmu record -o demo.kvmcap --demo-guest"))
+    except kvmrun.HostUnsupported as e:
+        emit(f"this host: {e}")
