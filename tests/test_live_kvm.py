@@ -396,3 +396,17 @@ def test_kernel_fuzz_shrinks_a_finding():
     assert small.page_tables.mappings == [] and [f[1] for f in small_out.found] == [sig]
     assert "spin" in [o["kind"] for o in small_out.cap.guest["runs"][0]["program"]]
     assert _kvm_fds() == []
+
+
+def test_recorder_uses_a_given_tracefs_and_leaves_it_mounted():
+    with _PrivateTracefs() as d:
+        with R.Recorder(tracefs=d, events="kvmmmu") as rec:
+            K.run_guest(_small_guest())
+            cap = rec.stop()
+            assert rec.mounted is None and rec.inst.startswith(d)
+        assert d in R._tracefs_mounts() and not [n for n in os.listdir(os.path.join(d, "instances"))
+                                                  if n.startswith(f"pykvmmu-{os.getpid()}")]
+    assert all(e.startswith("kvmmmu/") for e in cap.meta["events"]) and cap.lost == 0
+    with pytest.raises(R.RecordError, match="not a tracefs mount"):
+        with R.Recorder(tracefs="/proc"):
+            pass
