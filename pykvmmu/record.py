@@ -425,8 +425,13 @@ def _now() -> str:
 
 
 def _module_params() -> dict:
+    """Every ``/sys/module/kvm*/parameters/*`` that can be read (kvm and the vendor modules)."""
     out = {}
-    for m in KVM_MODULES:
+    try:
+        mods = sorted(m for m in os.listdir("/sys/module") if m.startswith("kvm"))
+    except OSError:
+        mods = list(KVM_MODULES)
+    for m in mods:
         d = f"/sys/module/{m}/parameters"
         if not os.path.isdir(d):
             continue

@@ -207,7 +207,12 @@ def test_record_small_guest_restores_tracing_state(tmp_path):
     assert meta["cpus"] == sorted(cap.raw) and set(cap.formats) == set(meta["events"])
     assert all(f"cpu{c}" in meta["lost"] for c in meta["cpus"])
     assert "kvmmmu/kvm_mmu_get_page" in meta["events"] and cap.header_page.count("field:") >= 3
-    assert any(k.startswith("kvm/") for k in cap.params)
+    want = {f"{m}/{n}" for m in os.listdir("/sys/module") if m.startswith("kvm")
+            for n in (os.listdir(f"/sys/module/{m}/parameters") if os.path.isdir(f"/sys/module/{m}/parameters")
+                      else ()) if os.access(f"/sys/module/{m}/parameters/{n}", os.R_OK)}
+    assert set(cap.params) == want and "kvm/tdp_mmu" in cap.params
+    with open("/sys/module/kvm/parameters/tdp_mmu") as f:
+        assert cap.params["kvm/tdp_mmu"] == f.read()
     names = _names(cap)
     assert sum(names.values()) == sum(s["read events"] for s in meta["lost"].values()) > 0
     assert names["kvmmmu/kvm_mmu_get_page"] > 0 and names["kvmmmu/kvm_mmu_zap_all_fast"] == 1   # the MOVE
