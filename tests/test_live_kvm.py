@@ -379,7 +379,15 @@ def test_record_cli_interrupted_restores_and_keeps_the_capture(tmp_path, sig):
         while not os.path.isdir(os.path.join(d, "instances", inst)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert os.path.isdir(os.path.join(d, "instances", inst))
-    time.sleep(0.3)                              # let the command start
+    children = f"/proc/{p.pid}/task/{p.pid}/children"
+    while time.monotonic() < deadline:           # let the command start
+        if not os.path.exists(children):
+            time.sleep(0.3)
+            break
+        with open(children) as f:
+            if f.read().split():
+                break
+        time.sleep(0.02)
     p.send_signal(sig)
     err = p.communicate(timeout=30)[1]
     assert p.returncode == 130, err

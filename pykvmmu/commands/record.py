@@ -97,7 +97,7 @@ def run_record(args) -> int:
     rec = record.Recorder(events=events, buffer_kb=args.buffer_kb, tracefs=args.tracefs, text=bool(args.text),
                           all_tasks=args.all_tasks, progress=_status)
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    failure = result = status = None
+    failure = result = status = proc = None
     interrupted = False
     try:
         with rec:
@@ -122,6 +122,11 @@ def run_record(args) -> int:
                             status = proc.wait()
             except KeyboardInterrupt:
                 interrupted = True                    # Ctrl-C / SIGTERM: stop and keep what was recorded
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    status = proc.wait()
+                elif proc is not None:
+                    status = proc.returncode
             cap = rec.stop()
     finally:
         signal.signal(signal.SIGTERM, old_term)
