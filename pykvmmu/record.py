@@ -20,10 +20,11 @@ import datetime
 import gzip
 import io
 import json
+import mmap
 import os
 import platform
 import re
-import sys
+import struct
 import tarfile
 import tempfile
 import threading
@@ -33,13 +34,14 @@ from dataclasses import dataclass, field
 from .errors import InputError, PykvmmuError
 
 __all__ = ["RecordError", "Recorder", "Capture", "write_capture", "read_capture", "DEFAULT_EVENTS",
-           "find_tracefs", "tracing_snapshot", "KVM_MODULES", "lost_events"]
+           "find_tracefs", "tracing_snapshot", "KVM_MODULES", "lost_events", "host_zero_pfn"]
 
 DEFAULT_EVENTS = ("kvmmmu", "kvm/kvm_page_fault", "kvm/kvm_mmio", "kvm/kvm_userspace_exit",
                   "kvm/kvm_emulate_insn", "kvm/kvm_cr", "kvm/kvm_msr", "kvm/kvm_exit", "kvm/kvm_entry",
                   "kvm/kvm_unmap_hva_range")
 KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
 _STD_MOUNT = "/sys/kernel/tracing"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class RecordError(PykvmmuError):
@@ -180,6 +182,7 @@ class Recorder:
         self.inst = None
         self.inst_text = None
         self.enabled: list = []
+        self.skipped: list = []                      # requested events this host does not have
         self.fds: dict = {}
         self.raw: dict = {}
         self.missed: dict = {}
@@ -223,12 +226,12 @@ class Recorder:
             raise RecordError("the kvmmmu trace events are missing (events/kvmmmu): load the kvm module "
                               "and its vendor module (kvm_intel, kvm_amd or kvm_pvm) first")
         out = []
+        self.skipped = []
         for e in self.events:
             sysname, _, ev = e.partition("/")
             d = os.path.join(evroot, sysname)
             if not os.path.isdir(d):
-                if sysname == "kvmmmu":
-                    raise RecordError(f"event system {sysname} missing")
+                self.skipped.append(e)
                 continue
             names = [ev] if ev else sorted(n for n in os.listdir(d)
                                            if os.path.isfile(os.path.join(d, n, "format")))
@@ -237,6 +240,8 @@ class Recorder:
                     out.append(f"{sysname}/{n}")
                 elif sysname == "kvmmmu":
                     raise RecordError(f"event kvmmmu/{n} does not exist on this kernel")
+                else:
+                    self.skipped.append(f"{sysname}/{n}")
         return out
 
     def _make_instance(self, name: str) -> str:
@@ -290,6 +295,9 @@ class Recorder:
             if self.drain_interval is not None:
                 self._thread = threading.Thread(target=self._drain_loop, daemon=True, name="pykvmmu-record")
                 self._thread.start()
+        except OSError as e:
+            self._cleanup()
+            raise RecordError(f"setting up the tracing instance under {self.root}: {e}") from None
         except BaseException:
             self._cleanup()
             raise
@@ -347,7 +355,7 @@ class Recorder:
                 "started": self.started, "ended": self.ended, "events": list(self.enabled),
                 "buffer_size_kb": self.buffer_kb, "page_size": self.page_size, "cpus": sorted(self.fds),
                 "lost": lost, "command": None, "guest": None,
-                "tasks": "all" if self.all_tasks else "self-and-children"}
+                "tasks": "all" if self.all_tasks else "self-and-children", "skipped_events": list(self.skipped), "host_zero_pfn": host_zero_pfn()}
         self.capture = Capture(meta=meta, header_page=_read(os.path.join(self.root, "events", "header_page")),
                                header_event=_read(os.path.join(self.root, "events", "header_event")),
                                formats=formats, raw={c: bytes(b) for c, b in self.raw.items()},
@@ -390,13 +398,40 @@ class Recorder:
             self._cleanup()
 
 
+def host_zero_pfn():
+    """The pfn of the host's shared zero page (what a read of never-written anonymous memory
+    maps, so KVM maps it read-only: no host-writable bit), from /proc/self/pagemap; None when
+    the pfn is hidden (not root).  A THP host may use the huge zero page instead for
+    huge-aligned memory; that one is not reported."""
+    m = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        _ = m[0]                                       # read fault: maps the zero page
+        ref = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(ref)
+        del ref
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek((addr // PAGE_SIZE) * 8)
+            (v,) = struct.unpack("<Q", f.read(8))
+    except OSError:
+        return None
+    finally:
+        m.close()
+    pfn = v & ((1 << 55) - 1)
+    return pfn if v >> 63 and pfn else None
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
 
 
 def _module_params() -> dict:
+    """Every ``/sys/module/kvm*/parameters/*`` that can be read (kvm and the vendor modules)."""
     out = {}
-    for m in KVM_MODULES:
+    try:
+        mods = sorted(m for m in os.listdir("/sys/module") if m.startswith("kvm"))
+    except OSError:
+        mods = list(KVM_MODULES)
+    for m in mods:
         d = f"/sys/module/{m}/parameters"
         if not os.path.isdir(d):
             continue
@@ -473,8 +508,3 @@ def read_capture(path: str) -> Capture:
         cap.guest = json.loads(files["guest.json"])
     return cap
 
-
-def _progress_to_tty(line: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + line)
-        sys.stderr.flush()
