@@ -281,7 +281,8 @@ class Auditor:
 
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
-                 guest_gbpages: bool = False, guest_amd: bool = True, memslots=None):
+                 guest_gbpages: bool = False, guest_amd: bool = True, memslots=None,
+                 slot_changes=()):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -297,14 +298,23 @@ class Auditor:
         self.zero_min = zero_page_min_gfns
         self.keep_agreed = bool(keep_agreed)
         self.guest_gbpages, self.guest_amd = bool(guest_gbpages), bool(guest_amd)
-        self.readonly = []
+        self.memslots = None if memslots is None else {}
         for i, m in enumerate(memslots or ()):
             try:
-                gpa, size, flags = int(m["gpa"]), int(m["size"]), tuple(m.get("flags", ()))
+                gpa, size = int(m["gpa"]), int(m["size"])
+                flags = tuple(m.get("flags", ()))
+                slot = int(m.get("slot", i))
             except (KeyError, TypeError, ValueError):
                 raise InputError(f"memslots[{i}]={m!r}: needs gpa, size and flags") from None
-            if "readonly" in flags:
-                self.readonly.append((gpa >> 12, (gpa + size) >> 12))
+            if gpa & 0xFFF or size & 0xFFF or size <= 0:
+                raise InputError(f"memslots[{i}]: gpa {gpa:#x} and size {size:#x} must be "
+                                 "page-aligned, size > 0")
+            self.memslots[slot] = (gpa >> 12, (gpa + size) >> 12, flags)
+        self.slot_changes = []
+        for i, c in enumerate(slot_changes or ()):
+            if not isinstance(c, dict) or c.get("action") not in ("delete", "move", "flags"):
+                raise InputError(f"slot_changes[{i}]={c!r}: a dict with action delete/move/flags")
+            self.slot_changes.append(c)
 
     # -------------------------------------------------------------- helpers
     def _v(self, check, status, rec, **kw) -> Verdict:
@@ -392,6 +402,8 @@ class Auditor:
         self.pending_free = {}     # (gfn, role) of zapped in-use roots -> record index
         self.writes = defaultdict(int)
         self.expect_flood = {}     # (gfn, role) -> walk record of the write that floods it
+        self.slots = None if self.memslots is None else dict(self.memslots)
+        self.pending_changes = list(self.slot_changes)
         self._parts = []
         self.tainted = {}
         self._recs = recs
@@ -521,6 +533,13 @@ class Auditor:
             self.report.add(Verdict("guest_walk", "agreed", wrec.index, wrec.event, what=what,
                                     inferred=w["inferred"], reason="walk_observed replay"))
         f = self.fault.get(key)
+        why = self._no_slot_fault(key, walk, wrec)
+        if why is not None and (f is None or f.walk is not walk or f.requested is None):
+            self.report.add(Verdict("mmio", "agreed", wrec.index, wrec.event,
+                                    what=f"gfn {walk.gfn:#x}: {why}", model="emulated",
+                                    kernel="no SPTE requested",
+                                    reason="mmio_caching off: kvm_handle_noslot_fault / "
+                                           "RET_PF_EMULATE, no MMIO SPTE"))
         if f is None or f.walk is not walk or f.requested is not None:
             return
         if walk.access & PFERR_WRITE and self.mmu.is_write_tracked(walk.gfn):
@@ -747,6 +766,8 @@ class Auditor:
         if self.mmu.mmu_valid_gen != rec.fields["mmu_valid_gen"]:
             self.mmu.page_hash.mmu_valid_gen = rec.fields["mmu_valid_gen"]
         self.mmu.zap_all_fast()
+        if self.slots is not None:
+            self._apply_slot_change()
 
     # -------------------------------------------------------------- SPTEs
     def _on_kvm_mmu_spte_requested(self, rec):
@@ -756,6 +777,11 @@ class Auditor:
             return
         f.requested = rec
         f.unsync_seen = []
+        why = self._no_slot_fault(rec.key, f.walk, rec)
+        if why is not None:
+            self._v("mmio", "disagreed", rec, what=f"gfn {f.walk.gfn:#x}: {why}",
+                    model="emulated, no SPTE", kernel="SPTE requested",
+                    reason="mmio_caching off: the fault is emulated")
         goal = rec.fields["level"]
         if 1 <= goal <= f.walk.leaf_level:
             for sp in W.shadow_pages(f.mmu, f.walk, goal_level=goal):
@@ -766,10 +792,48 @@ class Auditor:
                       reason="fault->gfn is the walk's gfn")
         self.pending_unsync[rec.key] = []
 
+    def _slot(self, gfn):
+        """The memslot (lo gfn, end gfn, flags) holding gfn, or None (also when unknown)."""
+        for lo, hi, flags in (self.slots or {}).values():
+            if lo <= gfn < hi:
+                return lo, hi, flags
+        return None
+
+    def _apply_slot_change(self):
+        """A memslot DELETE or MOVE is what calls kvm_mmu_zap_all_fast (the slot-zap-all
+        quirk): apply the next one of the guest description (flag changes on the way)."""
+        while self.pending_changes:
+            c = self.pending_changes.pop(0)
+            sid = int(c.get("slot", -1))
+            if c["action"] == "flags":
+                if sid in self.slots:
+                    lo, hi, _ = self.slots[sid]
+                    self.slots[sid] = (lo, hi, tuple(c.get("flags", ())))
+                continue
+            if sid in self.slots:
+                lo, hi, fl = self.slots.pop(sid)
+                if c["action"] == "move":
+                    n = int(c.get("gpa", 0)) >> 12
+                    self.slots[sid] = (n, n + hi - lo, fl)
+            return
+
+    def _no_slot_fault(self, key, walk, wrec):
+        """mmio: with MMIO caching off a fault on a gfn without memslot (or a write to a
+        read-only one) is emulated: no kvm_mmu_spte_requested, no MMIO SPTE."""
+        if self.slots is None or self.cfg.mmio_caching or not walk.ok:
+            return None
+        slot = self._slot(walk.gfn)
+        if slot is None:
+            return "no memslot"
+        if "readonly" in slot[2] and walk.access & PFERR_WRITE:
+            return "write to a read-only memslot"
+        return None
+
     def _host_writable(self, gfn, pfn, level):
         if self.host_writable_fn is not None:
             return bool(self.host_writable_fn(gfn, pfn)), ()
-        if any(lo <= gfn < hi for lo, hi in self.readonly):
+        slot = self._slot(gfn)
+        if slot is not None and "readonly" in slot[2]:
             return False, ()       # a KVM_MEM_READONLY slot: never map_writable (not inferred)
         hw = (pfn, level) not in self.zero_pfns
         why = ("host_writable: false, the pfn serves several gfns (the host's shared zero page)"
@@ -966,6 +1030,8 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw)
     guest = (getattr(stream, "meta", None) or {}).get("guest") or {}
     if guest.get("memslots") and "memslots" not in kw:
         kw["memslots"] = guest["memslots"]
+        kw.setdefault("slot_changes", [c for run in guest.get("runs", ())
+                                       for c in run.get("changes", ())])
     rep = Auditor(cfg, stream.era, **kw).run(records)
     rep.era = f"{stream.era.name}" + (f" (kernel {stream.kernel_version})"
                                        if getattr(stream, "kernel_version", None) else "")

@@ -214,3 +214,9 @@ def test_refused_configuration():
         A.Auditor(MmuConfig.ept())
     with pytest.raises(InputError, match="zero_page_min_gfns"):
         A.Auditor(zero_page_min_gfns=1)
+    with pytest.raises(InputError, match="memslots"):
+        A.Auditor(memslots=[{"gpa": 0}])
+    with pytest.raises(InputError, match="page-aligned"):
+        A.Auditor(memslots=[{"gpa": 0x10, "size": 0x1000, "flags": []}])
+    with pytest.raises(InputError, match="slot_changes"):
+        A.Auditor(memslots=[], slot_changes=[{"action": "resize"}])

@@ -25,6 +25,16 @@ def counts(rep):
     return {c: dict(rep.counts[c]) for c in A.CHECKS}
 
 
+def guest_kw(path):
+    """The memslots and their changes from a capture's guest description (text forms have
+    none; the capture of the same run does)."""
+    s = T.open_trace(path)
+    list(s)
+    g = s.meta["guest"]
+    return {"memslots": g["memslots"],
+            "slot_changes": [c for run in g["runs"] for c in run["changes"]]}
+
+
 def test_capture_agrees_completely():
     rep = A.audit(CAPTURE)
     assert rep.total("disagreed") == 0, rep.format_table()
@@ -34,6 +44,9 @@ def test_capture_agrees_completely():
     for c in ("guest_walk", "role", "set_spte", "write_tracking", "page_hash"):
         assert rep.counts[c]["agreed"] > 0, c
     assert rep.events["kvm_mmu_zap_all_fast"] == 2
+    # MMIO exits (no memslot: gfn 0xf0000, and gfn 0xc00 once slot 4 moved away; writes to the
+    # read-only slot) are emulated with no SPTE, as mmio_caching=N says
+    assert rep.counts["mmio"]["agreed"] == 6
     assert rep.events["kvm_mmu_unsync_page"] > 0
     assert "6.18" in rep.era
     assert not rep.warnings
@@ -41,10 +54,15 @@ def test_capture_agrees_completely():
 
 @pytest.mark.parametrize("name", SAME_RUN)
 def test_other_forms_of_the_same_run_agree_the_same(name):
-    rep = A.audit(os.path.join(LIVE, name), era="v6.18")
+    rep = A.audit(os.path.join(LIVE, name), era="v6.18", **guest_kw(CAPTURE))
     ref = A.audit(CAPTURE)
     assert rep.total("disagreed") == 0 and rep.total("not_checkable") == 0, rep.format_table()
     assert counts(rep) == counts(ref)
+    # without the guest description the MMIO-exit walks have no verdict, nothing else changes
+    bare = A.audit(os.path.join(LIVE, name), era="v6.18")
+    assert bare.counts["mmio"]["agreed"] == 0
+    assert {c: v for c, v in counts(bare).items() if c != "mmio"} == \
+        {c: v for c, v in counts(ref).items() if c != "mmio"}
 
 
 def test_plugin_text_without_gfns_is_not_checkable_not_disagreeing():
@@ -135,6 +153,15 @@ def test_changed_accessed_bit_gpa_is_a_walk_disagreement(records):
     assert d and d[0].record == line
 
 
+def test_spte_for_a_gfn_without_memslot_is_an_mmio_disagreement(records):
+    kw = guest_kw(CAPTURE)
+    # pretend slot 1 (GPA 4 MiB..8 MiB) does not exist: its faults must not map SPTEs
+    kw["memslots"] = [m for m in kw["memslots"] if m["slot"] != 1]
+    rep = A.audit_records(records, **kw)
+    d = [v for v in rep.disagreements if v.check == "mmio"]
+    assert d and all("no memslot" in v.what for v in d)
+
+
 def test_json_report_lists_counts_and_inferred(records):
     j = A.audit_records(records).to_json()
     assert j["agreement_percent"] == 100.0
@@ -161,7 +188,8 @@ def test_write_flooding_capture_agrees():
     rep = A.audit(FLOOD)
     assert rep.total("disagreed") == 0 and rep.total("not_checkable") == 0, rep.format_table()
     assert rep.counts["write_flood"]["agreed"] == 1
-    text = A.audit(os.path.join(os.path.dirname(FLOOD), "flood.fields.txt"), era="v6.18")
+    text = A.audit(os.path.join(os.path.dirname(FLOOD), "flood.fields.txt"), era="v6.18",
+                   **guest_kw(FLOOD))
     assert counts(text) == counts(rep)
 
 
