@@ -173,6 +173,8 @@ class AuditReport:
     inferred_inputs: Counter = field(default_factory=Counter)
     events: Counter = field(default_factory=Counter)
     keep_agreed: bool = False
+    #: make_spte calls that mark the page dirty in a dirty-logged memslot
+    dirty_marked: int = 0
 
     def add(self, v: Verdict) -> Verdict:
         if v.check not in self.counts or v.status not in STATUSES:
@@ -209,7 +211,7 @@ class AuditReport:
                            | {"inferred": self.inferred_counts[c]} for c in CHECKS},
                 "agreement_percent": self.agreement,
                 "inferred_inputs": dict(self.inferred_inputs),
-                "warnings": list(self.warnings),
+                "warnings": list(self.warnings), "mark_page_dirty": self.dirty_marked,
                 "verdicts": [v.to_json() for v in self.verdicts]}
 
     def format_table(self, max_verdicts: int = 50) -> str:
@@ -223,6 +225,9 @@ class AuditReport:
         lines.append(f"{'total':16s} {self.total('agreed'):8d} {self.total('disagreed'):10d} "
                      f"{self.total('not_checkable'):14d}")
         lines.append(f"agreement: {self.agreement:.2f}%")
+        if self.dirty_marked:
+            lines.append(f"mark_page_dirty_in_slot calls (writable SPTEs in dirty-logged slots): "
+                         f"{self.dirty_marked}")
         if self.inferred_inputs:
             lines += ["", "inferred inputs (not in the trace):"]
             for k, n in self.inferred_inputs.most_common():
@@ -815,6 +820,13 @@ class Auditor:
                 if c["action"] == "move":
                     n = int(c.get("gpa", 0)) >> 12
                     self.slots[sid] = (n, n + hi - lo, fl)
+            # flag changes made right after it (same run) take effect before the guest runs
+            while self.pending_changes and self.pending_changes[0]["action"] == "flags":
+                f = self.pending_changes.pop(0)
+                fid = int(f.get("slot", -1))
+                if fid in self.slots:
+                    lo, hi, _ = self.slots[fid]
+                    self.slots[fid] = (lo, hi, tuple(f.get("flags", ())))
             return
 
     def _no_slot_fault(self, key, walk, wrec):
@@ -891,8 +903,12 @@ class Auditor:
                 pte_access = self._prefetch_access(sp_role, gfn, pfn, old, spte_k)
                 inferred.append("pte_access: the prefetched gpte is not traced; the subset of "
                                 "role.access that reproduces the SPTE")
+        slot = self._slot(gfn)
         out = make_spte_outcome(self.cfg, self.mmu, sp_role, gfn, pfn, pte_access=pte_access,
-                                old_spte=old, prefetch=prefetch, host_writable=hw, apply=True)
+                                old_spte=old, prefetch=prefetch, host_writable=hw, apply=True,
+                                dirty_tracked=slot is not None and "dirty_log" in slot[2])
+        if out.mark_page_dirty:
+            self.report.dirty_marked += 1
         if old is None and sptep is not None and sptep not in self.sptes:
             inferred.append("old SPTE: none seen at this pointer (non-present)")
         v = self._cmp("set_spte", rec, f"spte (level {level})", out.spte, spte_k,

@@ -47,6 +47,8 @@ def test_capture_agrees_completely():
     # MMIO exits (no memslot: gfn 0xf0000, and gfn 0xc00 once slot 4 moved away; writes to the
     # read-only slot) are emulated with no SPTE, as mmio_caching=N says
     assert rep.counts["mmio"]["agreed"] == 6
+    # slot 3 logs dirty pages in run 0 (two writes there) and stops before run 1
+    assert rep.dirty_marked == 2
     assert rep.events["kvm_mmu_unsync_page"] > 0
     assert "6.18" in rep.era
     assert not rep.warnings
