@@ -34,6 +34,7 @@
 #define KVMMU_R_ATOMIC_NEEDS        128
 #define KVMMU_R_SPLIT_EXEC_ACCESS   256
 #define KVMMU_R_LOCKLESS_BOTH_BITS  512
+#define KVMMU_R_SHORTCUT_OLD_W_LEAF 1024
 
 /* Configuration flags. */
 #define KVMMU_F_EPT                 1

@@ -344,6 +344,8 @@ static inline uint64_t make_spte_nopfn(const struct kvmmu_cfg *c, uint64_t old, 
             return s;                       /* goto out: no D, no prefetch mark */
         if (rule(c, KVMMU_R_SHORTCUT_OLD_W) && is_writable(old))
             return prefetch ? mark_acc_track(c, s) : s;   /* goto out: no D */
+        if (rule(c, KVMMU_R_SHORTCUT_OLD_W_LEAF) && is_last(old, level) && is_writable(old))
+            return prefetch ? mark_acc_track(c, s) : s;   /* 2867eb782cf7: leaf only */
         if (mk & KVMMU_MK_UNSYNC_FAILS) {
             *wrprot = true;
             acc &= ~ACC_WRITE;

@@ -163,9 +163,14 @@ def kvm_mmu_set_mmio_spte_mask(profile: LayoutProfile, value: int, mask: int, ac
     if frozen is not None and value and (frozen & mask) == value:
         fired.append("frozen_spte_matches_value")
         value = 0
-    caching = value != 0
-    if not caching and "mmio_caching_disabled_by_parameter" not in fired:
-        fired.append("value_zero_disables_caching")
+    if profile.mmio_zero_value_disables_caching:
+        caching = value != 0
+        if not caching and "mmio_caching_disabled_by_parameter" not in fired:
+            fired.append("value_zero_disables_caching")
+    else:
+        # Before 8b9e74bfbf8c (v5.19): enable_mmio_caching stays as the parameter set it;
+        # a value of 0 only makes is_mmio_spte false (its value != 0 test).
+        caching = bool(allow_mmio_caching)
     return MmioSetResult(value, mask, access_mask, caching, tuple(fired))
 
 
@@ -279,12 +284,20 @@ class MmuConfig:
         if p.mmio_special_tag and not self.mmio_caching:
             self._fail("no MMIO caching switch before v5.13 (kvm.mmio_caching came with b09763da4dd8)",
                        f"profile {p.name} has MMIO SPTEs always on; mmio_caching=False has no kernel counterpart")
-        if p.mmio_requires_nonzero_value and self.mmio_caching != (self.mmio_value != 0):
-            # v5.13-v6.9: is_mmio_spte() is "(s & mask) == value && value != 0", and
-            # kvm_mmu_set_mmio_spte_mask() stores value 0 exactly when caching is off; a
+        if p.mmio_requires_nonzero_value and not self.mmio_caching and self.mmio_value:
+            # v5.13-v6.9: kvm_mmu_set_mmio_spte_mask() stores value 0 when caching is off.
+            self._fail("MMIO caching off means shadow_mmio_value == 0 (v5.13-v6.9)",
+                       f"mmio_caching=False with mmio_value={self.mmio_value:#x}")
+        if p.mmio_requires_nonzero_value and p.mmio_zero_value_disables_caching \
+                and self.mmio_caching and not self.mmio_value:
+            # v5.19-v6.9: a value of 0 also clears enable_mmio_caching (8b9e74bfbf8c); a
             # config with the two out of step has no kernel counterpart (spte-mmio.md 3.4, 3.6).
-            self._fail("MMIO caching on iff shadow_mmio_value != 0 (v5.13-v6.9 is_mmio_spte)",
-                       f"mmio_caching={self.mmio_caching} with mmio_value={self.mmio_value:#x}")
+            self._fail("MMIO caching on iff shadow_mmio_value != 0 (v5.19-v6.9, 8b9e74bfbf8c)",
+                       f"mmio_caching=True with mmio_value=0 in profile {p.name}")
+        if not p.me_value_split and self.me_value != self.me_mask:
+            self._fail("one shadow_me_mask before v5.19 (me_value == me_mask)",
+                       f"me_value={self.me_value:#x} me_mask={self.me_mask:#x} in profile {p.name}; "
+                       "the shadow_me_value/shadow_me_mask split arrived in v5.19")
         if self.mmio_value & ~self.mmio_mask and not p.mmio_special_tag:
             self._fail("MMIO value within MMIO mask",
                        f"mmio_value={self.mmio_value:#x} mmio_mask={self.mmio_mask:#x}")
@@ -319,6 +332,18 @@ class MmuConfig:
         return SPTE_MMU_PRESENT_MASK if self.profile.mmu_present_bit11 else 0
 
     @property
+    def me_bits(self) -> int:
+        """What make_spte / make_nonleaf_spte OR in: shadow_me_value (v5.19+), else the one
+        shadow_me_mask of older eras (the profile's me_value_split)."""
+        return self.me_value if self.profile.me_value_split else self.me_mask
+
+    @property
+    def mmio_detects(self) -> bool:
+        """is_mmio_spte can be true: caching on, and (v5.13-v6.9) a non-zero MMIO value."""
+        return self.mmio_caching and not (self.profile.mmio_requires_nonzero_value
+                                          and self.mmio_value == 0)
+
+    @property
     def is_ept(self) -> bool:
         return self.mode in ("ept", "tdx")
 
@@ -338,6 +363,7 @@ class MmuConfig:
                      "nonpresent_or_rsvd_mask", "nonpresent_or_rsvd_lower_gfn_mask",
                      "base_addr_mask", "mmu_present_mask"):
             setattr(c, name, getattr(self, name))
+        c.me_value = self.me_bits
         c.nonpresent_value = p.nonpresent_value
         c.frozen_value = p.frozen_value or 0
         ls, le, hs, he = p.mmio_gen_layout
@@ -355,7 +381,9 @@ class MmuConfig:
         rules |= lib.KVMMU_R_MMIO_SPECIAL_TAG if p.mmio_special_tag else 0
         rules |= lib.KVMMU_R_AD_ALWAYS if p.ad_always else 0
         rules |= {"can_unsync": lib.KVMMU_R_SHORTCUT_CAN_UNSYNC,
-                  "old_writable": lib.KVMMU_R_SHORTCUT_OLD_W}.get(p.writable_shortcut, 0)
+                  "old_writable": lib.KVMMU_R_SHORTCUT_OLD_W,
+                  "old_writable_leaf": lib.KVMMU_R_SHORTCUT_OLD_W_LEAF,
+                  "v6.13": 0}[p.writable_shortcut]
         rules |= {"lockless": lib.KVMMU_R_ATOMIC_LOCKLESS, "mmuw_not_w": lib.KVMMU_R_ATOMIC_MMUW_NOT_W,
                   "needs_atomic": lib.KVMMU_R_ATOMIC_NEEDS}[p.atomic_rule]
         rules |= lib.KVMMU_R_SPLIT_EXEC_ACCESS if p.split_exec_from_access else 0
@@ -363,7 +391,7 @@ class MmuConfig:
         c.rules = rules
         flags = 0
         flags |= lib.KVMMU_F_EPT if self.is_ept else 0
-        flags |= lib.KVMMU_F_MMIO_ENABLED if self.mmio_caching else 0
+        flags |= lib.KVMMU_F_MMIO_ENABLED if self.mmio_detects else 0
         flags |= lib.KVMMU_F_MT_HOOK if self.mt_hook else 0
         flags |= lib.KVMMU_F_IGNORE_GUEST_PAT if self.ignore_guest_pat else 0
         flags |= lib.KVMMU_F_HAS_FROZEN if p.frozen_value is not None else 0

@@ -26,7 +26,7 @@ def _configs():
 
 
 CONFIGS = _configs()
-CACHING = [c for c in CONFIGS if c.mmio_caching]
+CACHING = [c for c in CONFIGS if c.mmio_detects]
 ids = st.integers(0, len(CONFIGS) - 1)
 cids = st.integers(0, len(CACHING) - 1)
 gfns = st.integers(0, (1 << 40) - 1)

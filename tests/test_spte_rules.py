@@ -290,7 +290,9 @@ def test_era_mmu_present_bit_v5_10():
     assert S.is_mmio_spte(old, mmio) and not S.is_shadow_present_pte(old, mmio)
     # v5.10: "MMU-writable" needs both bits 10 and 11
     assert not S.is_mmu_writable_spte(old, BIT(11)) and S.is_mmu_writable_spte(old, BIT(10) | BIT(11))
-    assert S.is_mmu_writable_spte(new, BIT(10))
+    # v5.13-v5.16 still need both (host-W 9, MMU-W 10); MMU-W alone from 5f16bcac6e28 (v5.17)
+    assert not S.is_mmu_writable_spte(new, BIT(10)) and S.is_mmu_writable_spte(new, BIT(9) | BIT(10))
+    assert S.is_mmu_writable_spte(MmuConfig.npt(profile="v5.17"), BIT(10))
 
 
 def test_era_writable_bit_positions():
@@ -434,7 +436,7 @@ def test_era_writable_shortcut():
 
 def test_era_nonpresent_value_and_default_old_spte():
     for prof in PROFILES:
-        want = BIT(63) if prof in NEW else 0
+        want = BIT(63) if PROFILES[prof].ept_suppress_ve else 0
         assert PROFILES[prof].nonpresent_value == want
     assert PROFILES["v5.13"].frozen_value == 0x5A0 and PROFILES["v5.10"].frozen_value is None
 

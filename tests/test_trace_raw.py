@@ -38,7 +38,7 @@ def test_header_page_and_format_files():
 def test_raw_pages_match_the_kernels_fields_text():
     recs, st = _all(RAW)
     assert st.kernel_version == "6.18.44-fc-v669" and st.era.name == "v6.14" and st.format == "capture"
-    assert st.other_events == {"id:4": 12}          # ftrace kernel_stack entries (no format saved)
+    assert st.other_events == {}                    # the 12 kernel_stack entries are stacks
     with T.open_trace(os.path.join(D, "sched_fields.txt"), era="v6.14", all_events=True) as ft:
         txt = list(ft)
         assert ft.n_errors == 0
@@ -61,6 +61,14 @@ def test_print_text_and_stack_blocks():
     assert len(stacked) == 12
     assert stacked[0].event == "sched_switch" and stacked[0].stack[0] == "trace_event_raw_event_sched_switch"
     assert all(r.stack[1].startswith("__traceiter_") for r in stacked)
+    # the same stacks in the raw pages (kernel_stack entries after their record): same frame
+    # counts, same events, addresses instead of names
+    raw, _ = _all(RAW)
+    rstacked = [r for r in raw if r.stack]
+    assert [len(r.stack) for r in rstacked] == [len(r.stack) for r in stacked] == [
+        11, 13, 7, 11, 8, 12, 7, 8, 10, 8, 13, 10]
+    assert [(r.event, r.pid, r.cpu) for r in rstacked] == [(r.event, r.pid, r.cpu) for r in stacked]
+    assert all(a.startswith("0xffffffff8") for r in rstacked for a in r.stack)
 
 
 def _capture_tar(path, gz=False, meta=None):
@@ -158,3 +166,39 @@ def test_absolute_timestamp_and_padding():
     page = struct.pack("<QQ", 1000, len(data)) + data + bytes(4096 - 16 - len(data))
     (ts, rec), = list(iter_page(page, hp))
     assert ts == (2 << 27) + 3 + 7 and bytes(rec) == b"\x01\x00\x02\x03\x04\x05\x06\x07"
+
+
+def test_capture_losses_reach_the_summary(tmp_path, capsys):
+    from pykvmmu import cli
+    p = tmp_path / "lossy.kvmcap"
+    _capture_tar(p, meta={"format": "pykvmmu-capture", "version": 1, "kernel_release": "6.18.44-fc-v669",
+                          "lost": {"cpu1": {"overrun": 5, "dropped events": 2, "now ts": "1.0"}}})
+    with T.open_trace(str(p)) as st:
+        list(st)
+        assert st.lost["cpu1"] == {"stats overrun": 5, "stats dropped events": 2}
+    assert cli.main(["trace", str(p), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "lost events (ring buffer):" in out and "stats overrun 5" in out
+    assert cli.main(["trace", str(p)]) == 0
+    assert "ring buffer lost events: cpu1" in capsys.readouterr().err
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
+    from pykvmmu.commands import trace as C
+
+    class _St:
+        def progress(self):
+            return (50, 100)
+    clock = iter(range(0, 10**6))
+    monkeypatch.setattr(C.time, "monotonic", lambda: next(clock))
+    off = C._Progress(_St(), False)
+    for _ in range(5000):
+        off.tick()
+    off.done()
+    assert capsys.readouterr().err == ""
+    on = C._Progress(_St(), True)
+    for _ in range(5000):
+        on.tick()
+    err = capsys.readouterr().err
+    assert " 50.0%" in err and "4096 records" in err
+    on.done()

@@ -122,7 +122,8 @@ def set_mmio_spte_mask(profile, value: int, mask: int, access_mask: int, *, allo
     if frozen is not None and value and frozen & mask == value:
         fired.append("frozen_spte_matches_value")
         value = 0
-    return value, mask, value != 0, fired
+    # v5.13-5.18: enable_mmio_caching keeps the parameter's value (8b9e74bfbf8c came in v5.19)
+    return value, mask, (value != 0) if profile.mmio_zero_value_disables_caching else allow, fired
 
 
 def generations(start: int, nr_as_ids: int, n_updates: int):

@@ -18,7 +18,11 @@ Era switches (LayoutProfile fields) and the rule each one selects:
 - ``writable_shortcut`` before v6.13: ``"can_unsync"`` (v5.10-5.15: when ``!can_unsync``
   -- modelled as ``synchronizing`` -- and the old SPTE is writable, return right after
   setting W|MMU-W: no D, no prefetch mark) or ``"old_writable"`` (v5.16-6.12: when the
-  old SPTE is writable skip the unsync check and D, the prefetch mark still applies).
+  old SPTE is writable skip the unsync check and D, the prefetch mark still applies) or
+  ``"old_writable_leaf"`` (the same, only when the old SPTE is also a last-level SPTE:
+  2867eb782cf7, in the 6.1.120 / 6.6.64 / 6.11.11 / 6.12.2 stable lines).
+- ``mmu_writable_needs_both_bits`` (v5.10-5.16): spte_can_locklessly_be_made_writable needs
+  host-W and MMU-W; it stands for is_mmu_writable_spte in those eras.
 - ``atomic_rule``: spte_has_volatile_bits ("lockless", "mmuw_not_w") or
   spte_needs_atomic_update ("needs_atomic", v6.15+).
 - ``split_exec_from_access`` (v6.19+): make_small_spte's make_spte_executable(s, access).
@@ -367,6 +371,8 @@ def make_spte(cfg, pfn: int, *, level: int = 1, pte_access: int = ACC_ALL,
             shortcut = synchronizing and is_writable_pte(cfg, old_spte)
         elif p.writable_shortcut == "old_writable":
             shortcut = is_writable_pte(cfg, old_spte)
+        elif p.writable_shortcut == "old_writable_leaf":      # 2867eb782cf7 (stable lines)
+            shortcut = is_last_spte(cfg, old_spte, level) and is_writable_pte(cfg, old_spte)
         else:
             raise RefError(f"unknown writable_shortcut {p.writable_shortcut!r}")
         if not shortcut and unsync_fails:

@@ -3,14 +3,15 @@ streams, filled by the capture, tracefs-directory and trace.dat readers) decoded
 :class:`~pykvmmu.trace.record.TraceRecord` objects carrying every field of each event."""
 from __future__ import annotations
 
+import re
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .record import TraceFormatError, TraceRecord
 from .ringbuf import iter_cpu, merge_cpus
-from .tpformat import (EventFormat, HeaderPage, check_header_event, parse_event_format,
-                       parse_header_page)
+from .tpformat import HeaderPage, check_header_event, parse_event_format, parse_header_page
 
 __all__ = ["RawSource", "raw_records"]
 
@@ -20,7 +21,7 @@ class RawSource:
     """What a binary reader found: page layout, event formats by id, per-CPU readers
     (``(cpu, read(n) -> bytes, name)``), saved command lines, kernel release."""
     header_page: HeaderPage
-    formats: dict                                  # id -> EventFormat
+    formats: "FormatTable"                         # id -> EventFormat
     cpus: list                                     # [(cpu, read, name)]
     endian: str = "<"
     cmdlines: dict = field(default_factory=dict)   # pid -> comm
@@ -39,36 +40,93 @@ class RawSource:
         self.closers.clear()
 
 
+_ID = re.compile(r"^ID:\s*(\d+)\s*$", re.M)
+
+
+class FormatTable:
+    """Event formats by id, each parsed the first time a record of that id is met (a
+    trace.dat carries the formats of every event on the system)."""
+
+    def __init__(self, formats: list, endian: str):
+        self._texts, self._parsed, self.endian = {}, {}, endian
+        for system, text in formats:
+            m = _ID.search(text)
+            if m is None:
+                raise TraceFormatError(f"format file of system {system!r} without an 'ID:' line")
+            self._texts[int(m[1])] = (system, text)
+
+    def get(self, id_: int):
+        ef = self._parsed.get(id_)
+        if ef is None and id_ in self._texts:
+            system, text = self._texts[id_]
+            ef = self._parsed[id_] = parse_event_format(text, system, self.endian)
+        return ef
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __contains__(self, id_) -> bool:
+        return id_ in self._texts
+
+
 def build_source(header_page: str, header_event: str | None, formats: list, cpus: list,
                  endian: str = "<", **kw) -> RawSource:
     """A RawSource from texts: ``formats`` is [(system, format text)]."""
     hp = parse_header_page(header_page)
     check_header_event(header_event)
-    by_id = {}
-    for system, text in formats:
-        ef = parse_event_format(text, system, endian)
-        by_id[ef.id] = ef
-    return RawSource(hp, by_id, cpus, endian, **kw)
+    return RawSource(hp, FormatTable(formats, endian), cpus, endian, **kw)
+
+
+#: ftrace's stack-trace entries: they belong to the record before them on the same CPU.
+STACK_EVENTS = ("kernel_stack", "user_stack")
+
+
+def _stack_addresses(ef, data, endian: str, long_size: int) -> tuple:
+    """The return addresses of a kernel_stack/user_stack entry (``int size`` entries of
+    ``unsigned long caller[]`` at the caller field's offset; the format's [8] is nominal)."""
+    off = next((f.offset for f in ef.fields if f.name == "caller"), 16)
+    n = struct.unpack_from(endian + "i", data, 8)[0] if len(data) >= 12 else 0
+    n = max(0, min(n, (len(data) - off) // long_size))
+    code = "Q" if long_size == 8 else "I"
+    return tuple(f"{a:#x}" for a in struct.unpack_from(f"{endian}{n}{code}", data, off))
+
+
+def _pair_stacks(stream, fmts, type_of, endian, long_size):
+    """One CPU's (ts, cpu, data) with the stack entries that follow each record attached."""
+    pending = None
+    for ts, cpu, data in stream:
+        ef = fmts.get(type_of(data, 0)[0]) if len(data) >= 2 else None
+        if ef is not None and ef.system == "ftrace" and ef.name in STACK_EVENTS:
+            if pending is not None:
+                pending[3] += _stack_addresses(ef, data, endian, long_size)
+            continue
+        if pending is not None:
+            yield tuple(pending)
+        pending = [ts, cpu, data, ()]
+    if pending is not None:
+        yield tuple(pending)
 
 
 def raw_records(src: RawSource, *, all_events: bool = False, other: Counter | None = None,
                 decorate: Callable | None = None) -> Iterator[TraceRecord]:
     """Every record, time-ordered across CPUs.  Only kvmmmu events unless ``all_events``;
-    others are counted in ``other`` by ``system:name`` (unknown ids as ``id:N``)."""
+    others are counted in ``other`` by name (unknown ids as ``id:N``).  ftrace stack entries
+    (``options/stacktrace``) become the ``stack`` (return addresses) of the record before them."""
+    u16 = "<H" if src.endian == "<" else ">H"
+    type_of = struct.Struct(u16).unpack_from
+    fmts = src.formats
+    long_size = src.header_page.commit_size
     streams = []
     for cpu, read, name in src.cpus:
         lost = src.lost.setdefault(f"cpu{cpu}", {})
-        streams.append(iter_cpu(read, src.header_page, cpu, src.endian, lost, name))
-    u16 = "<H" if src.endian == "<" else ">H"
-    import struct
-    type_of = struct.Struct(u16).unpack_from
-    fmts: dict = src.formats
+        streams.append(_pair_stacks(iter_cpu(read, src.header_page, cpu, src.endian, lost, name),
+                                    fmts, type_of, src.endian, long_size))
     n = 0
-    for ts, cpu, data in merge_cpus(streams):
+    for ts, cpu, data, stack in merge_cpus(streams):
         n += 1
         if len(data) < 2:
             raise TraceFormatError(f"cpu{cpu} record {n}: {len(data)} bytes, no common_type")
-        ef: EventFormat | None = fmts.get(type_of(data, 0)[0])
+        ef = fmts.get(type_of(data, 0)[0])
         if ef is None:
             if other is not None:
                 other[f"id:{type_of(data, 0)[0]}"] += 1
@@ -85,7 +143,8 @@ def raw_records(src: RawSource, *, all_events: bool = False, other: Counter | No
         for k in [k for k in f if k.startswith("common_")]:
             del f[k]
         rec = TraceRecord(n, src.cmdlines.get(pid, ""), pid, cpu, f"{cflags:#04x}:{preempt:x}",
-                          ts / 1e9, ef.name, f, source=src.format, ts_ns=ts, system=ef.system)
+                          ts / 1e9, ef.name, f, source=src.format, ts_ns=ts, system=ef.system,
+                          stack=stack)
         if decorate is not None:
             decorate(rec)
         yield rec

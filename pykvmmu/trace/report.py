@@ -7,7 +7,6 @@ from collections import Counter
 
 import numpy as np
 
-from ..errors import PykvmmuError
 from ..role import get_era, unpack
 from .record import FULL_ROLE, TraceRecord, TraceResult
 
@@ -21,6 +20,10 @@ ERA_TO_SPTE_PROFILE = {"v4.2": None, "v4.12": None, "v4.18": None, "v4.20": None
                        "v5.17": "v5.16", "v5.19": "v5.19", "v6.14": "v6.13"}
 
 
+#: The oldest kernel whose SPTE layout the engine models (profile v5.10).
+_OLDEST_SPTE_KERNEL = (5, 10)
+
+
 def kernel_version_of(text) -> tuple | None:
     """(major, minor) from a release or era string ("6.18.44-fc-v669", "v6.18"), else None."""
     if not isinstance(text, str):
@@ -31,16 +34,16 @@ def kernel_version_of(text) -> tuple | None:
 
 def spte_profile_for(era, version: str | None = None) -> str | None:
     """The SPTE layout profile for a trace: from the kernel version when one is known (the
-    trace's, or an ``era`` written as a version such as "v6.18"), else from the role era.
-    The one place trace picks a profile (switch to profile.profile_for_version when it lands)."""
-    from ..profile import get_profile
+    trace's, or an ``era`` written as a version such as "v6.18"), through the library's one
+    version-to-profile map (profile.profile_for_version); else from the role era.  None for
+    a kernel older than the modelled SPTE layouts (v5.10)."""
+    from ..profile import profile_for_version
     for v in (version, era if isinstance(era, str) else None):
         mm = kernel_version_of(v)
         if mm is not None:
-            try:
-                return get_profile(f"v{mm[0]}.{mm[1]}").name
-            except PykvmmuError:
-                return None                     # a kernel older than the modelled SPTE eras
+            if mm < _OLDEST_SPTE_KERNEL:
+                return None
+            return profile_for_version(v.strip())[0].name
     return ERA_TO_SPTE_PROFILE.get(get_era(era).name)
 
 

@@ -35,6 +35,8 @@ _HEADER = re.compile(
     r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
     r"(?P<payload>.*?)\s*$")
 _INSTANCE = re.compile(r"^\S+:\s+")
+_COLON_SPACE = re.compile(r":\s")
+_SKIP = re.compile(r"^\s*(?:$|#|(?:cpus|version)\s*=)")
 #: parse_line's answers for the lines of an ftrace stack-trace block.
 STACK, STACK_LINE = "stack", "stack_line"
 _STACK_LINE = re.compile(r"^ => (?P<func>.*?)\s*$")
@@ -222,13 +224,14 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     to the record before them).  Raises ValueError with the reason for a malformed line."""
     era = get_era(era)
     s = line.rstrip("\n")
-    if not s.strip() or s.lstrip().startswith("#") or re.match(r"^\s*(cpus|version)\s*=", s):
+    if _SKIP.match(s):
         return None
-    sm = _STACK_LINE.match(s)
-    if sm:
-        return (STACK_LINE, sm["func"])
+    if s.startswith(" =>"):
+        sm = _STACK_LINE.match(s)
+        if sm:
+            return (STACK_LINE, sm["func"])
     m = _HEADER.match(s)
-    if m and re.search(r":\s", m["comm"]):
+    if m and _COLON_SPACE.search(m["comm"]):
         m = _HEADER.match(_INSTANCE.sub("", s.lstrip(), count=1))
     if not m:
         raise ValueError("not a trace line (expected 'comm-pid [cpu] ts: event: ...')")

@@ -19,6 +19,8 @@ __all__ = ["FieldFormat", "EventFormat", "HeaderPage", "parse_event_format", "pa
 _FIELD = re.compile(r"^\s*field:(?P<decl>[^;]*);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);"
                     r"(?:\s*signed:(?P<signed>\d+);)?")
 _INT = {1: "B", 2: "H", 4: "I", 8: "Q"}
+#: No field of a record lies beyond this (a record fits in one ring-buffer sub-buffer).
+MAX_RECORD = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,11 @@ def parse_event_format(text: str, system: str | None = None, endian: str = "<") 
         else:
             m = _FIELD.match(line)
             if m:
-                fields.append(_field(m["decl"], int(m["off"]), int(m["size"]),
-                                     m["signed"] == "1"))
+                off, size = int(m["off"]), int(m["size"])
+                if off + size > MAX_RECORD:
+                    raise TraceFormatError(f"format field {m['decl'].strip()!r}: offset {off} + size "
+                                           f"{size} exceeds a ring-buffer page ({MAX_RECORD} bytes)")
+                fields.append(_field(m["decl"], off, size, m["signed"] == "1"))
     if name is None or id_ is None:
         raise TraceFormatError("format file without 'name:' or 'ID:' line")
     if not any(f.name == "common_type" for f in fields):

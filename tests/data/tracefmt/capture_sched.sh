@@ -30,6 +30,8 @@ cp "$TFS/events/header_page" "$TFS/events/header_event" "$OUT/raw/"
 for e in sched_switch sched_wakeup sched_process_exec sched_process_exit; do
     mkdir -p "$OUT/raw/events/sched/$e"; cp "$TFS/events/sched/$e/format" "$OUT/raw/events/sched/$e/"
 done
+mkdir -p "$OUT/raw/events/ftrace/kernel_stack"
+cp "$TFS/events/ftrace/kernel_stack/format" "$OUT/raw/events/ftrace/kernel_stack/"
 cat /proc/version > "$OUT/raw/proc_version"
 for c in "$I"/per_cpu/cpu*; do
     n=$(basename "$c"); mkdir -p "$OUT/raw/per_cpu/$n"
