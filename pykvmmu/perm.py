@@ -31,8 +31,10 @@ PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_RSVD, PFERR_FETCH, PFERR_PK = 1, 2
 #: whatever EFLAGS.AC says.
 PFERR_IMPLICIT_ACCESS = 1 << 48
 ACC_EXEC, ACC_WRITE, ACC_USER = 1, 2, 4
-#: The access bits permission_fault() accepts in ``access`` (P is ignored, as in KVM).
-ACCESS_BITS = PFERR_PRESENT | PFERR_WRITE | PFERR_USER | PFERR_FETCH | PFERR_IMPLICIT_ACCESS
+#: The access bits permission_fault() accepts in ``access``: P (ignored), W, U, F, and anything
+#: at bit 32 and above (PFERR_GUEST_FINAL/PAGE, PFERR_IMPLICIT_ACCESS...: ``unsigned int pfec =
+#: access`` drops them).  RSVD, PK and bits 5..31 would index past ``permissions[16]``.
+ACCESS_BITS = ((1 << 64) - 1) & ~0xFFFFFFE8
 RFLAGS_AC = 1 << 18
 
 _PFERR_NAMES = ((PFERR_PRESENT, "P"), (PFERR_WRITE, "W"), (PFERR_USER, "U"), (PFERR_RSVD, "RSVD"),
@@ -137,8 +139,9 @@ class PermissionModel:
 def _check_access(access: int) -> int:
     a = uint("access", access, 64)
     if a & ~ACCESS_BITS:
-        raise InputError(f"access={a:#x}: permission_fault takes only P/W/U/F and "
-                         f"PFERR_IMPLICIT_ACCESS (bits {a & ~ACCESS_BITS:#x} are not access bits)")
+        raise InputError(f"access={a:#x}: permission_fault takes P/W/U/F (+ bits 32..63 such as "
+                         f"PFERR_IMPLICIT_ACCESS); bits {a & ~ACCESS_BITS:#x} would index past "
+                         f"permissions[16]")
     return a
 
 
@@ -199,7 +202,7 @@ def permission_fault_batch(model: PermissionModel, pte_access: np.ndarray, acces
     if bad.any():
         i = int(np.argmax(bad.reshape(-1)))
         raise InputError(f"access[{i}]={int(access.reshape(-1)[i]):#x}: permission_fault takes "
-                         f"only P/W/U/F and PFERR_IMPLICIT_ACCESS")
+                         f"P/W/U/F (+ bits 32..63); RSVD, PK and bits 5..31 are refused")
     if pte_pkey is not None and pte_pkey.size and int(pte_pkey.max()) > 15:
         i = int(np.argmax(pte_pkey.reshape(-1) > 15))
         raise InputError(f"pte_pkey[{i}]={int(pte_pkey.reshape(-1)[i])}: protection keys are 0..15")

@@ -192,8 +192,9 @@ class EptContext:
             raise InputError(f"maxphyaddr={mpa}: guest MAXPHYADDR is 32..52")
         if self.huge_page_level not in (1, 2, 3):
             raise InputError(f"huge_page_level={self.huge_page_level!r}: 1, 2 (2M) or 3 (1G)")
-        if not isinstance(self.execonly, bool):
-            raise InputError(f"execonly={self.execonly!r}: expected a bool")
+        for name in ("execonly", "smm"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name}={getattr(self, name)!r}: expected a bool")
         if self.walk_level not in (4, 5):
             raise VcpuStateError(f"eptp={self.eptp:#x}: page-walk length {self.walk_level} "
                                  f"(bits 5:3 + 1) must be 4 or 5")

@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 from . import role as R
 from ._batch import uint
 from .errors import InputError
-from .perm import (ACC_EXEC, ACC_USER, ACC_WRITE, PFERR_FETCH, PFERR_PRESENT, PFERR_RSVD,
+from .perm import (ACCESS_BITS, ACC_EXEC, ACC_USER, ACC_WRITE, PFERR_FETCH, PFERR_PRESENT, PFERR_RSVD,
                    PFERR_USER, PFERR_WRITE, PermissionModel, pfec_str)
 from .vcpu import EptContext, Vcpu
 
@@ -35,6 +35,7 @@ __all__ = [
     "GuestMmu", "GuestMemory", "Walk", "WalkLevel", "WalkFault", "ShadowPage", "WalkError",
     "WalkReplayError", "walk_addr", "walk_observed", "shadow_pages", "rsvd_bits_mask",
     "ept_bad_mt_xwr", "gpte_access", "MODES", "ARCHES", "EntryDecode", "decode_entry",
+    "WalkReplay", "replay_records", "WALK_EVENTS",
 ]
 
 U64 = (1 << 64) - 1
@@ -158,6 +159,16 @@ class GuestMmu:
     pkru: int = 0
     pkrs: int = 0
 
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise WalkError(f"mode={self.mode!r}: one of {', '.join(MODES)}")
+        if not isinstance(self.perm, PermissionModel):
+            raise WalkError(f"perm={self.perm!r}: expected a PermissionModel")
+        if self.pdptrs is not None and (not isinstance(self.pdptrs, tuple) or len(self.pdptrs) != 4):
+            raise WalkError(f"pdptrs={self.pdptrs!r}: a tuple of the four PDPTEs")
+        for name, bits in (("pgd", 64), ("rflags", 64), ("pkru", 32), ("pkrs", 32)):
+            uint(name, getattr(self, name), bits)
+
     @property
     def pttype(self) -> str:
         return MODES[self.mode][0]
@@ -180,6 +191,8 @@ class GuestMmu:
         if not isinstance(vcpu, Vcpu):
             raise WalkError(f"vcpu={vcpu!r}: expected a pykvmmu.vcpu.Vcpu")
         era_obj = R.get_era(era)
+        if tdp_level not in (4, 5):
+            raise WalkError(f"tdp_level={tdp_level!r}: the host TDP level is 4 or 5")
         lvl = vcpu.paging_level
         if lvl == 0:
             raise WalkError("CR0.PG=0: there is no guest page-table walk (nonpaging_gva_to_gpa "
@@ -296,7 +309,8 @@ class WalkFault:
 
     error_code: int
     level: int
-    #: "not-present", "rsvd", "permission", "pkey"
+    #: "not-present", "rsvd", "permission", "pkey", "no-memslot" (table outside every
+    #: visible memslot)
     reason: str
     #: EPT only, non-RSVD faults: exit-qualification bits 0..5 KVM synthesises
     ept_exit_qualification: int | None = None
@@ -357,10 +371,12 @@ class Walk:
     def fault_pte_access(self, mmu: GuestMmu) -> int | None:
         """walker.pte_access after FNAME(page_fault)'s CR0.WP=0 rule: a supervisor write to a
         read-only page gets W, loses U (and X when SMEP is on).  Assumes a memslot backs it."""
+        if not isinstance(mmu, GuestMmu):
+            raise WalkError(f"mmu={mmu!r}: expected the GuestMmu of this walk")
         if not self.ok:
             return None
         a = self.pte_access
-        if self.access & PFERR_WRITE and not a & ACC_WRITE and not mmu.cr0_wp \
+        if mmu.pttype != "ept" and self.access & PFERR_WRITE and not a & ACC_WRITE and not mmu.cr0_wp \
                 and not self.access & PFERR_USER:
             a = (a | ACC_WRITE) & ~ACC_USER
             if mmu.cr4_smep:
@@ -455,15 +471,20 @@ def _check_inputs(mmu, addr, access):
         raise WalkError(f"mmu={mmu!r}: expected a GuestMmu")
     addr = uint("addr", addr, 64)
     access = uint("access", access, 64)
-    bad = access & ~(PFERR_PRESENT | PFERR_WRITE | PFERR_USER | PFERR_FETCH | (1 << 48))
+    bad = access & ~ACCESS_BITS
     if bad:
-        raise WalkError(f"access={access:#x}: a walk's access is P/W/U/F (+ PFERR_IMPLICIT_ACCESS); "
-                        f"bits {bad:#x} are not (FNAME(page_fault) strips RSVD first)")
+        raise WalkError(f"access={access:#x}: a walk's access is P/W/U/F plus bits 32..63 "
+                        f"(PFERR_GUEST_FINAL/PAGE, PFERR_IMPLICIT_ACCESS); bits {bad:#x} are not "
+                        f"(FNAME(page_fault) strips RSVD first)")
     return addr, access
 
 
+_NO_MEMSLOT = object()
+
+
 def _walk(mmu: GuestMmu, addr: int, access: int, fetch: Callable, pte_writable=None) -> tuple:
-    """FNAME(walk_addr_generic); ``fetch(level, gpa, is_pdpte)`` supplies each gpte.
+    """FNAME(walk_addr_generic); ``fetch(level, gpa, is_pdpte)`` supplies each gpte, or
+    ``_NO_MEMSLOT`` when the table's gfn is in no visible memslot.
 
     Returns (Walk, [(gpa, new_gpte), ...] writes of the A/D update)."""
     size = mmu.gpte_size
@@ -525,6 +546,10 @@ def _walk(mmu: GuestMmu, addr: int, access: int, fetch: Callable, pte_writable=N
         table_gfn = mmu.gpte_to_gfn_lvl(pte, 1)
         pte_gpa = (table_gfn << 12) + index * size
         pte = fetch(level, pte_gpa, False)
+        if pte is _NO_MEMSLOT:                 # !kvm_is_visible_memslot(): error, no element
+            reason = "no-memslot"
+            record()
+            return fail(level)
         element(pte, level)
         pte_access = pt_access & (pte ^ nx)
         acc_here = gpte_access(mmu.pttype, pt_access ^ nx)
@@ -593,19 +618,26 @@ def _walk(mmu: GuestMmu, addr: int, access: int, fetch: Callable, pte_writable=N
 
 
 def walk_addr(mmu: GuestMmu, addr: int, access: int, mem, *, write_back: bool = True,
-              pte_writable: Callable | None = None) -> Walk:
+              pte_writable: Callable | None = None, visible: Callable | None = None) -> Walk:
     """Walk guest memory (form a): ``mem`` is a :class:`GuestMemory`, a ``{gpa: gpte}`` dict or
     a ``read_gpte(gpa) -> int`` callable.  A/D bits are written back to a GuestMemory or dict
     when ``write_back`` (a callable source is read-only); ``pte_writable(table_gfn)`` says
     whether a table's memslot is writable (FNAME(update_accessed_dirty_bits) skips the others).
+    ``visible(table_gfn)`` False makes the walk fail there without reading (the table is in
+    no visible memslot: error code 0 | W | U (| F)).
     PAE: the PDPTEs come from ``mmu.pdptrs`` when set, else from memory at CR3."""
     addr, access = _check_inputs(mmu, addr, access)
     rd, wr = _reader(mem, mmu.gpte_size)
+    for name, fn in (("pte_writable", pte_writable), ("visible", visible)):
+        if fn is not None and not callable(fn):
+            raise WalkError(f"{name}={fn!r}: expected a callable taking a table gfn")
     limit = (1 << (8 * mmu.gpte_size)) - 1
 
     def fetch(level, gpa, is_pdpte):
         if is_pdpte and mmu.pdptrs is not None:
             return mmu.pdptrs[(addr >> 30) & 3]
+        if not is_pdpte and visible is not None and not visible(gpa >> 12):
+            return _NO_MEMSLOT
         v = rd(gpa)
         try:
             v = uint(f"gpte at {gpa:#x}", v, 8 * (8 if is_pdpte else mmu.gpte_size))
@@ -636,7 +668,8 @@ def _observed_pairs(gptes, mmu) -> list:
     return out
 
 
-def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Walk:
+def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable, *,
+                  walker_error: int | None = None) -> Walk:
     """Replay a walk from observed gptes (form b), as the tracepoints report it:
     ``kvm_mmu_pagetable_walk(addr, pferr)`` gives ``addr``/``access``, each
     ``kvm_mmu_paging_element(pte, level)`` one item of ``gptes`` (``(pte, level)`` pairs,
@@ -644,6 +677,10 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Wal
     level 3).  The same walker as :func:`walk_addr` runs over them; the result's ``events``
     are the tracepoints the kernel emits (incl. the A/D bits it sets and
     ``kvm_mmu_walker_error``) for comparison with the rest of the trace.
+
+    ``walker_error``: the pferr of a ``kvm_mmu_walker_error`` that ends the observed walk.
+    When the elements run out before the walk ends and it is given, the table the walk would
+    read next was in no visible memslot (the kernel fails there without an element).
 
     Raises WalkReplayError when an element's level is not the one the walk reads next, or
     the walk needs more (or fewer) elements than given."""
@@ -654,6 +691,8 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Wal
 
     def fetch(level, gpa, is_pdpte):
         i = pos[0]
+        if i >= len(seq) and walker_error is not None and not is_pdpte:
+            return _NO_MEMSLOT
         if i >= len(seq):
             raise WalkReplayError(f"the walk reads a level-{level} gpte at {gpa:#x} after the "
                                   f"{len(seq)} observed element(s): trace truncated?")
@@ -666,7 +705,12 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Wal
         pos[0] += 1
         return p
 
+    if walker_error is not None:
+        walker_error = uint("walker_error", walker_error, 32)
     w, _ = _walk(mmu, addr, access, fetch)
+    if walker_error is not None and (w.ok or w.fault.error_code != walker_error):
+        got = "success" if w.ok else f"error code {w.fault.error_code:#x}"
+        raise WalkReplayError(f"walker_error={walker_error:#x} observed, the walk gives {got}")
     if pos[0] != len(seq):
         raise WalkReplayError(f"{len(seq) - pos[0]} observed element(s) left after the walk ended "
                               f"at level {w.leaf_level} (a retried walk, or another walk's "
@@ -678,8 +722,7 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable) -> Wal
 # Shadow pages along the walk (FNAME(fetch))
 # ---------------------------------------------------------------------------
 
-def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
-                 tdp_level: int = 4) -> tuple:
+def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None) -> tuple:
     """The shadow pages FNAME(fetch) links for a successful walk, root first.
 
     Root: ``mmu.root_role`` at the pgd's gfn (4/5-level), or the PAE root for ``addr``
@@ -701,6 +744,9 @@ def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
         raise WalkError(f"goal_level={goal_level!r}: 1..{w.leaf_level} (the guest leaf level; "
                         f"kvm_mmu_hugepage_adjust never maps above it)")
     era = R.get_era(mmu.era)
+    # 4-byte gptes: every child gets a quadrant, direct ones included (v5.x kvm_mmu_get_page
+    # tested the MMU's root level; kvm_mmu_child_role inherits has_4_byte_gpte).
+    four = mmu.pttype == "32"
     by_level = {lv.level: lv for lv in w.levels if lv.table_gfn is not None}
     root_level = R.unpack(era, mmu.root_role).level
     out = []
@@ -717,7 +763,6 @@ def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
         level = mmu.root_level
     else:
         i = (w.addr >> 30) & 3
-        four = mmu.pttype == "32"
         parent = R.kvm_mmu_get_page_role(era, mmu.root_role, level=2, direct=False,
                                          gaddr=i << 30, guest_32bit=four)
         out.append(ShadowPage(2, by_level[2].table_gfn, parent, False, "root"))
@@ -726,14 +771,15 @@ def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None,
         child = level - 1
         idx = (w.addr >> (12 + 9 * (level - 1))) & 511
         parent = R.kvm_mmu_child_role(era, parent, direct=False, access=by_level[child].pt_access,
-                                      index=idx)
+                                      index=idx, guest_32bit=four)
         out.append(ShadowPage(child, by_level[child].table_gfn, parent, False, "child"))
         level = child
     direct_access = w.fault_pte_access(mmu)
     while level > goal:
         child = level - 1
         idx = (w.addr >> (12 + 9 * (level - 1))) & 511
-        parent = R.kvm_mmu_child_role(era, parent, direct=True, access=direct_access, index=idx)
+        parent = R.kvm_mmu_child_role(era, parent, direct=True, access=direct_access, index=idx,
+                                      guest_32bit=four)
         base = w.gfn & ~((1 << (9 * (level - 1))) - 1)
         out.append(ShadowPage(child, base, parent, True, "direct"))
         level = child
@@ -879,3 +925,70 @@ def decode_entry(arch: str, word: int, level: int = 1, *, maxphyaddr: int = 52,
             else _X86_NAMES[level] if arch != "32bit" else ("PTE", "PDE")[level - 1])
     return EntryDecode(arch, level, word, name, present, leaf, (1 << shift) if leaf else None,
                        addr, tuple(flags), memtype, rsvd)
+
+
+# ---------------------------------------------------------------------------
+# Replaying the walk events of a parsed trace
+# ---------------------------------------------------------------------------
+
+WALK_EVENTS = ("kvm_mmu_pagetable_walk", "kvm_mmu_paging_element", "kvm_mmu_set_accessed_bit",
+               "kvm_mmu_set_dirty_bit", "kvm_mmu_walker_error")
+
+
+@dataclass(frozen=True)
+class WalkReplay:
+    """One observed walk (a ``kvm_mmu_pagetable_walk`` and the walk events after it on the same
+    CPU) replayed through :func:`walk_observed`: the model's Walk (None when the replay was
+    refused), the observed events, and whether the model predicts exactly those events."""
+
+    cpu: int
+    observed: tuple
+    walk: Walk | None
+    error: str | None
+
+    @property
+    def matches(self) -> bool:
+        return self.walk is not None and tuple(self.walk.events) == self.observed
+
+
+def replay_records(mmu, records: Iterable) -> list:
+    """Group trace records (:class:`pykvmmu.trace.TraceRecord` or anything with ``event``,
+    ``fields`` and ``cpu``) into walks and replay each one.
+
+    A walk is a ``kvm_mmu_pagetable_walk`` and the following ``kvm_mmu_paging_element`` /
+    ``kvm_mmu_set_{accessed,dirty}_bit`` / ``kvm_mmu_walker_error`` records of the same CPU; it
+    ends at that CPU's next walk or next other event.  ``mmu`` is a GuestMmu, or a callable
+    ``mmu(record) -> GuestMmu`` given the walk's first record (registers change over a trace)."""
+    open_walks: dict = {}
+    groups = []
+    for r in records:
+        ev, cpu = getattr(r, "event", None), getattr(r, "cpu", 0)
+        if ev == "kvm_mmu_pagetable_walk":
+            g = open_walks[cpu] = [r]
+            groups.append(g)
+        elif ev in WALK_EVENTS and cpu in open_walks:
+            open_walks[cpu].append(r)
+            if ev == "kvm_mmu_walker_error":
+                del open_walks[cpu]
+        else:
+            open_walks.pop(cpu, None)
+    out = []
+    for g in groups:
+        first = g[0]
+        observed = tuple((r.event, {k: r.fields[k] for k in _EVENT_KEYS[r.event]}) for r in g)
+        m = mmu(first) if callable(mmu) and not isinstance(mmu, GuestMmu) else mmu
+        elements = [(r.fields["pte"], r.fields["level"]) for r in g
+                    if r.event == "kvm_mmu_paging_element"]
+        errs = [r.fields["pferr"] for r in g if r.event == "kvm_mmu_walker_error"]
+        try:
+            w = walk_observed(m, first.fields["addr"], first.fields["pferr"], elements,
+                              walker_error=errs[0] if errs else None)
+            out.append(WalkReplay(first.cpu, observed, w, None))
+        except InputError as e:
+            out.append(WalkReplay(first.cpu, observed, None, str(e)))
+    return out
+
+
+_EVENT_KEYS = {"kvm_mmu_pagetable_walk": ("addr", "pferr"), "kvm_mmu_paging_element": ("pte", "level"),
+               "kvm_mmu_set_accessed_bit": ("gpa",), "kvm_mmu_set_dirty_bit": ("gpa",),
+               "kvm_mmu_walker_error": ("pferr",)}

@@ -7,8 +7,8 @@ from pykvmmu import role as R
 from pykvmmu.errors import PykvmmuError
 from pykvmmu.vcpu import (CR0_PE, CR0_PG, CR4_PAE, CR4_PKE, CR4_PSE, CR4_SMEP, EFER_LMA,
                           EFER_LME, EptContext, Vcpu)
-from pykvmmu.walk import (GuestMemory, GuestMmu, WalkError, WalkReplayError, shadow_pages,
-                          walk_addr, walk_observed)
+from pykvmmu.walk import (GuestMemory, GuestMmu, WalkError, WalkReplayError, replay_records,
+                          shadow_pages, walk_addr, walk_observed)
 
 P, W, U, A, D, PS = 1, 2, 4, 0x20, 0x40, 0x80
 NX = 1 << 63
@@ -370,9 +370,11 @@ def test_refused_inputs_change_nothing():
     mem = GuestMemory()
     four_level(mem, 0x5000)
     mmu = GuestMmu.for_vcpu(Vcpu(cr3=0x1000))
-    for bad in (0x8, 0x20, 1 << 40):
+    for bad in (0x8, 0x20, 1 << 31):
         with pytest.raises(PykvmmuError, match="access"):
             walk_addr(mmu, 0x5000, bad, mem)
+    # bits 32..63 (PFERR_GUEST_FINAL/PAGE, IMPLICIT) are carried, not refused
+    assert walk_addr(mmu, 0x5000, 1 << 32, mem, write_back=False).events[0][1]["pferr"] == 0
     with pytest.raises(PykvmmuError, match="addr"):
         walk_addr(mmu, 1 << 64, 0, mem)
     with pytest.raises(WalkError, match="GuestMemory"):
@@ -381,6 +383,17 @@ def test_refused_inputs_change_nothing():
         GuestMmu.for_vcpu(Vcpu.real_mode())
     with pytest.raises(WalkError, match="wider"):
         walk_addr(GuestMmu.for_vcpu(Vcpu.legacy32(cr3=0x1000)), 0, 0, lambda gpa: 1 << 40)
+    with pytest.raises(WalkError, match="visible"):
+        walk_addr(mmu, 0x5000, 0, mem, visible=3)
+    with pytest.raises(WalkError, match="tdp_level"):
+        GuestMmu.for_vcpu(Vcpu(), mmu="nested-npt", tdp_level=3)
+    with pytest.raises(WalkError, match="mode"):
+        GuestMmu(**{**mmu.__dict__, "mode": "6level"})
+    w = walk_addr(mmu, 0x5000, 0, mem, write_back=False)
+    with pytest.raises(WalkError, match="GuestMmu"):
+        w.fault_pte_access(None)
+    with pytest.raises(WalkError, match="goal_level"):
+        shadow_pages(mmu, w, goal_level=2)
     assert mem.read(0x1000) & A == 0
 
 
@@ -435,3 +448,123 @@ def test_memory_walk_equals_observed_walk(mode, addr, access, flags):
     for lv in a.levels:
         if lv.pte_gpa is not None:
             assert mem.read(lv.pte_gpa, size) == lv.new_gpte
+
+
+def test_table_outside_memslots_fails_without_an_element():
+    mem = GuestMemory()
+    four_level(mem, 0x5000)
+    mmu = GuestMmu.for_vcpu(Vcpu(cr3=0x1000))
+    w = walk_addr(mmu, 0x5000, PF_W | PF_U, mem, visible=lambda gfn: gfn != 3)
+    assert not w.ok and w.fault.reason == "no-memslot" and w.fault.level == 2
+    assert w.fault.error_code == PF_W | PF_U
+    assert [e[0] for e in w.events] == ["kvm_mmu_pagetable_walk"] + [
+        "kvm_mmu_paging_element"] * 2 + ["kvm_mmu_walker_error"]
+    seq = [(e[1]["pte"], e[1]["level"]) for e in w.events if e[0] == "kvm_mmu_paging_element"]
+    assert walk_observed(mmu, 0x5000, PF_W | PF_U, seq, walker_error=6) == w
+    with pytest.raises(WalkReplayError, match="walker_error=0x7"):
+        walk_observed(mmu, 0x5000, PF_W | PF_U, seq, walker_error=7)
+    # a not-present leaf replayed with its walker_error
+    mem.write(0x4000 + 8 * 5, 0)
+    a = walk_addr(mmu, 0x5000, PF_U, mem)
+    seq = [(e[1]["pte"], e[1]["level"]) for e in a.events if e[0] == "kvm_mmu_paging_element"]
+    assert walk_observed(mmu, 0x5000, PF_U, seq, walker_error=4) == a
+
+
+@pytest.mark.parametrize("era,b4_indirect,b4_direct", [
+    ("v5.0", 0, 0),            # cr4_pae: 0 for 4-byte gptes, forced 0 on direct pages
+    ("v5.1", 0, 1),            # gpte_is_8_bytes: direct pages forced to 1
+    ("v5.14", 0, 1),
+    ("v5.17", 1, 1),           # has_4_byte_gpte inherited by direct children
+    ("latest", 1, 1),
+])
+def test_32bit_children_roles_per_era(era, b4_indirect, b4_direct):
+    """Direct children of a split 4M page carry the quadrant in every era (v5.x
+    kvm_mmu_get_page tested the MMU's root level, not the page's bit 4)."""
+    mem = GuestMemory()
+    mem.write(0x1000 + 4 * 1, 0x00400000 | P | W | U | PS | A | D, 4)   # 4M at 4M
+    mem.write(0x1000 + 4 * 2, 0x2000 | P | W | U | A, 4)
+    mem.write(0x2000 + 4 * 0x200, 0x9000 | P | W | U | A | D, 4)
+    mmu = GuestMmu.for_vcpu(Vcpu.legacy32(cr3=0x1000), era)
+    w = walk_addr(mmu, 0x0060_0000, 0, mem)
+    d = shadow_pages(mmu, w, goal_level=1)[-1]
+    f = R.unpack(era, d.role)
+    assert d.direct and f.level == 1 and f.quadrant == 1 and (d.role >> 4) & 1 == b4_direct
+    w = walk_addr(mmu, 0x00A0_0000, 0, mem)
+    c = shadow_pages(mmu, w)[-1]
+    f = R.unpack(era, c.role)
+    assert not c.direct and f.quadrant == 1 and (c.role >> 4) & 1 == b4_indirect
+
+
+def _trace_lines(w, cpu=1, t0=100.0):
+    fmt = {"kvm_mmu_pagetable_walk": lambda f: f"addr {f['addr']:x} pferr {f['pferr']:x} -",
+           "kvm_mmu_paging_element": lambda f: f"pte {f['pte']:x} level {f['level']}",
+           "kvm_mmu_set_accessed_bit": lambda f: f"gpa {f['gpa']:x}",
+           "kvm_mmu_set_dirty_bit": lambda f: f"gpa {f['gpa']:x}",
+           "kvm_mmu_walker_error": lambda f: f"pferr {f['pferr']:x} -"}
+    return [f" qemu-1 [{cpu:03d}] ..... {t0 + i / 1e6:.6f}: {name}: {fmt[name](f)}"
+            for i, (name, f) in enumerate(w.events)]
+
+
+def test_replay_parsed_trace_records():
+    from pykvmmu import trace
+    mem = GuestMemory()
+    four_level(mem, 0x5000)
+    four_level(mem, 0x6000, leaf_flags=W | U)                  # not present
+    mmu = GuestMmu.for_vcpu(Vcpu(cr3=0x1000))
+    a = walk_addr(mmu, 0x5000, PF_W, mem, write_back=False)
+    b = walk_addr(mmu, 0x6000, PF_U, mem, write_back=False)
+    la, lb = _trace_lines(a, cpu=1), _trace_lines(b, cpu=2, t0=100.000001)
+    lines = [x for pair in zip(la, lb) for x in pair] + la[len(lb):] + lb[len(la):]
+    lines.append(" qemu-1 [001] ..... 101.000000: kvm_mmu_spte_requested: gfn 9 pfn 1234 level 1")
+    res = trace.parse(lines)
+    assert not res.errors
+    reps = replay_records(mmu, res.records)
+    assert [r.cpu for r in reps] == [1, 2] and all(r.matches for r in reps)
+    assert reps[0].walk == a and reps[1].walk.fault.error_code == PF_U
+    # an observed walk that skipped the A/D update does not match the model
+    cut = [x for x in la if "set_dirty_bit" not in x]
+    reps = replay_records(lambda rec: mmu, trace.parse(cut).records)
+    assert reps[0].walk is not None and not reps[0].matches
+    # an element at the wrong level: the replay is refused, with the reason
+    bad = la[:1] + [la[1].replace("level 4", "level 3")]
+    reps = replay_records(mmu, trace.parse(bad).records)
+    assert reps[0].walk is None and "observed level 3" in reps[0].error
+
+
+def test_access_test_style_enumeration():
+    """In the spirit of kvm-unit-tests' access test: every combination of PDE and PTE U/W/NX,
+    leaf A/D, access type and CR0.WP/SMEP/SMAP/EFLAGS.AC, against the architectural rules
+    (tests/test_perm.py's oracle): fault or not, the error code, and the A/D bits written."""
+    import itertools
+
+    from test_perm import arch_fault
+    n = 0
+    for wp, smep, smap, ac in itertools.product((False, True), repeat=4):
+        cr0 = CR0_PE | CR0_PG | (1 << 16 if wp else 0)
+        cr4 = CR4_PAE | (CR4_SMEP if smep else 0) | (1 << 21 if smap else 0)
+        mmu = GuestMmu.for_vcpu(Vcpu(cr3=0x1000, cr0=cr0, cr4=cr4, rflags=0x2 | (ac << 18)))
+        for pde_w, pde_u, pde_nx, w, u, nx, a, d in itertools.product((0, 1), repeat=8):
+            for kind, user in itertools.product(("read", "write", "fetch"), (False, True)):
+                access = {"read": 0, "write": PF_W, "fetch": PF_F}[kind] | (PF_U if user else 0)
+                mem = GuestMemory()
+                build(mem, 0x1000, 0x5000, [
+                    (4, 0x2000 | P | W | U), (3, 0x3000 | P | W | U),
+                    (2, 0x4000 | P | (W if pde_w else 0) | (U if pde_u else 0)
+                     | (NX if pde_nx else 0)),
+                    (1, 0x9000 | P | (W if w else 0) | (U if u else 0) | (NX if nx else 0)
+                     | (A if a else 0) | (D if d else 0))])
+                res = walk_addr(mmu, 0x5000, access, mem)
+                fault = arch_fault(user_page=bool(pde_u and u), writable=bool(pde_w and w),
+                                   executable=not (pde_nx or nx), write=kind == "write",
+                                   user_mode=user, fetch=kind == "fetch", wp=wp, smep=smep,
+                                   smap=smap, nx=True, ac=ac, implicit=False)
+                leaf = mem.read(0x4000 + 8 * 5)
+                if fault:
+                    assert not res.ok and res.fault.error_code == P | access
+                    assert leaf & (A | D) == (A if a else 0) | (D if d else 0)
+                else:
+                    assert res.ok and res.gfn == 9
+                    assert leaf & A and bool(leaf & D) == bool(d or kind == "write")
+                    assert all(mem.read(g) & A for g in (0x1000, 0x2000, 0x3000))
+                n += 1
+    assert n == 16 * 256 * 6

@@ -75,3 +75,39 @@ def test_32bit_words_are_32_bits_and_levels_checked(capsys):
     assert rc == 1 and "32 unsigned bits" in err
     with pytest.raises(SystemExit):
         main(["decode", "--arch", "ept", "0xzz"])
+
+
+def test_walk_command_replays_observed_gptes(capsys):
+    rc, out, _ = run(capsys, "walk", "5000", "2", "2007:4", "3007:3", "4007:2", "9007:1",
+                     "--cr3", "1000", "--events")
+    assert rc == 0
+    assert "-> gfn 0x9 level 1 pte_access wux dirty" in out
+    assert "sp l1 gfn 0x4 child  0x00003701" in out
+    assert "kvm_mmu_set_dirty_bit: gpa 4028" in out
+    # an NX 2M leaf fetched: permission fault with F, no shadow pages
+    rc, out, _ = run(capsys, "walk", "ffffffff810551b8", "10", "2929067", "292a063",
+                     "8000000002a000e3")
+    assert rc == 0 and "#PF error_code 0x11 (P|F) permission at level 2" in out
+    assert " sp " not in out
+    # a level that does not match the walk is refused
+    rc, _, err = run(capsys, "walk", "5000", "0", "2007:3", "--cr3", "1000")
+    assert rc == 1 and "observed level 3" in err
+    # the observed walker_error is checked
+    rc, out, _ = run(capsys, "walk", "5000", "6", "2007", "3007", "--cr3", "1000",
+                     "--walker-error", "6")
+    assert rc == 0 and "no-memslot at level 2" in out
+    rc, _, err = run(capsys, "walk", "5000", "6", "2007", "3007", "--cr3", "1000",
+                     "--walker-error", "7")
+    assert rc == 1 and "walker_error=0x7" in err
+    # nested EPT from an EPTP
+    rc, out, _ = run(capsys, "walk", "0", "4", "2007", "3007", "4007", "9031", "--ept", "105e")
+    assert rc == 0 and "gfn 0x9" in out and "0x00020704" in out
+
+
+def test_walk_demo_runs():
+    from pykvmmu.commands.walk import demo
+    lines = []
+    demo(lines.append)
+    text = "\n".join(lines)
+    assert "role 0x3704" in text and "direct l1 gfn 0x600 0x35b1" in text
+    assert "exit qualification 0x21" in text and "(P|F) permission at level 2" in text
