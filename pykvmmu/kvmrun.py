@@ -35,7 +35,7 @@ from typing import Any
 from .errors import InputError, PykvmmuError
 
 __all__ = ["Memslot", "Mapping", "PageTables", "Registers", "Op", "SlotChange", "Run", "GuestDesc",
-           "RunResult", "KvmError", "HostUnsupported", "GuestTimeout", "detect_host", "run_guest",
+           "RunResult", "HostInfo", "host_refusal", "KvmError", "HostUnsupported", "GuestTimeout", "detect_host", "run_guest",
            "build_page_tables", "compile_program", "Asm", "demo_guest", "load_desc", "PVM_MSR_VIF",
            "PVM_MSR_ID", "OP_KINDS"]
 
@@ -151,8 +151,9 @@ class Memslot:
         if not isinstance(self.flags, list) or any(f not in ("readonly", "dirty_log") for f in self.flags):
             raise InputError(f"{where}.flags={self.flags!r}: must be a list of 'readonly', 'dirty_log'")
         _check_bool(f"{where}.guest_memfd", self.guest_memfd)
-        if self.guest_memfd and "readonly" in self.flags:
-            raise InputError(f"{where}: a guest_memfd memslot cannot be read-only (KVM refuses it)")
+        if self.guest_memfd and self.flags:
+            raise InputError(f"{where}: a guest_memfd memslot cannot be read-only or dirty-logged "
+                             f"(check_memory_region_flags refuses both)")
 
     def kvm_flags(self) -> int:
         return ((KVM_MEM_READONLY if "readonly" in self.flags else 0)
@@ -323,6 +324,9 @@ class GuestDesc:
                        **d)
         except TypeError as e:
             raise InputError(f"guest description: {e} (unknown or missing field)") from None
+        except (AttributeError, ValueError) as e:
+            raise InputError(f"guest description: {e} (each of memslots, page_tables.mappings, runs, "
+                             f"program, changes must hold JSON objects)") from None
         desc.check()
         return desc
 
@@ -421,8 +425,8 @@ class GuestDesc:
                 elif c.action == "move":
                     slots[c.slot].gpa = c.gpa
                 else:
-                    if slots[c.slot].guest_memfd and "readonly" in c.flags:
-                        raise InputError(f"{where}: a guest_memfd memslot cannot be read-only")
+                    if slots[c.slot].guest_memfd and c.flags:
+                        raise InputError(f"{where}: a guest_memfd memslot cannot be read-only or dirty-logged")
                     slots[c.slot].flags = list(c.flags)
                 _check_overlap(list(slots.values()), where)
                 for name, lo, n in fixed:
@@ -959,8 +963,8 @@ def run_guest(desc: GuestDesc, host: HostInfo | None = None, kvm_path: str = "/d
     Every fd and mapping is released before returning or raising."""
     if not isinstance(desc, GuestDesc):
         raise InputError(f"desc={desc!r}: must be a GuestDesc")
-    tables, leaves, root, code, entries, fetch = desc.compile()   # validates first
-    desc.check()
+    desc.check()                                      # every field, before anything is opened
+    tables, leaves, root, code, entries, fetch = desc.compile()
     host = host or detect_host(kvm_path)
     why = host_refusal(desc, host)
     if why:

@@ -20,9 +20,11 @@ import datetime
 import gzip
 import io
 import json
+import mmap
 import os
 import platform
 import re
+import struct
 import sys
 import tarfile
 import tempfile
@@ -33,13 +35,14 @@ from dataclasses import dataclass, field
 from .errors import InputError, PykvmmuError
 
 __all__ = ["RecordError", "Recorder", "Capture", "write_capture", "read_capture", "DEFAULT_EVENTS",
-           "find_tracefs", "tracing_snapshot", "KVM_MODULES", "lost_events"]
+           "find_tracefs", "tracing_snapshot", "KVM_MODULES", "lost_events", "host_zero_pfn"]
 
 DEFAULT_EVENTS = ("kvmmmu", "kvm/kvm_page_fault", "kvm/kvm_mmio", "kvm/kvm_userspace_exit",
                   "kvm/kvm_emulate_insn", "kvm/kvm_cr", "kvm/kvm_msr", "kvm/kvm_exit", "kvm/kvm_entry",
                   "kvm/kvm_unmap_hva_range")
 KVM_MODULES = ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm")
 _STD_MOUNT = "/sys/kernel/tracing"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class RecordError(PykvmmuError):
@@ -154,16 +157,23 @@ class Recorder:
     print format and with ``options/fields`` (for fixtures; costs a second buffer).
     ``all_tasks``: record every task's events; by default only this process and the tasks it
     forks afterwards (``set_event_pid`` with ``options/event-fork``), so other VMs on the host
-    stay out of the capture.  ``progress``: a callable given a status line while recording."""
+    stay out of the capture.  ``drain_interval``: seconds between reads of the buffers while
+    recording (None: read only at stop, so a small buffer overruns).  ``progress``: a callable
+    given a status line while recording."""
 
     def __init__(self, events=DEFAULT_EVENTS, buffer_kb: int = 4096, tracefs: str | None = None,
-                 text: bool = False, all_tasks: bool = False, progress=None) -> None:
+                 text: bool = False, all_tasks: bool = False, drain_interval: float | None = 0.1,
+                 progress=None) -> None:
         self.events = _split_events(events)
         if isinstance(buffer_kb, bool) or not isinstance(buffer_kb, int) or not 64 <= buffer_kb <= 1 << 20:
             raise InputError(f"buffer_kb={buffer_kb!r}: must be an integer in [64, 1048576]")
         if tracefs is not None and not isinstance(tracefs, str):
             raise InputError(f"tracefs={tracefs!r}: must be a directory path")
+        if drain_interval is not None and (isinstance(drain_interval, bool) or not isinstance(
+                drain_interval, (int, float)) or not 0.001 <= drain_interval <= 60):
+            raise InputError(f"drain_interval={drain_interval!r}: must be None or seconds in [0.001, 60]")
         self.buffer_kb = buffer_kb
+        self.drain_interval = drain_interval
         self.tracefs = tracefs
         self.text = bool(text)
         self.all_tasks = bool(all_tasks)
@@ -280,8 +290,9 @@ class Recorder:
             for inst in (self.inst, self.inst_text):
                 if inst:
                     _write(os.path.join(inst, "tracing_on"), "1")
-            self._thread = threading.Thread(target=self._drain_loop, daemon=True, name="pykvmmu-record")
-            self._thread.start()
+            if self.drain_interval is not None:
+                self._thread = threading.Thread(target=self._drain_loop, daemon=True, name="pykvmmu-record")
+                self._thread.start()
         except BaseException:
             self._cleanup()
             raise
@@ -307,7 +318,7 @@ class Recorder:
 
     def _drain_loop(self) -> None:
         last = 0.0
-        while not self._stop.wait(0.1):
+        while not self._stop.wait(self.drain_interval):
             self._drain()
             if self.progress and time.monotonic() - last > 1.0:
                 last = time.monotonic()
@@ -339,7 +350,7 @@ class Recorder:
                 "started": self.started, "ended": self.ended, "events": list(self.enabled),
                 "buffer_size_kb": self.buffer_kb, "page_size": self.page_size, "cpus": sorted(self.fds),
                 "lost": lost, "command": None, "guest": None,
-                "tasks": "all" if self.all_tasks else "self-and-children"}
+                "tasks": "all" if self.all_tasks else "self-and-children", "host_zero_pfn": host_zero_pfn()}
         self.capture = Capture(meta=meta, header_page=_read(os.path.join(self.root, "events", "header_page")),
                                header_event=_read(os.path.join(self.root, "events", "header_event")),
                                formats=formats, raw={c: bytes(b) for c, b in self.raw.items()},
@@ -380,6 +391,28 @@ class Recorder:
                 self.stop()
         finally:
             self._cleanup()
+
+
+def host_zero_pfn():
+    """The pfn of the host's shared zero page (what a read of never-written anonymous memory
+    maps, so KVM maps it read-only: no host-writable bit), from /proc/self/pagemap; None when
+    the pfn is hidden (not root).  A THP host may use the huge zero page instead for
+    huge-aligned memory; that one is not reported."""
+    m = mmap.mmap(-1, PAGE_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        _ = m[0]                                       # read fault: maps the zero page
+        ref = ctypes.c_char.from_buffer(m)
+        addr = ctypes.addressof(ref)
+        del ref
+        with open("/proc/self/pagemap", "rb") as f:
+            f.seek((addr // PAGE_SIZE) * 8)
+            (v,) = struct.unpack("<Q", f.read(8))
+    except OSError:
+        return None
+    finally:
+        m.close()
+    pfn = v & ((1 << 55) - 1)
+    return pfn if v >> 63 and pfn else None
 
 
 def _now() -> str:

@@ -200,6 +200,9 @@ BAD = [
     (lambda d: d.memslots.append(K.Memslot(9, 0x9000001, 0x1000)), "gpa=0x9000001: must be a multiple"),
     (lambda d: d.memslots.append(K.Memslot(9, 0x9000000, 0x1000, ["huge"])), "flags"),
     (lambda d: d.memslots.append(K.Memslot(9, 0x9000000, 0x1000, ["readonly"], True)), "guest_memfd"),
+    (lambda d: d.memslots.append(K.Memslot(9, 0x9000000, 0x1000, ["dirty_log"], True)), "dirty-logged"),
+    (lambda d: (d.memslots.append(K.Memslot(9, 0x9000000, 0x1000, [], True)),
+                d.runs[1].changes.append(K.SlotChange("flags", 9, flags=["dirty_log"]))), "dirty-logged"),
     (lambda d: setattr(d.page_tables, "levels", 3), "levels=3"),
     (lambda d: d.page_tables.mappings.append(K.Mapping(0x5000000, 0, page="1G")), "1 GiB"),
     (lambda d: d.page_tables.mappings.append(K.Mapping(0x5001000, 0, page="2M")), "multiple of 0x200000"),
@@ -322,3 +325,91 @@ def test_read_capture_refusals(tmp_path):
         R.read_capture(str(tmp_path / "x"))
     with pytest.raises(InputError, match="No such file"):
         R.read_capture(str(tmp_path / "y"))
+
+
+@pytest.mark.parametrize("text", ['{"runs": [5]}', '{"page_tables": 5}', '{"memslots": [1]}',
+                                  '{"page_tables": {"mappings": ["x"]}}'])
+def test_malformed_structure_is_refused(text):
+    with pytest.raises(InputError, match="guest description"):
+        K.GuestDesc.from_json(text)
+
+
+def test_lost_events_sums_every_counter():
+    lost = {"cpu0": {"overrun": 1, "commit overrun": 2, "dropped events": 3, "missed_pages": 4, "entries": 9},
+            "cpu1": {"overrun": 10, "read events": 100}}
+    assert R.lost_events(lost) == 20
+    with pytest.raises(InputError, match="drain_interval"):
+        R.Recorder(drain_interval=0)
+
+
+class _FakeRecorder:
+    """Stands in for Recorder so the CLI's reporting can be checked without root."""
+    lost = {"cpu0": {"overrun": 7, "commit overrun": 0, "dropped events": 0, "missed_pages": 1,
+                     "read events": 5}}
+
+    def __init__(self, **kw):
+        self.kw = kw
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def stop(self):
+        meta = {"format": "pykvmmu-capture", "version": 1, "lost": self.lost, "cpus": [0], "events": ["kvmmmu/x"]}
+        return R.Capture(meta=meta, header_page="", header_event="", text={"trace": "T\n", "fields": "F\n"})
+
+
+def test_record_cli_reports_lost_events(monkeypatch, tmp_path, capsys):
+    from pykvmmu.cli import main
+    monkeypatch.setattr(R, "Recorder", _FakeRecorder)
+    monkeypatch.setattr(K, "run_guest", lambda desc: K.RunResult(host="fake", runs=[], elapsed=0.0))
+    out = tmp_path / "c.kvmcap"
+    assert main(["record", "-o", str(out), "--demo-guest", "--text", str(tmp_path / "t")]) == 3
+    err = capsys.readouterr().err
+    assert "8 events were lost" in err and "overrun 7" in err and "pages with missed events 1" in err
+    cap = R.read_capture(str(out))
+    assert cap.meta["guest_result"]["host"] == "fake" and K.GuestDesc.from_dict(cap.guest) == K.demo_guest()
+    assert (tmp_path / "t.trace.txt").read_text() == "T\n" and (tmp_path / "t.fields.txt").read_text() == "F\n"
+
+
+def test_record_cli_keeps_the_capture_of_a_failing_guest(monkeypatch, tmp_path, capsys):
+    from pykvmmu.cli import main
+
+    def boom(desc):
+        raise K.GuestTimeout(62, "run 0: no HLT within 5.0 s")
+    class NoLoss(_FakeRecorder):
+        lost = {"cpu0": {"overrun": 0, "read events": 3}}
+    monkeypatch.setattr(R, "Recorder", NoLoss)
+    monkeypatch.setattr(K, "run_guest", boom)
+    out = tmp_path / "c.kvmcap"
+    assert main(["record", "-o", str(out), "--demo-guest"]) == 1
+    assert "the guest failed" in capsys.readouterr().err
+    assert "no HLT" in R.read_capture(str(out)).meta["guest_error"]
+
+
+def test_random_guests_are_valid_and_seeded():
+    import random
+    from pykvmmu import kfuzz
+    seen = {}
+    for seed in range(200):
+        d = kfuzz.random_desc(random.Random(seed))
+        d.check()                                            # valid by construction
+        assert K.host_refusal(d, _host()) is None            # and runnable on kvm_pvm
+        assert K.GuestDesc.from_json(d.to_json()) == d
+        for r in d.runs:
+            for o in r.program:
+                seen[o.kind] = seen.get(o.kind, 0) + 1
+            for c in r.changes:
+                seen[c.action] = seen.get(c.action, 0) + 1
+    assert kfuzz.random_desc(random.Random(7)) == kfuzz.random_desc(random.Random(7))
+    for k in ("read", "write", "fetch", "invlpg", "cr3_reload", "pte_write", "delete", "move", "flags"):
+        assert seen.get(k, 0) > 0, k
+
+
+@pytest.mark.parametrize("kw,msg", [({"seconds": 0}, "seconds"), ({"seconds": 1, "runs": 0}, "runs")])
+def test_fuzz_kernel_refuses_bad_budgets(kw, msg):
+    from pykvmmu import kfuzz
+    with pytest.raises(InputError, match=msg):
+        kfuzz.fuzz_kernel(**kw)
