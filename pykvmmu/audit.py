@@ -287,7 +287,7 @@ class Auditor:
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
                  guest_gbpages: bool = False, guest_amd: bool = True, memslots=None,
-                 slot_changes=()):
+                 slot_changes=(), host_zero_pfn: int | None = None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -303,6 +303,10 @@ class Auditor:
         self.zero_min = zero_page_min_gfns
         self.keep_agreed = bool(keep_agreed)
         self.guest_gbpages, self.guest_amd = bool(guest_gbpages), bool(guest_amd)
+        if host_zero_pfn is not None and (not isinstance(host_zero_pfn, int)
+                                          or isinstance(host_zero_pfn, bool) or host_zero_pfn <= 0):
+            raise InputError(f"host_zero_pfn={host_zero_pfn!r}: a positive pfn or None")
+        self.host_zero_pfn = host_zero_pfn
         self.memslots = None if memslots is None else {}
         for i, m in enumerate(memslots or ()):
             try:
@@ -662,11 +666,19 @@ class Auditor:
             f.direct[word & 0xF] = (word, gfn)
 
     def _on_kvm_mmu_sync_page(self, rec):
-        sp = self.mmu.any_page(rec.fields["gfn"], rec.role or 0)
-        if sp is not None:
-            sp.unsync = bool(rec.fields.get("unsync", 0))
-            if not sp.unsync:
-                self._write_protect(sp.gfn)
+        """kvm_unlink_unsync_page traces before it clears sp->unsync (mmu_sync_children, after
+        write-protecting the gfn; or a zap of an unsync page): the page must be unsync, and
+        is sync afterwards."""
+        gfn = rec.fields["gfn"]
+        sp = self.mmu.any_page(gfn, rec.role or 0, rec.fields.get("mmu_valid_gen"))
+        if sp is None:
+            return              # the zap path: the page is already gone from the model
+        self._cmp("write_tracking", rec, "unsync before the sync", 1, int(sp.unsync),
+                  reason="kvm_unlink_unsync_page is called for unsync pages only")
+        self._cmp("write_tracking", rec, "unsync field", 1, int(rec.fields.get("unsync", 1)),
+                  reason="the event fires before sp->unsync is cleared")
+        sp.unsync = False
+        self._write_protect(gfn)
 
     def _on_kvm_mmu_unsync_page(self, rec):
         self.pending_unsync[rec.key].append((rec.fields["gfn"], rec.role))
@@ -842,11 +854,13 @@ class Auditor:
         return None
 
     def _host_writable(self, gfn, pfn, level):
-        if self.host_writable_fn is not None:
-            return bool(self.host_writable_fn(gfn, pfn)), ()
         slot = self._slot(gfn)
         if slot is not None and "readonly" in slot[2]:
             return False, ()       # a KVM_MEM_READONLY slot: never map_writable (not inferred)
+        if self.host_writable_fn is not None:
+            return bool(self.host_writable_fn(gfn, pfn)), ()
+        if self.host_zero_pfn is not None and level == 1:
+            return pfn != self.host_zero_pfn, ()     # the recorder read the zero page's pfn
         hw = (pfn, level) not in self.zero_pfns
         why = ("host_writable: false, the pfn serves several gfns (the host's shared zero page)"
                if not hw else "host_writable: true, the pfn is not shared (not the zero page)")
@@ -1043,7 +1057,10 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw)
     from . import trace as T
     stream = T.open_trace(path, era=era)
     records = list(stream)
-    guest = (getattr(stream, "meta", None) or {}).get("guest") or {}
+    meta = getattr(stream, "meta", None) or {}
+    guest = meta.get("guest") or {}
+    if meta.get("host_zero_pfn") and "host_zero_pfn" not in kw and "host_writable" not in kw:
+        kw["host_zero_pfn"] = int(meta["host_zero_pfn"])
     if guest.get("memslots") and "memslots" not in kw:
         kw["memslots"] = guest["memslots"]
         kw.setdefault("slot_changes", [c for run in guest.get("runs", ())

@@ -145,6 +145,26 @@ def test_unsync_decision_matches_unsync_page_records():
     assert d and d[0].model == [(0x1003, 0x3701)] and d[0].kernel == []
 
 
+def test_sync_page_leaves_the_page_sync_so_the_next_write_unsyncs_again():
+    # kvm_unlink_unsync_page traces with unsync=1, then clears it and write-protects the gfn
+    again = ["sync_page: mmu_valid_gen=0 gfn=0x1003 role=0x3701 root_count=0 unsync=1",
+             "pagetable_walk: addr=0x7000 pferr=0x3", "paging_element: pte=0x1001027 level=4",
+             "paging_element: pte=0x1002027 level=3", "paging_element: pte=0x1003027 level=2",
+             "paging_element: pte=0x1003067 level=1",
+             "spte_requested: gfn=0x1003 pfn=0x4000 level=1"]
+    unsync = "unsync_page: mmu_valid_gen=0 gfn=0x1003 role=0x3701 root_count=0 unsync=0"
+    setspte = "set_spte: gfn=0x1003 spte=0x4000e67 sptep=0x12345038 level=1 r=1 x=1 u=1"
+    rep = run(_unsync_trace(True) + lines(*again, unsync, setspte))
+    assert rep.total("disagreed") == 0, rep.format_table()
+    rep = run(_unsync_trace(True) + lines(*again, setspte))
+    d = [v for v in rep.disagreements if v.check == "write_tracking"]
+    assert d and d[0].model == [(0x1003, 0x3701)]
+    # a sync of a page the model holds sync is a disagreement too
+    rep = run(fault() + lines("sync_page: mmu_valid_gen=0 gfn=0x1003 role=0x3701 "
+                              "root_count=0 unsync=1"))
+    assert [v.check for v in rep.disagreements] == ["write_tracking"]
+
+
 def test_zap_all_fast_generation_and_obsolete_pages():
     body = fault() + lines("zap_all_fast: mmu_valid_gen=0 used_pages=4",
                            "get_page: mmu_valid_gen=1 gfn=0x1000 role=0x3704 root_count=0 "
