@@ -651,6 +651,10 @@ class Auditor:
         # adopt the kernel's view
         if created or sp is None:
             sp, _ = self.mmu.get(gfn, word) if sp is None else (self.mmu.alloc(gfn, word), True)
+            if sp.has_gptes():
+                # account_shadowed: the gfn's leaf SPTEs lose W and MMU-W
+                # (kvm_mmu_slot_gfn_write_protect, also behind __kvm_write_track_add_gfn)
+                self._write_protect(gfn)
         elif not sp.direct:
             sp.write_flooding_count = 0
         sp.unsync = bool(rec.fields.get("unsync", sp.unsync))
@@ -816,30 +820,40 @@ class Auditor:
                 return lo, hi, flags
         return None
 
+    def _zaps(self, c) -> bool:
+        """Does this memslot change reach kvm_mmu_zap_all_fast?  DELETE and MOVE do (the
+        slot-zap-all quirk), and so does toggling KVM_MEM_READONLY, which KVM refuses in place
+        (userspace deletes and re-creates the slot); a dirty-logging flag change does not."""
+        if c["action"] != "flags":
+            return True
+        old = self.slots.get(int(c.get("slot", -1)))
+        return old is not None and ("readonly" in old[2]) != ("readonly" in c.get("flags", ()))
+
+    def _apply_one(self, c):
+        sid = int(c.get("slot", -1))
+        if sid not in self.slots:
+            return
+        lo, hi, fl = self.slots.pop(sid)
+        if c["action"] == "move":
+            n = int(c.get("gpa", 0)) >> 12
+            self.slots[sid] = (n, n + hi - lo, fl)
+        elif c["action"] == "flags":
+            self.slots[sid] = (lo, hi, tuple(c.get("flags", ())))
+
     def _apply_slot_change(self):
-        """A memslot DELETE or MOVE is what calls kvm_mmu_zap_all_fast (the slot-zap-all
-        quirk): apply the next one of the guest description (flag changes on the way)."""
+        """One kvm_mmu_zap_all_fast: apply the guest description's memslot changes up to and
+        including the next one that zaps; the rest of that run's flag-only changes follow
+        (they happen before the guest runs again)."""
         while self.pending_changes:
             c = self.pending_changes.pop(0)
-            sid = int(c.get("slot", -1))
-            if c["action"] == "flags":
-                if sid in self.slots:
-                    lo, hi, _ = self.slots[sid]
-                    self.slots[sid] = (lo, hi, tuple(c.get("flags", ())))
-                continue
-            if sid in self.slots:
-                lo, hi, fl = self.slots.pop(sid)
-                if c["action"] == "move":
-                    n = int(c.get("gpa", 0)) >> 12
-                    self.slots[sid] = (n, n + hi - lo, fl)
-            # flag changes made right after it (same run) take effect before the guest runs
-            while self.pending_changes and self.pending_changes[0]["action"] == "flags":
-                f = self.pending_changes.pop(0)
-                fid = int(f.get("slot", -1))
-                if fid in self.slots:
-                    lo, hi, _ = self.slots[fid]
-                    self.slots[fid] = (lo, hi, tuple(f.get("flags", ())))
-            return
+            zaps = self._zaps(c)
+            self._apply_one(c)
+            if zaps:
+                run = c.get("run")
+                while (self.pending_changes and self.pending_changes[0].get("run") == run
+                       and not self._zaps(self.pending_changes[0])):
+                    self._apply_one(self.pending_changes.pop(0))
+                return
 
     def _no_slot_fault(self, key, walk, wrec):
         """mmio: with MMIO caching off a fault on a gfn without memslot (or a write to a
@@ -1063,7 +1077,7 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw)
         kw["host_zero_pfn"] = int(meta["host_zero_pfn"])
     if guest.get("memslots") and "memslots" not in kw:
         kw["memslots"] = guest["memslots"]
-        kw.setdefault("slot_changes", [c for run in guest.get("runs", ())
+        kw.setdefault("slot_changes", [dict(c, run=i) for i, run in enumerate(guest.get("runs", ()))
                                        for c in run.get("changes", ())])
     rep = Auditor(cfg, stream.era, **kw).run(records)
     rep.era = f"{stream.era.name}" + (f" (kernel {stream.kernel_version})"
