@@ -260,8 +260,14 @@ class _Rec:
 def _norm(i: int, r) -> _Rec:
     """The one place that reads a trace record (pykvmmu.trace.TraceRecord or any object with
     ``event``, ``fields``, ``role``, ``role_known``, ``pid``/``cpu``, ``line_no``)."""
+    if not isinstance(getattr(r, "event", None), str) or not isinstance(getattr(r, "fields", None),
+                                                                        dict):
+        raise InputError(f"records[{i - 1}]={r!r}: not a trace record (needs .event and .fields; "
+                         "pykvmmu.trace.open_trace yields them)")
     role = getattr(r, "role", None)
     word = role.word if role is not None and hasattr(role, "word") else role
+    if word is not None and (not isinstance(word, int) or not 0 <= word < 1 << 32):
+        raise InputError(f"records[{i - 1}].role={word!r}: a 32-bit role word")
     idx = getattr(r, "line_no", None) or i
     return _Rec(idx, r.event, dict(r.fields), word, getattr(r, "role_known", 0xFFFFFFFF if word
                                                              is not None else 0),
@@ -392,7 +398,12 @@ class Auditor:
 
     # -------------------------------------------------------------- run
     def run(self, records) -> AuditReport:
-        recs = [_norm(i, r) for i, r in enumerate(records, 1)]
+        """Audit the records (any iterable of trace records, in trace order)."""
+        try:
+            it = iter(records)
+        except TypeError:
+            raise InputError(f"records={records!r}: an iterable of trace records") from None
+        recs = [_norm(i, r) for i, r in enumerate(it, 1)]
         self.report = AuditReport(config=f"mode {self.cfg.mode}, profile {self.cfg.profile.name}, "
                                          f"MAXPHYADDR {self.cfg.maxphyaddr}, mmio_caching "
                                          f"{'on' if self.cfg.mmio_caching else 'off'}",

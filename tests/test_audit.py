@@ -234,6 +234,12 @@ def test_refused_configuration():
         A.Auditor(MmuConfig.ept())
     with pytest.raises(InputError, match="zero_page_min_gfns"):
         A.Auditor(zero_page_min_gfns=1)
+    with pytest.raises(InputError, match="not a trace record"):
+        A.audit_records([object()])
+    with pytest.raises(InputError, match="iterable"):
+        A.audit_records(5)
+    with pytest.raises(InputError, match="host_zero_pfn"):
+        A.Auditor(host_zero_pfn=-1)
     with pytest.raises(InputError, match="memslots"):
         A.Auditor(memslots=[{"gpa": 0}])
     with pytest.raises(InputError, match="page-aligned"):
