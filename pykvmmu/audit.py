@@ -461,6 +461,14 @@ class Auditor:
     def _on_kvm_mmu_pagetable_walk(self, rec):
         self._finish_walk(rec.key)
         self._missing_floods()
+        f = self.fault.get(rec.key)
+        if f is not None and f.requested is not None and not f.done:
+            f.done = True
+            req = f.requested
+            self.report.add(Verdict("set_spte", "not_checkable", req.index, req.event,
+                                    what=f"gfn {req.fields['gfn']:#x}: no kvm_mmu_set_spte",
+                                    reason="mmu_set_spte traces only a changed SPTE (or the "
+                                           "fault was retried); which SPTE stayed is not traced"))
         self.walk_state[rec.key] = {"addr": rec.fields["addr"], "pferr": rec.fields["pferr"],
                                     "elems": [], "rec": rec, "walk": None, "expect": []}
 
@@ -975,6 +983,9 @@ class Auditor:
     def _check_perm_fields(self, rec, spte_k):
         """The r/x/u fields of kvm_mmu_set_spte against the SPTE."""
         fl = rec.fields
+        if "r" in fl:
+            self._cmp("set_spte", rec, "r field", int(bool(self.cfg.present_mask or spte_k & 1)),
+                      int(bool(fl["r"])), reason="shadow_present_mask || PT_PRESENT")
         if "x" in fl:
             self._cmp("set_spte", rec, "x field", int(S.is_executable_pte(self.cfg, spte_k)),
                       int(bool(fl["x"])), reason="is_executable_pte")

@@ -246,3 +246,16 @@ def test_refused_configuration():
         A.Auditor(memslots=[{"gpa": 0x10, "size": 0x1000, "flags": []}])
     with pytest.raises(InputError, match="slot_changes"):
         A.Auditor(memslots=[], slot_changes=[{"action": "resize"}])
+
+
+def test_request_without_set_spte_is_not_checkable():
+    body = fault()[:-1] + lines("pagetable_walk: addr=0x5000 pferr=0x6")
+    rep = run(body)
+    nc = rep.not_checkable
+    assert [v.check for v in nc] == ["set_spte"] and "no kvm_mmu_set_spte" in nc[0].what
+
+
+def test_r_field_is_checked():
+    rep = run([ln.replace("r=1 x=1", "r=0 x=1") for ln in fault()])
+    d = [v for v in rep.disagreements if v.check == "set_spte"]
+    assert d and "r field" in d[0].what
