@@ -293,7 +293,7 @@ class Auditor:
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
                  guest_gbpages: bool = False, guest_amd: bool = True, memslots=None,
-                 slot_changes=(), host_zero_pfn: int | None = None):
+                 slot_changes=(), host_zero_pfn: int | None = None, dirty_log=None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -313,6 +313,11 @@ class Auditor:
                                           or isinstance(host_zero_pfn, bool) or host_zero_pfn <= 0):
             raise InputError(f"host_zero_pfn={host_zero_pfn!r}: a positive pfn or None")
         self.host_zero_pfn = host_zero_pfn
+        if dirty_log is not None and (not isinstance(dirty_log, dict) or not all(
+                isinstance(k, int) and isinstance(v, (set, frozenset, list, tuple))
+                for k, v in dirty_log.items())):
+            raise InputError("dirty_log: {slot id: pages (slot-relative indexes)} or None")
+        self.dirty_log = None if dirty_log is None else {k: set(v) for k, v in dirty_log.items()}
         self.memslots = None if memslots is None else {}
         for i, m in enumerate(memslots or ()):
             try:
@@ -422,6 +427,7 @@ class Auditor:
         self.pending_free = {}     # (gfn, role) of zapped in-use roots -> record index
         self.writes = defaultdict(int)
         self.expect_flood = {}     # (gfn, role) -> walk record of the write that floods it
+        self.dirty_marks = {}      # (slot, page index) -> (record, inferred reason)
         self.slots = None if self.memslots is None else dict(self.memslots)
         self.pending_changes = list(self.slot_changes)
         self._parts = []
@@ -451,6 +457,8 @@ class Auditor:
             self._finish_walk(key)
         self._missing_floods()
         self._flush()
+        if self.slots is not None:
+            self._judge_dirty_log()
         for (gfn, role), idx in self.pending_free.items():
             self.report.add(Verdict("page_hash", "not_checkable", idx, "kvm_mmu_prepare_zap_page",
                                     what=f"in-use root gfn {gfn:#x} role {role:#x}",
@@ -573,6 +581,10 @@ class Auditor:
         if walk.access & PFERR_WRITE and self.mmu.is_write_tracked(walk.gfn):
             if not walk.access & PFERR_PRESENT:
                 self._track_write(walk.gfn, wrec)
+                slot = self._slot(walk.gfn)
+                if slot is not None and "dirty_log" in slot[2]:
+                    self._mark_dirty(walk.gfn, wrec, "emulated write: kvm_vcpu_write_guest "
+                                                     "marks the page dirty")
             else:
                 # page_fault_handle_page_track: shadow_page_table_clear_flood(addr).
                 for lvl, role in f.chain.items():
@@ -839,6 +851,36 @@ class Auditor:
                 return lo, hi, flags
         return None
 
+    def _slot_id(self, gfn):
+        for sid, (lo, hi, _) in (self.slots or {}).items():
+            if lo <= gfn < hi:
+                return sid, gfn - lo
+        return None
+
+    def _mark_dirty(self, gfn, rec, why):
+        sp = self._slot_id(gfn)
+        if sp is not None:
+            self.dirty_marks.setdefault(sp, (rec, why))
+
+    def _judge_dirty_log(self):
+        """The pages the model marked dirty (make_spte's mark_page_dirty_in_slot, emulated
+        writes) against the dirty bitmaps userspace read after each run (KVM_GET_DIRTY_LOG,
+        in the capture's guest result), per slot."""
+        if self.dirty_log is None:
+            return
+        for sid in sorted({s for s, _ in self.dirty_marks} | set(self.dirty_log)):
+            model = sorted(i for s, i in self.dirty_marks if s == sid)
+            kernel = sorted(self.dirty_log.get(sid, ()))
+            marks = [self.dirty_marks[(sid, i)] for i in model]
+            rec = marks[0][0] if marks else self._recs[-1] if self._recs else None
+            inferred = tuple(dict.fromkeys(w for _, w in marks if w))
+            v = Verdict("set_spte", "agreed" if model == kernel else "disagreed",
+                        rec.index if rec else 0, rec.event if rec else "",
+                        what=f"dirty log of slot {sid}", model=model, kernel=kernel,
+                        reason="mark_page_dirty_in_slot (make_spte of a writable SPTE in a "
+                               "dirty-logged slot) against KVM_GET_DIRTY_LOG", inferred=inferred)
+            self.report.add(v)
+
     def _zaps(self, c) -> bool:
         """Does this memslot change reach kvm_mmu_zap_all_fast?  DELETE and MOVE do (the
         slot-zap-all quirk), and so does toggling KVM_MEM_READONLY, which KVM refuses in place
@@ -956,6 +998,7 @@ class Auditor:
                                 dirty_tracked=slot is not None and "dirty_log" in slot[2])
         if out.mark_page_dirty:
             self.report.dirty_marked += 1
+            self._mark_dirty(gfn, rec, "")
         if old is None and sptep is not None and sptep not in self.sptes:
             inferred.append("old SPTE: none seen at this pointer (non-present)")
         v = self._cmp("set_spte", rec, f"spte (level {level})", out.spte, spte_k,
@@ -1081,6 +1124,23 @@ def vcpu_from_root(era, word: int, gfn: int = 0, *, maxphyaddr: int = 48,
                   guest_mode=bool(f.get("guest_mode", 0)))
 
 
+def dirty_log_pages(runs) -> dict:
+    """{slot: set of page indexes} from the runner's per-run dirty bitmaps (hex of the
+    little-endian KVM_GET_DIRTY_LOG bitmap words), united over the runs."""
+    out = {}
+    for run in runs:
+        for sid, hexbits in (run.get("dirty") or {}).items():
+            bits = int.from_bytes(bytes.fromhex(hexbits), "little")
+            pages = out.setdefault(int(sid), set())
+            i = 0
+            while bits:
+                if bits & 1:
+                    pages.add(i)
+                bits >>= 1
+                i += 1
+    return out
+
+
 def audit_records(records, cfg: MmuConfig | None = None, era="v6.18", **kw) -> AuditReport:
     """Audit an iterable of trace records (``pykvmmu.trace`` record objects)."""
     return Auditor(cfg, era, **kw).run(records)
@@ -1101,6 +1161,9 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw)
         kw["memslots"] = guest["memslots"]
         kw.setdefault("slot_changes", [dict(c, run=i) for i, run in enumerate(guest.get("runs", ()))
                                        for c in run.get("changes", ())])
+    runs = (meta.get("guest_result") or {}).get("runs")
+    if runs and guest.get("memslots") and "dirty_log" not in kw:
+        kw["dirty_log"] = dirty_log_pages(runs)
     rep = Auditor(cfg, stream.era, **kw).run(records)
     rep.era = f"{stream.era.name}" + (f" (kernel {stream.kernel_version})"
                                        if getattr(stream, "kernel_version", None) else "")

@@ -261,3 +261,17 @@ def test_readonly_toggle_needs_its_zap(records):
     kw["slot_changes"] = [c for c in kw["slot_changes"] if c["action"] != "none"]
     rep = A.audit_records(recs, **kw)
     assert any(v.check == "mmio" for v in rep.disagreements)
+
+
+def test_dirty_log_against_mark_page_dirty(records):
+    rep = A.audit(CAPTURE, keep_agreed=True)
+    v = [v for v in rep.verdicts if "dirty log" in v.what]
+    # slot 3 logs dirty pages in run 0: the two writes there are its pages 0 and 1
+    assert [(x.status, x.model, x.kernel) for x in v] == [("agreed", [0, 1], [0, 1])]
+    kw = guest_kw(CAPTURE)
+    kw["dirty_log"] = {3: {0, 1, 5}}
+    rep = A.audit_records(records, **kw)
+    d = [v for v in rep.disagreements if "dirty log" in v.what]
+    assert d and d[0].model == [0, 1] and d[0].kernel == [0, 1, 5]
+    assert A.dirty_log_pages([{"dirty": {"3": "0300000000000000"}}, {"dirty": {"3": "04"}}]) \
+        == {3: {0, 1, 2}}
