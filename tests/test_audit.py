@@ -259,3 +259,24 @@ def test_r_field_is_checked():
     rep = run([ln.replace("r=1 x=1", "r=0 x=1") for ln in fault()])
     d = [v for v in rep.disagreements if v.check == "set_spte"]
     assert d and "r field" in d[0].what
+
+
+def test_mmio_caching_on_checks_generation_and_verdict():
+    from pykvmmu import mmio as M
+    cfg = A.live_config(mmio_caching=True)
+    s = M.make_mmio_spte(cfg, 0xfee00, 6, 0x123)
+    ok = lines(f"check_mmio_spte: spte {s:x} kvm_gen 123 spte-gen 123 valid 1")
+    rep = run(fault() + ok, cfg=cfg)
+    assert rep.counts["mmio"]["agreed"] == 1 and rep.total("disagreed") == 0
+    stale = lines(f"check_mmio_spte: spte {s:x} kvm_gen 125 spte-gen 123 valid 1")
+    d = [v for v in run(fault() + stale, cfg=cfg).disagreements if v.check == "mmio"]
+    assert d and "valid" in d[0].what
+    walk = [w.format(addr="0x5000", pferr="0x6", leaf="0xfee00067") for w in WALK]
+    body = lines(ROOT.format(gen=0, root="0x3704", new=1), *walk,
+                 *[c.format(l1role="0x3701") for c in CHILDREN],
+                 "mark_mmio_spte: sptep:0xffff8881 gfn fee00 access 6 gen 2")
+    body = [ln.replace("kvm_mmu_mark_mmio", "mark_mmio") for ln in body]
+    rep = run(body, cfg=cfg)
+    assert rep.counts["mmio"]["agreed"] == 1 and rep.total("disagreed") == 0, rep.format_table()
+    bad = [ln.replace("access 6", "access 2") for ln in body]
+    assert [v.check for v in run(bad, cfg=cfg).disagreements] == ["mmio"]
