@@ -15,8 +15,10 @@ tables / code / stack in slot 0 (never changed), U=1 everywhere on kvm_pvm, no S
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -24,7 +26,7 @@ from . import kvmrun as K
 from . import record as R
 from .errors import InputError
 
-__all__ = ["random_desc", "Finding", "FuzzStats", "fuzz_kernel"]
+__all__ = ["random_desc", "Finding", "FuzzStats", "Outcome", "judge", "shrink", "fuzz_kernel"]
 
 _DATA_LO, _DATA_HI = 0x40000, 0x100000          # slot-0 pages the program may read/write
 _FETCH_GPA = 0x30000                             # slot-0 RET pages (never written)
@@ -148,63 +150,162 @@ class FuzzStats:
     elapsed: float = 0.0
 
 
+@dataclass
+class Outcome:
+    """One guest's verdict: the capture, the findings [(kind, signature, message)], the report."""
+    cap: R.Capture
+    found: list
+    report: object = None
+
+
+def _audit_module(audit: bool):
+    if not audit:
+        return None
+    try:
+        from . import audit as A
+    except ImportError:
+        return None
+    return A
+
+
+def judge(desc: K.GuestDesc, host: K.HostInfo, A=None, scratch: str | None = None) -> Outcome:
+    """Run ``desc`` under the recorder and judge it: the guest must reach its HLTs, no event
+    may be lost, and (with the audit module ``A``) the audit must agree with every record.
+    A finding's signature (kind, check, event) is what the shrinker keeps constant."""
+    err = None
+    with R.Recorder() as rec:
+        try:
+            K.run_guest(desc, host)
+        except K.KvmError as e:
+            err = e
+        cap = rec.stop()
+    cap.guest = desc.to_dict()
+    cap.meta["guest"] = cap.guest
+    cap.meta["guest_error"] = str(err) if err else None
+    found = []
+    if err is not None:
+        found.append(("guest", ("guest", type(err).__name__), str(err)))
+    if cap.lost:
+        found.append(("lost", ("lost",), f"{cap.lost} events lost"))
+    report = None
+    if A is not None and not found:
+        path = os.path.join(scratch or tempfile.gettempdir(), f"pykvmmu-kfuzz-{os.getpid()}.kvmcap")
+        R.write_capture(path, cap)
+        try:
+            zero = cap.meta.get("host_zero_pfn")
+            # the recorder knows the host's zero page: the audit need not infer host_writable
+            report = A.audit(path, host_writable=(lambda gfn, pfn: pfn != zero) if zero else None)
+        finally:
+            os.unlink(path)
+        if report.disagreements:
+            v = report.disagreements[0]
+            found.append(("audit", ("audit", v.check, v.event),
+                          f"{len(report.disagreements)} disagreements: {v}"))
+    return Outcome(cap, found, report)
+
+
+def _candidates(desc: K.GuestDesc):
+    """Smaller descriptions, cheapest wins first: mappings no op touches (all, then one by one),
+    later runs, memslot changes, then halves, quarters ... single ops of each program."""
+    used = [o.addr for r in desc.runs for o in r.program if o.kind not in ("cr3_reload", "out", "rdmsr", "spin")]
+    idle = [i for i, m in enumerate(desc.page_tables.mappings)
+            if not any(m.gva <= a < m.gva + m.size() for a in used)]
+    if len(idle) > 1:
+        d = _copy(desc)
+        d.page_tables.mappings = [m for i, m in enumerate(d.page_tables.mappings) if i not in idle]
+        yield d
+    for m_i in reversed(idle):
+        d = _copy(desc)
+        del d.page_tables.mappings[m_i]
+        yield d
+    for r_i in range(len(desc.runs) - 1, 0, -1):
+        d = _copy(desc)
+        del d.runs[r_i]
+        yield d
+    for r_i, r in enumerate(desc.runs):
+        for c_i in range(len(r.changes)):
+            d = _copy(desc)
+            del d.runs[r_i].changes[c_i]
+            yield d
+        n = len(r.program)
+        size = n // 2
+        while size >= 1:
+            for lo in range(0, n, size):
+                d = _copy(desc)
+                del d.runs[r_i].program[lo:lo + size]
+                yield d
+            size //= 2
+
+
+def _copy(desc: K.GuestDesc) -> K.GuestDesc:
+    return copy.deepcopy(desc)
+
+
+def shrink(desc: K.GuestDesc, signature: tuple, host: K.HostInfo, A=None, budget_s: float = 20.0,
+           scratch: str | None = None) -> tuple:
+    """Greedy reduction: keep any smaller description whose run still shows ``signature``.
+    Returns (smallest description, its Outcome or None, guests tried)."""
+    best, best_out, tried = desc, None, 0
+    t0 = time.monotonic()
+    progress = True
+    while progress and time.monotonic() - t0 < budget_s:
+        progress = False
+        for cand in _candidates(best):
+            if time.monotonic() - t0 >= budget_s:
+                break
+            try:
+                cand.check()
+            except InputError:
+                continue
+            tried += 1
+            out = judge(cand, host, A, scratch)
+            if any(sig == signature for _, sig, _ in out.found):
+                best, best_out, progress = cand, out, True
+                break
+    return best, best_out, tried
+
+
 def fuzz_kernel(seconds: float = 60.0, *, runs: int | None = None, seed: int | None = None,
                 out_dir: str = "fuzz-crashes", keep_going: bool = False, audit: bool = True,
-                progress=None) -> FuzzStats:
+                shrink_s: float = 20.0, progress=None) -> FuzzStats:
     """Run random guests under the recorder for ``seconds`` (or ``runs`` guests); audit each
-    capture when ``audit`` and ``pykvmmu.audit`` is present.  Returns the statistics and findings."""
+    capture when ``audit`` and ``pykvmmu.audit`` is present.  A finding is shrunk for up to
+    ``shrink_s`` seconds (the same kind, check and event must persist) and written to
+    ``out_dir``.  Returns the statistics and findings."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 86400:
         raise InputError(f"seconds={seconds!r}: must be a number in (0, 86400]")
     if runs is not None and (isinstance(runs, bool) or not isinstance(runs, int) or runs < 1):
         raise InputError(f"runs={runs!r}: must be a positive integer")
-    A = None
-    if audit:
-        try:
-            from . import audit as A
-        except ImportError:
-            pass
+    if isinstance(shrink_s, bool) or not isinstance(shrink_s, (int, float)) or not 0 <= shrink_s <= 3600:
+        raise InputError(f"shrink_s={shrink_s!r}: must be seconds in [0, 3600]")
+    A = _audit_module(audit)
     host = K.detect_host()
     seed = random.SystemRandom().getrandbits(32) if seed is None else seed
     rng = random.Random(seed)
     stats = FuzzStats(audited=A is not None)
+    scratch = tempfile.gettempdir()
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds and (runs is None or stats.runs < runs):
         desc = random_desc(rng, host)
-        err = None
-        with R.Recorder() as rec:
-            try:
-                K.run_guest(desc, host)
-            except K.KvmError as e:
-                err = e
-            cap = rec.stop()
-        cap.guest = desc.to_dict()
-        cap.meta["guest"] = cap.guest
-        cap.meta["guest_error"] = str(err) if err else None
+        out = judge(desc, host, A, scratch)
         stats.runs += 1
-        stats.records += sum(int(s.get("read events", 0)) for s in cap.meta["lost"].values())
-        found = []
-        if err is not None:
-            found.append(("guest", str(err)))
-        if cap.lost:
-            found.append(("lost", f"{cap.lost} events lost"))
-        report = None
-        if A is not None and not found:
-            path = os.path.join(out_dir, ".last.kvmcap")
-            os.makedirs(out_dir, exist_ok=True)
-            R.write_capture(path, cap)
-            zero = cap.meta.get("host_zero_pfn")
-            # the recorder knows the host's zero page: no need for the audit to infer host_writable
-            report = A.audit(path, host_writable=(lambda gfn, pfn: pfn != zero) if zero else None)
-            os.unlink(path)
-            if report.disagreements:
-                found.append(("audit", f"{len(report.disagreements)} disagreements: "
-                                       f"{report.disagreements[0]}"))
-        for kind, msg in found:
+        stats.records += sum(int(s.get("read events", 0)) for s in out.cap.meta["lost"].values())
+        for kind, sig, msg in out.found:
             os.makedirs(out_dir, exist_ok=True)
             base = os.path.join(out_dir, f"kernel-{kind}-{seed:08x}-{stats.runs:05d}")
+            cap, report, note = out.cap, out.report, ""
+            if shrink_s > 0:
+                small, small_out, tried = shrink(desc, sig, host, A, shrink_s, scratch)
+                if small_out is not None:
+                    note = (f"shrunk in {tried} guests: {_size(desc)} -> {_size(small)}; the original "
+                            f"description is {os.path.basename(base)}.orig.json\n")
+                    with open(base + ".orig.json", "w") as f:
+                        f.write(desc.to_json())
+                    cap, report = small_out.cap, small_out.report
+                    msg = next(m for _, s2, m in small_out.found if s2 == sig)
             R.write_capture(base + ".kvmcap", cap)
             with open(base + ".txt", "w") as f:
-                f.write(f"{kind}: {msg}\nseed {seed} run {stats.runs}\n"
+                f.write(f"{kind}: {msg}\nseed {seed} run {stats.runs}\n{note}"
                         f"replay: pykvmmu record -o again.kvmcap --guest guest.json "
                         f"(tar xzf {os.path.basename(base)}.kvmcap guest.json)\n")
                 if report is not None:
@@ -217,3 +318,9 @@ def fuzz_kernel(seconds: float = 60.0, *, runs: int | None = None, seed: int | N
             break
     stats.elapsed = time.monotonic() - t0
     return stats
+
+
+def _size(desc: K.GuestDesc) -> str:
+    ops = sum(len(r.program) for r in desc.runs)
+    ch = sum(len(r.changes) for r in desc.runs)
+    return f"{len(desc.runs)} runs, {ops} ops, {ch} memslot changes, {len(desc.page_tables.mappings)} mappings"

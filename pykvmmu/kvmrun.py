@@ -379,6 +379,11 @@ class GuestDesc:
         if not isinstance(self.registers, Registers):
             raise InputError(f"registers={self.registers!r}: must be a Registers")
         self.registers.check()
+        if not self.registers.efer_nx:
+            for i, m in enumerate(pt.mappings):
+                if m.nx:
+                    raise InputError(f"page_tables.mappings[{i}].nx=True with registers.efer_nx=False: NX is "
+                                     f"a reserved bit when EFER.NX=0 (the walk would fault)")
         _check_int("code_pages", self.code_pages, 1, 16)
         for name, size in (("code", self.code_pages * PAGE), ("stack", PAGE), ("vif", PAGE)):
             gpa = getattr(self, f"{name}_gpa")
@@ -444,10 +449,12 @@ class GuestDesc:
     def all_mappings(self) -> list:
         """The description's mappings plus the runner's own: code, stack, page-table window."""
         pt = self.page_tables
-        extra = [Mapping(gva=self.code_gva, gpa=self.code_gpa, count=self.code_pages, w=False, a=True),
-                 Mapping(gva=self.stack_gva, gpa=self.stack_gpa, nx=True, a=True, d=True)]
+        r = self.registers
+        u = not (r.cr4_smep or r.cr4_smap)     # supervisor pages under SMEP/SMAP, user pages otherwise
+        extra = [Mapping(gva=self.code_gva, gpa=self.code_gpa, count=self.code_pages, w=False, u=u, a=True),
+                 Mapping(gva=self.stack_gva, gpa=self.stack_gpa, u=u, nx=r.efer_nx, a=True, d=True)]
         if pt.window_gva is not None:
-            extra.append(Mapping(gva=pt.window_gva, gpa=pt.base, count=pt.size // PAGE, nx=True))
+            extra.append(Mapping(gva=pt.window_gva, gpa=pt.base, count=pt.size // PAGE, u=u, nx=r.efer_nx))
         return list(pt.mappings) + extra
 
     def compile(self):
@@ -805,6 +812,9 @@ def host_refusal(desc: GuestDesc, host: HostInfo):
         return "guest_memfd memslots: the host's guest_memfd cannot be mmap()ed (no GUEST_MEMFD_FLAG_MMAP)"
     if any("readonly" in s.flags for s in desc.memslots) and not host.caps["readonly_mem"]:
         return "read-only memslots: KVM_CAP_READONLY_MEM missing"
+    if host.kind == "pvm" and (desc.registers.cr4_smep or desc.registers.cr4_smap):
+        return ("kvm_pvm needs U=1 in every paging entry, so CR4.SMEP/SMAP would fault every supervisor "
+                "fetch/access of the guest")
     if host.kind == "pvm":
         bad = [m for m in desc.all_mappings() if not m.u]
         if bad:

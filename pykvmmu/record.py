@@ -25,7 +25,6 @@ import os
 import platform
 import re
 import struct
-import sys
 import tarfile
 import tempfile
 import threading
@@ -183,6 +182,7 @@ class Recorder:
         self.inst = None
         self.inst_text = None
         self.enabled: list = []
+        self.skipped: list = []                      # requested events this host does not have
         self.fds: dict = {}
         self.raw: dict = {}
         self.missed: dict = {}
@@ -226,12 +226,12 @@ class Recorder:
             raise RecordError("the kvmmmu trace events are missing (events/kvmmmu): load the kvm module "
                               "and its vendor module (kvm_intel, kvm_amd or kvm_pvm) first")
         out = []
+        self.skipped = []
         for e in self.events:
             sysname, _, ev = e.partition("/")
             d = os.path.join(evroot, sysname)
             if not os.path.isdir(d):
-                if sysname == "kvmmmu":
-                    raise RecordError(f"event system {sysname} missing")
+                self.skipped.append(e)
                 continue
             names = [ev] if ev else sorted(n for n in os.listdir(d)
                                            if os.path.isfile(os.path.join(d, n, "format")))
@@ -240,6 +240,8 @@ class Recorder:
                     out.append(f"{sysname}/{n}")
                 elif sysname == "kvmmmu":
                     raise RecordError(f"event kvmmmu/{n} does not exist on this kernel")
+                else:
+                    self.skipped.append(f"{sysname}/{n}")
         return out
 
     def _make_instance(self, name: str) -> str:
@@ -293,6 +295,9 @@ class Recorder:
             if self.drain_interval is not None:
                 self._thread = threading.Thread(target=self._drain_loop, daemon=True, name="pykvmmu-record")
                 self._thread.start()
+        except OSError as e:
+            self._cleanup()
+            raise RecordError(f"setting up the tracing instance under {self.root}: {e}") from None
         except BaseException:
             self._cleanup()
             raise
@@ -350,7 +355,7 @@ class Recorder:
                 "started": self.started, "ended": self.ended, "events": list(self.enabled),
                 "buffer_size_kb": self.buffer_kb, "page_size": self.page_size, "cpus": sorted(self.fds),
                 "lost": lost, "command": None, "guest": None,
-                "tasks": "all" if self.all_tasks else "self-and-children", "host_zero_pfn": host_zero_pfn()}
+                "tasks": "all" if self.all_tasks else "self-and-children", "skipped_events": list(self.skipped), "host_zero_pfn": host_zero_pfn()}
         self.capture = Capture(meta=meta, header_page=_read(os.path.join(self.root, "events", "header_page")),
                                header_event=_read(os.path.join(self.root, "events", "header_event")),
                                formats=formats, raw={c: bytes(b) for c, b in self.raw.items()},
@@ -420,8 +425,13 @@ def _now() -> str:
 
 
 def _module_params() -> dict:
+    """Every ``/sys/module/kvm*/parameters/*`` that can be read (kvm and the vendor modules)."""
     out = {}
-    for m in KVM_MODULES:
+    try:
+        mods = sorted(m for m in os.listdir("/sys/module") if m.startswith("kvm"))
+    except OSError:
+        mods = list(KVM_MODULES)
+    for m in mods:
         d = f"/sys/module/{m}/parameters"
         if not os.path.isdir(d):
             continue
@@ -498,8 +508,3 @@ def read_capture(path: str) -> Capture:
         cap.guest = json.loads(files["guest.json"])
     return cap
 
-
-def _progress_to_tty(line: str) -> None:
-    if sys.stderr.isatty():
-        sys.stderr.write("\r" + line)
-        sys.stderr.flush()

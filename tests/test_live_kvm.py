@@ -7,15 +7,27 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
 from pykvmmu import kvmrun as K
 from pykvmmu import record as R
+
+
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
+
+
+def _cli_env() -> dict:
+    """The environment for ``python -m pykvmmu`` children: the same pykvmmu as this process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _PKG_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 def _why_not_live():
@@ -60,9 +72,24 @@ def _snapshot():
         if not os.path.isdir(os.path.join(d, "events", "kvmmmu")):
             pytest.skip("no kvmmmu trace events on this host")
         s = R.tracing_snapshot(d)
-    s["mounts"] = [m for m in s["mounts"] if not m.startswith(os.path.join(tempfile.gettempdir(),
-                                                                            "pykvmmu-test-tracefs-"))]
+    # the standard mount point and the instances of recorders no longer running (a concurrent
+    # recorder's private mount and instance are its own; a test checks its recorder's mount itself)
+    s["mounts"] = [m for m in s["mounts"] if m == "/sys/kernel/tracing"]
+    s["instances"] = [n for n in s["instances"] if not _alive_other(n)]
     return s
+
+
+def _alive_other(instance: str) -> bool:
+    parts = instance.split("-")
+    if len(parts) < 2 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    return pid != os.getpid() and os.path.exists(f"/proc/{pid}")
+
+
+def _unmounted(mounted) -> bool:
+    """The recorder's private tracefs mount (None if it used an existing one) is gone."""
+    return mounted is None or (mounted not in R._tracefs_mounts() and not os.path.exists(mounted))
 
 
 def _kvm_fds():
@@ -169,8 +196,9 @@ def test_record_small_guest_restores_tracing_state(tmp_path):
         K.run_guest(desc)
         cap = rec.stop()
         assert os.path.isdir(rec.inst)
+        mounted = rec.mounted
     after = _snapshot()
-    assert after == before
+    assert after == before and _unmounted(mounted)
     assert _kvm_fds() == []
     assert cap.lost == 0
     meta = cap.meta
@@ -179,7 +207,12 @@ def test_record_small_guest_restores_tracing_state(tmp_path):
     assert meta["cpus"] == sorted(cap.raw) and set(cap.formats) == set(meta["events"])
     assert all(f"cpu{c}" in meta["lost"] for c in meta["cpus"])
     assert "kvmmmu/kvm_mmu_get_page" in meta["events"] and cap.header_page.count("field:") >= 3
-    assert any(k.startswith("kvm/") for k in cap.params)
+    want = {f"{m}/{n}" for m in os.listdir("/sys/module") if m.startswith("kvm")
+            for n in (os.listdir(f"/sys/module/{m}/parameters") if os.path.isdir(f"/sys/module/{m}/parameters")
+                      else ()) if os.access(f"/sys/module/{m}/parameters/{n}", os.R_OK)}
+    assert set(cap.params) == want and "kvm/tdp_mmu" in cap.params
+    with open("/sys/module/kvm/parameters/tdp_mmu") as f:
+        assert cap.params["kvm/tdp_mmu"] == f.read()
     names = _names(cap)
     assert sum(names.values()) == sum(s["read events"] for s in meta["lost"].values()) > 0
     assert names["kvmmmu/kvm_mmu_get_page"] > 0 and names["kvmmmu/kvm_mmu_zap_all_fast"] == 1   # the MOVE
@@ -197,7 +230,8 @@ def test_demo_guest_capture_matches_its_text(tmp_path):
     with R.Recorder(text=True) as rec:
         res = K.run_guest(desc, host)
         cap = rec.stop()
-    assert _snapshot() == before
+        mounted = rec.mounted
+    assert _snapshot() == before and _unmounted(mounted)
     assert cap.lost == 0 and len(res.runs) == 3
     names = _names(cap)
     lines = [ln for ln in cap.text["trace"].splitlines() if not ln.startswith("#")]
@@ -217,10 +251,12 @@ def test_demo_guest_capture_matches_its_text(tmp_path):
 
 def test_interrupted_recording_cleans_up():
     before = _snapshot()
+    rec = R.Recorder()
     with pytest.raises(KeyboardInterrupt):
-        with R.Recorder():
+        with rec:
+            mounted = rec.mounted
             raise KeyboardInterrupt
-    assert _snapshot() == before
+    assert _snapshot() == before and _unmounted(mounted) and rec.inst is None
 
 
 def test_record_cli_command_mode(tmp_path):
@@ -230,7 +266,8 @@ def test_record_cli_command_mode(tmp_path):
     before = _snapshot()
     p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(out), "--",
                         sys.executable, "-m", "pykvmmu", "guest", "run", str(desc)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr
     assert _snapshot() == before
     cap = R.read_capture(str(out))
@@ -242,7 +279,8 @@ def test_record_cli_command_mode(tmp_path):
 def test_record_cli_guest_mode_with_text(tmp_path):
     out = tmp_path / "d.kvmcap"
     p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(out), "--demo-guest",
-                        "--text", str(tmp_path / "d")], capture_output=True, text=True, timeout=60)
+                        "--text", str(tmp_path / "d")], capture_output=True, text=True, timeout=60,
+                       env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 0, p.stderr
     cap = R.read_capture(str(out))
     assert K.GuestDesc.from_dict(cap.guest) == K.demo_guest()
@@ -253,18 +291,27 @@ def test_record_cli_guest_mode_with_text(tmp_path):
 
 def test_record_cli_refusals(tmp_path):
     p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(tmp_path / "x")],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 1 and "exactly one of" in p.stderr
     p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(tmp_path / "x"),
                         "--events", "nosuchsystem/x,kvmmmu/nosuchevent", "--demo-guest"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60,
+                       env=_cli_env(), cwd=str(tmp_path))
     assert p.returncode == 1 and "kvmmmu/nosuchevent does not exist" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "pykvmmu", "record", "-o", str(tmp_path / "y"),
+                        "--events", "kvmmmu/kvm_mmu_get_page,nosuchsystem,kvm/nosuchevent", "--demo-guest"],
+                       capture_output=True, text=True, timeout=60, env=_cli_env(), cwd=str(tmp_path))
+    assert p.returncode == 0 and "not recorded: nosuchsystem, kvm/nosuchevent" in p.stderr
+    cap = R.read_capture(str(tmp_path / "y"))
+    assert cap.meta["events"] == ["kvmmmu/kvm_mmu_get_page"] and list(cap.formats) == cap.meta["events"]
+    assert cap.meta["skipped_events"] == ["nosuchsystem", "kvm/nosuchevent"]
 
 
 def test_lost_events_are_counted():
     desc = K.demo_guest()
     with R.Recorder(buffer_kb=64, drain_interval=None) as rec:
-        for _ in range(6):                                 # ~20 KB of records each, 64 KB per CPU
+        for _ in range(16):            # ~20 KB of records each: more than 64 KB on every CPU together
             K.run_guest(desc)
         cap = rec.stop()
     overrun = sum(s["overrun"] for s in cap.meta["lost"].values())
@@ -286,10 +333,93 @@ def test_kernel_fuzz_writes_a_reproducer(tmp_path, monkeypatch):
     def fail(desc, host=None):
         raise K.GuestTimeout(62, "run 0: no HLT within 2.0 s")
     monkeypatch.setattr(K, "run_guest", fail)
-    st = kfuzz.fuzz_kernel(30, runs=3, seed=5, out_dir=str(tmp_path), audit=False)
+    st = kfuzz.fuzz_kernel(30, runs=3, seed=5, out_dir=str(tmp_path), audit=False, shrink_s=0)
     assert st.runs == 1 and len(st.findings) == 1 and st.findings[0].kind == "guest"
     cap = R.read_capture(st.findings[0].path)
     import random
     assert K.GuestDesc.from_dict(cap.guest) == kfuzz.random_desc(random.Random(5), K.detect_host())
     assert "no HLT" in cap.meta["guest_error"]
     assert (tmp_path / os.path.basename(st.findings[0].path).replace(".kvmcap", ".txt")).exists()
+
+
+def test_register_variants_run_or_are_refused_with_the_reason():
+    host = K.detect_host()
+    d = _small_guest()
+    d.registers.efer_nx = False                                  # no NX anywhere: still runs
+    assert K.run_guest(d, host).runs[0]["exits"]["HLT"] == 1
+    d = _small_guest()
+    d.registers.cr0_wp = False
+    assert K.run_guest(d, host).runs[1]["rax"] == 5             # the MMIO read after the MOVE
+    d = _small_guest()
+    d.registers.cr4_smep = True
+    if host.kind == "pvm":
+        with pytest.raises(K.HostUnsupported, match="SMEP/SMAP"):
+            K.run_guest(d, host)
+    else:
+        assert K.run_guest(d, host).runs[0]["exits"]["HLT"] == 1
+    d = _small_guest()
+    d.page_tables.levels = 5
+    if host.la57:
+        assert K.run_guest(d, host).runs[1]["rax"] == 5
+    else:
+        with pytest.raises(K.HostUnsupported, match="LA57"):
+            K.run_guest(d, host)
+    assert _kvm_fds() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_record_cli_interrupted_restores_and_keeps_the_capture(tmp_path, sig):
+    out = tmp_path / "i.kvmcap"
+    before = _snapshot()
+    p = subprocess.Popen([sys.executable, "-m", "pykvmmu", "record", "-o", str(out), "--", "sleep", "30"],
+                         stderr=subprocess.PIPE, text=True, env=_cli_env(), cwd=str(tmp_path))
+    inst = f"pykvmmu-{p.pid}"
+    deadline = time.monotonic() + 20
+    with _PrivateTracefs() as d:                 # wait until the recorder's instance exists
+        while not os.path.isdir(os.path.join(d, "instances", inst)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.isdir(os.path.join(d, "instances", inst))
+    children = f"/proc/{p.pid}/task/{p.pid}/children"
+    while time.monotonic() < deadline:           # let the command start
+        if not os.path.exists(children):
+            time.sleep(0.3)
+            break
+        with open(children) as f:
+            if f.read().split():
+                break
+        time.sleep(0.02)
+    p.send_signal(sig)
+    err = p.communicate(timeout=30)[1]
+    assert p.returncode == 130, err
+    assert "interrupted" in err and _snapshot() == before
+    cap = R.read_capture(str(out))
+    assert cap.meta["command"] == ["sleep", "30"] and cap.meta["exit_status"] == -signal.SIGTERM
+
+
+def test_kernel_fuzz_shrinks_a_finding():
+    from pykvmmu import kfuzz
+    host = K.detect_host()
+    d = _small_guest(timeout=0.5)               # a loaded host must not make normal runs look like spins
+    d.runs[0].program = [K.Op("write", 0x1000000, 1), K.Op("read", 0x1100000), K.Op("spin"), K.Op("read", 0)]
+    out = kfuzz.judge(d, host)
+    sig = ("guest", "GuestTimeout")
+    assert [f[1] for f in out.found] == [sig]
+    small, small_out, tried = kfuzz.shrink(d, sig, host, budget_s=15)
+    assert [r.program for r in small.runs] == [[K.Op("spin")]]
+    assert small.page_tables.mappings == [] and [f[1] for f in small_out.found] == [sig]
+    assert "spin" in [o["kind"] for o in small_out.cap.guest["runs"][0]["program"]]
+    assert _kvm_fds() == []
+
+
+def test_recorder_uses_a_given_tracefs_and_leaves_it_mounted():
+    with _PrivateTracefs() as d:
+        with R.Recorder(tracefs=d, events="kvmmmu") as rec:
+            K.run_guest(_small_guest())
+            cap = rec.stop()
+            assert rec.mounted is None and rec.inst.startswith(d)
+        assert d in R._tracefs_mounts() and not [n for n in os.listdir(os.path.join(d, "instances"))
+                                                  if n.startswith(f"pykvmmu-{os.getpid()}")]
+    assert all(e.startswith("kvmmmu/") for e in cap.meta["events"]) and cap.lost == 0
+    with pytest.raises(R.RecordError, match="not a tracefs mount"):
+        with R.Recorder(tracefs="/proc"):
+            pass

@@ -211,6 +211,7 @@ BAD = [
     (lambda d: setattr(d, "code_gpa", 0x800000), "code .* writable memslot"),
     (lambda d: setattr(d, "stack_gpa", 0x1000), "overlaps"),
     (lambda d: setattr(d.registers, "cr0_wp", "yes"), "cr0_wp"),
+    (lambda d: setattr(d.registers, "efer_nx", False), "reserved bit when EFER.NX=0"),
     (lambda d: setattr(d, "timeout", 0), "timeout"),
     (lambda d: setattr(d, "runs", []), "at least one run"),
     (lambda d: d.runs[0].program.append(K.Op("jump")), "kind='jump'"),
@@ -275,6 +276,22 @@ def test_host_refusals_name_the_reason():
     assert "mmap" in K.host_refusal(d, _host(guest_memfd_flags=0))
     assert "READONLY" in K.host_refusal(d, _host(readonly_mem=0))
     assert "unknown KVM vendor" in K.host_refusal(d, _host("unknown"))
+    for reg in ("cr4_smep", "cr4_smap"):
+        x = K.demo_guest()
+        setattr(x.registers, reg, True)
+        assert "SMEP/SMAP" in K.host_refusal(x, _host()) and K.host_refusal(x, _host("svm")) is None
+
+
+def test_runner_pages_follow_the_registers():
+    d = K.demo_guest()
+    own = d.all_mappings()[-3:]                                  # code, stack, page-table window
+    assert all(m.u for m in own) and own[1].nx and own[2].nx
+    d.registers.cr4_smep, d.registers.efer_nx = True, False
+    for m in d.page_tables.mappings:
+        m.nx = False
+    d.check()
+    own = d.all_mappings()[-3:]
+    assert not any(m.u or m.nx for m in own)
 
 
 def test_detect_host_without_dev_kvm(tmp_path):
@@ -413,3 +430,18 @@ def test_fuzz_kernel_refuses_bad_budgets(kw, msg):
     from pykvmmu import kfuzz
     with pytest.raises(InputError, match=msg):
         kfuzz.fuzz_kernel(**kw)
+
+
+def test_shrink_candidates_are_smaller_and_idle_mappings_go_first():
+    from pykvmmu import kfuzz
+    d = K.demo_guest()
+    d.page_tables.mappings.append(K.Mapping(0x5000000, 0x30000))         # touched by no op
+    cands = list(kfuzz._candidates(d))
+    first = cands[0]
+    assert len(first.page_tables.mappings) == len(d.page_tables.mappings) - 1
+    assert K.Mapping(0x5000000, 0x30000) not in first.page_tables.mappings
+
+    def size(x):
+        return (len(x.runs), sum(len(r.program) + len(r.changes) for r in x.runs), len(x.page_tables.mappings))
+    assert all(size(c) != size(d) and all(a <= b for a, b in zip(size(c), size(d))) for c in cands)
+    assert len(d.page_tables.mappings) == len(K.demo_guest().page_tables.mappings) + 1     # d untouched

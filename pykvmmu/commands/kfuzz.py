@@ -14,6 +14,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the guest generator")
     p.add_argument("--out", default="fuzz-crashes", metavar="DIR", help="where findings go (default fuzz-crashes/)")
     p.add_argument("--keep-going", action="store_true", help="do not stop at the first finding")
+    p.add_argument("--shrink", type=float, default=20.0, metavar="SECONDS",
+                   help="time to shrink each finding's guest (default 20, 0: keep it as found)")
     p.set_defaults(func=run)
 
 
@@ -26,7 +28,7 @@ def _status(line: str) -> None:
 def run(args) -> int:
     from ..kfuzz import fuzz_kernel
     st = fuzz_kernel(args.time, runs=args.runs, seed=args.seed, out_dir=args.out, keep_going=args.keep_going,
-                     progress=_status)
+                     shrink_s=getattr(args, "shrink", 20.0), progress=_status)
     _status("")
     print(f"kernel fuzz: {st.runs} guests, {st.records} trace records in {st.elapsed:.1f}s, "
           f"{len(st.findings)} findings" + ("" if st.audited else " (pykvmmu.audit absent: traces not audited)"),

@@ -17,7 +17,9 @@ examples:
   sudo pykvmmu record -o vm.kvmcap -- qemu-system-x86_64 ...   any command and its children
   sudo pykvmmu record -o x.kvmcap --text x --demo-guest    also x.trace.txt and x.fields.txt
 The capture (a gzip'd tar, see docs/live.md) is read by `pykvmmu trace` and `audit`.
-Exit status: 0 recorded, 1 error, 3 recorded but events were lost (buffer too small).
+Ctrl-C or SIGTERM stops the command (or guest), writes what was recorded and exits 130.
+Exit status: 0 recorded, 1 error, 3 recorded but events were lost (buffer too small), 130
+interrupted; with -- COMMAND, otherwise the command's own non-zero status.
 """
 
 
@@ -95,23 +97,36 @@ def run_record(args) -> int:
     rec = record.Recorder(events=events, buffer_kb=args.buffer_kb, tracefs=args.tracefs, text=bool(args.text),
                           all_tasks=args.all_tasks, progress=_status)
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-    failure = None
+    failure = result = status = proc = None
+    interrupted = False
     try:
         with rec:
-            if desc is not None:
-                _status("running the guest ...")
-                try:
-                    result = kvmrun.run_guest(desc)
-                except kvmrun.KvmError as e:      # keep the capture: it is the reproducer
-                    failure, result = e, None
-            else:
-                proc = subprocess.Popen(cmd)
-                try:
-                    status = proc.wait()
-                except KeyboardInterrupt:
+            try:
+                if desc is not None:
+                    _status("running the guest ...")
+                    try:
+                        result = kvmrun.run_guest(desc)
+                    except kvmrun.KvmError as e:      # keep the capture: it is the reproducer
+                        failure = e
+                else:
+                    proc = subprocess.Popen(cmd)
+                    try:
+                        status = proc.wait()
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        proc.terminate()
+                        try:
+                            status = proc.wait(timeout=10)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+                            status = proc.wait()
+            except KeyboardInterrupt:
+                interrupted = True                    # Ctrl-C / SIGTERM: stop and keep what was recorded
+                if proc is not None and proc.poll() is None:
                     proc.terminate()
-                    proc.wait()
-                    raise
+                    status = proc.wait()
+                elif proc is not None:
+                    status = proc.returncode
             cap = rec.stop()
     finally:
         signal.signal(signal.SIGTERM, old_term)
@@ -120,7 +135,7 @@ def run_record(args) -> int:
         cap.guest = desc.to_dict()
         cap.meta["guest"] = cap.guest
         cap.meta["guest_result"] = result.to_dict() if result else None
-        cap.meta["guest_error"] = str(failure) if failure else None
+        cap.meta["guest_error"] = str(failure) if failure else ("interrupted" if interrupted else None)
     else:
         cap.meta["command"] = cmd
         cap.meta["exit_status"] = status
@@ -129,9 +144,16 @@ def run_record(args) -> int:
         for key, suffix in (("trace", "trace.txt"), ("fields", "fields.txt")):
             with open(f"{args.text}.{suffix}", "w") as f:
                 f.write(cap.text[key])
+    if cap.meta.get("skipped_events"):
+        print(f"pykvmmu record: not on this host, not recorded: {', '.join(cap.meta['skipped_events'])}",
+              file=sys.stderr)
     nread = sum(int(s.get("read events", 0)) for s in cap.meta["lost"].values())
     print(f"wrote {args.output}: {nread} events from CPUs {cap.meta['cpus']}, "
           f"{len(cap.meta['events'])} event types enabled", file=sys.stderr)
+    if interrupted:
+        print("pykvmmu record: interrupted: the capture holds what was recorded until then; "
+              "tracing settings restored", file=sys.stderr)
+        return 130
     if failure is not None:
         print(f"pykvmmu record: the guest failed: {failure}", file=sys.stderr)
         return 1
@@ -145,3 +167,27 @@ def run_record(args) -> int:
     if desc is None and status:
         return status if 0 < status < 256 else 1
     return 0
+
+
+DEMO_ORDER = 90
+
+
+def demo(emit) -> None:
+    """``pykvmmu demo`` scene: the demo guest compiled (no KVM_RUN), and whether this host can run it."""
+    from .. import kvmrun
+    d = kvmrun.demo_guest()
+    tables, leaves, root, code, entries, fetch = d.compile()
+    ops = sum(len(r.program) for r in d.runs)
+    emit("== live KVM: guest runner and capture (docs/live.md) ==")
+    emit(f"demo guest: {len(d.memslots)} memslots, {len(d.page_tables.mappings)} mappings, {len(d.runs)} runs, "
+         f"{ops} ops -> {len(code)} bytes of x86-64 code, {len(tables)} page-table pages, root gpa {root:#x}")
+    first = kvmrun.Asm().mov_imm(kvmrun.RBX, d.runs[0].program[0].addr).mov_imm(kvmrun.RAX, 1).store(
+        kvmrun.RBX, kvmrun.RAX).code
+    emit(f"its first op, write 1 to {d.runs[0].program[0].addr:#x}: {bytes(first).hex(' ')}")
+    try:
+        host = kvmrun.detect_host()
+        why = kvmrun.host_refusal(d, host)
+        emit(f"this host: {host.kind} KVM, " + (f"cannot run it: {why}" if why else
+                                                "can run it: sudo pykvmmu record -o demo.kvmcap --demo-guest"))
+    except kvmrun.HostUnsupported as e:
+        emit(f"this host: {e}")
