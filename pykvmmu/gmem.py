@@ -29,7 +29,8 @@ from .errors import InputError
 __all__ = ["GUEST_MEMFD_FLAG_MMAP", "GUEST_MEMFD_FLAG_INIT_SHARED", "KVM_CREATE_GUEST_MEMFD",
            "FALLOC_FL_KEEP_SIZE", "FALLOC_FL_PUNCH_HOLE", "KVM_FILTER_SHARED", "KVM_FILTER_PRIVATE",
            "GmemError", "HostMemory", "GmemHooks", "MigrateAnswer", "GuestMemfd", "Binding",
-           "GetPfn", "StubKvm", "supported_gmem_flags", "order_to_level", "max_order_at"]
+           "GetPfn", "StubKvm", "supported_gmem_flags", "order_to_level", "max_order_at",
+           "GmemEra", "GMEM_ERAS", "gmem_era_for_version", "gmem_era_of"]
 
 KVM_CREATE_GUEST_MEMFD = 0xd4
 GUEST_MEMFD_FLAG_MMAP = 1 << 0
@@ -60,11 +61,59 @@ def order_to_level(order: int) -> int:
     return PG_LEVEL_1G if order >= 18 else PG_LEVEL_2M if order >= 9 else PG_LEVEL_4K
 
 
-def supported_gmem_flags(has_private_mem: bool) -> int:
+@dataclass(frozen=True)
+class GmemEra:
+    """guest_memfd rules that changed between releases (docs/spte.md, "guest_memfd eras")."""
+
+    name: str
+    kernels: str
+    #: kvm_gmem_bind on file offsets another binding holds: -EINVAL, -EEXIST from 7ea987a90585.
+    overlap_errno: int
+    #: KVM_MEM_GUEST_MEMFD valid for every VM (d1e54dd08f16, v6.18), not only private-memory VMs;
+    #: VMs without private memory may create MMAP / INIT_SHARED files.
+    any_vm_memslot: bool
+
+
+GMEM_ERAS = {e.name: e for e in (
+    GmemEra("v6.8", "v6.8-v6.17", _errno.EINVAL, False),
+    GmemEra("v6.18", "v6.18-v7.1", _errno.EINVAL, True),
+    GmemEra("v7.2", "v7.2 and later", _errno.EEXIST, True),
+)}
+GMEM_ERA_LATEST = GMEM_ERAS["v7.2"]
+
+
+def gmem_era_for_version(version) -> GmemEra:
+    """The guest_memfd era of a kernel version ("6.12.30", "v6.18", "latest", a GmemEra),
+    parsed by pykvmmu.profile.parse_version like the layout profiles."""
+    from .errors import ProfileError
+    from .profile import parse_version
+    if isinstance(version, GmemEra):
+        return version
+    key = version.strip().lower() if isinstance(version, str) else None
+    if key in ("latest", "newest", "default"):
+        return GMEM_ERA_LATEST
+    v = parse_version(key) if key else None
+    if v is None:
+        raise ProfileError(f"gmem_era={version!r}: expected a kernel version such as '6.18' or "
+                           f"'latest'; eras: {', '.join(GMEM_ERAS)}")
+    mm = v[:2]
+    if mm < (6, 8):
+        raise ProfileError(f"gmem_era={version!r}: guest_memfd was merged in v6.8")
+    return GMEM_ERAS["v7.2" if mm >= (7, 2) else "v6.18" if mm >= (6, 18) else "v6.8"]
+
+
+def gmem_era_of(kvm) -> GmemEra:
+    """The era a VM object models (its ``gmem_era`` attribute; the latest when it has none)."""
+    return getattr(kvm, "gmem_era", None) or GMEM_ERA_LATEST
+
+
+def supported_gmem_flags(has_private_mem: bool, era: Optional[GmemEra] = None) -> int:
     """``kvm_gmem_get_supported_flags()`` on x86: MMAP and INIT_SHARED only for VMs without
     private memory (``kvm_arch_supports_gmem_mmap`` / ``_init_shared`` deny CoCo VM types;
-    reported, not verified in source)."""
-    return 0 if has_private_mem else (GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED)
+    reported, not verified in source), and only from v6.18 (``era``; default the latest)."""
+    if has_private_mem or not (era or GMEM_ERA_LATEST).any_vm_memslot:
+        return 0
+    return GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED
 
 
 # ---------------------------------------------------------------------- host memory
@@ -181,8 +230,9 @@ class StubKvm(MmuLock):
     what would be zapped.  ``pykvmmu.vm.Vm`` provides the same methods for real."""
 
     def __init__(self, has_private_mem: bool = True, hooks: Optional[GmemHooks] = None,
-                 is_private: Callable[[int], bool] = lambda gfn: True):
+                 is_private: Callable[[int], bool] = lambda gfn: True, gmem_era="latest"):
         self.has_private_mem = has_private_mem
+        self.gmem_era = gmem_era_for_version(gmem_era)
         self.invalidation = MmuInvalidation()
         self.gmem_hooks = hooks or GmemHooks()
         self.unmapped: list = []
@@ -238,7 +288,8 @@ class GuestMemfd:
         size = uint("size", size)
         flags = uint("flags", flags)
         if supported_flags is None:
-            supported_flags = supported_gmem_flags(getattr(kvm, "has_private_mem", True))
+            supported_flags = supported_gmem_flags(getattr(kvm, "has_private_mem", True),
+                                                   gmem_era_of(kvm))
         if flags & ~supported_flags:
             raise GmemError(f"KVM_CREATE_GUEST_MEMFD: flags={flags:#x}: bits "
                             f"{flags & ~supported_flags:#x} are not supported for this VM "
@@ -299,7 +350,7 @@ class GuestMemfd:
             raise GmemError(f"guest_memfd_offset={offset:#x}: pages [{start:#x}, "
                             f"{start + npages:#x}) overlap the binding of slot "
                             f"{getattr(ov[0].slot, 'id', ov[0].slot)} at [{ov[0].pgoff:#x}, "
-                            f"{ov[0].end:#x})")
+                            f"{ov[0].end:#x})", gmem_era_of(kvm).overlap_errno)
         return start, npages
 
     def bind(self, slot, offset: int) -> Binding:

@@ -220,14 +220,21 @@ _add(LayoutProfile(
     notes=("kvm_ad_enabled; EPT A/D masks always bits 8/9; D set on writable creation; "
            "leaf_spte_change_needs_tlb_flush; make_small_spte / make_huge_spte",)))
 _add(replace(
-    PROFILES["v6.13"], name="v6.15", kernels="v6.15-v6.18", atomic_rule="needs_atomic",
+    PROFILES["v6.13"], name="v6.15", kernels="v6.15-v7.1", atomic_rule="needs_atomic",
     has_tdx=True,
     notes=("lockless aging: spte_needs_atomic_update (A/D-disabled SPTEs always atomic); "
-           "TDX merged in v6.16",)))
+           "TDX merged in v6.16",
+           "v6.19-v7.1 are mapped here: the next SPTE rule change found is 0c768fa0aeb8 "
+           "(v7.2); their spte.c was not read (profile_for_version warns)")))
 _add(replace(
-    PROFILES["v6.15"], name="v6.19", kernels="v6.19 and later", split_exec_from_access=True,
+    PROFILES["v6.15"], name="v6.19", kernels="kvm.git 2026 (0c768fa0aeb8; no release)",
+    split_exec_from_access=True,
     notes=("make_spte_executable(spte, access): a split 4K child is executable iff "
-           "role.access has ACC_EXEC (S1, kvm.git); the bit layout is unchanged",)))
+           "role.access has ACC_EXEC (S1, kvm.git); the bit layout is unchanged",
+           "the name is historical: 0c768fa0aeb8 'merge make_spte_{non,}executable' reached "
+           "mainline in the v7.2 merge window (torvalds push 2026-06-19), together with the "
+           "MBEC SPTE layout (9a67ab74021b, be4e45f360a2) that no profile models; no release "
+           "has exactly these rules")))
 
 #: The mainline-era profiles, oldest first (the stable-line profiles follow them in PROFILES).
 MAINLINE_PROFILES = tuple(PROFILES)
@@ -264,8 +271,12 @@ MAINLINE_RELEASES = {
     (5, 16): "v5.16", (5, 17): "v5.17", (5, 18): "v5.17",
     (5, 19): "v5.19", **{(6, m): "v5.19" for m in range(0, 10)},
     **{(6, m): "v6.10" for m in (10, 11, 12)}, (6, 13): "v6.13", (6, 14): "v6.13",
-    **{(6, m): "v6.15" for m in (15, 16, 17, 18)}, (6, 19): "v6.19",
+    **{(6, m): "v6.15" for m in (15, 16, 17, 18, 19)}, (7, 0): "v6.15", (7, 1): "v6.15",
 }
+#: Releases mapped by inference, their spte.c not read (profile_for_version warns).
+MAINLINE_UNVERIFIED = {
+    mm: "its spte.c was not read; the v6.15 rules are assumed (the next rule change found, "
+        "0c768fa0aeb8, is in v7.2)" for mm in ((6, 19), (7, 0), (7, 1))}
 #: Stable lines whose backports of SPTE rules were checked: line -> ((first sublevel,
 #: profile), ...), newest rule last.  A line with an empty tuple was checked and took none.
 STABLE_RULES = {
@@ -273,7 +284,7 @@ STABLE_RULES = {
     (6, 11): ((11, "v6.11.11"),), (6, 12): ((2, "v6.12.2"),),
 }
 #: Checked lines whose evidence is not a tree of that line (docs/spte.md says what it is).
-STABLE_UNVERIFIED = {(5, 15): "no 5.15.y tree read; rule from the issue's 5.15.222 report"}
+STABLE_UNVERIFIED: dict = {}
 
 HOW_EXACT = "exact"
 HOW_STABLE = "stable-line rule"
@@ -312,13 +323,15 @@ def _nearest_release(mm: tuple) -> tuple:
 def profile_for_version(version, *, warn: bool = True):
     """The layout profile of a kernel version, and how it was chosen.
 
-    ``version``: a profile name or alias ("v5.19", "latest"), a mainline release ("v6.6"),
+    ``version``: a profile name or alias ("v5.19", "latest"; a name wins over the release of
+    the same spelling, so "v6.19" is the profile and "6.19" the release), a mainline release ("v6.6"),
     a stable or distribution version ("6.6.75", "5.15.222", "6.18.44-fc-v669").  Returns
     ``(LayoutProfile, how)``, ``how`` one of HOW_EXACT (a profile name, alias or mainline
     release), HOW_STABLE (a stable release at or past a backport recorded in STABLE_RULES),
     HOW_NEAREST (a release the tables do not know: the nearest older known one, or the
     oldest) or HOW_UNVERIFIED (a stable release of a line whose backports were not read,
-    or a distribution ``X.Y.0-N`` whose stable level is unknown).  The last two warn with
+    a distribution ``X.Y.0-N`` whose stable level is unknown, or a release mapped by
+    inference, MAINLINE_UNVERIFIED).  The last two warn with
     ProfileVersionWarning (unless ``warn=False``).  The one version-to-profile mapping
     of the library: trace.py and the CLI use it too.
     """
@@ -331,7 +344,7 @@ def profile_for_version(version, *, warn: bool = True):
     if key in PROFILES or key in _ALIASES:
         return PROFILES[key if key in PROFILES else _ALIASES[key]], HOW_EXACT
     parsed = parse_version(key)
-    if "v" + key in PROFILES and (parsed is None or parsed[2] is None):
+    if "v" + key in PROFILES and parsed is None:
         return PROFILES["v" + key], HOW_EXACT
     if parsed is None:
         raise ProfileError(f"profile={version!r}: unknown kernel-era layout profile or kernel "
@@ -348,6 +361,12 @@ def profile_for_version(version, *, warn: bool = True):
                           f"(profile {p.name})", ProfileVersionWarning, stacklevel=2)
         return p, HOW_NEAREST
     p = PROFILES[MAINLINE_RELEASES[mm]]
+    if mm in MAINLINE_UNVERIFIED:
+        if warn:
+            warnings.warn(f"kernel {version!r}: release {major}.{minor}: "
+                          f"{MAINLINE_UNVERIFIED[mm]} (profile {p.name})",
+                          ProfileVersionWarning, stacklevel=2)
+        return p, HOW_UNVERIFIED
     if sub is None or (sub == 0 and not suffix):
         return p, HOW_EXACT
     if sub == 0 or mm not in STABLE_RULES or mm in STABLE_UNVERIFIED:
@@ -358,11 +377,10 @@ def profile_for_version(version, *, warn: bool = True):
                           f"profile {p.name}, unverified for this stable release",
                           ProfileVersionWarning, stacklevel=2)
         return p, HOW_UNVERIFIED
-    how = HOW_STABLE
     for first, name in STABLE_RULES[mm]:
         if sub >= first:
-            p, how = PROFILES[name], HOW_STABLE
-    return p, how
+            p = PROFILES[name]
+    return p, HOW_STABLE
 
 
 def describe_version(version) -> str:

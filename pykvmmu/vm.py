@@ -29,7 +29,7 @@ from .config import ACC_ALL, MmuConfig
 from .errors import InputError
 from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
                    GmemError, GmemHooks, GuestMemfd, HostMemory, MigrateAnswer, MmuLock,
-                   order_to_level)
+                   gmem_era_of, order_to_level)
 
 __all__ = ["Vm", "Memslot", "FaultOutcome", "VmError", "InvariantError", "SnpHooks", "TdxHooks",
            "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY", "KVM_MEM_GUEST_MEMFD"]
@@ -428,7 +428,7 @@ class Vm(MmuLock):
 
     def _valid_flags(self, flags: int) -> int:
         valid = KVM_MEM_LOG_DIRTY_PAGES
-        if self.has_private_mem:
+        if self.has_private_mem or gmem_era_of(self).any_vm_memslot:     # d1e54dd08f16 (v6.18)
             valid |= KVM_MEM_GUEST_MEMFD
         if flags & KVM_MEM_GUEST_MEMFD:
             valid &= ~KVM_MEM_LOG_DIRTY_PAGES

@@ -42,6 +42,7 @@ def _quiet(version):
     ("6.13", "v6.13", HOW_EXACT), ("v6.18", "v6.15", HOW_EXACT), ("latest", "v6.19", HOW_EXACT),
     ("v5.16", "v5.16", HOW_EXACT), ("5.17", "v5.17", HOW_EXACT), ("5.18", "v5.17", HOW_EXACT),
     ("v5.15", "v5.13", HOW_EXACT), ("v5.19-6.9", "v5.19", HOW_EXACT),
+    ("5.15.76", "v5.13", HOW_STABLE), ("5.15.222", "v5.13", HOW_STABLE),
 ])
 def test_versions_the_tables_know(version, name, how):
     p, h = _quiet(version)
@@ -53,8 +54,9 @@ def test_versions_the_tables_know(version, name, how):
 @pytest.mark.parametrize("version, name, how, needle", [
     ("4.19", "v5.10", HOW_NEAREST, "nearest known release 5.10"),
     ("v5.9", "v5.10", HOW_NEAREST, "nearest known release 5.10"),
-    ("7.2", "v6.19", HOW_NEAREST, "nearest known release 6.19"),
-    ("5.15.222", "v5.13", HOW_UNVERIFIED, "no 5.15.y tree read"),
+    ("7.2", "v6.15", HOW_NEAREST, "nearest known release 7.1"),
+    ("6.19", "v6.15", HOW_UNVERIFIED, "spte.c was not read"),
+    ("7.1.4", "v6.15", HOW_UNVERIFIED, "0c768fa0aeb8, is in v7.2"),
     ("5.10.234", "v5.10", HOW_UNVERIFIED, "5.10.y backports were not checked"),
     ("6.18.44-fc-v669", "v6.15", HOW_UNVERIFIED, "6.18.y backports were not checked"),
     ("5.15.0-91-generic", "v5.13", HOW_UNVERIFIED, "stable level is unknown"),
@@ -87,7 +89,10 @@ def test_parse_version():
 def test_describe_names_profile_and_rule():
     assert describe_version("6.6.75") == \
         "profile v6.6.64 (6.6.64 and later 6.6.y) for '6.6.75': stable-line rule"
-    assert "nearest known" in describe_version("7.1")
+    assert "nearest known" in describe_version("7.3")
+    # a profile name wins over the release of the same spelling
+    assert describe_version("v6.19").startswith("profile v6.19 (kvm.git 2026")
+    assert describe_version("6.19").startswith("profile v6.15 (v6.15-v7.1)")
 
 
 # ------------------------------------------------------------ 6.x.y: 2867eb782cf7 (leaf shortcut)
@@ -187,8 +192,7 @@ def test_lockless_rule_feeds_volatile_bits(profile):
 
 
 def test_5_15_222_uses_the_both_bits_rule():
-    with pytest.warns(ProfileVersionWarning):
-        c = MmuConfig.npt(profile="5.15.222")
+    c = MmuConfig.npt(profile="5.15.222")
     assert c.profile.name == "v5.13" and not S.is_mmu_writable_spte(c, 0x8000_0000_0000_05A0)
 
 
@@ -225,3 +229,78 @@ def test_lts_lines_per_era_vectors(version):
                  "is_mmio_spte", "is_accessed_spte"):
         got = S.predicate_batch(e, pred, s)
         assert got.tolist() == [R.predicate(e, pred, int(x)) for x in s]
+
+
+# ------------------------------------------------ CLI: pykvmmu config --profile X
+@pytest.mark.parametrize("version, line, warned", [
+    ("6.6.75", "profile v6.6.64 (6.6.64 and later 6.6.y) for '6.6.75': stable-line rule", False),
+    ("v6.12", "profile v6.10 (v6.10-v6.12) for 'v6.12': exact", False),
+    ("7.3", "profile v6.15 (v6.15-v7.1) for '7.3': nearest known (warned)", True),
+    ("6.18.44-fc-v669", "profile v6.15 (v6.15-v7.1) for '6.18.44-fc-v669': unverified (warned)",
+     True),
+])
+def test_cli_config_prints_the_mapping(capsys, version, line, warned):
+    from pykvmmu.cli import main
+    assert main(["config", "--profile", version, "--mode", "npt"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0] == line
+    p = profile_for_version(version, warn=False)[0]
+    assert out.splitlines()[1].startswith(f"MmuConfig mode=npt profile={p.name} ")
+    assert (err.startswith("pykvmmu: warning: kernel ") and version in err) is warned
+    assert bool(err) is warned
+
+
+# ------------------------------------------------ guest_memfd eras (pykvmmu.gmem)
+def test_gmem_eras_from_versions():
+    from pykvmmu import gmem as G
+    assert [G.gmem_era_for_version(v).name for v in
+            ("6.8", "6.12.30", "v6.17", "6.18.44-fc-v669", "7.1", "v7.2", "7.3.1", "latest")] == \
+        ["v6.8", "v6.8", "v6.8", "v6.18", "v6.18", "v7.2", "v7.2", "v7.2"]
+    for bad in ("6.6", "linux", None):
+        with pytest.raises(ProfileError, match="gmem_era="):
+            G.gmem_era_for_version(bad)
+
+
+@pytest.mark.parametrize("version, errno_name", [("6.12", "EINVAL"), ("6.18", "EINVAL"),
+                                                 ("7.2", "EEXIST"), ("latest", "EEXIST")])
+def test_gmem_overlapping_binding_errno_by_era(version, errno_name):
+    """kvm_gmem_bind: overlapping file offsets give -EINVAL before 7ea987a90585 (v7.2),
+    -EEXIST after; nothing changes either way."""
+    import errno
+
+    from pykvmmu import gmem as G
+
+    class Slot:
+        def __init__(self, sid, base, n):
+            self.id, self.base_gfn, self.npages, self.gmem_file = sid, base, n, None
+    kvm = G.StubKvm(gmem_era=version)
+    f = G.GuestMemfd(kvm, 1 << 20, host=G.HostMemory())
+    f.bind(Slot(0, 0x100, 16), 0x4000)
+    before = f.bindings
+    s = Slot(1, 0, 4)
+    with pytest.raises(G.GmemError, match=f"overlap.*-{errno_name}") as e:
+        f.bind(s, 0x6000)
+    assert e.value.errno == getattr(errno, errno_name)
+    assert f.bindings == before and s.gmem_file is None
+
+
+@pytest.mark.parametrize("version, allowed", [("6.17", False), ("6.18", True), ("latest", True)])
+def test_gmem_default_vm_mmap_memslot_by_era(version, allowed):
+    """d1e54dd08f16 (v6.18): a default VM may create an MMAP|INIT_SHARED guest_memfd and bind
+    it to a memslot; before, KVM_MEM_GUEST_MEMFD needed a private-memory VM type."""
+    from pykvmmu import gmem as G
+    from pykvmmu.vm import KVM_MEM_GUEST_MEMFD, Vm, VmError
+    vm = Vm("default")
+    vm.gmem_era = G.gmem_era_for_version(version)
+    flags = G.GUEST_MEMFD_FLAG_MMAP | G.GUEST_MEMFD_FLAG_INIT_SHARED
+    if not allowed:
+        with pytest.raises(G.GmemError, match="not supported"):
+            vm.create_guest_memfd(1 << 20, flags)
+        g = vm.create_guest_memfd(1 << 20, 0)
+        with pytest.raises(VmError, match="not valid"):
+            vm.set_memory_region(0, 0, 1 << 20, flags=KVM_MEM_GUEST_MEMFD, guest_memfd=g)
+        assert not vm.slots
+        return
+    g = vm.create_guest_memfd(1 << 20, flags)
+    assert vm.set_memory_region(0, 0, 1 << 20, flags=KVM_MEM_GUEST_MEMFD, guest_memfd=g) == "create"
+    assert vm.slots[0].gmem_only and g.bindings[0].npages == 256

@@ -132,6 +132,8 @@ def test_spte_profile_follows_the_kernel_version():
     assert T.spte_profile_for("v6.18") == get_profile("v6.18").name
     assert T.spte_profile_for("v6.14") == get_profile("v6.14").name
     assert T.spte_profile_for("v5.0") is None
+    assert T.spte_profile_for("latest") == get_profile("latest").name    # the newest kernel
+    assert T.spte_profile_for("2019") is None                            # era v5.0 by alias
     with pytest.warns(ProfileVersionWarning):
         recs, _ = _read("demo.kvmcap", mode="shadow")
     s = [r for r in recs if r.event == "kvm_mmu_set_spte"][0]
@@ -175,3 +177,22 @@ def test_old_trace_cmd_plugin_line():
     assert r.source == "plugin-old" and r.fields["gfn"] == 0x3a22e and r.fields["glevels"] == 4
     assert r.fields["cr4_pge"] == 0 and r.fields["created"] == 0 and r.fields["root_count"] == 6
     assert (r.role.level, r.role.quadrant, r.role.direct, r.role.access, r.role.nxe) == (1, 3, 1, 1, 0)
+
+
+def test_perf_prof_kvmmmu_dump():
+    # perf-prof is not packaged and could not be built here (no network): these lines follow
+    # the printf formats of OpenCloudOS/perf-prof kvmmmu.c @ 04af3f46 (kvm_mmu_interval,
+    # kvm_mmu_gen_dump, kvm_mmu_print_role), with values from the live run
+    res = T.parse_file(os.path.join(D, "perf_prof_kvmmmu.txt"), "v6.14")
+    assert res.errors == []
+    ev = [r.event for r in res.records]
+    assert ev == ["perfprof_gen"] + ["perfprof_level"] * 3 + ["perfprof_sp"] * 3 + \
+        ["perfprof_spte"] * 2 + ["perfprof_gen"]
+    sps = [r for r in res.records if r.event == "perfprof_sp"]
+    assert [r.role.word for r in sps] == [0x3704, 0x3702, 0x3701]
+    assert all(r.role_known == T.FULL_ROLE and r.source == "perf-prof" for r in sps)
+    assert sps[0].fields == {"level": 4, "gfn": 0x10, "gfn_end": 0x800000000f, "role": 0x3704,
+                             "root_count": 1, "refcount": 1}
+    assert sps[2].fields["refcount"] == 2 and sps[2].role.cr0_wp == 1
+    assert res.records[8].fields == {"gfn": 0x20, "gfn_end": 0x21, "mmio": 1}
+    assert res.records[0].fields["get_page"] == 27 and res.records[-1].fields["obsoleted"] == 1

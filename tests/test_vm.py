@@ -5,6 +5,7 @@ import pytest
 from pykvmmu import private as P
 from pykvmmu.errors import PykvmmuError
 from pykvmmu.vm import KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, InvariantError, Vm, VmError
+from pykvmmu.gmem import gmem_era_for_version
 
 ENC = P.PFERR_GUEST_ENC_MASK
 SH = 1 << 51
@@ -125,8 +126,10 @@ def test_memslot_rules_no_change_on_error():
         with pytest.raises(PykvmmuError):
             vm.set_memory_region(**kw)
         assert state() == before, kw
+    old_default = Vm("default")
+    old_default.gmem_era = gmem_era_for_version("6.17")     # before d1e54dd08f16 (v6.18)
     with pytest.raises(VmError, match="not valid"):
-        Vm("default").set_memory_region(0, 0, 4096, flags=KVM_MEM_GUEST_MEMFD, guest_memfd=g2)
+        old_default.set_memory_region(0, 0, 4096, flags=KVM_MEM_GUEST_MEMFD, guest_memfd=g2)
 
 
 def test_memslot_generation_and_delete():

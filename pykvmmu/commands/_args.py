@@ -20,8 +20,8 @@ def add_config_args(p: argparse.ArgumentParser, default_mode: str = "ept") -> No
     p.add_argument("--mode", default=default_mode, choices=MmuConfig.PRESETS,
                    help=f"configuration preset (default: {default_mode})")
     p.add_argument("--profile", default=DEFAULT_PROFILE,
-                   help=f"kernel-era layout profile: {', '.join(PROFILES)} or aliases like v6.11 "
-                        f"(default: {DEFAULT_PROFILE})")
+                   help=f"kernel-era layout profile: {', '.join(PROFILES)}, an alias like v6.11, "
+                        f"or any kernel version (6.6.75, a uname -r) (default: {DEFAULT_PROFILE})")
     p.add_argument("--maxphyaddr", type=int, default=None, help="host MAXPHYADDR")
     p.add_argument("--phys-bits", type=int, default=None, help="x86_phys_bits (default: MAXPHYADDR)")
     p.add_argument("--cache-bits", type=int, default=None,

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from .. import spte as S
 from .. import walk as W
 from ..config import ACC_ALL, MmuConfig
 from ..errors import InputError
-from ..profile import PROFILES
+from ..profile import PROFILES, ProfileVersionWarning, describe_version
 from ._args import add_config_args, config_from_args, parse_int as _int
 
 DEMO_ORDER = 10
@@ -36,7 +38,17 @@ def _cmd_decode(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    print(config_from_args(args))
+    """Print how ``--profile`` maps to a layout profile (warnings on stderr), then the config."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ProfileVersionWarning)
+        cfg = config_from_args(args)
+    for w in caught:
+        if issubclass(w.category, ProfileVersionWarning):
+            print(f"pykvmmu: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print(describe_version(args.profile))
+    print(cfg)
     return 0
 
 
@@ -103,7 +115,7 @@ def demo(emit) -> None:
     for prof in PROFILES:
         c = MmuConfig.ept(ad=False, profile=prof)
         v = S.make_spte(c, 0x12345).spte
-        emit(f"   {prof:6s} ({c.profile.kernels:15s}) 0x{v:016x}")
+        emit(f"   {prof:9s} ({c.profile.kernels:24s}) 0x{v:016x}")
     try:
         S.make_spte(MmuConfig.ept(), 1 << 40)
     except InputError as e:

@@ -17,9 +17,10 @@ __all__ = ["default_spte_decoder", "spte_profile_for", "kernel_version_of", "for
 #: modelled).  Used only when neither the trace nor ``--era`` names a kernel version.
 ERA_TO_SPTE_PROFILE = {"v4.2": None, "v4.12": None, "v4.18": None, "v4.20": None, "v5.0": None,
                        "v5.0-fix": None, "v5.1": None, "v5.9": "v5.10", "v5.14": "v5.13",
-                       "v5.17": "v5.16", "v5.19": "v5.19", "v6.14": "v6.13"}
+                       "v5.17": "v5.17", "v5.19": "v5.19", "v6.14": "v6.13"}
 
 
+_NEWEST = ("latest", "newest", "current", "default")
 #: The oldest kernel whose SPTE layout the engine models (profile v5.10).
 _OLDEST_SPTE_KERNEL = (5, 10)
 
@@ -38,6 +39,8 @@ def spte_profile_for(era, version: str | None = None) -> str | None:
     version-to-profile map (profile.profile_for_version); else from the role era.  None for
     a kernel older than the modelled SPTE layouts (v5.10)."""
     from ..profile import profile_for_version
+    if version is None and isinstance(era, str) and era.strip().lower() in _NEWEST:
+        return profile_for_version("latest")[0].name
     for v in (version, era if isinstance(era, str) else None):
         mm = kernel_version_of(v)
         if mm is not None:

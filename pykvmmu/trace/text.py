@@ -17,7 +17,7 @@ import re
 from typing import Callable, Iterable
 
 from ..role import get_era, unpack
-from .record import PAGE_EVENTS, SPTE_FIELDS, TraceRecord, TraceResult, decorate
+from .record import FULL_ROLE, PAGE_EVENTS, SPTE_FIELDS, TraceRecord, TraceResult, decorate
 
 __all__ = ["parse", "parse_file", "parse_line", "EVENTS", "PAGE_EVENTS", "SPTE_FIELDS",
            "ALL_EVENTS", "STACK", "STACK_LINE"]
@@ -60,6 +60,17 @@ _PAGE_OLD_PLUGIN = re.compile(
     r"^(?:(?P<created>new|existing) )?sp gfn (?P<gfn>[0-9a-f]+) (?P<level>\d+)/(?P<glevels>\d+) "
     r"q(?P<quadrant>\d)(?P<direct> direct)? (?P<access>[-w][-u][-x])(?P<invalid> invalid)? "
     r"(?P<pge>!?)pge (?P<nx>!?)nxe\s+root (?P<root_count>\d+)\s+(?P<sync>sync|unsync)$")
+# perf-prof `kvmmmu` (OpenCloudOS/perf-prof kvmmmu.c): per-record output is libtraceevent's
+# (the plugin lines above); its interval dump prints, per mmu_valid_gen, counters, a count of
+# shadow pages per level and (--detail) the shadow-page tree with the raw role word.
+_PP_GEN = re.compile(r"^(?P<time>.*?)kvm_mmu_gen (?P<mmu_valid_gen>\d+) (?P<obsoleted>obsoleted )?"
+                     r"get_page (?P<get_page>\d+) created (?P<created>\d+) zap_page (?P<zap_page>\d+) "
+                     r"set_spte (?P<set_spte>\d+)\s*$")
+_PP_LEVEL = re.compile(r"^\s+level (?P<level>\d+) nr (?P<nr>\d+)\s*$")
+_PP_SP = re.compile(r"^(?P<indent>\s*)sp(?P<level>\d) 0x(?P<gfn>[0-9a-f]+)-0x(?P<gfn_end>[0-9a-f]+) "
+                    r"role 0x(?P<role>[0-9a-f]+)(?: root_count (?P<root_count>-?\d+))?"
+                    r"(?: ref (?P<refcount>\d+))? ; l\d+ q\d.*$")
+_PP_SPTE = re.compile(r"^\s+spte 0x(?P<gfn>[0-9a-f]+)-0x(?P<gfn_end>[0-9a-f]+)(?P<mmio> mmio)?\s*$")
 _RAW_FIELD = re.compile(r"(\w+)=(\S+)")
 # trace-cmd report -R prints a field in hex (no "0x" unless the format has it) when the
 # event's print fmt converts it with %x/%llx, else in decimal; the page events' print fmt is
@@ -216,6 +227,39 @@ def _old_plugin_role(era, g) -> tuple:
     return word, mask
 
 
+def _perf_prof(s: str, line_no: int, era):
+    """A record for a line of perf-prof kvmmmu's interval dump, else None.  Events:
+    ``perfprof_gen`` (per-generation counters), ``perfprof_level`` (pages per level),
+    ``perfprof_sp`` (one shadow page: gfn range and the whole role word), ``perfprof_spte``
+    (a run of set SPTEs of the page above)."""
+    for ev, rx in (("perfprof_sp", _PP_SP), ("perfprof_spte", _PP_SPTE),
+                   ("perfprof_gen", _PP_GEN), ("perfprof_level", _PP_LEVEL)):
+        m = rx.match(s)
+        if m is None:
+            continue
+        g = m.groupdict()
+        rec = TraceRecord(line_no, "", 0, 0, "", 0.0, ev, {}, source="perf-prof",
+                          system="perf-prof", payload=s.strip())
+        if ev == "perfprof_sp":
+            rec.fields = {"level": int(g["level"]), "gfn": int(g["gfn"], 16),
+                          "gfn_end": int(g["gfn_end"], 16), "role": int(g["role"], 16),
+                          "root_count": int(g["root_count"] or 0), "refcount": int(g["refcount"] or 1)}
+            if rec.fields["role"] >> 32:
+                raise ValueError(f"perf-prof sp: role {g['role']} wider than 32 bits")
+            rec.role, rec.role_known = unpack(era, rec.fields["role"]), FULL_ROLE
+        elif ev == "perfprof_spte":
+            rec.fields = {"gfn": int(g["gfn"], 16), "gfn_end": int(g["gfn_end"], 16),
+                          "mmio": int(bool(g["mmio"]))}
+        elif ev == "perfprof_gen":
+            rec.fields = {k: int(g[k]) for k in ("mmu_valid_gen", "get_page", "created", "zap_page",
+                                                 "set_spte")}
+            rec.fields["obsoleted"] = int(bool(g["obsoleted"]))
+        else:
+            rec.fields = {"level": int(g["level"]), "nr": int(g["nr"])}
+        return rec
+    return None
+
+
 def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
                all_events: bool = False):
     """Parse one line: a TraceRecord; None for a blank/comment line; ``("other", event)``
@@ -234,6 +278,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     if m and _COLON_SPACE.search(m["comm"]):
         m = _HEADER.match(_INSTANCE.sub("", s.lstrip(), count=1))
     if not m:
+        pp = _perf_prof(s, line_no, era)
+        if pp is not None:
+            return pp
         raise ValueError("not a trace line (expected 'comm-pid [cpu] ts: event: ...')")
     if m["stack"]:
         return (STACK, m["stack"])
@@ -244,9 +291,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     if ev not in ALL_EVENTS or system != "kvmmmu":
         if not all_events:
             return ("other", ev)
-        if payload and _FIELDS_LINE.match(payload) and "(" in payload:
+        if "=" in payload and "(" in payload and _FIELDS_LINE.match(payload):
             rec.fields, rec.source = _fields_payload(payload), "fields"
-        elif payload and _RAW_LINE.match(payload):
+        elif "=" in payload and _RAW_LINE.match(payload):
             rec.fields, rec.source = dict(_RAW_FIELD.findall(payload)), "raw"
             for k, v in rec.fields.items():
                 try:
@@ -254,11 +301,11 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
                 except ValueError:
                     pass
         return rec
-    if payload and _FIELDS_LINE.match(payload) and "(" in payload:
+    if "=" in payload and "(" in payload and _FIELDS_LINE.match(payload):
         rec.fields, rec.source = _fields_payload(payload), "fields"
         if ev in PAGE_EVENTS and not isinstance(rec.fields.get("role"), int):
             raise ValueError(f"{ev}: fields record without an integer role=")
-    elif _RAW_LINE.match(payload):
+    elif "=" in payload and _RAW_LINE.match(payload):
         raw = dict(_RAW_FIELD.findall(payload))
         hexes = RAW_HEX_FIELDS.get(ev, ())
         try:
