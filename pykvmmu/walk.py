@@ -652,7 +652,7 @@ def walk_addr(mmu: GuestMmu, addr: int, access: int, mem, *, write_back: bool = 
     return w
 
 
-def _observed_pairs(gptes, mmu) -> list:
+def _observed_pairs(gptes) -> list:
     out = []
     for i, g in enumerate(gptes):
         if isinstance(g, tuple):
@@ -685,7 +685,7 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable, *,
     Raises WalkReplayError when an element's level is not the one the walk reads next, or
     the walk needs more (or fewer) elements than given."""
     addr, access = _check_inputs(mmu, addr, access)
-    seq = _observed_pairs(list(gptes), mmu)
+    seq = _observed_pairs(list(gptes))
     pos = [0]
     width = 8 * mmu.gpte_size
 
