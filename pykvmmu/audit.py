@@ -173,6 +173,8 @@ class AuditReport:
     inferred_inputs: Counter = field(default_factory=Counter)
     events: Counter = field(default_factory=Counter)
     keep_agreed: bool = False
+    #: make_spte calls that mark the page dirty in a dirty-logged memslot
+    dirty_marked: int = 0
 
     def add(self, v: Verdict) -> Verdict:
         if v.check not in self.counts or v.status not in STATUSES:
@@ -209,7 +211,7 @@ class AuditReport:
                            | {"inferred": self.inferred_counts[c]} for c in CHECKS},
                 "agreement_percent": self.agreement,
                 "inferred_inputs": dict(self.inferred_inputs),
-                "warnings": list(self.warnings),
+                "warnings": list(self.warnings), "mark_page_dirty": self.dirty_marked,
                 "verdicts": [v.to_json() for v in self.verdicts]}
 
     def format_table(self, max_verdicts: int = 50) -> str:
@@ -223,6 +225,9 @@ class AuditReport:
         lines.append(f"{'total':16s} {self.total('agreed'):8d} {self.total('disagreed'):10d} "
                      f"{self.total('not_checkable'):14d}")
         lines.append(f"agreement: {self.agreement:.2f}%")
+        if self.dirty_marked:
+            lines.append(f"mark_page_dirty_in_slot calls (writable SPTEs in dirty-logged slots): "
+                         f"{self.dirty_marked}")
         if self.inferred_inputs:
             lines += ["", "inferred inputs (not in the trace):"]
             for k, n in self.inferred_inputs.most_common():
@@ -255,8 +260,14 @@ class _Rec:
 def _norm(i: int, r) -> _Rec:
     """The one place that reads a trace record (pykvmmu.trace.TraceRecord or any object with
     ``event``, ``fields``, ``role``, ``role_known``, ``pid``/``cpu``, ``line_no``)."""
+    if not isinstance(getattr(r, "event", None), str) or not isinstance(getattr(r, "fields", None),
+                                                                        dict):
+        raise InputError(f"records[{i - 1}]={r!r}: not a trace record (needs .event and .fields; "
+                         "pykvmmu.trace.open_trace yields them)")
     role = getattr(r, "role", None)
     word = role.word if role is not None and hasattr(role, "word") else role
+    if word is not None and (not isinstance(word, int) or not 0 <= word < 1 << 32):
+        raise InputError(f"records[{i - 1}].role={word!r}: a 32-bit role word")
     idx = getattr(r, "line_no", None) or i
     return _Rec(idx, r.event, dict(r.fields), word, getattr(r, "role_known", 0xFFFFFFFF if word
                                                              is not None else 0),
@@ -281,7 +292,8 @@ class Auditor:
 
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
-                 guest_gbpages: bool = False, guest_amd: bool = True, memslots=None):
+                 guest_gbpages: bool = False, guest_amd: bool = True, memslots=None,
+                 slot_changes=(), host_zero_pfn: int | None = None, dirty_log=None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -297,14 +309,32 @@ class Auditor:
         self.zero_min = zero_page_min_gfns
         self.keep_agreed = bool(keep_agreed)
         self.guest_gbpages, self.guest_amd = bool(guest_gbpages), bool(guest_amd)
-        self.readonly = []
+        if host_zero_pfn is not None and (not isinstance(host_zero_pfn, int)
+                                          or isinstance(host_zero_pfn, bool) or host_zero_pfn <= 0):
+            raise InputError(f"host_zero_pfn={host_zero_pfn!r}: a positive pfn or None")
+        self.host_zero_pfn = host_zero_pfn
+        if dirty_log is not None and (not isinstance(dirty_log, dict) or not all(
+                isinstance(k, int) and isinstance(v, (set, frozenset, list, tuple))
+                for k, v in dirty_log.items())):
+            raise InputError("dirty_log: {slot id: pages (slot-relative indexes)} or None")
+        self.dirty_log = None if dirty_log is None else {k: set(v) for k, v in dirty_log.items()}
+        self.memslots = None if memslots is None else {}
         for i, m in enumerate(memslots or ()):
             try:
-                gpa, size, flags = int(m["gpa"]), int(m["size"]), tuple(m.get("flags", ()))
+                gpa, size = int(m["gpa"]), int(m["size"])
+                flags = tuple(m.get("flags", ()))
+                slot = int(m.get("slot", i))
             except (KeyError, TypeError, ValueError):
                 raise InputError(f"memslots[{i}]={m!r}: needs gpa, size and flags") from None
-            if "readonly" in flags:
-                self.readonly.append((gpa >> 12, (gpa + size) >> 12))
+            if gpa & 0xFFF or size & 0xFFF or size <= 0:
+                raise InputError(f"memslots[{i}]: gpa {gpa:#x} and size {size:#x} must be "
+                                 "page-aligned, size > 0")
+            self.memslots[slot] = (gpa >> 12, (gpa + size) >> 12, flags)
+        self.slot_changes = []
+        for i, c in enumerate(slot_changes or ()):
+            if not isinstance(c, dict) or c.get("action") not in ("delete", "move", "flags"):
+                raise InputError(f"slot_changes[{i}]={c!r}: a dict with action delete/move/flags")
+            self.slot_changes.append(c)
 
     # -------------------------------------------------------------- helpers
     def _v(self, check, status, rec, **kw) -> Verdict:
@@ -373,7 +403,12 @@ class Auditor:
 
     # -------------------------------------------------------------- run
     def run(self, records) -> AuditReport:
-        recs = [_norm(i, r) for i, r in enumerate(records, 1)]
+        """Audit the records (any iterable of trace records, in trace order)."""
+        try:
+            it = iter(records)
+        except TypeError:
+            raise InputError(f"records={records!r}: an iterable of trace records") from None
+        recs = [_norm(i, r) for i, r in enumerate(it, 1)]
         self.report = AuditReport(config=f"mode {self.cfg.mode}, profile {self.cfg.profile.name}, "
                                          f"MAXPHYADDR {self.cfg.maxphyaddr}, mmio_caching "
                                          f"{'on' if self.cfg.mmio_caching else 'off'}",
@@ -392,6 +427,9 @@ class Auditor:
         self.pending_free = {}     # (gfn, role) of zapped in-use roots -> record index
         self.writes = defaultdict(int)
         self.expect_flood = {}     # (gfn, role) -> walk record of the write that floods it
+        self.dirty_marks = {}      # (slot, page index) -> (record, inferred reason)
+        self.slots = None if self.memslots is None else dict(self.memslots)
+        self.pending_changes = list(self.slot_changes)
         self._parts = []
         self.tainted = {}
         self._recs = recs
@@ -419,6 +457,8 @@ class Auditor:
             self._finish_walk(key)
         self._missing_floods()
         self._flush()
+        if self.slots is not None:
+            self._judge_dirty_log()
         for (gfn, role), idx in self.pending_free.items():
             self.report.add(Verdict("page_hash", "not_checkable", idx, "kvm_mmu_prepare_zap_page",
                                     what=f"in-use root gfn {gfn:#x} role {role:#x}",
@@ -429,6 +469,14 @@ class Auditor:
     def _on_kvm_mmu_pagetable_walk(self, rec):
         self._finish_walk(rec.key)
         self._missing_floods()
+        f = self.fault.get(rec.key)
+        if f is not None and f.requested is not None and not f.done:
+            f.done = True
+            req = f.requested
+            self.report.add(Verdict("set_spte", "not_checkable", req.index, req.event,
+                                    what=f"gfn {req.fields['gfn']:#x}: no kvm_mmu_set_spte",
+                                    reason="mmu_set_spte traces only a changed SPTE (or the "
+                                           "fault was retried); which SPTE stayed is not traced"))
         self.walk_state[rec.key] = {"addr": rec.fields["addr"], "pferr": rec.fields["pferr"],
                                     "elems": [], "rec": rec, "walk": None, "expect": []}
 
@@ -521,11 +569,22 @@ class Auditor:
             self.report.add(Verdict("guest_walk", "agreed", wrec.index, wrec.event, what=what,
                                     inferred=w["inferred"], reason="walk_observed replay"))
         f = self.fault.get(key)
+        why = self._no_slot_fault(key, walk, wrec)
+        if why is not None and (f is None or f.walk is not walk or f.requested is None):
+            self.report.add(Verdict("mmio", "agreed", wrec.index, wrec.event,
+                                    what=f"gfn {walk.gfn:#x}: {why}", model="emulated",
+                                    kernel="no SPTE requested",
+                                    reason="mmio_caching off: kvm_handle_noslot_fault / "
+                                           "RET_PF_EMULATE, no MMIO SPTE"))
         if f is None or f.walk is not walk or f.requested is not None:
             return
         if walk.access & PFERR_WRITE and self.mmu.is_write_tracked(walk.gfn):
             if not walk.access & PFERR_PRESENT:
                 self._track_write(walk.gfn, wrec)
+                slot = self._slot(walk.gfn)
+                if slot is not None and "dirty_log" in slot[2]:
+                    self._mark_dirty(walk.gfn, wrec, "emulated write: kvm_vcpu_write_guest "
+                                                     "marks the page dirty")
             else:
                 # page_fault_handle_page_track: shadow_page_table_clear_flood(addr).
                 for lvl, role in f.chain.items():
@@ -628,6 +687,10 @@ class Auditor:
             sp = None
         if sp is None:
             sp, _ = self.mmu.get(gfn, word)
+            if sp.has_gptes():
+                # account_shadowed: the gfn's leaf SPTEs lose W and MMU-W
+                # (kvm_mmu_slot_gfn_write_protect, also behind __kvm_write_track_add_gfn)
+                self._write_protect(gfn)
         elif not sp.direct:
             sp.write_flooding_count = 0
         sp.unsync = bool(rec.fields.get("unsync", sp.unsync))
@@ -643,11 +706,19 @@ class Auditor:
             f.direct[word & 0xF] = (word, gfn)
 
     def _on_kvm_mmu_sync_page(self, rec):
-        sp = self.mmu.any_page(rec.fields["gfn"], rec.role or 0)
-        if sp is not None:
-            sp.unsync = bool(rec.fields.get("unsync", 0))
-            if not sp.unsync:
-                self._write_protect(sp.gfn)
+        """kvm_unlink_unsync_page traces before it clears sp->unsync (mmu_sync_children, after
+        write-protecting the gfn; or a zap of an unsync page): the page must be unsync, and
+        is sync afterwards."""
+        gfn = rec.fields["gfn"]
+        sp = self.mmu.any_page(gfn, rec.role or 0, rec.fields.get("mmu_valid_gen"))
+        if sp is None:
+            return              # the zap path: the page is already gone from the model
+        self._cmp("write_tracking", rec, "unsync before the sync", 1, int(sp.unsync),
+                  reason="kvm_unlink_unsync_page is called for unsync pages only")
+        self._cmp("write_tracking", rec, "unsync field", 1, int(rec.fields.get("unsync", 1)),
+                  reason="the event fires before sp->unsync is cleared")
+        sp.unsync = False
+        self._write_protect(gfn)
 
     def _on_kvm_mmu_unsync_page(self, rec):
         self.pending_unsync[rec.key].append((rec.fields["gfn"], rec.role))
@@ -752,6 +823,8 @@ class Auditor:
         if self.mmu.mmu_valid_gen != rec.fields["mmu_valid_gen"]:
             self.mmu.page_hash.mmu_valid_gen = rec.fields["mmu_valid_gen"]
         self.mmu.zap_all_fast()
+        if self.slots is not None:
+            self._apply_slot_change()
 
     # -------------------------------------------------------------- SPTEs
     def _on_kvm_mmu_spte_requested(self, rec):
@@ -761,6 +834,11 @@ class Auditor:
             return
         f.requested = rec
         f.unsync_seen = []
+        why = self._no_slot_fault(rec.key, f.walk, rec)
+        if why is not None:
+            self._v("mmio", "disagreed", rec, what=f"gfn {f.walk.gfn:#x}: {why}",
+                    model="emulated, no SPTE", kernel="SPTE requested",
+                    reason="mmio_caching off: the fault is emulated")
         goal = rec.fields["level"]
         if 1 <= goal <= f.walk.leaf_level:
             for sp in W.shadow_pages(f.mmu, f.walk, goal_level=goal):
@@ -771,11 +849,98 @@ class Auditor:
                       reason="fault->gfn is the walk's gfn")
         self.pending_unsync[rec.key] = []
 
+    def _slot(self, gfn):
+        """The memslot (lo gfn, end gfn, flags) holding gfn, or None (also when unknown)."""
+        for lo, hi, flags in (self.slots or {}).values():
+            if lo <= gfn < hi:
+                return lo, hi, flags
+        return None
+
+    def _slot_id(self, gfn):
+        for sid, (lo, hi, _) in (self.slots or {}).items():
+            if lo <= gfn < hi:
+                return sid, gfn - lo
+        return None
+
+    def _mark_dirty(self, gfn, rec, why):
+        sp = self._slot_id(gfn)
+        if sp is not None:
+            self.dirty_marks.setdefault(sp, (rec, why))
+
+    def _judge_dirty_log(self):
+        """The pages the model marked dirty (make_spte's mark_page_dirty_in_slot, emulated
+        writes) against the dirty bitmaps userspace read after each run (KVM_GET_DIRTY_LOG,
+        in the capture's guest result), per slot."""
+        if self.dirty_log is None:
+            return
+        for sid in sorted({s for s, _ in self.dirty_marks} | set(self.dirty_log)):
+            model = sorted(i for s, i in self.dirty_marks if s == sid)
+            kernel = sorted(self.dirty_log.get(sid, ()))
+            marks = [self.dirty_marks[(sid, i)] for i in model]
+            rec = marks[0][0] if marks else self._recs[-1] if self._recs else None
+            inferred = tuple(dict.fromkeys(w for _, w in marks if w))
+            v = Verdict("set_spte", "agreed" if model == kernel else "disagreed",
+                        rec.index if rec else 0, rec.event if rec else "",
+                        what=f"dirty log of slot {sid}", model=model, kernel=kernel,
+                        reason="mark_page_dirty_in_slot (make_spte of a writable SPTE in a "
+                               "dirty-logged slot) against KVM_GET_DIRTY_LOG", inferred=inferred)
+            self.report.add(v)
+
+    def _zaps(self, c) -> bool:
+        """Does this memslot change reach kvm_mmu_zap_all_fast?  DELETE and MOVE do (the
+        slot-zap-all quirk), and so does toggling KVM_MEM_READONLY, which KVM refuses in place
+        (userspace deletes and re-creates the slot); a dirty-logging flag change does not."""
+        if c["action"] != "flags":
+            return True
+        old = self.slots.get(int(c.get("slot", -1)))
+        return old is not None and ("readonly" in old[2]) != ("readonly" in c.get("flags", ()))
+
+    def _apply_one(self, c):
+        sid = int(c.get("slot", -1))
+        if sid not in self.slots:
+            return
+        lo, hi, fl = self.slots.pop(sid)
+        if c["action"] == "move":
+            n = int(c.get("gpa", 0)) >> 12
+            self.slots[sid] = (n, n + hi - lo, fl)
+        elif c["action"] == "flags":
+            self.slots[sid] = (lo, hi, tuple(c.get("flags", ())))
+
+    def _apply_slot_change(self):
+        """One kvm_mmu_zap_all_fast: apply the guest description's memslot changes up to and
+        including the next one that zaps; the rest of that run's flag-only changes follow
+        (they happen before the guest runs again)."""
+        while self.pending_changes:
+            c = self.pending_changes.pop(0)
+            zaps = self._zaps(c)
+            self._apply_one(c)
+            if zaps:
+                run = c.get("run")
+                while (self.pending_changes and self.pending_changes[0].get("run") == run
+                       and not self._zaps(self.pending_changes[0])):
+                    self._apply_one(self.pending_changes.pop(0))
+                return
+
+    def _no_slot_fault(self, key, walk, wrec):
+        """mmio: with MMIO caching off a fault on a gfn without memslot (or a write to a
+        read-only one) is emulated: no kvm_mmu_spte_requested, no MMIO SPTE."""
+        if self.slots is None or self.cfg.mmio_caching or not walk.ok:
+            return None
+        slot = self._slot(walk.gfn)
+        if slot is None:
+            return "no memslot"
+        if "readonly" in slot[2] and walk.access & PFERR_WRITE:
+            return "write to a read-only memslot"
+        return None
+
     def _host_writable(self, gfn, pfn, level):
+        slot = self._slot(gfn)
+        if slot is not None and "readonly" in slot[2]:
+            return False, ()       # a KVM_MEM_READONLY slot: never map_writable (not inferred)
         if self.host_writable_fn is not None:
             return bool(self.host_writable_fn(gfn, pfn)), ()
-        if any(lo <= gfn < hi for lo, hi in self.readonly):
-            return False, ()       # a KVM_MEM_READONLY slot: never map_writable (not inferred)
+        if self.host_zero_pfn is not None and level == 1:
+            return pfn != self.host_zero_pfn, ()     # the recorder read the zero page's pfn
         hw = (pfn, level) not in self.zero_pfns
         why = ("host_writable: false, the pfn serves several gfns (the host's shared zero page)"
                if not hw else "host_writable: true, the pfn is not shared (not the zero page)")
@@ -832,8 +997,13 @@ class Auditor:
                 pte_access = self._prefetch_access(sp_role, gfn, pfn, old, spte_k)
                 inferred.append("pte_access: the prefetched gpte is not traced; the subset of "
                                 "role.access that reproduces the SPTE")
+        slot = self._slot(gfn)
         out = make_spte_outcome(self.cfg, self.mmu, sp_role, gfn, pfn, pte_access=pte_access,
-                                old_spte=old, prefetch=prefetch, host_writable=hw, apply=True)
+                                old_spte=old, prefetch=prefetch, host_writable=hw, apply=True,
+                                dirty_tracked=slot is not None and "dirty_log" in slot[2])
+        if out.mark_page_dirty:
+            self.report.dirty_marked += 1
+            self._mark_dirty(gfn, rec, "")
         if old is None and sptep is not None and sptep not in self.sptes:
             inferred.append("old SPTE: none seen at this pointer (non-present)")
         v = self._cmp("set_spte", rec, f"spte (level {level})", out.spte, spte_k,
@@ -861,6 +1031,9 @@ class Auditor:
     def _check_perm_fields(self, rec, spte_k):
         """The r/x/u fields of kvm_mmu_set_spte against the SPTE."""
         fl = rec.fields
+        if "r" in fl:
+            self._cmp("set_spte", rec, "r field", int(bool(self.cfg.present_mask or spte_k & 1)),
+                      int(bool(fl["r"])), reason="shadow_present_mask || PT_PRESENT")
         if "x" in fl:
             self._cmp("set_spte", rec, "x field", int(S.is_executable_pte(self.cfg, spte_k)),
                       int(bool(fl["x"])), reason="is_executable_pte")
@@ -956,6 +1129,23 @@ def vcpu_from_root(era, word: int, gfn: int = 0, *, maxphyaddr: int = 48,
                   guest_mode=bool(f.get("guest_mode", 0)))
 
 
+def dirty_log_pages(runs) -> dict:
+    """{slot: set of page indexes} from the runner's per-run dirty bitmaps (hex of the
+    little-endian KVM_GET_DIRTY_LOG bitmap words), united over the runs."""
+    out = {}
+    for run in runs:
+        for sid, hexbits in (run.get("dirty") or {}).items():
+            bits = int.from_bytes(bytes.fromhex(hexbits), "little")
+            pages = out.setdefault(int(sid), set())
+            i = 0
+            while bits:
+                if bits & 1:
+                    pages.add(i)
+                bits >>= 1
+                i += 1
+    return out
+
+
 def audit_records(records, cfg: MmuConfig | None = None, era="v6.18", **kw) -> AuditReport:
     """Audit an iterable of trace records (``pykvmmu.trace`` record objects)."""
     return Auditor(cfg, era, **kw).run(records)
@@ -968,9 +1158,17 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw)
     from . import trace as T
     stream = T.open_trace(path, era=era)
     records = list(stream)
-    guest = (getattr(stream, "meta", None) or {}).get("guest") or {}
+    meta = getattr(stream, "meta", None) or {}
+    guest = meta.get("guest") or {}
+    if meta.get("host_zero_pfn") and "host_zero_pfn" not in kw and "host_writable" not in kw:
+        kw["host_zero_pfn"] = int(meta["host_zero_pfn"])
     if guest.get("memslots") and "memslots" not in kw:
         kw["memslots"] = guest["memslots"]
+        kw.setdefault("slot_changes", [dict(c, run=i) for i, run in enumerate(guest.get("runs", ()))
+                                       for c in run.get("changes", ())])
+    runs = (meta.get("guest_result") or {}).get("runs")
+    if runs and guest.get("memslots") and "dirty_log" not in kw:
+        kw["dirty_log"] = dirty_log_pages(runs)
     rep = Auditor(cfg, stream.era, **kw).run(records)
     rep.era = f"{stream.era.name}" + (f" (kernel {stream.kernel_version})"
                                        if getattr(stream, "kernel_version", None) else "")

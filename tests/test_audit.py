@@ -145,6 +145,26 @@ def test_unsync_decision_matches_unsync_page_records():
     assert d and d[0].model == [(0x1003, 0x3701)] and d[0].kernel == []
 
 
+def test_sync_page_leaves_the_page_sync_so_the_next_write_unsyncs_again():
+    # kvm_unlink_unsync_page traces with unsync=1, then clears it and write-protects the gfn
+    again = ["sync_page: mmu_valid_gen=0 gfn=0x1003 role=0x3701 root_count=0 unsync=1",
+             "pagetable_walk: addr=0x7000 pferr=0x3", "paging_element: pte=0x1001027 level=4",
+             "paging_element: pte=0x1002027 level=3", "paging_element: pte=0x1003027 level=2",
+             "paging_element: pte=0x1003067 level=1",
+             "spte_requested: gfn=0x1003 pfn=0x4000 level=1"]
+    unsync = "unsync_page: mmu_valid_gen=0 gfn=0x1003 role=0x3701 root_count=0 unsync=0"
+    setspte = "set_spte: gfn=0x1003 spte=0x4000e67 sptep=0x12345038 level=1 r=1 x=1 u=1"
+    rep = run(_unsync_trace(True) + lines(*again, unsync, setspte))
+    assert rep.total("disagreed") == 0, rep.format_table()
+    rep = run(_unsync_trace(True) + lines(*again, setspte))
+    d = [v for v in rep.disagreements if v.check == "write_tracking"]
+    assert d and d[0].model == [(0x1003, 0x3701)]
+    # a sync of a page the model holds sync is a disagreement too
+    rep = run(fault() + lines("sync_page: mmu_valid_gen=0 gfn=0x1003 role=0x3701 "
+                              "root_count=0 unsync=1"))
+    assert [v.check for v in rep.disagreements] == ["write_tracking"]
+
+
 def test_zap_all_fast_generation_and_obsolete_pages():
     body = fault() + lines("zap_all_fast: mmu_valid_gen=0 used_pages=4",
                            "get_page: mmu_valid_gen=1 gfn=0x1000 role=0x3704 root_count=0 "
@@ -214,3 +234,49 @@ def test_refused_configuration():
         A.Auditor(MmuConfig.ept())
     with pytest.raises(InputError, match="zero_page_min_gfns"):
         A.Auditor(zero_page_min_gfns=1)
+    with pytest.raises(InputError, match="not a trace record"):
+        A.audit_records([object()])
+    with pytest.raises(InputError, match="iterable"):
+        A.audit_records(5)
+    with pytest.raises(InputError, match="host_zero_pfn"):
+        A.Auditor(host_zero_pfn=-1)
+    with pytest.raises(InputError, match="memslots"):
+        A.Auditor(memslots=[{"gpa": 0}])
+    with pytest.raises(InputError, match="page-aligned"):
+        A.Auditor(memslots=[{"gpa": 0x10, "size": 0x1000, "flags": []}])
+    with pytest.raises(InputError, match="slot_changes"):
+        A.Auditor(memslots=[], slot_changes=[{"action": "resize"}])
+
+
+def test_request_without_set_spte_is_not_checkable():
+    body = fault()[:-1] + lines("pagetable_walk: addr=0x5000 pferr=0x6")
+    rep = run(body)
+    nc = rep.not_checkable
+    assert [v.check for v in nc] == ["set_spte"] and "no kvm_mmu_set_spte" in nc[0].what
+
+
+def test_r_field_is_checked():
+    rep = run([ln.replace("r=1 x=1", "r=0 x=1") for ln in fault()])
+    d = [v for v in rep.disagreements if v.check == "set_spte"]
+    assert d and "r field" in d[0].what
+
+
+def test_mmio_caching_on_checks_generation_and_verdict():
+    from pykvmmu import mmio as M
+    cfg = A.live_config(mmio_caching=True)
+    s = M.make_mmio_spte(cfg, 0xfee00, 6, 0x123)
+    ok = lines(f"check_mmio_spte: spte {s:x} kvm_gen 123 spte-gen 123 valid 1")
+    rep = run(fault() + ok, cfg=cfg)
+    assert rep.counts["mmio"]["agreed"] == 1 and rep.total("disagreed") == 0
+    stale = lines(f"check_mmio_spte: spte {s:x} kvm_gen 125 spte-gen 123 valid 1")
+    d = [v for v in run(fault() + stale, cfg=cfg).disagreements if v.check == "mmio"]
+    assert d and "valid" in d[0].what
+    walk = [w.format(addr="0x5000", pferr="0x6", leaf="0xfee00067") for w in WALK]
+    body = lines(ROOT.format(gen=0, root="0x3704", new=1), *walk,
+                 *[c.format(l1role="0x3701") for c in CHILDREN],
+                 "mark_mmio_spte: sptep:0xffff8881 gfn fee00 access 6 gen 2")
+    body = [ln.replace("kvm_mmu_mark_mmio", "mark_mmio") for ln in body]
+    rep = run(body, cfg=cfg)
+    assert rep.counts["mmio"]["agreed"] == 1 and rep.total("disagreed") == 0, rep.format_table()
+    bad = [ln.replace("access 6", "access 2") for ln in body]
+    assert [v.check for v in run(bad, cfg=cfg).disagreements] == ["mmio"]

@@ -25,6 +25,18 @@ def counts(rep):
     return {c: dict(rep.counts[c]) for c in A.CHECKS}
 
 
+def guest_kw(path):
+    """The memslots and their changes from a capture's guest description (text forms have
+    none; the capture of the same run does)."""
+    s = T.open_trace(path)
+    list(s)
+    g = s.meta["guest"]
+    runs = (s.meta.get("guest_result") or {}).get("runs")
+    return {"memslots": g["memslots"], "dirty_log": A.dirty_log_pages(runs) if runs else None,
+            "slot_changes": [dict(c, run=i) for i, run in enumerate(g["runs"])
+                             for c in run["changes"]]}
+
+
 def test_capture_agrees_completely():
     rep = A.audit(CAPTURE)
     assert rep.total("disagreed") == 0, rep.format_table()
@@ -34,6 +46,11 @@ def test_capture_agrees_completely():
     for c in ("guest_walk", "role", "set_spte", "write_tracking", "page_hash"):
         assert rep.counts[c]["agreed"] > 0, c
     assert rep.events["kvm_mmu_zap_all_fast"] == 2
+    # MMIO exits (no memslot: gfn 0xf0000, and gfn 0xc00 once slot 4 moved away; writes to the
+    # read-only slot) are emulated with no SPTE, as mmio_caching=N says
+    assert rep.counts["mmio"]["agreed"] == 6
+    # slot 3 logs dirty pages in run 0 (two writes there) and stops before run 1
+    assert rep.dirty_marked == 2
     assert rep.events["kvm_mmu_unsync_page"] > 0
     assert "6.18" in rep.era
     assert not rep.warnings
@@ -41,16 +58,20 @@ def test_capture_agrees_completely():
 
 @pytest.mark.parametrize("name", SAME_RUN)
 def test_other_forms_of_the_same_run_agree_the_same(name):
-    rep = A.audit(os.path.join(LIVE, name), era="v6.18")
+    rep = A.audit(os.path.join(LIVE, name), era="v6.18", **guest_kw(CAPTURE))
     ref = A.audit(CAPTURE)
     assert rep.total("disagreed") == 0 and rep.total("not_checkable") == 0, rep.format_table()
     assert counts(rep) == counts(ref)
+    # without the guest description the MMIO-exit walks and the dirty log have no verdict
+    bare = A.audit(os.path.join(LIVE, name), era="v6.18")
+    assert bare.counts["mmio"]["agreed"] == 0
+    assert counts(bare) == counts(A.audit(CAPTURE, memslots=None))
 
 
 def test_plugin_text_without_gfns_is_not_checkable_not_disagreeing():
     # trace-cmd's kvm plugin prints no gfn for unsync/zap pages: those records, and what the
     # page-hash state depends on after them, are reported not checkable (never assumed)
-    rep = A.audit(os.path.join(LIVE, "demo-dat.report.txt"), era="v6.18")
+    rep = A.audit(os.path.join(LIVE, "demo-dat.report.txt"), era="v6.18", **guest_kw(CAPTURE))
     assert rep.total("disagreed") == 0, rep.format_table()
     nc = rep.not_checkable
     assert nc and all("field" in v.reason for v in nc)
@@ -135,6 +156,15 @@ def test_changed_accessed_bit_gpa_is_a_walk_disagreement(records):
     assert d and d[0].record == line
 
 
+def test_spte_for_a_gfn_without_memslot_is_an_mmio_disagreement(records):
+    kw = guest_kw(CAPTURE)
+    # pretend slot 1 (GPA 4 MiB..8 MiB) does not exist: its faults must not map SPTEs
+    kw["memslots"] = [m for m in kw["memslots"] if m["slot"] != 1]
+    rep = A.audit_records(records, **kw)
+    d = [v for v in rep.disagreements if v.check == "mmio"]
+    assert d and all("no memslot" in v.what for v in d)
+
+
 def test_json_report_lists_counts_and_inferred(records):
     j = A.audit_records(records).to_json()
     assert j["agreement_percent"] == 100.0
@@ -161,7 +191,8 @@ def test_write_flooding_capture_agrees():
     rep = A.audit(FLOOD)
     assert rep.total("disagreed") == 0 and rep.total("not_checkable") == 0, rep.format_table()
     assert rep.counts["write_flood"]["agreed"] == 1
-    text = A.audit(os.path.join(os.path.dirname(FLOOD), "flood.fields.txt"), era="v6.18")
+    text = A.audit(os.path.join(os.path.dirname(FLOOD), "flood.fields.txt"), era="v6.18",
+                   **guest_kw(FLOOD))
     assert counts(text) == counts(rep)
 
 
@@ -190,3 +221,58 @@ def test_flood_with_writes_hidden_is_not_claimed():
     rep = A.audit_records([r for k, r in enumerate(recs) if k not in drop])
     assert rep.counts["write_flood"]["agreed"] == 0
     assert rep.counts["write_flood"]["not_checkable"] == 1
+
+
+@pytest.mark.parametrize("name", ("kfuzz-unsync-wp1.kvmcap", "kfuzz-unsync-wp0.kvmcap",
+                                  "kfuzz-unsync-min.kvmcap"))
+def test_kernel_fuzz_reproducers_agree(name):
+    # the live helper's kernel fuzzer flagged these with an older audit that kept a page
+    # unsync after kvm_mmu_sync_page (the event fires before sp->unsync is cleared)
+    rep = A.audit(os.path.join(LIVE, name))
+    assert rep.total("disagreed") == 0 and rep.total("not_checkable") == 0, rep.format_table()
+    assert rep.events["kvm_mmu_unsync_page"] and rep.counts["write_tracking"]["agreed"]
+    # the capture records the host's zero-page pfn: host_writable is not inferred
+    assert rep.inferred_inputs["host_writable"] == 0
+
+
+AUDIT = os.path.join(os.path.dirname(__file__), "data", "audit")
+
+
+@pytest.mark.parametrize("name,what", [
+    # a gfn becomes a shadowed page table after a writable SPTE mapped it: account_shadowed
+    # write-protects that SPTE, so the next write fault tries (and manages) to unsync
+    ("kfuzz-wrprot-on-shadow.kvmcap", "kvm_mmu_unsync_page"),
+    # toggling KVM_MEM_READONLY is a delete + create (a zap_all_fast), a slot MOVE another
+    ("kfuzz-readonly-toggle.kvmcap", "kvm_mmu_zap_all_fast"),
+])
+def test_kernel_fuzz_findings_of_this_audit_agree(name, what):
+    rep = A.audit(os.path.join(AUDIT, name))
+    assert rep.total("disagreed") == 0 and rep.total("not_checkable") == 0, rep.format_table()
+    assert rep.events[what] > 0
+
+
+def test_readonly_toggle_needs_its_zap(records):
+    recs = list(T.open_trace(os.path.join(AUDIT, "kfuzz-readonly-toggle.kvmcap")))
+    kw = guest_kw(os.path.join(AUDIT, "kfuzz-readonly-toggle.kvmcap"))
+    # treated as an in-place flag change (no zap), the later DELETE of slot 1 comes one zap
+    # too early and the faults on slot 1 disagree (SPTEs for a gfn with no memslot)
+    for c in kw["slot_changes"]:
+        if c["action"] == "flags" and c["slot"] == 1:
+            c["action"] = "none"
+    kw["slot_changes"] = [c for c in kw["slot_changes"] if c["action"] != "none"]
+    rep = A.audit_records(recs, **kw)
+    assert any(v.check == "mmio" for v in rep.disagreements)
+
+
+def test_dirty_log_against_mark_page_dirty(records):
+    rep = A.audit(CAPTURE, keep_agreed=True)
+    v = [v for v in rep.verdicts if "dirty log" in v.what]
+    # slot 3 logs dirty pages in run 0: the two writes there are its pages 0 and 1
+    assert [(x.status, x.model, x.kernel) for x in v] == [("agreed", [0, 1], [0, 1])]
+    kw = guest_kw(CAPTURE)
+    kw["dirty_log"] = {3: {0, 1, 5}}
+    rep = A.audit_records(records, **kw)
+    d = [v for v in rep.disagreements if "dirty log" in v.what]
+    assert d and d[0].model == [0, 1] and d[0].kernel == [0, 1, 5]
+    assert A.dirty_log_pages([{"dirty": {"3": "0300000000000000"}}, {"dirty": {"3": "04"}}]) \
+        == {3: {0, 1, 2}}
