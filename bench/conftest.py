@@ -40,8 +40,18 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------ machine load
+def _cpu_pressure():
+    """Microseconds some runnable task waited for a CPU (PSI, /proc/pressure/cpu; nan without)."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().rsplit("total=", 1)[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def load_sample():
-    """(wall s, 1-min loadavg, busy CPU s of the whole machine, CPU s of this process)."""
+    """(wall s, 1-min loadavg, busy CPU s of the whole machine, CPU s of this process,
+    CPU-pressure stall s)."""
     try:
         with open("/proc/loadavg") as f:
             la = float(f.read().split()[0])
@@ -50,17 +60,20 @@ def load_sample():
         busy = (v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)) / _CLK_TCK
     except (OSError, ValueError, IndexError):
         la, busy = float("nan"), float("nan")
-    return time.perf_counter(), la, busy, time.process_time()
+    return time.perf_counter(), la, busy, time.process_time(), _cpu_pressure()
 
 
 def load_delta(a, b):
     """Outside load during [a, b]: loadavg at the end, the machine's busy CPU seconds and this
     process's CPU seconds; ``other_cpus`` = (busy - own) / wall, the other processes' use in
     cores (0 = nothing else ran; 1 = one core's worth).  /proc/stat counts in clock ticks
-    (10 ms), so a short round's figure is coarse: the report sums rounds before dividing."""
+    (10 ms), so a short round's figure is coarse: the report sums rounds before dividing.
+    ``cpu_pressure``: the share of the round during which some runnable task waited for a
+    CPU (PSI "some", microsecond resolution; 0 = never, 1 = all the time)."""
     wall = max(b[0] - a[0], 1e-9)
     busy, own = b[2] - a[2], b[3] - a[3]
     return {"loadavg": b[1], "other_cpus": round(max(0.0, busy - own) / wall, 3),
+            "cpu_pressure": round((b[4] - a[4]) / wall, 4),
             "seconds": round(wall, 6), "busy_s": round(busy, 4), "own_s": round(own, 4)}
 
 
@@ -142,7 +155,7 @@ def blocks(fn, arrays, tmps=(), chunk=CHUNK):
 
 def tmp(dtype, n=CHUNK):
     """A cache-sized temporary for :func:`blocks`."""
-    return np.empty(min(n, max(N, 1)), dtype=dtype)
+    return np.empty(n if n != CHUNK else min(n, max(N, 1)), dtype=dtype)
 
 
 def assert_same(a, b):

@@ -143,6 +143,17 @@ if ERA.ext is not None:
     case("role.unpack_cpu_role", R.unpack_cpu_role,
          [(ERA, R.pack_cpu_role(ERA, b, e)) for b, e in zip(_FIELDS, _EXT)])
 case("role.gpte_bytes", R.gpte_bytes, [(ERA, w) for w in _WORDS])
+_VCPUS = [R.VcpuState.long_mode(), R.VcpuState.pae(), R.VcpuState.nonpae32(), R.VcpuState.long_mode(smm=True)]
+_ROOTS = [R.kvm_calc_tdp_mmu_root_page_role(ERA, _VCPUS[i % 2]) for i in range(CALLS)]
+case("role.kvm_calc_tdp_mmu_root_page_role", R.kvm_calc_tdp_mmu_root_page_role,
+     [(ERA, _VCPUS[i % 4]) for i in range(CALLS)])
+case("role.kvm_calc_cpu_role", R.kvm_calc_cpu_role, [(ERA, _VCPUS[i % 4]) for i in range(CALLS)])
+case("role.kvm_calc_shadow_mmu_root_page_role", R.kvm_calc_shadow_mmu_root_page_role,
+     [(ERA, _VCPUS[i % 4]) for i in range(CALLS)])
+case("role.tdp_mmu_child_role", R.tdp_mmu_child_role, [(ERA, w) for w in _ROOTS])
+case("role.kvm_mmu_child_role", lambda era, w, i: R.kvm_mmu_child_role(era, w, direct=False, access=7, index=i),
+     [(ERA, w, i % 512) for i, w in enumerate(_ROOTS)])
+case("role.check_role_word", R.check_role_word, [(ERA, w) for w in _ROOTS])
 case("role.quadrant_for_gaddr", R.quadrant_for_gaddr, [(g << 12, 1 + (g & 1)) for g in GFNS])
 
 # ------------------------------------------------------------------ RMP

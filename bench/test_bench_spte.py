@@ -288,11 +288,11 @@ class NumpyDecode:
     """numpy: decode_batch for an EPT v6.19 config at level 1, field by field into the
     structured output (``out=`` views), in cache-sized blocks."""
 
-    def __init__(self, c=CFG):
+    def __init__(self, c=CFG, n=None):
         self.c = c
         self.rsvd = np.array(c.rsvd_bits_mask, dtype=U).reshape(2, 5)[:, 0].copy()
-        self.t = [tmp(U) for _ in range(2)]
-        self.b = [tmp(np.bool_) for _ in range(8)]
+        self.t = [tmp(U, n or CHUNK) for _ in range(2)]
+        self.b = [tmp(np.bool_, n or CHUNK) for _ in range(8)]
 
     def _bit(self, s, mask, out):
         np.bitwise_and(s, u(mask), out=self.t[0][:s.size])
@@ -384,6 +384,66 @@ class NumpyDecode:
 NUMPY_DECODE = NumpyDecode()
 
 
+class NumpyDecodeTable:
+    """numpy: decode_batch as a table lookup.  Every output byte from 16 on (kind, AD type,
+    memtype, IPAT, access, saved R/X, level, the predicates) depends only on SPTE bits 0-11,
+    52-58 and 63, except three whole-value rules handled separately: the reserved-PA bits of
+    is_rsvd_spte, and the frozen / non-present values (exact compares, patched when present).
+    Index = bits 0-11 | bits 52-58 << 12 | bit 63 << 19: one take of the 32 bytes from a
+    2^20-row table built with NumpyDecode (bit 12 set so that no row is a whole-value match),
+    then the spte and pfn fields, and the rare rows with reserved-PA bits or a whole-value
+    match patched."""
+
+    def __init__(self, c=CFG):
+        rs = np.array(c.rsvd_bits_mask, dtype=U).reshape(2, 5)[:, 0]
+        assert rs[0] == rs[1] and not int(rs[0]) & ~(((1 << 52) - 1) ^ ((1 << 12) - 1)), \
+            "level-1 reserved bits are PA bits for both page sizes"
+        self.c, self.rsvd = c, u(rs[0])
+        k = np.arange(1 << 20, dtype=U)
+        v = (k & u(0xFFF)) | ((k >> u(12) & u(0x7F)) << u(52)) | ((k >> u(19)) << u(63)) | u(1 << 12)
+        rows = NumpyDecode(c, n=v.size)(v, np.zeros(v.size, S.DECODE_DTYPE))
+        # numpy's take has fast copies for 32-byte items: gather bytes 16..47 as one 32-byte
+        # item into a cache-sized buffer, then copy them into the output rows
+        self.rest = np.dtype([("spte", "<u8"), ("pfn", "<u8"), ("rest", "V32")])
+        self.table = rows.view(self.rest)["rest"].copy()
+        self.r = tmp(self.table.dtype)
+        self.full = NumpyDecode(c)
+        self.t = [tmp(U) for _ in range(2)]
+        self.b = tmp(np.bool_)
+
+    def block(self, s, o):
+        n = s.size
+        t, t1, b = self.t[0][:n], self.t[1][:n], self.b[:n]
+        np.right_shift(s, u(52), out=t)                  # bits 52..63
+        np.right_shift(t, u(4), out=t1)
+        np.bitwise_and(t1, u(0x80), out=t1)              # bit 63 -> 7
+        np.bitwise_and(t, u(0x7F), out=t)                # bits 52..58 -> 0..6
+        np.bitwise_or(t, t1, out=t)
+        np.left_shift(t, u(12), out=t)
+        np.bitwise_and(s, u(0xFFF), out=t1)
+        np.bitwise_or(t, t1, out=t)
+        r = self.r[:n]
+        np.take(self.table, t.view(np.intp), out=r, mode="clip")
+        np.copyto(o.view(self.rest)["rest"], r)
+        o["spte"] = s
+        np.bitwise_and(s, u(self.c.base_addr_mask), out=t)
+        np.right_shift(t, u(12), out=o["pfn"])
+        np.bitwise_and(s, self.rsvd, out=t)
+        if t.any():                                      # reserved PA bits set: is_rsvd_spte
+            o["p_rsvd"][np.flatnonzero(t)] = True
+        for value in (self.c.frozen_value, self.c.profile.nonpresent_value):
+            np.equal(s, u(value), out=b)
+            if b.any():                                  # whole-value matches: decode them fully
+                i = np.nonzero(b)[0]
+                o[i] = self.full(s[i], np.zeros(i.size, S.DECODE_DTYPE))
+
+    def __call__(self, s, out):
+        blocks(self.block, (s, out))
+        return out
+
+
+
+
 def _ref_decode(sample):
     names = [n for n, (_, _, feat) in S.PREDICATES.items() if not feat or getattr(CFG.profile, feat)]
     out = []
@@ -398,13 +458,14 @@ def _ref_decode(sample):
 
 def test_decode(benchmark, sptes):
     out, out1, outn, outp = (np.zeros(sptes.shape, S.DECODE_DTYPE) for _ in range(4))
+    numpy_decode = NumpyDecodeTable()
     sample = [int(x) for x in sptes[:max(1, REF_N // 10)]]
     cases = {
         "core": lambda: S.decode_batch(CFG, sptes, out=out),
         "core1t": lambda: S.decode_batch(CFG, sptes, out=out1, threads=1),
         "alloc": lambda: S.decode_batch(CFG, sptes),
         "memcpy": same_traffic_copy(8, S.DECODE_DTYPE.itemsize),
-        "numpy": lambda: NUMPY_DECODE(sptes, outn),
+        "numpy": lambda: numpy_decode(sptes, outn),
         "reference": (lambda: _ref_decode(sample), len(sample)),
     }
     targets = [{"subject": "core1t", "vs": "memcpy", "min": 0.5},
@@ -418,6 +479,8 @@ def test_decode(benchmark, sptes):
     def check(r):
         for k in ("core", "core1t", "numpy") + (("portable",) if HAVE_AVX512 else ()):
             assert_same(r[k], r["alloc"])
+        k = min(N, 4096)                 # the field-by-field formulation the table is built with
+        assert_same(NUMPY_DECODE(sptes[:k], np.zeros(k, S.DECODE_DTYPE)), r["alloc"][:k])
         got = r["alloc"][:len(sample)]
         assert [int(p) for p in got["pfn"]] == [p for p, _ in r["reference"]]
     interleaved(benchmark, "spte.decode_batch 16M", cases, check=check, targets=targets,
