@@ -86,7 +86,7 @@ def _norm(spec, elements):
 
 
 def interleaved(benchmark, group, cases, *, elements=N, rounds=None, targets=(), check=None,
-                **info):
+                warmup=True, bench_rounds=3, **info):
     """Time every case of ``cases`` ({kind: fn or (fn, elements)}, each fn called without
     arguments) in ``rounds`` interleaved rounds after one warm-up call of each.
 
@@ -98,11 +98,13 @@ def interleaved(benchmark, group, cases, *, elements=N, rounds=None, targets=(),
     ``benchmark.extra_info``; pytest-benchmark itself times the first case (so
     ``--benchmark-json`` has the usual statistics).  ``targets``: goals the report marks met /
     not met, e.g. ``{"subject": "core1t", "vs": "memcpy", "min": 0.9}`` or
-    ``{"subject": "core", "max_ns": 500}``.  Returns the warm-up results.
+    ``{"subject": "core", "max_ns": 500}``.  ``warmup=False`` (long workloads) skips the
+    warm-up call; ``bench_rounds``: pytest-benchmark's own rounds of the first case.  Returns
+    the warm-up results.
     """
     norm = {k: _norm(v, elements) for k, v in cases.items()}
     kinds = list(norm)
-    results = {k: fn() for k, (fn, _) in norm.items()}
+    results = {k: fn() for k, (fn, _) in norm.items()} if warmup else {}
     if check is not None:
         check(results)
     disabled = getattr(benchmark, "disabled", False)
@@ -128,7 +130,7 @@ def interleaved(benchmark, group, cases, *, elements=N, rounds=None, targets=(),
         kind=kinds[0], elements=int(norm[kinds[0]][1]), interleaved=True, rounds=rounds,
         ns_per_elem=ns, ratios=ratios, load=load, targets=list(targets), n_batch=N,
         case_elements={k: n for k, (_, n) in norm.items()}, **info)
-    benchmark.pedantic(norm[kinds[0]][0], rounds=1 if disabled else 3, iterations=1)
+    benchmark.pedantic(norm[kinds[0]][0], rounds=1 if disabled else bench_rounds, iterations=1)
     return results
 
 

@@ -117,12 +117,13 @@ def _lookup(benchmark, t, pfns, group, extra=None, targets=()):
     flat = t.buffer[16384:].view(np.uint64)
 
     def check(r):
-        for a, b in zip(r["numpy"], r["core"]):
-            assert np.array_equal(a, b)
+        for a, b, c in zip(r["numpy"], r["core"], r["alloc"]):
+            assert np.array_equal(a, b) and np.array_equal(c, b)
         for j in np.random.default_rng(1).integers(0, n, 50):
             assert (r["core"].assigned[j], r["core"].level[j]) == t.snp_lookup_rmpentry(int(pfns[j]))
     o = outs[0]
     cases = {"core": lambda: t.lookup_batch(pfns, assigned=o[0], level=o[1], asid=o[2], gpa=o[3]),
+             "alloc": lambda: t.lookup_batch(pfns),
              "numpy": lambda: numpy_lookup(flat, pfns, outs[1], tmps), **(extra or {})}
     return interleaved(benchmark, group, cases, elements=n, check=check, targets=targets,
                        table_bytes=t.size)

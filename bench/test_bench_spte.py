@@ -484,5 +484,5 @@ def test_decode(benchmark, sptes):
         got = r["alloc"][:len(sample)]
         assert [int(p) for p in got["pfn"]] == [p for p, _ in r["reference"]]
     interleaved(benchmark, "spte.decode_batch 16M", cases, check=check, targets=targets,
-                in_bytes=8, out_bytes=S.DECODE_DTYPE.itemsize, rounds=7, chunk=CHUNK,
+                in_bytes=8, out_bytes=S.DECODE_DTYPE.itemsize, chunk=CHUNK,
                 avx512=HAVE_AVX512)
