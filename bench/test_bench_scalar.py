@@ -114,6 +114,8 @@ for _name in ("check_mmio_spte", "mmio_fault_outcome"):
          getattr(ref_mmio, _name))
 case("mmio.generation_mmio_spte_mask", M.generation_mmio_spte_mask,
      [(L1TF, i & 0x7FFFF) for i in range(CALLS)], ref_mmio.generation_mmio_spte_mask)
+for _name in ("mmio_generation_mask", "mmio_generation_bits", "mmio_gfn_lost_bits"):
+    case(f"mmio.{_name}", getattr(M, _name), [(L1TF,)] * CALLS)
 case("mmio.kvm_mmu_invalidate_mmio_sptes", M.kvm_mmu_invalidate_mmio_sptes,
      [(L1TF, (i * 2) & 0x7FFFF, 2) for i in range(CALLS)], ref_mmio.kvm_mmu_invalidate_mmio_sptes)
 
@@ -153,6 +155,14 @@ case("role.kvm_calc_shadow_mmu_root_page_role", R.kvm_calc_shadow_mmu_root_page_
 case("role.tdp_mmu_child_role", R.tdp_mmu_child_role, [(ERA, w) for w in _ROOTS])
 case("role.kvm_mmu_child_role", lambda era, w, i: R.kvm_mmu_child_role(era, w, direct=False, access=7, index=i),
      [(ERA, w, i % 512) for i, w in enumerate(_ROOTS)])
+case("role.kvm_calc_mmu_role_ext", R.kvm_calc_mmu_role_ext, [(ERA, _VCPUS[i % 4]) for i in range(CALLS)])
+case("role.kvm_calc_shadow_ept_root_page_role", R.kvm_calc_shadow_ept_root_page_role,
+     [(ERA, _VCPUS[0])] * CALLS)
+case("role.kvm_calc_shadow_npt_root_page_role", R.kvm_calc_shadow_npt_root_page_role,
+     [(ERA, _VCPUS[i % 2]) for i in range(CALLS)])
+case("role.kvm_mmu_get_page_role", lambda era, w: R.kvm_mmu_get_page_role(era, w, level=3, direct=True),
+     [(ERA, w) for w in _ROOTS])
+case("role.shadow_root_sp_roles", R.shadow_root_sp_roles, [(ERA, _VCPUS[i % 4]) for i in range(CALLS)])
 case("role.check_role_word", R.check_role_word, [(ERA, w) for w in _ROOTS])
 case("role.quadrant_for_gaddr", R.quadrant_for_gaddr, [(g << 12, 1 + (g & 1)) for g in GFNS])
 
@@ -195,8 +205,13 @@ case("rmp.sev_private_max_mapping_level", lambda p: RMP.sev_private_max_mapping_
 case("rmp.handle_user_rmp_page_fault",
      lambda p: RMP.handle_user_rmp_page_fault(_T, pte_present=True, pte_pfn=p, level=1, address=p << 12),
      [(p,) for p in _RP], lambda p: _REF.user_pf(True, p, 1, p << 12), compare=None)
+case("rmp.page_state_raw", RMP.page_state_raw, [(_REF.e[p][0],) for p in _RP], ref_rmp.state_of,
+     compare=int)
+case("rmp.dump_rmpentry", _T.dump_rmpentry, [(p,) for p in _RP])
 case("rmp.kvm_max_private_mapping_level", RMP.kvm_max_private_mapping_level,
      [(1 + i % 3, (i * 7) % 19, i % 4) for i in range(CALLS)])
+
+case("rmp.psmash", _T.psmash, [(p - p % 512,) for p in _RP], _REF.psmash, compare=int)
 
 # ------------------------------------------------------------------ private
 _GPA = [int(x) for x in _rng.integers(0, 1 << 52, CALLS)]
@@ -219,6 +234,10 @@ case("private.decide", P.decide, [(_CTX, g, e) for g, e in zip(_GPA, _EC)], max_
 case("private.decode_error_code", P.decode_error_code, [(e,) for e in _EC], max_ns=None)
 case("private.gfn_direct_bits", P.gfn_direct_bits, [("tdx", 48 + (i & 1) * 4) for i in range(CALLS)],
      max_ns=None)
+case("private.ept_violation_error_code", P.ept_violation_error_code,
+     [(e & 0x1FF, g, "tdx") for g, e in zip(_GPA, _EC)], max_ns=None)
+case("private.vm_type_number", P.vm_type_number, [("snp",)] * CALLS, max_ns=None)
+case("private.has_private_mem", P.has_private_mem, [("tdx",)] * CALLS, max_ns=None)
 case("private.prefault_error_code", P.prefault_error_code, [("snp", bool(i & 1)) for i in range(CALLS)],
      max_ns=None)
 
