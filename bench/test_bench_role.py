@@ -57,6 +57,32 @@ def _move(src, pos, shift, out):
         np.copyto(out, src)
 
 
+#: 1-bit fields in consecutive bytes of one u64 half, packed to consecutive bits: gathered by
+#: one multiply (byte j's bit 0 times 2^(56 - 7j) lands on bit 56 + j; no two partial
+#: products share a bit, so there are no carries).  [(half, first byte, count, first shift)]
+GATHERS = []
+_GATHER_MUL = U(sum(1 << (56 - 7 * j) for j in range(8)))
+
+
+def _find_gathers():
+    """Runs of >= 3 one-bit fields in consecutive bytes of a half with consecutive shifts."""
+    runs, i = [], 0
+    fields = LAY.fields
+    while i < len(fields):
+        j = i
+        while (j + 1 < len(fields) and fields[j + 1].width == 1 and fields[i].width == 1
+               and (j + 1) // 8 == i // 8 and fields[j + 1].shift == fields[j].shift + 1):
+            j += 1
+        if j - i + 1 >= 3:
+            runs.append((i // 8, i % 8, j - i + 1, fields[i].shift))
+        i = j + 1
+    return runs
+
+
+GATHERS = _find_gathers()
+_GATHERED = {h * 8 + b + k for h, b, n, _ in GATHERS for k in range(n)}
+
+
 def _pack_block(rec, out, t, acc, lo, hi):
     r64 = rec.view(U).reshape(-1, 2)
     np.copyto(lo, r64[:, 0])
@@ -66,7 +92,17 @@ def _pack_block(rec, out, t, acc, lo, hi):
         if t.any():
             raise ValueError("a field wider than its width")
     acc[...] = 0
-    for h, pos, shift, width in LANES:
+    for h, first, n, shift in GATHERS:
+        np.bitwise_and(lo if h == 0 else hi, U(sum(1 << (8 * (first + k)) for k in range(n))), out=t)
+        if first:
+            np.right_shift(t, U(8 * first), out=t)
+        np.multiply(t, _GATHER_MUL, out=t)
+        np.right_shift(t, U(56), out=t)
+        np.left_shift(t, U(shift), out=t)
+        np.bitwise_or(acc, t, out=acc)
+    for i, (h, pos, shift, width) in enumerate(LANES):
+        if i in _GATHERED:
+            continue
         _move(lo if h == 0 else hi, pos, shift, t)
         np.bitwise_and(t, U(((1 << width) - 1) << shift), out=t)
         np.bitwise_or(acc, t, out=acc)
@@ -74,8 +110,9 @@ def _pack_block(rec, out, t, acc, lo, hi):
 
 
 def numpy_pack(rec, out, tmps):
-    """numpy: the rows as two contiguous u64 halves, the width check, then one move + mask +
-    OR per field into a u64 accumulator, in cache-sized blocks."""
+    """numpy: the rows as two contiguous u64 halves, the width check, runs of one-bit fields
+    gathered by one multiply each (GATHERS), one move + mask + OR per other field into a u64
+    accumulator, in cache-sized blocks."""
     blocks(_pack_block, (rec, out), tmps)
     return out
 
@@ -86,7 +123,19 @@ def _unpack_block(w, out, t, lo, hi):
         raise ValueError("reserved bits set")
     lo[...] = 0
     hi[...] = 0
-    for h, pos, shift, width in LANES:
+    for h, first, n, shift in GATHERS:          # the inverse multiply: one bit to each byte
+        ones = sum(1 << (8 * k) for k in range(n))
+        np.right_shift(w, U(shift), out=t, dtype=U)
+        np.bitwise_and(t, U((1 << n) - 1), out=t)
+        np.multiply(t, U(0x0101010101010101), out=t)            # the n bits in every byte
+        np.bitwise_and(t, U(sum(1 << (9 * k) for k in range(n))), out=t)   # bit k of byte k
+        np.add(t, U(ones * 0x7F), out=t)                          # byte k >= 0x80 iff bit k
+        np.bitwise_and(t, U(ones * 0x80), out=t)
+        _move(t, 7, 8 * first, t)                                  # bit 7 of byte k -> bit 0
+        np.bitwise_or(lo if h == 0 else hi, t, out=lo if h == 0 else hi)
+    for i, (h, pos, shift, width) in enumerate(LANES):
+        if i in _GATHERED:
+            continue
         np.bitwise_and(w, U(((1 << width) - 1) << shift), out=t)
         _move(t, shift, pos, t)
         np.bitwise_or(lo if h == 0 else hi, t, out=lo if h == 0 else hi)
@@ -96,8 +145,9 @@ def _unpack_block(w, out, t, lo, hi):
 
 
 def numpy_unpack(w, out, tmps):
-    """numpy: the reserved-bit check, then one mask + move + OR per field into the two u64
-    halves of the rows (contiguous), copied into the rows once, in cache-sized blocks."""
+    """numpy: the reserved-bit check, runs of one-bit fields spread to their bytes by one
+    multiply each, one mask + move + OR per other field into the two u64 halves of the rows
+    (contiguous), copied into the rows once, in cache-sized blocks."""
     blocks(_unpack_block, (w, out), tmps)
     return out
 
