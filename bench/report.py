@@ -358,6 +358,28 @@ def plot_scaling(scaling, sizes, path):
     return True
 
 
+def plot_threads(inter, path):
+    """Two-thread speed-up per operation (median, IQR), the 1.8x goal dotted."""
+    plt = _plt()
+    tb = sorted((b for b in inter if b.get("threads")), key=lambda b: b["group"])
+    if plt is None or not tb:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(tb) + 1.5))
+    xs = [b["ratios"].get("2 threads/1 thread", []) for b in tb]
+    ms = [med(x) for x in xs]
+    q = [iqr(x) for x in xs]
+    ax.barh(range(len(tb)), ms, color=["tab:red" if b.get("compute_bound") else "tab:gray" for b in tb],
+            xerr=[[max(0.0, m - lo) for m, (lo, _) in zip(ms, q)], [max(0.0, hi - m) for m, (_, hi) in zip(ms, q)]],
+            capsize=3)
+    ax.axvline(1.8, color="tab:red", ls=":", lw=1)
+    ax.set_yticks(range(len(tb)))
+    ax.set_yticklabels([b.get("op", b["group"]) for b in tb], fontsize=8)
+    ax.set_xlabel("speed-up t(1 thread) / t(2 threads), median [IQR]; red: compute-bound (goal 1.8x)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
 # ------------------------------------------------------------------ main
 def render(data, inter, other):
     tl = targets(inter)
@@ -423,7 +445,8 @@ def main(argv=None):
         f.write(text)
     print(text)
     wrote = [os.path.join(a.out, "REPORT.md")]
-    for fn, args, name in ((plot_ratios, (rows,), "ratios.png"), (plot_scaling, (scaling, sizes), "scaling.png")):
+    for fn, args, name in ((plot_ratios, (rows,), "ratios.png"), (plot_scaling, (scaling, sizes), "scaling.png"),
+                           (plot_threads, (inter,), "threads.png")):
         p = os.path.join(a.out, name)
         if fn(*args, p):
             wrote.append(p)

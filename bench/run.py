@@ -7,7 +7,7 @@
 Writes bench/report/results.json (pytest-benchmark), bench/report/REPORT.md (target lines
 met / not met; every ratio as the median [q1..q3] of interleaved rounds with the outside load;
 scalar calls; two-thread speed-ups; RMP lookup latency by table size; scaling curves),
-bench/report/ratios.png and bench/report/scaling.png (with matplotlib: pip install matplotlib).
+bench/report/ratios.png, threads.png and scaling.png (with matplotlib: pip install matplotlib).
 """
 import argparse
 import os
