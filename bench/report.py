@@ -1,153 +1,333 @@
-"""Turn a pytest-benchmark JSON run into a ratio report (markdown table + PNG plot).
+"""Turn a pytest-benchmark JSON run into the benchmark report (REPORT.md + PNG plots).
 
 Usage: python bench/report.py [results.json] [--out bench/report]
-For every group it prints the core's ns per element and its throughput ratio to each
-baseline measured in the same run (memcpy, numpy, reference): ratio = baseline time per
-element / core time per element, so > 1 means the core is faster.
+
+Every ratio comes from one interleaved benchmark (bench/conftest.py ``interleaved``): the
+operation and its baselines ran in alternating rounds, and the report gives the median of
+the per-round ratios with the interquartile range [q1..q3] and the outside load during those
+rounds (other processes' CPU use in cores, and the 1-minute loadavg).  Ratio = baseline time
+per element / subject time per element, so > 1 means the library is faster.  Target lines
+(the goals of issue 14, declared next to each benchmark) are marked met / NOT met from the
+measured median.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
+import statistics
 import sys
 from collections import defaultdict
 
+FULL_N = 16 * 1024 * 1024
+SUBJECTS = ("core", "core1t", "alloc", "portable")
+SUBJECT_LABEL = {"core": "out=, auto threads", "core1t": "out=, 1 thread",
+                 "alloc": "no out=, auto threads", "portable": "out=, 1 thread, portable path"}
 
+
+# ------------------------------------------------------------------ statistics
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def iqr(xs):
+    """(q1, q3) of the per-round values (min..max when there are fewer than 4)."""
+    if not xs:
+        return float("nan"), float("nan")
+    if len(xs) < 4:
+        return min(xs), max(xs)
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def fmt_ratio(xs):
+    if not xs:
+        return "-"
+    lo, hi = iqr(xs)
+    return f"{med(xs):.2f}x [{lo:.2f}..{hi:.2f}]"
+
+
+def fmt_ns(x):
+    if x != x:
+        return "-"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} ms"
+    if x >= 1e3:
+        return f"{x / 1e3:.2f} µs"
+    return f"{x:.3g} ns" if x < 10 else f"{x:.0f} ns"
+
+
+# ------------------------------------------------------------------ loading
 def load(path):
+    """The run's interleaved benchmarks (dicts) and its other benchmarks (scaling, build)."""
     with open(path) as f:
         data = json.load(f)
-    groups = defaultdict(dict)
+    inter, other = [], []
     for b in data["benchmarks"]:
         info = b.get("extra_info", {})
-        kind = info.get("kind")
-        n = info.get("elements")
-        if not kind or not n or info.get("scaling") or info.get("threads"):
-            continue                     # scaling curves and thread runs have their own sections
-        t = b["stats"]["min"]
-        groups[b["group"] or b["name"]].setdefault(kind, []).append((t / n * 1e9, b["name"], n))
-    return groups
+        if info.get("interleaved"):
+            inter.append(dict(info, group=b.get("group") or b["name"], name=b["name"]))
+        else:
+            other.append(b)
+    return data, inter, other
 
 
-def rows(groups):
+def other_cpus(rounds):
+    """Other processes' CPU use in cores over the rounds (CPU seconds summed before dividing
+    by the wall time, since /proc/stat counts 10 ms ticks) and the maximum over rounds of at
+    least 0.2 s (None when there are none)."""
+    wall = sum(r["seconds"] for r in rounds)
+    if "busy_s" not in (rounds[0] if rounds else {}) or wall < 0.2:
+        return float("nan"), None                    # too short for 10 ms ticks
+    total = max(0.0, sum(r["busy_s"] for r in rounds) - sum(r["own_s"] for r in rounds)) / wall
+    long = [r["other_cpus"] for r in rounds if r["seconds"] >= 0.2]
+    return total, (max(long) if long else None)
+
+
+def pressure(rounds):
+    """Share of the rounds' time some task waited for a CPU (PSI), time-weighted."""
+    rs = [r for r in rounds if r.get("cpu_pressure") == r.get("cpu_pressure") and "cpu_pressure" in r]
+    wall = sum(r["seconds"] for r in rs)
+    return sum(r["cpu_pressure"] * r["seconds"] for r in rs) / wall if wall > 0 else float("nan")
+
+
+def load_summary(benches):
+    rounds = [r for b in benches for r in b.get("load", [])]
+    return [r["loadavg"] for r in rounds], other_cpus(rounds) if rounds else (float("nan"), None)
+
+
+def fmt_load(b):
+    rounds = b.get("load", [])
+    if not rounds:
+        return "-"
+    avg, mx = other_cpus(rounds)
+    p = pressure(rounds)
+    return (("n/a" if avg != avg else f"{avg:.2f}") + (f" (max {mx:.2f})" if mx is not None else "")
+            + " / " + ("n/a" if p != p else f"{100 * p:.0f}%")
+            + f" / {med([r['loadavg'] for r in rounds]):.2f}")
+
+
+# ------------------------------------------------------------------ targets
+def target_line(b, t):
+    """(met: bool | None, text) of one declared target of benchmark b."""
+    s = t["subject"]
+    where = b["group"]
+    note = ""
+    if not (b.get("scalar") or b.get("threads") or where.startswith(("rmp", "vm."))) \
+            and b.get("n_batch", FULL_N) < FULL_N:
+        note = f" (measured at {b['n_batch']:,} elements; the goal is at 16M)"
+    if "vs" in t:
+        xs = b["ratios"].get(f"{s}/{t['vs']}", [])
+        if not xs:
+            return None, f"{where}: {s} vs {t['vs']} >= {t['min']}x: not measured"
+        m = med(xs)
+        lo, hi = iqr(xs)
+        ok = m >= t["min"]
+        who = s if b.get("scalar") or s not in SUBJECT_LABEL else f"{s} ({SUBJECT_LABEL[s]})"
+        return ok, (f"{where}: {who} >= {t['min']}x {t['vs']}: "
+                    f"median {m:.2f}x [{lo:.2f}..{hi:.2f}]{note}")
+    xs = b["ns_per_elem"].get(s, [])
+    if not xs:
+        return None, f"{where}: {s} <= {t['max_ns']} ns: not measured"
+    m = med(xs)
+    ok = m <= t["max_ns"]
+    label = t.get("label") or f"< {fmt_ns(t['max_ns'])} per call"
+    extra = f" = {1e9 / m:,.0f}/s" if "/s" in label else ""
+    return ok, f"{where}: {s} {label}: median {fmt_ns(m)}{extra}{note}"
+
+
+def targets(inter):
     out = []
-    for g in sorted(groups):
-        kinds = groups[g]
-        for kind in ("core", "core1t"):
-            for ns_core, name, n in kinds.get(kind, []):
-                out.append(_row(g, kinds, kind, ns_core, name, n))
+    for b in inter:
+        for t in b.get("targets", []):
+            out.append((b, t) + target_line(b, t))
     return out
 
 
-def _row(g, kinds, kind, ns_core, name, n):
-    """One measured core case of group g with its ratios to the group's baselines."""
-    r = {"group": g, "case": name.split("[")[-1].rstrip("]") if "[" in name else name,
-         "n": n, "ns_core": ns_core, "threads": "1" if kind == "core1t" else "auto"}
-    for base in ("memcpy", "numpy", "reference"):
-        if base in kinds:
-            ns_base = min(k[0] for k in kinds[base])
-            r[base] = ns_base / ns_core
-            r["ns_" + base] = ns_base
-    return r
+def mark(ok):
+    return "met" if ok else ("**NOT met**" if ok is not None else "n/a")
 
 
-def markdown(table):
-    lines = ["| group | elements | core threads | core ns/elem | vs memcpy | vs numpy | vs reference |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for r in table:
-        def f(k):
-            return f"{r[k]:.2f}x" if k in r else "-"
-        lines.append(f"| {r['group']} | {r['n']:,} | {r['threads']} | {r['ns_core']:.3f} | "
-                     f"{f('memcpy')} | {f('numpy')} | {f('reference')} |")
-    return "\n".join(lines)
+def scalar_target_lines(tl):
+    """The scalar goals as a few lines: the < 0.5 us rule over every function (with the ones
+    that miss it), and the function-specific goals (decode, make_spte vs the reference)."""
+    sc = [x for x in tl if x[0].get("scalar")]
+    if not sc:
+        return []
+    out = []
+    per_call = [x for x in sc if "max_ns" in x[1] and x[1]["max_ns"] == 500.0]
+    if per_call:
+        bad = [x for x in per_call if not x[2]]
+        worst = ", ".join(f"{x[0]['group'][7:]} {med(x[0]['ns_per_elem']['core']):.0f} ns"
+                          for x in sorted(bad, key=lambda x: -med(x[0]["ns_per_elem"]["core"])))
+        out.append(f"- [{mark(not bad)}] every scalar SPTE/MMIO/role/RMP call < 500 ns: "
+                   f"{len(per_call) - len(bad)} of {len(per_call)} functions"
+                   + (f"; over: {worst}" if bad else ""))
+    for b, t, ok, text in sc:
+        if not ("max_ns" in t and t["max_ns"] == 500.0):
+            out.append(f"- [{mark(ok)}] {text}")
+    return out
 
 
-def plot(table, path):
+# ------------------------------------------------------------------ sections
+def batch_rows(inter):
+    """Per batch group and subject: ns/elem, ratios to each baseline, load."""
+    rows = []
+    for b in sorted(inter, key=lambda b: b["group"]):
+        if b.get("scalar") or b.get("threads") or b.get("workload") or b["group"].startswith("rmp"):
+            continue
+        for s in [k for k in b["ns_per_elem"] if k in SUBJECTS]:
+            r = {"group": b["group"], "subject": s, "n": b.get("elements"),
+                 "ns": med(b["ns_per_elem"][s]), "load": fmt_load(b), "rounds": b.get("rounds", 0)}
+            for base in [k for k in b["ns_per_elem"] if k not in SUBJECTS]:
+                r[base] = b["ratios"].get(f"{s}/{base}", [])
+                r["ns_" + base] = med(b["ns_per_elem"][base])
+            rows.append(r)
+    return rows
+
+
+def batch_markdown(rows):
+    bases = sorted({k for r in rows for k in r if k in ("memcpy", "numpy", "reference", "gather")},
+                   key=("memcpy", "numpy", "gather", "reference").index)
+    lines = ["| group | elements | core call | ns/elem | " + " | ".join(f"vs {b}" for b in bases)
+             + " | other CPUs (max) / CPU pressure / loadavg |",
+             "|---|---:|---|---:|" + "---:|" * len(bases) + "---:|"]
+    for r in rows:
+        cells = [fmt_ratio(r.get(b, [])) for b in bases]
+        lines.append(f"| {r['group']} | {r['n']:,} | {SUBJECT_LABEL.get(r['subject'], r['subject'])} | "
+                     f"{r['ns']:.3f} | " + " | ".join(cells) + f" | {r['load']} |")
+    return lines
+
+
+def scalar_markdown(inter, tl):
+    marks = {id(b): [ok for bb, _, ok, _ in tl if bb is b] for b in inter}
+    lines = ["| function | core ns/call [q1..q3] | reference ns/call | vs reference | "
+             "no-op Python call ns | target |", "|---|---:|---:|---:|---:|---|"]
+    for b in sorted((b for b in inter if b.get("scalar")), key=lambda b: b["group"]):
+        ns = b["ns_per_elem"]
+        lo, hi = iqr(ns["core"])
+        ms = marks[id(b)]
+        tgt = "-" if not ms else ("met" if all(ms) else "**NOT met**")
+        lines.append(f"| {b['group'][7:]} | {med(ns['core']):.0f} [{lo:.0f}..{hi:.0f}] | "
+                     f"{med(ns['reference']):.0f} | {fmt_ratio(b['ratios'].get('core/reference', []))} | "
+                     f"{med(ns['call']):.0f} | {tgt} |" if "reference" in ns else
+                     f"| {b['group'][7:]} | {med(ns['core']):.0f} [{lo:.0f}..{hi:.0f}] | - | - | "
+                     f"{med(ns.get('call', [])):.0f} | {tgt} |")
+    return lines
+
+
+def threads_markdown(inter):
+    lines = ["| operation | 1 thread ms | 2 threads ms | speed-up [q1..q3] | compute-bound | "
+             "other CPUs (max) / CPU pressure / loadavg |", "|---|---:|---:|---:|---|---:|"]
+    for b in sorted((b for b in inter if b.get("threads")), key=lambda b: b["group"]):
+        ns, n = b["ns_per_elem"], b["elements"]
+        lines.append(f"| {b.get('op', b['group'])} | {med(ns['1 thread']) * n / 1e6:.2f} | "
+                     f"{med(ns['2 threads']) * n / 1e6:.2f} | "
+                     f"{fmt_ratio(b['ratios'].get('2 threads/1 thread', []))} | "
+                     f"{'yes (target 1.8x)' if b.get('compute_bound') else 'no'} | {fmt_load(b)} |")
+    return lines
+
+
+def rmp_sizes(inter):
+    out = []
+    for b in inter:
+        m = re.fullmatch(r"rmp lookup (\d+)MiB", b["group"])
+        if m:
+            out.append((int(m.group(1)), b))
+    return sorted(out, key=lambda x: x[0])
+
+
+def rmp_markdown(sizes, other):
+    lines = ["| RMP table | lookups | core ns/lookup [q1..q3] | no out= ns/lookup | numpy ns/lookup | "
+             "core vs numpy | core vs one numpy gather | core vs reference | "
+             "other CPUs (max) / CPU pressure / loadavg |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mib, b in sizes:
+        ns, r = b["ns_per_elem"], b["ratios"]
+        lo, hi = iqr(ns["core"])
+        lines.append(f"| {mib:,} MiB | {b['elements']:,} | {med(ns['core']):.2f} [{lo:.2f}..{hi:.2f}] | "
+                     f"{med(ns.get('alloc', [])):.2f} | {med(ns['numpy']):.2f} | {fmt_ratio(r.get('core/numpy', []))} | "
+                     f"{fmt_ratio(r.get('core/gather', []))} | {fmt_ratio(r.get('core/reference', []))} | "
+                     f"{fmt_load(b)} |")
+    for b in other:
+        info = b.get("extra_info", {})
+        if (b.get("group") or "").startswith("rmp build") and "seconds" in info:
+            lines += ["", f"{b['group']}: {info['seconds']:.2f} s (create {info.get('create_seconds', 0):.4f} s), "
+                      f"peak RSS {info.get('peak_rss_bytes', 0) / 2**20:,.0f} MiB for a "
+                      f"{info.get('table_bytes', 0) / 2**20:,.0f} MiB table; a copy of the bytes "
+                      f"written took {info.get('memcpy_seconds', float('nan')):.3f} s (one run, "
+                      "not interleaved)."]
+    return lines
+
+
+def load_scaling(other):
+    scaling = defaultdict(list)
+    for b in other:
+        info = b.get("extra_info", {})
+        if info.get("scaling"):
+            scaling[info["op"]].append((info["elements"], b["stats"]["median"] / info["elements"] * 1e9))
+    for v in scaling.values():
+        v.sort()
+    return scaling
+
+
+def scaling_markdown(scaling):
+    sizes = sorted({n for v in scaling.values() for n, _ in v})
+    lines = ["| operation | " + " | ".join(f"{n:,}" for n in sizes) + " |", "|---|" + "---:|" * len(sizes)]
+    for op, pts in sorted(scaling.items()):
+        d = dict(pts)
+        lines.append(f"| {op} | " + " | ".join(f"{d[n]:.2f}" if n in d else "-" for n in sizes) + " |")
+    return lines
+
+
+# ------------------------------------------------------------------ plots
+def _plt():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        return plt
     except ImportError:
+        return None
+
+
+def plot_ratios(rows, path):
+    plt = _plt()
+    rows = [r for r in rows if r["subject"] in ("core1t", "portable") and r.get("memcpy")]
+    if plt is None or not rows:
         return False
-    labels = [r["group"] + (" (1 thread)" if r["threads"] == "1" else "") for r in table]
-    fig, ax = plt.subplots(figsize=(10, 0.4 * len(labels) + 1.5))
-    y = range(len(labels))
+    labels = [r["group"] + (" (portable)" if r["subject"] == "portable" else "") for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(labels) + 1.5))
     for i, (base, color) in enumerate((("memcpy", "tab:blue"), ("numpy", "tab:orange"))):
-        vals = [r.get(base, float("nan")) for r in table]
-        ax.barh([v + i * 0.4 for v in y], vals, height=0.4, color=color, label=f"vs {base}")
+        meds, err = [], [[], []]
+        for r in rows:
+            xs = r.get(base, [])
+            m = med(xs)
+            lo, hi = iqr(xs)
+            meds.append(m)
+            err[0].append(max(0.0, m - lo) if xs else 0)
+            err[1].append(max(0.0, hi - m) if xs else 0)
+        ax.barh([k + i * 0.4 for k in range(len(rows))], meds, height=0.4, color=color,
+                xerr=err, capsize=2, label=f"vs {base} (median, IQR)")
     ax.set_xscale("log")
-    ax.axvline(0.7, color="tab:blue", ls=":", lw=1)
-    ax.axvline(3.0, color="tab:orange", ls=":", lw=1)
-    ax.set_yticks([v + 0.2 for v in y])
+    for x, c in ((0.9, "tab:blue"), (0.5, "tab:blue"), (3.0, "tab:orange")):
+        ax.axvline(x, color=c, ls=":", lw=1)
+    ax.set_yticks([k + 0.2 for k in range(len(rows))])
     ax.set_yticklabels(labels, fontsize=7)
-    ax.set_xlabel("throughput ratio, core / baseline (log scale); dotted: 0.7x memcpy and 3x numpy targets")
-    ax.legend()
+    ax.set_xlabel("ratio, one library thread vs baseline (median, IQR; log)\n"
+                  "dotted: 0.5x and 0.9x the copy, 3x numpy")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
 
 
-def load_extra(path):
-    """The scaling points {op: [(n, ns/elem)]}, the thread runs {op: {threads: seconds}} and
-    the RMP lookup latency by table size [(MiB, ns/lookup)] of a run."""
-    import re
-    with open(path) as f:
-        data = json.load(f)
-    scaling, threads, rmp = defaultdict(list), defaultdict(dict), []
-    for b in data["benchmarks"]:
-        info = b.get("extra_info", {})
-        t = b["stats"]["min"]
-        per_call = t                     # pytest-benchmark's stats are per iteration
-        if info.get("scaling"):
-            scaling[info["op"]].append((info["elements"], per_call / info["elements"] * 1e9))
-        elif info.get("threads"):
-            threads[info["op"]][info["threads"]] = t
-        else:
-            m = re.fullmatch(r"rmp lookup (\d+)MiB", b.get("group") or "")
-            if m and info.get("kind") == "core" and info.get("elements"):
-                rmp.append((int(m.group(1)), t / info["elements"] * 1e9))
-    for v in scaling.values():
-        v.sort()
-    rmp.sort()
-    return scaling, threads, rmp
-
-
-def extra_markdown(scaling, threads, rmp):
-    out = []
-    if scaling:
-        sizes = sorted({n for v in scaling.values() for n, _ in v})
-        out += ["## Scaling: ns per element against batch size", "",
-                "| operation | " + " | ".join(f"{n:,}" for n in sizes) + " |",
-                "|---|" + "---:|" * len(sizes)]
-        for op, pts in sorted(scaling.items()):
-            d = dict(pts)
-            out.append(f"| {op} | " + " | ".join(f"{d[n]:.2f}" if n in d else "-" for n in sizes) + " |")
-        out.append("")
-    if threads:
-        out += ["## Two threads on the two halves vs one thread on all (GIL released)", "",
-                "| operation | 1 thread ms | 2 threads ms | speed-up |", "|---|---:|---:|---:|"]
-        for op, d in sorted(threads.items()):
-            if 1 in d and 2 in d:
-                out.append(f"| {op} | {d[1] * 1e3:.2f} | {d[2] * 1e3:.2f} | {d[1] / d[2]:.2f}x |")
-        out.append("")
-    if rmp:
-        out += ["## RMP lookup latency against table size (random pfns)", "",
-                "| RMP table | ns per lookup |", "|---:|---:|"]
-        out += [f"| {mib:,} MiB | {ns:.2f} |" for mib, ns in rmp]
-        out.append("")
-    return "\n".join(out)
-
-
-def plot_scaling(scaling, rmp, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+def plot_scaling(scaling, sizes, path):
+    plt = _plt()
+    if plt is None or (not scaling and not sizes):
         return False
-    if not scaling and not rmp:
-        return False
-    fig, axes = plt.subplots(1, 2 if rmp else 1, figsize=(12 if rmp else 7, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if sizes else 1, figsize=(12 if sizes else 7, 4.5), squeeze=False)
     ax = axes[0][0]
     for op, pts in sorted(scaling.items()):
         ax.plot([n for n, _ in pts], [1e3 / ns for _, ns in pts], marker="o", label=op)
@@ -158,42 +338,119 @@ def plot_scaling(scaling, rmp, path):
     ax.set_title("throughput against batch size")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    if rmp:
+    if sizes:
         ax = axes[0][1]
-        ax.plot([m for m, _ in rmp], [ns for _, ns in rmp], marker="o")
+        for kind in ("core", "numpy"):
+            xs = [m for m, _ in sizes]
+            ms = [med(b["ns_per_elem"][kind]) for _, b in sizes]
+            q = [iqr(b["ns_per_elem"][kind]) for _, b in sizes]
+            ax.errorbar(xs, ms, yerr=[[m - lo for m, (lo, _) in zip(ms, q)], [hi - m for m, (_, hi) in zip(ms, q)]],
+                        marker="o", capsize=3, label=kind)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("RMP table size (MiB)")
-        ax.set_ylabel("ns per lookup")
-        ax.set_title("RMP lookup latency against table size")
+        ax.set_ylabel("ns per lookup (median, IQR)")
+        ax.set_title("RMP random lookup latency against table size")
+        ax.axhline(12, color="gray", ls=":", lw=1)
         ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
 
 
+def plot_threads(inter, path):
+    """Two-thread speed-up per operation (median, IQR), the 1.8x goal dotted."""
+    plt = _plt()
+    tb = sorted((b for b in inter if b.get("threads")), key=lambda b: b["group"])
+    if plt is None or not tb:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(tb) + 1.5))
+    xs = [b["ratios"].get("2 threads/1 thread", []) for b in tb]
+    ms = [med(x) for x in xs]
+    q = [iqr(x) for x in xs]
+    ax.barh(range(len(tb)), ms, color=["tab:red" if b.get("compute_bound") else "tab:gray" for b in tb],
+            xerr=[[max(0.0, m - lo) for m, (lo, _) in zip(ms, q)], [max(0.0, hi - m) for m, (_, hi) in zip(ms, q)]],
+            capsize=3)
+    ax.axvline(1.8, color="tab:red", ls=":", lw=1)
+    ax.set_yticks(range(len(tb)))
+    ax.set_yticklabels([b.get("op", b["group"]) for b in tb], fontsize=8)
+    ax.set_xlabel("speed-up t(1 thread) / t(2 threads), median [IQR]; red: compute-bound (goal 1.8x)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+# ------------------------------------------------------------------ main
+def render(data, inter, other):
+    tl = targets(inter)
+    la, (oc_avg, oc_max) = load_summary(inter)
+    psi = pressure([r for b in inter for r in b.get("load", [])])
+    n_batch = max((b.get("n_batch", 0) for b in inter), default=0)
+    mi = data.get("machine_info", {})
+    md = ["# pykvmmu benchmark report", "",
+          f"Run {data.get('datetime', '?')} on {mi.get('cpu', {}).get('brand_raw', mi.get('processor', '?'))}, "
+          f"{os.cpu_count()} CPUs; batch size {n_batch:,} elements; "
+          f"{max((b.get('rounds', 0) for b in inter), default=0)} interleaved rounds per batch group.", "",
+          "Outside load during the measured rounds (other processes' CPU use in cores: the "
+          "machine's busy time from /proc/stat minus this process's CPU time, per round): "
+          f"{oc_avg:.2f} on average" + (f", max {oc_max:.2f} over rounds of 0.2 s or more" if oc_max
+                                        is not None else "")
+          + f"; CPU pressure (PSI: share of the time some runnable task waited for a CPU) "
+          f"{100 * psi:.0f}%; 1-minute loadavg median {med(la):.2f}, max "
+          f"{max(la) if la else float('nan'):.2f}.  "
+          "Ratios measured while other processes used a large share of the cores are not the "
+          "library's figures.", "",
+          "Ratios: baseline time / library time per element, median of the per-round ratios "
+          "[q1..q3]; > 1 means the library is faster.", "",
+          "## Targets (issue 14)", ""]
+    met = sum(1 for *_, ok, _ in tl if ok)
+    md += [f"{met} of {len(tl)} target lines met (scalar calls summarised below; each is marked "
+           "in the scalar table).", ""]
+    for b, t, ok, text in sorted((x for x in tl if not x[0].get("scalar")), key=lambda x: x[0]["group"]):
+        md.append(f"- [{mark(ok)}] {text}")
+    md += scalar_target_lines(tl)
+    rows = batch_rows(inter)
+    md += ["", "## Batch operations", "", *batch_markdown(rows), ""]
+    if any(b.get("scalar") for b in inter):
+        md += ["## Scalar calls (ns per call, loop included)", "", *scalar_markdown(inter, tl), ""]
+    if any(b.get("threads") for b in inter):
+        md += ["## Two threads on the two halves vs one thread on all (GIL released)", "",
+               *threads_markdown(inter), ""]
+    for b in (b for b in inter if b.get("workload")):
+        xs = b["ns_per_elem"]["core"]
+        md += ["## Vm.fault workload", "",
+               f"{b['elements']:,} random operations on an SNP VM (faults, 1 in 64 a conversion, "
+               f"1 in 256 a punch hole): median {1e9 / med(xs):,.0f} operations/s over "
+               f"{len(xs)} rounds (min {1e9 / max(xs):,.0f}, max {1e9 / min(xs):,.0f}); other CPUs / "
+               f"CPU pressure / loadavg {fmt_load(b)}.", ""]
+    sizes = rmp_sizes(inter)
+    if sizes:
+        md += ["## RMP random lookup latency against table size", "", *rmp_markdown(sizes, other), ""]
+    scaling = load_scaling(other)
+    if scaling:
+        md += ["## Scaling: ns per element against batch size (pytest-benchmark median, not "
+               "interleaved)", "", *scaling_markdown(scaling), ""]
+    return "\n".join(md) + "\n", rows, scaling, sizes
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="?", default="bench/report/results.json")
     ap.add_argument("--out", default="bench/report")
     a = ap.parse_args(argv)
-    table = rows(load(a.json))
-    md = markdown(table)
+    data, inter, other = load(a.json)
+    text, rows, scaling, sizes = render(data, inter, other)
     os.makedirs(a.out, exist_ok=True)
-    scaling, threads, rmp = load_extra(a.json)
-    extra = extra_markdown(scaling, threads, rmp)
     with open(os.path.join(a.out, "REPORT.md"), "w") as f:
-        f.write("# pykvmmu benchmark report\n\nRatios are throughput ratios against baselines "
-                "measured in the same run (> 1: the C core is faster).\n\n" + md + "\n\n" + extra)
-    png = os.path.join(a.out, "ratios.png")
-    drew = plot(table, png)
-    spng = os.path.join(a.out, "scaling.png")
-    if plot_scaling(scaling, rmp, spng):
-        print(f"wrote {spng}")
-    print(md)
-    print()
-    print(extra)
-    print(f"\nwrote {os.path.join(a.out, 'REPORT.md')}" + (f" and {png}" if drew else
-          " (install matplotlib for the PNG plot)"))
+        f.write(text)
+    print(text)
+    wrote = [os.path.join(a.out, "REPORT.md")]
+    for fn, args, name in ((plot_ratios, (rows,), "ratios.png"), (plot_scaling, (scaling, sizes), "scaling.png"),
+                           (plot_threads, (inter,), "threads.png")):
+        p = os.path.join(a.out, name)
+        if fn(*args, p):
+            wrote.append(p)
+    print("wrote " + ", ".join(wrote) + ("" if len(wrote) > 1 else " (install matplotlib for the PNG plots)"))
     return 0
 
 

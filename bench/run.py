@@ -4,10 +4,10 @@
     python bench/run.py --quick            # PYKVMMU_BENCH_N=1M (a quick look)
     python bench/run.py -k scaling         # extra arguments go to pytest
 
-Writes bench/report/results.json (pytest-benchmark), bench/report/REPORT.md (every benchmark
-as ratios to its baselines in the same run + ns per element, scaling curves, two-thread
-speed-ups, RMP lookup latency by table size), bench/report/ratios.png and
-bench/report/scaling.png (with matplotlib: pip install matplotlib).
+Writes bench/report/results.json (pytest-benchmark), bench/report/REPORT.md (target lines
+met / not met; every ratio as the median [q1..q3] of interleaved rounds with the outside load;
+scalar calls; two-thread speed-ups; RMP lookup latency by table size; scaling curves),
+bench/report/ratios.png, threads.png and scaling.png (with matplotlib: pip install matplotlib).
 """
 import argparse
 import os

@@ -1,0 +1,94 @@
+"""The benchmark machinery itself (no timing): the report's statistics and target marks on a
+synthetic run, the same-traffic copy's size, the numpy block loop and the interleaving."""
+import json
+
+import numpy as np
+
+import report
+from conftest import blocks, interleaved, same_traffic_copy
+
+
+def _bench(group, ns, ratios, targets, **info):
+    load = [{"loadavg": 1.0, "other_cpus": 0.5, "cpu_pressure": 0.25, "seconds": 0.5,
+             "busy_s": 1.0, "own_s": 0.75}] * len(next(iter(ns.values())))
+    return {"group": group, "name": f"test_{group}", "stats": {"median": 1.0, "min": 1.0},
+            "extra_info": dict(interleaved=True, kind="core1t", elements=16 << 20, n_batch=16 << 20,
+                               rounds=5, ns_per_elem=ns, ratios=ratios, load=load, targets=targets,
+                               **info)}
+
+
+def test_report_marks_targets_from_the_median(tmp_path):
+    data = {"datetime": "now", "benchmarks": [
+        _bench("op 16M", {"core1t": [1, 1, 1, 1, 1], "memcpy": [1, 1, 1, 1, 1]},
+               {"core1t/memcpy": [0.5, 0.95, 0.91, 0.92, 2.0]},
+               [{"subject": "core1t", "vs": "memcpy", "min": 0.9}]),
+        _bench("op2 16M", {"core1t": [1, 1, 1], "numpy": [1, 1, 1]},
+               {"core1t/numpy": [2.9, 3.5, 2.5]}, [{"subject": "core1t", "vs": "numpy", "min": 3.0}]),
+        _bench("scalar spte.x", {"core": [400, 450, 600], "reference": [900] * 3, "call": [80] * 3},
+               {"core/reference": [2.25, 2.0, 1.5]}, [{"subject": "core", "max_ns": 500.0}], scalar=True),
+    ]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    assert report.main([str(path), "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "- [met] op 16M: core1t (out=, 1 thread) >= 0.9x memcpy: median 0.92x" in text
+    assert "- [**NOT met**] op2 16M: core1t (out=, 1 thread) >= 3.0x numpy: median 2.90x" in text
+    assert "every scalar SPTE/MMIO/role/RMP call < 500 ns: 1 of 1 functions" in text
+    assert "2 of 3 target lines met" in text
+    # other CPUs: (busy - own) summed over rounds / wall = 0.25 / 0.5; pressure 25%
+    assert "0.50 (max 0.50) / 25% / 1.00" in text
+
+
+def test_statistics():
+    assert report.med([3, 1, 2]) == 2
+    assert report.iqr([1, 2]) == (1, 2)
+    assert report.iqr([1, 2, 3, 4, 5]) == (2, 4)
+
+
+def test_same_traffic_copy_moves_the_operations_bytes():
+    copy = same_traffic_copy(8, 1, elements=1000)       # 8 B read + 1 B written per element
+    cells = copy.__closure__
+    arrays = [c.cell_contents for c in cells if isinstance(c.cell_contents, np.ndarray)]
+    assert sorted(a.nbytes for a in arrays) == [4500, 4500]
+
+
+def test_blocks_cover_every_element_once():
+    a = np.arange(10)
+    out = np.zeros(10, np.int64)
+    t = np.empty(3, np.int64)
+
+    def f(x, o, tt):
+        assert tt.size == x.size <= 3
+        o += x + 1
+    blocks(f, (a, out), (t,), chunk=3)
+    assert np.array_equal(out, a + 1)
+
+
+class _FakeBenchmark:
+    disabled = False
+
+    def __init__(self):
+        self.extra_info = {}
+        self.group = None
+
+    def pedantic(self, fn, rounds, iterations):
+        for _ in range(rounds):
+            fn()
+
+
+def test_interleaved_rotates_and_records_ratios():
+    calls = []
+    b = _FakeBenchmark()
+    res = interleaved(b, "g", {"core1t": lambda: calls.append("c") or 1,
+                               "memcpy": lambda: calls.append("m") or 2,
+                               "reference": (lambda: calls.append("r") or 3, 10)},
+                      elements=100, rounds=4, check=lambda r: calls.append("checked"))
+    assert res == {"core1t": 1, "memcpy": 2, "reference": 3}
+    assert calls[:4] == ["c", "m", "r", "checked"]
+    rounds = calls[4:16]
+    assert rounds[:3] == ["c", "m", "r"] and rounds[3:6] == ["m", "r", "c"]
+    info = b.extra_info
+    assert info["rounds"] == 4 and len(info["load"]) == 4 and b.group == "g"
+    assert set(info["ratios"]) == {"core1t/memcpy", "core1t/reference"}
+    assert all(len(v) == 4 for v in info["ns_per_elem"].values())
+    assert info["case_elements"] == {"core1t": 100, "memcpy": 100, "reference": 10}
