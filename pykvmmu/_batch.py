@@ -1,8 +1,8 @@
 """Up-front validation shared by every scalar and batch API.
 
-Scalar inputs are checked to be ints in range; batch inputs are checked for
-dtype, shape, C-contiguity and (for outputs) writability before any C code
-runs, so a bad argument never reaches the core.
+Scalar inputs are checked to be ints in range (``uint`` is ``pykvmmu._check.uint``); batch
+inputs are checked for dtype, shape, C-contiguity and (for outputs) writability and sharing no
+memory with an input before any C code runs, so a bad argument never reaches the core.
 """
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ accepts explicit masks and refuses a set that breaks a kernel invariant.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -131,6 +132,20 @@ def legacy_rsvd_table(maxphyaddr: int, level: int, nx: bool, gbpages: bool, amd:
     r1[1] = high | rsvd_bits(13, 20)
     r1[0] = r0[0]
     return tuple(r0 + r1), 0
+
+
+def _options(what: str, kw: dict, *fns, fixed=()) -> None:
+    """Refuse keyword options that none of ``fns`` (the preset builders) takes, or that the
+    preset sets itself (``fixed``)."""
+    allowed = set()
+    for fn in fns:
+        allowed |= {p.name for p in inspect.signature(fn).parameters.values()
+                    if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and not p.name.startswith("_")}
+    allowed -= set(fixed)
+    bad = sorted(set(kw) - allowed)
+    if bad:
+        raise ConfigError(f"{what}: unknown option(s) {', '.join(bad)}; known: "
+                          f"{', '.join(sorted(allowed))}")
 
 
 @dataclass(frozen=True)
@@ -567,12 +582,14 @@ class MmuConfig:
     @classmethod
     def npt(cls, **kw) -> "MmuConfig":
         """AMD NPT (``legacy`` with tdp=True); pass ``sme_cbit=47`` for an SME/SEV host."""
+        _options("npt", kw, cls.legacy, fixed=("tdp",))
         kw.setdefault("mode", "npt")
         return cls.legacy(tdp=True, **kw)
 
     @classmethod
     def shadow(cls, **kw) -> "MmuConfig":
         """Shadow paging (no TDP): masks as legacy, reserved bits from the guest's paging."""
+        _options("shadow", kw, cls.legacy, fixed=("tdp",))
         kw.pop("mode", None)
         kw.setdefault("guest_amd", False)
         return cls.legacy(tdp=False, **kw)
@@ -622,6 +639,7 @@ class MmuConfig:
         TDX needs MMIO caching and EPT A/D; a configuration without them is refused, as
         ``tdx_bringup`` refuses to come up.  TDX exists from v6.16 (profile v6.15 or later).
         """
+        _options("tdx", kw, cls.ept, fixed=("ignore_guest_pat",))
         p = get_profile(profile)
         maxphyaddr = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]",
                               err=ConfigError)
@@ -655,6 +673,8 @@ class MmuConfig:
         }
         if not isinstance(name, str) or name not in table:
             raise ConfigError(f"preset={name!r}: unknown; known: {', '.join(cls.PRESETS)}")
+        if name.startswith("ept"):
+            _options(f"preset {name}", kw, cls.ept)
         return table[name]()
 
     @classmethod

@@ -321,6 +321,12 @@ def _ctx(ctx):
     return ctx
 
 
+def _classification(c):
+    if not isinstance(c, Classification):
+        raise PrivateFaultError(f"c={c!r}: expected a Classification (what classify() returns)")
+    return c
+
+
 def upstream_error_code(ctx, gpa: int, error_code: int):
     """The error code as ``kvm_mmu_do_page_fault()`` sees it (upstream, v6.10+), and warnings.
 
@@ -373,6 +379,8 @@ class FaultPolicy:
 
     def resolve(self, ctx, c: Classification):
         """Return ``(is_private, exit_or_None)``: the mismatch rule of ``kvm_mmu_faultin_pfn``."""
+        _ctx(ctx)
+        _classification(c)
         attr_private = bool(ctx.is_private(c.gfn))
         is_private = c.kind == KVM_FAULT_PRIVATE
         if is_private != attr_private:
@@ -476,6 +484,8 @@ class ThreeWayPolicy(MaskPolicy):
         return Classification(gfn, error_code, kind)
 
     def resolve(self, ctx, c):
+        _ctx(ctx)
+        _classification(c)
         if c.kind == KVM_FAULT_VMM_DEFINED:
             return bool(ctx.is_private(c.gfn)), None
         return super().resolve(ctx, c)

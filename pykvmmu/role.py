@@ -114,6 +114,9 @@ class RoleLayout:
                                  f"(fields: {', '.join(self.names)})") from None
 
     def pack(self, values: dict) -> int:
+        """Pack ``{field: value}`` into a word (each value must fit its field)."""
+        if not isinstance(values, dict):
+            raise InputError(f"values={values!r}: expected a dict of field values")
         row = bytearray(self.row)
         for name, v in values.items():
             f = self.field(name)

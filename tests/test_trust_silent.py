@@ -152,6 +152,12 @@ def test_booleans_accept_bools_only():
             S.make_spte(CFG, 0x1234, prefetch=bad)
 
 
+@pytest.mark.parametrize("preset", MmuConfig.PRESETS)
+def test_unknown_preset_option_is_refused(preset):
+    with pytest.raises(ConfigError, match="unknown option.*bogus"):
+        MmuConfig.preset(preset, bogus=1)
+
+
 def test_config_errors_are_config_errors():
     with pytest.raises(ConfigError, match="maxphyaddr=99"):
         MmuConfig.ept(maxphyaddr=99)

@@ -620,6 +620,14 @@ def build():
     scalar("role", "get_page_role[era]", R.kvm_mmu_get_page_role, (None, 0x24), {"level": 1, "direct": False},
            {0: ("v1.0", 5, 4.2)})
 
+    for preset in MmuConfig.PRESETS:
+        scalar("config", f"preset({preset}, **kw)", MmuConfig.preset, (preset,), {}, {"bogus_option": (1,)})
+    scalar("role", "RoleLayout.pack", R.get_era("v6.19").base.pack, ({"level": 1},), {}, {
+        0: (None, 5, {"level": "x"}, {"level": 99})})
+    for pname_ in ("upstream", "three-way"):
+        pol = P.get_policy(pname_)
+        scalar("private", f"{pname_}.resolve", pol.resolve, (ctx, pol.classify(ctx, 0x1000, 0)), {}, {
+            0: (None, 5), 1: (None, (1, 2))})
     from pykvmmu import fuzz as FZ
     scalar("fuzz", "fuzz_random", FZ.fuzz_random, ("spte",), {"max_execs": 1, "quiet": True}, {
         0: ("bogus", None, 5), "seconds": (-1, float("nan"), "1"), "max_execs": (0, -1, 1.5)})
