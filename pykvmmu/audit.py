@@ -283,12 +283,20 @@ class _Fault:
     chain_gfn: dict        # level -> gfn of that SP
     requested: _Rec | None = None
     direct: dict = field(default_factory=dict)
-    unsync_seen: list = field(default_factory=list)
     done: bool = False
 
 
 class Auditor:
-    """Replays records against the model; ``run(records)`` returns an :class:`AuditReport`."""
+    """Replays records against the model; ``run(records)`` returns an :class:`AuditReport`.
+
+    ``cfg``: the shadow-MMU configuration (default :func:`live_config`); ``era``: the role era
+    or kernel version of the trace.  Inputs the trace lacks, when known: ``memslots`` (dicts
+    with gpa, size, flags, slot) and ``slot_changes`` (the description's delete/move/flags
+    changes, each with its ``run``), ``dirty_log`` ({slot: page indexes} read by userspace),
+    ``host_zero_pfn`` (the host's zero page), ``host_writable(gfn, pfn) -> bool`` (overrides
+    the zero-page rule).  Otherwise inferred: ``zero_page_min_gfns`` (a pfn serving that many
+    gfns is the zero page), ``guest_gbpages``/``guest_amd`` (guest CPUID for the walk).
+    ``keep_agreed`` keeps agreed verdicts in the report (``--json --all``)."""
 
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
@@ -828,7 +836,6 @@ class Auditor:
             self._v("set_spte", "not_checkable", rec, reason="spte_requested without a guest walk")
             return
         f.requested = rec
-        f.unsync_seen = []
         why = self._no_slot_fault(rec.key, f.walk, rec)
         if why is not None:
             self._v("mmio", "disagreed", rec, what=f"gfn {f.walk.gfn:#x}: {why}",
