@@ -41,6 +41,7 @@ parent level; ``FNAME(sync_spte)`` does not trace; ``trace_kvm_mmu_get_page`` fi
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -1153,10 +1154,14 @@ def audit_records(records, cfg: MmuConfig | None = None, era="v6.18", **kw) -> A
     return Auditor(cfg, era, **kw).run(records)
 
 
-def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw) -> AuditReport:
+def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
+          profile: str | None = None, maxphyaddr: int = 48, mmio_caching: bool = False,
+          nx_huge_pages: bool = False, **kw) -> AuditReport:
     """Audit a trace file: a capture (.kvmcap), a saved tracefs tree, trace text, the
     ``options/fields`` text or ``trace-cmd report`` output (pykvmmu.trace.open_trace).  The era
-    comes from the trace's kernel version when it has one; text needs ``era``."""
+    comes from the trace's kernel version when it has one; text needs ``era``.  Without
+    ``cfg`` the configuration is :func:`live_config` with ``profile`` (default: the one for
+    the trace's kernel, pykvmmu.trace.spte_profile_for) and the other options."""
     from . import trace as T
     stream = T.open_trace(path, era=era)
     records = list(stream)
@@ -1171,6 +1176,15 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw)
     runs = (meta.get("guest_result") or {}).get("runs")
     if runs and guest.get("memslots") and "dirty_log" not in kw:
         kw["dirty_log"] = dirty_log_pages(runs)
+    if cfg is None:
+        kver = getattr(stream, "kernel_version", None)
+        prof = profile
+        if prof is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")      # stable-release caveats: see docs/audit.md
+                prof = T.spte_profile_for(era or stream.era.name, kver) or "v6.15"
+        cfg = live_config(maxphyaddr=maxphyaddr, profile=prof, mmio_caching=mmio_caching,
+                          nx_huge_pages=nx_huge_pages)
     rep = Auditor(cfg, stream.era, **kw).run(records)
     rep.era = f"{stream.era.name}" + (f" (kernel {stream.kernel_version})"
                                        if getattr(stream, "kernel_version", None) else "")

@@ -276,3 +276,11 @@ def test_dirty_log_against_mark_page_dirty(records):
     assert d and d[0].model == [0, 1] and d[0].kernel == [0, 1, 5]
     assert A.dirty_log_pages([{"dirty": {"3": "0300000000000000"}}, {"dirty": {"3": "04"}}]) \
         == {3: {0, 1, 2}}
+
+
+def test_cli_on_the_capture(capsys):
+    from pykvmmu.cli import main
+    assert main(["audit", CAPTURE, "--strict"]) == 0
+    out = capsys.readouterr().out
+    assert "profile v6.15" in out and "agreement: 100.00%" in out
+    assert main(["audit", CAPTURE, "--mode", "ept"]) == 1
