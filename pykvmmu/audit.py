@@ -302,7 +302,8 @@ class Auditor:
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
                  guest_gbpages: bool = False, guest_amd: bool = True, memslots=None,
-                 slot_changes=(), host_zero_pfn: int | None = None, dirty_log=None):
+                 slot_changes=(), host_zero_pfn: int | None = None, dirty_log=None,
+                 mmio_exits=None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -327,6 +328,9 @@ class Auditor:
                 for k, v in dirty_log.items())):
             raise InputError("dirty_log: {slot id: pages (slot-relative indexes)} or None")
         self.dirty_log = None if dirty_log is None else {k: set(v) for k, v in dirty_log.items()}
+        if mmio_exits is not None and not all(isinstance(g, int) and g >= 0 for g in mmio_exits):
+            raise InputError("mmio_exits: the gfns of KVM_EXIT_MMIO exits, or None")
+        self.mmio_exits = None if mmio_exits is None else sorted(set(mmio_exits))
         self.memslots = None if memslots is None else {}
         for i, m in enumerate(memslots or ()):
             try:
@@ -437,6 +441,7 @@ class Auditor:
         self.writes = defaultdict(int)
         self.expect_flood = {}     # (gfn, role) -> walk record of the write that floods it
         self.dirty_marks = {}      # (slot, page index) -> (record, inferred reason)
+        self.emulated = {}         # gfn -> first walk the model says is emulated (MMIO exit)
         self.slots = None if self.memslots is None else dict(self.memslots)
         self.pending_changes = list(self.slot_changes)
         self._parts = []
@@ -468,6 +473,7 @@ class Auditor:
         self._flush()
         if self.slots is not None:
             self._judge_dirty_log()
+            self._judge_mmio_exits()
         for (gfn, role), idx in self.pending_free.items():
             self.report.add(Verdict("page_hash", "not_checkable", idx, "kvm_mmu_prepare_zap_page",
                                     what=f"in-use root gfn {gfn:#x} role {role:#x}",
@@ -580,6 +586,7 @@ class Auditor:
         f = self.fault.get(key)
         why = self._no_slot_fault(key, walk, wrec)
         if why is not None and (f is None or f.walk is not walk or f.requested is None):
+            self.emulated.setdefault(walk.gfn, wrec)
             self.report.add(Verdict("mmio", "agreed", wrec.index, wrec.event,
                                     what=f"gfn {walk.gfn:#x}: {why}", model="emulated",
                                     kernel="no SPTE requested",
@@ -869,6 +876,17 @@ class Auditor:
         sp = self._slot_id(gfn)
         if sp is not None:
             self.dirty_marks.setdefault(sp, (rec, why))
+
+    def _judge_mmio_exits(self):
+        """Every KVM_EXIT_MMIO userspace saw (capture guest result) is on a gfn the model
+        emulates (no memslot, or a write to a read-only slot)."""
+        for gfn in self.mmio_exits or ():
+            rec = self.emulated.get(gfn)
+            self.report.add(Verdict("mmio", "agreed" if rec else "disagreed",
+                                    rec.index if rec else 0, rec.event if rec else "",
+                                    what=f"KVM_EXIT_MMIO at gfn {gfn:#x}", model=rec is not None,
+                                    kernel=True, reason="an MMIO exit needs a fault the model "
+                                                        "emulates (mmio_caching off)"))
 
     def _judge_dirty_log(self):
         """The pages the model marked dirty (make_spte's mark_page_dirty_in_slot, emulated
@@ -1176,6 +1194,8 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
     runs = (meta.get("guest_result") or {}).get("runs")
     if runs and guest.get("memslots") and "dirty_log" not in kw:
         kw["dirty_log"] = dirty_log_pages(runs)
+    if runs and guest.get("memslots") and "mmio_exits" not in kw:
+        kw["mmio_exits"] = [m["gpa"] >> 12 for run in runs for m in run.get("mmio") or ()]
     if cfg is None:
         kver = getattr(stream, "kernel_version", None)
         prof = profile
