@@ -5,6 +5,8 @@ The audit walks the records in order and keeps a model of the shadow MMU
 done from what came before, compares, and then adopts the kernel's value so that one
 difference is reported once.  Checks (each counts agreed / disagreed / not checkable):
 
+``guest_walk``      every walk replayed from its gptes (``pykvmmu.walk.walk_observed``): the
+                    A/D bits it sets and its error must be the records that follow.
 ``role``            every ``kvm_mmu_get_page`` role word (and gfn): roots from the vCPU
                     state (inferred from the root's role word: the registers are not in the
                     trace), children with ``kvm_mmu_child_role`` from the preceding guest
@@ -14,20 +16,25 @@ difference is reported once.  Checks (each counts agreed / disagreed / not check
                     one is a prefetch: pte_access is inferred from the SP's role access).
 ``write_tracking``  the ``mmu_try_to_unsync_pages`` decision behind every writable request:
                     W and MMU-writable withheld for a write-tracked gfn, or the 4K shadow pages
-                    of the gfn marked unsync (``kvm_mmu_unsync_page`` records).
+                    of the gfn marked unsync (``kvm_mmu_unsync_page`` records); every
+                    ``kvm_mmu_sync_page`` is of an unsync page, which is sync afterwards.
 ``write_flood``     every zap of a valid upper-level indirect SP against
                     ``detect_write_flooding`` over the emulated writes the trace shows.
 ``page_hash``       ``new``/``existing`` of every ``kvm_mmu_get_page`` against the page hash,
-                    its ``mmu_valid_gen``/unsync/root_count, ``kvm_mmu_zap_all_fast``'s new
-                    generation and used_pages, zapped in-use roots freed later.
-``mmio``            MMIO SPTE events against the configuration (none when MMIO caching is off;
-                    ``check_mmio_spte``'s generation and verdict recomputed).
+                    its ``mmu_valid_gen``/unsync/root_count, ``kvm_mmu_zap_all_fast``'s
+                    generation (before its toggle) and used_pages, the zap order of obsolete
+                    pages and of ``kvm_mmu_zap_all``, zapped in-use roots freed later.
+``mmio``            MMIO SPTE events against the configuration (none when MMIO caching is off,
+                    and faults on gfns without memslot are emulated; ``check_mmio_spte``'s
+                    generation and verdict recomputed when it is on).
 
 Inputs a trace cannot show are inferred and every verdict that used one lists it: the vCPU
 registers (from root role words), host_writable (the host's shared zero page is mapped
 read-only: a pfn that serves several gfns gets host_writable false), prefetch vs fault (a
 set_spte with no spte_requested before it), the prefetched gpte's access, the SP an SPTE
-pointer belongs to, and emulated guest writes.
+pointer belongs to, and emulated guest writes.  A capture's guest description and result
+supply memslots (read-only, dirty logging, DELETE/MOVE), the dirty bitmaps, the MMIO exits
+and the host's zero-page pfn, which are then recorded inputs rather than inferred ones.
 
 Kernel facts used (read in Kingxukai/linux @ 9b44fff6, v6.17/6.18 mmu.c and paging_tmpl.h,
 and spte.c @ 0291023e): ``trace_kvm_mmu_set_spte`` fires only when the new SPTE differs
