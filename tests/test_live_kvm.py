@@ -380,13 +380,18 @@ def test_record_cli_interrupted_restores_and_keeps_the_capture(tmp_path, sig):
             time.sleep(0.05)
         assert os.path.isdir(os.path.join(d, "instances", inst))
     children = f"/proc/{p.pid}/task/{p.pid}/children"
-    while time.monotonic() < deadline:           # let the command start
+    while time.monotonic() < deadline:           # let the command start (exec'd: comm is "sleep")
         if not os.path.exists(children):
-            time.sleep(0.3)
+            time.sleep(0.5)
             break
         with open(children) as f:
-            if f.read().split():
-                break
+            kids = f.read().split()
+        try:
+            with open(f"/proc/{kids[0]}/comm") as f:
+                if f.read().strip() == "sleep":
+                    break
+        except (OSError, IndexError):
+            pass
         time.sleep(0.02)
     p.send_signal(sig)
     err = p.communicate(timeout=30)[1]

@@ -445,3 +445,20 @@ def test_shrink_candidates_are_smaller_and_idle_mappings_go_first():
         return (len(x.runs), sum(len(r.program) + len(r.changes) for r in x.runs), len(x.page_tables.mappings))
     assert all(size(c) != size(d) and all(a <= b for a, b in zip(size(c), size(d))) for c in cands)
     assert len(d.page_tables.mappings) == len(K.demo_guest().page_tables.mappings) + 1     # d untouched
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_while_the_command_starts_is_deferred(monkeypatch, sig):
+    import signal
+    import subprocess as sp
+    from pykvmmu.commands import record as C
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    class FakePopen:
+        def __init__(self, cmd):
+            os.kill(os.getpid(), getattr(signal, sig))      # arrives while Popen runs
+            self.cmd = cmd
+    monkeypatch.setattr(sp, "Popen", FakePopen)
+    proc, early = C._start(["true"])
+    assert early and proc.cmd == ["true"]
+    assert {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} == before

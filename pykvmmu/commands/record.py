@@ -74,6 +74,22 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _start(cmd: list):
+    """Popen with Ctrl-C/SIGTERM deferred until the child exists (an interrupt during Popen
+    would otherwise leave it running unowned); returns (proc, interrupted meanwhile)."""
+    pending = []
+
+    def note(signum, frame):
+        pending.append(signum)
+    old = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        proc = subprocess.Popen(cmd)
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+    return proc, bool(pending)
+
+
 def _status(line: str) -> None:
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K" + line)
@@ -109,8 +125,10 @@ def run_record(args) -> int:
                     except kvmrun.KvmError as e:      # keep the capture: it is the reproducer
                         failure = e
                 else:
-                    proc = subprocess.Popen(cmd)
+                    proc, early = _start(cmd)
                     try:
+                        if early:
+                            raise KeyboardInterrupt
                         status = proc.wait()
                     except KeyboardInterrupt:
                         interrupted = True
