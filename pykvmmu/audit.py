@@ -5,6 +5,8 @@ The audit walks the records in order and keeps a model of the shadow MMU
 done from what came before, compares, and then adopts the kernel's value so that one
 difference is reported once.  Checks (each counts agreed / disagreed / not checkable):
 
+``guest_walk``      every walk replayed from its gptes (``pykvmmu.walk.walk_observed``): the
+                    A/D bits it sets and its error must be the records that follow.
 ``role``            every ``kvm_mmu_get_page`` role word (and gfn): roots from the vCPU
                     state (inferred from the root's role word: the registers are not in the
                     trace), children with ``kvm_mmu_child_role`` from the preceding guest
@@ -14,20 +16,25 @@ difference is reported once.  Checks (each counts agreed / disagreed / not check
                     one is a prefetch: pte_access is inferred from the SP's role access).
 ``write_tracking``  the ``mmu_try_to_unsync_pages`` decision behind every writable request:
                     W and MMU-writable withheld for a write-tracked gfn, or the 4K shadow pages
-                    of the gfn marked unsync (``kvm_mmu_unsync_page`` records).
+                    of the gfn marked unsync (``kvm_mmu_unsync_page`` records); every
+                    ``kvm_mmu_sync_page`` is of an unsync page, which is sync afterwards.
 ``write_flood``     every zap of a valid upper-level indirect SP against
                     ``detect_write_flooding`` over the emulated writes the trace shows.
 ``page_hash``       ``new``/``existing`` of every ``kvm_mmu_get_page`` against the page hash,
-                    its ``mmu_valid_gen``/unsync/root_count, ``kvm_mmu_zap_all_fast``'s new
-                    generation and used_pages, zapped in-use roots freed later.
-``mmio``            MMIO SPTE events against the configuration (none when MMIO caching is off;
-                    ``check_mmio_spte``'s generation and verdict recomputed).
+                    its ``mmu_valid_gen``/unsync/root_count, ``kvm_mmu_zap_all_fast``'s
+                    generation (before its toggle) and used_pages, the zap order of obsolete
+                    pages and of ``kvm_mmu_zap_all``, zapped in-use roots freed later.
+``mmio``            MMIO SPTE events against the configuration (none when MMIO caching is off,
+                    and faults on gfns without memslot are emulated; ``check_mmio_spte``'s
+                    generation and verdict recomputed when it is on).
 
 Inputs a trace cannot show are inferred and every verdict that used one lists it: the vCPU
 registers (from root role words), host_writable (the host's shared zero page is mapped
 read-only: a pfn that serves several gfns gets host_writable false), prefetch vs fault (a
 set_spte with no spte_requested before it), the prefetched gpte's access, the SP an SPTE
-pointer belongs to, and emulated guest writes.
+pointer belongs to, and emulated guest writes.  A capture's guest description and result
+supply memslots (read-only, dirty logging, DELETE/MOVE), the dirty bitmaps, the MMIO exits
+and the host's zero-page pfn, which are then recorded inputs rather than inferred ones.
 
 Kernel facts used (read in Kingxukai/linux @ 9b44fff6, v6.17/6.18 mmu.c and paging_tmpl.h,
 and spte.c @ 0291023e): ``trace_kvm_mmu_set_spte`` fires only when the new SPTE differs
@@ -41,6 +48,7 @@ parent level; ``FNAME(sync_spte)`` does not trace; ``trace_kvm_mmu_get_page`` fi
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -283,17 +291,26 @@ class _Fault:
     chain_gfn: dict        # level -> gfn of that SP
     requested: _Rec | None = None
     direct: dict = field(default_factory=dict)
-    unsync_seen: list = field(default_factory=list)
     done: bool = False
 
 
 class Auditor:
-    """Replays records against the model; ``run(records)`` returns an :class:`AuditReport`."""
+    """Replays records against the model; ``run(records)`` returns an :class:`AuditReport`.
+
+    ``cfg``: the shadow-MMU configuration (default :func:`live_config`); ``era``: the role era
+    or kernel version of the trace.  Inputs the trace lacks, when known: ``memslots`` (dicts
+    with gpa, size, flags, slot) and ``slot_changes`` (the description's delete/move/flags
+    changes, each with its ``run``), ``dirty_log`` ({slot: page indexes} read by userspace),
+    ``host_zero_pfn`` (the host's zero page), ``host_writable(gfn, pfn) -> bool`` (overrides
+    the zero-page rule).  Otherwise inferred: ``zero_page_min_gfns`` (a pfn serving that many
+    gfns is the zero page), ``guest_gbpages``/``guest_amd`` (guest CPUID for the walk).
+    ``keep_agreed`` keeps agreed verdicts in the report (``--json --all``)."""
 
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
                  guest_gbpages: bool = False, guest_amd: bool = True, memslots=None,
-                 slot_changes=(), host_zero_pfn: int | None = None, dirty_log=None):
+                 slot_changes=(), host_zero_pfn: int | None = None, dirty_log=None,
+                 mmio_exits=None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -318,6 +335,9 @@ class Auditor:
                 for k, v in dirty_log.items())):
             raise InputError("dirty_log: {slot id: pages (slot-relative indexes)} or None")
         self.dirty_log = None if dirty_log is None else {k: set(v) for k, v in dirty_log.items()}
+        if mmio_exits is not None and not all(isinstance(g, int) and g >= 0 for g in mmio_exits):
+            raise InputError("mmio_exits: the gfns of KVM_EXIT_MMIO exits, or None")
+        self.mmio_exits = None if mmio_exits is None else sorted(set(mmio_exits))
         self.memslots = None if memslots is None else {}
         for i, m in enumerate(memslots or ()):
             try:
@@ -428,6 +448,7 @@ class Auditor:
         self.writes = defaultdict(int)
         self.expect_flood = {}     # (gfn, role) -> walk record of the write that floods it
         self.dirty_marks = {}      # (slot, page index) -> (record, inferred reason)
+        self.emulated = {}         # gfn -> first walk the model says is emulated (MMIO exit)
         self.slots = None if self.memslots is None else dict(self.memslots)
         self.pending_changes = list(self.slot_changes)
         self._parts = []
@@ -459,6 +480,7 @@ class Auditor:
         self._flush()
         if self.slots is not None:
             self._judge_dirty_log()
+            self._judge_mmio_exits()
         for (gfn, role), idx in self.pending_free.items():
             self.report.add(Verdict("page_hash", "not_checkable", idx, "kvm_mmu_prepare_zap_page",
                                     what=f"in-use root gfn {gfn:#x} role {role:#x}",
@@ -571,6 +593,7 @@ class Auditor:
         f = self.fault.get(key)
         why = self._no_slot_fault(key, walk, wrec)
         if why is not None and (f is None or f.walk is not walk or f.requested is None):
+            self.emulated.setdefault(walk.gfn, wrec)
             self.report.add(Verdict("mmio", "agreed", wrec.index, wrec.event,
                                     what=f"gfn {walk.gfn:#x}: {why}", model="emulated",
                                     kernel="no SPTE requested",
@@ -833,7 +856,6 @@ class Auditor:
             self._v("set_spte", "not_checkable", rec, reason="spte_requested without a guest walk")
             return
         f.requested = rec
-        f.unsync_seen = []
         why = self._no_slot_fault(rec.key, f.walk, rec)
         if why is not None:
             self._v("mmio", "disagreed", rec, what=f"gfn {f.walk.gfn:#x}: {why}",
@@ -866,6 +888,17 @@ class Auditor:
         sp = self._slot_id(gfn)
         if sp is not None:
             self.dirty_marks.setdefault(sp, (rec, why))
+
+    def _judge_mmio_exits(self):
+        """Every KVM_EXIT_MMIO userspace saw (capture guest result) is on a gfn the model
+        emulates (no memslot, or a write to a read-only slot)."""
+        for gfn in self.mmio_exits or ():
+            rec = self.emulated.get(gfn)
+            self.report.add(Verdict("mmio", "agreed" if rec else "disagreed",
+                                    rec.index if rec else 0, rec.event if rec else "",
+                                    what=f"KVM_EXIT_MMIO at gfn {gfn:#x}", model=rec is not None,
+                                    kernel=True, reason="an MMIO exit needs a fault the model "
+                                                        "emulates (mmio_caching off)"))
 
     def _judge_dirty_log(self):
         """The pages the model marked dirty (make_spte's mark_page_dirty_in_slot, emulated
@@ -1151,10 +1184,14 @@ def audit_records(records, cfg: MmuConfig | None = None, era="v6.18", **kw) -> A
     return Auditor(cfg, era, **kw).run(records)
 
 
-def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw) -> AuditReport:
+def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
+          profile: str | None = None, maxphyaddr: int = 48, mmio_caching: bool = False,
+          nx_huge_pages: bool = False, **kw) -> AuditReport:
     """Audit a trace file: a capture (.kvmcap), a saved tracefs tree, trace text, the
     ``options/fields`` text or ``trace-cmd report`` output (pykvmmu.trace.open_trace).  The era
-    comes from the trace's kernel version when it has one; text needs ``era``."""
+    comes from the trace's kernel version when it has one; text needs ``era``.  Without
+    ``cfg`` the configuration is :func:`live_config` with ``profile`` (default: the one for
+    the trace's kernel, pykvmmu.trace.spte_profile_for) and the other options."""
     from . import trace as T
     stream = T.open_trace(path, era=era)
     records = list(stream)
@@ -1169,6 +1206,17 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, **kw)
     runs = (meta.get("guest_result") or {}).get("runs")
     if runs and guest.get("memslots") and "dirty_log" not in kw:
         kw["dirty_log"] = dirty_log_pages(runs)
+    if runs and guest.get("memslots") and "mmio_exits" not in kw:
+        kw["mmio_exits"] = [m["gpa"] >> 12 for run in runs for m in run.get("mmio") or ()]
+    if cfg is None:
+        kver = getattr(stream, "kernel_version", None)
+        prof = profile
+        if prof is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")      # stable-release caveats: see docs/audit.md
+                prof = T.spte_profile_for(era or stream.era.name, kver) or "v6.15"
+        cfg = live_config(maxphyaddr=maxphyaddr, profile=prof, mmio_caching=mmio_caching,
+                          nx_huge_pages=nx_huge_pages)
     rep = Auditor(cfg, stream.era, **kw).run(records)
     rep.era = f"{stream.era.name}" + (f" (kernel {stream.kernel_version})"
                                        if getattr(stream, "kernel_version", None) else "")

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from . import spte as S
 from ._batch import uint
-from .config import (ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, PT_PRESENT_MASK,
+from .config import (ACC_WRITE_MASK, PT_PRESENT_MASK,
                      PT_WRITABLE_MASK, SHADOW_ACC_TRACK_SAVED_BITS_MASK,
                      SHADOW_ACC_TRACK_SAVED_BITS_SHIFT, MmuConfig)
 from .errors import InputError
@@ -300,6 +300,3 @@ def modify_spte_protections(cfg: MmuConfig, spte: int, set_bits: int, clear_bits
         warnings += w
     return spte, tuple(warnings)
 
-
-# ACC_* names re-exported for callers that build pte_access values.
-ACC_EXEC, ACC_WRITE, ACC_USER = ACC_EXEC_MASK, ACC_WRITE_MASK, ACC_USER_MASK

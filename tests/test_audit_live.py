@@ -32,7 +32,9 @@ def guest_kw(path):
     list(s)
     g = s.meta["guest"]
     runs = (s.meta.get("guest_result") or {}).get("runs")
+    exits = [m["gpa"] >> 12 for run in runs or () for m in run["mmio"]] if runs else None
     return {"memslots": g["memslots"], "dirty_log": A.dirty_log_pages(runs) if runs else None,
+            "mmio_exits": exits,
             "slot_changes": [dict(c, run=i) for i, run in enumerate(g["runs"])
                              for c in run["changes"]]}
 
@@ -48,7 +50,7 @@ def test_capture_agrees_completely():
     assert rep.events["kvm_mmu_zap_all_fast"] == 2
     # MMIO exits (no memslot: gfn 0xf0000, and gfn 0xc00 once slot 4 moved away; writes to the
     # read-only slot) are emulated with no SPTE, as mmio_caching=N says
-    assert rep.counts["mmio"]["agreed"] == 6
+    assert rep.counts["mmio"]["agreed"] == 9          # 6 walks + the 3 exit gfns userspace saw
     # slot 3 logs dirty pages in run 0 (two writes there) and stops before run 1
     assert rep.dirty_marked == 2
     assert rep.events["kvm_mmu_unsync_page"] > 0
@@ -276,3 +278,18 @@ def test_dirty_log_against_mark_page_dirty(records):
     assert d and d[0].model == [0, 1] and d[0].kernel == [0, 1, 5]
     assert A.dirty_log_pages([{"dirty": {"3": "0300000000000000"}}, {"dirty": {"3": "04"}}]) \
         == {3: {0, 1, 2}}
+
+
+def test_cli_on_the_capture(capsys):
+    from pykvmmu.cli import main
+    assert main(["audit", CAPTURE, "--strict"]) == 0
+    out = capsys.readouterr().out
+    assert "profile v6.15" in out and "agreement: 100.00%" in out
+    assert main(["audit", CAPTURE, "--mode", "ept"]) == 1
+
+
+def test_mmio_exit_the_model_does_not_emulate_disagrees(records):
+    kw = guest_kw(CAPTURE)
+    kw["mmio_exits"] = kw["mmio_exits"] + [0x21]          # gfn 0x21 is RAM in slot 0
+    d = [v for v in A.audit_records(records, **kw).disagreements if v.check == "mmio"]
+    assert len(d) == 1 and "0x21" in d[0].what

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from .. import audit as A
-from ..config import MmuConfig
 from ..errors import InputError
 
 DEMO_ORDER = 90
@@ -25,15 +24,12 @@ vcpu-1 [000] 1.000011: kvm_mmu_set_spte: gfn=0x2005 spte={spte} sptep=0x12345028
 """
 
 
-def _config(args) -> MmuConfig:
+def _cmd_audit(args) -> int:
     if args.mode != "shadow":
         raise InputError(f"--mode {args.mode}: the audit models the shadow MMU (mode shadow)")
-    return A.live_config(maxphyaddr=args.maxphyaddr, profile=args.profile,
-                         mmio_caching=args.mmio_caching, nx_huge_pages=args.nx_huge_pages)
-
-
-def _cmd_audit(args) -> int:
-    rep = A.audit(args.trace, _config(args), era=args.era, keep_agreed=args.all)
+    rep = A.audit(args.trace, era=args.era, profile=args.profile, maxphyaddr=args.maxphyaddr,
+                  mmio_caching=args.mmio_caching, nx_huge_pages=args.nx_huge_pages,
+                  keep_agreed=args.all)
     if args.json:
         print(json.dumps(rep.to_json(), indent=1))
     else:
@@ -50,7 +46,8 @@ def register(sub) -> None:
                    help="kernel of the trace, e.g. v6.18 (default: the capture's kernel version; "
                         "text traces need it)")
     p.add_argument("--mode", default="shadow", help="configuration preset (only shadow is modelled)")
-    p.add_argument("--profile", default="v6.15", help="SPTE layout profile (v6.15 = v6.15-v6.18)")
+    p.add_argument("--profile", default=None,
+                   help="SPTE layout profile (default: the trace kernel's; v6.15 = v6.15-v6.18)")
     p.add_argument("--maxphyaddr", type=int, default=48, help="host MAXPHYADDR (default 48)")
     p.add_argument("--mmio-caching", action="store_true", help="kvm.mmio_caching=Y (default N)")
     p.add_argument("--nx-huge-pages", action="store_true", help="kvm.nx_huge_pages=Y")
