@@ -30,7 +30,7 @@ from .base import (ENGINES, TARGETS, U64, Disagreement, FuzzInput, Target, Unkno
 from .corpus import (SEED_CORPUS, corpus_dir, load_corpus, replay, repo_root, target_for_file,
                      write_reproducer)
 from .engines import (ATHERIS_HINT, Progress, RunStats, fuzz_atheris, fuzz_hypothesis, fuzz_random)
-from .shrink import Failure, run_one, shrink
+from .shrinker import Failure, run_one, shrink
 
 __all__ = ["FuzzInput", "Disagreement", "Target", "TARGETS", "target", "run_one", "Failure",
            "shrink", "fuzz_random", "fuzz_hypothesis", "fuzz_atheris", "replay", "corpus_dir",

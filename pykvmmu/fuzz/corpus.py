@@ -6,7 +6,7 @@ import os
 from typing import Optional
 
 from .base import TARGETS, UnknownTarget, get_target
-from .shrink import Failure, run_one
+from .shrinker import Failure, run_one
 
 
 # ---------------------------------------------------------------------- corpus and files

@@ -13,7 +13,7 @@ from typing import Optional
 from ..errors import InputError
 from .base import FuzzInput, get_target
 from .corpus import corpus_dir, load_corpus, write_reproducer
-from .shrink import run_one, shrink
+from .shrinker import run_one, shrink
 
 
 def _budget(seconds, max_execs) -> None:

@@ -1,0 +1,355 @@
+"""Role-word layouts (bit-fields of ``union kvm_mmu_page_role``, ``kvm_mmu_extended_role`` and
+``kvm_cpu_role``) and the kernel eras (:class:`RoleEra`) that select them and the role rules."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import _par
+from .._batch import in_array, out_array, ptr_at, uint
+from .._check import boolean, in_range
+from .._ffi import ffi, lib
+from ..errors import InputError, ProfileError
+from ..profile import lookup_named
+
+
+ACC_EXEC, ACC_WRITE, ACC_USER, ACC_ALL = 1, 2, 4, 7
+PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, PT64_ROOT_5LEVEL = 2, 3, 4, 5
+
+#: v4.20-v5.6 opt-in mask ANDed into stored MMU roles (fact sheet 1.4).
+MMU_BASE_ROLE_MASK = 0xFF03F010
+#: v5.7-~v6.4 kvm_mmu_pte_write role_ign (level, access, quadrant, invalid).
+ROLE_IGN_MASK = 0x00000F6F
+#: newest kvm_sync_page_check sync_role_ign (level, access, quadrant, passthrough).
+SYNC_ROLE_IGN_MASK = 0x0004076F
+
+class RoleFieldError(InputError):
+    """A role field value that does not fit its bit-field, or an unknown field name."""
+
+
+_ERRS = {lib.KVMMU_ROLE_E_WIDTH: "a field value does not fit in its bit-field width",
+         lib.KVMMU_ROLE_E_RESERVED: "bits set outside every field of the era's layout"}
+
+
+# ---------------------------------------------------------------------------
+# Layouts
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    shift: int
+    width: int
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.width) - 1) << self.shift
+
+
+class RoleLayout:
+    """One union's bit-fields (ascending bit order), with its C description and numpy dtype."""
+
+    def __init__(self, name: str, fields, word_bits: int = 32):
+        self.name = name
+        self.word_bits = word_bits
+        self.fields = tuple(Field(*f) for f in fields)
+        self.index = {f.name: i for i, f in enumerate(self.fields)}
+        self.used_mask = 0
+        for f in self.fields:
+            self.used_mask |= f.mask
+        self.row = lib.KVMMU_ROLE_ROW32 if word_bits == 32 else lib.KVMMU_ROLE_ROW64
+        self.dtype = np.dtype({"names": [f.name for f in self.fields],
+                               "formats": [np.uint8] * len(self.fields),
+                               "offsets": list(range(len(self.fields))), "itemsize": self.row})
+        c = ffi.new("struct kvmmu_role_layout *")
+        c.used_mask = self.used_mask
+        c.nfields = len(self.fields)
+        c.row = self.row
+        for i, f in enumerate(self.fields):
+            c.shift[i] = f.shift
+            c.width[i] = f.width
+        rc = lib.kvmmu_role_layout_check(c)
+        if rc:
+            raise ProfileError(f"role layout {name!r}: fields overlap, are out of order or too wide")
+        self._c = c
+
+    @property
+    def names(self) -> tuple:
+        return tuple(f.name for f in self.fields)
+
+    def field(self, name: str) -> Field:
+        try:
+            return self.fields[self.index[name]]
+        except KeyError:
+            raise RoleFieldError(f"field {name!r}: not in layout {self.name} "
+                                 f"(fields: {', '.join(self.names)})") from None
+
+    def pack(self, values: dict) -> int:
+        """Pack ``{field: value}`` into a word (each value must fit its field)."""
+        if not isinstance(values, dict):
+            raise InputError(f"values={values!r}: expected a dict of field values")
+        row = bytearray(self.row)
+        for name, v in values.items():
+            f = self.field(name)
+            v = uint(name, v, 64)
+            if v >> f.width:
+                raise RoleFieldError(f"{name}={v}: does not fit in the {f.width}-bit field "
+                                     f"{name} (bits {f.shift}..{f.shift + f.width - 1}) of {self.name}")
+            row[self.index[name]] = v
+        err = ffi.new("int *")
+        return int(lib.kvmmu_role_pack(self._c, ffi.from_buffer("uint8_t[]", row), err))
+
+    def unpack(self, word: int, strict: bool = False) -> dict:
+        word = uint("word", word, self.word_bits)
+        if boolean("strict", strict) and word & ~self.used_mask:
+            raise RoleFieldError(f"word={word:#x}: bits {word & ~self.used_mask:#x} are outside "
+                                 f"every field of {self.name}")
+        buf = bytearray(self.row)
+        lib.kvmmu_role_unpack(self._c, word, ffi.from_buffer("uint8_t[]", buf))
+        return {f.name: buf[i] for i, f in enumerate(self.fields)}
+
+    def _rows(self, name, fields):
+        if isinstance(fields, np.ndarray) and fields.dtype == self.dtype:
+            in_array(name, fields, self.dtype)
+            return fields.view(np.uint8).reshape(fields.shape + (self.row,)), fields.shape
+        in_array(name, fields, np.uint8)
+        if fields.ndim != 2 or fields.shape[1] != self.row:
+            raise InputError(f"{name}: expected a structured array of the {self.name} dtype or a "
+                             f"uint8 array of shape (n, {self.row}); got shape {fields.shape}")
+        return fields, fields.shape[:1]
+
+    def pack_batch(self, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
+        rows, shape = self._rows("fields", fields)
+        wt = np.uint32 if self.word_bits == 32 else np.uint64
+        out = out_array("out", out, wt, shape, [("fields", rows)])
+        n = int(np.prod(shape))
+        fn = lib.kvmmu_role_pack_batch32 if self.word_bits == 32 else lib.kvmmu_role_pack_batch64
+        ot = "uint32_t" if self.word_bits == 32 else "uint64_t"
+
+        def part(lo, hi):
+            err = ffi.new("int *")
+            return fn(self._c, ptr_at(rows, "uint8_t", lo * self.row), ptr_at(out, ot, lo),
+                      hi - lo, err), err[0]
+        idx, code = _par.run(n, threads, part)
+        if idx:
+            i = idx - 1
+            r = rows.reshape(-1, self.row)[i]
+            bad = [f"{f.name}={int(r[k])} (width {f.width})" for k, f in enumerate(self.fields)
+                   if r[k] >> f.width] + [f"pad byte {k}={int(r[k])}"
+                                          for k in range(len(self.fields), self.row) if r[k]]
+            raise RoleFieldError(f"fields[{i}]: {', '.join(bad)}: {_ERRS[code]} ({self.name})")
+        return out
+
+    def unpack_batch(self, words: np.ndarray, out=None, strict: bool = True,
+                     threads: int | None = None) -> np.ndarray:
+        wt = np.uint32 if self.word_bits == 32 else np.uint64
+        in_array("words", words, wt)
+        out = out_array("out", out, self.dtype, words.shape, [("words", words)])
+        fn = lib.kvmmu_role_unpack_batch32 if self.word_bits == 32 else lib.kvmmu_role_unpack_batch64
+        wt_c = "uint32_t" if self.word_bits == 32 else "uint64_t"
+        rows = out.view(np.uint8)
+        st = boolean("strict", strict)
+
+        def part(lo, hi):
+            err = ffi.new("int *")
+            return fn(self._c, ptr_at(words, wt_c, lo), ptr_at(rows, "uint8_t", lo * self.row),
+                      hi - lo, st, err), err[0]
+        idx, code = _par.run(words.size, threads, part)
+        if idx:
+            w = int(words.reshape(-1)[idx - 1])
+            raise RoleFieldError(f"words[{idx - 1}]={w:#x}: {_ERRS[code]} "
+                                 f"({w & ~self.used_mask:#x}, layout {self.name})")
+        return out
+
+    def __repr__(self) -> str:
+        return f"RoleLayout({self.name!r}, {len(self.fields)} fields, mask {self.used_mask:#x})"
+
+
+def _decl(name, decls, word_bits=32):
+    """A layout from kernel-style declaration order: [(name|None, width)], LSB first."""
+    out, pos = [], 0
+    for n, w in decls:
+        if n is not None:
+            out.append((n, pos, w))
+        pos += w
+    return RoleLayout(name, out, word_bits)
+
+
+def _base_decls(bit4, nx, ad=True, gm=True, passthrough=False, mirror=False):
+    d = [("level", 4), (bit4, 1), ("quadrant", 2), ("direct", 1), ("access", 3), ("invalid", 1),
+         (nx, 1), ("cr0_wp", 1), ("smep_andnot_wp", 1), ("smap_andnot_wp", 1)]
+    used = 16
+    for flag, name in ((ad, "ad_disabled"), (gm, "guest_mode"), (passthrough, "passthrough"),
+                       (mirror, "is_mirror")):
+        if flag:
+            d.append((name, 1))
+            used += 1
+    d += [(None, 24 - used), ("smm", 8)]
+    return d
+
+
+_E = [("valid", 1), ("execonly", 1)]
+_EXT_DECLS = {
+    "v4.20": _E + [("cr0_pg", 1), ("cr4_pse", 1), ("cr4_pke", 1), ("cr4_smap", 1), ("cr4_smep", 1),
+                   ("cr4_la57", 1)],
+    "v5.0": _E + [("cr0_pg", 1), ("cr4_pse", 1), ("cr4_pke", 1), ("cr4_smap", 1), ("cr4_smep", 1),
+                  ("cr4_la57", 1), ("maxphyaddr", 6)],
+    "v5.1": _E + [("cr0_pg", 1), ("cr4_pae", 1), ("cr4_pse", 1), ("cr4_pke", 1), ("cr4_smap", 1),
+                  ("cr4_smep", 1), ("cr4_la57", 1), ("maxphyaddr", 6)],
+    "v5.9": _E + [("cr0_pg", 1), ("cr4_pae", 1), ("cr4_pse", 1), ("cr4_pke", 1), ("cr4_smap", 1),
+                  ("cr4_smep", 1), ("maxphyaddr", 6)],
+    "v5.14": _E + [("cr0_pg", 1), ("cr4_pae", 1), ("cr4_pse", 1), ("cr4_pke", 1), ("cr4_smap", 1),
+                   ("cr4_smep", 1), ("cr4_la57", 1), ("efer_lma", 1)],
+    "v5.19": _E + [("cr4_pse", 1), ("cr4_pke", 1), ("cr4_smap", 1), ("cr4_smep", 1),
+                   ("cr4_la57", 1), ("efer_lma", 1)],
+}
+
+
+# ---------------------------------------------------------------------------
+# Eras
+# ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class RoleEra:
+    """One kernel era of the role word: layouts plus the rule switches of the era."""
+
+    name: str
+    kernels: str
+    base: RoleLayout
+    ext: RoleLayout | None
+    #: Name (and sense) of bit 4: "cr4_pae" / "gpte_is_8_bytes" (1 = 8-byte gptes) or
+    #: "has_4_byte_gpte" (1 = 4-byte gptes).
+    bit4: str
+    #: "nxe" (before v5.14) or "efer_nx".
+    nx: str
+    #: kvm_mmu_get_page forces bit 4 on direct pages to this value (v5.0: cr4_pae = 0,
+    #: v5.1-v5.16: gpte_is_8_bytes = 1); None: nothing forced (v5.17+).
+    direct_bit4: int | None
+    #: v4.20/v5.0: kvm_calc_mmu_role_common sets cr4_pae for every MMU, TDP included.
+    common_sets_pae: bool
+    #: v4.20-v5.18: kvm_calc_mmu_role_common gives TDP roles the vCPU's nxe and cr0_wp.
+    has_role_common: bool
+    #: v5.19+: TDP roles force cr0_wp = efer_nx = 1; shadow roots force efer_nx = 1.
+    forced_wp_nx: bool
+    #: Nested EPT root role rule: None (not modelled), "inherit" (v4.20-v5.0: L1's TDP base),
+    #: "marker" (v5.1-v5.13: cr0_wp=1 + smap_andnot_wp=1), "clean" (v5.14+).
+    ept_rule: str | None
+    #: The stored MMU role is ANDed with MMU_BASE_ROLE_MASK (v4.20-v5.6).
+    masks_mmu_role: bool
+    #: prev_roots flavour: None (no cache), "v4.19" (cached_root_available), "v5.7"
+    #: (current root first, pgd ignored for direct), "v5.19" (find-and-keep-current/without).
+    prev_roots: str | None
+    #: kvm_cpu_role exists (v5.19+; before it the same shape was union kvm_mmu_role).
+    has_cpu_role: bool
+    notes: tuple = field(default=(), compare=False)
+
+    @property
+    def cpu_role(self) -> RoleLayout | None:
+        if self.ext is None:
+            return None
+        return _cpu_layout(self, self.ext)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kernels})"
+
+    def has(self, name: str) -> bool:
+        return name in self.base.index
+
+
+_CPU_LAYOUTS: dict = {}
+
+
+def _cpu_layout(era: RoleEra, ext: RoleLayout) -> RoleLayout:
+    lay = _CPU_LAYOUTS.get(era.name)
+    if lay is None:
+        fields = [(f.name, f.shift, f.width) for f in era.base.fields]
+        fields += [("ext_" + f.name, 32 + f.shift, f.width) for f in ext.fields]
+        lay = _CPU_LAYOUTS[era.name] = RoleLayout(f"kvm_cpu_role {era.name}", fields, 64)
+    return lay
+
+
+ERAS: dict[str, RoleEra] = {}
+
+
+def _era(name, kernels, bit4, nx, ext, *, gm=True, ad=True, passthrough=False, mirror=False,
+         direct_bit4, common_sets_pae=False, has_role_common=False, forced_wp_nx=False,
+         ept_rule=None, masks_mmu_role=False, prev_roots=None, has_cpu_role=False, notes=()):
+    base = _decl(f"kvm_mmu_page_role {name}", _base_decls(bit4, nx, ad, gm, passthrough, mirror))
+    extl = _decl(f"kvm_mmu_extended_role {name}", _EXT_DECLS[ext]) if ext else None
+    ERAS[name] = RoleEra(name, kernels, base, extl, bit4, nx, direct_bit4, common_sets_pae,
+                         has_role_common, forced_wp_nx, ept_rule, masks_mmu_role, prev_roots,
+                         has_cpu_role, tuple(notes))
+
+
+_era("v4.2", "~v4.2-v4.11", "cr4_pae", "nxe", None, ad=False, gm=False, direct_bit4=0,
+     notes=("the layout libtraceevent's plugin_kvm.c still decodes (bits 16-23 unused)",))
+_era("v4.12", "v4.12-v4.17", "cr4_pae", "nxe", None, gm=False, direct_bit4=0,
+     notes=("ad_disabled added (EPT A/D work) [approx for the exact release]",))
+_era("v4.18", "v4.18-v4.19", "cr4_pae", "nxe", None, direct_bit4=0, prev_roots="v4.19",
+     notes=("guest_mode added (1313cc2bd8f6); the prev_roots cache exists from v4.19",))
+_era("v4.20", "v4.20", "cr4_pae", "nxe", "v4.20", direct_bit4=0, common_sets_pae=True,
+     has_role_common=True, ept_rule="inherit", masks_mmu_role=True, prev_roots="v4.19",
+     notes=("kvm_calc_mmu_role_common (7dcd57552008) sets cr4_pae in every MMU role; "
+            "kvm_mmu_get_page still clears it on direct pages: the prev_roots NPT bug",))
+_era("v5.0", "v5.0", "cr4_pae", "nxe", "v5.0", direct_bit4=0, common_sets_pae=True,
+     has_role_common=True, ept_rule="inherit", masks_mmu_role=True, prev_roots="v4.19",
+     notes=("as v4.20, plus ext.maxphyaddr:6 (de3ccd26fafc, 5.0-rc8)",))
+_era("v5.0-fix", "v5.0 + 'make mmu->prev_roots cache work for NPT case' (v1)", "cr4_pae", "nxe",
+     "v5.0", direct_bit4=0, common_sets_pae=False, has_role_common=True, ept_rule="inherit",
+     masks_mmu_role=True, prev_roots="v4.19",
+     notes=("Vitaly Kuznetsov's fix: cr4_pae only in the shadow MMU's root role "
+            "(which patch was merged upstream is an open item)",))
+_era("v5.1", "v5.1-v5.8", "gpte_is_8_bytes", "nxe", "v5.1", direct_bit4=1, has_role_common=True,
+     ept_rule="marker", masks_mmu_role=True, prev_roots="v4.19",
+     notes=("47c42e6b4192: cr4_pae -> gpte_is_8_bytes, forced to 1 on direct pages; nested EPT "
+            "marked with cr0_wp=1 + smap_andnot_wp=1 (is_ept_sp)",
+            "prev_roots: v5.7 and v5.8 already use the 'v5.7' rules (era granularity)"))
+_era("v5.9", "v5.9-v5.13", "gpte_is_8_bytes", "nxe", "v5.9", direct_bit4=1, has_role_common=True,
+     ept_rule="marker", prev_roots="v5.7",
+     notes=("ext without cr4_la57; mmu_base_role_mask replaced by role_ign (E8, v5.7)",))
+_era("v5.14", "v5.14-v5.16", "gpte_is_8_bytes", "efer_nx", "v5.14", direct_bit4=1,
+     has_role_common=True, ept_rule="clean", prev_roots="v5.7",
+     notes=("nxe -> efer_nx; is_ept_sp marker removed (00a669780ffa); nested EPT ignores CR0/CR4 "
+            "bits (cd6767c334b6); ext gains efer_lma, loses maxphyaddr [approx order]",))
+_era("v5.17", "v5.17-v5.18", "has_4_byte_gpte", "efer_nx", "v5.14", direct_bit4=None,
+     has_role_common=True, ept_rule="clean", prev_roots="v5.7",
+     notes=("bb3b394d35e8: gpte_is_8_bytes -> has_4_byte_gpte, sense inverted",))
+_era("v5.19", "v5.19-v6.13", "has_4_byte_gpte", "efer_nx", "v5.19", passthrough=True,
+     direct_bit4=None, forced_wp_nx=True, ept_rule="clean", prev_roots="v5.19", has_cpu_role=True,
+     notes=("passthrough (Lai Jiangshan, 2022) [approx release]; kvm_cpu_role split; TDP roles "
+            "force cr0_wp = efer_nx = 1 [approx release]; child role derived from the parent "
+            "(~v6.0)",))
+_era("v6.14", "v6.14 and later", "has_4_byte_gpte", "efer_nx", "v5.19", passthrough=True,
+     mirror=True, direct_bit4=None, forced_wp_nx=True, ept_rule="clean", prev_roots="v5.19",
+     has_cpu_role=True, notes=("is_mirror (TDX mirror S-EPT roots)",))
+
+DEFAULT_ERA = "v6.14"
+_ALIASES = {
+    "2019": "v5.0", "v4.19": "v4.18", "v4.3": "v4.2", "v5.0-bug": "v5.0",
+    **{f"v4.{i}": "v4.2" for i in range(2, 12)}, **{f"v4.{i}": "v4.12" for i in range(12, 18)},
+    **{f"v5.{i}": "v5.1" for i in range(1, 9)}, **{f"v5.{i}": "v5.9" for i in range(9, 14)},
+    "v5.15": "v5.14", "v5.16": "v5.14", "v5.18": "v5.17",
+    **{f"v6.{i}": "v5.19" for i in range(0, 14)}, **{f"v6.{i}": "v6.14" for i in range(14, 30)},
+    "latest": "v6.14", "newest": "v6.14", "default": "v6.14", "current": "v6.14",
+}
+
+
+def get_era(name) -> RoleEra:
+    """An era by name or alias (``"v5.0"``, ``"2019"``, ``"v6.8"``, ``"latest"``) or object."""
+    return lookup_named(name, ERAS, _ALIASES, RoleEra, "era", "role era", DEFAULT_ERA)
+
+
+def _sp_level(level, name: str = "level") -> int:
+    """A shadow page's level: PG_LEVEL_4K (1) .. PT64_ROOT_MAX_LEVEL (5)."""
+    return in_range(name, level, 1, 5, "PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
+
+
+def _tdp_level(level, name: str = "tdp_level") -> int:
+    """A TDP root level: 4 or 5 (PT64_ROOT_4LEVEL / PT64_ROOT_5LEVEL)."""
+    return in_range(name, level, 4, 5, "TDP tables have 4 or 5 levels")
+
+
+def _require(era: RoleEra, ok: bool, what: str):
+    if not ok:
+        raise ProfileError(f"{what}: not available in role era {era}")

@@ -1,0 +1,196 @@
+"""Role records and packing: ``Role`` / ``CpuRole``, scalar and batch pack/unpack per era (C core
+``csrc/role.c``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._batch import uint
+from .._check import boolean, in_range
+from ..errors import InputError, ProfileError
+from .eras import ERAS, get_era, _require, RoleEra, RoleFieldError
+
+
+# ---------------------------------------------------------------------------
+# Records and scalar packing
+# ---------------------------------------------------------------------------
+
+_ACCESS_STR = ("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux")
+
+
+def gpte_bytes(era, word: int) -> int:
+    """Guest PTE size (4 or 8) that bit 4 states, under the era's sense of bit 4."""
+    era = get_era(era)
+    b4 = (uint("word", word, 32) >> 4) & 1
+    if era.bit4 == "has_4_byte_gpte":
+        return 4 if b4 else 8
+    return 8 if b4 else 4
+
+
+class Role:
+    """A decoded page role word: ``role.level``, ``role['direct']``, ``str(role)``."""
+
+    __slots__ = ("era", "word", "fields")
+
+    def __init__(self, era: RoleEra, word: int, fields: dict):
+        self.era, self.word, self.fields = era, word, fields
+
+    def __getattr__(self, name):
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise AttributeError(f"role field {name!r} does not exist in era {self.era.name}") from None
+
+    def __getitem__(self, name):
+        return self.fields[name]
+
+    def __eq__(self, other):
+        return isinstance(other, Role) and (self.era.name, self.word) == (other.era.name, other.word)
+
+    def __hash__(self):
+        return hash((self.era.name, self.word))
+
+    @property
+    def gpte_bytes(self) -> int:
+        return gpte_bytes(self.era, self.word)
+
+    @property
+    def as_id(self) -> int:
+        return kvm_mmu_role_as_id(self.word)
+
+    def __str__(self) -> str:
+        f = self.fields
+        s = [f"l{f['level']}", f"{self.gpte_bytes}-byte", f"q{f['quadrant']}"]
+        if f["direct"]:
+            s.append("direct")
+        s.append(_ACCESS_STR[f["access"]])
+        if f["invalid"]:
+            s.append("invalid")
+        s.append(("" if f[self.era.nx] else "!") + "nx")
+        s.append(("" if f["cr0_wp"] else "!") + "wp")
+        if f["smep_andnot_wp"]:
+            s.append("smep_andnot_wp")
+        if f["smap_andnot_wp"]:
+            s.append("smap_andnot_wp")
+        if "ad_disabled" in f:
+            s.append(("!" if f["ad_disabled"] else "") + "ad")
+        for name in ("guest_mode", "passthrough", "is_mirror"):
+            if f.get(name):
+                s.append(name)
+        if f["smm"]:
+            s.append(f"smm{f['smm']}")
+        return f"{self.word:#010x} [{self.era.name}] " + " ".join(s)
+
+    def __repr__(self) -> str:
+        return f"Role({self.era.name!r}, {self.word:#x})"
+
+
+def pack(era, **fields) -> int:
+    """Pack named fields into ``kvm_mmu_page_role.word`` under the era's layout.
+
+    A field the era lacks raises ProfileError; a value wider than its field raises
+    RoleFieldError.  ``gpte_bytes=4|8`` sets bit 4 with the era's sense.
+    """
+    era = get_era(era)
+    g = fields.pop("gpte_bytes", None)
+    if "level" in fields:
+        fields["level"] = in_range("level", fields["level"], 0, 5,
+                                   "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL",
+                                   err=RoleFieldError)
+    if g is not None:
+        if isinstance(g, bool) or g not in (4, 8):
+            raise RoleFieldError(f"gpte_bytes={g!r}: must be 4 or 8")
+        fields[era.bit4] = int((g == 4) == (era.bit4 == "has_4_byte_gpte"))
+    if "nx" in fields:
+        fields[era.nx] = fields.pop("nx")
+    for name in fields:
+        if name not in era.base.index and any(name in e.base.index for e in ERAS.values()):
+            raise ProfileError(f"role field {name!r}: does not exist in era {era} "
+                               f"(fields: {', '.join(era.base.names)})")
+    return era.base.pack(fields)
+
+
+def unpack(era, word: int, strict: bool = False) -> Role:
+    """Decode a role word into a readable :class:`Role` (strict: refuse unused bits)."""
+    era = get_era(era)
+    return Role(era, uint("word", word, 32), era.base.unpack(word, boolean("strict", strict)))
+
+
+def pack_batch(era, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
+    """Batch pack: a structured array of ``role_dtype(era)`` (or uint8 (n, 16)) to uint32 words."""
+    return get_era(era).base.pack_batch(fields, out, threads)
+
+
+def unpack_batch(era, words: np.ndarray, out=None, strict: bool = True,
+                 threads: int | None = None) -> np.ndarray:
+    """Batch unpack: uint32 words to a structured array (one uint8 per field)."""
+    return get_era(era).base.unpack_batch(words, out, strict, threads)
+
+
+def pack_ext(era, **fields) -> int:
+    era = get_era(era)
+    _require(era, era.ext is not None, "kvm_mmu_extended_role")
+    return era.ext.pack(fields)
+
+
+def unpack_ext(era, word: int, strict: bool = False) -> dict:
+    era = get_era(era)
+    _require(era, era.ext is not None, "kvm_mmu_extended_role")
+    return era.ext.unpack(word, strict)
+
+
+@dataclass(frozen=True)
+class CpuRole:
+    """``union kvm_cpu_role`` (``union kvm_mmu_role`` before v5.19): base + ext."""
+
+    era: RoleEra
+    base: int
+    ext: int
+
+    @property
+    def as_u64(self) -> int:
+        return self.base | (self.ext << 32)
+
+    def __str__(self) -> str:
+        ext = self.era.ext.unpack(self.ext) if self.era.ext is not None else {}
+        on = [k for k, v in ext.items() if v and k != "maxphyaddr"]
+        if ext.get("maxphyaddr"):
+            on.append(f"maxphyaddr={ext['maxphyaddr']}")
+        return f"{self.as_u64:#018x} base {unpack(self.era, self.base)} ext {' '.join(on)}"
+
+
+def pack_cpu_role(era, base: dict, ext: dict) -> int:
+    era = get_era(era)
+    _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
+    for n, d in (("base", base), ("ext", ext)):
+        if not isinstance(d, dict):
+            raise InputError(f"{n}={d!r}: expected a dict of field values")
+    vals = dict(base)
+    vals.update({"ext_" + k: v for k, v in ext.items()})
+    return era.cpu_role.pack(vals)
+
+
+def unpack_cpu_role(era, as_u64: int) -> CpuRole:
+    era = get_era(era)
+    _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
+    v = uint("as_u64", as_u64, 64)
+    return CpuRole(era, v & 0xFFFFFFFF, v >> 32)
+
+
+def cpu_role_pack_batch(era, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
+    era = get_era(era)
+    _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
+    return era.cpu_role.pack_batch(fields, out, threads)
+
+
+def cpu_role_unpack_batch(era, words: np.ndarray, out=None, strict: bool = True,
+                          threads: int | None = None) -> np.ndarray:
+    era = get_era(era)
+    _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
+    return era.cpu_role.unpack_batch(words, out, strict, threads)
+
+
+def kvm_mmu_role_as_id(word: int) -> int:
+    """kvm_mmu_role_as_id: address space 1 when role.smm is non-zero."""
+    return 1 if (uint("word", word, 32) >> 24) & 0xFF else 0
