@@ -497,7 +497,7 @@ def build_page_tables(levels: int, base: int, size: int, mappings: list):
     Non-leaf entries are P|W|U|A (the leaf decides the access); a leaf carries the mapping's
     bits, PS at level 2 for 2 MiB pages.  Two mappings of one page conflict (InputError)."""
     tables: dict = {}
-    order = []
+    order: list[int] = []
 
     def alloc():
         gpa = base + len(order) * PAGE

@@ -82,7 +82,7 @@ def _write(path: str, text: str) -> None:
 
 
 def _parse_stats(text: str) -> dict:
-    d = {}
+    d: dict[str, int | str] = {}
     for line in text.splitlines():
         k, sep, v = line.partition(":")
         if not sep:
@@ -104,7 +104,7 @@ def lost_events(lost: dict) -> int:
 
 def tracing_snapshot(root: str) -> dict:
     """The global tracing settings a recorder must leave as it found them (for checks)."""
-    snap = {}
+    snap: dict = {}
     for name in ("tracing_on", "buffer_size_kb", "current_tracer", "set_event", "trace_options",
                  "trace_clock", "tracing_cpumask", "buffer_subbuf_size_kb"):
         p = os.path.join(root, name)
@@ -177,10 +177,10 @@ class Recorder:
         self.text = bool(text)
         self.all_tasks = bool(all_tasks)
         self.progress = progress
-        self.root = None
-        self.mounted = None
-        self.inst = None
-        self.inst_text = None
+        self.root: str | None = None
+        self.mounted: str | None = None
+        self.inst: str | None = None
+        self.inst_text: str | None = None
         self.enabled: list = []
         self.skipped: list = []                      # requested events this host does not have
         self.fds: dict = {}
@@ -189,9 +189,22 @@ class Recorder:
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = None
-        self.started = self.ended = None
-        self.capture = None
+        self._thread: threading.Thread | None = None
+        self.started: str | None = None
+        self.ended: str | None = None
+        self.capture: Capture | None = None
+
+    def _root_dir(self) -> str:
+        """The tracefs root in use (set by _mount)."""
+        if self.root is None:
+            raise RecordError("the recorder is not started: no tracefs root")
+        return self.root
+
+    def _inst_dir(self) -> str:
+        """The tracing instance directory in use (set by __enter__)."""
+        if self.inst is None:
+            raise RecordError("the recorder is not started: no tracing instance")
+        return self.inst
 
     # -- setup ---------------------------------------------------------------------------------
     def _check_host(self) -> None:
@@ -221,7 +234,7 @@ class Recorder:
             self.mounted = self.root = d
 
     def _event_dirs(self) -> list:
-        evroot = os.path.join(self.root, "events")
+        evroot = os.path.join(self._root_dir(), "events")
         if not os.path.isdir(os.path.join(evroot, "kvmmmu")):
             raise RecordError("the kvmmmu trace events are missing (events/kvmmmu): load the kvm module "
                               "and its vendor module (kvm_intel, kvm_amd or kvm_pvm) first")
@@ -245,7 +258,7 @@ class Recorder:
         return out
 
     def _make_instance(self, name: str) -> str:
-        path = os.path.join(self.root, "instances", name)
+        path = os.path.join(self._root_dir(), "instances", name)
         os.mkdir(path)
         try:
             _write(os.path.join(path, "tracing_on"), "0")
@@ -277,14 +290,14 @@ class Recorder:
         try:
             self.enabled = self._event_dirs()
             self.inst = self._make_instance(f"pykvmmu-{os.getpid()}")
-            sub = os.path.join(self.inst, "buffer_subbuf_size_kb")
+            sub = os.path.join(self._inst_dir(), "buffer_subbuf_size_kb")
             if os.path.exists(sub):
                 self.page_size = max(self.page_size, int(_read(sub)) * 1024)
             if self.text:
                 self.inst_text = self._make_instance(f"pykvmmu-{os.getpid()}-text")
-            cpus = sorted(int(n[3:]) for n in os.listdir(os.path.join(self.inst, "per_cpu")) if n.startswith("cpu"))
+            cpus = sorted(int(n[3:]) for n in os.listdir(os.path.join(self._inst_dir(), "per_cpu")) if n.startswith("cpu"))
             for c in cpus:
-                self.fds[c] = os.open(os.path.join(self.inst, "per_cpu", f"cpu{c}", "trace_pipe_raw"),
+                self.fds[c] = os.open(os.path.join(self._inst_dir(), "per_cpu", f"cpu{c}", "trace_pipe_raw"),
                                       os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                 self.raw[c] = bytearray()
                 self.missed[c] = 0
@@ -341,11 +354,11 @@ class Recorder:
         self.ended = _now()
         lost = {}
         for c in self.fds:
-            s = _parse_stats(_read(os.path.join(self.inst, "per_cpu", f"cpu{c}", "stats")))
+            s = _parse_stats(_read(os.path.join(self._inst_dir(), "per_cpu", f"cpu{c}", "stats")))
             s["missed_pages"] = self.missed[c]
             lost[f"cpu{c}"] = s
-        formats = {e: _read(os.path.join(self.root, "events", e, "format")) for e in self.enabled}
-        text = {}
+        formats = {e: _read(os.path.join(self._root_dir(), "events", e, "format")) for e in self.enabled}
+        text: dict[str, str] = {}
         if self.inst_text:
             text["trace"] = _read(os.path.join(self.inst_text, "trace"))
             _write(os.path.join(self.inst_text, "options", "fields"), "1")
@@ -356,8 +369,8 @@ class Recorder:
                 "buffer_size_kb": self.buffer_kb, "page_size": self.page_size, "cpus": sorted(self.fds),
                 "lost": lost, "command": None, "guest": None,
                 "tasks": "all" if self.all_tasks else "self-and-children", "skipped_events": list(self.skipped), "host_zero_pfn": host_zero_pfn()}
-        self.capture = Capture(meta=meta, header_page=_read(os.path.join(self.root, "events", "header_page")),
-                               header_event=_read(os.path.join(self.root, "events", "header_event")),
+        self.capture = Capture(meta=meta, header_page=_read(os.path.join(self._root_dir(), "events", "header_page")),
+                               header_event=_read(os.path.join(self._root_dir(), "events", "header_event")),
                                formats=formats, raw={c: bytes(b) for c, b in self.raw.items()},
                                params=_module_params(), text=text)
         return self.capture
@@ -485,7 +498,8 @@ def read_capture(path: str) -> Capture:
         data = gzip.decompress(data)
     try:
         tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-        files = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+        files = {m.name: fh.read() for m in tf.getmembers()
+                 if m.isfile() and (fh := tf.extractfile(m)) is not None}
     except tarfile.TarError as e:
         raise InputError(f"capture {path!r}: not a tar archive ({e})") from None
     if "capture.json" not in files:

@@ -24,7 +24,7 @@ import struct
 import tempfile
 import zlib
 from builtins import open as builtins_open
-from typing import NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional, cast
 
 import numpy as np
 
@@ -168,7 +168,8 @@ assert FIELDS_DTYPE.itemsize == ffi.sizeof("struct kvmmu_rmp_fields")
 
 
 def _fault_name(rc: int) -> Optional[str]:
-    return {Rc.NPF: "NPF", Rc.VC: "#VC", Rc.GP: "#GP"}.get(rc)
+    names: dict[int, str] = {Rc.NPF: "NPF", Rc.VC: "#VC", Rc.GP: "#GP"}
+    return names.get(rc)
 
 
 class RmpEntry(NamedTuple):
@@ -176,15 +177,41 @@ class RmpEntry(NamedTuple):
     lo: int
     hi: int
 
-    assigned = property(lambda s: s.lo & 1)
-    pagesize = property(lambda s: (s.lo >> 1) & 1)
-    immutable = property(lambda s: (s.lo >> 2) & 1)
-    subpage_count = property(lambda s: (s.lo >> 3) & 0x1FF)
-    gpa = property(lambda s: (s.lo >> 12) & ((1 << GPA_FRAME_BITS) - 1))   # a frame number
-    asid = property(lambda s: (s.lo >> 51) & 0x3FF)
-    vmsa = property(lambda s: (s.lo >> 61) & 1)
-    validated = property(lambda s: (s.lo >> 62) & 1)
-    lock = property(lambda s: (s.lo >> 63) & 1)
+    @property
+    def assigned(self) -> int:
+        return self.lo & 1
+
+    @property
+    def pagesize(self) -> int:
+        return (self.lo >> 1) & 1
+
+    @property
+    def immutable(self) -> int:
+        return (self.lo >> 2) & 1
+
+    @property
+    def subpage_count(self) -> int:
+        return (self.lo >> 3) & 0x1FF
+
+    @property
+    def gpa(self) -> int:  # a frame number
+        return (self.lo >> 12) & ((1 << GPA_FRAME_BITS) - 1)
+
+    @property
+    def asid(self) -> int:
+        return (self.lo >> 51) & 0x3FF
+
+    @property
+    def vmsa(self) -> int:
+        return (self.lo >> 61) & 1
+
+    @property
+    def validated(self) -> int:
+        return (self.lo >> 62) & 1
+
+    @property
+    def lock(self) -> int:
+        return (self.lo >> 63) & 1
 
     @property
     def vmpl(self) -> tuple:
@@ -403,6 +430,7 @@ def _atomic_write(path, size: int, writer, *, exist_ok: bool) -> None:
     if not exist_ok and os.path.lexists(path):
         raise RmpError(f"{path}: already exists (refusing to overwrite it; use --force / "
                        "exist_ok=True)")
+    tmp: Optional[str]
     try:
         fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     except OSError as e:
@@ -496,7 +524,7 @@ class RmpTable:
         self.rmp_base = _batch.uint("rmp_base", rmp_base, 52)
         if buf.size < BOOKKEEPING:
             raise RmpError(f"buffer: {buf.size} bytes, smaller than the 16 KiB bookkeeping area")
-        self._buf = buf
+        self._buf: Optional[np.ndarray] = buf
         self._ro: Optional[np.ndarray] = None    # read-only view while the level index is on
         self._lvl: Optional[np.ndarray] = None   # the level index bitmap
         self.writable = bool(buf.flags.writeable)
@@ -527,7 +555,7 @@ class RmpTable:
     def buffer(self) -> np.ndarray:
         """The table bytes (read-only while the level index is on: write through the API)."""
         self._t
-        return self._ro if self._ro is not None else self._buf
+        return self._ro if self._ro is not None else self._data
 
     @property
     def _t(self):
@@ -535,6 +563,14 @@ class RmpTable:
         if t is None:
             raise RmpError("the table is closed (close() was called or its with-block ended)")
         return t
+
+    @property
+    def _data(self) -> np.ndarray:
+        """The table bytes (writable); refused once the table is closed."""
+        buf = self._buf
+        if buf is None:
+            raise RmpError("the table is closed (close() was called or its with-block ended)")
+        return buf
 
     @property
     def closed(self) -> bool:
@@ -548,9 +584,9 @@ class RmpTable:
                            "to 2^51 bytes (21..51)")
         if self.rmp_base % (1 << 20):
             raise RmpError(f"rmp_base={self.rmp_base:#x}: a segmented RMP_BASE must be 1 MiB aligned")
-        if self._buf.size < BOOKKEEPING + RST_SIZE:
+        if self._data.size < BOOKKEEPING + RST_SIZE:
             raise RmpError("buffer: too small for the bookkeeping area and the segment table")
-        rst = self._buf[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")
+        rst = self._data[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8")
         self.seg_shift = seg_shift
         self._t_.seg_shift = seg_shift
         self._t_.nr_segs = MAX_SEGMENTS
@@ -563,7 +599,7 @@ class RmpTable:
             count = min(gib << 18, per_seg)
             if count:
                 off = seg_base - self.rmp_base
-                if off < BOOKKEEPING + RST_SIZE or off + count * ENTRY_SIZE > self._buf.size:
+                if off < BOOKKEEPING + RST_SIZE or off + count * ENTRY_SIZE > self._data.size:
                     raise RmpError(f"RST[{i}]={v:#x}: segment base {seg_base:#x} + {count} entries "
                                    f"is outside the buffer at rmp_base={self.rmp_base:#x}")
                 self._t_.seg_off[i] = off
@@ -734,7 +770,8 @@ class RmpTable:
                                    f"{what} (the header describes the file; omit the option)")
             offset, size = HEADER_SIZE, hdr.table_bytes
         try:
-            buf = np.memmap(path, dtype=np.uint8, mode=mode, offset=offset, shape=(size,))
+            buf = np.memmap(path, dtype=np.uint8, mode=cast(Literal["r", "r+", "c"], mode), offset=offset,
+                            shape=(size,))              # mode was checked above
         except (OSError, ValueError) as e:
             raise RmpError(f"table={path!r}: cannot map the file ({e})") from None
         if headerless:
@@ -776,7 +813,7 @@ class RmpTable:
 
     def header(self) -> TableFileHeader:
         """The file header that describes this table (what :meth:`save` writes)."""
-        rst = ()
+        rst: tuple = ()
         if self.segmented:
             rst = tuple(int(v) for v in self._view()[BOOKKEEPING:BOOKKEEPING + RST_SIZE].view("<u8"))
         return TableFileHeader(FILE_VERSION, int(self.segmented), self.seg_shift, int(self.flags),
@@ -864,7 +901,7 @@ class RmpTable:
         t.lvl_bits = ffi.from_buffer("uint64_t[]", self._lvl)
         t.lvl_nbits = nbits
         lib.kvmmu_rmp_level_index_build(t)
-        ro = self._buf.view()
+        ro = self._data.view()
         ro.flags.writeable = False
         self._ro = ro
 
@@ -913,6 +950,8 @@ class RmpTable:
             return
         self.flush()
         m.madvise(mmap.MADV_DONTNEED)
+        if self.path is None:                       # mapped, but not from a table file
+            return
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except OSError as e:
@@ -1460,7 +1499,7 @@ class DumpEntry(NamedTuple):
 
     @property
     def entry(self) -> Optional[RmpEntry]:
-        if self.kind in ("entry", "region", "fields"):
+        if self.kind in ("entry", "region", "fields") and self.lo is not None:
             return RmpEntry(self.lo, self.hi or 0)
         return None
 

@@ -373,9 +373,9 @@ class Walk:
         read-only page gets W, loses U (and X when SMEP is on).  Assumes a memslot backs it."""
         if not isinstance(mmu, GuestMmu):
             raise WalkError(f"mmu={mmu!r}: expected the GuestMmu of this walk")
-        if not self.ok:
-            return None
         a = self.pte_access
+        if not self.ok or a is None:        # a successful walk always has a pte_access
+            return None
         if mmu.pttype != "ept" and self.access & PFERR_WRITE and not a & ACC_WRITE and not mmu.cr0_wp \
                 and not self.access & PFERR_USER:
             a = (a | ACC_WRITE) & ~ACC_USER
@@ -392,7 +392,7 @@ class Walk:
             ad = ("A" if lv.set_accessed else "") + ("D" if lv.set_dirty else "")
             lines.append(f"  level {lv.level} table {tg} gpte {lv.gpte:#x}{acc}"
                          + (" leaf" if lv.is_leaf else "") + (f" set {ad}" if ad else ""))
-        if self.ok:
+        if self.ok and self.gfn is not None and self.pte_access is not None:
             lines.append(f"  -> gfn {self.gfn:#x} level {self.leaf_level} pte_access "
                          f"{R._ACCESS_STR[self.pte_access]}" + (" dirty" if self.dirty else ""))
         else:
@@ -493,7 +493,7 @@ def _walk(mmu: GuestMmu, addr: int, access: int, fetch: Callable, pte_writable=N
     write_fault, user_fault, fetch_fault = (access & PFERR_WRITE, access & PFERR_USER,
                                             access & PFERR_FETCH)
     events = [("kvm_mmu_pagetable_walk", {"addr": addr, "pferr": access & 0xFFFFFFFF})]
-    levels = []
+    levels: list[WalkLevel] = []
     level = mmu.root_level
     pte = mmu.pgd & ((1 << width) - 1)
     errcode = 0
@@ -532,7 +532,7 @@ def _walk(mmu: GuestMmu, addr: int, access: int, fetch: Callable, pte_writable=N
         level = 2
     max_level = level
     level += 1
-    raw = []                   # (level, table_gfn, pte_gpa, pte, pt_access, access) per gpte
+    raw: list[tuple] = []      # (level, table_gfn, pte_gpa, pte, pt_access, access) per gpte
 
     def record(sets=None, leaf=None):
         for (lvl, tg, gpa, p, pa, a) in raw:
@@ -653,7 +653,7 @@ def walk_addr(mmu: GuestMmu, addr: int, access: int, mem, *, write_back: bool = 
 
 
 def _observed_pairs(gptes) -> list:
-    out = []
+    out: list[tuple[int, int | None]] = []
     for i, g in enumerate(gptes):
         if isinstance(g, tuple):
             if len(g) != 2:
@@ -775,6 +775,8 @@ def shadow_pages(mmu: GuestMmu, w: Walk, *, goal_level: int | None = None) -> tu
         out.append(ShadowPage(child, by_level[child].table_gfn, parent, False, "child"))
         level = child
     direct_access = w.fault_pte_access(mmu)
+    if direct_access is None or w.gfn is None:      # w.ok: both are set
+        raise WalkError("shadow_pages: the walk has no leaf access or gfn")
     while level > goal:
         child = level - 1
         idx = (w.addr >> (12 + 9 * (level - 1))) & 511

@@ -23,7 +23,7 @@ def positive_int(text: str) -> int:
     return v
 
 
-def add_config_args(p: argparse.ArgumentParser, default_mode: str = "ept") -> None:
+def add_config_args(p: argparse.ArgumentParser, default_mode: str | None = "ept") -> None:
     """The options that select an MmuConfig (shared by every command that needs one)."""
     p.add_argument("--mode", default=default_mode, choices=MmuConfig.PRESETS,
                    help=f"configuration preset (default: {default_mode})")

@@ -24,11 +24,9 @@ def _cmd_check(args) -> int:
         for line in str(rep).splitlines():
             print("  " + line)
         host = cfg
-        cfg = rep.config
         # The strict validator judges what was asked for (a TD keeps its per-VM value 0).
-        strict = M.mmio_mask_violations(host, 0 if host.mode == "tdx" else value, mask, access)
-        if cfg is None:
-            cfg = host.replace(mmio_caching=False, mmio_value=0)
+        strict: list | None = M.mmio_mask_violations(host, 0 if host.mode == "tdx" else value, mask, access)
+        cfg = rep.config if rep.config is not None else host.replace(mmio_caching=False, mmio_value=0)
     else:
         print(f"effective   value=0x{cfg.mmio_value:016x} mask=0x{cfg.mmio_mask:016x} "
               f"access_mask={cfg.mmio_access_mask:#x}")

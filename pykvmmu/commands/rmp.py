@@ -28,7 +28,7 @@ def _flags(names) -> int:
             f |= R.RmpFlags[n.upper().replace("-", "_")]
         except KeyError:
             raise InputError(f"--flag {n!r}: one of "
-                             f"{', '.join(x.name.lower() for x in R.RmpFlags if x)}") from None
+                             f"{', '.join(x.name.lower() for x in R.RmpFlags if x and x.name)}") from None
     return f
 
 
@@ -221,6 +221,7 @@ def demo(emit) -> None:
     r = t.pvalidate(0x201, asid=5, gfn=0x401)
     emit(f"guest PVALIDATE 4K gfn 0x401 -> {r.rc.name} (EXITINFO1 {r.exitinfo:#x}, SIZEM set)")
     o = R.sev_handle_rmp_fault(t, 0x401000, r.exitinfo, pfn=0x201)
+    assert o.zap is not None                     # a 2M RMP entry under a 4K validation: zap the range
     emit(f"KVM sev_handle_rmp_fault -> {o.action}, zap gfns {o.zap[0]:#x}..{o.zap[1]:#x}")
     emit(f"guest PVALIDATE 4K gfn 0x401 again -> {t.pvalidate(0x201, asid=5, gfn=0x401).rc.name}")
     emit(f"guest read of gfn 0x401 -> {t.guest_check(0x201, 0x401, asid=5).check.name}; "

@@ -64,7 +64,8 @@ def _cmd_trace(args) -> int:
             if args.profile is None:
                 args.profile = T.spte_profile_for(args.era or st.era, st.kernel_version)
             if args.profile is None:
-                print(f"note: SPTE decoding unavailable for era {st.era.name} (no SPTE-layout "
+                era_name = st.era.name if st.era is not None else args.era
+                print(f"note: SPTE decoding unavailable for era {era_name} (no SPTE-layout "
                       "profile for that kernel era)", file=sys.stderr)
             else:
                 st.spte_decoder = T.default_spte_decoder(config=config_from_args(args))

@@ -105,6 +105,7 @@ def demo(emit) -> None:
     mem32.write(0x1000 + 4 * 1, 0x00400000 | 0x87, 4)
     m32 = W.GuestMmu.for_vcpu(v32)
     w = W.walk_addr(m32, 0x00601000, 0, mem32)
+    assert w.pte_access is not None, w.fault          # a present 4M page: the walk succeeds
     emit(f"-- 32-bit guest, 4M page read at 0x601000 -> gpa {w.gpa:#x}, pte_access "
          f"{R._ACCESS_STR[w.pte_access]}; split to 4K: "
          + ", ".join(f"{s.kind} l{s.level} gfn {s.gfn:#x} {s.role:#x}"
@@ -117,6 +118,7 @@ def demo(emit) -> None:
         memx.write(gpa, gpte)
     ok = W.walk_addr(ept, 0, 0x10, memx)
     bad = W.walk_addr(ept, 0, 0x4, memx)
+    assert bad.fault is not None                      # a read of an execute-only page faults
     emit(f"-- nested EPT, execute-only leaf: fetch -> gfn {ok.gfn:#x}; read -> {bad.fault} "
          f"(exit qualification {bad.fault.ept_exit_qualification:#x})")
     w = W.walk_observed(mmu, 0xffffffff810551b8, 0x10,

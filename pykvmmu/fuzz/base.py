@@ -2,6 +2,7 @@
 its checks, the target registry, the shared configuration pool and SPTE-word generators."""
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Callable
 
@@ -47,7 +48,7 @@ class FuzzInput:
     def bool(self) -> bool:
         return bool(self.uint(8) & 1)
 
-    def chance(self, k: int) -> bool:
+    def chance(self, k: int) -> builtins.bool:
         """True with probability about 1/k (for a random byte)."""
         return self.uint(8) % k == 0
 

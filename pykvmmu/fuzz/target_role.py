@@ -67,13 +67,13 @@ def fuzz_role(fi: FuzzInput) -> None:
         variant = fi.pick(("x86_64", "32bit", "pre-4.7"))
         bits = fi.int_in(1, 32)
         ref = {"x86_64": RR.hash_64, "32bit": RR.hash_64_32bit_host, "pre-4.7": RR.hash_64_pre_4_7}[variant]
-        vals = [fi.u64() for _ in range(fi.int_in(1, 6))]
-        out = R.hash_batch(np.array(vals, np.uint64), bits, variant)
-        for i, v in enumerate(vals):
-            want = ref(v, bits)
-            expect_same("hash_64", R.hash_64(v, bits, variant), want, variant, bits, v)
-            expect_same("hash_batch", int(out[i]), want, variant, bits, v)
-            check(want < (1 << bits), "hash wider than bits", variant, bits, v)
-        expect_same("kvm_page_table_hashfn", R.kvm_page_table_hashfn(vals[0]),
-                    RR.kvm_page_table_hashfn(vals[0]), vals[0])
+        keys = [fi.u64() for _ in range(fi.int_in(1, 6))]
+        out = R.hash_batch(np.array(keys, np.uint64), bits, variant)
+        for i, k in enumerate(keys):
+            want = ref(k, bits)
+            expect_same("hash_64", R.hash_64(k, bits, variant), want, variant, bits, k)
+            expect_same("hash_batch", int(out[i]), want, variant, bits, k)
+            check(want < (1 << bits), "hash wider than bits", variant, bits, k)
+        expect_same("kvm_page_table_hashfn", R.kvm_page_table_hashfn(keys[0]),
+                    RR.kvm_page_table_hashfn(keys[0]), keys[0])
         fi.feature("role.hash", variant, bits)

@@ -43,9 +43,9 @@ def fuzz_spte(fi: FuzzInput) -> None:
             check(not s & _BIT(1), "wrprot but W set", cid, s)
         n = fi.int_in(1, 4)
         pfns = [pfn] + [_pfn(fi, cfg) for _ in range(n - 1)]
-        b = S.make_spte_batch(cfg, np.array(pfns, np.uint64), old_spte=old, **kw)
+        mb = S.make_spte_batch(cfg, np.array(pfns, np.uint64), old_spte=old, **kw)
         for i, p in enumerate(pfns):
-            expect_same(f"make_spte_batch[{i}]", int(b[i]),
+            expect_same(f"make_spte_batch[{i}]", int(mb[i]),
                         R.make_spte(cfg, p, old_spte=old, **kw)[0], cid, p, kw)
     elif op == 1:                                   # predicates: scalar, batch, decode
         n = fi.int_in(1, 6)
@@ -144,24 +144,24 @@ def fuzz_spte(fi: FuzzInput) -> None:
         s, _ = R.make_spte(cfg, _pfn(fi, cfg), **_mk_kwargs(fi))
         level = fi.int_in(2, 3)
         nx = fi.pick((None, False, True))
-        got = S.make_huge_spte(cfg, s, level, nx)
-        expect_same("make_huge_spte", got, R.make_huge_spte(cfg, s, level, nx), cid, s, level)
-        b = S.make_huge_spte_batch(cfg, np.array([s], np.uint64), level, nx)
-        expect_same("make_huge_spte_batch", int(b[0]), got, cid, s)
+        huge = S.make_huge_spte(cfg, s, level, nx)
+        expect_same("make_huge_spte", huge, R.make_huge_spte(cfg, s, level, nx), cid, s, level)
+        hb = S.make_huge_spte_batch(cfg, np.array([s], np.uint64), level, nx)
+        expect_same("make_huge_spte_batch", int(hb[0]), huge, cid, s)
     elif op == 5:                                   # non-leaf
         pa = _pfn(fi, cfg) << 12
         ad = fi.pick((None, False, True))
         v = S.make_nonleaf_spte(cfg, pa, ad)
         expect_same("make_nonleaf_spte", v, R.make_nonleaf_spte(cfg, pa, ad), cid, pa, ad)
-        b = S.make_nonleaf_spte_batch(cfg, np.array([pa], np.uint64), ad)
-        expect_same("make_nonleaf_spte_batch", int(b[0]), v, cid, pa)
+        nb = S.make_nonleaf_spte_batch(cfg, np.array([pa], np.uint64), ad)
+        expect_same("make_nonleaf_spte_batch", int(nb[0]), v, cid, pa)
         check(S.is_shadow_present_pte(cfg, v) and not S.is_large_pte(cfg, v),
               "non-leaf SPTE must be present and not large", cid, v)
     else:                                           # TLB-flush rule
         a, b = _spte_word(fi, cfg), _spte_word(fi, cfg)
         if fi.bool():
             b = a & ~(1 << fi.int_in(0, 63))
-        got = S.leaf_spte_change_needs_tlb_flush(cfg, a, b)
-        expect_same("leaf_spte_change_needs_tlb_flush", got,
+        flush = S.leaf_spte_change_needs_tlb_flush(cfg, a, b)
+        expect_same("leaf_spte_change_needs_tlb_flush", flush,
                     R.leaf_spte_change_needs_tlb_flush(cfg, a, b), cid, a, b)
-        fi.feature("spte.flush", got)
+        fi.feature("spte.flush", flush)

@@ -50,7 +50,9 @@ def fuzz_vm(fi: FuzzInput) -> None:
             o = vm.fault(gpa(gfn, private), ec)
             check(o.kind in ("mapped", "spurious", "emulate", "exit", "retry"), "fault kind", o.kind)
             if o.kind == "exit":
-                check(o.exit.size == 4096 and o.exit.gpa == gfn << 12, "exit gpa/size", gfn, o.exit.gpa)
+                ex = o.exit
+                check(ex is not None and ex.size == 4096 and ex.gpa == gfn << 12, "exit gpa/size", gfn,
+                      ex and ex.gpa)
             fi.feature("vm.fault", vm_type, o.kind)
         elif op == 1:
             vm.convert(gfn_any(), fi.pick((1, 2, 16, 512)), fi.bool())

@@ -31,6 +31,8 @@ Era switches (LayoutProfile fields) and the rule each one selects:
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from ..errors import ProfileError
 
 U64 = (1 << 64) - 1
@@ -240,7 +242,7 @@ def leaf_spte_change_needs_tlb_flush(cfg, old_spte: int, new_spte: int) -> bool:
 
 
 #: name -> function, in the order of pykvmmu.spte.PREDICATES
-PREDICATES = {
+PREDICATES: dict[str, Callable[..., bool]] = {
     "is_shadow_present_pte": is_shadow_present_pte,
     "is_mmio_spte": is_mmio_spte,
     "is_frozen_spte": is_frozen_spte,

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tarfile
+from typing import IO
 
 from .raw import RawSource, build_source
 from .record import TraceError, TraceFormatError
@@ -26,6 +27,14 @@ def release_from_proc_version(text: str) -> str | None:
     return m[1] if m else None
 
 
+def _member_file(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str) -> IO[bytes]:
+    """The contents of a regular-file member (extractfile gives None for anything else)."""
+    f = tf.extractfile(m)
+    if f is None:
+        raise TraceFormatError(f"{name}: member {m.name} is not a regular file")
+    return f
+
+
 def open_capture(fileobj, name: str = "capture") -> RawSource:
     """Read a capture tar from a seekable binary file object (already decompressed)."""
     try:
@@ -41,7 +50,7 @@ def open_capture(fileobj, name: str = "capture") -> RawSource:
         m = members.get(member)
         if m is None:
             return None
-        return tf.extractfile(m).read().decode("utf-8", "replace")
+        return _member_file(tf, m, name).read().decode("utf-8", "replace")
 
     meta = {}
     cj = text("capture.json")
@@ -57,14 +66,14 @@ def open_capture(fileobj, name: str = "capture") -> RawSource:
         raise TraceFormatError(f"{name}: no header_page member (needed to decode the raw pages)")
     formats = []
     for mname in members:
-        m = _FMT.match(mname)
-        if m:
-            formats.append((m[1], text(mname)))
+        fm = _FMT.match(mname)
+        if fm:
+            formats.append((fm[1], text(mname)))
     cpus = []
     for mname, m in members.items():
         c = _CPU.match(mname)
         if c:
-            cpus.append((int(c[1]), tf.extractfile(m).read, mname))
+            cpus.append((int(c[1]), _member_file(tf, m, name).read, mname))
     cpus.sort()
     release = meta.get("kernel_release") or release_from_proc_version(meta.get("proc_version", ""))
     if release is None:

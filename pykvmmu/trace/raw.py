@@ -48,7 +48,9 @@ class FormatTable:
     trace.dat carries the formats of every event on the system)."""
 
     def __init__(self, formats: list, endian: str):
-        self._texts, self._parsed, self.endian = {}, {}, endian
+        self._texts: dict = {}
+        self._parsed: dict = {}
+        self.endian = endian
         for system, text in formats:
             m = _ID.search(text)
             if m is None:

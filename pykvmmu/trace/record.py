@@ -61,7 +61,7 @@ class TraceRecord:
 
     def to_json(self) -> dict:
         """A JSON-ready dict (role word and SPTE-valued fields as integers)."""
-        d = {"line_no": self.line_no, "ts": self.ts, "ts_ns": self.ts_ns, "cpu": self.cpu,
+        d: dict = {"line_no": self.line_no, "ts": self.ts, "ts_ns": self.ts_ns, "cpu": self.cpu,
              "pid": self.pid, "comm": self.comm, "flags": self.flags, "system": self.system,
              "event": self.event, "source": self.source,
              "fields": {k: (v.hex() if isinstance(v, (bytes, bytearray)) else v)

@@ -43,7 +43,7 @@ def spte_profile_for(era, version: str | None = None) -> str | None:
         return profile_for_version("latest")[0].name
     for v in (version, era if isinstance(era, str) else None):
         mm = kernel_version_of(v)
-        if mm is not None:
+        if mm is not None and v is not None:
             if mm < _OLDEST_SPTE_KERNEL:
                 return None
             return profile_for_version(v.strip())[0].name
@@ -78,10 +78,11 @@ def default_spte_decoder(era="latest", mode=None, profile: str | None = None,
             parts += [f"pfn {r.pfn:#x}", r.access, r.ad_type]
             if r.memtype is not None:
                 parts.append(r.memtype)
-        if getattr(r, "mmio", None):
-            parts += [f"{k} {v:#x}" if isinstance(v, int) else f"{k} {v}" for k, v in r.mmio.items()]
+        mmio = getattr(r, "mmio", None)
+        if mmio:
+            parts += [f"{k} {v:#x}" if isinstance(v, int) else f"{k} {v}" for k, v in mmio.items()]
         return ", ".join(parts)
-    dec.config = cfg
+    setattr(dec, "config", cfg)                 # the MmuConfig the decoder was built on
     return dec
 
 

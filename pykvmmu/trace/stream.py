@@ -22,9 +22,10 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
+from typing import IO
 
 from ..errors import PykvmmuError
-from ..role import get_era
+from ..role import RoleEra, get_era
 from .capture import is_capture_dir, open_capture, open_directory, release_from_proc_version
 from .raw import raw_records
 from .record import TraceEraError, TraceError, decorate
@@ -67,7 +68,7 @@ def _peek(f, n: int) -> bytes:
     raise TraceError("internal: stream without peek")
 
 
-def _spool(f) -> tempfile.TemporaryFile:
+def _spool(f) -> IO[bytes]:
     """Copy a non-seekable or compressed stream to an anonymous temporary file (disk, not
     memory) so binary formats can seek."""
     t = tempfile.TemporaryFile()
@@ -96,7 +97,7 @@ class TraceStream:
 
     def __init__(self, name: str, max_errors: int = 1000):
         self.name = name
-        self.era = None
+        self.era: RoleEra | None = None             # set by open_trace (_resolve_era)
         self.kernel_version: str | None = None
         self.format: str | None = None
         self.errors: list = []

@@ -176,7 +176,7 @@ class HeaderPage:
 
 
 def parse_header_page(text: str) -> HeaderPage:
-    got = {}
+    got: dict[str, tuple[int, int]] = {}
     for line in text.splitlines():
         m = re.match(r"^\s*field:\s*(?:[\w ]+?)\s+(\w+);\s*offset:(\d+);\s*size:(\d+);", line)
         if m:

@@ -207,7 +207,7 @@ def _parse_options(c: _Cursor, opts: _Options, version: int) -> int | None:
 
 
 def _lost_from_cpustat(texts: list) -> dict:
-    out = {}
+    out: dict[str, dict] = {}
     for t in texts:
         cpu = None
         d = {}
