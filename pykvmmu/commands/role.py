@@ -119,7 +119,8 @@ def register(sub) -> None:
     h = rs.add_parser("hash", help="shadow-page hash bucket occupancy for a realistic gfn population")
     h.add_argument("--vms", type=_positive, default=4, help="shadow-paged guests in the population")
     h.add_argument("--bits", type=int, default=H.KVM_MMU_HASH_SHIFT, help="hash bits (KVM_MMU_HASH_SHIFT)")
-    h.add_argument("--variant", default="x86_64", help="hash_64 variant (x86_64, 32bit, pre-v4.7)")
+    h.add_argument("--variant", default=R.HashVariant.X86_64.value,
+                   help=f"hash_64 variant ({', '.join(v.value for v in R.HashVariant)})")
     h.add_argument("--seed", type=int, default=0)
     h.add_argument("--plot", metavar="PNG", help="write the occupancy plot (text table without matplotlib)")
     h.set_defaults(func=_cmd_role_hash)

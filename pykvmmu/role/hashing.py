@@ -2,6 +2,9 @@
 form (C core ``csrc/role.c``)."""
 from __future__ import annotations
 
+import enum
+from typing import Union
+
 import numpy as np
 
 from .. import _par
@@ -13,18 +16,38 @@ from ..errors import InputError
 KVM_MMU_HASH_SHIFT = lib.KVMMU_MMU_HASH_SHIFT
 KVM_NUM_MMU_PAGES = 1 << KVM_MMU_HASH_SHIFT
 
-_HASH_VARIANTS = {"x86_64": lib.KVMMU_HASH_X86_64, "32bit": lib.KVMMU_HASH_32BIT_HOST,
-                  "pre-4.7": lib.KVMMU_HASH_PRE_4_7}
+
+class HashVariant(str, enum.Enum):
+    """Which kernel ``hash_64`` the shadow-page hash uses.  A ``str`` enum: the plain strings
+    (``"x86_64"``, ``"32bit"``, ``"pre-4.7"``) are accepted wherever a member is."""
+
+    #: 64-bit kernels, v4.7+ (include/linux/hash.h): the top bits of val * GOLDEN_RATIO_64.
+    X86_64 = "x86_64"
+    #: 32-bit kernels, v4.7+: hash_32((u32)val ^ __hash_32(val >> 32), bits).
+    HOST_32BIT = "32bit"
+    #: before v4.7: the shift/add sequence (equal to val * GOLDEN_RATIO_PRIME_64).
+    PRE_4_7 = "pre-4.7"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_HASH_VARIANTS = {HashVariant.X86_64: lib.KVMMU_HASH_X86_64, HashVariant.HOST_32BIT: lib.KVMMU_HASH_32BIT_HOST,
+                  HashVariant.PRE_4_7: lib.KVMMU_HASH_PRE_4_7}
+
+#: A hash variant argument: a :class:`HashVariant` member or its string value.
+HashVariantLike = Union[HashVariant, str]
 
 # ---------------------------------------------------------------------------
 # hash_64 / kvm_page_table_hashfn
 # ---------------------------------------------------------------------------
 
-def _variant(variant: str) -> int:
+def _variant(variant: HashVariantLike) -> int:
     try:
-        return _HASH_VARIANTS[variant]
-    except KeyError:
-        raise InputError(f"variant={variant!r}: one of {', '.join(_HASH_VARIANTS)}") from None
+        return _HASH_VARIANTS[HashVariant(variant)]
+    except ValueError:
+        raise InputError(f"variant={variant!r}: one of {', '.join(v.value for v in HashVariant)} "
+                         "(a HashVariant or its string)") from None
 
 
 def _bits(bits) -> int:
@@ -34,7 +57,7 @@ def _bits(bits) -> int:
     return b
 
 
-def hash_64(val: int, bits: int = KVM_MMU_HASH_SHIFT, variant: str = "x86_64") -> int:
+def hash_64(val: int, bits: int = KVM_MMU_HASH_SHIFT, variant: HashVariantLike = HashVariant.X86_64) -> int:
     """hash_64 (include/linux/hash.h): the top ``bits`` of val * GOLDEN_RATIO_64 on x86-64."""
     try:
         return int(lib.kvmmu_role_hash_64(val, _bits(bits), _variant(variant)))
@@ -52,7 +75,7 @@ def kvm_page_table_hashfn(gfn: int) -> int:
         raise
 
 
-def hash_batch(gfn: np.ndarray, bits: int = KVM_MMU_HASH_SHIFT, variant: str = "x86_64",
+def hash_batch(gfn: np.ndarray, bits: int = KVM_MMU_HASH_SHIFT, variant: HashVariantLike = HashVariant.X86_64,
                out=None, threads: int | None = None) -> np.ndarray:
     """Batch hash_64 of a uint64 array into a uint32 array (C core, GIL released)."""
     in_array("gfn", gfn, np.uint64)

@@ -1,0 +1,50 @@
+"""HashVariant: the hash_64 variants as a str enum; members and their plain strings are
+interchangeable, anything else is refused with the list of variants."""
+import numpy as np
+import pytest
+
+from pykvmmu import role as R
+from pykvmmu.errors import InputError
+from pykvmmu.ref import role as ref
+
+REF = {R.HashVariant.X86_64: ref.hash_64, R.HashVariant.HOST_32BIT: ref.hash_64_32bit_host,
+       R.HashVariant.PRE_4_7: ref.hash_64_pre_4_7}
+VALS = [0, 1, 0x1234, 0xDEADBEEFCAFEF00D, (1 << 64) - 1]
+
+
+def test_members_are_the_strings_accepted_before():
+    assert [v.value for v in R.HashVariant] == ["x86_64", "32bit", "pre-4.7"]
+    for v in R.HashVariant:
+        assert v == v.value and isinstance(v, str) and str(v) == v.value
+        assert R.HashVariant(v.value) is v
+
+
+@pytest.mark.parametrize("variant", list(R.HashVariant))
+def test_member_and_string_give_the_reference_hash(variant):
+    for bits in (1, 12, 32):
+        for x in VALS:
+            want = REF[variant](x, bits)
+            assert R.hash_64(x, bits, variant) == R.hash_64(x, bits, variant.value) == want
+        got_m = R.hash_batch(np.array(VALS, np.uint64), bits, variant)
+        got_s = R.hash_batch(np.array(VALS, np.uint64), bits, variant.value)
+        assert got_m.tolist() == got_s.tolist() == [REF[variant](x, bits) for x in VALS]
+
+
+def test_variants_differ():
+    x = 0xDEADBEEFCAFEF00D
+    assert len({R.hash_64(x, 32, v) for v in R.HashVariant}) == 3
+
+
+def test_default_is_x86_64():
+    x = 0x123456789
+    assert R.hash_64(x) == R.hash_64(x, R.KVM_MMU_HASH_SHIFT, R.HashVariant.X86_64) \
+        == R.kvm_page_table_hashfn(x)
+
+
+@pytest.mark.parametrize("bad", ["X86_64", "pre-v4.7", "", None, 0, True, [], "HashVariant.X86_64"])
+def test_other_values_refused_naming_value_and_variants(bad):
+    with pytest.raises(InputError) as e:
+        R.hash_64(1, 12, bad)
+    assert f"variant={bad!r}" in str(e.value) and "x86_64, 32bit, pre-4.7" in str(e.value)
+    with pytest.raises(InputError):
+        R.hash_batch(np.zeros(2, np.uint64), 12, bad)
