@@ -48,3 +48,36 @@ def test_other_values_refused_naming_value_and_variants(bad):
     assert f"variant={bad!r}" in str(e.value) and "x86_64, 32bit, pre-4.7" in str(e.value)
     with pytest.raises(InputError):
         R.hash_batch(np.zeros(2, np.uint64), 12, bad)
+
+
+# ---------------------------------------------------------------------- EptRule
+def test_ept_rule_per_era():
+    want = {"v4.2": None, "v4.12": None, "v4.18": None, "v4.20": R.EptRule.INHERIT,
+            "v5.0": R.EptRule.INHERIT, "v5.0-fix": R.EptRule.INHERIT, "v5.1": R.EptRule.MARKER,
+            "v5.9": R.EptRule.MARKER, "v5.14": R.EptRule.CLEAN, "v5.17": R.EptRule.CLEAN,
+            "v5.19": R.EptRule.CLEAN, "v6.14": R.EptRule.CLEAN}
+    assert {n: e.ept_rule for n, e in R.ERAS.items()} == want
+    for e in R.ERAS.values():
+        assert e.ept_rule is None or isinstance(e.ept_rule, R.EptRule)
+    assert [r.value for r in R.EptRule] == ["inherit", "marker", "clean"]
+    assert R.EptRule.MARKER == "marker" and str(R.EptRule.CLEAN) == "clean"
+
+
+@pytest.mark.parametrize("name", ["v4.20", "v5.1", "v5.9", "v5.14", "v6.14"])
+def test_era_with_plain_string_rule_behaves_the_same(name):
+    """A RoleEra built with the rule as a plain string (as before the enum) computes the
+    same nested-EPT roles and the same is_ept_sp answers."""
+    import dataclasses
+    e = R.get_era(name)
+    s = dataclasses.replace(e, ept_rule=e.ept_rule.value)
+    assert type(s.ept_rule) is str
+    for cr0_wp in (False, True):
+        for ad in (False, True):
+            v = R.VcpuState(cr0_wp=cr0_wp)
+            a = R.kvm_calc_shadow_ept_root_page_role(e, v, accessed_dirty=ad)
+            b = R.kvm_calc_shadow_ept_root_page_role(s, v, accessed_dirty=ad)
+            assert (a.base, a.ext) == (b.base, b.ext)
+            if e.ept_rule == R.EptRule.MARKER:
+                assert R.is_ept_sp(e, a.base) and R.is_ept_sp(s, b.base)
+            assert R.identify_nested_ept(e, a.base) == R.identify_nested_ept(s, b.base)
+    assert R.find_collisions(e) == R.find_collisions(s)

@@ -13,7 +13,7 @@ The package: :mod:`.eras` (layouts and eras), :mod:`.packing` (records, pack/unp
 """
 from __future__ import annotations
 
-from .eras import (ACC_ALL, ACC_EXEC, ACC_USER, ACC_WRITE, DEFAULT_ERA, ERAS, Field, get_era,
+from .eras import (ACC_ALL, ACC_EXEC, ACC_USER, ACC_WRITE, DEFAULT_ERA, EptRule, ERAS, Field, get_era,
                    MMU_BASE_ROLE_MASK, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, PT64_ROOT_5LEVEL,
                    ROLE_IGN_MASK, RoleEra, RoleFieldError, RoleLayout, SYNC_ROLE_IGN_MASK)
 from .packing import (_ACCESS_STR, cpu_role_pack_batch, cpu_role_unpack_batch, CpuRole, gpte_bytes,
@@ -28,7 +28,7 @@ from .compute import (_b4_for, kvm_calc_cpu_role, kvm_calc_mmu_role_ext, kvm_cal
 from .nested import check_role_word, find_collisions, identify_nested_ept, is_ept_sp
 
 __all__ = [
-    "RoleLayout", "RoleEra", "ERAS", "get_era", "DEFAULT_ERA", "Role", "CpuRole", "VcpuState",
+    "RoleLayout", "RoleEra", "EptRule", "ERAS", "get_era", "DEFAULT_ERA", "Role", "CpuRole", "VcpuState",
     "RoleFieldError", "pack", "unpack", "pack_batch", "unpack_batch", "pack_ext", "unpack_ext",
     "pack_cpu_role", "unpack_cpu_role", "cpu_role_pack_batch", "cpu_role_unpack_batch",
     "hash_64", "kvm_page_table_hashfn", "hash_batch", "HashVariant", "HashVariantLike", "gpte_bytes",

@@ -8,8 +8,8 @@ from dataclasses import dataclass, replace
 from .._batch import uint
 from .._check import boolean, in_range, opt_boolean
 from ..errors import InputError
-from .eras import (ACC_ALL, get_era, MMU_BASE_ROLE_MASK, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, _require, RoleEra,
-                   RoleFieldError, _sp_level, _tdp_level)
+from .eras import (ACC_ALL, EptRule, get_era, MMU_BASE_ROLE_MASK, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, _require,
+                   RoleEra, RoleFieldError, _sp_level, _tdp_level)
 from .packing import CpuRole
 
 
@@ -245,7 +245,7 @@ def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool 
     level = _tdp_level(level, "level")
     tdp_ad_enabled = boolean("tdp_ad_enabled", tdp_ad_enabled)
     _require(era, era.ept_rule is not None, "kvm_calc_shadow_ept_root_page_role (modelled v4.20+)")
-    if era.ept_rule == "inherit":
+    if era.ept_rule == EptRule.INHERIT:
         l1b = kvm_calc_tdp_mmu_root_page_role(era, l1.replace(guest_mode=False),
                                               ad_enabled=tdp_ad_enabled)
         f = era.base.unpack(l1b & MMU_BASE_ROLE_MASK)
@@ -253,7 +253,7 @@ def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool 
                  access=ACC_ALL)
         base = era.base.pack(f)
         ext = kvm_calc_mmu_role_ext(era, l1, execonly)
-    elif era.ept_rule == "marker":
+    elif era.ept_rule == EptRule.MARKER:
         base = _pk(era, smm=l1.smm, level=4, gpte_is_8_bytes=1, direct=0,
                    ad_disabled=not accessed_dirty, guest_mode=1, access=ACC_ALL, cr0_wp=1,
                    smap_andnot_wp=1)

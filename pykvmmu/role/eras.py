@@ -2,6 +2,7 @@
 ``kvm_cpu_role``) and the kernel eras (:class:`RoleEra`) that select them and the role rules."""
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -210,6 +211,21 @@ _EXT_DECLS = {
 # Eras
 # ---------------------------------------------------------------------------
 
+class EptRule(str, enum.Enum):
+    """How an era builds the nested-EPT root role (kvm_calc_shadow_ept_root_page_role).  A
+    ``str`` enum: each member equals its string value."""
+
+    #: v4.20-v5.0: the role starts from L1's TDP base role.
+    INHERIT = "inherit"
+    #: v5.1-v5.13: marked with cr0_wp=1 + smap_andnot_wp=1 (what is_ept_sp tests).
+    MARKER = "marker"
+    #: v5.14+: no marker; CR0/CR4 bits ignored.
+    CLEAN = "clean"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True, eq=False)
 class RoleEra:
     """One kernel era of the role word: layouts plus the rule switches of the era."""
@@ -232,9 +248,9 @@ class RoleEra:
     has_role_common: bool
     #: v5.19+: TDP roles force cr0_wp = efer_nx = 1; shadow roots force efer_nx = 1.
     forced_wp_nx: bool
-    #: Nested EPT root role rule: None (not modelled), "inherit" (v4.20-v5.0: L1's TDP base),
-    #: "marker" (v5.1-v5.13: cr0_wp=1 + smap_andnot_wp=1), "clean" (v5.14+).
-    ept_rule: str | None
+    #: Nested EPT root role rule (:class:`EptRule`): None (not modelled), INHERIT (v4.20-v5.0:
+    #: L1's TDP base), MARKER (v5.1-v5.13: cr0_wp=1 + smap_andnot_wp=1), CLEAN (v5.14+).
+    ept_rule: EptRule | None
     #: The stored MMU role is ANDed with MMU_BASE_ROLE_MASK (v4.20-v5.6).
     masks_mmu_role: bool
     #: prev_roots flavour: None (no cache), "v4.19" (cached_root_available), "v5.7"
@@ -289,39 +305,39 @@ _era("v4.12", "v4.12-v4.17", "cr4_pae", "nxe", None, gm=False, direct_bit4=0,
 _era("v4.18", "v4.18-v4.19", "cr4_pae", "nxe", None, direct_bit4=0, prev_roots="v4.19",
      notes=("guest_mode added (1313cc2bd8f6); the prev_roots cache exists from v4.19",))
 _era("v4.20", "v4.20", "cr4_pae", "nxe", "v4.20", direct_bit4=0, common_sets_pae=True,
-     has_role_common=True, ept_rule="inherit", masks_mmu_role=True, prev_roots="v4.19",
+     has_role_common=True, ept_rule=EptRule.INHERIT, masks_mmu_role=True, prev_roots="v4.19",
      notes=("kvm_calc_mmu_role_common (7dcd57552008) sets cr4_pae in every MMU role; "
             "kvm_mmu_get_page still clears it on direct pages: the prev_roots NPT bug",))
 _era("v5.0", "v5.0", "cr4_pae", "nxe", "v5.0", direct_bit4=0, common_sets_pae=True,
-     has_role_common=True, ept_rule="inherit", masks_mmu_role=True, prev_roots="v4.19",
+     has_role_common=True, ept_rule=EptRule.INHERIT, masks_mmu_role=True, prev_roots="v4.19",
      notes=("as v4.20, plus ext.maxphyaddr:6 (de3ccd26fafc, 5.0-rc8)",))
 _era("v5.0-fix", "v5.0 + 'make mmu->prev_roots cache work for NPT case' (v1)", "cr4_pae", "nxe",
-     "v5.0", direct_bit4=0, common_sets_pae=False, has_role_common=True, ept_rule="inherit",
+     "v5.0", direct_bit4=0, common_sets_pae=False, has_role_common=True, ept_rule=EptRule.INHERIT,
      masks_mmu_role=True, prev_roots="v4.19",
      notes=("Vitaly Kuznetsov's fix: cr4_pae only in the shadow MMU's root role "
             "(which patch was merged upstream is an open item)",))
 _era("v5.1", "v5.1-v5.8", "gpte_is_8_bytes", "nxe", "v5.1", direct_bit4=1, has_role_common=True,
-     ept_rule="marker", masks_mmu_role=True, prev_roots="v4.19",
+     ept_rule=EptRule.MARKER, masks_mmu_role=True, prev_roots="v4.19",
      notes=("47c42e6b4192: cr4_pae -> gpte_is_8_bytes, forced to 1 on direct pages; nested EPT "
             "marked with cr0_wp=1 + smap_andnot_wp=1 (is_ept_sp)",
             "prev_roots: v5.7 and v5.8 already use the 'v5.7' rules (era granularity)"))
 _era("v5.9", "v5.9-v5.13", "gpte_is_8_bytes", "nxe", "v5.9", direct_bit4=1, has_role_common=True,
-     ept_rule="marker", prev_roots="v5.7",
+     ept_rule=EptRule.MARKER, prev_roots="v5.7",
      notes=("ext without cr4_la57; mmu_base_role_mask replaced by role_ign (E8, v5.7)",))
 _era("v5.14", "v5.14-v5.16", "gpte_is_8_bytes", "efer_nx", "v5.14", direct_bit4=1,
-     has_role_common=True, ept_rule="clean", prev_roots="v5.7",
+     has_role_common=True, ept_rule=EptRule.CLEAN, prev_roots="v5.7",
      notes=("nxe -> efer_nx; is_ept_sp marker removed (00a669780ffa); nested EPT ignores CR0/CR4 "
             "bits (cd6767c334b6); ext gains efer_lma, loses maxphyaddr [approx order]",))
 _era("v5.17", "v5.17-v5.18", "has_4_byte_gpte", "efer_nx", "v5.14", direct_bit4=None,
-     has_role_common=True, ept_rule="clean", prev_roots="v5.7",
+     has_role_common=True, ept_rule=EptRule.CLEAN, prev_roots="v5.7",
      notes=("bb3b394d35e8: gpte_is_8_bytes -> has_4_byte_gpte, sense inverted",))
 _era("v5.19", "v5.19-v6.13", "has_4_byte_gpte", "efer_nx", "v5.19", passthrough=True,
-     direct_bit4=None, forced_wp_nx=True, ept_rule="clean", prev_roots="v5.19", has_cpu_role=True,
+     direct_bit4=None, forced_wp_nx=True, ept_rule=EptRule.CLEAN, prev_roots="v5.19", has_cpu_role=True,
      notes=("passthrough (Lai Jiangshan, 2022) [approx release]; kvm_cpu_role split; TDP roles "
             "force cr0_wp = efer_nx = 1 [approx release]; child role derived from the parent "
             "(~v6.0)",))
 _era("v6.14", "v6.14 and later", "has_4_byte_gpte", "efer_nx", "v5.19", passthrough=True,
-     mirror=True, direct_bit4=None, forced_wp_nx=True, ept_rule="clean", prev_roots="v5.19",
+     mirror=True, direct_bit4=None, forced_wp_nx=True, ept_rule=EptRule.CLEAN, prev_roots="v5.19",
      has_cpu_role=True, notes=("is_mirror (TDX mirror S-EPT roots)",))
 
 DEFAULT_ERA = "v6.14"

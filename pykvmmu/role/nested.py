@@ -9,7 +9,7 @@ from .._batch import uint
 from .._check import choice
 from .compute import (kvm_calc_shadow_ept_root_page_role, kvm_calc_shadow_npt_root_page_role,
                       shadow_root_sp_roles, VcpuState)
-from .eras import get_era, _require
+from .eras import EptRule, get_era, _require
 from .packing import gpte_bytes
 
 
@@ -20,7 +20,7 @@ from .packing import gpte_bytes
 def is_ept_sp(era, word: int) -> bool:
     """v5.1-v5.13 is_ept_sp(): cr0_wp && smap_andnot_wp (an impossible CPU combination)."""
     era = get_era(era)
-    _require(era, era.ept_rule == "marker", "is_ept_sp (v5.1-v5.13 only)")
+    _require(era, era.ept_rule == EptRule.MARKER, "is_ept_sp (v5.1-v5.13 only)")
     f = era.base.unpack(uint("word", word, 32))
     return bool(f["cr0_wp"] and f["smap_andnot_wp"])
 
@@ -36,11 +36,11 @@ def identify_nested_ept(era, word: int) -> tuple:
         return ("not-nested-ept", "guest_mode=0 (or the era has no guest_mode bit)")
     if f["direct"]:
         return ("not-nested-ept", "direct page")
-    if era.ept_rule == "marker":
+    if era.ept_rule == EptRule.MARKER:
         if f["cr0_wp"] and f["smap_andnot_wp"]:
             return ("nested-ept", "is_ept_sp: cr0_wp=1 with smap_andnot_wp=1 (v5.1-v5.13 marker)")
         return ("not-nested-ept", "no cr0_wp+smap_andnot_wp marker")
-    if era.ept_rule == "clean":
+    if era.ept_rule == EptRule.CLEAN:
         legacy = [n for n in (era.nx, "cr0_wp", "smep_andnot_wp", "smap_andnot_wp") if f[n]]
         if legacy:
             return ("not-nested-ept", f"nested-EPT roles clear {', '.join(legacy)}")
@@ -94,12 +94,12 @@ def check_role_word(era, word: int, kind: str = "sp") -> list:
     if f["cr0_wp"] and f["smep_andnot_wp"]:
         out.append(("impossible", "cr0_wp=1 with smep_andnot_wp=1"))
     if f["cr0_wp"] and f["smap_andnot_wp"]:
-        if era.ept_rule == "marker" and f.get("guest_mode") and not f["direct"]:
+        if era.ept_rule == EptRule.MARKER and f.get("guest_mode") and not f["direct"]:
             pass  # the v5.1-v5.13 nested-EPT marker
         else:
             out.append(("impossible", "cr0_wp=1 with smap_andnot_wp=1"
                         + (" (the nested-EPT marker needs guest_mode=1, direct=0)"
-                           if era.ept_rule == "marker" else
+                           if era.ept_rule == EptRule.MARKER else
                            " (the v5.1-v5.13 nested-EPT marker; not produced in this era)")))
     if f.get("passthrough") and not f.get("guest_mode"):
         out.append(("passthrough", "passthrough roots exist only for nested NPT (guest_mode=1)"))
