@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable, Optional, overload
 
 import numpy as np
 
 from ..role import get_era, unpack
 from .record import FULL_ROLE, TraceRecord, TraceResult
+
+if TYPE_CHECKING:
+    from ..config import MmuConfig
 
 __all__ = ["default_spte_decoder", "spte_profile_for", "kernel_version_of", "format_record",
            "zap_reason", "summary", "Summary", "to_numpy", "ERA_TO_SPTE_PROFILE"]
@@ -19,6 +23,9 @@ ERA_TO_SPTE_PROFILE = {"v4.2": None, "v4.12": None, "v4.18": None, "v4.20": None
                        "v5.0-fix": None, "v5.1": None, "v5.9": "v5.10", "v5.14": "v5.13",
                        "v5.17": "v5.17", "v5.19": "v5.19", "v6.14": "v6.13"}
 
+
+#: ``decoder(spte, level) -> str``: one SPTE as text (what :func:`default_spte_decoder` builds).
+SpteDecoder = Callable[[int, int], str]
 
 _NEWEST = ("latest", "newest", "current", "default")
 #: The oldest kernel whose SPTE layout the engine models (profile v5.10).
@@ -50,8 +57,19 @@ def spte_profile_for(era, version: str | None = None) -> str | None:
     return ERA_TO_SPTE_PROFILE.get(get_era(era).name)
 
 
-def default_spte_decoder(era="latest", mode=None, profile: str | None = None,
-                         version: str | None = None, config=None):
+@overload
+def default_spte_decoder(era: Any = ..., mode: None = ..., profile: Optional[str] = ...,
+                         version: Optional[str] = ..., config: None = ...) -> None: ...
+@overload
+def default_spte_decoder(era: Any = ..., mode: Optional[str] = ..., profile: Optional[str] = ...,
+                         version: Optional[str] = ..., *, config: MmuConfig) -> SpteDecoder: ...
+@overload
+def default_spte_decoder(era: Any = ..., mode: Optional[str] = ..., profile: Optional[str] = ...,
+                         version: Optional[str] = ..., config: Optional[MmuConfig] = ...) -> Optional[SpteDecoder]: ...
+
+
+def default_spte_decoder(era: Any = "latest", mode: Optional[str] = None, profile: Optional[str] = None,
+                         version: Optional[str] = None, config: Optional[MmuConfig] = None) -> Optional[SpteDecoder]:
     """A decoder ``(spte, level) -> str`` built on the SPTE engine (pykvmmu.spte.decode) for
     an MmuConfig: ``config`` as given, or ``MmuConfig.preset(mode, profile=...)`` with the
     profile from ``profile`` / the kernel version / the era.  None without a mode/config or

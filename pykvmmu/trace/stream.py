@@ -29,7 +29,7 @@ from ..role import RoleEra, get_era
 from .capture import is_capture_dir, open_capture, open_directory, release_from_proc_version
 from .raw import raw_records
 from .record import TraceEraError, TraceError, decorate
-from .report import default_spte_decoder, kernel_version_of
+from .report import SpteDecoder, default_spte_decoder, kernel_version_of
 from .text import iter_text
 
 __all__ = ["open_trace", "TraceStream", "era_for_release", "era_arg", "detect_format"]
@@ -109,7 +109,7 @@ class TraceStream:
         self.on_error = None
         #: ``(spte, level) -> str`` applied to SPTE-valued fields; may be set after opening
         #: (e.g. from the kernel version the source revealed), before iterating.
-        self.spte_decoder = None
+        self.spte_decoder: SpteDecoder | None = None
         self._it = iter(())
         self._closers: list = []
         self._pos = None             # () -> (bytes done, total) for a progress bar
