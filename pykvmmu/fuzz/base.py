@@ -144,7 +144,6 @@ def get_target(name) -> "Target":
     return TARGETS[name]
 
 
-
 # ---------------------------------------------------------------------- shared config pool
 _CONFIGS: list = []
 

@@ -14,7 +14,6 @@ def repo_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-
 #: The seed corpus ships inside the package (package data), so an installed pykvmmu finds it.
 SEED_CORPUS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
                            "fuzz_corpus")

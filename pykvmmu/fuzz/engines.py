@@ -26,7 +26,6 @@ def _budget(seconds, max_execs) -> None:
         raise InputError(f"max_execs={max_execs!r}: must be None or an integer >= 1")
 
 
-
 # ---------------------------------------------------------------------- progress
 class Progress:
     """The status line: executions, executions per second, corpus size, crashes (stderr)."""
