@@ -22,6 +22,7 @@ kvm_pvm, no SMEP/SMAP.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import random
 import tempfile
@@ -508,15 +509,19 @@ def _records(path: str) -> list:
     return list(T.open_trace(path))
 
 
-def _merge(total, rep) -> None:
-    """Add one AuditReport's counts (and its disagreements) into ``total``."""
+def _merge(total, rep, run: int, keep: int = 500) -> None:
+    """Add one AuditReport's counts into ``total``, and its disagreed and not-checkable verdicts
+    (up to ``keep`` in all), each marked with the guest's run number."""
     total.records += rep.records
     for c in rep.counts:
         total.counts[c].update(rep.counts[c])
     total.inferred_counts.update(rep.inferred_counts)
     total.inferred_inputs.update(rep.inferred_inputs)
     total.events.update(rep.events)
-    total.verdicts += rep.disagreements
+    for v in rep.verdicts:
+        if v.status != "agreed" and len(total.verdicts) < keep:
+            total.verdicts.append(dataclasses.replace(v, what=f"guest {run}: {v.what}" if v.what
+                                                      else f"guest {run}"))
     total.dirty_marked += rep.dirty_marked
     if not total.config:
         total.config, total.era = rep.config, rep.era
@@ -642,7 +647,7 @@ def fuzz_kernel(seconds: float = 60.0, *, runs: int | None = None, seed: int | N
             if out.report is not None:
                 st.audited += out.report.records
                 st.audited_runs += 1
-                _merge(st.total, out.report)
+                _merge(st.total, out.report, st.runs)
                 if out.report.disagreements:
                     st.disagreed_runs += 1
                 else:

@@ -247,3 +247,18 @@ def test_live_cli_fuzz_kernel(tmp_path, capsys):
     assert cli.main(["fuzz", "kernel", "--runs", "2", "--time", "30", "--out", str(tmp_path), "--seed", "4"]) == 0
     cap = capsys.readouterr()
     assert "kernel: 2 runs" in cap.err and "kvmmmu event kinds" in cap.out and "role words" in cap.out
+
+
+def test_merged_report_sums_counts_and_tags_verdicts_with_the_guest():
+    a, b, total = AuditReport(records=5), AuditReport(records=7), AuditReport()
+    a.add(Verdict("role", "agreed", 1, "kvm_mmu_get_page"))
+    a.add(Verdict("role", "disagreed", 2, "kvm_mmu_get_page", what="root", model=1, kernel=3, diff=2))
+    b.add(Verdict("set_spte", "not_checkable", 4, "kvm_mmu_set_spte", reason="no gfn"))
+    b.add(Verdict("set_spte", "agreed", 5, "kvm_mmu_set_spte", inferred=("old SPTE: x",)))
+    kfuzz._merge(total, a, 1)
+    kfuzz._merge(total, b, 2)
+    assert total.records == 12 and total.total("agreed") == 2 and total.total("disagreed") == 1
+    assert total.total("not_checkable") == 1 and total.inferred_inputs["old SPTE"] == 1
+    assert [v.what for v in total.verdicts] == ["guest 1: root", "guest 2"]
+    assert a.verdicts[0].what == "root"                       # the run's own report is unchanged
+    assert "agreement: 66.67%" in total.format_table()
