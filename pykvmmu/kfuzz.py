@@ -359,16 +359,19 @@ def runnable_problem(desc: K.GuestDesc) -> str | None:
 
 # ------------------------------------------------------------------------------ mutation
 def _pools(desc: K.GuestDesc):
-    """(data [(mapping, writable through it)], fetch mappings) as random_desc keeps them."""
+    """(data [(mapping, writable through it)], fetch mappings) as random_desc keeps them; a
+    mapping over the runner's fixed pages (code, stack, page tables) is read-only data."""
     fetch_gvas = {o.addr for r in desc.runs for o in r.program if o.kind == "fetch"}
     fetch, data = [], []
+    fixed = _fixed_ranges(desc) + [(_FETCH_GPA, _DATA_LO - _FETCH_GPA)]
     for m in desc.page_tables.mappings:
         if not m.present:
             continue
         if m.page == "4K" and not m.w and not m.nx and (m.gva in fetch_gvas or _FETCH_GPA <= m.gpa < _DATA_LO):
             fetch.append(m)
         else:
-            data.append((m, m.w and m.u))
+            over = any(m.gpa < lo + n and lo < m.gpa + m.size() for lo, n in fixed)
+            data.append((m, m.w and m.u and not over))
     return data, fetch
 
 
@@ -380,7 +383,7 @@ def _free_gva(desc: K.GuestDesc) -> int:
 def _mutate_once(rng: random.Random, d: K.GuestDesc) -> None:
     data, fetch = _pools(d)
     maps = d.page_tables.mappings
-    k = rng.randrange(11)
+    k = rng.randrange(13)
     r = rng.choice(d.runs)
     if k <= 1 and data:                                   # insert fresh ops
         ops = _program(rng, data, fetch)[:rng.randint(1, 6)]
@@ -418,8 +421,26 @@ def _mutate_once(rng: random.Random, d: K.GuestDesc) -> None:
         m = rng.choice(maps)
         bit = rng.choice(("a", "d", "w", "nx"))
         setattr(m, bit, not getattr(m, bit))
-    elif k == 7:                                          # CR0.WP
-        d.registers.cr0_wp = not d.registers.cr0_wp
+    elif k == 7:                                          # CR0.WP, CR4.PKE, EFER.NX
+        reg = rng.choice(("cr0_wp", "cr0_wp", "cr4_pke", "efer_nx"))
+        setattr(d.registers, reg, not getattr(d.registers, reg))
+        if not d.registers.efer_nx:                       # NX is a reserved bit without EFER.NX
+            for m in maps:
+                m.nx = False
+            for o in (o for r2 in d.runs for o in r2.program if o.kind == "pte_write"):
+                o.value &= ~K.PT_NX
+    elif k == 11:                                         # map a page table or the code, read it
+        pt = d.page_tables
+        gpa = rng.choice((pt.base + K.PAGE * rng.randrange(pt.size // K.PAGE), d.code_gpa))
+        m = K.Mapping(_free_gva(d), gpa, "4K", 1, True, rng.random() < 0.5, True, False,
+                      rng.random() < 0.5, False)
+        maps.append(m)
+        r.program[rng.randint(0, len(r.program)):0] = [K.Op("read", m.gva + 8 * rng.randrange(512))]
+    elif k == 12:                                         # a 2 MiB page over slot 0, read
+        m = K.Mapping(_free_gva(d), 0, "2M", 1, True, rng.random() < 0.5, True, False, rng.random() < 0.5, False)
+        maps.append(m)
+        r.program[rng.randint(0, len(r.program)):0] = [
+            K.Op("read", m.gva + 8 * rng.randrange(0x40000)) for _ in range(rng.randint(1, 4))]
     elif k == 8:                                          # a memslot change before a later run
         if len(d.runs) < 2 or rng.random() < 0.3:
             d.runs.append(K.Run(program=_program(rng, data, fetch) if data else []))
@@ -450,8 +471,9 @@ def _mutate_once(rng: random.Random, d: K.GuestDesc) -> None:
 def mutate(desc: K.GuestDesc, rng: random.Random, host: K.HostInfo | None = None,
            tries: int = 50) -> K.GuestDesc:
     """A mutant of ``desc``: 1-4 edits (insert, delete, duplicate or alter ops; add a mapping or
-    an alias; flip a leaf's A/D/W/NX; toggle CR0.WP; add or drop runs and memslot changes;
-    change a memslot's flags).  Every mutant passes ``check()``, :func:`runnable_problem` and
+    an alias; map (and read) a guest page table, the code page or all of slot 0 by a 2 MiB page;
+    flip a leaf's A/D/W/NX; toggle CR0.WP, CR4.PKE or EFER.NX; add or drop runs and memslot
+    changes; change a memslot's flags).  Every mutant passes ``check()``, :func:`runnable_problem` and
     (with ``host``) ``host_refusal``; after ``tries`` refused mutants ``desc`` is returned copied."""
     if not isinstance(desc, K.GuestDesc):
         raise InputError(f"desc={desc!r}: must be a GuestDesc")
