@@ -296,3 +296,29 @@ def test_a_fault_through_a_page_table_clears_its_flood_count():
     assert writes[1].line_no < read[0].line_no < writes[2].line_no         # a fault through the PD
     zaps = [r for r in recs if r.event == "kvm_mmu_prepare_zap_page" and r.fields["gfn"] == 0x12]
     assert len(zaps) == 1 and zaps[0].line_no > writes[-1].line_no + 10    # only the teardown
+
+
+def test_progress_line_only_on_a_terminal():
+    from pykvmmu.commands.kfuzz import _Status
+
+    class Tty:
+        def __init__(self, tty):
+            self.tty, self.text = tty, ""
+
+        def isatty(self):
+            return self.tty
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            pass
+    s = kfuzz.KernelStats(runs=2, elapsed=1.0, audited=9)
+    on, off, quiet = Tty(True), Tty(False), Tty(True)
+    for stream, q in ((on, False), (off, False), (quiet, True)):
+        st = _Status(q, stream)
+        st(s)
+        st(s)                                   # within 0.5 s: not redrawn
+        st.clear()
+    assert on.text == "\r\033[K" + s.line() + "\r\033[K" and off.text == "" and quiet.text == ""
+    assert s.line().startswith("kernel: 2 runs (2.0/s), 9 records audited, runs agreed 0 disagreed 0")
