@@ -790,7 +790,11 @@ def replay_kernel(path: str, live: bool | None = None, emit=print) -> list:
         found, rep = _offline_findings(p, cap, A)
         res = Replay(p, found, offline_report=rep)
         emit(f"{p}: offline ({cap.meta.get('kernel_release')}): " + _verdict(found, rep))
-        if why is None:
+        refused = K.host_refusal(desc, host) if why is None else None
+        if refused:
+            res.live_skipped = f"this host cannot run the guest: {refused}"
+            emit(f"{p}: live: skipped ({res.live_skipped})")
+        elif why is None:
             o = judge(desc, host, A)
             res.live, res.live_report = o.found, o.report
             emit(f"{p}: live ({os.uname().release}): " + _verdict(o.found, o.report))

@@ -322,3 +322,15 @@ def test_progress_line_only_on_a_terminal():
         st.clear()
     assert on.text == "\r\033[K" + s.line() + "\r\033[K" and off.text == "" and quiet.text == ""
     assert s.line().startswith("kernel: 2 runs (2.0/s), 9 records audited, runs agreed 0 disagreed 0")
+
+
+@live
+def test_live_replay_skips_a_guest_the_host_refuses(tmp_path):
+    cap = R.read_capture(REPROS[0])
+    cap.guest["registers"]["cr4_smep"] = True
+    p = str(tmp_path / "smep.kvmcap")
+    R.write_capture(p, cap)
+    if K.host_refusal(K.GuestDesc.from_dict(cap.guest), K.detect_host()) is None:
+        pytest.skip("this host runs SMEP guests")
+    (res,) = kfuzz.replay_kernel(p, emit=lambda s: None)
+    assert res.live is None and "cannot run the guest" in res.live_skipped and not res.still_fails
