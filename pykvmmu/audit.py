@@ -614,10 +614,16 @@ class Auditor:
                                                      "marks the page dirty")
             else:
                 # page_fault_handle_page_track: shadow_page_table_clear_flood(addr).
-                for lvl, role in f.chain.items():
-                    sp = self.mmu.lookup(f.chain_gfn[lvl], role)
-                    if sp is not None:
-                        sp.write_flooding_count = 0
+                self._clear_flood(f)
+
+    def _clear_flood(self, f):
+        """clear_sp_write_flooding_count of every indirect SP on the fault's shadow walk, root
+        down to the guest leaf's level (FNAME(fetch) before kvm_mmu_spte_requested;
+        shadow_page_table_clear_flood for a write to a write-tracked gfn)."""
+        for lvl, role in f.chain.items():
+            sp = self.mmu.lookup(f.chain_gfn[lvl], role)
+            if sp is not None:
+                sp.write_flooding_count = 0
 
     def _track_write(self, gfn, rec):
         """kvm_mmu_track_write for one (inferred aligned 8-byte) emulated write: every valid
@@ -863,6 +869,7 @@ class Auditor:
             self._v("set_spte", "not_checkable", rec, reason="spte_requested without a guest walk")
             return
         f.requested = rec
+        self._clear_flood(f)           # FNAME(fetch)'s first shadow walk loop, before this event
         why = self._no_slot_fault(rec.key, f.walk, rec)
         if why is not None:
             self._v("mmio", "disagreed", rec, what=f"gfn {f.walk.gfn:#x}: {why}",
