@@ -122,7 +122,7 @@ case("mmio.kvm_mmu_invalidate_mmio_sptes", M.kvm_mmu_invalidate_mmio_sptes,
 # ------------------------------------------------------------------ role
 _LAY = ERA.base
 _WORDS = [int(w) & _LAY.used_mask for w in _rng.integers(0, 1 << 32, CALLS)]
-_WORDS = [R.pack(ERA, **_LAY.unpack(w)) for w in _WORDS]
+_WORDS = [R.pack(ERA, **{**_LAY.unpack(w), "level": 1 + _LAY.unpack(w)["level"] % 5}) for w in _WORDS]
 _FIELDS = [_LAY.unpack(w) for w in _WORDS]
 case("role.pack", lambda era, d: R.pack(era, **d), [(ERA, d) for d in _FIELDS],
      lambda era, d: ref_role.pack_role(era, **d), [(REF_ERA, d) for d in _FIELDS])

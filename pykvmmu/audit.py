@@ -310,7 +310,7 @@ class Auditor:
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
                  guest_gbpages: bool = False, guest_amd: bool = True, memslots=None,
                  slot_changes=(), host_zero_pfn: int | None = None, dirty_log=None,
-                 mmio_exits=None):
+                 mmio_exits=None, runs_done: int | None = None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -338,6 +338,9 @@ class Auditor:
         if mmio_exits is not None and not all(isinstance(g, int) and g >= 0 for g in mmio_exits):
             raise InputError("mmio_exits: the gfns of KVM_EXIT_MMIO exits, or None")
         self.mmio_exits = None if mmio_exits is None else sorted(set(mmio_exits))
+        if runs_done is not None and (not isinstance(runs_done, int) or runs_done < 0):
+            raise InputError(f"runs_done={runs_done!r}: the number of runs the guest result has")
+        self.runs_done = runs_done
         self.memslots = None if memslots is None else {}
         for i, m in enumerate(memslots or ()):
             try:
@@ -479,6 +482,7 @@ class Auditor:
         self._missing_floods()
         self._flush()
         if self.slots is not None:
+            self._judge_unzapped_changes()
             self._judge_dirty_log()
             self._judge_mmio_exits()
         for (gfn, role), idx in self.pending_free.items():
@@ -610,10 +614,16 @@ class Auditor:
                                                      "marks the page dirty")
             else:
                 # page_fault_handle_page_track: shadow_page_table_clear_flood(addr).
-                for lvl, role in f.chain.items():
-                    sp = self.mmu.lookup(f.chain_gfn[lvl], role)
-                    if sp is not None:
-                        sp.write_flooding_count = 0
+                self._clear_flood(f)
+
+    def _clear_flood(self, f):
+        """clear_sp_write_flooding_count of every indirect SP on the fault's shadow walk, root
+        down to the guest leaf's level (FNAME(fetch) before kvm_mmu_spte_requested;
+        shadow_page_table_clear_flood for a write to a write-tracked gfn)."""
+        for lvl, role in f.chain.items():
+            sp = self.mmu.lookup(f.chain_gfn[lvl], role)
+            if sp is not None:
+                sp.write_flooding_count = 0
 
     def _track_write(self, gfn, rec):
         """kvm_mmu_track_write for one (inferred aligned 8-byte) emulated write: every valid
@@ -847,7 +857,10 @@ class Auditor:
             self.mmu.page_hash.mmu_valid_gen = rec.fields["mmu_valid_gen"]
         self.mmu.zap_all_fast()
         if self.slots is not None:
-            self._apply_slot_change()
+            c = self._apply_slot_change()
+            self._cmp("page_hash", rec, "memslot change behind it", True, c is not None,
+                      reason="kvm_mmu_zap_all_fast comes from a memslot DELETE or MOVE (or a "
+                             "read-only toggle, which is a delete) of the guest description")
 
     # -------------------------------------------------------------- SPTEs
     def _on_kvm_mmu_spte_requested(self, rec):
@@ -856,6 +869,7 @@ class Auditor:
             self._v("set_spte", "not_checkable", rec, reason="spte_requested without a guest walk")
             return
         f.requested = rec
+        self._clear_flood(f)           # FNAME(fetch)'s first shadow walk loop, before this event
         why = self._no_slot_fault(rec.key, f.walk, rec)
         if why is not None:
             self._v("mmio", "disagreed", rec, what=f"gfn {f.walk.gfn:#x}: {why}",
@@ -942,7 +956,7 @@ class Auditor:
     def _apply_slot_change(self):
         """One kvm_mmu_zap_all_fast: apply the guest description's memslot changes up to and
         including the next one that zaps; the rest of that run's flag-only changes follow
-        (they happen before the guest runs again)."""
+        (they happen before the guest runs again).  Returns the zapping change, or None."""
         while self.pending_changes:
             c = self.pending_changes.pop(0)
             zaps = self._zaps(c)
@@ -952,7 +966,27 @@ class Auditor:
                 while (self.pending_changes and self.pending_changes[0].get("run") == run
                        and not self._zaps(self.pending_changes[0])):
                     self._apply_one(self.pending_changes.pop(0))
-                return
+                return c
+        return None
+
+    def _judge_unzapped_changes(self):
+        """A DELETE/MOVE left when the trace ends had no kvm_mmu_zap_all_fast: a disagreement
+        when the guest result says its run happened, else not checkable."""
+        for c in self.pending_changes:
+            if not self._zaps(c):
+                self._apply_one(c)
+                continue
+            ran = self.runs_done is not None and c.get("run") is not None \
+                and c["run"] < self.runs_done
+            rec = self._recs[-1] if self._recs else None
+            self.report.add(Verdict("page_hash", "disagreed" if ran else "not_checkable",
+                                    rec.index if rec else 0, rec.event if rec else "",
+                                    what=f"memslot {c['action']} of slot {c.get('slot')} "
+                                         f"(run {c.get('run')})", model="kvm_mmu_zap_all_fast",
+                                    kernel="none", reason="a DELETE/MOVE zaps all pages" + (
+                                        "" if ran else "; the guest result does not say the "
+                                                       "run happened")))
+        self.pending_changes = []
 
     def _no_slot_fault(self, key, walk, wrec):
         """mmio: with MMIO caching off a fault on a gfn without memslot (or a write to a
@@ -1206,6 +1240,8 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
     runs = (meta.get("guest_result") or {}).get("runs")
     if runs and guest.get("memslots") and "dirty_log" not in kw:
         kw["dirty_log"] = dirty_log_pages(runs)
+    if runs is not None and guest.get("memslots") and "runs_done" not in kw:
+        kw["runs_done"] = len(runs)
     if runs and guest.get("memslots") and "mmio_exits" not in kw:
         kw["mmio_exits"] = [m["gpa"] >> 12 for run in runs for m in run.get("mmio") or ()]
     if cfg is None:

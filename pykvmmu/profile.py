@@ -6,9 +6,11 @@ switches, never a version number.  Eras follow ``../shared/spec/spte-mmio.md``
 section 6 (P1..P6); the fact sheet's v5.13-5.18 era is split at v5.16 (make_spte's
 writable shortcut, read in source) and v5.17 (lockless-writable test), and its "v6.13
 and later" era where the fact sheet records rule changes inside it (v6.15 atomic
-updates, v6.19 split-child executability).  Stable lines whose backports changed a rule
-have their own profiles (``v6.6.64``, ...); ``profile_for_version`` maps any kernel
-version string to a profile and says how (docs/spte.md).
+updates; split-child executability, the profile named ``v6.19`` for historical reasons,
+which is the kvm.git rule set of 0c768fa0aeb8 and reached mainline only in the v7.2 merge
+window: no release has exactly its rules, NOT_A_RELEASE).  Stable lines whose backports
+changed a rule have their own profiles (``v6.6.64``, ...); ``profile_for_version`` maps any
+kernel version string to a profile and says how (docs/spte.md).
 """
 from __future__ import annotations
 
@@ -66,7 +68,8 @@ class LayoutProfile:
     #: (8b9e74bfbf8c, v5.19); before, caching stays on and is_mmio_spte's value != 0 test
     #: makes every SPTE non-MMIO.
     mmio_zero_value_disables_caching: bool
-    #: v6.19+: make_small_spte sets executability from role.access (make_spte_executable(s, access)).
+    #: kvm.git 0c768fa0aeb8 (v7.2 merge window; profile "v6.19"): make_small_spte sets
+    #: executability from role.access (make_spte_executable(s, access)).
     split_exec_from_access: bool
     #: make_small_spte (make_huge_page_split_spte) exists.
     has_make_small_spte: bool
@@ -224,10 +227,14 @@ _add(replace(
     has_tdx=True,
     notes=("lockless aging: spte_needs_atomic_update (A/D-disabled SPTEs always atomic); "
            "TDX merged in v6.16",
-           "v6.19-v7.1 are mapped here: the next SPTE rule change found is 0c768fa0aeb8 "
-           "(v7.2); their spte.c was not read (profile_for_version warns)")))
+           "v6.19 and v7.0: their KVM merge-window pulls change no modelled rule (6.19: "
+           "spte.c only swaps the MMIO Stale Data static branch for a CPU feature, spte.h "
+           "gains the moved dummy-root helpers; 7.0: no spte.c/spte.h change); v7.1 is mapped "
+           "here by inference (its kvm-x86-mmu-7.1 pull was not read; profile_for_version "
+           "warns); the next rule change found is 0c768fa0aeb8 (v7.2 merge window)")))
 _add(replace(
-    PROFILES["v6.15"], name="v6.19", kernels="kvm.git 2026 (0c768fa0aeb8; no release)",
+    PROFILES["v6.15"], name="v6.19",
+    kernels="kvm.git 2026 (0c768fa0aeb8, v7.2 merge window; no release)",
     split_exec_from_access=True,
     notes=("make_spte_executable(spte, access): a split 4K child is executable iff "
            "role.access has ACC_EXEC (S1, kvm.git); the bit layout is unchanged",
@@ -253,6 +260,15 @@ for _line, _first, _base in (("6.1", 120, "v5.19"), ("6.6", 64, "v5.19"),
 
 DEFAULT_PROFILE = "v6.19"
 
+#: Profiles whose rule set is no kernel release, and what they are (describe_version says so).
+NOT_A_RELEASE = {
+    "v6.19": "the name is historical; these are the v6.15 rules plus kvm.git's 0c768fa0aeb8 "
+             "(split-child executability from role.access), which reached mainline in the v7.2 "
+             "merge window together with the MBEC SPTE layout (9a67ab74021b, be4e45f360a2, "
+             "a8827c196146 ACC_READ_MASK) that no profile models; v6.19-v7.1 releases map to "
+             "v6.15",
+}
+
 _ALIASES = {
     "v5.10-5.12": "v5.10", "v5.11": "v5.10", "v5.12": "v5.10",
     "v5.13-5.15": "v5.13", "v5.14": "v5.13", "v5.15": "v5.13",
@@ -262,6 +278,7 @@ _ALIASES = {
     "v6.13-6.14": "v6.13", "v6.14": "v6.13",
     "v6.15-6.18": "v6.15", "v6.16": "v6.15", "v6.17": "v6.15", "v6.18": "v6.15",
     "v6.13+": "v6.19", "latest": "v6.19", "newest": "v6.19", "default": "v6.19",
+    "kvm-2026": "v6.19",
 }
 
 # ----------------------------------------------------------------- version -> profile
@@ -273,18 +290,29 @@ MAINLINE_RELEASES = {
     **{(6, m): "v6.10" for m in (10, 11, 12)}, (6, 13): "v6.13", (6, 14): "v6.13",
     **{(6, m): "v6.15" for m in (15, 16, 17, 18, 19)}, (7, 0): "v6.15", (7, 1): "v6.15",
 }
-#: Releases mapped by inference, their spte.c not read (profile_for_version warns).
+#: Releases mapped by inference (profile_for_version warns).  6.19 and 7.0 were checked by
+#: their KVM merge-window pulls' diffstats and shortlogs (docs/spte.md).
 MAINLINE_UNVERIFIED = {
-    mm: "its spte.c was not read; the v6.15 rules are assumed (the next rule change found, "
-        "0c768fa0aeb8, is in v7.2)" for mm in ((6, 19), (7, 0), (7, 1))}
+    (7, 1): "its spte.c was not read and its MMU pull (tag kvm-x86-mmu-7.1) was not found; the "
+            "v6.15 rules are assumed (v6.19 and v7.0 change no modelled rule; the next rule "
+            "change found, 0c768fa0aeb8, is in the v7.2 merge window)"}
 #: Stable lines whose backports of SPTE rules were checked: line -> ((first sublevel,
 #: profile), ...), newest rule last.  A line with an empty tuple was checked and took none.
 STABLE_RULES = {
-    (5, 15): (), (6, 1): ((120, "v6.1.120"),), (6, 6): ((64, "v6.6.64"),),
-    (6, 11): ((11, "v6.11.11"),), (6, 12): ((2, "v6.12.2"),),
+    (5, 10): (), (5, 15): (), (6, 1): ((120, "v6.1.120"),), (6, 6): ((64, "v6.6.64"),),
+    (6, 11): ((11, "v6.11.11"),), (6, 12): ((2, "v6.12.2"),), (6, 18): (),
 }
-#: Checked lines whose evidence is not a tree of that line (docs/spte.md says what it is).
-STABLE_UNVERIFIED: dict = {}
+#: Lines checked only in part: no backport of a modelled rule was found, but the evidence
+#: does not cover the line (docs/spte.md says what was read); their releases still warn.
+STABLE_UNVERIFIED = {
+    (5, 10): "the 5.10.y backports were checked only for 2867eb782cf7, which 5.10 does not "
+             "need (its make_spte shortcut already requires !can_unsync, and the TDP MMU passes "
+             "can_unsync=true) and for which no 5.10 stable patch was found; other 5.10.y "
+             "backports were not checked",
+    (6, 18): "no 6.18.y backport of an SPTE rule was found: mainline v6.19 and v7.0 change no "
+             "modelled rule, and this project's captures of 6.18.44 agree with the v6.15 rules "
+             "(shadow MMU only), but fixes from the 7.1 MMU pull and later were not checked",
+}
 
 HOW_EXACT = "exact"
 HOW_STABLE = "stable-line rule"
@@ -392,6 +420,8 @@ def describe_version(version) -> str:
         warnings.simplefilter("ignore", ProfileVersionWarning)
         p, how = profile_for_version(version)
     state = "" if p.verified else ", profile UNVERIFIED in source"
+    if p.name in NOT_A_RELEASE:
+        state += f"; not a kernel release: {NOT_A_RELEASE[p.name]}"
     return f"profile {p.name} ({p.kernels}) for {str(version).strip()!r}: {how}{state}"
 
 

@@ -34,7 +34,7 @@ def guest_kw(path):
     runs = (s.meta.get("guest_result") or {}).get("runs")
     exits = [m["gpa"] >> 12 for run in runs or () for m in run["mmio"]] if runs else None
     return {"memslots": g["memslots"], "dirty_log": A.dirty_log_pages(runs) if runs else None,
-            "mmio_exits": exits,
+            "mmio_exits": exits, "runs_done": len(runs) if runs else None,
             "slot_changes": [dict(c, run=i) for i, run in enumerate(g["runs"])
                              for c in run["changes"]]}
 
@@ -293,3 +293,16 @@ def test_mmio_exit_the_model_does_not_emulate_disagrees(records):
     kw["mmio_exits"] = kw["mmio_exits"] + [0x21]          # gfn 0x21 is RAM in slot 0
     d = [v for v in A.audit_records(records, **kw).disagreements if v.check == "mmio"]
     assert len(d) == 1 and "0x21" in d[0].what
+
+
+def test_memslot_delete_without_zap_all_fast_disagrees(records):
+    kw = guest_kw(CAPTURE)
+    # claim run 2 also deleted slot 0: the trace has no third kvm_mmu_zap_all_fast
+    kw["slot_changes"] = kw["slot_changes"] + [{"action": "delete", "slot": 0, "run": 2}]
+    d = [v for v in A.audit_records(records, **kw).disagreements if v.check == "page_hash"]
+    assert len(d) == 1 and "memslot delete of slot 0" in d[0].what
+    # and a zap_all_fast no change explains
+    kw = guest_kw(CAPTURE)
+    kw["slot_changes"] = kw["slot_changes"][:-1]          # drop run 2's DELETE of slot 4
+    d = [v for v in A.audit_records(records, **kw).disagreements if v.check == "page_hash"]
+    assert d and "memslot change behind it" in d[0].what

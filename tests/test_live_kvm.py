@@ -322,7 +322,7 @@ def test_lost_events_are_counted():
 
 def test_kernel_fuzz_runs_random_guests(tmp_path):
     from pykvmmu import kfuzz
-    st = kfuzz.fuzz_kernel(30, runs=4, seed=3, out_dir=str(tmp_path), audit=False)
+    st = kfuzz.fuzz_kernel(30, runs=4, seed=3, out_dir=str(tmp_path), audit=False, use_corpus=False)
     assert st.runs == 4 and st.records > 0 and st.findings == [] and list(tmp_path.iterdir()) == []
     assert _kvm_fds() == []
 
@@ -333,7 +333,8 @@ def test_kernel_fuzz_writes_a_reproducer(tmp_path, monkeypatch):
     def fail(desc, host=None):
         raise K.GuestTimeout(62, "run 0: no HLT within 2.0 s")
     monkeypatch.setattr(K, "run_guest", fail)
-    st = kfuzz.fuzz_kernel(30, runs=3, seed=5, out_dir=str(tmp_path), audit=False, shrink_s=0)
+    st = kfuzz.fuzz_kernel(30, runs=3, seed=5, out_dir=str(tmp_path), audit=False, shrink_s=0,
+                           use_corpus=False)
     assert st.runs == 1 and len(st.findings) == 1 and st.findings[0].kind == "guest"
     cap = R.read_capture(st.findings[0].path)
     import random

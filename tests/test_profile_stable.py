@@ -3,7 +3,8 @@
 Facts (docs/spte.md "Stable lines"): 2867eb782cf7 (v6.13-rc1, Cc: stable) entered 6.1.120,
 6.6.64, 6.11.11 and 6.12.2; 5f16bcac6e28 (v5.17) dropped host-W from
 spte_can_locklessly_be_made_writable; 8b9e74bfbf8c (v5.19) made MMIO value 0 clear
-enable_mmio_caching.
+enable_mmio_caching.  The KVM merge-window pulls of v6.19 and v7.0 change no modelled rule
+(both map to v6.15 without a warning); v7.1 and the 5.10.y / 6.18.y lines stay warned.
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from hypothesis import given, settings, strategies as st
 from pykvmmu import spte as S
 from pykvmmu.config import MmuConfig
 from pykvmmu.errors import ProfileError
-from pykvmmu.profile import (HOW_EXACT, HOW_NEAREST, HOW_STABLE, HOW_UNVERIFIED, PROFILES,
-                             ProfileVersionWarning, PykvmmuWarning, describe_version, get_profile,
-                             parse_version, profile_for_version)
+from pykvmmu.profile import (DEFAULT_PROFILE, HOW_EXACT, HOW_NEAREST, HOW_STABLE, HOW_UNVERIFIED,
+                             MAINLINE_RELEASES, MAINLINE_UNVERIFIED, NOT_A_RELEASE, PROFILES,
+                             STABLE_RULES, STABLE_UNVERIFIED, ProfileVersionWarning,
+                             PykvmmuWarning, describe_version, get_profile, parse_version,
+                             profile_for_version)
 from pykvmmu.ref import spte as R
 
 BIT = lambda n: 1 << n  # noqa: E731
@@ -43,6 +46,11 @@ def _quiet(version):
     ("v5.16", "v5.16", HOW_EXACT), ("5.17", "v5.17", HOW_EXACT), ("5.18", "v5.17", HOW_EXACT),
     ("v5.15", "v5.13", HOW_EXACT), ("v5.19-6.9", "v5.19", HOW_EXACT),
     ("5.15.76", "v5.13", HOW_STABLE), ("5.15.222", "v5.13", HOW_STABLE),
+    # v6.19 and v7.0: merge-window pulls read, no modelled rule changed -> the v6.15 rules
+    ("6.19", "v6.15", HOW_EXACT), ("v6.19.0", "v6.15", HOW_EXACT), ("7.0", "v6.15", HOW_EXACT),
+    ("v7.0", "v6.15", HOW_EXACT), ("7.0.0", "v6.15", HOW_EXACT),
+    # the default rule set under its honest alias
+    ("kvm-2026", "v6.19", HOW_EXACT), ("KVM-2026", "v6.19", HOW_EXACT),
 ])
 def test_versions_the_tables_know(version, name, how):
     p, h = _quiet(version)
@@ -55,10 +63,14 @@ def test_versions_the_tables_know(version, name, how):
     ("4.19", "v5.10", HOW_NEAREST, "nearest known release 5.10"),
     ("v5.9", "v5.10", HOW_NEAREST, "nearest known release 5.10"),
     ("7.2", "v6.15", HOW_NEAREST, "nearest known release 7.1"),
-    ("6.19", "v6.15", HOW_UNVERIFIED, "spte.c was not read"),
-    ("7.1.4", "v6.15", HOW_UNVERIFIED, "0c768fa0aeb8, is in v7.2"),
-    ("5.10.234", "v5.10", HOW_UNVERIFIED, "5.10.y backports were not checked"),
-    ("6.18.44-fc-v669", "v6.15", HOW_UNVERIFIED, "6.18.y backports were not checked"),
+    ("7.1", "v6.15", HOW_UNVERIFIED, "kvm-x86-mmu-7.1"),
+    ("7.1.4", "v6.15", HOW_UNVERIFIED, "0c768fa0aeb8, is in the v7.2 merge window"),
+    ("6.19.3", "v6.15", HOW_UNVERIFIED, "6.19.y backports were not checked"),
+    ("7.0.12", "v6.15", HOW_UNVERIFIED, "7.0.y backports were not checked"),
+    ("5.10.234", "v5.10", HOW_UNVERIFIED, "2867eb782cf7, which 5.10 does not need"),
+    ("5.10.1", "v5.10", HOW_UNVERIFIED, "other 5.10.y backports were not checked"),
+    ("6.18.44-fc-v669", "v6.15", HOW_UNVERIFIED, "no 6.18.y backport of an SPTE rule was found"),
+    ("6.18.1", "v6.15", HOW_UNVERIFIED, "7.1 MMU pull and later were not checked"),
     ("5.15.0-91-generic", "v5.13", HOW_UNVERIFIED, "stable level is unknown"),
     ("6.1.0-28-amd64", "v5.19", HOW_UNVERIFIED, "stable level is unknown"),
 ])
@@ -92,7 +104,35 @@ def test_describe_names_profile_and_rule():
     assert "nearest known" in describe_version("7.3")
     # a profile name wins over the release of the same spelling
     assert describe_version("v6.19").startswith("profile v6.19 (kvm.git 2026")
-    assert describe_version("6.19").startswith("profile v6.15 (v6.15-v7.1)")
+    assert describe_version("6.19") == "profile v6.15 (v6.15-v7.1) for '6.19': exact"
+
+
+def test_default_profile_says_it_is_no_release():
+    """The default rule set (named v6.19 for history) is kvm.git's 0c768fa0aeb8, merged in the
+    v7.2 window with an MBEC layout no profile models: describe_version says so, for every
+    spelling that selects it, and for no release."""
+    assert DEFAULT_PROFILE == "v6.19" and set(NOT_A_RELEASE) == {"v6.19"}
+    for spelling in ("v6.19", "latest", "default", "kvm-2026"):
+        d = describe_version(spelling)
+        assert "; not a kernel release: " in d and "0c768fa0aeb8" in d and "v7.2 merge window" in d
+    assert "v7.2 merge window" in PROFILES["v6.19"].kernels
+    for release in ("6.18", "6.19", "7.0", "6.12.2", "6.6.75"):
+        assert "not a kernel release" not in describe_version(release)
+
+
+def test_mapping_tables_are_consistent():
+    """Every table key is a known line, every profile named exists, and the partially checked
+    lines are lines the tables know (so their releases warn with the recorded reason)."""
+    assert set(MAINLINE_UNVERIFIED) == {(7, 1)} and set(MAINLINE_UNVERIFIED) <= set(MAINLINE_RELEASES)
+    assert set(STABLE_UNVERIFIED) == {(5, 10), (6, 18)} <= set(STABLE_RULES)
+    assert set(STABLE_RULES) <= set(MAINLINE_RELEASES)
+    for mm, rules in STABLE_RULES.items():
+        assert [f for f, _ in rules] == sorted(f for f, _ in rules)
+        for _, name in rules:
+            assert name in PROFILES
+    # 6.18 -> 7.1 carry one rule set; 0c768fa0aeb8 (the default's extra rule) is in none of them
+    p = {MAINLINE_RELEASES[mm] for mm in ((6, 18), (6, 19), (7, 0), (7, 1))}
+    assert p == {"v6.15"} and not PROFILES["v6.15"].split_exec_from_access
 
 
 # ------------------------------------------------------------ 6.x.y: 2867eb782cf7 (leaf shortcut)
@@ -238,6 +278,8 @@ def test_lts_lines_per_era_vectors(version):
     ("7.3", "profile v6.15 (v6.15-v7.1) for '7.3': nearest known (warned)", True),
     ("6.18.44-fc-v669", "profile v6.15 (v6.15-v7.1) for '6.18.44-fc-v669': unverified (warned)",
      True),
+    ("7.0", "profile v6.15 (v6.15-v7.1) for '7.0': exact", False),
+    ("7.1", "profile v6.15 (v6.15-v7.1) for '7.1': unverified (warned)", True),
 ])
 def test_cli_config_prints_the_mapping(capsys, version, line, warned):
     from pykvmmu.cli import main
@@ -248,6 +290,18 @@ def test_cli_config_prints_the_mapping(capsys, version, line, warned):
     assert out.splitlines()[1].startswith(f"MmuConfig mode=npt profile={p.name} ")
     assert (err.startswith("pykvmmu: warning: kernel ") and version in err) is warned
     assert bool(err) is warned
+
+
+def test_cli_config_default_names_what_the_default_is(capsys):
+    """`pykvmmu config` without --profile: the first line says the default is no release."""
+    from pykvmmu.cli import main
+    assert main(["config", "--mode", "ept"]) == 0
+    out, err = capsys.readouterr()
+    first = out.splitlines()[0]
+    assert first.startswith(f"profile {DEFAULT_PROFILE} (kvm.git 2026 (0c768fa0aeb8, v7.2 merge "
+                            f"window; no release)) for '{DEFAULT_PROFILE}': exact; not a kernel "
+                            "release: the name is historical")
+    assert "v6.19-v7.1 releases map to v6.15" in first and err == ""
 
 
 # ------------------------------------------------ guest_memfd eras (pykvmmu.gmem)

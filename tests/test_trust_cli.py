@@ -10,9 +10,6 @@ import pytest
 
 from pykvmmu import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 @pytest.mark.parametrize("argv,rc,needle", [
     (["role", "hash", "--vms", "0"], 2, "--vms"),
     (["role", "prevroots", "--rounds", "-1"], 2, "--rounds"),
@@ -48,9 +45,10 @@ def test_bad_values_one_line_nonzero(argv, rc, needle, capsys):
 def _fuzz_interrupted(target, out_dir):
     """Start a fuzz run, wait for its first progress line (so that the interpreter is up and
     fuzzing), press Ctrl-C."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    # the pykvmmu these tests imported (installed in CI), from a directory no source tree shadows
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__))))
     p = subprocess.Popen([sys.executable, "-m", "pykvmmu", "fuzz", target, "--time", "120",
-                          "--out", str(out_dir)], cwd=ROOT, env=env,
+                          "--out", str(out_dir)], cwd=str(out_dir.parent), env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = p.stderr.readline()
     assert first.startswith(f"[{target}/"), first

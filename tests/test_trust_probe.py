@@ -5,13 +5,18 @@ import os
 import subprocess
 import sys
 
+import pykvmmu
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pykvmmu.__file__)))
 
 
-def _probe(**env):
+def _probe(tmp_path, **env):
+    """Run the probe on the pykvmmu these tests imported (the installed package in CI, or an
+    in-place build), from a directory where no source tree shadows it."""
     p = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "probe_api.py"), "-v"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env=dict(os.environ, PYTHONPATH=ROOT, **env))
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=_PKG_PARENT, **env))
     assert p.returncode == 0, p.stderr[-2000:]
     return p
 
@@ -27,8 +32,8 @@ def _counts(p):
     return counts
 
 
-def test_probe_all_clear():
-    p = _probe()
+def test_probe_all_clear(tmp_path):
+    p = _probe(tmp_path)
     counts = _counts(p)
     assert counts["tried"] >= 2000
     assert counts["clear"] == counts["tried"], p.stdout[:4000]
@@ -36,10 +41,10 @@ def test_probe_all_clear():
         assert counts[cat] == 0, (cat, p.stdout[:4000])
 
 
-def test_probe_sees_every_outcome():
+def test_probe_sees_every_outcome(tmp_path):
     """Known-bad synthetic cases are classified as what they are, a crash included (the child
     dies, is counted and restarted)."""
-    p = _probe(PYKVMMU_PROBE_SELFTEST="1")
+    p = _probe(tmp_path, PYKVMMU_PROBE_SELFTEST="1")
     counts = _counts(p)
     for cat in ("silent", "other", "unclear", "half", "crash"):
         assert counts[cat] == 1, (cat, p.stdout[:3000])

@@ -25,7 +25,10 @@ import sys
 from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+try:                                  # the pykvmmu on sys.path (an installed one, or PYTHONPATH)
+    import pykvmmu._core  # noqa: F401
+except ImportError:                   # else this checkout, built in place
+    sys.path.insert(0, os.path.dirname(HERE))
 
 import numpy as np  # noqa: E402
 
