@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ._check import in_range, snapshot, uint
 from .errors import InputError, ProfileError
-from .role import get_era, kvm_mmu_get_page_role, unpack
+from .role import PrevRootsRule, get_era, kvm_mmu_get_page_role, unpack
 
 __all__ = ["INVALID_PAGE", "KVM_MMU_NUM_PREV_ROOTS", "KVM_MMU_ROOT_CURRENT", "KVM_MMU_ROOTS_ALL",
            "KVM_MMU_ROOT_PREVIOUS", "RootInfo", "RootPage", "PrevRootsCache", "run_switches"]
@@ -98,7 +98,7 @@ class PrevRootsCache:
         if not root.valid:
             return False
         direct = (role >> 7) & 1
-        if not (direct and self.flavour != "v4.19") and pgd != root.pgd:
+        if not (direct and self.flavour != PrevRootsRule.V4_19) and pgd != root.pgd:
             return False
         sp = self._sp(root.hpa)
         if sp is None:
@@ -147,7 +147,7 @@ class PrevRootsCache:
         hpa = self._next_hpa
         self._next_hpa += 0x1000
         self.pages[hpa] = RootPage(stored, root_count=1)
-        self.root = RootInfo(0 if (r.direct and self.flavour == "v5.19") else pgd, hpa)
+        self.root = RootInfo(0 if (r.direct and self.flavour == PrevRootsRule.V5_19) else pgd, hpa)
         return hpa
 
     # -- the fast switch ---------------------------------------------------
@@ -174,7 +174,7 @@ class PrevRootsCache:
     def fast_pgd_switch(self, pgd: int, role: int) -> bool:
         """kvm_mmu_fast_pgd_switch: look for a usable cached root (see the module docstring)."""
         pgd, role = self._args(pgd, role)
-        if self.flavour == "v5.19":
+        if self.flavour == PrevRootsRule.V5_19:
             if self.root.valid and self._sp(self.root.hpa) is None:
                 self.free_roots(KVM_MMU_ROOT_CURRENT)
             if self.root.valid:
@@ -185,7 +185,7 @@ class PrevRootsCache:
                 self.free_roots(KVM_MMU_ROOT_CURRENT)
                 return False
             return self._find_without_current(pgd, role)
-        if self.flavour == "v5.7" and self.is_root_usable(self.root, pgd, role):
+        if self.flavour == PrevRootsRule.V5_7 and self.is_root_usable(self.root, pgd, role):
             return True
         if self._rotate(pgd, role):
             return True

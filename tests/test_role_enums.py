@@ -81,3 +81,35 @@ def test_era_with_plain_string_rule_behaves_the_same(name):
                 assert R.is_ept_sp(e, a.base) and R.is_ept_sp(s, b.base)
             assert R.identify_nested_ept(e, a.base) == R.identify_nested_ept(s, b.base)
     assert R.find_collisions(e) == R.find_collisions(s)
+
+
+# ---------------------------------------------------------------------- PrevRootsRule
+def test_prev_roots_rule_per_era():
+    P = R.PrevRootsRule
+    want = {"v4.2": None, "v4.12": None, "v4.18": P.V4_19, "v4.20": P.V4_19, "v5.0": P.V4_19,
+            "v5.0-fix": P.V4_19, "v5.1": P.V4_19, "v5.9": P.V5_7, "v5.14": P.V5_7, "v5.17": P.V5_7,
+            "v5.19": P.V5_19, "v6.14": P.V5_19}
+    assert {n: e.prev_roots for n, e in R.ERAS.items()} == want
+    assert [r.value for r in P] == ["v4.19", "v5.7", "v5.19"]
+    assert P.V5_7 == "v5.7" and f"{P.V5_19}" == "v5.19"
+
+
+@pytest.mark.parametrize("name", ["v4.18", "v5.9", "v5.19"])
+def test_prev_roots_cache_same_with_plain_string_rule(name):
+    """The prev_roots cache behaves the same when the era carries the rule as a plain string."""
+    import dataclasses
+    from pykvmmu.prevroots import PrevRootsCache
+    e = R.get_era(name)
+    s = dataclasses.replace(e, prev_roots=e.prev_roots.value)
+    assert type(s.prev_roots) is str
+    direct = R.pack(e, level=4, direct=1)
+    shadow = R.pack(e, level=4, direct=0)
+    seq = [(0x1000, shadow), (0x2000, shadow), (0x1000, shadow), (0x3000, direct), (0x4000, direct),
+           (0x2000, shadow), (0x3000, direct)]
+    runs = []
+    for era in (e, s):
+        c = PrevRootsCache(era)
+        for pgd, role in seq:
+            c.new_pgd(pgd, role)
+        runs.append((c.hits, c.misses, c.root.pgd, [r.pgd for r in c.prev_roots], c.describe(), c.log))
+    assert runs[0] == runs[1]

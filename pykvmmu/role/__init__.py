@@ -14,13 +14,13 @@ The package: :mod:`.eras` (layouts and eras), :mod:`.packing` (records, pack/unp
 from __future__ import annotations
 
 from .eras import (ACC_ALL, ACC_EXEC, ACC_USER, ACC_WRITE, DEFAULT_ERA, EptRule, ERAS, Field, get_era,
-                   MMU_BASE_ROLE_MASK, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, PT64_ROOT_5LEVEL,
-                   ROLE_IGN_MASK, RoleEra, RoleFieldError, RoleLayout, SYNC_ROLE_IGN_MASK)
+                   MMU_BASE_ROLE_MASK, PrevRootsRule, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL,
+                   PT64_ROOT_5LEVEL, ROLE_IGN_MASK, RoleEra, RoleFieldError, RoleLayout, SYNC_ROLE_IGN_MASK)
 from .packing import (_ACCESS_STR, cpu_role_pack_batch, cpu_role_unpack_batch, CpuRole, gpte_bytes,
-                   kvm_mmu_role_as_id, pack, pack_batch, pack_cpu_role, pack_ext, Role, unpack, unpack_batch,
-                   unpack_cpu_role, unpack_ext)
-from .hashing import (hash_64, hash_batch, HashVariant, HashVariantLike, KVM_MMU_HASH_SHIFT, KVM_NUM_MMU_PAGES,
-                      kvm_page_table_hashfn)
+                      kvm_mmu_role_as_id, pack, pack_batch, pack_cpu_role, pack_ext, Role, unpack,
+                      unpack_batch, unpack_cpu_role, unpack_ext)
+from .hashing import (hash_64, hash_batch, HashVariant, HashVariantLike, KVM_MMU_HASH_SHIFT,
+                      KVM_NUM_MMU_PAGES, kvm_page_table_hashfn)
 from .compute import (_b4_for, kvm_calc_cpu_role, kvm_calc_mmu_role_ext, kvm_calc_shadow_ept_root_page_role,
                       kvm_calc_shadow_mmu_root_page_role, kvm_calc_shadow_npt_root_page_role,
                       kvm_calc_tdp_mmu_root_page_role, kvm_mmu_child_role, kvm_mmu_get_page_role,
@@ -28,7 +28,8 @@ from .compute import (_b4_for, kvm_calc_cpu_role, kvm_calc_mmu_role_ext, kvm_cal
 from .nested import check_role_word, find_collisions, identify_nested_ept, is_ept_sp
 
 __all__ = [
-    "RoleLayout", "RoleEra", "EptRule", "ERAS", "get_era", "DEFAULT_ERA", "Role", "CpuRole", "VcpuState",
+    "RoleLayout", "RoleEra", "EptRule", "PrevRootsRule", "ERAS", "get_era", "DEFAULT_ERA", "Role",
+    "CpuRole", "VcpuState",
     "RoleFieldError", "pack", "unpack", "pack_batch", "unpack_batch", "pack_ext", "unpack_ext",
     "pack_cpu_role", "unpack_cpu_role", "cpu_role_pack_batch", "cpu_role_unpack_batch",
     "hash_64", "kvm_page_table_hashfn", "hash_batch", "HashVariant", "HashVariantLike", "gpte_bytes",

@@ -226,6 +226,21 @@ class EptRule(str, enum.Enum):
         return self.value
 
 
+class PrevRootsRule(str, enum.Enum):
+    """Which prev_roots cache an era has (fact sheet section 4; pykvmmu.prevroots).  A ``str``
+    enum: each member equals its string value."""
+
+    #: cached_root_available() (v4.19-v5.6): the current root rotates through the cache.
+    V4_19 = "v4.19"
+    #: as V4_19, but the current root is checked first and direct MMUs ignore pgd.
+    V5_7 = "v5.7"
+    #: cached_root_find_and_keep_current() / cached_root_find_without_current().
+    V5_19 = "v5.19"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass(frozen=True, eq=False)
 class RoleEra:
     """One kernel era of the role word: layouts plus the rule switches of the era."""
@@ -253,9 +268,9 @@ class RoleEra:
     ept_rule: EptRule | None
     #: The stored MMU role is ANDed with MMU_BASE_ROLE_MASK (v4.20-v5.6).
     masks_mmu_role: bool
-    #: prev_roots flavour: None (no cache), "v4.19" (cached_root_available), "v5.7"
-    #: (current root first, pgd ignored for direct), "v5.19" (find-and-keep-current/without).
-    prev_roots: str | None
+    #: prev_roots flavour (:class:`PrevRootsRule`): None (no cache), V4_19 (cached_root_available),
+    #: V5_7 (current root first, pgd ignored for direct), V5_19 (find-and-keep-current/without).
+    prev_roots: PrevRootsRule | None
     #: kvm_cpu_role exists (v5.19+; before it the same shape was union kvm_mmu_role).
     has_cpu_role: bool
     notes: tuple = field(default=(), compare=False)
@@ -302,42 +317,43 @@ _era("v4.2", "~v4.2-v4.11", "cr4_pae", "nxe", None, ad=False, gm=False, direct_b
      notes=("the layout libtraceevent's plugin_kvm.c still decodes (bits 16-23 unused)",))
 _era("v4.12", "v4.12-v4.17", "cr4_pae", "nxe", None, gm=False, direct_bit4=0,
      notes=("ad_disabled added (EPT A/D work) [approx for the exact release]",))
-_era("v4.18", "v4.18-v4.19", "cr4_pae", "nxe", None, direct_bit4=0, prev_roots="v4.19",
+_era("v4.18", "v4.18-v4.19", "cr4_pae", "nxe", None, direct_bit4=0, prev_roots=PrevRootsRule.V4_19,
      notes=("guest_mode added (1313cc2bd8f6); the prev_roots cache exists from v4.19",))
 _era("v4.20", "v4.20", "cr4_pae", "nxe", "v4.20", direct_bit4=0, common_sets_pae=True,
-     has_role_common=True, ept_rule=EptRule.INHERIT, masks_mmu_role=True, prev_roots="v4.19",
+     has_role_common=True, ept_rule=EptRule.INHERIT, masks_mmu_role=True, prev_roots=PrevRootsRule.V4_19,
      notes=("kvm_calc_mmu_role_common (7dcd57552008) sets cr4_pae in every MMU role; "
             "kvm_mmu_get_page still clears it on direct pages: the prev_roots NPT bug",))
 _era("v5.0", "v5.0", "cr4_pae", "nxe", "v5.0", direct_bit4=0, common_sets_pae=True,
-     has_role_common=True, ept_rule=EptRule.INHERIT, masks_mmu_role=True, prev_roots="v4.19",
+     has_role_common=True, ept_rule=EptRule.INHERIT, masks_mmu_role=True, prev_roots=PrevRootsRule.V4_19,
      notes=("as v4.20, plus ext.maxphyaddr:6 (de3ccd26fafc, 5.0-rc8)",))
 _era("v5.0-fix", "v5.0 + 'make mmu->prev_roots cache work for NPT case' (v1)", "cr4_pae", "nxe",
      "v5.0", direct_bit4=0, common_sets_pae=False, has_role_common=True, ept_rule=EptRule.INHERIT,
-     masks_mmu_role=True, prev_roots="v4.19",
+     masks_mmu_role=True, prev_roots=PrevRootsRule.V4_19,
      notes=("Vitaly Kuznetsov's fix: cr4_pae only in the shadow MMU's root role "
             "(which patch was merged upstream is an open item)",))
 _era("v5.1", "v5.1-v5.8", "gpte_is_8_bytes", "nxe", "v5.1", direct_bit4=1, has_role_common=True,
-     ept_rule=EptRule.MARKER, masks_mmu_role=True, prev_roots="v4.19",
+     ept_rule=EptRule.MARKER, masks_mmu_role=True, prev_roots=PrevRootsRule.V4_19,
      notes=("47c42e6b4192: cr4_pae -> gpte_is_8_bytes, forced to 1 on direct pages; nested EPT "
             "marked with cr0_wp=1 + smap_andnot_wp=1 (is_ept_sp)",
             "prev_roots: v5.7 and v5.8 already use the 'v5.7' rules (era granularity)"))
 _era("v5.9", "v5.9-v5.13", "gpte_is_8_bytes", "nxe", "v5.9", direct_bit4=1, has_role_common=True,
-     ept_rule=EptRule.MARKER, prev_roots="v5.7",
+     ept_rule=EptRule.MARKER, prev_roots=PrevRootsRule.V5_7,
      notes=("ext without cr4_la57; mmu_base_role_mask replaced by role_ign (E8, v5.7)",))
 _era("v5.14", "v5.14-v5.16", "gpte_is_8_bytes", "efer_nx", "v5.14", direct_bit4=1,
-     has_role_common=True, ept_rule=EptRule.CLEAN, prev_roots="v5.7",
+     has_role_common=True, ept_rule=EptRule.CLEAN, prev_roots=PrevRootsRule.V5_7,
      notes=("nxe -> efer_nx; is_ept_sp marker removed (00a669780ffa); nested EPT ignores CR0/CR4 "
             "bits (cd6767c334b6); ext gains efer_lma, loses maxphyaddr [approx order]",))
 _era("v5.17", "v5.17-v5.18", "has_4_byte_gpte", "efer_nx", "v5.14", direct_bit4=None,
-     has_role_common=True, ept_rule=EptRule.CLEAN, prev_roots="v5.7",
+     has_role_common=True, ept_rule=EptRule.CLEAN, prev_roots=PrevRootsRule.V5_7,
      notes=("bb3b394d35e8: gpte_is_8_bytes -> has_4_byte_gpte, sense inverted",))
 _era("v5.19", "v5.19-v6.13", "has_4_byte_gpte", "efer_nx", "v5.19", passthrough=True,
-     direct_bit4=None, forced_wp_nx=True, ept_rule=EptRule.CLEAN, prev_roots="v5.19", has_cpu_role=True,
+     direct_bit4=None, forced_wp_nx=True, ept_rule=EptRule.CLEAN, prev_roots=PrevRootsRule.V5_19,
+     has_cpu_role=True,
      notes=("passthrough (Lai Jiangshan, 2022) [approx release]; kvm_cpu_role split; TDP roles "
             "force cr0_wp = efer_nx = 1 [approx release]; child role derived from the parent "
             "(~v6.0)",))
 _era("v6.14", "v6.14 and later", "has_4_byte_gpte", "efer_nx", "v5.19", passthrough=True,
-     mirror=True, direct_bit4=None, forced_wp_nx=True, ept_rule=EptRule.CLEAN, prev_roots="v5.19",
+     mirror=True, direct_bit4=None, forced_wp_nx=True, ept_rule=EptRule.CLEAN, prev_roots=PrevRootsRule.V5_19,
      has_cpu_role=True, notes=("is_mirror (TDX mirror S-EPT roots)",))
 
 DEFAULT_ERA = "v6.14"

@@ -65,11 +65,13 @@ def default_spte_decoder(era: Any = ..., mode: Optional[str] = ..., profile: Opt
                          version: Optional[str] = ..., *, config: MmuConfig) -> SpteDecoder: ...
 @overload
 def default_spte_decoder(era: Any = ..., mode: Optional[str] = ..., profile: Optional[str] = ...,
-                         version: Optional[str] = ..., config: Optional[MmuConfig] = ...) -> Optional[SpteDecoder]: ...
+                         version: Optional[str] = ...,
+                         config: Optional[MmuConfig] = ...) -> Optional[SpteDecoder]: ...
 
 
 def default_spte_decoder(era: Any = "latest", mode: Optional[str] = None, profile: Optional[str] = None,
-                         version: Optional[str] = None, config: Optional[MmuConfig] = None) -> Optional[SpteDecoder]:
+                         version: Optional[str] = None,
+                         config: Optional[MmuConfig] = None) -> Optional[SpteDecoder]:
     """A decoder ``(spte, level) -> str`` built on the SPTE engine (pykvmmu.spte.decode) for
     an MmuConfig: ``config`` as given, or ``MmuConfig.preset(mode, profile=...)`` with the
     profile from ``profile`` / the kernel version / the era.  None without a mode/config or
