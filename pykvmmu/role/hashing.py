@@ -32,9 +32,9 @@ class HashVariant(str, enum.Enum):
         return self.value
 
 
-_HASH_VARIANTS = {HashVariant.X86_64: lib.KVMMU_HASH_X86_64,
-                  HashVariant.HOST_32BIT: lib.KVMMU_HASH_32BIT_HOST,
-                  HashVariant.PRE_4_7: lib.KVMMU_HASH_PRE_4_7}
+_HASH_VARIANTS: dict[str, int] = {HashVariant.X86_64: lib.KVMMU_HASH_X86_64,
+                                   HashVariant.HOST_32BIT: lib.KVMMU_HASH_32BIT_HOST,
+                                   HashVariant.PRE_4_7: lib.KVMMU_HASH_PRE_4_7}
 
 #: A hash variant argument: a :class:`HashVariant` member or its string value.
 HashVariantLike = Union[HashVariant, str]
