@@ -134,33 +134,20 @@ size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *s
 size_t kvmmu_access_track_batch(const struct kvmmu_cfg *cfg, const uint64_t *in, bool restore,
                                 uint64_t *out, size_t n);
 
-/* Predicates, by number (the same numbers index the batch form). */
-enum kvmmu_pred {
-    KVMMU_P_SHADOW_PRESENT = 0,
-    KVMMU_P_MMIO = 1,
-    KVMMU_P_FROZEN = 2,
-    KVMMU_P_LARGE = 3,
-    KVMMU_P_LAST = 4,
-    KVMMU_P_EXECUTABLE = 5,
-    KVMMU_P_WRITABLE = 6,
-    KVMMU_P_MMU_WRITABLE = 7,
-    KVMMU_P_HOST_WRITABLE = 8,
-    KVMMU_P_ACCESSED = 9,
-    KVMMU_P_DIRTY = 10,
-    KVMMU_P_AD_ENABLED = 11,
-    KVMMU_P_AD_NEED_WRITE_PROTECT = 12,
-    KVMMU_P_ACCESS_TRACK = 13,
-    KVMMU_P_NEEDS_ATOMIC_UPDATE = 14,
-    KVMMU_P_WRITABLE_INVARIANTS_OK = 15,
-    KVMMU_P_RSVD = 16,
-    KVMMU_P_EPT_VE_POSSIBLE = 17,
-    KVMMU_P_COUNT = 18
+/* One SPTE predicate, a row of csrc/spte_rules.h (pykvmmu/spte.py builds PREDICATES, the
+ * predicate functions, their docs, DECODE_DTYPE and __all__ from this table). */
+struct kvmmu_spte_pred_info {
+    const char *kernel_fn;           /* the kernel function modelled (also the Python name) */
+    const char *field;               /* decode field p_<field> */
+    const char *feature;             /* LayoutProfile flag the era needs, "" for every era */
+    const char *doc;                 /* one line for the docstring */
+    int id;                          /* bit of a predicate mask, byte of kvmmu_spte_info.pred */
+    int needs_level;                 /* the rule reads the level */
 };
+const struct kvmmu_spte_pred_info *kvmmu_spte_pred_table(size_t *n);
 
 bool kvmmu_spte_pred(const struct kvmmu_cfg *cfg, int pred, uint64_t spte, uint32_t level);
-bool kvmmu_is_shadow_present_pte(const struct kvmmu_cfg *cfg, uint64_t spte);
 bool kvmmu_is_mmio_spte(const struct kvmmu_cfg *cfg, uint64_t spte);
-bool kvmmu_is_last_spte(uint64_t spte, uint32_t level);
 bool kvmmu_is_rsvd_spte(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level);
 bool kvmmu_leaf_spte_change_needs_tlb_flush(const struct kvmmu_cfg *cfg, uint64_t old_spte,
                                             uint64_t new_spte);

@@ -8,7 +8,7 @@ with the GIL released.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -20,19 +20,14 @@ from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, MmuConfig)
 from .errors import InputError
 
-__all__ = [
+__all__ = [  # the predicates are appended from the C table (RULES) below
     "make_spte", "make_spte_batch", "MakeSpteResult", "make_nonleaf_spte", "make_nonleaf_spte_batch",
     "make_small_spte", "make_small_spte_batch", "make_huge_spte", "make_huge_spte_batch",
     "mark_spte_for_access_track", "restore_acc_track_spte", "access_track_batch",
     "PREDICATES", "predicate", "predicate_batch", "spte_to_pfn", "spte_to_pfn_batch",
     "leaf_spte_change_needs_tlb_flush", "leaf_spte_change_needs_tlb_flush_batch",
-    "decode", "decode_batch", "SpteRecord", "DECODE_DTYPE",
-    "is_shadow_present_pte", "is_mmio_spte", "is_frozen_spte", "is_large_pte", "is_last_spte",
-    "is_executable_pte", "is_writable_pte", "is_mmu_writable_spte", "is_host_writable_spte",
-    "is_accessed_spte",
-    "is_dirty_spte", "spte_ad_enabled", "spte_ad_need_write_protect", "is_access_track_spte",
-    "spte_needs_atomic_update", "check_spte_writable_invariants", "is_rsvd_spte",
-    "is_ept_ve_possible", "ACC_EXEC_MASK", "ACC_WRITE_MASK", "ACC_USER_MASK", "ACC_ALL",
+    "decode", "decode_batch", "SpteRecord", "DECODE_DTYPE", "RULES", "PredicateRule",
+    "ACC_EXEC_MASK", "ACC_WRITE_MASK", "ACC_USER_MASK", "ACC_ALL",
 ]
 
 _ERRORS = {
@@ -349,27 +344,30 @@ def access_track_batch(cfg: MmuConfig, spte: np.ndarray, restore: bool = False,
 
 
 # ------------------------------------------------------------------ predicates
+class PredicateRule(NamedTuple):
+    """One row of csrc/spte_rules.h: the predicate ``name`` (the kernel function modelled)."""
+
+    name: str
+    id: int                 # bit / byte index in the C core (KVMMU_P_*)
+    needs_level: bool
+    feature: str | None     # LayoutProfile flag the era needs, None for every era
+    field: str              # DECODE_DTYPE field p_<field>
+    doc: str
+
+
+def _rules() -> tuple:
+    n = ffi.new("size_t *")
+    t = lib.kvmmu_spte_pred_table(n)
+    rows = [t[i] for i in range(n[0])]
+    s = lambda p: ffi.string(p).decode()  # noqa: E731
+    return tuple(sorted((PredicateRule(s(r.kernel_fn), r.id, bool(r.needs_level), s(r.feature) or None,
+                                       s(r.field), s(r.doc)) for r in rows), key=lambda r: r.id))
+
+
+#: The predicate table of the C core (csrc/spte_rules.h), in predicate-number order.
+RULES = _rules()
 #: name -> (C predicate number, needs level, profile feature it requires or None)
-PREDICATES = {
-    "is_shadow_present_pte": (lib.KVMMU_P_SHADOW_PRESENT, False, None),
-    "is_mmio_spte": (lib.KVMMU_P_MMIO, False, None),
-    "is_frozen_spte": (lib.KVMMU_P_FROZEN, False, None),
-    "is_large_pte": (lib.KVMMU_P_LARGE, False, None),
-    "is_last_spte": (lib.KVMMU_P_LAST, True, None),
-    "is_executable_pte": (lib.KVMMU_P_EXECUTABLE, False, None),
-    "is_writable_pte": (lib.KVMMU_P_WRITABLE, False, None),
-    "is_mmu_writable_spte": (lib.KVMMU_P_MMU_WRITABLE, False, None),
-    "is_host_writable_spte": (lib.KVMMU_P_HOST_WRITABLE, False, None),
-    "is_accessed_spte": (lib.KVMMU_P_ACCESSED, False, None),
-    "is_dirty_spte": (lib.KVMMU_P_DIRTY, False, "has_is_dirty_spte"),
-    "spte_ad_enabled": (lib.KVMMU_P_AD_ENABLED, False, None),
-    "spte_ad_need_write_protect": (lib.KVMMU_P_AD_NEED_WRITE_PROTECT, False, None),
-    "is_access_track_spte": (lib.KVMMU_P_ACCESS_TRACK, False, None),
-    "spte_needs_atomic_update": (lib.KVMMU_P_NEEDS_ATOMIC_UPDATE, False, None),
-    "check_spte_writable_invariants": (lib.KVMMU_P_WRITABLE_INVARIANTS_OK, False, None),
-    "is_rsvd_spte": (lib.KVMMU_P_RSVD, True, None),
-    "is_ept_ve_possible": (lib.KVMMU_P_EPT_VE_POSSIBLE, False, "has_ept_ve_possible"),
-}
+PREDICATES = {r.name: (r.id, r.needs_level, r.feature) for r in RULES}
 
 
 def _make_pred(name, num, needs_level, feature, doc):
@@ -397,55 +395,21 @@ def _make_pred(name, num, needs_level, feature, doc):
             except (OverflowError, TypeError):
                 raise bad_u64("spte", spte) from None
     f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc
+    f.__module__ = __name__
+    f.__doc__ = f"Model of ``{name}()`` (arch/x86/kvm/mmu/spte.h): {doc}"
     return f
 
 
-_DOCS = {
-    "is_shadow_present_pte": "MMU-present bit 11 set (v5.10-5.12: non-zero and not MMIO).",
-    "is_mmio_spte": "``(spte & shadow_mmio_mask) == shadow_mmio_value`` with caching on (v5.10: bits 53:52 == 11b).",
-    "is_frozen_spte": "``spte == FROZEN_SPTE`` (REMOVED_SPTE before v6.11).",
-    "is_large_pte": "PS bit (7) set.",
-    "is_last_spte": "``level == 1 || is_large_pte(spte)``; presence is not checked.",
-    "is_executable_pte": "``(spte & (x_mask | nx_mask)) == x_mask``.",
-    "is_writable_pte": "W bit (1) set.",
-    "is_mmu_writable_spte": "MMU-writable bit set (v5.10: host- and MMU-writable both set).",
-    "is_host_writable_spte": "host-writable bit set.",
-    "is_accessed_spte": "Accessed (v6.13+: the A bit; before: A if AD-enabled, else not access-tracked).",
-    "is_dirty_spte": "Dirty (before v6.13 only): D if AD-enabled, else W.",
-    "spte_ad_enabled": "Bits 53:52 != AD_DISABLED (WRPROT_ONLY counts as enabled).",
-    "spte_ad_need_write_protect": "Bits 53:52 != 0 (AD-disabled or WRPROT_ONLY).",
-    "is_access_track_spte": "AD-disabled and no bits of shadow_acc_track_mask set.",
-    "spte_needs_atomic_update": "v6.15 spte_needs_atomic_update(); spte_has_volatile_bits() before.",
-    "check_spte_writable_invariants": "True if MMU-W implies host-W and !MMU-W implies !W.",
-    "is_rsvd_spte": "``is_rsvd_spte(&shadow_zero_check, spte, level)`` over the config's tables.",
-    "is_ept_ve_possible": "v6.10+: SVE in the present mask, SVE clear in the SPTE, RWX != 110b.",
-}
+for _r in RULES:
+    globals()[_r.name] = _make_pred(_r.name, _r.id, _r.needs_level, _r.feature, _r.doc)
+    __all__.append(_r.name)
+del _r
 
 
-def _pred(name):
-    return _make_pred(name, *PREDICATES[name], _DOCS[name])
-
-
-is_shadow_present_pte = _pred("is_shadow_present_pte")
-is_mmio_spte = _pred("is_mmio_spte")
-is_frozen_spte = _pred("is_frozen_spte")
-is_large_pte = _pred("is_large_pte")
-is_last_spte = _pred("is_last_spte")
-is_executable_pte = _pred("is_executable_pte")
-is_writable_pte = _pred("is_writable_pte")
-is_mmu_writable_spte = _pred("is_mmu_writable_spte")
-is_host_writable_spte = _pred("is_host_writable_spte")
-is_accessed_spte = _pred("is_accessed_spte")
-is_dirty_spte = _pred("is_dirty_spte")
-spte_ad_enabled = _pred("spte_ad_enabled")
-spte_ad_need_write_protect = _pred("spte_ad_need_write_protect")
-is_access_track_spte = _pred("is_access_track_spte")
-spte_needs_atomic_update = _pred("spte_needs_atomic_update")
-check_spte_writable_invariants = _pred("check_spte_writable_invariants")
-is_rsvd_spte = _pred("is_rsvd_spte")
-is_ept_ve_possible = _pred("is_ept_ve_possible")
-assert set(PREDICATES) == set(_DOCS), "every predicate is bound above"
+def __getattr__(name: str) -> Callable[..., bool]:
+    """Only reached for names that do not exist (the predicates are bound above from the C
+    table); declared so type checkers accept ``spte.is_mmio_spte`` and friends."""
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def predicate(cfg: MmuConfig, name: str, spte: int, level: int = 1) -> bool:
@@ -538,15 +502,7 @@ def leaf_spte_change_needs_tlb_flush_batch(cfg: MmuConfig, old_spte: np.ndarray,
 # ---------------------------------------------------------------------- decode
 KINDS = ("nonpresent", "present", "mmio", "frozen", "other")
 _PRED_NAMES = list(PREDICATES)
-_FIELD = {"is_shadow_present_pte": "shadow_present", "is_mmio_spte": "mmio", "is_frozen_spte": "frozen",
-          "is_large_pte": "large", "is_last_spte": "last", "is_executable_pte": "executable",
-          "is_writable_pte": "writable", "is_mmu_writable_spte": "mmu_writable",
-          "is_host_writable_spte": "host_writable", "is_accessed_spte": "accessed",
-          "is_dirty_spte": "dirty", "spte_ad_enabled": "ad_enabled",
-          "spte_ad_need_write_protect": "ad_need_write_protect", "is_access_track_spte": "access_track",
-          "spte_needs_atomic_update": "needs_atomic_update",
-          "check_spte_writable_invariants": "writable_invariants_ok", "is_rsvd_spte": "rsvd",
-          "is_ept_ve_possible": "ept_ve_possible"}
+_FIELD = {r.name: r.field for r in RULES}
 _pred_fields = [_FIELD[n] for n in _PRED_NAMES]
 assert ffi.sizeof("struct kvmmu_spte_info") == 48
 DECODE_DTYPE = np.dtype({
