@@ -39,6 +39,9 @@
 /* Configuration flags. */
 #define KVMMU_F_EPT                 1
 #define KVMMU_F_MMIO_ENABLED        2
+/* The configuration's defaults for make_spte (kvm_ad_enabled(), nx_huge_pages). */
+#define KVMMU_F_AD_ENABLED          4
+#define KVMMU_F_NX_HUGE_PAGES       8
 #define KVMMU_F_MT_HOOK             16
 #define KVMMU_F_IGNORE_GUEST_PAT    32
 #define KVMMU_F_HAS_FROZEN          64
@@ -90,6 +93,10 @@ struct kvmmu_cfg {
 #define KVMMU_MK_UNSYNC_FAILS   64
 #define KVMMU_MK_NX_HUGE        128
 #define KVMMU_MK_ALL_FLAGS      255
+/* kvmmu_make_spte only: take ad_disabled, nx_huge and old_spte from the configuration. */
+#define KVMMU_MK_AD_DEFAULT     256
+#define KVMMU_MK_NX_DEFAULT     512
+#define KVMMU_MK_OLD_DEFAULT    1024
 #define KVMMU_MEMTYPE_AUTO      255
 
 /* Error codes reported by batch functions through *err. */
@@ -102,9 +109,15 @@ struct kvmmu_cfg {
 #define KVMMU_E_NOT_HUGE        7
 #define KVMMU_E_NOT_PRESENT     8
 
-uint64_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
-                         uint32_t level, uint32_t pte_access, uint32_t mkflags,
-                         uint32_t memtype, bool *wrprot);
+/* kvmmu_make_spte's return: 0 or a KVMMU_E_* code in bits 7:0, then the outputs. */
+#define KVMMU_MKR_WRPROT            256
+/* warnings: pte_access | shadow_present_mask == SHADOW_NONPRESENT_VALUE; is_rsvd_spte() */
+#define KVMMU_MKR_WARN_NONPRESENT   512
+#define KVMMU_MKR_WARN_RSVD         1024
+/* One leaf SPTE: validates, builds it into *spte and reports wrprot and the warnings. */
+uint32_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
+                         uint32_t level, uint32_t pte_access, uint32_t mkflags, uint32_t memtype,
+                         uint64_t *spte);
 size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
                              const uint64_t *old_spte, uint64_t old_spte_scalar,
                              const uint8_t *level, uint32_t level_scalar,
@@ -112,8 +125,6 @@ size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
                              const uint8_t *mkflags, uint32_t mkflags_scalar,
                              const uint8_t *memtype, uint32_t memtype_scalar,
                              uint64_t *out, uint8_t *wrprot, size_t n, int *err);
-int kvmmu_make_spte_check(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t level,
-                          uint32_t pte_access, uint32_t mkflags, uint32_t memtype);
 
 uint64_t kvmmu_make_nonleaf_spte(const struct kvmmu_cfg *cfg, uint64_t child_pa, bool ad_disabled);
 uint64_t kvmmu_make_small_spte(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
@@ -148,7 +159,6 @@ const struct kvmmu_spte_pred_info *kvmmu_spte_pred_table(size_t *n);
 
 bool kvmmu_spte_pred(const struct kvmmu_cfg *cfg, int pred, uint64_t spte, uint32_t level);
 bool kvmmu_is_mmio_spte(const struct kvmmu_cfg *cfg, uint64_t spte);
-bool kvmmu_is_rsvd_spte(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level);
 bool kvmmu_leaf_spte_change_needs_tlb_flush(const struct kvmmu_cfg *cfg, uint64_t old_spte,
                                             uint64_t new_spte);
 size_t kvmmu_leaf_spte_change_needs_tlb_flush_batch(const struct kvmmu_cfg *cfg,
@@ -181,6 +191,9 @@ struct kvmmu_spte_info {
     uint8_t pad;
     uint8_t pred[24];        /* [i] = predicate i (0 where the era lacks it) */
 };
+/* One SPTE decoded into *out (the record of decode_batch); returns 0 or KVMMU_E_LEVEL. */
+int kvmmu_spte_decode(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level,
+                      struct kvmmu_spte_info *out);
 size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
                                const uint8_t *level, uint32_t level_scalar,
                                struct kvmmu_spte_info *out, size_t n, int *err);

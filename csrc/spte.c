@@ -155,11 +155,6 @@ bool kvmmu_spte_pred(const struct kvmmu_cfg *cfg, int p, uint64_t spte, uint32_t
 
 bool kvmmu_is_mmio_spte(const struct kvmmu_cfg *cfg, uint64_t spte) { return sp_is_mmio_spte(cfg, spte, 1); }
 
-bool kvmmu_is_rsvd_spte(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level)
-{
-    return level >= 1 && level <= 5 && sp_is_rsvd_spte(cfg, spte, level);
-}
-
 uint64_t kvmmu_spte_to_pfn(const struct kvmmu_cfg *cfg, uint64_t spte)
 {
     return (spte & cfg->base_addr_mask) >> 12;
@@ -335,15 +330,6 @@ static inline uint64_t make_spte_nopfn(const struct kvmmu_cfg *c, uint64_t old, 
     return s;
 }
 
-uint64_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
-                         uint32_t level, uint32_t pte_access, uint32_t mkflags,
-                         uint32_t memtype, bool *wrprot)
-{
-    /* The pfn only ever adds PA bits: access tracking touches bits 0-2, 8, 54 and 56. */
-    return make_spte_nopfn(cfg, old_spte, level, pte_access, mkflags, memtype, wrprot) |
-           (pfn << 12);
-}
-
 static inline int check_inputs(const struct kvmmu_cfg *c, uint64_t pfn, uint32_t level,
                                uint32_t acc, uint32_t mk, uint32_t memtype)
 {
@@ -360,10 +346,29 @@ static inline int check_inputs(const struct kvmmu_cfg *c, uint64_t pfn, uint32_t
     return 0;
 }
 
-int kvmmu_make_spte_check(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t level,
-                          uint32_t pte_access, uint32_t mkflags, uint32_t memtype)
+uint32_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
+                         uint32_t level, uint32_t pte_access, uint32_t mkflags, uint32_t memtype,
+                         uint64_t *spte)
 {
-    return check_inputs(cfg, pfn, level, pte_access, mkflags, memtype);
+    if (mkflags & KVMMU_MK_OLD_DEFAULT)
+        old_spte = cfg->nonpresent_value;
+    if ((mkflags & KVMMU_MK_AD_DEFAULT) && !(cfg->flags & KVMMU_F_AD_ENABLED))
+        mkflags |= KVMMU_MK_AD_DISABLED;
+    if ((mkflags & KVMMU_MK_NX_DEFAULT) && (cfg->flags & KVMMU_F_NX_HUGE_PAGES))
+        mkflags |= KVMMU_MK_NX_HUGE;
+    mkflags &= ~(uint32_t)(KVMMU_MK_AD_DEFAULT | KVMMU_MK_NX_DEFAULT | KVMMU_MK_OLD_DEFAULT);
+    const int e = check_inputs(cfg, pfn, level, pte_access, mkflags, memtype);
+    if (e)
+        return (uint32_t)e;
+    bool wp;
+    /* The pfn only ever adds PA bits: access tracking touches bits 0-2, 8, 54 and 56. */
+    const uint64_t s = make_spte_nopfn(cfg, old_spte, level, pte_access, mkflags, memtype, &wp) |
+                       (pfn << 12);
+    *spte = s;
+    return (wp ? KVMMU_MKR_WRPROT : 0) |
+           (cfg->nonpresent_value && (pte_access | cfg->present_mask) == cfg->nonpresent_value
+            ? KVMMU_MKR_WARN_NONPRESENT : 0) |
+           (sp_is_rsvd_spte(cfg, s, level) ? KVMMU_MKR_WARN_RSVD : 0);
 }
 
 /* Batch sizes from which the per-element path uses a table of every (level, access, flags). */
@@ -1008,6 +1013,18 @@ decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
 }
 #endif
 
+/* One record, any level (1..5). */
+static inline void decode_one(const struct kvmmu_cfg *c, uint64_t s, uint32_t level,
+                              struct kvmmu_spte_info *out)
+{
+    const struct decode_consts d = decode_setup(c, level);
+    const uint64_t mk = spte_lanes(c, s, level);
+    const uint64_t w[6] = {s, (s & d.base_mask) >> 12, decode_word2(&d, s, mk),
+                           spread_bits(mk & 0xFF), spread_bits((mk >> 8) & 0xFF),
+                           spread_bits((mk >> 16) & 0xFF)};
+    memcpy(out, w, sizeof(w));
+}
+
 /* decode_batch with one level for all: AVX-512 body when allowed, portable blocks around. */
 static inline __attribute__((always_inline)) void decode_uniform(const struct kvmmu_cfg *c, uint32_t level, const uint64_t *restrict spte,
                            struct kvmmu_spte_info *restrict out, size_t n)
@@ -1056,14 +1073,16 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
     const size_t bad = first_bad_level(level, n, err);
     if (bad)
         return bad;
-    for (size_t i = 0; i < n; i++) {
-        const uint64_t s = spte[i];
-        const struct decode_consts d = decode_setup(c, level[i]);
-        const uint64_t mk = spte_lanes(c, s, level[i]);
-        const uint64_t w[6] = {s, (s & d.base_mask) >> 12, decode_word2(&d, s, mk),
-                               spread_bits(mk & 0xFF), spread_bits((mk >> 8) & 0xFF),
-                               spread_bits((mk >> 16) & 0xFF)};
-        memcpy(&out[i], w, sizeof(w));
-    }
+    for (size_t i = 0; i < n; i++)
+        decode_one(c, spte[i], level[i], &out[i]);
+    return 0;
+}
+
+int kvmmu_spte_decode(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level,
+                      struct kvmmu_spte_info *out)
+{
+    if (level < 1 || level > 5)
+        return KVMMU_E_LEVEL;
+    decode_one(cfg, spte, level, out);
     return 0;
 }

@@ -421,6 +421,8 @@ class MmuConfig:
         flags |= lib.KVMMU_F_IGNORE_GUEST_PAT if self.ignore_guest_pat else 0
         flags |= lib.KVMMU_F_HAS_FROZEN if p.frozen_value is not None else 0
         flags |= lib.KVMMU_F_EPT_VE_CHECK if p.has_ept_ve_possible else 0
+        flags |= lib.KVMMU_F_AD_ENABLED if self.ad_enabled else 0
+        flags |= lib.KVMMU_F_NX_HUGE_PAGES if self.nx_huge_pages else 0
         c.flags = flags
         c.maxphyaddr = self.maxphyaddr
         return c

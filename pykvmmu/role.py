@@ -577,7 +577,7 @@ def kvm_mmu_role_as_id(word: int) -> int:
 def _variant(variant: str) -> int:
     try:
         return _HASH_VARIANTS[variant]
-    except KeyError:
+    except (KeyError, TypeError):
         raise InputError(f"variant={variant!r}: one of {', '.join(_HASH_VARIANTS)}") from None
 
 
@@ -590,8 +590,14 @@ def _bits(bits) -> int:
 
 def hash_64(val: int, bits: int = KVM_MMU_HASH_SHIFT, variant: str = "x86_64") -> int:
     """hash_64 (include/linux/hash.h): the top ``bits`` of val * GOLDEN_RATIO_64 on x86-64."""
+    if not (bits.__class__ is int and 1 <= bits <= 32):
+        bits = _bits(bits)
     try:
-        return int(lib.kvmmu_role_hash_64(val, _bits(bits), _variant(variant)))
+        v = _HASH_VARIANTS[variant]
+    except (KeyError, TypeError):
+        v = _variant(variant)
+    try:
+        return lib.kvmmu_role_hash_64(val, bits, v)
     except (OverflowError, TypeError):
         uint("val", val, 64)
         raise
@@ -600,7 +606,7 @@ def hash_64(val: int, bits: int = KVM_MMU_HASH_SHIFT, variant: str = "x86_64") -
 def kvm_page_table_hashfn(gfn: int) -> int:
     """kvm_page_table_hashfn: hash_64(gfn, KVM_MMU_HASH_SHIFT) -> bucket 0..4095."""
     try:
-        return int(lib.kvmmu_role_hash_64(gfn, KVM_MMU_HASH_SHIFT, 0))
+        return lib.kvmmu_role_hash_64(gfn, KVM_MMU_HASH_SHIFT, 0)
     except (OverflowError, TypeError):
         uint("gfn", gfn, 64)
         raise

@@ -7,6 +7,8 @@ with the GIL released.
 """
 from __future__ import annotations
 
+import struct
+import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -93,6 +95,19 @@ def _memtype(memtype) -> int:
     return m
 
 
+_U64_LIMIT = 1 << 64
+_MAKE_OUT = threading.local()      # per thread: the C call releases the GIL
+_tuple_new = tuple.__new__
+#: kvmmu_make_spte's return word >> 9 -> the warnings make_spte() would raise
+_WARNINGS = tuple(tuple(w for bit, w in ((lib.KVMMU_MKR_WARN_NONPRESENT,
+                                          "pte_access|shadow_present_mask == SHADOW_NONPRESENT_VALUE"),
+                                         (lib.KVMMU_MKR_WARN_RSVD, "is_rsvd_spte(shadow_zero_check)"))
+                        if (bits << 9) & bit) for bits in range(4))
+_MK_AD_DEFAULT, _MK_NX_DEFAULT = lib.KVMMU_MK_AD_DEFAULT, lib.KVMMU_MK_NX_DEFAULT
+_MK_OLD_DEFAULT, _MKR_WRPROT = lib.KVMMU_MK_OLD_DEFAULT, lib.KVMMU_MKR_WRPROT
+_make_c = lib.kvmmu_make_spte
+
+
 def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC_ALL,
               old_spte: int | None = None, prefetch: bool = False, synchronizing: bool = False,
               host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool | None = None,
@@ -109,31 +124,49 @@ def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC
     to ``!kvm_ad_enabled()`` (the TDP MMU's role).  Before v6.13, ``synchronizing``
     stands for ``!can_unsync``.
     """
-    pfn = uint("pfn", pfn)
-    level = uint("level", level, 8)
-    pte_access = uint("pte_access", pte_access, 8)
-    old = cfg.profile.nonpresent_value if old_spte is None else uint("old_spte", old_spte)
-    mt = _memtype(memtype)
-    nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
-    if ad_disabled is None:
-        ad_disabled = not cfg.ad_enabled
-    mk = _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
-                  unsync_fails, nx)
-    c = cfg._cptr
-    err = lib.kvmmu_make_spte_check(c, pfn, level, pte_access, mk, mt)
+    # Fast path: plain ints and bools go straight to one C call that validates and builds.
+    mk = 0
+    if prefetch is True or (prefetch is not False and boolean("prefetch", prefetch)):
+        mk |= MK_PREFETCH
+    if synchronizing is True or (synchronizing is not False and boolean("synchronizing", synchronizing)):
+        mk |= MK_SYNCHRONIZING
+    if host_writable is True or (host_writable is not False and boolean("host_writable", host_writable)):
+        mk |= MK_HOST_WRITABLE
+    if host_mmio is True or (host_mmio is not False and boolean("host_mmio", host_mmio)):
+        mk |= MK_HOST_MMIO
+    if ad_wrprot_only is True or (ad_wrprot_only is not False and boolean("ad_wrprot_only", ad_wrprot_only)):
+        mk |= MK_WRPROT_ONLY
+    if unsync_fails is True or (unsync_fails is not False and boolean("unsync_fails", unsync_fails)):
+        mk |= MK_UNSYNC_FAILS
+    mk |= (_MK_AD_DEFAULT if ad_disabled is None else
+           MK_AD_DISABLED if boolean("ad_disabled", ad_disabled) else 0)
+    mk |= (_MK_NX_DEFAULT if nx_huge_pages is None else
+           MK_NX_HUGE if boolean("nx_huge_pages", nx_huge_pages) else 0)
+    if old_spte is None:
+        mk |= _MK_OLD_DEFAULT
+        old_spte = 0
+    try:
+        out = _MAKE_OUT.out
+    except AttributeError:
+        out = _MAKE_OUT.out = ffi.new("uint64_t *")
+    r = -1
+    if memtype is None and pfn.__class__ is int and level.__class__ is int \
+            and pte_access.__class__ is int and old_spte.__class__ is int:
+        try:
+            r = _make_c(cfg._cptr, pfn, old_spte, level, pte_access, mk, MEMTYPE_AUTO, out)
+        except OverflowError:
+            pass
+    if r < 0:       # the full checks: the argument types and widths, then the C rules
+        r = _make_c(cfg._cptr, uint("pfn", pfn), uint("old_spte", old_spte),
+                    uint("level", level, 8), uint("pte_access", pte_access, 8), mk,
+                    _memtype(memtype), out)
+    err = r & 0xFF
     if err:
         bad = {lib.KVMMU_E_PFN: f"pfn={pfn:#x}", lib.KVMMU_E_LEVEL: f"level={level}",
                lib.KVMMU_E_ACCESS: f"pte_access={pte_access:#x}"}.get(err, "input")
         raise InputError(f"make_spte: {bad}: {_ERRORS[err]}"
                          + (f" {cfg.base_addr_mask:#x}" if err == lib.KVMMU_E_PFN else ""))
-    wp = ffi.new("bool *")
-    spte = lib.kvmmu_make_spte(c, pfn, old, level, pte_access, mk, mt, wp)
-    warnings = []
-    if cfg.profile.nonpresent_value and (pte_access | cfg.present_mask) == cfg.profile.nonpresent_value:
-        warnings.append("pte_access|shadow_present_mask == SHADOW_NONPRESENT_VALUE")
-    if lib.kvmmu_is_rsvd_spte(c, spte, level):
-        warnings.append("is_rsvd_spte(shadow_zero_check)")
-    return MakeSpteResult(spte, bool(wp[0]), tuple(warnings))
+    return _tuple_new(MakeSpteResult, (out[0], (r & _MKR_WRPROT) != 0, _WARNINGS[r >> 9]))
 
 
 def _arg(name, v, dtype, bits, shape_list):
@@ -583,27 +616,51 @@ class SpteRecord:
         return "\n".join(lines)
 
 
+_DECODE_OUT = threading.local()      # per thread: the C call releases the GIL
+_decode_c = lib.kvmmu_spte_decode
+_RECORD = struct.Struct("<QQ8B24s")   # struct kvmmu_spte_info, as DECODE_DTYPE
+#: (profile name, predicate bytes) -> {name: bool} for the predicates the era has (copied
+#: out on each use; a pure function of its key, bounded)
+_PRED_DICTS: dict = {}
+
+
+def _pred_dict(profile, pred: bytes) -> dict:
+    key = (profile.name, pred)
+    try:
+        return _PRED_DICTS[key].copy()
+    except KeyError:
+        if len(_PRED_DICTS) >= 4096:
+            _PRED_DICTS.clear()
+        d = _PRED_DICTS[key] = {r.name: pred[r.id] != 0 for r in RULES
+                                if not r.feature or getattr(profile, r.feature)}
+        return d.copy()
+
+
 def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
     """Decode one SPTE to a readable record (every field named, with the mode's meaning).
 
     MMIO SPTEs also get gfn, access and generation when pykvmmu.mmio is available."""
-    s = uint("spte", spte)
-    level = uint("level", level, 8)
-    r = decode_batch(cfg, np.array([s], dtype=np.uint64), level)[0]
-    preds = {}
-    for name, field in zip(_PRED_NAMES, _pred_fields):
-        feat = PREDICATES[name][2]
-        if feat and not getattr(cfg.profile, feat):
-            continue
-        preds[name] = bool(r[f"p_{field}"])
-    acc = int(r["access"])
-    if cfg.is_ept:
+    s = spte if spte.__class__ is int and 0 <= spte < _U64_LIMIT else uint("spte", spte)
+    if level.__class__ is not int:
+        level = uint("level", level, 8)
+    try:
+        r, buf = _DECODE_OUT.rec
+    except AttributeError:
+        r = ffi.new("struct kvmmu_spte_info *")
+        _DECODE_OUT.rec = (r, ffi.buffer(r))
+        buf = _DECODE_OUT.rec[1]
+    if _decode_c(cfg._cptr, s, level, r) if 0 <= level < 256 else True:
+        raise InputError(f"level={uint('level', level, 8)}: must be 1..5")
+    _s, pfn, kind, ad_type, mt, ipat, acc, saved_rx, _lv, _pad, pred = _RECORD.unpack_from(buf)
+    preds = _pred_dict(cfg.profile, pred)
+    ept = cfg.is_ept
+    if ept:
         access = ("R" if s & 1 else "-") + ("W" if s & 2 else "-") + ("X" if s & 4 else "-")
     else:
         access = ("P" if s & 1 else "-") + ("W" if s & 2 else "-") + ("U" if s & 4 else "-") \
             + ("-" if acc & ACC_EXEC_MASK else " NX")
     mmio = None
-    kind = KINDS[int(r["kind"])]
+    kind = KINDS[kind]
     if kind == "mmio":
         try:
             from . import mmio as _mmio
@@ -612,10 +669,11 @@ def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
                     "generation": _mmio.get_mmio_spte_generation(cfg, s)}
         except (ImportError, AttributeError):
             mmio = None
-    return SpteRecord(
-        spte=s, mode=cfg.mode, profile=cfg.profile.name, level=level, kind=kind,
-        pfn=int(r["pfn"]), ad_type=_AD[int(r["ad_type"])] if cfg.is_ept else "n/a (legacy)",
-        memtype=_EPT_MT.get(int(r["memtype"]), f"reserved({int(r['memtype'])})") if cfg.is_ept else None,
-        ipat=bool(r["ipat"]) if cfg.is_ept else None, access=access,
-        saved_rx=int(r["saved_rx"]), predicates=preds, mmio=mmio)
-
+    rec = object.__new__(SpteRecord)     # the frozen dataclass's fields, set without __init__
+    object.__setattr__(rec, "__dict__", {
+        "spte": s, "mode": cfg.mode, "profile": cfg.profile.name, "level": level, "kind": kind,
+        "pfn": pfn, "ad_type": _AD[ad_type] if ept else "n/a (legacy)",
+        "memtype": (_EPT_MT.get(mt) or f"reserved({mt})") if ept else None,
+        "ipat": bool(ipat) if ept else None, "access": access, "saved_rx": saved_rx,
+        "predicates": preds, "mmio": mmio})
+    return rec
