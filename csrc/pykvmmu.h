@@ -46,8 +46,15 @@
 #define KVMMU_F_IGNORE_GUEST_PAT    32
 #define KVMMU_F_HAS_FROZEN          64
 #define KVMMU_F_EPT_VE_CHECK        128
-/* Portable loops only: no hand-written SIMD kernel (tests cover both paths with it). */
-#define KVMMU_F_PORTABLE            32768
+/*
+ * ISA caps, shared by every engine: the highest instruction-set level whose hand-written
+ * kernels (intrinsics, streaming stores) a call may use; each kernel also needs the CPU to
+ * have it.  PORTABLE: plain C loops only; AVX2: also SSE2/AVX2/BMI2 kernels and streaming
+ * stores; AVX512: everything.  Carried in each engine's configuration struct.
+ */
+#define KVMMU_ISA_PORTABLE          0
+#define KVMMU_ISA_AVX2              1
+#define KVMMU_ISA_AVX512            2
 
 /* The masks KVM computes at module load, plus the profile's constants. */
 struct kvmmu_cfg {
@@ -81,7 +88,10 @@ struct kvmmu_cfg {
     uint32_t rules;                  /* KVMMU_R_* */
     uint32_t flags;                  /* KVMMU_F_* */
     uint32_t maxphyaddr;
+    uint32_t isa;                    /* KVMMU_ISA_* cap */
 };
+/* The highest KVMMU_ISA_* level this CPU supports. */
+uint32_t kvmmu_isa_cpu(void);
 
 /* Per-SPTE inputs of make_spte() that are not in the configuration. */
 #define KVMMU_MK_AD_DISABLED    1
@@ -275,6 +285,7 @@ struct kvmmu_role_layout {
     uint32_t row;                      /* KVMMU_ROLE_ROW32 or KVMMU_ROLE_ROW64 */
     uint8_t shift[KVMMU_ROLE_MAXF];
     uint8_t width[KVMMU_ROLE_MAXF];    /* 1..8 */
+    uint32_t isa;                      /* KVMMU_ISA_* cap of the batch kernels */
 };
 
 int kvmmu_role_layout_check(const struct kvmmu_role_layout *lay);
@@ -290,7 +301,7 @@ size_t kvmmu_role_unpack_batch64(const struct kvmmu_role_layout *lay, const uint
                                  uint8_t *out, size_t n, bool strict, int *err);
 uint32_t kvmmu_role_hash_64(uint64_t val, uint32_t bits, int variant);
 size_t kvmmu_role_hash_batch(const uint64_t *val, uint32_t *out, size_t n, uint32_t bits,
-                             int variant);
+                             int variant, uint32_t isa);
 size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_t nbuckets,
                                size_t n);
 
@@ -495,6 +506,7 @@ struct kvmmu_pf_policy {
     uint32_t vm_type;                /* KVMMU_VM_* */
     uint32_t flags;                  /* KVMMU_PF_F_* */
     uint64_t gfn_direct_bits;        /* TDX shared bit as a gfn mask (kvm_gfn_direct_bits), else 0 */
+    uint32_t isa;                    /* KVMMU_ISA_* cap */
 };
 
 int kvmmu_private_ranges_check(const uint64_t *start, const uint64_t *end, size_t nr);

@@ -45,6 +45,19 @@ _Static_assert(offsetof(struct kvmmu_spte_info, kind) == 16 &&
                offsetof(struct kvmmu_spte_info, level) == 22 &&
                offsetof(struct kvmmu_spte_info, pred) == 24, "decode record layout (DECODE_DTYPE)");
 
+uint32_t kvmmu_isa_cpu(void)
+{
+#ifdef KVMMU_HAVE_AVX512
+    if (kvmmu_avx512_ok(KVMMU_ISA_AVX512))
+        return KVMMU_ISA_AVX512;
+#endif
+#ifdef KVMMU_HAVE_STREAM
+    if (kvmmu_avx2_ok(KVMMU_ISA_AVX2) && __builtin_cpu_supports("bmi2"))
+        return KVMMU_ISA_AVX2;
+#endif
+    return KVMMU_ISA_PORTABLE;
+}
+
 /* ------------------------------------------------------------ predicates */
 
 /*
@@ -391,8 +404,7 @@ static size_t first_bad_input(const struct kvmmu_cfg *c, const uint64_t *pfn, co
 }
 
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#if defined(KVMMU_HAVE_STREAM)
 #define KVMMU_HAVE_AVX2_GATHER 1
 /*
  * The table path of make_spte_batch with AVX2: four SPTEs per step, table entries fetched
@@ -506,7 +518,7 @@ static size_t mk_batch_table(const struct kvmmu_cfg *c, const struct mk_args *a,
     uint64_t bad = 0;
     size_t head = 0, end = 0;
 #ifdef KVMMU_HAVE_AVX2_GATHER
-    if (!a->wrprot && !(c->flags & KVMMU_F_PORTABLE) && __builtin_cpu_supports("avx2")) {
+    if (!a->wrprot && kvmmu_avx2_ok(c->isa)) {
         /* Huge outputs: streaming stores from the first 32-byte aligned element on. */
         const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 7);
         head = stream ? (((32 - ((uintptr_t)out & 31)) & 31) / 8) : 0;
@@ -1032,10 +1044,10 @@ static inline __attribute__((always_inline)) void decode_uniform(const struct kv
     const struct decode_consts d = decode_setup(c, level);
     bool stream = false;
 #ifdef KVMMU_HAVE_STREAM
-    stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok();
+    stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok(c->isa);
 #endif
 #ifdef KVMMU_HAVE_AVX512
-    if (!(c->flags & KVMMU_F_PORTABLE) && kvmmu_avx512_ok()) {
+    if (kvmmu_avx512_ok(c->isa)) {
         /* Records before the first 64-byte aligned one (when out is 16-byte aligned) and
          * the last n % 8 go through the portable blocks. */
         size_t head = 0;
