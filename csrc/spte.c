@@ -920,7 +920,7 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
 #define TEST_SEL(l, m1, m0) _mm512_test_epi64_mask(s, _mm512_mask_blend_epi64((l), B(m0), B(m1)))
 #define NOT(a) ((__mmask8)~(a))
 #define ONES_IF(k) ((__mmask8)((k) ? 0xFF : 0))
-#define SEL(k, a, b) ((__mmask8)((k) ? (a) : (b)))
+#define SEL(k, a, b) ((__mmask8)(((a) & ONES_IF(k)) | ((b) & (__mmask8)~ONES_IF(k))))
 
 /* k[KVMMU_P_<NAME>]: that predicate of the eight SPTEs in s. */
 AVX512_DECODE static inline __attribute__((always_inline)) void
