@@ -274,12 +274,58 @@ static inline uint64_t memtype_bits(const struct kvmmu_cfg *c, uint32_t memtype,
     return (c->flags & KVMMU_F_IGNORE_GUEST_PAT) ? EPT_MT_WB_IPAT : EPT_MT_WB;
 }
 
+/* make_spte() from v6.13: W, MMU-W and D together unless unsync fails; prefetch marks. */
+static inline uint64_t make_spte_writable_v613(const struct kvmmu_cfg *c, uint64_t s, uint64_t old,
+                                               uint32_t level, uint32_t acc, uint32_t mk,
+                                               bool *wrprot)
+{
+    const bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
+    if (acc & ACC_WRITE) {
+        if ((!sp_is_last_spte(c, old, level) || !sp_is_writable_pte(c, old, 1)) &&
+            (mk & KVMMU_MK_UNSYNC_FAILS))
+            *wrprot = true;
+        else
+            s |= PT_WRITABLE_MASK | c->mmu_writable_mask | c->dirty_mask;
+    }
+    if (prefetch && !sync)
+        s = mark_acc_track(c, s);
+    return s;
+}
+
+/* make_spte() before v6.13: the era's writable shortcut ("goto out"), then D and prefetch. */
+static inline uint64_t make_spte_writable_old(const struct kvmmu_cfg *c, uint64_t s, uint64_t old,
+                                              uint32_t level, uint32_t acc, uint32_t mk,
+                                              bool *wrprot)
+{
+    const bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
+    if (acc & ACC_WRITE) {
+        s |= PT_WRITABLE_MASK | c->mmu_writable_mask;
+        if (rule(c, KVMMU_R_SHORTCUT_CAN_UNSYNC) && sync && sp_is_writable_pte(c, old, 1))
+            return s;                       /* goto out: no D, no prefetch mark */
+        if (rule(c, KVMMU_R_SHORTCUT_OLD_W) && sp_is_writable_pte(c, old, 1))
+            return prefetch ? mark_acc_track(c, s) : s;   /* goto out: no D */
+        if (rule(c, KVMMU_R_SHORTCUT_OLD_W_LEAF) && sp_is_last_spte(c, old, level) &&
+            sp_is_writable_pte(c, old, 1))
+            return prefetch ? mark_acc_track(c, s) : s;   /* 2867eb782cf7: leaf only */
+        if (mk & KVMMU_MK_UNSYNC_FAILS) {
+            *wrprot = true;
+            acc &= ~ACC_WRITE;
+            s &= ~(PT_WRITABLE_MASK | c->mmu_writable_mask);
+        }
+    }
+    if (acc & ACC_WRITE)
+        s |= sp_spte_ad_enabled(c, s, 1) ? c->dirty_mask : 0;
+    if (prefetch)
+        s = mark_acc_track(c, s);
+    return s;
+}
+
 /* Everything make_spte() computes except the pfn, which is ORed in last but one. */
 static inline uint64_t make_spte_nopfn(const struct kvmmu_cfg *c, uint64_t old, uint32_t level,
                                        uint32_t acc, uint32_t mk, uint32_t memtype, bool *wrprot)
 {
-    bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
-    bool host_mmio = mk & KVMMU_MK_HOST_MMIO;
+    const bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
+    const bool host_mmio = mk & KVMMU_MK_HOST_MMIO;
     uint64_t s = c->mmu_present_mask;
 
     *wrprot = false;
@@ -308,39 +354,9 @@ static inline uint64_t make_spte_nopfn(const struct kvmmu_cfg *c, uint64_t old, 
         acc &= ~ACC_WRITE;
     if (!host_mmio)
         s |= c->me_value;
-
-    if (rule(c, KVMMU_R_AD_ALWAYS)) {
-        if (acc & ACC_WRITE) {
-            if ((!sp_is_last_spte(c, old, level) || !sp_is_writable_pte(c, old, 1)) && (mk & KVMMU_MK_UNSYNC_FAILS))
-                *wrprot = true;
-            else
-                s |= PT_WRITABLE_MASK | c->mmu_writable_mask | c->dirty_mask;
-        }
-        if (prefetch && !sync)
-            s = mark_acc_track(c, s);
-        return s;
-    }
-
-    /* Before v6.13. */
-    if (acc & ACC_WRITE) {
-        s |= PT_WRITABLE_MASK | c->mmu_writable_mask;
-        if (rule(c, KVMMU_R_SHORTCUT_CAN_UNSYNC) && sync && sp_is_writable_pte(c, old, 1))
-            return s;                       /* goto out: no D, no prefetch mark */
-        if (rule(c, KVMMU_R_SHORTCUT_OLD_W) && sp_is_writable_pte(c, old, 1))
-            return prefetch ? mark_acc_track(c, s) : s;   /* goto out: no D */
-        if (rule(c, KVMMU_R_SHORTCUT_OLD_W_LEAF) && sp_is_last_spte(c, old, level) && sp_is_writable_pte(c, old, 1))
-            return prefetch ? mark_acc_track(c, s) : s;   /* 2867eb782cf7: leaf only */
-        if (mk & KVMMU_MK_UNSYNC_FAILS) {
-            *wrprot = true;
-            acc &= ~ACC_WRITE;
-            s &= ~(PT_WRITABLE_MASK | c->mmu_writable_mask);
-        }
-    }
-    if (acc & ACC_WRITE)
-        s |= sp_spte_ad_enabled(c, s, 1) ? c->dirty_mask : 0;
-    if (prefetch)
-        s = mark_acc_track(c, s);
-    return s;
+    if (rule(c, KVMMU_R_AD_ALWAYS))
+        return make_spte_writable_v613(c, s, old, level, acc, mk, wrprot);
+    return make_spte_writable_old(c, s, old, level, acc, mk, wrprot);
 }
 
 static inline int check_inputs(const struct kvmmu_cfg *c, uint64_t pfn, uint32_t level,
@@ -941,6 +957,28 @@ spte_lanes512(const struct kvmmu_cfg *c, __m512i s, uint32_t level, __mmask8 *k)
 #undef ONES_IF
 #undef SEL
 
+/* decode_word2() for eight SPTEs, from their predicate k-masks. */
+AVX512_DECODE static inline __attribute__((always_inline)) __m512i
+decode_word2_512(const struct decode_consts *d, __m512i s, const __mmask8 *k)
+{
+#define B(x) _mm512_set1_epi64((long long)(x))
+    /* frozen > mmio > present > non-present value > other */
+    __m512i f2 = _mm512_mask_mov_epi64(B(d->lvl | KVMMU_KIND_OTHER), _mm512_cmpeq_epi64_mask(s, B(d->npv)),
+                                       B(d->lvl | KVMMU_KIND_NONPRESENT));
+    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_SHADOW_PRESENT], B(d->lvl | KVMMU_KIND_PRESENT));
+    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_MMIO], B(d->lvl | KVMMU_KIND_MMIO));
+    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_FROZEN], B(d->lvl | KVMMU_KIND_FROZEN));
+    f2 = _mm512_or_si512(f2, _mm512_slli_epi64(_mm512_and_si512(_mm512_srli_epi64(s, 52), B(3)), 8));
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 13), B(d->eptm & (UINT64_C(7) << 16)), 0xF8);
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 18), B(d->eptm & (UINT64_C(1) << 24)), 0xF8);
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, ACC_TRACK_SHIFT - 40),
+                                   B(ACC_TRACK_SAVED << 40), 0xF8);
+    f2 = _mm512_mask_or_epi64(f2, k[KVMMU_P_EXECUTABLE], f2, B((uint64_t)ACC_EXEC << 32));
+    f2 = _mm512_mask_or_epi64(f2, k[KVMMU_P_WRITABLE], f2, B((uint64_t)ACC_WRITE << 32));
+    return _mm512_mask_or_epi64(f2, _mm512_test_epi64_mask(s, B(d->user)), f2, B((uint64_t)ACC_USER << 32));
+#undef B
+}
+
 /*
  * Uniform-level decode of eight SPTEs per step, all in registers: the predicates as k-masks
  * (spte_lanes512), set into the predicate bytes by masked ORs; the records interleaved by
@@ -952,20 +990,7 @@ AVX512_DECODE static void
 decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
 {
-    const __m512i c3 = _mm512_set1_epi64(3);
-    const __m512i npv = _mm512_set1_epi64((long long)d->npv), user = _mm512_set1_epi64((long long)d->user);
     const __m512i base_mask = _mm512_set1_epi64((long long)d->base_mask);
-    const __m512i kind_other = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_OTHER));
-    const __m512i kind_np = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_NONPRESENT));
-    const __m512i kind_pr = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_PRESENT));
-    const __m512i kind_mm = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_MMIO));
-    const __m512i kind_fr = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_FROZEN));
-    const __m512i mt_field = _mm512_set1_epi64((long long)(d->eptm & (UINT64_C(7) << 16)));
-    const __m512i ipat_field = _mm512_set1_epi64((long long)(d->eptm & (UINT64_C(1) << 24)));
-    const __m512i saved_field = _mm512_set1_epi64((long long)(ACC_TRACK_SAVED << 40));
-    const __m512i acc_x = _mm512_set1_epi64((long long)((uint64_t)ACC_EXEC << 32));
-    const __m512i acc_w = _mm512_set1_epi64((long long)((uint64_t)ACC_WRITE << 32));
-    const __m512i acc_u = _mm512_set1_epi64((long long)((uint64_t)ACC_USER << 32));
     const __m512i idx0 = _mm512_set_epi64(9, 1, 8, 0, 8, 0, 8, 0);
     const __m512i idx1 = _mm512_set_epi64(10, 2, 10, 2, 9, 1, 9, 1);
     const __m512i idx2 = _mm512_set_epi64(11, 3, 11, 3, 11, 3, 10, 2);
@@ -978,25 +1003,13 @@ decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
         const __m512i s = _mm512_loadu_si512(spte + j);
         __mmask8 k[KVMMU_P_COUNT];
         spte_lanes512(c, s, level, k);
-        const __mmask8 np = _mm512_cmpeq_epi64_mask(s, npv);
 
         __m512i q[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
 #define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)              \
         q[(id) / 8] = _mm512_mask_or_epi64(q[(id) / 8], k[id], q[(id) / 8],        \
                                            _mm512_set1_epi64((long long)KBIT(8 * ((id) % 8))));
 #include "spte_rules.h"
-        /* frozen > mmio > present > non-present value > other */
-        __m512i f2 = _mm512_mask_mov_epi64(kind_other, np, kind_np);
-        f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_SHADOW_PRESENT], kind_pr);
-        f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_MMIO], kind_mm);
-        f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_FROZEN], kind_fr);
-        f2 = _mm512_or_si512(f2, _mm512_slli_epi64(_mm512_and_si512(_mm512_srli_epi64(s, 52), c3), 8));
-        f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 13), mt_field, 0xF8);
-        f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 18), ipat_field, 0xF8);
-        f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, ACC_TRACK_SHIFT - 40), saved_field, 0xF8);
-        f2 = _mm512_mask_or_epi64(f2, k[KVMMU_P_EXECUTABLE], f2, acc_x);
-        f2 = _mm512_mask_or_epi64(f2, k[KVMMU_P_WRITABLE], f2, acc_w);
-        f2 = _mm512_mask_or_epi64(f2, _mm512_test_epi64_mask(s, user), f2, acc_u);
+        const __m512i f2 = decode_word2_512(d, s, k);
         const __m512i f1 = _mm512_srli_epi64(_mm512_and_si512(s, base_mask), 12);
 
         __m512i v[6];
