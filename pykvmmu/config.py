@@ -436,17 +436,26 @@ class MmuConfig:
         flags |= lib.KVMMU_F_IGNORE_GUEST_PAT if self.ignore_guest_pat else 0
         flags |= lib.KVMMU_F_HAS_FROZEN if p.frozen_value is not None else 0
         flags |= lib.KVMMU_F_EPT_VE_CHECK if p.has_ept_ve_possible else 0
+        flags |= lib.KVMMU_F_AD_ENABLED if self.ad_enabled else 0
+        flags |= lib.KVMMU_F_NX_HUGE_PAGES if self.nx_huge_pages else 0
         c.flags = flags
         c.maxphyaddr = self.maxphyaddr
+        from . import isa
+        c.isa = isa.DEFAULT
         return c
 
-    def _portable_copy(self) -> "MmuConfig":
-        """An equal configuration whose C struct switches the core's hand-written SIMD
-        kernels off (KVMMU_F_PORTABLE), so tests can hold both paths to the same results."""
-        from ._ffi import lib
+    def _isa_copy(self, level: str) -> "MmuConfig":
+        """An equal configuration whose C struct caps the core's hand-written kernels at
+        ``level`` (``portable``, ``avx2``, ``avx512``; see :mod:`pykvmmu.isa`), so tests can
+        hold every kernel to the same results as the portable loops."""
+        from . import isa
         twin = self.replace()
-        twin._cptr.flags |= lib.KVMMU_F_PORTABLE
+        twin._cptr.isa = isa.level(level)
         return twin
+
+    def _portable_copy(self) -> "MmuConfig":
+        """``_isa_copy("portable")``: plain C loops only."""
+        return self._isa_copy("portable")
 
     def replace(self, **changes) -> "MmuConfig":
         """A copy with some fields changed (validated again)."""

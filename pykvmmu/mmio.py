@@ -294,10 +294,13 @@ def mmio_fault_outcome(cfg: MmuConfig, spte: int, memslots_generation: int) -> s
     rebuilt SPTE carries the pre-update generation and ``vcpu_cache_mmio_info`` caches
     nothing; ``"not_mmio"``: not an MMIO SPTE (RET_PF_RETRY).
     """
-    mmu_config(cfg)
-    s = uint("spte", spte)
-    g = uint("memslots_generation", memslots_generation)
-    return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(cfg._cptr, s, g)]
+    try:
+        return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(cfg._cptr, spte, memslots_generation)]
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
+        uint("spte", spte)
+        uint("memslots_generation", memslots_generation)
+        raise
 
 
 def mmio_fault_outcome_batch(cfg: MmuConfig, spte: np.ndarray, memslots_generation,

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from . import _par
+from . import isa as _isa
 from ._batch import in_array, out_array, ptr, ptr_at, same_shape, uint
 from ._check import boolean, u64
 from ._ffi import ffi, lib
@@ -671,7 +672,7 @@ def format_policy_table(rows=None) -> str:
 # ------------------------------------------------------------------ batch path
 def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: int = 52,
                    attrs=None, sw_protected_enabled: bool = True, out_gfn=None, out_ec=None,
-                   out_private=None, threads: int | None = None):
+                   out_private=None, threads: int | None = None, isa: str | None = None):
     """Upstream classification (:func:`kvm_mmu_do_page_fault`) of arrays of faults, in C.
 
     ``gpa`` and ``error_code`` are uint64 arrays of one shape; ``attrs`` (SW-protected VMs) is
@@ -679,9 +680,11 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
     ``(start_gfn, end_gfn)`` of the private ranges.  Returns ``(gfn, error_code, is_private,
     n_synthetic_collisions)``: the stripped gfns, the error codes with bit 49 set/cleared, a
     bool array, and how many inputs carried synthetic bits (WARNed and cleared).
-    ``threads``: see :mod:`pykvmmu._par` (None: automatic).
+    ``threads``: see :mod:`pykvmmu._par` (None: automatic); ``isa`` caps the hand-written
+    kernels (:mod:`pykvmmu.isa`; None: PYKVMMU_ISA).
     """
     vt = vm_type_number(vm_type)
+    cap = _isa.DEFAULT if isa is None else _isa.level(isa)
     in_array("gpa", gpa, np.uint64)
     in_array("error_code", error_code, np.uint64)
     ins = [("gpa", gpa), ("error_code", error_code)]
@@ -714,6 +717,7 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
     pol.flags = lib.KVMMU_PF_F_SW_PROTECTED if boolean("sw_protected_enabled",
                                                        sw_protected_enabled) else 0
     pol.gfn_direct_bits = gfn_direct_bits(vt, gpaw)
+    pol.isa = cap
     ps, pe = ptr(starts, "uint64_t"), ptr(ends, "uint64_t")
 
     def part(lo, hi):
