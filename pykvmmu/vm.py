@@ -652,46 +652,40 @@ class Vm(MmuLock):
         gfn = c.gfn
         mmu_seq = self.invalidation.seq
         is_private, ex = self.policy.resolve(self, c)
-        if ex is not None:
-            return self._exit(ex)
-        slot = self.slot_of(gfn)
-        if slot is None:
-            if is_private:
-                return self._exit(P.MemoryFaultExit.for_fault(
-                    gfn, True, "private fault with no memslot (kvm_handle_noslot_fault)"))
+        slot = self.slot_of(gfn) if ex is None else None
+        if slot is not None and self.invalidation.retry_gfn(mmu_seq, gfn):    # ..._unsafe check
+            self.stats["retries"] += 1
+            return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
+        d = P.faultin_decision(c, is_private, ex, None if slot is None else slot.kind())
+        action = d.action
+        if action == "exit":
+            return self._exit(d.exit)
+        if action == "noslot":
             if not cfg.mmio_caching or gfn > self._max_gfn:
                 self.stats["emulate"] += 1
                 return FaultOutcome("emulate", gfn, reason="no MMIO caching or gfn above "
                                     "host MAXPHYADDR: no SPTE")
             pfn, max_level, kind = None, PG_LEVEL_4K, "mmio"
-        else:
-            if self.invalidation.retry_gfn(mmu_seq, gfn):        # ..._unsafe check
-                self.stats["retries"] += 1
-                return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
+        elif action == "shared":
+            pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
+        else:                                   # guest_memfd: "private" or "gmem_shared"
+            if slot.gmem_file is None:
+                return self._exit(P.MemoryFaultExit.for_fault(
+                    gfn, is_private, "guest_memfd was released (kvm_gmem_get_pfn: -EFAULT)"))
+            try:
+                r = slot.gmem_file.get_pfn(slot, gfn)
+            except GmemError as e:
+                return self._exit(P.MemoryFaultExit.for_fault(gfn, is_private,
+                                                              f"kvm_gmem_get_pfn: {e}"))
+            pfn = r.pfn
             if is_private:
-                if slot.gmem_file is None or not slot.flags & KVM_MEM_GUEST_MEMFD:
-                    return self._exit(P.MemoryFaultExit.for_fault(
-                        gfn, True, "private fault on a memslot without guest_memfd"
-                        if not slot.flags & KVM_MEM_GUEST_MEMFD else
-                        "guest_memfd was released (kvm_gmem_get_pfn: -EFAULT)"))
-                try:
-                    r = slot.gmem_file.get_pfn(slot, gfn)
-                except GmemError as e:
-                    return self._exit(P.MemoryFaultExit.for_fault(gfn, True, f"kvm_gmem_get_pfn: {e}"))
-                pfn = r.pfn
                 hook = self.gmem_hooks.max_mapping_level(self, pfn, True)
                 max_level = min(self.max_level, order_to_level(r.max_order))
                 if hook:
                     max_level = min(max_level, hook)
                 kind = "private"
-            elif slot.gmem_only:
-                try:
-                    r = slot.gmem_file.get_pfn(slot, gfn)
-                except GmemError as e:
-                    return self._exit(P.MemoryFaultExit.for_fault(gfn, False, f"kvm_gmem_get_pfn: {e}"))
-                pfn, max_level, kind = r.pfn, PG_LEVEL_4K, "shared"
             else:
-                pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
+                max_level, kind = PG_LEVEL_4K, "shared"
         if race is not None:
             race()
         with self.mmu_lock():
