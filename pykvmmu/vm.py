@@ -27,6 +27,7 @@ from ._check import boolean, choice, in_range, snapshot, u64
 from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
                     kvm_supported_mem_attributes)
 from .config import ACC_ALL, MmuConfig
+from ._ffi import ffi, lib
 from .errors import InputError
 from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
                    GmemError, GmemHooks, GuestMemfd, HostMemory, MigrateAnswer, MmuLock,
@@ -295,7 +296,21 @@ class Vm(MmuLock):
         self._max_gfn = (1 << (cfg.maxphyaddr - 12)) - 1
         # TDP roots: TDX has a mirror (private, S-EPT) root and a direct (shared) root.
         self.root_names = ("private", "shared") if self.vm_type == P.KVM_X86_TDX_VM else ("direct",)
-        self.pages: dict = {}                  # table pa -> np.ndarray[512] uint64
+        self.pages: dict = {}                  # table pa -> np.ndarray[512] uint64 (pool view)
+        # The table pool walked by csrc/vm.c: SPTEs, and per entry the pool index of the child
+        # table it points to (-1: not a pointer); table pa -> pool index; free pool indexes.
+        self._tbl = np.empty((0, 512), dtype=np.uint64)
+        self._child = np.empty((0, 512), dtype=np.int32)
+        self._pt_idx: dict = {}
+        self._pt_free: list = []
+        self._tdp = ffi.new("struct kvmmu_vm_tdp *")
+        self._tdp.levels = self.levels
+        self._tdp.nonpresent = cfg.profile.nonpresent_value
+        self._grow_pool(16)
+        self._mk = S._mkflags(False, False, True, False, not cfg.ad_enabled, False, False,
+                              cfg.nx_huge_pages)
+        self._out_spte = ffi.new("uint64_t *")
+        self._out_level = ffi.new("uint32_t *")
         self.roots = {r: self._alloc_table() for r in self.root_names}
         self.leaves = {r: {} for r in self.root_names}    # base gfn -> (level, pfn, kind)
         self.stats = dict(faults=0, mapped=0, exits=0, retries=0, emulate=0, zapped=0)
@@ -343,9 +358,30 @@ class Vm(MmuLock):
         s = self.slot_of(gfn)
         return None if s is None else s.kind()
 
+    def _grow_pool(self, cap: int) -> None:
+        n = len(self._tbl)
+        tbl = np.full((cap, 512), self.cfg.profile.nonpresent_value, dtype=np.uint64)
+        child = np.full((cap, 512), -1, dtype=np.int32)
+        tbl[:n] = self._tbl
+        child[:n] = self._child
+        self._tbl, self._child = tbl, child
+        self._pt_free.extend(range(cap - 1, n - 1, -1))
+        for pa, i in self._pt_idx.items():
+            self.pages[pa] = tbl[i]
+        t = self._tdp
+        t.spte = ffi.cast("uint64_t *", tbl.ctypes.data)
+        t.child = ffi.cast("int32_t *", child.ctypes.data)
+        t.npages = cap
+
     def _alloc_table(self) -> int:
         pfn = self.host.alloc("pt")
-        self.pages[pfn << 12] = np.full(512, self.cfg.profile.nonpresent_value, dtype=np.uint64)
+        if not self._pt_free:
+            self._grow_pool(2 * len(self._tbl))
+        i = self._pt_free.pop()
+        self._tbl[i] = self.cfg.profile.nonpresent_value
+        self._child[i] = -1
+        self._pt_idx[pfn << 12] = i
+        self.pages[pfn << 12] = self._tbl[i]
         return pfn << 12
 
     def _root_for(self, is_private: bool) -> str:
@@ -357,25 +393,39 @@ class Vm(MmuLock):
         """The gfn the root's tables are indexed with (TDX shared root: with the shared bit)."""
         return gfn | self.gfn_direct_bits if root == "shared" else gfn
 
-    def _path(self, root: str, gfn: int, level: int, create: bool):
-        """(table, index) of the entry for ``gfn`` at ``level``; None if a table is missing."""
+    def _path_idx(self, root: str, gfn: int, level: int, create: bool):
+        """(pool index, index) of the entry for ``gfn`` at ``level``; None if a table is
+        missing (``create``: allocate it, with a non-leaf SPTE pointing at it)."""
         g = self._walk_gfn(root, gfn)
-        pa = self.roots[root]
-        mask = self.cfg.base_addr_mask
+        p = self._pt_idx[self.roots[root]]
         for lv in range(self.levels, level, -1):
-            t = self.pages[pa]
             i = (g >> (9 * (lv - 1))) & 511
-            s = int(t[i])
-            if S.is_shadow_present_pte(self.cfg, s) and not (lv > 1 and S.is_large_pte(self.cfg, s)) \
-                    and not S.is_mmio_spte(self.cfg, s):
-                pa = s & mask
+            c = int(self._child[p, i])
+            if c >= 0:
+                p = c
                 continue
             if not create:
                 return None
             child = self._alloc_table()
-            t[i] = S.make_nonleaf_spte(self.cfg, child)
-            pa = child
-        return self.pages[pa], (g >> (9 * (level - 1))) & 511
+            self._tbl[p, i] = S.make_nonleaf_spte(self.cfg, child)
+            c = self._child[p, i] = self._pt_idx[child]
+            p = c
+        return p, (g >> (9 * (level - 1))) & 511
+
+    def _path(self, root: str, gfn: int, level: int, create: bool):
+        """(table, index) of the entry for ``gfn`` at ``level``; None if a table is missing."""
+        r = self._path_idx(root, gfn, level, create)
+        return None if r is None else (self._tbl[r[0]], r[1])
+
+    def _tdp_map(self, root: str, gfn: int, level: int, pfn: int = 0, make: bool = False):
+        """One C call (``kvmmu_vm_tdp_map``): walk ``root`` to ``gfn``'s entry at ``level``
+        and (``make``) install ``make_spte(pfn, level)`` there.  Returns (status, spte)."""
+        st = lib.kvmmu_vm_tdp_map(self._c, self._tdp, self._pt_idx[self.roots[root]],
+                                  gfn | self.gfn_direct_bits if root == "shared" else gfn, level,
+                                  pfn, ACC_ALL, self._mk, S.MEMTYPE_AUTO,
+                                  lib.KVMMU_VM_F_MAKE if make else 0, self._out_spte,
+                                  self._out_level)
+        return st, self._out_spte[0]
 
     def _leaf(self, root: str, gfn: int):
         """(level, base gfn, pfn) of the leaf mapping gfn in ``root``, or None."""
@@ -392,13 +442,15 @@ class Vm(MmuLock):
         t[i] = value
 
     def _free_subtree(self, pa: int, level: int):
-        t = self.pages.pop(pa)
+        self.pages.pop(pa)
+        i = self._pt_idx.pop(pa)
         if level > 2:
             mask = self.cfg.base_addr_mask
-            for s in t:
-                s = int(s)
-                if S.is_shadow_present_pte(self.cfg, s) and not S.is_large_pte(self.cfg, s):
-                    self._free_subtree(s & mask, level - 1)
+            for k in np.nonzero(self._child[i] >= 0)[0]:
+                self._free_subtree(int(self._tbl[i, k]) & mask, level - 1)
+        self._child[i] = -1
+        self._tbl[i] = self.cfg.profile.nonpresent_value
+        self._pt_free.append(i)
         self.host.free(pa >> 12)
 
     def _drop_leaves_below(self, root, base, level):
@@ -643,10 +695,10 @@ class Vm(MmuLock):
             root = self._root_for(False)
             e = self.leaves[root].get(gfn0)
             if e is not None and e[2] == "mmio":
-                t, i = self._path(root, gfn0, 1, create=False)
-                if M.mmio_fault_outcome(cfg, int(t[i]), self.generation) == "emulate":
+                s = self._tdp_map(root, gfn0, 1)[1]
+                if M.mmio_fault_outcome(cfg, s, self.generation) == "emulate":
                     self.stats["emulate"] += 1
-                    return FaultOutcome("emulate", gfn0, spte=int(t[i]), reason="MMIO SPTE hit")
+                    return FaultOutcome("emulate", gfn0, spte=s, reason="MMIO SPTE hit")
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
         c = self.policy.classify(self, gpa, error_code)
         gfn = c.gfn
@@ -709,10 +761,14 @@ class Vm(MmuLock):
             bpfn = pfn - (gfn - base)
             cur = self._leaf(root, gfn)
             if cur is not None and cur[0] == level and cur[2] == bpfn:
-                t, i = self._path(root, base, level, create=False)
-                return FaultOutcome("spurious", gfn, is_private, level, bpfn, int(t[i]))
-            spte = S.make_spte(cfg, bpfn, level=level, pte_access=ACC_ALL).spte
-            self._install(root, base, level, spte, bpfn, kind)
+                return FaultOutcome("spurious", gfn, is_private, level, bpfn,
+                                    self._tdp_map(root, base, level)[1])
+            st, spte = self._tdp_map(root, base, level, bpfn, True)
+            if st == lib.KVMMU_VM_OK:
+                self.leaves[root][base] = (level, bpfn, kind)
+            else:           # tables to allocate, a huge leaf to split or a subtree to free
+                spte = S.make_spte(cfg, bpfn, level=level, pte_access=ACC_ALL).spte
+                self._install(root, base, level, spte, bpfn, kind)
             self.stats["mapped"] += 1
             return FaultOutcome("mapped", gfn, is_private, level, bpfn, spte)
 
@@ -730,15 +786,12 @@ class Vm(MmuLock):
                 if lv > level:
                     self._set_entry(root, b, lv, self.cfg.profile.nonpresent_value)
                     del lv_map[b]
-        if level > 1:
-            t, i = self._path(root, base, level, create=True)
-            old = int(t[i])
-            if S.is_shadow_present_pte(self.cfg, old) and not S.is_large_pte(self.cfg, old) \
-                    and not S.is_mmio_spte(self.cfg, old):
-                self._drop_leaves_below(root, base, level)
-                self._free_subtree(old & self.cfg.base_addr_mask, level)
-        t, i = self._path(root, base, level, create=True)
-        t[i] = spte
+        p, i = self._path_idx(root, base, level, create=True)
+        if self._child[p, i] >= 0:
+            self._drop_leaves_below(root, base, level)
+            self._free_subtree(int(self._tbl[p, i]) & self.cfg.base_addr_mask, level)
+            self._child[p, i] = -1
+        self._tbl[p, i] = spte
         lv_map[base] = (level, pfn, kind)
 
     # ------------------------------------------------------------------ punch / migrate
