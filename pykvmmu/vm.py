@@ -13,6 +13,7 @@ must.  :meth:`Vm.check` verifies the invariants after any step.
 from __future__ import annotations
 
 import errno as _errno
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Optional
 
@@ -286,6 +287,7 @@ class Vm(MmuLock):
         self.nr_as_ids = kvm_arch_nr_memslot_as_ids(self.has_private_mem)
         self.generation = 0
         self.slots: list = []                 # sorted by base_gfn
+        self._slot_bases: list = []           # their base gfns (bisect)
         self.gmems: list = []
         self.folio_order = folio_order
         self.max_level = max_level
@@ -342,16 +344,14 @@ class Vm(MmuLock):
 
     def slot_of(self, gfn: int) -> Optional[Memslot]:
         """``gfn_to_memslot``."""
-        gfn = u64("gfn", gfn)
-        lo, hi = 0, len(self.slots)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.slots[mid].end_gfn <= gfn:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < len(self.slots) and self.slots[lo].base_gfn <= gfn:
-            return self.slots[lo]
+        return self._slot_at(u64("gfn", gfn))
+
+    def _slot_at(self, gfn: int) -> Optional[Memslot]:
+        i = bisect_right(self._slot_bases, gfn) - 1
+        if i >= 0:
+            s = self.slots[i]
+            if gfn < s.base_gfn + s.npages:
+                return s
         return None
 
     def slot_kind(self, gfn: int):
@@ -625,6 +625,7 @@ class Vm(MmuLock):
                 # dirty logging write-protects; model: zap so that faults re-install
                 self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_SHARED | KVM_FILTER_PRIVATE)
         self.slots.sort(key=lambda s: s.base_gfn)
+        self._slot_bases = [s.base_gfn for s in self.slots]
         gen = (self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + self.nr_as_ids
         self.generation = gen
         if M.kvm_mmu_invalidate_mmio_sptes(cfg=self.cfg, generation=gen, nr_as_ids=self.nr_as_ids):
@@ -704,7 +705,7 @@ class Vm(MmuLock):
         gfn = c.gfn
         mmu_seq = self.invalidation.seq
         is_private, ex = self.policy.resolve(self, c)
-        slot = self.slot_of(gfn) if ex is None else None
+        slot = self._slot_at(gfn) if ex is None else None
         if slot is not None and self.invalidation.retry_gfn(mmu_seq, gfn):    # ..._unsafe check
             self.stats["retries"] += 1
             return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
