@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno as _errno
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -94,11 +94,11 @@ class Memslot:
         return "plain"
 
 
-@dataclass(frozen=True)
-class FaultOutcome:
+class FaultOutcome(NamedTuple):
     """What ``vm.fault`` did: ``kind`` is ``mapped`` (at ``level``), ``spurious`` (already
     mapped), ``emulate`` (MMIO; ``spte`` is the MMIO SPTE if one was installed), ``exit``
-    (``exit`` is the KVM_EXIT_MEMORY_FAULT), or ``retry`` (stale fault, nothing installed)."""
+    (``exit`` is the KVM_EXIT_MEMORY_FAULT), or ``retry`` (stale fault, nothing installed).
+    Immutable (a named tuple: one is built per fault)."""
 
     kind: str
     gfn: int
@@ -706,7 +706,7 @@ class Vm(MmuLock):
         mmu_seq = self.invalidation.seq
         is_private, ex = self.policy.resolve(self, c)
         slot = self._slot_at(gfn) if ex is None else None
-        if slot is not None and self.invalidation.retry_gfn(mmu_seq, gfn):    # ..._unsafe check
+        if slot is not None and self.invalidation._retry(mmu_seq, gfn):       # ..._unsafe check
             self.stats["retries"] += 1
             return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
         d = P.faultin_decision(c, is_private, ex, None if slot is None else slot.kind())
@@ -742,7 +742,7 @@ class Vm(MmuLock):
         if race is not None:
             race()
         with self.mmu_lock():
-            if self.invalidation.retry_gfn(mmu_seq, gfn):           # is_page_fault_stale
+            if self.invalidation._retry(mmu_seq, gfn):              # is_page_fault_stale
                 self.stats["retries"] += 1
                 return FaultOutcome("retry", gfn, is_private,
                                     reason="mmu_invalidate_seq moved or range in progress")
