@@ -39,7 +39,7 @@ __all__ = [
     "Classification", "FaultDecision", "FaultPolicy", "UpstreamPolicy", "RfcV9MaskPolicy",
     "MaskPolicy", "ThreeWayPolicy", "SoftwarePferrPolicy", "POLICIES", "get_policy",
     "KVM_FAULT_VMM_DEFINED", "KVM_FAULT_SHARED", "KVM_FAULT_PRIVATE", "upstream_error_code",
-    "kvm_mmu_do_page_fault", "vendor_says_private", "faultin_decision", "EXIT_NOSLOT_PRIVATE",
+    "kvm_mmu_do_page_fault", "vendor_says_private", "faultin_action", "faultin_decision", "EXIT_NOSLOT_PRIVATE",
     "EXIT_NO_GMEM", "decide", "policy_table", "format_policy_table",
     "classify_batch", "ept_violation_error_code", "prefault_error_code", "PrivateFaultError",
 ]
@@ -555,29 +555,33 @@ EXIT_NOSLOT_PRIVATE = "private fault with no memslot (kvm_handle_noslot_fault)"
 EXIT_NO_GMEM = "private fault on a memslot without guest_memfd"
 
 
-def faultin_decision(c: Classification, is_private: bool, ex: Optional[MemoryFaultExit],
-                     slot_kind: Optional[str]) -> FaultDecision:
+def faultin_action(gfn: int, is_private: bool, ex: Optional[MemoryFaultExit],
+                   slot_kind: Optional[str]) -> tuple:
     """The decision tree of ``kvm_mmu_faultin_pfn`` after classification and the mismatch rule
-    (``ex``: the policy's resolve() exit), given the memslot kind of ``c.gfn`` (None: no slot):
-    no memslot -> private: exit, shared: ``noslot`` (MMIO); private fault on a slot without
-    guest_memfd -> exit; private -> guest_memfd; shared on a gmem-only slot -> guest_memfd;
-    else host memory.  Shared by :func:`decide` and ``pykvmmu.vm.Vm.fault``."""
-    w = tuple(c.warnings)
+    (``ex``: the policy's resolve() exit), given the memslot kind of ``gfn`` (None: no slot),
+    as ``(action, exit)``: no memslot -> private: exit, shared: ``noslot`` (MMIO); private
+    fault on a slot without guest_memfd -> exit; private -> guest_memfd; shared on a gmem-only
+    slot -> guest_memfd (``gmem_shared``); else host memory (``shared``).  The one tree:
+    :func:`decide` (through :func:`faultin_decision`) and ``pykvmmu.vm.Vm.fault`` use it."""
     if ex is not None:
-        return FaultDecision("exit", c.gfn, is_private, c.error_code, ex, w)
+        return "exit", ex
     if slot_kind is None:
         if is_private:
-            return FaultDecision("exit", c.gfn, True, c.error_code, MemoryFaultExit.for_fault(
-                c.gfn, True, EXIT_NOSLOT_PRIVATE), w)
-        return FaultDecision("noslot", c.gfn, False, c.error_code, None, w)
+            return "exit", MemoryFaultExit.for_fault(gfn, True, EXIT_NOSLOT_PRIVATE)
+        return "noslot", None
     if is_private:
         if not slot_kind.startswith("gmem"):
-            return FaultDecision("exit", c.gfn, True, c.error_code, MemoryFaultExit.for_fault(
-                c.gfn, True, EXIT_NO_GMEM), w)
-        return FaultDecision("private", c.gfn, True, c.error_code, None, w)
-    if slot_kind == "gmem_only":
-        return FaultDecision("gmem_shared", c.gfn, False, c.error_code, None, w)
-    return FaultDecision("shared", c.gfn, False, c.error_code, None, w)
+            return "exit", MemoryFaultExit.for_fault(gfn, True, EXIT_NO_GMEM)
+        return "private", None
+    return ("gmem_shared" if slot_kind == "gmem_only" else "shared"), None
+
+
+def faultin_decision(c: Classification, is_private: bool, ex: Optional[MemoryFaultExit],
+                     slot_kind: Optional[str]) -> FaultDecision:
+    """:func:`faultin_action` as a :class:`FaultDecision` for classification ``c``."""
+    action, ex = faultin_action(c.gfn, is_private, ex, slot_kind)
+    return FaultDecision(action, c.gfn, is_private,
+                         c.error_code, ex, tuple(c.warnings))
 
 
 def decide(ctx, gpa: int, error_code: int, policy=None) -> FaultDecision:

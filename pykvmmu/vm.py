@@ -709,10 +709,9 @@ class Vm(MmuLock):
         if slot is not None and self.invalidation._retry(mmu_seq, gfn):       # ..._unsafe check
             self.stats["retries"] += 1
             return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
-        d = P.faultin_decision(c, is_private, ex, None if slot is None else slot.kind())
-        action = d.action
+        action, ex = P.faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
         if action == "exit":
-            return self._exit(d.exit)
+            return self._exit(ex)
         if action == "noslot":
             if not cfg.mmio_caching or gfn > self._max_gfn:
                 self.stats["emulate"] += 1
