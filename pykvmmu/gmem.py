@@ -68,7 +68,8 @@ def _order(order, name: str = "order") -> int:
 
 def order_to_level(order: int) -> int:
     """The largest page level a folio of ``order`` can map (``max_level_for_order``)."""
-    order = _order(order)
+    if order.__class__ is not int or not 0 <= order <= MAX_FOLIO_ORDER:     # fast path
+        order = _order(order)
     return PG_LEVEL_1G if order >= 18 else PG_LEVEL_2M if order >= 9 else PG_LEVEL_4K
 
 

@@ -298,6 +298,7 @@ class Vm(MmuLock):
         self._max_gfn = (1 << (cfg.maxphyaddr - 12)) - 1
         # TDP roots: TDX has a mirror (private, S-EPT) root and a direct (shared) root.
         self.root_names = ("private", "shared") if self.vm_type == P.KVM_X86_TDX_VM else ("direct",)
+        self._root_priv, self._root_shared = self._root_for(True), self._root_for(False)
         self.pages: dict = {}                  # table pa -> np.ndarray[512] uint64 (pool view)
         # The table pool walked by csrc/vm.c: SPTEs, and per entry the pool index of the child
         # table it points to (-1: not a pointer); table pa -> pool index; free pool indexes.
@@ -745,7 +746,7 @@ class Vm(MmuLock):
                 self.stats["retries"] += 1
                 return FaultOutcome("retry", gfn, is_private,
                                     reason="mmu_invalidate_seq moved or range in progress")
-            root = self._root_for(is_private)
+            root = self._root_priv if is_private else self._root_shared
             if kind == "mmio":
                 spte = M.make_mmio_spte(cfg, self._walk_gfn(root, gfn), ACC_ALL,
                                         self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS)
