@@ -23,6 +23,7 @@ from . import mmio as M
 from . import private as P
 from . import spte as S
 from .memslots import kvm_arch_nr_memslot_as_ids
+from .rmp import RmpTable, sev_private_max_mapping_level
 from ._batch import uint
 from ._check import boolean, choice, in_range, snapshot, u64
 from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
@@ -45,6 +46,7 @@ KVM_USER_MEM_SLOTS = 32764
 #: The RMP entry's ASID field is 10 bits; 0 is the hypervisor and 0x3FF RMP_INVALID_ASID.
 SEV_ASID_MAX = 0x3FE
 PAGES = {1: 1, 2: 512, 3: 512 * 512, 4: 512 ** 3, 5: 512 ** 4}
+_PFERR_RSVD = P.PFERR_RSVD_MASK
 
 
 class VmError(InputError):
@@ -170,7 +172,6 @@ class SnpHooks(GmemHooks):
             pfn += 1
 
     def max_mapping_level(self, kvm, pfn, is_private):
-        from .rmp import sev_private_max_mapping_level
         return sev_private_max_mapping_level(self.vm.rmp, pfn) if is_private else 0
 
     def post_populate(self, kvm, gfn, pfn, src, opaque):
@@ -260,7 +261,6 @@ class Vm(MmuLock):
         if hooks is not None and not isinstance(hooks, GmemHooks):
             raise VmError(f"hooks={hooks!r}: expected a GmemHooks (or subclass) or None")
         if rmp is not None:
-            from .rmp import RmpTable
             if not isinstance(rmp, RmpTable):
                 raise VmError(f"rmp={rmp!r}: expected an RmpTable or None")
         policy = P.get_policy(policy)
@@ -319,7 +319,6 @@ class Vm(MmuLock):
         self.stats = dict(faults=0, mapped=0, exits=0, retries=0, emulate=0, zapped=0)
         if self.vm_type == P.KVM_X86_SNP_VM:
             if rmp is None:
-                from .rmp import RmpTable
                 rmp = RmpTable.create(self.host.max_pfn() << 12)
             self.rmp = rmp
         else:
@@ -689,10 +688,11 @@ class Vm(MmuLock):
         error_code = u64("error_code", error_code, err=VmError)
         if race is not None and not callable(race):
             raise VmError(f"race={race!r}: expected a callable or None")
-        self.stats["faults"] += 1
+        stats = self.stats
+        stats["faults"] += 1
         cfg = self.cfg
         # --- RSVD fast path: handle_mmio_page_fault on an existing MMIO SPTE
-        if error_code & P.PFERR_RSVD_MASK:
+        if error_code & _PFERR_RSVD:
             gfn0 = (gpa >> 12) & ~self.gfn_direct_bits
             root = self._root_for(False)
             e = self.leaves[root].get(gfn0)
@@ -702,13 +702,14 @@ class Vm(MmuLock):
                     self.stats["emulate"] += 1
                     return FaultOutcome("emulate", gfn0, spte=s, reason="MMIO SPTE hit")
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
-        c = self.policy.classify(self, gpa, error_code)
+        policy, inv = self.policy, self.invalidation
+        c = policy.classify(self, gpa, error_code)
         gfn = c.gfn
-        mmu_seq = self.invalidation.seq
-        is_private, ex = self.policy.resolve(self, c)
+        mmu_seq = inv.seq
+        is_private, ex = policy.resolve(self, c)
         slot = self._slot_at(gfn) if ex is None else None
-        if slot is not None and self.invalidation._retry(mmu_seq, gfn):       # ..._unsafe check
-            self.stats["retries"] += 1
+        if slot is not None and inv._retry(mmu_seq, gfn):                     # ..._unsafe check
+            stats["retries"] += 1
             return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
         action, ex = P.faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
         if action == "exit":
@@ -742,8 +743,8 @@ class Vm(MmuLock):
         if race is not None:
             race()
         with self.mmu_lock():
-            if self.invalidation._retry(mmu_seq, gfn):              # is_page_fault_stale
-                self.stats["retries"] += 1
+            if inv._retry(mmu_seq, gfn):                            # is_page_fault_stale
+                stats["retries"] += 1
                 return FaultOutcome("retry", gfn, is_private,
                                     reason="mmu_invalidate_seq moved or range in progress")
             root = self._root_priv if is_private else self._root_shared
@@ -770,7 +771,7 @@ class Vm(MmuLock):
             else:           # tables to allocate, a huge leaf to split or a subtree to free
                 spte = S.make_spte(cfg, bpfn, level=level, pte_access=ACC_ALL).spte
                 self._install(root, base, level, spte, bpfn, kind)
-            self.stats["mapped"] += 1
+            stats["mapped"] += 1
             return FaultOutcome("mapped", gfn, is_private, level, bpfn, spte)
 
     def _exit(self, ex):
