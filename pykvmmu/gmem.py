@@ -679,8 +679,8 @@ class GuestMemfd:
             raise GmemError(f"gfn {gfn:#x}: slot {getattr(slot, 'id', '?')} has no guest_memfd "
                             "file (released)", _errno.EFAULT)
         index = _slot_index(slot, gfn)
-        bs = self._overlapping(index, index + 1)
-        if not bs or bs[0].slot is not slot:
+        i = bisect.bisect_right(self._bind_starts, index) - 1       # binding_at(index)
+        if i < 0 or self._binds[i].end <= index or self._binds[i].slot is not slot:
             raise GmemError(f"gfn {gfn:#x}: index {index:#x} is not bound to this slot", _errno.EIO)
         return index
 

@@ -339,8 +339,8 @@ def upstream_error_code(ctx, gpa: int, error_code: int):
     """
     warnings = ()
     _ctx(ctx)
-    gpa = uint("gpa", gpa)
-    ec = error_code = uint("error_code", error_code)
+    gpa = u64("gpa", gpa)
+    ec = error_code = u64("error_code", error_code)
     if ec & PFERR_SYNTHETIC_MASK:
         warnings = (f"WARN: hardware error code {ec:#x} collides with synthetic bits "
                     f"{ec & PFERR_SYNTHETIC_MASK:#x} (cleared)",)
@@ -412,8 +412,7 @@ class UpstreamPolicy(FaultPolicy):
     source = "lkml 20240228024147.41573-6-seanjc@google.com (merged v6.10)"
     summary = "bit 49 set by the vendor code per VM type; attributes for SW-protected, never for RSVD"
 
-    def classify(self, ctx, gpa, error_code):
-        return kvm_mmu_do_page_fault(ctx, gpa, error_code)
+    classify = staticmethod(kvm_mmu_do_page_fault)
 
 
 class RfcV9MaskPolicy(FaultPolicy):
