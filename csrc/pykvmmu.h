@@ -521,4 +521,31 @@ size_t kvmmu_private_classify_batch(const struct kvmmu_pf_policy *p, const uint6
                                     size_t n, uint64_t *nsynthetic);
 /* (out_gfn, out_ec, out_private must not be NULL nor overlap the inputs) */
 
+/* ======================================================================
+ * vm: the simulated VM's TDP page table walk and install (csrc/vm.c, pykvmmu/vm.py)
+ * ====================================================================== */
+/* The Vm's table pool: npages tables of 512 SPTEs, and for each entry the pool index of the
+ * table it points to (-1: not a pointer: non-present, a leaf or an MMIO SPTE). */
+struct kvmmu_vm_tdp {
+    uint64_t *spte;
+    int32_t *child;
+    uint32_t npages;
+    uint32_t levels;                 /* 4 or 5 */
+    uint64_t nonpresent;             /* the era's SHADOW_NONPRESENT_VALUE (make_spte's old) */
+};
+/* flags: MAKE = make_spte(pfn) and write it at the level (else read the entry).
+ * Returns OK; BLOCKED: a non-pointer entry above the level (at *stop_level); SUBTREE: the
+ * entry at the level points to a table; E_INDEX: root / child index outside the pool or a bad
+ * level; E_MAKE: make_spte refused pfn / level / access.  Nothing is written unless OK. */
+#define KVMMU_VM_F_MAKE             1
+#define KVMMU_VM_OK                 0
+#define KVMMU_VM_BLOCKED            1
+#define KVMMU_VM_SUBTREE            2
+#define KVMMU_VM_E_INDEX            3
+#define KVMMU_VM_E_MAKE             4
+int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, uint32_t root,
+                     uint64_t gfn, uint32_t level, uint64_t pfn, uint32_t pte_access,
+                     uint32_t mkflags, uint32_t memtype, uint32_t flags, uint64_t *spte,
+                     uint32_t *stop_level);
+
 #endif
