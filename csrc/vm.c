@@ -20,10 +20,11 @@ int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, 
     if (root >= t->npages || level < 1 || level > t->levels || t->levels > 5)
         return KVMMU_VM_E_INDEX;
     uint64_t new_spte = 0;
-    if (flags & KVMMU_VM_F_MAKE) {
-        if (kvmmu_make_spte_check(cfg, pfn, level, pte_access, mkflags, memtype))
-            return KVMMU_VM_E_MAKE;
-    }
+    /* The leaf depends only on the inputs: build (and validate) it before touching a table. */
+    if ((flags & KVMMU_VM_F_MAKE) &&
+        (kvmmu_make_spte(cfg, pfn, t->nonpresent, level, pte_access, mkflags, memtype,
+                         &new_spte) & 0xFFu))
+        return KVMMU_VM_E_MAKE;
     uint32_t page = root;
     for (uint32_t lv = t->levels; lv > level; lv--) {
         const size_t i = (size_t)page * 512u + (size_t)((gfn >> (9u * (lv - 1u))) & 511u);
@@ -44,9 +45,6 @@ int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, 
         return KVMMU_VM_SUBTREE;
     }
     if (flags & KVMMU_VM_F_MAKE) {
-        bool wrprot = false;
-        new_spte = kvmmu_make_spte(cfg, pfn, t->nonpresent, level, pte_access, mkflags, memtype,
-                                   &wrprot);
         t->spte[i] = new_spte;
         *spte = new_spte;
     } else {
