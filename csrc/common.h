@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pykvmmu.h"
+
 #define KBIT(n) ((uint64_t)1 << (n))
 #define KGENMASK(h, l) ((~(uint64_t)0 >> (63 - (h))) & ~((KBIT(l)) - 1))
 
@@ -26,7 +28,12 @@
 #include <immintrin.h>
 #include <string.h>
 #define KVMMU_HAVE_STREAM 1
-static inline bool kvmmu_stream_ok(void) { return __builtin_cpu_supports("avx2"); }
+/* Streaming stores (and the SSE2/AVX2/BMI2 kernels) under the ISA cap isa. */
+static inline bool kvmmu_stream_ok(uint32_t isa)
+{
+    return isa >= KVMMU_ISA_AVX2 && __builtin_cpu_supports("avx2");
+}
+static inline bool kvmmu_avx2_ok(uint32_t isa) { return kvmmu_stream_ok(isa); }
 
 /* Copy bytes (a multiple of 8) from a cached buffer to dst with streaming stores. */
 __attribute__((target("avx2"), unused)) static void
@@ -50,10 +57,11 @@ static inline void kvmmu_stream_fence(void) { _mm_sfence(); }
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(PYKVMMU_NO_AVX512)
 #include <immintrin.h>
 #define KVMMU_HAVE_AVX512 1
-static inline bool kvmmu_avx512_ok(void)
+static inline bool kvmmu_avx512_ok(uint32_t isa)
 {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq");
+    return isa >= KVMMU_ISA_AVX512 && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vl");
 }
 #endif
 

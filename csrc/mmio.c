@@ -191,7 +191,7 @@ size_t kvmmu_mmio_make_batch(const struct kvmmu_cfg *cfg, const uint64_t *restri
         } else {
             i = 0;
 #ifdef KVMMU_HAVE_STREAM
-            if ((uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok())
+            if ((uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok(cfg->isa))
                 i = mmio_make_stream(gfn, out, n, base, &seen_gfn);
 #endif
             for (; i < n; i++) {

@@ -123,7 +123,8 @@ size_t kvmmu_private_classify_batch(const struct kvmmu_pf_policy *p, const uint6
     {
         const bool sw = p->vm_type == KVMMU_VM_SW_PROTECTED && (p->flags & KVMMU_PF_F_SW_PROTECTED) &&
                         nranges;
-        if (!sw && n >= 64) {
+        /* Streaming stores only for outputs far larger than the caches (and allowed). */
+        if (!sw && (uint64_t)n * 16 >= KVMMU_STREAM_MIN_BYTES && p->isa >= KVMMU_ISA_AVX2) {
             int kind = p->vm_type == KVMMU_VM_SNP ? 1 : (p->vm_type == KVMMU_VM_TDX && direct) ? 2 : 0;
             unsigned shift = kind == 2 ? (unsigned)__builtin_ctzll(direct) : 0;
             size_t done = classify_sse2(kind, shift, gfn_keep, gpa, ec, og, oe, op, n, &syn);

@@ -39,12 +39,22 @@
 /* Configuration flags. */
 #define KVMMU_F_EPT                 1
 #define KVMMU_F_MMIO_ENABLED        2
+/* The configuration's defaults for make_spte (kvm_ad_enabled(), nx_huge_pages). */
+#define KVMMU_F_AD_ENABLED          4
+#define KVMMU_F_NX_HUGE_PAGES       8
 #define KVMMU_F_MT_HOOK             16
 #define KVMMU_F_IGNORE_GUEST_PAT    32
 #define KVMMU_F_HAS_FROZEN          64
 #define KVMMU_F_EPT_VE_CHECK        128
-/* Portable loops only: no hand-written SIMD kernel (tests cover both paths with it). */
-#define KVMMU_F_PORTABLE            32768
+/*
+ * ISA caps, shared by every engine: the highest instruction-set level whose hand-written
+ * kernels (intrinsics, streaming stores) a call may use; each kernel also needs the CPU to
+ * have it.  PORTABLE: plain C loops only; AVX2: also SSE2/AVX2/BMI2 kernels and streaming
+ * stores; AVX512: everything.  Carried in each engine's configuration struct.
+ */
+#define KVMMU_ISA_PORTABLE          0
+#define KVMMU_ISA_AVX2              1
+#define KVMMU_ISA_AVX512            2
 
 /* The masks KVM computes at module load, plus the profile's constants. */
 struct kvmmu_cfg {
@@ -78,7 +88,10 @@ struct kvmmu_cfg {
     uint32_t rules;                  /* KVMMU_R_* */
     uint32_t flags;                  /* KVMMU_F_* */
     uint32_t maxphyaddr;
+    uint32_t isa;                    /* KVMMU_ISA_* cap */
 };
+/* The highest KVMMU_ISA_* level this CPU supports. */
+uint32_t kvmmu_isa_cpu(void);
 
 /* Per-SPTE inputs of make_spte() that are not in the configuration. */
 #define KVMMU_MK_AD_DISABLED    1
@@ -90,6 +103,10 @@ struct kvmmu_cfg {
 #define KVMMU_MK_UNSYNC_FAILS   64
 #define KVMMU_MK_NX_HUGE        128
 #define KVMMU_MK_ALL_FLAGS      255
+/* kvmmu_make_spte only: take ad_disabled, nx_huge and old_spte from the configuration. */
+#define KVMMU_MK_AD_DEFAULT     256
+#define KVMMU_MK_NX_DEFAULT     512
+#define KVMMU_MK_OLD_DEFAULT    1024
 #define KVMMU_MEMTYPE_AUTO      255
 
 /* Error codes reported by batch functions through *err. */
@@ -102,9 +119,15 @@ struct kvmmu_cfg {
 #define KVMMU_E_NOT_HUGE        7
 #define KVMMU_E_NOT_PRESENT     8
 
-uint64_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
-                         uint32_t level, uint32_t pte_access, uint32_t mkflags,
-                         uint32_t memtype, bool *wrprot);
+/* kvmmu_make_spte's return: 0 or a KVMMU_E_* code in bits 7:0, then the outputs. */
+#define KVMMU_MKR_WRPROT            256
+/* warnings: pte_access | shadow_present_mask == SHADOW_NONPRESENT_VALUE; is_rsvd_spte() */
+#define KVMMU_MKR_WARN_NONPRESENT   512
+#define KVMMU_MKR_WARN_RSVD         1024
+/* One leaf SPTE: validates, builds it into *spte and reports wrprot and the warnings. */
+uint32_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
+                         uint32_t level, uint32_t pte_access, uint32_t mkflags, uint32_t memtype,
+                         uint64_t *spte);
 size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
                              const uint64_t *old_spte, uint64_t old_spte_scalar,
                              const uint8_t *level, uint32_t level_scalar,
@@ -112,8 +135,6 @@ size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
                              const uint8_t *mkflags, uint32_t mkflags_scalar,
                              const uint8_t *memtype, uint32_t memtype_scalar,
                              uint64_t *out, uint8_t *wrprot, size_t n, int *err);
-int kvmmu_make_spte_check(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t level,
-                          uint32_t pte_access, uint32_t mkflags, uint32_t memtype);
 
 uint64_t kvmmu_make_nonleaf_spte(const struct kvmmu_cfg *cfg, uint64_t child_pa, bool ad_disabled);
 uint64_t kvmmu_make_small_spte(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
@@ -134,34 +155,20 @@ size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *s
 size_t kvmmu_access_track_batch(const struct kvmmu_cfg *cfg, const uint64_t *in, bool restore,
                                 uint64_t *out, size_t n);
 
-/* Predicates, by number (the same numbers index the batch form). */
-enum kvmmu_pred {
-    KVMMU_P_SHADOW_PRESENT = 0,
-    KVMMU_P_MMIO = 1,
-    KVMMU_P_FROZEN = 2,
-    KVMMU_P_LARGE = 3,
-    KVMMU_P_LAST = 4,
-    KVMMU_P_EXECUTABLE = 5,
-    KVMMU_P_WRITABLE = 6,
-    KVMMU_P_MMU_WRITABLE = 7,
-    KVMMU_P_HOST_WRITABLE = 8,
-    KVMMU_P_ACCESSED = 9,
-    KVMMU_P_DIRTY = 10,
-    KVMMU_P_AD_ENABLED = 11,
-    KVMMU_P_AD_NEED_WRITE_PROTECT = 12,
-    KVMMU_P_ACCESS_TRACK = 13,
-    KVMMU_P_NEEDS_ATOMIC_UPDATE = 14,
-    KVMMU_P_WRITABLE_INVARIANTS_OK = 15,
-    KVMMU_P_RSVD = 16,
-    KVMMU_P_EPT_VE_POSSIBLE = 17,
-    KVMMU_P_COUNT = 18
+/* One SPTE predicate, a row of csrc/spte_rules.h (pykvmmu/spte.py builds PREDICATES, the
+ * predicate functions, their docs, DECODE_DTYPE and __all__ from this table). */
+struct kvmmu_spte_pred_info {
+    const char *kernel_fn;           /* the kernel function modelled (also the Python name) */
+    const char *field;               /* decode field p_<field> */
+    const char *feature;             /* LayoutProfile flag the era needs, "" for every era */
+    const char *doc;                 /* one line for the docstring */
+    int id;                          /* bit of a predicate mask, byte of kvmmu_spte_info.pred */
+    int needs_level;                 /* the rule reads the level */
 };
+const struct kvmmu_spte_pred_info *kvmmu_spte_pred_table(size_t *n);
 
 bool kvmmu_spte_pred(const struct kvmmu_cfg *cfg, int pred, uint64_t spte, uint32_t level);
-bool kvmmu_is_shadow_present_pte(const struct kvmmu_cfg *cfg, uint64_t spte);
 bool kvmmu_is_mmio_spte(const struct kvmmu_cfg *cfg, uint64_t spte);
-bool kvmmu_is_last_spte(uint64_t spte, uint32_t level);
-bool kvmmu_is_rsvd_spte(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level);
 bool kvmmu_leaf_spte_change_needs_tlb_flush(const struct kvmmu_cfg *cfg, uint64_t old_spte,
                                             uint64_t new_spte);
 size_t kvmmu_leaf_spte_change_needs_tlb_flush_batch(const struct kvmmu_cfg *cfg,
@@ -194,6 +201,9 @@ struct kvmmu_spte_info {
     uint8_t pad;
     uint8_t pred[24];        /* [i] = predicate i (0 where the era lacks it) */
 };
+/* One SPTE decoded into *out (the record of decode_batch); returns 0 or KVMMU_E_LEVEL. */
+int kvmmu_spte_decode(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level,
+                      struct kvmmu_spte_info *out);
 size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
                                const uint8_t *level, uint32_t level_scalar,
                                struct kvmmu_spte_info *out, size_t n, int *err);
@@ -275,6 +285,7 @@ struct kvmmu_role_layout {
     uint32_t row;                      /* KVMMU_ROLE_ROW32 or KVMMU_ROLE_ROW64 */
     uint8_t shift[KVMMU_ROLE_MAXF];
     uint8_t width[KVMMU_ROLE_MAXF];    /* 1..8 */
+    uint32_t isa;                      /* KVMMU_ISA_* cap of the batch kernels */
 };
 
 int kvmmu_role_layout_check(const struct kvmmu_role_layout *lay);
@@ -290,7 +301,7 @@ size_t kvmmu_role_unpack_batch64(const struct kvmmu_role_layout *lay, const uint
                                  uint8_t *out, size_t n, bool strict, int *err);
 uint32_t kvmmu_role_hash_64(uint64_t val, uint32_t bits, int variant);
 size_t kvmmu_role_hash_batch(const uint64_t *val, uint32_t *out, size_t n, uint32_t bits,
-                             int variant);
+                             int variant, uint32_t isa);
 size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_t nbuckets,
                                size_t n);
 
@@ -499,6 +510,7 @@ struct kvmmu_pf_policy {
     uint32_t vm_type;                /* KVMMU_VM_* */
     uint32_t flags;                  /* KVMMU_PF_F_* */
     uint64_t gfn_direct_bits;        /* TDX shared bit as a gfn mask (kvm_gfn_direct_bits), else 0 */
+    uint32_t isa;                    /* KVMMU_ISA_* cap */
 };
 
 int kvmmu_private_ranges_check(const uint64_t *start, const uint64_t *end, size_t nr);
@@ -508,5 +520,32 @@ size_t kvmmu_private_classify_batch(const struct kvmmu_pf_policy *p, const uint6
                                     uint64_t *out_gfn, uint64_t *out_ec, uint8_t *out_private,
                                     size_t n, uint64_t *nsynthetic);
 /* (out_gfn, out_ec, out_private must not be NULL nor overlap the inputs) */
+
+/* ======================================================================
+ * vm: the simulated VM's TDP page table walk and install (csrc/vm.c, pykvmmu/vm.py)
+ * ====================================================================== */
+/* The Vm's table pool: npages tables of 512 SPTEs, and for each entry the pool index of the
+ * table it points to (-1: not a pointer: non-present, a leaf or an MMIO SPTE). */
+struct kvmmu_vm_tdp {
+    uint64_t *spte;
+    int32_t *child;
+    uint32_t npages;
+    uint32_t levels;                 /* 4 or 5 */
+    uint64_t nonpresent;             /* the era's SHADOW_NONPRESENT_VALUE (make_spte's old) */
+};
+/* flags: MAKE = make_spte(pfn) and write it at the level (else read the entry).
+ * Returns OK; BLOCKED: a non-pointer entry above the level (at *stop_level); SUBTREE: the
+ * entry at the level points to a table; E_INDEX: root / child index outside the pool or a bad
+ * level; E_MAKE: make_spte refused pfn / level / access.  Nothing is written unless OK. */
+#define KVMMU_VM_F_MAKE             1
+#define KVMMU_VM_OK                 0
+#define KVMMU_VM_BLOCKED            1
+#define KVMMU_VM_SUBTREE            2
+#define KVMMU_VM_E_INDEX            3
+#define KVMMU_VM_E_MAKE             4
+int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, uint32_t root,
+                     uint64_t gfn, uint32_t level, uint64_t pfn, uint32_t pte_access,
+                     uint32_t mkflags, uint32_t memtype, uint32_t flags, uint64_t *spte,
+                     uint32_t *stop_level);
 
 #endif

@@ -208,13 +208,15 @@ static size_t unpack32_bmi2(const struct role_masks *m, uint64_t used, const uin
     return 0;
 }
 
-static bool have_bmi2(void)
+/* The BMI2 kernels belong to the KVMMU_ISA_AVX2 level of the layout's cap. */
+static bool have_bmi2(const struct kvmmu_role_layout *lay)
 {
-    return __builtin_cpu_supports("bmi2");
+    return lay->isa >= KVMMU_ISA_AVX2 && __builtin_cpu_supports("bmi2");
 }
 #else
-static bool have_bmi2(void)
+static bool have_bmi2(const struct kvmmu_role_layout *lay)
 {
+    (void)lay;
     return false;
 }
 #endif
@@ -230,7 +232,7 @@ size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_
     *err = 0;
     role_masks(lay, &m);
 #if ROLE_HAVE_BMI2_PATH
-    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2())
+    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2(lay))
         return pack32_bmi2(&m, lay->used_mask, fields, out, n, err);
 #endif
     for (size_t i = 0; i < n; i++) {
@@ -256,7 +258,7 @@ size_t kvmmu_role_unpack_batch32(const struct kvmmu_role_layout *lay, const uint
     *err = 0;
     role_masks(lay, &m);
 #if ROLE_HAVE_BMI2_PATH
-    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2())
+    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2(lay))
         return unpack32_bmi2(&m, lay->used_mask, words, out, n, strict, err);
 #endif
     for (size_t i = 0; i < n; i++) {
@@ -273,7 +275,7 @@ size_t kvmmu_role_pack_batch64(const struct kvmmu_role_layout *lay, const uint8_
                                uint64_t *out, size_t n, int *err)
 {
     struct role_masks m;
-    bool fast = have_bmi2();
+    bool fast = have_bmi2(lay);
     int dummy;
 
     if (!err)
@@ -303,7 +305,7 @@ size_t kvmmu_role_unpack_batch64(const struct kvmmu_role_layout *lay, const uint
                                  uint8_t *out, size_t n, bool strict, int *err)
 {
     struct role_masks m;
-    bool fast = have_bmi2();
+    bool fast = have_bmi2(lay);
     int dummy;
 
     if (!err)
@@ -351,31 +353,36 @@ uint32_t kvmmu_role_hash_64(uint64_t val, uint32_t bits, int variant)
 }
 
 #if ROLE_HAVE_BMI2_PATH
-/* The multiplicative hash with AVX-512DQ (vpmullq): 8 gfns per step, streamed stores of
- * the 32-bit buckets when the output is 32-byte aligned (no read-for-ownership). */
+/* The multiplicative hash with AVX-512DQ (vpmullq): 8 gfns per step; streamed stores of
+ * the 32-bit buckets (no read-for-ownership) when nt, past the 32-byte aligned head. */
 __attribute__((target("avx512f,avx512dq,avx512vl")))
-static void hash_mul_avx512(const uint64_t *val, uint32_t *out, size_t n, uint64_t g, uint32_t s)
+static void hash_mul_avx512(const uint64_t *val, uint32_t *out, size_t n, uint64_t g, uint32_t s,
+                            bool nt)
 {
     const __m512i vg = _mm512_set1_epi64((long long)g);
     const __m128i vs = _mm_cvtsi32_si128((int)s);
     size_t i = 0;
 
-    while (i < n && ((uintptr_t)(out + i) & 31))
+    while (nt && i < n && ((uintptr_t)(out + i) & 31))
         out[i] = (uint32_t)((val[i] * g) >> s), i++;
     for (; i + 8 <= n; i += 8) {
         __m512i v = _mm512_loadu_si512((const void *)(val + i));
         __m256i h = _mm512_cvtepi64_epi32(_mm512_srl_epi64(_mm512_mullo_epi64(v, vg), vs));
 
-        _mm256_stream_si256((__m256i *)(void *)(out + i), h);
+        if (nt)
+            _mm256_stream_si256((__m256i *)(void *)(out + i), h);
+        else
+            _mm256_storeu_si256((__m256i *)(void *)(out + i), h);
     }
-    _mm_sfence();
+    if (nt)
+        _mm_sfence();
     for (; i < n; i++)
         out[i] = (uint32_t)((val[i] * g) >> s);
 }
 #endif
 
 size_t kvmmu_role_hash_batch(const uint64_t *val, uint32_t *out, size_t n, uint32_t bits,
-                             int variant)
+                             int variant, uint32_t isa)
 {
     if (bits < 1 || bits > 32)
         return n ? 1 : 0;
@@ -391,12 +398,13 @@ size_t kvmmu_role_hash_batch(const uint64_t *val, uint32_t *out, size_t n, uint3
         const uint64_t g = variant == KVMMU_HASH_PRE_4_7 ? GOLDEN_RATIO_PRIME_64 : GOLDEN_RATIO_64;
         const uint32_t s = 64 - bits;
 
-#if ROLE_HAVE_BMI2_PATH
-        if (__builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
-            hash_mul_avx512(val, out, n, g, s);
+#if ROLE_HAVE_BMI2_PATH && defined(KVMMU_HAVE_AVX512)
+        if (kvmmu_avx512_ok(isa)) {
+            hash_mul_avx512(val, out, n, g, s, (uint64_t)n * 4 >= KVMMU_STREAM_MIN_BYTES);
             return 0;
         }
 #endif
+        (void)isa;
         for (size_t i = 0; i < n; i++)
             out[i] = (uint32_t)((val[i] * g) >> s);
     }

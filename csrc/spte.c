@@ -45,147 +45,128 @@ _Static_assert(offsetof(struct kvmmu_spte_info, kind) == 16 &&
                offsetof(struct kvmmu_spte_info, level) == 22 &&
                offsetof(struct kvmmu_spte_info, pred) == 24, "decode record layout (DECODE_DTYPE)");
 
+uint32_t kvmmu_isa_cpu(void)
+{
+#ifdef KVMMU_HAVE_AVX512
+    if (kvmmu_avx512_ok(KVMMU_ISA_AVX512))
+        return KVMMU_ISA_AVX512;
+#endif
+#ifdef KVMMU_HAVE_STREAM
+    if (kvmmu_avx2_ok(KVMMU_ISA_AVX2) && __builtin_cpu_supports("bmi2"))
+        return KVMMU_ISA_AVX2;
+#endif
+    return KVMMU_ISA_PORTABLE;
+}
+
 /* ------------------------------------------------------------ predicates */
 
+/*
+ * Every SPTE predicate is one row of spte_rules.h; the expansions below turn the rows into
+ * the predicate numbers, the branch-free uint64 form (scalar helpers, batch loops, portable
+ * decode), the AVX-512 k-mask form and the table Python builds its API from.
+ */
+/* KVMMU_P_<NAME> = id, and KVMMU_P_COUNT rows. */
+enum {
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) KVMMU_P_##NAME = (id),
+#include "spte_rules.h"
+};
+enum {
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) KVMMU_P_ROW_##NAME,
+#include "spte_rules.h"
+    KVMMU_P_COUNT
+};
+_Static_assert(KVMMU_P_COUNT <= (int)sizeof(((struct kvmmu_spte_info *)0)->pred),
+               "every predicate has a byte in the decode record");
+/* The ids are a permutation of 0..KVMMU_P_COUNT-1 (distinct, no gap). */
+_Static_assert((0
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) | (UINT64_C(1) << (id))
+#include "spte_rules.h"
+               ) == (UINT64_C(1) << KVMMU_P_COUNT) - 1, "predicate ids are 0..count-1, each once");
+
 static inline bool rule(const struct kvmmu_cfg *c, uint32_t r) { return (c->rules & r) != 0; }
+static inline uint64_t nz(uint64_t x) { return (x | (0 - x)) >> 63; }   /* 1 iff x != 0 */
 
-static inline bool is_mmio(const struct kvmmu_cfg *c, uint64_t s)
+/* The lane language of spte_rules.h over the configuration c and the level. */
+#define CFG(f) (c->f)
+#define RULE(r) ((c->rules & KVMMU_R_##r) != 0)
+#define FLAG(f) ((c->flags & KVMMU_F_##f) != 0)
+#define LEVEL level
+
+/* Branch-free form: a lane is a uint64_t 0 or 1 for the one SPTE s (vectorises in loops). */
+#define TEST(m) nz(s & (m))
+#define EQ(m, v) (1 ^ nz((s & (m)) ^ (v)))
+#define BITIDX(t) (((t) >> (s & 63)) & 1)
+#define TEST_SEL(l, m1, m0) nz(s & (((m1) & (0 - (l))) | ((m0) & ((l) - 1))))
+#define NOT(a) ((a) ^ 1)
+#define ONES_IF(k) ((uint64_t)((k) != 0))
+#define SEL(k, a, b) (((a) & (0 - ONES_IF(k))) | ((b) & (ONES_IF(k) - 1)))
+
+/* Bit KVMMU_P_<NAME> of the result is that predicate of s; inlined, unused rows vanish. */
+static inline __attribute__((always_inline)) uint64_t
+spte_lanes(const struct kvmmu_cfg *c, uint64_t s, uint32_t level)
 {
-    const bool on = (c->flags & KVMMU_F_MMIO_ENABLED) != 0;
-    if (rule(c, KVMMU_R_MMIO_SPECIAL_TAG))
-        return on & ((s & SPTE_AD_MASK) == SPTE_AD_MASK);
-    return on & ((s & c->mmio_mask) == c->mmio_value);
+#define KVMMU_SPTE_TERM(var, expr) const uint64_t var = (expr);
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) const uint64_t field = (expr);
+#include "spte_rules.h"
+    return 0
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) | (field << (id))
+#include "spte_rules.h"
+        ;
 }
-
-static inline bool is_present(const struct kvmmu_cfg *c, uint64_t s)
+/* Predicate p alone (0 or 1): with p a constant, only the rows it depends on remain, and
+ * era selectors are branches on loop invariants that the compiler unswitches. */
+#undef SEL
+#define SEL(k, a, b) ((k) ? (a) : (b))
+static inline __attribute__((always_inline)) uint64_t
+spte_lane(const struct kvmmu_cfg *c, uint64_t s, uint32_t level, int p)
 {
-    if (rule(c, KVMMU_R_MMU_PRESENT_BIT11))
-        return (s & KBIT(11)) != 0;
-    return (s != 0) & !is_mmio(c, s);
-}
-
-static inline bool is_frozen(const struct kvmmu_cfg *c, uint64_t s)
-{
-    return ((c->flags & KVMMU_F_HAS_FROZEN) != 0) & (s == c->frozen_value);
-}
-
-static inline bool is_large(uint64_t s) { return (s & PT_PAGE_SIZE_MASK) != 0; }
-static inline bool is_last(uint64_t s, uint32_t level) { return (level == 1) | is_large(s); }
-static inline bool is_writable(uint64_t s) { return (s & PT_WRITABLE_MASK) != 0; }
-
-static inline bool is_executable(const struct kvmmu_cfg *c, uint64_t s)
-{
-    return (s & (c->x_mask | c->nx_mask)) == c->x_mask;
-}
-
-static inline bool ad_enabled(uint64_t s) { return (s & SPTE_AD_MASK) != SPTE_AD_DISABLED; }
-static inline bool ad_need_wp(uint64_t s) { return (s & SPTE_AD_MASK) != 0; }
-
-static inline bool is_access_track(const struct kvmmu_cfg *c, uint64_t s)
-{
-    return !ad_enabled(s) & ((s & c->acc_track_mask) == 0);
-}
-
-static inline bool is_mmu_writable(const struct kvmmu_cfg *c, uint64_t s)
-{
-    if (rule(c, KVMMU_R_LOCKLESS_BOTH_BITS)) {
-        uint64_t both = c->host_writable_mask | c->mmu_writable_mask;
-        return (s & both) == both;
-    }
-    return (s & c->mmu_writable_mask) != 0;
-}
-
-/* Before v6.13: the A (or D) mask applies only to AD-enabled SPTEs; otherwise fall back. */
-static inline bool is_accessed(const struct kvmmu_cfg *c, uint64_t s)
-{
-    if (rule(c, KVMMU_R_AD_ALWAYS))
-        return (s & c->accessed_mask) != 0;
-    const bool use_mask = ad_enabled(s) & (c->accessed_mask != 0);
-    return (use_mask & ((s & c->accessed_mask) != 0)) | (!use_mask & !is_access_track(c, s));
-}
-
-/* is_dirty_spte(), which exists before v6.13 only. */
-static inline bool is_dirty_old(const struct kvmmu_cfg *c, uint64_t s)
-{
-    const bool use_mask = ad_enabled(s) & (c->dirty_mask != 0);
-    return (use_mask & ((s & c->dirty_mask) != 0)) | (!use_mask & is_writable(s));
-}
-
-static inline bool needs_atomic(const struct kvmmu_cfg *c, uint64_t s)
-{
-    const bool w = is_writable(s), mmuw = is_mmu_writable(c, s), ad = ad_enabled(s);
-    const bool d = (s & c->dirty_mask) != 0, a = (s & c->accessed_mask) != 0;
-    if (rule(c, KVMMU_R_ATOMIC_NEEDS))
-        return (!w & mmuw) | (!ad) | (w & !d);
-    /* spte_has_volatile_bits() */
-    /* v5.19+ (mmuw_not_w): the shadow-present check moved to the callers. */
-    const bool mmuw_not_w = rule(c, KVMMU_R_ATOMIC_MMUW_NOT_W);
-    const bool lockless = mmuw_not_w ? (!w & mmuw) : mmuw;
-    return (mmuw_not_w || is_present(c, s)) &&
-           (lockless || is_access_track(c, s) || (ad && (!a || (w && !d))));
-}
-
-static inline bool writable_invariants_ok(const struct kvmmu_cfg *c, uint64_t s)
-{
-    const bool mmuw = (s & c->mmu_writable_mask) != 0;
-    return (mmuw & ((s & c->host_writable_mask) != 0)) | (!mmuw & !is_writable(s));
-}
-
-static inline bool is_rsvd(const struct kvmmu_cfg *c, uint64_t s, uint32_t level)
-{
-    uint32_t large = (uint32_t)((s >> 7) & 1);
-    return ((c->bad_mt_xwr >> (s & 0x3F)) & 1) |
-           ((s & c->rsvd_bits_mask[large * 5 + (level - 1)]) != 0);
-}
-
-static inline bool ept_ve_possible(const struct kvmmu_cfg *c, uint64_t s)
-{
-    return ((c->present_mask & EPT_SVE) != 0) & !(s & EPT_SVE) & ((s & 7) != 6);
-}
-
-static inline bool pred(const struct kvmmu_cfg *c, int p, uint64_t s, uint32_t level)
-{
+#define KVMMU_SPTE_TERM(var, expr) const uint64_t var = (expr);
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) const uint64_t field = (expr);
+#include "spte_rules.h"
     switch (p) {
-    case KVMMU_P_SHADOW_PRESENT: return is_present(c, s);
-    case KVMMU_P_MMIO: return is_mmio(c, s);
-    case KVMMU_P_FROZEN: return is_frozen(c, s);
-    case KVMMU_P_LARGE: return is_large(s);
-    case KVMMU_P_LAST: return is_last(s, level);
-    case KVMMU_P_EXECUTABLE: return is_executable(c, s);
-    case KVMMU_P_WRITABLE: return is_writable(s);
-    case KVMMU_P_MMU_WRITABLE: return is_mmu_writable(c, s);
-    case KVMMU_P_HOST_WRITABLE: return (s & c->host_writable_mask) != 0;
-    case KVMMU_P_ACCESSED: return is_accessed(c, s);
-    case KVMMU_P_DIRTY:
-        return rule(c, KVMMU_R_AD_ALWAYS) ? (s & c->dirty_mask) != 0 : is_dirty_old(c, s);
-    case KVMMU_P_AD_ENABLED: return ad_enabled(s);
-    case KVMMU_P_AD_NEED_WRITE_PROTECT: return ad_need_wp(s);
-    case KVMMU_P_ACCESS_TRACK: return is_access_track(c, s);
-    case KVMMU_P_NEEDS_ATOMIC_UPDATE: return needs_atomic(c, s);
-    case KVMMU_P_WRITABLE_INVARIANTS_OK: return writable_invariants_ok(c, s);
-    case KVMMU_P_RSVD: return is_rsvd(c, s, level);
-    case KVMMU_P_EPT_VE_POSSIBLE: return ept_ve_possible(c, s);
-    default: return false;
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) case (id): return field;
+#include "spte_rules.h"
+    default: return 0;
     }
+}
+#undef TEST
+#undef EQ
+#undef BITIDX
+#undef TEST_SEL
+#undef NOT
+#undef ONES_IF
+#undef SEL
+
+/* Scalar helpers named after the kernel functions: sp_is_shadow_present_pte(c, s, level). */
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)                      \
+    __attribute__((unused)) static inline bool sp_##fn(const struct kvmmu_cfg *c, uint64_t s, \
+                                                       uint32_t level)                       \
+    {                                                                                        \
+        return spte_lane(c, s, level, KVMMU_P_##NAME);                                       \
+    }
+#include "spte_rules.h"
+
+/* The table pykvmmu/spte.py builds PREDICATES, the docs, DECODE_DTYPE and __all__ from. */
+static const struct kvmmu_spte_pred_info pred_table[] = {
+#define KVMMU_SPTE_PREDICATE(N, I, L, FEAT, FN, FD, DOC, E) \
+    {.kernel_fn = #FN, .field = #FD, .feature = FEAT, .doc = DOC, .id = (I), .needs_level = (L)},
+#include "spte_rules.h"
+};
+
+const struct kvmmu_spte_pred_info *kvmmu_spte_pred_table(size_t *n)
+{
+    *n = sizeof(pred_table) / sizeof(pred_table[0]);
+    return pred_table;
 }
 
 bool kvmmu_spte_pred(const struct kvmmu_cfg *cfg, int p, uint64_t spte, uint32_t level)
 {
-    return pred(cfg, p, spte, level);
+    if (p < 0 || p >= KVMMU_P_COUNT || level < 1 || level > 5)
+        return false;
+    return (spte_lanes(cfg, spte, level) >> p) & 1;
 }
 
-bool kvmmu_is_shadow_present_pte(const struct kvmmu_cfg *cfg, uint64_t spte)
-{
-    return is_present(cfg, spte);
-}
-
-bool kvmmu_is_mmio_spte(const struct kvmmu_cfg *cfg, uint64_t spte) { return is_mmio(cfg, spte); }
-bool kvmmu_is_last_spte(uint64_t spte, uint32_t level) { return is_last(spte, level); }
-
-bool kvmmu_is_rsvd_spte(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level)
-{
-    return is_rsvd(cfg, spte, level);
-}
+bool kvmmu_is_mmio_spte(const struct kvmmu_cfg *cfg, uint64_t spte) { return sp_is_mmio_spte(cfg, spte, 1); }
 
 uint64_t kvmmu_spte_to_pfn(const struct kvmmu_cfg *cfg, uint64_t spte)
 {
@@ -194,16 +175,19 @@ uint64_t kvmmu_spte_to_pfn(const struct kvmmu_cfg *cfg, uint64_t spte)
 
 bool kvmmu_leaf_spte_change_needs_tlb_flush(const struct kvmmu_cfg *c, uint64_t o, uint64_t n)
 {
+    const uint64_t lo = spte_lanes(c, o, 1), ln = spte_lanes(c, n, 1);
+#define P(l, NAME) (((l) >> KVMMU_P_##NAME) & 1)
     if (rule(c, KVMMU_R_AD_ALWAYS))
-        return is_mmu_writable(c, o) && !is_mmu_writable(c, n);
+        return P(lo, MMU_WRITABLE) && !P(ln, MMU_WRITABLE);
     /* Before v6.13: what mmu_spte_update() returned. */
-    if (!is_present(c, o))
+    if (!P(lo, SHADOW_PRESENT))
         return false;
-    if (is_mmu_writable(c, o) && !is_writable(n))
+    if (P(lo, MMU_WRITABLE) && !P(ln, WRITABLE))
         return true;
-    if (is_accessed(c, o) && !is_accessed(c, n))
+    if (P(lo, ACCESSED) && !P(ln, ACCESSED))
         return true;
-    return is_dirty_old(c, o) && !is_dirty_old(c, n);
+    return P(lo, DIRTY) && !P(ln, DIRTY);
+#undef P
 }
 
 KVMMU_HOT size_t kvmmu_leaf_spte_change_needs_tlb_flush_batch(const struct kvmmu_cfg *cfg,
@@ -221,9 +205,9 @@ KVMMU_HOT size_t kvmmu_leaf_spte_change_needs_tlb_flush_batch(const struct kvmmu
 
 static inline uint64_t mark_acc_track(const struct kvmmu_cfg *c, uint64_t s)
 {
-    if (ad_enabled(s))
+    if (sp_spte_ad_enabled(c, s, 1))
         return s & ~c->accessed_mask;
-    if (is_access_track(c, s))
+    if (sp_is_access_track_spte(c, s, 1))
         return s;
     s |= (s & ACC_TRACK_SAVED) << ACC_TRACK_SHIFT;
     s &= ~c->acc_track_mask;
@@ -267,7 +251,7 @@ KVMMU_HOT size_t kvmmu_access_track_batch(const struct kvmmu_cfg *cfg, const uin
 static inline uint64_t modify_protections(const struct kvmmu_cfg *c, uint64_t s, uint64_t set,
                                           uint64_t clear)
 {
-    bool tracked = is_access_track(c, s);
+    bool tracked = sp_is_access_track_spte(c, s, 1);
     if (tracked)
         s = restore_acc_track(c, s);
     s = (s | set) & ~clear;
@@ -290,12 +274,58 @@ static inline uint64_t memtype_bits(const struct kvmmu_cfg *c, uint32_t memtype,
     return (c->flags & KVMMU_F_IGNORE_GUEST_PAT) ? EPT_MT_WB_IPAT : EPT_MT_WB;
 }
 
+/* make_spte() from v6.13: W, MMU-W and D together unless unsync fails; prefetch marks. */
+static inline uint64_t make_spte_writable_v613(const struct kvmmu_cfg *c, uint64_t s, uint64_t old,
+                                               uint32_t level, uint32_t acc, uint32_t mk,
+                                               bool *wrprot)
+{
+    const bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
+    if (acc & ACC_WRITE) {
+        if ((!sp_is_last_spte(c, old, level) || !sp_is_writable_pte(c, old, 1)) &&
+            (mk & KVMMU_MK_UNSYNC_FAILS))
+            *wrprot = true;
+        else
+            s |= PT_WRITABLE_MASK | c->mmu_writable_mask | c->dirty_mask;
+    }
+    if (prefetch && !sync)
+        s = mark_acc_track(c, s);
+    return s;
+}
+
+/* make_spte() before v6.13: the era's writable shortcut ("goto out"), then D and prefetch. */
+static inline uint64_t make_spte_writable_old(const struct kvmmu_cfg *c, uint64_t s, uint64_t old,
+                                              uint32_t level, uint32_t acc, uint32_t mk,
+                                              bool *wrprot)
+{
+    const bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
+    if (acc & ACC_WRITE) {
+        s |= PT_WRITABLE_MASK | c->mmu_writable_mask;
+        if (rule(c, KVMMU_R_SHORTCUT_CAN_UNSYNC) && sync && sp_is_writable_pte(c, old, 1))
+            return s;                       /* goto out: no D, no prefetch mark */
+        if (rule(c, KVMMU_R_SHORTCUT_OLD_W) && sp_is_writable_pte(c, old, 1))
+            return prefetch ? mark_acc_track(c, s) : s;   /* goto out: no D */
+        if (rule(c, KVMMU_R_SHORTCUT_OLD_W_LEAF) && sp_is_last_spte(c, old, level) &&
+            sp_is_writable_pte(c, old, 1))
+            return prefetch ? mark_acc_track(c, s) : s;   /* 2867eb782cf7: leaf only */
+        if (mk & KVMMU_MK_UNSYNC_FAILS) {
+            *wrprot = true;
+            acc &= ~ACC_WRITE;
+            s &= ~(PT_WRITABLE_MASK | c->mmu_writable_mask);
+        }
+    }
+    if (acc & ACC_WRITE)
+        s |= sp_spte_ad_enabled(c, s, 1) ? c->dirty_mask : 0;
+    if (prefetch)
+        s = mark_acc_track(c, s);
+    return s;
+}
+
 /* Everything make_spte() computes except the pfn, which is ORed in last but one. */
 static inline uint64_t make_spte_nopfn(const struct kvmmu_cfg *c, uint64_t old, uint32_t level,
                                        uint32_t acc, uint32_t mk, uint32_t memtype, bool *wrprot)
 {
-    bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
-    bool host_mmio = mk & KVMMU_MK_HOST_MMIO;
+    const bool prefetch = mk & KVMMU_MK_PREFETCH, sync = mk & KVMMU_MK_SYNCHRONIZING;
+    const bool host_mmio = mk & KVMMU_MK_HOST_MMIO;
     uint64_t s = c->mmu_present_mask;
 
     *wrprot = false;
@@ -308,7 +338,7 @@ static inline uint64_t make_spte_nopfn(const struct kvmmu_cfg *c, uint64_t old, 
         if (!prefetch || sync)
             s |= c->accessed_mask;
     } else if (!prefetch) {
-        s |= ad_enabled(s) ? c->accessed_mask : 0;
+        s |= sp_spte_ad_enabled(c, s, 1) ? c->accessed_mask : 0;
     }
     if (level > 1 && (acc & ACC_EXEC) && (mk & KVMMU_MK_NX_HUGE))
         acc &= ~ACC_EXEC;
@@ -324,48 +354,9 @@ static inline uint64_t make_spte_nopfn(const struct kvmmu_cfg *c, uint64_t old, 
         acc &= ~ACC_WRITE;
     if (!host_mmio)
         s |= c->me_value;
-
-    if (rule(c, KVMMU_R_AD_ALWAYS)) {
-        if (acc & ACC_WRITE) {
-            if ((!is_last(old, level) || !is_writable(old)) && (mk & KVMMU_MK_UNSYNC_FAILS))
-                *wrprot = true;
-            else
-                s |= PT_WRITABLE_MASK | c->mmu_writable_mask | c->dirty_mask;
-        }
-        if (prefetch && !sync)
-            s = mark_acc_track(c, s);
-        return s;
-    }
-
-    /* Before v6.13. */
-    if (acc & ACC_WRITE) {
-        s |= PT_WRITABLE_MASK | c->mmu_writable_mask;
-        if (rule(c, KVMMU_R_SHORTCUT_CAN_UNSYNC) && sync && is_writable(old))
-            return s;                       /* goto out: no D, no prefetch mark */
-        if (rule(c, KVMMU_R_SHORTCUT_OLD_W) && is_writable(old))
-            return prefetch ? mark_acc_track(c, s) : s;   /* goto out: no D */
-        if (rule(c, KVMMU_R_SHORTCUT_OLD_W_LEAF) && is_last(old, level) && is_writable(old))
-            return prefetch ? mark_acc_track(c, s) : s;   /* 2867eb782cf7: leaf only */
-        if (mk & KVMMU_MK_UNSYNC_FAILS) {
-            *wrprot = true;
-            acc &= ~ACC_WRITE;
-            s &= ~(PT_WRITABLE_MASK | c->mmu_writable_mask);
-        }
-    }
-    if (acc & ACC_WRITE)
-        s |= ad_enabled(s) ? c->dirty_mask : 0;
-    if (prefetch)
-        s = mark_acc_track(c, s);
-    return s;
-}
-
-uint64_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
-                         uint32_t level, uint32_t pte_access, uint32_t mkflags,
-                         uint32_t memtype, bool *wrprot)
-{
-    /* The pfn only ever adds PA bits: access tracking touches bits 0-2, 8, 54 and 56. */
-    return make_spte_nopfn(cfg, old_spte, level, pte_access, mkflags, memtype, wrprot) |
-           (pfn << 12);
+    if (rule(c, KVMMU_R_AD_ALWAYS))
+        return make_spte_writable_v613(c, s, old, level, acc, mk, wrprot);
+    return make_spte_writable_old(c, s, old, level, acc, mk, wrprot);
 }
 
 static inline int check_inputs(const struct kvmmu_cfg *c, uint64_t pfn, uint32_t level,
@@ -384,10 +375,29 @@ static inline int check_inputs(const struct kvmmu_cfg *c, uint64_t pfn, uint32_t
     return 0;
 }
 
-int kvmmu_make_spte_check(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t level,
-                          uint32_t pte_access, uint32_t mkflags, uint32_t memtype)
+uint32_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old_spte,
+                         uint32_t level, uint32_t pte_access, uint32_t mkflags, uint32_t memtype,
+                         uint64_t *spte)
 {
-    return check_inputs(cfg, pfn, level, pte_access, mkflags, memtype);
+    if (mkflags & KVMMU_MK_OLD_DEFAULT)
+        old_spte = cfg->nonpresent_value;
+    if ((mkflags & KVMMU_MK_AD_DEFAULT) && !(cfg->flags & KVMMU_F_AD_ENABLED))
+        mkflags |= KVMMU_MK_AD_DISABLED;
+    if ((mkflags & KVMMU_MK_NX_DEFAULT) && (cfg->flags & KVMMU_F_NX_HUGE_PAGES))
+        mkflags |= KVMMU_MK_NX_HUGE;
+    mkflags &= ~(uint32_t)(KVMMU_MK_AD_DEFAULT | KVMMU_MK_NX_DEFAULT | KVMMU_MK_OLD_DEFAULT);
+    const int e = check_inputs(cfg, pfn, level, pte_access, mkflags, memtype);
+    if (e)
+        return (uint32_t)e;
+    bool wp;
+    /* The pfn only ever adds PA bits: access tracking touches bits 0-2, 8, 54 and 56. */
+    const uint64_t s = make_spte_nopfn(cfg, old_spte, level, pte_access, mkflags, memtype, &wp) |
+                       (pfn << 12);
+    *spte = s;
+    return (wp ? KVMMU_MKR_WRPROT : 0) |
+           (cfg->nonpresent_value && (pte_access | cfg->present_mask) == cfg->nonpresent_value
+            ? KVMMU_MKR_WARN_NONPRESENT : 0) |
+           (sp_is_rsvd_spte(cfg, s, level) ? KVMMU_MKR_WARN_RSVD : 0);
 }
 
 /* Batch sizes from which the per-element path uses a table of every (level, access, flags). */
@@ -410,8 +420,7 @@ static size_t first_bad_input(const struct kvmmu_cfg *c, const uint64_t *pfn, co
 }
 
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
+#if defined(KVMMU_HAVE_STREAM)
 #define KVMMU_HAVE_AVX2_GATHER 1
 /*
  * The table path of make_spte_batch with AVX2: four SPTEs per step, table entries fetched
@@ -468,6 +477,118 @@ mk_table_avx2(const uint64_t *tab, const uint64_t *pfn, const uint8_t *level, ui
 }
 #endif
 
+/* The arguments of kvmmu_make_spte_batch: an array, or NULL and the scalar used for all. */
+struct mk_args {
+    const uint64_t *pfn, *old;
+    const uint8_t *level, *acc, *mk, *mt;
+    uint64_t old_s;
+    uint32_t level_s, acc_s, mk_s, mt_s;
+    uint64_t *out;
+    uint8_t *wrprot;
+    size_t n;
+};
+
+/* Every input but the pfn is shared: build the template once, OR the pfns in. */
+static size_t mk_batch_shared(const struct kvmmu_cfg *c, const struct mk_args *a, int *err)
+{
+    const uint64_t *restrict pfn = a->pfn;
+    uint64_t *restrict out = a->out;
+    const uint64_t pfn_bad = ~(c->base_addr_mask >> 12);
+    const size_t n = a->n;
+    int e = check_inputs(c, 0, a->level_s, a->acc_s, a->mk_s, a->mt_s);
+    if (e) {
+        *err = e;
+        return 1;
+    }
+    bool wp;
+    const uint64_t t = make_spte_nopfn(c, a->old_s, a->level_s, a->acc_s, a->mk_s, a->mt_s, &wp);
+    uint64_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t p = pfn[i];
+        bad |= p & pfn_bad;
+        out[i] = t | (p << 12);
+    }
+    if (a->wrprot)
+        memset(a->wrprot, wp, n);
+    if (KVMMU_UNLIKELY(bad))
+        return first_bad_input(c, pfn, NULL, a->level_s, NULL, a->acc_s, n, err);
+    return 0;
+}
+
+/* Only (level, access, flags) vary: tabulate make_spte without the pfn once, then look up
+ * (four at a time with an AVX2 gather when the ISA cap allows). */
+static size_t mk_batch_table(const struct kvmmu_cfg *c, const struct mk_args *a, int *err)
+{
+    const uint64_t *restrict pfn = a->pfn;
+    uint64_t *restrict out = a->out;
+    const uint64_t pfn_bad = ~(c->base_addr_mask >> 12);
+    const size_t n = a->n;
+    uint64_t tab[MK_TABLE_SIZE];
+    uint8_t tab_wp[MK_TABLE_SIZE];
+    for (uint32_t k = 0; k < MK_TABLE_SIZE; k++) {
+        bool wp;
+        tab[k] = make_spte_nopfn(c, a->old_s, k / 2048 ? 2 : 1, (k / 256) % 8,
+                                 (k % 256) | a->mk_s, a->mt_s, &wp);
+        tab_wp[k] = wp;
+    }
+    uint64_t bad = 0;
+    size_t head = 0, end = 0;
+#ifdef KVMMU_HAVE_AVX2_GATHER
+    if (!a->wrprot && kvmmu_avx2_ok(c->isa)) {
+        /* Huge outputs: streaming stores from the first 32-byte aligned element on. */
+        const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 7);
+        head = stream ? (((32 - ((uintptr_t)out & 31)) & 31) / 8) : 0;
+        if (head > n)
+            head = n;
+        size_t done = 0;
+        bad = mk_table_avx2(tab, pfn + head, a->level ? a->level + head : NULL, a->level_s,
+                            a->acc ? a->acc + head : NULL, a->acc_s, a->mk ? a->mk + head : NULL,
+                            out + head, n - head, pfn_bad, &done, stream);
+        end = head + done;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) {
+        if (i == head)
+            i = end > head ? end : head;
+        if (i >= n)
+            break;
+        uint64_t p = pfn[i];
+        uint32_t l1 = (a->level ? a->level[i] : a->level_s) - 1u;
+        uint32_t ac = a->acc ? a->acc[i] : a->acc_s;
+        uint32_t mk = a->mk ? a->mk[i] : 0u;
+        bad |= (p & pfn_bad) | (uint64_t)(l1 > 4) | (uint64_t)(ac > 7);
+        uint32_t k = ((l1 > 4 ? 0 : (l1 != 0)) * 8 + (ac & 7)) * 256 + mk;
+        out[i] = tab[k] | (p << 12);
+        if (a->wrprot)
+            a->wrprot[i] = tab_wp[k];
+    }
+    if (KVMMU_UNLIKELY(bad))
+        return first_bad_input(c, pfn, a->level, a->level_s, a->acc, a->acc_s, n, err);
+    return 0;
+}
+
+/* Anything may vary per element (old SPTE, memtype): make_spte for each. */
+static size_t mk_batch_general(const struct kvmmu_cfg *c, const struct mk_args *a, int *err)
+{
+    for (size_t i = 0; i < a->n; i++) {
+        uint64_t p = a->pfn[i];
+        uint32_t lv = a->level ? a->level[i] : a->level_s;
+        uint32_t ac = a->acc ? a->acc[i] : a->acc_s;
+        uint32_t mk = (a->mk ? a->mk[i] : 0u) | a->mk_s;
+        uint32_t mt = a->mt ? a->mt[i] : a->mt_s;
+        int e = check_inputs(c, p, lv, ac, mk, mt);
+        if (KVMMU_UNLIKELY(e)) {
+            *err = e;
+            return i + 1;
+        }
+        bool wp;
+        a->out[i] = make_spte_nopfn(c, a->old ? a->old[i] : a->old_s, lv, ac, mk, mt, &wp) | (p << 12);
+        if (a->wrprot)
+            a->wrprot[i] = wp;
+    }
+    return 0;
+}
+
 KVMMU_HOT size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict pfn,
                              const uint64_t *restrict old_spte, uint64_t old_spte_scalar,
                              const uint8_t *restrict level, uint32_t level_scalar,
@@ -477,101 +598,21 @@ KVMMU_HOT size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64
                              uint64_t *restrict out, uint8_t *restrict wrprot, size_t n, int *err)
 {
     const struct kvmmu_cfg cl = *cfg;     /* a local copy: stores through out cannot alias it */
-    const struct kvmmu_cfg *c = &cl;
-    const uint64_t pfn_bad = ~(cl.base_addr_mask >> 12);
-
-    if (!old_spte && !level && !pte_access && !mkflags && !memtype) {
-        /* Every input but the pfn is shared: build the template once, OR the pfns in. */
-        int e = check_inputs(c, 0, level_scalar, pte_access_scalar, mkflags_scalar, memtype_scalar);
-        if (e) {
-            *err = e;
-            return 1;
-        }
-        bool wp;
-        const uint64_t t = make_spte_nopfn(c, old_spte_scalar, level_scalar, pte_access_scalar,
-                                           mkflags_scalar, memtype_scalar, &wp);
-        uint64_t bad = 0;
-        for (size_t i = 0; i < n; i++) {
-            uint64_t p = pfn[i];
-            bad |= p & pfn_bad;
-            out[i] = t | (p << 12);
-        }
-        if (wrprot) {
-            for (size_t i = 0; i < n; i++)
-                wrprot[i] = wp;
-        }
-        if (KVMMU_UNLIKELY(bad))
-            return first_bad_input(c, pfn, NULL, level_scalar, NULL, pte_access_scalar, n, err);
-        return 0;
-    }
+    const struct mk_args a = {
+        .pfn = pfn, .old = old_spte, .level = level, .acc = pte_access, .mk = mkflags,
+        .mt = memtype, .old_s = old_spte_scalar, .level_s = level_scalar,
+        .acc_s = pte_access_scalar, .mk_s = mkflags_scalar, .mt_s = memtype_scalar,
+        .out = out, .wrprot = wrprot, .n = n,
+    };
+    if (!old_spte && !level && !pte_access && !mkflags && !memtype)
+        return mk_batch_shared(&cl, &a, err);
     if (memtype_scalar != KVMMU_MEMTYPE_AUTO && (memtype_scalar & ~(uint32_t)EPT_MT_FIELD)) {
         *err = KVMMU_E_MEMTYPE;
         return 1;
     }
-    if (!old_spte && !memtype && n >= MK_TABLE_MIN) {
-        /* Only (level, access, flags) vary: tabulate make_spte without the pfn once. */
-        uint64_t tab[MK_TABLE_SIZE];
-        uint8_t tab_wp[MK_TABLE_SIZE];
-        for (uint32_t k = 0; k < MK_TABLE_SIZE; k++) {
-            bool wp;
-            tab[k] = make_spte_nopfn(c, old_spte_scalar, k / 2048 ? 2 : 1, (k / 256) % 8,
-                                     (k % 256) | mkflags_scalar, memtype_scalar, &wp);
-            tab_wp[k] = wp;
-        }
-        uint64_t bad = 0;
-        size_t head = 0, end = 0;
-#ifdef KVMMU_HAVE_AVX2_GATHER
-        if (!wrprot && __builtin_cpu_supports("avx2")) {
-            /* Huge outputs: streaming stores from the first 32-byte aligned element on. */
-            const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 7);
-            head = stream ? (((32 - ((uintptr_t)out & 31)) & 31) / 8) : 0;
-            if (head > n)
-                head = n;
-            size_t done = 0;
-            bad = mk_table_avx2(tab, pfn + head, level ? level + head : NULL, level_scalar,
-                                pte_access ? pte_access + head : NULL, pte_access_scalar,
-                                mkflags ? mkflags + head : NULL, out + head, n - head, pfn_bad,
-                                &done, stream);
-            end = head + done;
-        }
-#endif
-        for (size_t i = 0; i < n; i++) {
-            if (i == head)
-                i = end > head ? end : head;
-            if (i >= n)
-                break;
-            uint64_t p = pfn[i];
-            uint32_t l1 = (level ? level[i] : level_scalar) - 1u;
-            uint32_t ac = pte_access ? pte_access[i] : pte_access_scalar;
-            uint32_t mk = mkflags ? mkflags[i] : 0u;
-            bad |= (p & pfn_bad) | (uint64_t)(l1 > 4) | (uint64_t)(ac > 7);
-            uint32_t k = ((l1 > 4 ? 0 : (l1 != 0)) * 8 + (ac & 7)) * 256 + mk;
-            out[i] = tab[k] | (p << 12);
-            if (wrprot)
-                wrprot[i] = tab_wp[k];
-        }
-        if (KVMMU_UNLIKELY(bad))
-            return first_bad_input(c, pfn, level, level_scalar, pte_access, pte_access_scalar, n, err);
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        uint64_t p = pfn[i];
-        uint32_t lv = level ? level[i] : level_scalar;
-        uint32_t ac = pte_access ? pte_access[i] : pte_access_scalar;
-        uint32_t mk = (mkflags ? mkflags[i] : 0u) | mkflags_scalar;
-        uint32_t mt = memtype ? memtype[i] : memtype_scalar;
-        int e = check_inputs(c, p, lv, ac, mk, mt);
-        if (KVMMU_UNLIKELY(e)) {
-            *err = e;
-            return i + 1;
-        }
-        bool wp;
-        out[i] = make_spte_nopfn(c, old_spte ? old_spte[i] : old_spte_scalar, lv, ac, mk, mt, &wp) |
-                 (p << 12);
-        if (wrprot)
-            wrprot[i] = wp;
-    }
-    return 0;
+    if (!old_spte && !memtype && n >= MK_TABLE_MIN)
+        return mk_batch_table(&cl, &a, err);
+    return mk_batch_general(&cl, &a, err);
 }
 
 /* ------------------------------------------------- non-leaf, split, collapse */
@@ -638,9 +679,9 @@ uint64_t kvmmu_make_small_spte(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
 static inline int small_check(const struct kvmmu_cfg *c, uint64_t huge, uint32_t child_level,
                               uint32_t index)
 {
-    if (!is_present(c, huge))
+    if (!sp_is_shadow_present_pte(c, huge, 1))
         return KVMMU_E_NOT_PRESENT;
-    if (!is_large(huge))
+    if (!sp_is_large_pte(c, huge, 1))
         return KVMMU_E_NOT_HUGE;
     if (index > 511)
         return KVMMU_E_INDEX;
@@ -687,7 +728,7 @@ size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *s
                                   uint32_t level, bool nx_huge, uint64_t *out, size_t n, int *err)
 {
     for (size_t i = 0; i < n; i++) {
-        if (KVMMU_UNLIKELY(!is_present(cfg, small_spte[i]))) {
+        if (KVMMU_UNLIKELY(!sp_is_shadow_present_pte(cfg, small_spte[i], 1))) {
             *err = KVMMU_E_NOT_PRESENT;
             return i + 1;
         }
@@ -696,193 +737,62 @@ size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *s
     return 0;
 }
 
-/* ------------------------------------------ branch-free predicate masks */
-
-/* Predicates as pure uint64 arithmetic (so loops vectorise); era rules become selectors. */
-struct pmask_consts {
-    uint64_t bit11, nb11;             /* ~0 if the MMU-present rule is bit 11, and its inverse */
-    uint64_t mmio_on, special, nspecial, mmio_mask, mmio_value;
-    uint64_t frozen_on, frozen_value;
-    uint64_t x_mask, xnx, hw, mw, both, lockless_both, nlockless_both;
-    uint64_t a_mask, d_mask, a_nz, d_nz, atm;
-    uint64_t ad_always, nad_always, at_needs, at_mmuw_not_w, at_lockless;
-    uint64_t ve_on, last_lv1, rsvd0, rsvd1, bad_mt_xwr;
-};
-
-static inline uint64_t nz(uint64_t x) { return (x | (0 - x)) >> 63; }   /* 1 iff x != 0 */
-static inline uint64_t sel(bool b) { return b ? ~UINT64_C(0) : 0; }
-
-static void pmask_setup(const struct kvmmu_cfg *c, uint32_t level, struct pmask_consts *k)
-{
-    k->bit11 = sel(rule(c, KVMMU_R_MMU_PRESENT_BIT11));
-    k->nb11 = ~k->bit11;
-    k->mmio_on = (c->flags & KVMMU_F_MMIO_ENABLED) ? 1 : 0;
-    k->special = sel(rule(c, KVMMU_R_MMIO_SPECIAL_TAG));
-    k->nspecial = ~k->special;
-    k->mmio_mask = c->mmio_mask;
-    k->mmio_value = c->mmio_value;
-    k->frozen_on = (c->flags & KVMMU_F_HAS_FROZEN) ? 1 : 0;
-    k->frozen_value = c->frozen_value;
-    k->x_mask = c->x_mask;
-    k->xnx = c->x_mask | c->nx_mask;
-    k->hw = c->host_writable_mask;
-    k->mw = c->mmu_writable_mask;
-    k->both = c->host_writable_mask | c->mmu_writable_mask;
-    k->lockless_both = sel(rule(c, KVMMU_R_LOCKLESS_BOTH_BITS));
-    k->nlockless_both = ~k->lockless_both;
-    k->a_mask = c->accessed_mask;
-    k->d_mask = c->dirty_mask;
-    k->a_nz = c->accessed_mask ? 1 : 0;
-    k->d_nz = c->dirty_mask ? 1 : 0;
-    k->atm = c->acc_track_mask;
-    k->ad_always = sel(rule(c, KVMMU_R_AD_ALWAYS));
-    k->nad_always = ~k->ad_always;
-    k->at_needs = sel(rule(c, KVMMU_R_ATOMIC_NEEDS));
-    k->at_mmuw_not_w = sel(rule(c, KVMMU_R_ATOMIC_MMUW_NOT_W));
-    k->at_lockless = sel(rule(c, KVMMU_R_ATOMIC_LOCKLESS));
-    k->ve_on = ((c->flags & KVMMU_F_EPT_VE_CHECK) && (c->present_mask & EPT_SVE)) ? 1 : 0;
-    k->last_lv1 = level == 1 ? 1 : 0;
-    k->rsvd0 = c->rsvd_bits_mask[level - 1];
-    k->rsvd1 = c->rsvd_bits_mask[5 + level - 1];
-    k->bad_mt_xwr = c->bad_mt_xwr;
-}
-
-/* Bit p of the result is predicate p (KVMMU_P_*) of s; equal to pred() bit for bit. */
-static inline __attribute__((always_inline)) uint64_t pmask(const struct pmask_consts *k, uint64_t s)
-{
-    const uint64_t adt = (s >> 52) & 3;
-    const uint64_t ad_en = nz(adt ^ 1);
-    const uint64_t ad_wp = nz(adt);
-    const uint64_t mmio_std = 1 ^ nz((s & k->mmio_mask) ^ k->mmio_value);
-    const uint64_t mmio_tag = 1 ^ nz(adt ^ 3);
-    const uint64_t mmio = k->mmio_on & ((mmio_std & k->nspecial) | (mmio_tag & k->special));
-    const uint64_t present = (((s >> 11) & 1) & k->bit11) | ((nz(s) & (1 ^ mmio)) & k->nb11);
-    const uint64_t frozen = k->frozen_on & (1 ^ nz(s ^ k->frozen_value));
-    const uint64_t large = (s >> 7) & 1;
-    const uint64_t w = (s >> 1) & 1;
-    const uint64_t x = 1 ^ nz((s & k->xnx) ^ k->x_mask);
-    const uint64_t mmuw = ((1 ^ nz((s & k->both) ^ k->both)) & k->lockless_both) |
-                          (nz(s & k->mw) & k->nlockless_both);
-    const uint64_t hwb = nz(s & k->hw);
-    const uint64_t abit = nz(s & k->a_mask), dbit = nz(s & k->d_mask);
-    const uint64_t tracked = (1 ^ ad_en) & (1 ^ nz(s & k->atm));
-    const uint64_t use_a = ad_en & k->a_nz, use_d = ad_en & k->d_nz;
-    const uint64_t acc_old = (use_a & abit) | ((1 ^ use_a) & (1 ^ tracked));
-    const uint64_t accessed = (abit & k->ad_always) | (acc_old & k->nad_always);
-    const uint64_t dirty_old = (use_d & dbit) | ((1 ^ use_d) & w);
-    const uint64_t dirty = (dbit & k->ad_always) | (dirty_old & k->nad_always);
-    const uint64_t at_new = ((1 ^ w) & mmuw) | (1 ^ ad_en) | (w & (1 ^ dbit));
-    const uint64_t lockless = (((1 ^ w) & mmuw) & k->at_mmuw_not_w) | (mmuw & k->at_lockless);
-    const uint64_t at_old = (present | k->at_mmuw_not_w) & (lockless | tracked | (ad_en & ((1 ^ abit) | (w & (1 ^ dbit)))));
-    const uint64_t atomic = (at_new & k->at_needs) | (at_old & ~k->at_needs);
-    const uint64_t wr_mmuw = nz(s & k->mw);
-    const uint64_t winv2 = (wr_mmuw & hwb) | ((1 ^ wr_mmuw) & (1 ^ w));
-    const uint64_t rs = (k->rsvd0 & (large - 1)) | (k->rsvd1 & (0 - large));
-    const uint64_t rsvd = ((k->bad_mt_xwr >> (s & 0x3F)) & 1) | nz(s & rs);
-    const uint64_t ve = k->ve_on & (1 ^ (s >> 63)) & nz((s & 7) ^ 6);
-    return (present << KVMMU_P_SHADOW_PRESENT) | (mmio << KVMMU_P_MMIO) |
-           (frozen << KVMMU_P_FROZEN) | (large << KVMMU_P_LARGE) |
-           ((k->last_lv1 | large) << KVMMU_P_LAST) | (x << KVMMU_P_EXECUTABLE) |
-           (w << KVMMU_P_WRITABLE) | (mmuw << KVMMU_P_MMU_WRITABLE) |
-           (hwb << KVMMU_P_HOST_WRITABLE) | (accessed << KVMMU_P_ACCESSED) |
-           (dirty << KVMMU_P_DIRTY) | (ad_en << KVMMU_P_AD_ENABLED) |
-           (ad_wp << KVMMU_P_AD_NEED_WRITE_PROTECT) | (tracked << KVMMU_P_ACCESS_TRACK) |
-           (atomic << KVMMU_P_NEEDS_ATOMIC_UPDATE) | (winv2 << KVMMU_P_WRITABLE_INVARIANTS_OK) |
-           (rsvd << KVMMU_P_RSVD) | (ve << KVMMU_P_EPT_VE_POSSIBLE);
-}
-
 /* ------------------------------------------------------------ batch queries */
 
-#define PRED_LOOP(expr)                                              \
-    for (size_t i = 0; i < n; i++) {                                 \
-        const uint64_t s = spte[i];                                  \
-        out[i] = (uint8_t)(expr);                                    \
+/* 0, or index + 1 of the first level outside 1..5 (with *err set). */
+static size_t first_bad_level(const uint8_t *level, size_t n, int *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (KVMMU_UNLIKELY(level[i] < 1 || level[i] > 5)) {
+            *err = KVMMU_E_LEVEL;
+            return i + 1;
+        }
     }
+    return 0;
+}
+
+/* One loop per predicate: spte_lane() with a constant predicate keeps only its rows. */
+#define PRED_LOOP(id)                                                                   \
+    do {                                                                                \
+        if (level) {                                                                    \
+            for (size_t i = 0; i < n; i++)                                              \
+                out[i] = (uint8_t)spte_lane(c, spte[i], level[i], (id));     \
+        } else {                                                                        \
+            for (size_t i = 0; i < n; i++)                                              \
+                out[i] = (uint8_t)spte_lane(c, spte[i], level_scalar, (id)); \
+        }                                                                               \
+    } while (0)
 
 KVMMU_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p,
                                        const uint64_t *restrict spte,
                                        const uint8_t *restrict level, uint32_t level_scalar,
                                        uint8_t *restrict out, size_t n, int *err)
 {
-    const struct kvmmu_cfg cl = *cfg;
+    const struct kvmmu_cfg cl = *cfg;     /* a local copy: stores through out cannot alias it */
     const struct kvmmu_cfg *c = &cl;
 
     if (p < 0 || p >= KVMMU_P_COUNT) {
         *err = KVMMU_E_FLAGS;
         return 1;
     }
-    if (level || level_scalar < 1 || level_scalar > 5) {
-        for (size_t i = 0; i < n; i++) {
-            uint32_t lv = level ? level[i] : level_scalar;
-            if (KVMMU_UNLIKELY(lv < 1 || lv > 5)) {
-                *err = KVMMU_E_LEVEL;
-                return i + 1;
-            }
-            out[i] = (uint8_t)pred(c, p, spte[i], lv);
-        }
-        return 0;
+    if (level) {
+        const size_t bad = first_bad_level(level, n, err);
+        if (bad)
+            return bad;
+    } else if (level_scalar < 1 || level_scalar > 5) {
+        *err = KVMMU_E_LEVEL;
+        return n ? 1 : 0;
     }
-    struct pmask_consts k;
-    pmask_setup(c, level_scalar, &k);
-    const uint64_t mw = k.mw, hw = k.hw, d = k.d_mask, a = k.a_mask;
-    (void)mw;
     switch (p) {
-    case KVMMU_P_SHADOW_PRESENT:
-        if (rule(c, KVMMU_R_MMU_PRESENT_BIT11)) {
-            PRED_LOOP((s >> 11) & 1);
-        } else {
-            PRED_LOOP(is_present(c, s));
-        }
-        break;
-    case KVMMU_P_MMIO:
-        if (!(cl.flags & KVMMU_F_MMIO_ENABLED)) {
-            memset(out, 0, n);
-        } else if (rule(c, KVMMU_R_MMIO_SPECIAL_TAG)) {
-            PRED_LOOP(1 ^ nz(((s >> 52) & 3) ^ 3));
-        } else {
-            const uint64_t m = cl.mmio_mask, v = cl.mmio_value;
-            PRED_LOOP(1 ^ nz((s & m) ^ v));
-        }
-        break;
-    case KVMMU_P_LARGE: PRED_LOOP((s >> 7) & 1); break;
-    case KVMMU_P_LAST:
-        if (level_scalar == 1)
-            memset(out, 1, n);
-        else
-            PRED_LOOP((s >> 7) & 1);
-        break;
-    case KVMMU_P_WRITABLE: PRED_LOOP((s >> 1) & 1); break;
-    case KVMMU_P_HOST_WRITABLE: PRED_LOOP(nz(s & hw)); break;
-    case KVMMU_P_AD_ENABLED: PRED_LOOP(nz(((s >> 52) & 3) ^ 1)); break;
-    case KVMMU_P_AD_NEED_WRITE_PROTECT: PRED_LOOP(nz((s >> 52) & 3)); break;
-    case KVMMU_P_NEEDS_ATOMIC_UPDATE:
-        if (rule(c, KVMMU_R_ATOMIC_NEEDS) && !rule(c, KVMMU_R_LOCKLESS_BOTH_BITS)) {
-            PRED_LOOP(((((s >> 1) & 1) ^ 1) & nz(s & mw)) | (1 ^ nz(((s >> 52) & 3) ^ 1)) |
-                      (((s >> 1) & 1) & (1 ^ nz(s & d))));
-        } else {
-            PRED_LOOP((pmask(&k, s) >> KVMMU_P_NEEDS_ATOMIC_UPDATE) & 1);
-        }
-        break;
-    case KVMMU_P_ACCESSED:
-        if (rule(c, KVMMU_R_AD_ALWAYS)) {
-            PRED_LOOP(nz(s & a));
-        } else {
-            PRED_LOOP((pmask(&k, s) >> KVMMU_P_ACCESSED) & 1);
-        }
-        break;
-    case KVMMU_P_FROZEN: PRED_LOOP(is_frozen(c, s)); break;
-    case KVMMU_P_EXECUTABLE: PRED_LOOP(is_executable(c, s)); break;
-    case KVMMU_P_MMU_WRITABLE: PRED_LOOP(is_mmu_writable(c, s)); break;
-    case KVMMU_P_DIRTY: PRED_LOOP((pmask(&k, s) >> KVMMU_P_DIRTY) & 1); break;
-    case KVMMU_P_ACCESS_TRACK: PRED_LOOP(is_access_track(c, s)); break;
-    case KVMMU_P_WRITABLE_INVARIANTS_OK: PRED_LOOP(writable_invariants_ok(c, s)); break;
-    case KVMMU_P_RSVD: PRED_LOOP(is_rsvd(c, s, level_scalar)); break;
-    case KVMMU_P_EPT_VE_POSSIBLE: PRED_LOOP(k.ve_on & ept_ve_possible(c, s)); break;
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
+    case (id): PRED_LOOP(id); break;
+#include "spte_rules.h"
     default:
         break;
     }
     return 0;
 }
+#undef PRED_LOOP
 
 KVMMU_HOT size_t kvmmu_spte_to_pfn_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
                                uint64_t *out, size_t n)
@@ -918,10 +828,46 @@ decode_stream_pairs(uint64_t *dst, const uint64_t *sp, const uint64_t *w1, const
 }
 #endif
 
-/* The record words of a uniform-level decode that do not depend on the SPTE. */
+/* The record words of a decode that do not depend on the SPTE. */
 struct decode_consts {
     uint64_t eptm, base_mask, user, npv, lvl;
 };
+
+static inline struct decode_consts decode_setup(const struct kvmmu_cfg *c, uint32_t level)
+{
+    const struct decode_consts d = {
+        .eptm = (c->flags & KVMMU_F_EPT) ? ~UINT64_C(0) : 0, .base_mask = c->base_addr_mask,
+        .user = c->user_mask, .npv = c->nonpresent_value, .lvl = (uint64_t)level << 48,
+    };
+    return d;
+}
+
+/* Word 2 of a record (kind, AD type, memtype, IPAT, access, saved R/X, level) from s and
+ * its predicate mask mk. */
+static inline __attribute__((always_inline)) uint64_t
+decode_word2(const struct decode_consts *d, uint64_t s, uint64_t mk)
+{
+    const uint64_t fr = (mk >> KVMMU_P_FROZEN) & 1, mm = (mk >> KVMMU_P_MMIO) & 1;
+    const uint64_t pr = (mk >> KVMMU_P_SHADOW_PRESENT) & 1;
+    const uint64_t np = 1 ^ nz(s ^ d->npv);
+    /* frozen > mmio > present > non-present value > other, as mask selects */
+    uint64_t kind = KVMMU_KIND_OTHER & (np - 1);
+    kind = (kind & (pr - 1)) | (KVMMU_KIND_PRESENT & (0 - pr));
+    kind = (kind & (mm - 1)) | (KVMMU_KIND_MMIO & (0 - mm));
+    kind = (kind & (fr - 1)) | (KVMMU_KIND_FROZEN & (0 - fr));
+    const uint64_t acc = ((mk >> KVMMU_P_EXECUTABLE) & 1) |
+                         (((mk >> KVMMU_P_WRITABLE) & 1) << 1) | (nz(s & d->user) << 2);
+    return kind | (((s >> 52) & 3) << 8) | ((((s >> 3) & 7) & d->eptm) << 16) |
+           ((((s >> 6) & 1) & d->eptm) << 24) | (acc << 32) |
+           (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | d->lvl;
+}
+
+/* Predicate bit k of b (0..255) becomes byte k (0 or 1) of the word. */
+static inline uint64_t spread_bits(uint64_t b)
+{
+    return ((((b * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201)) +
+             UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
+}
 
 /*
  * Uniform-level decode, portable: a vectorisable structure-of-arrays pass per block of 256,
@@ -929,42 +875,27 @@ struct decode_consts {
  * registers when out is 32-byte aligned, else through an L1 block.
  */
 static inline __attribute__((always_inline)) void
-decode_blocks(const struct pmask_consts *k, const struct decode_consts *d,
+decode_blocks(const struct kvmmu_cfg *c, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n,
               bool stream)
 {
     uint64_t w1[256], w2[256], p0[256], spread[256];
-    const uint64_t eptm = d->eptm, base_mask = d->base_mask, user = d->user, npv = d->npv;
-    const uint64_t lvl = d->lvl;
+    const uint64_t base_mask = d->base_mask;
 #ifdef KVMMU_HAVE_STREAM
     uint64_t stage[256 * 6];
     const bool direct = ((uintptr_t)out & 31) == 0;    /* every 256-record block stays aligned */
 #else
     (void)stream;
 #endif
-    /* spread[b]: bit i of b becomes byte i (0 or 1) of the word. */
     for (uint64_t b = 0; b < 256; b++)
-        spread[b] = ((((b * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201)) +
-                      UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
+        spread[b] = spread_bits(b);
     for (size_t base = 0; base < n; base += 256) {
         const size_t m = n - base < 256 ? n - base : 256;
         const uint64_t *sp = spte + base;
         for (size_t j = 0; j < m; j++) {
-            const uint64_t s = sp[j], mk = pmask(k, s);
-            const uint64_t fr = (mk >> KVMMU_P_FROZEN) & 1, mm = (mk >> KVMMU_P_MMIO) & 1;
-            const uint64_t pr = (mk >> KVMMU_P_SHADOW_PRESENT) & 1;
-            const uint64_t np = 1 ^ nz(s ^ npv);
-            /* frozen > mmio > present > non-present value > other, as mask selects */
-            uint64_t kind = KVMMU_KIND_OTHER & (np - 1);
-            kind = (kind & (pr - 1)) | (KVMMU_KIND_PRESENT & (0 - pr));
-            kind = (kind & (mm - 1)) | (KVMMU_KIND_MMIO & (0 - mm));
-            kind = (kind & (fr - 1)) | (KVMMU_KIND_FROZEN & (0 - fr));
-            const uint64_t acc = ((mk >> KVMMU_P_EXECUTABLE) & 1) |
-                                 (((mk >> KVMMU_P_WRITABLE) & 1) << 1) | (nz(s & user) << 2);
+            const uint64_t s = sp[j], mk = spte_lanes(c, s, level);
             w1[j] = (s & base_mask) >> 12;
-            w2[j] = kind | (((s >> 52) & 3) << 8) | ((((s >> 3) & 7) & eptm) << 16) |
-                    ((((s >> 6) & 1) & eptm) << 24) | (acc << 32) |
-                    (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | lvl;
+            w2[j] = decode_word2(d, s, mk);
             p0[j] = mk;
         }
         size_t j0 = 0;
@@ -996,44 +927,70 @@ decode_blocks(const struct pmask_consts *k, const struct decode_consts *d,
 
 #ifdef KVMMU_HAVE_AVX512
 #define AVX512_DECODE __attribute__((target("avx512f,avx512bw,avx512dq")))
+
+/* The lane language of spte_rules.h as AVX-512 k-masks: one bit per SPTE of the vector s. */
+#define B(x) _mm512_set1_epi64((long long)(x))
+#define TEST(m) _mm512_test_epi64_mask(s, B(m))
+#define EQ(m, v) _mm512_cmpeq_epi64_mask(_mm512_and_si512(s, B(m)), B(v))
+#define BITIDX(t) _mm512_test_epi64_mask(_mm512_srlv_epi64(B(t), _mm512_and_si512(s, B(63))), B(1))
+#define TEST_SEL(l, m1, m0) _mm512_test_epi64_mask(s, _mm512_mask_blend_epi64((l), B(m0), B(m1)))
+#define NOT(a) ((__mmask8)~(a))
+#define ONES_IF(k) ((__mmask8)((k) ? 0xFF : 0))
+#define SEL(k, a, b) ((__mmask8)(((a) & ONES_IF(k)) | ((b) & (__mmask8)~ONES_IF(k))))
+
+/* k[KVMMU_P_<NAME>]: that predicate of the eight SPTEs in s. */
+AVX512_DECODE static inline __attribute__((always_inline)) void
+spte_lanes512(const struct kvmmu_cfg *c, __m512i s, uint32_t level, __mmask8 *k)
+{
+#define KVMMU_SPTE_TERM(var, expr) const __mmask8 var = (__mmask8)(expr);
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
+    const __mmask8 field = (__mmask8)(expr);                           \
+    k[id] = field;
+#include "spte_rules.h"
+}
+#undef B
+#undef TEST
+#undef EQ
+#undef BITIDX
+#undef TEST_SEL
+#undef NOT
+#undef ONES_IF
+#undef SEL
+
+/* decode_word2() for eight SPTEs, from their predicate k-masks. */
+AVX512_DECODE static inline __attribute__((always_inline)) __m512i
+decode_word2_512(const struct decode_consts *d, __m512i s, const __mmask8 *k)
+{
+#define B(x) _mm512_set1_epi64((long long)(x))
+    /* frozen > mmio > present > non-present value > other */
+    __m512i f2 = _mm512_mask_mov_epi64(B(d->lvl | KVMMU_KIND_OTHER), _mm512_cmpeq_epi64_mask(s, B(d->npv)),
+                                       B(d->lvl | KVMMU_KIND_NONPRESENT));
+    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_SHADOW_PRESENT], B(d->lvl | KVMMU_KIND_PRESENT));
+    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_MMIO], B(d->lvl | KVMMU_KIND_MMIO));
+    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_FROZEN], B(d->lvl | KVMMU_KIND_FROZEN));
+    f2 = _mm512_or_si512(f2, _mm512_slli_epi64(_mm512_and_si512(_mm512_srli_epi64(s, 52), B(3)), 8));
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 13), B(d->eptm & (UINT64_C(7) << 16)), 0xF8);
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 18), B(d->eptm & (UINT64_C(1) << 24)), 0xF8);
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, ACC_TRACK_SHIFT - 40),
+                                   B(ACC_TRACK_SAVED << 40), 0xF8);
+    f2 = _mm512_mask_or_epi64(f2, k[KVMMU_P_EXECUTABLE], f2, B((uint64_t)ACC_EXEC << 32));
+    f2 = _mm512_mask_or_epi64(f2, k[KVMMU_P_WRITABLE], f2, B((uint64_t)ACC_WRITE << 32));
+    return _mm512_mask_or_epi64(f2, _mm512_test_epi64_mask(s, B(d->user)), f2, B((uint64_t)ACC_USER << 32));
+#undef B
+}
+
 /*
- * Uniform-level decode of eight SPTEs per step, all in registers: the predicates of pmask()
- * as k-masks (one bit per SPTE), set into the predicate bytes by masked ORs; the records
- * interleaved by two-source permutes (output vector v takes word f of record e, 8v + lane
- * = 6e + f, from the word pairs (spte, pfn), (fields, pred[0:8]), (pred[8:16], pred[16:24]))
- * and two blends.  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
+ * Uniform-level decode of eight SPTEs per step, all in registers: the predicates as k-masks
+ * (spte_lanes512), set into the predicate bytes by masked ORs; the records interleaved by
+ * two-source permutes (output vector v takes word f of record e, 8v + lane = 6e + f, from
+ * the word pairs (spte, pfn), (fields, pred[0:8]), (pred[8:16], pred[16:24])) and two
+ * blends.  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
  */
 AVX512_DECODE static void
-decode_avx512(const struct pmask_consts *k, const struct decode_consts *d,
+decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
 {
-    const __m512i c1 = _mm512_set1_epi64(1), c3 = _mm512_set1_epi64(3);
-    const __m512i bit1 = _mm512_set1_epi64(PT_WRITABLE_MASK), bit7 = _mm512_set1_epi64(PT_PAGE_SIZE_MASK);
-    const __m512i bit11 = _mm512_set1_epi64((long long)KBIT(11)), bit63 = _mm512_set1_epi64((long long)KBIT(63));
-    const __m512i adm = _mm512_set1_epi64((long long)SPTE_AD_MASK);
-    const __m512i mmio_m = _mm512_set1_epi64((long long)k->mmio_mask);
-    const __m512i mmio_v = _mm512_set1_epi64((long long)k->mmio_value);
-    const __m512i frozen_v = _mm512_set1_epi64((long long)k->frozen_value);
-    const __m512i xnx = _mm512_set1_epi64((long long)k->xnx), xm = _mm512_set1_epi64((long long)k->x_mask);
-    const __m512i both = _mm512_set1_epi64((long long)k->both), mw = _mm512_set1_epi64((long long)k->mw);
-    const __m512i hw = _mm512_set1_epi64((long long)k->hw), am = _mm512_set1_epi64((long long)k->a_mask);
-    const __m512i dm = _mm512_set1_epi64((long long)k->d_mask), atm = _mm512_set1_epi64((long long)k->atm);
-    const __m512i rsvd0 = _mm512_set1_epi64((long long)k->rsvd0), rsvd1 = _mm512_set1_epi64((long long)k->rsvd1);
-    const __m512i bad = _mm512_set1_epi64((long long)k->bad_mt_xwr);
-    const __m512i c63 = _mm512_set1_epi64(0x3F), c7 = _mm512_set1_epi64(7), c6 = _mm512_set1_epi64(6);
-    const __m512i npv = _mm512_set1_epi64((long long)d->npv), user = _mm512_set1_epi64((long long)d->user);
     const __m512i base_mask = _mm512_set1_epi64((long long)d->base_mask);
-    const __m512i kind_other = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_OTHER));
-    const __m512i kind_np = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_NONPRESENT));
-    const __m512i kind_pr = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_PRESENT));
-    const __m512i kind_mm = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_MMIO));
-    const __m512i kind_fr = _mm512_set1_epi64((long long)(d->lvl | KVMMU_KIND_FROZEN));
-    const __m512i mt_field = _mm512_set1_epi64((long long)(d->eptm & (UINT64_C(7) << 16)));
-    const __m512i ipat_field = _mm512_set1_epi64((long long)(d->eptm & (UINT64_C(1) << 24)));
-    const __m512i saved_field = _mm512_set1_epi64((long long)(ACC_TRACK_SAVED << 40));
-    const __m512i acc_x = _mm512_set1_epi64((long long)((uint64_t)ACC_EXEC << 32));
-    const __m512i acc_w = _mm512_set1_epi64((long long)((uint64_t)ACC_WRITE << 32));
-    const __m512i acc_u = _mm512_set1_epi64((long long)((uint64_t)ACC_USER << 32));
     const __m512i idx0 = _mm512_set_epi64(9, 1, 8, 0, 8, 0, 8, 0);
     const __m512i idx1 = _mm512_set_epi64(10, 2, 10, 2, 9, 1, 9, 1);
     const __m512i idx2 = _mm512_set_epi64(11, 3, 11, 3, 11, 3, 10, 2);
@@ -1041,88 +998,18 @@ decode_avx512(const struct pmask_consts *k, const struct decode_consts *d,
     const __m512i idx3 = _mm512_add_epi64(idx0, four), idx4 = _mm512_add_epi64(idx1, four);
     const __m512i idx5 = _mm512_add_epi64(idx2, four);
     const __mmask8 mb0 = 0x0C, mc0 = 0x30, mb1 = 0xC3, mc1 = 0x0C, mb2 = 0x30, mc2 = 0xC3;
-    const bool mmio_on = k->mmio_on != 0, special = k->special != 0, present11 = k->bit11 != 0;
-    const bool frozen_on = k->frozen_on != 0, lockless_both = k->lockless_both != 0;
-    const bool ad_always = k->ad_always != 0, at_needs = k->at_needs != 0;
-    const __mmask8 use_a_on = k->a_nz ? 0xFF : 0, use_d_on = k->d_nz ? 0xFF : 0;
-    const __mmask8 mmuw_not_w = k->at_mmuw_not_w ? 0xFF : 0, at_lockless = k->at_lockless ? 0xFF : 0;
-    const __mmask8 ve_on = k->ve_on ? 0xFF : 0, last_lv1 = k->last_lv1 ? 0xFF : 0;
 
     for (size_t j = 0; j < n; j += 8) {
         const __m512i s = _mm512_loadu_si512(spte + j);
-        const __m512i adt = _mm512_and_si512(_mm512_srli_epi64(s, 52), c3);
-        const __mmask8 ad_en = _mm512_cmpneq_epi64_mask(adt, c1);
-        const __mmask8 ad_wp = _mm512_test_epi64_mask(s, adm);
-        __mmask8 mmio = 0;
-        if (mmio_on)
-            mmio = special ? _mm512_cmpeq_epi64_mask(adt, c3)
-                           : _mm512_cmpeq_epi64_mask(_mm512_and_si512(s, mmio_m), mmio_v);
-        const __mmask8 present = present11 ? _mm512_test_epi64_mask(s, bit11)
-                                           : (__mmask8)(_mm512_test_epi64_mask(s, s) & ~mmio);
-        const __mmask8 frozen = frozen_on ? _mm512_cmpeq_epi64_mask(s, frozen_v) : 0;
-        const __mmask8 large = _mm512_test_epi64_mask(s, bit7);
-        const __mmask8 w = _mm512_test_epi64_mask(s, bit1);
-        const __mmask8 x = _mm512_cmpeq_epi64_mask(_mm512_and_si512(s, xnx), xm);
-        const __mmask8 mmuw = lockless_both ? _mm512_cmpeq_epi64_mask(_mm512_and_si512(s, both), both)
-                                            : _mm512_test_epi64_mask(s, mw);
-        const __mmask8 hwb = _mm512_test_epi64_mask(s, hw);
-        const __mmask8 abit = _mm512_test_epi64_mask(s, am), dbit = _mm512_test_epi64_mask(s, dm);
-        const __mmask8 tracked = _mm512_mask_testn_epi64_mask((__mmask8)~ad_en, s, atm);
-        const __mmask8 use_a = ad_en & use_a_on, use_d = ad_en & use_d_on;
-        const __mmask8 accessed = ad_always ? abit : (__mmask8)((use_a & abit) | (~use_a & ~tracked));
-        const __mmask8 dirty = ad_always ? dbit : (__mmask8)((use_d & dbit) | (~use_d & w));
-        __mmask8 atomic;
-        if (at_needs) {
-            atomic = (__mmask8)((~w & mmuw) | ~ad_en | (w & ~dbit));
-        } else {
-            const __mmask8 lockless = (__mmask8)((~w & mmuw & mmuw_not_w) | (mmuw & at_lockless));
-            atomic = (present | mmuw_not_w) &
-                     (lockless | tracked | (ad_en & (__mmask8)(~abit | (w & ~dbit))));
-        }
-        const __mmask8 wr_mmuw = _mm512_test_epi64_mask(s, mw);
-        const __mmask8 winv = (__mmask8)((wr_mmuw & hwb) | (~wr_mmuw & ~w));
-        const __m512i rs = _mm512_mask_blend_epi64(large, rsvd0, rsvd1);
-        const __mmask8 rsvd = _mm512_test_epi64_mask(_mm512_srlv_epi64(bad, _mm512_and_si512(s, c63)), c1) |
-                              _mm512_test_epi64_mask(s, rs);
-        const __mmask8 ve = ve_on & _mm512_mask_cmpneq_epi64_mask(_mm512_testn_epi64_mask(s, bit63),
-                                                                  _mm512_and_si512(s, c7), c6);
-        const __mmask8 last = last_lv1 | large;
-        const __mmask8 np = _mm512_cmpeq_epi64_mask(s, npv);
+        __mmask8 k[KVMMU_P_COUNT];
+        spte_lanes512(c, s, level, k);
 
         __m512i q[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-#define PUT(p, mk) q[(p) / 8] = _mm512_mask_or_epi64(q[(p) / 8], (mk), q[(p) / 8], \
-                                                      _mm512_set1_epi64((long long)KBIT(8 * ((p) % 8))))
-        PUT(KVMMU_P_SHADOW_PRESENT, present);
-        PUT(KVMMU_P_MMIO, mmio);
-        PUT(KVMMU_P_FROZEN, frozen);
-        PUT(KVMMU_P_LARGE, large);
-        PUT(KVMMU_P_LAST, last);
-        PUT(KVMMU_P_EXECUTABLE, x);
-        PUT(KVMMU_P_WRITABLE, w);
-        PUT(KVMMU_P_MMU_WRITABLE, mmuw);
-        PUT(KVMMU_P_HOST_WRITABLE, hwb);
-        PUT(KVMMU_P_ACCESSED, accessed);
-        PUT(KVMMU_P_DIRTY, dirty);
-        PUT(KVMMU_P_AD_ENABLED, ad_en);
-        PUT(KVMMU_P_AD_NEED_WRITE_PROTECT, ad_wp);
-        PUT(KVMMU_P_ACCESS_TRACK, tracked);
-        PUT(KVMMU_P_NEEDS_ATOMIC_UPDATE, atomic);
-        PUT(KVMMU_P_WRITABLE_INVARIANTS_OK, winv);
-        PUT(KVMMU_P_RSVD, rsvd);
-        PUT(KVMMU_P_EPT_VE_POSSIBLE, ve);
-#undef PUT
-        /* frozen > mmio > present > non-present value > other */
-        __m512i f2 = _mm512_mask_mov_epi64(kind_other, np, kind_np);
-        f2 = _mm512_mask_mov_epi64(f2, present, kind_pr);
-        f2 = _mm512_mask_mov_epi64(f2, mmio, kind_mm);
-        f2 = _mm512_mask_mov_epi64(f2, frozen, kind_fr);
-        f2 = _mm512_or_si512(f2, _mm512_slli_epi64(adt, 8));
-        f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 13), mt_field, 0xF8);
-        f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 18), ipat_field, 0xF8);
-        f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, ACC_TRACK_SHIFT - 40), saved_field, 0xF8);
-        f2 = _mm512_mask_or_epi64(f2, x, f2, acc_x);
-        f2 = _mm512_mask_or_epi64(f2, w, f2, acc_w);
-        f2 = _mm512_mask_or_epi64(f2, _mm512_test_epi64_mask(s, user), f2, acc_u);
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)              \
+        q[(id) / 8] = _mm512_mask_or_epi64(q[(id) / 8], k[id], q[(id) / 8],        \
+                                           _mm512_set1_epi64((long long)KBIT(8 * ((id) % 8))));
+#include "spte_rules.h"
+        const __m512i f2 = decode_word2_512(d, s, k);
         const __m512i f1 = _mm512_srli_epi64(_mm512_and_si512(s, base_mask), 12);
 
         __m512i v[6];
@@ -1151,98 +1038,76 @@ decode_avx512(const struct pmask_consts *k, const struct decode_consts *d,
 }
 #endif
 
+/* One record, any level (1..5). */
+static inline void decode_one(const struct kvmmu_cfg *c, uint64_t s, uint32_t level,
+                              struct kvmmu_spte_info *out)
+{
+    const struct decode_consts d = decode_setup(c, level);
+    const uint64_t mk = spte_lanes(c, s, level);
+    const uint64_t w[6] = {s, (s & d.base_mask) >> 12, decode_word2(&d, s, mk),
+                           spread_bits(mk & 0xFF), spread_bits((mk >> 8) & 0xFF),
+                           spread_bits((mk >> 16) & 0xFF)};
+    memcpy(out, w, sizeof(w));
+}
+
+/* decode_batch with one level for all: AVX-512 body when allowed, portable blocks around. */
+static inline __attribute__((always_inline)) void decode_uniform(const struct kvmmu_cfg *c, uint32_t level, const uint64_t *restrict spte,
+                           struct kvmmu_spte_info *restrict out, size_t n)
+{
+    const struct decode_consts d = decode_setup(c, level);
+    bool stream = false;
+#ifdef KVMMU_HAVE_STREAM
+    stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok(c->isa);
+#endif
+#ifdef KVMMU_HAVE_AVX512
+    if (kvmmu_avx512_ok(c->isa)) {
+        /* Records before the first 64-byte aligned one (when out is 16-byte aligned) and
+         * the last n % 8 go through the portable blocks. */
+        size_t head = 0;
+        if (((uintptr_t)out & 15) == 0)
+            while (head < n && head < 4 && ((uintptr_t)(out + head) & 63))
+                head++;
+        const bool nt = stream && ((uintptr_t)(out + head) & 63) == 0;
+        if (!nt)
+            head = 0;
+        const size_t body = (n - head) & ~(size_t)7;
+        decode_blocks(c, level, &d, spte, out, head, false);
+        decode_avx512(c, level, &d, spte + head, (uint64_t *)(void *)(out + head), body, nt);
+        decode_blocks(c, level, &d, spte + head + body, out + head + body, n - head - body, false);
+        return;
+    }
+#endif
+    decode_blocks(c, level, &d, spte, out, n, stream);
+}
+
 KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict spte,
                                const uint8_t *restrict level, uint32_t level_scalar,
                                struct kvmmu_spte_info *restrict out, size_t n, int *err)
 {
     const struct kvmmu_cfg cl = *cfg;
     const struct kvmmu_cfg *c = &cl;
-    const bool ept = (cl.flags & KVMMU_F_EPT) != 0;
-    const bool ve = (cl.flags & KVMMU_F_EPT_VE_CHECK) != 0;
-    const bool ad_always = rule(c, KVMMU_R_AD_ALWAYS);
 
-    if (!level && level_scalar >= 1 && level_scalar <= 5) {
-        struct pmask_consts k;
-        const struct decode_consts d = {
-            .eptm = ept ? ~UINT64_C(0) : 0, .base_mask = cl.base_addr_mask, .user = cl.user_mask,
-            .npv = cl.nonpresent_value, .lvl = (uint64_t)level_scalar << 48,
-        };
-        bool stream = false;
-#ifdef KVMMU_HAVE_STREAM
-        stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok();
-#endif
-        pmask_setup(c, level_scalar, &k);
-#ifdef KVMMU_HAVE_AVX512
-        if (!(cl.flags & KVMMU_F_PORTABLE) && kvmmu_avx512_ok()) {
-            /* Records before the first 64-byte aligned one (when out is 16-byte aligned) and
-             * the last n % 8 go through the portable blocks. */
-            size_t head = 0;
-            if (((uintptr_t)out & 15) == 0)
-                while (head < n && head < 4 && ((uintptr_t)(out + head) & 63))
-                    head++;
-            const bool nt = stream && ((uintptr_t)(out + head) & 63) == 0;
-            if (!nt)
-                head = 0;
-            const size_t body = (n - head) & ~(size_t)7;
-            decode_blocks(&k, &d, spte, out, head, false);
-            decode_avx512(&k, &d, spte + head, (uint64_t *)(void *)(out + head), body, nt);
-            decode_blocks(&k, &d, spte + head + body, out + head + body, n - head - body, false);
-            return 0;
+    if (!level) {
+        if (level_scalar < 1 || level_scalar > 5) {
+            *err = KVMMU_E_LEVEL;
+            return n ? 1 : 0;
         }
-#endif
-        decode_blocks(&k, &d, spte, out, n, stream);
+        decode_uniform(c, level_scalar, spte, out, n);
         return 0;
     }
+    const size_t bad = first_bad_level(level, n, err);
+    if (bad)
+        return bad;
+    for (size_t i = 0; i < n; i++)
+        decode_one(c, spte[i], level[i], &out[i]);
+    return 0;
+}
 
-    for (size_t i = 0; i < n; i++) {
-        const uint64_t s = spte[i];
-        const uint32_t lv = level ? level[i] : level_scalar;
-        if (KVMMU_UNLIKELY(lv < 1 || lv > 5)) {
-            *err = KVMMU_E_LEVEL;
-            return i + 1;
-        }
-        const bool present = is_present(c, s), mmio = is_mmio(c, s), frozen = is_frozen(c, s);
-        const bool w = is_writable(s), x = is_executable(c, s);
-        uint32_t m = 0;
-        m |= (uint32_t)present << KVMMU_P_SHADOW_PRESENT;
-        m |= (uint32_t)mmio << KVMMU_P_MMIO;
-        m |= (uint32_t)frozen << KVMMU_P_FROZEN;
-        m |= (uint32_t)is_large(s) << KVMMU_P_LARGE;
-        m |= (uint32_t)is_last(s, lv) << KVMMU_P_LAST;
-        m |= (uint32_t)x << KVMMU_P_EXECUTABLE;
-        m |= (uint32_t)w << KVMMU_P_WRITABLE;
-        m |= (uint32_t)is_mmu_writable(c, s) << KVMMU_P_MMU_WRITABLE;
-        m |= (uint32_t)((s & cl.host_writable_mask) != 0) << KVMMU_P_HOST_WRITABLE;
-        m |= (uint32_t)is_accessed(c, s) << KVMMU_P_ACCESSED;
-        m |= (uint32_t)(ad_always ? (s & cl.dirty_mask) != 0 : is_dirty_old(c, s)) << KVMMU_P_DIRTY;
-        m |= (uint32_t)ad_enabled(s) << KVMMU_P_AD_ENABLED;
-        m |= (uint32_t)ad_need_wp(s) << KVMMU_P_AD_NEED_WRITE_PROTECT;
-        m |= (uint32_t)is_access_track(c, s) << KVMMU_P_ACCESS_TRACK;
-        m |= (uint32_t)needs_atomic(c, s) << KVMMU_P_NEEDS_ATOMIC_UPDATE;
-        m |= (uint32_t)writable_invariants_ok(c, s) << KVMMU_P_WRITABLE_INVARIANTS_OK;
-        m |= (uint32_t)is_rsvd(c, s, lv) << KVMMU_P_RSVD;
-        m |= (uint32_t)(ve && ept_ve_possible(c, s)) << KVMMU_P_EPT_VE_POSSIBLE;
-
-        struct kvmmu_spte_info *o = &out[i];
-        o->spte = s;
-        o->pfn = (s & cl.base_addr_mask) >> 12;
-        o->kind = frozen ? KVMMU_KIND_FROZEN : mmio ? KVMMU_KIND_MMIO : present ? KVMMU_KIND_PRESENT
-                  : s == cl.nonpresent_value ? KVMMU_KIND_NONPRESENT : KVMMU_KIND_OTHER;
-        o->ad_type = (uint8_t)((s >> 52) & 3);
-        o->memtype = ept ? (uint8_t)((s >> 3) & 7) : 0;
-        o->ipat = ept ? (uint8_t)((s >> 6) & 1) : 0;
-        o->access = (uint8_t)((x ? ACC_EXEC : 0) | (w ? ACC_WRITE : 0) |
-                              ((s & cl.user_mask) ? ACC_USER : 0));
-        o->saved_rx = (uint8_t)((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED);
-        o->level = (uint8_t)lv;
-        o->pad = 0;
-        /* Spread predicate bit k to byte k (0 or 1) eight at a time. */
-        for (int q = 0; q < 3; q++) {
-            uint64_t b = (m >> (8 * q)) & 0xFF;
-            uint64_t e = ((((b * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201)) +
-                           UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
-            memcpy(&o->pred[8 * q], &e, 8);
-        }
-    }
+int kvmmu_spte_decode(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level,
+                      struct kvmmu_spte_info *out)
+{
+    if (level < 1 || level > 5)
+        return KVMMU_E_LEVEL;
+    decode_one(cfg, spte, level, out);
     return 0;
 }

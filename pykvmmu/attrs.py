@@ -125,7 +125,10 @@ class MmuInvalidation:
     def retry_gfn(self, mmu_seq: int, gfn: int) -> bool:
         """``mmu_invalidate_retry_gfn()``: retry if an invalidation in progress covers gfn (or
         has no range yet), or the sequence moved since the fault's snapshot."""
-        mmu_seq, gfn = _gfn("mmu_seq", mmu_seq), _gfn("gfn", gfn)
+        return self._retry(_gfn("mmu_seq", mmu_seq), _gfn("gfn", gfn))
+
+    def _retry(self, mmu_seq: int, gfn: int) -> bool:
+        """:meth:`retry_gfn` on checked values (the fault path's two checks)."""
         if self.in_progress:
             if self.range_start == INVALID_GPA:
                 return True

@@ -148,6 +148,41 @@ def _options(what: str, kw: dict, *fns, fixed=()) -> None:
                           f"{', '.join(sorted(allowed))}")
 
 
+# ------------------------------------------------------------------ MMIO masks (the one definition;
+# pykvmmu.mmio re-exports them)
+def default_mmio_masks(maxphyaddr: int) -> tuple:
+    """``kvm_mmu_reset_all_pte_masks()``: (value, mask, access_mask) = (BIT51|BIT0, same, W|U)
+    below 52-bit MAXPHYADDR; value and mask 0 at 52 bits (no reserved PA bit left)."""
+    m = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]", err=ConfigError)
+    v = (1 << 51) | PT_PRESENT_MASK if m < 52 else 0
+    return v, v, ACC_WRITE_MASK | ACC_USER_MASK
+
+
+def ept_mmio_masks(profile=None) -> tuple:
+    """``kvm_mmu_set_ept_masks()``: value WX (a misconfiguration), mask RWX (| SUPPRESS_VE
+    from v6.10), access mask 0."""
+    p = get_profile(profile or "latest")
+    mask = VMX_EPT_RWX_MASK | (VMX_EPT_SUPPRESS_VE_BIT if p.ept_suppress_ve else 0)
+    return VMX_EPT_MISCONFIG_WX_VALUE, mask, 0
+
+
+def svm_adjust_mmio_mask(phys_bits: int, c_bit: int | None, *, mem_encrypt: bool = True):
+    """``svm_adjust_mmio_mask()``: with memory encryption enabled (CPUID 0x8000001F and
+    SYSCFG.MEM_ENCRYPT), the reserved bit is the first one above x86_phys_bits, bumped by
+    one when it is the C-bit; value = mask = ``rsvd_bits(bit, 51) | P`` below 52, else 0.
+    Returns (value, mask, access_mask), or None when the default masks stay."""
+    bit = in_range("phys_bits", phys_bits, 32, 52, "x86_phys_bits", err=ConfigError)
+    if c_bit is not None:
+        c_bit = in_range("c_bit", c_bit, 32, 51, "the C-bit position, CPUID 0x8000001F EBX[5:0]",
+                         err=ConfigError)
+    if not boolean("mem_encrypt", mem_encrypt) or c_bit is None:
+        return None
+    if bit == c_bit:
+        bit += 1
+    mask = rsvd_bits(bit, 51) | PT_PRESENT_MASK if bit < 52 else 0
+    return mask, mask, PT_WRITABLE_MASK | PT_USER_MASK
+
+
 @dataclass(frozen=True)
 class MmioSetResult:
     """Outcome of ``kvm_mmu_set_mmio_spte_mask()``: effective masks and the checks that fired."""
@@ -436,17 +471,26 @@ class MmuConfig:
         flags |= lib.KVMMU_F_IGNORE_GUEST_PAT if self.ignore_guest_pat else 0
         flags |= lib.KVMMU_F_HAS_FROZEN if p.frozen_value is not None else 0
         flags |= lib.KVMMU_F_EPT_VE_CHECK if p.has_ept_ve_possible else 0
+        flags |= lib.KVMMU_F_AD_ENABLED if self.ad_enabled else 0
+        flags |= lib.KVMMU_F_NX_HUGE_PAGES if self.nx_huge_pages else 0
         c.flags = flags
         c.maxphyaddr = self.maxphyaddr
+        from . import isa
+        c.isa = isa.DEFAULT
         return c
 
-    def _portable_copy(self) -> "MmuConfig":
-        """An equal configuration whose C struct switches the core's hand-written SIMD
-        kernels off (KVMMU_F_PORTABLE), so tests can hold both paths to the same results."""
-        from ._ffi import lib
+    def _isa_copy(self, level: str) -> "MmuConfig":
+        """An equal configuration whose C struct caps the core's hand-written kernels at
+        ``level`` (``portable``, ``avx2``, ``avx512``; see :mod:`pykvmmu.isa`), so tests can
+        hold every kernel to the same results as the portable loops."""
+        from . import isa
         twin = self.replace()
-        twin._cptr.flags |= lib.KVMMU_F_PORTABLE
+        twin._cptr.isa = isa.level(level)
         return twin
+
+    def _portable_copy(self) -> "MmuConfig":
+        """``_isa_copy("portable")``: plain C loops only."""
+        return self._isa_copy("portable")
 
     def replace(self, **changes) -> "MmuConfig":
         """A copy with some fields changed (validated again)."""
@@ -503,11 +547,6 @@ class MmuConfig:
             nonpresent_or_rsvd_mask=rsvd,
             nonpresent_or_rsvd_lower_gfn_mask=GENMASK(low_phys_bits - 1, 12))
 
-    @staticmethod
-    def _default_mmio(maxphyaddr):
-        m = BIT(51) | PT_PRESENT_MASK if maxphyaddr < 52 else 0
-        return m, m, ACC_WRITE_MASK | ACC_USER_MASK
-
     @classmethod
     def _finish(cls, p, kw, value, mask, access, mmio_caching):
         if p.mmio_special_tag:
@@ -561,13 +600,8 @@ class MmuConfig:
                     raise ConfigError(f"sme_phys_reduction={sme_phys_reduction}: maxphyaddr "
                                       f"{maxphyaddr} - reduction = {pb} phys bits, below 32")
         p, kw = cls._base(profile, maxphyaddr, pb, cache_bits)
-        value, mask, access = cls._default_mmio(maxphyaddr)
-        if me:
-            mask_bit = kw["phys_bits"]
-            if mask_bit == sme_cbit:
-                mask_bit += 1
-            value = mask = (rsvd_bits(mask_bit, 51) | PT_PRESENT_MASK) if mask_bit < 52 else 0
-            access = PT_WRITABLE_MASK | PT_USER_MASK
+        value, mask, access = svm_adjust_mmio_mask(kw["phys_bits"], sme_cbit) \
+            or default_mmio_masks(maxphyaddr)
         if tdp:
             rsvd, bad = legacy_rsvd_table(maxphyaddr, tdp_level, nx=True, gbpages=gbpages,
                                           amd=True, drop_mask=me)
@@ -628,8 +662,7 @@ class MmuConfig:
                   ad_enabled=ad, exec_only=exec_only, tdp=True, mt_hook=True,
                   ignore_guest_pat=ignore_guest_pat, nx_huge_pages=nx_huge_pages,
                   rsvd_bits_mask=rsvd, bad_mt_xwr=bad)
-        mask = VMX_EPT_RWX_MASK | (VMX_EPT_SUPPRESS_VE_BIT if p.ept_suppress_ve else 0)
-        return cls._finish(p, kw, VMX_EPT_MISCONFIG_WX_VALUE, mask, 0, mmio_caching)
+        return cls._finish(p, kw, *ept_mmio_masks(p), mmio_caching)
 
     @classmethod
     def tdx(cls, *, maxphyaddr: int = 52, phys_bits: int | None = None, profile=DEFAULT_PROFILE,

@@ -18,12 +18,11 @@ from __future__ import annotations
 import bisect
 import errno as _errno
 import itertools
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ._batch import uint
-from ._check import boolean, in_range, snapshot
+from ._check import boolean, in_range, snapshot, u64
 from .attrs import MmuInvalidation
 from .errors import InputError
 
@@ -69,7 +68,8 @@ def _order(order, name: str = "order") -> int:
 
 def order_to_level(order: int) -> int:
     """The largest page level a folio of ``order`` can map (``max_level_for_order``)."""
-    order = _order(order)
+    if order.__class__ is not int or not 0 <= order <= MAX_FOLIO_ORDER:     # fast path
+        order = _order(order)
     return PG_LEVEL_1G if order >= 18 else PG_LEVEL_2M if order >= 9 else PG_LEVEL_4K
 
 
@@ -240,13 +240,24 @@ class MmuLock:
 
     mmu_lock_held = 0
 
-    @contextmanager
     def mmu_lock(self):
-        self.mmu_lock_held += 1
-        try:
-            yield
-        finally:
-            self.mmu_lock_held -= 1
+        """``write_lock(&kvm->mmu_lock)`` as a context manager (a plain class: the fault path
+        takes it on every fault)."""
+        return _MmuLockGuard(self)
+
+
+class _MmuLockGuard:
+    __slots__ = ("kvm",)
+
+    def __init__(self, kvm):
+        self.kvm = kvm
+
+    def __enter__(self):
+        self.kvm.mmu_lock_held += 1
+
+    def __exit__(self, *exc):
+        self.kvm.mmu_lock_held -= 1
+        return False
 
 
 class StubKvm(MmuLock):
@@ -306,6 +317,14 @@ def _slot(slot):
         raise InputError(f"slot={slot!r}: expected a memslot (base_gfn, npages), got "
                          f"{type(slot).__name__}")
     return slot
+
+
+def _slot_index(slot, gfn: int) -> int:
+    """``kvm_gmem_get_index`` on checked values: the gfn must lie in the slot."""
+    base = slot.base_gfn
+    if not base <= gfn < base + slot.npages:
+        raise InputError(f"gfn={gfn:#x}: outside the slot [{base:#x}, {base + slot.npages:#x})")
+    return gfn - base + slot.gmem_pgoff
 
 
 def max_order_at(gfn: int, index: int, folio_order: int) -> int:
@@ -448,12 +467,7 @@ class GuestMemfd:
     @staticmethod
     def index_of(slot, gfn: int) -> int:
         """``kvm_gmem_get_index``: ``gfn - slot->base_gfn + slot->gmem.pgoff`` (gfn in the slot)."""
-        _slot(slot)
-        gfn = uint("gfn", gfn)
-        if not slot.base_gfn <= gfn < slot.base_gfn + slot.npages:
-            raise InputError(f"gfn={gfn:#x}: outside the slot [{slot.base_gfn:#x}, "
-                             f"{slot.base_gfn + slot.npages:#x})")
-        return gfn - slot.base_gfn + slot.gmem_pgoff
+        return _slot_index(_slot(slot), uint("gfn", gfn))
 
     def binding_at(self, index: int):
         """The binding covering file page ``index``, or None."""
@@ -464,7 +478,9 @@ class GuestMemfd:
     # ------------------------------------------------------------ folios
     def folio_of(self, index: int):
         """(base index, base pfn, order) of the allocated folio holding ``index``, or None."""
-        index = self._index(index)
+        return self._folio_at(self._index(index))
+
+    def _folio_at(self, index: int):
         pfn = self._pfn.get(index)
         if pfn is None:
             return None
@@ -519,8 +535,10 @@ class GuestMemfd:
         one invalidate call; partial large folios are split first.  Returns pages freed."""
         freed = 0
         hooks = self.kvm.gmem_hooks
-        idx = sorted(i for i in self._pfn if start <= i < end) if len(self._pfn) > (end - start) \
-            else [i for i in range(start, end) if i in self._pfn]
+        # O(min(range, allocated)): probe the range when it is the smaller, else filter the
+        # allocated indexes (each freed folio then costs its invalidate hook and free).
+        idx = [i for i in range(start, end) if i in self._pfn] if end - start <= len(self._pfn) \
+            else sorted(i for i in self._pfn if start <= i < end)
         done = set()
         for i in idx:
             if i in done:
@@ -660,9 +678,9 @@ class GuestMemfd:
         if getattr(slot, "gmem_file", None) is not self:
             raise GmemError(f"gfn {gfn:#x}: slot {getattr(slot, 'id', '?')} has no guest_memfd "
                             "file (released)", _errno.EFAULT)
-        index = self.index_of(slot, gfn)
-        b = self.binding_at(index)
-        if b is None or b.slot is not slot:
+        index = _slot_index(slot, gfn)
+        i = bisect.bisect_right(self._bind_starts, index) - 1       # binding_at(index)
+        if i < 0 or self._binds[i].end <= index or self._binds[i].slot is not slot:
             raise GmemError(f"gfn {gfn:#x}: index {index:#x} is not bound to this slot", _errno.EIO)
         return index
 
@@ -671,9 +689,9 @@ class GuestMemfd:
         (-EFAULT: no file, -EIO: binding mismatch), allocate on demand, -EHWPOISON if poisoned,
         prepare (zero + ``prepare`` hook with the folio-aligned gfn/pfn and the folio order) if not
         up to date.  ``max_order`` is 0 upstream (order-0 folios)."""
-        gfn = uint("gfn", gfn)
+        gfn = u64("gfn", gfn)
         index = self._lookup_for(slot, gfn)
-        f = self.folio_of(index)
+        f = self._folio_at(index)
         if f is None:
             f = self._alloc_folio(index)
         base, bpfn, order = f
@@ -690,7 +708,8 @@ class GuestMemfd:
             self.uptodate.add(base)
             prepared_now = True
         pfn = bpfn + (index - base)
-        return GetPfn(pfn, max_order_at(gfn, index, order), prepared_now)
+        mask = (1 << order) - 1         # max_order_at, with checked values
+        return GetPfn(pfn, order if (gfn & mask) == (index & mask) else 0, prepared_now)
 
     def populate(self, slot, start_gfn: int, src, npages: int,
                  post_populate: Optional[Callable] = None, opaque=None) -> int:

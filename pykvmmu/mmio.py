@@ -20,15 +20,15 @@ import numpy as np
 
 from . import _par
 from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
-from ._check import boolean, choice, in_range, mmu_config, opt_boolean
+from ._check import choice, mmu_config, opt_boolean
 from ._ffi import ffi, lib
-from .config import (ACC_ALL, ACC_USER_MASK, ACC_WRITE_MASK, GENMASK, PT_PRESENT_MASK,
-                     PT_USER_MASK, PT_WRITABLE_MASK, SHADOW_NONPRESENT_OR_RSVD_MASK_LEN,
+from .config import (ACC_ALL, GENMASK, PT_PRESENT_MASK,
+                     SHADOW_NONPRESENT_OR_RSVD_MASK_LEN,
                      SPTE_MMIO_ALLOWED_MASK, SPTE_MMU_PRESENT_MASK, SPTE_SPECIAL_MMIO_TAG,
-                     VMX_EPT_MISCONFIG_WX_VALUE, VMX_EPT_RWX_MASK, VMX_EPT_SUPPRESS_VE_BIT,
-                     MmuConfig, kvm_mmu_set_mmio_spte_mask, rsvd_bits)
+                     VMX_EPT_RWX_MASK, VMX_EPT_SUPPRESS_VE_BIT,
+                     MmuConfig, default_mmio_masks, ept_mmio_masks, kvm_mmu_set_mmio_spte_mask,
+                     rsvd_bits, svm_adjust_mmio_mask)
 from .errors import ConfigError, InputError, ProfileError
-from .profile import get_profile
 from .spte import is_mmio_spte, predicate_batch
 
 
@@ -294,10 +294,13 @@ def mmio_fault_outcome(cfg: MmuConfig, spte: int, memslots_generation: int) -> s
     rebuilt SPTE carries the pre-update generation and ``vcpu_cache_mmio_info`` caches
     nothing; ``"not_mmio"``: not an MMIO SPTE (RET_PF_RETRY).
     """
-    mmu_config(cfg)
-    s = uint("spte", spte)
-    g = uint("memslots_generation", memslots_generation)
-    return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(cfg._cptr, s, g)]
+    try:
+        return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(cfg._cptr, spte, memslots_generation)]
+    except (OverflowError, TypeError, AttributeError):
+        mmu_config(cfg)
+        uint("spte", spte)
+        uint("memslots_generation", memslots_generation)
+        raise
 
 
 def mmio_fault_outcome_batch(cfg: MmuConfig, spte: np.ndarray, memslots_generation,
@@ -348,39 +351,6 @@ def kvm_mmu_invalidate_mmio_sptes_batch(cfg: MmuConfig, generation: np.ndarray, 
 
 
 # ------------------------------------------------------------------ vendor computations
-def default_mmio_masks(maxphyaddr: int) -> tuple:
-    """``kvm_mmu_reset_all_pte_masks()``: (value, mask, access_mask) = (BIT51|BIT0, same, W|U)
-    below 52-bit MAXPHYADDR; value and mask 0 at 52 bits (no reserved PA bit left)."""
-    m = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]", err=ConfigError)
-    v = (1 << 51) | PT_PRESENT_MASK if m < 52 else 0
-    return v, v, ACC_WRITE_MASK | ACC_USER_MASK
-
-
-def ept_mmio_masks(profile=None) -> tuple:
-    """``kvm_mmu_set_ept_masks()``: value WX (a misconfiguration), mask RWX (| SUPPRESS_VE
-    from v6.10), access mask 0."""
-    p = get_profile(profile or "latest")
-    mask = VMX_EPT_RWX_MASK | (VMX_EPT_SUPPRESS_VE_BIT if p.ept_suppress_ve else 0)
-    return VMX_EPT_MISCONFIG_WX_VALUE, mask, 0
-
-
-def svm_adjust_mmio_mask(phys_bits: int, c_bit: int | None, *, mem_encrypt: bool = True):
-    """``svm_adjust_mmio_mask()``: with memory encryption enabled (CPUID 0x8000001F and
-    SYSCFG.MEM_ENCRYPT), the reserved bit is the first one above x86_phys_bits, bumped by
-    one when it is the C-bit; value = mask = ``rsvd_bits(bit, 51) | P`` below 52, else 0.
-    Returns (value, mask, access_mask), or None when the default masks stay."""
-    bit = in_range("phys_bits", phys_bits, 32, 52, "x86_phys_bits", err=ConfigError)
-    if c_bit is not None:
-        c_bit = in_range("c_bit", c_bit, 32, 51, "the C-bit position, CPUID 0x8000001F EBX[5:0]",
-                         err=ConfigError)
-    if not boolean("mem_encrypt", mem_encrypt) or c_bit is None:
-        return None
-    if bit == c_bit:
-        bit += 1
-    mask = rsvd_bits(bit, 51) | PT_PRESENT_MASK if bit < 52 else 0
-    return mask, mask, PT_WRITABLE_MASK | PT_USER_MASK
-
-
 def tdx_vm_mmio_value() -> int:
     """``tdx_vm_init()``: a TD's per-VM MMIO value is 0 (RWX=000, SUPPRESS_VE clear: an EPT
     violation the TDX module turns into #VE); the global mask stays RWX|SVE."""

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from . import _par
+from . import isa as _isa
 from ._batch import in_array, out_array, ptr, ptr_at, same_shape, uint
 from ._check import boolean, u64
 from ._ffi import ffi, lib
@@ -39,7 +40,8 @@ __all__ = [
     "Classification", "FaultDecision", "FaultPolicy", "UpstreamPolicy", "RfcV9MaskPolicy",
     "MaskPolicy", "ThreeWayPolicy", "SoftwarePferrPolicy", "POLICIES", "get_policy",
     "KVM_FAULT_VMM_DEFINED", "KVM_FAULT_SHARED", "KVM_FAULT_PRIVATE", "upstream_error_code",
-    "kvm_mmu_do_page_fault", "decide", "policy_table", "format_policy_table",
+    "kvm_mmu_do_page_fault", "vendor_says_private", "faultin_action", "faultin_decision", "EXIT_NOSLOT_PRIVATE",
+    "EXIT_NO_GMEM", "decide", "policy_table", "format_policy_table",
     "classify_batch", "ept_violation_error_code", "prefault_error_code", "PrivateFaultError",
 ]
 
@@ -338,23 +340,34 @@ def upstream_error_code(ctx, gpa: int, error_code: int):
     """
     warnings = ()
     _ctx(ctx)
-    gpa = uint("gpa", gpa)
-    ec = error_code = uint("error_code", error_code)
+    gpa = u64("gpa", gpa)
+    ec = error_code = u64("error_code", error_code)
     if ec & PFERR_SYNTHETIC_MASK:
         warnings = (f"WARN: hardware error code {ec:#x} collides with synthetic bits "
                     f"{ec & PFERR_SYNTHETIC_MASK:#x} (cleared)",)
         ec &= ~PFERR_SYNTHETIC_MASK
+    if vendor_says_private(ctx, gpa, ec):
+        ec |= PFERR_PRIVATE_ACCESS
+    return ec, warnings
+
+
+def vendor_says_private(ctx, gpa: int, ec: int, *, upstream: bool = True) -> bool:
+    """The one private/shared source rule (checked arguments; ``csrc/private.c`` is its batch
+    twin): SNP: the NPF ENC bit (34); TDX: the GPA's shared bit clear
+    (``vt_is_tdx_private_gpa``); SW-protected: the gfn's attributes say PRIVATE
+    (``kvm_mem_is_private(gpa_to_gfn(gpa))``).  ``upstream`` (``kvm_mmu_page_fault``, v6.10+)
+    adds: only with ``CONFIG_KVM_SW_PROTECTED_VM`` and never for a reserved-bit (MMIO) fault;
+    the 2023 software-PFERR design (:class:`SoftwarePferrPolicy`) had neither exception."""
     vt = ctx.vm_type
     if vt == KVM_X86_SNP_VM:
-        if ec & PFERR_GUEST_ENC_MASK:
-            ec |= PFERR_PRIVATE_ACCESS
-    elif vt == KVM_X86_TDX_VM:
-        if not gpa & (ctx.gfn_direct_bits << 12):
-            ec |= PFERR_PRIVATE_ACCESS
-    elif vt == KVM_X86_SW_PROTECTED_VM:
-        if ctx.sw_protected_enabled and not ec & PFERR_RSVD_MASK and ctx.is_private(gpa >> 12):
-            ec |= PFERR_PRIVATE_ACCESS
-    return ec, warnings
+        return bool(ec & PFERR_GUEST_ENC_MASK)
+    if vt == KVM_X86_TDX_VM:
+        return not gpa & (ctx.gfn_direct_bits << 12)
+    if vt == KVM_X86_SW_PROTECTED_VM:
+        if upstream and (not ctx.sw_protected_enabled or ec & PFERR_RSVD_MASK):
+            return False
+        return bool(ctx.is_private(gpa >> 12))
+    return False
 
 
 def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
@@ -400,8 +413,7 @@ class UpstreamPolicy(FaultPolicy):
     source = "lkml 20240228024147.41573-6-seanjc@google.com (merged v6.10)"
     summary = "bit 49 set by the vendor code per VM type; attributes for SW-protected, never for RSVD"
 
-    def classify(self, ctx, gpa, error_code):
-        return kvm_mmu_do_page_fault(ctx, gpa, error_code)
+    classify = staticmethod(kvm_mmu_do_page_fault)
 
 
 class RfcV9MaskPolicy(FaultPolicy):
@@ -508,12 +520,7 @@ class SoftwarePferrPolicy(FaultPolicy):
 
     def caller_error_code(self, ctx, gpa, error_code):
         gpa, ec = u64("gpa", gpa), u64("error_code", error_code)
-        vt = ctx.vm_type
-        if vt == KVM_X86_SNP_VM and ec & PFERR_GUEST_ENC_MASK:
-            ec |= self.mask
-        elif vt == KVM_X86_TDX_VM and not gpa & (ctx.gfn_direct_bits << 12):
-            ec |= self.mask
-        elif vt == KVM_X86_SW_PROTECTED_VM and ctx.is_private(gpa >> 12):
+        if vendor_says_private(ctx, gpa, ec, upstream=False):
             ec |= self.mask
         return ec
 
@@ -543,35 +550,50 @@ def get_policy(policy) -> FaultPolicy:
     return policy
 
 
+#: The exit reasons of the decision tree (one definition; ``Vm.fault`` uses them too).
+EXIT_NOSLOT_PRIVATE = "private fault with no memslot (kvm_handle_noslot_fault)"
+EXIT_NO_GMEM = "private fault on a memslot without guest_memfd"
+
+
+def faultin_action(gfn: int, is_private: bool, ex: Optional[MemoryFaultExit],
+                   slot_kind: Optional[str]) -> tuple:
+    """The decision tree of ``kvm_mmu_faultin_pfn`` after classification and the mismatch rule
+    (``ex``: the policy's resolve() exit), given the memslot kind of ``gfn`` (None: no slot),
+    as ``(action, exit)``: no memslot -> private: exit, shared: ``noslot`` (MMIO); private
+    fault on a slot without guest_memfd -> exit; private -> guest_memfd; shared on a gmem-only
+    slot -> guest_memfd (``gmem_shared``); else host memory (``shared``).  The one tree:
+    :func:`decide` (through :func:`faultin_decision`) and ``pykvmmu.vm.Vm.fault`` use it."""
+    if ex is not None:
+        return "exit", ex
+    if slot_kind is None:
+        if is_private:
+            return "exit", MemoryFaultExit.for_fault(gfn, True, EXIT_NOSLOT_PRIVATE)
+        return "noslot", None
+    if is_private:
+        if not slot_kind.startswith("gmem"):
+            return "exit", MemoryFaultExit.for_fault(gfn, True, EXIT_NO_GMEM)
+        return "private", None
+    return ("gmem_shared" if slot_kind == "gmem_only" else "shared"), None
+
+
+def faultin_decision(c: Classification, is_private: bool, ex: Optional[MemoryFaultExit],
+                     slot_kind: Optional[str]) -> FaultDecision:
+    """:func:`faultin_action` as a :class:`FaultDecision` for classification ``c``."""
+    action, ex = faultin_action(c.gfn, is_private, ex, slot_kind)
+    return FaultDecision(action, c.gfn, is_private,
+                         c.error_code, ex, tuple(c.warnings))
+
+
 def decide(ctx, gpa: int, error_code: int, policy=None) -> FaultDecision:
     """Classification, mismatch rule and slot checks of one fault (``kvm_mmu_faultin_pfn``):
-
-    mismatch with the attributes -> memory-fault exit; no memslot -> private: exit, shared:
-    ``noslot`` (MMIO); private fault on a slot without guest_memfd -> exit; private ->
-    guest_memfd; shared on a gmem-only slot -> guest_memfd; else host memory."""
+    the policy's classify() and resolve(), then :func:`faultin_decision`."""
     _ctx(ctx)
     gpa = uint("gpa", gpa)
     error_code = uint("error_code", error_code)
     pol = get_policy(policy)
     c = pol.classify(ctx, gpa, error_code)
     is_private, ex = pol.resolve(ctx, c)
-    w = tuple(c.warnings)
-    if ex is not None:
-        return FaultDecision("exit", c.gfn, is_private, c.error_code, ex, w)
-    slot = ctx.slot_kind(c.gfn)
-    if slot is None:
-        if is_private:
-            return FaultDecision("exit", c.gfn, True, c.error_code, MemoryFaultExit.for_fault(
-                c.gfn, True, "private fault with no memslot (kvm_handle_noslot_fault)"), w)
-        return FaultDecision("noslot", c.gfn, False, c.error_code, None, w)
-    if is_private:
-        if not slot.startswith("gmem"):
-            return FaultDecision("exit", c.gfn, True, c.error_code, MemoryFaultExit.for_fault(
-                c.gfn, True, "private fault on a memslot without guest_memfd"), w)
-        return FaultDecision("private", c.gfn, True, c.error_code, None, w)
-    if slot == "gmem_only":
-        return FaultDecision("gmem_shared", c.gfn, False, c.error_code, None, w)
-    return FaultDecision("shared", c.gfn, False, c.error_code, None, w)
+    return faultin_decision(c, is_private, ex, None if ex is not None else ctx.slot_kind(c.gfn))
 
 
 def prefault_error_code(vm_type, is_private_gfn: bool) -> int:
@@ -671,7 +693,7 @@ def format_policy_table(rows=None) -> str:
 # ------------------------------------------------------------------ batch path
 def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: int = 52,
                    attrs=None, sw_protected_enabled: bool = True, out_gfn=None, out_ec=None,
-                   out_private=None, threads: int | None = None):
+                   out_private=None, threads: int | None = None, isa: str | None = None):
     """Upstream classification (:func:`kvm_mmu_do_page_fault`) of arrays of faults, in C.
 
     ``gpa`` and ``error_code`` are uint64 arrays of one shape; ``attrs`` (SW-protected VMs) is
@@ -679,9 +701,11 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
     ``(start_gfn, end_gfn)`` of the private ranges.  Returns ``(gfn, error_code, is_private,
     n_synthetic_collisions)``: the stripped gfns, the error codes with bit 49 set/cleared, a
     bool array, and how many inputs carried synthetic bits (WARNed and cleared).
-    ``threads``: see :mod:`pykvmmu._par` (None: automatic).
+    ``threads``: see :mod:`pykvmmu._par` (None: automatic); ``isa`` caps the hand-written
+    kernels (:mod:`pykvmmu.isa`; None: PYKVMMU_ISA).
     """
     vt = vm_type_number(vm_type)
+    cap = _isa.DEFAULT if isa is None else _isa.level(isa)
     in_array("gpa", gpa, np.uint64)
     in_array("error_code", error_code, np.uint64)
     ins = [("gpa", gpa), ("error_code", error_code)]
@@ -714,6 +738,7 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
     pol.flags = lib.KVMMU_PF_F_SW_PROTECTED if boolean("sw_protected_enabled",
                                                        sw_protected_enabled) else 0
     pol.gfn_direct_bits = gfn_direct_bits(vt, gpaw)
+    pol.isa = cap
     ps, pe = ptr(starts, "uint64_t"), ptr(ends, "uint64_t")
 
     def part(lo, hi):

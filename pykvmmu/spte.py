@@ -7,8 +7,10 @@ with the GIL released.
 """
 from __future__ import annotations
 
+import struct
+import threading
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -20,19 +22,14 @@ from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, MmuConfig)
 from .errors import InputError
 
-__all__ = [
+__all__ = [  # the predicates are appended from the C table (RULES) below
     "make_spte", "make_spte_batch", "MakeSpteResult", "make_nonleaf_spte", "make_nonleaf_spte_batch",
     "make_small_spte", "make_small_spte_batch", "make_huge_spte", "make_huge_spte_batch",
     "mark_spte_for_access_track", "restore_acc_track_spte", "access_track_batch",
     "PREDICATES", "predicate", "predicate_batch", "spte_to_pfn", "spte_to_pfn_batch",
     "leaf_spte_change_needs_tlb_flush", "leaf_spte_change_needs_tlb_flush_batch",
-    "decode", "decode_batch", "SpteRecord", "DECODE_DTYPE",
-    "is_shadow_present_pte", "is_mmio_spte", "is_frozen_spte", "is_large_pte", "is_last_spte",
-    "is_executable_pte", "is_writable_pte", "is_mmu_writable_spte", "is_host_writable_spte",
-    "is_accessed_spte",
-    "is_dirty_spte", "spte_ad_enabled", "spte_ad_need_write_protect", "is_access_track_spte",
-    "spte_needs_atomic_update", "check_spte_writable_invariants", "is_rsvd_spte",
-    "is_ept_ve_possible", "ACC_EXEC_MASK", "ACC_WRITE_MASK", "ACC_USER_MASK", "ACC_ALL",
+    "decode", "decode_batch", "SpteRecord", "DECODE_DTYPE", "RULES", "PredicateRule",
+    "ACC_EXEC_MASK", "ACC_WRITE_MASK", "ACC_USER_MASK", "ACC_ALL",
 ]
 
 _ERRORS = {
@@ -99,6 +96,19 @@ def _memtype(memtype) -> int:
     return m
 
 
+_U64_LIMIT = 1 << 64
+_MAKE_OUT = threading.local()      # per thread: the C call releases the GIL
+_tuple_new = tuple.__new__
+#: kvmmu_make_spte's return word >> 9 -> the warnings make_spte() would raise
+_WARNINGS = tuple(tuple(w for bit, w in ((lib.KVMMU_MKR_WARN_NONPRESENT,
+                                          "pte_access|shadow_present_mask == SHADOW_NONPRESENT_VALUE"),
+                                         (lib.KVMMU_MKR_WARN_RSVD, "is_rsvd_spte(shadow_zero_check)"))
+                        if (bits << 9) & bit) for bits in range(4))
+_MK_AD_DEFAULT, _MK_NX_DEFAULT = lib.KVMMU_MK_AD_DEFAULT, lib.KVMMU_MK_NX_DEFAULT
+_MK_OLD_DEFAULT, _MKR_WRPROT = lib.KVMMU_MK_OLD_DEFAULT, lib.KVMMU_MKR_WRPROT
+_make_c = lib.kvmmu_make_spte
+
+
 def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC_ALL,
               old_spte: int | None = None, prefetch: bool = False, synchronizing: bool = False,
               host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool | None = None,
@@ -115,32 +125,51 @@ def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC
     to ``!kvm_ad_enabled()`` (the TDP MMU's role).  Before v6.13, ``synchronizing``
     stands for ``!can_unsync``.
     """
-    mmu_config(cfg)
-    pfn = uint("pfn", pfn)
-    level = uint("level", level, 8)
-    pte_access = uint("pte_access", pte_access, 8)
-    old = cfg.profile.nonpresent_value if old_spte is None else uint("old_spte", old_spte)
-    mt = _memtype(memtype)
-    nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
-    if ad_disabled is None:
-        ad_disabled = not cfg.ad_enabled
-    mk = _mkflags(prefetch, synchronizing, host_writable, host_mmio, ad_disabled, ad_wrprot_only,
-                  unsync_fails, nx)
-    c = cfg._cptr
-    err = lib.kvmmu_make_spte_check(c, pfn, level, pte_access, mk, mt)
+    if cfg.__class__ is not MmuConfig:
+        mmu_config(cfg)
+    # Fast path: plain ints and bools go straight to one C call that validates and builds.
+    mk = 0
+    if prefetch is True or (prefetch is not False and boolean("prefetch", prefetch)):
+        mk |= MK_PREFETCH
+    if synchronizing is True or (synchronizing is not False and boolean("synchronizing", synchronizing)):
+        mk |= MK_SYNCHRONIZING
+    if host_writable is True or (host_writable is not False and boolean("host_writable", host_writable)):
+        mk |= MK_HOST_WRITABLE
+    if host_mmio is True or (host_mmio is not False and boolean("host_mmio", host_mmio)):
+        mk |= MK_HOST_MMIO
+    if ad_wrprot_only is True or (ad_wrprot_only is not False and boolean("ad_wrprot_only", ad_wrprot_only)):
+        mk |= MK_WRPROT_ONLY
+    if unsync_fails is True or (unsync_fails is not False and boolean("unsync_fails", unsync_fails)):
+        mk |= MK_UNSYNC_FAILS
+    mk |= (_MK_AD_DEFAULT if ad_disabled is None else
+           MK_AD_DISABLED if boolean("ad_disabled", ad_disabled) else 0)
+    mk |= (_MK_NX_DEFAULT if nx_huge_pages is None else
+           MK_NX_HUGE if boolean("nx_huge_pages", nx_huge_pages) else 0)
+    if old_spte is None:
+        mk |= _MK_OLD_DEFAULT
+        old_spte = 0
+    try:
+        out = _MAKE_OUT.out
+    except AttributeError:
+        out = _MAKE_OUT.out = ffi.new("uint64_t *")
+    r = -1
+    if memtype is None and pfn.__class__ is int and level.__class__ is int \
+            and pte_access.__class__ is int and old_spte.__class__ is int:
+        try:
+            r = _make_c(cfg._cptr, pfn, old_spte, level, pte_access, mk, MEMTYPE_AUTO, out)
+        except OverflowError:
+            pass
+    if r < 0:       # the full checks: the argument types and widths, then the C rules
+        r = _make_c(cfg._cptr, uint("pfn", pfn), uint("old_spte", old_spte),
+                    uint("level", level, 8), uint("pte_access", pte_access, 8), mk,
+                    _memtype(memtype), out)
+    err = r & 0xFF
     if err:
         bad = {lib.KVMMU_E_PFN: f"pfn={pfn:#x}", lib.KVMMU_E_LEVEL: f"level={level}",
                lib.KVMMU_E_ACCESS: f"pte_access={pte_access:#x}"}.get(err, "input")
         raise InputError(f"make_spte: {bad}: {_ERRORS[err]}"
                          + (f" {cfg.base_addr_mask:#x}" if err == lib.KVMMU_E_PFN else ""))
-    wp = ffi.new("bool *")
-    spte = lib.kvmmu_make_spte(c, pfn, old, level, pte_access, mk, mt, wp)
-    warnings = []
-    if cfg.profile.nonpresent_value and (pte_access | cfg.present_mask) == cfg.profile.nonpresent_value:
-        warnings.append("pte_access|shadow_present_mask == SHADOW_NONPRESENT_VALUE")
-    if lib.kvmmu_is_rsvd_spte(c, spte, level):
-        warnings.append("is_rsvd_spte(shadow_zero_check)")
-    return MakeSpteResult(spte, bool(wp[0]), tuple(warnings))
+    return _tuple_new(MakeSpteResult, (out[0], (r & _MKR_WRPROT) != 0, _WARNINGS[r >> 9]))
 
 
 def _arg(name, v, dtype, bits, shape_list):
@@ -361,27 +390,30 @@ def access_track_batch(cfg: MmuConfig, spte: np.ndarray, restore: bool = False,
 
 
 # ------------------------------------------------------------------ predicates
+class PredicateRule(NamedTuple):
+    """One row of csrc/spte_rules.h: the predicate ``name`` (the kernel function modelled)."""
+
+    name: str
+    id: int                 # bit / byte index in the C core (KVMMU_P_*)
+    needs_level: bool
+    feature: str | None     # LayoutProfile flag the era needs, None for every era
+    field: str              # DECODE_DTYPE field p_<field>
+    doc: str
+
+
+def _rules() -> tuple:
+    n = ffi.new("size_t *")
+    t = lib.kvmmu_spte_pred_table(n)
+    rows = [t[i] for i in range(n[0])]
+    s = lambda p: ffi.string(p).decode()  # noqa: E731
+    return tuple(sorted((PredicateRule(s(r.kernel_fn), r.id, bool(r.needs_level), s(r.feature) or None,
+                                       s(r.field), s(r.doc)) for r in rows), key=lambda r: r.id))
+
+
+#: The predicate table of the C core (csrc/spte_rules.h), in predicate-number order.
+RULES = _rules()
 #: name -> (C predicate number, needs level, profile feature it requires or None)
-PREDICATES = {
-    "is_shadow_present_pte": (lib.KVMMU_P_SHADOW_PRESENT, False, None),
-    "is_mmio_spte": (lib.KVMMU_P_MMIO, False, None),
-    "is_frozen_spte": (lib.KVMMU_P_FROZEN, False, None),
-    "is_large_pte": (lib.KVMMU_P_LARGE, False, None),
-    "is_last_spte": (lib.KVMMU_P_LAST, True, None),
-    "is_executable_pte": (lib.KVMMU_P_EXECUTABLE, False, None),
-    "is_writable_pte": (lib.KVMMU_P_WRITABLE, False, None),
-    "is_mmu_writable_spte": (lib.KVMMU_P_MMU_WRITABLE, False, None),
-    "is_host_writable_spte": (lib.KVMMU_P_HOST_WRITABLE, False, None),
-    "is_accessed_spte": (lib.KVMMU_P_ACCESSED, False, None),
-    "is_dirty_spte": (lib.KVMMU_P_DIRTY, False, "has_is_dirty_spte"),
-    "spte_ad_enabled": (lib.KVMMU_P_AD_ENABLED, False, None),
-    "spte_ad_need_write_protect": (lib.KVMMU_P_AD_NEED_WRITE_PROTECT, False, None),
-    "is_access_track_spte": (lib.KVMMU_P_ACCESS_TRACK, False, None),
-    "spte_needs_atomic_update": (lib.KVMMU_P_NEEDS_ATOMIC_UPDATE, False, None),
-    "check_spte_writable_invariants": (lib.KVMMU_P_WRITABLE_INVARIANTS_OK, False, None),
-    "is_rsvd_spte": (lib.KVMMU_P_RSVD, True, None),
-    "is_ept_ve_possible": (lib.KVMMU_P_EPT_VE_POSSIBLE, False, "has_ept_ve_possible"),
-}
+PREDICATES = {r.name: (r.id, r.needs_level, r.feature) for r in RULES}
 
 
 def _make_pred(name, num, needs_level, feature, doc):
@@ -412,55 +444,21 @@ def _make_pred(name, num, needs_level, feature, doc):
                 mmu_config(cfg)
                 raise bad_u64("spte", spte) from None
     f.__name__ = f.__qualname__ = name
-    f.__doc__ = doc
+    f.__module__ = __name__
+    f.__doc__ = f"Model of ``{name}()`` (arch/x86/kvm/mmu/spte.h): {doc}"
     return f
 
 
-_DOCS = {
-    "is_shadow_present_pte": "MMU-present bit 11 set (v5.10-5.12: non-zero and not MMIO).",
-    "is_mmio_spte": "``(spte & shadow_mmio_mask) == shadow_mmio_value`` with caching on (v5.10: bits 53:52 == 11b).",
-    "is_frozen_spte": "``spte == FROZEN_SPTE`` (REMOVED_SPTE before v6.11).",
-    "is_large_pte": "PS bit (7) set.",
-    "is_last_spte": "``level == 1 || is_large_pte(spte)``; presence is not checked.",
-    "is_executable_pte": "``(spte & (x_mask | nx_mask)) == x_mask``.",
-    "is_writable_pte": "W bit (1) set.",
-    "is_mmu_writable_spte": "MMU-writable bit set (v5.10: host- and MMU-writable both set).",
-    "is_host_writable_spte": "host-writable bit set.",
-    "is_accessed_spte": "Accessed (v6.13+: the A bit; before: A if AD-enabled, else not access-tracked).",
-    "is_dirty_spte": "Dirty (before v6.13 only): D if AD-enabled, else W.",
-    "spte_ad_enabled": "Bits 53:52 != AD_DISABLED (WRPROT_ONLY counts as enabled).",
-    "spte_ad_need_write_protect": "Bits 53:52 != 0 (AD-disabled or WRPROT_ONLY).",
-    "is_access_track_spte": "AD-disabled and no bits of shadow_acc_track_mask set.",
-    "spte_needs_atomic_update": "v6.15 spte_needs_atomic_update(); spte_has_volatile_bits() before.",
-    "check_spte_writable_invariants": "True if MMU-W implies host-W and !MMU-W implies !W.",
-    "is_rsvd_spte": "``is_rsvd_spte(&shadow_zero_check, spte, level)`` over the config's tables.",
-    "is_ept_ve_possible": "v6.10+: SVE in the present mask, SVE clear in the SPTE, RWX != 110b.",
-}
+for _r in RULES:
+    globals()[_r.name] = _make_pred(_r.name, _r.id, _r.needs_level, _r.feature, _r.doc)
+    __all__.append(_r.name)
+del _r
 
 
-def _pred(name):
-    return _make_pred(name, *PREDICATES[name], _DOCS[name])
-
-
-is_shadow_present_pte = _pred("is_shadow_present_pte")
-is_mmio_spte = _pred("is_mmio_spte")
-is_frozen_spte = _pred("is_frozen_spte")
-is_large_pte = _pred("is_large_pte")
-is_last_spte = _pred("is_last_spte")
-is_executable_pte = _pred("is_executable_pte")
-is_writable_pte = _pred("is_writable_pte")
-is_mmu_writable_spte = _pred("is_mmu_writable_spte")
-is_host_writable_spte = _pred("is_host_writable_spte")
-is_accessed_spte = _pred("is_accessed_spte")
-is_dirty_spte = _pred("is_dirty_spte")
-spte_ad_enabled = _pred("spte_ad_enabled")
-spte_ad_need_write_protect = _pred("spte_ad_need_write_protect")
-is_access_track_spte = _pred("is_access_track_spte")
-spte_needs_atomic_update = _pred("spte_needs_atomic_update")
-check_spte_writable_invariants = _pred("check_spte_writable_invariants")
-is_rsvd_spte = _pred("is_rsvd_spte")
-is_ept_ve_possible = _pred("is_ept_ve_possible")
-assert set(PREDICATES) == set(_DOCS), "every predicate is bound above"
+def __getattr__(name: str) -> Callable[..., bool]:
+    """Only reached for names that do not exist (the predicates are bound above from the C
+    table); declared so type checkers accept ``spte.is_mmio_spte`` and friends."""
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def predicate(cfg: MmuConfig, name: str, spte: int, level: int = 1) -> bool:
@@ -558,15 +556,7 @@ def leaf_spte_change_needs_tlb_flush_batch(cfg: MmuConfig, old_spte: np.ndarray,
 # ---------------------------------------------------------------------- decode
 KINDS = ("nonpresent", "present", "mmio", "frozen", "other")
 _PRED_NAMES = list(PREDICATES)
-_FIELD = {"is_shadow_present_pte": "shadow_present", "is_mmio_spte": "mmio", "is_frozen_spte": "frozen",
-          "is_large_pte": "large", "is_last_spte": "last", "is_executable_pte": "executable",
-          "is_writable_pte": "writable", "is_mmu_writable_spte": "mmu_writable",
-          "is_host_writable_spte": "host_writable", "is_accessed_spte": "accessed",
-          "is_dirty_spte": "dirty", "spte_ad_enabled": "ad_enabled",
-          "spte_ad_need_write_protect": "ad_need_write_protect", "is_access_track_spte": "access_track",
-          "spte_needs_atomic_update": "needs_atomic_update",
-          "check_spte_writable_invariants": "writable_invariants_ok", "is_rsvd_spte": "rsvd",
-          "is_ept_ve_possible": "ept_ve_possible"}
+_FIELD = {r.name: r.field for r in RULES}
 _pred_fields = [_FIELD[n] for n in _PRED_NAMES]
 assert ffi.sizeof("struct kvmmu_spte_info") == 48
 DECODE_DTYPE = np.dtype({
@@ -648,28 +638,53 @@ class SpteRecord:
         return "\n".join(lines)
 
 
+_DECODE_OUT = threading.local()      # per thread: the C call releases the GIL
+_decode_c = lib.kvmmu_spte_decode
+_RECORD = struct.Struct("<QQ8B24s")   # struct kvmmu_spte_info, as DECODE_DTYPE
+#: (profile name, predicate bytes) -> {name: bool} for the predicates the era has (copied
+#: out on each use; a pure function of its key, bounded)
+_PRED_DICTS: dict = {}
+
+
+def _pred_dict(profile, pred: bytes) -> dict:
+    key = (profile.name, pred)
+    try:
+        return _PRED_DICTS[key].copy()
+    except KeyError:
+        if len(_PRED_DICTS) >= 4096:
+            _PRED_DICTS.clear()
+        d = _PRED_DICTS[key] = {r.name: pred[r.id] != 0 for r in RULES
+                                if not r.feature or getattr(profile, r.feature)}
+        return d.copy()
+
+
 def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
     """Decode one SPTE to a readable record (every field named, with the mode's meaning).
 
     MMIO SPTEs also get gfn, access and generation when pykvmmu.mmio is available."""
-    mmu_config(cfg)
-    s = uint("spte", spte)
-    level = uint("level", level, 8)
-    r = decode_batch(cfg, np.array([s], dtype=np.uint64), level)[0]
-    preds = {}
-    for name, field in zip(_PRED_NAMES, _pred_fields):
-        feat = PREDICATES[name][2]
-        if feat and not getattr(cfg.profile, feat):
-            continue
-        preds[name] = bool(r[f"p_{field}"])
-    acc = int(r["access"])
-    if cfg.is_ept:
+    if cfg.__class__ is not MmuConfig:
+        mmu_config(cfg)
+    s = spte if spte.__class__ is int and 0 <= spte < _U64_LIMIT else uint("spte", spte)
+    if level.__class__ is not int:
+        level = uint("level", level, 8)
+    try:
+        r, buf = _DECODE_OUT.rec
+    except AttributeError:
+        r = ffi.new("struct kvmmu_spte_info *")
+        _DECODE_OUT.rec = (r, ffi.buffer(r))
+        buf = _DECODE_OUT.rec[1]
+    if _decode_c(cfg._cptr, s, level, r) if 0 <= level < 256 else True:
+        raise InputError(f"level={uint('level', level, 8)}: must be 1..5")
+    _s, pfn, kind, ad_type, mt, ipat, acc, saved_rx, _lv, _pad, pred = _RECORD.unpack_from(buf)
+    preds = _pred_dict(cfg.profile, pred)
+    ept = cfg.is_ept
+    if ept:
         access = ("R" if s & 1 else "-") + ("W" if s & 2 else "-") + ("X" if s & 4 else "-")
     else:
         access = ("P" if s & 1 else "-") + ("W" if s & 2 else "-") + ("U" if s & 4 else "-") \
             + ("-" if acc & ACC_EXEC_MASK else " NX")
     mmio = None
-    kind = KINDS[int(r["kind"])]
+    kind = KINDS[kind]
     if kind == "mmio":
         try:
             from . import mmio as _mmio
@@ -678,10 +693,11 @@ def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
                     "generation": _mmio.get_mmio_spte_generation(cfg, s)}
         except (ImportError, AttributeError):
             mmio = None
-    return SpteRecord(
-        spte=s, mode=cfg.mode, profile=cfg.profile.name, level=level, kind=kind,
-        pfn=int(r["pfn"]), ad_type=_AD[int(r["ad_type"])] if cfg.is_ept else "n/a (legacy)",
-        memtype=_EPT_MT.get(int(r["memtype"]), f"reserved({int(r['memtype'])})") if cfg.is_ept else None,
-        ipat=bool(r["ipat"]) if cfg.is_ept else None, access=access,
-        saved_rx=int(r["saved_rx"]), predicates=preds, mmio=mmio)
-
+    rec = object.__new__(SpteRecord)     # the frozen dataclass's fields, set without __init__
+    object.__setattr__(rec, "__dict__", {
+        "spte": s, "mode": cfg.mode, "profile": cfg.profile.name, "level": level, "kind": kind,
+        "pfn": pfn, "ad_type": _AD[ad_type] if ept else "n/a (legacy)",
+        "memtype": (_EPT_MT.get(mt) or f"reserved({mt})") if ept else None,
+        "ipat": bool(ipat) if ept else None, "access": access, "saved_rx": saved_rx,
+        "predicates": preds, "mmio": mmio})
+    return rec

@@ -13,8 +13,9 @@ must.  :meth:`Vm.check` verifies the invariants after any step.
 from __future__ import annotations
 
 import errno as _errno
+from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -22,11 +23,13 @@ from . import mmio as M
 from . import private as P
 from . import spte as S
 from .memslots import kvm_arch_nr_memslot_as_ids
+from .rmp import RmpTable, sev_private_max_mapping_level
 from ._batch import uint
 from ._check import boolean, choice, in_range, snapshot, u64
 from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
                     kvm_supported_mem_attributes)
 from .config import ACC_ALL, MmuConfig
+from ._ffi import ffi, lib
 from .errors import InputError
 from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
                    GmemError, GmemHooks, GuestMemfd, HostMemory, MigrateAnswer, MmuLock,
@@ -43,6 +46,7 @@ KVM_USER_MEM_SLOTS = 32764
 #: The RMP entry's ASID field is 10 bits; 0 is the hypervisor and 0x3FF RMP_INVALID_ASID.
 SEV_ASID_MAX = 0x3FE
 PAGES = {1: 1, 2: 512, 3: 512 * 512, 4: 512 ** 3, 5: 512 ** 4}
+_PFERR_RSVD = P.PFERR_RSVD_MASK
 
 
 class VmError(InputError):
@@ -92,11 +96,11 @@ class Memslot:
         return "plain"
 
 
-@dataclass(frozen=True)
-class FaultOutcome:
+class FaultOutcome(NamedTuple):
     """What ``vm.fault`` did: ``kind`` is ``mapped`` (at ``level``), ``spurious`` (already
     mapped), ``emulate`` (MMIO; ``spte`` is the MMIO SPTE if one was installed), ``exit``
-    (``exit`` is the KVM_EXIT_MEMORY_FAULT), or ``retry`` (stale fault, nothing installed)."""
+    (``exit`` is the KVM_EXIT_MEMORY_FAULT), or ``retry`` (stale fault, nothing installed).
+    Immutable (a named tuple: one is built per fault)."""
 
     kind: str
     gfn: int
@@ -168,7 +172,6 @@ class SnpHooks(GmemHooks):
             pfn += 1
 
     def max_mapping_level(self, kvm, pfn, is_private):
-        from .rmp import sev_private_max_mapping_level
         return sev_private_max_mapping_level(self.vm.rmp, pfn) if is_private else 0
 
     def post_populate(self, kvm, gfn, pfn, src, opaque):
@@ -258,7 +261,6 @@ class Vm(MmuLock):
         if hooks is not None and not isinstance(hooks, GmemHooks):
             raise VmError(f"hooks={hooks!r}: expected a GmemHooks (or subclass) or None")
         if rmp is not None:
-            from .rmp import RmpTable
             if not isinstance(rmp, RmpTable):
                 raise VmError(f"rmp={rmp!r}: expected an RmpTable or None")
         policy = P.get_policy(policy)
@@ -285,6 +287,7 @@ class Vm(MmuLock):
         self.nr_as_ids = kvm_arch_nr_memslot_as_ids(self.has_private_mem)
         self.generation = 0
         self.slots: list = []                 # sorted by base_gfn
+        self._slot_bases: list = []           # their base gfns (bisect)
         self.gmems: list = []
         self.folio_order = folio_order
         self.max_level = max_level
@@ -295,13 +298,27 @@ class Vm(MmuLock):
         self._max_gfn = (1 << (cfg.maxphyaddr - 12)) - 1
         # TDP roots: TDX has a mirror (private, S-EPT) root and a direct (shared) root.
         self.root_names = ("private", "shared") if self.vm_type == P.KVM_X86_TDX_VM else ("direct",)
-        self.pages: dict = {}                  # table pa -> np.ndarray[512] uint64
+        self._root_priv, self._root_shared = self._root_for(True), self._root_for(False)
+        self.pages: dict = {}                  # table pa -> np.ndarray[512] uint64 (pool view)
+        # The table pool walked by csrc/vm.c: SPTEs, and per entry the pool index of the child
+        # table it points to (-1: not a pointer); table pa -> pool index; free pool indexes.
+        self._tbl = np.empty((0, 512), dtype=np.uint64)
+        self._child = np.empty((0, 512), dtype=np.int32)
+        self._pt_idx: dict = {}
+        self._pt_free: list = []
+        self._tdp = ffi.new("struct kvmmu_vm_tdp *")
+        self._tdp.levels = self.levels
+        self._tdp.nonpresent = cfg.profile.nonpresent_value
+        self._grow_pool(16)
+        self._mk = S._mkflags(False, False, True, False, not cfg.ad_enabled, False, False,
+                              cfg.nx_huge_pages)
+        self._out_spte = ffi.new("uint64_t *")
+        self._out_level = ffi.new("uint32_t *")
         self.roots = {r: self._alloc_table() for r in self.root_names}
         self.leaves = {r: {} for r in self.root_names}    # base gfn -> (level, pfn, kind)
         self.stats = dict(faults=0, mapped=0, exits=0, retries=0, emulate=0, zapped=0)
         if self.vm_type == P.KVM_X86_SNP_VM:
             if rmp is None:
-                from .rmp import RmpTable
                 rmp = RmpTable.create(self.host.max_pfn() << 12)
             self.rmp = rmp
         else:
@@ -327,25 +344,44 @@ class Vm(MmuLock):
 
     def slot_of(self, gfn: int) -> Optional[Memslot]:
         """``gfn_to_memslot``."""
-        gfn = u64("gfn", gfn)
-        lo, hi = 0, len(self.slots)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self.slots[mid].end_gfn <= gfn:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < len(self.slots) and self.slots[lo].base_gfn <= gfn:
-            return self.slots[lo]
+        return self._slot_at(u64("gfn", gfn))
+
+    def _slot_at(self, gfn: int) -> Optional[Memslot]:
+        i = bisect_right(self._slot_bases, gfn) - 1
+        if i >= 0:
+            s = self.slots[i]
+            if gfn < s.base_gfn + s.npages:
+                return s
         return None
 
     def slot_kind(self, gfn: int):
         s = self.slot_of(gfn)
         return None if s is None else s.kind()
 
+    def _grow_pool(self, cap: int) -> None:
+        n = len(self._tbl)
+        tbl = np.full((cap, 512), self.cfg.profile.nonpresent_value, dtype=np.uint64)
+        child = np.full((cap, 512), -1, dtype=np.int32)
+        tbl[:n] = self._tbl
+        child[:n] = self._child
+        self._tbl, self._child = tbl, child
+        self._pt_free.extend(range(cap - 1, n - 1, -1))
+        for pa, i in self._pt_idx.items():
+            self.pages[pa] = tbl[i]
+        t = self._tdp
+        t.spte = ffi.cast("uint64_t *", tbl.ctypes.data)
+        t.child = ffi.cast("int32_t *", child.ctypes.data)
+        t.npages = cap
+
     def _alloc_table(self) -> int:
         pfn = self.host.alloc("pt")
-        self.pages[pfn << 12] = np.full(512, self.cfg.profile.nonpresent_value, dtype=np.uint64)
+        if not self._pt_free:
+            self._grow_pool(2 * len(self._tbl))
+        i = self._pt_free.pop()
+        self._tbl[i] = self.cfg.profile.nonpresent_value
+        self._child[i] = -1
+        self._pt_idx[pfn << 12] = i
+        self.pages[pfn << 12] = self._tbl[i]
         return pfn << 12
 
     def _root_for(self, is_private: bool) -> str:
@@ -357,25 +393,39 @@ class Vm(MmuLock):
         """The gfn the root's tables are indexed with (TDX shared root: with the shared bit)."""
         return gfn | self.gfn_direct_bits if root == "shared" else gfn
 
-    def _path(self, root: str, gfn: int, level: int, create: bool):
-        """(table, index) of the entry for ``gfn`` at ``level``; None if a table is missing."""
+    def _path_idx(self, root: str, gfn: int, level: int, create: bool):
+        """(pool index, index) of the entry for ``gfn`` at ``level``; None if a table is
+        missing (``create``: allocate it, with a non-leaf SPTE pointing at it)."""
         g = self._walk_gfn(root, gfn)
-        pa = self.roots[root]
-        mask = self.cfg.base_addr_mask
+        p = self._pt_idx[self.roots[root]]
         for lv in range(self.levels, level, -1):
-            t = self.pages[pa]
             i = (g >> (9 * (lv - 1))) & 511
-            s = int(t[i])
-            if S.is_shadow_present_pte(self.cfg, s) and not (lv > 1 and S.is_large_pte(self.cfg, s)) \
-                    and not S.is_mmio_spte(self.cfg, s):
-                pa = s & mask
+            c = int(self._child[p, i])
+            if c >= 0:
+                p = c
                 continue
             if not create:
                 return None
             child = self._alloc_table()
-            t[i] = S.make_nonleaf_spte(self.cfg, child)
-            pa = child
-        return self.pages[pa], (g >> (9 * (level - 1))) & 511
+            self._tbl[p, i] = S.make_nonleaf_spte(self.cfg, child)
+            c = self._child[p, i] = self._pt_idx[child]
+            p = c
+        return p, (g >> (9 * (level - 1))) & 511
+
+    def _path(self, root: str, gfn: int, level: int, create: bool):
+        """(table, index) of the entry for ``gfn`` at ``level``; None if a table is missing."""
+        r = self._path_idx(root, gfn, level, create)
+        return None if r is None else (self._tbl[r[0]], r[1])
+
+    def _tdp_map(self, root: str, gfn: int, level: int, pfn: int = 0, make: bool = False):
+        """One C call (``kvmmu_vm_tdp_map``): walk ``root`` to ``gfn``'s entry at ``level``
+        and (``make``) install ``make_spte(pfn, level)`` there.  Returns (status, spte)."""
+        st = lib.kvmmu_vm_tdp_map(self._c, self._tdp, self._pt_idx[self.roots[root]],
+                                  gfn | self.gfn_direct_bits if root == "shared" else gfn, level,
+                                  pfn, ACC_ALL, self._mk, S.MEMTYPE_AUTO,
+                                  lib.KVMMU_VM_F_MAKE if make else 0, self._out_spte,
+                                  self._out_level)
+        return st, self._out_spte[0]
 
     def _leaf(self, root: str, gfn: int):
         """(level, base gfn, pfn) of the leaf mapping gfn in ``root``, or None."""
@@ -392,13 +442,15 @@ class Vm(MmuLock):
         t[i] = value
 
     def _free_subtree(self, pa: int, level: int):
-        t = self.pages.pop(pa)
+        self.pages.pop(pa)
+        i = self._pt_idx.pop(pa)
         if level > 2:
             mask = self.cfg.base_addr_mask
-            for s in t:
-                s = int(s)
-                if S.is_shadow_present_pte(self.cfg, s) and not S.is_large_pte(self.cfg, s):
-                    self._free_subtree(s & mask, level - 1)
+            for k in np.nonzero(self._child[i] >= 0)[0]:
+                self._free_subtree(int(self._tbl[i, k]) & mask, level - 1)
+        self._child[i] = -1
+        self._tbl[i] = self.cfg.profile.nonpresent_value
+        self._pt_free.append(i)
         self.host.free(pa >> 12)
 
     def _drop_leaves_below(self, root, base, level):
@@ -573,6 +625,7 @@ class Vm(MmuLock):
                 # dirty logging write-protects; model: zap so that faults re-install
                 self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_SHARED | KVM_FILTER_PRIVATE)
         self.slots.sort(key=lambda s: s.base_gfn)
+        self._slot_bases = [s.base_gfn for s in self.slots]
         gen = (self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + self.nr_as_ids
         self.generation = gen
         if M.kvm_mmu_invalidate_mmio_sptes(cfg=self.cfg, generation=gen, nr_as_ids=self.nr_as_ids):
@@ -635,71 +688,66 @@ class Vm(MmuLock):
         error_code = u64("error_code", error_code, err=VmError)
         if race is not None and not callable(race):
             raise VmError(f"race={race!r}: expected a callable or None")
-        self.stats["faults"] += 1
+        stats = self.stats
+        stats["faults"] += 1
         cfg = self.cfg
         # --- RSVD fast path: handle_mmio_page_fault on an existing MMIO SPTE
-        if error_code & P.PFERR_RSVD_MASK:
+        if error_code & _PFERR_RSVD:
             gfn0 = (gpa >> 12) & ~self.gfn_direct_bits
             root = self._root_for(False)
             e = self.leaves[root].get(gfn0)
             if e is not None and e[2] == "mmio":
-                t, i = self._path(root, gfn0, 1, create=False)
-                if M.mmio_fault_outcome(cfg, int(t[i]), self.generation) == "emulate":
+                s = self._tdp_map(root, gfn0, 1)[1]
+                if M.mmio_fault_outcome(cfg, s, self.generation) == "emulate":
                     self.stats["emulate"] += 1
-                    return FaultOutcome("emulate", gfn0, spte=int(t[i]), reason="MMIO SPTE hit")
+                    return FaultOutcome("emulate", gfn0, spte=s, reason="MMIO SPTE hit")
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
-        c = self.policy.classify(self, gpa, error_code)
+        policy, inv = self.policy, self.invalidation
+        c = policy.classify(self, gpa, error_code)
         gfn = c.gfn
-        mmu_seq = self.invalidation.seq
-        is_private, ex = self.policy.resolve(self, c)
-        if ex is not None:
+        mmu_seq = inv.seq
+        is_private, ex = policy.resolve(self, c)
+        slot = self._slot_at(gfn) if ex is None else None
+        if slot is not None and inv._retry(mmu_seq, gfn):                     # ..._unsafe check
+            stats["retries"] += 1
+            return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
+        action, ex = P.faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
+        if action == "exit":
             return self._exit(ex)
-        slot = self.slot_of(gfn)
-        if slot is None:
-            if is_private:
-                return self._exit(P.MemoryFaultExit.for_fault(
-                    gfn, True, "private fault with no memslot (kvm_handle_noslot_fault)"))
+        if action == "noslot":
             if not cfg.mmio_caching or gfn > self._max_gfn:
                 self.stats["emulate"] += 1
                 return FaultOutcome("emulate", gfn, reason="no MMIO caching or gfn above "
                                     "host MAXPHYADDR: no SPTE")
             pfn, max_level, kind = None, PG_LEVEL_4K, "mmio"
-        else:
-            if self.invalidation.retry_gfn(mmu_seq, gfn):        # ..._unsafe check
-                self.stats["retries"] += 1
-                return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
+        elif action == "shared":
+            pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
+        else:                                   # guest_memfd: "private" or "gmem_shared"
+            if slot.gmem_file is None:
+                return self._exit(P.MemoryFaultExit.for_fault(
+                    gfn, is_private, "guest_memfd was released (kvm_gmem_get_pfn: -EFAULT)"))
+            try:
+                r = slot.gmem_file.get_pfn(slot, gfn)
+            except GmemError as e:
+                return self._exit(P.MemoryFaultExit.for_fault(gfn, is_private,
+                                                              f"kvm_gmem_get_pfn: {e}"))
+            pfn = r.pfn
             if is_private:
-                if slot.gmem_file is None or not slot.flags & KVM_MEM_GUEST_MEMFD:
-                    return self._exit(P.MemoryFaultExit.for_fault(
-                        gfn, True, "private fault on a memslot without guest_memfd"
-                        if not slot.flags & KVM_MEM_GUEST_MEMFD else
-                        "guest_memfd was released (kvm_gmem_get_pfn: -EFAULT)"))
-                try:
-                    r = slot.gmem_file.get_pfn(slot, gfn)
-                except GmemError as e:
-                    return self._exit(P.MemoryFaultExit.for_fault(gfn, True, f"kvm_gmem_get_pfn: {e}"))
-                pfn = r.pfn
                 hook = self.gmem_hooks.max_mapping_level(self, pfn, True)
                 max_level = min(self.max_level, order_to_level(r.max_order))
                 if hook:
                     max_level = min(max_level, hook)
                 kind = "private"
-            elif slot.gmem_only:
-                try:
-                    r = slot.gmem_file.get_pfn(slot, gfn)
-                except GmemError as e:
-                    return self._exit(P.MemoryFaultExit.for_fault(gfn, False, f"kvm_gmem_get_pfn: {e}"))
-                pfn, max_level, kind = r.pfn, PG_LEVEL_4K, "shared"
             else:
-                pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
+                max_level, kind = PG_LEVEL_4K, "shared"
         if race is not None:
             race()
         with self.mmu_lock():
-            if self.invalidation.retry_gfn(mmu_seq, gfn):           # is_page_fault_stale
-                self.stats["retries"] += 1
+            if inv._retry(mmu_seq, gfn):                            # is_page_fault_stale
+                stats["retries"] += 1
                 return FaultOutcome("retry", gfn, is_private,
                                     reason="mmu_invalidate_seq moved or range in progress")
-            root = self._root_for(is_private)
+            root = self._root_priv if is_private else self._root_shared
             if kind == "mmio":
                 spte = M.make_mmio_spte(cfg, self._walk_gfn(root, gfn), ACC_ALL,
                                         self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS)
@@ -715,11 +763,15 @@ class Vm(MmuLock):
             bpfn = pfn - (gfn - base)
             cur = self._leaf(root, gfn)
             if cur is not None and cur[0] == level and cur[2] == bpfn:
-                t, i = self._path(root, base, level, create=False)
-                return FaultOutcome("spurious", gfn, is_private, level, bpfn, int(t[i]))
-            spte = S.make_spte(cfg, bpfn, level=level, pte_access=ACC_ALL).spte
-            self._install(root, base, level, spte, bpfn, kind)
-            self.stats["mapped"] += 1
+                return FaultOutcome("spurious", gfn, is_private, level, bpfn,
+                                    self._tdp_map(root, base, level)[1])
+            st, spte = self._tdp_map(root, base, level, bpfn, True)
+            if st == lib.KVMMU_VM_OK:
+                self.leaves[root][base] = (level, bpfn, kind)
+            else:           # tables to allocate, a huge leaf to split or a subtree to free
+                spte = S.make_spte(cfg, bpfn, level=level, pte_access=ACC_ALL).spte
+                self._install(root, base, level, spte, bpfn, kind)
+            stats["mapped"] += 1
             return FaultOutcome("mapped", gfn, is_private, level, bpfn, spte)
 
     def _exit(self, ex):
@@ -736,15 +788,12 @@ class Vm(MmuLock):
                 if lv > level:
                     self._set_entry(root, b, lv, self.cfg.profile.nonpresent_value)
                     del lv_map[b]
-        if level > 1:
-            t, i = self._path(root, base, level, create=True)
-            old = int(t[i])
-            if S.is_shadow_present_pte(self.cfg, old) and not S.is_large_pte(self.cfg, old) \
-                    and not S.is_mmio_spte(self.cfg, old):
-                self._drop_leaves_below(root, base, level)
-                self._free_subtree(old & self.cfg.base_addr_mask, level)
-        t, i = self._path(root, base, level, create=True)
-        t[i] = spte
+        p, i = self._path_idx(root, base, level, create=True)
+        if self._child[p, i] >= 0:
+            self._drop_leaves_below(root, base, level)
+            self._free_subtree(int(self._tbl[p, i]) & self.cfg.base_addr_mask, level)
+            self._child[p, i] = -1
+        self._tbl[p, i] = spte
         lv_map[base] = (level, pfn, kind)
 
     # ------------------------------------------------------------------ punch / migrate

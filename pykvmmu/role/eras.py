@@ -2,12 +2,14 @@
 ``kvm_cpu_role``) and the kernel eras (:class:`RoleEra`) that select them and the role rules."""
 from __future__ import annotations
 
+import copy
 import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import _par
+from .. import isa as _isa
 from .._batch import in_array, out_array, ptr_at, uint
 from .._check import boolean, in_range
 from .._ffi import ffi, lib
@@ -70,10 +72,18 @@ class RoleLayout:
         for i, f in enumerate(self.fields):
             c.shift[i] = f.shift
             c.width[i] = f.width
+        c.isa = _isa.DEFAULT
         rc = lib.kvmmu_role_layout_check(c)
         if rc:
             raise ProfileError(f"role layout {name!r}: fields overlap, are out of order or too wide")
         self._c = c
+
+    def _isa_copy(self, level: str) -> "RoleLayout":
+        """The same layout with its batch kernels capped at ``level`` (:mod:`pykvmmu.isa`)."""
+        twin = copy.copy(self)
+        twin._c = ffi.new("struct kvmmu_role_layout *", self._c[0])
+        twin._c.isa = _isa.level(level)
+        return twin
 
     @property
     def names(self) -> tuple:

@@ -8,6 +8,7 @@ from typing import Union
 import numpy as np
 
 from .. import _par
+from .. import isa as _isa
 from .._batch import in_array, out_array, ptr_at, uint
 from .._ffi import lib
 from ..errors import InputError
@@ -60,8 +61,14 @@ def _bits(bits) -> int:
 
 def hash_64(val: int, bits: int = KVM_MMU_HASH_SHIFT, variant: HashVariantLike = HashVariant.X86_64) -> int:
     """hash_64 (include/linux/hash.h): the top ``bits`` of val * GOLDEN_RATIO_64 on x86-64."""
+    if not (bits.__class__ is int and 1 <= bits <= 32):
+        bits = _bits(bits)
     try:
-        return int(lib.kvmmu_role_hash_64(val, _bits(bits), _variant(variant)))
+        v = _HASH_VARIANTS[variant]
+    except (KeyError, TypeError):
+        v = _variant(variant)
+    try:
+        return lib.kvmmu_role_hash_64(val, bits, v)
     except (OverflowError, TypeError):
         uint("val", val, 64)
         raise
@@ -70,18 +77,20 @@ def hash_64(val: int, bits: int = KVM_MMU_HASH_SHIFT, variant: HashVariantLike =
 def kvm_page_table_hashfn(gfn: int) -> int:
     """kvm_page_table_hashfn: hash_64(gfn, KVM_MMU_HASH_SHIFT) -> bucket 0..4095."""
     try:
-        return int(lib.kvmmu_role_hash_64(gfn, KVM_MMU_HASH_SHIFT, 0))
+        return lib.kvmmu_role_hash_64(gfn, KVM_MMU_HASH_SHIFT, 0)
     except (OverflowError, TypeError):
         uint("gfn", gfn, 64)
         raise
 
 
 def hash_batch(gfn: np.ndarray, bits: int = KVM_MMU_HASH_SHIFT, variant: HashVariantLike = HashVariant.X86_64,
-               out=None, threads: int | None = None) -> np.ndarray:
-    """Batch hash_64 of a uint64 array into a uint32 array (C core, GIL released)."""
+               out=None, threads: int | None = None, isa: str | None = None) -> np.ndarray:
+    """Batch hash_64 of a uint64 array into a uint32 array (C core, GIL released).
+    ``isa`` caps the hand-written kernels (:mod:`pykvmmu.isa`; None: PYKVMMU_ISA)."""
     in_array("gfn", gfn, np.uint64)
     out = out_array("out", out, np.uint32, gfn.shape, [("gfn", gfn)])
     b, v = _bits(bits), _variant(variant)
+    cap = _isa.DEFAULT if isa is None else _isa.level(isa)
     _par.map_parts(gfn.size, threads, lambda lo, hi: lib.kvmmu_role_hash_batch(
-        ptr_at(gfn, "uint64_t", lo), ptr_at(out, "uint32_t", lo), hi - lo, b, v))
+        ptr_at(gfn, "uint64_t", lo), ptr_at(out, "uint32_t", lo), hi - lo, b, v, cap))
     return out

@@ -1,0 +1,54 @@
+/*
+ * vm: one fault's TDP walk and leaf install for pykvmmu.vm.Vm, in one call.
+ *
+ * Models the part of kvm_tdp_mmu_map() that descends from the root to the
+ * target level (tdp_mmu_for_each_pte) and sets the leaf (tdp_mmu_map_handle_target_level
+ * with make_spte()).  The tables live in a pool owned by the Vm (numpy buffers): entry
+ * (page, index) holds the SPTE and, for a non-leaf SPTE, the pool index of its child
+ * table.  Missing tables, a huge leaf in the way or a subtree at the target level are
+ * reported back: the Vm's Python slow path allocates / splits / frees them (rare).
+ * Written from the rules in docs/private.md §7, not from kernel code.
+ */
+#include "pykvmmu.h"
+#include "common.h"
+
+int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, uint32_t root,
+                     uint64_t gfn, uint32_t level, uint64_t pfn, uint32_t pte_access,
+                     uint32_t mkflags, uint32_t memtype, uint32_t flags, uint64_t *spte,
+                     uint32_t *stop_level)
+{
+    if (root >= t->npages || level < 1 || level > t->levels || t->levels > 5)
+        return KVMMU_VM_E_INDEX;
+    uint64_t new_spte = 0;
+    /* The leaf depends only on the inputs: build (and validate) it before touching a table. */
+    if ((flags & KVMMU_VM_F_MAKE) &&
+        (kvmmu_make_spte(cfg, pfn, t->nonpresent, level, pte_access, mkflags, memtype,
+                         &new_spte) & 0xFFu))
+        return KVMMU_VM_E_MAKE;
+    uint32_t page = root;
+    for (uint32_t lv = t->levels; lv > level; lv--) {
+        const size_t i = (size_t)page * 512u + (size_t)((gfn >> (9u * (lv - 1u))) & 511u);
+        const int32_t c = t->child[i];
+        if (c < 0) {
+            *stop_level = lv;
+            *spte = t->spte[i];
+            return KVMMU_VM_BLOCKED;
+        }
+        if ((uint32_t)c >= t->npages)
+            return KVMMU_VM_E_INDEX;
+        page = (uint32_t)c;
+    }
+    const size_t i = (size_t)page * 512u + (size_t)((gfn >> (9u * (level - 1u))) & 511u);
+    *stop_level = level;
+    if (t->child[i] >= 0) {
+        *spte = t->spte[i];
+        return KVMMU_VM_SUBTREE;
+    }
+    if (flags & KVMMU_VM_F_MAKE) {
+        t->spte[i] = new_spte;
+        *spte = new_spte;
+    } else {
+        *spte = t->spte[i];
+    }
+    return KVMMU_VM_OK;
+}
