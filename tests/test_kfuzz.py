@@ -344,7 +344,10 @@ def test_live_replay_skips_a_guest_the_host_refuses(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_live_cli_fuzz_kernel_interrupted_summarises_and_restores(tmp_path, sig):
     from test_live_kvm import _cli_env, _kvm_fds, _snapshot
-    before = _snapshot()
+
+    def private_mounts():
+        return [m for m in R._tracefs_mounts() if "pykvmmu-tracefs-" in m]
+    before, mounts = _snapshot(), private_mounts()
     p = subprocess.Popen([sys.executable, "-m", "pykvmmu", "fuzz", "kernel", "--time", "60", "--out",
                           str(tmp_path), "--seed", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=_cli_env(), cwd=str(tmp_path),
@@ -355,3 +358,7 @@ def test_live_cli_fuzz_kernel_interrupted_summarises_and_restores(tmp_path, sig)
     assert p.returncode == 130, err
     assert "(interrupted)" in out and "kernel: " in err and "agreement:" in out
     assert _snapshot() == before and _kvm_fds() == []
+    deadline = time.monotonic() + 5                         # another user's recorder may be mid-run
+    while not set(private_mounts()) <= set(mounts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(private_mounts()) <= set(mounts)             # the child's private tracefs is unmounted
