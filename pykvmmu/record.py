@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import contextlib
 import datetime
 import gzip
 import io
@@ -24,6 +25,7 @@ import mmap
 import os
 import platform
 import re
+import signal
 import struct
 import tarfile
 import tempfile
@@ -117,6 +119,31 @@ def tracing_snapshot(root: str) -> dict:
     snap["instances"] = sorted(n for n in os.listdir(os.path.join(root, "instances")) if n.startswith("pykvmmu"))
     snap["mounts"] = sorted(_tracefs_mounts())
     return snap
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Hold Ctrl-C and SIGTERM while tracefs is set up or torn down: a KeyboardInterrupt
+    raised between a mkdir/open and its bookkeeping would leave an instance or a reader behind.
+    The held signal is passed to the handler that was installed (default: KeyboardInterrupt for
+    Ctrl-C, termination for SIGTERM) when the block ends.  Only the main thread can do this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got = []
+    old = {sig: signal.signal(sig, lambda signum, frame: got.append(signum))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+        if got:
+            h = old[got[0]]
+            if callable(h):
+                h(got[0], None)
+            elif h == signal.SIG_DFL:
+                os.kill(os.getpid(), got[0])
 
 
 @dataclass
@@ -285,6 +312,14 @@ class Recorder:
         raise RecordError(f"could not remove tracing instance {path}")
 
     def __enter__(self) -> "Recorder":
+        try:
+            with _signals_held():
+                return self._enter()
+        except KeyboardInterrupt:        # held during a finished setup: __exit__ will not run
+            self._cleanup()
+            raise
+
+    def _enter(self) -> "Recorder":
         self._check_host()
         self._mount()
         try:
@@ -377,6 +412,10 @@ class Recorder:
 
     # -- teardown ------------------------------------------------------------------------------
     def _cleanup(self) -> None:
+        with _signals_held():
+            self._cleanup_held()
+
+    def _cleanup_held(self) -> None:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()

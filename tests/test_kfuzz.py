@@ -7,6 +7,10 @@ from __future__ import annotations
 import glob
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -334,3 +338,27 @@ def test_live_replay_skips_a_guest_the_host_refuses(tmp_path):
         pytest.skip("this host runs SMEP guests")
     (res,) = kfuzz.replay_kernel(p, emit=lambda s: None)
     assert res.live is None and "cannot run the guest" in res.live_skipped and not res.still_fails
+
+
+@live
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_live_cli_fuzz_kernel_interrupted_summarises_and_restores(tmp_path, sig):
+    from test_live_kvm import _cli_env, _kvm_fds, _snapshot
+
+    def private_mounts():
+        return [m for m in R._tracefs_mounts() if "pykvmmu-tracefs-" in m]
+    before, mounts = _snapshot(), private_mounts()
+    p = subprocess.Popen([sys.executable, "-m", "pykvmmu", "fuzz", "kernel", "--time", "60", "--out",
+                          str(tmp_path), "--seed", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=_cli_env(), cwd=str(tmp_path),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(2.5)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "(interrupted)" in out and "kernel: " in err and "agreement:" in out
+    assert _snapshot() == before and _kvm_fds() == []
+    deadline = time.monotonic() + 5                         # another user's recorder may be mid-run
+    while not set(private_mounts()) <= set(mounts) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert set(private_mounts()) <= set(mounts)             # the child's private tracefs is unmounted

@@ -3,7 +3,10 @@ the recorder, every capture audited; ``pykvmmu fuzz --replay REPRO.kvmcap`` re-j
 from __future__ import annotations
 
 import os
+import signal
 import sys
+
+from .record import _raise_interrupt
 
 DOC = ("Run guest descriptions (the seed corpus, mutants of it, random ones) on /dev/kvm under "
        "the recorder and audit every capture (root). Findings (a guest that did not reach its "
@@ -66,6 +69,7 @@ def run(args) -> int:
         print(f"pykvmmu fuzz kernel: cannot run guests here: {why}", file=sys.stderr)
         return 2
     status = _Status(getattr(args, "quiet", False))
+    old_term = signal.signal(signal.SIGTERM, _raise_interrupt)    # SIGTERM: like Ctrl-C
     try:
         st = kfuzz.fuzz_kernel(args.time, runs=args.runs, seed=args.seed, out_dir=args.out,
                                keep_going=args.keep_going, shrink_s=getattr(args, "shrink", 20.0),
@@ -74,6 +78,8 @@ def run(args) -> int:
         status.clear()
         print(f"pykvmmu fuzz kernel: {e}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     status.clear()
     print(st.line(), file=sys.stderr)
     print(f"seed {st.seed}: {st.from_corpus} corpus, {st.mutants} mutants, {st.random} random guests in "
