@@ -1,14 +1,11 @@
 """Private/shared fault classification over 16M faults (C core vs a same-traffic copy, plain
-numpy and the pure-Python reference, interleaved), and Vm.fault throughput on a random
-workload of 200K operations.
+numpy and the pure-Python reference, interleaved).  The Vm.fault workload is in
+bench/test_bench_vm.py.
 
 The numpy formulation computes the same three outputs (gfn, error code with bit 49, is_private)
 and the collision count into preallocated outputs, in cache-sized blocks; it is checked against
 the core.
 """
-import os
-import time
-
 import numpy as np
 import pytest
 
@@ -20,8 +17,6 @@ U = np.uint64
 SYN = U(P.PFERR_SYNTHETIC_MASK)
 PRIV = U(P.PFERR_PRIVATE_ACCESS)
 ENC = U(P.PFERR_GUEST_ENC_MASK)
-#: Operations of the Vm.fault workload (200K at the full size; scaled down with PYKVMMU_BENCH_N).
-VM_FAULTS = int(os.environ.get("PYKVMMU_BENCH_VM_FAULTS", min(200_000, max(N // 64, 10_000))))
 
 
 @pytest.fixture(scope="module")
@@ -93,47 +88,3 @@ def test_classify(benchmark, faults, vm):
     }, check=check, in_bytes=16, out_bytes=17,
         targets=({"subject": "core1t", "vs": "memcpy", "min": 0.9},
                  {"subject": "core1t", "vs": "numpy", "min": 3.0}))
-
-
-def vm_workload(n, seed=7):
-    """n random faults on an SNP VM with 64 MiB of guest_memfd memory, 1 in 64 a conversion, 1 in
-    256 a punch hole; returns (seconds, outcome counts)."""
-    from pykvmmu.vm import KVM_MEM_GUEST_MEMFD, Vm
-    rng = np.random.default_rng(seed)
-    vm = Vm("snp")
-    npages = 16384
-    g = vm.create_guest_memfd(npages << 12)
-    vm.set_memory_region(0, 0, npages << 12, flags=KVM_MEM_GUEST_MEMFD, guest_memfd=g)
-    vm.convert(0, npages // 2, True)
-    gfns = rng.integers(0, npages + 64, n).tolist()        # a few MMIO gfns past the slot
-    kinds = rng.integers(0, 256, n).tolist()
-    enc = P.PFERR_GUEST_ENC_MASK
-    t = time.perf_counter()
-    for gfn, k in zip(gfns, kinds):
-        if k < 4:
-            vm.convert(gfn, 1, bool(k & 1))
-        elif k == 4:
-            vm.punch_hole(g, min(gfn, npages - 1) << 12, 4096)
-        else:
-            vm.fault(gfn << 12, enc if vm.is_private(gfn) ^ (k == 5) else 0)
-    dt = time.perf_counter() - t
-    vm.check()
-    return dt, dict(vm.stats)
-
-
-def test_vm_fault_throughput(benchmark):
-    """Script-style: the random workload, a few rounds; the figure is operations per second
-    (target: >= 250,000 per second), timed by the workload itself (VM setup excluded)."""
-    runs = []
-
-    def run():
-        runs.append(vm_workload(VM_FAULTS))
-        return runs[-1]
-    interleaved(benchmark, "vm.fault random workload", {"core": run}, elements=VM_FAULTS, rounds=3,
-                targets=({"subject": "core", "max_ns": 1e9 / 250_000, "label": ">= 250,000 ops/s"},),
-                warmup=False, bench_rounds=1, workload=True)
-    timed = runs[:benchmark.extra_info["rounds"]] or runs[:1]     # the interleaved rounds
-    benchmark.extra_info["ns_per_elem"] = {"core": [dt / VM_FAULTS * 1e9 for dt, _ in timed]}
-    dt, stats = runs[0]
-    benchmark.extra_info.update(stats)
-    print(f"\nvm.fault: {VM_FAULTS} operations in {dt:.2f}s = {VM_FAULTS / dt:,.0f}/s; {stats}")

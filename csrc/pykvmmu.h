@@ -524,6 +524,7 @@ size_t kvmmu_private_classify_batch(const struct kvmmu_pf_policy *p, const uint6
 /* ======================================================================
  * vm: the simulated VM's TDP page table walk and install (csrc/vm.c, pykvmmu/vm.py)
  * ====================================================================== */
+/* VM_SECTION */
 /* The Vm's table pool: npages tables of 512 SPTEs, and for each entry the pool index of the
  * table it points to (-1: not a pointer: non-present, a leaf or an MMIO SPTE). */
 struct kvmmu_vm_tdp {
