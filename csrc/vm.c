@@ -20,7 +20,7 @@ int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, 
     if (root >= t->npages || level < 1 || level > t->levels || t->levels > 5)
         return KVMMU_VM_E_INDEX;
     uint64_t new_spte = 0;
-    /* The leaf depends only on the inputs: build (and validate) it before touching a table. */
+    /* Validate make_spte's inputs before touching a table (the old SPTE never makes them fail). */
     if ((flags & KVMMU_VM_F_MAKE) &&
         (kvmmu_make_spte(cfg, pfn, t->nonpresent, level, pte_access, mkflags, memtype,
                          &new_spte) & 0xFFu))
@@ -45,6 +45,8 @@ int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, 
         return KVMMU_VM_SUBTREE;
     }
     if (flags & KVMMU_VM_F_MAKE) {
+        /* tdp_mmu_map_handle_target_level: make_spte() sees the entry's current value */
+        (void)kvmmu_make_spte(cfg, pfn, t->spte[i], level, pte_access, mkflags, memtype, &new_spte);
         t->spte[i] = new_spte;
         *spte = new_spte;
     } else {

@@ -257,3 +257,32 @@ def test_make_refusal_boundaries(cfg):
                 assert (spte, stop) == (_SENTINEL_SPTE, _SENTINEL_LEVEL)
             else:
                 assert (spte, stop) == (r.spte, 1) and int(tbl[3, gfn & 511]) == spte
+
+
+@pytest.mark.parametrize("profile", ["v5.19", "v6.6.64", "v6.19"])
+def test_install_over_a_present_leaf_sees_the_old_spte(profile):
+    """tdp_mmu_map_handle_target_level hands make_spte() the entry's current value
+    (iter->old_spte), not the non-present value: installing over a writable leaf follows the
+    era's writable shortcut exactly as make_spte(old_spte=current) does, in C and reference."""
+    cfg = MmuConfig.ept(profile=profile)
+    np_val = cfg.profile.nonpresent_value
+    mk = S._mkflags(False, False, True, False, not cfg.ad_enabled, False, False, cfg.nx_huge_pages)
+    gfn, pfn = 0x1234, 0x5678
+    old = S.make_spte(cfg, pfn, level=1).spte            # present, writable, host-writable
+    differs = False
+    for o in (old, old & ~(cfg.dirty_mask or 0)):
+        tbl = np.full((1, 512), np_val, dtype=np.uint64)
+        child = np.full((1, 512), -1, dtype=np.int32)
+        tbl[0, gfn & 511] = o
+        want = S.make_spte(cfg, pfn, level=1, old_spte=o).spte
+        differs |= want != S.make_spte(cfg, pfn, level=1).spte
+        ref_tbl = [int(x) for x in tbl.ravel()]
+        r = R.tdp_map(cfg, ref_tbl, [int(x) for x in child.ravel()], 1, 1, np_val, 0, gfn, 1,
+                      pfn, 7, mk, S.MEMTYPE_AUTO, R.F_MAKE)
+        code, spte, stop = _core(cfg, tbl, child, 1, 1, np_val, 0, gfn, 1, pfn, 7, mk,
+                                 S.MEMTYPE_AUTO, lib.KVMMU_VM_F_MAKE)
+        assert (code, spte, stop) == (lib.KVMMU_VM_OK, want, 1)
+        assert (r.code, r.spte, r.stop_level) == (R.OK, want, 1)
+        assert int(tbl[0, gfn & 511]) == want == ref_tbl[gfn & 511]
+    if profile != "v6.19":
+        assert differs, "the old SPTE must matter in an era with the old-writable shortcut"

@@ -70,15 +70,15 @@ def make_spte_refusal(cfg, pfn: int, level: int, pte_access: int, mkflags: int,
                 or (memtype != MEMTYPE_AUTO and memtype & ~_EPT_MT_FIELD))
 
 
-def _leaf(cfg, nonpresent: int, pfn: int, level: int, pte_access: int, mkflags: int,
+def _leaf(cfg, old: int, pfn: int, level: int, pte_access: int, mkflags: int,
           memtype: int) -> int:
     """make_spte() with the mkflags word turned into its keyword arguments (as
-    ``pykvmmu.spte.make_spte`` builds the word from them); old_spte is the pool's
-    non-present value unless MK_OLD_DEFAULT asks for the configuration's."""
+    ``pykvmmu.spte.make_spte`` builds the word from them); old_spte is the entry's current
+    value unless MK_OLD_DEFAULT asks for the configuration's non-present value."""
     ad_disabled = bool(mkflags & MK_AD_DISABLED) or \
         bool(mkflags & MK_AD_DEFAULT and not cfg.ad_enabled)
     nx_huge = bool(mkflags & MK_NX_HUGE) or bool(mkflags & MK_NX_DEFAULT and cfg.nx_huge_pages)
-    old = cfg.profile.nonpresent_value if mkflags & MK_OLD_DEFAULT else nonpresent
+    old = cfg.profile.nonpresent_value if mkflags & MK_OLD_DEFAULT else old
     spte, _wrprot = make_spte(
         cfg, pfn, level=level, pte_access=pte_access, old_spte=old,
         prefetch=bool(mkflags & MK_PREFETCH), synchronizing=bool(mkflags & MK_SYNCHRONIZING),
@@ -105,11 +105,8 @@ def tdp_map(cfg, spte: MutableSequence[int], child: MutableSequence[int], npages
     if root >= npages or not 1 <= level <= levels or levels > _MAX_LEVELS:
         return TdpMapResult(E_INDEX)
     make = bool(flags & F_MAKE)
-    new = 0
-    if make:
-        if make_spte_refusal(cfg, pfn, level, pte_access, mkflags, memtype):
-            return TdpMapResult(E_MAKE)
-        new = _leaf(cfg, nonpresent, pfn, level, pte_access, mkflags, memtype)
+    if make and make_spte_refusal(cfg, pfn, level, pte_access, mkflags, memtype):
+        return TdpMapResult(E_MAKE)
     page = root
     for lv in range(levels, level, -1):
         i = page * _ENTRIES + ((gfn >> (9 * (lv - 1))) & (_ENTRIES - 1))
@@ -123,6 +120,8 @@ def tdp_map(cfg, spte: MutableSequence[int], child: MutableSequence[int], npages
     if child[i] >= 0:
         return TdpMapResult(SUBTREE, spte[i], level)
     if make:
+        # tdp_mmu_map_handle_target_level: make_spte() is given the entry's current value
+        new = _leaf(cfg, spte[i], pfn, level, pte_access, mkflags, memtype)
         spte[i] = new
         return TdpMapResult(OK, new, level)
     return TdpMapResult(OK, spte[i], level)
