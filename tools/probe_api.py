@@ -680,33 +680,33 @@ def build_new():
     def tab():
         return RM.RmpTable(np.zeros(RM.BOOKKEEPING + 16 * npfn, np.uint8))
     scalar("rmp", "RmpTable", RM.RmpTable, (np.zeros(RM.BOOKKEEPING + 16 * npfn, np.uint8),), {}, {
-        0: (None, b"x", np.zeros(100, np.uint64)), "segmented": BAD_B, "seg_shift": BAD_U + [99],
-        "rmp_base": BAD_U + [0x1001], "flags": BAD_U})
+        0: (None, b"x", np.zeros(100, np.uint64)), "segmented": BAD_B, "seg_shift": BAD_U,
+        "rmp_base": BAD_U, "flags": BAD_U})
     for m in ("covered", "entry", "snp_lookup_rmpentry", "lookup", "psmash", "dump_rmpentry"):
-        stateful("rmp", "RmpTable", tab, m, (3,), {}, {0: BAD_U + [npfn]})
-    stateful("rmp", "RmpTable", tab, "write_raw", (3, 1, 0), {}, {0: BAD_U + [npfn], 1: BAD_U, 2: BAD_U})
-    stateful("rmp", "RmpTable", tab, "set_in_use", (3,), {}, {0: BAD_U + [npfn], 1: BAD_B})
-    stateful("rmp", "RmpTable", tab, "page_state", (3,), {}, {0: BAD_U + [npfn], "effective": BAD_B})
-    stateful("rmp", "RmpTable", tab, "count_assigned", (0, 4), {}, {0: BAD_U + [npfn], 1: BAD_U + [npfn + 1]})
+        stateful("rmp", "RmpTable", tab, m, (3,), {}, {0: BAD_U})
+    stateful("rmp", "RmpTable", tab, "write_raw", (3, 1, 0), {}, {0: BAD_U, 1: BAD_U, 2: BAD_U})
+    stateful("rmp", "RmpTable", tab, "set_in_use", (3,), {}, {0: BAD_U, 1: BAD_B})
+    stateful("rmp", "RmpTable", tab, "page_state", (3,), {}, {0: BAD_U, "effective": BAD_B})
+    stateful("rmp", "RmpTable", tab, "count_assigned", (0, 4), {}, {0: BAD_U, 1: BAD_U})
     stateful("rmp", "RmpTable", tab, "rmpupdate", (3,), {"gpa": 0x3000, "assigned": True, "asid": 1}, {
-        0: BAD_U + [npfn], "gpa": BAD_U, "assigned": ("no", 2, None), "pagesize": (-1, 2, "0", None),
-        "immutable": ("no", 2), "asid": BAD_U + [1 << 32]})
+        0: BAD_U, "gpa": BAD_U, "assigned": ("no", None), "pagesize": (-1, "0", None),
+        "immutable": ("no",), "asid": BAD_U + [1 << 32]})
     stateful("rmp", "RmpTable", tab, "rmpupdate_batch", (u64,), {"asid": 1}, {
         0: bad_arrays, 1: (5, np.arange(3, dtype=np.uint64)), "assigned": ("no", 2),
         "pagesize": (-1, 2, "0"), "asid": BAD_U})
     stateful("rmp", "RmpTable", tab, "pvalidate", (3,), {"asid": 1, "gfn": 3}, {
-        0: BAD_U + [npfn], "asid": BAD_U, "gfn": BAD_U, "size": (-1, 2, "0"), "validate": ("no", 2),
-        "vmpl": (-1, 4, "0")})
+        0: BAD_U, "asid": BAD_U, "gfn": BAD_U, "size": (-1, "0"), "validate": ("no",),
+        "vmpl": (-1, "0")})
     stateful("rmp", "RmpTable", tab, "rmpadjust", (3,), {"asid": 1, "gfn": 3, "target_vmpl": 1, "perms": 0}, {
-        0: BAD_U + [npfn], "target_vmpl": (-1, 4, "1", None), "perms": BAD_U + [256], "size": (-1, 2),
-        "vmsa": ("no", 2), "vmpl": (-1, 4)})
+        0: BAD_U, "target_vmpl": (-1, "1", None), "perms": BAD_U, "size": (-1,),
+        "vmsa": ("no",), "vmpl": (-1,)})
     stateful("rmp", "RmpTable", tab, "rmp_make_private", (3, 0x3000, 1, 1), {}, {
-        0: BAD_U + [npfn], 1: BAD_U, 2: (0, 4, "1", None), 3: BAD_U, "immutable": BAD_B})
-    stateful("rmp", "RmpTable", tab, "rmp_make_shared", (3, 1), {}, {0: BAD_U + [npfn], 1: (0, 4, "1", None)})
-    stateful("rmp", "RmpTable", tab, "host_check", (3,), {}, {0: BAD_U + [npfn], 1: (0, 4, "1"), "user": BAD_B})
+        0: BAD_U, 1: BAD_U, 2: ("1", None), 3: BAD_U, "immutable": BAD_B})
+    stateful("rmp", "RmpTable", tab, "rmp_make_shared", (3, 1), {}, {0: BAD_U, 1: ("1", None)})
+    stateful("rmp", "RmpTable", tab, "host_check", (3,), {}, {0: BAD_U, 1: (0, 4, "1"), "user": BAD_B})
     stateful("rmp", "RmpTable", tab, "guest_check", (3, 3), {"asid": 1}, {
-        0: BAD_U + [npfn], 1: BAD_U, "asid": BAD_U, "vmpl": (-1, 4), "npt_level": (0, 4, "1"),
-        "kind": ("bogus", None, 3), "c_bit": BAD_B, "snp_active": BAD_B, "user": BAD_B})
+        0: BAD_U, 1: BAD_U, "asid": BAD_U, "vmpl": (-1, 4), "npt_level": (0, 4, "1"),
+        "kind": ("bogus", None, 9), "c_bit": BAD_B, "snp_active": BAD_B, "user": BAD_B})
     stateful("rmp", "RmpTable", tab, "fields", (u64,), {}, {0: bad_arrays, "threads": BAD_THREADS})
     stateful("rmp", "RmpTable", tab, "page_states", (u64,), {}, {0: bad_arrays, "effective": BAD_B})
     stateful("rmp", "RmpTable", tab, "lookup_batch", (u64,), {}, {0: bad_arrays, "with_owner": BAD_B})
@@ -724,11 +724,11 @@ def build_new():
     scalar("rmp", "decode_dump", RM.decode_dump, ("",), {}, {0: (None, 5, b"x")})
     scalar("rmp", "kvm_max_private_mapping_level", RM.kvm_max_private_mapping_level, (3, 9), {}, {
         0: (0, 4, "3", None), 1: BAD_U, 2: (-1, 4, "1")})
-    add("rmp", "sev_private_max_mapping_level", "pfn", BAD_U + [npfn],
+    add("rmp", "sev_private_max_mapping_level", "pfn", BAD_U,
         lambda v: (lambda t: (t, lambda: RM.sev_private_max_mapping_level(t, v)))(tab()))
     add("rmp", "sev_private_max_mapping_level", "snp", BAD_B,
         lambda v: (lambda t: (t, lambda: RM.sev_private_max_mapping_level(t, 3, snp=v)))(tab()))
-    for p, vals in {"gpa": BAD_U, "error_code": BAD_U, "pfn": BAD_OPTU + [npfn], "is_private": BAD_B,
+    for p, vals in {"gpa": BAD_U, "error_code": BAD_U, "pfn": BAD_OPTU, "is_private": BAD_B,
                     "has_gmem": BAD_B}.items():
         def mk(v, p=p):
             t = tab()
@@ -736,7 +736,7 @@ def build_new():
             kw[p] = v
             return t, lambda: RM.sev_handle_rmp_fault(t, kw.pop("gpa", 0x3000), **kw)
         add("rmp", f"sev_handle_rmp_fault({p})", p, vals, mk)
-    for p, vals in {"pte_present": BAD_B, "pte_pfn": BAD_U + [npfn], "level": (0, 4, "1", None),
+    for p, vals in {"pte_present": BAD_B, "pte_pfn": BAD_U, "level": (0, 4, "1", None),
                     "address": BAD_U}.items():
         def mk(v, p=p):
             t = tab()
@@ -744,8 +744,10 @@ def build_new():
             kw[p] = v
             return t, lambda: RM.handle_user_rmp_page_fault(t, **kw)
         add("rmp", f"handle_user_rmp_page_fault({p})", p, vals, mk)
-    for fn in (RM.sev_private_max_mapping_level, RM.handle_user_rmp_page_fault):
-        scalar("rmp", fn.__name__ + "[table]", fn, (None,), {}, {0: (5, "t")})
+    scalar("rmp", "sev_private_max_mapping_level[table]", RM.sev_private_max_mapping_level, (None, 3), {},
+           {0: (5, "t")})
+    scalar("rmp", "handle_user_rmp_page_fault[table]", RM.handle_user_rmp_page_fault, (None,),
+           {"pte_present": True, "pte_pfn": 3, "level": 1, "address": 0x1000}, {0: (5, "t")})
 
     # ------------------------------------------------------------------ vcpu
     scalar("vcpu", "Vcpu", VC.Vcpu, (), {}, {
@@ -898,20 +900,20 @@ def build_new():
     data = os.path.join(os.path.dirname(HERE), "tests", "data")
     txt = os.path.join(data, "trace_ftrace_v6.txt")
     line = "      qemu-1234  [001] ....  100.000001: kvm_mmu_get_page: sp gfn 0 l4 4-byte q0 direct wux !nxe !ad root 0 sync"
-    scalar("trace", "open_trace", TR.open_trace, (txt,), {}, {
+    scalar("trace", "open_trace", TR.open_trace, (txt,), {"era": "v6.14"}, {
         0: (None, 5, os.path.join(data, "nosuch.txt")), 1: ("v1.0", 5), "mode": ("bogus", 5),
         "spte_decoder": (5, "x"), "all_events": BAD_B, "check_era": BAD_B,
         "max_errors": (-1, "5", 1.5, None), "on_error": (5, "x")})
     scalar("trace", "parse", TR.parse, ([line],), {}, {0: (None, 5, [5]), 1: ("v1.0", 5, None),
                                                        2: (5, "x")})
-    scalar("trace", "parse_file", TR.parse_file, (txt,), {}, {0: (None, 5), 1: ("v1.0", 5), 2: (5,)})
+    scalar("trace", "parse_file", TR.parse_file, (txt, "v6.14"), {}, {0: (None, 5), 1: ("v1.0", 5), 2: (5,)})
     scalar("trace", "parse_line", TR.parse_line, (line,), {}, {
         0: (None, 5, b"x"), 1: (-1, "1", 1.5, None), 2: ("v1.0", 5, None), 3: (5, "x"), 4: BAD_B})
     scalar("trace", "summary", TR.summary, (TR.parse([line]),), {}, {0: (None, 5)})
     scalar("trace", "to_numpy", TR.to_numpy, (TR.parse([line]),), {}, {0: (None, 5)})
     scalar("trace", "default_spte_decoder", TR.default_spte_decoder, (), {}, {
-        0: ("v1.0", 5), 1: ("bogus", 5), 2: ("v1.0", 5), 3: ("x.y", 5), 4: (5, "ept")})
-    scalar("trace", "spte_profile_for", TR.spte_profile_for, ("latest",), {}, {0: ("v1.0", 5), 1: (5, "x.y")})
+        0: ("bogus", 5), 1: (5,), 2: ("v1.0", 5), 3: ("x.y", 5), 4: (5, "ept")})
+    scalar("trace", "spte_profile_for", TR.spte_profile_for, ("latest",), {}, {0: ("bogus", 5), 1: (5, "x.y")})
     scalar("trace", "era_for_release", TR.era_for_release, ("6.8.0",), {}, {0: (None, 5, "x.y")})
     scalar("trace", "era_arg", TR.era_arg, ("latest",), {}, {0: ("v1.0", 5)})
     scalar("trace", "detect_format", TR.detect_format, (b"# tracer",), {}, {0: (None, 5, "text")})
@@ -989,7 +991,6 @@ def build_new():
     scalar("profile", "profile_for_version", PF.profile_for_version, ("6.8",), {}, {
         0: (None, 6.8, 5, "x.y", b"6.8"), "warn": BAD_B})
     scalar("profile", "get_profile[types]", PF.get_profile, ("v6.19",), {}, {0: (None, b"v6.19", ["v6.19"])})
-    scalar("profile", "parse_version", PF.parse_version, ("6.8",), {}, {0: (None, 6.8, "x.y")})
     scalar("profile", "describe_version", PF.describe_version, ("6.8",), {}, {0: (None, 6.8, "x.y")})
     scalar("profile", "require", PF.require, (PF.get_profile("v6.19"), "has_tdx", "r"), {}, {
         0: (None, "v6.19"), 1: ("bogus", None, 5), 2: (None, 5)})
