@@ -963,7 +963,9 @@ def build_new():
         0: (3, 6, "4", None), 1: BAD_U + [0x10001], 2: BAD_U + [0], 3: (None, 5, [5])})
     d0 = K.demo_guest()
     scalar("kvmrun", "GuestDesc.slot_of", d0.slot_of, (0x1000,), {}, {0: BAD_U})
-    scalar("kvmrun", "host_refusal", K.host_refusal, (d0, None), {}, {0: (None, 5), 1: (5, "x")})
+    hi = K.HostInfo("pvm", 12, {"guest_memfd": 0, "user_memory2": 0, "guest_memfd_flags": 0}, False,
+                    ["kvm_pvm"])
+    scalar("kvmrun", "host_refusal", K.host_refusal, (d0, hi), {}, {0: (None, 5), 1: (None, 5, "x")})
     scalar("kvmrun", "run_guest[desc]", K.run_guest, (None,), {}, {0: (None, 5, {"memslots": []})})
     for m, n in (("mov_imm", 2), ("store", 2), ("load", 2), ("call", 1), ("jmp", 1), ("invlpg", 1),
                  ("mov_to_cr3", 1), ("mov_from_cr3", 1)):
