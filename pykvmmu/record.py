@@ -103,12 +103,21 @@ def _path_arg(name: str, path) -> None:
 def lost_events(lost: dict) -> int:
     """Events lost over all CPUs: overrun + commit overrun + dropped events (+ pages whose
     header flags missed events)."""
-    if not isinstance(lost, dict) or not all(
-            isinstance(s, dict) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                        for v in s.values()) for s in lost.values()):
-        raise InputError(f"lost={lost!r}: expected {{cpu: {{counter name: count >= 0}}}}")
-    return sum(int(s.get("overrun", 0)) + int(s.get("commit overrun", 0)) + int(s.get("dropped events", 0))
-               + int(s.get("missed_pages", 0)) for s in lost.values())
+    keys = ("overrun", "commit overrun", "dropped events", "missed_pages")
+    if not isinstance(lost, dict) or not all(isinstance(s, dict) for s in lost.values()):
+        raise InputError(f"lost={lost!r}: expected {{cpu: {{counter name: count}}}} (per_cpu stats)")
+    total = 0
+    for cpu, s in lost.items():
+        for k in keys:
+            v = s.get(k, 0)
+            try:
+                n = int(v)
+            except (TypeError, ValueError):
+                n = -1
+            if isinstance(v, (bool, float)) or n < 0:
+                raise InputError(f"lost[{cpu!r}][{k!r}]={v!r}: a count >= 0")
+            total += n
+    return total
 
 
 def tracing_snapshot(root: str) -> dict:

@@ -1013,8 +1013,8 @@ def build_new():
            {"live": False, "emit": lambda s: None}, {0: (None, 5, os.path.join(data, "nosuch.kvmcap")),
                                                     1: ("no", 2, 1.5), "emit": (5, None)})
     scalar("kfuzz", "judge[desc]", _no_guests(KF.judge), (None, None), {}, {0: (None, 5)})
-    scalar("kfuzz", "shrink[budget]", _no_guests(KF.shrink), (K.demo_guest(), (), None), {}, {
-        "budget_s": (-1, "1", None), 0: (None, 5)})
+    scalar("kfuzz", "shrink[budget]", _no_guests(KF.shrink), (K.demo_guest(), (), hi), {}, {
+        "budget_s": (-1, "1", None, 3601), 0: (None, 5), 2: (None, 5)})
 
 
 def _no_guests(fn):
@@ -1025,19 +1025,15 @@ def _no_guests(fn):
 
     @functools.wraps(fn)
     def wrapped(*a, **kw):
-        saved = (K.detect_host, K.run_guest, RC.Recorder.start if hasattr(RC.Recorder, "start") else None)
+        saved = (K.detect_host, K.run_guest, RC.Recorder.__enter__)
 
         def refuse(*_a, **_k):
             raise RuntimeError("probe: would start a guest or a recording (argument not checked first)")
-        K.detect_host = K.run_guest = refuse
-        if saved[2] is not None:
-            RC.Recorder.start = refuse
+        K.detect_host = K.run_guest = RC.Recorder.__enter__ = refuse
         try:
             return fn(*a, **kw)
         finally:
-            K.detect_host, K.run_guest = saved[0], saved[1]
-            if saved[2] is not None:
-                RC.Recorder.start = saved[2]
+            K.detect_host, K.run_guest, RC.Recorder.__enter__ = saved
     return wrapped
 
 
