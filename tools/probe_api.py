@@ -3,6 +3,9 @@
     python tools/probe_api.py            # counts per outcome and per module
     python tools/probe_api.py -v         # also every case that is not a clear error
 
+Entry points that would start a guest or a recording run with those replaced by a refusal
+(``_no_guests``), so an unchecked argument shows as "other" and nothing is started.
+
 Each case calls one public function or method with one argument made bad (wrong type,
 outside the kernel's width or range, a bool that is not a bool, an array that is not the
 right kind or that partly overlaps ``out=``), everything else valid.  Outcomes:
@@ -13,7 +16,6 @@ right kind or that partly overlaps ``out=``), everything else valid.  Outcomes:
   silent   no exception: the bad input was accepted
   crash    the interpreter died (cases run in a child process that is restarted)
   half     an exception, but the stateful object changed (snapshot before != after)
-
 """
 from __future__ import annotations
 
