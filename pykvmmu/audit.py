@@ -56,6 +56,7 @@ from . import role as R
 from . import spte as S
 from . import vcpu as V
 from . import walk as W
+from . import _check as C
 from .config import PT_WRITABLE_MASK, MmuConfig
 from .errors import InputError
 from .shadow import ROLE_INVALID, ShadowMmu, make_spte_outcome
@@ -92,6 +93,8 @@ def live_config(maxphyaddr: int = 48, profile: str = "v6.15", mmio_caching: bool
 # ------------------------------------------------------------------ bit names
 def spte_bit_names(cfg: MmuConfig, diff: int) -> list:
     """Names of the SPTE bits set in ``diff`` under the configuration's masks."""
+    C.mmu_config(cfg)
+    diff = C.u64("diff", diff)
     names = {0: "P" if not cfg.is_ept else "R", 1: "W", 7: "PS", 11: "MMU-present"}
     for mask, name in ((cfg.user_mask, "U"), (cfg.accessed_mask, "A"), (cfg.dirty_mask, "D"),
                        (cfg.nx_mask, "NX"), (cfg.x_mask, "X"), (cfg.host_writable_mask, "host-W"),
@@ -111,6 +114,7 @@ def spte_bit_names(cfg: MmuConfig, diff: int) -> list:
 def role_bit_names(era, diff: int) -> list:
     """Role fields whose bits differ (``field`` or ``field(bits)``)."""
     era = R.get_era(era)
+    diff = C.u64("diff", diff)
     out = []
     for f in era.base.fields:
         if diff & f.mask:
@@ -185,6 +189,8 @@ class AuditReport:
     dirty_marked: int = 0
 
     def add(self, v: Verdict) -> Verdict:
+        if not isinstance(v, Verdict):
+            raise InputError(f"v={v!r}: expected a Verdict")
         if v.check not in self.counts or v.status not in STATUSES:
             raise InputError(f"verdict {v.check}/{v.status}: unknown check or status")
         self.counts[v.check][v.status] += 1
@@ -205,6 +211,7 @@ class AuditReport:
         return [v for v in self.verdicts if v.status == "not_checkable"]
 
     def total(self, status: str) -> int:
+        C.choice("status", status, STATUSES)
         return sum(c[status] for c in self.counts.values())
 
     @property
@@ -223,6 +230,7 @@ class AuditReport:
                 "verdicts": [v.to_json() for v in self.verdicts]}
 
     def format_table(self, max_verdicts: int = 50) -> str:
+        max_verdicts = C.uint("max_verdicts", max_verdicts, 32)
         lines = [f"audit: {self.records} records, era {self.era}, {self.config}", "",
                  f"{'check':16s} {'agreed':>8s} {'disagreed':>10s} {'not checkable':>14s} "
                  f"{'(inferred)':>11s}"]
@@ -324,11 +332,17 @@ class Auditor:
             raise InputError("host_writable: a callable (gfn, pfn) -> bool, or None to infer")
         self.host_writable_fn = host_writable
         self.zero_min = zero_page_min_gfns
-        self.keep_agreed = bool(keep_agreed)
-        self.guest_gbpages, self.guest_amd = bool(guest_gbpages), bool(guest_amd)
+        self.keep_agreed = C.boolean("keep_agreed", keep_agreed)
+        self.guest_gbpages = C.boolean("guest_gbpages", guest_gbpages)
+        self.guest_amd = C.boolean("guest_amd", guest_amd)
         if host_zero_pfn is not None and (not isinstance(host_zero_pfn, int)
-                                          or isinstance(host_zero_pfn, bool) or host_zero_pfn <= 0):
-            raise InputError(f"host_zero_pfn={host_zero_pfn!r}: a positive pfn or None")
+                                          or isinstance(host_zero_pfn, bool) or host_zero_pfn <= 0
+                                          or host_zero_pfn >> 52):
+            raise InputError(f"host_zero_pfn={host_zero_pfn!r}: a positive pfn (below 2^52) or None")
+        for name, v in (("memslots", memslots), ("slot_changes", slot_changes),
+                        ("mmio_exits", mmio_exits)):
+            if v is not None and (isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__")):
+                raise InputError(f"{name}={v!r}: expected a list or None")
         self.host_zero_pfn = host_zero_pfn
         if dirty_log is not None and (not isinstance(dirty_log, dict) or not all(
                 isinstance(k, int) and isinstance(v, (set, frozenset, list, tuple))
@@ -338,7 +352,8 @@ class Auditor:
         if mmio_exits is not None and not all(isinstance(g, int) and g >= 0 for g in mmio_exits):
             raise InputError("mmio_exits: the gfns of KVM_EXIT_MMIO exits, or None")
         self.mmio_exits = None if mmio_exits is None else sorted(set(mmio_exits))
-        if runs_done is not None and (not isinstance(runs_done, int) or runs_done < 0):
+        if runs_done is not None and (not isinstance(runs_done, int) or isinstance(runs_done, bool)
+                                      or runs_done < 0):
             raise InputError(f"runs_done={runs_done!r}: the number of runs the guest result has")
         self.runs_done = runs_done
         self.memslots = None if memslots is None else {}
@@ -1181,6 +1196,7 @@ def vcpu_from_root(era, word: int, gfn: int = 0, *, maxphyaddr: int = 48,
     from smep/smap_andnot_wp, EFER.LME/LMA, EFER.NX (forced into every shadow root, so assumed
     on), CR3 = the root's gfn, SMM and guest mode.  None when no register set gives ``word``."""
     era = R.get_era(era)
+    gfn = C.u64("gfn", gfn)
     f = era.base.unpack(word)
     lvl = f["level"]
     if lvl not in (4, 5) or f["direct"] or f.get("has_4_byte_gpte") or f["invalid"]:
@@ -1215,7 +1231,18 @@ def dirty_log_pages(runs) -> dict:
 
 def audit_records(records, cfg: MmuConfig | None = None, era="v6.18", **kw) -> AuditReport:
     """Audit an iterable of trace records (``pykvmmu.trace`` record objects)."""
+    _auditor_options(kw)
     return Auditor(cfg, era, **kw).run(records)
+
+
+def _auditor_options(kw: dict) -> None:
+    """Refuse a keyword that is not an :class:`Auditor` option."""
+    import inspect
+    names = [n for n, p in inspect.signature(Auditor).parameters.items()
+             if p.kind == p.KEYWORD_ONLY]
+    for k in kw:
+        if k not in names:
+            raise InputError(f"{k}={kw[k]!r}: not an audit option (one of {', '.join(names)})")
 
 
 def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
@@ -1227,6 +1254,9 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
     ``cfg`` the configuration is :func:`live_config` with ``profile`` (default: the one for
     the trace's kernel, pykvmmu.trace.spte_profile_for) and the other options."""
     from . import trace as T
+    _auditor_options(kw)
+    if cfg is not None:
+        C.mmu_config(cfg)
     stream = T.open_trace(path, era=era)
     records = list(stream)
     meta = getattr(stream, "meta", None) or {}

@@ -44,8 +44,24 @@ _GVA0 = 0x10000000
 _PS = K.PT_PS
 
 
+def _need(name: str, value, ok: bool, rule: str) -> None:
+    """Refuse an argument that breaks its rule (checked before any guest or recording)."""
+    if not ok:
+        raise InputError(f"{name}={value!r}: {rule}")
+
+
+def _is_bool(v) -> bool:
+    return v is True or v is False
+
+
+def _is_seconds(v, hi: float) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v <= hi
+
+
 def random_desc(rng: random.Random, host: K.HostInfo | None = None) -> K.GuestDesc:
     """A random guest description that runs to its HLTs on ``host`` (kvm_pvm if None)."""
+    _need("rng", rng, isinstance(rng, random.Random), "must be a random.Random")
+    _need("host", host, host is None or isinstance(host, K.HostInfo), "must be a HostInfo or None")
     gmem_ok = bool(host is None or (host.caps.get("guest_memfd") and host.caps.get("user_memory2")
                                      and host.caps.get("guest_memfd_flags", 0) & K.GUEST_MEMFD_FLAG_MMAP))
     slots = [K.Memslot(0, 0, 0x200000)]
@@ -175,6 +191,8 @@ def judge(desc: K.GuestDesc, host: K.HostInfo, A=None, scratch: str | None = Non
     """Run ``desc`` under the recorder and judge it: the guest must reach its HLTs, no event
     may be lost, and (with the audit module ``A``) the audit must agree with every record.
     A finding's signature (kind, check, event) is what the shrinker keeps constant."""
+    _need("desc", desc, isinstance(desc, K.GuestDesc), "must be a GuestDesc")
+    _need("host", host, isinstance(host, K.HostInfo), "must be a HostInfo")
     err = None
     with R.Recorder() as rec:
         try:
@@ -247,6 +265,9 @@ def shrink(desc: K.GuestDesc, signature: tuple, host: K.HostInfo, A=None, budget
            scratch: str | None = None) -> tuple:
     """Greedy reduction: keep any smaller description whose run still shows ``signature``.
     Returns (smallest description, its Outcome or None, guests tried)."""
+    _need("desc", desc, isinstance(desc, K.GuestDesc), "must be a GuestDesc")
+    _need("host", host, isinstance(host, K.HostInfo), "must be a HostInfo")
+    _need("budget_s", budget_s, _is_seconds(budget_s, 3600), "must be seconds in [0, 3600]")
     best, best_out, tried = desc, None, 0
     t0 = time.monotonic()
     progress = True
@@ -307,6 +328,7 @@ def runnable_problem(desc: K.GuestDesc) -> str | None:
     mapping in slot 0 (which no memslot change touches); a ``pte_write`` repoints a present
     leaf (4 KiB, or 2 MiB with PS) within its mapping's own pages and keeps P, W, U, NX and PS
     as the mapping has them (so later ops still hold); no ``spin``; every entry has U=1 (kvm_pvm, live-kvm.md)."""
+    _need("desc", desc, isinstance(desc, K.GuestDesc), "must be a GuestDesc")
     maps = desc.page_tables.mappings
     if any(not m.u for m in maps):
         return "a mapping with U=0 (kvm_pvm runs the guest at CPL3)"
@@ -479,6 +501,9 @@ def mutate(desc: K.GuestDesc, rng: random.Random, host: K.HostInfo | None = None
         raise InputError(f"desc={desc!r}: must be a GuestDesc")
     if not isinstance(rng, random.Random):
         raise InputError(f"rng={rng!r}: must be a random.Random")
+    _need("host", host, host is None or isinstance(host, K.HostInfo), "must be a HostInfo or None")
+    _need("tries", tries, isinstance(tries, int) and not isinstance(tries, bool) and 1 <= tries <= 10**6,
+          "must be an integer in [1, 1000000]")
     for _ in range(tries):
         d = _copy(desc)
         for _ in range(rng.randint(1, 4)):
@@ -632,6 +657,11 @@ def fuzz_kernel(seconds: float = 60.0, *, runs: int | None = None, seed: int | N
         raise InputError(f"seed={seed!r}: must be an integer")
     if progress is not None and not callable(progress):
         raise InputError(f"progress={progress!r}: must be a callable(stats) or None")
+    _need("out_dir", out_dir, isinstance(out_dir, str) and out_dir != "", "must be a directory path")
+    for name, v in (("keep_going", keep_going), ("audit", audit), ("use_corpus", use_corpus)):
+        _need(name, v, _is_bool(v), "must be True or False")
+    _need("corpus", corpus, corpus is None or (isinstance(corpus, str) and os.path.isdir(corpus)),
+          "must be None or a directory of guest descriptions (*.json)")
     seeds = load_corpus(corpus) if use_corpus else []
     A = _audit_module(audit)
     host = K.detect_host()
@@ -776,6 +806,8 @@ def replay_kernel(path: str, live: bool | None = None, emit=print) -> list:
     new capture audited too.  Both verdicts are emitted; returns the :class:`Replay` list."""
     if not isinstance(path, str) or not os.path.exists(path):
         raise InputError(f"replay {path!r}: no such file or directory")
+    _need("live", live, live is None or _is_bool(live), "must be None (when available), True or False")
+    _need("emit", emit, callable(emit), "must be a callable(str)")
     paths = ([os.path.join(path, p) for p in sorted(os.listdir(path)) if p.endswith(".kvmcap")]
              if os.path.isdir(path) else [path])
     A = _audit_module(True)

@@ -118,6 +118,12 @@ def _check_int(name: str, v: Any, lo: int, hi: int) -> int:
     return v
 
 
+def _check_levels(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v not in (4, 5):
+        raise InputError(f"{name}={v!r}: must be 4 or 5")
+    return v
+
+
 def _check_bool(name: str, v: Any) -> bool:
     if not isinstance(v, bool):
         raise InputError(f"{name}={v!r}: must be true or false")
@@ -339,6 +345,7 @@ class GuestDesc:
 
     # -- validation ----------------------------------------------------------------------------
     def slot_of(self, gpa: int, slots=None):
+        _check_int("gpa", gpa, 0, (1 << 64) - 1)
         for s in (self.memslots if slots is None else slots):
             if s.gpa <= gpa < s.gpa + s.size:
                 return s
@@ -360,8 +367,7 @@ class GuestDesc:
         pt = self.page_tables
         if not isinstance(pt, PageTables):
             raise InputError(f"page_tables={pt!r}: must be a PageTables")
-        if pt.levels not in (4, 5):
-            raise InputError(f"page_tables.levels={pt.levels!r}: must be 4 or 5")
+        _check_levels("page_tables.levels", pt.levels)
         _check_int("page_tables.base", pt.base, 0, (1 << 48) - PAGE)
         _check_int("page_tables.size", pt.size, PAGE, 0x100000)
         _aligned("page_tables.base", pt.base, PAGE)
@@ -408,6 +414,9 @@ class GuestDesc:
         for r_i, r in enumerate(self.runs):
             if not isinstance(r, Run):
                 raise InputError(f"runs[{r_i}]={r!r}: must be a Run")
+            for what in ("changes", "program"):
+                if not isinstance(getattr(r, what), list):
+                    raise InputError(f"runs[{r_i}].{what}={getattr(r, what)!r}: must be a list")
             for i, c in enumerate(r.changes):
                 if not isinstance(c, SlotChange):
                     raise InputError(f"runs[{r_i}].changes[{i}]={c!r}: must be a SlotChange")
@@ -479,12 +488,17 @@ def _check_overlap(slots, where: str) -> None:
 
 def load_desc(path: str) -> GuestDesc:
     """Read a guest description from a JSON file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"path={path!r}: expected a file path")
     try:
         with open(path) as f:
             text = f.read()
-    except OSError as e:
-        raise InputError(f"guest description {path!r}: {e.strerror}") from None
-    return GuestDesc.from_json(text)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"guest description {path!r}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return GuestDesc.from_json(text)
+    except InputError as e:
+        raise InputError(f"guest description {path!r}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,6 +510,13 @@ def build_page_tables(levels: int, base: int, size: int, mappings: list):
     Returns ({table gpa: bytearray(4096)}, {page gva: (entry gpa, entry value, level)}, root gpa).
     Non-leaf entries are P|W|U|A (the leaf decides the access); a leaf carries the mapping's
     bits, PS at level 2 for 2 MiB pages.  Two mappings of one page conflict (InputError)."""
+    _check_levels("levels", levels)
+    _check_int("base", base, 0, (1 << 48) - PAGE)
+    _check_int("size", size, PAGE, 0x100000)
+    _aligned("base", base, PAGE)
+    _aligned("size", size, PAGE)
+    if not isinstance(mappings, list) or not all(isinstance(m, Mapping) for m in mappings):
+        raise InputError(f"mappings={mappings!r}: must be a list of Mapping")
     tables: dict = {}
     order: list[int] = []
 
@@ -802,6 +823,10 @@ def _cpuid_entries(buf):
 
 def host_refusal(desc: GuestDesc, host: HostInfo):
     """The reason this host cannot run ``desc``, or None."""
+    if not isinstance(desc, GuestDesc):
+        raise InputError(f"desc={desc!r}: expected a GuestDesc")
+    if not isinstance(host, HostInfo):
+        raise InputError(f"host={host!r}: expected a HostInfo (detect_host())")
     if host.kind == "unknown":
         return f"unknown KVM vendor module (loaded: {', '.join(host.modules) or 'none'})"
     if desc.page_tables.levels == 5 and not host.la57:
@@ -1102,6 +1127,7 @@ def demo_guest(guest_memfd: bool = False) -> GuestDesc:
     dirty-logged memslot, MMIO, page-table writes with INVLPG and CR3 reloads (also four
     unflushed writes to one table, for write flooding), then memslot MOVE and DELETE between
     three runs.  ``guest_memfd`` adds a guest_memfd-backed slot that run 0 reads and writes."""
+    _check_bool("guest_memfd", guest_memfd)
     P_W_U_A_D = PT_P | PT_W | PT_U | PT_A | PT_D
     slots = [Memslot(0, 0x0, 0x200000), Memslot(1, 0x400000, 0x400000),
              Memslot(2, 0x800000, 0x10000, ["readonly"]), Memslot(3, 0xA00000, 0x10000, ["dirty_log"]),

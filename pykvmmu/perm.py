@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._batch import in_array, same_shape, uint
+from . import _check as C
 from .errors import InputError
 
 __all__ = [
@@ -43,6 +44,7 @@ _PFERR_NAMES = ((PFERR_PRESENT, "P"), (PFERR_WRITE, "W"), (PFERR_USER, "U"), (PF
 
 def pfec_str(pfec: int) -> str:
     """The kvmmmu tracepoints' ``__print_flags(pferr, "|", P/W/U/RSVD/F)`` text (plus PK)."""
+    pfec = C.u64("pfec", pfec)
     return "|".join(n for m, n in _PFERR_NAMES if pfec & m)
 
 
@@ -117,6 +119,13 @@ class PermissionModel:
     permissions: bytes
     pkru_mask: int
     ept: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.permissions, bytes) or len(self.permissions) != 16:
+            raise InputError(f"permissions={self.permissions!r}: the 16 bytes of "
+                             "mmu->permissions[] (one per pfec >> 1)")
+        C.uint("pkru_mask", self.pkru_mask, 32)
+        C.boolean("ept", self.ept)
 
     @classmethod
     def build(cls, *, cr0_wp: bool, cr4_smep: bool, cr4_smap: bool, efer_nx: bool,

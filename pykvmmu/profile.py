@@ -363,6 +363,9 @@ def profile_for_version(version, *, warn: bool = True):
     ProfileVersionWarning (unless ``warn=False``).  The one version-to-profile mapping
     of the library: trace.py and the CLI use it too.
     """
+    if warn is not True and warn is not False:
+        from ._check import boolean
+        boolean("warn", warn, err=ProfileError)
     if isinstance(version, LayoutProfile):
         return version, HOW_EXACT
     if not isinstance(version, str):
@@ -450,6 +453,13 @@ def get_profile(name) -> LayoutProfile:
 
 def require(profile: LayoutProfile, feature: str, routine: str) -> None:
     """Raise ProfileError if ``routine`` did not exist in the profile's era."""
+    if not isinstance(profile, LayoutProfile):
+        raise ProfileError(f"profile={profile!r}: expected a LayoutProfile (get_profile())")
+    if not isinstance(feature, str) or not feature.startswith("has_") \
+            or not hasattr(profile, feature):
+        raise ProfileError(f"feature={feature!r}: one of the profile's has_* fields")
+    if not isinstance(routine, str):
+        raise ProfileError(f"routine={routine!r}: expected the routine's name (a str)")
     if not getattr(profile, feature):
         raise ProfileError(f"{routine}: does not exist in kernel era {profile} "
                            f"(profile {profile.name!r}); choose a profile where it exists")

@@ -97,15 +97,34 @@ def _parse_stats(text: str) -> dict:
     return d
 
 
+def _path_arg(name: str, path) -> None:
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"{name}={path!r}: expected a file system path")
+
+
 def lost_events(lost: dict) -> int:
     """Events lost over all CPUs: overrun + commit overrun + dropped events (+ pages whose
     header flags missed events)."""
-    return sum(int(s.get("overrun", 0)) + int(s.get("commit overrun", 0)) + int(s.get("dropped events", 0))
-               + int(s.get("missed_pages", 0)) for s in lost.values())
+    keys = ("overrun", "commit overrun", "dropped events", "missed_pages")
+    if not isinstance(lost, dict) or not all(isinstance(s, dict) for s in lost.values()):
+        raise InputError(f"lost={lost!r}: expected {{cpu: {{counter name: count}}}} (per_cpu stats)")
+    total = 0
+    for cpu, s in lost.items():
+        for k in keys:
+            v = s.get(k, 0)
+            try:
+                n = int(v)
+            except (TypeError, ValueError):
+                n = -1
+            if isinstance(v, (bool, float)) or n < 0:
+                raise InputError(f"lost[{cpu!r}][{k!r}]={v!r}: a count >= 0")
+            total += n
+    return total
 
 
 def tracing_snapshot(root: str) -> dict:
     """The global tracing settings a recorder must leave as it found them (for checks)."""
+    _path_arg("root", root)
     snap: dict = {}
     for name in ("tracing_on", "buffer_size_kb", "current_tracer", "set_event", "trace_options",
                  "trace_clock", "tracing_cpumask", "buffer_subbuf_size_kb"):
@@ -198,6 +217,11 @@ class Recorder:
         if drain_interval is not None and (isinstance(drain_interval, bool) or not isinstance(
                 drain_interval, (int, float)) or not 0.001 <= drain_interval <= 60):
             raise InputError(f"drain_interval={drain_interval!r}: must be None or seconds in [0.001, 60]")
+        for name, v in (("text", text), ("all_tasks", all_tasks)):
+            if not isinstance(v, bool):
+                raise InputError(f"{name}={v!r}: expected a bool (True or False)")
+        if progress is not None and not callable(progress):
+            raise InputError(f"progress={progress!r}: must be a callable or None")
         self.buffer_kb = buffer_kb
         self.drain_interval = drain_interval
         self.tracefs = tracefs
@@ -500,6 +524,7 @@ def _module_params() -> dict:
 
 def write_capture(path: str, cap: Capture) -> None:
     """Write ``cap`` as a capture file (gzip'd tar unless ``path`` ends in .tar)."""
+    _path_arg("path", path)
     if not isinstance(cap, Capture):
         raise InputError(f"cap={cap!r}: must be a Capture")
     members = [("capture.json", json.dumps(cap.meta, indent=1, sort_keys=True).encode()),
@@ -528,6 +553,7 @@ def write_capture(path: str, cap: Capture) -> None:
 
 def read_capture(path: str) -> Capture:
     """Read a capture file (plain or gzip'd tar, detected by magic) back into a Capture."""
+    _path_arg("path", path)
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -514,6 +514,7 @@ class RmpTable:
             raise RmpError(f"buffer: dtype {buffer.dtype}: a C-contiguous uint8 or uint64 array "
                            "is required (the RMP is raw little-endian memory)")
         segmented = _batch.boolean("segmented", segmented)
+        _batch.uint("seg_shift", seg_shift, 8)      # checked even where a layout ignores it
         buf = buffer.reshape(-1).view(np.uint8)
         if buf.ctypes.data % 16:
             raise RmpError("buffer: not 16-byte aligned (RMP entries are 16-byte records)")

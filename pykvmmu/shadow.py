@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from . import spte as S
 from ._batch import uint
+from . import _check as C
 from .config import (ACC_WRITE_MASK, PT_PRESENT_MASK,
                      PT_WRITABLE_MASK, SHADOW_ACC_TRACK_SAVED_BITS_MASK,
                      SHADOW_ACC_TRACK_SAVED_BITS_SHIFT, MmuConfig)
@@ -75,6 +76,14 @@ class ShadowMmu:
     #: kvm->arch.n_used_mmu_pages (kvm_account_mmu_page / kvm_unaccount_mmu_page).
     used_pages: int = 0
 
+    def __post_init__(self):
+        if not isinstance(self.page_hash, MmuPageHash):
+            raise InputError(f"page_hash={self.page_hash!r}: expected a pykvmmu.sphash.MmuPageHash")
+        if not isinstance(self.write_track, dict):
+            raise InputError(f"write_track={self.write_track!r}: expected a {{gfn: count}} dict")
+        C.u64("indirect_shadow_pages", self.indirect_shadow_pages)
+        C.u64("used_pages", self.used_pages)
+
     @property
     def mmu_valid_gen(self) -> int:
         return self.page_hash.mmu_valid_gen
@@ -82,6 +91,7 @@ class ShadowMmu:
     # ---------------------------------------------------------------- lookups
     def lookup(self, gfn: int, role: int) -> ShadowPage | None:
         """The valid (not obsolete) SP with this gfn and role word, without side effects."""
+        gfn, role = uint("gfn", gfn), uint("role", role, 32)
         for sp in self.page_hash.buckets[self.page_hash.bucket_of(gfn)]:
             if sp.gfn == gfn and sp.role == role and not self.page_hash.is_obsolete(sp):
                 return sp
@@ -89,6 +99,9 @@ class ShadowMmu:
 
     def any_page(self, gfn: int, role: int, gen: int | None = None) -> ShadowPage | None:
         """The newest SP with this gfn and exact role word (and generation), obsolete or not."""
+        gfn, role = uint("gfn", gfn), uint("role", role, 32)
+        if gen is not None:
+            gen = uint("gen", gen)
         for sp in self.page_hash.buckets[self.page_hash.bucket_of(gfn)]:
             if sp.gfn == gfn and sp.role == role and (gen is None or sp.mmu_valid_gen == gen):
                 return sp
@@ -96,10 +109,12 @@ class ShadowMmu:
 
     def valid_pages_with_gptes(self, gfn: int) -> list:
         """for_each_gfn_valid_sp_with_gptes: valid SPs of gfn with !direct && !passthrough."""
+        gfn = uint("gfn", gfn)
         return list(self.page_hash.for_each_gfn_valid_sp_with_gptes(gfn))
 
     def is_write_tracked(self, gfn: int) -> bool:
         """kvm_gfn_is_write_tracked: an upper-level indirect SP shadows this gfn."""
+        gfn = uint("gfn", gfn)
         return self.write_track.get(gfn, 0) > 0
 
     # ---------------------------------------------------------------- changes
@@ -132,6 +147,7 @@ class ShadowMmu:
     def get(self, gfn: int, role: int) -> tuple:
         """__kvm_mmu_get_shadow_page without the guest-memory sync: (sp, created).  Unsync SPs
         of the gfn with another role are zapped first when the requested level is > 4K."""
+        gfn, role = uint("gfn", gfn), uint("role", role, 32)
         if (role & 0xF) > 1:
             for sp in list(self.page_hash.buckets[self.page_hash.bucket_of(gfn)]):
                 if (sp.gfn == gfn and sp.role != role and sp.unsync
@@ -150,6 +166,8 @@ class ShadowMmu:
         unsync flag; an SP with root_count > 0 stays (role.invalid set) until its last root
         reference goes, otherwise it leaves the hash and n_used_mmu_pages.  Returns True when
         an in-use, not yet obsolete root was zapped (KVM_REQ_MMU_FREE_OBSOLETE_ROOTS)."""
+        if not isinstance(sp, ShadowPage):
+            raise InputError(f"sp={sp!r}: expected a pykvmmu.sphash.ShadowPage")
         was_valid = not self.page_hash.is_obsolete(sp)
         if not (sp.role & ROLE_INVALID) and sp.has_gptes():
             self._unaccount(sp)
@@ -179,6 +197,9 @@ class ShadowMmu:
         indirect SPs while synchronizing; -EEXIST for a prefetch that would have to unsync an
         SP; otherwise every valid indirect SP of the gfn is (or becomes) unsync and 0."""
         gfn = uint("gfn", gfn)
+        synchronizing = C.boolean("synchronizing", synchronizing)
+        prefetch = C.boolean("prefetch", prefetch)
+        apply = C.boolean("apply", apply)
         if self.is_write_tracked(gfn):
             return UnsyncDecision(-EPERM, "write-tracked gfn (an upper-level shadow page)")
         marked = []
@@ -211,6 +232,14 @@ def make_spte_outcome(cfg: MmuConfig, mmu: ShadowMmu | None, sp_role: int, gfn: 
     call (``dirty_tracked``: the memslot logs dirty pages) and the WARNs: make_spte's
     dirty-tracked huge writable SPTE and the ones ``spte.make_spte`` reports.  With
     ``apply`` the SPs it unsyncs are marked unsync in ``mmu``."""
+    C.mmu_config(cfg)
+    if mmu is not None and not isinstance(mmu, ShadowMmu):
+        raise InputError(f"mmu={mmu!r}: expected a ShadowMmu or None (no shadow pages)")
+    uint("pfn", pfn)
+    for name, v in (("prefetch", prefetch), ("synchronizing", synchronizing),
+                    ("host_writable", host_writable), ("dirty_tracked", dirty_tracked),
+                    ("host_mmio", host_mmio), ("ad_wrprot_only", ad_wrprot_only), ("apply", apply)):
+        C.boolean(name, v)
     sp_role = uint("sp_role", sp_role, 32)
     level = sp_role & 0xF
     if not 1 <= level <= 5:
@@ -288,6 +317,7 @@ def modify_spte_protections(cfg: MmuConfig, spte: int, set_bits: int, clear_bits
     spte = uint("spte", spte)
     set_bits = uint("set_bits", set_bits)
     clear_bits = uint("clear_bits", clear_bits)
+    prove_mmu = C.boolean("prove_mmu", prove_mmu)
     warnings = []
     if prove_mmu and set_bits & clear_bits:
         warnings.append(f"KVM_MMU_WARN_ON(set & clear): {set_bits & clear_bits:#x}")

@@ -11,10 +11,11 @@ No role bit is packed here: :mod:`pykvmmu.role` is the one definition.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from . import role as R
 from ._batch import uint
+from . import _check as C
 from .errors import InputError
 
 __all__ = [
@@ -89,29 +90,38 @@ class Vcpu:
     @classmethod
     def long_mode(cls, *, la57: bool = False, **kw) -> "Vcpu":
         kw.setdefault("cr4", CR4_PAE | (CR4_LA57 if la57 else 0))
-        return cls(**kw)
+        return cls._make(kw)
 
     @classmethod
     def pae(cls, **kw) -> "Vcpu":
         kw.setdefault("cr4", CR4_PAE)
         kw.setdefault("efer", EFER_NX)
-        return cls(**kw)
+        return cls._make(kw)
 
     @classmethod
     def legacy32(cls, *, pse: bool = True, **kw) -> "Vcpu":
         kw.setdefault("cr4", CR4_PSE if pse else 0)
         kw.setdefault("efer", 0)
-        return cls(**kw)
+        return cls._make(kw)
 
     @classmethod
     def real_mode(cls, **kw) -> "Vcpu":
         kw.setdefault("cr0", 0)
         kw.setdefault("cr4", 0)
         kw.setdefault("efer", 0)
-        return cls(**kw)
+        return cls._make(kw)
+
+    @classmethod
+    def _make(cls, kw: dict, base=None) -> "Vcpu":
+        """``cls(**kw)`` (or ``replace(base, **kw)``), refusing a keyword that is no register."""
+        names = {f.name for f in fields(cls)}
+        for k in kw:
+            if k not in names:
+                raise InputError(f"{k}={kw[k]!r}: not a Vcpu field (one of {', '.join(sorted(names))})")
+        return cls(**kw) if base is None else replace(base, **kw)
 
     def replace(self, **kw) -> "Vcpu":
-        return replace(self, **kw)
+        return self._make(kw, self)
 
     # -- what the MMU reads -----------------------------------------------------------------
     @property
@@ -157,6 +167,8 @@ class Vcpu:
 
         mmu: "shadow" (TDP off: kvm_init_shadow_mmu), "tdp" (EPT/NPT for L1), "nested-npt"
         (this Vcpu holds L1's NPT registers, nCR3 in ``cr3``: kvm_init_shadow_npt_mmu)."""
+        C.in_range("tdp_level", tdp_level, 4, 5, "the host TDP level")
+        C.boolean("ad_enabled", ad_enabled)
         if mmu == "shadow":
             return R.kvm_calc_shadow_mmu_root_page_role(era, self.state)
         if mmu == "tdp":

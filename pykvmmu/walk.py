@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 
 from . import role as R
 from ._batch import uint
+from . import _check as C
 from .errors import InputError
 from .perm import (ACCESS_BITS, ACC_EXEC, ACC_USER, ACC_WRITE, PFERR_FETCH, PFERR_PRESENT, PFERR_RSVD,
                    PFERR_USER, PFERR_WRITE, PermissionModel, pfec_str)
@@ -70,6 +71,9 @@ def rsvd_bits_mask(level: int, pa_bits_rsvd: int, nx: bool, gbpages: bool, pse: 
 
     ``level`` is the cpu role level (2, 3, 4, 5); PSE-36 is always assumed
     (``is_cpuid_PSE36()`` returns 1 in KVM)."""
+    pa_bits_rsvd = C.u64("pa_bits_rsvd", pa_bits_rsvd, err=WalkError)
+    nx, gbpages, pse, amd = (C.boolean(n, v, err=WalkError) for n, v in
+                             (("nx", nx), ("gbpages", gbpages), ("pse", pse), ("amd", amd)))
     m = [[0] * 5, [0] * 5]
     gb = 0 if gbpages else _rsvd(7, 7)
     high = pa_bits_rsvd & (_rsvd(0, 62) if level == 3 else _rsvd(0, 51))
@@ -109,6 +113,7 @@ def ept_rsvd_bits_mask(pa_bits_rsvd: int, huge_page_level: int) -> tuple:
 def ept_bad_mt_xwr(execonly: bool) -> int:
     """The 64-bit ``bad_mt_xwr`` map indexed by ``gpte & 0x3f`` (memtype * 8 + XWR): memory
     types 2, 3, 7 and XWR 010, 110 (and 100 without execute-only support) are misconfigured."""
+    execonly = C.boolean("execonly", execonly, err=WalkError)
     bad = 0
     for mt in (2, 3, 7):
         bad |= 0xFF << (8 * mt)
@@ -123,6 +128,8 @@ def gpte_access(pttype: str, gpte: int) -> int:
 
     x86: W, U and P, with ACC_EXEC = P xor bit 63; EPT: W -> ACC_WRITE, X -> ACC_EXEC,
     R -> ACC_USER ("readable")."""
+    C.choice("pttype", pttype, ("ept", "64", "32"), err=WalkError)
+    gpte = C.u64("gpte", gpte, err=WalkError)
     if pttype == "ept":
         return ((ACC_WRITE if gpte & EPT_W else 0) | (ACC_EXEC if gpte & EPT_X else 0)
                 | (ACC_USER if gpte & EPT_R else 0))
@@ -228,28 +235,41 @@ class GuestMmu:
                    kind="nested-ept", root_role=ctx.root_role(era_obj))
 
     # -- per-format helpers -----------------------------------------------------------------
+    def _args(self, what: str, value, level=False):
+        """``value`` as a u64 and ``level`` in 1..root_level (the walk's levels)."""
+        value = C.u64(what, value, err=WalkError)
+        if level is not False:
+            C.in_range("level", level, 1, self.root_level, f"the levels of a {self.mode} walk",
+                       err=WalkError)
+        return value
+
     def index(self, addr: int, level: int) -> int:
         """PT_INDEX(addr, level): 10 bits per level for 32-bit paging, 9 otherwise."""
+        addr = self._args("addr", addr, level)
         if self.pttype == "32":
             return (addr >> (12 + 10 * (level - 1))) & 1023
         return (addr >> (12 + 9 * (level - 1))) & 511
 
     def gpte_to_gfn_lvl(self, gpte: int, level: int) -> int:
+        gpte = self._args("gpte", gpte, level)
         if self.pttype == "32":
             return (gpte & ~((1 << (12 + 10 * (level - 1))) - 1) & 0xFFFFFFFF) >> 12
         return (gpte & PAGE_MASK64 & ~((1 << (12 + 9 * (level - 1))) - 1)) >> 12
 
     def lvl_offset_gfn(self, addr: int, level: int) -> int:
         """(addr & PT_LVL_OFFSET_MASK(level)) >> PAGE_SHIFT."""
+        addr = self._args("addr", addr, level)
         if self.pttype == "32":
             return (addr & ~0xFFF & ((1 << (12 + 10 * (level - 1))) - 1)) >> 12
         return (addr & PAGE_MASK64 & ((1 << (12 + 9 * (level - 1))) - 1)) >> 12
 
     def is_present(self, gpte: int) -> bool:
+        gpte = self._args("gpte", gpte)
         return bool(gpte & 7) if self.pttype == "ept" else bool(gpte & PT_PRESENT)
 
     def is_rsvd(self, gpte: int, level: int) -> bool:
         """FNAME(is_rsvd_bits_set): the [bit7][level-1] mask, plus bad_mt_xwr for EPT."""
+        gpte = self._args("gpte", gpte, level)
         if gpte & self.rsvd[(gpte >> 7) & 1][level - 1]:
             return True
         return self.pttype == "ept" and bool((self.bad_mt_xwr >> (gpte & 0x3F)) & 1)
@@ -257,6 +277,7 @@ class GuestMmu:
     def is_last(self, gpte: int, level: int) -> bool:
         """FNAME(is_last_gpte): level 1 always; bit 7 otherwise (32-bit: only at level 2 with
         CR4.PSE, bit 7 is ignored elsewhere)."""
+        gpte = self._args("gpte", gpte, level)
         if level == 1:
             return True
         if self.pttype == "32" and level >= 2 + self.cr4_pse:
@@ -409,7 +430,8 @@ class GuestMemory:
 
     def __init__(self, maxphyaddr: int = 52):
         self._pages: dict = {}
-        self._limit = 1 << uint("maxphyaddr", maxphyaddr, 8)
+        self._limit = 1 << C.in_range("maxphyaddr", maxphyaddr, 32, 52, "guest MAXPHYADDR",
+                                      err=WalkError)
 
     def _page(self, gpa: int, create: bool):
         p = self._pages.get(gpa >> 12)
@@ -627,6 +649,7 @@ def walk_addr(mmu: GuestMmu, addr: int, access: int, mem, *, write_back: bool = 
     no visible memslot: error code 0 | W | U (| F)).
     PAE: the PDPTEs come from ``mmu.pdptrs`` when set, else from memory at CR3."""
     addr, access = _check_inputs(mmu, addr, access)
+    write_back = C.boolean("write_back", write_back, err=WalkError)
     rd, wr = _reader(mem, mmu.gpte_size)
     for name, fn in (("pte_writable", pte_writable), ("visible", visible)):
         if fn is not None and not callable(fn):
@@ -685,7 +708,13 @@ def walk_observed(mmu: GuestMmu, addr: int, access: int, gptes: Iterable, *,
     Raises WalkReplayError when an element's level is not the one the walk reads next, or
     the walk needs more (or fewer) elements than given."""
     addr, access = _check_inputs(mmu, addr, access)
-    seq = _observed_pairs(list(gptes))
+    if walker_error is not None:
+        walker_error = C.u64("walker_error", walker_error, err=WalkReplayError)
+    try:
+        gptes = list(gptes)
+    except TypeError:
+        raise WalkReplayError(f"gptes={gptes!r}: expected an iterable of observed gptes") from None
+    seq = _observed_pairs(gptes)
     pos = [0]
     width = 8 * mmu.gpte_size
 
@@ -852,6 +881,8 @@ def decode_entry(arch: str, word: int, level: int = 1, *, maxphyaddr: int = 52,
     mpa = uint("maxphyaddr", maxphyaddr, 8)
     if not 32 <= mpa <= 52:
         raise WalkError(f"maxphyaddr={mpa}: 32..52")
+    execonly = C.boolean("execonly", execonly, err=WalkError)
+    gbpages = C.boolean("gbpages", gbpages, err=WalkError)
     pa_rsvd = U64 & ~((1 << mpa) - 1)
     ps = bool(word & PT_PAGE_SIZE)
     if arch == "ept":
@@ -961,6 +992,15 @@ def replay_records(mmu, records: Iterable) -> list:
     ``kvm_mmu_set_{accessed,dirty}_bit`` / ``kvm_mmu_walker_error`` records of the same CPU; it
     ends at that CPU's next walk or next other event.  ``mmu`` is a GuestMmu, or a callable
     ``mmu(record) -> GuestMmu`` given the walk's first record (registers change over a trace)."""
+    if not isinstance(mmu, GuestMmu) and not callable(mmu):
+        raise WalkError(f"mmu={mmu!r}: expected a GuestMmu or a callable(record) -> GuestMmu")
+    try:
+        records = list(records)
+    except TypeError:
+        raise WalkError(f"records={records!r}: expected an iterable of trace records") from None
+    for i, r in enumerate(records):
+        if not all(hasattr(r, a) for a in ("event", "fields", "cpu")):
+            raise WalkError(f"records[{i}]={r!r}: expected a trace record (event, fields, cpu)")
     open_walks: dict = {}
     groups = []
     for r in records:

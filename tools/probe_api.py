@@ -3,6 +3,9 @@
     python tools/probe_api.py            # counts per outcome and per module
     python tools/probe_api.py -v         # also every case that is not a clear error
 
+Entry points that would start a guest or a recording run with those replaced by a refusal
+(``_no_guests``), so an unchecked argument shows as "other" and nothing is started.
+
 Each case calls one public function or method with one argument made bad (wrong type,
 outside the kernel's width or range, a bool that is not a bool, an array that is not the
 right kind or that partly overlaps ``out=``), everything else valid.  Outcomes:
@@ -13,8 +16,6 @@ right kind or that partly overlaps ``out=``), everything else valid.  Outcomes:
   silent   no exception: the bad input was accepted
   crash    the interpreter died (cases run in a child process that is restarted)
   half     an exception, but the stateful object changed (snapshot before != after)
-
-The RMP (pykvmmu.rmp) is another helper's and is not probed here.
 """
 from __future__ import annotations
 
@@ -644,6 +645,398 @@ def build():
     scalar("vm", "Vm", V.Vm, ("snp",), {"host": G.HostMemory(nr_pfns=1 << 12)}, {
         "asid": (0, 5000, -1, "1", None, 1.5), "max_level": (0, 4, 7, "3"), "gpaw": (50, "52"),
         "folio_order": (1, "0"), 0: ("bogus", 9, None), "log": ("no", 2), "policy": ("bogus",)})
+    build_new()
+
+
+# ---------------------------------------------------------------------- modules of this session
+def _kv_setattr(path, v):
+    """A demo guest description with the field at ``path`` (dotted, [i] indexes) set to ``v``."""
+    from pykvmmu import kvmrun as K
+    d = K.demo_guest()
+    obj = d
+    parts = path.split(".")
+    for p in parts[:-1]:
+        name, _, idx = p.partition("[")
+        obj = getattr(obj, name)
+        if idx:
+            obj = obj[int(idx[:-1])]
+    setattr(obj, parts[-1], v)
+    return d
+
+
+def build_new():
+    """Cases for rmp, walk, vcpu, perm, shadow, audit, trace, kvmrun, record, isa, profile,
+    kfuzz (issue 11, second pass)."""
+    import random
+    from pykvmmu.config import MmuConfig
+    from pykvmmu import rmp as RM, walk as WK, vcpu as VC, perm as PM, shadow as SD
+    from pykvmmu import audit as AU, trace as TR, kvmrun as K, record as RC, isa as IS
+    from pykvmmu import profile as PF, kfuzz as KF
+
+    u64 = np.arange(4, dtype=np.uint64)
+    bad_arrays = [list(range(4)), np.arange(4, dtype=np.int64), np.arange(8, dtype=np.uint64)[::2]]
+
+    # ------------------------------------------------------------------ rmp
+    npfn = 3 * 512 + 37
+
+    def tab():
+        return RM.RmpTable(np.zeros(RM.BOOKKEEPING + 16 * npfn, np.uint8))
+    scalar("rmp", "RmpTable", RM.RmpTable, (np.zeros(RM.BOOKKEEPING + 16 * npfn, np.uint8),), {}, {
+        0: (None, b"x", np.zeros(100, np.uint64)), "segmented": BAD_B, "seg_shift": BAD_U,
+        "rmp_base": BAD_U, "flags": BAD_U})
+    for m in ("covered", "entry", "snp_lookup_rmpentry", "lookup", "psmash", "dump_rmpentry"):
+        stateful("rmp", "RmpTable", tab, m, (3,), {}, {0: BAD_U})
+    stateful("rmp", "RmpTable", tab, "write_raw", (3, 1, 0), {}, {0: BAD_U, 1: BAD_U, 2: BAD_U})
+    stateful("rmp", "RmpTable", tab, "set_in_use", (3,), {}, {0: BAD_U, 1: BAD_B})
+    stateful("rmp", "RmpTable", tab, "page_state", (3,), {}, {0: BAD_U, "effective": BAD_B})
+    stateful("rmp", "RmpTable", tab, "count_assigned", (0, 4), {}, {0: BAD_U, 1: BAD_U})
+    stateful("rmp", "RmpTable", tab, "rmpupdate", (3,), {"gpa": 0x3000, "assigned": True, "asid": 1}, {
+        0: BAD_U, "gpa": BAD_U, "assigned": ("no", None), "pagesize": (-1, "0", None),
+        "immutable": ("no",), "asid": BAD_U + [1 << 32]})
+    stateful("rmp", "RmpTable", tab, "rmpupdate_batch", (u64,), {"asid": 1}, {
+        0: bad_arrays, 1: (5, np.arange(3, dtype=np.uint64)), "assigned": ("no", 2),
+        "pagesize": (-1, 2, "0"), "asid": BAD_U})
+    stateful("rmp", "RmpTable", tab, "pvalidate", (3,), {"asid": 1, "gfn": 3}, {
+        0: BAD_U, "asid": BAD_U, "gfn": BAD_U, "size": (-1, "0"), "validate": ("no",),
+        "vmpl": (-1, "0")})
+    stateful("rmp", "RmpTable", tab, "rmpadjust", (3,), {"asid": 1, "gfn": 3, "target_vmpl": 1, "perms": 0}, {
+        0: BAD_U, "target_vmpl": (-1, "1", None), "perms": BAD_U, "size": (-1,),
+        "vmsa": ("no",), "vmpl": (-1,)})
+    stateful("rmp", "RmpTable", tab, "rmp_make_private", (3, 0x3000, 1, 1), {}, {
+        0: BAD_U, 1: BAD_U, 2: ("1", None), 3: BAD_U, "immutable": BAD_B})
+    stateful("rmp", "RmpTable", tab, "rmp_make_shared", (3, 1), {}, {0: BAD_U, 1: ("1", None)})
+    stateful("rmp", "RmpTable", tab, "host_check", (3,), {}, {0: BAD_U, 1: (0, 4, "1"), "user": BAD_B})
+    stateful("rmp", "RmpTable", tab, "guest_check", (3, 3), {"asid": 1}, {
+        0: BAD_U, 1: BAD_U, "asid": BAD_U, "vmpl": (-1, 4), "npt_level": (0, 4, "1"),
+        "kind": ("bogus", None, 9), "c_bit": BAD_B, "snp_active": BAD_B, "user": BAD_B})
+    stateful("rmp", "RmpTable", tab, "fields", (u64,), {}, {0: bad_arrays, "threads": BAD_THREADS})
+    stateful("rmp", "RmpTable", tab, "page_states", (u64,), {}, {0: bad_arrays, "effective": BAD_B})
+    stateful("rmp", "RmpTable", tab, "lookup_batch", (u64,), {}, {0: bad_arrays, "with_owner": BAD_B})
+    stateful("rmp", "RmpTable", tab, "host_check_batch", (u64,), {}, {0: bad_arrays, 1: (0, 4, "1")})
+    stateful("rmp", "RmpTable", tab, "guest_check_batch", (u64, u64.copy()), {"asid": 1}, {
+        0: bad_arrays, 1: bad_arrays, "kind": ("bogus",), "user": BAD_B, "asid": BAD_U})
+    stateful("rmp", "RmpTable", tab, "advise", ("normal",), {}, {0: ("bogus", None, 3)})
+    scalar("rmp", "table_bytes", RM.table_bytes, (1 << 30,), {}, {0: BAD_U})
+    scalar("rmp", "page_state_raw", RM.page_state_raw, (0,), {}, {0: BAD_U})
+    scalar("rmp", "rmp_cfg_decode", RM.rmp_cfg_decode, (0,), {}, {0: BAD_U})
+    scalar("rmp", "rst_entry", RM.rst_entry, (0, 1), {}, {0: BAD_U, 1: BAD_U})
+    scalar("rmp", "make_lo", RM.make_lo, (), {}, {"assigned": (2, -1, "1"), "pagesize": (2, -1),
+                                                 "gpa": BAD_U, "asid": BAD_U + [1 << 32], "vmsa": (2, "1")})
+    scalar("rmp", "decode", RM.decode, (u64, u64.copy()), {}, {0: bad_arrays, 1: bad_arrays})
+    scalar("rmp", "decode_dump", RM.decode_dump, ("",), {}, {0: (None, 5, b"x")})
+    scalar("rmp", "kvm_max_private_mapping_level", RM.kvm_max_private_mapping_level, (3, 9), {}, {
+        0: (0, 4, "3", None), 1: BAD_U, 2: (-1, 4, "1")})
+    add("rmp", "sev_private_max_mapping_level", "pfn", BAD_U,
+        lambda v: (lambda t: (t, lambda: RM.sev_private_max_mapping_level(t, v)))(tab()))
+    add("rmp", "sev_private_max_mapping_level", "snp", BAD_B,
+        lambda v: (lambda t: (t, lambda: RM.sev_private_max_mapping_level(t, 3, snp=v)))(tab()))
+    for p, vals in {"gpa": BAD_U, "error_code": BAD_U, "pfn": BAD_OPTU, "is_private": BAD_B,
+                    "has_gmem": BAD_B}.items():
+        def mk(v, p=p):
+            t = tab()
+            kw = {"pfn": 3, "error_code": 0}
+            kw[p] = v
+            return t, lambda: RM.sev_handle_rmp_fault(t, kw.pop("gpa", 0x3000), **kw)
+        add("rmp", f"sev_handle_rmp_fault({p})", p, vals, mk)
+    for p, vals in {"pte_present": BAD_B, "pte_pfn": BAD_U, "level": (0, 4, "1", None),
+                    "address": BAD_U}.items():
+        def mk(v, p=p):
+            t = tab()
+            kw = {"pte_present": True, "pte_pfn": 3, "level": 1, "address": 0x1000}
+            kw[p] = v
+            return t, lambda: RM.handle_user_rmp_page_fault(t, **kw)
+        add("rmp", f"handle_user_rmp_page_fault({p})", p, vals, mk)
+    scalar("rmp", "sev_private_max_mapping_level[table]", RM.sev_private_max_mapping_level, (None, 3), {},
+           {0: (5, "t")})
+    scalar("rmp", "handle_user_rmp_page_fault[table]", RM.handle_user_rmp_page_fault, (None,),
+           {"pte_present": True, "pte_pfn": 3, "level": 1, "address": 0x1000}, {0: (5, "t")})
+
+    # ------------------------------------------------------------------ vcpu
+    scalar("vcpu", "Vcpu", VC.Vcpu, (), {}, {
+        "cr0": BAD_U + [1 << 32], "cr4": BAD_U + [1 << 32], "efer": BAD_U, "cr3": BAD_U,
+        "rflags": BAD_U, "pkru": BAD_U + [1 << 32], "pkrs": BAD_U + [1 << 32],
+        "maxphyaddr": bad_int(32, 52), "gbpages": BAD_B, "amd": BAD_B, "smm": BAD_B,
+        "guest_mode": BAD_B, "pdptrs": (5, "x", (1, 2), (1, 2, 3, "4"))})
+    stateful("vcpu", "Vcpu", VC.Vcpu, "replace", (), {}, {"cr0": ("1", -1), "nosuch": (1,)})
+    stateful("vcpu", "Vcpu", VC.Vcpu, "cpu_role", (), {}, {0: ("v1.0", None, 3)})
+    stateful("vcpu", "Vcpu", VC.Vcpu, "root_role", (), {}, {
+        0: ("v1.0", None), 1: ("bogus", None, 3), "tdp_level": (3, 6, "4"), "ad_enabled": BAD_B})
+    stateful("vcpu", "Vcpu", VC.Vcpu, "shadow_root_sp_roles", (), {}, {0: ("v1.0", None)})
+    scalar("vcpu", "EptContext", VC.EptContext, (0x5e,), {}, {
+        0: BAD_U, "execonly": BAD_B, "huge_page_level": (0, 4, "3", None), "maxphyaddr": bad_int(32, 52),
+        "smm": BAD_B})
+    ctx = VC.EptContext(0x5e)
+    scalar("vcpu", "EptContext.cpu_role", ctx.cpu_role, (), {}, {0: ("v1.0", None), 1: (5, "x")})
+    scalar("vcpu", "EptContext.root_role", ctx.root_role, (), {}, {0: ("v1.0", None), 1: (5, "x")})
+    for cm in ("long_mode", "pae", "legacy32", "real_mode"):
+        scalar("vcpu", f"Vcpu.{cm}", getattr(VC.Vcpu, cm), (), {}, {"cr3": ("0", -1), "bogus": (1,)})
+
+    # ------------------------------------------------------------------ perm
+    model = PM.PermissionModel.build(cr0_wp=True, cr4_smep=True, cr4_smap=True, efer_nx=True,
+                                     cr4_pke=True)
+    scalar("perm", "update_permission_bitmask", PM.update_permission_bitmask, (True, True, True, True), {}, {
+        0: BAD_B, 1: BAD_B, 2: BAD_B, 3: BAD_B, "ept": BAD_B})
+    scalar("perm", "update_pkru_bitmask", PM.update_pkru_bitmask, (True, True), {}, {
+        0: BAD_B, 1: BAD_B, "cr4_pks": BAD_B})
+    scalar("perm", "PermissionModel.build", PM.PermissionModel.build, (),
+           {"cr0_wp": True, "cr4_smep": True, "cr4_smap": True, "efer_nx": True}, {
+               "cr0_wp": BAD_B, "cr4_pke": BAD_B, "ept": BAD_B})
+    scalar("perm", "PermissionModel", PM.PermissionModel, (bytes(16), 0), {}, {
+        0: (None, 5, b"x"), 1: BAD_U + [1 << 32], "ept": BAD_B})
+    scalar("perm", "permission_fault", PM.permission_fault, (model, 7, 2), {}, {
+        0: (None, 5), 1: bad_int(0, 7), 2: BAD_U, "pte_pkey": bad_int(0, 15), "rflags": BAD_U,
+        "pkru": BAD_U + [1 << 32], "pkrs": BAD_U + [1 << 32]})
+    scalar("perm", "PermissionModel.fault", model.fault, (7, 2), {}, {0: bad_int(0, 7), 1: BAD_U})
+    a8 = np.zeros(4, np.uint8)
+    scalar("perm", "permission_fault_batch", PM.permission_fault_batch, (model, a8 + 7, np.full(4, 2, np.uint64)), {}, {
+        0: (None, 5), 1: (list(range(4)), np.full(4, 8, np.uint8), np.zeros(3, np.uint8), None),
+        2: (list(range(4)), np.zeros(5, np.uint8), None), "pte_pkey": (np.full(4, 16, np.uint8), [0] * 4),
+        "rflags_ac": ([1] * 4, np.zeros(2, np.uint8)), "pkru": BAD_U + [1 << 32], "pkrs": BAD_U})
+    scalar("perm", "pfec_str", PM.pfec_str, (3,), {}, {0: BAD_U})
+
+    # ------------------------------------------------------------------ walk
+    vc = VC.Vcpu.long_mode()
+
+    def mem():
+        m = WK.GuestMemory()
+        m.write(0x1000, 0x2003)
+        return m
+    mmu = WK.GuestMmu.for_vcpu(vc)
+    scalar("walk", "GuestMmu.for_vcpu", WK.GuestMmu.for_vcpu, (vc,), {}, {
+        0: (None, 5), 1: ("v1.0", None), 2: ("bogus", None, 3), "tdp_level": (3, 6, "4", None)})
+    scalar("walk", "GuestMmu.for_ept", WK.GuestMmu.for_ept, (ctx,), {}, {0: (None, vc), 1: ("v1.0", None)})
+    for m in ("index", "gpte_to_gfn_lvl", "lvl_offset_gfn", "is_rsvd", "is_last"):
+        scalar("walk", f"GuestMmu.{m}", getattr(mmu, m), (0x1000, 1), {}, {0: BAD_U, 1: bad_int(1, 4) + [0]})
+    scalar("walk", "GuestMmu.is_present", mmu.is_present, (3,), {}, {0: BAD_U})
+    scalar("walk", "GuestMemory", WK.GuestMemory, (), {}, {0: bad_int(32, 52)})
+    stateful("walk", "GuestMemory", mem, "read", (0x1000,), {}, {0: BAD_U + [1 << 52], 1: (0, 3, 16, -1, "8", None)})
+    stateful("walk", "GuestMemory", mem, "write", (0x1000, 5), {}, {
+        0: BAD_U + [1 << 52, 0x1ffc], 1: BAD_U, 2: (0, 3, 16, -1, "8", None)})
+    stateful("walk", "GuestMemory", mem, "write", (0x1000, 5, 4), {}, {1: (1 << 32,)})
+    for p, vals in {"mmu": (None, 5), "addr": BAD_U, "access": BAD_U + [1 << 3], "mem": (None, 5),
+                    "write_back": BAD_B, "pte_writable": (5, "x"), "visible": (5,)}.items():
+        def mk(v, p=p):
+            m = mem()
+            kw = {"mmu": mmu, "addr": 0x1000, "access": 2, "mem": m}
+            kw[p] = v
+            return m, lambda: WK.walk_addr(**kw)
+        add("walk", f"walk_addr({p})", p, vals, mk)
+    scalar("walk", "walk_observed", WK.walk_observed, (mmu, 0x1000, 2, [0x2003]), {}, {
+        0: (None, 5), 1: BAD_U, 2: BAD_U, 3: (None, 5, ["x"], [-1], [1 << 64]), "walker_error": BAD_OPTU})
+    w = WK.walk_observed(mmu, 0x1000, 2, [0x2003, 0x3003, 0x4003, 0x5003])
+    scalar("walk", "shadow_pages", WK.shadow_pages, (mmu, w), {}, {
+        0: (None, 5), 1: (None, 5), "goal_level": (0, 6, "1", -1)})
+    scalar("walk", "rsvd_bits_mask", WK.rsvd_bits_mask, (4, 0, True, True, True, False), {}, {
+        0: (1, 6, 0, "4", None), 1: BAD_U, 2: BAD_B, 3: BAD_B, 4: BAD_B, 5: BAD_B})
+    scalar("walk", "ept_bad_mt_xwr", WK.ept_bad_mt_xwr, (True,), {}, {0: BAD_B})
+    scalar("walk", "gpte_access", WK.gpte_access, ("64", 7), {}, {0: ("bogus", None, 64), 1: BAD_U})
+    scalar("walk", "decode_entry", WK.decode_entry, ("x86-64", 0x1003), {}, {
+        0: ("bogus", None, 5), 1: BAD_U, 2: (0, 6, "1", None), "maxphyaddr": bad_int(32, 52),
+        "execonly": BAD_B, "gbpages": BAD_B})
+    scalar("walk", "replay_records", WK.replay_records, (mmu, []), {}, {0: (5, "x"), 1: (None, 5, [5])})
+    scalar("walk", "Walk.fault_pte_access", w.fault_pte_access, (mmu,), {}, {0: (None, 5)})
+
+    # ------------------------------------------------------------------ shadow
+    cfg = MmuConfig.shadow()
+    role = 0x24
+
+    def smmu():
+        s = SD.ShadowMmu()
+        s.get(0x10, role)
+        return s
+    for m in ("lookup", "alloc", "get"):
+        stateful("shadow", "ShadowMmu", smmu, m, (0x20, role), {}, {0: BAD_U, 1: BAD_U + [1 << 32]})
+    stateful("shadow", "ShadowMmu", smmu, "any_page", (0x20, role), {}, {0: BAD_U, 1: BAD_U, 2: BAD_OPTU})
+    for m in ("valid_pages_with_gptes", "is_write_tracked"):
+        stateful("shadow", "ShadowMmu", smmu, m, (0x20,), {}, {0: BAD_U})
+    stateful("shadow", "ShadowMmu", smmu, "prepare_zap", (None,), {}, {0: (None, 5, "sp")})
+    stateful("shadow", "ShadowMmu", smmu, "mmu_try_to_unsync_pages", (0x10,), {}, {
+        0: BAD_U, 1: BAD_B, 2: BAD_B, 3: BAD_B})
+    scalar("shadow", "ShadowMmu", SD.ShadowMmu, (), {}, {
+        "page_hash": (5, None), "write_track": (5, None), "indirect_shadow_pages": BAD_U,
+        "used_pages": BAD_U})
+    for p, vals in {"cfg": (None, "ept"), "mmu": (5, "x"), "sp_role": BAD_U + [1 << 32], "gfn": BAD_U,
+                    "pfn": BAD_U, "pte_access": bad_int(0, 7), "old_spte": BAD_OPTU, "prefetch": BAD_B,
+                    "synchronizing": BAD_B, "host_writable": BAD_B, "dirty_tracked": BAD_B,
+                    "host_mmio": BAD_B, "ad_wrprot_only": BAD_B, "apply": BAD_B}.items():
+        def mk(v, p=p):
+            s = smmu()
+            kw = {"cfg": cfg, "mmu": s, "sp_role": role, "gfn": 0x10, "pfn": 0x99, "pte_access": 7}
+            kw[p] = v
+            return s, lambda: SD.make_spte_outcome(**kw)
+        add("shadow", f"make_spte_outcome({p})", p, vals, mk)
+    scalar("shadow", "is_access_allowed", SD.is_access_allowed, (cfg, 0x12345b77, "read"), {}, {
+        0: (None, "ept"), 1: BAD_U, 2: ("bogus", None, 2)})
+    scalar("shadow", "mark_spte_for_access_track_warnings", SD.mark_spte_for_access_track_warnings,
+           (cfg, 0x12345b77), {}, {0: (None, "ept"), 1: BAD_U})
+    scalar("shadow", "modify_spte_protections", SD.modify_spte_protections, (cfg, 0x12345b77, 0, 2), {}, {
+        0: (None, "ept"), 1: BAD_U, 2: BAD_U, 3: BAD_U, 4: BAD_B})
+
+    # ------------------------------------------------------------------ audit
+    scalar("audit", "Auditor", AU.Auditor, (), {}, {
+        0: (5, "ept", MmuConfig.ept()), 1: ("v1.0", None, 3), "host_writable": (5, "x"),
+        "zero_page_min_gfns": (1, 0, "2", 2.5, None, True), "keep_agreed": BAD_B,
+        "guest_gbpages": BAD_B, "guest_amd": BAD_B, "memslots": (5, [5], [{"gpa": 1, "size": 4096}]),
+        "slot_changes": (5, [5], [{"action": "bogus"}]), "host_zero_pfn": (0, -1, "1", 1.5, True, U64),
+        "dirty_log": (5, {"a": [1]}, {0: 5}), "mmio_exits": (5, [-1], ["x"]),
+        "runs_done": (-1, "1", 1.5, True)})
+    scalar("audit", "audit_records", AU.audit_records, ([],), {}, {
+        0: (None, 5), 1: (5, "ept"), 2: ("v1.0", None), "keep_agreed": BAD_B, "bogus": (1,)})
+    scalar("audit", "audit", AU.audit, (os.path.join(os.path.dirname(HERE), "tests", "data", "live",
+                                                       "demo.kvmcap"),), {}, {
+        0: (None, 5), 1: (5, "ept"), 2: ("v1.0", 5), "profile": ("v1.0", 5), "maxphyaddr": bad_int(32, 52),
+        "mmio_caching": BAD_B, "nx_huge_pages": BAD_B, "bogus": (1,)})
+    scalar("audit", "live_config", AU.live_config, (), {}, {
+        0: bad_int(32, 52), 1: ("v1.0", None, 5), 2: BAD_B, 3: BAD_B})
+    scalar("audit", "vcpu_from_root", AU.vcpu_from_root, ("v6.18", 0x24), {}, {
+        0: ("v1.0", None), 1: BAD_U + [1 << 32], 2: BAD_U, "maxphyaddr": bad_int(32, 52), "gbpages": BAD_B,
+        "amd": BAD_B})
+    scalar("audit", "spte_bit_names", AU.spte_bit_names, (cfg, 3), {}, {0: (None, "ept"), 1: BAD_U})
+    scalar("audit", "role_bit_names", AU.role_bit_names, ("v6.18", 3), {}, {0: ("v1.0", None), 1: BAD_U})
+    rep = AU.AuditReport()
+    scalar("audit", "AuditReport.add", rep.add, (None,), {}, {0: (None, 5)})
+    scalar("audit", "AuditReport.total", rep.total, ("agree",), {}, {0: (None, 5, "bogus")})
+    scalar("audit", "AuditReport.format_table", rep.format_table, (), {}, {0: (-1, "5", 1.5, None)})
+
+    # ------------------------------------------------------------------ trace
+    data = os.path.join(os.path.dirname(HERE), "tests", "data")
+    txt = os.path.join(data, "trace_ftrace_v6.txt")
+    line = "      qemu-1234  [001] ....  100.000001: kvm_mmu_get_page: sp gfn 0 l4 4-byte q0 direct wux !nxe !ad root 0 sync"
+    scalar("trace", "open_trace", TR.open_trace, (txt,), {"era": "v6.14"}, {
+        0: (None, 5, os.path.join(data, "nosuch.txt")), 1: ("v1.0", 5), "mode": ("bogus", 5),
+        "spte_decoder": (5, "x"), "all_events": BAD_B, "check_era": BAD_B,
+        "max_errors": (-1, "5", 1.5, None), "on_error": (5, "x")})
+    scalar("trace", "parse", TR.parse, ([line],), {}, {0: (None, 5, [5]), 1: ("v1.0", 5, None),
+                                                       2: (5, "x")})
+    scalar("trace", "parse_file", TR.parse_file, (txt, "v6.14"), {}, {0: (None, 5), 1: ("v1.0", 5), 2: (5,)})
+    scalar("trace", "parse_line", TR.parse_line, (line,), {}, {
+        0: (None, 5, b"x"), 1: (-1, "1", 1.5, None), 2: ("v1.0", 5, None), 3: (5, "x"), 4: BAD_B})
+    scalar("trace", "summary", TR.summary, (TR.parse([line]),), {}, {0: (None, 5)})
+    scalar("trace", "to_numpy", TR.to_numpy, (TR.parse([line]),), {}, {0: (None, 5)})
+    scalar("trace", "default_spte_decoder", TR.default_spte_decoder, (), {}, {
+        0: ("bogus", 5), 1: (5,), 2: ("v1.0", 5), 3: ("x.y", 5), 4: (5, "ept")})
+    scalar("trace", "spte_profile_for", TR.spte_profile_for, ("latest",), {}, {0: ("bogus", 5), 1: (5, "x.y")})
+    scalar("trace", "era_for_release", TR.era_for_release, ("6.8.0",), {}, {0: (None, 5, "x.y")})
+    scalar("trace", "era_arg", TR.era_arg, ("latest",), {}, {0: ("v1.0", 5)})
+    scalar("trace", "detect_format", TR.detect_format, (b"# tracer",), {}, {0: (None, 5, "text")})
+    scalar("trace", "format_record", TR.format_record, (TR.parse([line]).records[0],), {}, {0: (None, 5)})
+    scalar("trace", "zap_reason", TR.zap_reason, (TR.parse([line]).records[0],), {}, {0: (None, 5)})
+    scalar("trace", "Summary", TR.Summary, ("latest",), {}, {0: ("v1.0", 5)})
+    scalar("trace", "TraceStream", TR.TraceStream, ("x",), {}, {0: (None, 5), 1: (-1, "5", None)})
+
+    # ------------------------------------------------------------------ kvmrun (descriptions only)
+    def desc_case(path, vals):
+        add("kvmrun", f"GuestDesc.check({path})", path.split(".")[-1], vals,
+            lambda v: (lambda d: (d, d.check))(_kv_setattr(path, v)))
+    for path, vals in {
+            "memslots[0].slot": BAD_U + [0x8000], "memslots[0].gpa": BAD_U + [0x1001, 1 << 48],
+            "memslots[0].size": BAD_U + [0, 0x1001, (1 << 32) + 4096], "memslots[0].flags": ("readonly", [5], None),
+            "memslots[0].guest_memfd": BAD_B,
+            "page_tables.levels": (3, 6, "4", None, 4.0), "page_tables.base": BAD_U + [0x10001],
+            "page_tables.size": BAD_U + [0, 0x1001], "page_tables.window_gva": BAD_OPTU + [0x1001],
+            "page_tables.mappings": (None, 5, [5]),
+            "page_tables.mappings[0].gva": BAD_U + [0x1001], "page_tables.mappings[0].gpa": BAD_U + [0x1001],
+            "page_tables.mappings[0].page": ("1G", None, 4096), "page_tables.mappings[0].count": BAD_U + [0],
+            "page_tables.mappings[0].present": BAD_B, "page_tables.mappings[0].w": BAD_B,
+            "page_tables.mappings[0].nx": BAD_B, "page_tables.mappings[0].d": BAD_B,
+            "registers.cr0_wp": BAD_B, "registers.cr4_smep": BAD_B, "registers.efer_nx": BAD_B,
+            "registers.cr4_pke": BAD_B,
+            "runs[0].program[0].kind": ("bogus", None, 5), "runs[0].program[0].addr": BAD_U,
+            "runs[0].program[0].value": BAD_U, "runs[0].program[0].flush": ("bogus", None, 5),
+            "runs[0].program": (None, 5, [5]), "runs[0].changes": (None, 5, [5]), "runs": (None, 5, [5]),
+            "memslots": (None, 5, [5], []),
+            "code_gpa": BAD_U + [0x1001], "code_gva": BAD_U + [0x1001], "code_pages": BAD_U + [0],
+            "stack_gpa": BAD_U + [0x1001], "stack_gva": BAD_U + [0x1001], "vif_gpa": BAD_U + [0x1001],
+            "timeout": (0, -1, "5", None, float("nan"), float("inf"), True)}.items():
+        desc_case(path, vals)
+    sc = K.SlotChange("delete", 1)
+    for f, vals in {"action": ("bogus", None, 5), "slot": BAD_U + [0x8000], "gpa": BAD_U + [0x1001],
+                    "flags": ("readonly", [5], None)}.items():
+        def mk(v, f=f):
+            c = K.SlotChange("move" if f == "gpa" else "delete", 1, 0x400000)
+            setattr(c, f, v)
+            return c, lambda: c.check("c")
+        add("kvmrun", f"SlotChange.check({f})", f, vals, mk)
+    del sc
+    scalar("kvmrun", "load_desc", K.load_desc, ("x",), {}, {0: (None, 5, os.path.join(data, "nosuch.json"),
+                                                              os.path.join(data, "trace_v5_0.txt"))})
+    scalar("kvmrun", "demo_guest", K.demo_guest, (), {}, {0: BAD_B})
+    scalar("kvmrun", "build_page_tables", K.build_page_tables, (4, 0x10000, 0x10000, []), {}, {
+        0: (3, 6, "4", None), 1: BAD_U + [0x10001], 2: BAD_U + [0], 3: (None, 5, [5])})
+    d0 = K.demo_guest()
+    scalar("kvmrun", "GuestDesc.slot_of", d0.slot_of, (0x1000,), {}, {0: BAD_U})
+    hi = K.HostInfo("pvm", 12, {"guest_memfd": 0, "user_memory2": 0, "guest_memfd_flags": 0}, False,
+                    ["kvm_pvm"])
+    scalar("kvmrun", "host_refusal", K.host_refusal, (d0, hi), {}, {0: (None, 5), 1: (None, 5, "x")})
+    scalar("kvmrun", "run_guest[desc]", K.run_guest, (None,), {}, {0: (None, 5, {"memslots": []})})
+    for m, n in (("mov_imm", 2), ("store", 2), ("load", 2), ("call", 1), ("jmp", 1), ("invlpg", 1),
+                 ("mov_to_cr3", 1), ("mov_from_cr3", 1)):
+        args = (0, 0)[:n]
+        params = {0: (-1, 16, "0", None, 1.5)}
+        if n == 2:
+            params[1] = ((1 << 64), -1, "0", None) if m == "mov_imm" else (-1, 16, "0", None)
+        scalar("kvmrun", f"Asm.{m}", getattr(K.Asm(), m), args, {}, params)
+
+    # ------------------------------------------------------------------ record (no recording)
+    scalar("record", "Recorder", RC.Recorder, (), {}, {
+        0: (5, [5], "", ["bogus/x/y"]), "buffer_kb": (0, 63, 1 << 21, "64", 1.5, None, True),
+        "tracefs": (5,), "text": BAD_B, "all_tasks": BAD_B,
+        "drain_interval": (0, -1, 61, "0.1", True), "progress": (5, "x")})
+    scalar("record", "read_capture", RC.read_capture, (os.path.join(data, "live", "demo.kvmcap"),), {}, {
+        0: (None, 5, os.path.join(data, "nosuch.kvmcap"), os.path.join(data, "trace_v5_0.txt"))})
+    cap = RC.read_capture(os.path.join(data, "live", "demo.kvmcap"))
+    scalar("record", "write_capture", RC.write_capture, ("/nonexistent-dir/x.kvmcap", cap), {}, {
+        0: (None, 5), 1: (None, 5, {})})
+    scalar("record", "tracing_snapshot", RC.tracing_snapshot, ("/nonexistent",), {}, {0: (None, 5)})
+    scalar("record", "lost_events", RC.lost_events, ({},), {}, {0: (None, 5, {"x": "y"}, {0: -1})})
+
+    # ------------------------------------------------------------------ isa, profile
+    scalar("isa", "level", IS.level, ("baseline",), {}, {0: ("bogus", None, 5, 1.5)})
+    scalar("profile", "profile_for_version", PF.profile_for_version, ("6.8",), {}, {
+        0: (None, 6.8, 5, "x.y", b"6.8"), "warn": BAD_B})
+    scalar("profile", "get_profile[types]", PF.get_profile, ("v6.19",), {}, {0: (None, b"v6.19", ["v6.19"])})
+    scalar("profile", "describe_version", PF.describe_version, ("6.8",), {}, {0: (None, 6.8, "x.y")})
+    scalar("profile", "require", PF.require, (PF.get_profile("v6.19"), "has_tdx", "r"), {}, {
+        0: (None, "v6.19"), 1: ("bogus", None, 5), 2: (None, 5)})
+
+    # ------------------------------------------------------------------ kfuzz (no guest runs)
+    scalar("kfuzz", "random_desc", KF.random_desc, (random.Random(1),), {}, {0: (None, 5, "seed"),
+                                                                            1: (5, "x")})
+    scalar("kfuzz", "mutate", KF.mutate, (K.demo_guest(), random.Random(1)), {}, {
+        0: (None, {}), 1: (None, 1), 2: (5,), "tries": (0, -1, "50", 1.5, None)})
+    scalar("kfuzz", "runnable_problem", KF.runnable_problem, (K.demo_guest(),), {}, {0: (None, 5, {})})
+    scalar("kfuzz", "load_corpus", KF.load_corpus, (), {}, {0: (5, os.path.join(data, "nosuch"))})
+    scalar("kfuzz", "fuzz_kernel", _no_guests(KF.fuzz_kernel), (), {"runs": 1, "use_corpus": False}, {
+        "seconds": (0, -1, "60", None, float("nan"), True, 86401), "runs": (0, -1, "1", 1.5, True),
+        "seed": ("1", 1.5, True), "out_dir": (None, 5), "keep_going": BAD_B, "audit": BAD_B,
+        "shrink_s": (-1, "1", None, 3601), "progress": (5, "x"), "corpus": (5, os.path.join(data, "nosuch")),
+        "use_corpus": BAD_B})
+    scalar("kfuzz", "replay_kernel", _no_guests(KF.replay_kernel), (os.path.join(data, "live", "demo.kvmcap"),),
+           {"live": False, "emit": lambda s: None}, {0: (None, 5, os.path.join(data, "nosuch.kvmcap")),
+                                                    1: ("no", 2, 1.5), "emit": (5, None)})
+    scalar("kfuzz", "judge[desc]", _no_guests(KF.judge), (None, None), {}, {0: (None, 5)})
+    scalar("kfuzz", "shrink[budget]", _no_guests(KF.shrink), (K.demo_guest(), (), hi), {}, {
+        "budget_s": (-1, "1", None, 3601), 0: (None, 5), 2: (None, 5)})
+
+
+def _no_guests(fn):
+    """``fn`` with every way to start a guest or a recording replaced by a refusal that the
+    probe counts as "other": a bad argument that got that far was not checked up front."""
+    import functools
+    from pykvmmu import kvmrun as K, record as RC
+
+    @functools.wraps(fn)
+    def wrapped(*a, **kw):
+        saved = (K.detect_host, K.run_guest, RC.Recorder.__enter__)
+
+        def refuse(*_a, **_k):
+            raise RuntimeError("probe: would start a guest or a recording (argument not checked first)")
+        K.detect_host = K.run_guest = RC.Recorder.__enter__ = refuse
+        try:
+            return fn(*a, **kw)
+        finally:
+            K.detect_host, K.run_guest, RC.Recorder.__enter__ = saved
+    return wrapped
 
 
 def _selftest_cases():

@@ -13,7 +13,7 @@ files), ``ringbuf`` (ring-buffer pages), ``raw`` (binary records), ``capture`` (
 and tracefs tree), ``tracedat`` (trace.dat), ``stream`` (detection, era), ``report``
 (summary, JSON, SPTE decoder hook).
 """
-from .record import (FULL_ROLE, PAGE_EVENTS, SPTE_FIELDS, TraceEraError, TraceError,
+from .record import (FULL_ROLE, PAGE_EVENTS, SPTE_FIELDS, TraceArgumentError, TraceEraError, TraceError,
                      TraceFormatError, TraceRecord, TraceResult, UnsupportedTraceError)
 from .report import (ERA_TO_SPTE_PROFILE, Summary, default_spte_decoder, format_record,
                      spte_profile_for, summary, to_numpy, zap_reason)
@@ -21,7 +21,7 @@ from .stream import TraceStream, detect_format, era_arg, era_for_release, open_t
 from .text import ALL_EVENTS, EVENTS, parse, parse_file, parse_line
 
 __all__ = ["TraceRecord", "TraceResult", "TraceStream", "TraceError", "TraceFormatError",
-           "TraceEraError", "UnsupportedTraceError", "open_trace", "parse", "parse_file",
+           "TraceEraError", "TraceArgumentError", "UnsupportedTraceError", "open_trace", "parse", "parse_file",
            "parse_line", "summary", "Summary", "format_record", "zap_reason", "to_numpy",
            "default_spte_decoder", "spte_profile_for", "era_for_release", "era_arg", "detect_format",
            "EVENTS", "ALL_EVENTS", "PAGE_EVENTS", "SPTE_FIELDS", "FULL_ROLE",

@@ -15,7 +15,7 @@ from ..errors import InputError, PykvmmuError
 from ..role import Role
 
 __all__ = ["TraceRecord", "TraceResult", "TraceError", "TraceFormatError", "TraceEraError", "decorate", "PAGE_EVENTS", "SPTE_FIELDS",
-           "UnsupportedTraceError", "FULL_ROLE"]
+           "UnsupportedTraceError", "FULL_ROLE", "TraceArgumentError"]
 
 #: ``role_known`` of a record whose role word came from a raw u32 field.
 FULL_ROLE = 0xFFFFFFFF
@@ -31,6 +31,10 @@ class TraceFormatError(TraceError, InputError):
 
 class UnsupportedTraceError(TraceError):
     """A valid trace this reader does not decode (e.g. a zstd-compressed trace.dat)."""
+
+
+class TraceArgumentError(TraceError, InputError):
+    """An argument of a trace entry point that breaks its rule (type, width or range)."""
 
 
 class TraceEraError(TraceError, InputError):

@@ -9,7 +9,22 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, overload
 import numpy as np
 
 from ..role import get_era, unpack
-from .record import FULL_ROLE, TraceRecord, TraceResult
+from .record import FULL_ROLE, TraceArgumentError, TraceRecord, TraceResult
+
+
+def _is(name: str, value, cls):
+    """Refuse ``value`` unless it is a ``cls``."""
+    if not isinstance(value, cls):
+        raise TraceArgumentError(f"{name}={value!r}: expected a {cls.__name__}")
+    return value
+
+
+def _version_arg(version):
+    """None, or a kernel version string ("6.18", "6.18.44-fc-v669")."""
+    if version is not None and kernel_version_of(version) is None:
+        raise TraceArgumentError(f"version={version!r}: expected a kernel version such as '6.18.44'"
+                                 " or None")
+    return version
 
 if TYPE_CHECKING:
     from ..config import MmuConfig
@@ -46,6 +61,7 @@ def spte_profile_for(era, version: str | None = None) -> str | None:
     version-to-profile map (profile.profile_for_version); else from the role era.  None for
     a kernel older than the modelled SPTE layouts (v5.10)."""
     from ..profile import profile_for_version
+    _version_arg(version)
     if version is None and isinstance(era, str) and era.strip().lower() in _NEWEST:
         return profile_for_version("latest")[0].name
     for v in (version, era if isinstance(era, str) else None):
@@ -76,6 +92,15 @@ def default_spte_decoder(era: Any = "latest", mode: Optional[str] = None, profil
     an MmuConfig: ``config`` as given, or ``MmuConfig.preset(mode, profile=...)`` with the
     profile from ``profile`` / the kernel version / the era.  None without a mode/config or
     when the era has no modelled SPTE layout; an unknown mode or profile raises."""
+    from .. import _check as C
+    from ..profile import get_profile
+    if config is not None:
+        C.mmu_config(config, "config")
+    if mode is not None and not isinstance(mode, str):
+        raise TraceArgumentError(f"mode={mode!r}: expected a preset name such as 'ept', or None")
+    if profile is not None:
+        get_profile(profile)
+    spte_profile_for(era, version)              # checks era and version
     if config is None:
         if mode is None:
             return None
@@ -111,6 +136,7 @@ _DECIMAL = ("level", "root_count", "as_id", "vcpu_id", "errno", "unsync", "creat
 
 
 def format_record(r: TraceRecord) -> str:
+    _is("r", r, TraceRecord)
     ts = f"{r.ts_ns // 10**9}.{r.ts_ns % 10**9:09d}" if r.ts_ns is not None else f"{r.ts:.6f}"
     head = f"{r.line_no:6d} {ts} cpu{r.cpu} {r.event}"
     fs = " ".join(f"{k}={v:#x}" if isinstance(v, int) and v >= 0 and k not in _DECIMAL else f"{k}={v}"
@@ -128,6 +154,7 @@ def format_record(r: TraceRecord) -> str:
 
 def zap_reason(r: TraceRecord) -> str:
     """A heuristic class for a kvm_mmu_prepare_zap_page record (the event has no reason)."""
+    _is("r", r, TraceRecord)
     if r.role is None:
         return "unknown"
     if r.role.invalid:
@@ -193,6 +220,7 @@ class Summary:
 
 def summary(res: TraceResult) -> str:
     """Per-event counts, role distributions, zap reasons, and the malformed lines."""
+    _is("res", res, TraceResult)
     s = Summary(res.era)
     for r in res.records:
         s.add(r)
@@ -206,6 +234,7 @@ _NP_DTYPE = np.dtype([("line_no", "<u4"), ("ts", "<f8"), ("cpu", "<u2"), ("event
 
 def to_numpy(res: TraceResult) -> np.ndarray:
     """The records as a numpy structured array (missing values are 0)."""
+    _is("res", res, TraceResult)
     out = np.zeros(len(res.records), dtype=_NP_DTYPE)
     for i, r in enumerate(res.records):
         f = r.fields

@@ -28,9 +28,10 @@ from ..errors import PykvmmuError
 from ..role import RoleEra, get_era
 from .capture import is_capture_dir, open_capture, open_directory, release_from_proc_version
 from .raw import raw_records
-from .record import TraceEraError, TraceError, decorate
+from .. import _check as C
+from .record import TraceArgumentError, TraceEraError, TraceError, decorate
 from .report import SpteDecoder, default_spte_decoder, kernel_version_of
-from .text import iter_text
+from .text import check_decoder, iter_text
 
 __all__ = ["open_trace", "TraceStream", "era_for_release", "era_arg", "detect_format"]
 
@@ -79,6 +80,9 @@ def _spool(f) -> IO[bytes]:
 
 def detect_format(head: bytes) -> str:
     """'gzip', 'xz', 'trace.dat', 'capture' (tar) or 'text' from a file's first 512 bytes."""
+    if not isinstance(head, (bytes, bytearray, memoryview)):
+        raise TraceArgumentError(f"head={head!r}: expected bytes (the first bytes of a file)")
+    head = bytes(head)
     if head.startswith(_GZIP):
         return "gzip"
     if head.startswith(_XZ):
@@ -96,6 +100,9 @@ class TraceStream:
     ``n_errors``, ``other_events`` (non-kvmmmu counts), ``lost`` (ring-buffer losses per CPU)."""
 
     def __init__(self, name: str, max_errors: int = 1000):
+        if not isinstance(name, str):
+            raise TraceArgumentError(f"name={name!r}: expected a str (the source's name)")
+        C.uint("max_errors", max_errors, 32, err=TraceArgumentError)
         self.name = name
         self.era: RoleEra | None = None             # set by open_trace (_resolve_era)
         self.kernel_version: str | None = None
@@ -177,7 +184,18 @@ def open_trace(src, era=None, *, spte_decoder=None, mode=None, all_events: bool 
     yields non-kvmmmu events.  Use as a context manager (or call ``close()``)."""
     if isinstance(src, os.PathLike):
         src = os.fspath(src)
+    if not isinstance(src, str) and not callable(getattr(src, "read", None)):
+        raise TraceArgumentError(f"src={src!r}: expected a path, '-' or a file object")
+    check_decoder(spte_decoder)
+    if mode is not None and not isinstance(mode, str):
+        C.mmu_config(mode, "mode")
+    C.boolean("all_events", all_events, err=TraceArgumentError)
+    C.boolean("check_era", check_era, err=TraceArgumentError)
+    if on_error is not None and not callable(on_error):
+        raise TraceArgumentError(f"on_error={on_error!r}: expected a callable or None")
     name = src if isinstance(src, str) else getattr(src, "name", "<stream>")
+    if not isinstance(name, str):
+        name = "<stream>"
     st = TraceStream(str(name), max_errors)
     st.on_error = on_error
     try:

@@ -17,7 +17,9 @@ import re
 from typing import Callable, Iterable
 
 from ..role import get_era, unpack
-from .record import FULL_ROLE, PAGE_EVENTS, SPTE_FIELDS, TraceRecord, TraceResult, decorate
+from .. import _check as C
+from .record import (FULL_ROLE, PAGE_EVENTS, SPTE_FIELDS, TraceArgumentError, TraceRecord, TraceResult,
+                     decorate)
 
 __all__ = ["parse", "parse_file", "parse_line", "EVENTS", "PAGE_EVENTS", "SPTE_FIELDS",
            "ALL_EVENTS", "STACK", "STACK_LINE"]
@@ -266,6 +268,11 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     for a non-kvmmmu event (a record instead when ``all_events``); ``(STACK, None)`` for a
     ``<stack trace>`` header and ``(STACK_LINE, func)`` for a `` => func`` line (they belong
     to the record before them).  Raises ValueError with the reason for a malformed line."""
+    if not isinstance(line, str):
+        raise TraceArgumentError(f"line={line!r}: expected a str (one line of trace text)")
+    C.uint("line_no", line_no, 64, err=TraceArgumentError)
+    check_decoder(spte_decoder)
+    C.boolean("all_events", all_events, err=TraceArgumentError)
     era = get_era(era)
     s = line.rstrip("\n")
     if _SKIP.match(s):
@@ -402,10 +409,25 @@ def iter_text(lines: Iterable[str], era="latest", spte_decoder: Callable | None 
         yield pending
 
 
+def check_decoder(spte_decoder) -> None:
+    """An ``spte_decoder``: None or a callable ``(spte, level) -> str``."""
+    if spte_decoder is not None and not callable(spte_decoder):
+        raise TraceArgumentError(f"spte_decoder={spte_decoder!r}: expected a callable "
+                                 "(spte, level) -> str, or None")
+
+
 def parse(lines: Iterable[str], era="latest", spte_decoder: Callable | None = None) -> TraceResult:
     """Parse trace text into memory; malformed lines go to ``errors`` as (line_no, reason,
     text).  ``open_trace`` streams instead."""
     era = get_era(era)
+    check_decoder(spte_decoder)
+    try:
+        lines = list(lines)
+    except TypeError:
+        raise TraceArgumentError(f"lines={lines!r}: expected an iterable of str") from None
+    for i, s in enumerate(lines):
+        if not isinstance(s, str):
+            raise TraceArgumentError(f"lines[{i}]={s!r}: expected a str (one line of trace text)")
     res = TraceResult(era=era, format="text")
     res.records = list(iter_text(lines, era, spte_decoder,
                                  on_error=lambda n, why, s: res.errors.append((n, why, s)),
