@@ -151,14 +151,18 @@ def test_private_levels(level):
 
 
 @pytest.mark.parametrize("env, want", [("portable", 0), ("avx2", 1), ("avx512", 2), ("neon", None)])
-def test_pykvmmu_isa_is_read_once_at_import(env, want):
+def test_pykvmmu_isa_is_read_once_at_import(env, want, tmp_path):
     import os
     import subprocess
     import sys
+
+    import pykvmmu
     code = ("from pykvmmu import isa; from pykvmmu.config import MmuConfig; "
             "print(isa.DEFAULT, MmuConfig.ept()._cptr.isa)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env={**os.environ, "PYKVMMU_ISA": env})
+    # the pykvmmu these tests imported (installed in CI), from a directory no source tree shadows
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(pykvmmu.__file__)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYKVMMU_ISA": env, "PYTHONPATH": pkg_parent})
     if want is None:
         assert r.returncode != 0 and "PYKVMMU_ISA: isa='neon'" in r.stderr
     else:
