@@ -68,7 +68,6 @@ struct kvmmu_cfg {
     uint64_t host_writable_mask;
     uint64_t mmu_writable_mask;
     uint64_t me_value;
-    uint64_t me_mask;
     uint64_t mmio_value;
     uint64_t mmio_mask;
     uint64_t mmio_access_mask;
@@ -87,7 +86,6 @@ struct kvmmu_cfg {
     uint32_t mmio_gen_bits;
     uint32_t rules;                  /* KVMMU_R_* */
     uint32_t flags;                  /* KVMMU_F_* */
-    uint32_t maxphyaddr;
     uint32_t isa;                    /* KVMMU_ISA_* cap */
 };
 /* The highest KVMMU_ISA_* level this CPU supports. */

@@ -12,9 +12,7 @@ from ._ffi import ffi
 from ._check import boolean, disjoint, no_overlap, uint  # noqa: F401 (re-exported)
 from .errors import ArrayError, InputError
 
-__all__ = ["uint", "bad_u64", "in_array", "out_array", "same_shape", "ptr", "ptr_at", "U64_MAX"]
-
-U64_MAX = (1 << 64) - 1
+__all__ = ["uint", "bad_u64", "in_array", "out_array", "same_shape", "ptr", "ptr_at"]
 
 
 def bad_u64(name: str, value) -> InputError:

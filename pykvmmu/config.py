@@ -434,7 +434,7 @@ class MmuConfig:
         c = ffi.new("struct kvmmu_cfg *")
         for name in ("present_mask", "user_mask", "accessed_mask", "dirty_mask", "nx_mask",
                      "x_mask", "acc_track_mask", "host_writable_mask", "mmu_writable_mask",
-                     "me_value", "me_mask", "mmio_value", "mmio_mask", "mmio_access_mask",
+                     "me_value", "mmio_value", "mmio_mask", "mmio_access_mask",
                      "nonpresent_or_rsvd_mask", "nonpresent_or_rsvd_lower_gfn_mask",
                      "base_addr_mask", "mmu_present_mask"):
             setattr(c, name, getattr(self, name))
@@ -474,7 +474,6 @@ class MmuConfig:
         flags |= lib.KVMMU_F_AD_ENABLED if self.ad_enabled else 0
         flags |= lib.KVMMU_F_NX_HUGE_PAGES if self.nx_huge_pages else 0
         c.flags = flags
-        c.maxphyaddr = self.maxphyaddr
         from . import isa
         c.isa = isa.DEFAULT
         return c
