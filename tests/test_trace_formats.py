@@ -98,8 +98,20 @@ def test_trace_dat_equals_report_R(name):
             assert t.source == "plugin" and t.role.word == d.role.word & t.role_known
 
 
-def test_trace_dat_zstd_is_refused_clearly():
-    with pytest.raises(T.UnsupportedTraceError, match="zstd"):
+def test_trace_dat_zstd_equals_the_uncompressed_file():
+    """trace-cmd 3's default: a zstd-compressed v7 file (sections and CPU chunks) is read
+    directly and gives exactly the records of the same file written uncompressed."""
+    pytest.importorskip("zstandard")
+    a, st = _read("demo-v7.dat")
+    b, _ = _read("demo-v7-nocomp.dat.gz")
+    assert st.meta["compression"] == "zstd" and len(a) > 100
+    assert [(r.ts_ns, r.cpu, r.event, r.fields) for r in a] == \
+        [(r.ts_ns, r.cpu, r.event, r.fields) for r in b]
+
+
+def test_trace_dat_zstd_without_zstandard_is_refused_clearly(monkeypatch):
+    monkeypatch.setitem(sys.modules, "zstandard", None)       # as if not installed
+    with pytest.raises(T.UnsupportedTraceError, match="zstd.*pip install 'pykvmmu\\[trace\\]'"):
         T.open_trace(os.path.join(L, "demo-v7.dat"))
     assert cli.main(["trace", os.path.join(L, "demo-v7.dat")]) == 1
 

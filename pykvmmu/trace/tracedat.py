@@ -14,8 +14,9 @@ data), u32 string id, u64 size); options point to the HEADER_INFO (16), FTRACE_E
 EVENT_FORMATS (18), KALLSYMS (19), PRINTK (20), CMDLINES (21) sections; a BUFFER option
 (u64 offset, name, clock, u32 page size, u32 CPUs, then u32 cpu, u64 offset, u64 size each)
 locates each instance's per-CPU ring-buffer pages, which a compressed file stores as chunks
-(u32 count; u32 compressed size, u32 size, data each).  Only ``none`` and ``zlib``
-compression can be read with the standard library; others raise UnsupportedTraceError.
+(u32 count; u32 compressed size, u32 size, data each).  ``none`` and ``zlib`` are read with
+the standard library, ``zstd`` (trace-cmd 3's default) with the ``zstandard`` package when it
+is installed (``pip install 'pykvmmu[trace]'``); anything else raises UnsupportedTraceError.
 UNAME (id 5, ``uname`` text) gives the kernel release.
 """
 from __future__ import annotations
@@ -238,8 +239,43 @@ def _stream(fh: _File, off: int, size: int):
     return read
 
 
-def _chunked(fh: _File, off: int, size: int, endian: str, where: str):
-    """read(n) over zlib-compressed chunks (u32 count; u32 csize, u32 usize, data each)."""
+_CODECS = ("zlib", "zstd")
+
+
+def _codec_check(comp: str, name: str) -> None:
+    """Refuse a compression this reader cannot inflate (before anything is read)."""
+    if comp == "none" or comp == "zlib":
+        return
+    if comp == "zstd":
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            raise UnsupportedTraceError(
+                f"{name}: trace.dat compressed with 'zstd' needs the zstandard package (pip install "
+                "'pykvmmu[trace]'), or convert it with `trace-cmd convert --compression none`") from None
+        return
+    raise UnsupportedTraceError(f"{name}: trace.dat compressed with {comp!r}; only uncompressed, zlib "
+                                "and zstd files are read (convert with `trace-cmd convert "
+                                "--compression none`)")
+
+
+def _inflate(comp: str, raw: bytes, usize: int, where: str) -> bytes:
+    """One compressed block of ``usize`` bytes (a section or a ring-buffer chunk)."""
+    try:
+        if comp == "zlib":
+            data = zlib.decompress(raw)
+        else:
+            import zstandard
+            data = zstandard.ZstdDecompressor().decompress(raw, max_output_size=usize)
+    except Exception as e:          # zlib.error / zstandard.ZstdError: damaged input
+        raise TraceFormatError(f"{where}: bad {comp} data ({e})") from None
+    if len(data) != usize:
+        raise TraceFormatError(f"{where}: inflates to {len(data)} bytes, header says {usize}")
+    return data
+
+
+def _chunked(fh: _File, off: int, size: int, endian: str, where: str, comp: str = "zlib"):
+    """read(n) over compressed chunks (u32 count; u32 csize, u32 usize, data each)."""
     state = {"pos": off + 4, "left": None, "buf": b""}
     state["left"] = int.from_bytes(fh.read(off, 4), "little" if endian == "<" else "big") if size else 0
     bo = "little" if endian == "<" else "big"
@@ -249,14 +285,7 @@ def _chunked(fh: _File, off: int, size: int, endian: str, where: str):
             hdr = fh.read(state["pos"], 8)
             csize, usize = int.from_bytes(hdr[:4], bo), int.from_bytes(hdr[4:], bo)
             raw = fh.read(state["pos"] + 8, csize)
-            try:
-                data = zlib.decompress(raw)
-            except zlib.error as e:
-                raise TraceFormatError(f"{where}: bad zlib chunk at {state['pos']} ({e})") from None
-            if len(data) != usize:
-                raise TraceFormatError(f"{where}: chunk at {state['pos']} inflates to {len(data)} "
-                                       f"bytes, header says {usize}")
-            state["buf"] += data
+            state["buf"] += _inflate(comp, raw, usize, f"{where}: chunk at {state['pos']}")
             state["pos"] += 8 + csize
             state["left"] -= 1
         out, state["buf"] = state["buf"][:n], state["buf"][n:]
@@ -333,26 +362,17 @@ def _section(fh: _File, off: int, endian: str, comp: str, name: str, want: int |
         raise TraceFormatError(f"{name}: section at {off} has id {sid}, expected {want}")
     body = fh.read(off + 16, size)
     if flags & 1:
-        if comp != "zlib":
-            raise UnsupportedTraceError(f"{name}: section {sid} is compressed with {comp!r}; only "
-                                        "uncompressed and zlib trace.dat files are read (convert with "
-                                        "`trace-cmd convert --compression none`)")
+        if comp not in _CODECS:
+            raise TraceFormatError(f"{name}: section {sid} is compressed but the file names "
+                                   f"compression {comp!r}")
         b = _Cursor(body, endian, f"{name} section {sid}", off + 16)
         csize, usize = b.u(4), b.u(4)
-        try:
-            body = zlib.decompress(b.take(csize))
-        except zlib.error as e:
-            raise TraceFormatError(f"{name}: section {sid} at {off}: bad zlib data ({e})") from None
-        if len(body) != usize:
-            raise TraceFormatError(f"{name}: section {sid} inflates to {len(body)} bytes, header says {usize}")
+        body = _inflate(comp, b.take(csize), usize, f"{name}: section {sid} at {off}")
     return sid, _Cursor(body, endian, f"{name} section {sid}", off + 16)
 
 
 def _v7(fh, endian, comp, first_opts, name) -> RawSource:
-    if comp not in ("none", "zlib"):
-        raise UnsupportedTraceError(f"{name}: trace.dat compressed with {comp!r}; only uncompressed and "
-                                    "zlib files are read (convert with `trace-cmd convert "
-                                    "--compression none`)")
+    _codec_check(comp, name)
     opts = _Options()
     off, seen = first_opts, set()
     while off:
@@ -387,7 +407,7 @@ def _v7(fh, endian, comp, first_opts, name) -> RawSource:
             if not size:
                 continue
             label = f"{bname + ':' if bname else ''}cpu{cpu}"
-            cpus.append((cpu, _chunked(fh, o, size, endian, f"{name} {label}") if compressed
+            cpus.append((cpu, _chunked(fh, o, size, endian, f"{name} {label}", comp) if compressed
                          else _stream(fh, o, size), label))
     src = build_source(hp, he, formats, cpus, endian, cmdlines=cmdlines,
                        kernel_release=_release(opts.uname), format="trace.dat",
