@@ -232,22 +232,27 @@ def threads_markdown(inter):
 def rmp_sizes(inter):
     out = []
     for b in inter:
-        m = re.fullmatch(r"rmp lookup (\d+)MiB", b["group"])
+        m = re.fullmatch(r"rmp lookup (\d+)MiB( .+)?", b["group"])
         if m:
-            out.append((int(m.group(1)), b))
-    return sorted(out, key=lambda x: x[0])
+            out.append((int(m.group(1)), m.group(2) or "", b))
+    return sorted(out, key=lambda x: (x[0], x[1]))
+
+
+def f2(xs):
+    """The median of xs with two decimals, or "-" when there is none."""
+    return f"{med(xs):.2f}" if xs else "-"
 
 
 def rmp_markdown(sizes, other):
-    lines = ["| RMP table | lookups | core ns/lookup [q1..q3] | no out= ns/lookup | numpy ns/lookup | "
+    lines = ["| RMP table | lookups | core ns/lookup [q1..q3] | 1 thread ns | no out= ns | numpy ns | "
              "core vs numpy | core vs one numpy gather | core vs reference | "
              "other CPUs (max) / CPU pressure / loadavg |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for mib, b in sizes:
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mib, variant, b in sizes:
         ns, r = b["ns_per_elem"], b["ratios"]
         lo, hi = iqr(ns["core"])
-        lines.append(f"| {mib:,} MiB | {b['elements']:,} | {med(ns['core']):.2f} [{lo:.2f}..{hi:.2f}] | "
-                     f"{med(ns.get('alloc', [])):.2f} | {med(ns['numpy']):.2f} | {fmt_ratio(r.get('core/numpy', []))} | "
+        lines.append(f"| {mib:,} MiB{variant} | {b['elements']:,} | {med(ns['core']):.2f} [{lo:.2f}..{hi:.2f}] | "
+                     f"{f2(ns.get('core1t'))} | {f2(ns.get('alloc'))} | {f2(ns.get('numpy'))} | {fmt_ratio(r.get('core/numpy', []))} | "
                      f"{fmt_ratio(r.get('core/gather', []))} | {fmt_ratio(r.get('core/reference', []))} | "
                      f"{fmt_load(b)} |")
     for b in other:
@@ -337,13 +342,15 @@ def plot_scaling(scaling, sizes, path):
     ax.set_ylabel("throughput (M elements/s)")
     ax.set_title("throughput against batch size")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if scaling:
+        ax.legend(fontsize=7)
     if sizes:
         ax = axes[0][1]
+        plain = [(m, b) for m, v, b in sizes if not v]
         for kind in ("core", "numpy"):
-            xs = [m for m, _ in sizes]
-            ms = [med(b["ns_per_elem"][kind]) for _, b in sizes]
-            q = [iqr(b["ns_per_elem"][kind]) for _, b in sizes]
+            xs = [m for m, _ in plain]
+            ms = [med(b["ns_per_elem"][kind]) for _, b in plain]
+            q = [iqr(b["ns_per_elem"][kind]) for _, b in plain]
             ax.errorbar(xs, ms, yerr=[[m - lo for m, (lo, _) in zip(ms, q)], [hi - m for m, (_, hi) in zip(ms, q)]],
                         marker="o", capsize=3, label=kind)
         ax.set_xscale("log", base=2)
