@@ -18,6 +18,7 @@ import pytest
 
 from pykvmmu import kvmrun as K
 from pykvmmu import record as R
+from pykvmmu.kfuzz import live_unavailable
 
 
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(K.__file__)))
@@ -30,25 +31,7 @@ def _cli_env() -> dict:
     return env
 
 
-def _why_not_live():
-    if not os.path.exists("/dev/kvm"):
-        return "no /dev/kvm on this host"
-    if os.geteuid() != 0:
-        return "not root (tracefs and /dev/kvm need it)"
-    try:
-        with open("/proc/filesystems") as f:
-            if "tracefs" not in f.read():
-                return "this kernel has no tracefs"
-    except OSError:
-        return "no /proc/filesystems"
-    try:
-        K.detect_host()
-    except K.HostUnsupported as e:
-        return str(e)
-    return None
-
-
-WHY = _why_not_live()
+WHY = live_unavailable()
 pytestmark = pytest.mark.skipif(WHY is not None, reason=WHY or "")
 
 
