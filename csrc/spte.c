@@ -85,15 +85,58 @@ _Static_assert((0
 
 static inline bool rule(const struct kvmmu_cfg *c, uint32_t r) { return (c->rules & r) != 0; }
 static inline uint64_t nz(uint64_t x) { return (x | (0 - x)) >> 63; }   /* 1 iff x != 0 */
+/* nz(s & m); one shift when m is a single constant bit (PT_WRITABLE_MASK, ...). */
+static inline __attribute__((always_inline)) uint64_t test1(uint64_t s, uint64_t m)
+{
+    if (__builtin_constant_p(m) && m != 0 && (m & (m - 1)) == 0)
+        return (s >> __builtin_ctzll(m)) & 1;
+    return nz(s & m);
+}
+
+/*
+ * Era rules are constant for a batch, so the batch loops resolve them once, not per SPTE:
+ * the lane expansions read RULE(r) from an argument era (c->rules, or a constant), and
+ * KVMMU_ERA_SPECIALISE runs its body with era a compile-time constant for each
+ * combination of the era rules that the layout profiles (pykvmmu/profile.py) use, where
+ * every SEL() folds to one side.  Any other combination runs the body with era = rules:
+ * the same results, SELs computed at run time.  Rules outside KVMMU_ERA_RULES stay run
+ * time in every variant, so a new RULE() in spte_rules.h is correct before it is listed.
+ */
+#define KVMMU_ERA_RULES (KVMMU_R_MMU_PRESENT_BIT11 | KVMMU_R_MMIO_SPECIAL_TAG | KVMMU_R_AD_ALWAYS | \
+                         KVMMU_R_ATOMIC_MMUW_NOT_W | KVMMU_R_ATOMIC_NEEDS | KVMMU_R_LOCKLESS_BOTH_BITS)
+#define ERA_V510  (KVMMU_R_MMIO_SPECIAL_TAG | KVMMU_R_LOCKLESS_BOTH_BITS)
+#define ERA_V513  (KVMMU_R_MMU_PRESENT_BIT11 | KVMMU_R_LOCKLESS_BOTH_BITS)
+#define ERA_V517  (KVMMU_R_MMU_PRESENT_BIT11)
+#define ERA_V519  (KVMMU_R_MMU_PRESENT_BIT11 | KVMMU_R_ATOMIC_MMUW_NOT_W)
+#define ERA_V613  (KVMMU_R_MMU_PRESENT_BIT11 | KVMMU_R_ATOMIC_MMUW_NOT_W | KVMMU_R_AD_ALWAYS)
+#define ERA_V615  (KVMMU_R_MMU_PRESENT_BIT11 | KVMMU_R_ATOMIC_NEEDS | KVMMU_R_AD_ALWAYS)
+#define ERA_CASE_(v, rules, ...)                                            \
+    case (v): {                                                             \
+        const uint32_t era = (v) | ((rules) & ~(uint32_t)KVMMU_ERA_RULES); \
+        __VA_ARGS__;                                                        \
+    } break;
+#define KVMMU_ERA_SPECIALISE(rules, ...)                                    \
+    switch ((rules) & KVMMU_ERA_RULES) {                                    \
+    ERA_CASE_(ERA_V510, rules, __VA_ARGS__)                                 \
+    ERA_CASE_(ERA_V513, rules, __VA_ARGS__)                                 \
+    ERA_CASE_(ERA_V517, rules, __VA_ARGS__)                                 \
+    ERA_CASE_(ERA_V519, rules, __VA_ARGS__)                                 \
+    ERA_CASE_(ERA_V613, rules, __VA_ARGS__)                                 \
+    ERA_CASE_(ERA_V615, rules, __VA_ARGS__)                                 \
+    default: {                                                              \
+        const uint32_t era = (rules);                                       \
+        __VA_ARGS__;                                                        \
+    } break;                                                                \
+    }
 
 /* The lane language of spte_rules.h over the configuration c and the level. */
 #define CFG(f) (c->f)
-#define RULE(r) ((c->rules & KVMMU_R_##r) != 0)
+#define RULE(r) ((era & KVMMU_R_##r) != 0)
 #define FLAG(f) ((c->flags & KVMMU_F_##f) != 0)
 #define LEVEL level
 
 /* Branch-free form: a lane is a uint64_t 0 or 1 for the one SPTE s (vectorises in loops). */
-#define TEST(m) nz(s & (m))
+#define TEST(m) test1(s, (m))
 #define EQ(m, v) (1 ^ nz((s & (m)) ^ (v)))
 #define BITIDX(t) (((t) >> (s & 63)) & 1)
 #define TEST_SEL(l, m1, m0) nz(s & (((m1) & (0 - (l))) | ((m0) & ((l) - 1))))
@@ -103,7 +146,7 @@ static inline uint64_t nz(uint64_t x) { return (x | (0 - x)) >> 63; }   /* 1 iff
 
 /* Bit KVMMU_P_<NAME> of the result is that predicate of s; inlined, unused rows vanish. */
 static inline __attribute__((always_inline)) uint64_t
-spte_lanes(const struct kvmmu_cfg *c, uint64_t s, uint32_t level)
+spte_lanes_era(const struct kvmmu_cfg *c, uint32_t era, uint64_t s, uint32_t level)
 {
 #define KVMMU_SPTE_TERM(var, expr) const uint64_t var = (expr);
 #define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) const uint64_t field = (expr);
@@ -113,12 +156,17 @@ spte_lanes(const struct kvmmu_cfg *c, uint64_t s, uint32_t level)
 #include "spte_rules.h"
         ;
 }
-/* Predicate p alone (0 or 1): with p a constant, only the rows it depends on remain, and
- * era selectors are branches on loop invariants that the compiler unswitches. */
+static inline __attribute__((always_inline)) uint64_t
+spte_lanes(const struct kvmmu_cfg *c, uint64_t s, uint32_t level)
+{
+    return spte_lanes_era(c, c->rules, s, level);
+}
+/* Predicate p alone (0 or 1): with p a constant, only the rows it depends on remain; with
+ * era a constant (KVMMU_ERA_SPECIALISE), only one side of each era selector. */
 #undef SEL
 #define SEL(k, a, b) ((k) ? (a) : (b))
 static inline __attribute__((always_inline)) uint64_t
-spte_lane(const struct kvmmu_cfg *c, uint64_t s, uint32_t level, int p)
+spte_lane_era(const struct kvmmu_cfg *c, uint32_t era, uint64_t s, uint32_t level, int p)
 {
 #define KVMMU_SPTE_TERM(var, expr) const uint64_t var = (expr);
 #define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) const uint64_t field = (expr);
@@ -128,6 +176,11 @@ spte_lane(const struct kvmmu_cfg *c, uint64_t s, uint32_t level, int p)
 #include "spte_rules.h"
     default: return 0;
     }
+}
+static inline __attribute__((always_inline)) uint64_t
+spte_lane(const struct kvmmu_cfg *c, uint64_t s, uint32_t level, int p)
+{
+    return spte_lane_era(c, c->rules, s, level, p);
 }
 #undef TEST
 #undef EQ
@@ -751,15 +804,16 @@ static size_t first_bad_level(const uint8_t *level, size_t n, int *err)
     return 0;
 }
 
-/* One loop per predicate: spte_lane() with a constant predicate keeps only its rows. */
+/* One loop per predicate: spte_lane() with a constant predicate keeps only its rows, and
+ * its era selectors are branches on loop invariants that gcc unswitches (build_core.py). */
 #define PRED_LOOP(id)                                                                   \
     do {                                                                                \
         if (level) {                                                                    \
             for (size_t i = 0; i < n; i++)                                              \
-                out[i] = (uint8_t)spte_lane(c, spte[i], level[i], (id));     \
+                out[i] = (uint8_t)spte_lane(c, spte[i], level[i], (id));                \
         } else {                                                                        \
             for (size_t i = 0; i < n; i++)                                              \
-                out[i] = (uint8_t)spte_lane(c, spte[i], level_scalar, (id)); \
+                out[i] = (uint8_t)spte_lane(c, spte[i], level_scalar, (id));            \
         }                                                                               \
     } while (0)
 
@@ -875,7 +929,7 @@ static inline uint64_t spread_bits(uint64_t b)
  * registers when out is 32-byte aligned, else through an L1 block.
  */
 static inline __attribute__((always_inline)) void
-decode_blocks(const struct kvmmu_cfg *c, uint32_t level, const struct decode_consts *d,
+decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n,
               bool stream)
 {
@@ -893,7 +947,7 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
         const size_t m = n - base < 256 ? n - base : 256;
         const uint64_t *sp = spte + base;
         for (size_t j = 0; j < m; j++) {
-            const uint64_t s = sp[j], mk = spte_lanes(c, s, level);
+            const uint64_t s = sp[j], mk = spte_lanes_era(c, era, s, level);
             w1[j] = (s & base_mask) >> 12;
             w2[j] = decode_word2(d, s, mk);
             p0[j] = mk;
@@ -938,15 +992,40 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
 #define ONES_IF(k) ((__mmask8)((k) ? 0xFF : 0))
 #define SEL(k, a, b) ((__mmask8)(((a) & ONES_IF(k)) | ((b) & (__mmask8)~ONES_IF(k))))
 
-/* k[KVMMU_P_<NAME>]: that predicate of the eight SPTEs in s. */
-AVX512_DECODE static inline __attribute__((always_inline)) void
-spte_lanes512(const struct kvmmu_cfg *c, __m512i s, uint32_t level, __mmask8 *k)
+/* decode_word2() for eight SPTEs, from their predicate k-masks. */
+AVX512_DECODE static inline __attribute__((always_inline)) __m512i
+decode_word2_512(const struct decode_consts *d, __m512i s, __mmask8 present, __mmask8 mmio,
+                 __mmask8 frozen, __mmask8 executable, __mmask8 writable)
+{
+    /* frozen > mmio > present > non-present value > other */
+    __m512i f2 = _mm512_mask_mov_epi64(B(d->lvl | KVMMU_KIND_OTHER), _mm512_cmpeq_epi64_mask(s, B(d->npv)),
+                                       B(d->lvl | KVMMU_KIND_NONPRESENT));
+    f2 = _mm512_mask_mov_epi64(f2, present, B(d->lvl | KVMMU_KIND_PRESENT));
+    f2 = _mm512_mask_mov_epi64(f2, mmio, B(d->lvl | KVMMU_KIND_MMIO));
+    f2 = _mm512_mask_mov_epi64(f2, frozen, B(d->lvl | KVMMU_KIND_FROZEN));
+    f2 = _mm512_or_si512(f2, _mm512_slli_epi64(_mm512_and_si512(_mm512_srli_epi64(s, 52), B(3)), 8));
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 13), B(d->eptm & (UINT64_C(7) << 16)), 0xF8);
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 18), B(d->eptm & (UINT64_C(1) << 24)), 0xF8);
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, ACC_TRACK_SHIFT - 40),
+                                   B(ACC_TRACK_SAVED << 40), 0xF8);
+    f2 = _mm512_mask_or_epi64(f2, executable, f2, B((uint64_t)ACC_EXEC << 32));
+    f2 = _mm512_mask_or_epi64(f2, writable, f2, B((uint64_t)ACC_WRITE << 32));
+    return _mm512_mask_or_epi64(f2, _mm512_test_epi64_mask(s, B(d->user)), f2, B((uint64_t)ACC_USER << 32));
+}
+
+/* The predicates of the eight SPTEs in s as k-masks, each set into byte id % 8 of q[id / 8]
+ * by a masked OR (no array of masks: each stays in a register); returns their word 2. */
+AVX512_DECODE static inline __attribute__((always_inline)) __m512i
+spte_lanes512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level,
+              const struct decode_consts *d, __m512i *q)
 {
 #define KVMMU_SPTE_TERM(var, expr) const __mmask8 var = (__mmask8)(expr);
-#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
-    const __mmask8 field = (__mmask8)(expr);                           \
-    k[id] = field;
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)              \
+    const __mmask8 field = (__mmask8)(expr);                                       \
+    q[(id) / 8] = _mm512_mask_or_epi64(q[(id) / 8], field, q[(id) / 8],            \
+                                       _mm512_set1_epi64((long long)KBIT(8 * ((id) % 8))));
 #include "spte_rules.h"
+    return decode_word2_512(d, s, shadow_present, mmio, frozen, executable, writable);
 }
 #undef B
 #undef TEST
@@ -957,28 +1036,6 @@ spte_lanes512(const struct kvmmu_cfg *c, __m512i s, uint32_t level, __mmask8 *k)
 #undef ONES_IF
 #undef SEL
 
-/* decode_word2() for eight SPTEs, from their predicate k-masks. */
-AVX512_DECODE static inline __attribute__((always_inline)) __m512i
-decode_word2_512(const struct decode_consts *d, __m512i s, const __mmask8 *k)
-{
-#define B(x) _mm512_set1_epi64((long long)(x))
-    /* frozen > mmio > present > non-present value > other */
-    __m512i f2 = _mm512_mask_mov_epi64(B(d->lvl | KVMMU_KIND_OTHER), _mm512_cmpeq_epi64_mask(s, B(d->npv)),
-                                       B(d->lvl | KVMMU_KIND_NONPRESENT));
-    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_SHADOW_PRESENT], B(d->lvl | KVMMU_KIND_PRESENT));
-    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_MMIO], B(d->lvl | KVMMU_KIND_MMIO));
-    f2 = _mm512_mask_mov_epi64(f2, k[KVMMU_P_FROZEN], B(d->lvl | KVMMU_KIND_FROZEN));
-    f2 = _mm512_or_si512(f2, _mm512_slli_epi64(_mm512_and_si512(_mm512_srli_epi64(s, 52), B(3)), 8));
-    f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 13), B(d->eptm & (UINT64_C(7) << 16)), 0xF8);
-    f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 18), B(d->eptm & (UINT64_C(1) << 24)), 0xF8);
-    f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, ACC_TRACK_SHIFT - 40),
-                                   B(ACC_TRACK_SAVED << 40), 0xF8);
-    f2 = _mm512_mask_or_epi64(f2, k[KVMMU_P_EXECUTABLE], f2, B((uint64_t)ACC_EXEC << 32));
-    f2 = _mm512_mask_or_epi64(f2, k[KVMMU_P_WRITABLE], f2, B((uint64_t)ACC_WRITE << 32));
-    return _mm512_mask_or_epi64(f2, _mm512_test_epi64_mask(s, B(d->user)), f2, B((uint64_t)ACC_USER << 32));
-#undef B
-}
-
 /*
  * Uniform-level decode of eight SPTEs per step, all in registers: the predicates as k-masks
  * (spte_lanes512), set into the predicate bytes by masked ORs; the records interleaved by
@@ -986,8 +1043,8 @@ decode_word2_512(const struct decode_consts *d, __m512i s, const __mmask8 *k)
  * the word pairs (spte, pfn), (fields, pred[0:8]), (pred[8:16], pred[16:24])) and two
  * blends.  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
  */
-AVX512_DECODE static void
-decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_consts *d,
+AVX512_DECODE static inline __attribute__((always_inline)) void
+decode_avx512_era(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
 {
     const __m512i base_mask = _mm512_set1_epi64((long long)d->base_mask);
@@ -1001,15 +1058,8 @@ decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
 
     for (size_t j = 0; j < n; j += 8) {
         const __m512i s = _mm512_loadu_si512(spte + j);
-        __mmask8 k[KVMMU_P_COUNT];
-        spte_lanes512(c, s, level, k);
-
         __m512i q[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)              \
-        q[(id) / 8] = _mm512_mask_or_epi64(q[(id) / 8], k[id], q[(id) / 8],        \
-                                           _mm512_set1_epi64((long long)KBIT(8 * ((id) % 8))));
-#include "spte_rules.h"
-        const __m512i f2 = decode_word2_512(d, s, k);
+        const __m512i f2 = spte_lanes512(c, era, s, level, d, q);
         const __m512i f1 = _mm512_srli_epi64(_mm512_and_si512(s, base_mask), 12);
 
         __m512i v[6];
@@ -1035,6 +1085,14 @@ decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
     }
     if (nt)
         _mm_sfence();
+}
+
+/* decode_avx512_era() compiled once per era variant, chosen once per batch. */
+AVX512_DECODE static void
+decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_consts *d,
+              const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
+{
+    KVMMU_ERA_SPECIALISE(c->rules, decode_avx512_era(c, era, level, d, spte, dst, n, nt))
 }
 #endif
 
@@ -1071,13 +1129,13 @@ static inline __attribute__((always_inline)) void decode_uniform(const struct kv
         if (!nt)
             head = 0;
         const size_t body = (n - head) & ~(size_t)7;
-        decode_blocks(c, level, &d, spte, out, head, false);
+        decode_blocks(c, c->rules, level, &d, spte, out, head, false);
         decode_avx512(c, level, &d, spte + head, (uint64_t *)(void *)(out + head), body, nt);
-        decode_blocks(c, level, &d, spte + head + body, out + head + body, n - head - body, false);
+        decode_blocks(c, c->rules, level, &d, spte + head + body, out + head + body, n - head - body, false);
         return;
     }
 #endif
-    decode_blocks(c, level, &d, spte, out, n, stream);
+    KVMMU_ERA_SPECIALISE(c->rules, decode_blocks(c, era, level, &d, spte, out, n, stream))
 }
 
 KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict spte,
