@@ -162,6 +162,11 @@ def fuzz_random(name: str, *, seconds: float = 60.0, max_execs: Optional[int] = 
             prog.tick(len(corpus), len(stats.failures), len(seen))
     except KeyboardInterrupt:
         stats.interrupted = True
+    return _finish(stats, prog, t0, corpus, seen)
+
+
+def _finish(stats: RunStats, prog, t0: float, corpus: list, seen: set) -> RunStats:
+    """An engine's closing figures (also after Ctrl-C) and its last progress line."""
     stats.seconds = time.monotonic() - t0
     stats.corpus, stats.features = len(corpus), len(seen)
     prog.tick(len(corpus), len(stats.failures), len(seen), force=True)
@@ -205,10 +210,7 @@ def fuzz_hypothesis(name: str, *, seconds: float = 60.0, max_execs: Optional[int
                            out_dir, emit)
     except KeyboardInterrupt:
         stats.interrupted = True
-    stats.seconds = time.monotonic() - t0
-    stats.corpus, stats.features = len(corpus), len(seen)
-    prog.tick(len(corpus), len(stats.failures), len(seen), force=True)
-    return stats
+    return _finish(stats, prog, t0, corpus, seen)
 
 
 def _hypothesis_rounds(t, name, body, corpus, smallest, stats, seconds, max_execs, t0, rnd,

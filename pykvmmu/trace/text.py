@@ -159,6 +159,17 @@ def _raw_int(v: str) -> int:
     return int(v, 16)
 
 
+def _partial_role(era, fields: dict, known) -> tuple:
+    """(role word of the ``fields`` the era's layout has, mask of the ``known`` ones there)."""
+    idx = era.base.index
+    word = era.base.pack({k: v for k, v in fields.items() if k in idx})
+    mask = 0
+    for k in known:
+        if k in idx:
+            mask |= era.base.field(k).mask
+    return word, mask
+
+
 def _decode_page_text(era, m, plugin: bool) -> tuple:
     """(partial role word, mask of bits the text states) from a page line."""
     g = m.groupdict()
@@ -185,12 +196,7 @@ def _decode_page_text(era, m, plugin: bool) -> tuple:
         if g["ad"] is not None and "ad_disabled" in era.base.index:
             f["ad_disabled"] = 1 if g["ad"] == "!" else 0
             known.append("ad_disabled")
-    word = era.base.pack({k: v for k, v in f.items() if k in era.base.index})
-    mask = 0
-    for k in known:
-        if k in era.base.index:
-            mask |= era.base.field(k).mask
-    return word, mask
+    return _partial_role(era, f, known)
 
 
 def _fields_payload(payload: str) -> dict:
@@ -221,12 +227,7 @@ def _old_plugin_role(era, g) -> tuple:
     f = {"level": int(g["level"]), "quadrant": int(g["quadrant"]), "direct": int(bool(g["direct"])),
          "access": _ACC[g["access"]], "invalid": int(bool(g["invalid"])),
          era.nx: 0 if g["nx"] == "!" else 1}
-    word = era.base.pack({k: v for k, v in f.items() if k in era.base.index})
-    mask = 0
-    for k in f:
-        if k in era.base.index:
-            mask |= era.base.field(k).mask
-    return word, mask
+    return _partial_role(era, f, f)
 
 
 def _perf_prof(s: str, line_no: int, era):
