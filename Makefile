@@ -13,6 +13,7 @@ test: dev
 
 cwarn:          ## the C sources alone must be -Wall -Wextra clean (C11), with gcc and (if present) clang
 	for f in csrc/*.c; do gcc -std=c11 -Wall -Wextra -Wpedantic -Werror -Icsrc -fsyntax-only $$f || exit 1; done
+	gcc -std=c11 -Wall -Wextra -Wpedantic -Werror -Icsrc -fsyntax-only -x c csrc/errors.h   # the cffi module's table
 	if command -v clang >/dev/null; then for f in csrc/*.c; do \
 	  clang -std=c11 -Wall -Wextra -Werror -DPYKVMMU_NO_CLONES -Icsrc -fsyntax-only $$f || exit 1; done; fi
 

@@ -92,8 +92,9 @@ def make_ffibuilder(absolute=False):
     cflags, ldflags = compile_args()
     fb = FFI()
     fb.cdef(cdef_text())
+    # The module source also defines the rule-text table (csrc/errors.h, included once).
     # depends: an edited header or changed flags make setuptools rebuild every source.
-    fb.set_source("pykvmmu._core", '#include "pykvmmu.h"\n',
+    fb.set_source("pykvmmu._core", '#include "pykvmmu.h"\n#include "errors.h"\n',
                   sources=sources, include_dirs=[rel], depends=headers + [flags_stamp(cflags, ldflags)],
                   extra_compile_args=cflags, extra_link_args=ldflags)
     return fb

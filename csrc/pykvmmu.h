@@ -20,6 +20,19 @@
 #include <stdint.h>
 
 /* ======================================================================
+ * errors: the rule text of every KVMMU_*_E_* code (csrc/errors.h, pykvmmu/errors.py)
+ * ====================================================================== */
+/* ERRORS_SECTION */
+struct kvmmu_error_text {
+    const char *domain;              /* spte, mmio, role, rmp, private, vm */
+    const char *name;                /* the code's macro name, e.g. KVMMU_E_PFN */
+    int32_t code;
+    const char *text;                /* the rule broken (may hold str.format fields) */
+};
+/* The rows of the table (*n of them); defined in csrc/errors.h. */
+const struct kvmmu_error_text *kvmmu_error_texts(size_t *n);
+
+/* ======================================================================
  * spte: MmuConfig and the SPTE engine (csrc/spte.c, pykvmmu/spte.py)
  * ====================================================================== */
 /* SPTE_SECTION */

@@ -28,7 +28,7 @@ from .config import (ACC_ALL, GENMASK, PT_PRESENT_MASK,
                      VMX_EPT_RWX_MASK, VMX_EPT_SUPPRESS_VE_BIT,
                      MmuConfig, default_mmio_masks, ept_mmio_masks, kvm_mmu_set_mmio_spte_mask,
                      rsvd_bits, svm_adjust_mmio_mask)
-from .errors import ConfigError, InputError, ProfileError
+from .errors import ConfigError, InputError, ProfileError, rule_texts
 from .spte import is_mmio_spte, predicate_batch
 
 
@@ -56,12 +56,7 @@ _GFN_LIMIT = 1 << GFN_BITS
 
 FAULT_OUTCOMES = ("emulate", "stale", "update_in_progress", "not_mmio")
 
-_ERRORS = {
-    lib.KVMMU_MMIO_E_GFN: f"gfn must fit in {GFN_BITS} bits (a 52-bit guest physical address)",
-    lib.KVMMU_MMIO_E_ACCESS: "access must be ACC_* bits (0..7)",
-    lib.KVMMU_MMIO_E_IN_PROGRESS: "generation has the update-in-progress bit 63 "
-                                  "(WARN in kvm_mmu_invalidate_mmio_sptes)",
-}
+_ERRORS = rule_texts("mmio")
 
 
 class MmioMaskError(ConfigError):

@@ -25,7 +25,7 @@ from . import isa as _isa
 from ._batch import in_array, out_array, ptr, ptr_at, same_shape, uint
 from ._check import boolean, u64
 from ._ffi import ffi, lib
-from .errors import InputError
+from .errors import InputError, rule_texts
 
 __all__ = [
     "PFERR", "PFERR_PRESENT_MASK", "PFERR_WRITE_MASK", "PFERR_USER_MASK", "PFERR_RSVD_MASK",
@@ -730,9 +730,7 @@ def classify_batch(vm_type, gpa: np.ndarray, error_code: np.ndarray, *, gpaw: in
                                             starts.size)
         if rc:
             raise InputError("attrs: private ranges must be non-empty [start, end) pairs, sorted "
-                             "and disjoint" + (" (a range has start >= end)"
-                                               if rc == lib.KVMMU_PF_E_RANGE else
-                                               " (ranges out of order or overlapping)"))
+                             f"and disjoint ({rule_texts('private')[rc]})")
     pol = ffi.new("struct kvmmu_pf_policy *")
     pol.vm_type = vt
     pol.flags = lib.KVMMU_PF_F_SW_PROTECTED if boolean("sw_protected_enabled",

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import _batch, _par
 from ._ffi import ffi, lib
-from .errors import InputError
+from .errors import InputError, rule_texts
 
 __all__ = [
     "RmpError", "RmpBatchError", "RmpFlags", "TableFileHeader", "HEADER_SIZE", "FILE_MAGIC",
@@ -1179,18 +1179,8 @@ class RmpTable:
             i = r - 1
             p = int(pfns.reshape(-1)[i])
             g = int(gpas.reshape(-1)[i]) if gpas is not None else 0
-            rule = {
-                lib.KVMMU_RMP_E_RANGE: f"pfn {p:#x} is beyond the RMP (covers "
-                                       f"{self.nr_pfns:#x} pages)",
-                lib.KVMMU_RMP_E_FIELD: f"assigned={st[0]}, pagesize={st[1]}, immutable={st[2]}: "
-                                       "each must be 0 or 1",
-                lib.KVMMU_RMP_E_ASID: f"asid={st[3]:#x}: at most 0x3ff, and 0 when "
-                                      "assigned=0",
-                lib.KVMMU_RMP_E_GPA: f"gpa={g:#x}: 4K aligned (2M aligned for an assigned 2M "
-                                     "page) and below 2^51",
-                lib.KVMMU_RMP_E_ALIGN: f"pfn {p:#x}: a 2M update needs a 2M-aligned pfn",
-                lib.KVMMU_RMP_E_BLOCK: f"pfn {p:#x}: the 2M block is not fully covered",
-            }[err[0]]
+            rule = rule_texts("rmp")[err[0]].format(pfn=p, gpa=g, nr_pfns=self.nr_pfns, assigned=st[0],
+                                                    pagesize=st[1], immutable=st[2], asid=st[3])
             raise RmpError(f"pfns[{i}]={p:#x}: {rule} (RMPUPDATE FAIL_INPUT); nothing was "
                            "updated")
         r = lib.kvmmu_rmp_rmpupdate_batch(self._t, pp, gp, *st, pfns.size, err)

@@ -20,7 +20,7 @@ from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
 from ._check import boolean, in_range, mmu_config
 from ._ffi import ffi, lib
 from .config import (ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, MmuConfig)
-from .errors import InputError
+from .errors import InputError, rule_texts
 
 __all__ = [  # the predicates are appended from the C table (RULES) below
     "make_spte", "make_spte_batch", "MakeSpteResult", "make_nonleaf_spte", "make_nonleaf_spte_batch",
@@ -32,16 +32,7 @@ __all__ = [  # the predicates are appended from the C table (RULES) below
     "ACC_EXEC_MASK", "ACC_WRITE_MASK", "ACC_USER_MASK", "ACC_ALL",
 ]
 
-_ERRORS = {
-    lib.KVMMU_E_PFN: "pfn does not fit the configuration's PFN mask (SPTE_BASE_ADDR_MASK)",
-    lib.KVMMU_E_LEVEL: "level must be 1..5",
-    lib.KVMMU_E_ACCESS: "pte_access must be a combination of ACC_EXEC|ACC_WRITE|ACC_USER (0..7)",
-    lib.KVMMU_E_FLAGS: "unknown make_spte flag bits",
-    lib.KVMMU_E_MEMTYPE: "memtype must only use EPT bits 6:3 (memtype and IPAT), e.g. 0x70",
-    lib.KVMMU_E_INDEX: "index must be 0..511",
-    lib.KVMMU_E_NOT_HUGE: "the SPTE is not a huge (large) SPTE",
-    lib.KVMMU_E_NOT_PRESENT: "the SPTE is not shadow-present",
-}
+_ERRORS = rule_texts("spte")
 
 # make_spte per-SPTE flag bits (the ``flags`` array of make_spte_batch).
 MK_AD_DISABLED = lib.KVMMU_MK_AD_DISABLED

@@ -13,7 +13,7 @@ from .. import isa as _isa
 from .._batch import in_array, out_array, ptr_at, uint
 from .._check import boolean, in_range
 from .._ffi import ffi, lib
-from ..errors import InputError, ProfileError
+from ..errors import InputError, ProfileError, rule_texts
 from ..profile import lookup_named
 
 
@@ -31,8 +31,7 @@ class RoleFieldError(InputError):
     """A role field value that does not fit its bit-field, or an unknown field name."""
 
 
-_ERRS = {lib.KVMMU_ROLE_E_WIDTH: "a field value does not fit in its bit-field width",
-         lib.KVMMU_ROLE_E_RESERVED: "bits set outside every field of the era's layout"}
+_ERRS = rule_texts("role")
 
 
 # ---------------------------------------------------------------------------
