@@ -54,14 +54,14 @@ def out_array(name: str, out, dtype, shape, inputs=()) -> np.ndarray:
 
 def same_shape(names_arrays) -> tuple:
     """Check that every array given has the same shape; return it."""
-    shape = None
+    shape: tuple | None = None
     first = None
     for name, a in names_arrays:
         if shape is None:
             shape, first = a.shape, name
         elif a.shape != shape:
             raise ArrayError(f"{name}: shape {a.shape} does not match {first} shape {shape}")
-    return shape
+    return shape or ()
 
 
 def ptr(a: np.ndarray, ctype: str):

@@ -356,7 +356,7 @@ class Auditor:
                                       or runs_done < 0):
             raise InputError(f"runs_done={runs_done!r}: the number of runs the guest result has")
         self.runs_done = runs_done
-        self.memslots = None if memslots is None else {}
+        slots: dict[int, tuple[int, int, tuple]] = {}
         for i, m in enumerate(memslots or ()):
             try:
                 gpa, size = int(m["gpa"]), int(m["size"])
@@ -367,7 +367,8 @@ class Auditor:
             if gpa & 0xFFF or size & 0xFFF or size <= 0:
                 raise InputError(f"memslots[{i}]: gpa {gpa:#x} and size {size:#x} must be "
                                  "page-aligned, size > 0")
-            self.memslots[slot] = (gpa >> 12, (gpa + size) >> 12, flags)
+            slots[slot] = (gpa >> 12, (gpa + size) >> 12, flags)
+        self.memslots = None if memslots is None else slots
         self.slot_changes = []
         for i, c in enumerate(slot_changes or ()):
             if not isinstance(c, dict) or c.get("action") not in ("delete", "move", "flags"):
@@ -454,25 +455,25 @@ class Auditor:
                                   keep_agreed=self.keep_agreed)
         self.mmu = ShadowMmu()
         self.zero_pfns = self._zero_page_pfns(recs)
-        self.walk_state = {}       # key -> {"addr","pferr","elems","failed"}
-        self.fault = {}            # key -> _Fault
-        self.root = {}             # key -> (gfn, role) of the current root
+        self.walk_state: dict = {}       # key -> {"addr","pferr","elems","failed"}
+        self.fault: dict = {}            # key -> _Fault
+        self.root: dict = {}             # key -> (gfn, role) of the current root
         self.gbpages, self.amd = self.guest_gbpages, self.guest_amd
-        self.sptes = {}            # sptep -> last SPTE value the trace showed
-        self.sptep_sp = {}         # sptep page -> (gfn, role) of the SP it belongs to (inferred)
-        self.gfn_sptes = defaultdict(set)
-        self.pending_unsync = defaultdict(list)
-        self.pending_free = {}     # (gfn, role) of zapped in-use roots -> record index
-        self.writes = defaultdict(int)
-        self.expect_flood = {}     # (gfn, role) -> walk record of the write that floods it
-        self.dirty_marks = {}      # (slot, page index) -> (record, inferred reason)
-        self.emulated = {}         # gfn -> first walk the model says is emulated (MMIO exit)
+        self.sptes: dict[int, int] = {}            # sptep -> last SPTE value the trace showed
+        self.sptep_sp: dict = {}         # sptep page -> (gfn, role) of the SP it belongs to (inferred)
+        self.gfn_sptes: defaultdict[int, set] = defaultdict(set)
+        self.pending_unsync: defaultdict[object, list] = defaultdict(list)
+        self.pending_free: dict = {}     # (gfn, role) of zapped in-use roots -> record index
+        self.writes: defaultdict[int, int] = defaultdict(int)
+        self.expect_flood: dict = {}     # (gfn, role) -> walk record of the write that floods it
+        self.dirty_marks: dict = {}      # (slot, page index) -> (record, inferred reason)
+        self.emulated: dict = {}         # gfn -> first walk the model says is emulated (MMIO exit)
         self.slots = None if self.memslots is None else dict(self.memslots)
         self.pending_changes = list(self.slot_changes)
         self._parts = []
-        self.tainted = {}
+        self.tainted: dict = {}
         self._recs = recs
-        self._zap_all = {}
+        self._zap_all: dict = {}
         for pos, rec in enumerate(recs):
             self._pos = pos
             self.report.events[rec.event] += 1
@@ -954,7 +955,7 @@ class Auditor:
         (userspace deletes and re-creates the slot); a dirty-logging flag change does not."""
         if c["action"] != "flags":
             return True
-        old = self.slots.get(int(c.get("slot", -1)))
+        old = (self.slots or {}).get(int(c.get("slot", -1)))
         return old is not None and ("readonly" in old[2]) != ("readonly" in c.get("flags", ()))
 
     def _apply_one(self, c):
@@ -1215,7 +1216,7 @@ def vcpu_from_root(era, word: int, gfn: int = 0, *, maxphyaddr: int = 48,
 def dirty_log_pages(runs) -> dict:
     """{slot: set of page indexes} from the runner's per-run dirty bitmaps (hex of the
     little-endian KVM_GET_DIRTY_LOG bitmap words), united over the runs."""
-    out = {}
+    out: dict[int, set[int]] = {}
     for run in runs:
         for sid, hexbits in (run.get("dirty") or {}).items():
             bits = int.from_bytes(bytes.fromhex(hexbits), "little")
@@ -1258,6 +1259,7 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
     if cfg is not None:
         C.mmu_config(cfg)
     stream = T.open_trace(path, era=era)
+    assert stream.era is not None                # open_trace resolves it (_resolve_era)
     records = list(stream)
     meta = getattr(stream, "meta", None) or {}
     guest = meta.get("guest") or {}

@@ -150,7 +150,7 @@ def _options(what: str, kw: dict, *fns, fixed=()) -> None:
 
 # ------------------------------------------------------------------ MMIO masks (the one definition;
 # pykvmmu.mmio re-exports them)
-def default_mmio_masks(maxphyaddr: int) -> tuple:
+def default_mmio_masks(maxphyaddr: int) -> tuple[int, int, int]:
     """``kvm_mmu_reset_all_pte_masks()``: (value, mask, access_mask) = (BIT51|BIT0, same, W|U)
     below 52-bit MAXPHYADDR; value and mask 0 at 52 bits (no reserved PA bit left)."""
     m = in_range("maxphyaddr", maxphyaddr, 32, 52, "CPUID.80000008H:EAX[7:0]", err=ConfigError)
@@ -158,7 +158,7 @@ def default_mmio_masks(maxphyaddr: int) -> tuple:
     return v, v, ACC_WRITE_MASK | ACC_USER_MASK
 
 
-def ept_mmio_masks(profile=None) -> tuple:
+def ept_mmio_masks(profile=None) -> tuple[int, int, int]:
     """``kvm_mmu_set_ept_masks()``: value WX (a misconfiguration), mask RWX (| SUPPRESS_VE
     from v6.10), access mask 0."""
     p = get_profile(profile or "latest")

@@ -29,10 +29,14 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import kvmrun as K
 from . import record as R
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .audit import AuditReport
 
 __all__ = ["random_desc", "mutate", "runnable_problem", "load_corpus", "Finding", "KernelStats", "Coverage",
            "Outcome", "judge", "shrink", "fuzz_kernel", "evidence", "TRIAGE", "replay_kernel", "Replay",
@@ -70,7 +74,8 @@ def random_desc(rng: random.Random, host: K.HostInfo | None = None) -> K.GuestDe
         flags = [f for f in ("readonly", "dirty_log") if rng.random() < 0.3]
         gm = gmem_ok and not flags and rng.random() < 0.25
         slots.append(K.Memslot(i, 0x1000000 * i, size, flags, gm))
-    maps, data = [], []                        # data: (mapping, writable through it)
+    maps: list = []
+    data: list[tuple] = []                     # (mapping, writable through it)
     gva = _GVA0
 
     def add(m):
@@ -173,7 +178,7 @@ class Outcome:
     """One guest's verdict: the capture, the findings [(kind, signature, message)], the report."""
     cap: R.Capture
     found: list
-    report: object = None
+    report: AuditReport | None = None
     records: list = field(default_factory=list)
 
 
@@ -203,7 +208,7 @@ def judge(desc: K.GuestDesc, host: K.HostInfo, A=None, scratch: str | None = Non
     cap.guest = desc.to_dict()
     cap.meta["guest"] = cap.guest
     cap.meta["guest_error"] = str(err) if err else None
-    found = []
+    found: list[tuple[str, tuple, str]] = []
     if err is not None:
         found.append(("guest", ("guest", type(err).__name__), str(err)))
     if cap.lost:
@@ -617,7 +622,7 @@ class KernelStats:
     disagreed_runs: int = 0
     findings: list = field(default_factory=list)
     audit: bool = False
-    total: object = None                              # merged AuditReport
+    total: AuditReport | None = None                  # merged over the runs
     coverage: Coverage = field(default_factory=Coverage)
     elapsed: float = 0.0
     interrupted: bool = False
@@ -775,8 +780,8 @@ class Replay:
     offline: list
     live: list | None = None
     live_skipped: str = ""
-    offline_report: object = None
-    live_report: object = None
+    offline_report: AuditReport | None = None
+    live_report: AuditReport | None = None
 
     @property
     def still_fails(self) -> bool:
@@ -784,7 +789,7 @@ class Replay:
 
 
 def _offline_findings(path: str, cap: R.Capture, A) -> tuple:
-    found = []
+    found: list[tuple[str, tuple, str]] = []
     if cap.meta.get("guest_error"):
         found.append(("guest", ("guest",), str(cap.meta["guest_error"])))
     if cap.lost:
@@ -822,16 +827,16 @@ def replay_kernel(path: str, live: bool | None = None, emit=print) -> list:
         found, rep = _offline_findings(p, cap, A)
         res = Replay(p, found, offline_report=rep)
         emit(f"{p}: offline ({cap.meta.get('kernel_release')}): " + _verdict(found, rep))
-        refused = K.host_refusal(desc, host) if why is None else None
+        refused = K.host_refusal(desc, host) if host is not None else None
         if refused:
             res.live_skipped = f"this host cannot run the guest: {refused}"
             emit(f"{p}: live: skipped ({res.live_skipped})")
-        elif why is None:
+        elif host is not None:
             o = judge(desc, host, A)
             res.live, res.live_report = o.found, o.report
             emit(f"{p}: live ({os.uname().release}): " + _verdict(o.found, o.report))
         else:
-            res.live_skipped = why
+            res.live_skipped = str(why)        # host is None: why says why
             emit(f"{p}: live: skipped ({why})")
         out.append(res)
     return out

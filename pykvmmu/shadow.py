@@ -149,10 +149,10 @@ class ShadowMmu:
         of the gfn with another role are zapped first when the requested level is > 4K."""
         gfn, role = uint("gfn", gfn), uint("role", role, 32)
         if (role & 0xF) > 1:
-            for sp in list(self.page_hash.buckets[self.page_hash.bucket_of(gfn)]):
-                if (sp.gfn == gfn and sp.role != role and sp.unsync
-                        and not self.page_hash.is_obsolete(sp)):
-                    self.prepare_zap(sp)
+            for other in list(self.page_hash.buckets[self.page_hash.bucket_of(gfn)]):
+                if (other.gfn == gfn and other.role != role and other.unsync
+                        and not self.page_hash.is_obsolete(other)):
+                    self.prepare_zap(other)
         sp = self.lookup(gfn, role)
         if sp is not None:
             if not sp.direct:

@@ -446,7 +446,7 @@ for _r in RULES:
 del _r
 
 
-def __getattr__(name: str) -> Callable[..., bool]:
+def __getattr__(name: str) -> Callable:
     """Only reached for names that do not exist (the predicates are bound above from the C
     table); declared so type checkers accept ``spte.is_mmio_spte`` and friends."""
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

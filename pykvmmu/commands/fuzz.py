@@ -148,7 +148,7 @@ def run(args) -> int:
         print(f"pykvmmu fuzz: --corpus {args.corpus}: not a directory", file=sys.stderr)
         return 2
     for opt, d in (("--out", args.out), ("--save-corpus", args.save_corpus)):
-        why = d is not None and _writable_dir(d)
+        why = _writable_dir(d) if d is not None else None
         if why:
             print(f"pykvmmu fuzz: {opt} {d}: {why}", file=sys.stderr)
             return 2
