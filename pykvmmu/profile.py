@@ -83,6 +83,8 @@ class LayoutProfile:
     has_tdx: bool = False
     #: False where the rules were not read in a tree of this kernel line (docs/spte.md).
     verified: bool = field(default=True, compare=False)
+    #: What the rule set is when no kernel release has exactly it ("": a release's rules).
+    not_a_release: str = field(default="", compare=False)
     notes: tuple = field(default=(), compare=False)
 
     def __post_init__(self):
@@ -127,7 +129,7 @@ _CHOICES = {
 #: and the reference; "config": MmuConfig's presets and invariants (refused where C cannot
 #: honour it); "gate": a routine exists or not (require / ProfileError); "meta": documentation.
 FIELD_USE = {
-    "name": "meta", "kernels": "meta", "verified": "meta", "notes": "meta",
+    "name": "meta", "kernels": "meta", "verified": "meta", "notes": "meta", "not_a_release": "meta",
     "mmu_present_bit11": "c", "mmio_special_tag": "c", "mmio_requires_nonzero_value": "c",
     "mmio_gen_layout": "c", "writable_bits_legacy": "config", "writable_bits_ept": "config",
     "nonpresent_value": "c", "frozen_value": "c", "ept_suppress_ve": "config",
@@ -236,6 +238,11 @@ _add(replace(
     PROFILES["v6.15"], name="v6.19",
     kernels="kvm.git 2026 (0c768fa0aeb8, v7.2 merge window; no release)",
     split_exec_from_access=True,
+    not_a_release=("the name is historical; these are the v6.15 rules plus kvm.git's 0c768fa0aeb8 "
+                   "(split-child executability from role.access), which reached mainline in the "
+                   "v7.2 merge window together with the MBEC SPTE layout (9a67ab74021b, "
+                   "be4e45f360a2, a8827c196146 ACC_READ_MASK) that no profile models; v6.19-v7.1 "
+                   "releases map to v6.15"),
     notes=("make_spte_executable(spte, access): a split 4K child is executable iff "
            "role.access has ACC_EXEC (S1, kvm.git); the bit layout is unchanged",
            "the name is historical: 0c768fa0aeb8 'merge make_spte_{non,}executable' reached "
@@ -260,14 +267,8 @@ for _line, _first, _base in (("6.1", 120, "v5.19"), ("6.6", 64, "v5.19"),
 
 DEFAULT_PROFILE = "v6.19"
 
-#: Profiles whose rule set is no kernel release, and what they are (describe_version says so).
-NOT_A_RELEASE = {
-    "v6.19": "the name is historical; these are the v6.15 rules plus kvm.git's 0c768fa0aeb8 "
-             "(split-child executability from role.access), which reached mainline in the v7.2 "
-             "merge window together with the MBEC SPTE layout (9a67ab74021b, be4e45f360a2, "
-             "a8827c196146 ACC_READ_MASK) that no profile models; v6.19-v7.1 releases map to "
-             "v6.15",
-}
+#: Profiles whose rule set is no kernel release, and what they are (their ``not_a_release``).
+NOT_A_RELEASE = {p.name: p.not_a_release for p in PROFILES.values() if p.not_a_release}
 
 _ALIASES = {
     "v5.10-5.12": "v5.10", "v5.11": "v5.10", "v5.12": "v5.10",
@@ -423,8 +424,8 @@ def describe_version(version) -> str:
         warnings.simplefilter("ignore", ProfileVersionWarning)
         p, how = profile_for_version(version)
     state = "" if p.verified else ", profile UNVERIFIED in source"
-    if p.name in NOT_A_RELEASE:
-        state += f"; not a kernel release: {NOT_A_RELEASE[p.name]}"
+    if p.not_a_release:
+        state += f"; not a kernel release: {p.not_a_release}"
     return f"profile {p.name} ({p.kernels}) for {str(version).strip()!r}: {how}{state}"
 
 

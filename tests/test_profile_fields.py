@@ -115,8 +115,10 @@ def test_impossible_rule_sets_are_refused():
 
 
 def test_no_era_test_by_profile_name():
-    """Era switches are fields read by name: no ``name == "v5.10"`` style tests anywhere."""
-    pat = re.compile(r"""(name|profile)\s*(==|!=|\bin\b)\s*[\(\[{]?\s*["']v\d""")
+    """Era switches are fields read by name: no ``name == "v5.10"`` style tests anywhere, nor
+    a profile's or era's name looked up in a table of names (``p.name in NOT_A_RELEASE``)."""
+    pat = re.compile(r"""(name|profile)\s*(==|!=|\bin\b)\s*[\(\[{]?\s*["']v\d"""
+                     r"""|\b(p|prof|profile|era)\.name\s+(not\s+)?in\s+[A-Z_]+\b""")
     hits = []
     for base in ("pykvmmu", "csrc"):
         for path in (ROOT / base).rglob("*"):
