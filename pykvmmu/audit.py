@@ -47,6 +47,7 @@ parent level; ``FNAME(sync_spte)`` does not trace; ``trace_kvm_mmu_get_page`` fi
 """
 from __future__ import annotations
 
+import enum
 import json
 import warnings
 from collections import Counter, defaultdict
@@ -63,10 +64,27 @@ from .shadow import ROLE_INVALID, ShadowMmu, make_spte_outcome
 from .wflood import WRITE_FLOOD_THRESHOLD
 
 __all__ = ["CHECKS", "Verdict", "AuditReport", "Auditor", "audit", "audit_records",
-           "live_config", "vcpu_from_root", "spte_bit_names", "role_bit_names"]
+           "live_config", "vcpu_from_root", "spte_bit_names", "role_bit_names", "Status",
+           "SlotAction"]
 
 CHECKS = ("guest_walk", "role", "set_spte", "write_tracking", "write_flood", "page_hash", "mmio")
-STATUSES = ("agreed", "disagreed", "not_checkable")
+
+
+class Status(str, enum.Enum):
+    """A verdict's status (``AuditReport.total(status)`` takes it or its string)."""
+    AGREED = "agreed"
+    DISAGREED = "disagreed"
+    NOT_CHECKABLE = "not_checkable"
+
+
+class SlotAction(str, enum.Enum):
+    """A memslot change of the guest description (``slot_changes[i]["action"]``, or its string)."""
+    DELETE = "delete"
+    MOVE = "move"
+    FLAGS = "flags"
+
+
+STATUSES = tuple(s.value for s in Status)
 
 PFERR_PRESENT, PFERR_WRITE = 1, 2
 _U64 = (1 << 64) - 1
@@ -371,9 +389,9 @@ class Auditor:
         self.memslots = None if memslots is None else slots
         self.slot_changes = []
         for i, c in enumerate(slot_changes or ()):
-            if not isinstance(c, dict) or c.get("action") not in ("delete", "move", "flags"):
+            if not isinstance(c, dict) or c.get("action") not in tuple(SlotAction):
                 raise InputError(f"slot_changes[{i}]={c!r}: a dict with action delete/move/flags")
-            self.slot_changes.append(c)
+            self.slot_changes.append(dict(c, action=SlotAction(c["action"]).value))
 
     # -------------------------------------------------------------- helpers
     def _v(self, check, status, rec, **kw) -> Verdict:

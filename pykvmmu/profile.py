@@ -14,6 +14,7 @@ kernel version string to a profile and says how (docs/spte.md).
 """
 from __future__ import annotations
 
+import enum
 import re
 import warnings
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,21 @@ from dataclasses import dataclass, field, replace
 from .errors import ProfileError
 
 BIT = lambda n: 1 << n  # noqa: E731
+
+
+class WritableShortcut(str, enum.Enum):
+    """``LayoutProfile.writable_shortcut``: make_spte's writable shortcut (a string works too)."""
+    CAN_UNSYNC = "can_unsync"
+    OLD_WRITABLE = "old_writable"
+    OLD_WRITABLE_LEAF = "old_writable_leaf"
+    V6_13 = "v6.13"
+
+
+class AtomicRule(str, enum.Enum):
+    """``LayoutProfile.atomic_rule``: spte_has_volatile_bits' form (a string works too)."""
+    LOCKLESS = "lockless"
+    MMUW_NOT_W = "mmuw_not_w"
+    NEEDS_ATOMIC = "needs_atomic"
 
 
 @dataclass(frozen=True)
@@ -89,18 +105,20 @@ class LayoutProfile:
 
     def __post_init__(self):
         """Refuse a rule set the engine cannot run (e.g. a hand-made ``replace()``)."""
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ProfileError(f"{name}={getattr(self, name)!r}: not a rule the engine knows; "
-                                   f"one of {', '.join(map(repr, allowed))}")
-        if (self.writable_shortcut == "v6.13") != self.ad_always:
+        for name, kind in _CHOICES.items():
+            v = getattr(self, name)
+            if v not in tuple(kind):
+                raise ProfileError(f"{name}={v!r}: not a rule the engine knows; "
+                                   f"one of {', '.join(repr(k.value) for k in kind)}")
+            object.__setattr__(self, name, kind(v).value)   # stored as the plain string
+        if (self.writable_shortcut == WritableShortcut.V6_13) != self.ad_always:
             raise ProfileError(f"writable_shortcut={self.writable_shortcut!r} with ad_always="
                                f"{self.ad_always}: make_spte's v6.13 rules come as one (ad_always "
                                "iff writable_shortcut 'v6.13')")
         if self.has_is_dirty_spte == self.ad_always:
             raise ProfileError(f"has_is_dirty_spte={self.has_is_dirty_spte} with ad_always="
                                f"{self.ad_always}: is_dirty_spte was removed by the v6.13 A/D rules")
-        if self.has_tdx and self.atomic_rule != "needs_atomic":
+        if self.has_tdx and self.atomic_rule != AtomicRule.NEEDS_ATOMIC:
             raise ProfileError("has_tdx needs atomic_rule 'needs_atomic' (TDX came in v6.16)")
         if self.mmio_special_tag and (self.mmu_present_bit11 or self.mmio_requires_nonzero_value):
             raise ProfileError("mmio_special_tag (v5.10-5.12) excludes the MMU-present bit and "
@@ -119,10 +137,7 @@ class LayoutProfile:
 
 
 #: The values each enumerated rule field may take.
-_CHOICES = {
-    "writable_shortcut": ("can_unsync", "old_writable", "old_writable_leaf", "v6.13"),
-    "atomic_rule": ("lockless", "mmuw_not_w", "needs_atomic"),
-}
+_CHOICES: dict[str, type[enum.Enum]] = {"writable_shortcut": WritableShortcut, "atomic_rule": AtomicRule}
 
 #: How each LayoutProfile field reaches the engine; tests/test_profile_fields.py fails for a
 #: field missing here.  "c": a struct kvmmu_cfg rule bit, flag or constant (MmuConfig._cptr)
