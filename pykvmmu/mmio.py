@@ -14,7 +14,7 @@ Mask validation: :func:`set_mmio_spte_mask` replays ``kvm_mmu_set_mmio_spte_mask
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import numpy as np
 
@@ -70,12 +70,18 @@ class MmioMaskError(ConfigError):
     ``violations`` lists every rule broken, as :class:`MmioMaskViolation` tuples.
     """
 
-    def __init__(self, message: str, violations: tuple = ()):
+    def __init__(self, message: str, violations: Iterable[MmioMaskViolation] = ()):
         super().__init__(message)
         self.violations = tuple(violations)
 
 
 # ------------------------------------------------------------------ generation
+_gen_bits_c = lib.kvmmu_mmio_generation_bits
+_gen_spte_bits_c = lib.kvmmu_mmio_gen_spte_bits_checked
+_invalidate_c = lib.kvmmu_mmio_invalidate_checked
+_U64_MAX = (1 << 64) - 1
+
+
 def mmio_generation_mask(cfg: MmuConfig) -> int:
     """``MMIO_SPTE_GEN_MASK`` of the era: 19 bits (v5.13+), 18 bits (v5.10-5.12)."""
     _cfg(cfg)
@@ -84,9 +90,9 @@ def mmio_generation_mask(cfg: MmuConfig) -> int:
 
 def mmio_generation_bits(cfg: MmuConfig) -> int:
     """The SPTE bits that hold the generation (``GEN_LOW_MASK | GEN_HIGH_MASK``)."""
-    _cfg(cfg)
-    ls, le, hs, he = cfg.profile.mmio_gen_layout
-    return GENMASK(le, ls) | GENMASK(he, hs)
+    if cfg.__class__ is not MmuConfig:
+        _cfg(cfg)
+    return _gen_bits_c(cfg._cptr)
 
 
 def generation_mmio_spte_mask(cfg: MmuConfig, generation: int) -> int:
@@ -96,6 +102,13 @@ def generation_mmio_spte_mask(cfg: MmuConfig, generation: int) -> int:
     caller gets an InputError instead (``make_mmio_spte`` masks first, so the warning
     cannot fire through it).
     """
+    if generation.__class__ is int and cfg.__class__ is MmuConfig:
+        try:        # fast path: one C call checks the width and spreads the bits
+            r = _gen_spte_bits_c(cfg._cptr, generation)
+        except OverflowError:
+            r = _U64_MAX
+        if r != _U64_MAX:
+            return r
     g = uint("generation", generation)
     if g & ~mmio_generation_mask(cfg):
         raise InputError(f"generation={g:#x}: wider than MMIO_SPTE_GEN_MASK "
@@ -325,6 +338,13 @@ def kvm_mmu_invalidate_mmio_sptes(cfg: MmuConfig, generation: int, nr_as_ids: in
     address-space modifier (``nr_as_ids - 1``) is stripped, and a result of 0 means the
     MMIO generation wrapped in some address space, so ``kvm_mmu_zap_all_fast()`` runs.
     """
+    if generation.__class__ is int and nr_as_ids.__class__ is int and cfg.__class__ is MmuConfig:
+        try:        # fast path: one C call checks and decides; -1: see the full checks
+            r = _invalidate_c(cfg._cptr, generation, nr_as_ids)
+        except OverflowError:
+            r = -1
+        if r >= 0:
+            return r == 1
     mmu_config(cfg)
     g = uint("generation", generation)
     n = _nr_as(nr_as_ids)
