@@ -138,7 +138,8 @@ def make_mmio_spte(cfg: MmuConfig, gfn: int, access: int = ACC_ALL, generation: 
     if (gfn.__class__ is int and access.__class__ is int and 0 <= gfn < _GFN_LIMIT
             and 0 <= access <= 7):
         try:
-            return lib.kvmmu_mmio_make(cfg._cptr, gfn, access, generation)
+            return lib.kvmmu_mmio_make(cfg._cptr, gfn, access, generation if generation.__class__ is int
+                                       else uint("generation", generation))
         except (OverflowError, TypeError, AttributeError):
             mmu_config(cfg)
             raise bad_u64("generation", generation) from None
@@ -195,7 +196,7 @@ def get_mmio_spte_gfn(cfg: MmuConfig, spte: int) -> int:
     [cache_bits, cache_bits+5) fold back into R, so GPA bits there alias lower bits.
     """
     try:
-        return lib.kvmmu_mmio_get_gfn(cfg._cptr, spte)
+        return lib.kvmmu_mmio_get_gfn(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -204,7 +205,7 @@ def get_mmio_spte_gfn(cfg: MmuConfig, spte: int) -> int:
 def get_mmio_spte_access(cfg: MmuConfig, spte: int) -> int:
     """``get_mmio_spte_access()``: ``spte & shadow_mmio_access_mask`` (0 on EPT/TDX)."""
     try:
-        return lib.kvmmu_mmio_get_access(cfg._cptr, spte)
+        return lib.kvmmu_mmio_get_access(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -213,7 +214,7 @@ def get_mmio_spte_access(cfg: MmuConfig, spte: int) -> int:
 def get_mmio_spte_generation(cfg: MmuConfig, spte: int) -> int:
     """``get_mmio_spte_generation()``: the generation bits of the SPTE, packed."""
     try:
-        return lib.kvmmu_mmio_get_generation(cfg._cptr, spte)
+        return lib.kvmmu_mmio_get_generation(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -269,7 +270,9 @@ def check_mmio_spte(cfg: MmuConfig, spte: int, memslots_generation: int) -> bool
     """``check_mmio_spte()``: false while an update is in progress (bit 63), else the
     masked memslots generation must equal the SPTE's generation."""
     try:
-        return lib.kvmmu_mmio_check(cfg._cptr, spte, memslots_generation)
+        g = memslots_generation
+        return lib.kvmmu_mmio_check(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte),
+                                    g if g.__class__ is int else uint("memslots_generation", g))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         uint("spte", spte)
@@ -308,7 +311,10 @@ def mmio_fault_outcome(cfg: MmuConfig, spte: int, memslots_generation: int) -> s
     nothing; ``"not_mmio"``: not an MMIO SPTE (RET_PF_RETRY).
     """
     try:
-        return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(cfg._cptr, spte, memslots_generation)]
+        g = memslots_generation
+        return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(
+            cfg._cptr, spte if spte.__class__ is int else uint("spte", spte),
+            g if g.__class__ is int else uint("memslots_generation", g))]
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         uint("spte", spte)

@@ -470,7 +470,7 @@ def make_huge_spte_batch(cfg: MmuConfig, small_spte: np.ndarray, level: int,
 def mark_spte_for_access_track(cfg: MmuConfig, spte: int) -> int:
     """``mark_spte_for_access_track()``: age an SPTE (clear A, or save R/X and clear RWX)."""
     try:
-        return lib.kvmmu_mark_spte_for_access_track(cfg._cptr, spte)
+        return lib.kvmmu_mark_spte_for_access_track(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -479,7 +479,7 @@ def mark_spte_for_access_track(cfg: MmuConfig, spte: int) -> int:
 def restore_acc_track_spte(cfg: MmuConfig, spte: int) -> int:
     """``restore_acc_track_spte()``: put the saved R/X bits back (not W, not A)."""
     try:
-        return lib.kvmmu_restore_acc_track_spte(cfg._cptr, spte)
+        return lib.kvmmu_restore_acc_track_spte(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -531,7 +531,7 @@ def _make_pred(name, num, needs_level, feature, doc) -> Callable[..., bool]:
         if level.__class__ is not int or not 1 <= level <= 5:
             raise InputError(f"{name}: level={level!r}: must be 1..5")
         try:
-            return pred(cfg._cptr, num, spte, level)
+            return pred(cfg._cptr, num, spte if spte.__class__ is int else uint("spte", spte), level)
         except (OverflowError, TypeError, AttributeError):
             mmu_config(cfg)
             raise bad_u64("spte", spte) from None
@@ -540,14 +540,14 @@ def _make_pred(name, num, needs_level, feature, doc) -> Callable[..., bool]:
         try:
             if not getattr(cfg.profile, feature):
                 _profile.require(cfg.profile, feature, name)
-            return pred(cfg._cptr, num, spte, 1)
+            return pred(cfg._cptr, num, spte if spte.__class__ is int else uint("spte", spte), 1)
         except (OverflowError, TypeError, AttributeError):
             mmu_config(cfg)
             raise bad_u64("spte", spte) from None
 
     def plain(cfg: MmuConfig, spte: int) -> bool:
         try:
-            return pred(cfg._cptr, num, spte, 1)
+            return pred(cfg._cptr, num, spte if spte.__class__ is int else uint("spte", spte), 1)
         except (OverflowError, TypeError, AttributeError):
             mmu_config(cfg)
             raise bad_u64("spte", spte) from None
@@ -625,7 +625,7 @@ def predicate_batch(cfg: MmuConfig, name: str, spte: np.ndarray, level=1,
 def spte_to_pfn(cfg: MmuConfig, spte: int) -> int:
     """``spte_to_pfn()``: ``(spte & SPTE_BASE_ADDR_MASK) >> 12``."""
     try:
-        return lib.kvmmu_spte_to_pfn(cfg._cptr, spte)
+        return lib.kvmmu_spte_to_pfn(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -647,7 +647,9 @@ def leaf_spte_change_needs_tlb_flush(cfg: MmuConfig, old_spte: int, new_spte: in
     """v6.13+ ``leaf_spte_change_needs_tlb_flush()`` (MMU-writable cleared); before v6.13
     what ``mmu_spte_update()`` returned (MMU-W lost W, or A or D cleared)."""
     try:
-        return lib.kvmmu_leaf_spte_change_needs_tlb_flush(cfg._cptr, old_spte, new_spte)
+        return lib.kvmmu_leaf_spte_change_needs_tlb_flush(
+            cfg._cptr, old_spte if old_spte.__class__ is int else uint("old_spte", old_spte),
+            new_spte if new_spte.__class__ is int else uint("new_spte", new_spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         uint("old_spte", old_spte)

@@ -3,6 +3,9 @@
 anything else, and any input the C call refuses, goes to the full checks.  The fast path
 must give the reference's values and must refuse exactly what the full checks refuse, with
 the same message (the messages below are those the entry points gave before the fast paths)."""
+import decimal
+import fractions
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -169,3 +172,30 @@ def test_bools_and_numpy_ints_as_integers_take_the_full_checks_with_the_same_val
         M.kvm_mmu_invalidate_mmio_sptes(CFG, 2, 1)
     assert M.generation_mmio_spte_mask(CFG, np.uint32(3)) == M.generation_mmio_spte_mask(CFG, 3)
     assert S.predicate(CFG, "is_last_spte", np.uint64(HUGE), 2) == S.predicate(CFG, "is_last_spte", HUGE, 2)
+
+
+SPTE_ARGS = [   # (function, the arguments before the bad one, its name, the arguments after it)
+    (S.spte_to_pfn, (CFG,), "spte", ()), (S.mark_spte_for_access_track, (CFG,), "spte", ()),
+    (S.restore_acc_track_spte, (CFG,), "spte", ()), (S.is_shadow_present_pte, (CFG,), "spte", ()),
+    (S.is_last_spte, (CFG,), "spte", (1,)), (S.is_ept_ve_possible, (CFG,), "spte", ()),
+    (S.leaf_spte_change_needs_tlb_flush, (CFG,), "old_spte", (0,)),
+    (S.leaf_spte_change_needs_tlb_flush, (CFG, 0), "new_spte", ()),
+    (S.decode, (CFG,), "spte", ()), (S.make_spte, (CFG,), "pfn", ()),
+    (M.get_mmio_spte_gfn, (CFG,), "spte", ()), (M.get_mmio_spte_access, (CFG,), "spte", ()),
+    (M.get_mmio_spte_generation, (CFG,), "spte", ()), (M.check_mmio_spte, (CFG,), "spte", (0,)),
+    (M.check_mmio_spte, (CFG, 0), "memslots_generation", ()),
+    (M.mmio_fault_outcome, (CFG,), "spte", (0,)), (M.mmio_fault_outcome, (CFG, 0), "memslots_generation", ()),
+    (M.make_mmio_spte, (CFG, 1, 7), "generation", ()), (M.generation_mmio_spte_mask, (CFG,), "generation", ()),
+    (M.kvm_mmu_invalidate_mmio_sptes, (CFG,), "generation", ()),
+]
+
+
+@pytest.mark.parametrize("bad", [np.float32(5), np.float64(5), decimal.Decimal(5), fractions.Fraction(11, 2)],
+                         ids=lambda v: type(v).__name__)
+@pytest.mark.parametrize("fn, before, name, after", SPTE_ARGS,
+                         ids=[f"{c[0].__name__}-{c[2]}" for c in SPTE_ARGS])
+def test_scalar_entry_points_refuse_non_integers_that_cffi_would_truncate(fn, before, name, after, bad):
+    """cffi converts any object with __int__ (numpy floats, Decimal, Fraction: 11/2 -> 5) to a
+    C integer; the scalar entry points must refuse them as the full checks do."""
+    with pytest.raises(InputError, match=f"^{name}=.*expected an integer, got {type(bad).__name__}$"):
+        fn(*before, bad, *after)
