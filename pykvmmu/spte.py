@@ -359,13 +359,7 @@ def _split_args(cfg, child_level, role_access):
 
 _small_c = lib.kvmmu_make_small_spte_checked
 _huge_c = lib.kvmmu_make_huge_spte_checked
-_NX_DEFAULT = lib.KVMMU_NX_DEFAULT
-
-
-def _nx_arg(nx_huge_pages) -> int:
-    """nx_huge_pages as the checked C forms take it: 0, 1, KVMMU_NX_DEFAULT (None), -1 (not a bool)."""
-    return (_NX_DEFAULT if nx_huge_pages is None else 1 if nx_huge_pages is True
-            else 0 if nx_huge_pages is False else -1)
+_NX_DEFAULT = lib.KVMMU_NX_DEFAULT     # nx_huge_pages=None; -1 (a non-bool) overflows: full checks
 
 
 def make_small_spte(cfg: MmuConfig, huge_spte: int, child_level: int, index: int,
@@ -376,7 +370,9 @@ def make_small_spte(cfg: MmuConfig, huge_spte: int, child_level: int, index: int
             and index.__class__ is int and role_access.__class__ is int
             and cfg.profile.has_make_small_spte):
         try:        # fast path: one C call checks and splits; 0 means "see the full checks"
-            s = _small_c(cfg._cptr, huge_spte, child_level, role_access, index, _nx_arg(nx_huge_pages))
+            s = _small_c(cfg._cptr, huge_spte, child_level, role_access, index,
+                         _NX_DEFAULT if nx_huge_pages is None else 1 if nx_huge_pages is True
+                         else 0 if nx_huge_pages is False else -1)
         except OverflowError:
             s = 0
         if s:
@@ -438,7 +434,9 @@ def make_huge_spte(cfg: MmuConfig, small_spte: int, level: int,
     if (cfg.__class__ is MmuConfig and small_spte.__class__ is int and level.__class__ is int
             and cfg.profile.has_make_huge_spte):
         try:        # fast path: one C call checks and builds; 0 means "see the full checks"
-            s = _huge_c(cfg._cptr, small_spte, level, _nx_arg(nx_huge_pages))
+            s = _huge_c(cfg._cptr, small_spte, level,
+                        _NX_DEFAULT if nx_huge_pages is None else 1 if nx_huge_pages is True
+                        else 0 if nx_huge_pages is False else -1)
         except OverflowError:
             s = 0
         if s:
