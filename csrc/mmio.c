@@ -86,6 +86,18 @@ uint64_t kvmmu_mmio_gen_spte_bits(const struct kvmmu_cfg *cfg, uint64_t gen)
     return gen_bits(cfg, gen);
 }
 
+uint64_t kvmmu_mmio_generation_bits(const struct kvmmu_cfg *cfg)
+{
+    return cfg->mmio_gen_low_mask | cfg->mmio_gen_high_mask;
+}
+
+uint64_t kvmmu_mmio_gen_spte_bits_checked(const struct kvmmu_cfg *cfg, uint64_t gen)
+{
+    _Static_assert(((KGENMASK(11, 3) | KGENMASK(62, 52)) & KBIT(63)) == 0,
+                   "no generation layout reaches bit 63: UINT64_MAX is never a result");
+    return (gen & ~gen_mask(cfg)) ? UINT64_MAX : gen_bits(cfg, gen);
+}
+
 uint64_t kvmmu_mmio_make(const struct kvmmu_cfg *cfg, uint64_t gfn, uint32_t access,
                          uint64_t generation)
 {
@@ -120,6 +132,13 @@ int kvmmu_mmio_fault_outcome(const struct kvmmu_cfg *cfg, uint64_t spte, uint64_
 
 bool kvmmu_mmio_invalidate_zaps(const struct kvmmu_cfg *cfg, uint64_t gen, uint32_t nr_as_ids)
 {
+    return invalidate_zaps(cfg, gen, nr_as_ids);
+}
+
+int kvmmu_mmio_invalidate_checked(const struct kvmmu_cfg *cfg, uint64_t gen, uint32_t nr_as_ids)
+{
+    if ((gen & UPDATE_IN_PROGRESS) || nr_as_ids < 1 || nr_as_ids > 2)
+        return -1;
     return invalidate_zaps(cfg, gen, nr_as_ids);
 }
 

@@ -219,6 +219,25 @@ size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte
                                const uint8_t *level, uint32_t level_scalar,
                                struct kvmmu_spte_info *out, size_t n, int *err);
 
+/*
+ * Checked scalar forms for the Python fast paths: each validates and computes in one call.
+ * kvmmu_make_spte_fast: kvmmu_make_spte with old_spte = SHADOW_NONPRESENT_VALUE and the
+ * memtype of vmx_get_mt_mask(); returns KVMMU_MKR_* >> 8 (0..7: bit 0 wrprot, bits 1-2 the
+ * warnings) or KVMMU_MKF_ERROR (the caller's full checks then name the rule).
+ * kvmmu_make_small_spte_checked / _huge_: nx is 0, 1 or KVMMU_NX_DEFAULT (the
+ * configuration's nx_huge_pages); they return 0 for any input that breaks a rule (a valid
+ * result can be 0 only in theory: the caller then runs its full checks, which decide).
+ */
+#define KVMMU_MKF_ERROR         8
+#define KVMMU_NX_DEFAULT        2
+uint32_t kvmmu_make_spte_fast(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t level,
+                              uint32_t pte_access, uint32_t mkflags, uint64_t *spte);
+uint64_t kvmmu_make_small_spte_checked(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
+                                       uint32_t child_level, uint32_t role_access, uint32_t index,
+                                       uint32_t nx);
+uint64_t kvmmu_make_huge_spte_checked(const struct kvmmu_cfg *cfg, uint64_t small_spte,
+                                      uint32_t level, uint32_t nx);
+
 /* ======================================================================
  * mmio: MMIO SPTEs and generations (csrc/mmio.c, pykvmmu/mmio.py)
  * ====================================================================== */
@@ -265,6 +284,13 @@ void kvmmu_mmio_fault_outcome_batch(const struct kvmmu_cfg *cfg, const uint64_t 
                                     size_t n);
 size_t kvmmu_mmio_invalidate_batch(const struct kvmmu_cfg *cfg, const uint64_t *gen,
                                    uint32_t nr_as_ids, uint8_t *zap, size_t n, int *err);
+/* GEN_LOW_MASK | GEN_HIGH_MASK of the era. */
+uint64_t kvmmu_mmio_generation_bits(const struct kvmmu_cfg *cfg);
+/* Checked scalar forms: generation_mmio_spte_mask() returns UINT64_MAX (never a result) for a
+ * generation wider than MMIO_SPTE_GEN_MASK; kvm_mmu_invalidate_mmio_sptes() returns -1 for
+ * the update-in-progress bit or nr_as_ids outside 1..2, else 0/1 (zap all). */
+uint64_t kvmmu_mmio_gen_spte_bits_checked(const struct kvmmu_cfg *cfg, uint64_t gen);
+int kvmmu_mmio_invalidate_checked(const struct kvmmu_cfg *cfg, uint64_t gen, uint32_t nr_as_ids);
 
 /* ======================================================================
  * role: page role words and the shadow-page hash (csrc/role.c, pykvmmu/role.py)

@@ -453,6 +453,14 @@ uint32_t kvmmu_make_spte(const struct kvmmu_cfg *cfg, uint64_t pfn, uint64_t old
            (sp_is_rsvd_spte(cfg, s, level) ? KVMMU_MKR_WARN_RSVD : 0);
 }
 
+uint32_t kvmmu_make_spte_fast(const struct kvmmu_cfg *cfg, uint64_t pfn, uint32_t level,
+                              uint32_t pte_access, uint32_t mkflags, uint64_t *spte)
+{
+    const uint32_t r = kvmmu_make_spte(cfg, pfn, 0, level, pte_access,
+                                       mkflags | KVMMU_MK_OLD_DEFAULT, KVMMU_MEMTYPE_AUTO, spte);
+    return (r & 0xFF) ? KVMMU_MKF_ERROR : r >> 8;
+}
+
 /* Batch sizes from which the per-element path uses a table of every (level, access, flags). */
 #define MK_TABLE_MIN 16384
 #define MK_TABLE_SIZE (2 * 8 * 256)   /* make_spte sees the level only as level > 1 */
@@ -744,6 +752,22 @@ static inline int small_check(const struct kvmmu_cfg *c, uint64_t huge, uint32_t
     return 0;
 }
 
+/* nx_huge of the checked scalar forms: 0, 1, or KVMMU_NX_DEFAULT (the configuration's). */
+static inline bool nx_arg(const struct kvmmu_cfg *c, uint32_t nx)
+{
+    return nx == KVMMU_NX_DEFAULT ? (c->flags & KVMMU_F_NX_HUGE_PAGES) != 0 : nx != 0;
+}
+
+uint64_t kvmmu_make_small_spte_checked(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
+                                       uint32_t child_level, uint32_t role_access, uint32_t index,
+                                       uint32_t nx)
+{
+    if (child_level < 1 || child_level > 4 || role_access > 7 || nx > KVMMU_NX_DEFAULT ||
+        small_check(cfg, huge_spte, child_level, index))
+        return 0;
+    return small_spte(cfg, huge_spte, child_level, role_access, index, nx_arg(cfg, nx));
+}
+
 size_t kvmmu_make_small_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *huge_spte,
                                    uint32_t child_level, uint32_t role_access,
                                    const uint16_t *index, uint32_t index_scalar, bool nx_huge,
@@ -775,6 +799,15 @@ uint64_t kvmmu_make_huge_spte(const struct kvmmu_cfg *cfg, uint64_t small_spte, 
                               bool nx_huge)
 {
     return huge_spte(cfg, small_spte, level, nx_huge);
+}
+
+uint64_t kvmmu_make_huge_spte_checked(const struct kvmmu_cfg *cfg, uint64_t small_spte,
+                                      uint32_t level, uint32_t nx)
+{
+    if (level < 2 || level > 3 || nx > KVMMU_NX_DEFAULT ||
+        !sp_is_shadow_present_pte(cfg, small_spte, 1))
+        return 0;
+    return huge_spte(cfg, small_spte, level, nx_arg(cfg, nx));
 }
 
 size_t kvmmu_make_huge_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *small_spte,

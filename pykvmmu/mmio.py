@@ -14,7 +14,7 @@ Mask validation: :func:`set_mmio_spte_mask` replays ``kvm_mmu_set_mmio_spte_mask
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import numpy as np
 
@@ -65,12 +65,18 @@ class MmioMaskError(ConfigError):
     ``violations`` lists every rule broken, as :class:`MmioMaskViolation` tuples.
     """
 
-    def __init__(self, message: str, violations: tuple = ()):
+    def __init__(self, message: str, violations: Iterable[MmioMaskViolation] = ()):
         super().__init__(message)
         self.violations = tuple(violations)
 
 
 # ------------------------------------------------------------------ generation
+_gen_bits_c = lib.kvmmu_mmio_generation_bits
+_gen_spte_bits_c = lib.kvmmu_mmio_gen_spte_bits_checked
+_invalidate_c = lib.kvmmu_mmio_invalidate_checked
+_U64_MAX = (1 << 64) - 1
+
+
 def mmio_generation_mask(cfg: MmuConfig) -> int:
     """``MMIO_SPTE_GEN_MASK`` of the era: 19 bits (v5.13+), 18 bits (v5.10-5.12)."""
     _cfg(cfg)
@@ -79,9 +85,9 @@ def mmio_generation_mask(cfg: MmuConfig) -> int:
 
 def mmio_generation_bits(cfg: MmuConfig) -> int:
     """The SPTE bits that hold the generation (``GEN_LOW_MASK | GEN_HIGH_MASK``)."""
-    _cfg(cfg)
-    ls, le, hs, he = cfg.profile.mmio_gen_layout
-    return GENMASK(le, ls) | GENMASK(he, hs)
+    if cfg.__class__ is not MmuConfig:
+        _cfg(cfg)
+    return _gen_bits_c(cfg._cptr)
 
 
 def generation_mmio_spte_mask(cfg: MmuConfig, generation: int) -> int:
@@ -91,6 +97,13 @@ def generation_mmio_spte_mask(cfg: MmuConfig, generation: int) -> int:
     caller gets an InputError instead (``make_mmio_spte`` masks first, so the warning
     cannot fire through it).
     """
+    if generation.__class__ is int and cfg.__class__ is MmuConfig:
+        try:        # fast path: one C call checks the width and spreads the bits
+            r = _gen_spte_bits_c(cfg._cptr, generation)
+        except OverflowError:
+            r = _U64_MAX
+        if r != _U64_MAX:
+            return r
     g = uint("generation", generation)
     if g & ~mmio_generation_mask(cfg):
         raise InputError(f"generation={g:#x}: wider than MMIO_SPTE_GEN_MASK "
@@ -120,7 +133,8 @@ def make_mmio_spte(cfg: MmuConfig, gfn: int, access: int = ACC_ALL, generation: 
     if (gfn.__class__ is int and access.__class__ is int and 0 <= gfn < _GFN_LIMIT
             and 0 <= access <= 7):
         try:
-            return lib.kvmmu_mmio_make(cfg._cptr, gfn, access, generation)
+            return lib.kvmmu_mmio_make(cfg._cptr, gfn, access, generation if generation.__class__ is int
+                                       else uint("generation", generation))
         except (OverflowError, TypeError, AttributeError):
             mmu_config(cfg)
             raise bad_u64("generation", generation) from None
@@ -177,7 +191,7 @@ def get_mmio_spte_gfn(cfg: MmuConfig, spte: int) -> int:
     [cache_bits, cache_bits+5) fold back into R, so GPA bits there alias lower bits.
     """
     try:
-        return lib.kvmmu_mmio_get_gfn(cfg._cptr, spte)
+        return lib.kvmmu_mmio_get_gfn(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -186,7 +200,7 @@ def get_mmio_spte_gfn(cfg: MmuConfig, spte: int) -> int:
 def get_mmio_spte_access(cfg: MmuConfig, spte: int) -> int:
     """``get_mmio_spte_access()``: ``spte & shadow_mmio_access_mask`` (0 on EPT/TDX)."""
     try:
-        return lib.kvmmu_mmio_get_access(cfg._cptr, spte)
+        return lib.kvmmu_mmio_get_access(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -195,7 +209,7 @@ def get_mmio_spte_access(cfg: MmuConfig, spte: int) -> int:
 def get_mmio_spte_generation(cfg: MmuConfig, spte: int) -> int:
     """``get_mmio_spte_generation()``: the generation bits of the SPTE, packed."""
     try:
-        return lib.kvmmu_mmio_get_generation(cfg._cptr, spte)
+        return lib.kvmmu_mmio_get_generation(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -251,7 +265,9 @@ def check_mmio_spte(cfg: MmuConfig, spte: int, memslots_generation: int) -> bool
     """``check_mmio_spte()``: false while an update is in progress (bit 63), else the
     masked memslots generation must equal the SPTE's generation."""
     try:
-        return lib.kvmmu_mmio_check(cfg._cptr, spte, memslots_generation)
+        g = memslots_generation
+        return lib.kvmmu_mmio_check(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte),
+                                    g if g.__class__ is int else uint("memslots_generation", g))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         uint("spte", spte)
@@ -290,7 +306,10 @@ def mmio_fault_outcome(cfg: MmuConfig, spte: int, memslots_generation: int) -> s
     nothing; ``"not_mmio"``: not an MMIO SPTE (RET_PF_RETRY).
     """
     try:
-        return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(cfg._cptr, spte, memslots_generation)]
+        g = memslots_generation
+        return FAULT_OUTCOMES[lib.kvmmu_mmio_fault_outcome(
+            cfg._cptr, spte if spte.__class__ is int else uint("spte", spte),
+            g if g.__class__ is int else uint("memslots_generation", g))]
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         uint("spte", spte)
@@ -320,6 +339,13 @@ def kvm_mmu_invalidate_mmio_sptes(cfg: MmuConfig, generation: int, nr_as_ids: in
     address-space modifier (``nr_as_ids - 1``) is stripped, and a result of 0 means the
     MMIO generation wrapped in some address space, so ``kvm_mmu_zap_all_fast()`` runs.
     """
+    if generation.__class__ is int and nr_as_ids.__class__ is int and cfg.__class__ is MmuConfig:
+        try:        # fast path: one C call checks and decides; -1: see the full checks
+            r = _invalidate_c(cfg._cptr, generation, nr_as_ids)
+        except OverflowError:
+            r = -1
+        if r >= 0:
+            return r == 1
     mmu_config(cfg)
     g = uint("generation", generation)
     n = _nr_as(nr_as_ids)

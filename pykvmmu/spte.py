@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple, overload
 
 import numpy as np
 
@@ -100,6 +100,15 @@ _MK_OLD_DEFAULT, _MKR_WRPROT = lib.KVMMU_MK_OLD_DEFAULT, lib.KVMMU_MKR_WRPROT
 _make_c = lib.kvmmu_make_spte
 
 
+_make_fast = lib.kvmmu_make_spte_fast
+_MKF_ERROR = lib.KVMMU_MKF_ERROR
+#: the flags make_spte() passes with every argument at its default
+_MK_DEFAULTS = MK_HOST_WRITABLE | _MK_AD_DEFAULT | _MK_NX_DEFAULT | _MK_OLD_DEFAULT
+#: kvmmu_make_spte_fast's result (0..7) -> MakeSpteResult's wrprot and warnings
+_FAST_WRPROT = tuple(bool(r & 1) for r in range(8))
+_FAST_WARNINGS = tuple(_WARNINGS[r >> 1] for r in range(8))
+
+
 def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC_ALL,
               old_spte: int | None = None, prefetch: bool = False, synchronizing: bool = False,
               host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool | None = None,
@@ -116,22 +125,60 @@ def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC
     to ``!kvm_ad_enabled()`` (the TDP MMU's role).  Before v6.13, ``synchronizing``
     stands for ``!can_unsync``.
     """
-    if cfg.__class__ is not MmuConfig:
-        mmu_config(cfg)
-    # Fast path: plain ints and bools go straight to one C call that validates and builds.
+    # Fast path: an MmuConfig, plain ints, real bools, old_spte and memtype at their defaults:
+    # one C call that validates and builds.  Anything else, or any rule the C call reports,
+    # goes to the full checks (_make_spte_checked), which name the argument and the rule.
+    if (cfg.__class__ is MmuConfig and pfn.__class__ is int and level.__class__ is int
+            and pte_access.__class__ is int and old_spte is None and memtype is None):
+        mk = _MK_DEFAULTS           # a non-bool flag makes it negative (and it stays negative)
+        if prefetch is not False:
+            mk = mk | MK_PREFETCH if prefetch is True else -1
+        if synchronizing is not False:
+            mk = mk | MK_SYNCHRONIZING if synchronizing is True else -1
+        if host_writable is not True:
+            mk = mk & ~MK_HOST_WRITABLE if host_writable is False else -1
+        if host_mmio is not False:
+            mk = mk | MK_HOST_MMIO if host_mmio is True else -1
+        if ad_wrprot_only is not False:
+            mk = mk | MK_WRPROT_ONLY if ad_wrprot_only is True else -1
+        if unsync_fails is not False:
+            mk = mk | MK_UNSYNC_FAILS if unsync_fails is True else -1
+        if ad_disabled is not None:
+            mk = (mk & ~_MK_AD_DEFAULT | (MK_AD_DISABLED if ad_disabled else 0)
+                  if ad_disabled is True or ad_disabled is False else -1)
+        if nx_huge_pages is not None:
+            mk = (mk & ~_MK_NX_DEFAULT | (MK_NX_HUGE if nx_huge_pages else 0)
+                  if nx_huge_pages is True or nx_huge_pages is False else -1)
+        if mk >= 0:
+            try:
+                out = _MAKE_OUT.out
+            except AttributeError:
+                out = _MAKE_OUT.out = ffi.new("uint64_t *")
+            try:
+                r = _make_fast(cfg._cptr, pfn, level, pte_access, mk, out)
+            except OverflowError:
+                r = _MKF_ERROR
+            if r < _MKF_ERROR:
+                return _tuple_new(MakeSpteResult, (out[0], _FAST_WRPROT[r], _FAST_WARNINGS[r]))
+    return _make_spte_checked(cfg, pfn, level, pte_access, old_spte, prefetch, synchronizing,
+                              host_writable, host_mmio, ad_disabled, ad_wrprot_only, unsync_fails,
+                              nx_huge_pages, memtype)
+
+
+def _make_spte_checked(cfg, pfn, level, pte_access, old_spte, prefetch, synchronizing,
+                       host_writable, host_mmio, ad_disabled, ad_wrprot_only, unsync_fails,
+                       nx_huge_pages, memtype) -> MakeSpteResult:
+    """make_spte() with every argument checked (types, widths, then the C core's rules)."""
+    mmu_config(cfg)
     mk = 0
-    if prefetch is True or (prefetch is not False and boolean("prefetch", prefetch)):
-        mk |= MK_PREFETCH
-    if synchronizing is True or (synchronizing is not False and boolean("synchronizing", synchronizing)):
-        mk |= MK_SYNCHRONIZING
-    if host_writable is True or (host_writable is not False and boolean("host_writable", host_writable)):
-        mk |= MK_HOST_WRITABLE
-    if host_mmio is True or (host_mmio is not False and boolean("host_mmio", host_mmio)):
-        mk |= MK_HOST_MMIO
-    if ad_wrprot_only is True or (ad_wrprot_only is not False and boolean("ad_wrprot_only", ad_wrprot_only)):
-        mk |= MK_WRPROT_ONLY
-    if unsync_fails is True or (unsync_fails is not False and boolean("unsync_fails", unsync_fails)):
-        mk |= MK_UNSYNC_FAILS
+    for name, flag, bit in (("prefetch", prefetch, MK_PREFETCH),
+                            ("synchronizing", synchronizing, MK_SYNCHRONIZING),
+                            ("host_writable", host_writable, MK_HOST_WRITABLE),
+                            ("host_mmio", host_mmio, MK_HOST_MMIO),
+                            ("ad_wrprot_only", ad_wrprot_only, MK_WRPROT_ONLY),
+                            ("unsync_fails", unsync_fails, MK_UNSYNC_FAILS)):
+        if boolean(name, flag):
+            mk |= bit
     mk |= (_MK_AD_DEFAULT if ad_disabled is None else
            MK_AD_DISABLED if boolean("ad_disabled", ad_disabled) else 0)
     mk |= (_MK_NX_DEFAULT if nx_huge_pages is None else
@@ -146,11 +193,11 @@ def make_spte(cfg: MmuConfig, pfn: int, *, level: int = 1, pte_access: int = ACC
     r = -1
     if memtype is None and pfn.__class__ is int and level.__class__ is int \
             and pte_access.__class__ is int and old_spte.__class__ is int:
-        try:
+        try:        # plain ints: the C core names a level or access outside its range
             r = _make_c(cfg._cptr, pfn, old_spte, level, pte_access, mk, MEMTYPE_AUTO, out)
         except OverflowError:
             pass
-    if r < 0:       # the full checks: the argument types and widths, then the C rules
+    if r < 0:       # the argument types and widths, then the C rules
         r = _make_c(cfg._cptr, uint("pfn", pfn), uint("old_spte", old_spte),
                     uint("level", level, 8), uint("pte_access", pte_access, 8), mk,
                     _memtype(memtype), out)
@@ -172,12 +219,34 @@ def _arg(name, v, dtype, bits, shape_list):
     return None, uint(name, v, bits)
 
 
+@overload
+def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=..., pte_access=..., old_spte=...,
+                    flags=..., prefetch: bool = ..., synchronizing: bool = ...,
+                    host_writable: bool = ..., host_mmio: bool = ..., ad_disabled: bool | None = ...,
+                    ad_wrprot_only: bool = ..., unsync_fails: bool = ...,
+                    nx_huge_pages: bool | None = ..., memtype=..., out: np.ndarray | None = ...,
+                    with_wrprot: Literal[False] = ..., threads: int | None = ...) -> np.ndarray: ...
+@overload
+def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=..., pte_access=..., old_spte=...,
+                    flags=..., prefetch: bool = ..., synchronizing: bool = ...,
+                    host_writable: bool = ..., host_mmio: bool = ..., ad_disabled: bool | None = ...,
+                    ad_wrprot_only: bool = ..., unsync_fails: bool = ...,
+                    nx_huge_pages: bool | None = ..., memtype=..., out: np.ndarray | None = ...,
+                    with_wrprot: Literal[True], threads: int | None = ...) -> tuple[np.ndarray, np.ndarray]: ...
+@overload
+def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=..., pte_access=..., old_spte=...,
+                    flags=..., prefetch: bool = ..., synchronizing: bool = ...,
+                    host_writable: bool = ..., host_mmio: bool = ..., ad_disabled: bool | None = ...,
+                    ad_wrprot_only: bool = ..., unsync_fails: bool = ...,
+                    nx_huge_pages: bool | None = ..., memtype=..., out: np.ndarray | None = ...,
+                    with_wrprot: bool, threads: int | None = ...) -> np.ndarray | tuple[np.ndarray, np.ndarray]: ...
 def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_ALL, old_spte=None,
                     flags=None, prefetch: bool = False, synchronizing: bool = False,
                     host_writable: bool = True, host_mmio: bool = False, ad_disabled: bool | None = None,
                     ad_wrprot_only: bool = False, unsync_fails: bool = False,
                     nx_huge_pages: bool | None = None, memtype=None, out: np.ndarray | None = None,
-                    with_wrprot: bool = False, threads: int | None = None):
+                    with_wrprot: bool = False,
+                    threads: int | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Batch ``make_spte()``: one SPTE per pfn (uint64 array).
 
     ``level``, ``pte_access``, ``memtype`` (uint8 arrays), ``old_spte`` (uint64 array) and
@@ -229,19 +298,27 @@ def make_spte_batch(cfg: MmuConfig, pfn: np.ndarray, *, level=1, pte_access=ACC_
         raise _batch_error("make_spte_batch", bad, code,
                            {"pfn": pfn.reshape(-1), "level": lv_a.reshape(-1) if lv_a is not None else lv_s,
                             "pte_access": ac_a.reshape(-1) if ac_a is not None else ac_s})
-    return (out, wp) if with_wrprot else out
+    return out if wp is None else (out, wp)       # wp: an array exactly with with_wrprot
+
+
+_nonleaf_c = lib.kvmmu_make_nonleaf_spte
 
 
 def make_nonleaf_spte(cfg: MmuConfig, child_pa: int, ad_disabled: bool | None = None) -> int:
     """``make_nonleaf_spte(child_pt, ad_disabled)``: an SPTE pointing to a child page table
     (``ad_disabled`` defaults to ``!kvm_ad_enabled()``, as tdp_mmu_link_sp passes)."""
+    if cfg.__class__ is MmuConfig and child_pa.__class__ is int and not child_pa & ~cfg.base_addr_mask:
+        if ad_disabled is None:         # fast path: a plain int within the mask, a real bool
+            return _nonleaf_c(cfg._cptr, child_pa, not cfg.ad_enabled)
+        if ad_disabled is True or ad_disabled is False:
+            return _nonleaf_c(cfg._cptr, child_pa, ad_disabled)
     mmu_config(cfg)
     pa = uint("child_pa", child_pa)
     ad_disabled = not cfg.ad_enabled if ad_disabled is None else boolean("ad_disabled", ad_disabled)
     if pa & ~cfg.base_addr_mask:
         raise InputError(f"make_nonleaf_spte: child_pa={pa:#x}: must be 4 KiB aligned and within "
                          f"SPTE_BASE_ADDR_MASK {cfg.base_addr_mask:#x}")
-    return lib.kvmmu_make_nonleaf_spte(cfg._cptr, pa, bool(ad_disabled))
+    return _nonleaf_c(cfg._cptr, pa, bool(ad_disabled))
 
 
 def make_nonleaf_spte_batch(cfg: MmuConfig, child_pa: np.ndarray, ad_disabled: bool | None = None,
@@ -271,16 +348,35 @@ def _split_args(cfg, child_level, role_access):
     return child_level, role_access
 
 
+_small_c = lib.kvmmu_make_small_spte_checked
+_huge_c = lib.kvmmu_make_huge_spte_checked
+_NX_DEFAULT = lib.KVMMU_NX_DEFAULT     # nx_huge_pages=None; -1 (a non-bool) overflows: full checks
+
+
 def make_small_spte(cfg: MmuConfig, huge_spte: int, child_level: int, index: int,
                     role_access: int = ACC_ALL, nx_huge_pages: bool | None = None) -> int:
     """``make_small_spte()`` (``make_huge_page_split_spte()`` before v6.13): child ``index``
     (0..511) of a huge SPTE split into a page table at ``child_level``."""
+    if (cfg.__class__ is MmuConfig and huge_spte.__class__ is int and child_level.__class__ is int
+            and index.__class__ is int and role_access.__class__ is int
+            and cfg.profile.has_make_small_spte):
+        try:        # fast path: one C call checks and splits; 0 means "see the full checks"
+            s = _small_c(cfg._cptr, huge_spte, child_level, role_access, index,
+                         _NX_DEFAULT if nx_huge_pages is None else 1 if nx_huge_pages is True
+                         else 0 if nx_huge_pages is False else -1)
+        except OverflowError:
+            s = 0
+        if s:
+            return s
     mmu_config(cfg)
     child_level, role_access = _split_args(cfg, child_level, role_access)
     huge = uint("huge_spte", huge_spte)
     index = in_range("index", index, 0, 511, "a page table has 512 entries")
     nx = cfg.nx_huge_pages if nx_huge_pages is None else boolean("nx_huge_pages", nx_huge_pages)
-    one = np.array([huge], dtype=np.uint64)
+    s = _small_c(cfg._cptr, huge, child_level, role_access, index, int(nx))
+    if s:
+        return s
+    one = np.array([huge], dtype=np.uint64)      # the batch form names the rule (or returns 0)
     return int(make_small_spte_batch(cfg, one, child_level, index, role_access, nx)[0])
 
 
@@ -326,6 +422,16 @@ def make_huge_spte(cfg: MmuConfig, small_spte: int, level: int,
                    nx_huge_pages: bool | None = None) -> int:
     """``make_huge_spte()`` (v6.13+): the huge SPTE at ``level`` that replaces a page table
     whose child ``small_spte`` is given (collapsing after dirty logging)."""
+    if (cfg.__class__ is MmuConfig and small_spte.__class__ is int and level.__class__ is int
+            and cfg.profile.has_make_huge_spte):
+        try:        # fast path: one C call checks and builds; 0 means "see the full checks"
+            s = _huge_c(cfg._cptr, small_spte, level,
+                        _NX_DEFAULT if nx_huge_pages is None else 1 if nx_huge_pages is True
+                        else 0 if nx_huge_pages is False else -1)
+        except OverflowError:
+            s = 0
+        if s:
+            return s
     mmu_config(cfg)
     one = np.array([uint("small_spte", small_spte)], dtype=np.uint64)
     return int(make_huge_spte_batch(cfg, one, level, nx_huge_pages)[0])
@@ -353,7 +459,7 @@ def make_huge_spte_batch(cfg: MmuConfig, small_spte: np.ndarray, level: int,
 def mark_spte_for_access_track(cfg: MmuConfig, spte: int) -> int:
     """``mark_spte_for_access_track()``: age an SPTE (clear A, or save R/X and clear RWX)."""
     try:
-        return lib.kvmmu_mark_spte_for_access_track(cfg._cptr, spte)
+        return lib.kvmmu_mark_spte_for_access_track(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -362,7 +468,7 @@ def mark_spte_for_access_track(cfg: MmuConfig, spte: int) -> int:
 def restore_acc_track_spte(cfg: MmuConfig, spte: int) -> int:
     """``restore_acc_track_spte()``: put the saved R/X bits back (not W, not A)."""
     try:
-        return lib.kvmmu_restore_acc_track_spte(cfg._cptr, spte)
+        return lib.kvmmu_restore_acc_track_spte(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -407,33 +513,34 @@ RULES = _rules()
 PREDICATES = {r.name: (r.id, r.needs_level, r.feature) for r in RULES}
 
 
-def _make_pred(name, num, needs_level, feature, doc):
+def _make_pred(name, num, needs_level, feature, doc) -> Callable[..., bool]:
     pred = lib.kvmmu_spte_pred
-    if needs_level:
-        def f(cfg: MmuConfig, spte: int, level: int) -> bool:
-            if level.__class__ is not int or not 1 <= level <= 5:
-                raise InputError(f"{name}: level={level!r}: must be 1..5")
-            try:
-                return pred(cfg._cptr, num, spte, level)
-            except (OverflowError, TypeError, AttributeError):
-                mmu_config(cfg)
-                raise bad_u64("spte", spte) from None
-    elif feature:
-        def f(cfg: MmuConfig, spte: int) -> bool:
-            try:
-                if not getattr(cfg.profile, feature):
-                    _profile.require(cfg.profile, feature, name)
-                return pred(cfg._cptr, num, spte, 1)
-            except (OverflowError, TypeError, AttributeError):
-                mmu_config(cfg)
-                raise bad_u64("spte", spte) from None
-    else:
-        def f(cfg: MmuConfig, spte: int) -> bool:
-            try:
-                return pred(cfg._cptr, num, spte, 1)
-            except (OverflowError, TypeError, AttributeError):
-                mmu_config(cfg)
-                raise bad_u64("spte", spte) from None
+
+    def with_level(cfg: MmuConfig, spte: int, level: int) -> bool:
+        if level.__class__ is not int or not 1 <= level <= 5:
+            raise InputError(f"{name}: level={level!r}: must be 1..5")
+        try:
+            return pred(cfg._cptr, num, spte if spte.__class__ is int else uint("spte", spte), level)
+        except (OverflowError, TypeError, AttributeError):
+            mmu_config(cfg)
+            raise bad_u64("spte", spte) from None
+
+    def with_feature(cfg: MmuConfig, spte: int) -> bool:
+        try:
+            if not getattr(cfg.profile, feature):
+                _profile.require(cfg.profile, feature, name)
+            return pred(cfg._cptr, num, spte if spte.__class__ is int else uint("spte", spte), 1)
+        except (OverflowError, TypeError, AttributeError):
+            mmu_config(cfg)
+            raise bad_u64("spte", spte) from None
+
+    def plain(cfg: MmuConfig, spte: int) -> bool:
+        try:
+            return pred(cfg._cptr, num, spte if spte.__class__ is int else uint("spte", spte), 1)
+        except (OverflowError, TypeError, AttributeError):
+            mmu_config(cfg)
+            raise bad_u64("spte", spte) from None
+    f: Callable[..., bool] = with_level if needs_level else with_feature if feature else plain
     f.__name__ = f.__qualname__ = name
     f.__module__ = __name__
     f.__doc__ = f"Model of ``{name}()`` (arch/x86/kvm/mmu/spte.h): {doc}"
@@ -452,12 +559,21 @@ def __getattr__(name: str) -> Callable:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+_pred_c = lib.kvmmu_spte_pred
+
+
 def predicate(cfg: MmuConfig, name: str, spte: int, level: int = 1) -> bool:
     """Evaluate the predicate called ``name`` (a key of PREDICATES) on one SPTE."""
     try:
         _num, needs_level, _feat = PREDICATES[name]
     except (KeyError, TypeError):
         raise InputError(f"predicate={name!r}: unknown; known: {', '.join(PREDICATES)}") from None
+    if (_feat is None and level.__class__ is int and 0 < level < 6 and spte.__class__ is int
+            and cfg.__class__ is MmuConfig):
+        try:        # fast path: plain ints, a predicate every era has: the C predicate directly
+            return _pred_c(cfg._cptr, _num, spte, level if needs_level else 1)
+        except OverflowError:
+            pass
     if not needs_level:
         in_range("level", level, 1, 5, "PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
     f = globals()[name]
@@ -498,7 +614,7 @@ def predicate_batch(cfg: MmuConfig, name: str, spte: np.ndarray, level=1,
 def spte_to_pfn(cfg: MmuConfig, spte: int) -> int:
     """``spte_to_pfn()``: ``(spte & SPTE_BASE_ADDR_MASK) >> 12``."""
     try:
-        return lib.kvmmu_spte_to_pfn(cfg._cptr, spte)
+        return lib.kvmmu_spte_to_pfn(cfg._cptr, spte if spte.__class__ is int else uint("spte", spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         raise bad_u64("spte", spte) from None
@@ -520,7 +636,9 @@ def leaf_spte_change_needs_tlb_flush(cfg: MmuConfig, old_spte: int, new_spte: in
     """v6.13+ ``leaf_spte_change_needs_tlb_flush()`` (MMU-writable cleared); before v6.13
     what ``mmu_spte_update()`` returned (MMU-W lost W, or A or D cleared)."""
     try:
-        return lib.kvmmu_leaf_spte_change_needs_tlb_flush(cfg._cptr, old_spte, new_spte)
+        return lib.kvmmu_leaf_spte_change_needs_tlb_flush(
+            cfg._cptr, old_spte if old_spte.__class__ is int else uint("old_spte", old_spte),
+            new_spte if new_spte.__class__ is int else uint("new_spte", new_spte))
     except (OverflowError, TypeError, AttributeError):
         mmu_config(cfg)
         uint("old_spte", old_spte)
@@ -590,6 +708,15 @@ def decode_batch(cfg: MmuConfig, spte: np.ndarray, level=1, out: np.ndarray | No
 
 _EPT_MT = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB"}
 _AD = {0: "ad-enabled", 1: "ad-disabled", 2: "ad-wrprot-only", 3: "special(3)"}
+# decode()'s names by index: EPT memtype (bits 5:3), AD type (bits 53:52), and the access
+# string of the SPTE's bits 2:0 (EPT: RWX; legacy: PWU, then " NX" without ACC_EXEC)
+_MT_NAMES = tuple(_EPT_MT.get(mt) or f"reserved({mt})" for mt in range(8))
+_AD_NAMES = tuple(_AD[t] for t in range(4))
+_ACCESS_EPT = tuple(("R" if b & 1 else "-") + ("W" if b & 2 else "-") + ("X" if b & 4 else "-")
+                    for b in range(8))
+_ACCESS_LEGACY = tuple(("P" if b & 1 else "-") + ("W" if b & 2 else "-") + ("U" if b & 4 else "-")
+                       + ("-" if x else " NX") for x in (0, 1) for b in range(8))
+_object_new, _object_setattr = object.__new__, object.__setattr__
 
 
 @dataclass(frozen=True)
@@ -652,11 +779,12 @@ def _pred_dict(profile, pred: bytes) -> dict:
 def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
     """Decode one SPTE to a readable record (every field named, with the mode's meaning).
 
-    MMIO SPTEs also get gfn, access and generation when pykvmmu.mmio is available."""
+    MMIO SPTEs also get gfn, access and generation (as pykvmmu.mmio's getters give them)."""
     if cfg.__class__ is not MmuConfig:
         mmu_config(cfg)
-    s = spte if spte.__class__ is int and 0 <= spte < _U64_LIMIT else uint("spte", spte)
+    s = spte if spte.__class__ is int else uint("spte", spte)
     if level.__class__ is not int:
+        uint("spte", s)             # a bad spte is named before a bad level
         level = uint("level", level, 8)
     try:
         r, buf = _DECODE_OUT.rec
@@ -664,31 +792,36 @@ def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
         r = ffi.new("struct kvmmu_spte_info *")
         _DECODE_OUT.rec = (r, ffi.buffer(r))
         buf = _DECODE_OUT.rec[1]
-    if _decode_c(cfg._cptr, s, level, r) if 0 <= level < 256 else True:
+    try:
+        bad = _decode_c(cfg._cptr, s, level, r)
+    except OverflowError:       # spte outside u64 or level outside u32: name it
+        uint("spte", s)
+        uint("level", level, 8)
+        raise
+    if bad:
         raise InputError(f"level={uint('level', level, 8)}: must be 1..5")
     _s, pfn, kind, ad_type, mt, ipat, acc, saved_rx, _lv, _pad, pred = _RECORD.unpack_from(buf)
-    preds = _pred_dict(cfg.profile, pred)
-    ept = cfg.is_ept
-    if ept:
-        access = ("R" if s & 1 else "-") + ("W" if s & 2 else "-") + ("X" if s & 4 else "-")
-    else:
-        access = ("P" if s & 1 else "-") + ("W" if s & 2 else "-") + ("U" if s & 4 else "-") \
-            + ("-" if acc & ACC_EXEC_MASK else " NX")
+    profile = cfg.profile
+    try:
+        preds = _PRED_DICTS[profile.name, pred].copy()
+    except KeyError:
+        preds = _pred_dict(profile, pred)
     mmio = None
     kind = KINDS[kind]
-    if kind == "mmio":
-        try:
-            from . import mmio as _mmio
-            mmio = {"gfn": _mmio.get_mmio_spte_gfn(cfg, s),
-                    "access": _mmio.get_mmio_spte_access(cfg, s),
-                    "generation": _mmio.get_mmio_spte_generation(cfg, s)}
-        except (ImportError, AttributeError):
-            mmio = None
-    rec = object.__new__(SpteRecord)     # the frozen dataclass's fields, set without __init__
-    object.__setattr__(rec, "__dict__", {
-        "spte": s, "mode": cfg.mode, "profile": cfg.profile.name, "level": level, "kind": kind,
-        "pfn": pfn, "ad_type": _AD[ad_type] if ept else "n/a (legacy)",
-        "memtype": (_EPT_MT.get(mt) or f"reserved({mt})") if ept else None,
-        "ipat": bool(ipat) if ept else None, "access": access, "saved_rx": saved_rx,
-        "predicates": preds, "mmio": mmio})
+    if kind == "mmio":          # pykvmmu.mmio's get_mmio_spte_gfn/_access/_generation
+        c = cfg._cptr
+        mmio = {"gfn": lib.kvmmu_mmio_get_gfn(c, s), "access": lib.kvmmu_mmio_get_access(c, s),
+                "generation": lib.kvmmu_mmio_get_generation(c, s)}
+    rec = _object_new(SpteRecord)       # the frozen dataclass's fields, set without __init__
+    if cfg.is_ept:
+        _object_setattr(rec, "__dict__", {
+            "spte": s, "mode": cfg.mode, "profile": profile.name, "level": level, "kind": kind,
+            "pfn": pfn, "ad_type": _AD_NAMES[ad_type], "memtype": _MT_NAMES[mt], "ipat": ipat != 0,
+            "access": _ACCESS_EPT[s & 7], "saved_rx": saved_rx, "predicates": preds, "mmio": mmio})
+    else:
+        _object_setattr(rec, "__dict__", {
+            "spte": s, "mode": cfg.mode, "profile": profile.name, "level": level, "kind": kind,
+            "pfn": pfn, "ad_type": "n/a (legacy)", "memtype": None, "ipat": None,
+            "access": _ACCESS_LEGACY[s & 7 | (acc & ACC_EXEC_MASK) << 3], "saved_rx": saved_rx,
+            "predicates": preds, "mmio": mmio})
     return rec
