@@ -328,6 +328,11 @@ struct kvmmu_role_layout {
 int kvmmu_role_layout_check(const struct kvmmu_role_layout *lay);
 uint64_t kvmmu_role_pack(const struct kvmmu_role_layout *lay, const uint8_t *fields, int *err);
 void kvmmu_role_unpack(const struct kvmmu_role_layout *lay, uint64_t word, uint8_t *fields);
+/* Scalar pack of named fields: value vals[i] into field idx[i] (n pairs, in any order).
+ * Returns the word, or all ones (bits outside used_mask) when an index is not a field
+ * or a value is wider than its field; the caller then runs its full checks. */
+uint64_t kvmmu_role_pack_named(const struct kvmmu_role_layout *lay, const uint8_t *idx,
+                               const uint8_t *vals, uint32_t n);
 size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_t *fields,
                                uint32_t *out, size_t n, int *err);
 size_t kvmmu_role_unpack_batch32(const struct kvmmu_role_layout *lay, const uint32_t *words,

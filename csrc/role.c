@@ -139,6 +139,21 @@ void kvmmu_role_unpack(const struct kvmmu_role_layout *lay, uint64_t word, uint8
     unpack_portable(lay, word, fields);
 }
 
+uint64_t kvmmu_role_pack_named(const struct kvmmu_role_layout *lay, const uint8_t *idx,
+                               const uint8_t *vals, uint32_t n)
+{
+    uint64_t w = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t k = idx[i];
+
+        if (k >= lay->nfields || ((uint32_t)vals[i] >> lay->width[k]))
+            return UINT64_MAX;
+        w |= (uint64_t)vals[i] << lay->shift[k];
+    }
+    return w;
+}
+
 #if ROLE_HAVE_BMI2_PATH
 __attribute__((target("bmi2")))
 static uint64_t pack_bmi2(const struct role_masks *m, uint64_t used, const uint8_t *row)

@@ -4,8 +4,10 @@ KVM identifies a shadow page by ``(gfn, role.word)``; the 32-bit ``union
 kvm_mmu_page_role`` changed layout and meaning over time (fact sheet
 ``role-hash-trace.md`` sections 1-2).  An era (:class:`RoleEra`) is data: the bit
 layouts of the page role and of ``kvm_mmu_extended_role`` plus the switches that
-select the era's role-computation rules.  Packing, unpacking and hashing run in
-the C core (``csrc/role.c``); the role computations are small and stay in Python.
+select the era's role-computation rules.  Batch packing, unpacking and hashing run
+in the C core (``csrc/role.c``); a scalar pack is one C call (or, for a few fields, a
+Python loop), a scalar unpack plain int arithmetic from the layout's table.  The role
+computations are small and stay in Python, memoised per era and exactly-typed arguments.
 
 The package: :mod:`.eras` (layouts and eras), :mod:`.packing` (records, pack/unpack), :mod:`.hashing`
 (``hash_64``), :mod:`.compute` (``VcpuState`` and the ``kvm_calc_*`` rules), :mod:`.nested`

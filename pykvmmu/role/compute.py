@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, replace
 
 from .._batch import uint
 from .._check import boolean, in_range, opt_boolean
 from ..errors import InputError
 from .eras import (ACC_ALL, EptRule, get_era, MMU_BASE_ROLE_MASK, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, _require,
-                   RoleEra, RoleFieldError, _sp_level, _tdp_level)
+                   RoleEra, RoleFieldError, SP_LEVEL_MAX, SP_LEVEL_MIN, _sp_level, _tdp_level)
 from .packing import CpuRole
+
+_U64_END = 1 << 64
+#: Entries of the role computations' memo before it is emptied.
+MEMO_MAX = 1 << 14
+_MEMO: dict = {}
+
+
+def _memo_put(key, result):
+    """Store ``result`` under ``key`` in the bounded memo and return it.
+
+    Each role computation below is a pure function of the era and its arguments; a call
+    whose arguments all have their exact types (the RoleEra object; a VcpuState, as its
+    ``_key``; bools that are True/False; plain ints) looks its key (era, the routine's tag,
+    those arguments) up in ``_MEMO`` first, so that 1 and True, or 4 and 4.0, never share
+    an entry; any other call runs the full checks.  Only a successful computation is
+    stored, so an input the checks refuse is refused on every call.  Stored results are
+    immutable (ints, frozen CpuRoles, tuples).  The memo is module state, not the era's,
+    so object snapshots (``_check.snapshot``) never see it."""
+    if len(_MEMO) >= MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[key] = result
+    return result
 
 
 def _vcpu(v, name: str = "v"):
@@ -49,6 +72,15 @@ class VcpuState:
                     "maxphyaddr", v, 0, 52, "0 (not modelled) or CPUID.80000008H:EAX[7:0]"))
             else:
                 object.__setattr__(self, f.name, boolean(f.name, v))
+        self._key           # computed once, with the checked values
+
+    @functools.cached_property
+    def _key(self) -> int:
+        """Not a field: the checked values as one int (6 bits each), the role memo's key."""
+        key = 0
+        for f in dataclasses.fields(self):
+            key = key << 6 | getattr(self, f.name)
+        return key
 
     @classmethod
     def long_mode(cls, **kw) -> "VcpuState":
@@ -94,6 +126,17 @@ def _pk(era, **f) -> int:
 
 def kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
     """The era's extended role for vCPU state ``v`` (kvm_calc_mmu_role_ext / kvm_calc_cpu_role)."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if v.__class__ is VcpuState and (execonly is True or execonly is False):
+        key = (era, "ext", v._key, execonly)
+        r = _MEMO.get(key)
+        return r if r is not None else _memo_put(key, _kvm_calc_mmu_role_ext(era, v, execonly))
+    return _kvm_calc_mmu_role_ext(era, v, execonly)
+
+
+def _kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
+    """The computation of :func:`kvm_calc_mmu_role_ext` (full checks, no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     execonly = boolean("execonly", execonly)
@@ -118,6 +161,17 @@ def kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
 
 def kvm_calc_cpu_role(era, v: VcpuState) -> CpuRole:
     """kvm_calc_cpu_role (v5.19+): the guest's paging mode as a role (level 0 = CR0.PG=0)."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if v.__class__ is VcpuState:
+        key = (era, "cpu", v._key)
+        r = _MEMO.get(key)
+        return r if r is not None else _memo_put(key, _kvm_calc_cpu_role(era, v))
+    return _kvm_calc_cpu_role(era, v)
+
+
+def _kvm_calc_cpu_role(era, v: VcpuState) -> CpuRole:
+    """The computation of :func:`kvm_calc_cpu_role` (full checks, no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     _require(era, era.has_cpu_role, "kvm_calc_cpu_role (v5.19+)")
@@ -145,6 +199,20 @@ def _role_common(era: RoleEra, v: VcpuState) -> dict:
 def kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
                                     ad_enabled: bool = True, mirror: bool = False) -> int:
     """The TDP (EPT/NPT for L1) root role word that root lookups compare against."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if v.__class__ is VcpuState and tdp_level.__class__ is int and (
+            ad_enabled is True or ad_enabled is False) and (mirror is True or mirror is False):
+        key = (era, "tdp", v._key, tdp_level, ad_enabled, mirror)
+        r = _MEMO.get(key)
+        return r if r is not None else _memo_put(
+            key, _kvm_calc_tdp_mmu_root_page_role(era, v, tdp_level, ad_enabled, mirror))
+    return _kvm_calc_tdp_mmu_root_page_role(era, v, tdp_level, ad_enabled, mirror)
+
+
+def _kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
+                                    ad_enabled: bool = True, mirror: bool = False) -> int:
+    """The computation of :func:`kvm_calc_tdp_mmu_root_page_role` (full checks, no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     tdp_level = _tdp_level(tdp_level)
@@ -166,6 +234,17 @@ def kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
 
 def kvm_calc_shadow_mmu_root_page_role(era, v: VcpuState) -> int:
     """The shadow-paging (TDP off) root role for vCPU state ``v``."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if v.__class__ is VcpuState:
+        key = (era, "shadow", v._key)
+        r = _MEMO.get(key)
+        return r if r is not None else _memo_put(key, _kvm_calc_shadow_mmu_root_page_role(era, v))
+    return _kvm_calc_shadow_mmu_root_page_role(era, v)
+
+
+def _kvm_calc_shadow_mmu_root_page_role(era, v: VcpuState) -> int:
+    """The computation of :func:`kvm_calc_shadow_mmu_root_page_role` (full checks, no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     pg = v.cr0_pg
@@ -192,8 +271,10 @@ def kvm_calc_shadow_mmu_root_page_role(era, v: VcpuState) -> int:
 
 def quadrant_for_gaddr(gaddr: int, level: int) -> int:
     """The 2019 kvm_mmu_get_page quadrant: (gaddr >> (12 + 9*level)) & ((1 << level) - 1)."""
-    gaddr = uint("gaddr", gaddr)
-    level = _sp_level(level)
+    if not (gaddr.__class__ is int and 0 <= gaddr < _U64_END):
+        gaddr = uint("gaddr", gaddr)
+    if not (level.__class__ is int and SP_LEVEL_MIN <= level <= SP_LEVEL_MAX):
+        level = _sp_level(level)
     return (gaddr >> (12 + 9 * level)) & ((1 << ((10 - 9) * level)) - 1)
 
 
@@ -202,6 +283,22 @@ def kvm_mmu_get_page_role(era, base_word: int, *, level: int, direct: bool, acce
     """The role ``kvm_mmu_get_page()`` (v4.x-v5.x) stores for a new SP built from the MMU's
     base role: level/direct/access set, bit 4 forced on direct pages (era rule), quadrant
     from ``gaddr`` for 32-bit non-PAE guests."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if base_word.__class__ is int and level.__class__ is int and (direct is True or direct is False) \
+            and access.__class__ is int and gaddr.__class__ is int and (
+                guest_32bit is None or guest_32bit is True or guest_32bit is False):
+        key = (era, "get_page", base_word, level, direct, access, gaddr, guest_32bit)
+        r = _MEMO.get(key)
+        return r if r is not None else _memo_put(key, _kvm_mmu_get_page_role(
+            era, base_word, level=level, direct=direct, access=access, gaddr=gaddr, guest_32bit=guest_32bit))
+    return _kvm_mmu_get_page_role(era, base_word, level=level, direct=direct, access=access, gaddr=gaddr,
+                                  guest_32bit=guest_32bit)
+
+
+def _kvm_mmu_get_page_role(era, base_word: int, *, level: int, direct: bool, access: int = ACC_ALL,
+                          gaddr: int = 0, guest_32bit: bool | None = None) -> int:
+    """The computation of :func:`kvm_mmu_get_page_role` (full checks, no memo)."""
     era = get_era(era)
     base_word = uint("base_word", base_word, 32)
     level = _sp_level(level)
@@ -223,6 +320,19 @@ def kvm_mmu_get_page_role(era, base_word: int, *, level: int, direct: bool, acce
 def shadow_root_sp_roles(era, v: VcpuState) -> list:
     """The root SP role words that shadow paging allocates: one 4/5-level root, or four PAE
     page directories (level 2) with quadrant i for a 32-bit non-PAE guest."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if v.__class__ is VcpuState:
+        key = (era, "sp_roles", v._key)
+        r = _MEMO.get(key)
+        if r is None:
+            r = _memo_put(key, tuple(_shadow_root_sp_roles(era, v)))
+        return list(r)
+    return _shadow_root_sp_roles(era, v)
+
+
+def _shadow_root_sp_roles(era, v: VcpuState) -> list:
+    """The computation of :func:`shadow_root_sp_roles` (full checks, no memo)."""
     era = get_era(era)
     root = kvm_calc_shadow_mmu_root_page_role(era, _vcpu(v))
     if v.cr0_pg and v.efer_lma:
@@ -238,6 +348,22 @@ def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool 
                                        execonly: bool = False, level: int = 4,
                                        tdp_ad_enabled: bool = True) -> CpuRole:
     """The nested-EPT (shadow EPT) root role for an L1 in state ``l1`` (era rules, sec. 2.5)."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if l1.__class__ is VcpuState and level.__class__ is int and (
+            accessed_dirty is True or accessed_dirty is False) and (execonly is True or execonly is False) \
+            and (tdp_ad_enabled is True or tdp_ad_enabled is False):
+        key = (era, "ept", l1._key, accessed_dirty, execonly, level, tdp_ad_enabled)
+        r = _MEMO.get(key)
+        return r if r is not None else _memo_put(key, _kvm_calc_shadow_ept_root_page_role(
+            era, l1, accessed_dirty, execonly, level, tdp_ad_enabled))
+    return _kvm_calc_shadow_ept_root_page_role(era, l1, accessed_dirty, execonly, level, tdp_ad_enabled)
+
+
+def _kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool = True,
+                                       execonly: bool = False, level: int = 4,
+                                       tdp_ad_enabled: bool = True) -> CpuRole:
+    """The computation of :func:`kvm_calc_shadow_ept_root_page_role` (full checks, no memo)."""
     era = get_era(era)
     l1 = _vcpu(l1, "l1")
     accessed_dirty = boolean("accessed_dirty", accessed_dirty)
@@ -270,6 +396,18 @@ def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool 
 def kvm_calc_shadow_npt_root_page_role(era, l1_npt: VcpuState, tdp_level: int = 4) -> int:
     """Nested NPT (SVM L1 with NPT): L1's NPT paging registers as a guest-mode shadow root,
     at the host TDP level; passthrough when a 5-level host shadows a 4-level L1 (v5.19+)."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if l1_npt.__class__ is VcpuState and tdp_level.__class__ is int:
+        key = (era, "npt", l1_npt._key, tdp_level)
+        r = _MEMO.get(key)
+        return r if r is not None else _memo_put(
+            key, _kvm_calc_shadow_npt_root_page_role(era, l1_npt, tdp_level))
+    return _kvm_calc_shadow_npt_root_page_role(era, l1_npt, tdp_level)
+
+
+def _kvm_calc_shadow_npt_root_page_role(era, l1_npt: VcpuState, tdp_level: int = 4) -> int:
+    """The computation of :func:`kvm_calc_shadow_npt_root_page_role` (full checks, no memo)."""
     era = get_era(era)
     tdp_level = _tdp_level(tdp_level)
     v = _vcpu(l1_npt, "l1_npt").replace(guest_mode=True, cr4_pke=False)
@@ -290,6 +428,21 @@ def kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, inde
     older kvm_mmu_get_page results): level - 1, access, direct, passthrough = 0, and for
     4-byte gptes quadrant = index & 1 (bit 21 of the address).  Older eras also apply the
     direct-page bit-4 rule."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if parent_word.__class__ is int and (direct is True or direct is False) and access.__class__ is int \
+            and index.__class__ is int and (guest_32bit is None or guest_32bit is True or guest_32bit is False):
+        key = (era, "child", parent_word, direct, access, index, guest_32bit)
+        r = _MEMO.get(key)
+        return r if r is not None else _memo_put(key, _kvm_mmu_child_role(
+            era, parent_word, direct=direct, access=access, index=index, guest_32bit=guest_32bit))
+    return _kvm_mmu_child_role(era, parent_word, direct=direct, access=access, index=index,
+                               guest_32bit=guest_32bit)
+
+
+def _kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, index: int,
+                       guest_32bit: bool | None = None) -> int:
+    """The computation of :func:`kvm_mmu_child_role` (full checks, no memo)."""
     era = get_era(era)
     parent_word = uint("parent_word", parent_word, 32)
     direct = boolean("direct", direct)
@@ -315,8 +468,10 @@ def kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, inde
 
 def tdp_mmu_child_role(era, parent_word: int) -> int:
     """tdp_mmu_init_child_sp: the parent role with level - 1 and nothing else."""
-    era = get_era(era)
-    parent_word = uint("parent_word", parent_word, 32)
+    if era.__class__ is not RoleEra:
+        get_era(era)
+    if not (parent_word.__class__ is int and 0 <= parent_word < 1 << 32):
+        parent_word = uint("parent_word", parent_word, 32)
     lvl = parent_word & 0xF
     if lvl <= 1:
         raise InputError(f"parent_word={parent_word:#x}: level {lvl}: a level-1 SP (or level 0) "

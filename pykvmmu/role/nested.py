@@ -7,9 +7,9 @@ from typing import Iterable
 
 from .._batch import uint
 from .._check import choice
-from .compute import (kvm_calc_shadow_ept_root_page_role, kvm_calc_shadow_npt_root_page_role,
+from .compute import (kvm_calc_shadow_ept_root_page_role, kvm_calc_shadow_npt_root_page_role, _MEMO, _memo_put,
                       shadow_root_sp_roles, VcpuState)
-from .eras import EptRule, get_era, _require
+from .eras import EptRule, get_era, _require, RoleEra
 from .packing import gpte_bytes
 
 
@@ -61,6 +61,19 @@ def check_role_word(era, word: int, kind: str = "sp") -> list:
     """Rules a role word breaks, as a list of (code, message); [] when it is possible.
 
     kind: "sp" (a shadow page's role), "root" (a root role), "cpu" (a kvm_cpu_role base)."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if word.__class__ is int and kind.__class__ is str:       # memoised: compute._memo_put
+        key = (era, "check", word, kind)
+        r = _MEMO.get(key)
+        if r is None:
+            r = _memo_put(key, tuple(_check_role_word(era, word, kind)))
+        return list(r)
+    return _check_role_word(era, word, kind)
+
+
+def _check_role_word(era, word: int, kind: str = "sp") -> list:
+    """The computation of :func:`check_role_word` (full checks, no memo)."""
     era = get_era(era)
     kind = choice("kind", kind, _SP_KIND)
     word = uint("word", word, 32)

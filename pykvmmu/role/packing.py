@@ -2,6 +2,7 @@
 ``csrc/role.c``)."""
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,11 @@ from .._batch import uint
 from .._check import boolean, in_range
 from ..errors import InputError, ProfileError
 from .eras import ERAS, get_era, _require, RoleEra, RoleFieldError
+
+_U32_END = 1 << 32
+_U64_END = 1 << 64
+#: pack(): the level a role may hold (0 only in a kvm_cpu_role, CR0.PG=0).
+_PACK_LEVEL = (0, 5, "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
 
 
 # ---------------------------------------------------------------------------
@@ -21,22 +27,37 @@ _ACCESS_STR = ("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux")
 
 def gpte_bytes(era, word: int) -> int:
     """Guest PTE size (4 or 8) that bit 4 states, under the era's sense of bit 4."""
-    era = get_era(era)
-    b4 = (uint("word", word, 32) >> 4) & 1
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if not (word.__class__ is int and 0 <= word < _U32_END):
+        word = uint("word", word, 32)
+    b4 = (word >> 4) & 1
     if era.bit4 == "has_4_byte_gpte":
         return 4 if b4 else 8
     return 8 if b4 else 4
 
 
 class Role:
-    """A decoded page role word: ``role.level``, ``role['direct']``, ``str(role)``."""
+    """A decoded page role word: ``role.level``, ``role['direct']``, ``str(role)``.
 
-    __slots__ = ("era", "word", "fields")
+    ``fields`` (the field dict) may be given as None: it is then decoded from the word on
+    first use."""
 
-    def __init__(self, era: RoleEra, word: int, fields: dict):
-        self.era, self.word, self.fields = era, word, fields
+    __slots__ = ("era", "word", "_fields")
+
+    def __init__(self, era: RoleEra, word: int, fields: dict | None):
+        self.era, self.word, self._fields = era, word, fields
+
+    @property
+    def fields(self) -> dict:
+        f = self._fields
+        if f is None:
+            f = self._fields = self.era.base.unpack(self.word)
+        return f
 
     def __getattr__(self, name):
+        if name[:1] == "_" or name == "fields":
+            raise AttributeError(name)
         try:
             return self.fields[name]
         except KeyError:
@@ -92,12 +113,16 @@ def pack(era, **fields) -> int:
     A field the era lacks raises ProfileError; a value wider than its field raises
     RoleFieldError.  ``gpte_bytes=4|8`` sets bit 4 with the era's sense.
     """
-    era = get_era(era)
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    lv = fields.get("level", 0)
+    if lv.__class__ is int and _PACK_LEVEL[0] <= lv <= _PACK_LEVEL[1]:
+        w = era.base._pack_fast(fields)      # plain field names and values, else the checks below
+        if w is not None:
+            return w
     g = fields.pop("gpte_bytes", None)
     if "level" in fields:
-        fields["level"] = in_range("level", fields["level"], 0, 5,
-                                   "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL",
-                                   err=RoleFieldError)
+        fields["level"] = in_range("level", fields["level"], *_PACK_LEVEL, err=RoleFieldError)
     if g is not None:
         if isinstance(g, bool) or g not in (4, 8):
             raise RoleFieldError(f"gpte_bytes={g!r}: must be 4 or 8")
@@ -113,7 +138,11 @@ def pack(era, **fields) -> int:
 
 def unpack(era, word: int, strict: bool = False) -> Role:
     """Decode a role word into a readable :class:`Role` (strict: refuse unused bits)."""
-    era = get_era(era)
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if word.__class__ is int and 0 <= word < _U32_END and (
+            strict is False or strict is True and not word & era.base._unused):
+        return Role(era, word, None)
     return Role(era, uint("word", word, 32), era.base.unpack(word, boolean("strict", strict)))
 
 
@@ -129,13 +158,19 @@ def unpack_batch(era, words: np.ndarray, out=None, strict: bool = True,
 
 
 def pack_ext(era, **fields) -> int:
-    era = get_era(era)
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if era.ext is not None:
+        w = era.ext._pack_fast(fields)
+        if w is not None:
+            return w
     _require(era, era.ext is not None, "kvm_mmu_extended_role")
     return era.ext.pack(fields)
 
 
 def unpack_ext(era, word: int, strict: bool = False) -> dict:
-    era = get_era(era)
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
     _require(era, era.ext is not None, "kvm_mmu_extended_role")
     return era.ext.unpack(word, strict)
 
@@ -161,7 +196,16 @@ class CpuRole:
 
 
 def pack_cpu_role(era, base: dict, ext: dict) -> int:
-    era = get_era(era)
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    cpu = era._cpu
+    if cpu is not None and base.__class__ is dict and ext.__class__ is dict:
+        # base fields keep their index in kvm_cpu_role, ext fields follow
+        w = cpu._pack_named((cpu, tuple(base), tuple(ext)),
+                            ((era.base._ig, base), (cpu._ext_ig, ext)),
+                            itertools.chain(base.values(), ext.values()))
+        if w is not None:
+            return w
     _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
     for n, d in (("base", base), ("ext", ext)):
         if not isinstance(d, dict):
@@ -172,10 +216,23 @@ def pack_cpu_role(era, base: dict, ext: dict) -> int:
 
 
 def unpack_cpu_role(era, as_u64: int) -> CpuRole:
-    era = get_era(era)
-    _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
-    v = uint("as_u64", as_u64, 64)
-    return CpuRole(era, v & 0xFFFFFFFF, v >> 32)
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if era.ext is None:
+        _require(era, False, "kvm_cpu_role / kvm_mmu_role")
+    v = as_u64 if as_u64.__class__ is int and 0 <= as_u64 < _U64_END else uint("as_u64", as_u64, 64)
+    return _cpu_role(era, v & 0xFFFFFFFF, v >> 32)
+
+
+_new, _setattr = object.__new__, object.__setattr__
+
+
+def _cpu_role(era: RoleEra, base: int, ext: int) -> CpuRole:
+    """``CpuRole(era, base, ext)`` of checked values, without the frozen dataclass's
+    per-field ``object.__setattr__`` (the same instance state)."""
+    r = _new(CpuRole)
+    _setattr(r, "__dict__", {"era": era, "base": base, "ext": ext})
+    return r
 
 
 def cpu_role_pack_batch(era, fields: np.ndarray, out=None, threads: int | None = None) -> np.ndarray:
