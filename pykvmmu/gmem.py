@@ -19,7 +19,7 @@ import bisect
 import errno as _errno
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ._batch import uint
 from ._check import boolean, in_range, snapshot, u64
@@ -302,9 +302,9 @@ class Binding:
         return self.pgoff + self.npages
 
 
-@dataclass(frozen=True)
-class GetPfn:
-    """``kvm_gmem_get_pfn`` outputs: pfn, max_order, and whether prepare ran now."""
+class GetPfn(NamedTuple):
+    """``kvm_gmem_get_pfn`` outputs: pfn, max_order, and whether prepare ran now (immutable;
+    a named tuple: one is built per fault)."""
 
     pfn: int
     max_order: int
@@ -796,6 +796,9 @@ class GuestMemfd:
         self._pfn[index] = new
         self._folio[index] = (new, 0)
         self.host.free(old, 0)
+        if b is not None and hasattr(kvm, "_fc_drop"):      # the VM's fault cache (pykvmmu.vm)
+            gfn = b.slot.base_gfn + index - b.pgoff
+            kvm._fc_drop(gfn, gfn + 1)
         self.log.append(("migrate", index, old, new))
         return ans
 
