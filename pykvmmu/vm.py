@@ -13,8 +13,6 @@ must.  :meth:`Vm.check` verifies the invariants after any step.
 from __future__ import annotations
 
 import errno as _errno
-from bisect import bisect_right
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -22,7 +20,10 @@ import numpy as np
 from . import mmio as M
 from . import private as P
 from . import spte as S
-from .memslots import kvm_arch_nr_memslot_as_ids
+from .memslots import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+                       KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, KVM_USER_MEM_SLOTS, Memslot,
+                       MemslotGenerations, MemslotSet, VmError, check_memory_region_flags,
+                       kvm_arch_nr_memslot_as_ids)
 from .rmp import RmpTable, sev_private_max_mapping_level
 from ._batch import uint
 from ._check import boolean, choice, in_range, snapshot, u64
@@ -30,7 +31,6 @@ from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidat
                     kvm_supported_mem_attributes)
 from .config import ACC_ALL, MmuConfig
 from ._ffi import ffi, lib
-from .errors import InputError
 from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
                    GmemError, GmemHooks, GuestMemfd, HostMemory, MigrateAnswer, MmuLock,
                    gmem_era_of, order_to_level)
@@ -38,11 +38,6 @@ from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_
 __all__ = ["Vm", "Memslot", "FaultOutcome", "VmError", "InvariantError", "SnpHooks", "TdxHooks",
            "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY", "KVM_MEM_GUEST_MEMFD"]
 
-KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
-KVM_MEM_READONLY = 1 << 1
-KVM_MEM_GUEST_MEMFD = 1 << 2
-KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS = 1 << 63
-KVM_USER_MEM_SLOTS = 32764
 #: The RMP entry's ASID field is 10 bits; 0 is the hypervisor and 0x3FF RMP_INVALID_ASID.
 SEV_ASID_MAX = 0x3FE
 PAGES = {1: 1, 2: 512, 3: 512 * 512, 4: 512 ** 3, 5: 512 ** 4}
@@ -52,51 +47,8 @@ _PFERR_RSVD = P.PFERR_RSVD_MASK
 _PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
 
 
-class VmError(InputError):
-    """A VM operation (memslot update, ioctl) broke a rule; ``errno`` is the kernel's."""
-
-    def __init__(self, msg: str, errno: int = _errno.EINVAL):
-        super().__init__(f"{msg} (-{_errno.errorcode.get(errno, errno)})")
-        self.errno = errno
-
-
 class InvariantError(AssertionError):
     """:meth:`Vm.check` found a broken invariant (the message says which and where)."""
-
-
-@dataclass
-class Memslot:
-    """A ``kvm_memory_slot``: gfn range, userspace address, flags, guest_memfd binding."""
-
-    id: int
-    base_gfn: int
-    npages: int
-    userspace_addr: int
-    flags: int = 0
-    gmem_file: Optional[GuestMemfd] = None
-    gmem_pgoff: int = 0
-    gmem_only: bool = False
-
-    def __post_init__(self):
-        self.id = uint("id", self.id, 32, err=VmError)
-        self.base_gfn = uint("base_gfn", self.base_gfn, err=VmError)
-        self.npages = uint("npages", self.npages, err=VmError)
-        if self.npages == 0:
-            raise VmError("npages=0: a memslot has at least one page")
-        self.userspace_addr = uint("userspace_addr", self.userspace_addr, err=VmError)
-        self.flags = uint("flags", self.flags, 32, err=VmError)
-
-    @property
-    def end_gfn(self) -> int:
-        return self.base_gfn + self.npages
-
-    def contains(self, gfn: int) -> bool:
-        return self.base_gfn <= gfn < self.base_gfn + self.npages
-
-    def kind(self) -> str:
-        if self.flags & KVM_MEM_GUEST_MEMFD:
-            return "gmem_only" if self.gmem_only else "gmem"
-        return "plain"
 
 
 class FaultOutcome(NamedTuple):
@@ -289,11 +241,11 @@ class Vm(MmuLock):
         self.policy = policy
         self.host = host or HostMemory()
         self.attrs = MemoryAttributes(kvm_supported_mem_attributes(self.has_private_mem))
+        self.is_private = self.attrs.is_private     # kvm_mem_is_private: one call per query
         self.invalidation = MmuInvalidation()
         self.nr_as_ids = kvm_arch_nr_memslot_as_ids(self.has_private_mem)
-        self.generation = 0
-        self.slots: list = []                 # sorted by base_gfn
-        self._slot_bases: list = []           # their base gfns (bisect)
+        self.memslots = MemslotSet()            # address space 0 (private-memory VMs have one)
+        self._gens = MemslotGenerations(cfg, self.has_private_mem)
         self.gmems: list = []
         self.folio_order = folio_order
         self._max_level = max_level
@@ -410,20 +362,22 @@ class Vm(MmuLock):
         return snapshot(self)
 
     def is_private(self, gfn: int) -> bool:
-        """``kvm_mem_is_private``."""
+        """``kvm_mem_is_private`` (each VM binds its attribute store's method over this one)."""
         return self.attrs.is_private(gfn)
 
     def slot_of(self, gfn: int) -> Optional[Memslot]:
         """``gfn_to_memslot``."""
-        return self._slot_at(u64("gfn", gfn))
+        return self.memslots.at(u64("gfn", gfn))
 
-    def _slot_at(self, gfn: int) -> Optional[Memslot]:
-        i = bisect_right(self._slot_bases, gfn) - 1
-        if i >= 0:
-            s = self.slots[i]
-            if gfn < s.base_gfn + s.npages:
-                return s
-        return None
+    @property
+    def slots(self) -> list:
+        """The memslots of address space 0, sorted by base gfn."""
+        return self.memslots.slots
+
+    @property
+    def generation(self) -> int:
+        """``kvm_memslots(kvm, 0)->generation`` (bit 63 set while an update is in flight)."""
+        return self._gens.generation(0)
 
     def slot_kind(self, gfn: int):
         s = self.slot_of(gfn)
@@ -599,14 +553,9 @@ class Vm(MmuLock):
         return g
 
     def _valid_flags(self, flags: int) -> int:
-        valid = KVM_MEM_LOG_DIRTY_PAGES
-        if self.has_private_mem or gmem_era_of(self).any_vm_memslot:     # d1e54dd08f16 (v6.18)
-            valid |= KVM_MEM_GUEST_MEMFD
-        if flags & KVM_MEM_GUEST_MEMFD:
-            valid &= ~KVM_MEM_LOG_DIRTY_PAGES
-        if not self.has_protected_state and not flags & KVM_MEM_GUEST_MEMFD:
-            valid |= KVM_MEM_READONLY
-        return valid
+        return check_memory_region_flags(flags, has_private_mem=self.has_private_mem,
+                                         has_protected_state=self.has_protected_state,
+                                         any_vm_gmem=gmem_era_of(self).any_vm_memslot)
 
     def set_memory_region(self, slot_id: int, guest_phys_addr: int, memory_size: int,
                           userspace_addr: Optional[int] = None, flags: int = 0,
@@ -647,7 +596,7 @@ class Vm(MmuLock):
                 raise VmError("KVM_MEM_GUEST_MEMFD without a guest_memfd", _errno.EBADF)
             if off + size >= 1 << 64:
                 raise VmError(f"guest_memfd_offset={off:#x} + memory_size overflows")
-        old = next((s for s in self.slots if s.id == slot_id), None)
+        old = self.memslots.by_id(slot_id)
         base, npages = gpa >> 12, size >> 12
         if size == 0:
             if old is None:
@@ -668,11 +617,10 @@ class Vm(MmuLock):
             raise VmError(f"slot {slot_id}: guest_memfd memslots are immutable ({change} refused)")
         if change in ("move", "flags") and (old.flags ^ flags) & KVM_MEM_GUEST_MEMFD:
             raise VmError(f"slot {slot_id}: KVM_MEM_GUEST_MEMFD cannot be toggled")
-        if change in ("create", "move"):
-            for s in self.slots:
-                if s is not old and s.base_gfn < base + npages and base < s.end_gfn:
-                    raise VmError(f"slot {slot_id}: gfns [{base:#x}, {base + npages:#x}) overlap slot "
-                                  f"{s.id} [{s.base_gfn:#x}, {s.end_gfn:#x})", _errno.EEXIST)
+        s = self.memslots.overlapping(base, npages, old) if change in ("create", "move") else None
+        if s is not None:
+            raise VmError(f"slot {slot_id}: gfns [{base:#x}, {base + npages:#x}) overlap slot "
+                          f"{s.id} [{s.base_gfn:#x}, {s.end_gfn:#x})", _errno.EEXIST)
         new = None
         if change == "create":
             new = Memslot(slot_id, base, npages,
@@ -682,16 +630,16 @@ class Vm(MmuLock):
                 guest_memfd.check_bind(self, npages, off)     # validate before any change
         # ---- commit: nothing below can fail
         self._fc.clear()
-        self.generation |= KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
+        self._gens.begin_update(0)
         if change == "create":
             if flags & KVM_MEM_GUEST_MEMFD:
                 guest_memfd.bind(new, off)
-            self.slots.append(new)
+            self.memslots.add(new)
         elif change == "delete":
             self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
             if old.gmem_file is not None:
                 old.gmem_file.unbind(old)
-            self.slots.remove(old)
+            self.memslots.remove(old)
         elif change == "move":
             self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
             old.base_gfn = base
@@ -700,13 +648,10 @@ class Vm(MmuLock):
             if flags & KVM_MEM_LOG_DIRTY_PAGES:
                 # dirty logging write-protects; model: zap so that faults re-install
                 self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_SHARED | KVM_FILTER_PRIVATE)
-        self.slots.sort(key=lambda s: s.base_gfn)
-        self._slot_bases = [s.base_gfn for s in self.slots]
-        gen = (self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + self.nr_as_ids
-        self.generation = gen
-        if M.kvm_mmu_invalidate_mmio_sptes(cfg=self.cfg, generation=gen, nr_as_ids=self.nr_as_ids):
+        self.memslots.resort()
+        if self._gens.end_update(0):        # kvm_mmu_invalidate_mmio_sptes: the generation wrapped
             self.zap_all()
-        self._log("memslot", change=change, slot=slot_id, generation=gen)
+        self._log("memslot", change=change, slot=slot_id, generation=self.generation)
         return change
 
     # ------------------------------------------------------------------ attributes
@@ -795,7 +740,7 @@ class Vm(MmuLock):
         gfn = c.gfn
         mmu_seq = inv.seq
         is_private, ex = policy.resolve(self, c)
-        slot = self._slot_at(gfn) if ex is None else None
+        slot = self.memslots.at(gfn) if ex is None else None
         if slot is not None and inv._retry(mmu_seq, gfn):                     # ..._unsafe check
             stats["retries"] += 1
             return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
