@@ -155,7 +155,8 @@ class HostMemory:
         """Allocate a naturally aligned block of ``1 << order`` pfns for ``owner``."""
         if not isinstance(owner, str):
             raise InputError(f"owner={owner!r}: expected a str tag")
-        order = _order(order)
+        if order.__class__ is not int or not 0 <= order <= MAX_FOLIO_ORDER:    # fast path
+            order = _order(order)
         n = 1 << order
         fl = self._free.get(order)
         if fl:
@@ -806,6 +807,12 @@ class GuestMemfd:
     def allocated_pfns(self) -> dict:
         """index -> pfn of every allocated page."""
         return dict(self._pfn)
+
+    def foreign_pages(self) -> dict:
+        """index -> pfn of the allocated pages that host memory does not record as this file's
+        (an invariant: empty)."""
+        owner, tag = self.host.owner, self.owner_tag
+        return {i: p for i, p in self._pfn.items() if owner.get(p) != tag}
 
     def __repr__(self) -> str:
         return (f"<GuestMemfd fd={self.fd} size={self.size:#x} flags={self.flags:#x} "

@@ -972,9 +972,8 @@ class Vm(MmuLock):
             raise InvariantError(f"pfn {min(priv_pfns & host_shared):#x}: private in the guest and "
                                  "mapped by the host")
         for g in self.gmems:
-            for idx_, pfn in g.allocated_pfns().items():
-                if self.host.owner.get(pfn) != g.owner_tag:
-                    raise InvariantError(f"guest_memfd {g.fd} index {idx_:#x}: pfn {pfn:#x} not owned by it")
+            for idx_, pfn in g.foreign_pages().items():
+                raise InvariantError(f"guest_memfd {g.fd} index {idx_:#x}: pfn {pfn:#x} not owned by it")
 
     def _check_rmp(self, base, lv, pfn, is_priv):
         rmp = self.rmp
