@@ -462,6 +462,8 @@ class GuestMemfd:
                 del self._binds[i]
                 del self._bind_starts[i]
                 slot.gmem_file = None
+                if hasattr(self.kvm, "_fc_drop"):               # the VM's fault cache (pykvmmu.vm)
+                    self.kvm._fc_drop(slot.base_gfn, slot.base_gfn + slot.npages)
                 return
         raise GmemError(f"slot {getattr(slot, 'id', slot)} is not bound to guest_memfd {self.fd}")
 
