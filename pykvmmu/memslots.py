@@ -111,7 +111,7 @@ class MemslotSet:
     """One address space's memslots, sorted by base gfn: ``__gfn_to_memslot`` (bisect), the id
     lookup and the overlap rule of ``kvm_set_memory_region``.  ``slots`` is the sorted list."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.slots: list = []
         self._bases: list = []
 
