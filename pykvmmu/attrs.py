@@ -145,7 +145,8 @@ class MmuInvalidation:
 
 class MemoryAttributes:
     """Range-based ``kvm->mem_attr_array``.  Runs are maximal: adjacent equal runs are merged
-    and attribute 0 is never stored (the xarray's NULL)."""
+    and attribute 0 is never stored (the xarray's NULL).  ``on_store(start, end)``, if set,
+    is told of every store (the VM forgets what it derived from those gfns)."""
 
     def __init__(self, supported: int = KVM_MEMORY_ATTRIBUTE_PRIVATE):
         self.supported = uint("supported", supported)
@@ -153,6 +154,7 @@ class MemoryAttributes:
         self._e: list = []
         self._v: list = []
         self._arrays = None
+        self.on_store: Optional[Callable[[int, int], None]] = None
 
     # ------------------------------------------------------------ queries
     def get(self, gfn: int) -> int:
@@ -165,7 +167,8 @@ class MemoryAttributes:
 
     def is_private(self, gfn: int) -> bool:
         """``kvm_mem_is_private(kvm, gfn)``."""
-        gfn = _gfn("gfn", gfn)
+        if gfn.__class__ is not int or not 0 <= gfn <= U64:     # the fault path's fast path
+            gfn = _gfn("gfn", gfn)
         i = bisect.bisect_right(self._s, gfn) - 1
         return i >= 0 and gfn < self._e[i] and bool(self._v[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
@@ -283,6 +286,8 @@ class MemoryAttributes:
             hi += 1
         s[lo:hi], e[lo:hi], v[lo:hi] = new_s, new_e, new_v
         self._arrays = None
+        if self.on_store is not None:
+            self.on_store(start, end)
 
     def set_range(self, start: int, end: int, attrs: int, inval: MmuInvalidation,
                   zap: Optional[Callable[[int, int, int], None]] = None,

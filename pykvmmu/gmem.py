@@ -19,7 +19,7 @@ import bisect
 import errno as _errno
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from ._batch import uint
 from ._check import boolean, in_range, snapshot, u64
@@ -155,7 +155,8 @@ class HostMemory:
         """Allocate a naturally aligned block of ``1 << order`` pfns for ``owner``."""
         if not isinstance(owner, str):
             raise InputError(f"owner={owner!r}: expected a str tag")
-        order = _order(order)
+        if order.__class__ is not int or not 0 <= order <= MAX_FOLIO_ORDER:    # fast path
+            order = _order(order)
         n = 1 << order
         fl = self._free.get(order)
         if fl:
@@ -302,9 +303,9 @@ class Binding:
         return self.pgoff + self.npages
 
 
-@dataclass(frozen=True)
-class GetPfn:
-    """``kvm_gmem_get_pfn`` outputs: pfn, max_order, and whether prepare ran now."""
+class GetPfn(NamedTuple):
+    """``kvm_gmem_get_pfn`` outputs: pfn, max_order, and whether prepare ran now (immutable;
+    a named tuple: one is built per fault)."""
 
     pfn: int
     max_order: int
@@ -461,6 +462,8 @@ class GuestMemfd:
                 del self._binds[i]
                 del self._bind_starts[i]
                 slot.gmem_file = None
+                if hasattr(self.kvm, "_fc_drop"):               # the VM's fault cache (pykvmmu.vm)
+                    self.kvm._fc_drop(slot.base_gfn, slot.base_gfn + slot.npages)
                 return
         raise GmemError(f"slot {getattr(slot, 'id', slot)} is not bound to guest_memfd {self.fd}")
 
@@ -796,6 +799,9 @@ class GuestMemfd:
         self._pfn[index] = new
         self._folio[index] = (new, 0)
         self.host.free(old, 0)
+        if b is not None and hasattr(kvm, "_fc_drop"):      # the VM's fault cache (pykvmmu.vm)
+            gfn = b.slot.base_gfn + index - b.pgoff
+            kvm._fc_drop(gfn, gfn + 1)
         self.log.append(("migrate", index, old, new))
         return ans
 
@@ -803,6 +809,12 @@ class GuestMemfd:
     def allocated_pfns(self) -> dict:
         """index -> pfn of every allocated page."""
         return dict(self._pfn)
+
+    def foreign_pages(self) -> dict:
+        """index -> pfn of the allocated pages that host memory does not record as this file's
+        (an invariant: empty)."""
+        owner, tag = self.host.owner, self.owner_tag
+        return {i: p for i, p in self._pfn.items() if owner.get(p) != tag}
 
     def __repr__(self) -> str:
         return (f"<GuestMemfd fd={self.fd} size={self.size:#x} flags={self.flags:#x} "

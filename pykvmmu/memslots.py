@@ -1,4 +1,10 @@
-"""The memslot generation life cycle, as far as MMIO SPTEs see it.
+"""Memslots: the ``kvm_memory_slot`` records of a VM and their generation life cycle.
+
+:class:`Memslot` and :class:`MemslotSet` are the slots themselves (``include/linux/kvm_host.h``:
+gfn range, userspace address, flags, guest_memfd binding; ``__gfn_to_memslot`` lookup;
+``check_memory_region_flags``), as :class:`pykvmmu.vm.Vm` keeps them.
+
+The generation life cycle, as far as MMIO SPTEs see it:
 
 Model of virt/kvm/kvm_main.c (``kvm_create_vm``, ``kvm_swap_active_memslots``) and
 x86's ``kvm_arch_memslots_updated`` -> ``kvm_mmu_invalidate_mmio_sptes``:
@@ -13,6 +19,11 @@ x86's ``kvm_arch_memslots_updated`` -> ``kvm_mmu_invalidate_mmio_sptes``:
 """
 from __future__ import annotations
 
+import errno as _errno
+from bisect import bisect_right
+from dataclasses import dataclass
+from typing import Any, Optional
+
 import numpy as np
 
 from ._batch import uint
@@ -24,7 +35,118 @@ from .mmio import (KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, check_mmio_spte,
                    make_mmio_spte, mmio_fault_outcome)
 
 __all__ = ["kvm_arch_nr_memslot_as_ids", "MemslotGenerations", "generation_sequence",
-           "KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS"]
+           "KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS", "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY",
+           "KVM_MEM_GUEST_MEMFD", "KVM_USER_MEM_SLOTS", "VmError", "Memslot", "MemslotSet",
+           "check_memory_region_flags"]
+
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+KVM_MEM_GUEST_MEMFD = 1 << 2
+KVM_USER_MEM_SLOTS = 32764
+
+
+class VmError(InputError):
+    """A VM operation (memslot update, ioctl) broke a rule; ``errno`` is the kernel's."""
+
+    def __init__(self, msg: str, errno: int = _errno.EINVAL):
+        super().__init__(f"{msg} (-{_errno.errorcode.get(errno, errno)})")
+        self.errno = errno
+
+
+@dataclass
+class Memslot:
+    """A ``kvm_memory_slot``: gfn range, userspace address, flags, guest_memfd binding
+    (``gmem_file`` a :class:`pykvmmu.gmem.GuestMemfd`, set by its ``bind``)."""
+
+    id: int
+    base_gfn: int
+    npages: int
+    userspace_addr: int
+    flags: int = 0
+    gmem_file: Optional[Any] = None
+    gmem_pgoff: int = 0
+    gmem_only: bool = False
+
+    def __post_init__(self):
+        self.id = uint("id", self.id, 32, err=VmError)
+        self.base_gfn = uint("base_gfn", self.base_gfn, err=VmError)
+        self.npages = uint("npages", self.npages, err=VmError)
+        if self.npages == 0:
+            raise VmError("npages=0: a memslot has at least one page")
+        self.userspace_addr = uint("userspace_addr", self.userspace_addr, err=VmError)
+        self.flags = uint("flags", self.flags, 32, err=VmError)
+
+    @property
+    def end_gfn(self) -> int:
+        return self.base_gfn + self.npages
+
+    def contains(self, gfn: int) -> bool:
+        return self.base_gfn <= gfn < self.base_gfn + self.npages
+
+    def kind(self) -> str:
+        """``"plain"``, ``"gmem"`` or ``"gmem_only"`` (an mmap-able guest_memfd, v6.18+): the
+        memslot kinds of :func:`pykvmmu.private.faultin_action`."""
+        if self.flags & KVM_MEM_GUEST_MEMFD:
+            return "gmem_only" if self.gmem_only else "gmem"
+        return "plain"
+
+
+def check_memory_region_flags(flags: int, *, has_private_mem: bool, has_protected_state: bool,
+                              any_vm_gmem: bool) -> int:
+    """``check_memory_region_flags()``: the flag bits valid for this VM and these flags
+    (LOG_DIRTY_PAGES always but not with GUEST_MEMFD; GUEST_MEMFD with private memory, or
+    for any VM from v6.18 (``any_vm_gmem``, d1e54dd08f16); READONLY without protected state,
+    not with GUEST_MEMFD)."""
+    valid = KVM_MEM_LOG_DIRTY_PAGES
+    if has_private_mem or any_vm_gmem:
+        valid |= KVM_MEM_GUEST_MEMFD
+    if flags & KVM_MEM_GUEST_MEMFD:
+        valid &= ~KVM_MEM_LOG_DIRTY_PAGES
+    if not has_protected_state and not flags & KVM_MEM_GUEST_MEMFD:
+        valid |= KVM_MEM_READONLY
+    return valid
+
+
+class MemslotSet:
+    """One address space's memslots, sorted by base gfn: ``__gfn_to_memslot`` (bisect), the id
+    lookup and the overlap rule of ``kvm_set_memory_region``.  ``slots`` is the sorted list."""
+
+    def __init__(self) -> None:
+        self.slots: list = []
+        self._bases: list = []
+
+    def at(self, gfn: int) -> Optional[Memslot]:
+        """The slot holding ``gfn`` (a checked int), or None."""
+        i = bisect_right(self._bases, gfn) - 1
+        if i >= 0:
+            s = self.slots[i]
+            if gfn < s.base_gfn + s.npages:
+                return s
+        return None
+
+    def by_id(self, slot_id: int) -> Optional[Memslot]:
+        return next((s for s in self.slots if s.id == slot_id), None)
+
+    def overlapping(self, base: int, npages: int, skip=None) -> Optional[Memslot]:
+        """A slot other than ``skip`` intersecting gfns [base, base + npages), or None."""
+        return next((s for s in self.slots if s is not skip and s.base_gfn < base + npages
+                     and base < s.end_gfn), None)
+
+    def add(self, slot: Memslot) -> None:
+        self.slots.append(slot)
+        self.resort()
+
+    def remove(self, slot: Memslot) -> None:
+        self.slots.remove(slot)
+        self.resort()
+
+    def resort(self) -> None:
+        """Re-sort after a slot was added, removed or moved."""
+        self.slots.sort(key=lambda s: s.base_gfn)
+        self._bases = [s.base_gfn for s in self.slots]
+
+    def __len__(self) -> int:
+        return len(self.slots)
 
 
 def kvm_arch_nr_memslot_as_ids(private_mem: bool) -> int:

@@ -428,7 +428,8 @@ class RfcV9MaskPolicy(FaultPolicy):
     def classify(self, ctx, gpa, error_code):
         _ctx(ctx)
         gpa, error_code = u64("gpa", gpa), u64("error_code", error_code)
-        gfn = gpa >> 12
+        # The RFC is SNP-only; with TDX the gfn loses the shared bit as in KVM's TDX series.
+        gfn = (gpa >> 12) & ~ctx.gfn_direct_bits
         kind = KVM_FAULT_SHARED
         slot = ctx.slot_kind(gfn)
         if slot is not None and slot.startswith("gmem"):

@@ -13,8 +13,6 @@ must.  :meth:`Vm.check` verifies the invariants after any step.
 from __future__ import annotations
 
 import errno as _errno
-from bisect import bisect_right
-from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -22,7 +20,10 @@ import numpy as np
 from . import mmio as M
 from . import private as P
 from . import spte as S
-from .memslots import kvm_arch_nr_memslot_as_ids
+from .memslots import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY,
+                       KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, KVM_USER_MEM_SLOTS, Memslot,
+                       MemslotGenerations, MemslotSet, VmError, check_memory_region_flags,
+                       kvm_arch_nr_memslot_as_ids)
 from .rmp import RmpTable, sev_private_max_mapping_level
 from ._batch import uint
 from ._check import boolean, choice, in_range, snapshot, u64
@@ -30,7 +31,6 @@ from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidat
                     kvm_supported_mem_attributes)
 from .config import ACC_ALL, MmuConfig
 from ._ffi import ffi, lib
-from .errors import InputError
 from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_2M, PG_LEVEL_4K,
                    GmemError, GmemHooks, GuestMemfd, HostMemory, MigrateAnswer, MmuLock,
                    gmem_era_of, order_to_level)
@@ -38,62 +38,17 @@ from .gmem import (KVM_FILTER_PRIVATE, KVM_FILTER_SHARED, PG_LEVEL_1G, PG_LEVEL_
 __all__ = ["Vm", "Memslot", "FaultOutcome", "VmError", "InvariantError", "SnpHooks", "TdxHooks",
            "KVM_MEM_LOG_DIRTY_PAGES", "KVM_MEM_READONLY", "KVM_MEM_GUEST_MEMFD"]
 
-KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
-KVM_MEM_READONLY = 1 << 1
-KVM_MEM_GUEST_MEMFD = 1 << 2
-KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS = 1 << 63
-KVM_USER_MEM_SLOTS = 32764
 #: The RMP entry's ASID field is 10 bits; 0 is the hypervisor and 0x3FF RMP_INVALID_ASID.
 SEV_ASID_MAX = 0x3FE
 PAGES = {1: 1, 2: 512, 3: 512 * 512, 4: 512 ** 3, 5: 512 ** 4}
 _PFERR_RSVD = P.PFERR_RSVD_MASK
-
-
-class VmError(InputError):
-    """A VM operation (memslot update, ioctl) broke a rule; ``errno`` is the kernel's."""
-
-    def __init__(self, msg: str, errno: int = _errno.EINVAL):
-        super().__init__(f"{msg} (-{_errno.errorcode.get(errno, errno)})")
-        self.errno = errno
+#: The built-in policies: pure functions of (VM type, gpa, error code, attributes, memslot
+#: kind), so that their verdict on a cached fault stands until one of those changes.
+_PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
 
 
 class InvariantError(AssertionError):
     """:meth:`Vm.check` found a broken invariant (the message says which and where)."""
-
-
-@dataclass
-class Memslot:
-    """A ``kvm_memory_slot``: gfn range, userspace address, flags, guest_memfd binding."""
-
-    id: int
-    base_gfn: int
-    npages: int
-    userspace_addr: int
-    flags: int = 0
-    gmem_file: Optional[GuestMemfd] = None
-    gmem_pgoff: int = 0
-    gmem_only: bool = False
-
-    def __post_init__(self):
-        self.id = uint("id", self.id, 32, err=VmError)
-        self.base_gfn = uint("base_gfn", self.base_gfn, err=VmError)
-        self.npages = uint("npages", self.npages, err=VmError)
-        if self.npages == 0:
-            raise VmError("npages=0: a memslot has at least one page")
-        self.userspace_addr = uint("userspace_addr", self.userspace_addr, err=VmError)
-        self.flags = uint("flags", self.flags, 32, err=VmError)
-
-    @property
-    def end_gfn(self) -> int:
-        return self.base_gfn + self.npages
-
-    def contains(self, gfn: int) -> bool:
-        return self.base_gfn <= gfn < self.base_gfn + self.npages
-
-    def kind(self) -> str:
-        if self.flags & KVM_MEM_GUEST_MEMFD:
-            return "gmem_only" if self.gmem_only else "gmem"
-        return "plain"
 
 
 class FaultOutcome(NamedTuple):
@@ -264,6 +219,9 @@ class Vm(MmuLock):
             if not isinstance(rmp, RmpTable):
                 raise VmError(f"rmp={rmp!r}: expected an RmpTable or None")
         policy = P.get_policy(policy)
+        # The fault cache: gpa >> 12 -> (gpa, error_code, outcome) of a fault that would now be
+        # "spurious" (see _fc_store); dropped per gfn range by everything that changes an input.
+        self._fc: dict = {}
         self.vm_type = vt
         self.type_name = P.vm_type_name(self.vm_type)
         self.vm_id = Vm._next_id
@@ -279,18 +237,18 @@ class Vm(MmuLock):
         self.gfn_direct_bits = P.gfn_direct_bits(self.vm_type, gpaw)
         self.has_private_mem = P.has_private_mem(self.vm_type)
         self.has_protected_state = P.has_protected_state(self.vm_type)
-        self.sw_protected_enabled = True
+        self._sw_protected_enabled = True
         self.policy = policy
         self.host = host or HostMemory()
         self.attrs = MemoryAttributes(kvm_supported_mem_attributes(self.has_private_mem))
+        self.is_private = self.attrs.is_private     # kvm_mem_is_private: one call per query
         self.invalidation = MmuInvalidation()
         self.nr_as_ids = kvm_arch_nr_memslot_as_ids(self.has_private_mem)
-        self.generation = 0
-        self.slots: list = []                 # sorted by base_gfn
-        self._slot_bases: list = []           # their base gfns (bisect)
+        self.memslots = MemslotSet()            # address space 0 (private-memory VMs have one)
+        self._gens = MemslotGenerations(cfg, self.has_private_mem)
         self.gmems: list = []
         self.folio_order = folio_order
-        self.max_level = max_level
+        self._max_level = max_level
         self.levels = 5 if gpaw == 52 and self.vm_type == P.KVM_X86_TDX_VM else 4
         self.mmu_lock_held = 0
         self.trace = [] if log else None
@@ -326,7 +284,72 @@ class Vm(MmuLock):
         if hooks is None:
             hooks = {P.KVM_X86_SNP_VM: SnpHooks, P.KVM_X86_TDX_VM: TdxHooks}.get(
                 self.vm_type, lambda vm: GmemHooks())(self)
-        self.gmem_hooks = hooks
+        self._gmem_hooks = hooks
+        self.attrs.on_store = self._fc_drop
+
+    # ------------------------------------------------------------------ settings
+    # Inputs of the fault path that users may replace: setting one empties the fault cache.
+    @property
+    def policy(self):
+        """The classification policy (:func:`pykvmmu.private.get_policy`: a name or an object)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value):
+        value = P.get_policy(value)
+        self._policy = value
+        self._fc_policy_ok = type(value) in _PURE_POLICIES
+        self._fc.clear()
+
+    @property
+    def max_level(self) -> int:
+        """The largest page level a fault may map (``max_huge_page_level``)."""
+        return self._max_level
+
+    @max_level.setter
+    def max_level(self, value):
+        self._max_level = in_range("max_level", value, PG_LEVEL_4K, PG_LEVEL_1G,
+                                   "PG_LEVEL_4K..PG_LEVEL_1G", err=VmError)
+        self._fc.clear()
+
+    @property
+    def gmem_hooks(self) -> GmemHooks:
+        """The vendor's guest_memfd hooks (:class:`SnpHooks`, :class:`TdxHooks`...)."""
+        return self._gmem_hooks
+
+    @gmem_hooks.setter
+    def gmem_hooks(self, value):
+        if not isinstance(value, GmemHooks):
+            raise VmError(f"gmem_hooks={value!r}: expected a GmemHooks (or subclass)")
+        self._gmem_hooks = value
+        self._fc.clear()
+
+    @property
+    def sw_protected_enabled(self) -> bool:
+        """``CONFIG_KVM_SW_PROTECTED_VM`` (SW-protected VMs take privacy from the attributes)."""
+        return self._sw_protected_enabled
+
+    @sw_protected_enabled.setter
+    def sw_protected_enabled(self, value):
+        self._sw_protected_enabled = boolean("sw_protected_enabled", value, err=VmError)
+        self._fc.clear()
+
+    # ------------------------------------------------------------------ fault cache
+    def _fc_drop(self, start: int, end: int) -> None:
+        """Forget the cached faults of gfns [start, end) (either TDX alias of each)."""
+        fc = self._fc
+        if not fc or start >= end:
+            return
+        d = self.gfn_direct_bits
+        if end - start > len(fc):
+            for k in [k for k in fc if start <= k & ~d < end]:
+                del fc[k]
+            return
+        pop = fc.pop
+        for g in range(start, end):
+            pop(g, None)
+            if d:
+                pop(g | d, None)
 
     # ------------------------------------------------------------------ plumbing
     def _log(self, what, **kw):
@@ -339,20 +362,22 @@ class Vm(MmuLock):
         return snapshot(self)
 
     def is_private(self, gfn: int) -> bool:
-        """``kvm_mem_is_private``."""
+        """``kvm_mem_is_private`` (each VM binds its attribute store's method over this one)."""
         return self.attrs.is_private(gfn)
 
     def slot_of(self, gfn: int) -> Optional[Memslot]:
         """``gfn_to_memslot``."""
-        return self._slot_at(u64("gfn", gfn))
+        return self.memslots.at(u64("gfn", gfn))
 
-    def _slot_at(self, gfn: int) -> Optional[Memslot]:
-        i = bisect_right(self._slot_bases, gfn) - 1
-        if i >= 0:
-            s = self.slots[i]
-            if gfn < s.base_gfn + s.npages:
-                return s
-        return None
+    @property
+    def slots(self) -> list:
+        """The memslots of address space 0, sorted by base gfn."""
+        return self.memslots.slots
+
+    @property
+    def generation(self) -> int:
+        """``kvm_memslots(kvm, 0)->generation`` (bit 63 set while an update is in flight)."""
+        return self._gens.generation(0)
 
     def slot_kind(self, gfn: int):
         s = self.slot_of(gfn)
@@ -487,6 +512,7 @@ class Vm(MmuLock):
                 lv = lv_map[b][0]
                 self._set_entry(root, b, lv, self.cfg.profile.nonpresent_value)
                 del lv_map[b]
+                self._fc_drop(b, b + PAGES[lv])
                 n += 1
         self.stats["zapped"] += n
         return n
@@ -497,6 +523,7 @@ class Vm(MmuLock):
         attr_filter = in_range("attr_filter", attr_filter, 1, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED,
                                "KVM_FILTER_SHARED and/or KVM_FILTER_PRIVATE")
         self.invalidation.range_add(start, end)
+        self._fc_drop(start, end)       # the backing may change even where nothing is mapped
         return bool(self._zap_gfn_range(start, end, attr_filter))
 
     def _relocate_leaf(self, root, base, level, new_pfn):
@@ -504,6 +531,7 @@ class Vm(MmuLock):
         r = S.make_spte(self.cfg, new_pfn, level=level, pte_access=ACC_ALL)
         self._set_entry(root, base, level, r.spte)
         self.leaves[root][base] = (level, new_pfn, old[2])
+        self._fc_drop(base, base + PAGES[level])
 
     def zap_all(self) -> int:
         """``kvm_mmu_zap_all_fast``: every root's leaves (MMIO generation wrap, tests)."""
@@ -513,6 +541,7 @@ class Vm(MmuLock):
                 self._set_entry(root, b, lv, self.cfg.profile.nonpresent_value)
                 n += 1
             self.leaves[root].clear()
+        self._fc.clear()
         return n
 
     # ------------------------------------------------------------------ memslots
@@ -524,14 +553,9 @@ class Vm(MmuLock):
         return g
 
     def _valid_flags(self, flags: int) -> int:
-        valid = KVM_MEM_LOG_DIRTY_PAGES
-        if self.has_private_mem or gmem_era_of(self).any_vm_memslot:     # d1e54dd08f16 (v6.18)
-            valid |= KVM_MEM_GUEST_MEMFD
-        if flags & KVM_MEM_GUEST_MEMFD:
-            valid &= ~KVM_MEM_LOG_DIRTY_PAGES
-        if not self.has_protected_state and not flags & KVM_MEM_GUEST_MEMFD:
-            valid |= KVM_MEM_READONLY
-        return valid
+        return check_memory_region_flags(flags, has_private_mem=self.has_private_mem,
+                                         has_protected_state=self.has_protected_state,
+                                         any_vm_gmem=gmem_era_of(self).any_vm_memslot)
 
     def set_memory_region(self, slot_id: int, guest_phys_addr: int, memory_size: int,
                           userspace_addr: Optional[int] = None, flags: int = 0,
@@ -572,7 +596,7 @@ class Vm(MmuLock):
                 raise VmError("KVM_MEM_GUEST_MEMFD without a guest_memfd", _errno.EBADF)
             if off + size >= 1 << 64:
                 raise VmError(f"guest_memfd_offset={off:#x} + memory_size overflows")
-        old = next((s for s in self.slots if s.id == slot_id), None)
+        old = self.memslots.by_id(slot_id)
         base, npages = gpa >> 12, size >> 12
         if size == 0:
             if old is None:
@@ -593,11 +617,10 @@ class Vm(MmuLock):
             raise VmError(f"slot {slot_id}: guest_memfd memslots are immutable ({change} refused)")
         if change in ("move", "flags") and (old.flags ^ flags) & KVM_MEM_GUEST_MEMFD:
             raise VmError(f"slot {slot_id}: KVM_MEM_GUEST_MEMFD cannot be toggled")
-        if change in ("create", "move"):
-            for s in self.slots:
-                if s is not old and s.base_gfn < base + npages and base < s.end_gfn:
-                    raise VmError(f"slot {slot_id}: gfns [{base:#x}, {base + npages:#x}) overlap slot "
-                                  f"{s.id} [{s.base_gfn:#x}, {s.end_gfn:#x})", _errno.EEXIST)
+        s = self.memslots.overlapping(base, npages, old) if change in ("create", "move") else None
+        if s is not None:
+            raise VmError(f"slot {slot_id}: gfns [{base:#x}, {base + npages:#x}) overlap slot "
+                          f"{s.id} [{s.base_gfn:#x}, {s.end_gfn:#x})", _errno.EEXIST)
         new = None
         if change == "create":
             new = Memslot(slot_id, base, npages,
@@ -606,16 +629,17 @@ class Vm(MmuLock):
             if flags & KVM_MEM_GUEST_MEMFD:
                 guest_memfd.check_bind(self, npages, off)     # validate before any change
         # ---- commit: nothing below can fail
-        self.generation |= KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
+        self._fc.clear()
+        self._gens.begin_update(0)
         if change == "create":
             if flags & KVM_MEM_GUEST_MEMFD:
                 guest_memfd.bind(new, off)
-            self.slots.append(new)
+            self.memslots.add(new)
         elif change == "delete":
             self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
             if old.gmem_file is not None:
                 old.gmem_file.unbind(old)
-            self.slots.remove(old)
+            self.memslots.remove(old)
         elif change == "move":
             self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
             old.base_gfn = base
@@ -624,13 +648,10 @@ class Vm(MmuLock):
             if flags & KVM_MEM_LOG_DIRTY_PAGES:
                 # dirty logging write-protects; model: zap so that faults re-install
                 self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_SHARED | KVM_FILTER_PRIVATE)
-        self.slots.sort(key=lambda s: s.base_gfn)
-        self._slot_bases = [s.base_gfn for s in self.slots]
-        gen = (self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS) + self.nr_as_ids
-        self.generation = gen
-        if M.kvm_mmu_invalidate_mmio_sptes(cfg=self.cfg, generation=gen, nr_as_ids=self.nr_as_ids):
+        self.memslots.resort()
+        if self._gens.end_update(0):        # kvm_mmu_invalidate_mmio_sptes: the generation wrapped
             self.zap_all()
-        self._log("memslot", change=change, slot=slot_id, generation=gen)
+        self._log("memslot", change=change, slot=slot_id, generation=self.generation)
         return change
 
     # ------------------------------------------------------------------ attributes
@@ -683,7 +704,17 @@ class Vm(MmuLock):
     def fault(self, gpa: int, error_code: int = 0, *, race=None) -> FaultOutcome:
         """One guest page fault (see the module docstring).  ``race()``, if given, runs after
         faultin and before the staleness check, as a concurrent ioctl would.  ``gpa`` and
-        ``error_code`` are u64 (kvm_mmu_page_fault's types); nothing changes if they are not."""
+        ``error_code`` are u64 (kvm_mmu_page_fault's types); nothing changes if they are not.
+
+        A fault that found its leaf already installed (or that installed it) is remembered
+        under its exact (gpa, error_code) while nothing it read changes (see ``_fc_store``);
+        the same fault again then returns the same ``spurious`` outcome without the walk."""
+        if race is None and gpa.__class__ is int and error_code.__class__ is int:
+            hit = self._fc.get(gpa >> 12)
+            if hit is not None and hit[0] == gpa and hit[1] == error_code and \
+                    not self.invalidation.in_progress:
+                self.stats["faults"] += 1
+                return hit[2]
         gpa = u64("gpa", gpa, err=VmError)
         error_code = u64("error_code", error_code, err=VmError)
         if race is not None and not callable(race):
@@ -691,9 +722,11 @@ class Vm(MmuLock):
         stats = self.stats
         stats["faults"] += 1
         cfg = self.cfg
-        # --- RSVD fast path: handle_mmio_page_fault on an existing MMIO SPTE
-        if error_code & _PFERR_RSVD:
-            gfn0 = (gpa >> 12) & ~self.gfn_direct_bits
+        # --- RSVD fast path: handle_mmio_page_fault on an existing MMIO SPTE.  MMIO is shared
+        # only: a TDX private address (shared bit clear) never reads the shared root's entry.
+        direct = self.gfn_direct_bits
+        if error_code & _PFERR_RSVD and (not direct or (gpa >> 12) & direct):
+            gfn0 = (gpa >> 12) & ~direct
             root = self._root_for(False)
             e = self.leaves[root].get(gfn0)
             if e is not None and e[2] == "mmio":
@@ -707,7 +740,7 @@ class Vm(MmuLock):
         gfn = c.gfn
         mmu_seq = inv.seq
         is_private, ex = policy.resolve(self, c)
-        slot = self._slot_at(gfn) if ex is None else None
+        slot = self.memslots.at(gfn) if ex is None else None
         if slot is not None and inv._retry(mmu_seq, gfn):                     # ..._unsafe check
             stats["retries"] += 1
             return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
@@ -733,10 +766,7 @@ class Vm(MmuLock):
                                                               f"kvm_gmem_get_pfn: {e}"))
             pfn = r.pfn
             if is_private:
-                hook = self.gmem_hooks.max_mapping_level(self, pfn, True)
-                max_level = min(self.max_level, order_to_level(r.max_order))
-                if hook:
-                    max_level = min(max_level, hook)
+                max_level = self._private_max_level(pfn, r.max_order)
                 kind = "private"
             else:
                 max_level, kind = PG_LEVEL_4K, "shared"
@@ -763,16 +793,45 @@ class Vm(MmuLock):
             bpfn = pfn - (gfn - base)
             cur = self._leaf(root, gfn)
             if cur is not None and cur[0] == level and cur[2] == bpfn:
-                return FaultOutcome("spurious", gfn, is_private, level, bpfn,
-                                    self._tdp_map(root, base, level)[1])
+                o = FaultOutcome("spurious", gfn, is_private, level, bpfn,
+                                 self._tdp_map(root, base, level)[1])
+                if max_level == PG_LEVEL_4K and race is None:
+                    self._fc_store(gpa, error_code, o)
+                return o
             st, spte = self._tdp_map(root, base, level, bpfn, True)
             if st == lib.KVMMU_VM_OK:
                 self.leaves[root][base] = (level, bpfn, kind)
+                self._fc_drop(base, base + PAGES[level])
             else:           # tables to allocate, a huge leaf to split or a subtree to free
                 spte = S.make_spte(cfg, bpfn, level=level, pte_access=ACC_ALL).spte
                 self._install(root, base, level, spte, bpfn, kind)
             stats["mapped"] += 1
+            if max_level == PG_LEVEL_4K and race is None:
+                self._fc_store(gpa, error_code, FaultOutcome("spurious", gfn, is_private, level,
+                                                             bpfn, spte))
             return FaultOutcome("mapped", gfn, is_private, level, bpfn, spte)
+
+    def _private_max_level(self, pfn: int, max_order: int) -> int:
+        """``kvm_max_private_mapping_level``: 4K without asking the vendor hook when the VM's
+        max level or the folio order already says 4K; else the smaller of the two and of the
+        hook's level (0: no limit)."""
+        max_level = self.max_level
+        if max_level == PG_LEVEL_4K:
+            return PG_LEVEL_4K
+        max_level = min(max_level, order_to_level(max_order))
+        if max_level == PG_LEVEL_4K:
+            return PG_LEVEL_4K
+        hook = self.gmem_hooks.max_mapping_level(self, pfn, True)
+        return min(max_level, hook) if hook else max_level
+
+    def _fc_store(self, gpa: int, error_code: int, outcome: FaultOutcome) -> None:
+        """Remember a fault whose leaf is installed: the same (gpa, error_code) is ``spurious``
+        with this outcome while nothing it read changes.  Only 4K-bounded faults (no huge-page
+        eligibility, no vendor level hook read) of a built-in policy, never a reserved-bit
+        fault; entries go when their gfn's leaf, attributes or backing change
+        (:meth:`_fc_drop`), and all at once on a memslot, policy, hook or max-level change."""
+        if self._fc_policy_ok and not error_code & _PFERR_RSVD:
+            self._fc[gpa >> 12] = (gpa, error_code, outcome)
 
     def _exit(self, ex):
         self.stats["exits"] += 1
@@ -788,6 +847,7 @@ class Vm(MmuLock):
                 if lv > level:
                     self._set_entry(root, b, lv, self.cfg.profile.nonpresent_value)
                     del lv_map[b]
+                    self._fc_drop(b, b + PAGES[lv])
         p, i = self._path_idx(root, base, level, create=True)
         if self._child[p, i] >= 0:
             self._drop_leaves_below(root, base, level)
@@ -795,6 +855,7 @@ class Vm(MmuLock):
             self._child[p, i] = -1
         self._tbl[p, i] = spte
         lv_map[base] = (level, pfn, kind)
+        self._fc_drop(base, base + PAGES[level])
 
     # ------------------------------------------------------------------ punch / migrate
     def punch_hole(self, gmem: GuestMemfd, offset: int, length: int) -> int:
@@ -813,7 +874,10 @@ class Vm(MmuLock):
         slot = self.slot_of(gfn)
         if slot is None or slot.gmem_file is None:
             raise VmError(f"gfn {gfn:#x}: no guest_memfd-backed memslot")
-        return slot.gmem_file.migrate(GuestMemfd.index_of(slot, gfn))
+        try:
+            return slot.gmem_file.migrate(GuestMemfd.index_of(slot, gfn))
+        finally:
+            self._fc_drop(gfn, gfn + 1)
 
     # ------------------------------------------------------------------ invariants
     def walk(self):
@@ -908,9 +972,8 @@ class Vm(MmuLock):
             raise InvariantError(f"pfn {min(priv_pfns & host_shared):#x}: private in the guest and "
                                  "mapped by the host")
         for g in self.gmems:
-            for idx_, pfn in g.allocated_pfns().items():
-                if self.host.owner.get(pfn) != g.owner_tag:
-                    raise InvariantError(f"guest_memfd {g.fd} index {idx_:#x}: pfn {pfn:#x} not owned by it")
+            for idx_, pfn in g.foreign_pages().items():
+                raise InvariantError(f"guest_memfd {g.fd} index {idx_:#x}: pfn {pfn:#x} not owned by it")
 
     def _check_rmp(self, base, lv, pfn, is_priv):
         rmp = self.rmp

@@ -279,10 +279,7 @@ def test_fault_and_decide_share_one_decision_tree(t, policy):
                     assert o.kind in ("emulate",) if d.action == "noslot" else o.kind != "emulate"
     if vm.has_private_mem and policy == "upstream":
         assert P.EXIT_NOSLOT_PRIVATE in seen and P.EXIT_NO_GMEM in seen
-    if not (t == "tdx" and policy == "rfc-v9"):
-        # (known, pre-existing: rfc-v9 does not strip the TDX shared bit, so a shared-bit MMIO
-        # leaf is indexed under the unstripped gfn and check() reports the disagreement)
-        vm.check()
+    vm.check()
 
 
 def test_table_pool_grows_and_c_walk_matches_python_walk():
@@ -302,4 +299,19 @@ def test_table_pool_grows_and_c_walk_matches_python_walk():
     assert st == 0 and s == vm.fault(3 << 12, 2).spte          # spurious: the same SPTE
     assert vm._tdp_map("direct", 3, 2)[0] == 2                 # a table below the 2M entry
     assert vm._tdp_map("direct", 1 << 30 >> 12, 1)[0] == 1      # no table for the next 1G yet
+    vm.check()
+
+
+def test_tdx_reserved_bit_fault_on_a_private_address_takes_the_decision_tree():
+    """A TDX MMIO SPTE lives in the shared root under the shared alias: a reserved-bit fault on
+    the private alias of the same gfn is not an MMIO hit but goes through the decision tree
+    (upstream: a private fault on a shared gfn exits), as private.decide says."""
+    vm = Vm("tdx")
+    shared = shared_gpa("tdx", 0x400 << 12)
+    assert vm.fault(shared, 0).reason == "MMIO SPTE installed"
+    rsvd = P.PFERR_RSVD_MASK | 1
+    assert vm.fault(shared, rsvd).reason == "MMIO SPTE hit"
+    o, d = vm.fault(0x400 << 12, rsvd), P.decide(vm, 0x400 << 12, rsvd)
+    assert o.kind == "exit" and d.action == "exit" and o.exit == d.exit
+    assert o.exit.private and "mismatch" in o.exit.reason
     vm.check()
