@@ -22,6 +22,7 @@ import os
 import stat
 import struct
 import tempfile
+import threading
 import zlib
 from builtins import open as builtins_open
 from typing import Literal, NamedTuple, Optional, cast
@@ -39,7 +40,8 @@ __all__ = [
     "FIELDS_DTYPE", "PG_LEVEL_4K", "PG_LEVEL_2M", "PG_LEVEL_1G", "table_bytes", "decode",
     "page_state_raw", "handle_user_rmp_page_fault", "sev_handle_rmp_fault",
     "sev_private_max_mapping_level", "kvm_max_private_mapping_level", "RMP_PF_SPLIT",
-    "RMP_PF_RETRY", "RMP_PF_UNMAP", "make_lo", "rmp_cfg_decode", "rst_entry",
+    "RMP_PF_RETRY", "RMP_PF_UNMAP", "make_lo", "rmp_cfg_decode", "rst_entry", "ENTRY_LAYOUT", "dump_rmpentry_lines",
+    "FieldLayout",
 ]
 
 BOOKKEEPING = lib.KVMMU_RMP_BOOKKEEPING          # 16 KiB
@@ -51,7 +53,30 @@ DEFAULT_RMP_BASE = 0x10_0000                     # the APM example's RMP_BASE (1
 PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G = 1, 2, 3
 EFAULT, EINVAL = 14, 22
 PTRS_PER_PMD = 512
-GPA_FRAME_BITS = 39
+
+
+class FieldLayout(NamedTuple):
+    """One field of the raw entry: bits [shift, shift + width) of quadword ``word`` (0 lo, 1 hi)."""
+    word: int
+    shift: int
+    width: int
+
+
+def _entry_layout() -> dict:
+    """The entry layout rows KVMMU_RMP_FLD_<NAME>_{WORD,SHIFT,WIDTH} of csrc/pykvmmu.h (the
+    one description the C masks derive from), by field name, in bit order."""
+    pre, suf = "KVMMU_RMP_FLD_", "_WORD"
+    names = [k[len(pre):-len(suf)] for k in dir(lib) if k.startswith(pre) and k.endswith(suf)]
+    rows = {n.lower(): FieldLayout(*(int(getattr(lib, f"{pre}{n}_{c}")) for c in ("WORD", "SHIFT", "WIDTH")))
+            for n in names}
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1].word, kv[1].shift)))
+
+
+#: The raw entry's fields (name -> FieldLayout), read from the C core's layout table.
+ENTRY_LAYOUT = _entry_layout()
+_FIELD = {n: (f.word, f.shift, (1 << f.width) - 1) for n, f in ENTRY_LAYOUT.items()}
+GPA_FRAME_BITS = ENTRY_LAYOUT["gpa"].width
+PTE_PFN_BITS = lib.KVMMU_RMP_PTE_PFN_BITS        # a 52-bit physical address's frame
 
 RMP_PF_SPLIT, RMP_PF_RETRY, RMP_PF_UNMAP = 0, 1, 2   # enum rmp_pf_ret of the v7/v8 patch
 FAULT_FLAG_PAGE_SPLIT = 1 << 12                      # set by the v7/v8 caller on SPLIT
@@ -167,9 +192,35 @@ FIELDS_DTYPE = np.dtype([
 assert FIELDS_DTYPE.itemsize == ffi.sizeof("struct kvmmu_rmp_fields")
 
 
+_FAULT_NAMES: dict[int, str] = {Rc.NPF: "NPF", Rc.VC: "#VC", Rc.GP: "#GP"}
+_RC: list = [None] * (max(Rc) + 1)               # return code -> Rc, one index per call
+for _rc in Rc:
+    _RC[_rc] = _rc
+_CHECKS = tuple(Check)                           # check code -> Check
+_STATES = tuple(PageState)                       # page state code -> PageState
+assert [int(c) for c in _CHECKS] == list(range(len(_CHECKS)))
+assert [int(c) for c in _STATES] == list(range(len(_STATES)))
+#: kvmmu_rmp_lookup_word's word (assigned | level << 1) -> snp_lookup_rmpentry's tuple
+_LOOKUP = (None, None, (False, PG_LEVEL_4K), (True, PG_LEVEL_4K), (False, PG_LEVEL_2M),
+           (True, PG_LEVEL_2M))
+_KINDS = {**{a.name.lower(): int(a) for a in Access}, **{a.name: int(a) for a in Access}}
+_INT_OR_BOOL = (int, bool)
+_tuple_new = tuple.__new__
+_TLS = threading.local()          # per thread: C calls release the GIL
+
+
+def _scratch():
+    """This thread's result buffer (3 * 512 quadwords: a 2M region's dump)."""
+    try:
+        return _TLS.pair[0]
+    except AttributeError:
+        q = ffi.new("uint64_t[1536]")
+        _TLS.pair = (q, q + 1)
+        return q
+
+
 def _fault_name(rc: int) -> Optional[str]:
-    names: dict[int, str] = {Rc.NPF: "NPF", Rc.VC: "#VC", Rc.GP: "#GP"}
-    return names.get(rc)
+    return _FAULT_NAMES.get(rc)
 
 
 class RmpEntry(NamedTuple):
@@ -177,46 +228,51 @@ class RmpEntry(NamedTuple):
     lo: int
     hi: int
 
+    def field(self, name: str) -> int:
+        """The value of field ``name`` of ENTRY_LAYOUT (e.g. ``"asid"``, ``"vmpl2"``)."""
+        word, shift, mask = _FIELD[name]
+        return (self[word] >> shift) & mask
+
     @property
     def assigned(self) -> int:
-        return self.lo & 1
+        return self.field("assigned")
 
     @property
     def pagesize(self) -> int:
-        return (self.lo >> 1) & 1
+        return self.field("pagesize")
 
     @property
     def immutable(self) -> int:
-        return (self.lo >> 2) & 1
+        return self.field("immutable")
 
     @property
     def subpage_count(self) -> int:
-        return (self.lo >> 3) & 0x1FF
+        return self.field("subpage_count")
 
     @property
     def gpa(self) -> int:  # a frame number
-        return (self.lo >> 12) & ((1 << GPA_FRAME_BITS) - 1)
+        return self.field("gpa")
 
     @property
     def asid(self) -> int:
-        return (self.lo >> 51) & 0x3FF
+        return self.field("asid")
 
     @property
     def vmsa(self) -> int:
-        return (self.lo >> 61) & 1
+        return self.field("vmsa")
 
     @property
     def validated(self) -> int:
-        return (self.lo >> 62) & 1
+        return self.field("validated")
 
     @property
     def lock(self) -> int:
-        return (self.lo >> 63) & 1
+        return self.field("lock")
 
     @property
     def vmpl(self) -> tuple:
         """The four VMPL permission masks (bit0 R, bit1 W, bit2 X-user, bit3 X-super, bit4 SSS)."""
-        return tuple((self.hi >> (8 * v)) & 0xFF for v in range(4))
+        return tuple(self.field(f"vmpl{v}") for v in range(4))
 
     @property
     def state(self) -> PageState:
@@ -233,19 +289,22 @@ class RmpEntry(NamedTuple):
 def make_lo(*, assigned=0, pagesize=0, immutable=0, subpage_count=0, gpa=0, asid=0, vmsa=0,
             validated=0, lock=0) -> int:
     """Pack the first quadword of a raw entry (gpa is a frame number); ranges are checked."""
-    for name, v, bits in (("assigned", assigned, 1), ("pagesize", pagesize, 1),
-                          ("immutable", immutable, 1), ("subpage_count", subpage_count, 9),
-                          ("gpa", gpa, GPA_FRAME_BITS), ("asid", asid, 10), ("vmsa", vmsa, 1),
-                          ("validated", validated, 1), ("lock", lock, 1)):
-        _batch.uint(name, v, bits)
-    return (int(assigned) | int(pagesize) << 1 | int(immutable) << 2 | subpage_count << 3 |
-            gpa << 12 | asid << 51 | int(vmsa) << 61 | int(validated) << 62 | int(lock) << 63)
+    values = {"assigned": assigned, "pagesize": pagesize, "immutable": immutable,
+              "subpage_count": subpage_count, "gpa": gpa, "asid": asid, "vmsa": vmsa,
+              "validated": validated, "lock": lock}
+    lo = 0
+    for name, f in ENTRY_LAYOUT.items():
+        if f.word == 0:
+            lo |= _batch.uint(name, values[name], f.width) << f.shift
+    return lo
 
 
 def page_state_raw(lo: int) -> PageState:
     """rmp_entry_get_state() of the AMD firmware for one raw first quadword."""
     try:
-        return PageState(lib.kvmmu_rmp_state_raw(lo))
+        if lo.__class__ is int:
+            return _STATES[lib.kvmmu_rmp_state_raw(lo)]
+        return _STATES[lib.kvmmu_rmp_state_raw(_batch.uint("lo", lo))]
     except (OverflowError, TypeError):
         raise _batch.bad_u64("lo", lo) from None
 
@@ -1005,14 +1064,30 @@ class RmpTable:
 
     def covered(self, pfn) -> bool:
         """RMP-Covered: the pfn's entry lies inside the table."""
-        return bool(lib.kvmmu_rmp_covered(self._t, _batch.uint("pfn", pfn)))
+        t = self._t_
+        if t is not None and pfn.__class__ is int:
+            try:
+                return lib.kvmmu_rmp_covered(t, pfn)
+            except OverflowError:
+                pass
+        return lib.kvmmu_rmp_covered(self._t, _batch.uint("pfn", pfn))
 
     def entry(self, pfn) -> RmpEntry:
         """The raw entry of one pfn."""
-        v = self._pfn(pfn)
-        lo, hi = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        lib.kvmmu_rmp_read(self._t, v, lo, hi)
-        return RmpEntry(int(lo[0]), int(hi[0]))
+        t = self._t_
+        try:
+            q, q1 = _TLS.pair
+        except AttributeError:
+            _scratch()
+            q, q1 = _TLS.pair
+        if t is not None and pfn.__class__ is int:
+            try:
+                if not lib.kvmmu_rmp_read(t, pfn, q, q1):
+                    return _tuple_new(RmpEntry, (q[0], q[1]))
+            except OverflowError:
+                pass
+        lib.kvmmu_rmp_read(self._t, self._pfn(pfn), q, q1)
+        return _tuple_new(RmpEntry, (q[0], q[1]))
 
     def write_raw(self, pfn, lo: int, hi: int = 0) -> None:
         """Store raw quadwords (what firmware or set-up code does; no instruction rules)."""
@@ -1062,10 +1137,16 @@ class RmpTable:
     def snp_lookup_rmpentry(self, pfn) -> tuple:
         """snp_lookup_rmpentry(): (assigned, level) -- assigned from the pfn's own entry,
         level from the 2M-aligned entry's page size.  Out-of-range pfns raise RmpError."""
+        t = self._t_
+        if t is not None and pfn.__class__ is int:
+            try:
+                w = lib.kvmmu_rmp_lookup_word(t, pfn)
+                if w >= 0:
+                    return _LOOKUP[w]
+            except OverflowError:
+                pass
         v = self._pfn(pfn)
-        a, lv = ffi.new("bool *"), ffi.new("int *")
-        lib.kvmmu_rmp_lookup(self._t, v, a, lv)
-        return bool(a[0]), int(lv[0])
+        return _LOOKUP[lib.kvmmu_rmp_lookup_word(self._t, v)]
 
     lookup = snp_lookup_rmpentry
 
@@ -1092,26 +1173,56 @@ class RmpTable:
                        [("pfns", pfns)])
         t = self._t
         owner = with_owner
+        bits = self._batch_level_bits(pfns.size)
 
         def part(lo, hi):
             err = ffi.new("int *")
-            return (lib.kvmmu_rmp_lookup_batch(
+            return (lib.kvmmu_rmp_lookup_batch_lvl(
                 t, _batch.ptr_at(pfns, "uint64_t", lo), _batch.ptr_at(assigned, "uint8_t", lo),
                 _batch.ptr_at(level, "uint8_t", lo),
                 _batch.ptr_at(asid if owner else None, "uint16_t", lo),
-                _batch.ptr_at(gpa if owner else None, "uint64_t", lo), hi - lo, err),)
+                _batch.ptr_at(gpa if owner else None, "uint64_t", lo), hi - lo, err, bits),)
         r = _par.run(pfns.size, threads, part)[0]
         if r:
             raise self._range_error(pfns, r - 1)
         return LookupResult(assigned, level, asid, gpa)
 
+    #: a batch of at least this many lookups per 2M block of the table builds a level index
+    #: for itself (see _batch_level_bits)
+    BATCH_INDEX_RATIO = 4
+
+    def _batch_level_bits(self, n: int):
+        """The level index a lookup batch of ``n`` pfns reads: the table's own (with
+        enable_level_index), else, for an in-memory contiguous table and a batch of at least
+        BATCH_INDEX_RATIO lookups per 2M block, one built for this batch (64 KiB per TiB of
+        host memory, one read of each 2M-aligned entry: a random batch that large reads
+        nearly all of them anyway, and each lookup then reads one entry, not two), else NULL
+        (each lookup reads its 2M-aligned entry).  A file-backed table never builds one: it
+        would pull every 2M-aligned entry's page into the page cache (docs/rmp.md)."""
+        t = self._t
+        if t.lvl_bits != ffi.NULL:
+            return t.lvl_bits
+        nblocks = -(-self.nr_pfns // PTRS_PER_PMD)
+        if (self.segmented or isinstance(self._buf, np.memmap)
+                or n < self.BATCH_INDEX_RATIO * nblocks):
+            return ffi.NULL
+        bits = ffi.new("uint64_t[]", max(1, -(-nblocks // 64)))
+        lib.kvmmu_rmp_level_bits(t, bits, nblocks)
+        return bits
+
     def page_state(self, pfn, *, effective: bool = True) -> PageState:
         """The firmware page state of a pfn (DEFAULT beyond the table).  ``effective``: for a
         pfn inside an assigned 2M page, the state of the 2M entry that governs it; otherwise
         the raw entry's own state, as the firmware's rmp_entry_get_state() sees it."""
+        t = self._t_
+        if t is not None and pfn.__class__ is int and (effective is True or effective is False):
+            try:
+                return _STATES[lib.kvmmu_rmp_page_state(t, pfn, effective)]
+            except OverflowError:
+                pass
         v = _batch.uint("pfn", pfn)
         effective = _batch.boolean("effective", effective)
-        return PageState(lib.kvmmu_rmp_page_state(self._t, v, effective))
+        return _STATES[lib.kvmmu_rmp_page_state(self._t, v, effective)]
 
     def page_states(self, pfns: np.ndarray, *, effective: bool = True,
                     out: Optional[np.ndarray] = None, threads: Optional[int] = None) -> np.ndarray:
@@ -1141,14 +1252,20 @@ class RmpTable:
                   immutable=False, asid: int = 0) -> Rc:
         """RMPUPDATE (hypervisor): write GPA/Assigned/Page_Size/Immutable/ASID of an entry.
         ``gpa`` is a byte address (struct rmp_state).  Returns the EAX code."""
+        t = self._t_
+        if (t is not None and self.writable and pfn.__class__ is gpa.__class__ is asid.__class__ is int
+                and assigned.__class__ in _INT_OR_BOOL and pagesize.__class__ in _INT_OR_BOOL
+                and immutable.__class__ in _INT_OR_BOOL):
+            try:
+                return _RC[lib.kvmmu_rmp_rmpupdate_fields(t, pfn, gpa, assigned, pagesize,
+                                                          immutable, asid)]
+            except OverflowError:
+                pass
         self._need_writable("rmpupdate")
-        st = ffi.new("struct kvmmu_rmp_state *")
-        st.gpa = _batch.uint("gpa", gpa)
-        st.assigned = _batch.uint("assigned", assigned, 8)
-        st.pagesize = _batch.uint("pagesize", pagesize, 8)
-        st.immutable = _batch.uint("immutable", immutable, 8)
-        st.asid = _batch.uint("asid", asid, 32)
-        return Rc(lib.kvmmu_rmp_rmpupdate(self._t, _batch.uint("pfn", pfn), st))
+        st = (_batch.uint("gpa", gpa), _batch.uint("assigned", assigned, 8),
+              _batch.uint("pagesize", pagesize, 8), _batch.uint("immutable", immutable, 8),
+              _batch.uint("asid", asid, 32))
+        return _RC[lib.kvmmu_rmp_rmpupdate_fields(self._t, _batch.uint("pfn", pfn), *st)]
 
     def rmpupdate_batch(self, pfns: np.ndarray, gpas: Optional[np.ndarray] = None, *,
                         assigned=True, pagesize: int = 0, immutable=False, asid: int = 0) -> int:
@@ -1204,34 +1321,57 @@ class RmpTable:
 
     def psmash(self, pfn) -> Rc:
         """PSMASH (hypervisor): split a 2M RMP page into 512 4K entries."""
+        t = self._t_
+        if t is not None and self.writable and pfn.__class__ is int:
+            try:
+                return _RC[lib.kvmmu_rmp_psmash(t, pfn)]
+            except OverflowError:
+                pass
         self._need_writable("psmash")
-        return Rc(lib.kvmmu_rmp_psmash(self._t, _batch.uint("pfn", pfn)))
+        return _RC[lib.kvmmu_rmp_psmash(self._t, _batch.uint("pfn", pfn))]
 
     def pvalidate(self, pfn, *, asid: int, gfn: int, size: int = 0, validate=True,
                   vmpl: int = 0) -> InsnResult:
         """PVALIDATE (guest): set or clear Validated of the page at ``gfn`` backed by ``pfn``.
         ``size`` (RCX) and ``validate`` (RDX) are register operands: values other than 0/1
         give FAIL_INPUT, as on the hardware."""
+        t = self._t_
+        if (t is not None and self.writable
+                and pfn.__class__ is asid.__class__ is gfn.__class__ is size.__class__ is vmpl.__class__ is int
+                and validate.__class__ in _INT_OR_BOOL):
+            try:
+                w = lib.kvmmu_rmp_pvalidate_word(t, pfn, asid, vmpl, gfn, size, validate)
+                return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
+            except OverflowError:
+                pass
         self._need_writable("pvalidate")
-        ei = ffi.new("uint64_t *")
-        rc = lib.kvmmu_rmp_pvalidate(self._t, _batch.uint("pfn", pfn), _batch.uint("asid", asid, 32),
-                                     _batch.uint("vmpl", vmpl, 32), _batch.uint("gfn", gfn),
-                                     _batch.uint("size", size, 32),
-                                     _batch.uint("validate", validate, 32), ei)
-        return InsnResult(Rc(rc), int(ei[0]))
+        w = lib.kvmmu_rmp_pvalidate_word(self._t, _batch.uint("pfn", pfn), _batch.uint("asid", asid, 32),
+                                         _batch.uint("vmpl", vmpl, 32), _batch.uint("gfn", gfn),
+                                         _batch.uint("size", size, 32),
+                                         _batch.uint("validate", validate, 32))
+        return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
 
     def rmpadjust(self, pfn, *, asid: int, gfn: int, target_vmpl: int, perms: int,
                   size: int = 0, vmsa=False, vmpl: int = 0) -> InsnResult:
         """RMPADJUST (guest): set the permission mask of a higher VMPL (and VMSA at VMPL0)."""
+        t = self._t_
+        if (t is not None and self.writable
+                and pfn.__class__ is asid.__class__ is gfn.__class__ is target_vmpl.__class__ is int
+                and perms.__class__ is size.__class__ is vmpl.__class__ is int
+                and vmsa.__class__ in _INT_OR_BOOL):
+            try:
+                w = lib.kvmmu_rmp_rmpadjust_word(t, pfn, asid, vmpl, gfn, size, target_vmpl, perms,
+                                                 vmsa)
+                return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
+            except OverflowError:
+                pass
         self._need_writable("rmpadjust")
-        ei = ffi.new("uint64_t *")
-        rc = lib.kvmmu_rmp_rmpadjust(self._t, _batch.uint("pfn", pfn),
-                                     _batch.uint("asid", asid, 32), _batch.uint("vmpl", vmpl, 32),
-                                     _batch.uint("gfn", gfn), _batch.uint("size", size, 32),
-                                     _batch.uint("target_vmpl", target_vmpl, 32),
-                                     _batch.uint("perms", perms, 32), _batch.uint("vmsa", vmsa, 32),
-                                     ei)
-        return InsnResult(Rc(rc), int(ei[0]))
+        w = lib.kvmmu_rmp_rmpadjust_word(self._t, _batch.uint("pfn", pfn),
+                                         _batch.uint("asid", asid, 32), _batch.uint("vmpl", vmpl, 32),
+                                         _batch.uint("gfn", gfn), _batch.uint("size", size, 32),
+                                         _batch.uint("target_vmpl", target_vmpl, 32),
+                                         _batch.uint("perms", perms, 32), _batch.uint("vmsa", vmsa, 32))
+        return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
 
     # -------------------------------------------------------------- kernel helpers
     def rmpupdate_kernel(self, pfn, *, gpa: int, assigned: bool, level: int, immutable: bool,
@@ -1271,34 +1411,28 @@ class RmpTable:
                                      asid=0)
 
     def dump_rmpentry(self, pfn) -> list:
-        """The kernel's dump_rmpentry(): the raw entry if assigned, otherwise every non-zero
-        entry of the pfn's 2M region (those can fault a 2M host mapping)."""
-        v = _batch.uint("pfn", pfn)
-        if not self.covered(v):
-            return [f"Failed to read RMP entry for PFN {v:#x}, error -{EFAULT}"]
-        e = self.entry(v)
-        if e.assigned:
-            return [f"PFN {v:#x}, RMP entry: [{e.lo:#018x} - {e.hi:#018x}]"]
-        start = v & ~(PTRS_PER_PMD - 1)
-        lines = [f"PFN {v:#x} unassigned, dumping non-zero entries in 2M PFN region: "
-                 f"[{start:#x} - {start + PTRS_PER_PMD:#x}]"]
-        for p in range(start, start + PTRS_PER_PMD):
-            if not self.covered(p):
-                break
-            x = self.entry(p)
-            if x.lo or x.hi:
-                lines.append(f"PFN: {p:#x}, [{x.lo:#018x} - {x.hi:#018x}]")
-        return lines
+        """The kernel's dump_rmpentry(): see :func:`dump_rmpentry_lines`."""
+        return dump_rmpentry_lines(self, pfn)
 
     # -------------------------------------------------------------- access checks
     def host_check(self, pfn, level: int = PG_LEVEL_4K, *, user: bool = False) -> AccessResult:
         """The RMP check of a host data write / page-table access through a mapping of
         ``level`` (1G checked as 2M: all 512 entries need Assigned=0).  Reads are not checked."""
+        t = self._t_
+        if (t is not None and pfn.__class__ is level.__class__ is int
+                and (user is False or user is True)):
+            try:
+                w = lib.kvmmu_rmp_host_check_word(t, pfn, level, user)
+            except OverflowError:
+                w = -1
+            if w >= 0:
+                chk = _CHECKS[w & 0xFF]
+                return _tuple_new(AccessResult, (chk, "#PF" if chk else None, w >> 8))
         level = _level("level", level)
         user = _batch.boolean("user", user)
-        ec = ffi.new("uint64_t *")
-        chk = Check(lib.kvmmu_rmp_host_check(self._t, _batch.uint("pfn", pfn), level, user, ec))
-        return AccessResult(chk, "#PF" if chk else None, int(ec[0]))
+        w = lib.kvmmu_rmp_host_check_word(self._t, _batch.uint("pfn", pfn), level, user)
+        chk = _CHECKS[w & 0xFF]
+        return _tuple_new(AccessResult, (chk, "#PF" if chk else None, w >> 8))
 
     def host_check_batch(self, pfns: np.ndarray, level: int = PG_LEVEL_4K,
                          out: Optional[np.ndarray] = None, *,
@@ -1315,6 +1449,15 @@ class RmpTable:
         return out
 
     def _access(self, asid, vmpl, npt_level, kind, c_bit, snp_active, user):
+        """The checked access operands as a struct kvmmu_rmp_access (pfn/gfn not set)."""
+        args = self._access_args(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
+        a = ffi.new("struct kvmmu_rmp_access *")
+        a.asid, a.vmpl, a.npt_level, a.kind, a.c_bit, a.snp_active, a.user = args
+        return a
+
+    @staticmethod
+    def _access_args(asid, vmpl, npt_level, kind, c_bit, snp_active, user) -> tuple:
+        """(asid, vmpl, npt_level, kind, c_bit, snp_active, user), each checked."""
         npt_level = _level("npt_level", npt_level)
         if not 0 <= _batch.uint("vmpl", vmpl, 8) <= 3:
             raise RmpError(f"vmpl={vmpl}: VMPLs are 0..3")
@@ -1324,24 +1467,33 @@ class RmpTable:
             kind = Access[kind.upper()] if isinstance(kind, str) else Access(operator.index(kind))
         except (KeyError, ValueError, TypeError):
             raise RmpError(f"kind={kind!r}: one of {[a.name.lower() for a in Access]}") from None
-        a = ffi.new("struct kvmmu_rmp_access *")
-        a.asid = _batch.uint("asid", asid, 32)
-        a.vmpl, a.npt_level, a.kind = vmpl, npt_level, int(kind)
-        a.c_bit = _batch.boolean("c_bit", c_bit)
-        a.snp_active = _batch.boolean("snp_active", snp_active)
-        a.user = _batch.boolean("user", user)
-        return a
+        asid = _batch.uint("asid", asid, 32)
+        return (asid, vmpl, npt_level, int(kind), _batch.boolean("c_bit", c_bit),
+                _batch.boolean("snp_active", snp_active), _batch.boolean("user", user))
 
     def guest_check(self, pfn, gfn, *, asid: int, vmpl: int = 0, npt_level: int = PG_LEVEL_4K,
                     kind="read", c_bit: bool = True, snp_active: bool = True,
                     user: bool = False) -> AccessResult:
         """The RMP checks of a guest access (APM Table 15-39), in priority order: covered,
         guest-owned, reverse-map, mutable, page-size (NPF), validated (#VC), VMPL (NPF)."""
-        a = self._access(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
-        a.pfn, a.gfn = _batch.uint("pfn", pfn), _batch.uint("gfn", gfn)
-        fault, ei = ffi.new("int *"), ffi.new("uint64_t *")
-        chk = Check(lib.kvmmu_rmp_guest_check(self._t, a, fault, ei))
-        return AccessResult(chk, _fault_name(fault[0]), int(ei[0]))
+        t = self._t_
+        k = _KINDS.get(kind) if kind.__class__ is str else kind
+        if (t is not None and pfn.__class__ is gfn.__class__ is asid.__class__ is int
+                and vmpl.__class__ is npt_level.__class__ is k.__class__ is int
+                and c_bit.__class__ is snp_active.__class__ is user.__class__ is bool):
+            try:
+                w = lib.kvmmu_rmp_guest_check_word(t, pfn, gfn, asid, vmpl, npt_level, k, c_bit,
+                                                   snp_active, user)
+            except OverflowError:
+                w = -1
+            if w >= 0:
+                return _tuple_new(AccessResult, (_CHECKS[w & 0xFF], _FAULT_NAMES.get((w >> 8) & 0xFFF),
+                                                 w >> 20))
+        args = self._access_args(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
+        w = lib.kvmmu_rmp_guest_check_word(self._t, _batch.uint("pfn", pfn), _batch.uint("gfn", gfn),
+                                           *args)
+        return _tuple_new(AccessResult, (_CHECKS[w & 0xFF], _FAULT_NAMES.get((w >> 8) & 0xFFF),
+                                         w >> 20))
 
     def guest_check_batch(self, pfns: np.ndarray, gfns: np.ndarray, *, asid: int, vmpl: int = 0,
                           npt_level: int = PG_LEVEL_4K, kind="read", c_bit: bool = True,
@@ -1383,25 +1535,35 @@ def handle_user_rmp_page_fault(table: RmpTable, *, pte_present: bool, pte_pfn: i
     """The v7/v8 patch's handle_user_rmp_page_fault() given the host mapping found for
     ``address``: UNMAP (PTE gone), SIGBUS (4K entry assigned, or the lookup failed),
     SPLIT (host level above the RMP level), else RETRY."""
+    if (table.__class__ is RmpTable and pte_present.__class__ is bool
+            and pte_pfn.__class__ is level.__class__ is address.__class__ is int):
+        t = table._t_
+        if t is not None:
+            try:
+                w = lib.kvmmu_rmp_user_fault(t, pte_present, pte_pfn, level, address)
+            except OverflowError:
+                w = -1
+            if w >= 0:
+                return _user_fault(w)
     _table(table)
     pte_present = _batch.boolean("pte_present", pte_present)
     level = _level("level", level)
-    pfn = _batch.uint("pte_pfn", pte_pfn, 40)           # a 52-bit physical address's frame
+    pfn = _batch.uint("pte_pfn", pte_pfn, PTE_PFN_BITS)
     address = _batch.uint("address", address)
-    if not pte_present:
-        return UserFault("UNMAP", RMP_PF_UNMAP, None, None)
-    if level > PG_LEVEL_4K:
-        size = 1 << (12 + 9 * (level - 1))
-        pfn |= (address & (size - 1)) >> 12
-    if not table.covered(pfn):
-        # snp_lookup_rmpentry() < 0 is non-zero too: the v7 code takes the SIGBUS branch.
-        return UserFault("SIGBUS", RMP_PF_RETRY, pfn, None)
-    assigned, rmp_level = table.snp_lookup_rmpentry(pfn)
-    if assigned:
-        return UserFault("SIGBUS", RMP_PF_RETRY, pfn, rmp_level)
-    if level > rmp_level:
-        return UserFault("SPLIT", RMP_PF_SPLIT, pfn, rmp_level)
-    return UserFault("RETRY", RMP_PF_RETRY, pfn, rmp_level)
+    return _user_fault(lib.kvmmu_rmp_user_fault(table._t, pte_present, pfn, level, address))
+
+
+_UPF = {lib.KVMMU_RMP_UPF_SIGBUS: ("SIGBUS", RMP_PF_RETRY), lib.KVMMU_RMP_UPF_SPLIT: ("SPLIT", RMP_PF_SPLIT),
+        lib.KVMMU_RMP_UPF_RETRY: ("RETRY", RMP_PF_RETRY)}
+_UPF_UNMAP = UserFault("UNMAP", RMP_PF_UNMAP, None, None)
+
+
+def _user_fault(w: int) -> UserFault:
+    """kvmmu_rmp_user_fault's word (action | RMP level << 2 | pfn << 4) as a UserFault."""
+    if w & 3 == lib.KVMMU_RMP_UPF_UNMAP:
+        return _UPF_UNMAP
+    action, ret = _UPF[w & 3]
+    return _tuple_new(UserFault, (action, ret, w >> 4, (w >> 2) & 3 or None))
 
 
 class NpfOutcome(NamedTuple):
@@ -1454,29 +1616,58 @@ def sev_handle_rmp_fault(table: RmpTable, gpa: int, error_code: int = 0, *,
 def sev_private_max_mapping_level(table: RmpTable, pfn: int, *, snp: bool = True) -> int:
     """The gmem max-mapping-level hook: 0 (no limit) for non-SNP VMs, 4K if the lookup
     fails or the entry is unassigned, otherwise the RMP level (NPT level <= RMP level)."""
+    if table.__class__ is RmpTable and pfn.__class__ is int and (snp is True or snp is False):
+        t = table._t_
+        if t is not None:
+            try:
+                return lib.kvmmu_rmp_max_mapping_level(t, pfn, snp)
+            except OverflowError:
+                pass
     _table(table)
     snp = _batch.boolean("snp", snp)
     pfn = _batch.uint("pfn", pfn)
-    if not snp:
-        return 0
-    if not table.covered(pfn):
-        return PG_LEVEL_4K
-    assigned, level = table.snp_lookup_rmpentry(pfn)
-    return level if assigned else PG_LEVEL_4K
+    return lib.kvmmu_rmp_max_mapping_level(table._t, pfn, snp)
 
 
 def kvm_max_private_mapping_level(max_level: int, max_order: int, hook_level: int = 0) -> int:
     """kvm_max_private_mapping_level(): min(max_level, the level the gmem folio order
     allows, the vendor hook's level when it is non-zero)."""
+    if max_level.__class__ is max_order.__class__ is hook_level.__class__ is int:
+        try:
+            r = lib.kvmmu_rmp_max_private_level(max_level, max_order, hook_level)
+        except OverflowError:
+            r = -1
+        if r > 0:
+            return r
     max_level = _level("max_level", max_level)
     order = _batch.uint("max_order", max_order, 8)
     hook = 0 if isinstance(hook_level, int) and not isinstance(hook_level, bool) and \
         hook_level == 0 else _level("hook_level", hook_level)
-    order_level = PG_LEVEL_1G if order >= 18 else PG_LEVEL_2M if order >= 9 else PG_LEVEL_4K
-    level = min(max_level, order_level)
-    if hook:
-        level = min(level, hook)
-    return level
+    return lib.kvmmu_rmp_max_private_level(max_level, order, hook)
+
+
+def dump_rmpentry_lines(table: RmpTable, pfn) -> list:
+    """The kernel's dump_rmpentry() as log lines: the raw entry if assigned, otherwise every
+    non-zero entry of the pfn's 2M region (those can fault a 2M host mapping); one C call
+    (kvmmu_rmp_dump) finds them."""
+    v = pfn if pfn.__class__ is int and pfn >= 0 else _batch.uint("pfn", pfn)
+    _table(table)
+    q = _scratch()
+    try:
+        r = lib.kvmmu_rmp_dump(table._t, v, q)
+    except OverflowError:
+        raise _batch.bad_u64("pfn", pfn) from None
+    if r < 0:
+        return [f"Failed to read RMP entry for PFN {v:#x}, error -{EFAULT}"]
+    if r == 0:
+        return [f"PFN {v:#x}, RMP entry: [{q[1]:#018x} - {q[2]:#018x}]"]
+    start = v & ~(PTRS_PER_PMD - 1)
+    lines = [f"PFN {v:#x} unassigned, dumping non-zero entries in 2M PFN region: "
+             f"[{start:#x} - {start + PTRS_PER_PMD:#x}]"]
+    found = ffi.unpack(q, 3 * (r - 1))
+    lines += [f"PFN: {p:#x}, [{lo:#018x} - {hi:#018x}]"
+              for p, lo, hi in zip(found[0::3], found[1::3], found[2::3])]
+    return lines
 
 
 # ------------------------------------------------------------------ kernel RMP dumps
