@@ -883,36 +883,8 @@ class RmpTable:
         return self.buffer
 
     def save(self, path, *, exist_ok: bool = True, headerless: bool = False) -> None:
-        """Write the table to ``path`` (header + table; ``headerless``: the table bytes only),
-        atomically: a temporary file in the same directory, fsync, then a rename, so ``path``
-        holds the old or the new table, never a partial one, and saving onto the file the
-        table is mapped from is safe (a read-write table saved onto its own file is flushed).
-        Zero 64 MiB chunks stay holes.  ``exist_ok=False`` refuses an existing ``path``."""
-        buf = self._view()
-        exist_ok = _batch.boolean("exist_ok", exist_ok)
-        headerless = _batch.boolean("headerless", headerless)
-        if not isinstance(path, (str, bytes, os.PathLike)):
-            raise RmpError(f"path: expected a path, got {type(path).__name__}")
-        p = os.fsdecode(os.fspath(path))
-        if (exist_ok and self.mode == "r+" and self.path is not None
-                and headerless == self.headerless and os.path.exists(p)
-                and os.path.samefile(p, self.path)):
-            self.flush()
-            return
-        raw = b"" if headerless else self.header().pack()
-        size = buf.size
-
-        def writer(fd):
-            if raw:
-                _write_all(fd, raw)
-            base = len(raw)
-            for start in range(0, size, _CHUNK):
-                part = buf[start:start + _CHUNK]
-                if not part.any():
-                    continue                         # sparse: leave a hole
-                os.lseek(fd, base + start, os.SEEK_SET)
-                _write_all(fd, part)
-        _atomic_write(p, len(raw) + size, writer, exist_ok=exist_ok)
+        """Write the table to ``path`` atomically (:func:`save_table`)."""
+        save_table(self, path, exist_ok=exist_ok, headerless=headerless)
 
     def flush(self) -> None:
         """Write a read-write file-backed table's changes to its file (msync); a no-op for
@@ -980,52 +952,15 @@ class RmpTable:
                            "the index's back; call enable_level_index() to rebuild it)")
 
     def advise(self, pattern: str) -> None:
-        """madvise() the table's mapping: 'random' (no readahead: a random lookup into a
-        file-backed table then reads one page, not a readahead window), 'sequential',
-        'normal' or 'willneed'."""
-        flag = {"random": "MADV_RANDOM", "sequential": "MADV_SEQUENTIAL",
-                "normal": "MADV_NORMAL", "willneed": "MADV_WILLNEED"}.get(pattern) \
-            if isinstance(pattern, str) else None
-        if flag is None:
-            raise RmpError(f"pattern={pattern!r}: one of 'random', 'sequential', 'normal', "
-                           "'willneed'")
-        m = self._mapping()
-        if m is not None and hasattr(mmap, flag):
-            m.madvise(getattr(mmap, flag))
+        """madvise() the table's file mapping (:func:`advise_mapping`)."""
+        advise_mapping(self, pattern)
 
     def drop_cache(self) -> None:
-        """Bound the memory a file-backed table holds: write back a read-write table, drop
-        its pages from this process (MADV_DONTNEED) and ask the kernel to evict the file's
-        clean page-cache pages (POSIX_FADV_DONTNEED).  Random lookups into a table file pull
-        every page they touch into the page cache (4 KiB, plus readahead unless
-        ``advise('random')``), and those pages count against the memory cgroup; call this
-        between batches to bound that.  Refused for a copy-on-write table (its changes
-        live only in those pages); a no-op for an in-memory table."""
-        self._t
-        if self.mode == "c":
-            raise RmpError("drop_cache: a copy-on-write table's changes live only in its "
-                           "pages; save() it first, then reopen")
-        m = self._mapping()
-        if m is None:
-            return
-        self.flush()
-        m.madvise(mmap.MADV_DONTNEED)
-        if self.path is None:                       # mapped, but not from a table file
-            return
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise RmpError(f"table={self.path!r}: cannot open to evict its pages "
-                           f"({e.strerror or e})") from None
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        """Bound the page cache a file-backed table holds (:func:`drop_page_cache`)."""
+        drop_page_cache(self)
 
     def _mapping(self) -> Optional[mmap.mmap]:
-        self._t
-        m = getattr(self._buf, "_mmap", None) if isinstance(self._buf, np.memmap) else None
-        return m if isinstance(m, mmap.mmap) else None
+        return _file_mapping(self)
 
     def __enter__(self) -> "RmpTable":
         self._t
@@ -1376,29 +1311,9 @@ class RmpTable:
     # -------------------------------------------------------------- kernel helpers
     def rmpupdate_kernel(self, pfn, *, gpa: int, assigned: bool, level: int, immutable: bool,
                          asid: int) -> int:
-        """The kernel's rmpupdate(): adjust_direct_map() rules, then RMPUPDATE.  Returns 0 or
-        -EFAULT; the RMPUPDATE code is kept in ``self.last_rc``.  (The kernel retries while
-        FAIL_OVERLAP, a transient firmware lock there; in the model it is persistent, so it
-        is reported once as -EFAULT.)"""
-        pfn = _batch.uint("pfn", pfn)
-        if isinstance(level, (bool, np.bool_)):
-            raise RmpError(f"level={level!r}: enum pg_level is an int (1 = 4K, 2 = 2M)")
-        level = _batch.uint("level", level, 32)        # enum pg_level; > 2M gives -EFAULT
-        _batch.uint("gpa", gpa)
-        _batch.uint("asid", asid, 32)                  # u32 asid
-        assigned = _batch.boolean("assigned", assigned)
-        immutable = _batch.boolean("immutable", immutable)
-        self._need_writable("rmpupdate_kernel")
-        self.last_rc = None
-        if level not in (PG_LEVEL_4K, PG_LEVEL_2M) or not self.covered(pfn):
-            return -EFAULT                       # adjust_direct_map: -EINVAL -> -EFAULT
-        if level == PG_LEVEL_2M and (pfn % PTRS_PER_PMD or not self.covered(pfn + 511)):
-            return -EFAULT
-        rc = self.rmpupdate(pfn, gpa=gpa, assigned=assigned,
-                            pagesize=0 if level == PG_LEVEL_4K else 1,
-                            immutable=immutable, asid=asid)
-        self.last_rc = rc
-        return 0 if rc == Rc.SUCCESS else -EFAULT
+        """The kernel's rmpupdate() (:func:`rmpupdate_kernel`); the RMPUPDATE code goes to ``last_rc``."""
+        return rmpupdate_kernel(self, pfn, gpa=gpa, assigned=assigned, level=level,
+                                immutable=immutable, asid=asid)
 
     def rmp_make_private(self, pfn, gpa: int, level: int, asid: int, immutable: bool = False) -> int:
         """rmp_make_private(): state {gpa, assigned=1, pagesize=level, immutable, asid}."""
@@ -1519,6 +1434,121 @@ class RmpTable:
         kind = f"segmented shift={self.seg_shift}" if self.segmented else "contiguous"
         return (f"RmpTable({kind}, {self.size:#x} bytes, covers {self.nr_pfns:#x} pages, "
                 f"flags={self.flags!r})")
+
+
+# ------------------------------------------------------------------ table files, page cache
+
+def save_table(table: "RmpTable", path, *, exist_ok: bool = True, headerless: bool = False) -> None:
+    """Write the table to ``path`` (header + table; ``headerless``: the table bytes only),
+    atomically: a temporary file in the same directory, fsync, then a rename, so ``path``
+    holds the old or the new table, never a partial one, and saving onto the file the
+    table is mapped from is safe (a read-write table saved onto its own file is flushed).
+    Zero 64 MiB chunks stay holes.  ``exist_ok=False`` refuses an existing ``path``."""
+    buf = table._view()
+    exist_ok = _batch.boolean("exist_ok", exist_ok)
+    headerless = _batch.boolean("headerless", headerless)
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise RmpError(f"path: expected a path, got {type(path).__name__}")
+    p = os.fsdecode(os.fspath(path))
+    if (exist_ok and table.mode == "r+" and table.path is not None
+            and headerless == table.headerless and os.path.exists(p)
+            and os.path.samefile(p, table.path)):
+        table.flush()
+        return
+    raw = b"" if headerless else table.header().pack()
+    size = buf.size
+
+    def writer(fd):
+        if raw:
+            _write_all(fd, raw)
+        base = len(raw)
+        for start in range(0, size, _CHUNK):
+            part = buf[start:start + _CHUNK]
+            if not part.any():
+                continue                         # sparse: leave a hole
+            os.lseek(fd, base + start, os.SEEK_SET)
+            _write_all(fd, part)
+    _atomic_write(p, len(raw) + size, writer, exist_ok=exist_ok)
+
+
+def advise_mapping(table: "RmpTable", pattern: str) -> None:
+    """madvise() the table's mapping: 'random' (no readahead: a random lookup into a
+    file-backed table then reads one page, not a readahead window), 'sequential',
+    'normal' or 'willneed'."""
+    flag = {"random": "MADV_RANDOM", "sequential": "MADV_SEQUENTIAL",
+            "normal": "MADV_NORMAL", "willneed": "MADV_WILLNEED"}.get(pattern) \
+        if isinstance(pattern, str) else None
+    if flag is None:
+        raise RmpError(f"pattern={pattern!r}: one of 'random', 'sequential', 'normal', "
+                       "'willneed'")
+    m = table._mapping()
+    if m is not None and hasattr(mmap, flag):
+        m.madvise(getattr(mmap, flag))
+
+
+def drop_page_cache(table: "RmpTable") -> None:
+    """Bound the memory a file-backed table holds: write back a read-write table, drop
+    its pages from this process (MADV_DONTNEED) and ask the kernel to evict the file's
+    clean page-cache pages (POSIX_FADV_DONTNEED).  Random lookups into a table file pull
+    every page they touch into the page cache (4 KiB, plus readahead unless
+    ``advise('random')``), and those pages count against the memory cgroup; call this
+    between batches to bound that.  Refused for a copy-on-write table (its changes
+    live only in those pages); a no-op for an in-memory table."""
+    table._t
+    if table.mode == "c":
+        raise RmpError("drop_cache: a copy-on-write table's changes live only in its "
+                       "pages; save() it first, then reopen")
+    m = table._mapping()
+    if m is None:
+        return
+    table.flush()
+    m.madvise(mmap.MADV_DONTNEED)
+    if table.path is None:                       # mapped, but not from a table file
+        return
+    try:
+        fd = os.open(table.path, os.O_RDONLY)
+    except OSError as e:
+        raise RmpError(f"table={table.path!r}: cannot open to evict its pages "
+                       f"({e.strerror or e})") from None
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _file_mapping(table: "RmpTable") -> Optional[mmap.mmap]:
+    table._t
+    m = getattr(table._buf, "_mmap", None) if isinstance(table._buf, np.memmap) else None
+    return m if isinstance(m, mmap.mmap) else None
+
+
+# ------------------------------------------------------------------ kernel helpers
+
+def rmpupdate_kernel(table: "RmpTable", pfn, *, gpa: int, assigned: bool, level: int, immutable: bool,
+                     asid: int) -> int:
+    """The kernel's rmpupdate(): adjust_direct_map() rules, then RMPUPDATE.  Returns 0 or
+    -EFAULT; the RMPUPDATE code is kept in ``table.last_rc``.  (The kernel retries while
+    FAIL_OVERLAP, a transient firmware lock there; in the model it is persistent, so it
+    is reported once as -EFAULT.)"""
+    pfn = _batch.uint("pfn", pfn)
+    if isinstance(level, (bool, np.bool_)):
+        raise RmpError(f"level={level!r}: enum pg_level is an int (1 = 4K, 2 = 2M)")
+    level = _batch.uint("level", level, 32)        # enum pg_level; > 2M gives -EFAULT
+    _batch.uint("gpa", gpa)
+    _batch.uint("asid", asid, 32)                  # u32 asid
+    assigned = _batch.boolean("assigned", assigned)
+    immutable = _batch.boolean("immutable", immutable)
+    table._need_writable("rmpupdate_kernel")
+    table.last_rc = None
+    if level not in (PG_LEVEL_4K, PG_LEVEL_2M) or not table.covered(pfn):
+        return -EFAULT                       # adjust_direct_map: -EINVAL -> -EFAULT
+    if level == PG_LEVEL_2M and (pfn % PTRS_PER_PMD or not table.covered(pfn + 511)):
+        return -EFAULT
+    rc = table.rmpupdate(pfn, gpa=gpa, assigned=assigned,
+                        pagesize=0 if level == PG_LEVEL_4K else 1,
+                        immutable=immutable, asid=asid)
+    table.last_rc = rc
+    return 0 if rc == Rc.SUCCESS else -EFAULT
 
 
 # ------------------------------------------------------------------ fault handlers
