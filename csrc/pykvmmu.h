@@ -304,7 +304,7 @@ size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_
                                size_t n);
 
 /* ======================================================================
- * rmp: the SEV-SNP Reverse Map Table (csrc/rmp.c, pykvmmu/rmp.py)
+ * rmp: the SEV-SNP Reverse Map Table (csrc/rmp.c, pykvmmu/rmp/)
  * ====================================================================== */
 /* RMP_SECTION */
 /* Table geometry (AMD APM 15.36.4 and 15.36.22; kernel snp_rmptable_init). */
@@ -316,7 +316,7 @@ size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_
 
 /* Raw entry layout (fact sheet section 1.1): THE description of the 16-byte entry, one row
  * per field: bits [SHIFT, SHIFT + WIDTH) of little-endian quadword WORD (0 = lo, 1 = hi).
- * csrc/rmp.c derives every mask from these rows; pykvmmu/rmp.py reads them (ENTRY_LAYOUT)
+ * csrc/rmp.c derives every mask from these rows; pykvmmu/rmp reads them (ENTRY_LAYOUT)
  * for RmpEntry's accessors and make_lo (tests/test_rmp_layout.py holds both to them). */
 #define KVMMU_RMP_FLD_ASSIGNED_WORD         0
 #define KVMMU_RMP_FLD_ASSIGNED_SHIFT        0
@@ -453,7 +453,7 @@ struct kvmmu_rmp_state {
     uint32_t asid;
 };
 
-/* One raw entry decoded (pykvmmu/rmp.py FIELDS_DTYPE mirrors it). */
+/* One raw entry decoded (pykvmmu.rmp.FIELDS_DTYPE mirrors it). */
 struct kvmmu_rmp_fields {
     uint64_t lo;
     uint64_t hi;
@@ -530,7 +530,7 @@ void kvmmu_rmp_level_index_build(const struct kvmmu_rmp *t);
 size_t kvmmu_rmp_level_index_check(const struct kvmmu_rmp *t);
 
 /* Scalar entry points: one call checks the operands and computes; the results come packed
- * in the return word, -1 when an operand breaks a rule (pykvmmu/rmp.py then re-checks the
+ * in the return word, -1 when an operand breaks a rule (pykvmmu/rmp then re-checks the
  * operands for the error message).  Fields of the words: see each function in csrc/rmp.c. */
 #define KVMMU_RMP_PTE_PFN_BITS      40
 #define KVMMU_RMP_UPF_UNMAP         0

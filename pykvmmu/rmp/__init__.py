@@ -10,28 +10,29 @@ segmented RMP).  Everything that touches many entries runs in the C core
 
 Readings: where the sources disagree the APM reading is the default and the
 alternative is a flag (``RmpFlags``).
+
+The package: this module holds the entry, the table and the instructions; ``tablefile``
+the file format, atomic writes and page-cache control; ``faults`` the kernel's fault
+handlers and mapping-level rules; ``dump`` dump_rmpentry() and the decoder of its log
+lines.  Every public name is re-exported here.
 """
 from __future__ import annotations
 
 import enum
-import re
 import errno
 import mmap
 import operator
 import os
 import stat
-import struct
-import tempfile
 import threading
-import zlib
 from builtins import open as builtins_open
 from typing import Literal, NamedTuple, Optional, cast
 
 import numpy as np
 
-from . import _batch, _par
-from ._ffi import ffi, lib
-from .errors import InputError
+from .. import _batch, _par
+from .._ffi import ffi, lib
+from ..errors import InputError
 
 __all__ = [
     "RmpError", "RmpBatchError", "RmpFlags", "TableFileHeader", "HEADER_SIZE", "FILE_MAGIC",
@@ -362,176 +363,6 @@ def _anon_zeros(nbytes: int, what: str) -> np.ndarray:
     return np.frombuffer(m, dtype=np.uint8)
 
 
-# ------------------------------------------------------------------ table files
-#
-# A table file is a 8 KiB header followed by the table bytes exactly as in memory
-# (bookkeeping, [RST,] entries).  Header, little-endian:
-#   0 magic "PYKVMRMP" | 8 u32 version | 12 u32 header bytes | 16 u32 layout (0 contiguous,
-#   1 segmented) | 20 u32 seg_shift (52 when contiguous) | 24 u32 RmpFlags | 28 u32 RST entries
-#   stored (0 or 512) | 32 u64 rmp_base | 40 u64 host memory bytes | 48 u64 table bytes |
-#   56 u64 pfns covered | 64 u32 CRC-32 of the header with this field zero | 68..4095 zero |
-#   4096..8191 the segment table (a copy of the RST; zero when contiguous).
-FILE_MAGIC = b"PYKVMRMP"
-FILE_VERSION = 1
-HEADER_SIZE = 8192
-_HDR = struct.Struct("<8sIIIIIIQQQQI")
-LAYOUT_CONTIGUOUS, LAYOUT_SEGMENTED = 0, 1
-_CHUNK = 64 << 20
-
-
-class TableFileHeader(NamedTuple):
-    """The header of a pykvmmu RMP table file (see the layout above)."""
-    version: int
-    layout: int
-    seg_shift: int
-    flags: int
-    rmp_base: int
-    mem_bytes: int
-    table_bytes: int
-    nr_pfns: int
-    rst: tuple           # the 512 RST values of a segmented table, () when contiguous
-
-    @property
-    def segmented(self) -> bool:
-        return self.layout == LAYOUT_SEGMENTED
-
-    def pack(self) -> bytes:
-        raw = bytearray(HEADER_SIZE)
-        _HDR.pack_into(raw, 0, FILE_MAGIC, self.version, HEADER_SIZE, self.layout,
-                       self.seg_shift, self.flags, len(self.rst), self.rmp_base, self.mem_bytes,
-                       self.table_bytes, self.nr_pfns, 0)
-        if self.rst:
-            raw[4096:8192] = np.array(self.rst, dtype="<u8").tobytes()
-        struct.pack_into("<I", raw, 64, zlib.crc32(raw))
-        return bytes(raw)
-
-    @classmethod
-    def unpack(cls, raw: bytes, where: str) -> "TableFileHeader":
-        """Parse and check a header; raise RmpError naming the broken rule."""
-        if len(raw) < HEADER_SIZE:
-            raise RmpError(f"{where}: {len(raw)} bytes, shorter than the {HEADER_SIZE}-byte "
-                           "table file header (truncated file)")
-        (magic, version, hsize, layout, seg_shift, flags, nrst, rmp_base, mem_bytes, tbytes,
-         nr_pfns, crc) = _HDR.unpack_from(raw, 0)
-        if magic != FILE_MAGIC:
-            raise RmpError(f"{where}: magic {magic!r} is not {FILE_MAGIC!r}")
-        if version != FILE_VERSION:
-            raise RmpError(f"{where}: file format version {version}; this pykvmmu reads "
-                           f"version {FILE_VERSION}")
-        if hsize != HEADER_SIZE:
-            raise RmpError(f"{where}: header size {hsize}, version 1 headers are {HEADER_SIZE}")
-        check = bytearray(raw[:HEADER_SIZE])
-        check[64:68] = b"\0\0\0\0"
-        if zlib.crc32(check) != crc:
-            raise RmpError(f"{where}: header CRC-32 {crc:#010x} does not match its contents "
-                           f"({zlib.crc32(check):#010x}): the header is corrupt")
-        if any(raw[68:4096]):
-            raise RmpError(f"{where}: reserved header bytes 68..4095 are not zero")
-        if layout not in (LAYOUT_CONTIGUOUS, LAYOUT_SEGMENTED):
-            raise RmpError(f"{where}: layout {layout}: 0 (contiguous) or 1 (segmented)")
-        if flags & ~lib.KVMMU_RMP_F_ALL:
-            raise RmpError(f"{where}: flags {flags:#x}: unknown RMP flag bits")
-        want_rst = MAX_SEGMENTS if layout == LAYOUT_SEGMENTED else 0
-        if nrst != want_rst:
-            raise RmpError(f"{where}: {nrst} RST entries stored, the layout needs {want_rst}")
-        rst = tuple(int(v) for v in np.frombuffer(raw[4096:8192], "<u8")) if nrst else ()
-        if not nrst and any(raw[4096:8192]):
-            raise RmpError(f"{where}: a contiguous table stores no segment table (bytes "
-                           "4096..8191 must be zero)")
-        if mem_bytes == 0 or mem_bytes > MAX_MEM_BYTES:
-            raise RmpError(f"{where}: host memory {mem_bytes:#x} bytes: 1..2^52")
-        if layout == LAYOUT_CONTIGUOUS:
-            if seg_shift != NONSEG_SHIFT:
-                raise RmpError(f"{where}: seg_shift {seg_shift}: {NONSEG_SHIFT} for a contiguous RMP")
-            if tbytes != table_bytes(mem_bytes):
-                raise RmpError(f"{where}: {tbytes:#x} table bytes, but {mem_bytes:#x} bytes of "
-                               f"memory need 16 KiB + 16 per 4 KiB page = {table_bytes(mem_bytes):#x}")
-        return cls(version, layout, seg_shift, flags, rmp_base, mem_bytes, tbytes, nr_pfns, rst)
-
-
-def _write_all(fd: int, data) -> None:
-    """os.write until every byte of ``data`` is written."""
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fs_error(path: str, e: OSError, what: str) -> RmpError:
-    reason = e.strerror or str(e)
-    return RmpError(f"{path}: cannot {what} ({reason})")
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would, for every thread)."""
-    try:
-        with builtins_open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):                    # pragma: no cover - not Linux >= 4.7
-        pass
-    m = os.umask(0o22)                               # pragma: no cover
-    os.umask(m)                                      # pragma: no cover
-    return m                                         # pragma: no cover
-
-
-def _atomic_write(path, size: int, writer, *, exist_ok: bool) -> None:
-    """Build ``path`` as a temporary file in the same directory (``writer(fd)`` writes the
-    contents, holes stay sparse), truncate it to ``size``, fsync it and move it into place:
-    os.replace when ``exist_ok``, else os.link, which refuses an existing name.  On any
-    error or interrupt (KeyboardInterrupt too) the temporary file is removed and ``path`` is
-    untouched."""
-    path = os.fspath(path)
-    if not isinstance(path, str):
-        path = os.fsdecode(path)
-    d = os.path.dirname(os.path.abspath(path))
-    if not exist_ok and os.path.lexists(path):
-        raise RmpError(f"{path}: already exists (refusing to overwrite it; use --force / "
-                       "exist_ok=True)")
-    tmp: Optional[str]
-    try:
-        fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    except OSError as e:
-        raise _fs_error(path, e, "create a file in its directory") from None
-    try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())
-            writer(fd)
-            os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if exist_ok:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise RmpError(f"{path}: already exists (refusing to overwrite it; use --force / "
-                               "exist_ok=True)") from None
-            os.unlink(tmp)
-        tmp = None
-        try:
-            dfd = os.open(d, os.O_RDONLY)
-        except OSError:                              # pragma: no cover - odd filesystems
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:                              # pragma: no cover
-            pass
-        finally:
-            os.close(dfd)
-    except OSError as e:
-        raise _fs_error(path, e, "write the table file") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:                          # pragma: no cover
-                pass
-
-
 class InsnResult(NamedTuple):
     rc: Rc
     exitinfo: int          # NPF EXITINFO1, or the #VC exit code (0x404), else 0
@@ -753,10 +584,10 @@ class RmpTable:
         raw = hdr.pack()
 
         def writer(fd):
-            _write_all(fd, raw)
+            tablefile._write_all(fd, raw)
             if rst:
                 os.lseek(fd, HEADER_SIZE + BOOKKEEPING, os.SEEK_SET)
-                _write_all(fd, np.array(rst, dtype="<u8").tobytes())
+                tablefile._write_all(fd, np.array(rst, dtype="<u8").tobytes())
         _atomic_write(path, HEADER_SIZE + size, writer, exist_ok=exist_ok)
 
     @classmethod
@@ -1436,92 +1267,6 @@ class RmpTable:
                 f"flags={self.flags!r})")
 
 
-# ------------------------------------------------------------------ table files, page cache
-
-def save_table(table: "RmpTable", path, *, exist_ok: bool = True, headerless: bool = False) -> None:
-    """Write the table to ``path`` (header + table; ``headerless``: the table bytes only),
-    atomically: a temporary file in the same directory, fsync, then a rename, so ``path``
-    holds the old or the new table, never a partial one, and saving onto the file the
-    table is mapped from is safe (a read-write table saved onto its own file is flushed).
-    Zero 64 MiB chunks stay holes.  ``exist_ok=False`` refuses an existing ``path``."""
-    buf = table._view()
-    exist_ok = _batch.boolean("exist_ok", exist_ok)
-    headerless = _batch.boolean("headerless", headerless)
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        raise RmpError(f"path: expected a path, got {type(path).__name__}")
-    p = os.fsdecode(os.fspath(path))
-    if (exist_ok and table.mode == "r+" and table.path is not None
-            and headerless == table.headerless and os.path.exists(p)
-            and os.path.samefile(p, table.path)):
-        table.flush()
-        return
-    raw = b"" if headerless else table.header().pack()
-    size = buf.size
-
-    def writer(fd):
-        if raw:
-            _write_all(fd, raw)
-        base = len(raw)
-        for start in range(0, size, _CHUNK):
-            part = buf[start:start + _CHUNK]
-            if not part.any():
-                continue                         # sparse: leave a hole
-            os.lseek(fd, base + start, os.SEEK_SET)
-            _write_all(fd, part)
-    _atomic_write(p, len(raw) + size, writer, exist_ok=exist_ok)
-
-
-def advise_mapping(table: "RmpTable", pattern: str) -> None:
-    """madvise() the table's mapping: 'random' (no readahead: a random lookup into a
-    file-backed table then reads one page, not a readahead window), 'sequential',
-    'normal' or 'willneed'."""
-    flag = {"random": "MADV_RANDOM", "sequential": "MADV_SEQUENTIAL",
-            "normal": "MADV_NORMAL", "willneed": "MADV_WILLNEED"}.get(pattern) \
-        if isinstance(pattern, str) else None
-    if flag is None:
-        raise RmpError(f"pattern={pattern!r}: one of 'random', 'sequential', 'normal', "
-                       "'willneed'")
-    m = table._mapping()
-    if m is not None and hasattr(mmap, flag):
-        m.madvise(getattr(mmap, flag))
-
-
-def drop_page_cache(table: "RmpTable") -> None:
-    """Bound the memory a file-backed table holds: write back a read-write table, drop
-    its pages from this process (MADV_DONTNEED) and ask the kernel to evict the file's
-    clean page-cache pages (POSIX_FADV_DONTNEED).  Random lookups into a table file pull
-    every page they touch into the page cache (4 KiB, plus readahead unless
-    ``advise('random')``), and those pages count against the memory cgroup; call this
-    between batches to bound that.  Refused for a copy-on-write table (its changes
-    live only in those pages); a no-op for an in-memory table."""
-    table._t
-    if table.mode == "c":
-        raise RmpError("drop_cache: a copy-on-write table's changes live only in its "
-                       "pages; save() it first, then reopen")
-    m = table._mapping()
-    if m is None:
-        return
-    table.flush()
-    m.madvise(mmap.MADV_DONTNEED)
-    if table.path is None:                       # mapped, but not from a table file
-        return
-    try:
-        fd = os.open(table.path, os.O_RDONLY)
-    except OSError as e:
-        raise RmpError(f"table={table.path!r}: cannot open to evict its pages "
-                       f"({e.strerror or e})") from None
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def _file_mapping(table: "RmpTable") -> Optional[mmap.mmap]:
-    table._t
-    m = getattr(table._buf, "_mmap", None) if isinstance(table._buf, np.memmap) else None
-    return m if isinstance(m, mmap.mmap) else None
-
-
 # ------------------------------------------------------------------ kernel helpers
 
 def rmpupdate_kernel(table: "RmpTable", pfn, *, gpa: int, assigned: bool, level: int, immutable: bool,
@@ -1551,247 +1296,12 @@ def rmpupdate_kernel(table: "RmpTable", pfn, *, gpa: int, assigned: bool, level:
     return 0 if rc == Rc.SUCCESS else -EFAULT
 
 
-# ------------------------------------------------------------------ fault handlers
-
-class UserFault(NamedTuple):
-    action: str            # "UNMAP", "SIGBUS", "SPLIT" or "RETRY"
-    ret: int               # enum rmp_pf_ret value the handler returns (SIGBUS returns RETRY)
-    pfn: Optional[int]
-    rmp_level: Optional[int]
-
-
-def handle_user_rmp_page_fault(table: RmpTable, *, pte_present: bool, pte_pfn: int, level: int,
-                               address: int) -> UserFault:
-    """The v7/v8 patch's handle_user_rmp_page_fault() given the host mapping found for
-    ``address``: UNMAP (PTE gone), SIGBUS (4K entry assigned, or the lookup failed),
-    SPLIT (host level above the RMP level), else RETRY."""
-    if (table.__class__ is RmpTable and pte_present.__class__ is bool
-            and pte_pfn.__class__ is level.__class__ is address.__class__ is int):
-        t = table._t_
-        if t is not None:
-            try:
-                w = lib.kvmmu_rmp_user_fault(t, pte_present, pte_pfn, level, address)
-            except OverflowError:
-                w = -1
-            if w >= 0:
-                return _user_fault(w)
-    _table(table)
-    pte_present = _batch.boolean("pte_present", pte_present)
-    level = _level("level", level)
-    pfn = _batch.uint("pte_pfn", pte_pfn, PTE_PFN_BITS)
-    address = _batch.uint("address", address)
-    return _user_fault(lib.kvmmu_rmp_user_fault(table._t, pte_present, pfn, level, address))
-
-
-_UPF = {lib.KVMMU_RMP_UPF_SIGBUS: ("SIGBUS", RMP_PF_RETRY), lib.KVMMU_RMP_UPF_SPLIT: ("SPLIT", RMP_PF_SPLIT),
-        lib.KVMMU_RMP_UPF_RETRY: ("RETRY", RMP_PF_RETRY)}
-_UPF_UNMAP = UserFault("UNMAP", RMP_PF_UNMAP, None, None)
-
-
-def _user_fault(w: int) -> UserFault:
-    """kvmmu_rmp_user_fault's word (action | RMP level << 2 | pfn << 4) as a UserFault."""
-    if w & 3 == lib.KVMMU_RMP_UPF_UNMAP:
-        return _UPF_UNMAP
-    action, ret = _UPF[w & 3]
-    return _tuple_new(UserFault, (action, ret, w >> 4, (w >> 2) & 3 or None))
-
-
-class NpfOutcome(NamedTuple):
-    action: str            # see sev_handle_rmp_fault
-    rmp_level: Optional[int]
-    psmash_rc: Optional[int]
-    zap: Optional[tuple]   # (gfn_start, gfn_end) passed to kvm_zap_gfn_range
-
-
-def sev_handle_rmp_fault(table: RmpTable, gpa: int, error_code: int = 0, *,
-                         pfn: Optional[int], is_private: bool = True,
-                         has_gmem: bool = True) -> NpfOutcome:
-    """KVM's sev_handle_rmp_fault() for an NPF with the RMP bit set.
-
-    Actions: "not-private" / "non-gmem-slot" / "no-backing-page" / "no-assigned-entry"
-    (warn and return), "spurious" (the entry is already 4K), "psmash" (split, zap the
-    GFN range), "psmash-raced" (PSMASH failed but the entry is now 4K and assigned),
-    "psmash-failed" (warn, zap anyway).  ``pfn=None``: kvm_gmem_get_pfn() failed."""
-    _table(table)
-    gfn = _batch.uint("gpa", gpa) >> 12
-    _batch.uint("error_code", error_code)
-    is_private = _batch.boolean("is_private", is_private)
-    has_gmem = _batch.boolean("has_gmem", has_gmem)
-    if pfn is not None:
-        pfn = _batch.uint("pfn", pfn)
-    if not is_private:
-        return NpfOutcome("not-private", None, None, None)
-    if not has_gmem:
-        return NpfOutcome("non-gmem-slot", None, None, None)
-    if pfn is None:
-        return NpfOutcome("no-backing-page", None, None, None)
-    if not table.covered(pfn):
-        return NpfOutcome("no-assigned-entry", None, None, None)
-    assigned, rmp_level = table.snp_lookup_rmpentry(pfn)
-    if not assigned:
-        return NpfOutcome("no-assigned-entry", rmp_level, None, None)
-    if rmp_level == PG_LEVEL_4K:
-        return NpfOutcome("spurious", rmp_level, None, None)
-    # snp_rmptable_psmash() aligns down and retries while FAIL_INUSE; a lock is persistent
-    # in the model, so one attempt stands for the loop.
-    rc = table.psmash(pfn & ~(PTRS_PER_PMD - 1))
-    if rc != Rc.SUCCESS:
-        a2, l2 = table.snp_lookup_rmpentry(pfn)
-        if a2 and l2 == PG_LEVEL_4K:
-            return NpfOutcome("psmash-raced", rmp_level, int(rc), None)
-        return NpfOutcome("psmash-failed", rmp_level, int(rc), (gfn, gfn + PTRS_PER_PMD))
-    return NpfOutcome("psmash", rmp_level, int(rc), (gfn, gfn + PTRS_PER_PMD))
-
-
-def sev_private_max_mapping_level(table: RmpTable, pfn: int, *, snp: bool = True) -> int:
-    """The gmem max-mapping-level hook: 0 (no limit) for non-SNP VMs, 4K if the lookup
-    fails or the entry is unassigned, otherwise the RMP level (NPT level <= RMP level)."""
-    if table.__class__ is RmpTable and pfn.__class__ is int and (snp is True or snp is False):
-        t = table._t_
-        if t is not None:
-            try:
-                return lib.kvmmu_rmp_max_mapping_level(t, pfn, snp)
-            except OverflowError:
-                pass
-    _table(table)
-    snp = _batch.boolean("snp", snp)
-    pfn = _batch.uint("pfn", pfn)
-    return lib.kvmmu_rmp_max_mapping_level(table._t, pfn, snp)
-
-
-def kvm_max_private_mapping_level(max_level: int, max_order: int, hook_level: int = 0) -> int:
-    """kvm_max_private_mapping_level(): min(max_level, the level the gmem folio order
-    allows, the vendor hook's level when it is non-zero)."""
-    if max_level.__class__ is max_order.__class__ is hook_level.__class__ is int:
-        try:
-            r = lib.kvmmu_rmp_max_private_level(max_level, max_order, hook_level)
-        except OverflowError:
-            r = -1
-        if r > 0:
-            return r
-    max_level = _level("max_level", max_level)
-    order = _batch.uint("max_order", max_order, 8)
-    hook = 0 if isinstance(hook_level, int) and not isinstance(hook_level, bool) and \
-        hook_level == 0 else _level("hook_level", hook_level)
-    return lib.kvmmu_rmp_max_private_level(max_level, order, hook)
-
-
-def dump_rmpentry_lines(table: RmpTable, pfn) -> list:
-    """The kernel's dump_rmpentry() as log lines: the raw entry if assigned, otherwise every
-    non-zero entry of the pfn's 2M region (those can fault a 2M host mapping); one C call
-    (kvmmu_rmp_dump) finds them."""
-    v = pfn if pfn.__class__ is int and pfn >= 0 else _batch.uint("pfn", pfn)
-    _table(table)
-    q = _scratch()
-    try:
-        r = lib.kvmmu_rmp_dump(table._t, v, q)
-    except OverflowError:
-        raise _batch.bad_u64("pfn", pfn) from None
-    if r < 0:
-        return [f"Failed to read RMP entry for PFN {v:#x}, error -{EFAULT}"]
-    if r == 0:
-        return [f"PFN {v:#x}, RMP entry: [{q[1]:#018x} - {q[2]:#018x}]"]
-    start = v & ~(PTRS_PER_PMD - 1)
-    lines = [f"PFN {v:#x} unassigned, dumping non-zero entries in 2M PFN region: "
-             f"[{start:#x} - {start + PTRS_PER_PMD:#x}]"]
-    found = ffi.unpack(q, 3 * (r - 1))
-    lines += [f"PFN: {p:#x}, [{lo:#018x} - {hi:#018x}]"
-              for p, lo, hi in zip(found[0::3], found[1::3], found[2::3])]
-    return lines
-
-
-# ------------------------------------------------------------------ kernel RMP dumps
-
-class DumpEntry(NamedTuple):
-    """One RMP line found in a kernel log (see :func:`decode_dump`).
-
-    ``kind``: "entry" (the dumped pfn's raw entry), "region" (a non-zero entry of the
-    2M region dumped for an unassigned pfn), "fields" (an early RFC line that printed
-    decoded fields only: ``lo`` is rebuilt from them, sub-page count and lock unknown,
-    ``hi`` None), "region-start" (the unassigned pfn and its 2M region ``[lo, hi)``),
-    "none" (no populated entry in the region), "error" (the lookup failed, ``lo`` = the
-    errno printed) or "rmpupdate-failed" (``lo`` = the RMPUPDATE return code, ``hi`` =
-    the pg_level)."""
-    line: int              # 1-based line number in the text
-    kind: str
-    fmt: str               # which kernel's format the line is in
-    pfn: int
-    lo: Optional[int]
-    hi: Optional[int]
-
-    @property
-    def entry(self) -> Optional[RmpEntry]:
-        if self.kind in ("entry", "region", "fields") and self.lo is not None:
-            return RmpEntry(self.lo, self.hi or 0)
-        return None
-
-
-_X = r"0x([0-9a-fA-F]{1,16})"        # a hex number that fits 64 bits
-# (regex, kind, format, how the groups map to (pfn, lo, hi)).  Formats, from the kernel
-# sources read (docs/rmp.md lists them): mainline dump_rmpentry() since v6.9 (and in
-# v6.14's rmpentry_raw shape); the v10/v11 SNP host patches' sev_dump_rmpentry()
-# ("high=... low=...", pfn); the RFC v6-v9 patches ("RMPEntry paddr", physical address).
-_DUMP_PATTERNS = [
-    (rf"PFN {_X}, RMP entry: \[{_X} - {_X}\]", "entry", "v6.9+", "p,lo,hi"),
-    (rf"PFN: {_X}, \[{_X} - {_X}\]", "region", "v6.9+", "p,lo,hi"),
-    (rf"PFN {_X} unassigned, dumping non-zero entries in 2M PFN region: \[{_X} - {_X}\]",
-     "region-start", "v6.9+", "p,lo,hi"),
-    (rf"RMP entry for PFN {_X}: \[high={_X} low={_X}\]", "entry", "v10-v11 patches", "p,hi,lo"),
-    (rf"e\.g\.: PFN {_X}: \[high={_X} low={_X}\]", "region", "v10-v11 patches", "p,hi,lo"),
-    (rf"No populated RMP entries in the 2MB region containing PFN {_X}", "none",
-     "v10-v11 patches", "p"),
-    (rf"RMPEntry paddr {_X}: \[high={_X} low={_X}\]", "entry", "RFC patches", "pa,hi,lo"),
-    (rf"RMPEntry paddr {_X} ([0-9a-fA-F]{{16}}) ([0-9a-fA-F]{{16}})", "entry", "RFC patches",
-     "pa,hi,lo"),
-    (rf"RMPEntry paddr {_X} \[assigned=(\d) immutable=(\d) pagesize=(\d) gpa={_X} "
-     r"asid=(\d+) vmsa=(\d) validated=(\d)\]", "fields", "RFC patches", "fields"),
-    (rf"Failed to read RMP (?:entry|contents) for PFN {_X}, error (-?\d+)", "error", "v6.9+",
-     "p,err"),
-    (rf"Error (-?\d+) reading RMP (?:entry|contents) for PFN {_X}", "error", "v6.9+", "err,p"),
-    (r"RMPUPDATE failed for PFN ([0-9a-fA-F]{1,16}), pg_level: (\d+), ret: (-?\d+)",
-     "rmpupdate-failed", "v6.9+", "p,level,ret"),
-]
-_DUMP_RES = [(re.compile(r), k, f, m) for r, k, f, m in _DUMP_PATTERNS]
-
-
-def decode_dump(text: str) -> list:
-    """Find the RMP lines of the kernel's dump_rmpentry() (every known format) in a pasted
-    log (dmesg or journal prefixes, any other lines are skipped) and return them as
-    :class:`DumpEntry` records, in order.  Numbers that do not fit their field raise
-    RmpError naming the line."""
-    if not isinstance(text, str):
-        raise RmpError(f"text: expected a str, got {type(text).__name__}")
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        for rx, kind, fmt, how in _DUMP_RES:
-            m = rx.search(line)
-            if not m:
-                continue
-            g = m.groups()
-            if how == "p,lo,hi":
-                pfn, lo, hi = (int(x, 16) for x in g)
-            elif how == "p,hi,lo":
-                pfn, hi, lo = (int(x, 16) for x in g)
-            elif how == "pa,hi,lo":
-                pa, hi, lo = (int(x, 16) for x in g)
-                pfn = pa >> 12
-            elif how == "p":
-                pfn, lo, hi = int(g[0], 16), None, None
-            elif how == "p,err":
-                pfn, lo, hi = int(g[0], 16), int(g[1]), None
-            elif how == "err,p":
-                pfn, lo, hi = int(g[1], 16), int(g[0]), None
-            elif how == "p,level,ret":
-                pfn, hi, lo = int(g[0], 16), int(g[1]), int(g[2])
-            else:                                    # fields
-                pfn = int(g[0], 16) >> 12
-                try:
-                    lo = make_lo(assigned=int(g[1]), immutable=int(g[2]), pagesize=int(g[3]),
-                                 gpa=int(g[4], 16), asid=int(g[5]), vmsa=int(g[6]),
-                                 validated=int(g[7]))
-                except InputError as e:
-                    raise RmpError(f"line {n}: {e}") from None
-                hi = None
-            out.append(DumpEntry(n, kind, fmt, pfn, lo, hi))
-            break
-    return out
+# ------------------------------------------------------------------ the concept's other modules
+from . import tablefile  # noqa: E402,F401 (create_file writes through tablefile._write_all)
+from .dump import DumpEntry, decode_dump, dump_rmpentry_lines  # noqa: E402
+from .faults import (NpfOutcome, UserFault, handle_user_rmp_page_fault,  # noqa: E402
+                     kvm_max_private_mapping_level, sev_handle_rmp_fault,
+                     sev_private_max_mapping_level)
+from .tablefile import (FILE_MAGIC, FILE_VERSION, HEADER_SIZE, LAYOUT_CONTIGUOUS,  # noqa: E402
+                        LAYOUT_SEGMENTED, TableFileHeader, _atomic_write, _file_mapping,
+                        advise_mapping, drop_page_cache, save_table)
