@@ -6,10 +6,12 @@ Groups and baselines:
   2 MiB pages (RMPUPDATE x 32768), timed once; extra_info has seconds, peak memory and the
   time of a copy of the bytes written (``memcpy_seconds``), measured right after.
 - ``rmp lookup <size>MiB``: snp_lookup_rmpentry() over random pfns (assigned, level, ASID,
-  GPA), interleaved (conftest.interleaved): the core against the best plain-numpy
-  formulation of the same two-read lookup (cache-sized blocks); on the largest table also
-  against one numpy gather of the 4K entries only (``gather``, a lower bound for any numpy
-  formulation) and the pure-Python reference on a small table.
+  GPA), interleaved (conftest.interleaved): the core's default call (which builds a level
+  index for a batch of >= 4 lookups per 2M block) against the best plain-numpy formulation
+  of the same two-read lookup (cache-sized blocks); on the largest table also against the
+  core's two-read lookup (``two_read``: no index), one numpy gather of the 4K entries only
+  (``gather``, a lower bound for any numpy formulation) and the pure-Python reference on a
+  small table.
 - ``rmp lookup <size>MiB level index``: the same with ``enable_level_index()`` (one entry read
   per pfn), default threads and ``threads=1``, against the same single gather.
 The 1 TiB cases run only here, never in tests/.  PYKVMMU_BENCH_RMP_MAX (bytes of host memory,
@@ -121,6 +123,8 @@ def _lookup(benchmark, t, pfns, group, extra=None, targets=()):
     def check(r):
         for a, b, c in zip(r["numpy"], r["core"], r["alloc"]):
             assert np.array_equal(a, b) and np.array_equal(c, b)
+        if "two_read" in r:
+            assert all(np.array_equal(a, b) for a, b in zip(r["two_read"], r["core"]))
         for j in np.random.default_rng(1).integers(0, n, 50):
             assert (r["core"].assigned[j], r["core"].level[j]) == t.snp_lookup_rmpentry(int(pfns[j]))
     o = outs[0]
@@ -223,7 +227,18 @@ def test_lookup_1tib(benchmark, big_table, big_pfns):
     sample = [int(p) % (4 * 512) for p in big_pfns[:REF_N]]
     targets = ({"subject": "core", "max_ns": 12.0, "label": "<= 12 ns per random lookup"},) \
         if big_table.size >= 4 * GiB else ()
+    two = [np.empty(idx.size, d) for d in (np.uint8, np.uint8, np.uint16, np.uint64)]
+
+    def two_read():
+        big_table.BATCH_INDEX_RATIO = 1 << 62            # no per-batch level index
+        try:
+            return big_table.lookup_batch(big_pfns, assigned=two[0], level=two[1], asid=two[2],
+                                          gpa=two[3])
+        finally:
+            del big_table.BATCH_INDEX_RATIO
+
     _lookup(benchmark, big_table, big_pfns, f"rmp lookup {big_table.size >> 20}MiB", extra={
+        "two_read": two_read,
         "gather": lambda: np.take(flat, idx.view(np.intp), out=out, mode="clip"),
         "reference": (lambda: [r.lookup(p) for p in sample], len(sample))}, targets=targets)
 

@@ -348,7 +348,7 @@ size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_
                                size_t n);
 
 /* ======================================================================
- * rmp: the SEV-SNP Reverse Map Table (csrc/rmp.c, pykvmmu/rmp.py)
+ * rmp: the SEV-SNP Reverse Map Table (csrc/rmp.c, pykvmmu/rmp/)
  * ====================================================================== */
 /* RMP_SECTION */
 /* Table geometry (AMD APM 15.36.4 and 15.36.22; kernel snp_rmptable_init). */
@@ -357,6 +357,50 @@ size_t kvmmu_role_bucket_count(const uint32_t *bucket, uint64_t *counts, uint32_
 #define KVMMU_RMP_RST_SIZE          4096
 #define KVMMU_RMP_MAX_SEGMENTS      512
 #define KVMMU_RMP_NONSEG_SHIFT      52
+
+/* Raw entry layout (fact sheet section 1.1): THE description of the 16-byte entry, one row
+ * per field: bits [SHIFT, SHIFT + WIDTH) of little-endian quadword WORD (0 = lo, 1 = hi).
+ * csrc/rmp.c derives every mask from these rows; pykvmmu/rmp reads them (ENTRY_LAYOUT)
+ * for RmpEntry's accessors and make_lo (tests/test_rmp_layout.py holds both to them). */
+#define KVMMU_RMP_FLD_ASSIGNED_WORD         0
+#define KVMMU_RMP_FLD_ASSIGNED_SHIFT        0
+#define KVMMU_RMP_FLD_ASSIGNED_WIDTH        1
+#define KVMMU_RMP_FLD_PAGESIZE_WORD         0
+#define KVMMU_RMP_FLD_PAGESIZE_SHIFT        1
+#define KVMMU_RMP_FLD_PAGESIZE_WIDTH        1
+#define KVMMU_RMP_FLD_IMMUTABLE_WORD        0
+#define KVMMU_RMP_FLD_IMMUTABLE_SHIFT       2
+#define KVMMU_RMP_FLD_IMMUTABLE_WIDTH       1
+#define KVMMU_RMP_FLD_SUBPAGE_COUNT_WORD    0
+#define KVMMU_RMP_FLD_SUBPAGE_COUNT_SHIFT   3
+#define KVMMU_RMP_FLD_SUBPAGE_COUNT_WIDTH   9
+#define KVMMU_RMP_FLD_GPA_WORD              0
+#define KVMMU_RMP_FLD_GPA_SHIFT             12
+#define KVMMU_RMP_FLD_GPA_WIDTH             39
+#define KVMMU_RMP_FLD_ASID_WORD             0
+#define KVMMU_RMP_FLD_ASID_SHIFT            51
+#define KVMMU_RMP_FLD_ASID_WIDTH            10
+#define KVMMU_RMP_FLD_VMSA_WORD             0
+#define KVMMU_RMP_FLD_VMSA_SHIFT            61
+#define KVMMU_RMP_FLD_VMSA_WIDTH            1
+#define KVMMU_RMP_FLD_VALIDATED_WORD        0
+#define KVMMU_RMP_FLD_VALIDATED_SHIFT       62
+#define KVMMU_RMP_FLD_VALIDATED_WIDTH       1
+#define KVMMU_RMP_FLD_LOCK_WORD             0
+#define KVMMU_RMP_FLD_LOCK_SHIFT            63
+#define KVMMU_RMP_FLD_LOCK_WIDTH            1
+#define KVMMU_RMP_FLD_VMPL0_WORD            1
+#define KVMMU_RMP_FLD_VMPL0_SHIFT           0
+#define KVMMU_RMP_FLD_VMPL0_WIDTH           8
+#define KVMMU_RMP_FLD_VMPL1_WORD            1
+#define KVMMU_RMP_FLD_VMPL1_SHIFT           8
+#define KVMMU_RMP_FLD_VMPL1_WIDTH           8
+#define KVMMU_RMP_FLD_VMPL2_WORD            1
+#define KVMMU_RMP_FLD_VMPL2_SHIFT           16
+#define KVMMU_RMP_FLD_VMPL2_WIDTH           8
+#define KVMMU_RMP_FLD_VMPL3_WORD            1
+#define KVMMU_RMP_FLD_VMPL3_SHIFT           24
+#define KVMMU_RMP_FLD_VMPL3_WIDTH           8
 
 /* Rule switches (struct kvmmu_rmp.flags); 0 = the APM reading everywhere. */
 /* KVMMU_RMP_F_HOST_IMMUTABLE: host writes also need Immutable=0 (v7-v9 changelog) */
@@ -453,7 +497,7 @@ struct kvmmu_rmp_state {
     uint32_t asid;
 };
 
-/* One raw entry decoded (pykvmmu/rmp.py FIELDS_DTYPE mirrors it). */
+/* One raw entry decoded (pykvmmu.rmp.FIELDS_DTYPE mirrors it). */
 struct kvmmu_rmp_fields {
     uint64_t lo;
     uint64_t hi;
@@ -528,6 +572,37 @@ size_t kvmmu_rmp_guest_check_batch(const struct kvmmu_rmp *t, const uint64_t *pf
 size_t kvmmu_rmp_count_assigned(const struct kvmmu_rmp *t, uint64_t start, uint64_t count);
 void kvmmu_rmp_level_index_build(const struct kvmmu_rmp *t);
 size_t kvmmu_rmp_level_index_check(const struct kvmmu_rmp *t);
+
+/* Scalar entry points: one call checks the operands and computes; the results come packed
+ * in the return word, -1 when an operand breaks a rule (pykvmmu/rmp then re-checks the
+ * operands for the error message).  Fields of the words: see each function in csrc/rmp.c. */
+#define KVMMU_RMP_PTE_PFN_BITS      40
+#define KVMMU_RMP_UPF_UNMAP         0
+#define KVMMU_RMP_UPF_SIGBUS        1
+#define KVMMU_RMP_UPF_SPLIT         2
+#define KVMMU_RMP_UPF_RETRY         3
+int kvmmu_rmp_lookup_word(const struct kvmmu_rmp *t, uint64_t pfn);
+int64_t kvmmu_rmp_host_check_word(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t level, bool user);
+int64_t kvmmu_rmp_guest_check_word(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gfn,
+                                   uint32_t asid, uint32_t vmpl, uint32_t npt_level, uint32_t kind,
+                                   bool c_bit, bool snp_active, bool user);
+int kvmmu_rmp_rmpupdate_fields(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gpa,
+                               uint8_t assigned, uint8_t pagesize, uint8_t immutable, uint32_t asid);
+int64_t kvmmu_rmp_pvalidate_word(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid,
+                                 uint32_t vmpl, uint64_t gfn, uint32_t size, uint32_t validate);
+int64_t kvmmu_rmp_rmpadjust_word(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid,
+                                 uint32_t vmpl, uint64_t gfn, uint32_t size, uint32_t target_vmpl,
+                                 uint32_t perms, uint32_t vmsa);
+int64_t kvmmu_rmp_user_fault(const struct kvmmu_rmp *t, bool pte_present, uint64_t pte_pfn,
+                             uint32_t level, uint64_t address);
+int kvmmu_rmp_max_mapping_level(const struct kvmmu_rmp *t, uint64_t pfn, bool snp);
+int kvmmu_rmp_max_private_level(uint32_t max_level, uint32_t max_order, uint32_t hook_level);
+int kvmmu_rmp_dump(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out);
+/* A level index for one batch (lookup_batch builds one when the batch is large enough). */
+void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nbits);
+size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                  uint8_t *assigned, uint8_t *level, uint16_t *asid,
+                                  uint64_t *gpa, size_t n, int *err, const uint64_t *lvl_bits);
 
 /* ======================================================================
  * private: private/shared fault classification (csrc/private.c, pykvmmu/private.py)

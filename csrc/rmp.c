@@ -24,23 +24,30 @@
 #error "the RMP buffer is little-endian; a big-endian host needs byte swaps here"
 #endif
 
-/* Raw entry, first quadword (AMD firmware rmp_fields_t / kernel rmpentry_raw). */
-#define RMP_ASSIGNED        KBIT(0)
-#define RMP_PAGESIZE        KBIT(1)
-#define RMP_IMMUTABLE       KBIT(2)
-#define RMP_SUBPAGE_SHIFT   3
-#define RMP_SUBPAGE_MASK    KGENMASK(11, 3)
-#define RMP_GPA_SHIFT       12
-#define RMP_GPA_MASK        KGENMASK(50, 12)
-#define RMP_GPA_BITS        39
-#define RMP_ASID_SHIFT      51
-#define RMP_ASID_MASK       KGENMASK(60, 51)
-#define RMP_ASID_MAX        0x3FFu
-#define RMP_VMSA            KBIT(61)
-#define RMP_VALIDATED       KBIT(62)
-#define RMP_LOCK            KBIT(63)
-/* Second quadword: four 8-bit VMPL permission masks in bits 31:0. */
-#define RMP_PERMS_MASK      KGENMASK(31, 0)
+/* Raw entry masks, derived from the layout rows KVMMU_RMP_FLD_* of pykvmmu.h (the one
+ * description of the entry; AMD firmware rmp_fields_t / kernel rmpentry_raw). */
+#define RMP_FSHIFT(F)       KVMMU_RMP_FLD_##F##_SHIFT
+#define RMP_FWIDTH(F)       KVMMU_RMP_FLD_##F##_WIDTH
+#define RMP_FMASK(F)        KGENMASK(RMP_FSHIFT(F) + RMP_FWIDTH(F) - 1, RMP_FSHIFT(F))
+#define RMP_ASSIGNED        RMP_FMASK(ASSIGNED)
+#define RMP_PAGESIZE        RMP_FMASK(PAGESIZE)
+#define RMP_IMMUTABLE       RMP_FMASK(IMMUTABLE)
+#define RMP_SUBPAGE_SHIFT   RMP_FSHIFT(SUBPAGE_COUNT)
+#define RMP_SUBPAGE_MASK    RMP_FMASK(SUBPAGE_COUNT)
+#define RMP_GPA_SHIFT       RMP_FSHIFT(GPA)
+#define RMP_GPA_MASK        RMP_FMASK(GPA)
+#define RMP_GPA_BITS        RMP_FWIDTH(GPA)
+#define RMP_ASID_SHIFT      RMP_FSHIFT(ASID)
+#define RMP_ASID_MASK       RMP_FMASK(ASID)
+#define RMP_ASID_MAX        ((1u << RMP_FWIDTH(ASID)) - 1)
+#define RMP_VMSA            RMP_FMASK(VMSA)
+#define RMP_VALIDATED       RMP_FMASK(VALIDATED)
+#define RMP_LOCK            RMP_FMASK(LOCK)
+/* Second quadword: four VMPL permission masks, VMPL v at VMPL0's shift + v * width. */
+#define RMP_PERM_SHIFT      RMP_FSHIFT(VMPL0)
+#define RMP_PERM_WIDTH      RMP_FWIDTH(VMPL0)
+#define RMP_PERM_ONE        ((uint32_t)RMP_FMASK(VMPL0) >> RMP_PERM_SHIFT)
+#define RMP_PERMS_MASK      KGENMASK(RMP_PERM_SHIFT + 4 * RMP_PERM_WIDTH - 1, RMP_PERM_SHIFT)
 #define PERM_R              1u
 #define PERM_W              2u
 #define PERM_XU             4u
@@ -48,6 +55,10 @@
 #define PERM_SSS            16u
 #define PERM_RSVD           0xE0u
 #define PERM_FULL           (PERM_R | PERM_W | PERM_XU | PERM_XS | PERM_SSS)
+/* The fields of each quadword, for the layout checks below. */
+#define RMP_LO_FIELDS(X)    X(ASSIGNED) X(PAGESIZE) X(IMMUTABLE) X(SUBPAGE_COUNT) X(GPA) X(ASID) \
+                            X(VMSA) X(VALIDATED) X(LOCK)
+#define RMP_HI_FIELDS(X)    X(VMPL0) X(VMPL1) X(VMPL2) X(VMPL3)
 /* Firmware GPA-state tag in bits 38:36 of the GPA field. */
 #define GPA_STATE_SHIFT     36
 #define GPA_STATE_METADATA  1u
@@ -57,6 +68,7 @@
 #define PMD_PFN_MASK        (~(uint64_t)(PTRS_PER_PMD - 1))
 #define PG_LEVEL_4K         1
 #define PG_LEVEL_2M         2
+#define PG_LEVEL_1G         3
 
 /* NPF EXITINFO1 / KVM PFERR bits. */
 #define PFERR_PRESENT       KBIT(0)
@@ -75,11 +87,19 @@
 #define PREFETCH_DIST       16
 #endif
 
-_Static_assert((RMP_ASSIGNED | RMP_PAGESIZE | RMP_IMMUTABLE | RMP_SUBPAGE_MASK | RMP_GPA_MASK |
-                RMP_ASID_MASK | RMP_VMSA | RMP_VALIDATED | RMP_LOCK) == ~(uint64_t)0,
-               "the first quadword's fields cover all 64 bits");
-_Static_assert((RMP_SUBPAGE_MASK & RMP_GPA_MASK) == 0 && (RMP_GPA_MASK & RMP_ASID_MASK) == 0,
-               "RMP fields do not overlap");
+#define RMP_OR_MASK(F)      | RMP_FMASK(F)
+#define RMP_SUM_WIDTH(F)    + RMP_FWIDTH(F)
+_Static_assert((0 RMP_LO_FIELDS(RMP_OR_MASK)) == ~(uint64_t)0 &&
+               (0 RMP_LO_FIELDS(RMP_SUM_WIDTH)) == 64,
+               "the first quadword's fields cover its 64 bits without overlapping");
+_Static_assert((0 RMP_HI_FIELDS(RMP_OR_MASK)) == RMP_PERMS_MASK &&
+               (0 RMP_HI_FIELDS(RMP_SUM_WIDTH)) == 4 * RMP_PERM_WIDTH,
+               "the four VMPL masks are consecutive fields of one width");
+#define RMP_WORD_IS(F, W)   && KVMMU_RMP_FLD_##F##_WORD == (W)
+#define RMP_WORD0(F)        RMP_WORD_IS(F, 0)
+#define RMP_WORD1(F)        RMP_WORD_IS(F, 1)
+_Static_assert(1 RMP_LO_FIELDS(RMP_WORD0) RMP_HI_FIELDS(RMP_WORD1), "fields sit in their quadword");
+_Static_assert(RMP_FSHIFT(VMPL3) == RMP_PERM_SHIFT + 3 * RMP_PERM_WIDTH, "VMPL v at v * width");
 _Static_assert(RMP_SUBPAGE_MASK >> RMP_SUBPAGE_SHIFT == PTRS_PER_PMD - 1,
                "the 9-bit sub-page count holds 0..511");
 _Static_assert(sizeof(struct kvmmu_rmp_state) == 16, "struct rmp_state is 16 bytes");
@@ -116,7 +136,10 @@ static inline bool is_2m_page(uint64_t lo)
 static inline uint64_t lo_gfn(uint64_t lo) { return (lo & RMP_GPA_MASK) >> RMP_GPA_SHIFT; }
 static inline uint32_t lo_asid(uint64_t lo) { return (uint32_t)((lo & RMP_ASID_MASK) >> RMP_ASID_SHIFT); }
 static inline uint32_t lo_count(uint64_t lo) { return (uint32_t)((lo & RMP_SUBPAGE_MASK) >> RMP_SUBPAGE_SHIFT); }
-static inline uint32_t hi_perm(uint64_t hi, uint32_t vmpl) { return (uint32_t)(hi >> (8 * vmpl)) & 0xFFu; }
+static inline uint32_t hi_perm(uint64_t hi, uint32_t vmpl)
+{
+    return (uint32_t)(hi >> (RMP_PERM_SHIFT + RMP_PERM_WIDTH * vmpl)) & RMP_PERM_ONE;
+}
 
 /* ------------------------------------------------------------ level index
  *
@@ -137,18 +160,42 @@ static inline void lvl_sync(const struct kvmmu_rmp *t, uint64_t head, uint64_t l
         t->lvl_bits[i >> 6] &= ~m;
 }
 
-static inline uint8_t lvl_get(const struct kvmmu_rmp *t, uint64_t pfn)
+static inline uint8_t lvl_get(const uint64_t *bits, uint64_t pfn)
 {
     uint64_t i = pfn / PTRS_PER_PMD;
-    return (uint8_t)(1 + ((t->lvl_bits[i >> 6] >> (i & 63)) & 1));
+    return (uint8_t)(1 + ((bits[i >> 6] >> (i & 63)) & 1));
+}
+
+/* bits[0 .. ceil(nbits / 64)): bit i = Page_Size of the entry at pfn i * 512 (0 where not
+ * covered).  The 2M-aligned entries are 8 KiB apart: prefetched PREFETCH_DIST ahead. */
+void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nbits)
+{
+    for (uint64_t i = 0; i < PREFETCH_DIST && i < nbits; i++) {
+        const uint64_t *q = entry_ptr(t, i * PTRS_PER_PMD);
+        if (q)
+            __builtin_prefetch(q);
+    }
+    uint64_t word = 0;
+    for (uint64_t i = 0; i < nbits; i++) {
+        if (i + PREFETCH_DIST < nbits) {
+            const uint64_t *q = entry_ptr(t, (i + PREFETCH_DIST) * PTRS_PER_PMD);
+            if (q)
+                __builtin_prefetch(q);
+        }
+        const uint64_t *h = entry_ptr(t, i * PTRS_PER_PMD);
+        if (h && (h[0] & RMP_PAGESIZE))
+            word |= KBIT(i & 63);
+        if ((i & 63) == 63 || i + 1 == nbits) {
+            bits[i >> 6] = word;
+            word = 0;
+        }
+    }
 }
 
 void kvmmu_rmp_level_index_build(const struct kvmmu_rmp *t)
 {
-    for (uint64_t i = 0; i < t->lvl_nbits; i++) {
-        const uint64_t *h = entry_ptr(t, i * PTRS_PER_PMD);
-        lvl_sync(t, i * PTRS_PER_PMD, h ? h[0] : 0);
-    }
+    if (t->lvl_bits)
+        kvmmu_rmp_level_bits(t, t->lvl_bits, t->lvl_nbits);
 }
 
 /* 0, or 1 + the first 2M block whose index bit differs from its entry. */
@@ -156,7 +203,7 @@ size_t kvmmu_rmp_level_index_check(const struct kvmmu_rmp *t)
 {
     for (uint64_t i = 0; t->lvl_bits && i < t->lvl_nbits; i++) {
         const uint64_t *h = entry_ptr(t, i * PTRS_PER_PMD);
-        uint64_t want = h ? (h[0] & RMP_PAGESIZE) >> 1 : 0;
+        uint64_t want = h ? (h[0] & RMP_PAGESIZE) != 0 : 0;
         if (((t->lvl_bits[i >> 6] >> (i & 63)) & 1) != want)
             return (size_t)i + 1;
     }
@@ -209,7 +256,7 @@ static inline void lookup_one(uint64_t lo, uint64_t hlo, size_t i, uint8_t *assi
                               uint8_t *level, uint16_t *asid, uint64_t *gpa)
 {
     assigned[i] = (uint8_t)(lo & RMP_ASSIGNED);
-    level[i] = (uint8_t)(1 + ((hlo >> 1) & 1));
+    level[i] = (uint8_t)(1 + ((hlo & RMP_PAGESIZE) != 0));
     if (asid)
         asid[i] = (uint16_t)lo_asid(lo);
     if (gpa)
@@ -219,7 +266,16 @@ static inline void lookup_one(uint64_t lo, uint64_t hlo, size_t i, uint8_t *assi
 size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, uint8_t *assigned,
                               uint8_t *level, uint16_t *asid, uint64_t *gpa, size_t n, int *err)
 {
-    if (t->nr_segs == 1 && t->seg_shift == KVMMU_RMP_NONSEG_SHIFT && t->lvl_bits) {
+    return kvmmu_rmp_lookup_batch_lvl(t, pfn, assigned, level, asid, gpa, n, err, t->lvl_bits);
+}
+
+/* kvmmu_rmp_lookup_batch with the level from lvl_bits (a level index of at least
+ * ceil(nr_pfns / 512) bits) when it is not NULL, else from the 2M-aligned entries. */
+size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                  uint8_t *assigned, uint8_t *level, uint16_t *asid,
+                                  uint64_t *gpa, size_t n, int *err, const uint64_t *lvl_bits)
+{
+    if (t->nr_segs == 1 && t->seg_shift == KVMMU_RMP_NONSEG_SHIFT && lvl_bits) {
         /* Contiguous RMP with the level index: one entry (one cache line) per lookup. */
         const uint64_t *ent = (const uint64_t *)(const void *)(t->base + t->seg_off[0]);
         const uint64_t cnt = t->seg_count[0];
@@ -238,7 +294,7 @@ size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, ui
             }
             uint64_t lo = ent[2 * p];
             assigned[i] = (uint8_t)(lo & RMP_ASSIGNED);
-            level[i] = lvl_get(t, p);
+            level[i] = lvl_get(lvl_bits, p);
             if (asid)
                 asid[i] = (uint16_t)lo_asid(lo);
             if (gpa)
@@ -287,9 +343,9 @@ size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, ui
                 *err = KVMMU_RMP_E_RANGE;
             return i + 1;
         }
-        if (t->lvl_bits) {
+        if (lvl_bits) {
             lookup_one(e[0], 0, i, assigned, level, asid, gpa);
-            level[i] = lvl_get(t, pfn[i]);
+            level[i] = lvl_get(lvl_bits, pfn[i]);
         } else {
             const uint64_t *h = entry_ptr(t, pfn[i] & PMD_PFN_MASK);
             lookup_one(e[0], h[0], i, assigned, level, asid, gpa);
@@ -379,12 +435,12 @@ void kvmmu_rmp_decode(uint64_t lo, uint64_t hi, struct kvmmu_rmp_fields *o)
     o->gpa = lo_gfn(lo);
     o->asid = (uint16_t)lo_asid(lo);
     o->subpage_count = (uint16_t)lo_count(lo);
-    o->assigned = (uint8_t)(lo & 1);
-    o->pagesize = (uint8_t)((lo >> 1) & 1);
-    o->immutable = (uint8_t)((lo >> 2) & 1);
-    o->vmsa = (uint8_t)((lo >> 61) & 1);
-    o->validated = (uint8_t)((lo >> 62) & 1);
-    o->lock = (uint8_t)(lo >> 63);
+    o->assigned = (lo & RMP_ASSIGNED) != 0;
+    o->pagesize = (lo & RMP_PAGESIZE) != 0;
+    o->immutable = (lo & RMP_IMMUTABLE) != 0;
+    o->vmsa = (lo & RMP_VMSA) != 0;
+    o->validated = (lo & RMP_VALIDATED) != 0;
+    o->lock = (lo & RMP_LOCK) != 0;
     for (uint32_t v = 0; v < 4; v++)
         o->vmpl[v] = (uint8_t)hi_perm(hi, v);
     o->state = (uint8_t)kvmmu_rmp_state_raw(lo);
@@ -674,7 +730,7 @@ int kvmmu_rmp_rmpadjust(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, 
     uint64_t *g = NULL;
     bool in2m = false;
     *exitinfo = 0;
-    if (size > 1 || vmpl > 3 || target_vmpl > 3 || perms > 0xFF || (perms & PERM_RSVD) || vmsa > 1)
+    if (size > 1 || vmpl > 3 || target_vmpl > 3 || perms > RMP_PERM_ONE || (perms & PERM_RSVD) || vmsa > 1)
         return KVMMU_RMP_RC_FAIL_INPUT;
     if (size == 1 && ((gfn | pfn) & (PTRS_PER_PMD - 1)))
         return KVMMU_RMP_RC_FAIL_INPUT;
@@ -691,8 +747,8 @@ int kvmmu_rmp_rmpadjust(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, 
         return KVMMU_RMP_RC_FAIL_SIZEMISMATCH;
     if (perms & ~hi_perm(g[1], vmpl))
         return KVMMU_RMP_RC_FAIL_PERMISSION;
-    uint64_t sh = 8u * target_vmpl;
-    g[1] = (g[1] & ~(UINT64_C(0xFF) << sh)) | ((uint64_t)perms << sh);
+    uint64_t sh = RMP_PERM_SHIFT + RMP_PERM_WIDTH * target_vmpl;
+    g[1] = (g[1] & ~((uint64_t)RMP_PERM_ONE << sh)) | ((uint64_t)perms << sh);
     if (vmpl == 0)
         g[0] = vmsa ? (g[0] | RMP_VMSA) : (g[0] & ~RMP_VMSA);
     return KVMMU_RMP_RC_SUCCESS;
@@ -840,4 +896,160 @@ size_t kvmmu_rmp_guest_check_batch(const struct kvmmu_rmp *t, const uint64_t *pf
             first = i + 1;
     }
     return first;
+}
+
+/* ------------------------------------------------------------ scalar entry points
+ *
+ * One call per scalar Python call: the operands are checked here (-1 when one breaks a
+ * rule; the Python side then re-checks them to name it) and the results packed in the
+ * return word. */
+
+/* snp_lookup_rmpentry(): -1 beyond the table, else assigned | level << 1. */
+int kvmmu_rmp_lookup_word(const struct kvmmu_rmp *t, uint64_t pfn)
+{
+    bool a;
+    int lv;
+    if (kvmmu_rmp_lookup(t, pfn, &a, &lv))
+        return -1;
+    return (int)a | lv << 1;
+}
+
+/* The host check: -1 for a level outside 1..3, else check | #PF error code << 8. */
+int64_t kvmmu_rmp_host_check_word(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t level, bool user)
+{
+    uint64_t ec;
+    if (level < PG_LEVEL_4K || level > PG_LEVEL_1G)
+        return -1;
+    int chk = kvmmu_rmp_host_check(t, pfn, level, user, &ec);
+    return (int64_t)((uint64_t)chk | ec << 8);
+}
+
+/* The guest access check: -1 for a VMPL above 3, an NPT level outside 1..3 or an unknown
+ * access kind, else check | fault (KVMMU_RMP_RC_*, 0 none) << 8 | exit info << 20. */
+int64_t kvmmu_rmp_guest_check_word(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gfn,
+                                   uint32_t asid, uint32_t vmpl, uint32_t npt_level, uint32_t kind,
+                                   bool c_bit, bool snp_active, bool user)
+{
+    if (vmpl > 3 || npt_level < PG_LEVEL_4K || npt_level > PG_LEVEL_1G ||
+        kind > KVMMU_RMP_ACC_PT_WRITE)
+        return -1;
+    struct kvmmu_rmp_access a = {
+        .pfn = pfn, .gfn = gfn, .asid = asid, .vmpl = (uint8_t)vmpl,
+        .npt_level = (uint8_t)npt_level, .kind = (uint8_t)kind, .c_bit = c_bit,
+        .snp_active = snp_active, .user = user, .pad = {0},
+    };
+    int fault;
+    uint64_t ei;
+    int chk = kvmmu_rmp_guest_check(t, &a, &fault, &ei);
+    return (int64_t)((uint64_t)chk | (uint64_t)fault << 8 | ei << 20);
+}
+
+int kvmmu_rmp_rmpupdate_fields(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gpa,
+                               uint8_t assigned, uint8_t pagesize, uint8_t immutable, uint32_t asid)
+{
+    struct kvmmu_rmp_state st = {gpa, assigned, pagesize, immutable, 0, asid};
+    return kvmmu_rmp_rmpupdate(t, pfn, &st);
+}
+
+/* PVALIDATE / RMPADJUST: rc | exit info << 12. */
+int64_t kvmmu_rmp_pvalidate_word(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid,
+                                 uint32_t vmpl, uint64_t gfn, uint32_t size, uint32_t validate)
+{
+    uint64_t ei;
+    int rc = kvmmu_rmp_pvalidate(t, pfn, asid, vmpl, gfn, size, validate, &ei);
+    return (int64_t)((uint64_t)rc | ei << 12);
+}
+
+int64_t kvmmu_rmp_rmpadjust_word(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid,
+                                 uint32_t vmpl, uint64_t gfn, uint32_t size, uint32_t target_vmpl,
+                                 uint32_t perms, uint32_t vmsa)
+{
+    uint64_t ei;
+    int rc = kvmmu_rmp_rmpadjust(t, pfn, asid, vmpl, gfn, size, target_vmpl, perms, vmsa, &ei);
+    return (int64_t)((uint64_t)rc | ei << 12);
+}
+
+/* handle_user_rmp_page_fault() of the v7/v8 SNP host patches, given the host mapping of
+ * the faulting address: UNMAP (no PTE), SIGBUS (the lookup failed or the 4K entry is
+ * assigned), SPLIT (host level above the RMP level), else RETRY.  -1 for a level outside
+ * 1..3 or a PTE pfn wider than KVMMU_RMP_PTE_PFN_BITS; else action (KVMMU_RMP_UPF_*) |
+ * RMP level (0: no lookup) << 2 | the 4K pfn << 4. */
+int64_t kvmmu_rmp_user_fault(const struct kvmmu_rmp *t, bool pte_present, uint64_t pte_pfn,
+                             uint32_t level, uint64_t address)
+{
+    if (level < PG_LEVEL_4K || level > PG_LEVEL_1G || (pte_pfn >> KVMMU_RMP_PTE_PFN_BITS))
+        return -1;
+    if (!pte_present)
+        return KVMMU_RMP_UPF_UNMAP;
+    uint64_t pfn = pte_pfn;
+    if (level > PG_LEVEL_4K)
+        pfn |= (address & (KBIT(12 + 9 * (level - 1)) - 1)) >> 12;
+    bool a;
+    int lv;
+    if (kvmmu_rmp_lookup(t, pfn, &a, &lv))
+        return (int64_t)(KVMMU_RMP_UPF_SIGBUS | pfn << 4);
+    uint64_t act = a ? KVMMU_RMP_UPF_SIGBUS
+                     : (int)level > lv ? KVMMU_RMP_UPF_SPLIT : KVMMU_RMP_UPF_RETRY;
+    return (int64_t)(act | (uint64_t)lv << 2 | pfn << 4);
+}
+
+/* The SNP gmem max-mapping-level hook: 0 (no limit) for a non-SNP VM, 4K when the lookup
+ * fails or the entry is not assigned, else the RMP level. */
+int kvmmu_rmp_max_mapping_level(const struct kvmmu_rmp *t, uint64_t pfn, bool snp)
+{
+    bool a;
+    int lv;
+    if (!snp)
+        return 0;
+    if (kvmmu_rmp_lookup(t, pfn, &a, &lv) || !a)
+        return PG_LEVEL_4K;
+    return lv;
+}
+
+/* kvm_max_private_mapping_level(): min(max_level, the level of the gmem folio order
+ * (PMD order 9, PUD order 18), hook_level when not 0).  -1 for max_level outside 1..3,
+ * an order above 255 or hook_level above 3. */
+int kvmmu_rmp_max_private_level(uint32_t max_level, uint32_t max_order, uint32_t hook_level)
+{
+    if (max_level < PG_LEVEL_4K || max_level > PG_LEVEL_1G || max_order > 255 ||
+        hook_level > PG_LEVEL_1G)
+        return -1;
+    uint32_t lv = max_order >= 18 ? PG_LEVEL_1G : max_order >= 9 ? PG_LEVEL_2M : PG_LEVEL_4K;
+    if (max_level < lv)
+        lv = max_level;
+    if (hook_level && hook_level < lv)
+        lv = hook_level;
+    return (int)lv;
+}
+
+/* dump_rmpentry(): -1 if pfn is beyond the table; 0 if its entry is assigned (out[0..2] =
+ * pfn, lo, hi); else 1 + k, out[0 .. 3k) the (pfn, lo, hi) of the k non-zero entries of the
+ * pfn's 2M region, in order, up to the first pfn beyond the table.  out: 3 * 512 words. */
+int kvmmu_rmp_dump(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out)
+{
+    const uint64_t *e = entry_ptr(t, pfn);
+    if (!e)
+        return -1;
+    if (e[0] & RMP_ASSIGNED) {
+        out[0] = pfn;
+        out[1] = e[0];
+        out[2] = e[1];
+        return 0;
+    }
+    uint64_t start = pfn & PMD_PFN_MASK;
+    const uint64_t *b = entry_ptr(t, start);       /* a 2M block's entries are contiguous */
+    uint32_t cnt = PTRS_PER_PMD;
+    if (!entry_ptr(t, start + PTRS_PER_PMD - 1))    /* the table ends inside the block */
+        for (cnt = 0; cnt < PTRS_PER_PMD && entry_ptr(t, start + cnt); cnt++)
+            ;
+    int k = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        if (b[2 * i] | b[2 * i + 1]) {
+            out[3 * k] = start + i;
+            out[3 * k + 1] = b[2 * i];
+            out[3 * k + 2] = b[2 * i + 1];
+            k++;
+        }
+    }
+    return 1 + k;
 }

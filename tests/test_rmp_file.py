@@ -268,7 +268,7 @@ def test_interrupted_writes_leave_no_trace(tmp_path, monkeypatch, where, op):
     def interrupt(*a, **k):
         raise KeyboardInterrupt
     if where == "write":
-        monkeypatch.setattr(R, "_write_all", interrupt)
+        monkeypatch.setattr(R.tablefile, "_write_all", interrupt)
     else:
         monkeypatch.setattr(R.os, "fsync", interrupt)
     for target, exist_ok in ((p, False), (old, True)):
@@ -286,7 +286,7 @@ def test_interrupted_writes_leave_no_trace(tmp_path, monkeypatch, where, op):
 def test_write_errors_are_one_clear_error(tmp_path, monkeypatch):
     def enospc(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(R, "_write_all", enospc)
+    monkeypatch.setattr(R.tablefile, "_write_all", enospc)
     with pytest.raises(RmpError, match=r"t.rmp: cannot write the table file \(No space left"):
         RmpTable.create_file(tmp_path / "t.rmp", 64 * MiB)
     assert list(tmp_path.iterdir()) == []

@@ -104,3 +104,32 @@ def test_page_cache_controls(tmp_path):
         with pytest.raises(RmpError, match="copy-on-write"):
             c.drop_cache()
     RmpTable.create(GiB).drop_cache()               # in memory: nothing to drop
+
+
+@pytest.mark.parametrize("t", tables(), ids=["contiguous", "middle-full", "segmented"])
+def test_batch_level_index_equals_two_reads(t, monkeypatch):
+    """A batch of BATCH_INDEX_RATIO lookups per 2M block or more builds a level index for
+    itself (contiguous in-memory tables); its answers equal the two-read lookup's and the
+    scalar lookup's, for every kind of 2M block, with and without threads."""
+    base = 0x40000 if t.segmented else 0
+    t.rmpupdate(base + 512, gpa=0x200000, assigned=True, pagesize=1, asid=3)
+    t.rmp_make_shared(base + 1024, 2)                       # hypervisor-owned 2M head
+    t.rmpupdate(base + 1536 + 7, gpa=0x7000, assigned=True, asid=4)
+    t.write_raw(base + 1, 0b11)                             # Page_Size away from a head
+    blocks = -(-t.nr_pfns // 512)
+    n = max(RmpTable.BATCH_INDEX_RATIO * blocks, 1 << 12)
+    if t.segmented:
+        n = 1 << 12                                         # segmented: never an index
+    rng = np.random.default_rng(11)
+    pfns = base + rng.integers(0, min(t.nr_pfns - base, 4 * 512 + 37), n, dtype=np.uint64)
+    for threads in (1, None):
+        r = t.lookup_batch(pfns, threads=threads)
+        monkeypatch.setattr(t, "BATCH_INDEX_RATIO", 1 << 62)    # the two-read path
+        plain = t.lookup_batch(pfns, threads=threads)
+        monkeypatch.undo()
+        assert all(np.array_equal(a, b) for a, b in zip(r, plain))
+    sample = pfns[:300]
+    want = [t.snp_lookup_rmpentry(int(p)) for p in sample]
+    assert [(bool(a), int(lv)) for a, lv in zip(r.assigned[:300], r.level[:300])] == want
+    if not t.segmented:
+        assert t._batch_level_bits(n) != t._batch_level_bits(1)   # the index path was taken

@@ -10,27 +10,29 @@ segmented RMP).  Everything that touches many entries runs in the C core
 
 Readings: where the sources disagree the APM reading is the default and the
 alternative is a flag (``RmpFlags``).
+
+The package: this module holds the entry, the table and the instructions; ``tablefile``
+the file format, atomic writes and page-cache control; ``faults`` the kernel's fault
+handlers and mapping-level rules; ``dump`` dump_rmpentry() and the decoder of its log
+lines.  Every public name is re-exported here.
 """
 from __future__ import annotations
 
 import enum
-import re
 import errno
 import mmap
 import operator
 import os
 import stat
-import struct
-import tempfile
-import zlib
+import threading
 from builtins import open as builtins_open
 from typing import Literal, NamedTuple, Optional, cast
 
 import numpy as np
 
-from . import _batch, _par
-from ._ffi import ffi, lib
-from .errors import InputError, rule_texts
+from .. import _batch, _par
+from .._ffi import ffi, lib
+from ..errors import InputError, rule_texts
 
 __all__ = [
     "RmpError", "RmpBatchError", "RmpFlags", "TableFileHeader", "HEADER_SIZE", "FILE_MAGIC",
@@ -39,7 +41,8 @@ __all__ = [
     "FIELDS_DTYPE", "PG_LEVEL_4K", "PG_LEVEL_2M", "PG_LEVEL_1G", "table_bytes", "decode",
     "page_state_raw", "handle_user_rmp_page_fault", "sev_handle_rmp_fault",
     "sev_private_max_mapping_level", "kvm_max_private_mapping_level", "RMP_PF_SPLIT",
-    "RMP_PF_RETRY", "RMP_PF_UNMAP", "make_lo", "rmp_cfg_decode", "rst_entry",
+    "RMP_PF_RETRY", "RMP_PF_UNMAP", "make_lo", "rmp_cfg_decode", "rst_entry", "ENTRY_LAYOUT", "dump_rmpentry_lines",
+    "FieldLayout",
 ]
 
 BOOKKEEPING = lib.KVMMU_RMP_BOOKKEEPING          # 16 KiB
@@ -51,7 +54,30 @@ DEFAULT_RMP_BASE = 0x10_0000                     # the APM example's RMP_BASE (1
 PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G = 1, 2, 3
 EFAULT, EINVAL = 14, 22
 PTRS_PER_PMD = 512
-GPA_FRAME_BITS = 39
+
+
+class FieldLayout(NamedTuple):
+    """One field of the raw entry: bits [shift, shift + width) of quadword ``word`` (0 lo, 1 hi)."""
+    word: int
+    shift: int
+    width: int
+
+
+def _entry_layout() -> dict:
+    """The entry layout rows KVMMU_RMP_FLD_<NAME>_{WORD,SHIFT,WIDTH} of csrc/pykvmmu.h (the
+    one description the C masks derive from), by field name, in bit order."""
+    pre, suf = "KVMMU_RMP_FLD_", "_WORD"
+    names = [k[len(pre):-len(suf)] for k in dir(lib) if k.startswith(pre) and k.endswith(suf)]
+    rows = {n.lower(): FieldLayout(*(int(getattr(lib, f"{pre}{n}_{c}")) for c in ("WORD", "SHIFT", "WIDTH")))
+            for n in names}
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1].word, kv[1].shift)))
+
+
+#: The raw entry's fields (name -> FieldLayout), read from the C core's layout table.
+ENTRY_LAYOUT = _entry_layout()
+_FIELD = {n: (f.word, f.shift, (1 << f.width) - 1) for n, f in ENTRY_LAYOUT.items()}
+GPA_FRAME_BITS = ENTRY_LAYOUT["gpa"].width
+PTE_PFN_BITS = lib.KVMMU_RMP_PTE_PFN_BITS        # a 52-bit physical address's frame
 
 RMP_PF_SPLIT, RMP_PF_RETRY, RMP_PF_UNMAP = 0, 1, 2   # enum rmp_pf_ret of the v7/v8 patch
 FAULT_FLAG_PAGE_SPLIT = 1 << 12                      # set by the v7/v8 caller on SPLIT
@@ -167,9 +193,35 @@ FIELDS_DTYPE = np.dtype([
 assert FIELDS_DTYPE.itemsize == ffi.sizeof("struct kvmmu_rmp_fields")
 
 
+_FAULT_NAMES: dict[int, str] = {Rc.NPF: "NPF", Rc.VC: "#VC", Rc.GP: "#GP"}
+_RC: list = [None] * (max(Rc) + 1)               # return code -> Rc, one index per call
+for _rc in Rc:
+    _RC[_rc] = _rc
+_CHECKS = tuple(Check)                           # check code -> Check
+_STATES = tuple(PageState)                       # page state code -> PageState
+assert [int(c) for c in _CHECKS] == list(range(len(_CHECKS)))
+assert [int(c) for c in _STATES] == list(range(len(_STATES)))
+#: kvmmu_rmp_lookup_word's word (assigned | level << 1) -> snp_lookup_rmpentry's tuple
+_LOOKUP = (None, None, (False, PG_LEVEL_4K), (True, PG_LEVEL_4K), (False, PG_LEVEL_2M),
+           (True, PG_LEVEL_2M))
+_KINDS = {**{a.name.lower(): int(a) for a in Access}, **{a.name: int(a) for a in Access}}
+_INT_OR_BOOL = (int, bool)
+_tuple_new = tuple.__new__
+_TLS = threading.local()          # per thread: C calls release the GIL
+
+
+def _scratch():
+    """This thread's result buffer (3 * 512 quadwords: a 2M region's dump)."""
+    try:
+        return _TLS.pair[0]
+    except AttributeError:
+        q = ffi.new("uint64_t[1536]")
+        _TLS.pair = (q, q + 1)
+        return q
+
+
 def _fault_name(rc: int) -> Optional[str]:
-    names: dict[int, str] = {Rc.NPF: "NPF", Rc.VC: "#VC", Rc.GP: "#GP"}
-    return names.get(rc)
+    return _FAULT_NAMES.get(rc)
 
 
 class RmpEntry(NamedTuple):
@@ -177,46 +229,51 @@ class RmpEntry(NamedTuple):
     lo: int
     hi: int
 
+    def field(self, name: str) -> int:
+        """The value of field ``name`` of ENTRY_LAYOUT (e.g. ``"asid"``, ``"vmpl2"``)."""
+        word, shift, mask = _FIELD[name]
+        return (self[word] >> shift) & mask
+
     @property
     def assigned(self) -> int:
-        return self.lo & 1
+        return self.field("assigned")
 
     @property
     def pagesize(self) -> int:
-        return (self.lo >> 1) & 1
+        return self.field("pagesize")
 
     @property
     def immutable(self) -> int:
-        return (self.lo >> 2) & 1
+        return self.field("immutable")
 
     @property
     def subpage_count(self) -> int:
-        return (self.lo >> 3) & 0x1FF
+        return self.field("subpage_count")
 
     @property
     def gpa(self) -> int:  # a frame number
-        return (self.lo >> 12) & ((1 << GPA_FRAME_BITS) - 1)
+        return self.field("gpa")
 
     @property
     def asid(self) -> int:
-        return (self.lo >> 51) & 0x3FF
+        return self.field("asid")
 
     @property
     def vmsa(self) -> int:
-        return (self.lo >> 61) & 1
+        return self.field("vmsa")
 
     @property
     def validated(self) -> int:
-        return (self.lo >> 62) & 1
+        return self.field("validated")
 
     @property
     def lock(self) -> int:
-        return (self.lo >> 63) & 1
+        return self.field("lock")
 
     @property
     def vmpl(self) -> tuple:
         """The four VMPL permission masks (bit0 R, bit1 W, bit2 X-user, bit3 X-super, bit4 SSS)."""
-        return tuple((self.hi >> (8 * v)) & 0xFF for v in range(4))
+        return tuple(self.field(f"vmpl{v}") for v in range(4))
 
     @property
     def state(self) -> PageState:
@@ -233,19 +290,22 @@ class RmpEntry(NamedTuple):
 def make_lo(*, assigned=0, pagesize=0, immutable=0, subpage_count=0, gpa=0, asid=0, vmsa=0,
             validated=0, lock=0) -> int:
     """Pack the first quadword of a raw entry (gpa is a frame number); ranges are checked."""
-    for name, v, bits in (("assigned", assigned, 1), ("pagesize", pagesize, 1),
-                          ("immutable", immutable, 1), ("subpage_count", subpage_count, 9),
-                          ("gpa", gpa, GPA_FRAME_BITS), ("asid", asid, 10), ("vmsa", vmsa, 1),
-                          ("validated", validated, 1), ("lock", lock, 1)):
-        _batch.uint(name, v, bits)
-    return (int(assigned) | int(pagesize) << 1 | int(immutable) << 2 | subpage_count << 3 |
-            gpa << 12 | asid << 51 | int(vmsa) << 61 | int(validated) << 62 | int(lock) << 63)
+    values = {"assigned": assigned, "pagesize": pagesize, "immutable": immutable,
+              "subpage_count": subpage_count, "gpa": gpa, "asid": asid, "vmsa": vmsa,
+              "validated": validated, "lock": lock}
+    lo = 0
+    for name, f in ENTRY_LAYOUT.items():
+        if f.word == 0:
+            lo |= _batch.uint(name, values[name], f.width) << f.shift
+    return lo
 
 
 def page_state_raw(lo: int) -> PageState:
     """rmp_entry_get_state() of the AMD firmware for one raw first quadword."""
     try:
-        return PageState(lib.kvmmu_rmp_state_raw(lo))
+        if lo.__class__ is int:
+            return _STATES[lib.kvmmu_rmp_state_raw(lo)]
+        return _STATES[lib.kvmmu_rmp_state_raw(_batch.uint("lo", lo))]
     except (OverflowError, TypeError):
         raise _batch.bad_u64("lo", lo) from None
 
@@ -301,176 +361,6 @@ def _anon_zeros(nbytes: int, what: str) -> np.ndarray:
     except (AttributeError, OSError, ValueError):   # pragma: no cover - platform dependent
         pass
     return np.frombuffer(m, dtype=np.uint8)
-
-
-# ------------------------------------------------------------------ table files
-#
-# A table file is a 8 KiB header followed by the table bytes exactly as in memory
-# (bookkeeping, [RST,] entries).  Header, little-endian:
-#   0 magic "PYKVMRMP" | 8 u32 version | 12 u32 header bytes | 16 u32 layout (0 contiguous,
-#   1 segmented) | 20 u32 seg_shift (52 when contiguous) | 24 u32 RmpFlags | 28 u32 RST entries
-#   stored (0 or 512) | 32 u64 rmp_base | 40 u64 host memory bytes | 48 u64 table bytes |
-#   56 u64 pfns covered | 64 u32 CRC-32 of the header with this field zero | 68..4095 zero |
-#   4096..8191 the segment table (a copy of the RST; zero when contiguous).
-FILE_MAGIC = b"PYKVMRMP"
-FILE_VERSION = 1
-HEADER_SIZE = 8192
-_HDR = struct.Struct("<8sIIIIIIQQQQI")
-LAYOUT_CONTIGUOUS, LAYOUT_SEGMENTED = 0, 1
-_CHUNK = 64 << 20
-
-
-class TableFileHeader(NamedTuple):
-    """The header of a pykvmmu RMP table file (see the layout above)."""
-    version: int
-    layout: int
-    seg_shift: int
-    flags: int
-    rmp_base: int
-    mem_bytes: int
-    table_bytes: int
-    nr_pfns: int
-    rst: tuple           # the 512 RST values of a segmented table, () when contiguous
-
-    @property
-    def segmented(self) -> bool:
-        return self.layout == LAYOUT_SEGMENTED
-
-    def pack(self) -> bytes:
-        raw = bytearray(HEADER_SIZE)
-        _HDR.pack_into(raw, 0, FILE_MAGIC, self.version, HEADER_SIZE, self.layout,
-                       self.seg_shift, self.flags, len(self.rst), self.rmp_base, self.mem_bytes,
-                       self.table_bytes, self.nr_pfns, 0)
-        if self.rst:
-            raw[4096:8192] = np.array(self.rst, dtype="<u8").tobytes()
-        struct.pack_into("<I", raw, 64, zlib.crc32(raw))
-        return bytes(raw)
-
-    @classmethod
-    def unpack(cls, raw: bytes, where: str) -> "TableFileHeader":
-        """Parse and check a header; raise RmpError naming the broken rule."""
-        if len(raw) < HEADER_SIZE:
-            raise RmpError(f"{where}: {len(raw)} bytes, shorter than the {HEADER_SIZE}-byte "
-                           "table file header (truncated file)")
-        (magic, version, hsize, layout, seg_shift, flags, nrst, rmp_base, mem_bytes, tbytes,
-         nr_pfns, crc) = _HDR.unpack_from(raw, 0)
-        if magic != FILE_MAGIC:
-            raise RmpError(f"{where}: magic {magic!r} is not {FILE_MAGIC!r}")
-        if version != FILE_VERSION:
-            raise RmpError(f"{where}: file format version {version}; this pykvmmu reads "
-                           f"version {FILE_VERSION}")
-        if hsize != HEADER_SIZE:
-            raise RmpError(f"{where}: header size {hsize}, version 1 headers are {HEADER_SIZE}")
-        check = bytearray(raw[:HEADER_SIZE])
-        check[64:68] = b"\0\0\0\0"
-        if zlib.crc32(check) != crc:
-            raise RmpError(f"{where}: header CRC-32 {crc:#010x} does not match its contents "
-                           f"({zlib.crc32(check):#010x}): the header is corrupt")
-        if any(raw[68:4096]):
-            raise RmpError(f"{where}: reserved header bytes 68..4095 are not zero")
-        if layout not in (LAYOUT_CONTIGUOUS, LAYOUT_SEGMENTED):
-            raise RmpError(f"{where}: layout {layout}: 0 (contiguous) or 1 (segmented)")
-        if flags & ~lib.KVMMU_RMP_F_ALL:
-            raise RmpError(f"{where}: flags {flags:#x}: unknown RMP flag bits")
-        want_rst = MAX_SEGMENTS if layout == LAYOUT_SEGMENTED else 0
-        if nrst != want_rst:
-            raise RmpError(f"{where}: {nrst} RST entries stored, the layout needs {want_rst}")
-        rst = tuple(int(v) for v in np.frombuffer(raw[4096:8192], "<u8")) if nrst else ()
-        if not nrst and any(raw[4096:8192]):
-            raise RmpError(f"{where}: a contiguous table stores no segment table (bytes "
-                           "4096..8191 must be zero)")
-        if mem_bytes == 0 or mem_bytes > MAX_MEM_BYTES:
-            raise RmpError(f"{where}: host memory {mem_bytes:#x} bytes: 1..2^52")
-        if layout == LAYOUT_CONTIGUOUS:
-            if seg_shift != NONSEG_SHIFT:
-                raise RmpError(f"{where}: seg_shift {seg_shift}: {NONSEG_SHIFT} for a contiguous RMP")
-            if tbytes != table_bytes(mem_bytes):
-                raise RmpError(f"{where}: {tbytes:#x} table bytes, but {mem_bytes:#x} bytes of "
-                               f"memory need 16 KiB + 16 per 4 KiB page = {table_bytes(mem_bytes):#x}")
-        return cls(version, layout, seg_shift, flags, rmp_base, mem_bytes, tbytes, nr_pfns, rst)
-
-
-def _write_all(fd: int, data) -> None:
-    """os.write until every byte of ``data`` is written."""
-    view = memoryview(data).cast("B")
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _fs_error(path: str, e: OSError, what: str) -> RmpError:
-    reason = e.strerror or str(e)
-    return RmpError(f"{path}: cannot {what} ({reason})")
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would, for every thread)."""
-    try:
-        with builtins_open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):                    # pragma: no cover - not Linux >= 4.7
-        pass
-    m = os.umask(0o22)                               # pragma: no cover
-    os.umask(m)                                      # pragma: no cover
-    return m                                         # pragma: no cover
-
-
-def _atomic_write(path, size: int, writer, *, exist_ok: bool) -> None:
-    """Build ``path`` as a temporary file in the same directory (``writer(fd)`` writes the
-    contents, holes stay sparse), truncate it to ``size``, fsync it and move it into place:
-    os.replace when ``exist_ok``, else os.link, which refuses an existing name.  On any
-    error or interrupt (KeyboardInterrupt too) the temporary file is removed and ``path`` is
-    untouched."""
-    path = os.fspath(path)
-    if not isinstance(path, str):
-        path = os.fsdecode(path)
-    d = os.path.dirname(os.path.abspath(path))
-    if not exist_ok and os.path.lexists(path):
-        raise RmpError(f"{path}: already exists (refusing to overwrite it; use --force / "
-                       "exist_ok=True)")
-    tmp: Optional[str]
-    try:
-        fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    except OSError as e:
-        raise _fs_error(path, e, "create a file in its directory") from None
-    try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())
-            writer(fd)
-            os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if exist_ok:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise RmpError(f"{path}: already exists (refusing to overwrite it; use --force / "
-                               "exist_ok=True)") from None
-            os.unlink(tmp)
-        tmp = None
-        try:
-            dfd = os.open(d, os.O_RDONLY)
-        except OSError:                              # pragma: no cover - odd filesystems
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:                              # pragma: no cover
-            pass
-        finally:
-            os.close(dfd)
-    except OSError as e:
-        raise _fs_error(path, e, "write the table file") from None
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:                          # pragma: no cover
-                pass
 
 
 class InsnResult(NamedTuple):
@@ -694,10 +584,10 @@ class RmpTable:
         raw = hdr.pack()
 
         def writer(fd):
-            _write_all(fd, raw)
+            tablefile._write_all(fd, raw)
             if rst:
                 os.lseek(fd, HEADER_SIZE + BOOKKEEPING, os.SEEK_SET)
-                _write_all(fd, np.array(rst, dtype="<u8").tobytes())
+                tablefile._write_all(fd, np.array(rst, dtype="<u8").tobytes())
         _atomic_write(path, HEADER_SIZE + size, writer, exist_ok=exist_ok)
 
     @classmethod
@@ -824,36 +714,8 @@ class RmpTable:
         return self.buffer
 
     def save(self, path, *, exist_ok: bool = True, headerless: bool = False) -> None:
-        """Write the table to ``path`` (header + table; ``headerless``: the table bytes only),
-        atomically: a temporary file in the same directory, fsync, then a rename, so ``path``
-        holds the old or the new table, never a partial one, and saving onto the file the
-        table is mapped from is safe (a read-write table saved onto its own file is flushed).
-        Zero 64 MiB chunks stay holes.  ``exist_ok=False`` refuses an existing ``path``."""
-        buf = self._view()
-        exist_ok = _batch.boolean("exist_ok", exist_ok)
-        headerless = _batch.boolean("headerless", headerless)
-        if not isinstance(path, (str, bytes, os.PathLike)):
-            raise RmpError(f"path: expected a path, got {type(path).__name__}")
-        p = os.fsdecode(os.fspath(path))
-        if (exist_ok and self.mode == "r+" and self.path is not None
-                and headerless == self.headerless and os.path.exists(p)
-                and os.path.samefile(p, self.path)):
-            self.flush()
-            return
-        raw = b"" if headerless else self.header().pack()
-        size = buf.size
-
-        def writer(fd):
-            if raw:
-                _write_all(fd, raw)
-            base = len(raw)
-            for start in range(0, size, _CHUNK):
-                part = buf[start:start + _CHUNK]
-                if not part.any():
-                    continue                         # sparse: leave a hole
-                os.lseek(fd, base + start, os.SEEK_SET)
-                _write_all(fd, part)
-        _atomic_write(p, len(raw) + size, writer, exist_ok=exist_ok)
+        """Write the table to ``path`` atomically (:func:`save_table`)."""
+        save_table(self, path, exist_ok=exist_ok, headerless=headerless)
 
     def flush(self) -> None:
         """Write a read-write file-backed table's changes to its file (msync); a no-op for
@@ -921,52 +783,15 @@ class RmpTable:
                            "the index's back; call enable_level_index() to rebuild it)")
 
     def advise(self, pattern: str) -> None:
-        """madvise() the table's mapping: 'random' (no readahead: a random lookup into a
-        file-backed table then reads one page, not a readahead window), 'sequential',
-        'normal' or 'willneed'."""
-        flag = {"random": "MADV_RANDOM", "sequential": "MADV_SEQUENTIAL",
-                "normal": "MADV_NORMAL", "willneed": "MADV_WILLNEED"}.get(pattern) \
-            if isinstance(pattern, str) else None
-        if flag is None:
-            raise RmpError(f"pattern={pattern!r}: one of 'random', 'sequential', 'normal', "
-                           "'willneed'")
-        m = self._mapping()
-        if m is not None and hasattr(mmap, flag):
-            m.madvise(getattr(mmap, flag))
+        """madvise() the table's file mapping (:func:`advise_mapping`)."""
+        advise_mapping(self, pattern)
 
     def drop_cache(self) -> None:
-        """Bound the memory a file-backed table holds: write back a read-write table, drop
-        its pages from this process (MADV_DONTNEED) and ask the kernel to evict the file's
-        clean page-cache pages (POSIX_FADV_DONTNEED).  Random lookups into a table file pull
-        every page they touch into the page cache (4 KiB, plus readahead unless
-        ``advise('random')``), and those pages count against the memory cgroup; call this
-        between batches to bound that.  Refused for a copy-on-write table (its changes
-        live only in those pages); a no-op for an in-memory table."""
-        self._t
-        if self.mode == "c":
-            raise RmpError("drop_cache: a copy-on-write table's changes live only in its "
-                           "pages; save() it first, then reopen")
-        m = self._mapping()
-        if m is None:
-            return
-        self.flush()
-        m.madvise(mmap.MADV_DONTNEED)
-        if self.path is None:                       # mapped, but not from a table file
-            return
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as e:
-            raise RmpError(f"table={self.path!r}: cannot open to evict its pages "
-                           f"({e.strerror or e})") from None
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        """Bound the page cache a file-backed table holds (:func:`drop_page_cache`)."""
+        drop_page_cache(self)
 
     def _mapping(self) -> Optional[mmap.mmap]:
-        self._t
-        m = getattr(self._buf, "_mmap", None) if isinstance(self._buf, np.memmap) else None
-        return m if isinstance(m, mmap.mmap) else None
+        return _file_mapping(self)
 
     def __enter__(self) -> "RmpTable":
         self._t
@@ -1005,14 +830,30 @@ class RmpTable:
 
     def covered(self, pfn) -> bool:
         """RMP-Covered: the pfn's entry lies inside the table."""
-        return bool(lib.kvmmu_rmp_covered(self._t, _batch.uint("pfn", pfn)))
+        t = self._t_
+        if t is not None and pfn.__class__ is int:
+            try:
+                return lib.kvmmu_rmp_covered(t, pfn)
+            except OverflowError:
+                pass
+        return lib.kvmmu_rmp_covered(self._t, _batch.uint("pfn", pfn))
 
     def entry(self, pfn) -> RmpEntry:
         """The raw entry of one pfn."""
-        v = self._pfn(pfn)
-        lo, hi = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        lib.kvmmu_rmp_read(self._t, v, lo, hi)
-        return RmpEntry(int(lo[0]), int(hi[0]))
+        t = self._t_
+        try:
+            q, q1 = _TLS.pair
+        except AttributeError:
+            _scratch()
+            q, q1 = _TLS.pair
+        if t is not None and pfn.__class__ is int:
+            try:
+                if not lib.kvmmu_rmp_read(t, pfn, q, q1):
+                    return _tuple_new(RmpEntry, (q[0], q[1]))
+            except OverflowError:
+                pass
+        lib.kvmmu_rmp_read(self._t, self._pfn(pfn), q, q1)
+        return _tuple_new(RmpEntry, (q[0], q[1]))
 
     def write_raw(self, pfn, lo: int, hi: int = 0) -> None:
         """Store raw quadwords (what firmware or set-up code does; no instruction rules)."""
@@ -1062,10 +903,16 @@ class RmpTable:
     def snp_lookup_rmpentry(self, pfn) -> tuple:
         """snp_lookup_rmpentry(): (assigned, level) -- assigned from the pfn's own entry,
         level from the 2M-aligned entry's page size.  Out-of-range pfns raise RmpError."""
+        t = self._t_
+        if t is not None and pfn.__class__ is int:
+            try:
+                w = lib.kvmmu_rmp_lookup_word(t, pfn)
+                if w >= 0:
+                    return _LOOKUP[w]
+            except OverflowError:
+                pass
         v = self._pfn(pfn)
-        a, lv = ffi.new("bool *"), ffi.new("int *")
-        lib.kvmmu_rmp_lookup(self._t, v, a, lv)
-        return bool(a[0]), int(lv[0])
+        return _LOOKUP[lib.kvmmu_rmp_lookup_word(self._t, v)]
 
     lookup = snp_lookup_rmpentry
 
@@ -1092,26 +939,56 @@ class RmpTable:
                        [("pfns", pfns)])
         t = self._t
         owner = with_owner
+        bits = self._batch_level_bits(pfns.size)
 
         def part(lo, hi):
             err = ffi.new("int *")
-            return (lib.kvmmu_rmp_lookup_batch(
+            return (lib.kvmmu_rmp_lookup_batch_lvl(
                 t, _batch.ptr_at(pfns, "uint64_t", lo), _batch.ptr_at(assigned, "uint8_t", lo),
                 _batch.ptr_at(level, "uint8_t", lo),
                 _batch.ptr_at(asid if owner else None, "uint16_t", lo),
-                _batch.ptr_at(gpa if owner else None, "uint64_t", lo), hi - lo, err),)
+                _batch.ptr_at(gpa if owner else None, "uint64_t", lo), hi - lo, err, bits),)
         r = _par.run(pfns.size, threads, part)[0]
         if r:
             raise self._range_error(pfns, r - 1)
         return LookupResult(assigned, level, asid, gpa)
 
+    #: a batch of at least this many lookups per 2M block of the table builds a level index
+    #: for itself (see _batch_level_bits)
+    BATCH_INDEX_RATIO = 4
+
+    def _batch_level_bits(self, n: int):
+        """The level index a lookup batch of ``n`` pfns reads: the table's own (with
+        enable_level_index), else, for an in-memory contiguous table and a batch of at least
+        BATCH_INDEX_RATIO lookups per 2M block, one built for this batch (64 KiB per TiB of
+        host memory, one read of each 2M-aligned entry: a random batch that large reads
+        nearly all of them anyway, and each lookup then reads one entry, not two), else NULL
+        (each lookup reads its 2M-aligned entry).  A file-backed table never builds one: it
+        would pull every 2M-aligned entry's page into the page cache (docs/rmp.md)."""
+        t = self._t
+        if t.lvl_bits != ffi.NULL:
+            return t.lvl_bits
+        nblocks = -(-self.nr_pfns // PTRS_PER_PMD)
+        if (self.segmented or isinstance(self._buf, np.memmap)
+                or n < self.BATCH_INDEX_RATIO * nblocks):
+            return ffi.NULL
+        bits = ffi.new("uint64_t[]", max(1, -(-nblocks // 64)))
+        lib.kvmmu_rmp_level_bits(t, bits, nblocks)
+        return bits
+
     def page_state(self, pfn, *, effective: bool = True) -> PageState:
         """The firmware page state of a pfn (DEFAULT beyond the table).  ``effective``: for a
         pfn inside an assigned 2M page, the state of the 2M entry that governs it; otherwise
         the raw entry's own state, as the firmware's rmp_entry_get_state() sees it."""
+        t = self._t_
+        if t is not None and pfn.__class__ is int and (effective is True or effective is False):
+            try:
+                return _STATES[lib.kvmmu_rmp_page_state(t, pfn, effective)]
+            except OverflowError:
+                pass
         v = _batch.uint("pfn", pfn)
         effective = _batch.boolean("effective", effective)
-        return PageState(lib.kvmmu_rmp_page_state(self._t, v, effective))
+        return _STATES[lib.kvmmu_rmp_page_state(self._t, v, effective)]
 
     def page_states(self, pfns: np.ndarray, *, effective: bool = True,
                     out: Optional[np.ndarray] = None, threads: Optional[int] = None) -> np.ndarray:
@@ -1141,14 +1018,20 @@ class RmpTable:
                   immutable=False, asid: int = 0) -> Rc:
         """RMPUPDATE (hypervisor): write GPA/Assigned/Page_Size/Immutable/ASID of an entry.
         ``gpa`` is a byte address (struct rmp_state).  Returns the EAX code."""
+        t = self._t_
+        if (t is not None and self.writable and pfn.__class__ is gpa.__class__ is asid.__class__ is int
+                and assigned.__class__ in _INT_OR_BOOL and pagesize.__class__ in _INT_OR_BOOL
+                and immutable.__class__ in _INT_OR_BOOL):
+            try:
+                return _RC[lib.kvmmu_rmp_rmpupdate_fields(t, pfn, gpa, assigned, pagesize,
+                                                          immutable, asid)]
+            except OverflowError:
+                pass
         self._need_writable("rmpupdate")
-        st = ffi.new("struct kvmmu_rmp_state *")
-        st.gpa = _batch.uint("gpa", gpa)
-        st.assigned = _batch.uint("assigned", assigned, 8)
-        st.pagesize = _batch.uint("pagesize", pagesize, 8)
-        st.immutable = _batch.uint("immutable", immutable, 8)
-        st.asid = _batch.uint("asid", asid, 32)
-        return Rc(lib.kvmmu_rmp_rmpupdate(self._t, _batch.uint("pfn", pfn), st))
+        st = (_batch.uint("gpa", gpa), _batch.uint("assigned", assigned, 8),
+              _batch.uint("pagesize", pagesize, 8), _batch.uint("immutable", immutable, 8),
+              _batch.uint("asid", asid, 32))
+        return _RC[lib.kvmmu_rmp_rmpupdate_fields(self._t, _batch.uint("pfn", pfn), *st)]
 
     def rmpupdate_batch(self, pfns: np.ndarray, gpas: Optional[np.ndarray] = None, *,
                         assigned=True, pagesize: int = 0, immutable=False, asid: int = 0) -> int:
@@ -1194,61 +1077,64 @@ class RmpTable:
 
     def psmash(self, pfn) -> Rc:
         """PSMASH (hypervisor): split a 2M RMP page into 512 4K entries."""
+        t = self._t_
+        if t is not None and self.writable and pfn.__class__ is int:
+            try:
+                return _RC[lib.kvmmu_rmp_psmash(t, pfn)]
+            except OverflowError:
+                pass
         self._need_writable("psmash")
-        return Rc(lib.kvmmu_rmp_psmash(self._t, _batch.uint("pfn", pfn)))
+        return _RC[lib.kvmmu_rmp_psmash(self._t, _batch.uint("pfn", pfn))]
 
     def pvalidate(self, pfn, *, asid: int, gfn: int, size: int = 0, validate=True,
                   vmpl: int = 0) -> InsnResult:
         """PVALIDATE (guest): set or clear Validated of the page at ``gfn`` backed by ``pfn``.
         ``size`` (RCX) and ``validate`` (RDX) are register operands: values other than 0/1
         give FAIL_INPUT, as on the hardware."""
+        t = self._t_
+        if (t is not None and self.writable
+                and pfn.__class__ is asid.__class__ is gfn.__class__ is size.__class__ is vmpl.__class__ is int
+                and validate.__class__ in _INT_OR_BOOL):
+            try:
+                w = lib.kvmmu_rmp_pvalidate_word(t, pfn, asid, vmpl, gfn, size, validate)
+                return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
+            except OverflowError:
+                pass
         self._need_writable("pvalidate")
-        ei = ffi.new("uint64_t *")
-        rc = lib.kvmmu_rmp_pvalidate(self._t, _batch.uint("pfn", pfn), _batch.uint("asid", asid, 32),
-                                     _batch.uint("vmpl", vmpl, 32), _batch.uint("gfn", gfn),
-                                     _batch.uint("size", size, 32),
-                                     _batch.uint("validate", validate, 32), ei)
-        return InsnResult(Rc(rc), int(ei[0]))
+        w = lib.kvmmu_rmp_pvalidate_word(self._t, _batch.uint("pfn", pfn), _batch.uint("asid", asid, 32),
+                                         _batch.uint("vmpl", vmpl, 32), _batch.uint("gfn", gfn),
+                                         _batch.uint("size", size, 32),
+                                         _batch.uint("validate", validate, 32))
+        return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
 
     def rmpadjust(self, pfn, *, asid: int, gfn: int, target_vmpl: int, perms: int,
                   size: int = 0, vmsa=False, vmpl: int = 0) -> InsnResult:
         """RMPADJUST (guest): set the permission mask of a higher VMPL (and VMSA at VMPL0)."""
+        t = self._t_
+        if (t is not None and self.writable
+                and pfn.__class__ is asid.__class__ is gfn.__class__ is target_vmpl.__class__ is int
+                and perms.__class__ is size.__class__ is vmpl.__class__ is int
+                and vmsa.__class__ in _INT_OR_BOOL):
+            try:
+                w = lib.kvmmu_rmp_rmpadjust_word(t, pfn, asid, vmpl, gfn, size, target_vmpl, perms,
+                                                 vmsa)
+                return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
+            except OverflowError:
+                pass
         self._need_writable("rmpadjust")
-        ei = ffi.new("uint64_t *")
-        rc = lib.kvmmu_rmp_rmpadjust(self._t, _batch.uint("pfn", pfn),
-                                     _batch.uint("asid", asid, 32), _batch.uint("vmpl", vmpl, 32),
-                                     _batch.uint("gfn", gfn), _batch.uint("size", size, 32),
-                                     _batch.uint("target_vmpl", target_vmpl, 32),
-                                     _batch.uint("perms", perms, 32), _batch.uint("vmsa", vmsa, 32),
-                                     ei)
-        return InsnResult(Rc(rc), int(ei[0]))
+        w = lib.kvmmu_rmp_rmpadjust_word(self._t, _batch.uint("pfn", pfn),
+                                         _batch.uint("asid", asid, 32), _batch.uint("vmpl", vmpl, 32),
+                                         _batch.uint("gfn", gfn), _batch.uint("size", size, 32),
+                                         _batch.uint("target_vmpl", target_vmpl, 32),
+                                         _batch.uint("perms", perms, 32), _batch.uint("vmsa", vmsa, 32))
+        return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
 
     # -------------------------------------------------------------- kernel helpers
     def rmpupdate_kernel(self, pfn, *, gpa: int, assigned: bool, level: int, immutable: bool,
                          asid: int) -> int:
-        """The kernel's rmpupdate(): adjust_direct_map() rules, then RMPUPDATE.  Returns 0 or
-        -EFAULT; the RMPUPDATE code is kept in ``self.last_rc``.  (The kernel retries while
-        FAIL_OVERLAP, a transient firmware lock there; in the model it is persistent, so it
-        is reported once as -EFAULT.)"""
-        pfn = _batch.uint("pfn", pfn)
-        if isinstance(level, (bool, np.bool_)):
-            raise RmpError(f"level={level!r}: enum pg_level is an int (1 = 4K, 2 = 2M)")
-        level = _batch.uint("level", level, 32)        # enum pg_level; > 2M gives -EFAULT
-        _batch.uint("gpa", gpa)
-        _batch.uint("asid", asid, 32)                  # u32 asid
-        assigned = _batch.boolean("assigned", assigned)
-        immutable = _batch.boolean("immutable", immutable)
-        self._need_writable("rmpupdate_kernel")
-        self.last_rc = None
-        if level not in (PG_LEVEL_4K, PG_LEVEL_2M) or not self.covered(pfn):
-            return -EFAULT                       # adjust_direct_map: -EINVAL -> -EFAULT
-        if level == PG_LEVEL_2M and (pfn % PTRS_PER_PMD or not self.covered(pfn + 511)):
-            return -EFAULT
-        rc = self.rmpupdate(pfn, gpa=gpa, assigned=assigned,
-                            pagesize=0 if level == PG_LEVEL_4K else 1,
-                            immutable=immutable, asid=asid)
-        self.last_rc = rc
-        return 0 if rc == Rc.SUCCESS else -EFAULT
+        """The kernel's rmpupdate() (:func:`rmpupdate_kernel`); the RMPUPDATE code goes to ``last_rc``."""
+        return rmpupdate_kernel(self, pfn, gpa=gpa, assigned=assigned, level=level,
+                                immutable=immutable, asid=asid)
 
     def rmp_make_private(self, pfn, gpa: int, level: int, asid: int, immutable: bool = False) -> int:
         """rmp_make_private(): state {gpa, assigned=1, pagesize=level, immutable, asid}."""
@@ -1261,34 +1147,28 @@ class RmpTable:
                                      asid=0)
 
     def dump_rmpentry(self, pfn) -> list:
-        """The kernel's dump_rmpentry(): the raw entry if assigned, otherwise every non-zero
-        entry of the pfn's 2M region (those can fault a 2M host mapping)."""
-        v = _batch.uint("pfn", pfn)
-        if not self.covered(v):
-            return [f"Failed to read RMP entry for PFN {v:#x}, error -{EFAULT}"]
-        e = self.entry(v)
-        if e.assigned:
-            return [f"PFN {v:#x}, RMP entry: [{e.lo:#018x} - {e.hi:#018x}]"]
-        start = v & ~(PTRS_PER_PMD - 1)
-        lines = [f"PFN {v:#x} unassigned, dumping non-zero entries in 2M PFN region: "
-                 f"[{start:#x} - {start + PTRS_PER_PMD:#x}]"]
-        for p in range(start, start + PTRS_PER_PMD):
-            if not self.covered(p):
-                break
-            x = self.entry(p)
-            if x.lo or x.hi:
-                lines.append(f"PFN: {p:#x}, [{x.lo:#018x} - {x.hi:#018x}]")
-        return lines
+        """The kernel's dump_rmpentry(): see :func:`dump_rmpentry_lines`."""
+        return dump_rmpentry_lines(self, pfn)
 
     # -------------------------------------------------------------- access checks
     def host_check(self, pfn, level: int = PG_LEVEL_4K, *, user: bool = False) -> AccessResult:
         """The RMP check of a host data write / page-table access through a mapping of
         ``level`` (1G checked as 2M: all 512 entries need Assigned=0).  Reads are not checked."""
+        t = self._t_
+        if (t is not None and pfn.__class__ is level.__class__ is int
+                and (user is False or user is True)):
+            try:
+                w = lib.kvmmu_rmp_host_check_word(t, pfn, level, user)
+            except OverflowError:
+                w = -1
+            if w >= 0:
+                chk = _CHECKS[w & 0xFF]
+                return _tuple_new(AccessResult, (chk, "#PF" if chk else None, w >> 8))
         level = _level("level", level)
         user = _batch.boolean("user", user)
-        ec = ffi.new("uint64_t *")
-        chk = Check(lib.kvmmu_rmp_host_check(self._t, _batch.uint("pfn", pfn), level, user, ec))
-        return AccessResult(chk, "#PF" if chk else None, int(ec[0]))
+        w = lib.kvmmu_rmp_host_check_word(self._t, _batch.uint("pfn", pfn), level, user)
+        chk = _CHECKS[w & 0xFF]
+        return _tuple_new(AccessResult, (chk, "#PF" if chk else None, w >> 8))
 
     def host_check_batch(self, pfns: np.ndarray, level: int = PG_LEVEL_4K,
                          out: Optional[np.ndarray] = None, *,
@@ -1305,6 +1185,15 @@ class RmpTable:
         return out
 
     def _access(self, asid, vmpl, npt_level, kind, c_bit, snp_active, user):
+        """The checked access operands as a struct kvmmu_rmp_access (pfn/gfn not set)."""
+        args = self._access_args(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
+        a = ffi.new("struct kvmmu_rmp_access *")
+        a.asid, a.vmpl, a.npt_level, a.kind, a.c_bit, a.snp_active, a.user = args
+        return a
+
+    @staticmethod
+    def _access_args(asid, vmpl, npt_level, kind, c_bit, snp_active, user) -> tuple:
+        """(asid, vmpl, npt_level, kind, c_bit, snp_active, user), each checked."""
         npt_level = _level("npt_level", npt_level)
         if not 0 <= _batch.uint("vmpl", vmpl, 8) <= 3:
             raise RmpError(f"vmpl={vmpl}: VMPLs are 0..3")
@@ -1314,24 +1203,33 @@ class RmpTable:
             kind = Access[kind.upper()] if isinstance(kind, str) else Access(operator.index(kind))
         except (KeyError, ValueError, TypeError):
             raise RmpError(f"kind={kind!r}: one of {[a.name.lower() for a in Access]}") from None
-        a = ffi.new("struct kvmmu_rmp_access *")
-        a.asid = _batch.uint("asid", asid, 32)
-        a.vmpl, a.npt_level, a.kind = vmpl, npt_level, int(kind)
-        a.c_bit = _batch.boolean("c_bit", c_bit)
-        a.snp_active = _batch.boolean("snp_active", snp_active)
-        a.user = _batch.boolean("user", user)
-        return a
+        asid = _batch.uint("asid", asid, 32)
+        return (asid, vmpl, npt_level, int(kind), _batch.boolean("c_bit", c_bit),
+                _batch.boolean("snp_active", snp_active), _batch.boolean("user", user))
 
     def guest_check(self, pfn, gfn, *, asid: int, vmpl: int = 0, npt_level: int = PG_LEVEL_4K,
                     kind="read", c_bit: bool = True, snp_active: bool = True,
                     user: bool = False) -> AccessResult:
         """The RMP checks of a guest access (APM Table 15-39), in priority order: covered,
         guest-owned, reverse-map, mutable, page-size (NPF), validated (#VC), VMPL (NPF)."""
-        a = self._access(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
-        a.pfn, a.gfn = _batch.uint("pfn", pfn), _batch.uint("gfn", gfn)
-        fault, ei = ffi.new("int *"), ffi.new("uint64_t *")
-        chk = Check(lib.kvmmu_rmp_guest_check(self._t, a, fault, ei))
-        return AccessResult(chk, _fault_name(fault[0]), int(ei[0]))
+        t = self._t_
+        k = _KINDS.get(kind) if kind.__class__ is str else kind
+        if (t is not None and pfn.__class__ is gfn.__class__ is asid.__class__ is int
+                and vmpl.__class__ is npt_level.__class__ is k.__class__ is int
+                and c_bit.__class__ is snp_active.__class__ is user.__class__ is bool):
+            try:
+                w = lib.kvmmu_rmp_guest_check_word(t, pfn, gfn, asid, vmpl, npt_level, k, c_bit,
+                                                   snp_active, user)
+            except OverflowError:
+                w = -1
+            if w >= 0:
+                return _tuple_new(AccessResult, (_CHECKS[w & 0xFF], _FAULT_NAMES.get((w >> 8) & 0xFFF),
+                                                 w >> 20))
+        args = self._access_args(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
+        w = lib.kvmmu_rmp_guest_check_word(self._t, _batch.uint("pfn", pfn), _batch.uint("gfn", gfn),
+                                           *args)
+        return _tuple_new(AccessResult, (_CHECKS[w & 0xFF], _FAULT_NAMES.get((w >> 8) & 0xFFF),
+                                         w >> 20))
 
     def guest_check_batch(self, pfns: np.ndarray, gfns: np.ndarray, *, asid: int, vmpl: int = 0,
                           npt_level: int = PG_LEVEL_4K, kind="read", c_bit: bool = True,
@@ -1359,208 +1257,41 @@ class RmpTable:
                 f"flags={self.flags!r})")
 
 
-# ------------------------------------------------------------------ fault handlers
+# ------------------------------------------------------------------ kernel helpers
 
-class UserFault(NamedTuple):
-    action: str            # "UNMAP", "SIGBUS", "SPLIT" or "RETRY"
-    ret: int               # enum rmp_pf_ret value the handler returns (SIGBUS returns RETRY)
-    pfn: Optional[int]
-    rmp_level: Optional[int]
-
-
-def handle_user_rmp_page_fault(table: RmpTable, *, pte_present: bool, pte_pfn: int, level: int,
-                               address: int) -> UserFault:
-    """The v7/v8 patch's handle_user_rmp_page_fault() given the host mapping found for
-    ``address``: UNMAP (PTE gone), SIGBUS (4K entry assigned, or the lookup failed),
-    SPLIT (host level above the RMP level), else RETRY."""
-    _table(table)
-    pte_present = _batch.boolean("pte_present", pte_present)
-    level = _level("level", level)
-    pfn = _batch.uint("pte_pfn", pte_pfn, 40)           # a 52-bit physical address's frame
-    address = _batch.uint("address", address)
-    if not pte_present:
-        return UserFault("UNMAP", RMP_PF_UNMAP, None, None)
-    if level > PG_LEVEL_4K:
-        size = 1 << (12 + 9 * (level - 1))
-        pfn |= (address & (size - 1)) >> 12
-    if not table.covered(pfn):
-        # snp_lookup_rmpentry() < 0 is non-zero too: the v7 code takes the SIGBUS branch.
-        return UserFault("SIGBUS", RMP_PF_RETRY, pfn, None)
-    assigned, rmp_level = table.snp_lookup_rmpentry(pfn)
-    if assigned:
-        return UserFault("SIGBUS", RMP_PF_RETRY, pfn, rmp_level)
-    if level > rmp_level:
-        return UserFault("SPLIT", RMP_PF_SPLIT, pfn, rmp_level)
-    return UserFault("RETRY", RMP_PF_RETRY, pfn, rmp_level)
-
-
-class NpfOutcome(NamedTuple):
-    action: str            # see sev_handle_rmp_fault
-    rmp_level: Optional[int]
-    psmash_rc: Optional[int]
-    zap: Optional[tuple]   # (gfn_start, gfn_end) passed to kvm_zap_gfn_range
-
-
-def sev_handle_rmp_fault(table: RmpTable, gpa: int, error_code: int = 0, *,
-                         pfn: Optional[int], is_private: bool = True,
-                         has_gmem: bool = True) -> NpfOutcome:
-    """KVM's sev_handle_rmp_fault() for an NPF with the RMP bit set.
-
-    Actions: "not-private" / "non-gmem-slot" / "no-backing-page" / "no-assigned-entry"
-    (warn and return), "spurious" (the entry is already 4K), "psmash" (split, zap the
-    GFN range), "psmash-raced" (PSMASH failed but the entry is now 4K and assigned),
-    "psmash-failed" (warn, zap anyway).  ``pfn=None``: kvm_gmem_get_pfn() failed."""
-    _table(table)
-    gfn = _batch.uint("gpa", gpa) >> 12
-    _batch.uint("error_code", error_code)
-    is_private = _batch.boolean("is_private", is_private)
-    has_gmem = _batch.boolean("has_gmem", has_gmem)
-    if pfn is not None:
-        pfn = _batch.uint("pfn", pfn)
-    if not is_private:
-        return NpfOutcome("not-private", None, None, None)
-    if not has_gmem:
-        return NpfOutcome("non-gmem-slot", None, None, None)
-    if pfn is None:
-        return NpfOutcome("no-backing-page", None, None, None)
-    if not table.covered(pfn):
-        return NpfOutcome("no-assigned-entry", None, None, None)
-    assigned, rmp_level = table.snp_lookup_rmpentry(pfn)
-    if not assigned:
-        return NpfOutcome("no-assigned-entry", rmp_level, None, None)
-    if rmp_level == PG_LEVEL_4K:
-        return NpfOutcome("spurious", rmp_level, None, None)
-    # snp_rmptable_psmash() aligns down and retries while FAIL_INUSE; a lock is persistent
-    # in the model, so one attempt stands for the loop.
-    rc = table.psmash(pfn & ~(PTRS_PER_PMD - 1))
-    if rc != Rc.SUCCESS:
-        a2, l2 = table.snp_lookup_rmpentry(pfn)
-        if a2 and l2 == PG_LEVEL_4K:
-            return NpfOutcome("psmash-raced", rmp_level, int(rc), None)
-        return NpfOutcome("psmash-failed", rmp_level, int(rc), (gfn, gfn + PTRS_PER_PMD))
-    return NpfOutcome("psmash", rmp_level, int(rc), (gfn, gfn + PTRS_PER_PMD))
-
-
-def sev_private_max_mapping_level(table: RmpTable, pfn: int, *, snp: bool = True) -> int:
-    """The gmem max-mapping-level hook: 0 (no limit) for non-SNP VMs, 4K if the lookup
-    fails or the entry is unassigned, otherwise the RMP level (NPT level <= RMP level)."""
-    _table(table)
-    snp = _batch.boolean("snp", snp)
+def rmpupdate_kernel(table: "RmpTable", pfn, *, gpa: int, assigned: bool, level: int, immutable: bool,
+                     asid: int) -> int:
+    """The kernel's rmpupdate(): adjust_direct_map() rules, then RMPUPDATE.  Returns 0 or
+    -EFAULT; the RMPUPDATE code is kept in ``table.last_rc``.  (The kernel retries while
+    FAIL_OVERLAP, a transient firmware lock there; in the model it is persistent, so it
+    is reported once as -EFAULT.)"""
     pfn = _batch.uint("pfn", pfn)
-    if not snp:
-        return 0
-    if not table.covered(pfn):
-        return PG_LEVEL_4K
-    assigned, level = table.snp_lookup_rmpentry(pfn)
-    return level if assigned else PG_LEVEL_4K
+    if isinstance(level, (bool, np.bool_)):
+        raise RmpError(f"level={level!r}: enum pg_level is an int (1 = 4K, 2 = 2M)")
+    level = _batch.uint("level", level, 32)        # enum pg_level; > 2M gives -EFAULT
+    _batch.uint("gpa", gpa)
+    _batch.uint("asid", asid, 32)                  # u32 asid
+    assigned = _batch.boolean("assigned", assigned)
+    immutable = _batch.boolean("immutable", immutable)
+    table._need_writable("rmpupdate_kernel")
+    table.last_rc = None
+    if level not in (PG_LEVEL_4K, PG_LEVEL_2M) or not table.covered(pfn):
+        return -EFAULT                       # adjust_direct_map: -EINVAL -> -EFAULT
+    if level == PG_LEVEL_2M and (pfn % PTRS_PER_PMD or not table.covered(pfn + 511)):
+        return -EFAULT
+    rc = table.rmpupdate(pfn, gpa=gpa, assigned=assigned,
+                        pagesize=0 if level == PG_LEVEL_4K else 1,
+                        immutable=immutable, asid=asid)
+    table.last_rc = rc
+    return 0 if rc == Rc.SUCCESS else -EFAULT
 
 
-def kvm_max_private_mapping_level(max_level: int, max_order: int, hook_level: int = 0) -> int:
-    """kvm_max_private_mapping_level(): min(max_level, the level the gmem folio order
-    allows, the vendor hook's level when it is non-zero)."""
-    max_level = _level("max_level", max_level)
-    order = _batch.uint("max_order", max_order, 8)
-    hook = 0 if isinstance(hook_level, int) and not isinstance(hook_level, bool) and \
-        hook_level == 0 else _level("hook_level", hook_level)
-    order_level = PG_LEVEL_1G if order >= 18 else PG_LEVEL_2M if order >= 9 else PG_LEVEL_4K
-    level = min(max_level, order_level)
-    if hook:
-        level = min(level, hook)
-    return level
-
-
-# ------------------------------------------------------------------ kernel RMP dumps
-
-class DumpEntry(NamedTuple):
-    """One RMP line found in a kernel log (see :func:`decode_dump`).
-
-    ``kind``: "entry" (the dumped pfn's raw entry), "region" (a non-zero entry of the
-    2M region dumped for an unassigned pfn), "fields" (an early RFC line that printed
-    decoded fields only: ``lo`` is rebuilt from them, sub-page count and lock unknown,
-    ``hi`` None), "region-start" (the unassigned pfn and its 2M region ``[lo, hi)``),
-    "none" (no populated entry in the region), "error" (the lookup failed, ``lo`` = the
-    errno printed) or "rmpupdate-failed" (``lo`` = the RMPUPDATE return code, ``hi`` =
-    the pg_level)."""
-    line: int              # 1-based line number in the text
-    kind: str
-    fmt: str               # which kernel's format the line is in
-    pfn: int
-    lo: Optional[int]
-    hi: Optional[int]
-
-    @property
-    def entry(self) -> Optional[RmpEntry]:
-        if self.kind in ("entry", "region", "fields") and self.lo is not None:
-            return RmpEntry(self.lo, self.hi or 0)
-        return None
-
-
-_X = r"0x([0-9a-fA-F]{1,16})"        # a hex number that fits 64 bits
-# (regex, kind, format, how the groups map to (pfn, lo, hi)).  Formats, from the kernel
-# sources read (docs/rmp.md lists them): mainline dump_rmpentry() since v6.9 (and in
-# v6.14's rmpentry_raw shape); the v10/v11 SNP host patches' sev_dump_rmpentry()
-# ("high=... low=...", pfn); the RFC v6-v9 patches ("RMPEntry paddr", physical address).
-_DUMP_PATTERNS = [
-    (rf"PFN {_X}, RMP entry: \[{_X} - {_X}\]", "entry", "v6.9+", "p,lo,hi"),
-    (rf"PFN: {_X}, \[{_X} - {_X}\]", "region", "v6.9+", "p,lo,hi"),
-    (rf"PFN {_X} unassigned, dumping non-zero entries in 2M PFN region: \[{_X} - {_X}\]",
-     "region-start", "v6.9+", "p,lo,hi"),
-    (rf"RMP entry for PFN {_X}: \[high={_X} low={_X}\]", "entry", "v10-v11 patches", "p,hi,lo"),
-    (rf"e\.g\.: PFN {_X}: \[high={_X} low={_X}\]", "region", "v10-v11 patches", "p,hi,lo"),
-    (rf"No populated RMP entries in the 2MB region containing PFN {_X}", "none",
-     "v10-v11 patches", "p"),
-    (rf"RMPEntry paddr {_X}: \[high={_X} low={_X}\]", "entry", "RFC patches", "pa,hi,lo"),
-    (rf"RMPEntry paddr {_X} ([0-9a-fA-F]{{16}}) ([0-9a-fA-F]{{16}})", "entry", "RFC patches",
-     "pa,hi,lo"),
-    (rf"RMPEntry paddr {_X} \[assigned=(\d) immutable=(\d) pagesize=(\d) gpa={_X} "
-     r"asid=(\d+) vmsa=(\d) validated=(\d)\]", "fields", "RFC patches", "fields"),
-    (rf"Failed to read RMP (?:entry|contents) for PFN {_X}, error (-?\d+)", "error", "v6.9+",
-     "p,err"),
-    (rf"Error (-?\d+) reading RMP (?:entry|contents) for PFN {_X}", "error", "v6.9+", "err,p"),
-    (r"RMPUPDATE failed for PFN ([0-9a-fA-F]{1,16}), pg_level: (\d+), ret: (-?\d+)",
-     "rmpupdate-failed", "v6.9+", "p,level,ret"),
-]
-_DUMP_RES = [(re.compile(r), k, f, m) for r, k, f, m in _DUMP_PATTERNS]
-
-
-def decode_dump(text: str) -> list:
-    """Find the RMP lines of the kernel's dump_rmpentry() (every known format) in a pasted
-    log (dmesg or journal prefixes, any other lines are skipped) and return them as
-    :class:`DumpEntry` records, in order.  Numbers that do not fit their field raise
-    RmpError naming the line."""
-    if not isinstance(text, str):
-        raise RmpError(f"text: expected a str, got {type(text).__name__}")
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        for rx, kind, fmt, how in _DUMP_RES:
-            m = rx.search(line)
-            if not m:
-                continue
-            g = m.groups()
-            if how == "p,lo,hi":
-                pfn, lo, hi = (int(x, 16) for x in g)
-            elif how == "p,hi,lo":
-                pfn, hi, lo = (int(x, 16) for x in g)
-            elif how == "pa,hi,lo":
-                pa, hi, lo = (int(x, 16) for x in g)
-                pfn = pa >> 12
-            elif how == "p":
-                pfn, lo, hi = int(g[0], 16), None, None
-            elif how == "p,err":
-                pfn, lo, hi = int(g[0], 16), int(g[1]), None
-            elif how == "err,p":
-                pfn, lo, hi = int(g[1], 16), int(g[0]), None
-            elif how == "p,level,ret":
-                pfn, hi, lo = int(g[0], 16), int(g[1]), int(g[2])
-            else:                                    # fields
-                pfn = int(g[0], 16) >> 12
-                try:
-                    lo = make_lo(assigned=int(g[1]), immutable=int(g[2]), pagesize=int(g[3]),
-                                 gpa=int(g[4], 16), asid=int(g[5]), vmsa=int(g[6]),
-                                 validated=int(g[7]))
-                except InputError as e:
-                    raise RmpError(f"line {n}: {e}") from None
-                hi = None
-            out.append(DumpEntry(n, kind, fmt, pfn, lo, hi))
-            break
-    return out
+# ------------------------------------------------------------------ the concept's other modules
+from . import tablefile  # noqa: E402,F401 (create_file writes through tablefile._write_all)
+from .dump import DumpEntry, decode_dump, dump_rmpentry_lines  # noqa: E402
+from .faults import (NpfOutcome, UserFault, handle_user_rmp_page_fault,  # noqa: E402
+                     kvm_max_private_mapping_level, sev_handle_rmp_fault,
+                     sev_private_max_mapping_level)
+from .tablefile import (FILE_MAGIC, FILE_VERSION, HEADER_SIZE, LAYOUT_CONTIGUOUS,  # noqa: E402
+                        LAYOUT_SEGMENTED, TableFileHeader, _atomic_write, _file_mapping,
+                        advise_mapping, drop_page_cache, save_table)

@@ -1,0 +1,136 @@
+"""The kernel's RMP fault handlers and mapping-level rules over an RmpTable: the host #PF
+on a user mapping, KVM's NPF with the RMP bit, the gmem max-mapping-level hook and
+kvm_max_private_mapping_level() (docs/rmp.md, "Faults")."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from .. import _batch
+from .._ffi import lib
+from . import (PG_LEVEL_4K, PTE_PFN_BITS, PTRS_PER_PMD, RMP_PF_RETRY, RMP_PF_SPLIT,
+               RMP_PF_UNMAP, Rc, RmpTable, _level, _table, _tuple_new)
+
+
+# ------------------------------------------------------------------ fault handlers
+
+class UserFault(NamedTuple):
+    action: str            # "UNMAP", "SIGBUS", "SPLIT" or "RETRY"
+    ret: int               # enum rmp_pf_ret value the handler returns (SIGBUS returns RETRY)
+    pfn: Optional[int]
+    rmp_level: Optional[int]
+
+
+def handle_user_rmp_page_fault(table: RmpTable, *, pte_present: bool, pte_pfn: int, level: int,
+                               address: int) -> UserFault:
+    """The v7/v8 patch's handle_user_rmp_page_fault() given the host mapping found for
+    ``address``: UNMAP (PTE gone), SIGBUS (4K entry assigned, or the lookup failed),
+    SPLIT (host level above the RMP level), else RETRY."""
+    if (table.__class__ is RmpTable and pte_present.__class__ is bool
+            and pte_pfn.__class__ is level.__class__ is address.__class__ is int):
+        t = table._t_
+        if t is not None:
+            try:
+                w = lib.kvmmu_rmp_user_fault(t, pte_present, pte_pfn, level, address)
+            except OverflowError:
+                w = -1
+            if w >= 0:
+                return _user_fault(w)
+    _table(table)
+    pte_present = _batch.boolean("pte_present", pte_present)
+    level = _level("level", level)
+    pfn = _batch.uint("pte_pfn", pte_pfn, PTE_PFN_BITS)
+    address = _batch.uint("address", address)
+    return _user_fault(lib.kvmmu_rmp_user_fault(table._t, pte_present, pfn, level, address))
+
+
+_UPF = {lib.KVMMU_RMP_UPF_SIGBUS: ("SIGBUS", RMP_PF_RETRY), lib.KVMMU_RMP_UPF_SPLIT: ("SPLIT", RMP_PF_SPLIT),
+        lib.KVMMU_RMP_UPF_RETRY: ("RETRY", RMP_PF_RETRY)}
+_UPF_UNMAP = UserFault("UNMAP", RMP_PF_UNMAP, None, None)
+
+
+def _user_fault(w: int) -> UserFault:
+    """kvmmu_rmp_user_fault's word (action | RMP level << 2 | pfn << 4) as a UserFault."""
+    if w & 3 == lib.KVMMU_RMP_UPF_UNMAP:
+        return _UPF_UNMAP
+    action, ret = _UPF[w & 3]
+    return _tuple_new(UserFault, (action, ret, w >> 4, (w >> 2) & 3 or None))
+
+
+class NpfOutcome(NamedTuple):
+    action: str            # see sev_handle_rmp_fault
+    rmp_level: Optional[int]
+    psmash_rc: Optional[int]
+    zap: Optional[tuple]   # (gfn_start, gfn_end) passed to kvm_zap_gfn_range
+
+
+def sev_handle_rmp_fault(table: RmpTable, gpa: int, error_code: int = 0, *,
+                         pfn: Optional[int], is_private: bool = True,
+                         has_gmem: bool = True) -> NpfOutcome:
+    """KVM's sev_handle_rmp_fault() for an NPF with the RMP bit set.
+
+    Actions: "not-private" / "non-gmem-slot" / "no-backing-page" / "no-assigned-entry"
+    (warn and return), "spurious" (the entry is already 4K), "psmash" (split, zap the
+    GFN range), "psmash-raced" (PSMASH failed but the entry is now 4K and assigned),
+    "psmash-failed" (warn, zap anyway).  ``pfn=None``: kvm_gmem_get_pfn() failed."""
+    _table(table)
+    gfn = _batch.uint("gpa", gpa) >> 12
+    _batch.uint("error_code", error_code)
+    is_private = _batch.boolean("is_private", is_private)
+    has_gmem = _batch.boolean("has_gmem", has_gmem)
+    if pfn is not None:
+        pfn = _batch.uint("pfn", pfn)
+    if not is_private:
+        return NpfOutcome("not-private", None, None, None)
+    if not has_gmem:
+        return NpfOutcome("non-gmem-slot", None, None, None)
+    if pfn is None:
+        return NpfOutcome("no-backing-page", None, None, None)
+    if not table.covered(pfn):
+        return NpfOutcome("no-assigned-entry", None, None, None)
+    assigned, rmp_level = table.snp_lookup_rmpentry(pfn)
+    if not assigned:
+        return NpfOutcome("no-assigned-entry", rmp_level, None, None)
+    if rmp_level == PG_LEVEL_4K:
+        return NpfOutcome("spurious", rmp_level, None, None)
+    # snp_rmptable_psmash() aligns down and retries while FAIL_INUSE; a lock is persistent
+    # in the model, so one attempt stands for the loop.
+    rc = table.psmash(pfn & ~(PTRS_PER_PMD - 1))
+    if rc != Rc.SUCCESS:
+        a2, l2 = table.snp_lookup_rmpentry(pfn)
+        if a2 and l2 == PG_LEVEL_4K:
+            return NpfOutcome("psmash-raced", rmp_level, int(rc), None)
+        return NpfOutcome("psmash-failed", rmp_level, int(rc), (gfn, gfn + PTRS_PER_PMD))
+    return NpfOutcome("psmash", rmp_level, int(rc), (gfn, gfn + PTRS_PER_PMD))
+
+
+def sev_private_max_mapping_level(table: RmpTable, pfn: int, *, snp: bool = True) -> int:
+    """The gmem max-mapping-level hook: 0 (no limit) for non-SNP VMs, 4K if the lookup
+    fails or the entry is unassigned, otherwise the RMP level (NPT level <= RMP level)."""
+    if table.__class__ is RmpTable and pfn.__class__ is int and (snp is True or snp is False):
+        t = table._t_
+        if t is not None:
+            try:
+                return lib.kvmmu_rmp_max_mapping_level(t, pfn, snp)
+            except OverflowError:
+                pass
+    _table(table)
+    snp = _batch.boolean("snp", snp)
+    pfn = _batch.uint("pfn", pfn)
+    return lib.kvmmu_rmp_max_mapping_level(table._t, pfn, snp)
+
+
+def kvm_max_private_mapping_level(max_level: int, max_order: int, hook_level: int = 0) -> int:
+    """kvm_max_private_mapping_level(): min(max_level, the level the gmem folio order
+    allows, the vendor hook's level when it is non-zero)."""
+    if max_level.__class__ is max_order.__class__ is hook_level.__class__ is int:
+        try:
+            r = lib.kvmmu_rmp_max_private_level(max_level, max_order, hook_level)
+        except OverflowError:
+            r = -1
+        if r > 0:
+            return r
+    max_level = _level("max_level", max_level)
+    order = _batch.uint("max_order", max_order, 8)
+    hook = 0 if isinstance(hook_level, int) and not isinstance(hook_level, bool) and \
+        hook_level == 0 else _level("hook_level", hook_level)
+    return lib.kvmmu_rmp_max_private_level(max_level, order, hook)
