@@ -281,7 +281,9 @@ def test_batch_cached_and_streaming_paths_match_reference(vm, isa):
     want = _tiled_reference(vt, bgpa, bec, n)
     buf_g, buf_e = np.empty(n + 8, np.uint64), np.empty(n + 8, np.uint64)
     buf_p = np.empty(n + 64, np.bool_)
-    for og, oe, op in ((0, 0, 0), (3, 3, 5), (1, 2, 37), (0, 0, 63)):
+    head = (-buf_g.ctypes.data % 64) // 8          # faults before out_gfn reaches the 64-byte grid
+    on_grid = -(buf_p.ctypes.data + head) % 64       # is_private on the grid after that head
+    for og, oe, op in ((0, 0, 0), (3, 3, 5), (1, 2, 37), (0, 0, 63), (0, 0, on_grid)):
         buf_p[:] = True
         got = P.classify_batch(vm, gpa, ec, out_gfn=buf_g[og:og + n], out_ec=buf_e[oe:oe + n],
                                out_private=buf_p[op:op + n], threads=1, isa=isa)
