@@ -3,7 +3,7 @@ their agreement table, and the C batch classifier against the pure-Python refere
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from pykvmmu import private as P
 from pykvmmu.errors import PykvmmuError
@@ -290,3 +290,21 @@ def test_batch_cached_and_streaming_paths_match_reference(vm, isa):
         assert all(np.array_equal(a, b) for a, b in zip(got[:3], want[:3])), (og, oe, op)
         assert got[3] == want[3]
         assert buf_p[:op].all() and buf_p[op + n:].all()         # no byte outside out_private
+
+
+@settings(max_examples=40)
+@given(st.sampled_from(["snp", "tdx", "default"]), st.sampled_from(["portable", "avx2", "avx512"]),
+       st.lists(st.tuples(u64, u64), min_size=60, max_size=300), st.integers(0, 63))
+def test_batch_vector_steps_match_reference(vm, isa, faults, off):
+    """Lengths over the 64-fault vector step (plain stores), is_private at any byte offset."""
+    from pykvmmu import isa as I
+    if isa not in I.supported_levels():
+        return
+    gpa = np.array([f[0] for f in faults], dtype=np.uint64)
+    ec = np.array([f[1] for f in faults], dtype=np.uint64)
+    n = len(faults)
+    op = np.empty(n + 64, np.bool_)[off:off + n]
+    g, e, p, ns = P.classify_batch(vm, gpa, ec, out_private=op, threads=1, isa=isa)
+    ref = R.classify_many(P.vm_type_number(vm), [f[0] for f in faults], [f[1] for f in faults])
+    assert g.tolist() == [r[0] for r in ref] and e.tolist() == [r[1] for r in ref]
+    assert p.tolist() == [r[2] for r in ref] and ns == sum(r[3] for r in ref)
