@@ -232,9 +232,12 @@ size_t kvmmu_private_classify_batch(const struct kvmmu_pf_policy *p, const uint6
                     nranges;
     const int kind = p->vm_type == KVMMU_VM_SNP ? 1 : (p->vm_type == KVMMU_VM_TDX && direct) ? 2 : 0;
     /* Streaming stores only for outputs far larger than the caches (and allowed). */
+#if defined(KVMMU_HAVE_STREAM)
     const bool stream = (uint64_t)n * 16 >= KVMMU_STREAM_MIN_BYTES;
+#else
+    const bool stream = false;
+#endif
     uint64_t syn = 0;
-
     bool vec = false;
 
     (void)kind;

@@ -331,6 +331,17 @@ static bool role_simd32_init(const struct kvmmu_role_layout *lay, const struct r
     return true;
 }
 
+/* Streaming stores for a batch writing out_bytes: only past KVMMU_STREAM_MIN_BYTES. */
+static inline bool role_stream(uint64_t out_bytes)
+{
+#if defined(KVMMU_HAVE_STREAM)
+    return out_bytes >= KVMMU_STREAM_MIN_BYTES;
+#else
+    (void)out_bytes;
+    return false;
+#endif
+}
+
 #define ROLE_SEL 0xE4               /* ternary logic: C ? A : B */
 #define ROLE_AND_OR 0xEC            /* ternary logic: (A & C) | B */
 #define ROLE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
@@ -463,7 +474,7 @@ size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_
     if (lay->row == KVMMU_ROLE_ROW32 && n >= 16 && kvmmu_avx512_ok(lay->isa) &&
         role_simd32_init(lay, &m, &c)) {
         /* streamed only past KVMMU_STREAM_MIN_BYTES of output, after a head to 64 bytes */
-        const bool nt = (uint64_t)n * 4 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 3);
+        const bool nt = role_stream((uint64_t)n * 4) && !((uintptr_t)out & 3);
         const size_t head = nt ? (((64 - ((uintptr_t)out & 63)) & 63) / 4) : 0;
         size_t r = pack32_scalar(lay, &m, fields, out, head, err), done;
 
@@ -493,7 +504,7 @@ size_t kvmmu_role_unpack_batch32(const struct kvmmu_role_layout *lay, const uint
     if (lay->row == KVMMU_ROLE_ROW32 && n >= 16 && kvmmu_avx512_ok(lay->isa) &&
         role_simd32_init(lay, &m, &c)) {
         /* streamed only past KVMMU_STREAM_MIN_BYTES of output, after a head to 64 bytes */
-        const bool nt = (uint64_t)n * 16 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 15);
+        const bool nt = role_stream((uint64_t)n * 16) && !((uintptr_t)out & 15);
         const size_t head = nt ? (((64 - ((uintptr_t)out & 63)) & 63) / 16) : 0;
         size_t r = unpack32_scalar(lay, &m, words, out, head, strict, err), done;
 
