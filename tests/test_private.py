@@ -279,7 +279,10 @@ def test_batch_cached_and_streaming_paths_match_reference(vm, isa):
     reps = -(-n // base)
     gpa, ec = np.tile(bgpa, reps)[:n], np.tile(bec, reps)[:n]
     want = _tiled_reference(vt, bgpa, bec, n)
-    buf_g, buf_e = np.empty(n + 8, np.uint64), np.empty(n + 8, np.uint64)
+    span = -(-(n + 8) // 8) * 8                       # out_gfn, out_ec: 64-byte aligned starts
+    both = np.empty(2 * span + 8, np.uint64)
+    first = (-both.ctypes.data % 64) // 8
+    buf_g, buf_e = both[first:first + span], both[first + span:first + 2 * span]
     buf_p = np.empty(n + 64, np.bool_)
     head = (-buf_g.ctypes.data % 64) // 8          # faults before out_gfn reaches the 64-byte grid
     on_grid = -(buf_p.ctypes.data + head) % 64       # is_private on the grid after that head
