@@ -236,6 +236,243 @@ static bool have_bmi2(const struct kvmmu_role_layout *lay)
 }
 #endif
 
+/* The scalar batch loops (BMI2 when allowed, else portable) over 32-bit words. */
+static size_t pack32_scalar(const struct kvmmu_role_layout *lay, const struct role_masks *m,
+                            const uint8_t *fields, uint32_t *out, size_t n, int *err)
+{
+#if ROLE_HAVE_BMI2_PATH
+    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2(lay))
+        return pack32_bmi2(m, lay->used_mask, fields, out, n, err);
+#endif
+    for (size_t i = 0; i < n; i++) {
+        const uint8_t *row = fields + (size_t)lay->row * i;
+
+        if (KVMMU_UNLIKELY(row_too_wide(m, row))) {
+            *err = KVMMU_ROLE_E_WIDTH;
+            return i + 1;
+        }
+        out[i] = (uint32_t)pack_portable(lay, row);
+    }
+    return 0;
+}
+
+static size_t unpack32_scalar(const struct kvmmu_role_layout *lay, const struct role_masks *m,
+                              const uint32_t *words, uint8_t *out, size_t n, bool strict, int *err)
+{
+#if ROLE_HAVE_BMI2_PATH
+    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2(lay))
+        return unpack32_bmi2(m, lay->used_mask, words, out, n, strict, err);
+#endif
+    (void)m;
+    for (size_t i = 0; i < n; i++) {
+        if (KVMMU_UNLIKELY(strict && (words[i] & ~lay->used_mask))) {
+            *err = KVMMU_ROLE_E_RESERVED;
+            return i + 1;
+        }
+        unpack_portable(lay, words[i], out + (size_t)lay->row * i);
+    }
+    return 0;
+}
+
+#if ROLE_HAVE_BMI2_PATH && defined(KVMMU_HAVE_AVX512)
+/*
+ * AVX-512 pack / unpack of 16-byte rows and 32-bit words, 16 rows per step, as a tree of
+ * merges: byte pairs -> 16-bit lanes -> 32-bit lanes -> 64-bit lanes -> the row, each merge
+ * a variable shift of the upper half next to the lower half's field bits (one shift and one
+ * bit-select per level), then the gaps of the used mask opened (pack) or closed (unpack) one
+ * at a time.  Unpack runs the tree backwards, leaving bits of the next fields above each
+ * part, cleared by one AND with the fields' width masks at the end.  The constants depend
+ * only on the layout: per-lane shift counts and select masks of one row, repeated per row.
+ */
+#define ROLE_MAXGAP 8
+
+struct role_simd32 {
+    uint16_t c1[32], m1[32];        /* level 1 (16-bit lanes): count, low-part mask */
+    uint32_t c2[16], m2[16];        /* level 2 (32-bit lanes) */
+    uint64_t c3[8], m3[8];          /* level 3 (64-bit lanes) */
+    uint64_t bad[8];                /* bits outside each byte's field width */
+    uint8_t width[64];              /* each byte's width mask (0 past nfields) */
+    uint32_t w3lo;                  /* bits of fields 0..7: the upper lane's place */
+    uint32_t ngap;
+    uint32_t gap_at[ROLE_MAXGAP], gap_len[ROLE_MAXGAP];   /* final positions, ascending */
+};
+
+/* False when the layout does not fit the kernels (more gaps than ROLE_MAXGAP). */
+static bool role_simd32_init(const struct kvmmu_role_layout *lay, const struct role_masks *m,
+                             struct role_simd32 *c)
+{
+    uint32_t w[16] = {0}, w1[8], w2[4];
+    const uint32_t used = (uint32_t)lay->used_mask;
+
+    for (uint32_t i = 0; i < lay->nfields && i < 16; i++)
+        w[i] = lay->width[i];
+    for (uint32_t j = 0; j < 8; j++)
+        w1[j] = w[2 * j] + w[2 * j + 1];
+    for (uint32_t j = 0; j < 4; j++)
+        w2[j] = w1[2 * j] + w1[2 * j + 1];
+    for (uint32_t r = 0; r < 4; r++) {
+        for (uint32_t j = 0; j < 8; j++) {
+            c->c1[8 * r + j] = (uint16_t)(8 - w[2 * j]);
+            c->m1[8 * r + j] = (uint16_t)((1u << w[2 * j]) - 1);
+        }
+        for (uint32_t j = 0; j < 4; j++) {
+            c->c2[4 * r + j] = 16 - w1[2 * j];
+            c->m2[4 * r + j] = (1u << w1[2 * j]) - 1;
+        }
+        for (uint32_t j = 0; j < 2; j++) {
+            c->c3[2 * r + j] = 32 - w2[2 * j];
+            c->m3[2 * r + j] = KBIT(w2[2 * j]) - 1;
+            c->bad[2 * r + j] = ~m->lane[j];
+        }
+        for (uint32_t j = 0; j < 16; j++)
+            c->width[16 * r + j] = (uint8_t)((1u << w[j]) - 1);
+    }
+    c->w3lo = w2[0] + w2[1];
+    c->ngap = 0;
+    for (uint32_t b = 0; b < 32 && (used >> b);) {
+        if (used & (1u << b)) {
+            b++;
+            continue;
+        }
+        uint32_t e = b;
+        while (!(used & (1u << e)))
+            e++;
+        if (c->ngap == ROLE_MAXGAP)
+            return false;
+        c->gap_at[c->ngap] = b;
+        c->gap_len[c->ngap++] = e - b;
+        b = e;
+    }
+    return true;
+}
+
+/* Streaming stores for a batch writing out_bytes: only past KVMMU_STREAM_MIN_BYTES. */
+static inline bool role_stream(uint64_t out_bytes)
+{
+#if defined(KVMMU_HAVE_STREAM)
+    return out_bytes >= KVMMU_STREAM_MIN_BYTES;
+#else
+    (void)out_bytes;
+    return false;
+#endif
+}
+
+#define ROLE_SEL 0xE4               /* ternary logic: C ? A : B */
+#define ROLE_AND_OR 0xEC            /* ternary logic: (A & C) | B */
+#define ROLE_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl")))
+
+/* Rows done (a multiple of 16); stops before the first 16-row block with a too-wide byte. */
+ROLE_AVX512 static size_t pack32_avx512(const struct role_simd32 *c, const uint8_t *rows,
+                                        uint32_t *out, size_t n, bool nt)
+{
+    const __m512i c1 = _mm512_loadu_si512((const void *)c->c1), m1 = _mm512_loadu_si512((const void *)c->m1);
+    const __m512i c2 = _mm512_loadu_si512((const void *)c->c2), m2 = _mm512_loadu_si512((const void *)c->m2);
+    const __m512i c3 = _mm512_loadu_si512((const void *)c->c3), m3 = _mm512_loadu_si512((const void *)c->m3);
+    const __m512i bad = _mm512_loadu_si512((const void *)c->bad);
+    const __m512i lo_idx = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i hi_idx = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+    const __m128i w3 = _mm_cvtsi32_si128((int)c->w3lo);
+    size_t i = 0;
+
+    for (; i + 16 <= n; i += 16) {
+        __m512i x[4];
+        __mmask8 k = 0;
+
+        for (int r = 0; r < 4; r++) {
+            x[r] = _mm512_loadu_si512((const void *)(rows + 16 * i + 64 * r));
+            k |= _mm512_test_epi64_mask(x[r], bad);
+        }
+        if (KVMMU_UNLIKELY(k))
+            break;
+        for (int r = 0; r < 4; r++) {
+            __m512i v = x[r];
+
+            v = _mm512_ternarylogic_epi64(v, _mm512_srlv_epi16(v, c1), m1, ROLE_SEL);
+            v = _mm512_ternarylogic_epi64(v, _mm512_srlv_epi32(v, c2), m2, ROLE_SEL);
+            x[r] = _mm512_ternarylogic_epi64(v, _mm512_srlv_epi64(v, c3), m3, ROLE_SEL);
+        }
+        __m256i y[2];
+        for (int h = 0; h < 2; h++) {
+            const __m512i lo = _mm512_permutex2var_epi64(x[2 * h], lo_idx, x[2 * h + 1]);
+            const __m512i hi = _mm512_permutex2var_epi64(x[2 * h], hi_idx, x[2 * h + 1]);
+
+            y[h] = _mm512_cvtepi64_epi32(_mm512_or_si512(lo, _mm512_sll_epi64(hi, w3)));
+        }
+        __m512i wv = _mm512_inserti64x4(_mm512_castsi256_si512(y[0]), y[1], 1);
+        for (uint32_t g = 0; g < c->ngap; g++) {
+            const __m512i low = _mm512_set1_epi32((int)((1u << c->gap_at[g]) - 1));
+            const __m512i up = _mm512_sll_epi32(_mm512_andnot_si512(low, wv),
+                                                _mm_cvtsi32_si128((int)c->gap_len[g]));
+
+            wv = _mm512_ternarylogic_epi32(wv, up, low, ROLE_AND_OR);
+        }
+        if (nt)
+            _mm512_stream_si512((void *)(out + i), wv);
+        else
+            _mm512_storeu_si512((void *)(out + i), wv);
+    }
+    if (nt)
+        _mm_sfence();
+    return i;
+}
+
+/* Words done (a multiple of 16); strict: stops before the first block with a reserved bit. */
+ROLE_AVX512 static size_t unpack32_avx512(const struct role_simd32 *c, uint32_t used,
+                                          const uint32_t *words, uint8_t *rows, size_t n,
+                                          bool strict, bool nt)
+{
+    const __m512i c1 = _mm512_loadu_si512((const void *)c->c1);
+    const __m512i c2 = _mm512_loadu_si512((const void *)c->c2);
+    const __m512i c3 = _mm512_loadu_si512((const void *)c->c3);
+    const __m512i h1 = _mm512_set1_epi16(0xFF), h2 = _mm512_set1_epi32(0xFFFF);
+    const __m512i h3 = _mm512_set1_epi64(0xFFFFFFFF);
+    const __m512i width = _mm512_loadu_si512((const void *)c->width);
+    const __m512i usedv = _mm512_set1_epi32((int)used);
+    const __m512i a_idx = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+    const __m512i b_idx = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    const __m128i w3 = _mm_cvtsi32_si128((int)c->w3lo);
+    size_t i = 0;
+
+    for (; i + 16 <= n; i += 16) {
+        __m512i wv = _mm512_loadu_si512((const void *)(words + i));
+
+        if (strict && KVMMU_UNLIKELY(_mm512_test_epi32_mask(wv, _mm512_andnot_si512(usedv, _mm512_set1_epi32(-1)))))
+            break;
+        wv = _mm512_and_si512(wv, usedv);
+        for (uint32_t g = c->ngap; g-- > 0;) {
+            const __m512i low = _mm512_set1_epi32((int)((1u << c->gap_at[g]) - 1));
+
+            wv = _mm512_ternarylogic_epi32(
+                wv, _mm512_srl_epi32(wv, _mm_cvtsi32_si128((int)c->gap_len[g])), low, ROLE_SEL);
+        }
+        __m512i x[4];
+        for (int h = 0; h < 2; h++) {
+            const __m512i lo = _mm512_cvtepu32_epi64(h ? _mm512_extracti64x4_epi64(wv, 1)
+                                                       : _mm512_castsi512_si256(wv));
+            const __m512i hi = _mm512_srl_epi64(lo, w3);
+
+            x[2 * h] = _mm512_permutex2var_epi64(lo, a_idx, hi);
+            x[2 * h + 1] = _mm512_permutex2var_epi64(lo, b_idx, hi);
+        }
+        for (int r = 0; r < 4; r++) {
+            __m512i v = x[r];
+
+            v = _mm512_ternarylogic_epi64(v, _mm512_sllv_epi64(v, c3), h3, ROLE_SEL);
+            v = _mm512_ternarylogic_epi64(v, _mm512_sllv_epi32(v, c2), h2, ROLE_SEL);
+            v = _mm512_ternarylogic_epi64(v, _mm512_sllv_epi16(v, c1), h1, ROLE_SEL);
+            v = _mm512_and_si512(v, width);
+            if (nt)
+                _mm512_stream_si512((void *)(rows + 16 * i + 64 * r), v);
+            else
+                _mm512_storeu_si512((void *)(rows + 16 * i + 64 * r), v);
+        }
+    }
+    if (nt)
+        _mm_sfence();
+    return i;
+}
+#endif
+
 size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_t *fields,
                                uint32_t *out, size_t n, int *err)
 {
@@ -246,20 +483,24 @@ size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_
         err = &dummy;
     *err = 0;
     role_masks(lay, &m);
-#if ROLE_HAVE_BMI2_PATH
-    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2(lay))
-        return pack32_bmi2(&m, lay->used_mask, fields, out, n, err);
-#endif
-    for (size_t i = 0; i < n; i++) {
-        const uint8_t *row = fields + (size_t)lay->row * i;
+#if ROLE_HAVE_BMI2_PATH && defined(KVMMU_HAVE_AVX512)
+    struct role_simd32 c;
 
-        if (KVMMU_UNLIKELY(row_too_wide(&m, row))) {
-            *err = KVMMU_ROLE_E_WIDTH;
-            return i + 1;
-        }
-        out[i] = (uint32_t)pack_portable(lay, row);
+    if (lay->row == KVMMU_ROLE_ROW32 && n >= 16 && kvmmu_avx512_ok(lay->isa) &&
+        role_simd32_init(lay, &m, &c)) {
+        /* streamed only past KVMMU_STREAM_MIN_BYTES of output, after a head to 64 bytes */
+        const bool nt = role_stream((uint64_t)n * 4) && !((uintptr_t)out & 3);
+        const size_t head = nt ? (((64 - ((uintptr_t)out & 63)) & 63) / 4) : 0;
+        size_t r = pack32_scalar(lay, &m, fields, out, head, err), done;
+
+        if (r)
+            return r;
+        done = head + pack32_avx512(&c, fields + 16 * head, out + head, n - head, nt);
+        r = pack32_scalar(lay, &m, fields + 16 * done, out + done, n - done, err);
+        return r ? r + done : 0;
     }
-    return 0;
+#endif
+    return pack32_scalar(lay, &m, fields, out, n, err);
 }
 
 size_t kvmmu_role_unpack_batch32(const struct kvmmu_role_layout *lay, const uint32_t *words,
@@ -272,18 +513,25 @@ size_t kvmmu_role_unpack_batch32(const struct kvmmu_role_layout *lay, const uint
         err = &dummy;
     *err = 0;
     role_masks(lay, &m);
-#if ROLE_HAVE_BMI2_PATH
-    if (lay->row == KVMMU_ROLE_ROW32 && have_bmi2(lay))
-        return unpack32_bmi2(&m, lay->used_mask, words, out, n, strict, err);
-#endif
-    for (size_t i = 0; i < n; i++) {
-        if (KVMMU_UNLIKELY(strict && (words[i] & ~lay->used_mask))) {
-            *err = KVMMU_ROLE_E_RESERVED;
-            return i + 1;
-        }
-        unpack_portable(lay, words[i], out + (size_t)lay->row * i);
+#if ROLE_HAVE_BMI2_PATH && defined(KVMMU_HAVE_AVX512)
+    struct role_simd32 c;
+
+    if (lay->row == KVMMU_ROLE_ROW32 && n >= 16 && kvmmu_avx512_ok(lay->isa) &&
+        role_simd32_init(lay, &m, &c)) {
+        /* streamed only past KVMMU_STREAM_MIN_BYTES of output, after a head to 64 bytes */
+        const bool nt = role_stream((uint64_t)n * 16) && !((uintptr_t)out & 15);
+        const size_t head = nt ? (((64 - ((uintptr_t)out & 63)) & 63) / 16) : 0;
+        size_t r = unpack32_scalar(lay, &m, words, out, head, strict, err), done;
+
+        if (r)
+            return r;
+        done = head + unpack32_avx512(&c, (uint32_t)lay->used_mask, words + head,
+                                      out + 16 * head, n - head, strict, nt);
+        r = unpack32_scalar(lay, &m, words + done, out + 16 * done, n - done, strict, err);
+        return r ? r + done : 0;
     }
-    return 0;
+#endif
+    return unpack32_scalar(lay, &m, words, out, n, strict, err);
 }
 
 size_t kvmmu_role_pack_batch64(const struct kvmmu_role_layout *lay, const uint8_t *fields,

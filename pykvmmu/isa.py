@@ -34,6 +34,10 @@ KERNELS = (
     ("role hash_batch AVX-512DQ (+streaming)", "avx512", "tests/test_isa.py::test_role_levels"),
     ("role pack/unpack BMI2 pext/pdep", "avx2", "tests/test_isa.py::test_role_levels"),
     ("private classify_batch SSE2 streaming", "avx2", "tests/test_isa.py::test_private_levels"),
+    ("private classify_batch AVX-512 (+streaming)", "avx512",
+     "tests/test_isa.py::test_private_levels"),
+    ("role pack/unpack batch32 AVX-512 merge tree (+streaming)", "avx512",
+     "tests/test_isa.py::test_role_levels"),
 )
 
 

@@ -132,6 +132,14 @@ def test_role_levels(level):
         assert rows.tobytes() == portable.unpack_batch(words).tobytes()
         assert np.array_equal(capped.pack_batch(rows), portable.pack_batch(rows))
         assert np.array_equal(capped.pack_batch(rows), words)
+    capped, portable = e.base._isa_copy(level), e.base._isa_copy("portable")
+    n = STREAM_BYTES // 4 + 21                      # u32 words out of pack: the streaming size
+    words = rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32) & np.uint32(e.base.used_mask)
+    rows = np.zeros(n + 1, capped.dtype)[1:]        # off the 64-byte grid
+    capped.unpack_batch(words, rows, threads=1)
+    assert rows.tobytes() == portable.unpack_batch(words, threads=1).tobytes()
+    out = np.zeros(n + 3, np.uint32)[3:]
+    assert np.array_equal(capped.pack_batch(rows, out, threads=1), words)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -148,6 +156,9 @@ def test_private_levels(level):
         misaligned = np.empty(n + 1, np.uint64)[1:]
         got = P.classify_batch(vm, gpa, ec, threads=1, isa=level, out_gfn=misaligned)
         assert np.array_equal(got[0], want[0])
+        odd = np.empty(n + 3, np.bool_)[3:]                 # is_private off the 64-byte grid
+        got = P.classify_batch(vm, gpa, ec, threads=1, isa=level, out_private=odd)
+        assert all(np.array_equal(g, w) for g, w in zip(got[:3], want[:3])) and got[3] == want[3]
 
 
 @pytest.mark.parametrize("env, want", [("portable", 0), ("avx2", 1), ("avx512", 2), ("neon", None)])

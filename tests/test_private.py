@@ -3,7 +3,7 @@ their agreement table, and the C batch classifier against the pure-Python refere
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from pykvmmu import private as P
 from pykvmmu.errors import PykvmmuError
@@ -232,3 +232,82 @@ def test_batch_sse2_path_matches_reference(vt):
         assert [int(x) for x in e] == [r[1] for r in ref]
         assert [bool(x) for x in p] == [r[2] for r in ref]
         assert ns == sum(r[3] for r in ref)
+
+
+STREAM_BYTES = 32 << 20          # KVMMU_STREAM_MIN_BYTES (common.h): outputs streamed past it
+
+
+def _tiled_reference(vt, base_gpa, base_ec, n):
+    """The reference's outputs on the base faults, tiled to n (the inputs are tiled the same)."""
+    ref = R.classify_many(vt, [int(x) for x in base_gpa], [int(x) for x in base_ec])
+    reps = -(-n // len(ref))
+    g, e, p, s = (np.tile(np.array([r[k] for r in ref], dtype=dt), reps)[:n]
+                  for k, dt in enumerate((np.uint64, np.uint64, np.bool_, np.uint64)))
+    return g, e, p, int(s.sum())
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+@pytest.mark.parametrize("vm", ["snp", "tdx", "default"])
+def test_batch_cached_and_streaming_paths_match_reference(vm, isa):
+    """Both store paths of classify_batch against the reference: in-cache sizes (plain stores,
+    every length around the 64-fault step) and a batch past KVMMU_STREAM_MIN_BYTES of output
+    (streaming stores) with the outputs at several offsets in their cache lines, among them
+    is_private off the 64-byte grid and out_gfn/out_ec at different line offsets."""
+    from pykvmmu import isa as I
+    if isa not in I.supported_levels():
+        pytest.skip(f"CPU lacks {isa}")
+    vt = P.vm_type_number(vm)
+    rng = np.random.default_rng(14)
+    base = 4096
+    bgpa = rng.integers(0, 1 << 63, base, dtype=np.uint64) * np.uint64(2) + \
+        rng.integers(0, 2, base, dtype=np.uint64)
+    bec = rng.integers(0, 1 << 63, base, dtype=np.uint64) * np.uint64(2) + \
+        rng.integers(0, 2, base, dtype=np.uint64)
+    for n in (0, 1, 63, 64, 65, 127, 200, 1000, 16384 + 5):      # in cache
+        reps = -(-n // base) or 1
+        gpa, ec = np.tile(bgpa, reps)[:n], np.tile(bec, reps)[:n]
+        want = _tiled_reference(vt, bgpa, bec, n) if n else (gpa, ec, np.zeros(0, bool), 0)
+        for off in (0, 1, 7):
+            buf_g, buf_e, buf_p = np.empty(n + 8, np.uint64), np.empty(n + 8, np.uint64), \
+                np.empty(n + 64, np.bool_)
+            got = P.classify_batch(vm, gpa, ec, out_gfn=buf_g[off:off + n],
+                                   out_ec=buf_e[off:off + n], out_private=buf_p[off:off + n],
+                                   threads=1, isa=isa)
+            assert all(np.array_equal(a, b) for a, b in zip(got[:3], want[:3])), (n, off)
+            assert got[3] == want[3]
+    n = STREAM_BYTES // 16 + 131                                 # streaming
+    reps = -(-n // base)
+    gpa, ec = np.tile(bgpa, reps)[:n], np.tile(bec, reps)[:n]
+    want = _tiled_reference(vt, bgpa, bec, n)
+    span = -(-(n + 8) // 8) * 8                       # out_gfn, out_ec: 64-byte aligned starts
+    both = np.empty(2 * span + 8, np.uint64)
+    first = (-both.ctypes.data % 64) // 8
+    buf_g, buf_e = both[first:first + span], both[first + span:first + 2 * span]
+    buf_p = np.empty(n + 64, np.bool_)
+    head = (-buf_g.ctypes.data % 64) // 8          # faults before out_gfn reaches the 64-byte grid
+    on_grid = -(buf_p.ctypes.data + head) % 64       # is_private on the grid after that head
+    for og, oe, op in ((0, 0, 0), (3, 3, 5), (1, 2, 37), (0, 0, 63), (0, 0, on_grid)):
+        buf_p[:] = True
+        got = P.classify_batch(vm, gpa, ec, out_gfn=buf_g[og:og + n], out_ec=buf_e[oe:oe + n],
+                               out_private=buf_p[op:op + n], threads=1, isa=isa)
+        assert all(np.array_equal(a, b) for a, b in zip(got[:3], want[:3])), (og, oe, op)
+        assert got[3] == want[3]
+        assert buf_p[:op].all() and buf_p[op + n:].all()         # no byte outside out_private
+
+
+@settings(max_examples=40)
+@given(st.sampled_from(["snp", "tdx", "default"]), st.sampled_from(["portable", "avx2", "avx512"]),
+       st.lists(st.tuples(u64, u64), min_size=60, max_size=300), st.integers(0, 63))
+def test_batch_vector_steps_match_reference(vm, isa, faults, off):
+    """Lengths over the 64-fault vector step (plain stores), is_private at any byte offset."""
+    from pykvmmu import isa as I
+    if isa not in I.supported_levels():
+        return
+    gpa = np.array([f[0] for f in faults], dtype=np.uint64)
+    ec = np.array([f[1] for f in faults], dtype=np.uint64)
+    n = len(faults)
+    op = np.empty(n + 64, np.bool_)[off:off + n]
+    g, e, p, ns = P.classify_batch(vm, gpa, ec, out_private=op, threads=1, isa=isa)
+    ref = R.classify_many(P.vm_type_number(vm), [f[0] for f in faults], [f[1] for f in faults])
+    assert g.tolist() == [r[0] for r in ref] and e.tolist() == [r[1] for r in ref]
+    assert p.tolist() == [r[2] for r in ref] and ns == sum(r[3] for r in ref)

@@ -191,3 +191,67 @@ def test_hash_batch_vector_path_and_misaligned_out():
         out = R.hash_batch(g, bits, out=buf[1:])          # misaligned start, odd tail
         assert out.tolist() == [ref.hash_64(int(v), bits) for v in g]
         assert R.hash_batch(g, bits, "pre-4.7").tolist() == [ref.hash_64_pre_4_7(int(v), bits) for v in g]
+
+
+STREAM_BYTES = 32 << 20          # KVMMU_STREAM_MIN_BYTES (common.h): outputs streamed past it
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512"])
+@pytest.mark.parametrize("era", ERAS)
+def test_batch32_block_paths_vs_reference(era, isa):
+    """pack_batch / unpack_batch on 32-bit words at lengths around the 16-row step, outputs at
+    every 16-byte offset of a line, and the first bad row inside a block: bytes and error
+    index as the reference says (the reference decides which rows are bad)."""
+    from pykvmmu import isa as I
+    if isa not in I.supported_levels():
+        pytest.skip(f"CPU lacks {isa}")
+    lay = R.get_era(era).base._isa_copy(isa)
+    rng = np.random.default_rng(16)
+    words = rng.integers(0, 1 << 32, 300, dtype=np.uint64).astype(np.uint32)
+    clean = words & np.uint32(lay.used_mask)
+    want = [ref.unpack_role(era, int(w)) for w in clean]
+    for n in (15, 16, 17, 48, 300):
+        for off in range(4):
+            rows = np.zeros(n + 4, dtype=lay.dtype)[off:off + n]
+            lay.unpack_batch(clean[:n], rows)
+            assert all({k: int(rows[k][i]) for k in lay.names} == want[i] for i in range(n))
+            lax = np.zeros(n, dtype=lay.dtype)
+            lay.unpack_batch(words[:n], lax, strict=False)      # reserved bits ignored
+            assert lax.tobytes() == rows.tobytes()
+            out = np.zeros(n + 16, np.uint32)[off:off + n]
+            assert np.array_equal(lay.pack_batch(rows, out), clean[:n])
+    rows = lay.unpack_batch(clean)
+    bad_at = [i for i in range(300) if words[i] != clean[i]]
+    if bad_at:
+        with pytest.raises(R.RoleFieldError, match=rf"words\[{bad_at[0]}\]"):
+            lay.unpack_batch(words)
+    for i in (37, 16 * 9, 299):
+        raw = rows.view(np.uint8).reshape(-1, lay.row).copy()   # every byte, pads too
+        raw[i, 0] = 0xFF                                          # wider than field 0
+        with pytest.raises(R.RoleFieldError, match=rf"fields\[{i}\]"):
+            lay.pack_batch(raw)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_batch32_streaming_vs_reference(isa):
+    """Past KVMMU_STREAM_MIN_BYTES of output (streaming stores, one thread): unpack and pack of
+    the newest layout, a reference block tiled, outputs off the 64-byte grid."""
+    from pykvmmu import isa as I
+    if isa not in I.supported_levels():
+        pytest.skip(f"CPU lacks {isa}")
+    lay = R.get_era(ERAS[-1]).base._isa_copy(isa)
+    rng = np.random.default_rng(17)
+    base = rng.integers(0, 1 << 32, 509, dtype=np.uint64).astype(np.uint32) & np.uint32(lay.used_mask)
+    base_rows = np.zeros(len(base), dtype=lay.dtype)
+    for i, w in enumerate(base.tolist()):
+        for k, v in ref.unpack_role(ERAS[-1], w).items():
+            base_rows[k][i] = v
+    n = STREAM_BYTES // 4 + 21                  # u32 output of pack past the threshold
+    reps = -(-n // len(base))
+    words = np.tile(base, reps)[:n]
+    want_rows = np.tile(base_rows.view(np.uint8).reshape(-1, lay.row), (reps, 1))[:n]
+    rows = np.zeros(n + 4, dtype=lay.dtype)[1:n + 1]
+    lay.unpack_batch(words, rows, threads=1)
+    assert np.array_equal(rows.view(np.uint8).reshape(-1, lay.row), want_rows)
+    out = np.zeros(n + 16, np.uint32)[5:n + 5]
+    assert np.array_equal(lay.pack_batch(want_rows, out, threads=1), words)
