@@ -79,7 +79,9 @@ _FIELD = {n: (f.word, f.shift, (1 << f.width) - 1) for n, f in ENTRY_LAYOUT.item
 GPA_FRAME_BITS = ENTRY_LAYOUT["gpa"].width
 PTE_PFN_BITS = lib.KVMMU_RMP_PTE_PFN_BITS        # a 52-bit physical address's frame
 
-RMP_PF_SPLIT, RMP_PF_RETRY, RMP_PF_UNMAP = 0, 1, 2   # enum rmp_pf_ret of the v7/v8 patch
+RMP_PF_SPLIT: int = 0       # enum rmp_pf_ret of the v7/v8 patch
+RMP_PF_RETRY: int = 1
+RMP_PF_UNMAP: int = 2
 FAULT_FLAG_PAGE_SPLIT = 1 << 12                      # set by the v7/v8 caller on SPLIT
 X86_PF_RMP = 1 << 31                                 # host #PF error code bit
 PFERR_GUEST_RMP, PFERR_GUEST_ENC = 1 << 31, 1 << 34  # NPF EXITINFO1 bits
@@ -202,7 +204,7 @@ _STATES = tuple(PageState)                       # page state code -> PageState
 assert [int(c) for c in _CHECKS] == list(range(len(_CHECKS)))
 assert [int(c) for c in _STATES] == list(range(len(_STATES)))
 #: kvmmu_rmp_lookup_word's word (assigned | level << 1) -> snp_lookup_rmpentry's tuple
-_LOOKUP = (None, None, (False, PG_LEVEL_4K), (True, PG_LEVEL_4K), (False, PG_LEVEL_2M),
+_LOOKUP: tuple = (None, None, (False, PG_LEVEL_4K), (True, PG_LEVEL_4K), (False, PG_LEVEL_2M),
            (True, PG_LEVEL_2M))
 _KINDS = {**{a.name.lower(): int(a) for a in Access}, **{a.name: int(a) for a in Access}}
 _INT_OR_BOOL = (int, bool)
@@ -395,6 +397,8 @@ class RmpTable:
     place).  ``flush()`` writes a file-backed table's changes back, ``close()`` (or a
     ``with`` block) ends its use; a closed table refuses every operation.
     """
+
+    last_rc: Optional[int]      # the RMPUPDATE code of the last rmpupdate_kernel() call
 
     def __init__(self, buffer: np.ndarray, *, segmented: bool = False, seg_shift: int = 36,
                  rmp_base: int = DEFAULT_RMP_BASE, flags: int = 0):
@@ -900,7 +904,7 @@ class RmpTable:
         return out
 
     # -------------------------------------------------------------- lookups
-    def snp_lookup_rmpentry(self, pfn) -> tuple:
+    def snp_lookup_rmpentry(self, pfn) -> tuple[bool, int]:
         """snp_lookup_rmpentry(): (assigned, level) -- assigned from the pfn's own entry,
         level from the 2M-aligned entry's page size.  Out-of-range pfns raise RmpError."""
         t = self._t_
