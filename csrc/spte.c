@@ -1142,9 +1142,12 @@ spte_lanes256(const struct kvmmu_cfg *c, uint32_t era, __m256i s, uint32_t level
  * streams when nt (dst 32-byte aligned).
  */
 AVX2_DECODE static inline __attribute__((always_inline)) void
-decode_avx2_era(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
+decode_avx2_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, const struct decode_consts *dc,
                 const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
 {
+    /* local copies: the stores through dst cannot change them, nothing is reloaded per step */
+    const struct kvmmu_cfg cl = *cfg, *c = &cl;
+    const struct decode_consts dl = *dc, *d = &dl;
     const __m256i base_mask = _mm256_set1_epi64x((long long)d->base_mask);
     for (size_t j = 0; j < n; j += 4) {
         const __m256i s = _mm256_loadu_si256((const __m256i *)(const void *)(spte + j));
@@ -1262,9 +1265,12 @@ spte_lane512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level,
  * blends.  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
  */
 AVX512_DECODE static inline __attribute__((always_inline)) void
-decode_avx512_era(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
+decode_avx512_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, const struct decode_consts *dc,
               const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
 {
+    /* local copies: the stores through dst cannot change them, nothing is reloaded per step */
+    const struct kvmmu_cfg cl = *cfg, *c = &cl;
+    const struct decode_consts dl = *dc, *d = &dl;
     const __m512i base_mask = _mm512_set1_epi64((long long)d->base_mask);
     const __m512i idx0 = _mm512_set_epi64(9, 1, 8, 0, 8, 0, 8, 0);
     const __m512i idx1 = _mm512_set_epi64(10, 2, 10, 2, 9, 1, 9, 1);
@@ -1316,9 +1322,10 @@ decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
 /* One predicate over 64 SPTEs per step: eight k-masks make one 64-bit mask, stored as 64
  * bytes of 0/1.  n must be a multiple of 64. */
 AVX512_DECODE static inline __attribute__((always_inline)) void
-pred_avx512_one(const struct kvmmu_cfg *c, uint32_t era, int p, const uint64_t *restrict spte,
+pred_avx512_one(const struct kvmmu_cfg *cfg, uint32_t era, int p, const uint64_t *restrict spte,
                 uint32_t level, uint8_t *restrict out, size_t n)
 {
+    const struct kvmmu_cfg cl = *cfg, *c = &cl;   /* byte stores through out cannot change it */
     for (size_t j = 0; j < n; j += 64) {
 #define K(k) spte_lane512(c, era, _mm512_loadu_si512(spte + j + 8 * (k)), level, p)
         const __mmask32 lo = _mm512_kunpackw(_mm512_kunpackb(K(3), K(2)), _mm512_kunpackb(K(1), K(0)));
