@@ -955,31 +955,6 @@ KVMMU_HOT size_t kvmmu_spte_to_pfn_batch(const struct kvmmu_cfg *cfg, const uint
     return 0;
 }
 
-#ifdef KVMMU_HAVE_STREAM
-/* Two 48-byte decode records = three aligned 32-byte streaming stores, built in registers. */
-__attribute__((target("avx2"))) static size_t
-decode_stream_pairs(uint64_t *dst, const uint64_t *sp, const uint64_t *w1, const uint64_t *w2,
-                    const uint64_t *p0, const uint64_t *spread, size_t m)
-{
-    size_t j = 0;
-    for (; j + 2 <= m; j += 2) {
-        const uint64_t pa = p0[j], pb = p0[j + 1];
-        __m256i v0 = _mm256_set_epi64x((long long)spread[pa & 0xFF], (long long)w2[j],
-                                       (long long)w1[j], (long long)sp[j]);
-        __m256i v1 = _mm256_set_epi64x((long long)w1[j + 1], (long long)sp[j + 1],
-                                       (long long)spread[(pa >> 16) & 0xFF],
-                                       (long long)spread[(pa >> 8) & 0xFF]);
-        __m256i v2 = _mm256_set_epi64x((long long)spread[(pb >> 16) & 0xFF],
-                                       (long long)spread[(pb >> 8) & 0xFF],
-                                       (long long)spread[pb & 0xFF], (long long)w2[j + 1]);
-        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j), v0);
-        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j + 4), v1);
-        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j + 8), v2);
-    }
-    return j;
-}
-#endif
-
 /* The record words of a decode that do not depend on the SPTE. */
 struct decode_consts {
     uint64_t eptm, base_mask, user, npv, lvl;
@@ -1023,22 +998,15 @@ static inline uint64_t spread_bits(uint64_t b)
 
 /*
  * Uniform-level decode, portable: a vectorisable structure-of-arrays pass per block of 256,
- * then the interleave into 48-byte records; huge outputs are streamed, straight from
- * registers when out is 32-byte aligned, else through an L1 block.
+ * then the interleave into 48-byte records.  (Huge outputs on AVX2 and AVX-512 CPUs go
+ * through decode_avx2() / decode_avx512(), which stream.)
  */
 static inline __attribute__((always_inline)) void
 decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
-              const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n,
-              bool stream)
+              const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n)
 {
     uint64_t w1[256], w2[256], p0[256], spread[256];
     const uint64_t base_mask = d->base_mask;
-#ifdef KVMMU_HAVE_STREAM
-    uint64_t stage[256 * 6];
-    const bool direct = ((uintptr_t)out & 31) == 0;    /* every 256-record block stays aligned */
-#else
-    (void)stream;
-#endif
     for (uint64_t b = 0; b < 256; b++)
         spread[b] = spread_bits(b);
     for (size_t base = 0; base < n; base += 256) {
@@ -1050,15 +1018,8 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const str
             w2[j] = decode_word2(d, s, mk);
             p0[j] = mk;
         }
-        size_t j0 = 0;
         uint64_t *o = (uint64_t *)(void *)(out + base);
-#ifdef KVMMU_HAVE_STREAM
-        if (stream && direct)
-            j0 = decode_stream_pairs(o, sp, w1, w2, p0, spread, m);
-        else if (stream)
-            o = stage;
-#endif
-        for (size_t j = j0; j < m; j++) {
+        for (size_t j = 0; j < m; j++) {
             o[6 * j + 0] = sp[j];
             o[6 * j + 1] = w1[j];
             o[6 * j + 2] = w2[j];
@@ -1066,15 +1027,7 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const str
             o[6 * j + 4] = spread[(p0[j] >> 8) & 0xFF];
             o[6 * j + 5] = spread[(p0[j] >> 16) & 0xFF];
         }
-#ifdef KVMMU_HAVE_STREAM
-        if (stream && !direct)
-            kvmmu_stream_copy(out + base, stage, m * sizeof(*out));
-#endif
     }
-#ifdef KVMMU_HAVE_STREAM
-    if (stream)
-        kvmmu_stream_fence();
-#endif
 }
 
 #ifdef KVMMU_HAVE_STREAM
@@ -1361,19 +1314,29 @@ static inline void decode_one(const struct kvmmu_cfg *c, uint64_t s, uint32_t le
     memcpy(out, w, sizeof(w));
 }
 
-/* decode_batch with one level for all: AVX-512 body when allowed, portable blocks around. */
+/* A few records (the head and tail around a vector body). */
+static void decode_few(const struct kvmmu_cfg *c, uint32_t level, const uint64_t *spte,
+                       struct kvmmu_spte_info *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        decode_one(c, spte[i], level, &out[i]);
+}
+
+/* decode_batch with one level for all: the AVX-512 or AVX2 body when allowed (streaming huge
+ * outputs), decode_one() around it; else the portable blocks. */
 static inline __attribute__((always_inline)) void decode_uniform(const struct kvmmu_cfg *c, uint32_t level, const uint64_t *restrict spte,
                            struct kvmmu_spte_info *restrict out, size_t n)
 {
     const struct decode_consts d = decode_setup(c, level);
     bool stream = false;
 #ifdef KVMMU_HAVE_STREAM
-    stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok(c->isa);
+    stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES;
 #endif
+    (void)stream;
 #ifdef KVMMU_HAVE_AVX512
     if (kvmmu_avx512_ok(c->isa)) {
         /* Records before the first 64-byte aligned one (when out is 16-byte aligned) and
-         * the last n % 8 go through the portable blocks. */
+         * the last n % 8 go through decode_one(). */
         size_t head = 0;
         if (((uintptr_t)out & 15) == 0)
             while (head < n && head < 4 && ((uintptr_t)(out + head) & 63))
@@ -1382,26 +1345,26 @@ static inline __attribute__((always_inline)) void decode_uniform(const struct kv
         if (!nt)
             head = 0;
         const size_t body = (n - head) & ~(size_t)7;
-        decode_blocks(c, c->rules, level, &d, spte, out, head, false);
+        decode_few(c, level, spte, out, head);
         decode_avx512(c, level, &d, spte + head, (uint64_t *)(void *)(out + head), body, nt);
-        decode_blocks(c, c->rules, level, &d, spte + head + body, out + head + body, n - head - body, false);
+        decode_few(c, level, spte + head + body, out + head + body, n - head - body);
         return;
     }
 #endif
 #ifdef KVMMU_HAVE_STREAM
     if (kvmmu_avx2_ok(c->isa)) {
         /* A record before the first 32-byte aligned one (when out is 16-byte aligned) and
-         * the last n % 4 go through the portable blocks. */
+         * the last n % 4 go through decode_one(). */
         const size_t head = (((uintptr_t)out & 31) == 16 && n) ? 1 : 0;
         const bool nt = stream && ((uintptr_t)(out + head) & 31) == 0;
         const size_t h = nt ? head : 0, body = (n - h) & ~(size_t)3;
-        decode_blocks(c, c->rules, level, &d, spte, out, h, false);
+        decode_few(c, level, spte, out, h);
         decode_avx2(c, level, &d, spte + h, (uint64_t *)(void *)(out + h), body, nt);
-        decode_blocks(c, c->rules, level, &d, spte + h + body, out + h + body, n - h - body, false);
+        decode_few(c, level, spte + h + body, out + h + body, n - h - body);
         return;
     }
 #endif
-    KVMMU_ERA_SPECIALISE(c->rules, decode_blocks(c, era, level, &d, spte, out, n, stream))
+    KVMMU_ERA_SPECIALISE(c->rules, decode_blocks(c, era, level, &d, spte, out, n))
 }
 
 KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict spte,
