@@ -41,3 +41,39 @@ def test_predicate_presets(cfg, level):
                 got = S.predicate_batch(capped, name, vals[lo:hi], lv_part, threads=1)
                 want = S.predicate_batch(portable, name, vals[lo:hi], lv_part, threads=1)
                 assert np.array_equal(got, want), (name, lv, lo)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("field, value, index", [
+    ("level", 0, 40001), ("level", 6, 12345), ("level", 255, 7), ("pte_access", 8, 33333),
+    ("pte_access", 255, 49999), ("pfn", 1 << 41, 49998), ("pfn", 1 << 63, 3)])
+def test_make_spte_table_refusals(level, field, value, index):
+    """The vector table paths (AVX2 and AVX-512 gathers, range checks as running maxima)
+    refuse exactly what the portable loop refuses, naming the same first bad element."""
+    from pykvmmu.errors import InputError
+    cfg = MmuConfig.ept()._isa_copy(level)
+    n = 50000
+    pfn = np.arange(n, dtype=np.uint64)
+    kw = {"level": np.ones(n, np.uint8), "pte_access": np.full(n, 7, np.uint8),
+          "flags": np.zeros(n, np.uint8)}
+    if field == "pfn":
+        pfn[index] = value
+    else:
+        kw[field][index] = value
+    with pytest.raises(InputError, match=rf"element {index} \("):
+        S.make_spte_batch(cfg, pfn, threads=1, **kw)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_make_spte_table_scalars(level):
+    """A scalar level or access next to per-element arrays takes the same vector table path."""
+    rng = np.random.default_rng(8)
+    n = 20011
+    pfn = rng.integers(0, 1 << 36, n, dtype=np.uint64)
+    arrays = {"level": rng.integers(1, 6, n, dtype=np.uint8),
+              "pte_access": rng.integers(0, 8, n, dtype=np.uint8),
+              "flags": rng.integers(0, 256, n, dtype=np.uint8)}
+    for scalar in ({"level": 2}, {"pte_access": 5}, {"level": 5, "pte_access": 0}):
+        kw = dict(arrays, **scalar)
+        assert np.array_equal(S.make_spte_batch(MmuConfig.ept()._isa_copy(level), pfn, threads=1, **kw),
+                              S.make_spte_batch(MmuConfig.ept()._portable_copy(), pfn, threads=1, **kw))
