@@ -1213,9 +1213,8 @@ spte_lane512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level,
 /*
  * Uniform-level decode of eight SPTEs per step, all in registers: the predicates as k-masks
  * (spte_lanes512), set into the predicate bytes by masked ORs; the records interleaved by
- * two-source permutes (output vector v takes word f of record e, 8v + lane = 6e + f, from
- * the word pairs (spte, pfn), (fields, pred[0:8]), (pred[8:16], pred[16:24])) and two
- * blends.  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
+ * 64-bit unpacks and two rounds of 128-bit shuffles (18 three-operand shuffles, no index
+ * or blend constants).  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
  */
 AVX512_DECODE static inline __attribute__((always_inline)) void
 decode_avx512_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, const struct decode_consts *dc,
@@ -1225,32 +1224,30 @@ decode_avx512_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, con
     const struct kvmmu_cfg cl = *cfg, *c = &cl;
     const struct decode_consts dl = *dc, *d = &dl;
     const __m512i base_mask = _mm512_set1_epi64((long long)d->base_mask);
-    const __m512i idx0 = _mm512_set_epi64(9, 1, 8, 0, 8, 0, 8, 0);
-    const __m512i idx1 = _mm512_set_epi64(10, 2, 10, 2, 9, 1, 9, 1);
-    const __m512i idx2 = _mm512_set_epi64(11, 3, 11, 3, 11, 3, 10, 2);
-    const __m512i four = _mm512_set1_epi64(4);
-    const __m512i idx3 = _mm512_add_epi64(idx0, four), idx4 = _mm512_add_epi64(idx1, four);
-    const __m512i idx5 = _mm512_add_epi64(idx2, four);
-    const __mmask8 mb0 = 0x0C, mc0 = 0x30, mb1 = 0xC3, mc1 = 0x0C, mb2 = 0x30, mc2 = 0xC3;
 
     for (size_t j = 0; j < n; j += 8) {
         const __m512i s = _mm512_loadu_si512(spte + j);
         __m512i q[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
         const __m512i f2 = spte_lanes512(c, era, s, level, d, q);
         const __m512i f1 = _mm512_srli_epi64(_mm512_and_si512(s, base_mask), 12);
-
-        __m512i v[6];
-#define RECORDS(i, idx, mb, mc)                                                               \
-        v[i] = _mm512_mask_blend_epi64(mc, _mm512_mask_blend_epi64(mb,                           \
-                   _mm512_permutex2var_epi64(s, idx, f1), _mm512_permutex2var_epi64(f2, idx, q[0])), \
-                   _mm512_permutex2var_epi64(q[1], idx, q[2]))
-        RECORDS(0, idx0, mb0, mc0);
-        RECORDS(1, idx1, mb1, mc1);
-        RECORDS(2, idx2, mb2, mc2);
-        RECORDS(3, idx3, mb0, mc0);
-        RECORDS(4, idx4, mb1, mc1);
-        RECORDS(5, idx5, mb2, mc2);
-#undef RECORDS
+        /* Record r is the 128-bit chunks A_r = (spte, pfn), B_r = (fields, pred[0:8]),
+         * C_r = (pred[8:16], pred[16:24]); the unpacks give a_lo = A0 A2 A4 A6 and
+         * a_hi = A1 A3 A5 A7 (likewise b, c); two rounds of 128-bit shuffles (lanes 0,2 of
+         * each source: 0x88, lanes 1,3: 0xDD) order them A0 B0 C0 A1 | B1 C1 A2 B2 | ... */
+        const __m512i a_lo = _mm512_unpacklo_epi64(s, f1), a_hi = _mm512_unpackhi_epi64(s, f1);
+        const __m512i b_lo = _mm512_unpacklo_epi64(f2, q[0]), b_hi = _mm512_unpackhi_epi64(f2, q[0]);
+        const __m512i c_lo = _mm512_unpacklo_epi64(q[1], q[2]), c_hi = _mm512_unpackhi_epi64(q[1], q[2]);
+        const __m512i ab0 = _mm512_shuffle_i64x2(a_lo, b_lo, 0x88);   /* A0 A4 B0 B4 */
+        const __m512i ab2 = _mm512_shuffle_i64x2(a_lo, b_lo, 0xDD);   /* A2 A6 B2 B6 */
+        const __m512i ca0 = _mm512_shuffle_i64x2(c_lo, a_hi, 0x88);   /* C0 C4 A1 A5 */
+        const __m512i ca2 = _mm512_shuffle_i64x2(c_lo, a_hi, 0xDD);   /* C2 C6 A3 A7 */
+        const __m512i bc1 = _mm512_shuffle_i64x2(b_hi, c_hi, 0x88);   /* B1 B5 C1 C5 */
+        const __m512i bc3 = _mm512_shuffle_i64x2(b_hi, c_hi, 0xDD);   /* B3 B7 C3 C7 */
+        const __m512i v[6] = {
+            _mm512_shuffle_i64x2(ab0, ca0, 0x88), _mm512_shuffle_i64x2(bc1, ab2, 0x88),
+            _mm512_shuffle_i64x2(ca2, bc3, 0x88), _mm512_shuffle_i64x2(ab0, ca0, 0xDD),
+            _mm512_shuffle_i64x2(bc1, ab2, 0xDD), _mm512_shuffle_i64x2(ca2, bc3, 0xDD),
+        };
         uint64_t *o = dst + 6 * j;
         if (nt) {
             for (int i = 0; i < 6; i++)
