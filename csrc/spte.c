@@ -538,6 +538,56 @@ mk_table_avx2(const uint64_t *tab, const uint64_t *pfn, const uint8_t *level, ui
 }
 #endif
 
+#ifdef KVMMU_HAVE_AVX512
+/*
+ * The table path of make_spte_batch with AVX-512: eight SPTEs per step, the table index
+ * (level > 1, access, flags) built in 32-bit lanes, entries fetched with one gather.  The
+ * range checks accumulate (pfn bits outside the mask, the largest level - 1 and access);
+ * returns non-zero if any input broke a rule (the caller then finds it).
+ */
+__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))) static uint64_t
+mk_table_avx512(const uint64_t *tab, const uint64_t *pfn, const uint8_t *level, uint32_t level_scalar,
+                const uint8_t *acc, uint32_t acc_scalar, const uint8_t *mk, uint64_t *out, size_t n,
+                uint64_t pfn_bad, size_t *done, bool stream)
+{
+    const __m256i one = _mm256_set1_epi32(1), seven = _mm256_set1_epi32(7);
+    const __m512i badm = _mm512_set1_epi64((long long)pfn_bad);
+    const __m256i l1_s = _mm256_set1_epi32((int)(level_scalar - 1u));
+    const __m256i ac_s = _mm256_set1_epi32((int)acc_scalar);
+    __m512i bad = _mm512_setzero_si512();
+    __m256i l1_max = level ? _mm256_setzero_si256() : l1_s, ac_max = acc ? _mm256_setzero_si256() : ac_s;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m512i p = _mm512_loadu_si512(pfn + i);
+        __m256i l1 = l1_s, ac = ac_s, m = _mm256_setzero_si256();
+        if (level)
+            l1 = _mm256_sub_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(level + i))), one);
+        if (acc)
+            ac = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(acc + i)));
+        if (mk)
+            m = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(mk + i)));
+        l1_max = _mm256_max_epu32(l1_max, l1);             /* level 0 wraps to 0xFFFFFFFF */
+        ac_max = _mm256_max_epu32(ac_max, ac);
+        bad = _mm512_ternarylogic_epi64(bad, p, badm, 0xF8);      /* bad | (p & badm) */
+        /* index = (level > 1) << 11 | (access & 7) << 8 | flags, always inside the table */
+        const __m256i k = _mm256_or_si256(_mm256_or_si256(_mm256_slli_epi32(_mm256_min_epu32(l1, one), 11),
+                                                          _mm256_slli_epi32(_mm256_and_si256(ac, seven), 8)), m);
+        const __m512i t = _mm512_i32gather_epi64(k, (const void *)tab, 8);
+        const __m512i r = _mm512_or_si512(t, _mm512_slli_epi64(p, 12));
+        if (stream)
+            _mm512_stream_si512((void *)(out + i), r);    /* out + i is 64-byte aligned */
+        else
+            _mm512_storeu_si512(out + i, r);
+    }
+    if (stream)
+        _mm_sfence();
+    *done = i;
+    const __mmask8 lbad = _mm256_cmpgt_epu32_mask(l1_max, _mm256_set1_epi32(4));
+    const __mmask8 abad = _mm256_cmpgt_epu32_mask(ac_max, seven);
+    return (uint64_t)(lbad | abad) | (uint64_t)_mm512_test_epi64_mask(bad, bad);
+}
+#endif
+
 /* The arguments of kvmmu_make_spte_batch: an array, or NULL and the scalar used for all. */
 struct mk_args {
     const uint64_t *pfn, *old;
@@ -594,8 +644,24 @@ static size_t mk_batch_table(const struct kvmmu_cfg *c, const struct mk_args *a,
     }
     uint64_t bad = 0;
     size_t head = 0, end = 0;
+    bool vec = false;
+#ifdef KVMMU_HAVE_AVX512
+    if (!a->wrprot && kvmmu_avx512_ok(c->isa)) {
+        /* Huge outputs: streaming stores from the first 64-byte aligned element on. */
+        const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 7);
+        head = stream ? (((64 - ((uintptr_t)out & 63)) & 63) / 8) : 0;
+        if (head > n)
+            head = n;
+        size_t done = 0;
+        bad = mk_table_avx512(tab, pfn + head, a->level ? a->level + head : NULL, a->level_s,
+                              a->acc ? a->acc + head : NULL, a->acc_s, a->mk ? a->mk + head : NULL,
+                              out + head, n - head, pfn_bad, &done, stream);
+        end = head + done;
+        vec = true;
+    }
+#endif
 #ifdef KVMMU_HAVE_AVX2_GATHER
-    if (!a->wrprot && kvmmu_avx2_ok(c->isa)) {
+    if (!vec && !a->wrprot && kvmmu_avx2_ok(c->isa)) {
         /* Huge outputs: streaming stores from the first 32-byte aligned element on. */
         const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 7);
         head = stream ? (((32 - ((uintptr_t)out & 31)) & 31) / 8) : 0;
@@ -608,6 +674,7 @@ static size_t mk_batch_table(const struct kvmmu_cfg *c, const struct mk_args *a,
         end = head + done;
     }
 #endif
+    (void)vec;
     for (size_t i = 0; i < n; i++) {
         if (i == head)
             i = end > head ? end : head;
@@ -850,7 +917,26 @@ static size_t first_bad_level(const uint8_t *level, size_t n, int *err)
         }                                                                               \
     } while (0)
 
-KVMMU_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p,
+#ifdef KVMMU_HAVE_AVX512
+__attribute__((target("avx512f,avx512bw,avx512dq"))) static void
+pred_avx512(const struct kvmmu_cfg *c, int p, const uint64_t *restrict spte, uint32_t level,
+            uint8_t *restrict out, size_t n);
+#endif
+/* needs_level of each predicate id */
+static const uint8_t pred_needs_level[KVMMU_P_COUNT] = {
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) [(id)] = (lv),
+#include "spte_rules.h"
+};
+
+/* On AVX-512 CPUs pred_avx512() does all but the last n % 64 and the per-element levels of
+ * the level rules, so these loops get the AVX2 clone there: no AVX-512 clone of them. */
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && !defined(PYKVMMU_NO_CLONES)
+#define PRED_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define PRED_HOT
+#endif
+
+PRED_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p,
                                        const uint64_t *restrict spte,
                                        const uint8_t *restrict level, uint32_t level_scalar,
                                        uint8_t *restrict out, size_t n, int *err)
@@ -870,6 +956,18 @@ KVMMU_HOT size_t kvmmu_spte_pred_batch(const struct kvmmu_cfg *cfg, int p,
         *err = KVMMU_E_LEVEL;
         return n ? 1 : 0;
     }
+#ifdef KVMMU_HAVE_AVX512
+    /* 64 SPTEs per step in AVX-512 (a level array only where the rule ignores the level),
+     * the last n % 64 in the loops below. */
+    if (kvmmu_avx512_ok(c->isa) && (!level || !pred_needs_level[p])) {
+        const size_t body = n & ~(size_t)63;
+        pred_avx512(c, p, spte, level ? 1 : level_scalar, out, body);
+        spte += body;
+        out += body;
+        level = level ? level + body : NULL;
+        n -= body;
+    }
+#endif
     switch (p) {
 #define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
     case (id): PRED_LOOP(id); break;
@@ -889,31 +987,6 @@ KVMMU_HOT size_t kvmmu_spte_to_pfn_batch(const struct kvmmu_cfg *cfg, const uint
         out[i] = (spte[i] & m) >> 12;
     return 0;
 }
-
-#ifdef KVMMU_HAVE_STREAM
-/* Two 48-byte decode records = three aligned 32-byte streaming stores, built in registers. */
-__attribute__((target("avx2"))) static size_t
-decode_stream_pairs(uint64_t *dst, const uint64_t *sp, const uint64_t *w1, const uint64_t *w2,
-                    const uint64_t *p0, const uint64_t *spread, size_t m)
-{
-    size_t j = 0;
-    for (; j + 2 <= m; j += 2) {
-        const uint64_t pa = p0[j], pb = p0[j + 1];
-        __m256i v0 = _mm256_set_epi64x((long long)spread[pa & 0xFF], (long long)w2[j],
-                                       (long long)w1[j], (long long)sp[j]);
-        __m256i v1 = _mm256_set_epi64x((long long)w1[j + 1], (long long)sp[j + 1],
-                                       (long long)spread[(pa >> 16) & 0xFF],
-                                       (long long)spread[(pa >> 8) & 0xFF]);
-        __m256i v2 = _mm256_set_epi64x((long long)spread[(pb >> 16) & 0xFF],
-                                       (long long)spread[(pb >> 8) & 0xFF],
-                                       (long long)spread[pb & 0xFF], (long long)w2[j + 1]);
-        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j), v0);
-        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j + 4), v1);
-        _mm256_stream_si256((__m256i *)(void *)(dst + 6 * j + 8), v2);
-    }
-    return j;
-}
-#endif
 
 /* The record words of a decode that do not depend on the SPTE. */
 struct decode_consts {
@@ -958,22 +1031,15 @@ static inline uint64_t spread_bits(uint64_t b)
 
 /*
  * Uniform-level decode, portable: a vectorisable structure-of-arrays pass per block of 256,
- * then the interleave into 48-byte records; huge outputs are streamed, straight from
- * registers when out is 32-byte aligned, else through an L1 block.
+ * then the interleave into 48-byte records.  (Huge outputs on AVX2 and AVX-512 CPUs go
+ * through decode_avx2() / decode_avx512(), which stream.)
  */
 static inline __attribute__((always_inline)) void
 decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
-              const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n,
-              bool stream)
+              const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n)
 {
     uint64_t w1[256], w2[256], p0[256], spread[256];
     const uint64_t base_mask = d->base_mask;
-#ifdef KVMMU_HAVE_STREAM
-    uint64_t stage[256 * 6];
-    const bool direct = ((uintptr_t)out & 31) == 0;    /* every 256-record block stays aligned */
-#else
-    (void)stream;
-#endif
     for (uint64_t b = 0; b < 256; b++)
         spread[b] = spread_bits(b);
     for (size_t base = 0; base < n; base += 256) {
@@ -985,15 +1051,8 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const str
             w2[j] = decode_word2(d, s, mk);
             p0[j] = mk;
         }
-        size_t j0 = 0;
         uint64_t *o = (uint64_t *)(void *)(out + base);
-#ifdef KVMMU_HAVE_STREAM
-        if (stream && direct)
-            j0 = decode_stream_pairs(o, sp, w1, w2, p0, spread, m);
-        else if (stream)
-            o = stage;
-#endif
-        for (size_t j = j0; j < m; j++) {
+        for (size_t j = 0; j < m; j++) {
             o[6 * j + 0] = sp[j];
             o[6 * j + 1] = w1[j];
             o[6 * j + 2] = w2[j];
@@ -1001,16 +1060,116 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const str
             o[6 * j + 4] = spread[(p0[j] >> 8) & 0xFF];
             o[6 * j + 5] = spread[(p0[j] >> 16) & 0xFF];
         }
-#ifdef KVMMU_HAVE_STREAM
-        if (stream && !direct)
-            kvmmu_stream_copy(out + base, stage, m * sizeof(*out));
-#endif
     }
-#ifdef KVMMU_HAVE_STREAM
-    if (stream)
-        kvmmu_stream_fence();
-#endif
 }
+
+#ifdef KVMMU_HAVE_STREAM
+#define AVX2_DECODE __attribute__((target("avx2")))
+
+/* The lane language of spte_rules.h in AVX2 registers: a lane is a 64-bit word of all ones
+ * (true) or zero for each of the four SPTEs of s; & and | are the vector operators. */
+#define B(x) _mm256_set1_epi64x((long long)(x))
+#define NOT(a) _mm256_xor_si256((a), B(-1))
+#define TEST(m) NOT(_mm256_cmpeq_epi64(_mm256_and_si256(s, B(m)), _mm256_setzero_si256()))
+#define EQ(m, v) _mm256_cmpeq_epi64(_mm256_and_si256(s, B(m)), B(v))
+#define BITIDX(t) NOT(_mm256_cmpeq_epi64(_mm256_and_si256(_mm256_srlv_epi64(B(t), \
+                      _mm256_and_si256(s, B(63))), B(1)), _mm256_setzero_si256()))
+#define TEST_SEL(l, m1, m0) NOT(_mm256_cmpeq_epi64(_mm256_and_si256(s, \
+                      _mm256_blendv_epi8(B(m0), B(m1), (l))), _mm256_setzero_si256()))
+#define ONES_IF(k) B(0 - (uint64_t)((k) != 0))     /* no branch: nothing to unswitch */
+#define SEL(k, a, b) (((a) & ONES_IF(k)) | _mm256_andnot_si256(ONES_IF(k), (b)))   /* no branch */
+
+/* decode_word2() of four SPTEs from their predicate lanes. */
+AVX2_DECODE static inline __attribute__((always_inline)) __m256i
+decode_word2_256(const struct decode_consts *d, __m256i s, __m256i present, __m256i mmio,
+                 __m256i frozen, __m256i executable, __m256i writable)
+{
+    /* frozen > mmio > present > non-present value > other */
+    __m256i f2 = _mm256_blendv_epi8(B(d->lvl | KVMMU_KIND_OTHER), B(d->lvl | KVMMU_KIND_NONPRESENT),
+                                    _mm256_cmpeq_epi64(s, B(d->npv)));
+    f2 = _mm256_blendv_epi8(f2, B(d->lvl | KVMMU_KIND_PRESENT), present);
+    f2 = _mm256_blendv_epi8(f2, B(d->lvl | KVMMU_KIND_MMIO), mmio);
+    f2 = _mm256_blendv_epi8(f2, B(d->lvl | KVMMU_KIND_FROZEN), frozen);
+    f2 |= _mm256_and_si256(_mm256_srli_epi64(s, 52 - 8), B(UINT64_C(3) << 8));
+    f2 |= _mm256_and_si256(_mm256_slli_epi64(s, 13), B(d->eptm & (UINT64_C(7) << 16)));
+    f2 |= _mm256_and_si256(_mm256_slli_epi64(s, 18), B(d->eptm & (UINT64_C(1) << 24)));
+    f2 |= _mm256_and_si256(_mm256_srli_epi64(s, ACC_TRACK_SHIFT - 40), B(ACC_TRACK_SAVED << 40));
+    f2 |= _mm256_and_si256(executable, B((uint64_t)ACC_EXEC << 32));
+    f2 |= _mm256_and_si256(writable, B((uint64_t)ACC_WRITE << 32));
+    return f2 | _mm256_and_si256(TEST(d->user), B((uint64_t)ACC_USER << 32));
+}
+
+/* The predicate lanes of the four SPTEs in s, each ANDed into byte id % 8 of q[id / 8];
+ * returns their word 2. */
+AVX2_DECODE static inline __attribute__((always_inline)) __m256i
+spte_lanes256(const struct kvmmu_cfg *c, uint32_t era, __m256i s, uint32_t level,
+              const struct decode_consts *d, __m256i *q)
+{
+#define KVMMU_SPTE_TERM(var, expr) const __m256i var = (expr);
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)  \
+    const __m256i field = (expr);                                      \
+    q[(id) / 8] |= _mm256_and_si256(field, B(KBIT(8 * ((id) % 8))));
+#include "spte_rules.h"
+    return decode_word2_256(d, s, shadow_present, mmio, frozen, executable, writable);
+}
+#undef B
+#undef TEST
+#undef EQ
+#undef BITIDX
+#undef TEST_SEL
+#undef NOT
+#undef ONES_IF
+#undef SEL
+
+/*
+ * Uniform-level decode of four SPTEs per step in AVX2 registers (spte_lanes256); the six
+ * words of the four records, (spte, pfn, fields, pred[0:8], pred[8:16], pred[16:24]), are
+ * interleaved by 64-bit unpacks and 128-bit lane permutes.  n must be a multiple of 4;
+ * streams when nt (dst 32-byte aligned).
+ */
+AVX2_DECODE static inline __attribute__((always_inline)) void
+decode_avx2_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, const struct decode_consts *dc,
+                const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
+{
+    /* local copies: the stores through dst cannot change them, nothing is reloaded per step */
+    const struct kvmmu_cfg cl = *cfg, *c = &cl;
+    const struct decode_consts dl = *dc, *d = &dl;
+    const __m256i base_mask = _mm256_set1_epi64x((long long)d->base_mask);
+    for (size_t j = 0; j < n; j += 4) {
+        const __m256i s = _mm256_loadu_si256((const __m256i *)(const void *)(spte + j));
+        __m256i q[3] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        const __m256i f2 = spte_lanes256(c, era, s, level, d, q);
+        const __m256i f1 = _mm256_srli_epi64(_mm256_and_si256(s, base_mask), 12);
+        /* lo: records 0 and 2, hi: records 1 and 3, two words each per 128-bit half */
+        const __m256i a_lo = _mm256_unpacklo_epi64(s, f1), a_hi = _mm256_unpackhi_epi64(s, f1);
+        const __m256i b_lo = _mm256_unpacklo_epi64(f2, q[0]), b_hi = _mm256_unpackhi_epi64(f2, q[0]);
+        const __m256i c_lo = _mm256_unpacklo_epi64(q[1], q[2]), c_hi = _mm256_unpackhi_epi64(q[1], q[2]);
+        const __m256i v[6] = {
+            _mm256_permute2x128_si256(a_lo, b_lo, 0x20), _mm256_permute2x128_si256(c_lo, a_hi, 0x20),
+            _mm256_permute2x128_si256(b_hi, c_hi, 0x20), _mm256_permute2x128_si256(a_lo, b_lo, 0x31),
+            _mm256_permute2x128_si256(c_lo, a_hi, 0x31), _mm256_permute2x128_si256(b_hi, c_hi, 0x31),
+        };
+        __m256i *o = (__m256i *)(void *)(dst + 6 * j);
+        if (nt) {
+            for (int i = 0; i < 6; i++)
+                _mm256_stream_si256(o + i, v[i]);
+        } else {
+            for (int i = 0; i < 6; i++)
+                _mm256_storeu_si256(o + i, v[i]);
+        }
+    }
+    if (nt)
+        _mm_sfence();
+}
+
+/* decode_avx2_era() compiled once per era variant, chosen once per batch. */
+AVX2_DECODE static void
+decode_avx2(const struct kvmmu_cfg *c, uint32_t level, const struct decode_consts *d,
+            const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
+{
+    KVMMU_ERA_SPECIALISE(c->rules, decode_avx2_era(c, era, level, d, spte, dst, n, nt))
+}
+#endif
 
 #ifdef KVMMU_HAVE_AVX512
 #define AVX512_DECODE __attribute__((target("avx512f,avx512bw,avx512dq")))
@@ -1022,7 +1181,7 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const str
 #define BITIDX(t) _mm512_test_epi64_mask(_mm512_srlv_epi64(B(t), _mm512_and_si512(s, B(63))), B(1))
 #define TEST_SEL(l, m1, m0) _mm512_test_epi64_mask(s, _mm512_mask_blend_epi64((l), B(m0), B(m1)))
 #define NOT(a) ((__mmask8)~(a))
-#define ONES_IF(k) ((__mmask8)((k) ? 0xFF : 0))
+#define ONES_IF(k) ((__mmask8)(0 - (unsigned)((k) != 0)))     /* no branch: nothing to unswitch */
 #define SEL(k, a, b) ((__mmask8)(((a) & ONES_IF(k)) | ((b) & (__mmask8)~ONES_IF(k))))
 
 /* decode_word2() for eight SPTEs, from their predicate k-masks. */
@@ -1060,6 +1219,21 @@ spte_lanes512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level
 #include "spte_rules.h"
     return decode_word2_512(d, s, shadow_present, mmio, frozen, executable, writable);
 }
+
+/* Predicate p (a constant at each use) of the eight SPTEs in s as a k-mask: only the rows
+ * it depends on remain (with era a constant, only one side of each era selector). */
+AVX512_DECODE static inline __attribute__((always_inline)) __mmask8
+spte_lane512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level, int p)
+{
+#define KVMMU_SPTE_TERM(var, expr) const __mmask8 var = (__mmask8)(expr);
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) const __mmask8 field = (__mmask8)(expr);
+#include "spte_rules.h"
+    switch (p) {
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) case (id): return field;
+#include "spte_rules.h"
+    default: return 0;
+    }
+}
 #undef B
 #undef TEST
 #undef EQ
@@ -1072,41 +1246,41 @@ spte_lanes512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level
 /*
  * Uniform-level decode of eight SPTEs per step, all in registers: the predicates as k-masks
  * (spte_lanes512), set into the predicate bytes by masked ORs; the records interleaved by
- * two-source permutes (output vector v takes word f of record e, 8v + lane = 6e + f, from
- * the word pairs (spte, pfn), (fields, pred[0:8]), (pred[8:16], pred[16:24])) and two
- * blends.  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
+ * 64-bit unpacks and two rounds of 128-bit shuffles (18 three-operand shuffles, no index
+ * or blend constants).  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
  */
 AVX512_DECODE static inline __attribute__((always_inline)) void
-decode_avx512_era(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
+decode_avx512_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, const struct decode_consts *dc,
               const uint64_t *restrict spte, uint64_t *restrict dst, size_t n, bool nt)
 {
+    /* local copies: the stores through dst cannot change them, nothing is reloaded per step */
+    const struct kvmmu_cfg cl = *cfg, *c = &cl;
+    const struct decode_consts dl = *dc, *d = &dl;
     const __m512i base_mask = _mm512_set1_epi64((long long)d->base_mask);
-    const __m512i idx0 = _mm512_set_epi64(9, 1, 8, 0, 8, 0, 8, 0);
-    const __m512i idx1 = _mm512_set_epi64(10, 2, 10, 2, 9, 1, 9, 1);
-    const __m512i idx2 = _mm512_set_epi64(11, 3, 11, 3, 11, 3, 10, 2);
-    const __m512i four = _mm512_set1_epi64(4);
-    const __m512i idx3 = _mm512_add_epi64(idx0, four), idx4 = _mm512_add_epi64(idx1, four);
-    const __m512i idx5 = _mm512_add_epi64(idx2, four);
-    const __mmask8 mb0 = 0x0C, mc0 = 0x30, mb1 = 0xC3, mc1 = 0x0C, mb2 = 0x30, mc2 = 0xC3;
 
     for (size_t j = 0; j < n; j += 8) {
         const __m512i s = _mm512_loadu_si512(spte + j);
         __m512i q[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
         const __m512i f2 = spte_lanes512(c, era, s, level, d, q);
         const __m512i f1 = _mm512_srli_epi64(_mm512_and_si512(s, base_mask), 12);
-
-        __m512i v[6];
-#define RECORDS(i, idx, mb, mc)                                                               \
-        v[i] = _mm512_mask_blend_epi64(mc, _mm512_mask_blend_epi64(mb,                           \
-                   _mm512_permutex2var_epi64(s, idx, f1), _mm512_permutex2var_epi64(f2, idx, q[0])), \
-                   _mm512_permutex2var_epi64(q[1], idx, q[2]))
-        RECORDS(0, idx0, mb0, mc0);
-        RECORDS(1, idx1, mb1, mc1);
-        RECORDS(2, idx2, mb2, mc2);
-        RECORDS(3, idx3, mb0, mc0);
-        RECORDS(4, idx4, mb1, mc1);
-        RECORDS(5, idx5, mb2, mc2);
-#undef RECORDS
+        /* Record r is the 128-bit chunks A_r = (spte, pfn), B_r = (fields, pred[0:8]),
+         * C_r = (pred[8:16], pred[16:24]); the unpacks give a_lo = A0 A2 A4 A6 and
+         * a_hi = A1 A3 A5 A7 (likewise b, c); two rounds of 128-bit shuffles (lanes 0,2 of
+         * each source: 0x88, lanes 1,3: 0xDD) order them A0 B0 C0 A1 | B1 C1 A2 B2 | ... */
+        const __m512i a_lo = _mm512_unpacklo_epi64(s, f1), a_hi = _mm512_unpackhi_epi64(s, f1);
+        const __m512i b_lo = _mm512_unpacklo_epi64(f2, q[0]), b_hi = _mm512_unpackhi_epi64(f2, q[0]);
+        const __m512i c_lo = _mm512_unpacklo_epi64(q[1], q[2]), c_hi = _mm512_unpackhi_epi64(q[1], q[2]);
+        const __m512i ab0 = _mm512_shuffle_i64x2(a_lo, b_lo, 0x88);   /* A0 A4 B0 B4 */
+        const __m512i ab2 = _mm512_shuffle_i64x2(a_lo, b_lo, 0xDD);   /* A2 A6 B2 B6 */
+        const __m512i ca0 = _mm512_shuffle_i64x2(c_lo, a_hi, 0x88);   /* C0 C4 A1 A5 */
+        const __m512i ca2 = _mm512_shuffle_i64x2(c_lo, a_hi, 0xDD);   /* C2 C6 A3 A7 */
+        const __m512i bc1 = _mm512_shuffle_i64x2(b_hi, c_hi, 0x88);   /* B1 B5 C1 C5 */
+        const __m512i bc3 = _mm512_shuffle_i64x2(b_hi, c_hi, 0xDD);   /* B3 B7 C3 C7 */
+        const __m512i v[6] = {
+            _mm512_shuffle_i64x2(ab0, ca0, 0x88), _mm512_shuffle_i64x2(bc1, ab2, 0x88),
+            _mm512_shuffle_i64x2(ca2, bc3, 0x88), _mm512_shuffle_i64x2(ab0, ca0, 0xDD),
+            _mm512_shuffle_i64x2(bc1, ab2, 0xDD), _mm512_shuffle_i64x2(ca2, bc3, 0xDD),
+        };
         uint64_t *o = dst + 6 * j;
         if (nt) {
             for (int i = 0; i < 6; i++)
@@ -1127,6 +1301,35 @@ decode_avx512(const struct kvmmu_cfg *c, uint32_t level, const struct decode_con
 {
     KVMMU_ERA_SPECIALISE(c->rules, decode_avx512_era(c, era, level, d, spte, dst, n, nt))
 }
+
+/* One predicate over 64 SPTEs per step: eight k-masks make one 64-bit mask, stored as 64
+ * bytes of 0/1.  n must be a multiple of 64. */
+AVX512_DECODE static inline __attribute__((always_inline)) void
+pred_avx512_one(const struct kvmmu_cfg *cfg, uint32_t era, int p, const uint64_t *restrict spte,
+                uint32_t level, uint8_t *restrict out, size_t n)
+{
+    const struct kvmmu_cfg cl = *cfg, *c = &cl;   /* byte stores through out cannot change it */
+    for (size_t j = 0; j < n; j += 64) {
+#define K(k) spte_lane512(c, era, _mm512_loadu_si512(spte + j + 8 * (k)), level, p)
+        const __mmask32 lo = _mm512_kunpackw(_mm512_kunpackb(K(3), K(2)), _mm512_kunpackb(K(1), K(0)));
+        const __mmask32 hi = _mm512_kunpackw(_mm512_kunpackb(K(7), K(6)), _mm512_kunpackb(K(5), K(4)));
+#undef K
+        _mm512_storeu_si512(out + j, _mm512_maskz_mov_epi8(_mm512_kunpackd(hi, lo), _mm512_set1_epi8(1)));
+    }
+}
+
+AVX512_DECODE static void
+pred_avx512(const struct kvmmu_cfg *c, int p, const uint64_t *restrict spte, uint32_t level,
+            uint8_t *restrict out, size_t n)
+{
+    switch (p) {
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
+    case (id): KVMMU_ERA_SPECIALISE(c->rules, pred_avx512_one(c, era, (id), spte, level, out, n)) break;
+#include "spte_rules.h"
+    default:
+        break;
+    }
+}
 #endif
 
 /* One record, any level (1..5). */
@@ -1141,19 +1344,29 @@ static inline void decode_one(const struct kvmmu_cfg *c, uint64_t s, uint32_t le
     memcpy(out, w, sizeof(w));
 }
 
-/* decode_batch with one level for all: AVX-512 body when allowed, portable blocks around. */
+/* A few records (the head and tail around a vector body). */
+static void decode_few(const struct kvmmu_cfg *c, uint32_t level, const uint64_t *spte,
+                       struct kvmmu_spte_info *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        decode_one(c, spte[i], level, &out[i]);
+}
+
+/* decode_batch with one level for all: the AVX-512 or AVX2 body when allowed (streaming huge
+ * outputs), decode_one() around it; else the portable blocks. */
 static inline __attribute__((always_inline)) void decode_uniform(const struct kvmmu_cfg *c, uint32_t level, const uint64_t *restrict spte,
                            struct kvmmu_spte_info *restrict out, size_t n)
 {
     const struct decode_consts d = decode_setup(c, level);
     bool stream = false;
 #ifdef KVMMU_HAVE_STREAM
-    stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES && kvmmu_stream_ok(c->isa);
+    stream = (uint64_t)n * sizeof(*out) >= KVMMU_STREAM_MIN_BYTES;
 #endif
+    (void)stream;
 #ifdef KVMMU_HAVE_AVX512
     if (kvmmu_avx512_ok(c->isa)) {
         /* Records before the first 64-byte aligned one (when out is 16-byte aligned) and
-         * the last n % 8 go through the portable blocks. */
+         * the last n % 8 go through decode_one(). */
         size_t head = 0;
         if (((uintptr_t)out & 15) == 0)
             while (head < n && head < 4 && ((uintptr_t)(out + head) & 63))
@@ -1162,13 +1375,26 @@ static inline __attribute__((always_inline)) void decode_uniform(const struct kv
         if (!nt)
             head = 0;
         const size_t body = (n - head) & ~(size_t)7;
-        decode_blocks(c, c->rules, level, &d, spte, out, head, false);
+        decode_few(c, level, spte, out, head);
         decode_avx512(c, level, &d, spte + head, (uint64_t *)(void *)(out + head), body, nt);
-        decode_blocks(c, c->rules, level, &d, spte + head + body, out + head + body, n - head - body, false);
+        decode_few(c, level, spte + head + body, out + head + body, n - head - body);
         return;
     }
 #endif
-    KVMMU_ERA_SPECIALISE(c->rules, decode_blocks(c, era, level, &d, spte, out, n, stream))
+#ifdef KVMMU_HAVE_STREAM
+    if (kvmmu_avx2_ok(c->isa)) {
+        /* A record before the first 32-byte aligned one (when out is 16-byte aligned) and
+         * the last n % 4 go through decode_one(). */
+        const size_t head = (((uintptr_t)out & 31) == 16 && n) ? 1 : 0;
+        const bool nt = stream && ((uintptr_t)(out + head) & 31) == 0;
+        const size_t h = nt ? head : 0, body = (n - h) & ~(size_t)3;
+        decode_few(c, level, spte, out, h);
+        decode_avx2(c, level, &d, spte + h, (uint64_t *)(void *)(out + h), body, nt);
+        decode_few(c, level, spte + h + body, out + h + body, n - h - body);
+        return;
+    }
+#endif
+    KVMMU_ERA_SPECIALISE(c->rules, decode_blocks(c, era, level, &d, spte, out, n))
 }
 
 KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *restrict spte,
