@@ -131,6 +131,8 @@ def target_line(b, t):
     if not (b.get("scalar") or b.get("threads") or where.startswith(("rmp", "vm."))) \
             and b.get("n_batch", FULL_N) < FULL_N:
         note = f" (measured at {b['n_batch']:,} elements; the goal is at 16M)"
+    if b.get("workload") and b.get("elements", 0) < b.get("full_elements", 0):
+        note = f" (measured on {b['elements']:,} operations; the goal is for {b['full_elements']:,})"
     if "vs" in t:
         xs = b["ratios"].get(f"{s}/{t['vs']}", [])
         if not xs:

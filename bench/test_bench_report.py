@@ -83,9 +83,15 @@ def test_report_vm_fault_section(tmp_path):
          "first faults": [40000, 50000, 40000]},
         {"core/no cache": [5.0, 2.0, 10.0], "core/first faults": [10.0, 10.0, 20.0]},
         [{"subject": "core", "max_ns": 4000.0, "label": ">= 250,000 ops/s"}],
-        kind="core", elements=200_000, workload=True, faults=1000, cache_hits=900)])
+        kind="core", elements=200_000, workload=True, faults=1000, cache_hits=900,
+        full_elements=200_000), _bench(
+        "vm.fault small", {"core": [5000, 5000, 5000]}, {},
+        [{"subject": "core", "max_ns": 4000.0, "label": ">= 250,000 ops/s"}],
+        kind="core", elements=16_384, workload=True, full_elements=200_000)])
     lines = text.splitlines()
     assert "- [met] vm.fault random workload: core >= 250,000 ops/s: median 4.00 µs = 250,000/s" in lines
+    assert ("- [**NOT met**] vm.fault small: core >= 250,000 ops/s: median 5.00 µs = 200,000/s "
+            "(measured on 16,384 operations; the goal is for 200,000)") in lines
     assert ("200,000 random operations on an SNP VM (faults, 1 in 64 a conversion, 1 in 256 a "
             "punch hole): median 250,000 operations/s over 3 rounds (min 200,000, max 500,000)") in text
     assert "Fault cache: 900 of the workload's 1,000 faults (90.0%) were answered" in text
