@@ -468,12 +468,13 @@ def render(data, inter, other):
           "library's figures.", "",
           "Ratios: baseline time / library time per element, median of the per-round ratios "
           "[q1..q3]; > 1 means the library is faster.", "",
-          "A memory-bound operation cannot run much faster than a copy moving the same bytes, so "
-          "its ratio to numpy is bounded by numpy time / copy time: each \">= Nx numpy\" target "
-          "line gives this copy-speed ceiling (median of the per-round numpy/copy ratios of the "
-          "same rounds), the score the library would get if it ran at exactly the copy's speed.  "
-          "A goal above its ceiling is marked \"(above the copy-speed ceiling)\" but is judged "
-          "like any other: met or NOT met from the measured median alone.", "",
+          "A memory-bound operation cannot run much faster than a copy moving the same bytes, "
+          "and per round its ratio to numpy is (numpy time / copy time) x its ratio to the copy: "
+          "each \">= Nx numpy\" target line therefore gives the copy-speed ceiling, the median "
+          "of the per-round numpy/copy time ratios of the same rounds, i.e. the score the library "
+          "would get running at exactly the copy's speed.  A goal above its ceiling is marked "
+          "\"(above the copy-speed ceiling Cx)\" but is judged like any other: met or NOT met "
+          "from the measured median alone.", "",
           "## Targets (issue 14)", ""]
     met = sum(1 for *_, ok, _ in tl if ok)
     md += [f"{met} of {len(tl)} target lines met (scalar calls summarised below; each is marked "

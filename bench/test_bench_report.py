@@ -69,8 +69,8 @@ def test_report_gives_the_copy_speed_ceiling_of_numpy_targets(tmp_path):
             "(copy-speed ceiling 4.00x)") in lines
     assert "- [met] op5 16M: core1t (out=, 1 thread) >= 3.0x numpy: median 5.00x [5.00..5.00]" in lines
     assert "3 of 4 target lines met" in text
-    assert ("its ratio to numpy is bounded by numpy time / copy time: each \">= Nx numpy\" target "
-            "line gives this copy-speed ceiling") in text
+    assert ("per round its ratio to numpy is (numpy time / copy time) x its ratio to the copy: "
+            "each \">= Nx numpy\" target line therefore gives the copy-speed ceiling") in text
     assert "judged like any other: met or NOT met from the measured median alone." in text
 
 
