@@ -86,7 +86,7 @@ def _norm(spec, elements):
 
 
 def interleaved(benchmark, group, cases, *, elements=N, rounds=None, targets=(), check=None,
-                warmup=True, bench_rounds=3, **info):
+                warmup=True, bench_rounds=3, self_timed=False, **info):
     """Time every case of ``cases`` ({kind: fn or (fn, elements)}, each fn called without
     arguments) in ``rounds`` interleaved rounds after one warm-up call of each.
 
@@ -99,8 +99,10 @@ def interleaved(benchmark, group, cases, *, elements=N, rounds=None, targets=(),
     ``--benchmark-json`` has the usual statistics).  ``targets``: goals the report marks met /
     not met, e.g. ``{"subject": "core1t", "vs": "memcpy", "min": 0.9}`` or
     ``{"subject": "core", "max_ns": 500}``.  ``warmup=False`` (long workloads) skips the
-    warm-up call; ``bench_rounds``: pytest-benchmark's own rounds of the first case.  Returns
-    the warm-up results.
+    warm-up call; ``bench_rounds``: pytest-benchmark's own rounds of the first case.
+    ``self_timed=True``: every fn returns ``(seconds, ...)``, the time of its own measured part
+    (a workload that excludes its setup), which the harness records instead of its clock.
+    Returns the warm-up results.
     """
     norm = {k: _norm(v, elements) for k, v in cases.items()}
     kinds = list(norm)
@@ -119,7 +121,8 @@ def interleaved(benchmark, group, cases, *, elements=N, rounds=None, targets=(),
             fn, n = norm[k]
             t0 = time.perf_counter_ns()
             res = fn()
-            ns[k].append((time.perf_counter_ns() - t0) / n)
+            dt = res[0] * 1e9 if self_timed else time.perf_counter_ns() - t0
+            ns[k].append(dt / n)
             del res                      # freeing the result is not part of the call
         load.append(load_delta(a, load_sample()))
     subjects = [k for k in kinds if k in SUBJECTS] or kinds[:1]

@@ -12,9 +12,16 @@ def _bench(group, ns, ratios, targets, **info):
     load = [{"loadavg": 1.0, "other_cpus": 0.5, "cpu_pressure": 0.25, "seconds": 0.5,
              "busy_s": 1.0, "own_s": 0.75}] * len(next(iter(ns.values())))
     return {"group": group, "name": f"test_{group}", "stats": {"median": 1.0, "min": 1.0},
-            "extra_info": dict(interleaved=True, kind="core1t", elements=16 << 20, n_batch=16 << 20,
-                               rounds=5, ns_per_elem=ns, ratios=ratios, load=load, targets=targets,
-                               **info)}
+            "extra_info": {**dict(interleaved=True, kind="core1t", elements=16 << 20,
+                                  n_batch=16 << 20, rounds=5, ns_per_elem=ns, ratios=ratios,
+                                  load=load, targets=targets), **info}}
+
+
+def _render(tmp_path, benches):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"datetime": "now", "benchmarks": benches}))
+    assert report.main([str(path), "--out", str(tmp_path)]) == 0
+    return (tmp_path / "REPORT.md").read_text()
 
 
 def test_report_marks_targets_from_the_median(tmp_path):
@@ -37,6 +44,63 @@ def test_report_marks_targets_from_the_median(tmp_path):
     assert "2 of 3 target lines met" in text
     # other CPUs: (busy - own) summed over rounds / wall = 0.25 / 0.5; pressure 25%
     assert "0.50 (max 0.50) / 25% / 1.00" in text
+
+
+def test_report_gives_the_copy_speed_ceiling_of_numpy_targets(tmp_path):
+    """Ceiling = median of the per-round numpy/copy time ratios (not the ratio of the medians,
+    not copy/numpy), on vs-numpy target lines only; "above" when under the goal; the marks
+    stay the measured median's."""
+    text = _render(tmp_path, [
+        _bench("op3 16M", {"core1t": [1, 1, 1], "numpy": [2, 5, 3], "memcpy": [1, 2, 2]},
+               {"core1t/numpy": [2.5, 2.6, 2.4], "core1t/memcpy": [1.0, 1.0, 1.0]},
+               [{"subject": "core1t", "vs": "numpy", "min": 3.0},
+                {"subject": "core1t", "vs": "memcpy", "min": 0.9}]),       # ceiling 2.00x
+        _bench("op4 16M", {"core1t": [1, 1, 1], "numpy": [9, 15, 4], "memcpy": [3, 3, 1]},
+               {"core1t/numpy": [3.5, 3.2, 3.1]},
+               [{"subject": "core1t", "vs": "numpy", "min": 3.0}]),        # ceiling 4.00x
+        _bench("op5 16M", {"core1t": [1, 1, 1], "numpy": [1, 1, 1]}, {"core1t/numpy": [5, 5, 5]},
+               [{"subject": "core1t", "vs": "numpy", "min": 3.0}]),        # no copy: no ceiling
+    ])
+    lines = text.splitlines()
+    assert ("- [**NOT met**] op3 16M: core1t (out=, 1 thread) >= 3.0x numpy: median 2.50x "
+            "[2.40..2.60] (above the copy-speed ceiling 2.00x)") in lines
+    assert "- [met] op3 16M: core1t (out=, 1 thread) >= 0.9x memcpy: median 1.00x [1.00..1.00]" in lines
+    assert ("- [met] op4 16M: core1t (out=, 1 thread) >= 3.0x numpy: median 3.20x [3.10..3.50] "
+            "(copy-speed ceiling 4.00x)") in lines
+    assert "- [met] op5 16M: core1t (out=, 1 thread) >= 3.0x numpy: median 5.00x [5.00..5.00]" in lines
+    assert "3 of 4 target lines met" in text
+    assert ("per round its ratio to numpy is (numpy time / copy time) x its ratio to the copy: "
+            "each \">= Nx numpy\" target line therefore gives the copy-speed ceiling") in text
+    assert "judged like any other: met or NOT met from the measured median alone." in text
+
+
+def test_report_vm_fault_section(tmp_path):
+    """The headline (with the fault cache), the cache-off and first-fault workloads of the same
+    rounds with the per-round ratios' median [q1..q3], and the cache hit rate."""
+    text = _render(tmp_path, [_bench(
+        "vm.fault random workload",
+        {"core": [4000, 5000, 2000], "no cache": [20000, 10000, 20000],
+         "first faults": [40000, 50000, 40000]},
+        {"core/no cache": [5.0, 2.0, 10.0], "core/first faults": [10.0, 10.0, 20.0]},
+        [{"subject": "core", "max_ns": 4000.0, "label": ">= 250,000 ops/s"}],
+        kind="core", elements=200_000, workload=True, faults=1000, cache_hits=900,
+        full_elements=200_000), _bench(
+        "vm.fault small", {"core": [5000, 5000, 5000]}, {},
+        [{"subject": "core", "max_ns": 4000.0, "label": ">= 250,000 ops/s"}],
+        kind="core", elements=16_384, workload=True, full_elements=200_000)])
+    lines = text.splitlines()
+    assert "- [met] vm.fault random workload: core >= 250,000 ops/s: median 4.00 µs = 250,000/s" in lines
+    assert ("- [**NOT met**] vm.fault small: core >= 250,000 ops/s: median 5.00 µs = 200,000/s "
+            "(measured on 16,384 operations; the goal is for 200,000)") in lines
+    assert ("200,000 random operations on an SNP VM (faults, 1 in 64 a conversion, 1 in 256 a "
+            "punch hole): median 250,000 operations/s over 3 rounds (min 200,000, max 500,000)") in text
+    assert "Fault cache: 900 of the workload's 1,000 faults (90.0%) were answered" in text
+    assert "so the headline mostly measures cache hits." in text
+    assert ("- the same workload with the fault cache off (every fault walks): 50,000 "
+            "operations/s (rounds 50,000..100,000); headline / this 5.00x [2.00..10.00]") in lines
+    assert ("- first faults only (a fresh VM, each of 200,000 gfns faulted once: every fault maps "
+            "a new 4K page; none can hit the cache): 25,000 faults/s (rounds 20,000..25,000); "
+            "headline / this 10.00x [10.00..20.00]") in lines
 
 
 def test_statistics():
@@ -92,3 +156,19 @@ def test_interleaved_rotates_and_records_ratios():
     assert set(info["ratios"]) == {"core1t/memcpy", "core1t/reference"}
     assert all(len(v) == 4 for v in info["ns_per_elem"].values())
     assert info["case_elements"] == {"core1t": 100, "memcpy": 100, "reference": 10}
+
+
+def test_interleaved_self_timed_records_the_workloads_own_seconds():
+    """``self_timed``: each case returns (seconds, ...) and those seconds, not the harness's
+    clock, give ns per element and the per-round ratios (baseline / subject)."""
+    def timed(seconds):
+        it = iter(seconds)
+        return lambda: (next(it, 1.0), "x")
+    b = _FakeBenchmark()
+    res = interleaved(b, "w", {"core": timed([9.0, 1.0, 2.0, 4.0]),
+                               "slow": timed([9.0, 2.0, 2.0, 2.0])},
+                      elements=1000, rounds=3, self_timed=True, bench_rounds=1)
+    assert res == {"core": (9.0, "x"), "slow": (9.0, "x")}            # the warm-up
+    info = b.extra_info
+    assert info["ns_per_elem"] == {"core": [1e6, 2e6, 4e6], "slow": [2e6, 2e6, 2e6]}
+    assert info["ratios"] == {"core/slow": [2.0, 1.0, 0.5]}

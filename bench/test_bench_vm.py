@@ -4,7 +4,12 @@ pure-Python reference twin (pykvmmu.ref.vm), interleaved.
 
 Groups:
 - ``vm.fault random workload``: operations per second of a random SNP workload (faults, 1 in 64
-  a conversion, 1 in 256 a punch hole), timed by the workload itself (VM setup excluded).
+  a conversion, 1 in 256 a punch hole), timed by the workload itself (VM setup excluded).  Most
+  of its faults repeat an earlier (gpa, error_code) and are answered by Vm's fault cache
+  (``Vm._fc``), so the same rounds also time, interleaved: ``no cache``, the same workload with
+  the cache off (``Vm._fc_store`` a no-op, as tests/test_vm_cache.py does it: every fault walks),
+  and ``first faults``, a fresh VM whose every fault maps a page not yet mapped (none can hit
+  the cache).  The cache hit rate of the workload is counted on one more, untimed, run.
 - ``scalar vm.tdp_map``: the C walk + install called once per fault on the table pool of an SNP
   VM after a fault workload (re-installing mapped leaves with their own pfn and level, so the
   pool does not change, and reading the entries of unmapped gfns, which stop above the leaf
@@ -24,8 +29,10 @@ from pykvmmu._ffi import ffi, lib
 from pykvmmu.config import ACC_ALL
 from pykvmmu.ref import vm as R
 
-#: Operations of the Vm.fault workload (200K at the full size; scaled down with PYKVMMU_BENCH_N).
-VM_FAULTS = int(os.environ.get("PYKVMMU_BENCH_VM_FAULTS", min(200_000, max(N // 64, 10_000))))
+#: Operations of the Vm.fault workload at the full size (the issue's workload).
+VM_FULL = 200_000
+#: Operations of the Vm.fault workload (VM_FULL at the full size; scaled down with PYKVMMU_BENCH_N).
+VM_FAULTS = int(os.environ.get("PYKVMMU_BENCH_VM_FAULTS", min(VM_FULL, max(N // 64, 10_000))))
 #: kvmmu_vm_tdp_map calls per round of the core (the reference runs REF_N of them).
 TDP_CALLS = max(REF_N, min(N // 256, 65536))
 
@@ -40,12 +47,32 @@ def _snp_vm(npages=16384):
     return vm, g
 
 
-def vm_workload(n, seed=7):
+def _no_fc_store(*args):
+    """``Vm._fc_store`` with the fault cache off: nothing is remembered, every fault walks."""
+    return None
+
+
+def vm_workload(n, seed=7, cache=True, count_hits=False):
     """n random faults on an SNP VM with 64 MiB of guest_memfd memory, 1 in 64 a conversion, 1 in
-    256 a punch hole; returns (seconds, outcome counts)."""
+    256 a punch hole; returns (seconds, outcome counts).  ``cache=False``: the VM's fault cache
+    off; ``count_hits``: ``cache_hits`` in the counts, the faults answered by the cache (they
+    return the very outcome object the cache holds; the walk makes a new one), at the cost of a
+    wrapper around each fault (then the time is not the workload's)."""
     rng = np.random.default_rng(seed)
     npages = 16384
     vm, g = _snp_vm(npages)
+    if not cache:
+        vm._fc_store = _no_fc_store
+    hits = [0]
+    if count_hits:
+        fault = vm.fault
+
+        def counted(gpa, error_code):
+            cached = vm._fc.get(gpa >> 12)
+            o = fault(gpa, error_code)
+            hits[0] += cached is not None and o is cached[2]
+            return o
+        vm.fault = counted
     gfns = rng.integers(0, npages + 64, n).tolist()        # a few MMIO gfns past the slot
     kinds = rng.integers(0, 256, n).tolist()
     enc = P.PFERR_GUEST_ENC_MASK
@@ -59,25 +86,55 @@ def vm_workload(n, seed=7):
             vm.fault(gfn << 12, enc if vm.is_private(gfn) ^ (k == 5) else 0)
     dt = time.perf_counter() - t
     vm.check()
+    stats = dict(vm.stats)
+    if count_hits:
+        stats["cache_hits"] = hits[0]
+    return dt, stats
+
+
+def first_fault_workload(n, seed=7):
+    """n faults on a fresh SNP VM of n guest_memfd pages (the first half private), each gfn
+    once in random order with its own privacy: every fault maps a page not yet mapped (a new 4K
+    leaf, tables allocated on the way), so none can be answered by the fault cache; returns
+    (seconds, outcome counts) (VM setup excluded)."""
+    gfns = np.random.default_rng(seed).permutation(n).tolist()
+    vm, _ = _snp_vm(n)
+    enc = P.PFERR_GUEST_ENC_MASK
+    t = time.perf_counter()
+    for gfn in gfns:
+        vm.fault(gfn << 12, enc if vm.is_private(gfn) else 0)
+    dt = time.perf_counter() - t
+    vm.check()
     return dt, dict(vm.stats)
 
 
-def test_vm_fault_throughput(benchmark):
-    """Script-style: the random workload, a few rounds; the figure is operations per second
-    (target: >= 250,000 per second), timed by the workload itself (VM setup excluded)."""
-    runs = []
+#: Cases of the Vm.fault group: kind -> workload (each returns (seconds, counts)).
+VM_CASES = {"core": lambda: vm_workload(VM_FAULTS),
+            "no cache": lambda: vm_workload(VM_FAULTS, cache=False),
+            "first faults": lambda: first_fault_workload(VM_FAULTS)}
 
-    def run():
-        runs.append(vm_workload(VM_FAULTS))
-        return runs[-1]
-    interleaved(benchmark, "vm.fault random workload", {"core": run}, elements=VM_FAULTS, rounds=3,
-                targets=({"subject": "core", "max_ns": 1e9 / 250_000, "label": ">= 250,000 ops/s"},),
-                warmup=False, bench_rounds=1, workload=True)
-    timed = runs[:benchmark.extra_info["rounds"]] or runs[:1]     # the interleaved rounds
-    benchmark.extra_info["ns_per_elem"] = {"core": [dt / VM_FAULTS * 1e9 for dt, _ in timed]}
-    dt, stats = runs[0]
-    benchmark.extra_info.update(stats)
-    print(f"\nvm.fault: {VM_FAULTS} operations in {dt:.2f}s = {VM_FAULTS / dt:,.0f}/s; {stats}")
+
+def test_vm_fault_throughput(benchmark):
+    """Script-style: the random workload (``core``, target: >= 250,000 operations per second),
+    the same with the fault cache off and the first-fault workload, interleaved, a few rounds,
+    each timed by the workload itself (VM setup excluded).  The warm-up run of each is checked:
+    the cache changes no outcome count, and every first fault mapped a page."""
+    def check(r):
+        assert r["core"][1] == r["no cache"][1], (r["core"][1], r["no cache"][1])
+        assert r["first faults"][1]["mapped"] == r["first faults"][1]["faults"] == VM_FAULTS
+    res = interleaved(benchmark, "vm.fault random workload", VM_CASES, elements=VM_FAULTS,
+                      rounds=5, check=check, bench_rounds=1, workload=True, self_timed=True,
+                      full_elements=VM_FULL,
+                      targets=({"subject": "core", "max_ns": 1e9 / 250_000,
+                                "label": ">= 250,000 ops/s"},))
+    _, stats = vm_workload(VM_FAULTS, count_hits=True)
+    assert {k: v for k, v in stats.items() if k != "cache_hits"} == res["core"][1]
+    benchmark.extra_info.update(stats, first_faults_stats=res["first faults"][1])
+    ns = {k: v or [res[k][0] / VM_FAULTS * 1e9] for k, v in           # (warm-up if not timed)
+          benchmark.extra_info["ns_per_elem"].items()}
+    print(f"\nvm.fault: {VM_FAULTS} operations; median ops/s "
+          + ", ".join(f"{k} {1e9 / np.median(v):,.0f}" for k, v in ns.items())
+          + f"; cache hits {stats['cache_hits']} of {stats['faults']} faults; {stats}")
 
 
 def _tdp_calls(n, seed=11):
