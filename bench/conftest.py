@@ -23,14 +23,15 @@ CHUNK = int(os.environ.get("PYKVMMU_BENCH_NUMPY_CHUNK", 1 << 16))
 #: Subject kinds (the library's own calls): ``core`` = the call with ``out=`` and default
 #: threading (batches of 1M+ split over the CPUs, pykvmmu._par), ``core1t`` = with ``out=``
 #: and ``threads=1``, ``alloc`` = the default call (no ``out=``, default threading),
-#: ``portable`` = ``core1t`` on ``MmuConfig._portable_copy()`` (SIMD kernels off).
-SUBJECTS = ("core", "core1t", "alloc", "portable")
+#: ``avx2`` / ``portable`` = ``core1t`` on ``MmuConfig._isa_copy(level)`` (the kernels a CPU
+#: without AVX-512 / without AVX2 runs; timed where this CPU has more).
+SUBJECTS = ("core", "core1t", "alloc", "avx2", "portable")
 #: Baseline kinds: a copy of the same bytes, the best plain-numpy formulation, the
 #: pure-Python reference (timed on REF_N elements; compared per element).
 BASELINES = ("memcpy", "numpy", "reference")
 KINDS = SUBJECTS + BASELINES
 CORE_THREADS = {"core": None, "core1t": 1}
-#: True when the CPU has AVX-512 (then the decode benchmark also times the portable path).
+#: True when the CPU has AVX-512.
 try:
     with open("/proc/cpuinfo") as _f:
         HAVE_AVX512 = " avx512f " in _f.read().replace("\n", " ")

@@ -24,9 +24,10 @@ import sys
 from collections import defaultdict
 
 FULL_N = 16 * 1024 * 1024
-SUBJECTS = ("core", "core1t", "alloc", "portable")
+SUBJECTS = ("core", "core1t", "alloc", "avx2", "portable")
 SUBJECT_LABEL = {"core": "out=, auto threads", "core1t": "out=, 1 thread",
-                 "alloc": "no out=, auto threads", "portable": "out=, 1 thread, portable path"}
+                 "alloc": "no out=, auto threads", "avx2": "out=, 1 thread, ISA cap avx2 (a CPU without AVX-512)",
+                 "portable": "out=, 1 thread, portable path (a CPU without AVX2)"}
 
 
 # ------------------------------------------------------------------ statistics
@@ -358,10 +359,10 @@ def _plt():
 
 def plot_ratios(rows, path):
     plt = _plt()
-    rows = [r for r in rows if r["subject"] in ("core1t", "portable") and r.get("memcpy")]
+    rows = [r for r in rows if r["subject"] in ("core1t", "avx2", "portable") and r.get("memcpy")]
     if plt is None or not rows:
         return False
-    labels = [r["group"] + (" (portable)" if r["subject"] == "portable" else "") for r in rows]
+    labels = [r["group"] + ("" if r["subject"] == "core1t" else f" ({r['subject']})") for r in rows]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(labels) + 1.5))
     for i, (base, color) in enumerate((("memcpy", "tab:blue"), ("numpy", "tab:orange"))):
         meds, err = [], [[], []]
