@@ -89,6 +89,69 @@ static uint64_t classify_scalar(const struct kvmmu_pf_policy *p, const uint64_t 
 }
 
 #if defined(KVMMU_HAVE_AVX512)
+#define PF_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline))
+
+/* One step: faults [i, i + 64) as 8 vectors of 8; stores og and oe, counts the collisions
+ * into *syn and returns is_private of the 64 faults as a mask. */
+PF_AVX512 static inline uint64_t
+classify_avx512_step(const int kind, const __m512i shared, const __m512i keep,
+                     const uint64_t *restrict gpa, const uint64_t *restrict ec,
+                     uint64_t *restrict og, uint64_t *restrict oe, size_t i, bool nt, uint64_t *syn)
+{
+    const __m512i synm = _mm512_set1_epi64((long long)KVMMU_PFERR_SYNTHETIC);
+    const __m512i enc = _mm512_set1_epi64((long long)KVMMU_PFERR_GUEST_ENC);
+    const __m512i priv = _mm512_set1_epi64((long long)KVMMU_PFERR_PRIVATE_ACCESS);
+    uint64_t pm = 0;
+
+    for (unsigned j = 0; j < 8; j++) {
+        const size_t k = i + 8 * j;
+        const __m512i a = _mm512_loadu_si512((const void *)(gpa + k));
+        __m512i x = _mm512_loadu_si512((const void *)(ec + k));
+        const __m512i g = _mm512_and_si512(_mm512_srli_epi64(a, 12), keep);
+
+        *syn += (uint64_t)__builtin_popcount(_mm512_test_epi64_mask(x, synm));
+        x = _mm512_andnot_si512(synm, x);
+        if (kind == 1)
+            x = _mm512_or_si512(x, _mm512_slli_epi64(_mm512_and_si512(x, enc), 15));
+        else if (kind == 2)
+            x = _mm512_mask_or_epi64(x, _mm512_testn_epi64_mask(a, shared), x, priv);
+        pm |= (uint64_t)_mm512_test_epi64_mask(x, priv) << (8 * j);
+        if (nt) {
+            _mm512_stream_si512((void *)(og + k), g);
+            _mm512_stream_si512((void *)(oe + k), x);
+        } else {
+            _mm512_storeu_si512((void *)(og + k), g);
+            _mm512_storeu_si512((void *)(oe + k), x);
+        }
+    }
+    return pm;
+}
+
+/* The 64 is_private bytes of step i (mask pm) as 0/1: a plain store, or (nt) streamed into
+ * op's 64-byte aligned windows, d being op's offset in its window and *carry the mask bits
+ * of the previous step that fall into the current window (the partial first window is a
+ * masked store). */
+PF_AVX512 static inline void
+store_private_bytes(uint8_t *restrict op, size_t i, uint64_t pm, bool nt, unsigned d,
+                    uint64_t *carry)
+{
+    const __m512i one8 = _mm512_set1_epi8(1);
+
+    if (!nt) {
+        _mm512_storeu_si512((void *)(op + i), _mm512_maskz_mov_epi8(pm, one8));
+    } else if (d == 0) {
+        _mm512_stream_si512((void *)(op + i), _mm512_maskz_mov_epi8(pm, one8));
+    } else if (i == 0) {                /* bytes [0, 64 - d) end at the first window */
+        _mm512_mask_storeu_epi8((void *)op, (__mmask64)(~(uint64_t)0 >> d),
+                                _mm512_maskz_mov_epi8(pm, one8));
+        *carry = pm >> (64 - d);
+    } else {                            /* the window holding bytes [i - d, i + 64 - d) */
+        _mm512_stream_si512((void *)(op + i - d),
+                            _mm512_maskz_mov_epi8(*carry | (pm << d), one8));
+        *carry = pm >> (64 - d);
+    }
+}
+
 /*
  * SNP / TDX / no-source AVX-512 path: 64 faults per step (8 vectors of 8).  is_private of
  * the 64 faults is one 64-bit k-mask, expanded to 64 bytes of 0/1.  nt (outputs far larger
@@ -98,63 +161,26 @@ static uint64_t classify_scalar(const struct kvmmu_pf_policy *p, const uint64_t 
  * kind: 0 none, 1 SNP (ENC << 15), 2 TDX (shared bit clear -> bit 49).  Returns faults done
  * (a multiple of 64); *syn_out gets the collisions among them.
  */
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"), always_inline)) static inline size_t
+PF_AVX512 static inline size_t
 classify_avx512_kind(const int kind, uint64_t direct, uint64_t gfn_keep,
                      const uint64_t *restrict gpa, const uint64_t *restrict ec,
                      uint64_t *restrict og, uint64_t *restrict oe, uint8_t *restrict op,
                      size_t n, bool nt, uint64_t *syn_out)
 {
-    const __m512i synm = _mm512_set1_epi64((long long)KVMMU_PFERR_SYNTHETIC);
-    const __m512i enc = _mm512_set1_epi64((long long)KVMMU_PFERR_GUEST_ENC);
-    const __m512i priv = _mm512_set1_epi64((long long)KVMMU_PFERR_PRIVATE_ACCESS);
     const __m512i shared = _mm512_set1_epi64((long long)direct);
     const __m512i keep = _mm512_set1_epi64((long long)gfn_keep);
-    const __m512i one8 = _mm512_set1_epi8(1);
     const unsigned d = (unsigned)((uintptr_t)op & 63);      /* op's offset in its window */
     uint64_t syn = 0, carry = 0;
     size_t i = 0;
 
     for (; i + 64 <= n; i += 64) {
-        uint64_t pm = 0;
+        const uint64_t pm = classify_avx512_step(kind, shared, keep, gpa, ec, og, oe, i, nt, &syn);
 
-        for (unsigned j = 0; j < 8; j++) {
-            const size_t k = i + 8 * j;
-            const __m512i a = _mm512_loadu_si512((const void *)(gpa + k));
-            __m512i x = _mm512_loadu_si512((const void *)(ec + k));
-            const __m512i g = _mm512_and_si512(_mm512_srli_epi64(a, 12), keep);
-
-            syn += (uint64_t)__builtin_popcount(_mm512_test_epi64_mask(x, synm));
-            x = _mm512_andnot_si512(synm, x);
-            if (kind == 1)
-                x = _mm512_or_si512(x, _mm512_slli_epi64(_mm512_and_si512(x, enc), 15));
-            else if (kind == 2)
-                x = _mm512_mask_or_epi64(x, _mm512_testn_epi64_mask(a, shared), x, priv);
-            pm |= (uint64_t)_mm512_test_epi64_mask(x, priv) << (8 * j);
-            if (nt) {
-                _mm512_stream_si512((void *)(og + k), g);
-                _mm512_stream_si512((void *)(oe + k), x);
-            } else {
-                _mm512_storeu_si512((void *)(og + k), g);
-                _mm512_storeu_si512((void *)(oe + k), x);
-            }
-        }
-        if (!nt) {
-            _mm512_storeu_si512((void *)(op + i), _mm512_maskz_mov_epi8(pm, one8));
-        } else if (d == 0) {
-            _mm512_stream_si512((void *)(op + i), _mm512_maskz_mov_epi8(pm, one8));
-        } else if (i == 0) {                /* bytes [0, 64 - d) end at the first window */
-            _mm512_mask_storeu_epi8((void *)op, (__mmask64)(~(uint64_t)0 >> d),
-                                    _mm512_maskz_mov_epi8(pm, one8));
-            carry = pm >> (64 - d);
-        } else {                            /* the window holding bytes [i - d, i + 64 - d) */
-            _mm512_stream_si512((void *)(op + i - d),
-                                _mm512_maskz_mov_epi8(carry | (pm << d), one8));
-            carry = pm >> (64 - d);
-        }
+        store_private_bytes(op, i, pm, nt, d, &carry);
     }
     if (nt && d && i)                       /* the last d bytes, [i - d, i) */
         _mm512_mask_storeu_epi8((void *)(op + i - d), (__mmask64)(~(uint64_t)0 >> (64 - d)),
-                                _mm512_maskz_mov_epi8(carry, one8));
+                                _mm512_maskz_mov_epi8(carry, _mm512_set1_epi8(1)));
     if (nt)
         _mm_sfence();
     *syn_out += syn;

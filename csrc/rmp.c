@@ -269,66 +269,78 @@ size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, ui
     return kvmmu_rmp_lookup_batch_lvl(t, pfn, assigned, level, asid, gpa, n, err, t->lvl_bits);
 }
 
-/* kvmmu_rmp_lookup_batch with the level from lvl_bits (a level index of at least
- * ceil(nr_pfns / 512) bits) when it is not NULL, else from the 2M-aligned entries. */
-size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn,
-                                  uint8_t *assigned, uint8_t *level, uint16_t *asid,
-                                  uint64_t *gpa, size_t n, int *err, const uint64_t *lvl_bits)
+/* A lookup batch's out-of-range pfn at index i: the rule code, and i + 1. */
+static inline size_t lookup_range_error(int *err, size_t i)
 {
-    if (t->nr_segs == 1 && t->seg_shift == KVMMU_RMP_NONSEG_SHIFT && lvl_bits) {
-        /* Contiguous RMP with the level index: one entry (one cache line) per lookup. */
-        const uint64_t *ent = (const uint64_t *)(const void *)(t->base + t->seg_off[0]);
-        const uint64_t cnt = t->seg_count[0];
-        for (size_t i = 0; i < n && i < PREFETCH_DIST; i++)
-            __builtin_prefetch(ent + 2 * (pfn[i] < cnt ? pfn[i] : 0));
-        for (size_t i = 0; i < n; i++) {
-            if (i + PREFETCH_DIST < n) {
-                uint64_t q = pfn[i + PREFETCH_DIST];
-                __builtin_prefetch(ent + 2 * (q < cnt ? q : 0));
-            }
-            uint64_t p = pfn[i];
-            if (KVMMU_UNLIKELY(p >= cnt)) {
-                if (err)
-                    *err = KVMMU_RMP_E_RANGE;
-                return i + 1;
-            }
-            uint64_t lo = ent[2 * p];
-            assigned[i] = (uint8_t)(lo & RMP_ASSIGNED);
-            level[i] = lvl_get(lvl_bits, p);
-            if (asid)
-                asid[i] = (uint16_t)lo_asid(lo);
-            if (gpa)
-                gpa[i] = lo & RMP_GPA_MASK;
+    if (err)
+        *err = KVMMU_RMP_E_RANGE;
+    return i + 1;
+}
+
+/* Contiguous RMP with a level index: one entry (one cache line) per lookup. */
+static inline size_t lookup_batch_flat_indexed(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                               uint8_t *assigned, uint8_t *level, uint16_t *asid,
+                                               uint64_t *gpa, size_t n, int *err,
+                                               const uint64_t *lvl_bits)
+{
+    const uint64_t *ent = (const uint64_t *)(const void *)(t->base + t->seg_off[0]);
+    const uint64_t cnt = t->seg_count[0];
+    for (size_t i = 0; i < n && i < PREFETCH_DIST; i++)
+        __builtin_prefetch(ent + 2 * (pfn[i] < cnt ? pfn[i] : 0));
+    for (size_t i = 0; i < n; i++) {
+        if (i + PREFETCH_DIST < n) {
+            uint64_t q = pfn[i + PREFETCH_DIST];
+            __builtin_prefetch(ent + 2 * (q < cnt ? q : 0));
         }
-        return 0;
+        uint64_t p = pfn[i];
+        if (KVMMU_UNLIKELY(p >= cnt))
+            return lookup_range_error(err, i);
+        uint64_t lo = ent[2 * p];
+        assigned[i] = (uint8_t)(lo & RMP_ASSIGNED);
+        level[i] = lvl_get(lvl_bits, p);
+        if (asid)
+            asid[i] = (uint16_t)lo_asid(lo);
+        if (gpa)
+            gpa[i] = lo & RMP_GPA_MASK;
     }
-    if (t->nr_segs == 1 && t->seg_shift == KVMMU_RMP_NONSEG_SHIFT) {
-        /* Contiguous RMP: flat index; prefetch both entries PREFETCH_DIST ahead. */
-        const uint64_t *ent = (const uint64_t *)(const void *)(t->base + t->seg_off[0]);
-        const uint64_t cnt = t->seg_count[0];
-        size_t warm = n < PREFETCH_DIST ? n : PREFETCH_DIST;
-        for (size_t i = 0; i < warm; i++) {
-            uint64_t p = pfn[i] < cnt ? pfn[i] : 0;
-            __builtin_prefetch(ent + 2 * p);
-            __builtin_prefetch(ent + 2 * (p & PMD_PFN_MASK));
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (i + PREFETCH_DIST < n) {
-                uint64_t q = pfn[i + PREFETCH_DIST];
-                q = q < cnt ? q : 0;
-                __builtin_prefetch(ent + 2 * q);
-                __builtin_prefetch(ent + 2 * (q & PMD_PFN_MASK));
-            }
-            uint64_t p = pfn[i];
-            if (KVMMU_UNLIKELY(p >= cnt)) {
-                if (err)
-                    *err = KVMMU_RMP_E_RANGE;
-                return i + 1;
-            }
-            lookup_one(ent[2 * p], ent[2 * (p & PMD_PFN_MASK)], i, assigned, level, asid, gpa);
-        }
-        return 0;
+    return 0;
+}
+
+/* Contiguous RMP: flat index, two entries per lookup, both prefetched PREFETCH_DIST ahead. */
+static inline size_t lookup_batch_flat(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                       uint8_t *assigned, uint8_t *level, uint16_t *asid,
+                                       uint64_t *gpa, size_t n, int *err)
+{
+    const uint64_t *ent = (const uint64_t *)(const void *)(t->base + t->seg_off[0]);
+    const uint64_t cnt = t->seg_count[0];
+    size_t warm = n < PREFETCH_DIST ? n : PREFETCH_DIST;
+    for (size_t i = 0; i < warm; i++) {
+        uint64_t p = pfn[i] < cnt ? pfn[i] : 0;
+        __builtin_prefetch(ent + 2 * p);
+        __builtin_prefetch(ent + 2 * (p & PMD_PFN_MASK));
     }
+    for (size_t i = 0; i < n; i++) {
+        if (i + PREFETCH_DIST < n) {
+            uint64_t q = pfn[i + PREFETCH_DIST];
+            q = q < cnt ? q : 0;
+            __builtin_prefetch(ent + 2 * q);
+            __builtin_prefetch(ent + 2 * (q & PMD_PFN_MASK));
+        }
+        uint64_t p = pfn[i];
+        if (KVMMU_UNLIKELY(p >= cnt))
+            return lookup_range_error(err, i);
+        lookup_one(ent[2 * p], ent[2 * (p & PMD_PFN_MASK)], i, assigned, level, asid, gpa);
+    }
+    return 0;
+}
+
+/* Segmented RMP (or a non-default segment shift): entry_ptr() per entry; the level from
+ * lvl_bits when it is not NULL, else from the 2M-aligned entry. */
+static inline size_t lookup_batch_segmented(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                            uint8_t *assigned, uint8_t *level, uint16_t *asid,
+                                            uint64_t *gpa, size_t n, int *err,
+                                            const uint64_t *lvl_bits)
+{
     for (size_t i = 0; i < n; i++) {
         if (i + PREFETCH_DIST < n) {
             const uint64_t *q = entry_ptr(t, pfn[i + PREFETCH_DIST]);
@@ -338,11 +350,8 @@ size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn
             }
         }
         const uint64_t *e = entry_ptr(t, pfn[i]);
-        if (KVMMU_UNLIKELY(!e)) {
-            if (err)
-                *err = KVMMU_RMP_E_RANGE;
-            return i + 1;
-        }
+        if (KVMMU_UNLIKELY(!e))
+            return lookup_range_error(err, i);
         if (lvl_bits) {
             lookup_one(e[0], 0, i, assigned, level, asid, gpa);
             level[i] = lvl_get(lvl_bits, pfn[i]);
@@ -352,6 +361,21 @@ size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn
         }
     }
     return 0;
+}
+
+/* kvmmu_rmp_lookup_batch with the level from lvl_bits (a level index of at least
+ * ceil(nr_pfns / 512) bits) when it is not NULL, else from the 2M-aligned entries. */
+size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn,
+                                  uint8_t *assigned, uint8_t *level, uint16_t *asid,
+                                  uint64_t *gpa, size_t n, int *err, const uint64_t *lvl_bits)
+{
+    const bool flat = t->nr_segs == 1 && t->seg_shift == KVMMU_RMP_NONSEG_SHIFT;
+
+    if (flat && lvl_bits)
+        return lookup_batch_flat_indexed(t, pfn, assigned, level, asid, gpa, n, err, lvl_bits);
+    if (flat)
+        return lookup_batch_flat(t, pfn, assigned, level, asid, gpa, n, err);
+    return lookup_batch_segmented(t, pfn, assigned, level, asid, gpa, n, err, lvl_bits);
 }
 
 /* ------------------------------------------------------------ fields and states */
@@ -814,61 +838,71 @@ static uint64_t npf_base(const struct kvmmu_rmp_access *a, bool enc)
     return ei;
 }
 
+/* Non-SNP guests: writes and page-table accesses are checked; SNP C=0: data writes.
+ * A checked access to a page that is not hypervisor-owned is a #NPF. */
+static inline int guest_check_shared(const struct kvmmu_rmp *t, const struct kvmmu_rmp_access *a,
+                                     uint32_t level, bool is_write, int *fault, uint64_t *exitinfo)
+{
+    int chk = KVMMU_RMP_CHK_OK;
+    bool checked = a->snp_active ? a->kind == KVMMU_RMP_ACC_WRITE
+                                 : (is_write || a->kind == KVMMU_RMP_ACC_PT_READ);
+    if (checked && (chk = hv_owned_check(t, a->pfn, level, false)) != KVMMU_RMP_CHK_OK) {
+        chk = KVMMU_RMP_CHK_HV_OWNED;
+        *fault = KVMMU_RMP_RC_NPF;
+        *exitinfo = npf_base(a, false);
+    }
+    return chk;
+}
+
+/* The VMPL permission check of an encrypted access (permission mask p of the access's VMPL). */
+static inline bool vmpl_allows(const struct kvmmu_rmp_access *a, uint32_t p, bool is_write)
+{
+    if (a->kind == KVMMU_RMP_ACC_FETCH)
+        return p & (a->user ? PERM_XU : PERM_XS);
+    if (is_write)
+        return (p & (PERM_R | PERM_W)) == (PERM_R | PERM_W);
+    return p & PERM_R;
+}
+
+/* An encrypted (C=1 or forced) access: the first check of the governing entry it fails. */
+static inline int guest_check_private(const struct kvmmu_rmp *t, const struct kvmmu_rmp_access *a,
+                                      uint32_t level, bool is_write)
+{
+    const uint64_t *e = entry_ptr(t, a->pfn);
+    bool in2m = false;
+    if (!e || (level > PG_LEVEL_4K && !entry_ptr(t, a->pfn & PMD_PFN_MASK)))
+        return KVMMU_RMP_CHK_COVERED;
+    const uint64_t *g = governing(t, a->pfn, e, &in2m);
+    uint64_t lo = g[0];
+    uint64_t want = in2m ? lo_gfn(lo) + (a->pfn & (PTRS_PER_PMD - 1)) : lo_gfn(lo);
+    if (!(lo & RMP_ASSIGNED) || lo_asid(lo) != a->asid)
+        return KVMMU_RMP_CHK_GUEST_OWNED;
+    if (want != a->gfn)
+        return KVMMU_RMP_CHK_REVERSE_MAP;
+    if (lo & RMP_IMMUTABLE)
+        return KVMMU_RMP_CHK_MUTABLE;
+    if (in2m != (level > PG_LEVEL_4K))
+        return KVMMU_RMP_CHK_PAGE_SIZE;
+    if (!(lo & RMP_VALIDATED))
+        return KVMMU_RMP_CHK_VALIDATED;
+    if (!vmpl_allows(a, a->vmpl < 4 ? hi_perm(g[1], a->vmpl) : 0, is_write))
+        return KVMMU_RMP_CHK_VMPL;
+    return KVMMU_RMP_CHK_OK;
+}
+
 int kvmmu_rmp_guest_check(const struct kvmmu_rmp *t, const struct kvmmu_rmp_access *a,
                           int *fault, uint64_t *exitinfo)
 {
     bool is_write = a->kind == KVMMU_RMP_ACC_WRITE || a->kind == KVMMU_RMP_ACC_PT_WRITE;
     bool forced_c = a->kind == KVMMU_RMP_ACC_FETCH || a->kind == KVMMU_RMP_ACC_PT_READ ||
                     a->kind == KVMMU_RMP_ACC_PT_WRITE;
-    bool enc = a->snp_active && (a->c_bit || forced_c);
     uint32_t level = a->npt_level > PG_LEVEL_2M ? PG_LEVEL_2M : a->npt_level;
-    int chk = KVMMU_RMP_CHK_OK;
     *fault = 0;
     *exitinfo = 0;
 
-    if (!enc) {
-        /* Non-SNP guests: writes and page-table accesses; SNP C=0: data writes. */
-        bool checked = a->snp_active ? a->kind == KVMMU_RMP_ACC_WRITE
-                                     : (is_write || a->kind == KVMMU_RMP_ACC_PT_READ);
-        if (checked && (chk = hv_owned_check(t, a->pfn, level, false)) != KVMMU_RMP_CHK_OK) {
-            chk = KVMMU_RMP_CHK_HV_OWNED;
-            *fault = KVMMU_RMP_RC_NPF;
-            *exitinfo = npf_base(a, false);
-        }
-        return chk;
-    }
-
-    const uint64_t *e = entry_ptr(t, a->pfn);
-    bool in2m = false;
-    if (!e || (level > PG_LEVEL_4K && !entry_ptr(t, a->pfn & PMD_PFN_MASK)))
-        chk = KVMMU_RMP_CHK_COVERED;
-    else {
-        const uint64_t *g = governing(t, a->pfn, e, &in2m);
-        uint64_t lo = g[0];
-        uint64_t want = in2m ? lo_gfn(lo) + (a->pfn & (PTRS_PER_PMD - 1)) : lo_gfn(lo);
-        if (!(lo & RMP_ASSIGNED) || lo_asid(lo) != a->asid)
-            chk = KVMMU_RMP_CHK_GUEST_OWNED;
-        else if (want != a->gfn)
-            chk = KVMMU_RMP_CHK_REVERSE_MAP;
-        else if (lo & RMP_IMMUTABLE)
-            chk = KVMMU_RMP_CHK_MUTABLE;
-        else if (in2m != (level > PG_LEVEL_4K))
-            chk = KVMMU_RMP_CHK_PAGE_SIZE;
-        else if (!(lo & RMP_VALIDATED))
-            chk = KVMMU_RMP_CHK_VALIDATED;
-        else {
-            uint32_t p = a->vmpl < 4 ? hi_perm(g[1], a->vmpl) : 0;
-            bool ok;
-            if (a->kind == KVMMU_RMP_ACC_FETCH)
-                ok = p & (a->user ? PERM_XU : PERM_XS);
-            else if (is_write)
-                ok = (p & (PERM_R | PERM_W)) == (PERM_R | PERM_W);
-            else
-                ok = p & PERM_R;
-            if (!ok)
-                chk = KVMMU_RMP_CHK_VMPL;
-        }
-    }
+    if (!(a->snp_active && (a->c_bit || forced_c)))
+        return guest_check_shared(t, a, level, is_write, fault, exitinfo);
+    int chk = guest_check_private(t, a, level, is_write);
     if (chk == KVMMU_RMP_CHK_VALIDATED) {
         *fault = KVMMU_RMP_RC_VC;
         *exitinfo = SVM_EXIT_VC_NOT_VALIDATED;

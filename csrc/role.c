@@ -473,24 +473,49 @@ ROLE_AVX512 static size_t unpack32_avx512(const struct role_simd32 *c, uint32_t 
 }
 #endif
 
+/* A batch's start: the layout's masks in *m, and the error word (err, or dummy when err is
+ * NULL) cleared; returns the error word's address. */
+static inline int *role_batch_begin(const struct kvmmu_role_layout *lay, struct role_masks *m,
+                                    int *err, int *dummy)
+{
+    if (!err)
+        err = dummy;
+    *err = 0;
+    role_masks(lay, m);
+    return err;
+}
+
+#if ROLE_HAVE_BMI2_PATH && defined(KVMMU_HAVE_AVX512)
+/* Whether a batch of n ROW32 rows takes the AVX-512 path (16 rows or more, the ISA cap
+ * allowing it, a layout role_simd32_init can hold: *c filled), and how: its output (elem
+ * bytes per row at out) is streamed (*nt) only past KVMMU_STREAM_MIN_BYTES and when out is
+ * elem-aligned, after a scalar head of *head rows up to a 64-byte boundary. */
+static inline bool role_simd32_plan(const struct kvmmu_role_layout *lay,
+                                    const struct role_masks *m, struct role_simd32 *c,
+                                    const void *out, size_t elem, size_t n, bool *nt, size_t *head)
+{
+    if (lay->row != KVMMU_ROLE_ROW32 || n < 16 || !kvmmu_avx512_ok(lay->isa) ||
+        !role_simd32_init(lay, m, c))
+        return false;
+    *nt = role_stream((uint64_t)n * elem) && !((uintptr_t)out & (elem - 1));
+    *head = *nt ? ((64 - ((uintptr_t)out & 63)) & 63) / elem : 0;
+    return true;
+}
+#endif
+
 size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_t *fields,
                                uint32_t *out, size_t n, int *err)
 {
     struct role_masks m;
     int dummy;
 
-    if (!err)
-        err = &dummy;
-    *err = 0;
-    role_masks(lay, &m);
+    err = role_batch_begin(lay, &m, err, &dummy);
 #if ROLE_HAVE_BMI2_PATH && defined(KVMMU_HAVE_AVX512)
     struct role_simd32 c;
+    size_t head;
+    bool nt;
 
-    if (lay->row == KVMMU_ROLE_ROW32 && n >= 16 && kvmmu_avx512_ok(lay->isa) &&
-        role_simd32_init(lay, &m, &c)) {
-        /* streamed only past KVMMU_STREAM_MIN_BYTES of output, after a head to 64 bytes */
-        const bool nt = role_stream((uint64_t)n * 4) && !((uintptr_t)out & 3);
-        const size_t head = nt ? (((64 - ((uintptr_t)out & 63)) & 63) / 4) : 0;
+    if (role_simd32_plan(lay, &m, &c, out, 4, n, &nt, &head)) {
         size_t r = pack32_scalar(lay, &m, fields, out, head, err), done;
 
         if (r)
@@ -509,18 +534,13 @@ size_t kvmmu_role_unpack_batch32(const struct kvmmu_role_layout *lay, const uint
     struct role_masks m;
     int dummy;
 
-    if (!err)
-        err = &dummy;
-    *err = 0;
-    role_masks(lay, &m);
+    err = role_batch_begin(lay, &m, err, &dummy);
 #if ROLE_HAVE_BMI2_PATH && defined(KVMMU_HAVE_AVX512)
     struct role_simd32 c;
+    size_t head;
+    bool nt;
 
-    if (lay->row == KVMMU_ROLE_ROW32 && n >= 16 && kvmmu_avx512_ok(lay->isa) &&
-        role_simd32_init(lay, &m, &c)) {
-        /* streamed only past KVMMU_STREAM_MIN_BYTES of output, after a head to 64 bytes */
-        const bool nt = role_stream((uint64_t)n * 16) && !((uintptr_t)out & 15);
-        const size_t head = nt ? (((64 - ((uintptr_t)out & 63)) & 63) / 16) : 0;
+    if (role_simd32_plan(lay, &m, &c, out, 16, n, &nt, &head)) {
         size_t r = unpack32_scalar(lay, &m, words, out, head, strict, err), done;
 
         if (r)
@@ -541,10 +561,7 @@ size_t kvmmu_role_pack_batch64(const struct kvmmu_role_layout *lay, const uint8_
     bool fast = have_bmi2(lay);
     int dummy;
 
-    if (!err)
-        err = &dummy;
-    *err = 0;
-    role_masks(lay, &m);
+    err = role_batch_begin(lay, &m, err, &dummy);
     for (size_t i = 0; i < n; i++) {
         const uint8_t *row = fields + (size_t)lay->row * i;
 
@@ -571,10 +588,7 @@ size_t kvmmu_role_unpack_batch64(const struct kvmmu_role_layout *lay, const uint
     bool fast = have_bmi2(lay);
     int dummy;
 
-    if (!err)
-        err = &dummy;
-    *err = 0;
-    role_masks(lay, &m);
+    err = role_batch_begin(lay, &m, err, &dummy);
     for (size_t i = 0; i < n; i++) {
         uint8_t *row = out + (size_t)lay->row * i;
 

@@ -249,6 +249,11 @@ def _never_private(gfn: int) -> bool:
     return False
 
 
+def _constant(value):
+    """A callable of gfn that returns ``value`` (a FaultContext's is_private / slot_kind)."""
+    return lambda gfn: value
+
+
 @dataclass
 class FaultContext:
     """What a classification policy may look at: the VM's type, its TDX shared bit, its
@@ -303,6 +308,7 @@ class FaultDecision:
     def outcome(self) -> str:
         """A short label: private / shared / gmem_shared / mmio / exit:P / exit:S."""
         if self.action == "exit":
+            assert self.exit is not None            # faultin_action: an exit carries its fault
             return "exit:P" if self.exit.private else "exit:S"
         return "mmio" if self.action == "noslot" else self.action
 
@@ -338,7 +344,7 @@ def upstream_error_code(ctx, gpa: int, error_code: int):
        bit clear) -> PRIVATE_ACCESS; 3. ``kvm_mmu_page_fault()``: SW-protected VMs take it from
        the attributes of ``gpa_to_gfn(gpa)`` unless the fault is a reserved-bit (MMIO) fault.
     """
-    warnings = ()
+    warnings: tuple[str, ...] = ()
     _ctx(ctx)
     gpa = u64("gpa", gpa)
     ec = error_code = u64("error_code", error_code)
@@ -667,8 +673,8 @@ def policy_table(policies=None, only_disagreements: bool = True, error_codes=Non
             for attr in attrs_choices:
                 for ec_name, ec in ecs.items():
                     for shared_bit in ((False, True) if vt == KVM_X86_TDX_VM else (False,)):
-                        ctx = FaultContext(vm_type=vt, is_private=lambda g, a=attr: a,
-                                           slot_kind=lambda g, s=slot: s)
+                        ctx = FaultContext(vm_type=vt, is_private=_constant(attr),
+                                           slot_kind=_constant(slot))
                         gpa = 0x1000 | ((1 << 51) if shared_bit else 0)
                         outs = {p.name: decide(ctx, gpa, ec, p).outcome for p in pols}
                         if only_disagreements and len(set(outs.values())) == 1:

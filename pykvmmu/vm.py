@@ -13,7 +13,8 @@ must.  :meth:`Vm.check` verifies the invariants after any step.
 from __future__ import annotations
 
 import errno as _errno
-from typing import NamedTuple, Optional
+import operator
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -45,6 +46,35 @@ _PFERR_RSVD = P.PFERR_RSVD_MASK
 #: The built-in policies: pure functions of (VM type, gpa, error code, attributes, memslot
 #: kind), so that their verdict on a cached fault stands until one of those changes.
 _PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
+
+
+def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> property:
+    """A :class:`Vm` setting that the fault path reads, stored checked as ``_<name>``:
+    setting it checks the value (``check(vm, value)``, which refuses a bad one before
+    anything changes) and empties the fault cache, whose entries assumed the old value."""
+    attr = "_" + name
+
+    def set_input(vm: Vm, value: object) -> None:
+        setattr(vm, attr, check(vm, value))
+        vm._fc.clear()
+    return property(operator.attrgetter(attr), set_input, doc=doc)
+
+
+def _checked_policy(vm: Vm, value) -> P.FaultPolicy:
+    value = P.get_policy(value)
+    vm._fc_policy_ok = type(value) in _PURE_POLICIES
+    return value
+
+
+def _checked_max_level(value) -> int:
+    return in_range("max_level", value, PG_LEVEL_4K, PG_LEVEL_1G, "PG_LEVEL_4K..PG_LEVEL_1G",
+                    err=VmError)
+
+
+def _checked_gmem_hooks(vm: Vm, value) -> GmemHooks:
+    if not isinstance(value, GmemHooks):
+        raise VmError(f"gmem_hooks={value!r}: expected a GmemHooks (or subclass)")
+    return value
 
 
 class InvariantError(AssertionError):
@@ -191,6 +221,11 @@ class Vm(MmuLock):
     """One VM of a given type (``"snp"``, ``"tdx"``, ``"sw_protected"``, ``"default"``...)."""
 
     _next_id = 1
+    #: ``kvm_mem_is_private(gfn) -> bool``: each VM binds its attribute store's method (one
+    #: call per query).
+    is_private: Callable[[int], bool]
+    #: Whether the policy is one of the built-in pure ones (see _fc_store).
+    _fc_policy_ok: bool
 
     def __init__(self, vm_type="snp", *, cfg: Optional[MmuConfig] = None, gpaw: int = 52,
                  policy=None, host: Optional[HostMemory] = None, rmp=None, hooks=None,
@@ -206,8 +241,7 @@ class Vm(MmuLock):
         if isinstance(folio_order, bool) or folio_order not in (0, 9) or \
                 not isinstance(folio_order, int):
             raise VmError(f"folio_order={folio_order!r}: 0 (upstream) or 9 (2 MiB folios)")
-        max_level = in_range("max_level", max_level, PG_LEVEL_4K, PG_LEVEL_1G,
-                             "PG_LEVEL_4K..PG_LEVEL_1G", err=VmError)
+        max_level = _checked_max_level(max_level)
         log = boolean("log", log, err=VmError)
         if cfg is not None and not isinstance(cfg, MmuConfig):
             raise VmError(f"cfg={cfg!r}: expected an MmuConfig or None")
@@ -251,7 +285,7 @@ class Vm(MmuLock):
         self._max_level = max_level
         self.levels = 5 if gpaw == 52 and self.vm_type == P.KVM_X86_TDX_VM else 4
         self.mmu_lock_held = 0
-        self.trace = [] if log else None
+        self.trace: Optional[list] = [] if log else None
         self._shared_pfn: dict = {}            # hva page -> host pfn (the host's shared memory)
         self._max_gfn = (1 << (cfg.maxphyaddr - 12)) - 1
         # TDP roots: TDX has a mirror (private, S-EPT) root and a direct (shared) root.
@@ -273,7 +307,7 @@ class Vm(MmuLock):
         self._out_spte = ffi.new("uint64_t *")
         self._out_level = ffi.new("uint32_t *")
         self.roots = {r: self._alloc_table() for r in self.root_names}
-        self.leaves = {r: {} for r in self.root_names}    # base gfn -> (level, pfn, kind)
+        self.leaves: dict = {r: {} for r in self.root_names}  # base gfn -> (level, pfn, kind)
         self.stats = dict(faults=0, mapped=0, exits=0, retries=0, emulate=0, zapped=0)
         if self.vm_type == P.KVM_X86_SNP_VM:
             if rmp is None:
@@ -289,50 +323,15 @@ class Vm(MmuLock):
 
     # ------------------------------------------------------------------ settings
     # Inputs of the fault path that users may replace: setting one empties the fault cache.
-    @property
-    def policy(self):
-        """The classification policy (:func:`pykvmmu.private.get_policy`: a name or an object)."""
-        return self._policy
-
-    @policy.setter
-    def policy(self, value):
-        value = P.get_policy(value)
-        self._policy = value
-        self._fc_policy_ok = type(value) in _PURE_POLICIES
-        self._fc.clear()
-
-    @property
-    def max_level(self) -> int:
-        """The largest page level a fault may map (``max_huge_page_level``)."""
-        return self._max_level
-
-    @max_level.setter
-    def max_level(self, value):
-        self._max_level = in_range("max_level", value, PG_LEVEL_4K, PG_LEVEL_1G,
-                                   "PG_LEVEL_4K..PG_LEVEL_1G", err=VmError)
-        self._fc.clear()
-
-    @property
-    def gmem_hooks(self) -> GmemHooks:
-        """The vendor's guest_memfd hooks (:class:`SnpHooks`, :class:`TdxHooks`...)."""
-        return self._gmem_hooks
-
-    @gmem_hooks.setter
-    def gmem_hooks(self, value):
-        if not isinstance(value, GmemHooks):
-            raise VmError(f"gmem_hooks={value!r}: expected a GmemHooks (or subclass)")
-        self._gmem_hooks = value
-        self._fc.clear()
-
-    @property
-    def sw_protected_enabled(self) -> bool:
-        """``CONFIG_KVM_SW_PROTECTED_VM`` (SW-protected VMs take privacy from the attributes)."""
-        return self._sw_protected_enabled
-
-    @sw_protected_enabled.setter
-    def sw_protected_enabled(self, value):
-        self._sw_protected_enabled = boolean("sw_protected_enabled", value, err=VmError)
-        self._fc.clear()
+    policy = _fault_input("policy", _checked_policy, "The classification policy "
+                          "(:func:`pykvmmu.private.get_policy`: a name or an object).")
+    max_level = _fault_input("max_level", lambda vm, value: _checked_max_level(value),
+                             "The largest page level a fault may map (``max_huge_page_level``).")
+    gmem_hooks = _fault_input("gmem_hooks", _checked_gmem_hooks, "The vendor's guest_memfd hooks "
+                              "(:class:`SnpHooks`, :class:`TdxHooks`...).")
+    sw_protected_enabled = _fault_input(
+        "sw_protected_enabled", lambda vm, value: boolean("sw_protected_enabled", value, err=VmError),
+        "``CONFIG_KVM_SW_PROTECTED_VM`` (SW-protected VMs take privacy from the attributes).")
 
     # ------------------------------------------------------------------ fault cache
     def _fc_drop(self, start: int, end: int) -> None:
@@ -360,10 +359,6 @@ class Vm(MmuLock):
         """The VM's whole state (slots, attributes, tables, host memory, RMP...), comparable:
         a refused call must leave it equal."""
         return snapshot(self)
-
-    def is_private(self, gfn: int) -> bool:
-        """``kvm_mem_is_private`` (each VM binds its attribute store's method over this one)."""
-        return self.attrs.is_private(gfn)
 
     def slot_of(self, gfn: int) -> Optional[Memslot]:
         """``gfn_to_memslot``."""
@@ -613,10 +608,12 @@ class Vm(MmuLock):
             change = "flags"
         else:
             return "none"
-        if change in ("move", "flags") and old.flags & KVM_MEM_GUEST_MEMFD:
-            raise VmError(f"slot {slot_id}: guest_memfd memslots are immutable ({change} refused)")
-        if change in ("move", "flags") and (old.flags ^ flags) & KVM_MEM_GUEST_MEMFD:
-            raise VmError(f"slot {slot_id}: KVM_MEM_GUEST_MEMFD cannot be toggled")
+        if change in ("move", "flags"):
+            assert old is not None
+            if old.flags & KVM_MEM_GUEST_MEMFD:
+                raise VmError(f"slot {slot_id}: guest_memfd memslots are immutable ({change} refused)")
+            if (old.flags ^ flags) & KVM_MEM_GUEST_MEMFD:
+                raise VmError(f"slot {slot_id}: KVM_MEM_GUEST_MEMFD cannot be toggled")
         s = self.memslots.overlapping(base, npages, old) if change in ("create", "move") else None
         if s is not None:
             raise VmError(f"slot {slot_id}: gfns [{base:#x}, {base + npages:#x}) overlap slot "
@@ -627,23 +624,29 @@ class Vm(MmuLock):
                           userspace_addr if userspace_addr is not None else 0x7f0000000000 + gpa,
                           flags)
             if flags & KVM_MEM_GUEST_MEMFD:
+                assert guest_memfd is not None                # refused above when None
                 guest_memfd.check_bind(self, npages, off)     # validate before any change
         # ---- commit: nothing below can fail
         self._fc.clear()
         self._gens.begin_update(0)
         if change == "create":
+            assert new is not None
             if flags & KVM_MEM_GUEST_MEMFD:
+                assert guest_memfd is not None
                 guest_memfd.bind(new, off)
             self.memslots.add(new)
         elif change == "delete":
+            assert old is not None
             self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
             if old.gmem_file is not None:
                 old.gmem_file.unbind(old)
             self.memslots.remove(old)
         elif change == "move":
+            assert old is not None
             self._zap_gfn_range(old.base_gfn, old.end_gfn, KVM_FILTER_PRIVATE | KVM_FILTER_SHARED)
             old.base_gfn = base
         else:
+            assert old is not None
             old.flags = flags
             if flags & KVM_MEM_LOG_DIRTY_PAGES:
                 # dirty logging write-protects; model: zap so that faults re-install
@@ -754,8 +757,10 @@ class Vm(MmuLock):
                                     "host MAXPHYADDR: no SPTE")
             pfn, max_level, kind = None, PG_LEVEL_4K, "mmio"
         elif action == "shared":
+            assert slot is not None             # faultin_action: only noslot/exit lack a slot
             pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
         else:                                   # guest_memfd: "private" or "gmem_shared"
+            assert slot is not None
             if slot.gmem_file is None:
                 return self._exit(P.MemoryFaultExit.for_fault(
                     gfn, is_private, "guest_memfd was released (kvm_gmem_get_pfn: -EFAULT)"))
@@ -784,6 +789,7 @@ class Vm(MmuLock):
                 self._install(root, gfn, PG_LEVEL_4K, spte, None, "mmio")
                 self.stats["emulate"] += 1
                 return FaultOutcome("emulate", gfn, spte=spte, reason="MMIO SPTE installed")
+            assert slot is not None and pfn is not None     # set for every kind but mmio
             level = PG_LEVEL_4K
             for lv in (PG_LEVEL_1G, PG_LEVEL_2M):
                 if lv <= max_level and self._lpage_ok(slot, gfn, lv, is_private):
@@ -919,7 +925,8 @@ class Vm(MmuLock):
         """
         cfg = self.cfg
         tables = self.walk()
-        priv_pfns, shared_pfns = set(), set()
+        priv_pfns: set[int] = set()
+        shared_pfns: set[int] = set()
         for root in self.root_names:
             idx, tab = self.leaves[root], tables[root]
             if set(idx) != set(tab):
@@ -940,7 +947,7 @@ class Vm(MmuLock):
                 if S.spte_to_pfn(cfg, s) != pfn:
                     raise InvariantError(f"gfn {base:#x}: spte pfn {S.spte_to_pfn(cfg, s):#x} != {pfn:#x}")
                 n = PAGES[lv]
-                owners = {self.host.owner.get(p) for p in range(pfn, pfn + n)}
+                owners: set = {self.host.owner.get(p) for p in range(pfn, pfn + n)}
                 if None in owners:
                     raise InvariantError(f"root {root} gfn {base:#x}: SPTE maps freed pfn(s) in "
                                          f"[{pfn:#x}, {pfn + n:#x})")

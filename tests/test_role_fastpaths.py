@@ -36,13 +36,15 @@ class SubState(R.VcpuState):
     """A VcpuState subclass: never memoised (not the exact type)."""
 
 
-# (public, uncached computation, extra positional arguments drawn per call)
+# (public, uncached computation (a routine's `_` twin, or `__wrapped__` of a `_memo_on_vcpu` one),
+# extra positional arguments drawn per call)
 STATE_FNS = [
     (R.kvm_calc_mmu_role_ext, C._kvm_calc_mmu_role_ext, st.tuples(st.booleans())),
-    (R.kvm_calc_cpu_role, C._kvm_calc_cpu_role, st.just(())),
+    (R.kvm_calc_cpu_role, R.kvm_calc_cpu_role.__wrapped__, st.just(())),
     (R.kvm_calc_tdp_mmu_root_page_role, C._kvm_calc_tdp_mmu_root_page_role,
      st.tuples(st.integers(3, 6), st.booleans(), st.booleans())),
-    (R.kvm_calc_shadow_mmu_root_page_role, C._kvm_calc_shadow_mmu_root_page_role, st.just(())),
+    (R.kvm_calc_shadow_mmu_root_page_role, R.kvm_calc_shadow_mmu_root_page_role.__wrapped__,
+     st.just(())),
     (R.shadow_root_sp_roles, C._shadow_root_sp_roles, st.just(())),
     (R.kvm_calc_shadow_ept_root_page_role, C._kvm_calc_shadow_ept_root_page_role,
      st.tuples(st.booleans(), st.booleans(), st.integers(3, 6), st.booleans())),

@@ -36,6 +36,23 @@ def _memo_put(key, result):
     return result
 
 
+def _memo_on_vcpu(tag: str):
+    """Decorate the full-check computation ``fn(era, v)`` of a role routine whose result
+    depends on the era and the vCPU state alone: the routine then looks its memo key
+    (era, ``tag``, ``v._key``) up first when ``v`` is exactly a VcpuState (see _memo_put)."""
+    def wrap(compute):
+        def memoized(era, v):
+            if era.__class__ is not RoleEra:
+                era = get_era(era)
+            if v.__class__ is VcpuState:
+                key = (era, tag, v._key)
+                r = _MEMO.get(key)
+                return r if r is not None else _memo_put(key, compute(era, v))
+            return compute(era, v)
+        return functools.update_wrapper(memoized, compute)
+    return wrap
+
+
 def _vcpu(v, name: str = "v"):
     if not isinstance(v, VcpuState):
         raise InputError(f"{name}={v!r}: expected a VcpuState, got {type(v).__name__}")
@@ -159,19 +176,9 @@ def _kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
     return era.ext.pack({k: int(x) for k, x in vals.items() if k in names})
 
 
+@_memo_on_vcpu("cpu")
 def kvm_calc_cpu_role(era, v: VcpuState) -> CpuRole:
     """kvm_calc_cpu_role (v5.19+): the guest's paging mode as a role (level 0 = CR0.PG=0)."""
-    if era.__class__ is not RoleEra:
-        era = get_era(era)
-    if v.__class__ is VcpuState:
-        key = (era, "cpu", v._key)
-        r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_calc_cpu_role(era, v))
-    return _kvm_calc_cpu_role(era, v)
-
-
-def _kvm_calc_cpu_role(era, v: VcpuState) -> CpuRole:
-    """The computation of :func:`kvm_calc_cpu_role` (full checks, no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     _require(era, era.has_cpu_role, "kvm_calc_cpu_role (v5.19+)")
@@ -232,19 +239,9 @@ def _kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
     return _pk(era, **f)
 
 
+@_memo_on_vcpu("shadow")
 def kvm_calc_shadow_mmu_root_page_role(era, v: VcpuState) -> int:
     """The shadow-paging (TDP off) root role for vCPU state ``v``."""
-    if era.__class__ is not RoleEra:
-        era = get_era(era)
-    if v.__class__ is VcpuState:
-        key = (era, "shadow", v._key)
-        r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_calc_shadow_mmu_root_page_role(era, v))
-    return _kvm_calc_shadow_mmu_root_page_role(era, v)
-
-
-def _kvm_calc_shadow_mmu_root_page_role(era, v: VcpuState) -> int:
-    """The computation of :func:`kvm_calc_shadow_mmu_root_page_role` (full checks, no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     pg = v.cr0_pg
