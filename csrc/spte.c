@@ -626,6 +626,50 @@ static size_t mk_batch_shared(const struct kvmmu_cfg *c, const struct mk_args *a
     return 0;
 }
 
+typedef uint64_t mk_table_kernel(const uint64_t *tab, const uint64_t *pfn, const uint8_t *level,
+                                 uint32_t level_scalar, const uint8_t *acc, uint32_t acc_scalar,
+                                 const uint8_t *mk, uint64_t *out, size_t n, uint64_t pfn_bad,
+                                 size_t *done, bool stream);
+
+/* The vector part of mk_batch_table: the widest gather kernel the ISA cap allows takes the
+ * elements [*head, *end) (huge outputs: streaming stores from the first element aligned to its
+ * vector width); returns the OR of their bad-input bits.  No kernel: *head = *end = 0. */
+static uint64_t mk_table_vector(const struct kvmmu_cfg *c, const struct mk_args *a, const uint64_t *tab,
+                                uint64_t pfn_bad, size_t *head, size_t *end)
+{
+    mk_table_kernel *kernel = NULL;
+    uintptr_t width = 0;
+    *head = *end = 0;
+    if (a->wrprot)
+        return 0;
+#ifdef KVMMU_HAVE_AVX512
+    if (kvmmu_avx512_ok(c->isa)) {
+        kernel = mk_table_avx512;
+        width = 64;
+    }
+#endif
+#ifdef KVMMU_HAVE_AVX2_GATHER
+    if (!kernel && kvmmu_avx2_ok(c->isa)) {
+        kernel = mk_table_avx2;
+        width = 32;
+    }
+#endif
+    if (!kernel)
+        return 0;
+    const size_t n = a->n;
+    const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)a->out & 7);
+    size_t h = stream ? ((width - ((uintptr_t)a->out & (width - 1))) & (width - 1)) / 8 : 0;
+    if (h > n)
+        h = n;
+    size_t done = 0;
+    const uint64_t bad = kernel(tab, a->pfn + h, a->level ? a->level + h : NULL, a->level_s,
+                                a->acc ? a->acc + h : NULL, a->acc_s, a->mk ? a->mk + h : NULL,
+                                a->out + h, n - h, pfn_bad, &done, stream);
+    *head = h;
+    *end = h + done;
+    return bad;
+}
+
 /* Only (level, access, flags) vary: tabulate make_spte without the pfn once, then look up
  * (four at a time with an AVX2 gather when the ISA cap allows). */
 static size_t mk_batch_table(const struct kvmmu_cfg *c, const struct mk_args *a, int *err)
@@ -642,39 +686,8 @@ static size_t mk_batch_table(const struct kvmmu_cfg *c, const struct mk_args *a,
                                  (k % 256) | a->mk_s, a->mt_s, &wp);
         tab_wp[k] = wp;
     }
-    uint64_t bad = 0;
     size_t head = 0, end = 0;
-    bool vec = false;
-#ifdef KVMMU_HAVE_AVX512
-    if (!a->wrprot && kvmmu_avx512_ok(c->isa)) {
-        /* Huge outputs: streaming stores from the first 64-byte aligned element on. */
-        const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 7);
-        head = stream ? (((64 - ((uintptr_t)out & 63)) & 63) / 8) : 0;
-        if (head > n)
-            head = n;
-        size_t done = 0;
-        bad = mk_table_avx512(tab, pfn + head, a->level ? a->level + head : NULL, a->level_s,
-                              a->acc ? a->acc + head : NULL, a->acc_s, a->mk ? a->mk + head : NULL,
-                              out + head, n - head, pfn_bad, &done, stream);
-        end = head + done;
-        vec = true;
-    }
-#endif
-#ifdef KVMMU_HAVE_AVX2_GATHER
-    if (!vec && !a->wrprot && kvmmu_avx2_ok(c->isa)) {
-        /* Huge outputs: streaming stores from the first 32-byte aligned element on. */
-        const bool stream = (uint64_t)n * 8 >= KVMMU_STREAM_MIN_BYTES && !((uintptr_t)out & 7);
-        head = stream ? (((32 - ((uintptr_t)out & 31)) & 31) / 8) : 0;
-        if (head > n)
-            head = n;
-        size_t done = 0;
-        bad = mk_table_avx2(tab, pfn + head, a->level ? a->level + head : NULL, a->level_s,
-                            a->acc ? a->acc + head : NULL, a->acc_s, a->mk ? a->mk + head : NULL,
-                            out + head, n - head, pfn_bad, &done, stream);
-        end = head + done;
-    }
-#endif
-    (void)vec;
+    uint64_t bad = mk_table_vector(c, a, tab, pfn_bad, &head, &end);
     for (size_t i = 0; i < n; i++) {
         if (i == head)
             i = end > head ? end : head;
