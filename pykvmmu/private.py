@@ -14,6 +14,7 @@ numpy arrays runs in the C core (:func:`classify_batch`).
 """
 from __future__ import annotations
 
+import enum
 import errno as _errno
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
@@ -40,7 +41,7 @@ __all__ = [
     "Classification", "FaultDecision", "FaultPolicy", "UpstreamPolicy", "RfcV9MaskPolicy",
     "MaskPolicy", "ThreeWayPolicy", "SoftwarePferrPolicy", "POLICIES", "get_policy",
     "KVM_FAULT_VMM_DEFINED", "KVM_FAULT_SHARED", "KVM_FAULT_PRIVATE", "upstream_error_code",
-    "kvm_mmu_do_page_fault", "vendor_says_private", "faultin_action", "faultin_decision", "EXIT_NOSLOT_PRIVATE",
+    "kvm_mmu_do_page_fault", "vendor_says_private", "faultin_action", "SlotKind", "FaultAction", "faultin_decision", "EXIT_NOSLOT_PRIVATE",
     "EXIT_NO_GMEM", "decide", "policy_table", "format_policy_table",
     "classify_batch", "ept_violation_error_code", "prefault_error_code", "PrivateFaultError",
 ]
@@ -254,6 +255,29 @@ def _constant(value):
     return lambda gfn: value
 
 
+class SlotKind(str, enum.Enum):
+    """What a context's ``slot_kind(gfn)`` returns for a memslot (None: no memslot); the plain
+    strings work too."""
+    PLAIN = "plain"              # userspace memory only
+    GMEM = "gmem"                # guest_memfd-backed (KVM_MEM_GUEST_MEMFD)
+    GMEM_ONLY = "gmem_only"      # mmap-able guest_memfd (v6.18+): shared faults use it too
+
+
+class FaultAction(str, enum.Enum):
+    """``FaultDecision.action``: where :func:`faultin_action` sends a fault (the decision
+    holds the plain string, which compares equal to its member)."""
+    PRIVATE = "private"          # guest_memfd faultin
+    SHARED = "shared"            # host memory faultin
+    GMEM_SHARED = "gmem_shared"  # a shared fault served by a gmem-only slot
+    NOSLOT = "noslot"            # emulated MMIO: an MMIO SPTE may be installed
+    EXIT = "exit"                # KVM_EXIT_MEMORY_FAULT
+
+
+_SLOT_KINDS = frozenset(k.value for k in SlotKind)
+_SLOT_PLAIN, _SLOT_GMEM_ONLY = SlotKind.PLAIN.value, SlotKind.GMEM_ONLY.value
+_A_PRIVATE, _A_SHARED, _A_GMEM_SHARED, _A_NOSLOT, _A_EXIT = (a.value for a in FaultAction)
+
+
 @dataclass
 class FaultContext:
     """What a classification policy may look at: the VM's type, its TDX shared bit, its
@@ -307,10 +331,10 @@ class FaultDecision:
     @property
     def outcome(self) -> str:
         """A short label: private / shared / gmem_shared / mmio / exit:P / exit:S."""
-        if self.action == "exit":
+        if self.action == _A_EXIT:
             assert self.exit is not None            # faultin_action: an exit carries its fault
             return "exit:P" if self.exit.private else "exit:S"
-        return "mmio" if self.action == "noslot" else self.action
+        return "mmio" if self.action == _A_NOSLOT else self.action
 
 
 _CTX_ATTRS = ("vm_type", "gfn_direct_bits", "is_private", "slot_kind")
@@ -571,16 +595,19 @@ def faultin_action(gfn: int, is_private: bool, ex: Optional[MemoryFaultExit],
     slot -> guest_memfd (``gmem_shared``); else host memory (``shared``).  The one tree:
     :func:`decide` (through :func:`faultin_decision`) and ``pykvmmu.vm.Vm.fault`` use it."""
     if ex is not None:
-        return "exit", ex
+        return _A_EXIT, ex
     if slot_kind is None:
         if is_private:
-            return "exit", MemoryFaultExit.for_fault(gfn, True, EXIT_NOSLOT_PRIVATE)
-        return "noslot", None
+            return _A_EXIT, MemoryFaultExit.for_fault(gfn, True, EXIT_NOSLOT_PRIVATE)
+        return _A_NOSLOT, None
+    if slot_kind not in _SLOT_KINDS:
+        raise PrivateFaultError(f"slot_kind={slot_kind!r}: a memslot kind is one of "
+                                f"{', '.join(sorted(_SLOT_KINDS))} (None: no memslot)")
     if is_private:
-        if not slot_kind.startswith("gmem"):
-            return "exit", MemoryFaultExit.for_fault(gfn, True, EXIT_NO_GMEM)
-        return "private", None
-    return ("gmem_shared" if slot_kind == "gmem_only" else "shared"), None
+        if slot_kind == _SLOT_PLAIN:
+            return _A_EXIT, MemoryFaultExit.for_fault(gfn, True, EXIT_NO_GMEM)
+        return _A_PRIVATE, None
+    return (_A_GMEM_SHARED if slot_kind == _SLOT_GMEM_ONLY else _A_SHARED), None
 
 
 def faultin_decision(c: Classification, is_private: bool, ex: Optional[MemoryFaultExit],

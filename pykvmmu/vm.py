@@ -25,6 +25,7 @@ from .memslots import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_REA
                        KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, KVM_USER_MEM_SLOTS, Memslot,
                        MemslotGenerations, MemslotSet, VmError, check_memory_region_flags,
                        kvm_arch_nr_memslot_as_ids)
+from .private import _A_EXIT, _A_NOSLOT, _A_SHARED
 from .rmp import RmpTable, sev_private_max_mapping_level
 from ._batch import uint
 from ._check import boolean, choice, in_range, snapshot, u64
@@ -748,15 +749,15 @@ class Vm(MmuLock):
             stats["retries"] += 1
             return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
         action, ex = P.faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
-        if action == "exit":
+        if action == _A_EXIT:
             return self._exit(ex)
-        if action == "noslot":
+        if action == _A_NOSLOT:
             if not cfg.mmio_caching or gfn > self._max_gfn:
                 self.stats["emulate"] += 1
                 return FaultOutcome("emulate", gfn, reason="no MMIO caching or gfn above "
                                     "host MAXPHYADDR: no SPTE")
             pfn, max_level, kind = None, PG_LEVEL_4K, "mmio"
-        elif action == "shared":
+        elif action == _A_SHARED:
             assert slot is not None             # faultin_action: only noslot/exit lack a slot
             pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
         else:                                   # guest_memfd: "private" or "gmem_shared"

@@ -31,3 +31,25 @@ def test_audit_slot_actions_and_statuses():
     assert STATUSES == tuple(s.value for s in Status)
     r = AuditReport()
     assert r.total(Status.DISAGREED) == r.total("disagreed") == 0
+
+
+def test_fault_actions_and_slot_kinds():
+    from pykvmmu import private as P
+    seen = set()
+    for vt in ("default", "sw_protected", "snp", "tdx"):
+        for kind in (None, *P.SlotKind, "plain", "gmem", "gmem_only"):
+            for priv in (False, True):
+                ctx = P.FaultContext(vm_type=vt, is_private=lambda gfn, p=priv: p,
+                                     slot_kind=lambda gfn, k=kind: k)
+                for ec in (0, P.PFERR_GUEST_ENC_MASK):
+                    d = P.decide(ctx, 0x5000, ec)
+                    assert type(d.action) is str and d.action in set(P.FaultAction)
+                    seen.add(d.action)
+    assert seen == {a.value for a in P.FaultAction}
+    # the member and its string decide alike; an unknown kind is refused, not taken for "plain"
+    ctx = P.FaultContext(vm_type="sw_protected", is_private=lambda gfn: True,
+                         slot_kind=lambda gfn: P.SlotKind.GMEM_ONLY)
+    assert P.decide(ctx, 0x5000, 0).action == P.FaultAction.PRIVATE == "private"
+    bad = P.FaultContext(vm_type="sw_protected", slot_kind=lambda gfn: "gmemx")
+    with pytest.raises(P.PrivateFaultError, match="slot_kind='gmemx': a memslot kind is one of gmem, gmem_only, plain"):
+        P.decide(bad, 0x5000, 0)

@@ -58,7 +58,7 @@ def fuzz_fault(fi: FuzzInput) -> None:
         fi.feature("fault.classify", vt, want[2], want[3])
         for pol in P.POLICIES:
             d = P.decide(ctx, gpa, ec, pol)
-            check(d.action in ("private", "shared", "gmem_shared", "noslot", "exit"),
+            check(d.action in set(P.FaultAction),
                   "decide: unknown action", pol, d.action)
             check((d.exit is not None) == (d.action == "exit"), "decide: exit iff action exit", pol)
             fi.feature("fault.decide", vt, pol, d.outcome)
