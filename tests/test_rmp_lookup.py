@@ -27,7 +27,7 @@ def same_as_entries(t, pfns):
     assert all(np.array_equal(a, b) for a, b in zip(r, plain))
 
 
-@pytest.mark.parametrize("t", tables(), ids=["contiguous", "middle-full", "segmented"])
+@pytest.mark.parametrize("t", list(tables()), ids=["contiguous", "middle-full", "segmented"])
 def test_every_writer_keeps_the_index(t):
     base = 0x40000 if t.segmented else 0
     pfns = np.array([base + x for x in (0, 1, 511, 512, 513, 1023, 1024, 1500)], np.uint64)
@@ -106,7 +106,7 @@ def test_page_cache_controls(tmp_path):
     RmpTable.create(GiB).drop_cache()               # in memory: nothing to drop
 
 
-@pytest.mark.parametrize("t", tables(), ids=["contiguous", "middle-full", "segmented"])
+@pytest.mark.parametrize("t", list(tables()), ids=["contiguous", "middle-full", "segmented"])
 def test_batch_level_index_equals_two_reads(t, monkeypatch):
     """A batch of BATCH_INDEX_RATIO lookups per 2M block or more builds a level index for
     itself (contiguous in-memory tables); its answers equal the two-read lookup's and the
