@@ -12,7 +12,8 @@ import role_dict_model as M
 from pykvmmu import role as R
 from pykvmmu._check import boolean, in_range
 from pykvmmu.errors import PykvmmuError
-from pykvmmu.role import compute as C
+from pykvmmu.ref import role as ref_role
+from pykvmmu.role import compute as C, packing as P
 
 ERAS = [R.get_era(e) for e in R.ERAS]
 FLAGS = [f for f in R.VcpuState.__dataclass_fields__ if f != "maxphyaddr"]
@@ -116,3 +117,22 @@ def test_replace_equals_dataclasses_replace(v, kw):
     assert got == want
     if got[0] == "ok":
         assert got[1]._key == want[1]._key == R.VcpuState(**{**dataclasses.asdict(v), **kw})._key
+
+
+# --------------------------------------------------------------------- unpack_cpu_role memo
+@given(st.sampled_from(ERAS), st.one_of(st.integers(0, (1 << 64) - 1), st.sampled_from(
+    [True, False, -1, 1 << 64, 1.0, np.uint64(5), np.int64(-1), None, "1"])))
+def test_unpack_cpu_role_memo_equals_the_full_path(era, x):
+    P._CPU_ROLES.clear()
+    word = x.__class__ is int and 0 <= x < 1 << 64
+    full = outcome(R.unpack_cpu_role, era, np.uint64(x) if word else x)     # numpy: no memo
+    cold = outcome(R.unpack_cpu_role, era, x)
+    assert cold == full == outcome(R.unpack_cpu_role, era, x) == outcome(R.unpack_cpu_role, era.name, x)
+    if word and era.ext is not None:
+        assert cold == ("ok", (x & 0xFFFFFFFF, x >> 32))
+        ref_word = ref_role.pack_cpu_role(era.name, ref_role.unpack_role(era.name, x & 0xFFFFFFFF),
+                                          ref_role.unpack(ref_role.ext_fields(era.name), x >> 32))
+        assert ref_word == x & (era.base.used_mask | era.ext.used_mask << 32)
+    for other in ERAS:          # a memoised word never leaks into another era
+        if other.ext is None:
+            assert outcome(R.unpack_cpu_role, other, 5)[0] == "error"

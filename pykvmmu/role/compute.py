@@ -91,14 +91,18 @@ class VcpuState:
         ``boolean`` / ``in_range`` field by field, in declaration order."""
         vals = (cr0_pg, cr0_wp, cr4_pae, cr4_pse, cr4_pke, cr4_smep, cr4_smap, cr4_la57, efer_lma,
                 efer_nx, smm, guest_mode, maxphyaddr)
-        if not (cr0_pg.__class__ is cr0_wp.__class__ is cr4_pae.__class__ is cr4_pse.__class__
+        if (cr0_pg.__class__ is cr0_wp.__class__ is cr4_pae.__class__ is cr4_pse.__class__
                 is cr4_pke.__class__ is cr4_smep.__class__ is cr4_smap.__class__ is cr4_la57.__class__
                 is efer_lma.__class__ is efer_nx.__class__ is smm.__class__ is guest_mode.__class__
                 is bool and maxphyaddr.__class__ is int and 0 <= maxphyaddr <= 52):
+            d = {"cr0_pg": cr0_pg, "cr0_wp": cr0_wp, "cr4_pae": cr4_pae, "cr4_pse": cr4_pse,
+                 "cr4_pke": cr4_pke, "cr4_smep": cr4_smep, "cr4_smap": cr4_smap, "cr4_la57": cr4_la57,
+                 "efer_lma": efer_lma, "efer_nx": efer_nx, "smm": smm, "guest_mode": guest_mode,
+                 "maxphyaddr": maxphyaddr, "_key": int.from_bytes(bytes(vals), "big")}
+        else:
             vals = tuple(boolean(n, v) for n, v in zip(_VS_BOOLS, vals)) + (in_range(
                 "maxphyaddr", maxphyaddr, 0, 52, "0 (not modelled) or CPUID.80000008H:EAX[7:0]"),)
-        d = dict(zip(_VS_NAMES, vals))
-        d["_key"] = int.from_bytes(bytes(vals), "big")
+            d = dict(zip(_VS_NAMES, vals), _key=int.from_bytes(bytes(vals), "big"))
         _setattr(self, "__dict__", d)
 
     @classmethod
