@@ -383,8 +383,11 @@ def kvm_mmu_get_page_role(era, base_word: int, *, level: int, direct: bool, acce
                 guest_32bit is None or guest_32bit is True or guest_32bit is False):
         key = (era, "get_page", base_word, level, direct, access, gaddr, guest_32bit)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_mmu_get_page_role(
-            era, base_word, level=level, direct=direct, access=access, gaddr=gaddr, guest_32bit=guest_32bit))
+        if r is not None:
+            return r
+        if 0 <= base_word <= _W32 and SP_LEVEL_MIN <= level <= SP_LEVEL_MAX and 0 <= access <= ACC_ALL \
+                and 0 <= gaddr < _U64_END:
+            return _memo_put(key, _get_page_word(era, base_word, level, direct, access, gaddr, guest_32bit))
     return _kvm_mmu_get_page_role(era, base_word, level=level, direct=direct, access=access, gaddr=gaddr,
                                   guest_32bit=guest_32bit)
 
@@ -437,8 +440,10 @@ def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool 
             and (tdp_ad_enabled is True or tdp_ad_enabled is False):
         key = (era, "ept", l1._key, accessed_dirty, execonly, level, tdp_ad_enabled)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_calc_shadow_ept_root_page_role(
-            era, l1, accessed_dirty, execonly, level, tdp_ad_enabled))
+        if r is not None:
+            return r
+        if 4 <= level <= 5 and era.ept_rule is not None:
+            return _memo_put(key, _ept_role(era, l1, accessed_dirty, execonly, level, tdp_ad_enabled))
     return _kvm_calc_shadow_ept_root_page_role(era, l1, accessed_dirty, execonly, level, tdp_ad_enabled)
 
 
@@ -484,8 +489,10 @@ def kvm_calc_shadow_npt_root_page_role(era, l1_npt: VcpuState, tdp_level: int = 
     if l1_npt.__class__ is VcpuState and tdp_level.__class__ is int:
         key = (era, "npt", l1_npt._key, tdp_level)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(
-            key, _kvm_calc_shadow_npt_root_page_role(era, l1_npt, tdp_level))
+        if r is not None:
+            return r
+        if 4 <= tdp_level <= 5:
+            return _memo_put(key, _npt_word(era, l1_npt, tdp_level))
     return _kvm_calc_shadow_npt_root_page_role(era, l1_npt, tdp_level)
 
 
@@ -508,8 +515,10 @@ def kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, inde
             and index.__class__ is int and (guest_32bit is None or guest_32bit is True or guest_32bit is False):
         key = (era, "child", parent_word, direct, access, index, guest_32bit)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_mmu_child_role(
-            era, parent_word, direct=direct, access=access, index=index, guest_32bit=guest_32bit))
+        if r is not None:
+            return r
+        if 0 <= parent_word <= _W32 and 0 <= access <= ACC_ALL and 0 <= index < 512:
+            return _memo_put(key, _child_word(era, parent_word, direct, access, index, guest_32bit))
     return _kvm_mmu_child_role(era, parent_word, direct=direct, access=access, index=index,
                                guest_32bit=guest_32bit)
 
@@ -523,6 +532,12 @@ def _kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, ind
     uint("index", index, 9)
     access = in_range("access", access, 0, 7, "ACC_* bits", err=RoleFieldError)
     guest_32bit = opt_boolean("guest_32bit", guest_32bit)
+    return _child_word(era, parent_word, direct, access, index, guest_32bit)
+
+
+def _child_word(era: RoleEra, parent_word: int, direct: bool, access: int, index: int,
+                guest_32bit: bool | None) -> int:
+    """kvm_mmu_child_role's word: see :func:`kvm_mmu_child_role`."""
     s = era._sh
     w = parent_word & era.base.used_mask
     lvl = (w & _fmask(era, "level")) >> s.level
