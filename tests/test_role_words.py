@@ -56,13 +56,14 @@ def test_state_roles_equal_the_dict_model(era, v, b1, level, b2, b3, b4):
     assert b4 in (True, False)
 
 
-@given(st.sampled_from(ERAS), st.integers(0, (1 << 32) - 1), st.integers(0, 6), st.booleans(),
-       st.integers(0, 8), st.integers(0, (1 << 40) - 1), st.sampled_from([None, False, True]))
+@given(st.sampled_from(ERAS), st.one_of(st.integers(0, (1 << 32) - 1), st.sampled_from([-1, 1 << 32])),
+       st.integers(0, 6), st.booleans(), st.integers(-1, 8),
+       st.one_of(st.integers(0, (1 << 40) - 1), st.sampled_from([-1, 1 << 64])), st.sampled_from([None, False, True]))
 def test_get_page_and_child_roles_equal_the_dict_model(era, word, level, direct, access, x, g32):
     same(R.kvm_mmu_get_page_role, C._kvm_mmu_get_page_role, M._kvm_mmu_get_page_role, era, word,
          level=level, direct=direct, access=access, gaddr=x, guest_32bit=g32)
     same(R.kvm_mmu_child_role, C._kvm_mmu_child_role, M._kvm_mmu_child_role, era, word,
-         direct=direct, access=access, index=x & 0x3FF, guest_32bit=g32)
+         direct=direct, access=access, index=x & 0x3FF if x >= 0 else x, guest_32bit=g32)
 
 
 # --------------------------------------------------------------------- VcpuState fast paths
