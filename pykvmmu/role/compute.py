@@ -426,7 +426,10 @@ def _shadow_root_sp_roles(era, v: VcpuState) -> list:
     if v.cr0_pg and v.efer_lma:
         return [root]
     g32 = v.cr0_pg and not v.cr4_pae
-    return [_get_page_word(era, root, PT32_ROOT_LEVEL, not v.cr0_pg, ACC_ALL, i << 30, g32) for i in range(4)]
+    w = _get_page_word(era, root, PT32_ROOT_LEVEL, not v.cr0_pg, ACC_ALL, 0, g32)     # quadrant 0
+    if not g32:
+        return [w] * 4
+    return [w | quadrant_for_gaddr(i << 30, PT32_ROOT_LEVEL) << era._sh.quadrant for i in range(4)]
 
 
 def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool = True,
