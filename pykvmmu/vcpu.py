@@ -129,11 +129,11 @@ class Vcpu:
         """The role inputs (vcpu_to_role_regs): CR0.PG/WP, CR4 PSE/PAE/LA57/SMEP/SMAP/PKE,
         EFER.LMA/NX, SMM, guest mode."""
         c0, c4, e = self.cr0, self.cr4, self.efer
-        return R.VcpuState(cr0_pg=bool(c0 & CR0_PG), cr0_wp=bool(c0 & CR0_WP),
-                           cr4_pae=bool(c4 & CR4_PAE), cr4_pse=bool(c4 & CR4_PSE),
-                           cr4_pke=bool(c4 & CR4_PKE), cr4_smep=bool(c4 & CR4_SMEP),
-                           cr4_smap=bool(c4 & CR4_SMAP), cr4_la57=bool(c4 & CR4_LA57),
-                           efer_lma=bool(e & EFER_LMA), efer_nx=bool(e & EFER_NX), smm=self.smm,
+        return R.VcpuState(cr0_pg=c0 & CR0_PG != 0, cr0_wp=c0 & CR0_WP != 0,
+                           cr4_pae=c4 & CR4_PAE != 0, cr4_pse=c4 & CR4_PSE != 0,
+                           cr4_pke=c4 & CR4_PKE != 0, cr4_smep=c4 & CR4_SMEP != 0,
+                           cr4_smap=c4 & CR4_SMAP != 0, cr4_la57=c4 & CR4_LA57 != 0,
+                           efer_lma=e & EFER_LMA != 0, efer_nx=e & EFER_NX != 0, smm=self.smm,
                            guest_mode=self.guest_mode, maxphyaddr=self.maxphyaddr)
 
     @property

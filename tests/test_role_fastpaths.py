@@ -40,7 +40,7 @@ class SubState(R.VcpuState):
 # extra positional arguments drawn per call)
 STATE_FNS = [
     (R.kvm_calc_mmu_role_ext, C._kvm_calc_mmu_role_ext, st.tuples(st.booleans())),
-    (R.kvm_calc_cpu_role, R.kvm_calc_cpu_role.__wrapped__, st.just(())),
+    (R.kvm_calc_cpu_role, C._kvm_calc_cpu_role, st.just(())),
     (R.kvm_calc_tdp_mmu_root_page_role, C._kvm_calc_tdp_mmu_root_page_role,
      st.tuples(st.integers(3, 6), st.booleans(), st.booleans())),
     (R.kvm_calc_shadow_mmu_root_page_role, R.kvm_calc_shadow_mmu_root_page_role.__wrapped__,

@@ -9,9 +9,9 @@ from dataclasses import dataclass, replace
 from .._batch import uint
 from .._check import boolean, in_range, opt_boolean
 from ..errors import InputError
-from .eras import (ACC_ALL, EptRule, get_era, MMU_BASE_ROLE_MASK, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, _require,
+from .eras import (_ABSENT, ACC_ALL, EptRule, get_era, MMU_BASE_ROLE_MASK, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, _require,
                    RoleEra, RoleFieldError, SP_LEVEL_MAX, SP_LEVEL_MIN, _sp_level, _tdp_level)
-from .packing import CpuRole
+from .packing import _cpu_role, CpuRole
 
 _U64_END = 1 << 64
 #: Entries of the role computations' memo before it is emptied.
@@ -80,24 +80,30 @@ class VcpuState:
     smm: bool = False
     guest_mode: bool = False
     maxphyaddr: int = 0
+    # Not a field: ``_key``, set by __init__, the checked values as one int (a byte each in
+    # declaration order, maxphyaddr lowest), the role memo's key.
 
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if f.name == "maxphyaddr":
-                object.__setattr__(self, f.name, in_range(
-                    "maxphyaddr", v, 0, 52, "0 (not modelled) or CPUID.80000008H:EAX[7:0]"))
-            else:
-                object.__setattr__(self, f.name, boolean(f.name, v))
-        self._key           # computed once, with the checked values
-
-    @functools.cached_property
-    def _key(self) -> int:
-        """Not a field: the checked values as one int (6 bits each), the role memo's key."""
-        key = 0
-        for f in dataclasses.fields(self):
-            key = key << 6 | getattr(self, f.name)
-        return key
+    def __init__(self, cr0_pg=True, cr0_wp=True, cr4_pae=True, cr4_pse=False, cr4_pke=False,
+                 cr4_smep=False, cr4_smap=False, cr4_la57=False, efer_lma=True, efer_nx=True,
+                 smm=False, guest_mode=False, maxphyaddr=0):
+        """The dataclass fields' defaults (tests/test_role_fastpaths.py holds them equal).
+        Exact bools and an in-range int are taken as they are; anything else goes through
+        ``boolean`` / ``in_range`` field by field, in declaration order."""
+        vals = (cr0_pg, cr0_wp, cr4_pae, cr4_pse, cr4_pke, cr4_smep, cr4_smap, cr4_la57, efer_lma,
+                efer_nx, smm, guest_mode, maxphyaddr)
+        if (cr0_pg.__class__ is cr0_wp.__class__ is cr4_pae.__class__ is cr4_pse.__class__
+                is cr4_pke.__class__ is cr4_smep.__class__ is cr4_smap.__class__ is cr4_la57.__class__
+                is efer_lma.__class__ is efer_nx.__class__ is smm.__class__ is guest_mode.__class__
+                is bool and maxphyaddr.__class__ is int and 0 <= maxphyaddr <= 52):
+            d = {"cr0_pg": cr0_pg, "cr0_wp": cr0_wp, "cr4_pae": cr4_pae, "cr4_pse": cr4_pse,
+                 "cr4_pke": cr4_pke, "cr4_smep": cr4_smep, "cr4_smap": cr4_smap, "cr4_la57": cr4_la57,
+                 "efer_lma": efer_lma, "efer_nx": efer_nx, "smm": smm, "guest_mode": guest_mode,
+                 "maxphyaddr": maxphyaddr, "_key": int.from_bytes(bytes(vals), "big")}
+        else:
+            vals = tuple(boolean(n, v) for n, v in zip(_VS_BOOLS, vals)) + (in_range(
+                "maxphyaddr", maxphyaddr, 0, 52, "0 (not modelled) or CPUID.80000008H:EAX[7:0]"),)
+            d = dict(zip(_VS_NAMES, vals), _key=int.from_bytes(bytes(vals), "big"))
+        _setattr(self, "__dict__", d)
 
     @classmethod
     def long_mode(cls, **kw) -> "VcpuState":
@@ -117,6 +123,22 @@ class VcpuState:
                       "efer_nx": False, **kw})
 
     def replace(self, **kw) -> "VcpuState":
+        """``dataclasses.replace``; exact bools for the flags of an exact VcpuState are set
+        here, in a copy of the instance state with its ``_key`` byte updated."""
+        if self.__class__ is VcpuState:
+            d = self.__dict__.copy()
+            key = d["_key"]
+            for k, v in kw.items():
+                sh = _VS_KEY_SHIFT.get(k)
+                if sh is None or v.__class__ is not bool:
+                    break
+                d[k] = v
+                key = key & ~(0xFF << sh) | v << sh
+            else:
+                d["_key"] = key
+                new = _new(VcpuState)
+                _setattr(new, "__dict__", d)
+                return new
         return replace(self, **kw)
 
     @property
@@ -129,6 +151,13 @@ class VcpuState:
         return 3 if self.cr4_pae else 2
 
 
+_VS_NAMES = tuple(f.name for f in dataclasses.fields(VcpuState))
+_VS_BOOLS = _VS_NAMES[:-1]
+#: VcpuState._key: the shift of each flag's byte.
+_VS_KEY_SHIFT = {n: 8 * (len(_VS_BOOLS) - i) for i, n in enumerate(_VS_BOOLS)}
+_new, _setattr = object.__new__, object.__setattr__
+
+
 def _b4_for(era: RoleEra, eight: bool) -> dict:
     """Bit 4 for a page with 8-byte (or 4-byte) gptes, in the era's sense."""
     if era.bit4 == "has_4_byte_gpte":
@@ -136,9 +165,121 @@ def _b4_for(era: RoleEra, eight: bool) -> dict:
     return {era.bit4: 1 if eight else 0}
 
 
-def _pk(era, **f) -> int:
-    f = {k: int(v) for k, v in f.items() if k in era.base.index}
-    return era.base.pack(f)
+_W32 = 0xFFFFFFFF
+_HAS4 = "has_4_byte_gpte"
+
+
+@functools.lru_cache(maxsize=None)
+def _fmask(era: RoleEra, *names: str) -> int:
+    """The bits of the era's base-role fields ``names`` (those the era has)."""
+    return sum(era.base.field(n).mask for n in names if n in era.base.index)
+
+
+def _eight(era: RoleEra) -> int:
+    """Bit 4 of a page with 8-byte gptes, in the era's sense (:func:`_b4_for`)."""
+    return 0 if era.bit4 == _HAS4 else 1
+
+
+def _tdp_mirror_ok(era: RoleEra, mirror: bool) -> bool:
+    return mirror is False or mirror is True and era.has("is_mirror")
+
+
+# The word builders below take checked inputs.  Each sets the fields of one kernel rule with
+# the era's shifts (``era._sh`` / ``era._xsh``); a field the era lacks lands above bit 31 and
+# the final ``& _W32`` drops it.  ``gm`` is the guest_mode bit the rule stores.
+
+def _ext_word(era: RoleEra, v: VcpuState, execonly: bool) -> int:
+    """kvm_calc_mmu_role_ext / the ext of kvm_calc_cpu_role: from v5.14 (ext.efer_lma) the CR4
+    and EFER bits are gated by CR0.PG (and EFER.LMA), before they are the raw register bits."""
+    x = era._xsh
+    pg = v.cr0_pg
+    if x.efer_lma != _ABSENT:
+        lma = pg and v.efer_lma
+        w = (1 << x.valid | execonly << x.execonly | pg << x.cr0_pg | (pg and v.cr4_pae) << x.cr4_pae
+             | (pg and v.cr4_pse) << x.cr4_pse | (lma and v.cr4_pke) << x.cr4_pke
+             | (pg and v.cr4_smap) << x.cr4_smap | (pg and v.cr4_smep) << x.cr4_smep
+             | (lma and v.cr4_la57) << x.cr4_la57 | lma << x.efer_lma)
+    else:
+        w = (1 << x.valid | execonly << x.execonly | pg << x.cr0_pg | v.cr4_pae << x.cr4_pae
+             | v.cr4_pse << x.cr4_pse | v.cr4_pke << x.cr4_pke | v.cr4_smap << x.cr4_smap
+             | v.cr4_smep << x.cr4_smep | v.cr4_la57 << x.cr4_la57 | v.maxphyaddr << x.maxphyaddr)
+    return w & _W32
+
+
+def _cpu_base(era: RoleEra, v: VcpuState, gm: bool) -> int:
+    """kvm_calc_cpu_role's base (v5.19+): level 0 and direct without paging."""
+    s = era._sh
+    w = ACC_ALL << s.access | v.smm << s.smm | gm << s.guest_mode
+    if not v.cr0_pg:
+        return (w | 1 << s.direct) & _W32
+    wp = v.cr0_wp
+    return (w | v.efer_nx << s.nx | wp << s.cr0_wp | (v.cr4_smep and not wp) << s.smep_andnot_wp
+            | (v.cr4_smap and not wp) << s.smap_andnot_wp | (not v.cr4_pae) << s.bit4
+            | v.paging_level << s.level) & _W32
+
+
+def _tdp_word(era: RoleEra, v: VcpuState, tdp_level: int, ad_enabled: bool, mirror: bool, gm: bool) -> int:
+    """kvm_calc_tdp_mmu_root_page_role: direct, forced cr0_wp/nx (v5.19+) or
+    kvm_calc_mmu_role_common's (v4.20-v5.18), bit 4 of an 8-byte-gpte page (v5.1+)."""
+    s = era._sh
+    w = (tdp_level << s.level | 1 << s.direct | ACC_ALL << s.access | v.smm << s.smm
+         | gm << s.guest_mode | (not ad_enabled) << s.ad_disabled | mirror << s.is_mirror)
+    if era.forced_wp_nx:
+        w |= 1 << s.cr0_wp | 1 << s.nx
+    elif era.has_role_common:
+        w |= v.efer_nx << s.nx | v.cr0_wp << s.cr0_wp
+        if era.common_sets_pae:
+            w |= v.cr4_pae << s.bit4
+    if era.direct_bit4 == 1 or era.bit4 == _HAS4:
+        w = w & ~(1 << s.bit4) | _eight(era) << s.bit4
+    return w & _W32
+
+
+def _shadow_word(era: RoleEra, v: VcpuState, gm: bool) -> int:
+    """kvm_calc_shadow_mmu_root_page_role: at least a PAE root; v5.19+ forces efer_nx and
+    clears the CR0/CR4 bits without paging."""
+    s = era._sh
+    pg, wp = v.cr0_pg, v.cr0_wp
+    lvl = max(v.paging_level, PT32E_ROOT_LEVEL) if pg else PT32E_ROOT_LEVEL
+    w = ACC_ALL << s.access | v.smm << s.smm | gm << s.guest_mode | lvl << s.level
+    if era.has_cpu_role:
+        if pg:
+            w |= (wp << s.cr0_wp | (v.cr4_smep and not wp) << s.smep_andnot_wp
+                  | (v.cr4_smap and not wp) << s.smap_andnot_wp | (not v.cr4_pae) << s.bit4)
+        else:
+            w |= 1 << s.direct
+        return (w | 1 << s.nx) & _W32
+    b4 = (pg and not v.cr4_pae) if era.bit4 == _HAS4 else v.cr4_pae
+    return (w | (not pg) << s.direct | (v.cr4_smep and not wp) << s.smep_andnot_wp
+            | (v.cr4_smap and not wp) << s.smap_andnot_wp | wp << s.cr0_wp | v.efer_nx << s.nx
+            | b4 << s.bit4) & _W32
+
+
+def _npt_word(era: RoleEra, v: VcpuState, tdp_level: int) -> int:
+    """kvm_init_shadow_npt_mmu: L1's NPT registers in guest mode at the host TDP level."""
+    s = era._sh
+    if era.has_cpu_role:
+        w = _cpu_base(era, v, True) & ~_fmask(era, "level") | tdp_level << s.level
+        if tdp_level == 5 and v.paging_level == 4:
+            w |= 1 << s.passthrough
+        return w
+    return _shadow_word(era, v, True) & ~_fmask(era, "level") | tdp_level << s.level
+
+
+def _get_page_word(era: RoleEra, base_word: int, level: int, direct: bool, access: int, gaddr: int,
+                   guest_32bit: bool | None) -> int:
+    """kvm_mmu_get_page's role: see :func:`kvm_mmu_get_page_role`."""
+    s = era._sh
+    w = base_word & (MMU_BASE_ROLE_MASK if era.masks_mmu_role else _W32) & era.base.used_mask
+    w = (w & ~_fmask(era, "level", "quadrant", "direct", "access", "invalid")
+         | level << s.level | direct << s.direct | access << s.access)
+    if direct and era.direct_bit4 is not None:
+        w = w & ~(1 << s.bit4) | era.direct_bit4 << s.bit4
+    if guest_32bit is None:
+        guest_32bit = era.bit4 == _HAS4 and bool(w >> s.bit4 & 1)
+    if guest_32bit:
+        w |= quadrant_for_gaddr(gaddr, level) << s.quadrant
+    return w
 
 
 def kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
@@ -148,59 +289,42 @@ def kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
     if v.__class__ is VcpuState and (execonly is True or execonly is False):
         key = (era, "ext", v._key, execonly)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_calc_mmu_role_ext(era, v, execonly))
+        if r is not None:
+            return r
+        if era.ext is not None:
+            return _memo_put(key, _ext_word(era, v, execonly))
     return _kvm_calc_mmu_role_ext(era, v, execonly)
 
 
 def _kvm_calc_mmu_role_ext(era, v: VcpuState, execonly: bool = False) -> int:
-    """The computation of :func:`kvm_calc_mmu_role_ext` (full checks, no memo)."""
+    """The computation of :func:`kvm_calc_mmu_role_ext` with the full checks (no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     execonly = boolean("execonly", execonly)
     _require(era, era.ext is not None, "kvm_mmu_extended_role")
-    names = era.ext.index
-    pg = v.cr0_pg
-    if "cr0_pg" not in names:           # v5.19+: kvm_calc_cpu_role
-        vals = dict(valid=1, execonly=execonly, cr4_smep=pg and v.cr4_smep, cr4_smap=pg and v.cr4_smap,
-                    cr4_pse=pg and v.cr4_pse, cr4_pke=pg and v.efer_lma and v.cr4_pke,
-                    cr4_la57=pg and v.efer_lma and v.cr4_la57, efer_lma=pg and v.efer_lma)
-    elif "efer_lma" in names:           # v5.14-v5.18 [approx]: gated by CR0.PG
-        vals = dict(valid=1, execonly=execonly, cr0_pg=pg, cr4_pae=pg and v.cr4_pae,
-                    cr4_smep=pg and v.cr4_smep, cr4_smap=pg and v.cr4_smap,
-                    cr4_pse=pg and v.cr4_pse, cr4_pke=pg and v.efer_lma and v.cr4_pke,
-                    cr4_la57=pg and v.efer_lma and v.cr4_la57, efer_lma=pg and v.efer_lma)
-    else:                               # v4.20-v5.13: raw register bits
-        vals = dict(valid=1, execonly=execonly, cr0_pg=pg, cr4_pae=v.cr4_pae, cr4_pse=v.cr4_pse,
-                    cr4_pke=v.cr4_pke, cr4_smap=v.cr4_smap, cr4_smep=v.cr4_smep,
-                    cr4_la57=v.cr4_la57, maxphyaddr=v.maxphyaddr)
-    return era.ext.pack({k: int(x) for k, x in vals.items() if k in names})
+    return _ext_word(era, v, execonly)
 
 
-@_memo_on_vcpu("cpu")
 def kvm_calc_cpu_role(era, v: VcpuState) -> CpuRole:
     """kvm_calc_cpu_role (v5.19+): the guest's paging mode as a role (level 0 = CR0.PG=0)."""
+    if era.__class__ is not RoleEra:
+        era = get_era(era)
+    if v.__class__ is VcpuState:
+        key = (era, "cpu", v._key)
+        r = _MEMO.get(key)
+        if r is not None:
+            return r
+        if era.has_cpu_role:
+            return _memo_put(key, _cpu_role(era, _cpu_base(era, v, v.guest_mode), _ext_word(era, v, False)))
+    return _kvm_calc_cpu_role(era, v)
+
+
+def _kvm_calc_cpu_role(era, v: VcpuState) -> CpuRole:
+    """The computation of :func:`kvm_calc_cpu_role` with the full checks (no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     _require(era, era.has_cpu_role, "kvm_calc_cpu_role (v5.19+)")
-    f = dict(access=ACC_ALL, smm=v.smm, guest_mode=v.guest_mode)
-    if not v.cr0_pg:
-        f["direct"] = 1
-    else:
-        f.update({era.nx: v.efer_nx, "cr0_wp": v.cr0_wp,
-                  "smep_andnot_wp": v.cr4_smep and not v.cr0_wp,
-                  "smap_andnot_wp": v.cr4_smap and not v.cr0_wp,
-                  "has_4_byte_gpte": not v.cr4_pae, "level": v.paging_level})
-    return CpuRole(era, _pk(era, **f), kvm_calc_mmu_role_ext(era, v))
-
-
-def _role_common(era: RoleEra, v: VcpuState) -> dict:
-    """kvm_calc_mmu_role_common (v4.20-v5.18): access, nxe, cr0_wp, smm, guest_mode
-    (+ cr4_pae in v4.20/v5.0)."""
-    f = {"access": ACC_ALL, era.nx: v.efer_nx, "cr0_wp": v.cr0_wp, "smm": v.smm,
-         "guest_mode": v.guest_mode}
-    if era.common_sets_pae:
-        f["cr4_pae"] = v.cr4_pae
-    return f
+    return CpuRole(era, _cpu_base(era, v, v.guest_mode), _ext_word(era, v, False))
 
 
 def kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
@@ -212,58 +336,30 @@ def kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
             ad_enabled is True or ad_enabled is False) and (mirror is True or mirror is False):
         key = (era, "tdp", v._key, tdp_level, ad_enabled, mirror)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(
-            key, _kvm_calc_tdp_mmu_root_page_role(era, v, tdp_level, ad_enabled, mirror))
+        if r is not None:
+            return r
+        if 4 <= tdp_level <= 5 and _tdp_mirror_ok(era, mirror):
+            return _memo_put(key, _tdp_word(era, v, tdp_level, ad_enabled, mirror, v.guest_mode))
     return _kvm_calc_tdp_mmu_root_page_role(era, v, tdp_level, ad_enabled, mirror)
 
 
 def _kvm_calc_tdp_mmu_root_page_role(era, v: VcpuState, tdp_level: int = 4,
                                     ad_enabled: bool = True, mirror: bool = False) -> int:
-    """The computation of :func:`kvm_calc_tdp_mmu_root_page_role` (full checks, no memo)."""
+    """The computation of :func:`kvm_calc_tdp_mmu_root_page_role` with the full checks (no memo)."""
     era = get_era(era)
     v = _vcpu(v)
     tdp_level = _tdp_level(tdp_level)
     ad_enabled = boolean("ad_enabled", ad_enabled)
     mirror = boolean("mirror", mirror)
-    f = dict(level=tdp_level, direct=1, access=ACC_ALL, smm=v.smm, guest_mode=v.guest_mode,
-             ad_disabled=not ad_enabled)
-    if era.forced_wp_nx:
-        f.update({"cr0_wp": 1, era.nx: 1})
-    elif era.has_role_common:
-        f.update(_role_common(era, v))
-    if era.direct_bit4 == 1 or era.bit4 == "has_4_byte_gpte":
-        f.update(_b4_for(era, True))
     if mirror:
         _require(era, era.has("is_mirror"), "is_mirror")
-        f["is_mirror"] = 1
-    return _pk(era, **f)
+    return _tdp_word(era, v, tdp_level, ad_enabled, mirror, v.guest_mode)
 
 
 @_memo_on_vcpu("shadow")
 def kvm_calc_shadow_mmu_root_page_role(era, v: VcpuState) -> int:
     """The shadow-paging (TDP off) root role for vCPU state ``v``."""
-    era = get_era(era)
-    v = _vcpu(v)
-    pg = v.cr0_pg
-    lvl = max(v.paging_level, PT32E_ROOT_LEVEL) if pg else PT32E_ROOT_LEVEL
-    if era.has_cpu_role:
-        f = dict(access=ACC_ALL, smm=v.smm, guest_mode=v.guest_mode, level=lvl)
-        f[era.nx] = 1
-        if pg:
-            f.update(cr0_wp=v.cr0_wp, smep_andnot_wp=v.cr4_smep and not v.cr0_wp,
-                     smap_andnot_wp=v.cr4_smap and not v.cr0_wp, has_4_byte_gpte=not v.cr4_pae)
-        else:
-            f["direct"] = 1
-        return _pk(era, **f)
-    f = dict(access=ACC_ALL, smm=v.smm, guest_mode=v.guest_mode, level=lvl, direct=not pg,
-             smep_andnot_wp=v.cr4_smep and not v.cr0_wp, smap_andnot_wp=v.cr4_smap and not v.cr0_wp,
-             cr0_wp=v.cr0_wp)
-    f[era.nx] = v.efer_nx
-    if era.bit4 == "has_4_byte_gpte":
-        f["has_4_byte_gpte"] = pg and not v.cr4_pae
-    else:
-        f[era.bit4] = v.cr4_pae
-    return _pk(era, **f)
+    return _shadow_word(era, _vcpu(v), v.guest_mode)
 
 
 def quadrant_for_gaddr(gaddr: int, level: int) -> int:
@@ -287,8 +383,11 @@ def kvm_mmu_get_page_role(era, base_word: int, *, level: int, direct: bool, acce
                 guest_32bit is None or guest_32bit is True or guest_32bit is False):
         key = (era, "get_page", base_word, level, direct, access, gaddr, guest_32bit)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_mmu_get_page_role(
-            era, base_word, level=level, direct=direct, access=access, gaddr=gaddr, guest_32bit=guest_32bit))
+        if r is not None:
+            return r
+        if 0 <= base_word <= _W32 and SP_LEVEL_MIN <= level <= SP_LEVEL_MAX and 0 <= access <= ACC_ALL \
+                and 0 <= gaddr < _U64_END:
+            return _memo_put(key, _get_page_word(era, base_word, level, direct, access, gaddr, guest_32bit))
     return _kvm_mmu_get_page_role(era, base_word, level=level, direct=direct, access=access, gaddr=gaddr,
                                   guest_32bit=guest_32bit)
 
@@ -303,15 +402,7 @@ def _kvm_mmu_get_page_role(era, base_word: int, *, level: int, direct: bool, acc
     access = in_range("access", access, 0, 7, "ACC_* bits")
     gaddr = uint("gaddr", gaddr)
     guest_32bit = opt_boolean("guest_32bit", guest_32bit)
-    f = era.base.unpack(base_word & (MMU_BASE_ROLE_MASK if era.masks_mmu_role else 0xFFFFFFFF))
-    f.update(level=level, direct=int(direct), access=access, quadrant=0, invalid=0)
-    if direct and era.direct_bit4 is not None:
-        f[era.bit4] = era.direct_bit4
-    if guest_32bit is None:
-        guest_32bit = bool(f[era.bit4]) if era.bit4 == "has_4_byte_gpte" else False
-    if guest_32bit:
-        f["quadrant"] = quadrant_for_gaddr(gaddr, level)
-    return era.base.pack(f)
+    return _get_page_word(era, base_word, level, direct, access, gaddr, guest_32bit)
 
 
 def shadow_root_sp_roles(era, v: VcpuState) -> list:
@@ -331,14 +422,14 @@ def shadow_root_sp_roles(era, v: VcpuState) -> list:
 def _shadow_root_sp_roles(era, v: VcpuState) -> list:
     """The computation of :func:`shadow_root_sp_roles` (full checks, no memo)."""
     era = get_era(era)
-    root = kvm_calc_shadow_mmu_root_page_role(era, _vcpu(v))
+    root = _shadow_word(era, _vcpu(v), v.guest_mode)
     if v.cr0_pg and v.efer_lma:
         return [root]
-    out = []
-    for i in range(4):
-        out.append(kvm_mmu_get_page_role(era, root, level=PT32_ROOT_LEVEL, direct=not v.cr0_pg,
-                                         gaddr=i << 30, guest_32bit=v.cr0_pg and not v.cr4_pae))
-    return out
+    g32 = v.cr0_pg and not v.cr4_pae
+    w = _get_page_word(era, root, PT32_ROOT_LEVEL, not v.cr0_pg, ACC_ALL, 0, g32)     # quadrant 0
+    if not g32:
+        return [w] * 4
+    return [w | quadrant_for_gaddr(i << 30, PT32_ROOT_LEVEL) << era._sh.quadrant for i in range(4)]
 
 
 def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool = True,
@@ -352,8 +443,10 @@ def kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool 
             and (tdp_ad_enabled is True or tdp_ad_enabled is False):
         key = (era, "ept", l1._key, accessed_dirty, execonly, level, tdp_ad_enabled)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_calc_shadow_ept_root_page_role(
-            era, l1, accessed_dirty, execonly, level, tdp_ad_enabled))
+        if r is not None:
+            return r
+        if 4 <= level <= 5 and era.ept_rule is not None:
+            return _memo_put(key, _ept_role(era, l1, accessed_dirty, execonly, level, tdp_ad_enabled))
     return _kvm_calc_shadow_ept_root_page_role(era, l1, accessed_dirty, execonly, level, tdp_ad_enabled)
 
 
@@ -368,26 +461,27 @@ def _kvm_calc_shadow_ept_root_page_role(era, l1: VcpuState, accessed_dirty: bool
     level = _tdp_level(level, "level")
     tdp_ad_enabled = boolean("tdp_ad_enabled", tdp_ad_enabled)
     _require(era, era.ept_rule is not None, "kvm_calc_shadow_ept_root_page_role (modelled v4.20+)")
-    if era.ept_rule == EptRule.INHERIT:
-        l1b = kvm_calc_tdp_mmu_root_page_role(era, l1.replace(guest_mode=False),
-                                              ad_enabled=tdp_ad_enabled)
-        f = era.base.unpack(l1b & MMU_BASE_ROLE_MASK)
-        f.update(level=4, direct=0, ad_disabled=int(not accessed_dirty), guest_mode=1,
-                 access=ACC_ALL)
-        base = era.base.pack(f)
-        ext = kvm_calc_mmu_role_ext(era, l1, execonly)
-    elif era.ept_rule == EptRule.MARKER:
-        base = _pk(era, smm=l1.smm, level=4, gpte_is_8_bytes=1, direct=0,
-                   ad_disabled=not accessed_dirty, guest_mode=1, access=ACC_ALL, cr0_wp=1,
-                   smap_andnot_wp=1)
-        ext = kvm_calc_mmu_role_ext(era, l1, execonly)
+    return _ept_role(era, l1, accessed_dirty, execonly, level, tdp_ad_enabled)
+
+
+def _ept_role(era: RoleEra, l1: VcpuState, accessed_dirty: bool, execonly: bool, level: int,
+              tdp_ad_enabled: bool) -> CpuRole:
+    """kvm_calc_shadow_ept_root_page_role per the era's :class:`EptRule`."""
+    s = era._sh
+    gm_ad = 1 << s.guest_mode | (not accessed_dirty) << s.ad_disabled | ACC_ALL << s.access
+    if era.ept_rule == EptRule.INHERIT:         # L1's TDP base role (no guest mode), masked
+        w = _tdp_word(era, l1, PT64_ROOT_4LEVEL, tdp_ad_enabled, False, False) & MMU_BASE_ROLE_MASK
+        base = (w & ~_fmask(era, "level", "direct", "ad_disabled", "guest_mode", "access")
+                | PT64_ROOT_4LEVEL << s.level | gm_ad)
+        ext = _ext_word(era, l1, execonly)
+    elif era.ept_rule == EptRule.MARKER:        # is_ept_sp's marker: cr0_wp=1 + smap_andnot_wp=1
+        base = (l1.smm << s.smm | PT64_ROOT_4LEVEL << s.level | 1 << s.bit4 | gm_ad | 1 << s.cr0_wp
+                | 1 << s.smap_andnot_wp) & _W32
+        ext = _ext_word(era, l1, execonly)
     else:
-        f = dict(level=level, direct=0, ad_disabled=not accessed_dirty, guest_mode=1,
-                 access=ACC_ALL)
-        f.update(_b4_for(era, True))
-        base = _pk(era, **f)
-        ext = era.ext.pack({"valid": 1, "execonly": int(execonly)})
-    return CpuRole(era, base, ext)
+        base = (level << s.level | gm_ad | _eight(era) << s.bit4) & _W32
+        ext = 1 << era._xsh.valid | execonly << era._xsh.execonly
+    return _cpu_role(era, base, ext)
 
 
 def kvm_calc_shadow_npt_root_page_role(era, l1_npt: VcpuState, tdp_level: int = 4) -> int:
@@ -398,8 +492,10 @@ def kvm_calc_shadow_npt_root_page_role(era, l1_npt: VcpuState, tdp_level: int = 
     if l1_npt.__class__ is VcpuState and tdp_level.__class__ is int:
         key = (era, "npt", l1_npt._key, tdp_level)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(
-            key, _kvm_calc_shadow_npt_root_page_role(era, l1_npt, tdp_level))
+        if r is not None:
+            return r
+        if 4 <= tdp_level <= 5:
+            return _memo_put(key, _npt_word(era, l1_npt, tdp_level))
     return _kvm_calc_shadow_npt_root_page_role(era, l1_npt, tdp_level)
 
 
@@ -407,16 +503,7 @@ def _kvm_calc_shadow_npt_root_page_role(era, l1_npt: VcpuState, tdp_level: int =
     """The computation of :func:`kvm_calc_shadow_npt_root_page_role` (full checks, no memo)."""
     era = get_era(era)
     tdp_level = _tdp_level(tdp_level)
-    v = _vcpu(l1_npt, "l1_npt").replace(guest_mode=True, cr4_pke=False)
-    if era.has_cpu_role:
-        f = era.base.unpack(kvm_calc_cpu_role(era, v).base)
-        f["level"] = tdp_level
-        if tdp_level == 5 and v.paging_level == 4:
-            f["passthrough"] = 1
-        return era.base.pack(f)
-    f = era.base.unpack(kvm_calc_shadow_mmu_root_page_role(era, v))
-    f["level"] = tdp_level
-    return era.base.pack(f)
+    return _npt_word(era, _vcpu(l1_npt, "l1_npt"), tdp_level)
 
 
 def kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, index: int,
@@ -431,8 +518,10 @@ def kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, inde
             and index.__class__ is int and (guest_32bit is None or guest_32bit is True or guest_32bit is False):
         key = (era, "child", parent_word, direct, access, index, guest_32bit)
         r = _MEMO.get(key)
-        return r if r is not None else _memo_put(key, _kvm_mmu_child_role(
-            era, parent_word, direct=direct, access=access, index=index, guest_32bit=guest_32bit))
+        if r is not None:
+            return r
+        if 0 <= parent_word <= _W32 and 0 <= access <= ACC_ALL and 0 <= index < 512:
+            return _memo_put(key, _child_word(era, parent_word, direct, access, index, guest_32bit))
     return _kvm_mmu_child_role(era, parent_word, direct=direct, access=access, index=index,
                                guest_32bit=guest_32bit)
 
@@ -446,21 +535,28 @@ def _kvm_mmu_child_role(era, parent_word: int, *, direct: bool, access: int, ind
     uint("index", index, 9)
     access = in_range("access", access, 0, 7, "ACC_* bits", err=RoleFieldError)
     guest_32bit = opt_boolean("guest_32bit", guest_32bit)
-    f = era.base.unpack(parent_word)
-    if f["level"] <= 1:
-        raise InputError(f"parent_word={parent_word:#x}: level {f['level']}: a level-1 SP (or "
+    return _child_word(era, parent_word, direct, access, index, guest_32bit)
+
+
+def _child_word(era: RoleEra, parent_word: int, direct: bool, access: int, index: int,
+                guest_32bit: bool | None) -> int:
+    """kvm_mmu_child_role's word: see :func:`kvm_mmu_child_role`."""
+    s = era._sh
+    w = parent_word & era.base.used_mask
+    lvl = (w & _fmask(era, "level")) >> s.level
+    if lvl <= 1:
+        raise InputError(f"parent_word={parent_word:#x}: level {lvl}: a level-1 SP (or "
                          "level 0) has no child SPs")
-    f.update(level=f["level"] - 1, access=access, direct=int(direct))
-    if "passthrough" in f:
-        f["passthrough"] = 0
+    w = (w & ~_fmask(era, "level", "access", "direct", "passthrough")
+         | lvl - 1 << s.level | access << s.access | direct << s.direct)
     if guest_32bit is None:
-        guest_32bit = (bool(f[era.bit4]) if era.bit4 == "has_4_byte_gpte"
-                       else not f[era.bit4] and not f["direct"])
+        b4 = w >> s.bit4 & 1
+        guest_32bit = bool(b4) if era.bit4 == _HAS4 else not b4 and not direct
     if direct and era.direct_bit4 is not None:
-        f[era.bit4] = era.direct_bit4
+        w = w & ~(1 << s.bit4) | era.direct_bit4 << s.bit4
     if guest_32bit:
-        f["quadrant"] = index & 1
-    return era.base.pack(f)
+        w = w & ~_fmask(era, "quadrant") | (index & 1) << s.quadrant
+    return w
 
 
 def tdp_mmu_child_role(era, parent_word: int) -> int:

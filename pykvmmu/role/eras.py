@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import enum
 import itertools
+from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -358,8 +359,11 @@ class RoleEra:
     notes: tuple = field(default=(), compare=False)
 
     def __post_init__(self):
-        # Not a field: the kvm_cpu_role layout (pack_cpu_role's fast path).
+        # Not fields: the kvm_cpu_role layout (pack_cpu_role's fast path) and the shifts the
+        # role computations (:mod:`.compute`) build words with.
         object.__setattr__(self, "_cpu", None if self.ext is None else _cpu_layout(self, self.ext))
+        object.__setattr__(self, "_sh", _shifts(_BaseShifts, self.base, nx=self.nx, bit4=self.bit4))
+        object.__setattr__(self, "_xsh", None if self.ext is None else _shifts(_ExtShifts, self.ext))
 
     @property
     def cpu_role(self) -> RoleLayout | None:
@@ -372,6 +376,21 @@ class RoleEra:
 
     def has(self, name: str) -> bool:
         return name in self.base.index
+
+
+#: A field the era's layout lacks gets this shift: its bit lands above the 32-bit word and a
+#: computation's final ``& 0xFFFFFFFF`` drops it (as packing only the era's fields would).
+_ABSENT = 32
+_BaseShifts = namedtuple("_BaseShifts", "level bit4 quadrant direct access invalid nx cr0_wp smep_andnot_wp "
+                         "smap_andnot_wp ad_disabled guest_mode passthrough is_mirror smm")
+_ExtShifts = namedtuple("_ExtShifts", "valid execonly cr0_pg cr4_pae cr4_pse cr4_pke cr4_smap cr4_smep "
+                        "cr4_la57 efer_lma maxphyaddr")
+
+
+def _shifts(rec, layout: RoleLayout, **names):
+    """``rec`` of the layout's field shifts (``names``: the era's name of a generic field)."""
+    sh = {f.name: f.shift for f in layout.fields}
+    return rec(*(sh.get(names.get(n, n), _ABSENT) for n in rec._fields))
 
 
 _CPU_LAYOUTS: dict = {}

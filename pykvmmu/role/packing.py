@@ -2,7 +2,6 @@
 ``csrc/role.c``)."""
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -203,7 +202,7 @@ def pack_cpu_role(era, base: dict, ext: dict) -> int:
         # base fields keep their index in kvm_cpu_role, ext fields follow
         w = cpu._pack_named((cpu, tuple(base), tuple(ext)),
                             ((era.base._ig, base), (cpu._ext_ig, ext)),
-                            itertools.chain(base.values(), ext.values()))
+                            [*base.values(), *ext.values()])
         if w is not None:
             return w
     _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
@@ -215,12 +214,28 @@ def pack_cpu_role(era, base: dict, ext: dict) -> int:
     return era.cpu_role.pack(vals)
 
 
+#: Bounded memo (era, as_u64) -> CpuRole of unpack_cpu_role (exact ints only; CpuRoles are
+#: immutable, so callers may share them); module state, invisible to object snapshots.
+_CPU_ROLES_MAX = 1 << 12
+_CPU_ROLES: dict = {}
+
+
 def unpack_cpu_role(era, as_u64: int) -> CpuRole:
     if era.__class__ is not RoleEra:
         era = get_era(era)
+    if as_u64.__class__ is int:
+        key = (era, as_u64)
+        r = _CPU_ROLES.get(key)
+        if r is not None:
+            return r
     if era.ext is None:
         _require(era, False, "kvm_cpu_role / kvm_mmu_role")
-    v = as_u64 if as_u64.__class__ is int and 0 <= as_u64 < _U64_END else uint("as_u64", as_u64, 64)
+    if as_u64.__class__ is int and 0 <= as_u64 < _U64_END:
+        if len(_CPU_ROLES) >= _CPU_ROLES_MAX:
+            _CPU_ROLES.clear()
+        r = _CPU_ROLES[key] = _cpu_role(era, as_u64 & 0xFFFFFFFF, as_u64 >> 32)
+        return r
+    v = uint("as_u64", as_u64, 64)
     return _cpu_role(era, v & 0xFFFFFFFF, v >> 32)
 
 
