@@ -601,14 +601,6 @@ int kvmmu_rmp_dump(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out);
 /* dump_rmpentry()'s log lines as text (out: KVMMU_RMP_DUMP_TEXT_MAX bytes); -1 beyond the table. */
 #define KVMMU_RMP_DUMP_TEXT_MAX     34816
 int kvmmu_rmp_dump_text(const struct kvmmu_rmp *t, uint64_t pfn, char *out);
-/* guest_check's small operands in one word (kvmmu_rmp_guest_check_opts): vmpl in bits 0-1. */
-#define KVMMU_RMP_OPT_NPT_SHIFT     2
-#define KVMMU_RMP_OPT_KIND_SHIFT    4
-#define KVMMU_RMP_OPT_CBIT          7
-#define KVMMU_RMP_OPT_SNP           8
-#define KVMMU_RMP_OPT_USER          9
-int64_t kvmmu_rmp_guest_check_opts(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gfn,
-                                   uint32_t asid, uint32_t opts);
 /* A level index for one batch (lookup_batch builds one when the batch is large enough). */
 void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nbits);
 size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn,

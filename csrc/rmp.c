@@ -1155,19 +1155,3 @@ int kvmmu_rmp_dump_text(const struct kvmmu_rmp *t, uint64_t pfn, char *out)
     }
     return (int)(p - out);
 }
-
-/* The guest access check with its small operands in one word (fewer operands to convert
- * per call): vmpl | npt_level << KVMMU_RMP_OPT_NPT_SHIFT | kind << KVMMU_RMP_OPT_KIND_SHIFT
- * | c_bit, snp_active, user at KVMMU_RMP_OPT_CBIT / _SNP / _USER.  Same word as
- * kvmmu_rmp_guest_check_word (-1 for an operand out of range or unknown option bits). */
-int64_t kvmmu_rmp_guest_check_opts(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gfn,
-                                   uint32_t asid, uint32_t opts)
-{
-    if (opts >> (KVMMU_RMP_OPT_USER + 1))
-        return -1;
-    return kvmmu_rmp_guest_check_word(t, pfn, gfn, asid, opts & 3,
-                                      (opts >> KVMMU_RMP_OPT_NPT_SHIFT) & 3,
-                                      (opts >> KVMMU_RMP_OPT_KIND_SHIFT) & 7,
-                                      (opts >> KVMMU_RMP_OPT_CBIT) & 1, (opts >> KVMMU_RMP_OPT_SNP) & 1,
-                                      (opts >> KVMMU_RMP_OPT_USER) & 1);
-}

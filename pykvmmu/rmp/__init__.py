@@ -221,7 +221,6 @@ _pvalidate_c = lib.kvmmu_rmp_pvalidate_word
 _rmpadjust_c = lib.kvmmu_rmp_rmpadjust_word
 _host_check_c = lib.kvmmu_rmp_host_check_word
 _guest_check_c = lib.kvmmu_rmp_guest_check_word
-_guest_check_opts_c = lib.kvmmu_rmp_guest_check_opts
 # Result memos, one per word layout: the words carry no pfn/gfn, only codes and exit info (a
 # few dozen distinct values), so each result object is built once.  Capped all the same.
 _MEMO_MAX = 4096
@@ -243,16 +242,6 @@ def _scratch():
 
 def _fault_name(rc: int) -> Optional[str]:
     return _FAULT_NAMES.get(rc)
-
-
-#: guest_check's valid (vmpl, npt_level, kind code, c_bit, snp_active, user), exact types (int x3,
-#: bool x3), -> kvmmu_rmp_guest_check_opts's option word: one operand instead of six.
-_GUEST_OPTS = {(vmpl, npt, kind, c, snp, user): vmpl | npt << lib.KVMMU_RMP_OPT_NPT_SHIFT
-               | kind << lib.KVMMU_RMP_OPT_KIND_SHIFT | c << lib.KVMMU_RMP_OPT_CBIT
-               | snp << lib.KVMMU_RMP_OPT_SNP | user << lib.KVMMU_RMP_OPT_USER
-               for vmpl in range(4) for npt in (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G)
-               for kind in map(int, Access) for c in (False, True) for snp in (False, True)
-               for user in (False, True)}
 
 
 class RmpEntry(NamedTuple):
@@ -1266,14 +1255,12 @@ class RmpTable:
         k = _kind_code(kind) if kind.__class__ is str else kind
         if (pfn.__class__ is gfn.__class__ is asid.__class__ is vmpl.__class__ is npt_level.__class__
                 is k.__class__ is int and c_bit.__class__ is snp_active.__class__ is user.__class__ is bool):
-            o = _GUEST_OPTS.get((vmpl, npt_level, k, c_bit, snp_active, user))
-            if o is not None:       # the options are valid: the class checks above make the key exact
-                try:
-                    w = _guest_check_opts_c(self._t_, pfn, gfn, asid, o)
-                except (OverflowError, TypeError):
-                    w = -1
-                if w >= 0:
-                    return _GUEST_MEMO.get(w) or _guest_result(w)
+            try:
+                w = _guest_check_c(self._t_, pfn, gfn, asid, vmpl, npt_level, k, c_bit, snp_active, user)
+            except (OverflowError, TypeError):
+                w = -1
+            if w >= 0:
+                return _GUEST_MEMO.get(w) or _guest_result(w)
         args = self._access_args(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
         w = _guest_check_c(self._t, _batch.uint("pfn", pfn), _batch.uint("gfn", gfn), *args)
         return _GUEST_MEMO.get(w) or _guest_result(w)
