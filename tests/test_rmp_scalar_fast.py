@@ -96,6 +96,18 @@ def test_instructions_agree_and_leave_the_same_table(ops, seed):
         assert np.array_equal(fast.buffer, checked.buffer)
 
 
+def test_entry_words():
+    """entry()'s call returns the low quadword and reads the high one (and the beyond-the-table
+    flag only when the low one is 0)."""
+    t = RmpTable(np.zeros(BOOKKEEPING + 16 * 8, np.uint8))
+    for pfn, lo, hi in [(1, 0, 5), (2, 6, 0), (3, (1 << 64) - 1, (1 << 64) - 1)]:
+        t.write_raw(pfn, lo, hi)
+        assert t.entry(pfn) == (lo, hi) == t.entry(np.uint64(pfn))
+    assert t.entry(0) == (0, 0)
+    with pytest.raises(R.RmpError, match=r"pfn=0x8: beyond the RMP"):
+        t.entry(8)
+
+
 def test_dump_text_is_the_kernel_format():
     """kvmmu_rmp_dump_text's lines == the kernel's format strings applied to kvmmu_rmp_dump's
     entries, for every pfn (assigned, unassigned, the last partial 2M block, beyond)."""

@@ -213,6 +213,7 @@ _kind_code = _KINDS.get
 # The scalar entry points, bound once (a lib attribute lookup per call costs more than the call's checks).
 _covered_c = lib.kvmmu_rmp_covered
 _read_c = lib.kvmmu_rmp_read
+_read_lo_c = lib.kvmmu_rmp_read_lo
 _lookup_c = lib.kvmmu_rmp_lookup_word
 _page_state_c = lib.kvmmu_rmp_page_state
 _rmpupdate_c = lib.kvmmu_rmp_rmpupdate_fields
@@ -899,8 +900,9 @@ class RmpTable:
             q, q1 = _TLS.pair
         if pfn.__class__ is int:
             try:
-                if not _read_c(self._t_, pfn, q, q1):
-                    return _tuple_new(RmpEntry, (q[0], q[1]))
+                lo = _read_lo_c(self._t_, pfn, q)
+                if lo or not q1[0]:
+                    return _tuple_new(RmpEntry, (lo, q[0]))
             except (OverflowError, TypeError):
                 pass
         _read_c(self._t, self._pfn(pfn), q, q1)
