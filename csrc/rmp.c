@@ -1087,3 +1087,82 @@ int kvmmu_rmp_dump(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out)
     }
     return 1 + k;
 }
+
+/* "0x" and v in lower-case hex, zero-padded to at least `digits` digits (Python's "#0{2+digits}x"). */
+static char *put_hex(char *p, uint64_t v, int digits)
+{
+    char tmp[16];
+    int n = 0;
+    do {
+        tmp[n++] = "0123456789abcdef"[v & 0xF];
+        v >>= 4;
+    } while (v);
+    while (n < digits)
+        tmp[n++] = '0';
+    *p++ = '0';
+    *p++ = 'x';
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+static char *put_str(char *p, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(p, s, n);
+    return p + n;
+}
+
+/* "[lo - hi]" as the kernel prints an entry's two quadwords ("[%#018llx - %#018llx]"). */
+static char *put_quads(char *p, uint64_t lo, uint64_t hi)
+{
+    *p++ = '[';
+    p = put_hex(p, lo, 16);
+    p = put_str(p, " - ");
+    p = put_hex(p, hi, 16);
+    *p++ = ']';
+    return p;
+}
+
+/* the header line (< 128 bytes) and 512 region lines of 67 bytes at most */
+_Static_assert(KVMMU_RMP_DUMP_TEXT_MAX >= 128 + PTRS_PER_PMD * 67, "dump text buffer too small");
+
+/* dump_rmpentry()'s log lines (mainline, v6.9+) for pfn, '\n'-separated, into out
+ * (KVMMU_RMP_DUMP_TEXT_MAX bytes, not NUL-terminated): the raw entry if assigned, else the
+ * region header and every non-zero entry of the 2M region.  Returns the length, or -1 if
+ * pfn is beyond the table (the caller prints the -EFAULT line). */
+int kvmmu_rmp_dump_text(const struct kvmmu_rmp *t, uint64_t pfn, char *out)
+{
+    uint64_t found[3 * PTRS_PER_PMD];
+    int r = kvmmu_rmp_dump(t, pfn, found);
+    char *p = out;
+    if (r < 0)
+        return -1;
+    if (r == 0) {
+        p = put_hex(put_str(p, "PFN "), pfn, 1);
+        p = put_quads(put_str(p, ", RMP entry: "), found[1], found[2]);
+        return (int)(p - out);
+    }
+    uint64_t start = pfn & PMD_PFN_MASK;
+    p = put_hex(put_str(p, "PFN "), pfn, 1);
+    p = put_str(p, " unassigned, dumping non-zero entries in 2M PFN region: [");
+    p = put_hex(p, start, 1);
+    p = put_hex(put_str(p, " - "), start + PTRS_PER_PMD, 1);
+    *p++ = ']';
+    for (int k = 0; k < r - 1; k++) {
+        p = put_hex(put_str(p, "\nPFN: "), found[3 * k], 1);
+        p = put_quads(put_str(p, ", "), found[3 * k + 1], found[3 * k + 2]);
+    }
+    return (int)(p - out);
+}
+
+/* RmpTable.entry()'s one call: the entry's low quadword returned, out[0] = the high one and
+ * out[1] = 0; beyond the table 0 with out[0] = 0, out[1] = 1 (so a non-zero low quadword
+ * needs one read of out, and one pointer operand instead of two). */
+uint64_t kvmmu_rmp_read_lo(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out)
+{
+    const uint64_t *e = entry_ptr(t, pfn);
+    out[0] = e ? e[1] : 0;
+    out[1] = !e;
+    return e ? e[0] : 0;
+}

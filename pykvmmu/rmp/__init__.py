@@ -209,6 +209,25 @@ _LOOKUP: tuple = (None, None, (False, PG_LEVEL_4K), (True, PG_LEVEL_4K), (False,
 _KINDS = {**{a.name.lower(): int(a) for a in Access}, **{a.name: int(a) for a in Access}}
 _INT_OR_BOOL = (int, bool)
 _tuple_new = tuple.__new__
+_kind_code = _KINDS.get
+# The scalar entry points, bound once (a lib attribute lookup per call costs more than the call's checks).
+_covered_c = lib.kvmmu_rmp_covered
+_read_c = lib.kvmmu_rmp_read
+_read_lo_c = lib.kvmmu_rmp_read_lo
+_lookup_c = lib.kvmmu_rmp_lookup_word
+_page_state_c = lib.kvmmu_rmp_page_state
+_rmpupdate_c = lib.kvmmu_rmp_rmpupdate_fields
+_psmash_c = lib.kvmmu_rmp_psmash
+_pvalidate_c = lib.kvmmu_rmp_pvalidate_word
+_rmpadjust_c = lib.kvmmu_rmp_rmpadjust_word
+_host_check_c = lib.kvmmu_rmp_host_check_word
+_guest_check_c = lib.kvmmu_rmp_guest_check_word
+# Result memos, one per word layout: the words carry no pfn/gfn, only codes and exit info (a
+# few dozen distinct values), so each result object is built once.  Capped all the same.
+_MEMO_MAX = 4096
+_INSN_MEMO: dict = {}             # rc | exit info << 12 -> InsnResult
+_HOST_MEMO: dict = {}             # check | #PF error code << 8 -> AccessResult
+_GUEST_MEMO: dict = {}            # check | fault << 8 | exit info << 20 -> AccessResult
 _TLS = threading.local()          # per thread: C calls release the GIL
 
 
@@ -380,6 +399,31 @@ class AccessResult(NamedTuple):
     error_code: int        # #PF error code / NPF EXITINFO1 / #VC exit code
 
 
+def _insn_result(w: int) -> InsnResult:
+    """kvmmu_rmp_pvalidate_word / _rmpadjust_word's word (rc | exit info << 12) as an InsnResult."""
+    r = _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
+    if len(_INSN_MEMO) < _MEMO_MAX:
+        _INSN_MEMO[w] = r
+    return r
+
+
+def _host_result(w: int) -> AccessResult:
+    """kvmmu_rmp_host_check_word's word (check | #PF error code << 8) as an AccessResult."""
+    chk = _CHECKS[w & 0xFF]
+    r = _tuple_new(AccessResult, (chk, "#PF" if chk else None, w >> 8))
+    if len(_HOST_MEMO) < _MEMO_MAX:
+        _HOST_MEMO[w] = r
+    return r
+
+
+def _guest_result(w: int) -> AccessResult:
+    """kvmmu_rmp_guest_check_word's word (check | fault << 8 | exit info << 20) as an AccessResult."""
+    r = _tuple_new(AccessResult, (_CHECKS[w & 0xFF], _FAULT_NAMES.get((w >> 8) & 0xFFF), w >> 20))
+    if len(_GUEST_MEMO) < _MEMO_MAX:
+        _GUEST_MEMO[w] = r
+    return r
+
+
 class LookupResult(NamedTuple):
     assigned: np.ndarray   # uint8
     level: np.ndarray      # uint8 (PG_LEVEL_4K / PG_LEVEL_2M)
@@ -422,7 +466,7 @@ class RmpTable:
         self._buf: Optional[np.ndarray] = buf
         self._ro: Optional[np.ndarray] = None    # read-only view while the level index is on
         self._lvl: Optional[np.ndarray] = None   # the level index bitmap
-        self.writable = bool(buf.flags.writeable)
+        self._writable = bool(buf.flags.writeable)
         self.segmented = segmented
         self.path: Optional[str] = None          # the table file, when opened from one
         self.mode: Optional[str] = None
@@ -430,6 +474,7 @@ class RmpTable:
         self._t_ = ffi.new("struct kvmmu_rmp *")
         self._cbuf = ffi.from_buffer("uint8_t[]", buf)
         self._t_.base = self._cbuf
+        self._tw_ = self._t_ if self._writable else None   # the table when instructions may write
         self._t_.size = buf.size
         self._t_.flags = int(self.flags)
         if not segmented:
@@ -451,6 +496,11 @@ class RmpTable:
         """The table bytes (read-only while the level index is on: write through the API)."""
         self._t
         return self._ro if self._ro is not None else self._data
+
+    @property
+    def writable(self) -> bool:
+        """Whether the buffer may be written (RMP instructions, write_raw...)."""
+        return self._writable
 
     @property
     def _t(self):
@@ -740,7 +790,7 @@ class RmpTable:
         try:
             self.flush()
         finally:
-            self._t_ = None
+            self._t_ = self._tw_ = None
             try:
                 ffi.release(self._cbuf)
             except (AttributeError, ValueError):     # pragma: no cover - old cffi
@@ -834,29 +884,28 @@ class RmpTable:
 
     def covered(self, pfn) -> bool:
         """RMP-Covered: the pfn's entry lies inside the table."""
-        t = self._t_
-        if t is not None and pfn.__class__ is int:
+        if pfn.__class__ is int:
             try:
-                return lib.kvmmu_rmp_covered(t, pfn)
-            except OverflowError:
+                return _covered_c(self._t_, pfn)
+            except (OverflowError, TypeError):   # pfn beyond 64 bits / the table closed
                 pass
-        return lib.kvmmu_rmp_covered(self._t, _batch.uint("pfn", pfn))
+        return _covered_c(self._t, _batch.uint("pfn", pfn))
 
     def entry(self, pfn) -> RmpEntry:
         """The raw entry of one pfn."""
-        t = self._t_
         try:
             q, q1 = _TLS.pair
         except AttributeError:
             _scratch()
             q, q1 = _TLS.pair
-        if t is not None and pfn.__class__ is int:
+        if pfn.__class__ is int:
             try:
-                if not lib.kvmmu_rmp_read(t, pfn, q, q1):
-                    return _tuple_new(RmpEntry, (q[0], q[1]))
-            except OverflowError:
+                lo = _read_lo_c(self._t_, pfn, q)
+                if lo or not q1[0]:
+                    return _tuple_new(RmpEntry, (lo, q[0]))
+            except (OverflowError, TypeError):
                 pass
-        lib.kvmmu_rmp_read(self._t, self._pfn(pfn), q, q1)
+        _read_c(self._t, self._pfn(pfn), q, q1)
         return _tuple_new(RmpEntry, (q[0], q[1]))
 
     def write_raw(self, pfn, lo: int, hi: int = 0) -> None:
@@ -907,16 +956,15 @@ class RmpTable:
     def snp_lookup_rmpentry(self, pfn) -> tuple[bool, int]:
         """snp_lookup_rmpentry(): (assigned, level) -- assigned from the pfn's own entry,
         level from the 2M-aligned entry's page size.  Out-of-range pfns raise RmpError."""
-        t = self._t_
-        if t is not None and pfn.__class__ is int:
+        if pfn.__class__ is int:
             try:
-                w = lib.kvmmu_rmp_lookup_word(t, pfn)
+                w = _lookup_c(self._t_, pfn)
                 if w >= 0:
                     return _LOOKUP[w]
-            except OverflowError:
+            except (OverflowError, TypeError):
                 pass
         v = self._pfn(pfn)
-        return _LOOKUP[lib.kvmmu_rmp_lookup_word(self._t, v)]
+        return _LOOKUP[_lookup_c(self._t, v)]
 
     lookup = snp_lookup_rmpentry
 
@@ -984,15 +1032,14 @@ class RmpTable:
         """The firmware page state of a pfn (DEFAULT beyond the table).  ``effective``: for a
         pfn inside an assigned 2M page, the state of the 2M entry that governs it; otherwise
         the raw entry's own state, as the firmware's rmp_entry_get_state() sees it."""
-        t = self._t_
-        if t is not None and pfn.__class__ is int and (effective is True or effective is False):
+        if pfn.__class__ is int and (effective is True or effective is False):
             try:
-                return _STATES[lib.kvmmu_rmp_page_state(t, pfn, effective)]
-            except OverflowError:
+                return _STATES[_page_state_c(self._t_, pfn, effective)]
+            except (OverflowError, TypeError):
                 pass
         v = _batch.uint("pfn", pfn)
         effective = _batch.boolean("effective", effective)
-        return _STATES[lib.kvmmu_rmp_page_state(self._t, v, effective)]
+        return _STATES[_page_state_c(self._t, v, effective)]
 
     def page_states(self, pfns: np.ndarray, *, effective: bool = True,
                     out: Optional[np.ndarray] = None, threads: Optional[int] = None) -> np.ndarray:
@@ -1022,14 +1069,13 @@ class RmpTable:
                   immutable=False, asid: int = 0) -> Rc:
         """RMPUPDATE (hypervisor): write GPA/Assigned/Page_Size/Immutable/ASID of an entry.
         ``gpa`` is a byte address (struct rmp_state).  Returns the EAX code."""
-        t = self._t_
-        if (t is not None and self.writable and pfn.__class__ is gpa.__class__ is asid.__class__ is int
-                and assigned.__class__ in _INT_OR_BOOL and pagesize.__class__ in _INT_OR_BOOL
-                and immutable.__class__ in _INT_OR_BOOL):
-            try:
-                return _RC[lib.kvmmu_rmp_rmpupdate_fields(t, pfn, gpa, assigned, pagesize,
-                                                          immutable, asid)]
-            except OverflowError:
+        if (pfn.__class__ is gpa.__class__ is asid.__class__ is int
+                and (assigned is False or assigned is True or assigned.__class__ is int)
+                and pagesize.__class__ in _INT_OR_BOOL
+                and (immutable is False or immutable is True or immutable.__class__ is int)):
+            try:     # _tw_ is None (TypeError) when the table is read-only or closed
+                return _RC[_rmpupdate_c(self._tw_, pfn, gpa, assigned, pagesize, immutable, asid)]
+            except (OverflowError, TypeError):
                 pass
         self._need_writable("rmpupdate")
         st = (_batch.uint("gpa", gpa), _batch.uint("assigned", assigned, 8),
@@ -1081,11 +1127,10 @@ class RmpTable:
 
     def psmash(self, pfn) -> Rc:
         """PSMASH (hypervisor): split a 2M RMP page into 512 4K entries."""
-        t = self._t_
-        if t is not None and self.writable and pfn.__class__ is int:
+        if pfn.__class__ is int:
             try:
-                return _RC[lib.kvmmu_rmp_psmash(t, pfn)]
-            except OverflowError:
+                return _RC[_psmash_c(self._tw_, pfn)]
+            except (OverflowError, TypeError):
                 pass
         self._need_writable("psmash")
         return _RC[lib.kvmmu_rmp_psmash(self._t, _batch.uint("pfn", pfn))]
@@ -1095,43 +1140,40 @@ class RmpTable:
         """PVALIDATE (guest): set or clear Validated of the page at ``gfn`` backed by ``pfn``.
         ``size`` (RCX) and ``validate`` (RDX) are register operands: values other than 0/1
         give FAIL_INPUT, as on the hardware."""
-        t = self._t_
-        if (t is not None and self.writable
-                and pfn.__class__ is asid.__class__ is gfn.__class__ is size.__class__ is vmpl.__class__ is int
-                and validate.__class__ in _INT_OR_BOOL):
+        if (pfn.__class__ is asid.__class__ is gfn.__class__ is size.__class__ is vmpl.__class__ is int
+                and (validate is True or validate is False or validate.__class__ is int)):
             try:
-                w = lib.kvmmu_rmp_pvalidate_word(t, pfn, asid, vmpl, gfn, size, validate)
-                return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
-            except OverflowError:
-                pass
+                w = _pvalidate_c(self._tw_, pfn, asid, vmpl, gfn, size, validate)
+            except (OverflowError, TypeError):
+                w = -1
+            if w >= 0:
+                return _INSN_MEMO.get(w) or _insn_result(w)
         self._need_writable("pvalidate")
-        w = lib.kvmmu_rmp_pvalidate_word(self._t, _batch.uint("pfn", pfn), _batch.uint("asid", asid, 32),
+        w = _pvalidate_c(self._t, _batch.uint("pfn", pfn), _batch.uint("asid", asid, 32),
                                          _batch.uint("vmpl", vmpl, 32), _batch.uint("gfn", gfn),
                                          _batch.uint("size", size, 32),
                                          _batch.uint("validate", validate, 32))
-        return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
+        return _INSN_MEMO.get(w) or _insn_result(w)
 
     def rmpadjust(self, pfn, *, asid: int, gfn: int, target_vmpl: int, perms: int,
                   size: int = 0, vmsa=False, vmpl: int = 0) -> InsnResult:
         """RMPADJUST (guest): set the permission mask of a higher VMPL (and VMSA at VMPL0)."""
-        t = self._t_
-        if (t is not None and self.writable
-                and pfn.__class__ is asid.__class__ is gfn.__class__ is target_vmpl.__class__ is int
-                and perms.__class__ is size.__class__ is vmpl.__class__ is int
-                and vmsa.__class__ in _INT_OR_BOOL):
+        if (pfn.__class__ is asid.__class__ is gfn.__class__ is target_vmpl.__class__ is perms.__class__
+                is size.__class__ is vmpl.__class__ is int
+                and (vmsa is False or vmsa is True or vmsa.__class__ is int)):
             try:
-                w = lib.kvmmu_rmp_rmpadjust_word(t, pfn, asid, vmpl, gfn, size, target_vmpl, perms,
-                                                 vmsa)
-                return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
-            except OverflowError:
-                pass
+                w = _rmpadjust_c(self._tw_, pfn, asid, vmpl, gfn, size, target_vmpl, perms, vmsa)
+            except (OverflowError, TypeError):
+                w = -1
+            if w >= 0:
+                return _INSN_MEMO.get(w) or _insn_result(w)
         self._need_writable("rmpadjust")
-        w = lib.kvmmu_rmp_rmpadjust_word(self._t, _batch.uint("pfn", pfn),
+        w = _rmpadjust_c(self._t, _batch.uint("pfn", pfn),
                                          _batch.uint("asid", asid, 32), _batch.uint("vmpl", vmpl, 32),
                                          _batch.uint("gfn", gfn), _batch.uint("size", size, 32),
                                          _batch.uint("target_vmpl", target_vmpl, 32),
                                          _batch.uint("perms", perms, 32), _batch.uint("vmsa", vmsa, 32))
-        return _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
+        return _INSN_MEMO.get(w) or _insn_result(w)
 
     # -------------------------------------------------------------- kernel helpers
     def rmpupdate_kernel(self, pfn, *, gpa: int, assigned: bool, level: int, immutable: bool,
@@ -1158,21 +1200,17 @@ class RmpTable:
     def host_check(self, pfn, level: int = PG_LEVEL_4K, *, user: bool = False) -> AccessResult:
         """The RMP check of a host data write / page-table access through a mapping of
         ``level`` (1G checked as 2M: all 512 entries need Assigned=0).  Reads are not checked."""
-        t = self._t_
-        if (t is not None and pfn.__class__ is level.__class__ is int
-                and (user is False or user is True)):
+        if pfn.__class__ is level.__class__ is int and (user is False or user is True):
             try:
-                w = lib.kvmmu_rmp_host_check_word(t, pfn, level, user)
-            except OverflowError:
+                w = _host_check_c(self._t_, pfn, level, user)
+            except (OverflowError, TypeError):
                 w = -1
             if w >= 0:
-                chk = _CHECKS[w & 0xFF]
-                return _tuple_new(AccessResult, (chk, "#PF" if chk else None, w >> 8))
+                return _HOST_MEMO.get(w) or _host_result(w)
         level = _level("level", level)
         user = _batch.boolean("user", user)
-        w = lib.kvmmu_rmp_host_check_word(self._t, _batch.uint("pfn", pfn), level, user)
-        chk = _CHECKS[w & 0xFF]
-        return _tuple_new(AccessResult, (chk, "#PF" if chk else None, w >> 8))
+        w = _host_check_c(self._t, _batch.uint("pfn", pfn), level, user)
+        return _HOST_MEMO.get(w) or _host_result(w)
 
     def host_check_batch(self, pfns: np.ndarray, level: int = PG_LEVEL_4K,
                          out: Optional[np.ndarray] = None, *,
@@ -1216,24 +1254,18 @@ class RmpTable:
                     user: bool = False) -> AccessResult:
         """The RMP checks of a guest access (APM Table 15-39), in priority order: covered,
         guest-owned, reverse-map, mutable, page-size (NPF), validated (#VC), VMPL (NPF)."""
-        t = self._t_
-        k = _KINDS.get(kind) if kind.__class__ is str else kind
-        if (t is not None and pfn.__class__ is gfn.__class__ is asid.__class__ is int
-                and vmpl.__class__ is npt_level.__class__ is k.__class__ is int
-                and c_bit.__class__ is snp_active.__class__ is user.__class__ is bool):
+        k = _kind_code(kind) if kind.__class__ is str else kind
+        if (pfn.__class__ is gfn.__class__ is asid.__class__ is vmpl.__class__ is npt_level.__class__
+                is k.__class__ is int and c_bit.__class__ is snp_active.__class__ is user.__class__ is bool):
             try:
-                w = lib.kvmmu_rmp_guest_check_word(t, pfn, gfn, asid, vmpl, npt_level, k, c_bit,
-                                                   snp_active, user)
-            except OverflowError:
+                w = _guest_check_c(self._t_, pfn, gfn, asid, vmpl, npt_level, k, c_bit, snp_active, user)
+            except (OverflowError, TypeError):
                 w = -1
             if w >= 0:
-                return _tuple_new(AccessResult, (_CHECKS[w & 0xFF], _FAULT_NAMES.get((w >> 8) & 0xFFF),
-                                                 w >> 20))
+                return _GUEST_MEMO.get(w) or _guest_result(w)
         args = self._access_args(asid, vmpl, npt_level, kind, c_bit, snp_active, user)
-        w = lib.kvmmu_rmp_guest_check_word(self._t, _batch.uint("pfn", pfn), _batch.uint("gfn", gfn),
-                                           *args)
-        return _tuple_new(AccessResult, (_CHECKS[w & 0xFF], _FAULT_NAMES.get((w >> 8) & 0xFFF),
-                                         w >> 20))
+        w = _guest_check_c(self._t, _batch.uint("pfn", pfn), _batch.uint("gfn", gfn), *args)
+        return _GUEST_MEMO.get(w) or _guest_result(w)
 
     def guest_check_batch(self, pfns: np.ndarray, gfns: np.ndarray, *, asid: int, vmpl: int = 0,
                           npt_level: int = PG_LEVEL_4K, kind="read", c_bit: bool = True,

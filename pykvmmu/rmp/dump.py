@@ -3,36 +3,37 @@ lines pasted from a kernel log, in every known kernel format (docs/rmp.md, "Deco
 from __future__ import annotations
 
 import re
+import threading
 from typing import NamedTuple, Optional
 
 from .. import _batch
 from .._ffi import ffi, lib
 from ..errors import InputError
-from . import EFAULT, PTRS_PER_PMD, RmpEntry, RmpError, RmpTable, _scratch, _table, make_lo
+from . import EFAULT, RmpEntry, RmpError, RmpTable, _table, make_lo
 
 
 def dump_rmpentry_lines(table: RmpTable, pfn) -> list:
     """The kernel's dump_rmpentry() as log lines: the raw entry if assigned, otherwise every
     non-zero entry of the pfn's 2M region (those can fault a 2M host mapping); one C call
-    (kvmmu_rmp_dump) finds them."""
+    (kvmmu_rmp_dump_text) finds them and prints the lines."""
     v = pfn if pfn.__class__ is int and pfn >= 0 else _batch.uint("pfn", pfn)
     _table(table)
-    q = _scratch()
     try:
-        r = lib.kvmmu_rmp_dump(table._t, v, q)
+        buf = _TLS.text
+    except AttributeError:
+        buf = _TLS.text = ffi.new("char[]", lib.KVMMU_RMP_DUMP_TEXT_MAX)
+    try:
+        n = _dump_text_c(table._t, v, buf)
     except OverflowError:
         raise _batch.bad_u64("pfn", pfn) from None
-    if r < 0:
+    if n < 0:
         return [f"Failed to read RMP entry for PFN {v:#x}, error -{EFAULT}"]
-    if r == 0:
-        return [f"PFN {v:#x}, RMP entry: [{q[1]:#018x} - {q[2]:#018x}]"]
-    start = v & ~(PTRS_PER_PMD - 1)
-    lines = [f"PFN {v:#x} unassigned, dumping non-zero entries in 2M PFN region: "
-             f"[{start:#x} - {start + PTRS_PER_PMD:#x}]"]
-    found = ffi.unpack(q, 3 * (r - 1))
-    lines += [f"PFN: {p:#x}, [{lo:#018x} - {hi:#018x}]"
-              for p, lo, hi in zip(found[0::3], found[1::3], found[2::3])]
-    return lines
+    return _unpack(buf, n).decode("ascii").split("\n")
+
+
+_TLS = threading.local()          # per thread: the text buffer (the C call releases the GIL)
+_dump_text_c = lib.kvmmu_rmp_dump_text
+_unpack = ffi.unpack
 
 
 # ------------------------------------------------------------------ kernel RMP dumps

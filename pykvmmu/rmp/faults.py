@@ -27,14 +27,15 @@ def handle_user_rmp_page_fault(table: RmpTable, *, pte_present: bool, pte_pfn: i
     SPLIT (host level above the RMP level), else RETRY."""
     if (table.__class__ is RmpTable and pte_present.__class__ is bool
             and pte_pfn.__class__ is level.__class__ is address.__class__ is int):
-        t = table._t_
-        if t is not None:
-            try:
-                w = lib.kvmmu_rmp_user_fault(t, pte_present, pte_pfn, level, address)
-            except OverflowError:
-                w = -1
-            if w >= 0:
-                return _user_fault(w)
+        try:
+            w = _user_fault_c(table._t_, pte_present, pte_pfn, level, address)
+        except (OverflowError, TypeError):     # an operand beyond its C type / the table closed
+            w = -1
+        if w > 0:
+            action, ret, rmp_level = _UPF_WORD[w & 15]
+            return _tuple_new(UserFault, (action, ret, w >> 4, rmp_level))
+        if not w:
+            return _UPF_UNMAP
     _table(table)
     pte_present = _batch.boolean("pte_present", pte_present)
     level = _level("level", level)
@@ -46,14 +47,19 @@ def handle_user_rmp_page_fault(table: RmpTable, *, pte_present: bool, pte_pfn: i
 _UPF = {lib.KVMMU_RMP_UPF_SIGBUS: ("SIGBUS", RMP_PF_RETRY), lib.KVMMU_RMP_UPF_SPLIT: ("SPLIT", RMP_PF_SPLIT),
         lib.KVMMU_RMP_UPF_RETRY: ("RETRY", RMP_PF_RETRY)}
 _UPF_UNMAP = UserFault("UNMAP", RMP_PF_UNMAP, None, None)
+_user_fault_c = lib.kvmmu_rmp_user_fault
+#: the word's low 4 bits (action | RMP level << 2) -> (action, ret, RMP level or None); UNMAP is the word 0
+_UPF_WORD = tuple((*_UPF[a], (lv or None)) if a in _UPF else None for lv in range(4) for a in range(4))
+assert lib.KVMMU_RMP_UPF_UNMAP == 0 and all(_UPF_WORD[a | lv << 2] == (None if a == lib.KVMMU_RMP_UPF_UNMAP else (*_UPF[a], lv or None))
+           for a in range(4) for lv in range(4))
 
 
 def _user_fault(w: int) -> UserFault:
     """kvmmu_rmp_user_fault's word (action | RMP level << 2 | pfn << 4) as a UserFault."""
     if w & 3 == lib.KVMMU_RMP_UPF_UNMAP:
         return _UPF_UNMAP
-    action, ret = _UPF[w & 3]
-    return _tuple_new(UserFault, (action, ret, w >> 4, (w >> 2) & 3 or None))
+    action, ret, rmp_level = _UPF_WORD[w & 15]
+    return _tuple_new(UserFault, (action, ret, w >> 4, rmp_level))
 
 
 class NpfOutcome(NamedTuple):
@@ -107,16 +113,18 @@ def sev_private_max_mapping_level(table: RmpTable, pfn: int, *, snp: bool = True
     """The gmem max-mapping-level hook: 0 (no limit) for non-SNP VMs, 4K if the lookup
     fails or the entry is unassigned, otherwise the RMP level (NPT level <= RMP level)."""
     if table.__class__ is RmpTable and pfn.__class__ is int and (snp is True or snp is False):
-        t = table._t_
-        if t is not None:
-            try:
-                return lib.kvmmu_rmp_max_mapping_level(t, pfn, snp)
-            except OverflowError:
-                pass
+        try:
+            return _max_mapping_level_c(table._t_, pfn, snp)
+        except (OverflowError, TypeError):
+            pass
     _table(table)
     snp = _batch.boolean("snp", snp)
     pfn = _batch.uint("pfn", pfn)
     return lib.kvmmu_rmp_max_mapping_level(table._t, pfn, snp)
+
+
+_max_mapping_level_c = lib.kvmmu_rmp_max_mapping_level
+_max_private_level_c = lib.kvmmu_rmp_max_private_level
 
 
 def kvm_max_private_mapping_level(max_level: int, max_order: int, hook_level: int = 0) -> int:
@@ -124,7 +132,7 @@ def kvm_max_private_mapping_level(max_level: int, max_order: int, hook_level: in
     allows, the vendor hook's level when it is non-zero)."""
     if max_level.__class__ is max_order.__class__ is hook_level.__class__ is int:
         try:
-            r = lib.kvmmu_rmp_max_private_level(max_level, max_order, hook_level)
+            r = _max_private_level_c(max_level, max_order, hook_level)
         except OverflowError:
             r = -1
         if r > 0:
