@@ -168,8 +168,11 @@ class HostMemory:
             # the alignment gap goes to the 4K free list
             self._free[0].extend(range(self._next, pfn))
             self._next = pfn + n
-        for p in range(pfn, pfn + n):
-            self.owner[p] = owner
+        if n == 1:
+            self.owner[pfn] = owner
+        else:
+            for p in range(pfn, pfn + n):
+                self.owner[p] = owner
         return pfn
 
     def free(self, pfn: int, order: int = 0) -> None:
@@ -692,7 +695,10 @@ class GuestMemfd:
         (-EFAULT: no file, -EIO: binding mismatch), allocate on demand, -EHWPOISON if poisoned,
         prepare (zero + ``prepare`` hook with the folio-aligned gfn/pfn and the folio order) if not
         up to date.  ``max_order`` is 0 upstream (order-0 folios)."""
-        gfn = u64("gfn", gfn)
+        return self._get_pfn(slot, u64("gfn", gfn))
+
+    def _get_pfn(self, slot, gfn: int) -> GetPfn:
+        """:meth:`get_pfn` on a checked gfn (the fault path's call)."""
         index = self._lookup_for(slot, gfn)
         f = self._folio_at(index)
         if f is None:
