@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import errno as _errno
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
@@ -313,6 +314,10 @@ class GetPfn(NamedTuple):
     pfn: int
     max_order: int
     prepared_now: bool
+
+
+#: A GetPfn from its three fields in order (``tuple.__new__`` through a C partial: one per fault).
+_get_pfn_result = functools.partial(tuple.__new__, GetPfn)
 
 
 def _slot(slot):
@@ -700,10 +705,8 @@ class GuestMemfd:
     def _get_pfn(self, slot, gfn: int) -> GetPfn:
         """:meth:`get_pfn` on a checked gfn (the fault path's call)."""
         index = self._lookup_for(slot, gfn)
-        f = self._folio_at(index)
-        if f is None:
-            f = self._alloc_folio(index)
-        base, bpfn, order = f
+        base, bpfn, order = self._folio_at(index) if index in self._pfn else \
+            self._alloc_folio(index)
         if base in self.poisoned:
             raise GmemError(f"gfn {gfn:#x}: the folio at index {base:#x} is hwpoisoned",
                             EHWPOISON)
@@ -718,7 +721,8 @@ class GuestMemfd:
             prepared_now = True
         pfn = bpfn + (index - base)
         mask = (1 << order) - 1         # max_order_at, with checked values
-        return GetPfn(pfn, order if (gfn & mask) == (index & mask) else 0, prepared_now)
+        return _get_pfn_result((pfn, order if (gfn & mask) == (index & mask) else 0,
+                                prepared_now))
 
     def populate(self, slot, start_gfn: int, src, npages: int,
                  post_populate: Optional[Callable] = None, opaque=None) -> int:
