@@ -755,7 +755,7 @@ class Vm(MmuLock):
                     stats["emulate"] += 1
                     return _outcome(("emulate", gfn0, False, 0, 0, s, None, "MMIO SPTE hit"))
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
-        policy, inv = self.policy, self.invalidation
+        policy, inv = self._policy, self.invalidation
         c = policy.classify(self, gpa, error_code)
         gfn = c.gfn
         mmu_seq = inv.seq
@@ -862,13 +862,13 @@ class Vm(MmuLock):
         """``kvm_max_private_mapping_level``: 4K without asking the vendor hook when the VM's
         max level or the folio order already says 4K; else the smaller of the two and of the
         hook's level (0: no limit)."""
-        max_level = self.max_level
+        max_level = self._max_level
         if max_level == PG_LEVEL_4K:
             return PG_LEVEL_4K
         max_level = min(max_level, order_to_level(max_order))
         if max_level == PG_LEVEL_4K:
             return PG_LEVEL_4K
-        hook = self.gmem_hooks.max_mapping_level(self, pfn, True)
+        hook = self._gmem_hooks.max_mapping_level(self, pfn, True)
         return min(max_level, hook) if hook else max_level
 
     def _fc_store(self, gpa: int, error_code: int, outcome: FaultOutcome) -> None:
