@@ -163,11 +163,12 @@ class HostMemory:
         if fl:
             pfn = fl.pop()
         else:
-            pfn = (self._next + n - 1) & ~(n - 1)
+            nxt = self._next
+            pfn = (nxt + n - 1) & ~(n - 1)
             if pfn + n > self.limit:
                 raise GmemError(f"host memory exhausted allocating order {order}", _errno.ENOMEM)
-            # the alignment gap goes to the 4K free list
-            self._free[0].extend(range(self._next, pfn))
+            if pfn != nxt:          # the alignment gap goes to the 4K free list
+                self._free[0].extend(range(nxt, pfn))
             self._next = pfn + n
         if n == 1:
             self.owner[pfn] = owner
