@@ -728,13 +728,15 @@ class Vm(MmuLock):
         A fault that found its leaf already installed (or that installed it) is remembered
         under its exact (gpa, error_code) while nothing it read changes (see ``_fc_store``);
         the same fault again then returns the same ``spurious`` outcome without the walk."""
-        if race is None and gpa.__class__ is int and error_code.__class__ is int and \
-                0 <= gpa < _U64_END and 0 <= error_code < _U64_END:     # u64's fast path
+        if race is None and gpa.__class__ is int and error_code.__class__ is int:
             hit = self._fc.get(gpa >> 12)
             if hit is not None and hit[0] == gpa and hit[1] == error_code and \
                     not self.invalidation.in_progress:
                 self.stats["faults"] += 1
                 return hit[2]
+            if not (0 <= gpa < _U64_END and 0 <= error_code < _U64_END):  # u64's fast path
+                gpa = u64("gpa", gpa, err=VmError)                # (refuses: out of range)
+                error_code = u64("error_code", error_code, err=VmError)
         else:
             gpa = u64("gpa", gpa, err=VmError)
             error_code = u64("error_code", error_code, err=VmError)
