@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import errno as _errno
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
@@ -162,14 +163,18 @@ class HostMemory:
         if fl:
             pfn = fl.pop()
         else:
-            pfn = (self._next + n - 1) & ~(n - 1)
+            nxt = self._next
+            pfn = (nxt + n - 1) & ~(n - 1)
             if pfn + n > self.limit:
                 raise GmemError(f"host memory exhausted allocating order {order}", _errno.ENOMEM)
-            # the alignment gap goes to the 4K free list
-            self._free[0].extend(range(self._next, pfn))
+            if pfn != nxt:          # the alignment gap goes to the 4K free list
+                self._free[0].extend(range(nxt, pfn))
             self._next = pfn + n
-        for p in range(pfn, pfn + n):
-            self.owner[p] = owner
+        if n == 1:
+            self.owner[pfn] = owner
+        else:
+            for p in range(pfn, pfn + n):
+                self.owner[p] = owner
         return pfn
 
     def free(self, pfn: int, order: int = 0) -> None:
@@ -310,6 +315,10 @@ class GetPfn(NamedTuple):
     pfn: int
     max_order: int
     prepared_now: bool
+
+
+#: A GetPfn from its three fields in order (``tuple.__new__`` through a C partial: one per fault).
+_get_pfn_result = functools.partial(tuple.__new__, GetPfn)
 
 
 def _slot(slot):
@@ -692,12 +701,13 @@ class GuestMemfd:
         (-EFAULT: no file, -EIO: binding mismatch), allocate on demand, -EHWPOISON if poisoned,
         prepare (zero + ``prepare`` hook with the folio-aligned gfn/pfn and the folio order) if not
         up to date.  ``max_order`` is 0 upstream (order-0 folios)."""
-        gfn = u64("gfn", gfn)
+        return self._get_pfn(slot, u64("gfn", gfn))
+
+    def _get_pfn(self, slot, gfn: int) -> GetPfn:
+        """:meth:`get_pfn` on a checked gfn (the fault path's call)."""
         index = self._lookup_for(slot, gfn)
-        f = self._folio_at(index)
-        if f is None:
-            f = self._alloc_folio(index)
-        base, bpfn, order = f
+        base, bpfn, order = self._folio_at(index) if index in self._pfn else \
+            self._alloc_folio(index)
         if base in self.poisoned:
             raise GmemError(f"gfn {gfn:#x}: the folio at index {base:#x} is hwpoisoned",
                             EHWPOISON)
@@ -712,7 +722,8 @@ class GuestMemfd:
             prepared_now = True
         pfn = bpfn + (index - base)
         mask = (1 << order) - 1         # max_order_at, with checked values
-        return GetPfn(pfn, order if (gfn & mask) == (index & mask) else 0, prepared_now)
+        return _get_pfn_result((pfn, order if (gfn & mask) == (index & mask) else 0,
+                                prepared_now))
 
     def populate(self, slot, start_gfn: int, src, npages: int,
                  post_populate: Optional[Callable] = None, opaque=None) -> int:

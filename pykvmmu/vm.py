@@ -13,6 +13,7 @@ must.  :meth:`Vm.check` verifies the invariants after any step.
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import operator
 from typing import Callable, NamedTuple, Optional
 
@@ -44,6 +45,10 @@ __all__ = ["Vm", "Memslot", "FaultOutcome", "VmError", "InvariantError", "SnpHoo
 SEV_ASID_MAX = 0x3FE
 PAGES = {1: 1, 2: 512, 3: 512 * 512, 4: 512 ** 3, 5: 512 ** 4}
 _PFERR_RSVD = P.PFERR_RSVD_MASK
+_U64_END = 1 << 64
+#: The gfn mask of a leaf's base at each level.
+_LEVEL_MASK = {lv: ~(n - 1) for lv, n in PAGES.items()}
+_VM_OK, _F_MAKE = lib.KVMMU_VM_OK, lib.KVMMU_VM_F_MAKE
 #: The built-in policies: pure functions of (VM type, gpa, error code, attributes, memslot
 #: kind), so that their verdict on a cached fault stands until one of those changes.
 _PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
@@ -111,6 +116,11 @@ class FaultOutcome(NamedTuple):
         return f"{self.kind} gfn {self.gfn:#x}: {self.reason}"
 
 
+#: A FaultOutcome from all eight fields in order (``tuple.__new__`` through a C partial: no
+#: Python frame, no defaults to fill; the fault path builds one or two per fault).
+_outcome = functools.partial(tuple.__new__, FaultOutcome)
+
+
 # ---------------------------------------------------------------------- vendor hooks
 class SnpHooks(GmemHooks):
     """SEV-SNP: ``sev_gmem_prepare`` (RMP private, 2M when the folio is large and its whole 2M
@@ -134,7 +144,8 @@ class SnpHooks(GmemHooks):
         else:
             level, p, g = PG_LEVEL_4K, pfn, gfn
         rc = rmp.rmp_make_private(p, g << 12, level, self.vm.asid, False)
-        self.vm._log("rmp_make_private", pfn=p, gpa=g << 12, level=level, rc=rc)
+        if self.vm.trace is not None:
+            self.vm._log("rmp_make_private", pfn=p, gpa=g << 12, level=level, rc=rc)
         return rc
 
     def invalidate(self, start_pfn, end_pfn):
@@ -291,7 +302,6 @@ class Vm(MmuLock):
         self._max_gfn = (1 << (cfg.maxphyaddr - 12)) - 1
         # TDP roots: TDX has a mirror (private, S-EPT) root and a direct (shared) root.
         self.root_names = ("private", "shared") if self.vm_type == P.KVM_X86_TDX_VM else ("direct",)
-        self._root_priv, self._root_shared = self._root_for(True), self._root_for(False)
         self.pages: dict = {}                  # table pa -> np.ndarray[512] uint64 (pool view)
         # The table pool walked by csrc/vm.c: SPTEs, and per entry the pool index of the child
         # table it points to (-1: not a pointer); table pa -> pool index; free pool indexes.
@@ -308,6 +318,11 @@ class Vm(MmuLock):
         self._out_spte = ffi.new("uint64_t *")
         self._out_level = ffi.new("uint32_t *")
         self.roots = {r: self._alloc_table() for r in self.root_names}
+        # is_private -> (root, its pool index, the bits its walk adds to a gfn): the fault
+        # path's root (roots are never freed, pool indexes never move).
+        self._fault_root_priv, self._fault_root_shared = (
+            (r, self._pt_idx[self.roots[r]], self._walk_gfn(r, 0))
+            for r in (self._root_for(True), self._root_for(False)))
         self.leaves: dict = {r: {} for r in self.root_names}  # base gfn -> (level, pfn, kind)
         self.stats = dict(faults=0, mapped=0, exits=0, retries=0, emulate=0, zapped=0)
         if self.vm_type == P.KVM_X86_SNP_VM:
@@ -719,13 +734,16 @@ class Vm(MmuLock):
                     not self.invalidation.in_progress:
                 self.stats["faults"] += 1
                 return hit[2]
-        gpa = u64("gpa", gpa, err=VmError)
-        error_code = u64("error_code", error_code, err=VmError)
-        if race is not None and not callable(race):
-            raise VmError(f"race={race!r}: expected a callable or None")
+            if not (0 <= gpa < _U64_END and 0 <= error_code < _U64_END):  # u64's fast path
+                gpa = u64("gpa", gpa, err=VmError)                # (refuses: out of range)
+                error_code = u64("error_code", error_code, err=VmError)
+        else:
+            gpa = u64("gpa", gpa, err=VmError)
+            error_code = u64("error_code", error_code, err=VmError)
+            if race is not None and not callable(race):
+                raise VmError(f"race={race!r}: expected a callable or None")
         stats = self.stats
         stats["faults"] += 1
-        cfg = self.cfg
         # --- RSVD fast path: handle_mmio_page_fault on an existing MMIO SPTE.  MMIO is shared
         # only: a TDX private address (shared bit clear) never reads the shared root's entry.
         direct = self.gfn_direct_bits
@@ -735,100 +753,124 @@ class Vm(MmuLock):
             e = self.leaves[root].get(gfn0)
             if e is not None and e[2] == "mmio":
                 s = self._tdp_map(root, gfn0, 1)[1]
-                if M.mmio_fault_outcome(cfg, s, self.generation) == "emulate":
-                    self.stats["emulate"] += 1
-                    return FaultOutcome("emulate", gfn0, spte=s, reason="MMIO SPTE hit")
+                if M.mmio_fault_outcome(self.cfg, s, self.generation) == "emulate":
+                    stats["emulate"] += 1
+                    return _outcome(("emulate", gfn0, False, 0, 0, s, None, "MMIO SPTE hit"))
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
-        policy, inv = self.policy, self.invalidation
+        policy, inv = self._policy, self.invalidation
         c = policy.classify(self, gpa, error_code)
         gfn = c.gfn
         mmu_seq = inv.seq
         is_private, ex = policy.resolve(self, c)
         slot = self.memslots.at(gfn) if ex is None else None
-        if slot is not None and inv._retry(mmu_seq, gfn):                     # ..._unsafe check
+        if slot is not None and (inv.in_progress or inv.seq != mmu_seq) and \
+                inv._retry(mmu_seq, gfn):                                       # ..._unsafe check
             stats["retries"] += 1
-            return FaultOutcome("retry", gfn, is_private, reason="invalidation in progress")
+            return _outcome(("retry", gfn, is_private, 0, 0, 0, None, "invalidation in progress"))
         action, ex = P.faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
         if action == _A_EXIT:
             return self._exit(ex)
         if action == _A_NOSLOT:
-            if not cfg.mmio_caching or gfn > self._max_gfn:
-                self.stats["emulate"] += 1
-                return FaultOutcome("emulate", gfn, reason="no MMIO caching or gfn above "
-                                    "host MAXPHYADDR: no SPTE")
+            if not self.cfg.mmio_caching or gfn > self._max_gfn:
+                stats["emulate"] += 1
+                return _outcome(("emulate", gfn, False, 0, 0, 0, None, "no MMIO caching or gfn "
+                                 "above host MAXPHYADDR: no SPTE"))
             pfn, max_level, kind = None, PG_LEVEL_4K, "mmio"
         elif action == _A_SHARED:
             assert slot is not None             # faultin_action: only noslot/exit lack a slot
             pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
         else:                                   # guest_memfd: "private" or "gmem_shared"
             assert slot is not None
-            if slot.gmem_file is None:
+            gmem = slot.gmem_file
+            if gmem is None:
                 return self._exit(P.MemoryFaultExit.for_fault(
                     gfn, is_private, "guest_memfd was released (kvm_gmem_get_pfn: -EFAULT)"))
             try:
-                r = slot.gmem_file.get_pfn(slot, gfn)
+                pfn, max_order, _ = gmem._get_pfn(slot, gfn)
             except GmemError as e:
                 return self._exit(P.MemoryFaultExit.for_fault(gfn, is_private,
                                                               f"kvm_gmem_get_pfn: {e}"))
-            pfn = r.pfn
             if is_private:
-                max_level = self._private_max_level(pfn, r.max_order)
+                max_level = self._private_max_level(pfn, max_order)
                 kind = "private"
             else:
                 max_level, kind = PG_LEVEL_4K, "shared"
         if race is not None:
             race()
-        with self.mmu_lock():
-            if inv._retry(mmu_seq, gfn):                            # is_page_fault_stale
+        self.mmu_lock_held += 1                 # with self.mmu_lock(), inline
+        try:
+            if (inv.in_progress or inv.seq != mmu_seq) and \
+                    inv._retry(mmu_seq, gfn):                               # is_page_fault_stale
                 stats["retries"] += 1
-                return FaultOutcome("retry", gfn, is_private,
-                                    reason="mmu_invalidate_seq moved or range in progress")
-            root = self._root_priv if is_private else self._root_shared
+                return _outcome(("retry", gfn, is_private, 0, 0, 0, None,
+                                 "mmu_invalidate_seq moved or range in progress"))
+            root, root_idx, walk_bits = self._fault_root_priv if is_private else \
+                self._fault_root_shared
             if kind == "mmio":
-                spte = M.make_mmio_spte(cfg, self._walk_gfn(root, gfn), ACC_ALL,
+                spte = M.make_mmio_spte(self.cfg, gfn | walk_bits, ACC_ALL,
                                         self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS)
                 self._install(root, gfn, PG_LEVEL_4K, spte, None, "mmio")
-                self.stats["emulate"] += 1
-                return FaultOutcome("emulate", gfn, spte=spte, reason="MMIO SPTE installed")
+                stats["emulate"] += 1
+                return _outcome(("emulate", gfn, False, 0, 0, spte, None,
+                                 "MMIO SPTE installed"))
             assert slot is not None and pfn is not None     # set for every kind but mmio
             level = PG_LEVEL_4K
-            for lv in (PG_LEVEL_1G, PG_LEVEL_2M):
-                if lv <= max_level and self._lpage_ok(slot, gfn, lv, is_private):
-                    level = lv
-                    break
-            base = gfn & ~(PAGES[level] - 1)
+            if max_level > PG_LEVEL_4K:
+                for lv in (PG_LEVEL_1G, PG_LEVEL_2M):
+                    if lv <= max_level and self._lpage_ok(slot, gfn, lv, is_private):
+                        level = lv
+                        break
+            base = gfn & _LEVEL_MASK[level]
             bpfn = pfn - (gfn - base)
-            cur = self._leaf(root, gfn)
-            if cur is not None and cur[0] == level and cur[2] == bpfn:
-                o = FaultOutcome("spurious", gfn, is_private, level, bpfn,
-                                 self._tdp_map(root, base, level)[1])
+            lv_map = self.leaves[root]
+            # already mapped by this very leaf? (one leaf covers a gfn: check() verifies that
+            # the leaf index agrees with the tables, so probing ``level`` is _leaf's answer)
+            cur = lv_map.get(base)
+            out_spte = self._out_spte
+            if cur is not None and cur[0] == level and cur[1] == bpfn:
+                lib.kvmmu_vm_tdp_map(self._c, self._tdp, root_idx, base | walk_bits, level, 0,
+                                     ACC_ALL, self._mk, S.MEMTYPE_AUTO, 0, out_spte,
+                                     self._out_level)
+                o = _outcome(("spurious", gfn, is_private, level, bpfn, out_spte[0], None, ""))
                 if max_level == PG_LEVEL_4K and race is None:
                     self._fc_store(gpa, error_code, o)
                 return o
-            st, spte = self._tdp_map(root, base, level, bpfn, True)
-            if st == lib.KVMMU_VM_OK:
-                self.leaves[root][base] = (level, bpfn, kind)
-                self._fc_drop(base, base + PAGES[level])
+            st = lib.kvmmu_vm_tdp_map(self._c, self._tdp, root_idx, base | walk_bits, level,
+                                      bpfn, ACC_ALL, self._mk, S.MEMTYPE_AUTO, _F_MAKE,
+                                      out_spte, self._out_level)
+            if st == _VM_OK:
+                spte = out_spte[0]
+                lv_map[base] = (level, bpfn, kind)
+                fc = self._fc
+                if fc:
+                    if level == PG_LEVEL_4K:                # _fc_drop(base, base + 1)
+                        fc.pop(base, None)
+                        if direct:
+                            fc.pop(base | direct, None)
+                    else:
+                        self._fc_drop(base, base + PAGES[level])
             else:           # tables to allocate, a huge leaf to split or a subtree to free
-                spte = S.make_spte(cfg, bpfn, level=level, pte_access=ACC_ALL).spte
+                spte = S.make_spte(self.cfg, bpfn, level=level, pte_access=ACC_ALL).spte
                 self._install(root, base, level, spte, bpfn, kind)
             stats["mapped"] += 1
             if max_level == PG_LEVEL_4K and race is None:
-                self._fc_store(gpa, error_code, FaultOutcome("spurious", gfn, is_private, level,
-                                                             bpfn, spte))
-            return FaultOutcome("mapped", gfn, is_private, level, bpfn, spte)
+                self._fc_store(gpa, error_code, _outcome(("spurious", gfn, is_private, level,
+                                                          bpfn, spte, None, "")))
+            return _outcome(("mapped", gfn, is_private, level, bpfn, spte, None, ""))
+        finally:
+            self.mmu_lock_held -= 1
 
     def _private_max_level(self, pfn: int, max_order: int) -> int:
         """``kvm_max_private_mapping_level``: 4K without asking the vendor hook when the VM's
         max level or the folio order already says 4K; else the smaller of the two and of the
         hook's level (0: no limit)."""
-        max_level = self.max_level
+        max_level = self._max_level
         if max_level == PG_LEVEL_4K:
             return PG_LEVEL_4K
         max_level = min(max_level, order_to_level(max_order))
         if max_level == PG_LEVEL_4K:
             return PG_LEVEL_4K
-        hook = self.gmem_hooks.max_mapping_level(self, pfn, True)
+        hook = self._gmem_hooks.max_mapping_level(self, pfn, True)
         return min(max_level, hook) if hook else max_level
 
     def _fc_store(self, gpa: int, error_code: int, outcome: FaultOutcome) -> None:
@@ -842,7 +884,7 @@ class Vm(MmuLock):
 
     def _exit(self, ex):
         self.stats["exits"] += 1
-        return FaultOutcome("exit", ex.gpa >> 12, ex.private, exit=ex, reason=ex.reason)
+        return _outcome(("exit", ex.gpa >> 12, ex.private, 0, 0, 0, ex, ex.reason))
 
     def _install(self, root, base, level, spte, pfn, kind):
         lv_map = self.leaves[root]
