@@ -232,6 +232,10 @@ class TdxHooks(GmemHooks):
 class Vm(MmuLock):
     """One VM of a given type (``"snp"``, ``"tdx"``, ``"sw_protected"``, ``"default"``...)."""
 
+    _policy: P.FaultPolicy      # behind the checked properties policy, max_level, gmem_hooks
+    _max_level: int
+    _gmem_hooks: GmemHooks
+
     _next_id = 1
     #: ``kvm_mem_is_private(gfn) -> bool``: each VM binds its attribute store's method (one
     #: call per query).

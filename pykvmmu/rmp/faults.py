@@ -3,7 +3,7 @@ on a user mapping, KVM's NPF with the RMP bit, the gmem max-mapping-level hook a
 kvm_max_private_mapping_level() (docs/rmp.md, "Faults")."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from .. import _batch
 from .._ffi import lib
@@ -49,7 +49,7 @@ _UPF = {lib.KVMMU_RMP_UPF_SIGBUS: ("SIGBUS", RMP_PF_RETRY), lib.KVMMU_RMP_UPF_SP
 _UPF_UNMAP = UserFault("UNMAP", RMP_PF_UNMAP, None, None)
 _user_fault_c = lib.kvmmu_rmp_user_fault
 #: the word's low 4 bits (action | RMP level << 2) -> (action, ret, RMP level or None); UNMAP is the word 0
-_UPF_WORD = tuple((*_UPF[a], (lv or None)) if a in _UPF else None for lv in range(4) for a in range(4))
+_UPF_WORD: tuple[Any, ...] = tuple((*_UPF[a], (lv or None)) if a in _UPF else None for lv in range(4) for a in range(4))
 assert lib.KVMMU_RMP_UPF_UNMAP == 0 and all(_UPF_WORD[a | lv << 2] == (None if a == lib.KVMMU_RMP_UPF_UNMAP else (*_UPF[a], lv or None))
            for a in range(4) for lv in range(4))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, ClassVar
 
 from .._batch import uint
 from .._check import boolean, in_range, opt_boolean
@@ -66,6 +67,9 @@ def _vcpu(v, name: str = "v"):
 @dataclass(frozen=True)
 class VcpuState:
     """The vCPU registers the role computations read (KVM_MMU_{CR0,CR4,EFER}_ROLE_BITS)."""
+
+    if TYPE_CHECKING:       # not a field (nor in __dataclass_fields__): set per instance by __init__
+        _key: ClassVar[int]
 
     cr0_pg: bool = True
     cr0_wp: bool = True

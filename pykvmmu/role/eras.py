@@ -7,7 +7,7 @@ import enum
 import itertools
 from collections import namedtuple
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 
@@ -327,6 +327,10 @@ class PrevRootsRule(str, enum.Enum):
 @dataclass(frozen=True, eq=False)
 class RoleEra:
     """One kernel era of the role word: layouts plus the rule switches of the era."""
+
+    if TYPE_CHECKING:   # not fields (nor in __dataclass_fields__): the bit positions of the
+        _sh: ClassVar[Any]      # fields the role computations set, per instance (__post_init__)
+        _xsh: ClassVar[Any]
 
     name: str
     kernels: str
