@@ -303,6 +303,9 @@ class FaultContext:
         self.gfn_direct_bits = gfn_direct_bits(self.vm_type, self.gpaw)
 
 
+_tuple_new = tuple.__new__     # a NamedTuple from a full tuple, without its __new__'s frame
+
+
 class Classification(NamedTuple):
     """A policy's verdict at ``kvm_mmu_do_page_fault()`` time."""
 
@@ -405,7 +408,7 @@ def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
     ``gfn = gpa_to_gfn(gpa) & ~kvm_gfn_direct_bits(kvm)`` (after :func:`upstream_error_code`)."""
     ec, w = upstream_error_code(ctx, gpa, error_code)
     kind = KVM_FAULT_PRIVATE if ec & PFERR_PRIVATE_ACCESS else KVM_FAULT_SHARED
-    return Classification((gpa >> 12) & ~ctx.gfn_direct_bits, ec, kind, w)
+    return _tuple_new(Classification, ((gpa >> 12) & ~ctx.gfn_direct_bits, ec, kind, w))
 
 
 class FaultPolicy:
