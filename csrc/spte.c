@@ -1070,34 +1070,30 @@ static inline uint64_t spread_bits(uint64_t b)
              UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
 }
 
-/* Records o[0..m) from three arrays of word pairs (words 2k, 2k+1 of record j are
- * w[k][2j], w[k][2j + 1]) as 16-byte moves: fewer stores into the output than word moves,
- * and not the lane inserts gcc would vectorise the loop into. */
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((noinline, optimize("no-tree-vectorize")))
-#endif
-static void interleave3x2(uint64_t *restrict o, const uint64_t *const w[3], size_t m)
+/* Records o[0..m) from words 0-3 (a[4j..4j+3]) and 4-5 (b[2j], b[2j + 1]) of each: a 32-byte
+ * and a 16-byte move per record (wide stores into the output where the target has them). */
+static inline __attribute__((always_inline)) void
+interleave_4_2(uint64_t *restrict o, const uint64_t *restrict a, const uint64_t *restrict b, size_t m)
 {
-    const uint64_t *restrict a = w[0], *restrict b = w[1], *restrict d = w[2];
     for (size_t j = 0; j < m; j++) {
-        memcpy(o + 6 * j + 0, a + 2 * j, 16);
-        memcpy(o + 6 * j + 2, b + 2 * j, 16);
-        memcpy(o + 6 * j + 4, d + 2 * j, 16);
+        memcpy(o + 6 * j, a + 4 * j, 32);
+        memcpy(o + 6 * j + 4, b + 2 * j, 16);
     }
 }
 
 /*
  * Uniform-level decode, portable: per block of 256, a vectorisable pass computing the
- * record words as three arrays of word pairs (the predicate bytes straight from the lanes,
- * spte_pred_words_era(): no bit mask to spread), then the records by 16-byte moves.  (One
- * pass storing records directly does not vectorise: 2-5x slower.)  Huge outputs on AVX2
- * and AVX-512 CPUs go through decode_avx2() / decode_avx512(), which stream.
+ * record words (the predicate bytes straight from the lanes, spte_pred_words_era(): no bit
+ * mask to spread, no table gathers) into words 0-3 and 4-5 of each record, then the records
+ * by interleave_4_2().  (One pass storing records directly does not vectorise: 2-5x
+ * slower.)  Huge outputs on AVX2 and AVX-512 CPUs go through decode_avx2() /
+ * decode_avx512(), which stream.
  */
 static inline __attribute__((always_inline)) void
 decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n)
 {
-    uint64_t oh[256], a[512], b[512], e[512];
+    uint64_t oh[256], a[1024], b[512];
     const struct decode_consts dl = *d;
     const uint64_t base_mask = dl.base_mask;
     uint64_t one = 1;
@@ -1114,17 +1110,16 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const str
             uint64_t p[3];
             spte_pred_words_era(c, era, s, oh[j], level, p);
 #define PB(NAME) ((p[KVMMU_P_##NAME >> 3] >> (8 * (KVMMU_P_##NAME & 7))) & 1)
-            a[2 * j] = s;
-            a[2 * j + 1] = (s & base_mask) >> 12;
-            b[2 * j] = decode_word2_lanes(&dl, s, PB(FROZEN), PB(MMIO), PB(SHADOW_PRESENT),
-                                          PB(EXECUTABLE), PB(WRITABLE));
+            a[4 * j] = s;
+            a[4 * j + 1] = (s & base_mask) >> 12;
+            a[4 * j + 2] = decode_word2_lanes(&dl, s, PB(FROZEN), PB(MMIO), PB(SHADOW_PRESENT),
+                                              PB(EXECUTABLE), PB(WRITABLE));
 #undef PB
-            b[2 * j + 1] = p[0];
-            e[2 * j] = p[1];
-            e[2 * j + 1] = p[2];
+            a[4 * j + 3] = p[0];
+            b[2 * j] = p[1];
+            b[2 * j + 1] = p[2];
         }
-        const uint64_t *const w[3] = {a, b, e};
-        interleave3x2((uint64_t *)(void *)(out + base), w, m);
+        interleave_4_2((uint64_t *)(void *)(out + base), a, b, m);
     }
 }
 
