@@ -161,6 +161,26 @@ spte_lanes(const struct kvmmu_cfg *c, uint64_t s, uint32_t level)
 {
     return spte_lanes_era(c, c->rules, s, level);
 }
+/* The three predicate words of a decode record (byte KVMMU_P_<NAME> of the 24 is that
+ * predicate, 0 or 1) straight from the lanes: no bit mask to spread, no table.  BITIDX
+ * reads oh = 1 << (s & 63), computed beforehand: a loop without a per-lane variable shift
+ * vectorises on SSE2 too. */
+#undef BITIDX
+#define BITIDX(t) nz((t) & oh)
+static inline __attribute__((always_inline)) void
+spte_pred_words_era(const struct kvmmu_cfg *c, uint32_t era, uint64_t s, uint64_t oh,
+                    uint32_t level, uint64_t w[3])
+{
+#define KVMMU_SPTE_TERM(var, expr) const uint64_t var = (expr);
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) const uint64_t field = (expr);
+#include "spte_rules.h"
+    w[0] = w[1] = w[2] = 0;
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
+    w[(id) >> 3] |= field << (8 * ((id) & 7));
+#include "spte_rules.h"
+}
+#undef BITIDX
+#define BITIDX(t) (((t) >> (s & 63)) & 1)
 /* Predicate p alone (0 or 1): with p a constant, only the rows it depends on remain; with
  * era a constant (KVMMU_ERA_SPECIALISE), only one side of each era selector. */
 #undef SEL
@@ -1016,23 +1036,31 @@ static inline struct decode_consts decode_setup(const struct kvmmu_cfg *c, uint3
 }
 
 /* Word 2 of a record (kind, AD type, memtype, IPAT, access, saved R/X, level) from s and
- * its predicate mask mk. */
+ * its frozen, MMIO, present, executable and writable lanes (0 or 1). */
 static inline __attribute__((always_inline)) uint64_t
-decode_word2(const struct decode_consts *d, uint64_t s, uint64_t mk)
+decode_word2_lanes(const struct decode_consts *d, uint64_t s, uint64_t fr, uint64_t mm, uint64_t pr,
+                   uint64_t ex, uint64_t wr)
 {
-    const uint64_t fr = (mk >> KVMMU_P_FROZEN) & 1, mm = (mk >> KVMMU_P_MMIO) & 1;
-    const uint64_t pr = (mk >> KVMMU_P_SHADOW_PRESENT) & 1;
     const uint64_t np = 1 ^ nz(s ^ d->npv);
     /* frozen > mmio > present > non-present value > other, as mask selects */
     uint64_t kind = KVMMU_KIND_OTHER & (np - 1);
     kind = (kind & (pr - 1)) | (KVMMU_KIND_PRESENT & (0 - pr));
     kind = (kind & (mm - 1)) | (KVMMU_KIND_MMIO & (0 - mm));
     kind = (kind & (fr - 1)) | (KVMMU_KIND_FROZEN & (0 - fr));
-    const uint64_t acc = ((mk >> KVMMU_P_EXECUTABLE) & 1) |
-                         (((mk >> KVMMU_P_WRITABLE) & 1) << 1) | (nz(s & d->user) << 2);
+    const uint64_t acc = ex | (wr << 1) | (nz(s & d->user) << 2);
     return kind | (((s >> 52) & 3) << 8) | ((((s >> 3) & 7) & d->eptm) << 16) |
            ((((s >> 6) & 1) & d->eptm) << 24) | (acc << 32) |
            (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | d->lvl;
+}
+
+/* decode_word2_lanes() from the predicate mask mk. */
+static inline __attribute__((always_inline)) uint64_t
+decode_word2(const struct decode_consts *d, uint64_t s, uint64_t mk)
+{
+#define MKB(NAME) ((mk >> KVMMU_P_##NAME) & 1)
+    return decode_word2_lanes(d, s, MKB(FROZEN), MKB(MMIO), MKB(SHADOW_PRESENT), MKB(EXECUTABLE),
+                              MKB(WRITABLE));
+#undef MKB
 }
 
 /* Predicate bit k of b (0..255) becomes byte k (0 or 1) of the word. */
@@ -1042,37 +1070,56 @@ static inline uint64_t spread_bits(uint64_t b)
              UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
 }
 
+/* Records o[0..m) from words 0-3 (a[4j..4j+3]) and 4-5 (b[2j], b[2j + 1]) of each: a 32-byte
+ * and a 16-byte move per record (wide stores into the output where the target has them). */
+static inline __attribute__((always_inline)) void
+interleave_4_2(uint64_t *restrict o, const uint64_t *restrict a, const uint64_t *restrict b, size_t m)
+{
+    for (size_t j = 0; j < m; j++) {
+        memcpy(o + 6 * j, a + 4 * j, 32);
+        memcpy(o + 6 * j + 4, b + 2 * j, 16);
+    }
+}
+
 /*
- * Uniform-level decode, portable: a vectorisable structure-of-arrays pass per block of 256,
- * then the interleave into 48-byte records.  (Huge outputs on AVX2 and AVX-512 CPUs go
- * through decode_avx2() / decode_avx512(), which stream.)
+ * Uniform-level decode, portable: per block of 256, a vectorisable pass computing the
+ * record words (the predicate bytes straight from the lanes, spte_pred_words_era(): no bit
+ * mask to spread, no table gathers) into words 0-3 and 4-5 of each record, then the records
+ * by interleave_4_2().  (One pass storing records directly does not vectorise: 2-5x
+ * slower.)  Huge outputs on AVX2 and AVX-512 CPUs go through decode_avx2() /
+ * decode_avx512(), which stream.
  */
 static inline __attribute__((always_inline)) void
 decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n)
 {
-    uint64_t w1[256], w2[256], p0[256], spread[256];
-    const uint64_t base_mask = d->base_mask;
-    for (uint64_t b = 0; b < 256; b++)
-        spread[b] = spread_bits(b);
+    uint64_t oh[256], a[1024], b[512];
+    const struct decode_consts dl = *d;
+    const uint64_t base_mask = dl.base_mask;
+    uint64_t one = 1;
+#ifdef __GNUC__
+    __asm__("" : "+r"(one));   /* opaque: gcc 12 vectorises one << k, not 1 << k */
+#endif
     for (size_t base = 0; base < n; base += 256) {
         const size_t m = n - base < 256 ? n - base : 256;
         const uint64_t *sp = spte + base;
+        for (size_t j = 0; j < m; j++)
+            oh[j] = one << (sp[j] & 63);
         for (size_t j = 0; j < m; j++) {
-            const uint64_t s = sp[j], mk = spte_lanes_era(c, era, s, level);
-            w1[j] = (s & base_mask) >> 12;
-            w2[j] = decode_word2(d, s, mk);
-            p0[j] = mk;
+            const uint64_t s = sp[j];
+            uint64_t p[3];
+            spte_pred_words_era(c, era, s, oh[j], level, p);
+#define PB(NAME) ((p[KVMMU_P_##NAME >> 3] >> (8 * (KVMMU_P_##NAME & 7))) & 1)
+            a[4 * j] = s;
+            a[4 * j + 1] = (s & base_mask) >> 12;
+            a[4 * j + 2] = decode_word2_lanes(&dl, s, PB(FROZEN), PB(MMIO), PB(SHADOW_PRESENT),
+                                              PB(EXECUTABLE), PB(WRITABLE));
+#undef PB
+            a[4 * j + 3] = p[0];
+            b[2 * j] = p[1];
+            b[2 * j + 1] = p[2];
         }
-        uint64_t *o = (uint64_t *)(void *)(out + base);
-        for (size_t j = 0; j < m; j++) {
-            o[6 * j + 0] = sp[j];
-            o[6 * j + 1] = w1[j];
-            o[6 * j + 2] = w2[j];
-            o[6 * j + 3] = spread[p0[j] & 0xFF];
-            o[6 * j + 4] = spread[(p0[j] >> 8) & 0xFF];
-            o[6 * j + 5] = spread[(p0[j] >> 16) & 0xFF];
-        }
+        interleave_4_2((uint64_t *)(void *)(out + base), a, b, m);
     }
 }
 
