@@ -96,8 +96,8 @@ KVMMU_SPTE_PREDICATE(ACCESSED, 9, 0, "", is_accessed_spte, accessed,
     SEL(RULE(AD_ALWAYS), a_bit, (use_a & a_bit) | (NOT(use_a) & NOT(access_track))))
 
 KVMMU_SPTE_PREDICATE(DIRTY, 10, 0, "has_is_dirty_spte", is_dirty_spte, dirty,
-    "Dirty (before v6.13 only): D if AD-enabled, else W.",
-    SEL(RULE(AD_ALWAYS), d_bit, (use_d & d_bit) | (NOT(use_d) & writable)))
+    "Dirty (before v6.13 only; 0 in the eras without it): D if AD-enabled, else W.",
+    ONES_IF(!RULE(AD_ALWAYS)) & ((use_d & d_bit) | (NOT(use_d) & writable)))
 
 /* v6.15 spte_needs_atomic_update(); before, spte_has_volatile_bits(), whose shadow-present
  * check moved to the callers in v5.19 (ATOMIC_MMUW_NOT_W). */
