@@ -349,7 +349,7 @@ class NumpyDecode:
         o["p_mmu_writable"] = mmuw
         o["p_host_writable"] = hw
         self._bit(s, c.accessed_mask, o["p_accessed"])
-        o["p_dirty"] = d
+        o["p_dirty"] = d if c.profile.has_is_dirty_spte else False   # v6.13+: no is_dirty_spte
         o["p_ad_enabled"] = ad_en
         self._bit(s, 3 << 52, o["p_ad_need_write_protect"])
         np.bitwise_and(s, u(7), out=t)
