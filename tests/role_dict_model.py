@@ -1,6 +1,8 @@
 """The role computations as they were written before issue 14's word builders: field dicts
 packed with the reference's layouts (pykvmmu.ref.role), from the checked inputs.  The oracle of
 tests/test_role_words.py; not imported by pykvmmu."""
+from __future__ import annotations
+
 from pykvmmu import role as R
 from pykvmmu.errors import InputError
 from pykvmmu.ref import role as ref
