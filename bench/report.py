@@ -456,7 +456,8 @@ def plot_scaling(scaling, sizes, path):
 
 
 def plot_threads(inter, path):
-    """Two-thread speed-up per operation (median, IQR), the 1.8x goal dotted."""
+    """Two-thread speed-up per operation (median, IQR), the 1.8x goal dotted, the two-thread
+    copy's speed-up (the bandwidth ceiling) as a black diamond."""
     plt = _plt()
     tb = sorted((b for b in inter if b.get("threads")), key=lambda b: b["group"])
     if plt is None or not tb:
@@ -469,9 +470,13 @@ def plot_threads(inter, path):
             xerr=[[max(0.0, m - lo) for m, (lo, _) in zip(ms, q)], [max(0.0, hi - m) for m, (_, hi) in zip(ms, q)]],
             capsize=3)
     ax.axvline(1.8, color="tab:red", ls=":", lw=1)
+    cs = [(i, med(c)) for i, c in enumerate(thread_ceiling(b) for b in tb) if c]
+    if cs:
+        ax.plot([c for _, c in cs], [i for i, _ in cs], "kD", ms=6)
     ax.set_yticks(range(len(tb)))
     ax.set_yticklabels([b.get("op", b["group"]) for b in tb], fontsize=8)
-    ax.set_xlabel("speed-up t(1 thread) / t(2 threads), median [IQR]; red: compute-bound (goal 1.8x)")
+    ax.set_xlabel("speed-up t(1 thread) / t(2 threads), median [IQR]; red: compute-bound (goal 1.8x)"
+                  "\n◆ two-thread copy speed-up (bandwidth ceiling)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
