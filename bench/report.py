@@ -527,7 +527,8 @@ def render(data, inter, other):
                "The same rounds time a copy of the operation's bytes (input + output per element) "
                "by one thread and by two threads on the two halves: the copy's two-thread "
                "speed-up is the bandwidth ceiling, what two threads gain on an operation already "
-               "running at one thread's copy speed (\"1 thread vs 1-thread copy\" near 1x).  A "
+               "running at one thread's copy speed (\"1 thread vs 1-thread copy\" near 1x; one at r x "
+               "the copy's speed can gain up to about ceiling / r).  A "
                "1.8x goal above it is marked \"(above the two-thread copy ceiling Cx)\" but is "
                "judged met or NOT met from the measured median alone.", "",
                *threads_markdown(inter), ""]
