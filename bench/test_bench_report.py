@@ -103,6 +103,45 @@ def test_report_vm_fault_section(tmp_path):
             "headline / this 10.00x [10.00..20.00]") in lines
 
 
+def test_report_gives_the_two_thread_copy_ceiling_of_thread_targets(tmp_path):
+    """Ceiling = median of the per-round t(copy, 1 thread) / t(copy, 2 threads) (not the ratio
+    of the medians, not its inverse), in the threads table and on the 1.8x target lines;
+    "above" when under the goal; the marks stay the measured median's."""
+    goal = [{"subject": "2 threads", "vs": "1 thread", "min": 1.8}]
+    th = dict(threads=True, kind="2 threads", elements=1_000_000)
+    text = _render(tmp_path, [
+        _bench("threads a", {"2 threads": [8, 16, 9], "1 thread": [12.5, 25, 15],
+                             "copy 1 thread": [10, 20, 12], "copy 2 threads": [8, 10, 12]},
+               {"2 threads/1 thread": [1.5, 1.6, 1.75]}, goal, op="op.a", compute_bound=True,
+               **th),                                       # ceiling 1.25x (medians: 1.20x)
+        _bench("threads b", {"2 threads": [5, 5, 5], "1 thread": [10, 10, 10],
+                             "copy 1 thread": [4, 6, 8], "copy 2 threads": [2, 3, 4]},
+               {"2 threads/1 thread": [1.9, 1.85, 2.0]}, goal, op="op.b", compute_bound=True,
+               **th),                                       # ceiling 2.00x
+        _bench("threads c", {"2 threads": [5, 5, 5], "1 thread": [9, 9, 9],
+                             "copy 1 thread": [3, 3, 3], "copy 2 threads": [2, 2, 2]},
+               {"2 threads/1 thread": [1.9, 1.9, 1.9]}, goal, op="op.c", compute_bound=True,
+               **th),                                       # ceiling 1.50x, goal met anyway
+        _bench("threads d", {"2 threads": [5, 5, 5], "1 thread": [6, 6, 6]},
+               {"2 threads/1 thread": [1.2, 1.2, 1.2]}, [], op="op.d", **th),   # no copies
+    ])
+    lines = text.splitlines()
+    assert ("- [**NOT met**] threads a: 2 threads >= 1.8x 1 thread: median 1.60x [1.50..1.75] "
+            "(above the two-thread copy ceiling 1.25x)") in lines
+    assert ("- [met] threads b: 2 threads >= 1.8x 1 thread: median 1.90x [1.85..2.00] "
+            "(two-thread copy ceiling 2.00x)") in lines
+    assert ("- [met] threads c: 2 threads >= 1.8x 1 thread: median 1.90x [1.90..1.90] "
+            "(above the two-thread copy ceiling 1.50x)") in lines
+    assert "2 of 3 target lines met" in text
+    # 1 thread vs copy: per-round copy / op time (0.80 each round in a)
+    assert ("| op.a | 15.00 | 9.00 | 1.60x [1.50..1.75] | 1.25x [1.00..2.00] | 0.80x [0.80..0.80] | "
+            "yes (target 1.8x) (above the two-thread copy ceiling 1.25x) |") in text
+    assert ("| op.b | 10.00 | 5.00 | 1.90x [1.85..2.00] | 2.00x [2.00..2.00] | 0.60x [0.40..0.80] | "
+            "yes (target 1.8x) |") in text
+    assert "| op.d | 6.00 | 5.00 | 1.20x [1.20..1.20] | - | - | no |" in text
+    assert "two-thread copy speed-up (ceiling) [q1..q3]" in text
+
+
 def test_statistics():
     assert report.med([3, 1, 2]) == 2
     assert report.iqr([1, 2]) == (1, 2)

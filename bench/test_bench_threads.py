@@ -8,6 +8,12 @@ median per-round speed-up t(1 thread) / t(2 threads).  Every call passes threads
 library's own splitting (pykvmmu._par, timed as ``core`` against ``core1t`` in the other
 groups) stays out of this measurement.  The compute-bound operations (COMPUTE_BOUND) carry
 the >= 1.8x target; the streaming ones are bounded by memory bandwidth, not cores.
+
+The same rounds also time a same-traffic copy (the operation's input + output bytes per
+element, as conftest.same_traffic_copy) by one thread and by two threads each copying its
+half (np.copyto releases the GIL): the report gives the copy's two-thread speed-up as the
+bandwidth ceiling of the operation's speed-up, and the operation's one-thread speed relative
+to the one-thread copy.
 """
 import threading
 
@@ -54,6 +60,10 @@ OPS = {
 OUT = {"spte.make_spte_batch": "out64", "spte.make_spte_batch per-element": "out64",
        "spte.predicate_batch": "outb", "spte.decode_batch": "outdec",
        "mmio.make_mmio_spte_batch": "out64", "role.hash_batch": "out32"}
+#: Bytes read and written per element by each operation (the same-traffic copy's size).
+TRAFFIC = {"spte.make_spte_batch": (8, 8), "spte.make_spte_batch per-element": (8 + 3, 8),
+           "spte.predicate_batch": (8, 1), "spte.decode_batch": (8, S.DECODE_DTYPE.itemsize),
+           "mmio.make_mmio_spte_batch": (8, 8), "role.hash_batch": (8, 4)}
 #: Operations limited by computation rather than memory bandwidth (issue 14: >= 1.8x).
 COMPUTE_BOUND = ("spte.decode_batch", "spte.make_spte_batch per-element")
 
@@ -107,6 +117,23 @@ def pair():
     p.close()
 
 
+def _copy_jobs(pair, op):
+    """(1-thread copy, the two halves' jobs for _Pair.run) moving the operation's bytes."""
+    i, o = TRAFFIC[op]
+    nbytes = (N * (i + o) + 1) // 2
+    c = {"src": np.ones(-(-nbytes // 8), dtype=np.uint64).view(np.uint8)[:nbytes]}
+    c["dst"] = np.empty_like(c["src"])
+    half = nbytes // 2 & ~63                                   # a cache-line boundary
+
+    def cp(c, s):
+        np.copyto(c["dst"][s], c["src"][s])
+    jobs = [(cp, c, slice(0, half)), (cp, c, slice(half, nbytes))]
+    c["dst"][:] = 0
+    pair.run(jobs)
+    assert np.array_equal(c["dst"], c["src"])                  # the halves cover every byte
+    return lambda: cp(c, slice(0, nbytes)), jobs
+
+
 @pytest.mark.parametrize("op", list(OPS))
 def test_threads(benchmark, pair, op):
     d = _data()
@@ -118,11 +145,15 @@ def test_threads(benchmark, pair, op):
     two = d[key].tobytes()             # raw bytes (a structured copy may skip the padding)
     fn(d, slice(0, N))
     assert two == d[key].tobytes()
+    copy1, copy_jobs = _copy_jobs(pair, op)
     targets = ({"subject": "2 threads", "vs": "1 thread", "min": 1.8},) if op in COMPUTE_BOUND else ()
     interleaved(benchmark, f"threads {op}", {
         "2 threads": lambda: pair.run(jobs),
         "1 thread": lambda: fn(d, slice(0, N)),
-    }, targets=targets, op=op, threads=True, compute_bound=op in COMPUTE_BOUND)
+        "copy 2 threads": lambda: pair.run(copy_jobs),
+        "copy 1 thread": copy1,
+    }, targets=targets, op=op, threads=True, compute_bound=op in COMPUTE_BOUND,
+        in_bytes=TRAFFIC[op][0], out_bytes=TRAFFIC[op][1])
 
 
 def test_release_thread_data():
