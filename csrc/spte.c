@@ -202,13 +202,7 @@ spte_lane(const struct kvmmu_cfg *c, uint64_t s, uint32_t level, int p)
 {
     return spte_lane_era(c, c->rules, s, level, p);
 }
-#undef TEST
-#undef EQ
-#undef BITIDX
-#undef TEST_SEL
-#undef NOT
-#undef ONES_IF
-#undef SEL
+#include "spte_lang_end.h"
 
 /* Scalar helpers named after the kernel functions: sp_is_shadow_present_pte(c, s, level). */
 #define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)                      \
@@ -1172,14 +1166,7 @@ spte_lanes256(const struct kvmmu_cfg *c, uint32_t era, __m256i s, uint32_t level
 #include "spte_rules.h"
     return decode_word2_256(d, s, shadow_present, mmio, frozen, executable, writable);
 }
-#undef B
-#undef TEST
-#undef EQ
-#undef BITIDX
-#undef TEST_SEL
-#undef NOT
-#undef ONES_IF
-#undef SEL
+#include "spte_lang_end.h"
 
 /*
  * Uniform-level decode of four SPTEs per step in AVX2 registers (spte_lanes256); the six
@@ -1294,14 +1281,7 @@ spte_lane512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level,
     default: return 0;
     }
 }
-#undef B
-#undef TEST
-#undef EQ
-#undef BITIDX
-#undef TEST_SEL
-#undef NOT
-#undef ONES_IF
-#undef SEL
+#include "spte_lang_end.h"
 
 /*
  * Uniform-level decode of eight SPTEs per step, all in registers: the predicates as k-masks
