@@ -19,6 +19,7 @@ from . import profile as _profile
 from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
 from ._check import boolean, in_range, mmu_config
 from ._ffi import ffi, lib
+from ._memo import bounded_put
 from .config import (ACC_ALL, ACC_EXEC_MASK, ACC_USER_MASK, ACC_WRITE_MASK, MmuConfig)
 from .errors import InputError, rule_texts
 
@@ -759,21 +760,20 @@ class SpteRecord:
 _DECODE_OUT = threading.local()      # per thread: the C call releases the GIL
 _decode_c = lib.kvmmu_spte_decode
 _RECORD = struct.Struct("<QQ8B24s")   # struct kvmmu_spte_info, as DECODE_DTYPE
-#: (profile name, predicate bytes) -> {name: bool} for the predicates the era has (copied
-#: out on each use; a pure function of its key, bounded)
+#: (id of the profile, predicate bytes) -> (that profile, {name: bool} for the predicates its
+#: era has): keyed on the profile object, not its name (a replaced profile keeps the name);
+#: the entry holds the profile, so its id is not reused while cached; copied out on use.
 _PRED_DICTS: dict = {}
 
 
 def _pred_dict(profile, pred: bytes) -> dict:
-    key = (profile.name, pred)
-    try:
-        return _PRED_DICTS[key].copy()
-    except KeyError:
-        if len(_PRED_DICTS) >= 4096:
-            _PRED_DICTS.clear()
-        d = _PRED_DICTS[key] = {r.name: pred[r.id] != 0 for r in RULES
-                                if not r.feature or getattr(profile, r.feature)}
-        return d.copy()
+    key = (id(profile), pred)
+    entry = _PRED_DICTS.get(key)
+    if entry is not None and entry[0] is profile:
+        return entry[1].copy()
+    d = {r.name: pred[r.id] != 0 for r in RULES if not r.feature or getattr(profile, r.feature)}
+    bounded_put(_PRED_DICTS, 4096, key, (profile, d))
+    return d.copy()
 
 
 def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
@@ -802,10 +802,7 @@ def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
         raise InputError(f"level={uint('level', level, 8)}: must be 1..5")
     _s, pfn, kind, ad_type, mt, ipat, acc, saved_rx, _lv, _pad, pred = _RECORD.unpack_from(buf)
     profile = cfg.profile
-    try:
-        preds = _PRED_DICTS[profile.name, pred].copy()
-    except KeyError:
-        preds = _pred_dict(profile, pred)
+    preds = _pred_dict(profile, pred)
     mmio = None
     kind = KINDS[kind]
     if kind == "mmio":          # pykvmmu.mmio's get_mmio_spte_gfn/_access/_generation

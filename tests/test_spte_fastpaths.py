@@ -199,3 +199,18 @@ def test_scalar_entry_points_refuse_non_integers_that_cffi_would_truncate(fn, be
     C integer; the scalar entry points must refuse them as the full checks do."""
     with pytest.raises(InputError, match=f"^{name}=.*expected an integer, got {type(bad).__name__}$"):
         fn(*before, bad, *after)
+
+
+def test_decode_predicates_follow_the_profile_object_not_its_name():
+    # a replaced profile keeps its name; decode's memo must not hand it the original's list
+    import dataclasses
+
+    from pykvmmu import profile as PR
+    p = PR.PROFILES["v6.10"]
+    q = dataclasses.replace(p, has_ept_ve_possible=not p.has_ept_ve_possible)
+    s = 0x8000000012345E77                       # the same predicate bytes under both
+    for first, second in ((p, q), (q, p)):
+        a = S.decode(MmuConfig.ept(profile=first), s).predicates
+        b = S.decode(MmuConfig.ept(profile=second), s).predicates
+        assert ("is_ept_ve_possible" in a) == first.has_ept_ve_possible
+        assert ("is_ept_ve_possible" in b) == second.has_ept_ve_possible

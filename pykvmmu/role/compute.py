@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from .._batch import uint
+from .._memo import bounded_put
 from .._check import boolean, in_range, opt_boolean
 from ..errors import InputError
 from .eras import (_ABSENT, ACC_ALL, EptRule, get_era, MMU_BASE_ROLE_MASK, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, _require,
@@ -31,10 +32,7 @@ def _memo_put(key, result):
     stored, so an input the checks refuse is refused on every call.  Stored results are
     immutable (ints, frozen CpuRoles, tuples).  The memo is module state, not the era's,
     so object snapshots (``_check.snapshot``) never see it."""
-    if len(_MEMO) >= MEMO_MAX:
-        _MEMO.clear()
-    _MEMO[key] = result
-    return result
+    return bounded_put(_MEMO, MEMO_MAX, key, result)
 
 
 def _memo_on_vcpu(tag: str):

@@ -15,6 +15,7 @@ from .. import _par
 from .. import isa as _isa
 from .._batch import in_array, out_array, ptr_at, uint
 from .._check import boolean, in_range
+from .._memo import bounded_put
 from .._ffi import ffi, lib
 from ..errors import InputError, ProfileError, rule_texts
 from ..profile import lookup_named
@@ -134,9 +135,7 @@ class RoleLayout:
         try:
             if idx is None:
                 idx = bytes(itertools.chain.from_iterable(itertools.starmap(map, parts)))
-                if len(_PACK_IDX) >= _PACK_IDX_MAX:
-                    _PACK_IDX.clear()
-                _PACK_IDX[key] = idx
+                bounded_put(_PACK_IDX, _PACK_IDX_MAX, key, idx)
             vals = bytes(vals)
         except Exception:               # an unknown name, not an integer, out of 0..255, ...
             return None
@@ -181,9 +180,7 @@ class RoleLayout:
             key = (self, word)
             f = _UNPACKED.get(key)
             if f is None:
-                if len(_UNPACKED) >= _UNPACK_MEMO_MAX:
-                    _UNPACKED.clear()
-                f = _UNPACKED[key] = {n: word >> s & m for n, s, m in self._spec}
+                f = bounded_put(_UNPACKED, _UNPACK_MEMO_MAX, key, {n: word >> s & m for n, s, m in self._spec})
             return f.copy()
         word = uint("word", word, self.word_bits)
         if boolean("strict", strict) and word & ~self.used_mask:

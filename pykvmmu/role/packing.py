@@ -8,6 +8,7 @@ import numpy as np
 
 from .._batch import uint
 from .._check import boolean, in_range
+from .._memo import bounded_put
 from ..errors import InputError, ProfileError
 from .eras import ERAS, get_era, _require, RoleEra, RoleFieldError
 
@@ -231,10 +232,7 @@ def unpack_cpu_role(era, as_u64: int) -> CpuRole:
     if era.ext is None:
         _require(era, False, "kvm_cpu_role / kvm_mmu_role")
     if as_u64.__class__ is int and 0 <= as_u64 < _U64_END:
-        if len(_CPU_ROLES) >= _CPU_ROLES_MAX:
-            _CPU_ROLES.clear()
-        r = _CPU_ROLES[key] = _cpu_role(era, as_u64 & 0xFFFFFFFF, as_u64 >> 32)
-        return r
+        return bounded_put(_CPU_ROLES, _CPU_ROLES_MAX, key, _cpu_role(era, as_u64 & 0xFFFFFFFF, as_u64 >> 32))
     v = uint("as_u64", as_u64, 64)
     return _cpu_role(era, v & 0xFFFFFFFF, v >> 32)
 
