@@ -246,3 +246,14 @@ def test_unpack_cpu_role_is_a_plain_cpu_role():
     assert (r.base, r.ext, r.as_u64) == (0x24, 0x55, 0x55 << 32 | 0x24)
     with pytest.raises(AttributeError):
         r.base = 1
+
+
+def test_cpu_role_layout_is_the_eras_own():
+    # an era replaced under the same name with another ext layout gets its own kvm_cpu_role
+    import dataclasses
+    e = R.get_era("v6.14")
+    other = next(x for x in R.ERAS.values() if x.ext is not None and x.ext.names != e.ext.names)
+    q = dataclasses.replace(e, ext=other.ext)
+    assert q.name == e.name
+    assert q.cpu_role.names == tuple(e.base.names) + tuple("ext_" + n for n in other.ext.names)
+    assert e.cpu_role.names == tuple(e.base.names) + tuple("ext_" + n for n in e.ext.names)

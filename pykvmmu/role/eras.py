@@ -328,6 +328,7 @@ class RoleEra:
     if TYPE_CHECKING:   # not fields (nor in __dataclass_fields__): the bit positions of the
         _sh: ClassVar[Any]      # fields the role computations set, per instance (__post_init__)
         _xsh: ClassVar[Any]
+        _cpu: ClassVar[Any]     # the kvm_cpu_role layout (None without an ext layout)
 
     name: str
     kernels: str
@@ -368,9 +369,8 @@ class RoleEra:
 
     @property
     def cpu_role(self) -> RoleLayout | None:
-        if self.ext is None:
-            return None
-        return _cpu_layout(self, self.ext)
+        """The ``kvm_cpu_role`` layout (base word, then ``ext_`` fields at bit 32), or None."""
+        return self._cpu
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kernels})"
@@ -394,17 +394,14 @@ def _shifts(rec, layout: RoleLayout, **names):
     return rec(*(sh.get(names.get(n, n), _ABSENT) for n in rec._fields))
 
 
-_CPU_LAYOUTS: dict = {}
-
-
 def _cpu_layout(era: RoleEra, ext: RoleLayout) -> RoleLayout:
-    lay = _CPU_LAYOUTS.get(era.name)
-    if lay is None:
-        fields = [(f.name, f.shift, f.width) for f in era.base.fields]
-        fields += [("ext_" + f.name, 32 + f.shift, f.width) for f in ext.fields]
-        lay = _CPU_LAYOUTS[era.name] = RoleLayout(f"kvm_cpu_role {era.name}", fields, 64)
-        nb = len(era.base.fields)
-        lay._ext_ig = {f.name: nb + i for i, f in enumerate(ext.fields)}.__getitem__
+    """The era's kvm_cpu_role layout, built once per era object (in its __post_init__) from
+    its own layouts, so an era replaced under the same name gets its own."""
+    fields = [(f.name, f.shift, f.width) for f in era.base.fields]
+    fields += [("ext_" + f.name, 32 + f.shift, f.width) for f in ext.fields]
+    lay = RoleLayout(f"kvm_cpu_role {era.name}", fields, 64)
+    nb = len(era.base.fields)
+    lay._ext_ig = {f.name: nb + i for i, f in enumerate(ext.fields)}.__getitem__
     return lay
 
 
