@@ -134,10 +134,11 @@ def test_report_gives_the_two_thread_copy_ceiling_of_thread_targets(tmp_path):
             "(above the two-thread copy ceiling 1.50x)") in lines
     assert "2 of 3 target lines met" in text
     # 1 thread vs copy: per-round copy / op time (0.80 each round in a)
+    # limit = 1 thread / copy 2 threads per round: a 1.56x (1.5625, 2.5, 1.25), b 3.33x
     assert ("| op.a | 15.00 | 9.00 | 1.60x [1.50..1.75] | 1.25x [1.00..2.00] | 0.80x [0.80..0.80] | "
-            "yes (target 1.8x) (above the two-thread copy ceiling 1.25x) |") in text
+            "no, limit 1.56x (target 1.8x) (above the two-thread copy ceiling 1.25x) |") in text
     assert ("| op.b | 10.00 | 5.00 | 1.90x [1.85..2.00] | 2.00x [2.00..2.00] | 0.60x [0.40..0.80] | "
-            "yes (target 1.8x) |") in text
+            "yes, limit 3.33x (target 1.8x) |") in text
     assert "| op.d | 6.00 | 5.00 | 1.20x [1.20..1.20] | - | - | no |" in text
     assert "two-thread copy speed-up (ceiling) [q1..q3]" in text
 
@@ -211,3 +212,33 @@ def test_interleaved_self_timed_records_the_workloads_own_seconds():
     info = b.extra_info
     assert info["ns_per_elem"] == {"core": [1e6, 2e6, 4e6], "slow": [2e6, 2e6, 2e6]}
     assert info["ratios"] == {"core/slow": [2.0, 1.0, 0.5]}
+
+
+def test_report_judges_the_compute_bound_goal_only_where_the_run_is_compute_bound(tmp_path):
+    """A 1.8x goal "when compute-bound" is judged where the bandwidth limit (median of per-round
+    t(1 thread) / t(copy, 2 threads)) reaches 1.8x, and reported unjudged, with the limit and the
+    share of it reached, where it does not; the count says how many were not judged."""
+    goal = [{"subject": "2 threads", "vs": "1 thread", "min": 1.8, "when": "compute-bound"}]
+    th = dict(threads=True, kind="2 threads", elements=1_000_000)
+    text = _render(tmp_path, [
+        _bench("threads m", {"2 threads": [8, 8, 8], "1 thread": [12, 12, 12],
+                             "copy 1 thread": [10, 10, 10], "copy 2 threads": [8, 8, 9]},
+               {"2 threads/1 thread": [1.5, 1.5, 1.5]}, goal, op="op.m", **th),     # limit 1.50x
+        _bench("threads k", {"2 threads": [6, 6, 6], "1 thread": [10, 10, 10],
+                             "copy 1 thread": [4, 4, 4], "copy 2 threads": [3, 3, 3]},
+               {"2 threads/1 thread": [1.6, 1.7, 1.65]}, goal, op="op.k", **th),    # limit 3.33x
+        _bench("threads j", {"2 threads": [5, 5, 5], "1 thread": [10, 10, 10],
+                             "copy 1 thread": [4, 4, 4], "copy 2 threads": [3, 3, 3]},
+               {"2 threads/1 thread": [1.9, 2.0, 1.95]}, goal, op="op.j", **th),
+    ])
+    lines = text.splitlines()
+    assert ("- [n/a] threads m: 2 threads >= 1.8x 1 thread (compute-bound batches): not judged, "
+            "memory-bound in this run: two threads can gain at most 1.50x [1.33..1.50] (1-thread "
+            "time / 2-thread copy time); measured 1.50x [1.50..1.50] = 100% of that limit") in lines
+    assert ("- [**NOT met**] threads k: 2 threads >= 1.8x 1 thread: median 1.65x [1.60..1.70] "
+            "(above the two-thread copy ceiling 1.33x)") in lines
+    assert "- [met] threads j: 2 threads >= 1.8x 1 thread: median 1.95x [1.90..2.00]" in text
+    assert ("1 of 2 target lines met (1 not judged: a goal for compute-bound batches on a batch "
+            "memory-bound in this run)") in text
+    assert "| op.m | 12.00 | 8.00 | 1.50x [1.50..1.50] | 1.25x [1.11..1.25] | 0.83x [0.83..0.83] | no, limit 1.50x |" in text
+    assert "yes, limit 3.33x (target 1.8x)" in text
