@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, strategies as st
 
 from pykvmmu import role as R
-from pykvmmu.errors import PykvmmuError
+from pykvmmu._ffi import lib
+from pykvmmu.errors import InputError, PykvmmuError
 from pykvmmu.ref import role as ref_role
 from pykvmmu.role import compute as C
 from pykvmmu.role import nested as N
+from pykvmmu.role import packing as PK
 
 ERAS = list(R.ERAS)
 
@@ -257,3 +259,68 @@ def test_cpu_role_layout_is_the_eras_own():
     assert q.name == e.name
     assert q.cpu_role.names == tuple(e.base.names) + tuple("ext_" + n for n in other.ext.names)
     assert e.cpu_role.names == tuple(e.base.names) + tuple("ext_" + n for n in e.ext.names)
+
+
+# ------------------------------------------------------------------ pack(era, dict) / one C call
+
+_NAMES = sorted({n for e in R.ERAS.values() for lay in (e.base, e.ext) if lay is not None
+                 for n in lay.names} | {"nx", "gpte_bytes", "nope"})
+_VALUES = st.one_of(st.integers(0, 16), st.sampled_from([4, 8, 63, 64, 255, 256, -1] + BAD_VALUES))
+
+
+def _fields(era_layout_names):
+    """Dicts of the layout's names, other eras' names, the aliases and unknown names."""
+    return st.dictionaries(st.sampled_from(era_layout_names + tuple(_NAMES)), _VALUES, max_size=18)
+
+
+@given(st.sampled_from(ERAS), st.data())
+def test_pack_fast_path_equals_full_checks(era, data):
+    e = R.get_era(era)
+    d = data.draw(_fields(e.base.names))
+    kept = dict(d)
+    full = outcome(PK._pack_full, e, dict(d))
+    assert outcome(R.pack, era, **d) == full
+    assert outcome(R.pack, e, d) == full
+    assert outcome(R.pack, era, PlainDict(d)) == full
+    assert d == kept                                    # the caller's dict is never changed
+
+
+@given(st.sampled_from([e for e in ERAS if R.get_era(e).ext is not None]), st.data())
+def test_pack_ext_and_cpu_role_fast_paths_equal_full_checks(era, data):
+    e = R.get_era(era)
+    x = data.draw(_fields(e.ext.names))
+    full = outcome(e.ext.pack, PlainDict(x))
+    assert outcome(R.pack_ext, era, **x) == full
+    assert outcome(R.pack_ext, era, x) == full
+    b = data.draw(_fields(e.base.names))
+    assert outcome(R.pack_cpu_role, era, b, x) == outcome(PK._pack_cpu_role_full, e, b, x)
+
+
+def test_pack_takes_one_dict_or_keywords():
+    f = {"level": 3, "direct": 1}
+    assert R.pack("v6.14", f) == R.pack("v6.14", **f) == R.pack("v6.14", PlainDict(f)) == 0x83
+    assert R.pack_ext("v6.14", {"valid": 1}) == R.pack_ext("v6.14", valid=1) == 1
+    assert R.pack("v6.14", None) == R.pack("v6.14") == 0
+    for fn in (R.pack, R.pack_ext):
+        with pytest.raises(InputError, match="expected a dict"):
+            fn("v6.14", [("level", 1)])
+        with pytest.raises(InputError, match="not both"):
+            fn("v6.14", {"level": 1}, direct=1)
+
+
+def test_pack_level_rule_in_the_fast_path():
+    for lv in range(16):
+        got = outcome(R.pack, "v6.14", level=lv, direct=1)
+        assert got == outcome(PK._pack_full, R.get_era("v6.14"), {"level": lv, "direct": 1})
+        assert (got[0] == "ok") == (lv <= 5)
+
+
+def test_pack_named_refuses_a_count_other_than_the_spec():
+    lay = R.get_era("v6.14").base
+    spec = bytes([0, 5, 3, 1, lib.KVMMU_ROLE_SPEC_END])   # level <= 5, direct
+    vals = bytes([2, 1, 1])
+    assert lib.kvmmu_role_pack_named(lay._c, spec, vals, 2) == 0x82
+    for n in (0, 1, 3):
+        assert lib.kvmmu_role_pack_named(lay._c, spec, vals, n) == lib.KVMMU_ROLE_REFUSED
+    assert lib.kvmmu_role_pack_named(lay._c, spec, bytes([6, 1]), 2) == lib.KVMMU_ROLE_REFUSED
+    assert lib.kvmmu_role_pack_named(lay._c, spec, bytes([2, 2]), 2) == lib.KVMMU_ROLE_REFUSED

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import enum
-import itertools
 from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -40,9 +39,32 @@ _UNPACKED: dict = {}
 #: RoleLayout._pack_fast: up to this many fields a Python loop is cheaper than the C call's setup
 #: (interleaved timing: 2 fields 0.36 vs 0.89 us, 15 fields 1.5 vs 1.05 us).
 _PY_PACK_MAX = 6
-#: Bounded memo (layout, field names...) -> field indexes (bytes) for RoleLayout._pack_named.
-_PACK_IDX_MAX = 1 << 12
-_PACK_IDX: dict = {}
+#: Bounded memo (key: the layout or era, then the field names) -> the spec of
+#: kvmmu_role_pack_named (pack_spec): which names a scalar pack call gives, never their values.
+_PACK_SPEC_MAX = 1 << 12
+_PACK_SPEC: dict = {}
+_pack_named = lib.kvmmu_role_pack_named
+_REFUSED, _SPEC_END = lib.KVMMU_ROLE_REFUSED, lib.KVMMU_ROLE_SPEC_END
+
+def pack_spec(key, lay: "RoleLayout", parts, limits: dict | None = None):
+    """The kvmmu_role_pack_named spec of ``parts`` (pairs: index getter into ``lay``, names),
+    memoised under ``key``: per name its field index and its largest value (the field's mask,
+    lowered to ``limits[name]`` where given), then the end byte.  None (nothing memoised) for
+    an unknown name, or a layout whose refusal word (all ones) could be a word."""
+    if not lay._unused:
+        return None
+    spec = bytearray()
+    try:
+        for ig, names in parts:
+            for name in names:
+                k = ig(name)
+                top = lay._spec[k][2]
+                spec += bytes((k, top if limits is None else min(top, limits.get(name, top))))
+    except (KeyError, TypeError):   # not a field name (TypeError: unhashable)
+        return None
+    spec.append(_SPEC_END)
+    return bounded_put(_PACK_SPEC, _PACK_SPEC_MAX, key, bytes(spec))
+
 
 class RoleFieldError(InputError):
     """A role field value that does not fit its bit-field, or an unknown field name."""
@@ -123,30 +145,21 @@ class RoleLayout:
             raise RoleFieldError(f"field {name!r}: not in layout {self.name} "
                                  f"(fields: {', '.join(self.names)})") from None
 
-    def _pack_named(self, key, parts, vals):
-        """:meth:`pack` in one kvmmu_role_pack_named call: ``parts``, pairs (index getter,
-        names), give the field indexes (computed once per ``key``, then memoised), ``vals``
-        the values (made bytes: ints by ``__index__`` only, 0..255).  The word, or None when
-        anything is off (an unknown name, a value that is no small int or too wide): the
-        caller then runs its full checks, which raise."""
-        if not self._unused:
-            return None
-        idx = _PACK_IDX.get(key)
-        try:
-            if idx is None:
-                idx = bytes(itertools.chain.from_iterable(itertools.starmap(map, parts)))
-                bounded_put(_PACK_IDX, _PACK_IDX_MAX, key, idx)
-            vals = bytes(vals)
-        except Exception:               # an unknown name, not an integer, out of 0..255, ...
-            return None
-        w = lib.kvmmu_role_pack_named(self._c, idx, vals, len(idx))
-        return None if w & self._unused or len(vals) != len(idx) else w
-
     def _pack_fast(self, values: dict):
         """:meth:`pack` of a dict of plain in-range values, else None.  A few fields are
-        packed here (plain ints only), more in one C call (:meth:`_pack_named`)."""
+        packed here (plain ints only), more in one kvmmu_role_pack_named call."""
         if len(values) > _PY_PACK_MAX:
-            return self._pack_named((self, tuple(values)), ((self._ig, values),), values.values())
+            key = (self, *values)
+            spec = _PACK_SPEC.get(key)
+            if spec is None:
+                spec = pack_spec(key, self, ((self._ig, values),))
+                if spec is None:    # an unknown name
+                    return None
+            try:
+                w = _pack_named(self._c, spec, bytes(values.values()), len(values))
+            except Exception:       # a value that is no int 0..255
+                return None
+            return None if w == _REFUSED else w
         w, sl = 0, self._sl
         for k, v in values.items():
             t = sl.get(k)

@@ -10,7 +10,8 @@ from .._batch import uint
 from .._check import boolean, in_range
 from .._memo import bounded_put
 from ..errors import InputError, ProfileError
-from .eras import ERAS, get_era, _require, RoleEra, RoleFieldError
+from .eras import (ERAS, _PACK_SPEC, _REFUSED, _pack_named, _require, get_era, pack_spec, RoleEra,
+                   RoleFieldError)
 
 _U32_END = 1 << 32
 _U64_END = 1 << 64
@@ -22,6 +23,8 @@ _PACK_LEVEL = (0, 5, "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL"
 # Records and scalar packing
 # ---------------------------------------------------------------------------
 
+#: pack_cpu_role's memo keys: between the base and the ext field names.
+_EXT_PART = object()
 _ACCESS_STR = ("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux")
 
 
@@ -107,19 +110,41 @@ class Role:
         return f"Role({self.era.name!r}, {self.word:#x})"
 
 
-def pack(era, **fields) -> int:
+def pack(era, values: dict | None = None, /, **fields) -> int:
     """Pack named fields into ``kvm_mmu_page_role.word`` under the era's layout.
 
-    A field the era lacks raises ProfileError; a value wider than its field raises
-    RoleFieldError.  ``gpte_bytes=4|8`` sets bit 4 with the era's sense.
+    The fields come as keywords, ``pack(era, level=1, direct=1)``, or as one dict,
+    ``pack(era, {"level": 1, "direct": 1})`` (the same rules; cheaper: no keyword arguments
+    to build), not both.  A field the era lacks raises ProfileError; a value wider than its
+    field raises RoleFieldError.  ``gpte_bytes=4|8`` sets bit 4 with the era's sense.
     """
     if era.__class__ is not RoleEra:
         era = get_era(era)
-    lv = fields.get("level", 0)
-    if lv.__class__ is int and _PACK_LEVEL[0] <= lv <= _PACK_LEVEL[1]:
-        w = era.base._pack_fast(fields)      # plain field names and values, else the checks below
-        if w is not None:
+    if values is not None:
+        fields = _fields_arg(values, fields)
+    # Fast path: one kvmmu_role_pack_named call (field names, values and the level rule);
+    # anything it refuses takes the checks below, which raise or handle the aliases.
+    key = (era, *fields)
+    spec = _PACK_SPEC.get(key)
+    if spec is None:
+        spec = pack_spec(key, era.base, ((era.base._ig, fields),), _LEVEL_LIMIT)
+    if spec is not None:
+        try:
+            v = bytes(fields.values())
+            w = _pack_named(era.base._c, spec, v, len(v))
+        except Exception:           # a value that is no int 0..255
+            w = _REFUSED
+        if w != _REFUSED:
             return w
+    return _pack_full(era, dict(fields))     # a copy: never change the caller's dict
+
+
+_LEVEL_LIMIT = {"level": _PACK_LEVEL[1]}
+
+
+def _pack_full(era: RoleEra, fields: dict) -> int:
+    """pack() with every check (the aliases, the level rule, unknown names); ``fields`` is
+    changed."""
     g = fields.pop("gpte_bytes", None)
     if "level" in fields:
         fields["level"] = in_range("level", fields["level"], *_PACK_LEVEL, err=RoleFieldError)
@@ -134,6 +159,17 @@ def pack(era, **fields) -> int:
             raise ProfileError(f"role field {name!r}: does not exist in era {era} "
                                f"(fields: {', '.join(era.base.names)})")
     return era.base.pack(fields)
+
+
+def _fields_arg(values, fields: dict) -> dict:
+    """The field dict of ``pack(era, values)`` / ``pack_ext(era, values)`` (a dict, and no
+    keyword fields with it)."""
+    if not isinstance(values, dict):
+        raise InputError(f"values={values!r}: expected a dict of field values")
+    if fields:
+        raise InputError(f"values and keyword fields {', '.join(fields)}: give the fields as "
+                         "one dict or as keywords, not both")
+    return values if values.__class__ is dict else dict(values)
 
 
 def unpack(era, word: int, strict: bool = False) -> Role:
@@ -157,15 +193,29 @@ def unpack_batch(era, words: np.ndarray, out=None, strict: bool = True,
     return get_era(era).base.unpack_batch(words, out, strict, threads)
 
 
-def pack_ext(era, **fields) -> int:
+def pack_ext(era, values: dict | None = None, /, **fields) -> int:
+    """Pack named fields into ``kvm_mmu_extended_role.word`` (keywords or one dict, as
+    :func:`pack`)."""
     if era.__class__ is not RoleEra:
         era = get_era(era)
-    if era.ext is not None:
-        w = era.ext._pack_fast(fields)
-        if w is not None:
-            return w
-    _require(era, era.ext is not None, "kvm_mmu_extended_role")
-    return era.ext.pack(fields)
+    if values is not None:
+        fields = _fields_arg(values, fields)
+    lay = era.ext
+    if lay is not None:             # fast path: one kvmmu_role_pack_named call
+        key = (lay, *fields)
+        spec = _PACK_SPEC.get(key)
+        if spec is None:
+            spec = pack_spec(key, lay, ((lay._ig, fields),))
+        if spec is not None:
+            try:
+                v = bytes(fields.values())
+                w = _pack_named(lay._c, spec, v, len(v))
+            except Exception:       # a value that is no int 0..255
+                w = _REFUSED
+            if w != _REFUSED:
+                return w
+    _require(era, lay is not None, "kvm_mmu_extended_role")
+    return lay.pack(dict(fields))
 
 
 def unpack_ext(era, word: int, strict: bool = False) -> dict:
@@ -200,12 +250,25 @@ def pack_cpu_role(era, base: dict, ext: dict) -> int:
         era = get_era(era)
     cpu = era._cpu
     if cpu is not None and base.__class__ is dict and ext.__class__ is dict:
-        # base fields keep their index in kvm_cpu_role, ext fields follow
-        w = cpu._pack_named((cpu, tuple(base), tuple(ext)),
-                            ((era.base._ig, base), (cpu._ext_ig, ext)),
-                            [*base.values(), *ext.values()])
-        if w is not None:
-            return w
+        # one kvmmu_role_pack_named call: base fields keep their index in kvm_cpu_role, ext
+        # fields follow (_EXT_PART keeps the two name lists apart in the key)
+        key = (cpu, *base, _EXT_PART, *ext)
+        spec = _PACK_SPEC.get(key)
+        if spec is None:
+            spec = pack_spec(key, cpu, ((era.base._ig, base), (cpu._ext_ig, ext)))
+        if spec is not None:
+            try:
+                v = bytes([*base.values(), *ext.values()])
+                w = _pack_named(cpu._c, spec, v, len(v))
+            except Exception:       # a value that is no int 0..255
+                w = _REFUSED
+            if w != _REFUSED:
+                return w
+    return _pack_cpu_role_full(era, base, ext)
+
+
+def _pack_cpu_role_full(era: RoleEra, base, ext) -> int:
+    """pack_cpu_role() with every check."""
     _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
     for n, d in (("base", base), ("ext", ext)):
         if not isinstance(d, dict):
