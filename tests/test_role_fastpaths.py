@@ -308,11 +308,15 @@ def test_pack_takes_one_dict_or_keywords():
             fn("v6.14", {"level": 1}, direct=1)
 
 
-def test_pack_level_rule_in_the_fast_path():
-    for lv in range(16):
-        got = outcome(R.pack, "v6.14", level=lv, direct=1)
-        assert got == outcome(PK._pack_full, R.get_era("v6.14"), {"level": lv, "direct": 1})
-        assert (got[0] == "ok") == (lv <= 5)
+@pytest.mark.parametrize("era", ERAS)
+def test_pack_level_rule_in_both_fast_paths(era):
+    e = R.get_era(era)
+    many = e.base.unpack(0)                             # every field: the C call
+    for lv in [*range(16), True, np.uint8(3)]:
+        for d in ({"level": lv, "direct": 1}, {**many, "level": lv}):
+            got = outcome(R.pack, era, d)
+            assert got == outcome(PK._pack_full, e, dict(d))
+            assert (got[0] == "ok") == (lv <= 5)
 
 
 def test_pack_named_refuses_a_count_other_than_the_spec():

@@ -31,6 +31,8 @@ ROLE_IGN_MASK = 0x00000F6F
 SYNC_ROLE_IGN_MASK = 0x0004076F
 #: A shadow page's level: PG_LEVEL_4K .. PT64_ROOT_MAX_LEVEL.
 SP_LEVEL_MIN, SP_LEVEL_MAX = 1, 5
+#: The highest level pack() takes (PT64_ROOT_MAX_LEVEL; 0 is a CR0.PG=0 kvm_cpu_role's).
+PACK_LEVEL_MAX = 5
 _U64_MASK = (1 << 64) - 1
 #: Bounded memo (layout, word) -> fields of RoleLayout.unpack (callers get copies); module
 #: state, so object snapshots (_check.snapshot) never see it.
@@ -64,6 +66,19 @@ def pack_spec(key, lay: "RoleLayout", parts, limits: dict | None = None):
         return None
     spec.append(_SPEC_END)
     return bounded_put(_PACK_SPEC, _PACK_SPEC_MAX, key, bytes(spec))
+
+
+def pack_small(sl: dict, values: dict):
+    """The word of a few plain fields (``sl``: name -> (shift, end), end = one past the
+    largest value), or None for an unknown name or a value that is no int below its end
+    (the caller's full checks then decide)."""
+    w = 0
+    for k, v in values.items():
+        t = sl.get(k)
+        if t is None or v.__class__ is not int or not 0 <= v < t[1]:
+            return None
+        w |= v << t[0]
+    return w
 
 
 class RoleFieldError(InputError):
@@ -160,13 +175,7 @@ class RoleLayout:
             except Exception:       # a value that is no int 0..255
                 return None
             return None if w == _REFUSED else w
-        w, sl = 0, self._sl
-        for k, v in values.items():
-            t = sl.get(k)
-            if t is None or v.__class__ is not int or not 0 <= v < t[1]:
-                return None
-            w |= v << t[0]
-        return w
+        return pack_small(self._sl, values)
 
     def pack(self, values: dict) -> int:
         """Pack ``{field: value}`` into a word (each value must fit its field)."""
@@ -342,6 +351,7 @@ class RoleEra:
         _sh: ClassVar[Any]      # fields the role computations set, per instance (__post_init__)
         _xsh: ClassVar[Any]
         _cpu: ClassVar[Any]     # the kvm_cpu_role layout (None without an ext layout)
+        _psl: ClassVar[Any]     # pack()'s field name -> (shift, end): base._sl, level 0..5
 
     name: str
     kernels: str
@@ -377,6 +387,8 @@ class RoleEra:
         # Not fields: the kvm_cpu_role layout (pack_cpu_role's fast path) and the shifts the
         # role computations (:mod:`.compute`) build words with.
         object.__setattr__(self, "_cpu", None if self.ext is None else _cpu_layout(self, self.ext))
+        object.__setattr__(self, "_psl", {n: (sh, min(end, PACK_LEVEL_MAX + 1) if n == "level" else end)
+                                          for n, (sh, end) in self.base._sl.items()})
         object.__setattr__(self, "_sh", _shifts(_BaseShifts, self.base, nx=self.nx, bit4=self.bit4))
         object.__setattr__(self, "_xsh", None if self.ext is None else _shifts(_ExtShifts, self.ext))
 

@@ -10,13 +10,13 @@ from .._batch import uint
 from .._check import boolean, in_range
 from .._memo import bounded_put
 from ..errors import InputError, ProfileError
-from .eras import (ERAS, _PACK_SPEC, _REFUSED, _pack_named, _require, get_era, pack_spec, RoleEra,
-                   RoleFieldError)
+from .eras import (ERAS, PACK_LEVEL_MAX, _PACK_SPEC, _PY_PACK_MAX, _REFUSED, _pack_named, _require,
+                   get_era, pack_small, pack_spec, RoleEra, RoleFieldError)
 
 _U32_END = 1 << 32
 _U64_END = 1 << 64
 #: pack(): the level a role may hold (0 only in a kvm_cpu_role, CR0.PG=0).
-_PACK_LEVEL = (0, 5, "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
+_PACK_LEVEL = (0, PACK_LEVEL_MAX, "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
 
 
 # ---------------------------------------------------------------------------
@@ -122,20 +122,26 @@ def pack(era, values: dict | None = None, /, **fields) -> int:
         era = get_era(era)
     if values is not None:
         fields = _fields_arg(values, fields)
-    # Fast path: one kvmmu_role_pack_named call (field names, values and the level rule);
-    # anything it refuses takes the checks below, which raise or handle the aliases.
-    key = (era, *fields)
-    spec = _PACK_SPEC.get(key)
-    if spec is None:
-        spec = pack_spec(key, era.base, ((era.base._ig, fields),), _LEVEL_LIMIT)
-    if spec is not None:
-        try:
-            v = bytes(fields.values())
-            w = _pack_named(era.base._c, spec, v, len(v))
-        except Exception:           # a value that is no int 0..255
-            w = _REFUSED
-        if w != _REFUSED:
+    # Fast paths: a few plain ints here, more fields in one kvmmu_role_pack_named call (names,
+    # values and the level rule); anything refused takes the full checks, which raise or
+    # handle the aliases.
+    if len(fields) <= _PY_PACK_MAX:
+        w = pack_small(era._psl, fields)
+        if w is not None:
             return w
+    else:
+        key = (era, *fields)
+        spec = _PACK_SPEC.get(key)
+        if spec is None:
+            spec = pack_spec(key, era.base, ((era.base._ig, fields),), _LEVEL_LIMIT)
+        if spec is not None:
+            try:
+                v = bytes(fields.values())
+                w = _pack_named(era.base._c, spec, v, len(v))
+            except Exception:       # a value that is no int 0..255
+                w = _REFUSED
+            if w != _REFUSED:
+                return w
     return _pack_full(era, dict(fields))     # a copy: never change the caller's dict
 
 
@@ -201,7 +207,11 @@ def pack_ext(era, values: dict | None = None, /, **fields) -> int:
     if values is not None:
         fields = _fields_arg(values, fields)
     lay = era.ext
-    if lay is not None:             # fast path: one kvmmu_role_pack_named call
+    if lay is not None and len(fields) <= _PY_PACK_MAX:     # fast paths, as in pack()
+        w = pack_small(lay._sl, fields)
+        if w is not None:
+            return w
+    elif lay is not None:
         key = (lay, *fields)
         spec = _PACK_SPEC.get(key)
         if spec is None:
