@@ -328,3 +328,27 @@ def test_pack_named_refuses_a_count_other_than_the_spec():
         assert lib.kvmmu_role_pack_named(lay._c, spec, vals, n) == lib.KVMMU_ROLE_REFUSED
     assert lib.kvmmu_role_pack_named(lay._c, spec, bytes([6, 1]), 2) == lib.KVMMU_ROLE_REFUSED
     assert lib.kvmmu_role_pack_named(lay._c, spec, bytes([2, 2]), 2) == lib.KVMMU_ROLE_REFUSED
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_every_field_in_layout_order_or_not_packs_the_same(era):
+    # every field in the layout's order takes the precomputed spec, any other order the memo
+    e = R.get_era(era)
+    for w in (0, e.base.used_mask & 0x0F0F3F72, e.base.used_mask):
+        f = e.base.unpack(w)
+        f["level"] = 4
+        rev = dict(reversed(f.items()))
+        assert R.pack(era, f) == R.pack(era, rev) == PK._pack_full(e, dict(f))
+        for bad in ({**f, "level": 6}, {**rev, "level": 6}):
+            assert outcome(R.pack, era, bad) == outcome(PK._pack_full, e, dict(bad))
+            assert outcome(R.pack, era, bad)[0] == "error"
+        for lay in (e.base, e.ext, e.cpu_role):
+            if lay is not None:
+                g = lay.unpack(w & lay.used_mask)
+                assert lay.pack(g) == lay.pack(dict(reversed(g.items()))) == lay.pack(PlainDict(g))
+        if e.ext is not None:
+            x = e.ext.unpack(w & e.ext.used_mask)
+            xr = dict(reversed(x.items()))
+            assert R.pack_ext(era, x) == R.pack_ext(era, xr) == e.ext.pack(PlainDict(x))
+            assert (R.pack_cpu_role(era, f, x) == R.pack_cpu_role(era, rev, xr)
+                    == PK._pack_cpu_role_full(e, f, x))

@@ -33,6 +33,8 @@ SYNC_ROLE_IGN_MASK = 0x0004076F
 SP_LEVEL_MIN, SP_LEVEL_MAX = 1, 5
 #: The highest level pack() takes (PT64_ROOT_MAX_LEVEL; 0 is a CR0.PG=0 kvm_cpu_role's).
 PACK_LEVEL_MAX = 5
+#: pack()'s limits below a field's width, as kvmmu_role_pack_named specs carry them.
+PACK_LIMITS = {"level": PACK_LEVEL_MAX}
 _U64_MASK = (1 << 64) - 1
 #: Bounded memo (layout, word) -> fields of RoleLayout.unpack (callers get copies); module
 #: state, so object snapshots (_check.snapshot) never see it.
@@ -41,18 +43,18 @@ _UNPACKED: dict = {}
 #: RoleLayout._pack_fast: up to this many fields a Python loop is cheaper than the C call's setup
 #: (interleaved timing: 2 fields 0.36 vs 0.89 us, 15 fields 1.5 vs 1.05 us).
 _PY_PACK_MAX = 6
-#: Bounded memo (key: the layout or era, then the field names) -> the spec of
+#: Bounded memo (key: the layout or era and the field names) -> the spec of
 #: kvmmu_role_pack_named (pack_spec): which names a scalar pack call gives, never their values.
 _PACK_SPEC_MAX = 1 << 12
 _PACK_SPEC: dict = {}
 _pack_named = lib.kvmmu_role_pack_named
 _REFUSED, _SPEC_END = lib.KVMMU_ROLE_REFUSED, lib.KVMMU_ROLE_SPEC_END
 
-def pack_spec(key, lay: "RoleLayout", parts, limits: dict | None = None):
-    """The kvmmu_role_pack_named spec of ``parts`` (pairs: index getter into ``lay``, names),
-    memoised under ``key``: per name its field index and its largest value (the field's mask,
-    lowered to ``limits[name]`` where given), then the end byte.  None (nothing memoised) for
-    an unknown name, or a layout whose refusal word (all ones) could be a word."""
+def _spec(lay: "RoleLayout", parts, limits: dict | None = None) -> bytes | None:
+    """The kvmmu_role_pack_named spec of ``parts`` (pairs: index getter into ``lay``, names):
+    per name its field index and its largest value (the field's mask, lowered to
+    ``limits[name]`` where given), then the end byte.  None for an unknown name, or a layout
+    whose refusal word (all ones) could be a word."""
     if not lay._unused:
         return None
     spec = bytearray()
@@ -65,7 +67,13 @@ def pack_spec(key, lay: "RoleLayout", parts, limits: dict | None = None):
     except (KeyError, TypeError):   # not a field name (TypeError: unhashable)
         return None
     spec.append(_SPEC_END)
-    return bounded_put(_PACK_SPEC, _PACK_SPEC_MAX, key, bytes(spec))
+    return bytes(spec)
+
+
+def pack_spec(key, lay: "RoleLayout", parts, limits: dict | None = None) -> bytes | None:
+    """:func:`_spec`, memoised under ``key`` (nothing is memoised for None)."""
+    spec = _spec(lay, parts, limits)
+    return None if spec is None else bounded_put(_PACK_SPEC, _PACK_SPEC_MAX, key, spec)
 
 
 def pack_small(sl: dict, values: dict):
@@ -141,6 +149,9 @@ class RoleLayout:
         self._sl = {f.name: (f.shift, 1 << f.width) for f in self.fields}
         self._end = 1 << word_bits
         self._unused = ~self.used_mask & _U64_MASK
+        # kvmmu_role_pack_named's spec of every field in the layout's order (None: see _spec)
+        self._names = tuple(f.name for f in self.fields)
+        self._spec_all = _spec(self, ((self._ig, self._names),))
 
     def _isa_copy(self, level: str) -> "RoleLayout":
         """The same layout with its batch kernels capped at ``level`` (:mod:`pykvmmu.isa`)."""
@@ -164,12 +175,14 @@ class RoleLayout:
         """:meth:`pack` of a dict of plain in-range values, else None.  A few fields are
         packed here (plain ints only), more in one kvmmu_role_pack_named call."""
         if len(values) > _PY_PACK_MAX:
-            key = (self, *values)
-            spec = _PACK_SPEC.get(key)
-            if spec is None:
-                spec = pack_spec(key, self, ((self._ig, values),))
-                if spec is None:    # an unknown name
-                    return None
+            names = tuple(values)
+            if names == self._names:        # every field, in the layout's order
+                spec = self._spec_all
+            else:
+                key = (self, names)
+                spec = _PACK_SPEC.get(key) or pack_spec(key, self, ((self._ig, names),))
+            if spec is None:        # an unknown name
+                return None
             try:
                 w = _pack_named(self._c, spec, bytes(values.values()), len(values))
             except Exception:       # a value that is no int 0..255
@@ -352,6 +365,7 @@ class RoleEra:
         _xsh: ClassVar[Any]
         _cpu: ClassVar[Any]     # the kvm_cpu_role layout (None without an ext layout)
         _psl: ClassVar[Any]     # pack()'s field name -> (shift, end): base._sl, level 0..5
+        _pspec: ClassVar[Any]   # pack()'s spec of every base field (level 0..5), in order
 
     name: str
     kernels: str
@@ -389,6 +403,8 @@ class RoleEra:
         object.__setattr__(self, "_cpu", None if self.ext is None else _cpu_layout(self, self.ext))
         object.__setattr__(self, "_psl", {n: (sh, min(end, PACK_LEVEL_MAX + 1) if n == "level" else end)
                                           for n, (sh, end) in self.base._sl.items()})
+        object.__setattr__(self, "_pspec", _spec(self.base, ((self.base._ig, self.base._names),),
+                                                 PACK_LIMITS))
         object.__setattr__(self, "_sh", _shifts(_BaseShifts, self.base, nx=self.nx, bit4=self.bit4))
         object.__setattr__(self, "_xsh", None if self.ext is None else _shifts(_ExtShifts, self.ext))
 

@@ -10,7 +10,7 @@ from .._batch import uint
 from .._check import boolean, in_range
 from .._memo import bounded_put
 from ..errors import InputError, ProfileError
-from .eras import (ERAS, PACK_LEVEL_MAX, _PACK_SPEC, _PY_PACK_MAX, _REFUSED, _pack_named, _require,
+from .eras import (ERAS, PACK_LEVEL_MAX, PACK_LIMITS, _PACK_SPEC, _PY_PACK_MAX, _REFUSED, _pack_named, _require,
                    get_era, pack_small, pack_spec, RoleEra, RoleFieldError)
 
 _U32_END = 1 << 32
@@ -23,8 +23,6 @@ _PACK_LEVEL = (0, PACK_LEVEL_MAX, "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_RO
 # Records and scalar packing
 # ---------------------------------------------------------------------------
 
-#: pack_cpu_role's memo keys: between the base and the ext field names.
-_EXT_PART = object()
 _ACCESS_STR = ("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux")
 
 
@@ -121,7 +119,7 @@ def pack(era, values: dict | None = None, /, **fields) -> int:
     if era.__class__ is not RoleEra:
         era = get_era(era)
     if values is not None:
-        fields = _fields_arg(values, fields)
+        fields = values if values.__class__ is dict and not fields else _fields_arg(values, fields)
     # Fast paths: a few plain ints here, more fields in one kvmmu_role_pack_named call (names,
     # values and the level rule); anything refused takes the full checks, which raise or
     # handle the aliases.
@@ -130,10 +128,13 @@ def pack(era, values: dict | None = None, /, **fields) -> int:
         if w is not None:
             return w
     else:
-        key = (era, *fields)
-        spec = _PACK_SPEC.get(key)
-        if spec is None:
-            spec = pack_spec(key, era.base, ((era.base._ig, fields),), _LEVEL_LIMIT)
+        names = tuple(fields)
+        if names == era.base._names:        # every field, in the layout's order
+            spec = era._pspec
+        else:
+            key = (era, names)
+            spec = _PACK_SPEC.get(key) or pack_spec(key, era.base, ((era.base._ig, names),),
+                                                    PACK_LIMITS)
         if spec is not None:
             try:
                 v = bytes(fields.values())
@@ -143,9 +144,6 @@ def pack(era, values: dict | None = None, /, **fields) -> int:
             if w != _REFUSED:
                 return w
     return _pack_full(era, dict(fields))     # a copy: never change the caller's dict
-
-
-_LEVEL_LIMIT = {"level": _PACK_LEVEL[1]}
 
 
 def _pack_full(era: RoleEra, fields: dict) -> int:
@@ -205,17 +203,19 @@ def pack_ext(era, values: dict | None = None, /, **fields) -> int:
     if era.__class__ is not RoleEra:
         era = get_era(era)
     if values is not None:
-        fields = _fields_arg(values, fields)
+        fields = values if values.__class__ is dict and not fields else _fields_arg(values, fields)
     lay = era.ext
     if lay is not None and len(fields) <= _PY_PACK_MAX:     # fast paths, as in pack()
         w = pack_small(lay._sl, fields)
         if w is not None:
             return w
     elif lay is not None:
-        key = (lay, *fields)
-        spec = _PACK_SPEC.get(key)
-        if spec is None:
-            spec = pack_spec(key, lay, ((lay._ig, fields),))
+        names = tuple(fields)
+        if names == lay._names:
+            spec = lay._spec_all
+        else:
+            key = (lay, names)
+            spec = _PACK_SPEC.get(key) or pack_spec(key, lay, ((lay._ig, names),))
         if spec is not None:
             try:
                 v = bytes(fields.values())
@@ -261,11 +261,13 @@ def pack_cpu_role(era, base: dict, ext: dict) -> int:
     cpu = era._cpu
     if cpu is not None and base.__class__ is dict and ext.__class__ is dict:
         # one kvmmu_role_pack_named call: base fields keep their index in kvm_cpu_role, ext
-        # fields follow (_EXT_PART keeps the two name lists apart in the key)
-        key = (cpu, *base, _EXT_PART, *ext)
-        spec = _PACK_SPEC.get(key)
-        if spec is None:
-            spec = pack_spec(key, cpu, ((era.base._ig, base), (cpu._ext_ig, ext)))
+        # fields follow (so both layouts' own orders are the cpu layout's)
+        bn, xn = tuple(base), tuple(ext)
+        if bn == era.base._names and xn == era.ext._names:
+            spec = cpu._spec_all
+        else:
+            key = (cpu, bn, xn)
+            spec = _PACK_SPEC.get(key) or pack_spec(key, cpu, ((era.base._ig, bn), (cpu._ext_ig, xn)))
         if spec is not None:
             try:
                 v = bytes([*base.values(), *ext.values()])
