@@ -352,3 +352,21 @@ def test_every_field_in_layout_order_or_not_packs_the_same(era):
             assert R.pack_ext(era, x) == R.pack_ext(era, xr) == e.ext.pack(PlainDict(x))
             assert (R.pack_cpu_role(era, f, x) == R.pack_cpu_role(era, rev, xr)
                     == PK._pack_cpu_role_full(e, f, x))
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_every_field_count_with_an_alias_or_unknown_name_takes_the_full_checks(era):
+    # as many names as the layout has fields, one of them not a field: the full checks decide
+    e = R.get_era(era)
+    f = {**e.base.unpack(0), "level": 2}
+    for swap in ({e.nx: "nx"}, {e.bit4: "gpte_bytes"}, {"smm": "nope"}):
+        (old, new), = swap.items()
+        d = {new if k == old else k: (8 if new == "gpte_bytes" else v) for k, v in f.items()}
+        assert len(d) == len(e.base.fields)
+        assert outcome(R.pack, era, d) == outcome(R.pack, era, **d) == outcome(PK._pack_full, e, dict(d))
+    if e.ext is not None:
+        x = {**e.ext.unpack(0)}
+        x["nope"] = x.pop("valid")
+        assert outcome(R.pack_ext, era, x) == outcome(e.ext.pack, PlainDict(x))
+        assert outcome(R.pack_cpu_role, era, f, x) == outcome(PK._pack_cpu_role_full, e, f, x)
+        assert outcome(R.pack_cpu_role, era, f, x)[0] == "error"

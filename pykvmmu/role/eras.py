@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import operator
 from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -74,6 +75,31 @@ def pack_spec(key, lay: "RoleLayout", parts, limits: dict | None = None) -> byte
     """:func:`_spec`, memoised under ``key`` (nothing is memoised for None)."""
     spec = _spec(lay, parts, limits)
     return None if spec is None else bounded_put(_PACK_SPEC, _PACK_SPEC_MAX, key, spec)
+
+
+def pack_many(lay: "RoleLayout", fields: dict, spec_all: bytes | None, owner, limits=None):
+    """The word of ``fields`` (more than a few) in one kvmmu_role_pack_named call, or None
+    for the caller's full checks.  Every field of ``lay`` (in any order): their values in the
+    layout's order with ``spec_all`` (its spec, with the caller's limits); fewer: the spec of
+    the dict's names (:func:`_spec` with ``limits``), memoised under ``(owner, names)``."""
+    if len(fields) == lay._nall:
+        spec = spec_all
+        try:
+            v = bytes(lay._getall(fields))
+        except Exception:       # a field missing (an unknown name instead), a value no int 0..255
+            return None
+    else:
+        names = tuple(fields)
+        key = (owner, names)
+        spec = _PACK_SPEC.get(key) or pack_spec(key, lay, ((lay._ig, names),), limits)
+        if spec is None:        # an unknown name
+            return None
+        try:
+            v = bytes(fields.values())
+        except Exception:       # a value that is no int 0..255
+            return None
+    w = _pack_named(lay._c, spec, v, len(v))
+    return None if w == _REFUSED else w
 
 
 def pack_small(sl: dict, values: dict):
@@ -149,9 +175,13 @@ class RoleLayout:
         self._sl = {f.name: (f.shift, 1 << f.width) for f in self.fields}
         self._end = 1 << word_bits
         self._unused = ~self.used_mask & _U64_MASK
-        # kvmmu_role_pack_named's spec of every field in the layout's order (None: see _spec)
+        # every field at once (pack_many): kvmmu_role_pack_named's spec of the fields in the
+        # layout's order (None: see _spec), their values in that order from a dict, their
+        # count (-1: never all at once)
         self._names = tuple(f.name for f in self.fields)
         self._spec_all = _spec(self, ((self._ig, self._names),))
+        self._getall = operator.itemgetter(*self._names)
+        self._nall = len(self._names) if self._spec_all is not None and len(self._names) > 1 else -1
 
     def _isa_copy(self, level: str) -> "RoleLayout":
         """The same layout with its batch kernels capped at ``level`` (:mod:`pykvmmu.isa`)."""
@@ -175,19 +205,7 @@ class RoleLayout:
         """:meth:`pack` of a dict of plain in-range values, else None.  A few fields are
         packed here (plain ints only), more in one kvmmu_role_pack_named call."""
         if len(values) > _PY_PACK_MAX:
-            names = tuple(values)
-            if names == self._names:        # every field, in the layout's order
-                spec = self._spec_all
-            else:
-                key = (self, names)
-                spec = _PACK_SPEC.get(key) or pack_spec(key, self, ((self._ig, names),))
-            if spec is None:        # an unknown name
-                return None
-            try:
-                w = _pack_named(self._c, spec, bytes(values.values()), len(values))
-            except Exception:       # a value that is no int 0..255
-                return None
-            return None if w == _REFUSED else w
+            return pack_many(self, values, self._spec_all, self)
         return pack_small(self._sl, values)
 
     def pack(self, values: dict) -> int:

@@ -11,7 +11,7 @@ from .._check import boolean, in_range
 from .._memo import bounded_put
 from ..errors import InputError, ProfileError
 from .eras import (ERAS, PACK_LEVEL_MAX, PACK_LIMITS, _PACK_SPEC, _PY_PACK_MAX, _REFUSED, _pack_named, _require,
-                   get_era, pack_small, pack_spec, RoleEra, RoleFieldError)
+                   get_era, pack_many, pack_small, pack_spec, RoleEra, RoleFieldError)
 
 _U32_END = 1 << 32
 _U64_END = 1 << 64
@@ -128,21 +128,9 @@ def pack(era, values: dict | None = None, /, **fields) -> int:
         if w is not None:
             return w
     else:
-        names = tuple(fields)
-        if names == era.base._names:        # every field, in the layout's order
-            spec = era._pspec
-        else:
-            key = (era, names)
-            spec = _PACK_SPEC.get(key) or pack_spec(key, era.base, ((era.base._ig, names),),
-                                                    PACK_LIMITS)
-        if spec is not None:
-            try:
-                v = bytes(fields.values())
-                w = _pack_named(era.base._c, spec, v, len(v))
-            except Exception:       # a value that is no int 0..255
-                w = _REFUSED
-            if w != _REFUSED:
-                return w
+        w = pack_many(era.base, fields, era._pspec, era, PACK_LIMITS)
+        if w is not None:
+            return w
     return _pack_full(era, dict(fields))     # a copy: never change the caller's dict
 
 
@@ -210,20 +198,9 @@ def pack_ext(era, values: dict | None = None, /, **fields) -> int:
         if w is not None:
             return w
     elif lay is not None:
-        names = tuple(fields)
-        if names == lay._names:
-            spec = lay._spec_all
-        else:
-            key = (lay, names)
-            spec = _PACK_SPEC.get(key) or pack_spec(key, lay, ((lay._ig, names),))
-        if spec is not None:
-            try:
-                v = bytes(fields.values())
-                w = _pack_named(lay._c, spec, v, len(v))
-            except Exception:       # a value that is no int 0..255
-                w = _REFUSED
-            if w != _REFUSED:
-                return w
+        w = pack_many(lay, fields, lay._spec_all, lay)
+        if w is not None:
+            return w
     _require(era, lay is not None, "kvm_mmu_extended_role")
     return lay.pack(dict(fields))
 
@@ -261,19 +238,25 @@ def pack_cpu_role(era, base: dict, ext: dict) -> int:
     cpu = era._cpu
     if cpu is not None and base.__class__ is dict and ext.__class__ is dict:
         # one kvmmu_role_pack_named call: base fields keep their index in kvm_cpu_role, ext
-        # fields follow (so both layouts' own orders are the cpu layout's)
-        bn, xn = tuple(base), tuple(ext)
-        if bn == era.base._names and xn == era.ext._names:
+        # fields follow (so the two layouts' orders make the cpu layout's, as pack_many)
+        b, x = era.base, era.ext
+        if len(base) == b._nall and len(ext) == x._nall:
             spec = cpu._spec_all
-        else:
-            key = (cpu, bn, xn)
-            spec = _PACK_SPEC.get(key) or pack_spec(key, cpu, ((era.base._ig, bn), (cpu._ext_ig, xn)))
-        if spec is not None:
             try:
-                v = bytes([*base.values(), *ext.values()])
-                w = _pack_named(cpu._c, spec, v, len(v))
-            except Exception:       # a value that is no int 0..255
-                w = _REFUSED
+                v = bytes(b._getall(base) + x._getall(ext))
+            except Exception:       # a field missing (an unknown name instead), a value no int 0..255
+                spec = None
+        else:
+            bn, xn = tuple(base), tuple(ext)
+            key = (cpu, bn, xn)
+            spec = _PACK_SPEC.get(key) or pack_spec(key, cpu, ((b._ig, bn), (cpu._ext_ig, xn)))
+            if spec is not None:
+                try:
+                    v = bytes([*base.values(), *ext.values()])
+                except Exception:   # a value that is no int 0..255
+                    spec = None
+        if spec is not None:
+            w = _pack_named(cpu._c, spec, v, len(v))
             if w != _REFUSED:
                 return w
     return _pack_cpu_role_full(era, base, ext)
