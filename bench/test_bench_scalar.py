@@ -126,6 +126,8 @@ _WORDS = [R.pack(ERA, **{**_LAY.unpack(w), "level": 1 + _LAY.unpack(w)["level"] 
 _FIELDS = [_LAY.unpack(w) for w in _WORDS]
 case("role.pack", lambda era, d: R.pack(era, **d), [(ERA, d) for d in _FIELDS],
      lambda era, d: ref_role.pack_role(era, **d), [(REF_ERA, d) for d in _FIELDS])
+case("role.pack(era, dict)", R.pack, [(ERA, d) for d in _FIELDS],
+     lambda era, d: ref_role.pack_role(era, **d), [(REF_ERA, d) for d in _FIELDS])
 case("role.unpack", lambda era, w: R.unpack(era, w), [(ERA, w) for w in _WORDS],
      ref_role.unpack_role, [(REF_ERA, w) for w in _WORDS], compare=None)
 case("role.kvm_page_table_hashfn", R.kvm_page_table_hashfn, [(g,) for g in GFNS],
@@ -135,6 +137,8 @@ case("role.kvm_mmu_role_as_id", R.kvm_mmu_role_as_id, [(w,) for w in _WORDS])
 if ERA.ext is not None:
     _EXT = [ERA.ext.unpack(int(w) & ERA.ext.used_mask) for w in _rng.integers(0, 1 << 32, CALLS)]
     case("role.pack_ext", lambda era, d: R.pack_ext(era, **d), [(ERA, d) for d in _EXT],
+         lambda era, d: ref_role.pack(ref_role.ext_fields(era), d), [(REF_ERA, d) for d in _EXT])
+    case("role.pack_ext(era, dict)", R.pack_ext, [(ERA, d) for d in _EXT],
          lambda era, d: ref_role.pack(ref_role.ext_fields(era), d), [(REF_ERA, d) for d in _EXT])
     _EXTW = [R.pack_ext(ERA, **d) for d in _EXT]
     case("role.unpack_ext", R.unpack_ext, [(ERA, w) for w in _EXTW],

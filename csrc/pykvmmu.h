@@ -328,10 +328,15 @@ struct kvmmu_role_layout {
 int kvmmu_role_layout_check(const struct kvmmu_role_layout *lay);
 uint64_t kvmmu_role_pack(const struct kvmmu_role_layout *lay, const uint8_t *fields, int *err);
 void kvmmu_role_unpack(const struct kvmmu_role_layout *lay, uint64_t word, uint8_t *fields);
-/* Scalar pack of named fields: value vals[i] into field idx[i] (n pairs, in any order).
- * Returns the word, or all ones (bits outside used_mask) when an index is not a field
- * or a value is wider than its field; the caller then runs its full checks. */
-uint64_t kvmmu_role_pack_named(const struct kvmmu_role_layout *lay, const uint8_t *idx,
+/* Scalar pack of named fields (in any order): spec holds, per value, the field index and
+ * the largest value the caller allows, then KVMMU_ROLE_SPEC_END right after the n pairs;
+ * value vals[i] goes into field spec[2i].  Returns the word, or KVMMU_ROLE_REFUSED (all
+ * ones: bits outside used_mask) when an index is not a field, a value is above its limit or
+ * wider than its field, or the end byte is not at pair n; the caller then runs its full
+ * checks. */
+#define KVMMU_ROLE_SPEC_END      255
+#define KVMMU_ROLE_REFUSED       0xFFFFFFFFFFFFFFFF
+uint64_t kvmmu_role_pack_named(const struct kvmmu_role_layout *lay, const uint8_t *spec,
                                const uint8_t *vals, uint32_t n);
 size_t kvmmu_role_pack_batch32(const struct kvmmu_role_layout *lay, const uint8_t *fields,
                                uint32_t *out, size_t n, int *err);

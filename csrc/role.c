@@ -139,19 +139,21 @@ void kvmmu_role_unpack(const struct kvmmu_role_layout *lay, uint64_t word, uint8
     unpack_portable(lay, word, fields);
 }
 
-uint64_t kvmmu_role_pack_named(const struct kvmmu_role_layout *lay, const uint8_t *idx,
+uint64_t kvmmu_role_pack_named(const struct kvmmu_role_layout *lay, const uint8_t *spec,
                                const uint8_t *vals, uint32_t n)
 {
     uint64_t w = 0;
 
+    _Static_assert(KVMMU_ROLE_SPEC_END >= KVMMU_ROLE_MAXF, "the end byte is no field index");
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t k = idx[i];
+        const uint32_t k = spec[2 * i], v = vals[i];
 
-        if (k >= lay->nfields || ((uint32_t)vals[i] >> lay->width[k]))
-            return UINT64_MAX;
-        w |= (uint64_t)vals[i] << lay->shift[k];
+        /* k == KVMMU_ROLE_SPEC_END (n too large) stops here, before its limit byte */
+        if (k >= lay->nfields || v > spec[2 * i + 1] || (v >> lay->width[k]))
+            return KVMMU_ROLE_REFUSED;
+        w |= (uint64_t)v << lay->shift[k];
     }
-    return w;
+    return spec[2 * (size_t)n] == KVMMU_ROLE_SPEC_END ? w : KVMMU_ROLE_REFUSED;
 }
 
 #if ROLE_HAVE_BMI2_PATH

@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, strategies as st
 
 from pykvmmu import role as R
-from pykvmmu.errors import PykvmmuError
+from pykvmmu._ffi import lib
+from pykvmmu.errors import InputError, PykvmmuError
 from pykvmmu.ref import role as ref_role
 from pykvmmu.role import compute as C
 from pykvmmu.role import nested as N
+from pykvmmu.role import packing as PK
 
 ERAS = list(R.ERAS)
 
@@ -257,3 +259,114 @@ def test_cpu_role_layout_is_the_eras_own():
     assert q.name == e.name
     assert q.cpu_role.names == tuple(e.base.names) + tuple("ext_" + n for n in other.ext.names)
     assert e.cpu_role.names == tuple(e.base.names) + tuple("ext_" + n for n in e.ext.names)
+
+
+# ------------------------------------------------------------------ pack(era, dict) / one C call
+
+_NAMES = sorted({n for e in R.ERAS.values() for lay in (e.base, e.ext) if lay is not None
+                 for n in lay.names} | {"nx", "gpte_bytes", "nope"})
+_VALUES = st.one_of(st.integers(0, 16), st.sampled_from([4, 8, 63, 64, 255, 256, -1] + BAD_VALUES))
+
+
+def _fields(era_layout_names):
+    """Dicts of the layout's names, other eras' names, the aliases and unknown names."""
+    return st.dictionaries(st.sampled_from(era_layout_names + tuple(_NAMES)), _VALUES, max_size=18)
+
+
+@given(st.sampled_from(ERAS), st.data())
+def test_pack_fast_path_equals_full_checks(era, data):
+    e = R.get_era(era)
+    d = data.draw(_fields(e.base.names))
+    kept = dict(d)
+    full = outcome(PK._pack_full, e, dict(d))
+    assert outcome(R.pack, era, **d) == full
+    assert outcome(R.pack, e, d) == full
+    assert outcome(R.pack, era, PlainDict(d)) == full
+    assert d == kept                                    # the caller's dict is never changed
+
+
+@given(st.sampled_from([e for e in ERAS if R.get_era(e).ext is not None]), st.data())
+def test_pack_ext_and_cpu_role_fast_paths_equal_full_checks(era, data):
+    e = R.get_era(era)
+    x = data.draw(_fields(e.ext.names))
+    full = outcome(e.ext.pack, PlainDict(x))
+    assert outcome(R.pack_ext, era, **x) == full
+    assert outcome(R.pack_ext, era, x) == full
+    b = data.draw(_fields(e.base.names))
+    assert outcome(R.pack_cpu_role, era, b, x) == outcome(PK._pack_cpu_role_full, e, b, x)
+
+
+def test_pack_takes_one_dict_or_keywords():
+    f = {"level": 3, "direct": 1}
+    assert R.pack("v6.14", f) == R.pack("v6.14", **f) == R.pack("v6.14", PlainDict(f)) == 0x83
+    assert R.pack_ext("v6.14", {"valid": 1}) == R.pack_ext("v6.14", valid=1) == 1
+    assert R.pack("v6.14", None) == R.pack("v6.14") == 0
+    for fn in (R.pack, R.pack_ext):
+        with pytest.raises(InputError, match="expected a dict"):
+            fn("v6.14", [("level", 1)])
+        with pytest.raises(InputError, match="not both"):
+            fn("v6.14", {"level": 1}, direct=1)
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_pack_level_rule_in_both_fast_paths(era):
+    e = R.get_era(era)
+    many = e.base.unpack(0)                             # every field: the C call
+    for lv in [*range(16), True, np.uint8(3)]:
+        for d in ({"level": lv, "direct": 1}, {**many, "level": lv}):
+            got = outcome(R.pack, era, d)
+            assert got == outcome(PK._pack_full, e, dict(d))
+            assert (got[0] == "ok") == (lv <= 5)
+
+
+def test_pack_named_refuses_a_count_other_than_the_spec():
+    lay = R.get_era("v6.14").base
+    spec = bytes([0, 5, 3, 1, lib.KVMMU_ROLE_SPEC_END])   # level <= 5, direct
+    vals = bytes([2, 1, 1])
+    assert lib.kvmmu_role_pack_named(lay._c, spec, vals, 2) == 0x82
+    for n in (0, 1, 3):
+        assert lib.kvmmu_role_pack_named(lay._c, spec, vals, n) == lib.KVMMU_ROLE_REFUSED
+    assert lib.kvmmu_role_pack_named(lay._c, spec, bytes([6, 1]), 2) == lib.KVMMU_ROLE_REFUSED
+    assert lib.kvmmu_role_pack_named(lay._c, spec, bytes([2, 2]), 2) == lib.KVMMU_ROLE_REFUSED
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_every_field_in_layout_order_or_not_packs_the_same(era):
+    # every field in the layout's order takes the precomputed spec, any other order the memo
+    e = R.get_era(era)
+    for w in (0, e.base.used_mask & 0x0F0F3F72, e.base.used_mask):
+        f = e.base.unpack(w)
+        f["level"] = 4
+        rev = dict(reversed(f.items()))
+        assert R.pack(era, f) == R.pack(era, rev) == PK._pack_full(e, dict(f))
+        for bad in ({**f, "level": 6}, {**rev, "level": 6}):
+            assert outcome(R.pack, era, bad) == outcome(PK._pack_full, e, dict(bad))
+            assert outcome(R.pack, era, bad)[0] == "error"
+        for lay in (e.base, e.ext, e.cpu_role):
+            if lay is not None:
+                g = lay.unpack(w & lay.used_mask)
+                assert lay.pack(g) == lay.pack(dict(reversed(g.items()))) == lay.pack(PlainDict(g))
+        if e.ext is not None:
+            x = e.ext.unpack(w & e.ext.used_mask)
+            xr = dict(reversed(x.items()))
+            assert R.pack_ext(era, x) == R.pack_ext(era, xr) == e.ext.pack(PlainDict(x))
+            assert (R.pack_cpu_role(era, f, x) == R.pack_cpu_role(era, rev, xr)
+                    == PK._pack_cpu_role_full(e, f, x))
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_every_field_count_with_an_alias_or_unknown_name_takes_the_full_checks(era):
+    # as many names as the layout has fields, one of them not a field: the full checks decide
+    e = R.get_era(era)
+    f = {**e.base.unpack(0), "level": 2}
+    for swap in ({e.nx: "nx"}, {e.bit4: "gpte_bytes"}, {"smm": "nope"}):
+        (old, new), = swap.items()
+        d = {new if k == old else k: (8 if new == "gpte_bytes" else v) for k, v in f.items()}
+        assert len(d) == len(e.base.fields)
+        assert outcome(R.pack, era, d) == outcome(R.pack, era, **d) == outcome(PK._pack_full, e, dict(d))
+    if e.ext is not None:
+        x = {**e.ext.unpack(0)}
+        x["nope"] = x.pop("valid")
+        assert outcome(R.pack_ext, era, x) == outcome(e.ext.pack, PlainDict(x))
+        assert outcome(R.pack_cpu_role, era, f, x) == outcome(PK._pack_cpu_role_full, e, f, x)
+        assert outcome(R.pack_cpu_role, era, f, x)[0] == "error"

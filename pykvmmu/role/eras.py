@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import enum
-import itertools
+import operator
 from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
@@ -32,17 +32,90 @@ ROLE_IGN_MASK = 0x00000F6F
 SYNC_ROLE_IGN_MASK = 0x0004076F
 #: A shadow page's level: PG_LEVEL_4K .. PT64_ROOT_MAX_LEVEL.
 SP_LEVEL_MIN, SP_LEVEL_MAX = 1, 5
+#: The highest level pack() takes (PT64_ROOT_MAX_LEVEL; 0 is a CR0.PG=0 kvm_cpu_role's).
+PACK_LEVEL_MAX = 5
+#: pack()'s limits below a field's width, as kvmmu_role_pack_named specs carry them.
+PACK_LIMITS = {"level": PACK_LEVEL_MAX}
 _U64_MASK = (1 << 64) - 1
 #: Bounded memo (layout, word) -> fields of RoleLayout.unpack (callers get copies); module
 #: state, so object snapshots (_check.snapshot) never see it.
 _UNPACK_MEMO_MAX = 1 << 12
 _UNPACKED: dict = {}
-#: RoleLayout._pack_fast: up to this many fields a Python loop is cheaper than the C call's setup
-#: (interleaved timing: 2 fields 0.36 vs 0.89 us, 15 fields 1.5 vs 1.05 us).
+#: pack(), pack_ext(), RoleLayout.pack: up to this many fields a Python loop (pack_small) is
+#: cheaper than the C call's setup (pack_many); interleaved CPU time as shares of the
+#: reference's pack_role: 2 fields 0.31 vs 0.60, 5 fields 0.56 vs 0.72.
 _PY_PACK_MAX = 6
-#: Bounded memo (layout, field names...) -> field indexes (bytes) for RoleLayout._pack_named.
-_PACK_IDX_MAX = 1 << 12
-_PACK_IDX: dict = {}
+#: Bounded memo (key: the layout or era and the field names) -> the spec of
+#: kvmmu_role_pack_named (pack_spec): which names a scalar pack call gives, never their values.
+_PACK_SPEC_MAX = 1 << 12
+_PACK_SPEC: dict = {}
+_pack_named = lib.kvmmu_role_pack_named
+_REFUSED, _SPEC_END = lib.KVMMU_ROLE_REFUSED, lib.KVMMU_ROLE_SPEC_END
+
+
+def _spec(lay: "RoleLayout", parts, limits: dict | None = None) -> bytes | None:
+    """The kvmmu_role_pack_named spec of ``parts`` (pairs: index getter into ``lay``, names):
+    per name its field index and its largest value (the field's mask, lowered to
+    ``limits[name]`` where given), then the end byte.  None for an unknown name, or a layout
+    whose refusal word (all ones) could be a word."""
+    if not lay._unused:
+        return None
+    spec = bytearray()
+    try:
+        for ig, names in parts:
+            for name in names:
+                k = ig(name)
+                top = lay._spec[k][2]
+                spec += bytes((k, top if limits is None else min(top, limits.get(name, top))))
+    except (KeyError, TypeError):   # not a field name (TypeError: unhashable)
+        return None
+    spec.append(_SPEC_END)
+    return bytes(spec)
+
+
+def pack_spec(key, lay: "RoleLayout", parts, limits: dict | None = None) -> bytes | None:
+    """:func:`_spec`, memoised under ``key`` (nothing is memoised for None)."""
+    spec = _spec(lay, parts, limits)
+    return None if spec is None else bounded_put(_PACK_SPEC, _PACK_SPEC_MAX, key, spec)
+
+
+def pack_many(lay: "RoleLayout", fields: dict, spec_all: bytes | None, owner, limits=None):
+    """The word of ``fields`` (more than a few) in one kvmmu_role_pack_named call, or None
+    for the caller's full checks.  Every field of ``lay`` (in any order): their values in the
+    layout's order with ``spec_all`` (its spec, with the caller's limits); fewer: the spec of
+    the dict's names (:func:`_spec` with ``limits``), memoised under ``(owner, names)``."""
+    if len(fields) == lay._nall:
+        spec = spec_all
+        try:
+            v = bytes(lay._getall(fields))
+        except Exception:       # a field missing (an unknown name instead), a value no int 0..255
+            return None
+    else:
+        names = tuple(fields)
+        key = (owner, names)
+        spec = _PACK_SPEC.get(key) or pack_spec(key, lay, ((lay._ig, names),), limits)
+        if spec is None:        # an unknown name
+            return None
+        try:
+            v = bytes(fields.values())
+        except Exception:       # a value that is no int 0..255
+            return None
+    w = _pack_named(lay._c, spec, v, len(v))
+    return None if w == _REFUSED else w
+
+
+def pack_small(sl: dict, values: dict):
+    """The word of a few plain fields (``sl``: name -> (shift, end), end = one past the
+    largest value), or None for an unknown name or a value that is no int below its end
+    (the caller's full checks then decide)."""
+    w = 0
+    for k, v in values.items():
+        t = sl.get(k)
+        if t is None or v.__class__ is not int or not 0 <= v < t[1]:
+            return None
+        w |= v << t[0]
+    return w
+
 
 class RoleFieldError(InputError):
     """A role field value that does not fit its bit-field, or an unknown field name."""
@@ -104,6 +177,13 @@ class RoleLayout:
         self._sl = {f.name: (f.shift, 1 << f.width) for f in self.fields}
         self._end = 1 << word_bits
         self._unused = ~self.used_mask & _U64_MASK
+        # every field at once (pack_many): kvmmu_role_pack_named's spec of the fields in the
+        # layout's order (None: see _spec), their values in that order from a dict, their
+        # count (-1: never all at once)
+        self._names = tuple(f.name for f in self.fields)
+        self._spec_all = _spec(self, ((self._ig, self._names),))
+        self._getall = operator.itemgetter(*self._names)
+        self._nall = len(self._names) if self._spec_all is not None and len(self._names) > 1 else -1
 
     def _isa_copy(self, level: str) -> "RoleLayout":
         """The same layout with its batch kernels capped at ``level`` (:mod:`pykvmmu.isa`)."""
@@ -123,37 +203,12 @@ class RoleLayout:
             raise RoleFieldError(f"field {name!r}: not in layout {self.name} "
                                  f"(fields: {', '.join(self.names)})") from None
 
-    def _pack_named(self, key, parts, vals):
-        """:meth:`pack` in one kvmmu_role_pack_named call: ``parts``, pairs (index getter,
-        names), give the field indexes (computed once per ``key``, then memoised), ``vals``
-        the values (made bytes: ints by ``__index__`` only, 0..255).  The word, or None when
-        anything is off (an unknown name, a value that is no small int or too wide): the
-        caller then runs its full checks, which raise."""
-        if not self._unused:
-            return None
-        idx = _PACK_IDX.get(key)
-        try:
-            if idx is None:
-                idx = bytes(itertools.chain.from_iterable(itertools.starmap(map, parts)))
-                bounded_put(_PACK_IDX, _PACK_IDX_MAX, key, idx)
-            vals = bytes(vals)
-        except Exception:               # an unknown name, not an integer, out of 0..255, ...
-            return None
-        w = lib.kvmmu_role_pack_named(self._c, idx, vals, len(idx))
-        return None if w & self._unused or len(vals) != len(idx) else w
-
     def _pack_fast(self, values: dict):
         """:meth:`pack` of a dict of plain in-range values, else None.  A few fields are
-        packed here (plain ints only), more in one C call (:meth:`_pack_named`)."""
+        packed here (plain ints only), more in one kvmmu_role_pack_named call."""
         if len(values) > _PY_PACK_MAX:
-            return self._pack_named((self, tuple(values)), ((self._ig, values),), values.values())
-        w, sl = 0, self._sl
-        for k, v in values.items():
-            t = sl.get(k)
-            if t is None or v.__class__ is not int or not 0 <= v < t[1]:
-                return None
-            w |= v << t[0]
-        return w
+            return pack_many(self, values, self._spec_all, self)
+        return pack_small(self._sl, values)
 
     def pack(self, values: dict) -> int:
         """Pack ``{field: value}`` into a word (each value must fit its field)."""
@@ -329,6 +384,8 @@ class RoleEra:
         _sh: ClassVar[Any]      # fields the role computations set, per instance (__post_init__)
         _xsh: ClassVar[Any]
         _cpu: ClassVar[Any]     # the kvm_cpu_role layout (None without an ext layout)
+        _psl: ClassVar[Any]     # pack()'s field name -> (shift, end): base._sl, level 0..5
+        _pspec: ClassVar[Any]   # pack()'s spec of every base field (level 0..5), in order
 
     name: str
     kernels: str
@@ -364,6 +421,10 @@ class RoleEra:
         # Not fields: the kvm_cpu_role layout (pack_cpu_role's fast path) and the shifts the
         # role computations (:mod:`.compute`) build words with.
         object.__setattr__(self, "_cpu", None if self.ext is None else _cpu_layout(self, self.ext))
+        object.__setattr__(self, "_psl", {n: (sh, min(end, PACK_LEVEL_MAX + 1) if n == "level" else end)
+                                          for n, (sh, end) in self.base._sl.items()})
+        object.__setattr__(self, "_pspec", _spec(self.base, ((self.base._ig, self.base._names),),
+                                                 PACK_LIMITS))
         object.__setattr__(self, "_sh", _shifts(_BaseShifts, self.base, nx=self.nx, bit4=self.bit4))
         object.__setattr__(self, "_xsh", None if self.ext is None else _shifts(_ExtShifts, self.ext))
 

@@ -10,12 +10,13 @@ from .._batch import uint
 from .._check import boolean, in_range
 from .._memo import bounded_put
 from ..errors import InputError, ProfileError
-from .eras import ERAS, get_era, _require, RoleEra, RoleFieldError
+from .eras import (ERAS, PACK_LEVEL_MAX, PACK_LIMITS, _PACK_SPEC, _PY_PACK_MAX, _REFUSED, _pack_named, _require,
+                   get_era, pack_many, pack_small, pack_spec, RoleEra, RoleFieldError)
 
 _U32_END = 1 << 32
 _U64_END = 1 << 64
 #: pack(): the level a role may hold (0 only in a kvm_cpu_role, CR0.PG=0).
-_PACK_LEVEL = (0, 5, "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
+_PACK_LEVEL = (0, PACK_LEVEL_MAX, "0 (CR0.PG=0 cpu_role) or PG_LEVEL_4K..PT64_ROOT_MAX_LEVEL")
 
 
 # ---------------------------------------------------------------------------
@@ -107,19 +108,35 @@ class Role:
         return f"Role({self.era.name!r}, {self.word:#x})"
 
 
-def pack(era, **fields) -> int:
+def pack(era, values: dict | None = None, /, **fields) -> int:
     """Pack named fields into ``kvm_mmu_page_role.word`` under the era's layout.
 
-    A field the era lacks raises ProfileError; a value wider than its field raises
-    RoleFieldError.  ``gpte_bytes=4|8`` sets bit 4 with the era's sense.
+    The fields come as keywords, ``pack(era, level=1, direct=1)``, or as one dict,
+    ``pack(era, {"level": 1, "direct": 1})`` (the same rules; cheaper: no keyword arguments
+    to build), not both.  A field the era lacks raises ProfileError; a value wider than its
+    field raises RoleFieldError.  ``gpte_bytes=4|8`` sets bit 4 with the era's sense.
     """
     if era.__class__ is not RoleEra:
         era = get_era(era)
-    lv = fields.get("level", 0)
-    if lv.__class__ is int and _PACK_LEVEL[0] <= lv <= _PACK_LEVEL[1]:
-        w = era.base._pack_fast(fields)      # plain field names and values, else the checks below
+    if values is not None:
+        fields = values if values.__class__ is dict and not fields else _fields_arg(values, fields)
+    # Fast paths: a few plain ints here, more fields in one kvmmu_role_pack_named call (names,
+    # values and the level rule); anything refused takes the full checks, which raise or
+    # handle the aliases.
+    if len(fields) <= _PY_PACK_MAX:
+        w = pack_small(era._psl, fields)
         if w is not None:
             return w
+    else:
+        w = pack_many(era.base, fields, era._pspec, era, PACK_LIMITS)
+        if w is not None:
+            return w
+    return _pack_full(era, dict(fields))     # a copy: never change the caller's dict
+
+
+def _pack_full(era: RoleEra, fields: dict) -> int:
+    """pack() with every check (the aliases, the level rule, unknown names); ``fields`` is
+    changed."""
     g = fields.pop("gpte_bytes", None)
     if "level" in fields:
         fields["level"] = in_range("level", fields["level"], *_PACK_LEVEL, err=RoleFieldError)
@@ -134,6 +151,17 @@ def pack(era, **fields) -> int:
             raise ProfileError(f"role field {name!r}: does not exist in era {era} "
                                f"(fields: {', '.join(era.base.names)})")
     return era.base.pack(fields)
+
+
+def _fields_arg(values, fields: dict) -> dict:
+    """The field dict of ``pack(era, values)`` / ``pack_ext(era, values)`` (a dict, and no
+    keyword fields with it)."""
+    if not isinstance(values, dict):
+        raise InputError(f"values={values!r}: expected a dict of field values")
+    if fields:
+        raise InputError(f"values and keyword fields {', '.join(fields)}: give the fields as "
+                         "one dict or as keywords, not both")
+    return values if values.__class__ is dict else dict(values)
 
 
 def unpack(era, word: int, strict: bool = False) -> Role:
@@ -157,15 +185,24 @@ def unpack_batch(era, words: np.ndarray, out=None, strict: bool = True,
     return get_era(era).base.unpack_batch(words, out, strict, threads)
 
 
-def pack_ext(era, **fields) -> int:
+def pack_ext(era, values: dict | None = None, /, **fields) -> int:
+    """Pack named fields into ``kvm_mmu_extended_role.word`` (keywords or one dict, as
+    :func:`pack`)."""
     if era.__class__ is not RoleEra:
         era = get_era(era)
-    if era.ext is not None:
-        w = era.ext._pack_fast(fields)
+    if values is not None:
+        fields = values if values.__class__ is dict and not fields else _fields_arg(values, fields)
+    lay = era.ext
+    if lay is not None and len(fields) <= _PY_PACK_MAX:     # fast paths, as in pack()
+        w = pack_small(lay._sl, fields)
         if w is not None:
             return w
-    _require(era, era.ext is not None, "kvm_mmu_extended_role")
-    return era.ext.pack(fields)
+    elif lay is not None:
+        w = pack_many(lay, fields, lay._spec_all, lay)
+        if w is not None:
+            return w
+    _require(era, lay is not None, "kvm_mmu_extended_role")
+    return lay.pack(dict(fields))
 
 
 def unpack_ext(era, word: int, strict: bool = False) -> dict:
@@ -200,12 +237,33 @@ def pack_cpu_role(era, base: dict, ext: dict) -> int:
         era = get_era(era)
     cpu = era._cpu
     if cpu is not None and base.__class__ is dict and ext.__class__ is dict:
-        # base fields keep their index in kvm_cpu_role, ext fields follow
-        w = cpu._pack_named((cpu, tuple(base), tuple(ext)),
-                            ((era.base._ig, base), (cpu._ext_ig, ext)),
-                            [*base.values(), *ext.values()])
-        if w is not None:
-            return w
+        # one kvmmu_role_pack_named call: base fields keep their index in kvm_cpu_role, ext
+        # fields follow (so the two layouts' orders make the cpu layout's, as pack_many)
+        b, x = era.base, era.ext
+        if len(base) == b._nall and len(ext) == x._nall:
+            spec = cpu._spec_all
+            try:
+                v = bytes(b._getall(base) + x._getall(ext))
+            except Exception:       # a field missing (an unknown name instead), a value no int 0..255
+                spec = None
+        else:
+            bn, xn = tuple(base), tuple(ext)
+            key = (cpu, bn, xn)
+            spec = _PACK_SPEC.get(key) or pack_spec(key, cpu, ((b._ig, bn), (cpu._ext_ig, xn)))
+            if spec is not None:
+                try:
+                    v = bytes([*base.values(), *ext.values()])
+                except Exception:   # a value that is no int 0..255
+                    spec = None
+        if spec is not None:
+            w = _pack_named(cpu._c, spec, v, len(v))
+            if w != _REFUSED:
+                return w
+    return _pack_cpu_role_full(era, base, ext)
+
+
+def _pack_cpu_role_full(era: RoleEra, base, ext) -> int:
+    """pack_cpu_role() with every check."""
     _require(era, era.ext is not None, "kvm_cpu_role / kvm_mmu_role")
     for n, d in (("base", base), ("ext", ext)):
         if not isinstance(d, dict):
