@@ -134,6 +134,61 @@ def test_dump_text_widest_values():
     assert len(lines) == 512 and lines[-1] == "PFN: 0x1ff, [0xfffffffffffffffe - 0xffffffffffffffff]"
 
 
+# ------------------------------------------------------------------ operand-saving calls
+
+def test_default_operands_are_the_signature_defaults():
+    """guest_check() and rmpadjust() call C functions with their default operands built in
+    when those operands are the default objects themselves (compared by identity)."""
+    gd = RmpTable.guest_check.__kwdefaults__
+    assert gd == dict(vmpl=0, npt_level=R.PG_LEVEL_4K, kind="read", c_bit=True, snp_active=True, user=False)
+    assert gd["vmpl"] is R._ZERO and gd["npt_level"] is R.PG_LEVEL_4K and gd["kind"] is R._READ
+    ad = RmpTable.rmpadjust.__kwdefaults__
+    assert ad == dict(size=0, vmsa=False, vmpl=0) and ad["size"] is ad["vmpl"] is R._ZERO
+
+
+#: the default operands as other objects of the same values: the checked path takes them
+NP_GUEST_DEFAULTS = dict(vmpl=np.uint8(0), npt_level=np.uint8(1), kind=R.Access.READ, c_bit=np.True_,
+                         snp_active=np.True_, user=np.False_)
+
+
+@given(pfns, pfns, small)
+def test_default_guest_check_agrees(pfn, gfn, asid):
+    want = outcome(T.guest_check, pfn, gfn, asid=asid, **NP_GUEST_DEFAULTS)
+    assert outcome(T.guest_check, pfn, gfn, asid=asid) == want
+    assert outcome(T.guest_check, pfn, gfn, asid=asid, vmpl=0, kind="read", user=False) == want
+
+
+@given(st.lists(st.tuples(pfns, small, small, st.integers(0, 5), st.integers(0, 40), flag), max_size=10),
+       st.integers(0, 3))
+def test_default_rmpadjust_agrees_and_leaves_the_same_table(ops, seed):
+    fast, checked = table(seed), table(seed)
+    for pfn, asid, b, target, perms, validate in ops:
+        gfn = pfn ^ b
+        if validate:
+            assert (outcome(fast.pvalidate, pfn, asid=asid, gfn=gfn)
+                    == outcome(checked.pvalidate, pfn, asid=asid, gfn=gfn))
+        assert (outcome(fast.rmpadjust, pfn, asid=asid, gfn=gfn, target_vmpl=target, perms=perms)
+                == outcome(checked.rmpadjust, pfn, asid=asid, gfn=gfn, target_vmpl=target, perms=perms,
+                           size=np.uint8(0), vmsa=np.False_, vmpl=np.uint8(0)))
+        assert np.array_equal(fast.buffer, checked.buffer)
+
+
+def test_entry_of_a_segmented_table():
+    """entry()'s index comes from the C core's segment lookup; the quadwords from the buffer."""
+    t = RmpTable.create(3 * (1 << 30) + 1, segmented=True, seg_shift=30)
+    pfns = [0, 1, (1 << 18) - 1, 1 << 18, (2 << 18) + 5, t.nr_pfns - 1]
+    for i, pfn in enumerate(pfns):
+        t.write_raw(pfn, (i + 1) << 12 | 1, (1 << 64) - 1 - i)
+    for i, pfn in enumerate(pfns):
+        assert t.entry(pfn) == ((i + 1) << 12 | 1, (1 << 64) - 1 - i) == t.entry(np.uint64(pfn))
+    assert type(t.entry(0)) is R.RmpEntry
+    with pytest.raises(R.RmpError, match="beyond the RMP"):
+        t.entry(t.nr_pfns)
+    t.close()
+    with pytest.raises(R.RmpError, match="closed"):
+        t.entry(0)
+
+
 # ------------------------------------------------------------------ refusals
 
 BAD = [decimal.Decimal(5), fractions.Fraction(5), np.float64(5.0), 5.0, "5", None, -1, 1 << 64]
