@@ -1216,11 +1216,12 @@ int64_t kvmmu_rmp_rmpadjust_vmpl0(const struct kvmmu_rmp *t, uint64_t pfn, uint3
     return kvmmu_rmp_rmpadjust_word(t, pfn, asid, 0, gfn, 0, target_vmpl, perms, 0);
 }
 
-/* kvmmu_rmp_user_fault with a present PTE. */
-int64_t kvmmu_rmp_user_fault_present(const struct kvmmu_rmp *t, uint64_t pte_pfn, uint32_t level,
-                                     uint64_t address)
+/* kvmmu_rmp_user_fault on a present 4K PTE, whose 4K pfn is the PTE's: the word without
+ * the pfn (action | RMP level << 2), or -1 for a PTE pfn wider than KVMMU_RMP_PTE_PFN_BITS. */
+int kvmmu_rmp_user_fault_4k(const struct kvmmu_rmp *t, uint64_t pte_pfn, uint64_t address)
 {
-    return kvmmu_rmp_user_fault(t, true, pte_pfn, level, address);
+    int64_t w = kvmmu_rmp_user_fault(t, true, pte_pfn, PG_LEVEL_4K, address);
+    return w < 0 ? -1 : (int)(w & 15);
 }
 
 /* The entry's low quadword as an index of 8-byte words from the table base (entries are
