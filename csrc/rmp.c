@@ -890,6 +890,20 @@ static inline int guest_check_private(const struct kvmmu_rmp *t, const struct kv
     return KVMMU_RMP_CHK_OK;
 }
 
+/* The fault an encrypted access raises when it fails check chk (none for OK), and its exit info. */
+static inline void private_fault(const struct kvmmu_rmp_access *a, int chk, int *fault,
+                                 uint64_t *exitinfo)
+{
+    if (chk == KVMMU_RMP_CHK_VALIDATED) {
+        *fault = KVMMU_RMP_RC_VC;
+        *exitinfo = SVM_EXIT_VC_NOT_VALIDATED;
+    } else if (chk != KVMMU_RMP_CHK_OK) {
+        *fault = KVMMU_RMP_RC_NPF;
+        *exitinfo = npf_base(a, true) | (chk == KVMMU_RMP_CHK_PAGE_SIZE ? PFERR_GUEST_SIZEM : 0) |
+                    (chk == KVMMU_RMP_CHK_VMPL ? PFERR_GUEST_VMPL : 0);
+    }
+}
+
 int kvmmu_rmp_guest_check(const struct kvmmu_rmp *t, const struct kvmmu_rmp_access *a,
                           int *fault, uint64_t *exitinfo)
 {
@@ -903,14 +917,7 @@ int kvmmu_rmp_guest_check(const struct kvmmu_rmp *t, const struct kvmmu_rmp_acce
     if (!(a->snp_active && (a->c_bit || forced_c)))
         return guest_check_shared(t, a, level, is_write, fault, exitinfo);
     int chk = guest_check_private(t, a, level, is_write);
-    if (chk == KVMMU_RMP_CHK_VALIDATED) {
-        *fault = KVMMU_RMP_RC_VC;
-        *exitinfo = SVM_EXIT_VC_NOT_VALIDATED;
-    } else if (chk != KVMMU_RMP_CHK_OK) {
-        *fault = KVMMU_RMP_RC_NPF;
-        *exitinfo = npf_base(a, true) | (chk == KVMMU_RMP_CHK_PAGE_SIZE ? PFERR_GUEST_SIZEM : 0) |
-                    (chk == KVMMU_RMP_CHK_VMPL ? PFERR_GUEST_VMPL : 0);
-    }
+    private_fault(a, chk, fault, exitinfo);
     return chk;
 }
 
@@ -1200,13 +1207,37 @@ uint64_t kvmmu_rmp_read_lo(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *ou
 
 /* ------------------------------------------------------------ fewer operands */
 
-/* kvmmu_rmp_guest_check_word for a C=1 read at VMPL 0 through a 4K NPT mapping by an SNP
- * guest in supervisor mode (guest_check()'s default access operands). */
-int64_t kvmmu_rmp_guest_check_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gfn,
-                                   uint32_t asid)
+/* guest_check()'s default access: a C=1 read at VMPL 0 through a 4K NPT mapping by an SNP
+ * guest in supervisor mode (pfn, gfn and ASID set per call). */
+static const struct kvmmu_rmp_access READ_ACCESS = {
+    .pfn = 0, .gfn = 0, .asid = 0, .vmpl = 0, .npt_level = PG_LEVEL_4K, .kind = KVMMU_RMP_ACC_READ,
+    .c_bit = true, .snp_active = true, .user = false, .pad = {0},
+};
+
+/* The guest check of the default access: the check code only (its fault and exit info
+ * follow from it: kvmmu_rmp_guest_check_read_word). */
+int kvmmu_rmp_guest_check_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gfn,
+                               uint32_t asid)
 {
-    return kvmmu_rmp_guest_check_word(t, pfn, gfn, asid, 0, PG_LEVEL_4K, KVMMU_RMP_ACC_READ,
-                                      true, true, false);
+    struct kvmmu_rmp_access a = READ_ACCESS;
+    int fault;
+    uint64_t ei;
+    a.pfn = pfn;
+    a.gfn = gfn;
+    a.asid = asid;
+    return kvmmu_rmp_guest_check(t, &a, &fault, &ei);
+}
+
+/* The word of kvmmu_rmp_guest_check_word for the default access failing check chk (the
+ * fault and exit info of an encrypted access); -1 for an unknown check code. */
+int64_t kvmmu_rmp_guest_check_read_word(uint32_t chk)
+{
+    int fault = 0;
+    uint64_t ei = 0;
+    if (chk > KVMMU_RMP_CHK_VMPL)
+        return -1;
+    private_fault(&READ_ACCESS, (int)chk, &fault, &ei);
+    return (int64_t)((uint64_t)chk | (uint64_t)fault << 8 | ei << 20);
 }
 
 /* RMPADJUST at VMPL 0 on a 4K page, VMSA 0 (the word of kvmmu_rmp_rmpadjust_word). */

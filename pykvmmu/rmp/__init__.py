@@ -417,6 +417,10 @@ def _guest_result(w: int) -> AccessResult:
     return r
 
 
+#: check code -> guest_check()'s result for the default access (kvmmu_rmp_guest_check_read)
+_GUEST_READ = tuple(_guest_result(lib.kvmmu_rmp_guest_check_read_word(c)) for c in _CHECKS)
+
+
 class LookupResult(NamedTuple):
     assigned: np.ndarray   # uint8
     level: np.ndarray      # uint8 (PG_LEVEL_4K / PG_LEVEL_2M)
@@ -1263,15 +1267,11 @@ class RmpTable:
         if (c_bit is True and snp_active is True and user is False and vmpl is _ZERO
                 and npt_level is PG_LEVEL_4K and kind is _READ and pfn.__class__ is gfn.__class__
                 is asid.__class__ is int):
-            try:        # the default access operands: six operands fewer
-                w = _guest_check_read_c(self._t_, pfn, gfn, asid)
+            try:        # the default access operands: six operands fewer, the check code back
+                c = _guest_check_read_c(self._t_, pfn, gfn, asid)
+                return _GUEST_READ[c]
             except (OverflowError, TypeError):
-                w = -1
-            if w >= 0:
-                try:
-                    return _GUEST_MEMO[w]
-                except KeyError:
-                    return _guest_result(w)
+                pass
         k = _kind_code(kind) if kind.__class__ is str else kind
         if (pfn.__class__ is gfn.__class__ is asid.__class__ is vmpl.__class__ is npt_level.__class__
                 is k.__class__ is int and c_bit.__class__ is snp_active.__class__ is user.__class__ is bool):
