@@ -700,11 +700,13 @@ int kvmmu_rmp_psmash(const struct kvmmu_rmp *t, uint64_t pfn)
 /* The RMP checks PVALIDATE and RMPADJUST share: covered, guest-owned,
  * reverse-map, mutable, and (NPF with SIZEM) a 4K request on a 2M page.
  * Returns 0 or KVMMU_RMP_RC_NPF; *g is the governing entry. */
+#define INSN_NPF_BASE       (PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC)
+
 static int guest_insn_npf(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint64_t gfn,
                           uint32_t size, uint64_t **g, bool *in2m, uint64_t *exitinfo)
 {
     uint64_t *e = entry_ptr(t, pfn);
-    uint64_t base = PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC;
+    uint64_t base = INSN_NPF_BASE;
     if (!e) {
         *exitinfo = base;
         return KVMMU_RMP_RC_NPF;
@@ -1240,11 +1242,28 @@ int64_t kvmmu_rmp_guest_check_read_word(uint32_t chk)
     return (int64_t)((uint64_t)chk | (uint64_t)fault << 8 | ei << 20);
 }
 
-/* RMPADJUST at VMPL 0 on a 4K page, VMSA 0 (the word of kvmmu_rmp_rmpadjust_word). */
-int64_t kvmmu_rmp_rmpadjust_vmpl0(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid,
-                                  uint64_t gfn, uint32_t target_vmpl, uint32_t perms)
+/* The word (rc | exit info << 12) of a guest instruction's result code: rc, plus
+ * KVMMU_RMP_INSN_SIZEM for an NPF with PFERR_GUEST_SIZEM (guest_insn_npf's exit infos; a #VC
+ * carries the PAGE_NOT_VALIDATED exit code).  -1 for a code that is not one of these. */
+int64_t kvmmu_rmp_insn_code_word(uint32_t code)
 {
-    return kvmmu_rmp_rmpadjust_word(t, pfn, asid, 0, gfn, 0, target_vmpl, perms, 0);
+    uint32_t rc = code & ~(uint32_t)KVMMU_RMP_INSN_SIZEM;
+    if (code >= 2 * KVMMU_RMP_INSN_SIZEM || ((code & KVMMU_RMP_INSN_SIZEM) && rc != KVMMU_RMP_RC_NPF))
+        return -1;
+    uint64_t ei = rc == KVMMU_RMP_RC_NPF ? INSN_NPF_BASE | (code != rc ? PFERR_GUEST_SIZEM : 0)
+                : rc == KVMMU_RMP_RC_VC ? SVM_EXIT_VC_NOT_VALIDATED : 0;
+    return (int64_t)(rc | ei << 12);
+}
+
+/* RMPADJUST at VMPL 0 on a 4K page, VMSA 0, as its result code (kvmmu_rmp_insn_code_word);
+ * -1 should the code not give back the exact word (the caller then takes the word). */
+int kvmmu_rmp_rmpadjust_vmpl0(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid,
+                              uint64_t gfn, uint32_t target_vmpl, uint32_t perms)
+{
+    int64_t w = kvmmu_rmp_rmpadjust_word(t, pfn, asid, 0, gfn, 0, target_vmpl, perms, 0);
+    uint64_t ei = (uint64_t)w >> 12;
+    uint32_t code = (uint32_t)(w & 0xFFF) | ((ei & PFERR_GUEST_SIZEM) ? KVMMU_RMP_INSN_SIZEM : 0);
+    return kvmmu_rmp_insn_code_word(code) == w ? (int)code : -1;
 }
 
 /* kvmmu_rmp_user_fault on a present 4K PTE, whose 4K pfn is the PTE's: the word without

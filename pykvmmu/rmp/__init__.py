@@ -417,6 +417,9 @@ def _guest_result(w: int) -> AccessResult:
     return r
 
 
+#: result code (kvmmu_rmp_insn_code_word) -> InsnResult, for the codes there are
+_INSN_CODES = tuple(_insn_result(w) if w >= 0 and w & 0xFFF in set(Rc) else None
+                    for w in map(lib.kvmmu_rmp_insn_code_word, range(2 * lib.KVMMU_RMP_INSN_SIZEM)))
 #: check code -> guest_check()'s result for the default access (kvmmu_rmp_guest_check_read)
 _GUEST_READ = tuple(_guest_result(lib.kvmmu_rmp_guest_check_read_word(c)) for c in _CHECKS)
 
@@ -1159,15 +1162,12 @@ class RmpTable:
         """RMPADJUST (guest): set the permission mask of a higher VMPL (and VMSA at VMPL0)."""
         if (size is _ZERO and vmsa is False and vmpl is _ZERO and pfn.__class__ is asid.__class__
                 is gfn.__class__ is target_vmpl.__class__ is perms.__class__ is int):
-            try:        # the defaults (VMPL 0, 4K, VMSA 0): three operands fewer
-                w = _rmpadjust_vmpl0_c(self._tw_, pfn, asid, gfn, target_vmpl, perms)
+            try:        # the defaults (VMPL 0, 4K, VMSA 0): three operands fewer, a result code back
+                c = _rmpadjust_vmpl0_c(self._tw_, pfn, asid, gfn, target_vmpl, perms)
+                if c >= 0:
+                    return _INSN_CODES[c]
             except (OverflowError, TypeError):
-                w = -1
-            if w >= 0:
-                try:
-                    return _INSN_MEMO[w]
-                except KeyError:
-                    return _insn_result(w)
+                pass
         if (pfn.__class__ is asid.__class__ is gfn.__class__ is target_vmpl.__class__ is perms.__class__
                 is size.__class__ is vmpl.__class__ is int
                 and (vmsa is False or vmsa is True or vmsa.__class__ is int)):
