@@ -1130,7 +1130,7 @@ static inline uint64_t hex8_word(uint32_t v)
     return x + UINT64_C(0x3030303030303030) + over9 * ('a' - '0' - 10);
 }
 
-/* "0x" and the 16 hex digits of v: the kernel's "%#018llx" (its vsprintf prints the 0x of 0 too). */
+/* "0x" and the 16 hex digits of v: an entry quadword of the dump lines (0 too, as before). */
 static inline char *put_hex16(char *p, uint64_t v)
 {
     uint64_t w[2] = {hex8_word((uint32_t)(v >> 32)), hex8_word((uint32_t)v)};
