@@ -97,8 +97,8 @@ def test_instructions_agree_and_leave_the_same_table(ops, seed):
 
 
 def test_entry_words():
-    """entry()'s call returns the low quadword and reads the high one (and the beyond-the-table
-    flag only when the low one is 0)."""
+    """entry() at zero and all-ones quadwords and beyond the table (the index from the C
+    core, the quadwords from the buffer's memoryviews)."""
     t = RmpTable(np.zeros(BOOKKEEPING + 16 * 8, np.uint8))
     for pfn, lo, hi in [(1, 0, 5), (2, 6, 0), (3, (1 << 64) - 1, (1 << 64) - 1)]:
         t.write_raw(pfn, lo, hi)
