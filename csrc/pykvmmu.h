@@ -613,6 +613,22 @@ void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nb
 size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn,
                                   uint8_t *assigned, uint8_t *level, uint16_t *asid,
                                   uint64_t *gpa, size_t n, int *err, const uint64_t *lvl_bits);
+/* The common scalar calls in fewer operands (each cffi operand costs a conversion), with
+ * small results: the guest check of a C=1 read at VMPL 0 through a 4K NPT mapping by an SNP
+ * guest in supervisor mode (the check code; the word of each code from
+ * kvmmu_rmp_guest_check_read_word), RMPADJUST at VMPL 0 on a 4K page with VMSA 0 (a result
+ * code: kvmmu_rmp_insn_code_word), the user fault on a present 4K PTE (action | RMP level
+ * << 2: the pfn is the PTE's), and entry(): the index of the entry's low quadword in the
+ * table buffer (8-byte units), -1 beyond the table. */
+int kvmmu_rmp_guest_check_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gfn,
+                               uint32_t asid);
+int64_t kvmmu_rmp_guest_check_read_word(uint32_t chk);
+#define KVMMU_RMP_INSN_SIZEM        512
+int kvmmu_rmp_rmpadjust_vmpl0(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid,
+                              uint64_t gfn, uint32_t target_vmpl, uint32_t perms);
+int64_t kvmmu_rmp_insn_code_word(uint32_t code);
+int kvmmu_rmp_user_fault_4k(const struct kvmmu_rmp *t, uint64_t pte_pfn, uint64_t address);
+int64_t kvmmu_rmp_entry_index(const struct kvmmu_rmp *t, uint64_t pfn);
 
 /* ======================================================================
  * private: private/shared fault classification (csrc/private.c, pykvmmu/private.py)

@@ -700,11 +700,13 @@ int kvmmu_rmp_psmash(const struct kvmmu_rmp *t, uint64_t pfn)
 /* The RMP checks PVALIDATE and RMPADJUST share: covered, guest-owned,
  * reverse-map, mutable, and (NPF with SIZEM) a 4K request on a 2M page.
  * Returns 0 or KVMMU_RMP_RC_NPF; *g is the governing entry. */
+#define INSN_NPF_BASE       (PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC)
+
 static int guest_insn_npf(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint64_t gfn,
                           uint32_t size, uint64_t **g, bool *in2m, uint64_t *exitinfo)
 {
     uint64_t *e = entry_ptr(t, pfn);
-    uint64_t base = PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC;
+    uint64_t base = INSN_NPF_BASE;
     if (!e) {
         *exitinfo = base;
         return KVMMU_RMP_RC_NPF;
@@ -890,6 +892,20 @@ static inline int guest_check_private(const struct kvmmu_rmp *t, const struct kv
     return KVMMU_RMP_CHK_OK;
 }
 
+/* The fault an encrypted access raises when it fails check chk (none for OK), and its exit info. */
+static inline void private_fault(const struct kvmmu_rmp_access *a, int chk, int *fault,
+                                 uint64_t *exitinfo)
+{
+    if (chk == KVMMU_RMP_CHK_VALIDATED) {
+        *fault = KVMMU_RMP_RC_VC;
+        *exitinfo = SVM_EXIT_VC_NOT_VALIDATED;
+    } else if (chk != KVMMU_RMP_CHK_OK) {
+        *fault = KVMMU_RMP_RC_NPF;
+        *exitinfo = npf_base(a, true) | (chk == KVMMU_RMP_CHK_PAGE_SIZE ? PFERR_GUEST_SIZEM : 0) |
+                    (chk == KVMMU_RMP_CHK_VMPL ? PFERR_GUEST_VMPL : 0);
+    }
+}
+
 int kvmmu_rmp_guest_check(const struct kvmmu_rmp *t, const struct kvmmu_rmp_access *a,
                           int *fault, uint64_t *exitinfo)
 {
@@ -903,14 +919,7 @@ int kvmmu_rmp_guest_check(const struct kvmmu_rmp *t, const struct kvmmu_rmp_acce
     if (!(a->snp_active && (a->c_bit || forced_c)))
         return guest_check_shared(t, a, level, is_write, fault, exitinfo);
     int chk = guest_check_private(t, a, level, is_write);
-    if (chk == KVMMU_RMP_CHK_VALIDATED) {
-        *fault = KVMMU_RMP_RC_VC;
-        *exitinfo = SVM_EXIT_VC_NOT_VALIDATED;
-    } else if (chk != KVMMU_RMP_CHK_OK) {
-        *fault = KVMMU_RMP_RC_NPF;
-        *exitinfo = npf_base(a, true) | (chk == KVMMU_RMP_CHK_PAGE_SIZE ? PFERR_GUEST_SIZEM : 0) |
-                    (chk == KVMMU_RMP_CHK_VMPL ? PFERR_GUEST_VMPL : 0);
-    }
+    private_fault(a, chk, fault, exitinfo);
     return chk;
 }
 
@@ -1088,38 +1097,58 @@ int kvmmu_rmp_dump(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out)
     return 1 + k;
 }
 
-/* "0x" and v in lower-case hex, zero-padded to at least `digits` digits (Python's "#0{2+digits}x"). */
-static char *put_hex(char *p, uint64_t v, int digits)
+/* v in lower-case hex, exactly `digits` digits (the low ones), written backwards from end. */
+static inline void put_hex_digits(char *end, uint64_t v, int digits)
 {
-    char tmp[16];
-    int n = 0;
-    do {
-        tmp[n++] = "0123456789abcdef"[v & 0xF];
-        v >>= 4;
-    } while (v);
-    while (n < digits)
-        tmp[n++] = '0';
-    *p++ = '0';
-    *p++ = 'x';
-    while (n)
-        *p++ = tmp[--n];
-    return p;
+    static const char hex[16] = {'0', '1', '2', '3', '4', '5', '6', '7',
+                                 '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'};
+    for (int i = 1; i <= digits; i++, v >>= 4)
+        end[-i] = hex[v & 0xF];
 }
 
-static char *put_str(char *p, const char *s)
+/* "0x" and v in lower-case hex, zero-padded to at least `digits` digits (Python's "#0{2+digits}x"). */
+static inline char *put_hex(char *p, uint64_t v, int digits)
 {
-    size_t n = strlen(s);
-    memcpy(p, s, n);
-    return p + n;
+    int n = v ? (64 - __builtin_clzll(v) + 3) / 4 : 1;
+    n = n > digits ? n : digits;
+    p[0] = '0';
+    p[1] = 'x';
+    put_hex_digits(p + 2 + n, v, n);
+    return p + 2 + n;
 }
+
+/* The 8 hex digits of v, most significant first, in one word (SWAR: nibble k to byte k,
+ * byte-swapped, then '0' + d, plus 'a' - '0' - 10 where d > 9). */
+static inline uint64_t hex8_word(uint32_t v)
+{
+    uint64_t x = v;
+    x = (x | x << 16) & UINT64_C(0x0000FFFF0000FFFF);
+    x = (x | x << 8) & UINT64_C(0x00FF00FF00FF00FF);
+    x = (x | x << 4) & UINT64_C(0x0F0F0F0F0F0F0F0F);
+    x = __builtin_bswap64(x);
+    uint64_t over9 = ((x + UINT64_C(0x0606060606060606)) >> 4) & UINT64_C(0x0101010101010101);
+    return x + UINT64_C(0x3030303030303030) + over9 * ('a' - '0' - 10);
+}
+
+/* "0x" and the 16 hex digits of v: an entry quadword of the dump lines (0 too, as before). */
+static inline char *put_hex16(char *p, uint64_t v)
+{
+    uint64_t w[2] = {hex8_word((uint32_t)(v >> 32)), hex8_word((uint32_t)v)};
+    p[0] = '0';
+    p[1] = 'x';
+    memcpy(p + 2, w, 16);
+    return p + 18;
+}
+
+#define PUT_LIT(p, s)       (memcpy((p), (s), sizeof(s) - 1), (p) + sizeof(s) - 1)
 
 /* "[lo - hi]" as the kernel prints an entry's two quadwords ("[%#018llx - %#018llx]"). */
-static char *put_quads(char *p, uint64_t lo, uint64_t hi)
+static inline char *put_quads(char *p, uint64_t lo, uint64_t hi)
 {
     *p++ = '[';
-    p = put_hex(p, lo, 16);
-    p = put_str(p, " - ");
-    p = put_hex(p, hi, 16);
+    p = put_hex16(p, lo);
+    p = PUT_LIT(p, " - ");
+    p = put_hex16(p, hi);
     *p++ = ']';
     return p;
 }
@@ -1129,29 +1158,40 @@ _Static_assert(KVMMU_RMP_DUMP_TEXT_MAX >= 128 + PTRS_PER_PMD * 67, "dump text bu
 
 /* dump_rmpentry()'s log lines (mainline, v6.9+) for pfn, '\n'-separated, into out
  * (KVMMU_RMP_DUMP_TEXT_MAX bytes, not NUL-terminated): the raw entry if assigned, else the
- * region header and every non-zero entry of the 2M region.  Returns the length, or -1 if
- * pfn is beyond the table (the caller prints the -EFAULT line). */
+ * region header and every non-zero entry of the 2M region (the entries kvmmu_rmp_dump
+ * finds: one branch-free pass collects their indexes, a second prints them).  Returns the
+ * length, or -1 if pfn is beyond the table (the caller prints the -EFAULT line). */
 int kvmmu_rmp_dump_text(const struct kvmmu_rmp *t, uint64_t pfn, char *out)
 {
-    uint64_t found[3 * PTRS_PER_PMD];
-    int r = kvmmu_rmp_dump(t, pfn, found);
+    const uint64_t *e = entry_ptr(t, pfn);
     char *p = out;
-    if (r < 0)
+    if (!e)
         return -1;
-    if (r == 0) {
-        p = put_hex(put_str(p, "PFN "), pfn, 1);
-        p = put_quads(put_str(p, ", RMP entry: "), found[1], found[2]);
+    p = put_hex(PUT_LIT(p, "PFN "), pfn, 1);
+    if (e[0] & RMP_ASSIGNED) {
+        p = put_quads(PUT_LIT(p, ", RMP entry: "), e[0], e[1]);
         return (int)(p - out);
     }
     uint64_t start = pfn & PMD_PFN_MASK;
-    p = put_hex(put_str(p, "PFN "), pfn, 1);
-    p = put_str(p, " unassigned, dumping non-zero entries in 2M PFN region: [");
+    const uint64_t *b = entry_ptr(t, start);       /* a 2M block's entries are contiguous */
+    uint32_t cnt = PTRS_PER_PMD;
+    if (!entry_ptr(t, start + PTRS_PER_PMD - 1))    /* the table ends inside the block */
+        for (cnt = 0; cnt < PTRS_PER_PMD && entry_ptr(t, start + cnt); cnt++)
+            ;
+    uint16_t idx[PTRS_PER_PMD];
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < cnt; i++) {
+        idx[k] = (uint16_t)i;
+        k += (b[2 * i] | b[2 * i + 1]) != 0;
+    }
+    p = PUT_LIT(p, " unassigned, dumping non-zero entries in 2M PFN region: [");
     p = put_hex(p, start, 1);
-    p = put_hex(put_str(p, " - "), start + PTRS_PER_PMD, 1);
+    p = put_hex(PUT_LIT(p, " - "), start + PTRS_PER_PMD, 1);
     *p++ = ']';
-    for (int k = 0; k < r - 1; k++) {
-        p = put_hex(put_str(p, "\nPFN: "), found[3 * k], 1);
-        p = put_quads(put_str(p, ", "), found[3 * k + 1], found[3 * k + 2]);
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t i = idx[j];
+        p = put_hex(PUT_LIT(p, "\nPFN: "), start + i, 1);
+        p = put_quads(PUT_LIT(p, ", "), b[2 * i], b[2 * i + 1]);
     }
     return (int)(p - out);
 }
@@ -1165,4 +1205,79 @@ uint64_t kvmmu_rmp_read_lo(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *ou
     out[0] = e ? e[1] : 0;
     out[1] = !e;
     return e ? e[0] : 0;
+}
+
+/* ------------------------------------------------------------ fewer operands */
+
+/* guest_check()'s default access: a C=1 read at VMPL 0 through a 4K NPT mapping by an SNP
+ * guest in supervisor mode (pfn, gfn and ASID set per call). */
+static const struct kvmmu_rmp_access READ_ACCESS = {
+    .pfn = 0, .gfn = 0, .asid = 0, .vmpl = 0, .npt_level = PG_LEVEL_4K, .kind = KVMMU_RMP_ACC_READ,
+    .c_bit = true, .snp_active = true, .user = false, .pad = {0},
+};
+
+/* The guest check of the default access: the check code only (its fault and exit info
+ * follow from it: kvmmu_rmp_guest_check_read_word). */
+int kvmmu_rmp_guest_check_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t gfn,
+                               uint32_t asid)
+{
+    struct kvmmu_rmp_access a = READ_ACCESS;
+    int fault;
+    uint64_t ei;
+    a.pfn = pfn;
+    a.gfn = gfn;
+    a.asid = asid;
+    return kvmmu_rmp_guest_check(t, &a, &fault, &ei);
+}
+
+/* The word of kvmmu_rmp_guest_check_word for the default access failing check chk (the
+ * fault and exit info of an encrypted access); -1 for an unknown check code. */
+int64_t kvmmu_rmp_guest_check_read_word(uint32_t chk)
+{
+    int fault = 0;
+    uint64_t ei = 0;
+    if (chk > KVMMU_RMP_CHK_VMPL)
+        return -1;
+    private_fault(&READ_ACCESS, (int)chk, &fault, &ei);
+    return (int64_t)((uint64_t)chk | (uint64_t)fault << 8 | ei << 20);
+}
+
+/* The word (rc | exit info << 12) of a guest instruction's result code: rc, plus
+ * KVMMU_RMP_INSN_SIZEM for an NPF with PFERR_GUEST_SIZEM (guest_insn_npf's exit infos; a #VC
+ * carries the PAGE_NOT_VALIDATED exit code).  -1 for a code that is not one of these. */
+int64_t kvmmu_rmp_insn_code_word(uint32_t code)
+{
+    uint32_t rc = code & ~(uint32_t)KVMMU_RMP_INSN_SIZEM;
+    if (code >= 2 * KVMMU_RMP_INSN_SIZEM || ((code & KVMMU_RMP_INSN_SIZEM) && rc != KVMMU_RMP_RC_NPF))
+        return -1;
+    uint64_t ei = rc == KVMMU_RMP_RC_NPF ? INSN_NPF_BASE | (code != rc ? PFERR_GUEST_SIZEM : 0)
+                : rc == KVMMU_RMP_RC_VC ? SVM_EXIT_VC_NOT_VALIDATED : 0;
+    return (int64_t)(rc | ei << 12);
+}
+
+/* RMPADJUST at VMPL 0 on a 4K page, VMSA 0, as its result code (kvmmu_rmp_insn_code_word);
+ * -1 should the code not give back the exact word (the caller then takes the word). */
+int kvmmu_rmp_rmpadjust_vmpl0(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid,
+                              uint64_t gfn, uint32_t target_vmpl, uint32_t perms)
+{
+    int64_t w = kvmmu_rmp_rmpadjust_word(t, pfn, asid, 0, gfn, 0, target_vmpl, perms, 0);
+    uint64_t ei = (uint64_t)w >> 12;
+    uint32_t code = (uint32_t)(w & 0xFFF) | ((ei & PFERR_GUEST_SIZEM) ? KVMMU_RMP_INSN_SIZEM : 0);
+    return kvmmu_rmp_insn_code_word(code) == w ? (int)code : -1;
+}
+
+/* kvmmu_rmp_user_fault on a present 4K PTE, whose 4K pfn is the PTE's: the word without
+ * the pfn (action | RMP level << 2), or -1 for a PTE pfn wider than KVMMU_RMP_PTE_PFN_BITS. */
+int kvmmu_rmp_user_fault_4k(const struct kvmmu_rmp *t, uint64_t pte_pfn, uint64_t address)
+{
+    int64_t w = kvmmu_rmp_user_fault(t, true, pte_pfn, PG_LEVEL_4K, address);
+    return w < 0 ? -1 : (int)(w & 15);
+}
+
+/* The entry's low quadword as an index of 8-byte words from the table base (entries are
+ * 16-byte aligned in the buffer); -1 beyond the table. */
+int64_t kvmmu_rmp_entry_index(const struct kvmmu_rmp *t, uint64_t pfn)
+{
+    const uint64_t *e = entry_ptr(t, pfn);
+    return e ? (int64_t)(((const uint8_t *)(const void *)e - t->base) / 8) : -1;
 }

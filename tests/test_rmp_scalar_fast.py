@@ -97,8 +97,8 @@ def test_instructions_agree_and_leave_the_same_table(ops, seed):
 
 
 def test_entry_words():
-    """entry()'s call returns the low quadword and reads the high one (and the beyond-the-table
-    flag only when the low one is 0)."""
+    """entry() at zero and all-ones quadwords and beyond the table (the index from the C
+    core, the quadwords from the buffer's memoryviews)."""
     t = RmpTable(np.zeros(BOOKKEEPING + 16 * 8, np.uint8))
     for pfn, lo, hi in [(1, 0, 5), (2, 6, 0), (3, (1 << 64) - 1, (1 << 64) - 1)]:
         t.write_raw(pfn, lo, hi)
@@ -132,6 +132,61 @@ def test_dump_text_widest_values():
         t.write_raw(p, (1 << 64) - 2, (1 << 64) - 1)          # assigned=0, every other bit set
     lines = t.dump_rmpentry(0)
     assert len(lines) == 512 and lines[-1] == "PFN: 0x1ff, [0xfffffffffffffffe - 0xffffffffffffffff]"
+
+
+# ------------------------------------------------------------------ operand-saving calls
+
+def test_default_operands_are_the_signature_defaults():
+    """guest_check() and rmpadjust() call C functions with their default operands built in
+    when those operands are the default objects themselves (compared by identity)."""
+    gd = RmpTable.guest_check.__kwdefaults__
+    assert gd == dict(vmpl=0, npt_level=R.PG_LEVEL_4K, kind="read", c_bit=True, snp_active=True, user=False)
+    assert gd["vmpl"] is R._ZERO and gd["npt_level"] is R.PG_LEVEL_4K and gd["kind"] is R._READ
+    ad = RmpTable.rmpadjust.__kwdefaults__
+    assert ad == dict(size=0, vmsa=False, vmpl=0) and ad["size"] is ad["vmpl"] is R._ZERO
+
+
+#: the default operands as other objects of the same values: the checked path takes them
+NP_GUEST_DEFAULTS = dict(vmpl=np.uint8(0), npt_level=np.uint8(1), kind=R.Access.READ, c_bit=np.True_,
+                         snp_active=np.True_, user=np.False_)
+
+
+@given(pfns, pfns, small)
+def test_default_guest_check_agrees(pfn, gfn, asid):
+    want = outcome(T.guest_check, pfn, gfn, asid=asid, **NP_GUEST_DEFAULTS)
+    assert outcome(T.guest_check, pfn, gfn, asid=asid) == want
+    assert outcome(T.guest_check, pfn, gfn, asid=asid, vmpl=0, kind="read", user=False) == want
+
+
+@given(st.lists(st.tuples(pfns, small, small, st.integers(0, 5), st.integers(0, 40), flag), max_size=10),
+       st.integers(0, 3))
+def test_default_rmpadjust_agrees_and_leaves_the_same_table(ops, seed):
+    fast, checked = table(seed), table(seed)
+    for pfn, asid, b, target, perms, validate in ops:
+        gfn = pfn ^ b
+        if validate:
+            assert (outcome(fast.pvalidate, pfn, asid=asid, gfn=gfn)
+                    == outcome(checked.pvalidate, pfn, asid=asid, gfn=gfn))
+        assert (outcome(fast.rmpadjust, pfn, asid=asid, gfn=gfn, target_vmpl=target, perms=perms)
+                == outcome(checked.rmpadjust, pfn, asid=asid, gfn=gfn, target_vmpl=target, perms=perms,
+                           size=np.uint8(0), vmsa=np.False_, vmpl=np.uint8(0)))
+        assert np.array_equal(fast.buffer, checked.buffer)
+
+
+def test_entry_of_a_segmented_table():
+    """entry()'s index comes from the C core's segment lookup; the quadwords from the buffer."""
+    t = RmpTable.create(3 * (1 << 30) + 1, segmented=True, seg_shift=30)
+    pfns = [0, 1, (1 << 18) - 1, 1 << 18, (2 << 18) + 5, t.nr_pfns - 1]
+    for i, pfn in enumerate(pfns):
+        t.write_raw(pfn, (i + 1) << 12 | 1, (1 << 64) - 1 - i)
+    for i, pfn in enumerate(pfns):
+        assert t.entry(pfn) == ((i + 1) << 12 | 1, (1 << 64) - 1 - i) == t.entry(np.uint64(pfn))
+    assert type(t.entry(0)) is R.RmpEntry
+    with pytest.raises(R.RmpError, match="beyond the RMP"):
+        t.entry(t.nr_pfns)
+    t.close()
+    with pytest.raises(R.RmpError, match="closed"):
+        t.entry(0)
 
 
 # ------------------------------------------------------------------ refusals

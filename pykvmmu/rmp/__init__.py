@@ -24,7 +24,6 @@ import mmap
 import operator
 import os
 import stat
-import threading
 from builtins import open as builtins_open
 from typing import Literal, NamedTuple, Optional, cast
 
@@ -212,8 +211,6 @@ _tuple_new = tuple.__new__
 _kind_code = _KINDS.get
 # The scalar entry points, bound once (a lib attribute lookup per call costs more than the call's checks).
 _covered_c = lib.kvmmu_rmp_covered
-_read_c = lib.kvmmu_rmp_read
-_read_lo_c = lib.kvmmu_rmp_read_lo
 _lookup_c = lib.kvmmu_rmp_lookup_word
 _page_state_c = lib.kvmmu_rmp_page_state
 _rmpupdate_c = lib.kvmmu_rmp_rmpupdate_fields
@@ -222,23 +219,19 @@ _pvalidate_c = lib.kvmmu_rmp_pvalidate_word
 _rmpadjust_c = lib.kvmmu_rmp_rmpadjust_word
 _host_check_c = lib.kvmmu_rmp_host_check_word
 _guest_check_c = lib.kvmmu_rmp_guest_check_word
+_guest_check_read_c = lib.kvmmu_rmp_guest_check_read
+_rmpadjust_vmpl0_c = lib.kvmmu_rmp_rmpadjust_vmpl0
+_entry_index_c = lib.kvmmu_rmp_entry_index
 # Result memos, one per word layout: the words carry no pfn/gfn, only codes and exit info (a
 # few dozen distinct values), so each result object is built once.  Capped all the same.
 _MEMO_MAX = 4096
 _INSN_MEMO: dict = {}             # rc | exit info << 12 -> InsnResult
 _HOST_MEMO: dict = {}             # check | #PF error code << 8 -> AccessResult
 _GUEST_MEMO: dict = {}            # check | fault << 8 | exit info << 20 -> AccessResult
-_TLS = threading.local()          # per thread: C calls release the GIL
-
-
-def _scratch():
-    """This thread's result buffer (3 * 512 quadwords: a 2M region's dump)."""
-    try:
-        return _TLS.pair[0]
-    except AttributeError:
-        q = ffi.new("uint64_t[1536]")
-        _TLS.pair = (q, q + 1)
-        return q
+# The default operands of guest_check() / rmpadjust(), compared by identity in their fast
+# paths (a small int, an interned str and True/False are single objects: ``vmpl is _ZERO``
+# holds for the int 0 itself only); C functions with those operands built in take the call.
+_ZERO, _READ = 0, "read"
 
 
 def _fault_name(rc: int) -> Optional[str]:
@@ -424,6 +417,13 @@ def _guest_result(w: int) -> AccessResult:
     return r
 
 
+#: result code (kvmmu_rmp_insn_code_word) -> InsnResult, for the codes there are
+_INSN_CODES = tuple(_insn_result(w) if w >= 0 and w & 0xFFF in set(Rc) else None
+                    for w in map(lib.kvmmu_rmp_insn_code_word, range(2 * lib.KVMMU_RMP_INSN_SIZEM)))
+#: check code -> guest_check()'s result for the default access (kvmmu_rmp_guest_check_read)
+_GUEST_READ = tuple(_guest_result(lib.kvmmu_rmp_guest_check_read_word(c)) for c in _CHECKS)
+
+
 class LookupResult(NamedTuple):
     assigned: np.ndarray   # uint8
     level: np.ndarray      # uint8 (PG_LEVEL_4K / PG_LEVEL_2M)
@@ -475,6 +475,9 @@ class RmpTable:
         self._cbuf = ffi.from_buffer("uint8_t[]", buf)
         self._t_.base = self._cbuf
         self._tw_ = self._t_ if self._writable else None   # the table when instructions may write
+        n8 = buf.size // 8         # entry(): quadword i and i + 1 of the buffer (i from the C core)
+        self._qlo: Optional[memoryview] = memoryview(buf[:n8 * 8]).cast("Q")
+        self._qhi: Optional[memoryview] = memoryview(buf[8:n8 * 8]).cast("Q")
         self._t_.size = buf.size
         self._t_.flags = int(self.flags)
         if not segmented:
@@ -796,6 +799,9 @@ class RmpTable:
             except (AttributeError, ValueError):     # pragma: no cover - old cffi
                 pass
             self._cbuf = None
+            for q in (self._qlo, self._qhi):
+                q.release()
+            self._qlo = self._qhi = None
             self._buf = self._ro = self._lvl = None
 
     # -------------------------------------------------------------- level index, page cache
@@ -892,21 +898,17 @@ class RmpTable:
         return _covered_c(self._t, _batch.uint("pfn", pfn))
 
     def entry(self, pfn) -> RmpEntry:
-        """The raw entry of one pfn."""
-        try:
-            q, q1 = _TLS.pair
-        except AttributeError:
-            _scratch()
-            q, q1 = _TLS.pair
+        """The raw entry of one pfn (one C call locates it, the quadwords are read from the
+        buffer's memoryview)."""
         if pfn.__class__ is int:
             try:
-                lo = _read_lo_c(self._t_, pfn, q)
-                if lo or not q1[0]:
-                    return _tuple_new(RmpEntry, (lo, q[0]))
-            except (OverflowError, TypeError):
+                i = _entry_index_c(self._t_, pfn)
+                if i >= 0:
+                    return _tuple_new(RmpEntry, (self._qlo[i], self._qhi[i]))
+            except (OverflowError, TypeError):    # pfn beyond 64 bits / the table closed
                 pass
-        _read_c(self._t, self._pfn(pfn), q, q1)
-        return _tuple_new(RmpEntry, (q[0], q[1]))
+        i = _entry_index_c(self._t, self._pfn(pfn))
+        return _tuple_new(RmpEntry, (self._qlo[i], self._qhi[i]))
 
     def write_raw(self, pfn, lo: int, hi: int = 0) -> None:
         """Store raw quadwords (what firmware or set-up code does; no instruction rules)."""
@@ -1158,6 +1160,14 @@ class RmpTable:
     def rmpadjust(self, pfn, *, asid: int, gfn: int, target_vmpl: int, perms: int,
                   size: int = 0, vmsa=False, vmpl: int = 0) -> InsnResult:
         """RMPADJUST (guest): set the permission mask of a higher VMPL (and VMSA at VMPL0)."""
+        if (size is _ZERO and vmsa is False and vmpl is _ZERO and pfn.__class__ is asid.__class__
+                is gfn.__class__ is target_vmpl.__class__ is perms.__class__ is int):
+            try:        # the defaults (VMPL 0, 4K, VMSA 0): three operands fewer, a result code back
+                c = _rmpadjust_vmpl0_c(self._tw_, pfn, asid, gfn, target_vmpl, perms)
+                if c >= 0:
+                    return _INSN_CODES[c]
+            except (OverflowError, TypeError):
+                pass
         if (pfn.__class__ is asid.__class__ is gfn.__class__ is target_vmpl.__class__ is perms.__class__
                 is size.__class__ is vmpl.__class__ is int
                 and (vmsa is False or vmsa is True or vmsa.__class__ is int)):
@@ -1254,6 +1264,14 @@ class RmpTable:
                     user: bool = False) -> AccessResult:
         """The RMP checks of a guest access (APM Table 15-39), in priority order: covered,
         guest-owned, reverse-map, mutable, page-size (NPF), validated (#VC), VMPL (NPF)."""
+        if (c_bit is True and snp_active is True and user is False and vmpl is _ZERO
+                and npt_level is PG_LEVEL_4K and kind is _READ and pfn.__class__ is gfn.__class__
+                is asid.__class__ is int):
+            try:        # the default access operands: six operands fewer, the check code back
+                c = _guest_check_read_c(self._t_, pfn, gfn, asid)
+                return _GUEST_READ[c]
+            except (OverflowError, TypeError):
+                pass
         k = _kind_code(kind) if kind.__class__ is str else kind
         if (pfn.__class__ is gfn.__class__ is asid.__class__ is vmpl.__class__ is npt_level.__class__
                 is k.__class__ is int and c_bit.__class__ is snp_active.__class__ is user.__class__ is bool):

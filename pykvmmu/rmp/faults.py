@@ -25,17 +25,25 @@ def handle_user_rmp_page_fault(table: RmpTable, *, pte_present: bool, pte_pfn: i
     """The v7/v8 patch's handle_user_rmp_page_fault() given the host mapping found for
     ``address``: UNMAP (PTE gone), SIGBUS (4K entry assigned, or the lookup failed),
     SPLIT (host level above the RMP level), else RETRY."""
-    if (table.__class__ is RmpTable and pte_present.__class__ is bool
-            and pte_pfn.__class__ is level.__class__ is address.__class__ is int):
-        try:
-            w = _user_fault_c(table._t_, pte_present, pte_pfn, level, address)
-        except (OverflowError, TypeError):     # an operand beyond its C type / the table closed
-            w = -1
-        if w > 0:
-            action, ret, rmp_level = _UPF_WORD[w & 15]
-            return _tuple_new(UserFault, (action, ret, w >> 4, rmp_level))
-        if not w:
-            return _UPF_UNMAP
+    if table.__class__ is RmpTable and pte_pfn.__class__ is address.__class__ is int:
+        if pte_present is True and level is PG_LEVEL_4K:
+            try:        # a present 4K PTE (the common case): the 4K pfn is the PTE's
+                w = _user_fault_4k_c(table._t_, pte_pfn, address)
+            except (OverflowError, TypeError):     # an operand beyond its C type / the table closed
+                w = -1
+            if w > 0:
+                action, ret, rmp_level = _UPF_WORD[w]
+                return _tuple_new(UserFault, (action, ret, pte_pfn, rmp_level))
+        elif level.__class__ is int and (pte_present is True or pte_present is False):
+            try:
+                w = _user_fault_c(table._t_, pte_present, pte_pfn, level, address)
+            except (OverflowError, TypeError):
+                w = -1
+            if w > 0:
+                action, ret, rmp_level = _UPF_WORD[w & 15]
+                return _tuple_new(UserFault, (action, ret, w >> 4, rmp_level))
+            if not w:
+                return _UPF_UNMAP
     _table(table)
     pte_present = _batch.boolean("pte_present", pte_present)
     level = _level("level", level)
@@ -48,6 +56,7 @@ _UPF = {lib.KVMMU_RMP_UPF_SIGBUS: ("SIGBUS", RMP_PF_RETRY), lib.KVMMU_RMP_UPF_SP
         lib.KVMMU_RMP_UPF_RETRY: ("RETRY", RMP_PF_RETRY)}
 _UPF_UNMAP = UserFault("UNMAP", RMP_PF_UNMAP, None, None)
 _user_fault_c = lib.kvmmu_rmp_user_fault
+_user_fault_4k_c = lib.kvmmu_rmp_user_fault_4k
 #: the word's low 4 bits (action | RMP level << 2) -> (action, ret, RMP level or None); UNMAP is the word 0
 _UPF_WORD: tuple[Any, ...] = tuple((*_UPF[a], (lv or None)) if a in _UPF else None for lv in range(4) for a in range(4))
 assert lib.KVMMU_RMP_UPF_UNMAP == 0 and all(_UPF_WORD[a | lv << 2] == (None if a == lib.KVMMU_RMP_UPF_UNMAP else (*_UPF[a], lv or None))
