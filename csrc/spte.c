@@ -1153,17 +1153,26 @@ decode_word2_256(const struct decode_consts *d, __m256i s, __m256i present, __m2
     return f2 | _mm256_and_si256(TEST(d->user), B((uint64_t)ACC_USER << 32));
 }
 
-/* The predicate lanes of the four SPTEs in s, each ANDed into byte id % 8 of q[id / 8];
- * returns their word 2. */
+/* The predicate lanes of the four SPTEs in s as predicate words q[0..2] (byte id % 8 of
+ * q[id / 8], 0 or 1); returns their word 2.  A lane is all ones or zero, so one word blend
+ * with an immediate puts it into word (id % 8) / 2 of h[2 * (id / 8) + id % 2] (even and odd
+ * ids apart); per word, a byte blend of the two and an AND then give the bytes. */
 AVX2_DECODE static inline __attribute__((always_inline)) __m256i
 spte_lanes256(const struct kvmmu_cfg *c, uint32_t era, __m256i s, uint32_t level,
               const struct decode_consts *d, __m256i *q)
 {
+    __m256i h[6];
+    for (int i = 0; i < 6; i++)
+        h[i] = _mm256_setzero_si256();
 #define KVMMU_SPTE_TERM(var, expr) const __m256i var = (expr);
-#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)  \
-    const __m256i field = (expr);                                      \
-    q[(id) / 8] |= _mm256_and_si256(field, B(KBIT(8 * ((id) % 8))));
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)             \
+    const __m256i field = (expr);                                                 \
+    h[2 * ((id) / 8) + (id) % 2] =                                                \
+        _mm256_blend_epi16(h[2 * ((id) / 8) + (id) % 2], field, 0x11 << ((id) % 8 / 2));
 #include "spte_rules.h"
+    for (int i = 0; i < 3; i++)
+        q[i] = _mm256_and_si256(_mm256_blendv_epi8(h[2 * i], h[2 * i + 1], B(UINT64_C(0xFF00FF00FF00FF00))),
+                                B(UINT64_C(0x0101010101010101)));
     return decode_word2_256(d, s, shadow_present, mmio, frozen, executable, writable);
 }
 #include "spte_lang_end.h"
@@ -1184,7 +1193,7 @@ decode_avx2_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, const
     const __m256i base_mask = _mm256_set1_epi64x((long long)d->base_mask);
     for (size_t j = 0; j < n; j += 4) {
         const __m256i s = _mm256_loadu_si256((const __m256i *)(const void *)(spte + j));
-        __m256i q[3] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        __m256i q[3];
         const __m256i f2 = spte_lanes256(c, era, s, level, d, q);
         const __m256i f1 = _mm256_srli_epi64(_mm256_and_si256(s, base_mask), 12);
         /* lo: records 0 and 2, hi: records 1 and 3, two words each per 128-bit half */
