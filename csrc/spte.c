@@ -1153,17 +1153,26 @@ decode_word2_256(const struct decode_consts *d, __m256i s, __m256i present, __m2
     return f2 | _mm256_and_si256(TEST(d->user), B((uint64_t)ACC_USER << 32));
 }
 
-/* The predicate lanes of the four SPTEs in s, each ANDed into byte id % 8 of q[id / 8];
- * returns their word 2. */
+/* The predicate lanes of the four SPTEs in s as predicate words q[0..2] (byte id % 8 of
+ * q[id / 8], 0 or 1); returns their word 2.  A lane is all ones or zero, so one word blend
+ * with an immediate puts it into word (id % 8) / 2 of h[2 * (id / 8) + id % 2] (even and odd
+ * ids apart); per word, a byte blend of the two and an AND then give the bytes. */
 AVX2_DECODE static inline __attribute__((always_inline)) __m256i
 spte_lanes256(const struct kvmmu_cfg *c, uint32_t era, __m256i s, uint32_t level,
               const struct decode_consts *d, __m256i *q)
 {
+    __m256i h[6];
+    for (int i = 0; i < 6; i++)
+        h[i] = _mm256_setzero_si256();
 #define KVMMU_SPTE_TERM(var, expr) const __m256i var = (expr);
-#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)  \
-    const __m256i field = (expr);                                      \
-    q[(id) / 8] |= _mm256_and_si256(field, B(KBIT(8 * ((id) % 8))));
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)             \
+    const __m256i field = (expr);                                                 \
+    h[2 * ((id) / 8) + (id) % 2] =                                                \
+        _mm256_blend_epi16(h[2 * ((id) / 8) + (id) % 2], field, 0x11 << ((id) % 8 / 2));
 #include "spte_rules.h"
+    for (int i = 0; i < 3; i++)
+        q[i] = _mm256_and_si256(_mm256_blendv_epi8(h[2 * i], h[2 * i + 1], B(UINT64_C(0xFF00FF00FF00FF00))),
+                                B(UINT64_C(0x0101010101010101)));
     return decode_word2_256(d, s, shadow_present, mmio, frozen, executable, writable);
 }
 #include "spte_lang_end.h"
@@ -1184,7 +1193,7 @@ decode_avx2_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, const
     const __m256i base_mask = _mm256_set1_epi64x((long long)d->base_mask);
     for (size_t j = 0; j < n; j += 4) {
         const __m256i s = _mm256_loadu_si256((const __m256i *)(const void *)(spte + j));
-        __m256i q[3] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        __m256i q[3];
         const __m256i f2 = spte_lanes256(c, era, s, level, d, q);
         const __m256i f1 = _mm256_srli_epi64(_mm256_and_si256(s, base_mask), 12);
         /* lo: records 0 and 2, hi: records 1 and 3, two words each per 128-bit half */
@@ -1242,7 +1251,7 @@ decode_word2_512(const struct decode_consts *d, __m512i s, __mmask8 present, __m
     f2 = _mm512_mask_mov_epi64(f2, present, B(d->lvl | KVMMU_KIND_PRESENT));
     f2 = _mm512_mask_mov_epi64(f2, mmio, B(d->lvl | KVMMU_KIND_MMIO));
     f2 = _mm512_mask_mov_epi64(f2, frozen, B(d->lvl | KVMMU_KIND_FROZEN));
-    f2 = _mm512_or_si512(f2, _mm512_slli_epi64(_mm512_and_si512(_mm512_srli_epi64(s, 52), B(3)), 8));
+    f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, 52 - 8), B(UINT64_C(3) << 8), 0xF8);
     f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 13), B(d->eptm & (UINT64_C(7) << 16)), 0xF8);
     f2 = _mm512_ternarylogic_epi64(f2, _mm512_slli_epi64(s, 18), B(d->eptm & (UINT64_C(1) << 24)), 0xF8);
     f2 = _mm512_ternarylogic_epi64(f2, _mm512_srli_epi64(s, ACC_TRACK_SHIFT - 40),
@@ -1252,19 +1261,31 @@ decode_word2_512(const struct decode_consts *d, __m512i s, __mmask8 present, __m
     return _mm512_mask_or_epi64(f2, _mm512_test_epi64_mask(s, B(d->user)), f2, B((uint64_t)ACC_USER << 32));
 }
 
-/* The predicates of the eight SPTEs in s as k-masks, each set into byte id % 8 of q[id / 8]
- * by a masked OR (no array of masks: each stays in a register); returns their word 2. */
+/* The predicates of the eight SPTEs in s as k-masks, each put as byte id % 8 of w[id / 8]
+ * (a general-purpose register: no vector operation per predicate); returns their word 2. */
 AVX512_DECODE static inline __attribute__((always_inline)) __m512i
 spte_lanes512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level,
-              const struct decode_consts *d, __m512i *q)
+              const struct decode_consts *d, uint64_t *w)
 {
 #define KVMMU_SPTE_TERM(var, expr) const __mmask8 var = (__mmask8)(expr);
 #define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr)              \
     const __mmask8 field = (__mmask8)(expr);                                       \
-    q[(id) / 8] = _mm512_mask_or_epi64(q[(id) / 8], field, q[(id) / 8],            \
-                                       _mm512_set1_epi64((long long)KBIT(8 * ((id) % 8))));
+    w[(id) / 8] |= (uint64_t)field << (8 * ((id) % 8));
 #include "spte_rules.h"
     return decode_word2_512(d, s, shadow_present, mmio, frozen, executable, writable);
+}
+
+/* The predicate words of eight records from w (spte_lanes512(): byte p = predicate p's
+ * k-mask, bit r for record r): lane r of a broadcast tested against bit r of every byte
+ * gives byte p of record r's word, 0 or 1 (three vector operations). */
+AVX512_DECODE static inline __attribute__((always_inline)) __m512i
+pred_word512(uint64_t w)
+{
+    const __m512i rbit = _mm512_set_epi64((long long)UINT64_C(0x8080808080808080), 0x4040404040404040,
+                                          0x2020202020202020, 0x1010101010101010, 0x0808080808080808,
+                                          0x0404040404040404, 0x0202020202020202, 0x0101010101010101);
+    return _mm512_maskz_mov_epi8(_mm512_test_epi8_mask(_mm512_set1_epi64((long long)w), rbit),
+                                 _mm512_set1_epi8(1));
 }
 
 /* Predicate p (a constant at each use) of the eight SPTEs in s as a k-mask: only the rows
@@ -1285,9 +1306,11 @@ spte_lane512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level,
 
 /*
  * Uniform-level decode of eight SPTEs per step, all in registers: the predicates as k-masks
- * (spte_lanes512), set into the predicate bytes by masked ORs; the records interleaved by
- * 64-bit unpacks and two rounds of 128-bit shuffles (18 three-operand shuffles, no index
- * or blend constants).  n must be a multiple of 8; streams when nt (dst 64-byte aligned).
+ * (spte_lanes512), gathered as the bytes of three general-purpose words and spread into
+ * the predicate bytes by pred_word512() (no vector operation per predicate); the records
+ * interleaved by 64-bit unpacks and two rounds of 128-bit shuffles (18 three-operand
+ * shuffles, no index or blend constants).  n must be a multiple of 8; streams when nt (dst
+ * 64-byte aligned).
  */
 AVX512_DECODE static inline __attribute__((always_inline)) void
 decode_avx512_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, const struct decode_consts *dc,
@@ -1300,8 +1323,9 @@ decode_avx512_era(const struct kvmmu_cfg *cfg, uint32_t era, uint32_t level, con
 
     for (size_t j = 0; j < n; j += 8) {
         const __m512i s = _mm512_loadu_si512(spte + j);
-        __m512i q[3] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
-        const __m512i f2 = spte_lanes512(c, era, s, level, d, q);
+        uint64_t w[3] = {0, 0, 0};
+        const __m512i f2 = spte_lanes512(c, era, s, level, d, w);
+        const __m512i q[3] = {pred_word512(w[0]), pred_word512(w[1]), pred_word512(w[2])};
         const __m512i f1 = _mm512_srli_epi64(_mm512_and_si512(s, base_mask), 12);
         /* Record r is the 128-bit chunks A_r = (spte, pfn), B_r = (fields, pred[0:8]),
          * C_r = (pred[8:16], pred[16:24]); the unpacks give a_lo = A0 A2 A4 A6 and
