@@ -7,8 +7,10 @@ import pytest
 
 from pykvmmu import spte as S
 from pykvmmu.config import MmuConfig
+from pykvmmu.errors import ConfigError, ProfileError
 
 from test_isa import LEVELS, _sptes
+from test_profile_fields import RULE_FIELDS, _variants
 
 PRESETS = list(MmuConfig.all_presets())
 
@@ -77,3 +79,25 @@ def test_make_spte_table_scalars(level):
         kw = dict(arrays, **scalar)
         assert np.array_equal(S.make_spte_batch(MmuConfig.ept()._isa_copy(level), pfn, threads=1, **kw),
                               S.make_spte_batch(MmuConfig.ept()._portable_copy(), pfn, threads=1, **kw))
+
+
+@pytest.mark.parametrize("level", [lv for lv in LEVELS if lv != "portable"])
+def test_predicate_rule_variants(level):
+    """Rule combinations outside the profiles' own (a profile with one rule field changed)
+    run the predicate kernels' run-time era variant: equal to the portable loops too."""
+    built = 0
+    for field in RULE_FIELDS:
+        for prof in _variants(field):
+            for preset in (MmuConfig.PRESETS if prof is not None else ()):
+                try:
+                    cfg = MmuConfig.preset(preset, profile=prof)
+                except (ConfigError, ProfileError):
+                    continue
+                built += 1
+                vals = _sptes(cfg, 100, seed=6)
+                capped, portable = cfg._isa_copy(level), cfg._isa_copy("portable")
+                for name in _names(cfg):
+                    got = S.predicate_batch(capped, name, vals, 2, threads=1)
+                    want = S.predicate_batch(portable, name, vals, 2, threads=1)
+                    assert np.array_equal(got, want), (prof.name, preset, name)
+    assert built
