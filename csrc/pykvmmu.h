@@ -535,7 +535,6 @@ struct kvmmu_rmp_access {
 };
 
 bool kvmmu_rmp_covered(const struct kvmmu_rmp *t, uint64_t pfn);
-int kvmmu_rmp_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *lo, uint64_t *hi);
 int kvmmu_rmp_write(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t lo, uint64_t hi);
 int kvmmu_rmp_lookup(const struct kvmmu_rmp *t, uint64_t pfn, bool *assigned, int *level);
 size_t kvmmu_rmp_lookup_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, uint8_t *assigned,
@@ -606,8 +605,6 @@ int kvmmu_rmp_dump(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out);
 /* dump_rmpentry()'s log lines as text (out: KVMMU_RMP_DUMP_TEXT_MAX bytes); -1 beyond the table. */
 #define KVMMU_RMP_DUMP_TEXT_MAX     34816
 int kvmmu_rmp_dump_text(const struct kvmmu_rmp *t, uint64_t pfn, char *out);
-/* One entry: lo returned, out[0] = hi, out[1] = 1 beyond the table (else 0). */
-uint64_t kvmmu_rmp_read_lo(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out);
 /* A level index for one batch (lookup_batch builds one when the batch is large enough). */
 void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nbits);
 size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn,

@@ -215,16 +215,6 @@ bool kvmmu_rmp_covered(const struct kvmmu_rmp *t, uint64_t pfn)
     return entry_ptr(t, pfn) != NULL;
 }
 
-int kvmmu_rmp_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *lo, uint64_t *hi)
-{
-    const uint64_t *e = entry_ptr(t, pfn);
-    if (!e)
-        return -1;
-    *lo = e[0];
-    *hi = e[1];
-    return 0;
-}
-
 int kvmmu_rmp_write(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t lo, uint64_t hi)
 {
     uint64_t *e = entry_ptr(t, pfn);
@@ -1194,17 +1184,6 @@ int kvmmu_rmp_dump_text(const struct kvmmu_rmp *t, uint64_t pfn, char *out)
         p = put_quads(PUT_LIT(p, ", "), b[2 * i], b[2 * i + 1]);
     }
     return (int)(p - out);
-}
-
-/* RmpTable.entry()'s one call: the entry's low quadword returned, out[0] = the high one and
- * out[1] = 0; beyond the table 0 with out[0] = 0, out[1] = 1 (so a non-zero low quadword
- * needs one read of out, and one pointer operand instead of two). */
-uint64_t kvmmu_rmp_read_lo(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out)
-{
-    const uint64_t *e = entry_ptr(t, pfn);
-    out[0] = e ? e[1] : 0;
-    out[1] = !e;
-    return e ? e[0] : 0;
 }
 
 /* ------------------------------------------------------------ fewer operands */
