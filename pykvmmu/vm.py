@@ -28,6 +28,7 @@ from .memslots import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_REA
                        kvm_arch_nr_memslot_as_ids)
 from .private import _A_EXIT, _A_NOSLOT, _A_SHARED
 from .rmp import RmpTable, sev_private_max_mapping_level
+from .rmp import _rmp_make_private_4k as _make_private_4k
 from ._batch import uint
 from ._check import boolean, choice, in_range, snapshot, u64
 from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
@@ -49,9 +50,11 @@ _U64_END = 1 << 64
 #: The gfn mask of a leaf's base at each level.
 _LEVEL_MASK = {lv: ~(n - 1) for lv, n in PAGES.items()}
 _VM_OK, _F_MAKE = lib.KVMMU_VM_OK, lib.KVMMU_VM_F_MAKE
+_fault_map = lib.kvmmu_vm_fault_map
 #: The built-in policies: pure functions of (VM type, gpa, error code, attributes, memslot
 #: kind), so that their verdict on a cached fault stands until one of those changes.
 _PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
+_upstream_fault = P._upstream_fault_checked
 
 
 def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> property:
@@ -69,6 +72,9 @@ def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> 
 def _checked_policy(vm: Vm, value) -> P.FaultPolicy:
     value = P.get_policy(value)
     vm._fc_policy_ok = type(value) in _PURE_POLICIES
+    # the built-in upstream policy as it is (no per-object override of its steps): the fault
+    # path may take its checked-value shortcut (private._upstream_fault_checked)
+    vm._fast_policy = type(value) is P.UpstreamPolicy and not vars(value)
     return value
 
 
@@ -143,7 +149,8 @@ class SnpHooks(GmemHooks):
             level, p, g = PG_LEVEL_2M, base, gfn & ~511
         else:
             level, p, g = PG_LEVEL_4K, pfn, gfn
-        rc = rmp.rmp_make_private(p, g << 12, level, self.vm.asid, False)
+        rc = _make_private_4k(rmp, p, g << 12, self.vm.asid) if level == PG_LEVEL_4K else \
+            rmp.rmp_make_private(p, g << 12, level, self.vm.asid, False)
         if self.vm.trace is not None:
             self.vm._log("rmp_make_private", pfn=p, gpa=g << 12, level=level, rc=rc)
         return rc
@@ -242,6 +249,8 @@ class Vm(MmuLock):
     is_private: Callable[[int], bool]
     #: Whether the policy is one of the built-in pure ones (see _fc_store).
     _fc_policy_ok: bool
+    #: Whether the policy is the built-in upstream one (see _checked_policy).
+    _fast_policy: bool
 
     def __init__(self, vm_type="snp", *, cfg: Optional[MmuConfig] = None, gpaw: int = 52,
                  policy=None, host: Optional[HostMemory] = None, rmp=None, hooks=None,
@@ -321,6 +330,10 @@ class Vm(MmuLock):
                               cfg.nx_huge_pages)
         self._out_spte = ffi.new("uint64_t *")
         self._out_level = ffi.new("uint32_t *")
+        # the fault path's kvmmu_vm_fault_map: the per-VM arguments once, the outputs read back
+        fm = self._fm = ffi.new("struct kvmmu_vm_fault *")
+        fm.cfg, fm.tdp = self._c, self._tdp
+        fm.pte_access, fm.mkflags, fm.memtype = ACC_ALL, self._mk, S.MEMTYPE_AUTO
         self.roots = {r: self._alloc_table() for r in self.root_names}
         # is_private -> (root, its pool index, the bits its walk adds to a gfn): the fault
         # path's root (roots are never freed, pool indexes never move).
@@ -761,11 +774,18 @@ class Vm(MmuLock):
                     stats["emulate"] += 1
                     return _outcome(("emulate", gfn0, False, 0, 0, s, None, "MMIO SPTE hit"))
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
-        policy, inv = self._policy, self.invalidation
-        c = policy.classify(self, gpa, error_code)
-        gfn = c.gfn
-        mmu_seq = inv.seq
-        is_private, ex = policy.resolve(self, c)
+        inv = self.invalidation
+        # the upstream policy on checked values (one call), unless it would warn or exit
+        r = _upstream_fault(self, gpa, error_code) if self._fast_policy else None
+        if r is not None:
+            gfn, is_private = r
+            mmu_seq, ex = inv.seq, None
+        else:
+            policy = self._policy
+            c = policy.classify(self, gpa, error_code)
+            gfn = c.gfn
+            mmu_seq = inv.seq
+            is_private, ex = policy.resolve(self, c)
         slot = self.memslots.at(gfn) if ex is None else None
         if slot is not None and (inv.in_progress or inv.seq != mmu_seq) and \
                 inv._retry(mmu_seq, gfn):                                       # ..._unsafe check
@@ -795,7 +815,8 @@ class Vm(MmuLock):
                 return self._exit(P.MemoryFaultExit.for_fault(gfn, is_private,
                                                               f"kvm_gmem_get_pfn: {e}"))
             if is_private:
-                max_level = self._private_max_level(pfn, max_order)
+                # (order 0: _private_max_level's early 4K return, without the call)
+                max_level = self._private_max_level(pfn, max_order) if max_order else PG_LEVEL_4K
                 kind = "private"
             else:
                 max_level, kind = PG_LEVEL_4K, "shared"
@@ -830,20 +851,15 @@ class Vm(MmuLock):
             # already mapped by this very leaf? (one leaf covers a gfn: check() verifies that
             # the leaf index agrees with the tables, so probing ``level`` is _leaf's answer)
             cur = lv_map.get(base)
-            out_spte = self._out_spte
+            fm = self._fm
             if cur is not None and cur[0] == level and cur[1] == bpfn:
-                lib.kvmmu_vm_tdp_map(self._c, self._tdp, root_idx, base | walk_bits, level, 0,
-                                     ACC_ALL, self._mk, S.MEMTYPE_AUTO, 0, out_spte,
-                                     self._out_level)
-                o = _outcome(("spurious", gfn, is_private, level, bpfn, out_spte[0], None, ""))
+                _fault_map(fm, root_idx, base | walk_bits, level, 0, 0)
+                o = _outcome(("spurious", gfn, is_private, level, bpfn, fm.spte, None, ""))
                 if max_level == PG_LEVEL_4K and race is None:
                     self._fc_store(gpa, error_code, o)
                 return o
-            st = lib.kvmmu_vm_tdp_map(self._c, self._tdp, root_idx, base | walk_bits, level,
-                                      bpfn, ACC_ALL, self._mk, S.MEMTYPE_AUTO, _F_MAKE,
-                                      out_spte, self._out_level)
-            if st == _VM_OK:
-                spte = out_spte[0]
+            if _fault_map(fm, root_idx, base | walk_bits, level, bpfn, _F_MAKE) == _VM_OK:
+                spte = fm.spte
                 lv_map[base] = (level, bpfn, kind)
                 fc = self._fc
                 if fc:
