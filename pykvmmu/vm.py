@@ -55,6 +55,7 @@ _fault_map = lib.kvmmu_vm_fault_map
 #: kind), so that their verdict on a cached fault stands until one of those changes.
 _PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
 _upstream_fault = P._upstream_fault_checked
+_faultin_action = P.faultin_action
 
 
 def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> property:
@@ -791,7 +792,7 @@ class Vm(MmuLock):
                 inv._retry(mmu_seq, gfn):                                       # ..._unsafe check
             stats["retries"] += 1
             return _outcome(("retry", gfn, is_private, 0, 0, 0, None, "invalidation in progress"))
-        action, ex = P.faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
+        action, ex = _faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
         if action == _A_EXIT:
             return self._exit(ex)
         if action == _A_NOSLOT:
@@ -839,14 +840,14 @@ class Vm(MmuLock):
                 return _outcome(("emulate", gfn, False, 0, 0, spte, None,
                                  "MMIO SPTE installed"))
             assert slot is not None and pfn is not None     # set for every kind but mmio
-            level = PG_LEVEL_4K
+            level, base, bpfn = PG_LEVEL_4K, gfn, pfn
             if max_level > PG_LEVEL_4K:
                 for lv in (PG_LEVEL_1G, PG_LEVEL_2M):
                     if lv <= max_level and self._lpage_ok(slot, gfn, lv, is_private):
                         level = lv
+                        base = gfn & _LEVEL_MASK[level]
+                        bpfn = pfn - (gfn - base)
                         break
-            base = gfn & _LEVEL_MASK[level]
-            bpfn = pfn - (gfn - base)
             lv_map = self.leaves[root]
             # already mapped by this very leaf? (one leaf covers a gfn: check() verifies that
             # the leaf index agrees with the tables, so probing ``level`` is _leaf's answer)

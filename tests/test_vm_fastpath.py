@@ -138,7 +138,8 @@ def test_rmp_make_private_4k_is_the_public_call():
         t.rmp_make_private(1024, 0x200000, 2, 7, False)         # a 2M private entry
         t.set_in_use(2048 + 3)                                   # a locked entry
     cases = [(5, 0x5000, 1), (5, 0x5000, 1), (6, 0x9000, 3), (1024 + 9, 0x1000, 7),
-             (2048 + 3, 0x3000, 1), (n - 1, 0x7000, 2), (n, 0x7000, 2), (n + 5000, 0, 1)]
+             (2048 + 3, 0x3000, 1), (n - 1, 0x7000, 2), (n, 0x7000, 2), (n + 5000, 0, 1),
+             (7, 0x7001, 1), (7, 0x7000, 5000), (7, 1 << 60, 1)]
     for pfn, gpa, asid in cases:
         ra = ta.rmp_make_private(pfn, gpa, 1, asid, False)
         rb = _rmp_make_private_4k(tb, pfn, gpa, asid)

@@ -1330,14 +1330,14 @@ def _rmp_make_private_4k(table: "RmpTable", pfn: int, gpa: int, asid: int) -> in
     tw = table._tw_
     if tw is not None and pfn.__class__ is gpa.__class__ is asid.__class__ is int:
         try:
-            if not _covered_c(tw, pfn):
-                table.last_rc = None
-                return -EFAULT
             rc = _RC[_rmpupdate_c(tw, pfn, gpa, True, 0, False, asid)]
+            # RMPUPDATE validates first: an uncovered pfn (FAIL_INPUT) wrote nothing, and
+            # rmpupdate_kernel refuses it before the instruction (last_rc None)
+            covered = rc != Rc.FAIL_INPUT or _covered_c(tw, pfn)
         except (OverflowError, TypeError):
             pass
         else:
-            table.last_rc = rc
+            table.last_rc = rc if covered else None
             return 0 if rc == Rc.SUCCESS else -EFAULT
     return table.rmp_make_private(pfn, gpa, PG_LEVEL_4K, asid, False)
 
