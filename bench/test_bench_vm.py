@@ -56,8 +56,9 @@ def vm_workload(n, seed=7, cache=True, count_hits=False):
     """n random faults on an SNP VM with 64 MiB of guest_memfd memory, 1 in 64 a conversion, 1 in
     256 a punch hole; returns (seconds, outcome counts).  ``cache=False``: the VM's fault cache
     off; ``count_hits``: ``cache_hits`` in the counts, the faults answered by the cache (they
-    return the very outcome object the cache holds; the walk makes a new one), at the cost of a
-    wrapper around each fault (then the time is not the workload's)."""
+    return the very outcome object the cache holds afterwards; a walk returns a new one and
+    stores only its fields), at the cost of a wrapper around each fault (then the time is not
+    the workload's)."""
     rng = np.random.default_rng(seed)
     npages = 16384
     vm, g = _snp_vm(npages)
@@ -68,8 +69,8 @@ def vm_workload(n, seed=7, cache=True, count_hits=False):
         fault = vm.fault
 
         def counted(gpa, error_code):
-            cached = vm._fc.get(gpa >> 12)
             o = fault(gpa, error_code)
+            cached = vm._fc.get(gpa >> 12)
             hits[0] += cached is not None and o is cached[2]
             return o
         vm.fault = counted

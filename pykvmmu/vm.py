@@ -279,8 +279,9 @@ class Vm(MmuLock):
             if not isinstance(rmp, RmpTable):
                 raise VmError(f"rmp={rmp!r}: expected an RmpTable or None")
         policy = P.get_policy(policy)
-        # The fault cache: gpa >> 12 -> (gpa, error_code, outcome) of a fault that would now be
-        # "spurious" (see _fc_store); dropped per gfn range by everything that changes an input.
+        # The fault cache: gpa >> 12 -> (gpa, error_code, outcome or its fields) of a fault that
+        # would now be "spurious" (see _fc_store); dropped per gfn range by everything that
+        # changes an input.
         self._fc: dict = {}
         self.vm_type = vt
         self.type_name = P.vm_type_name(self.vm_type)
@@ -751,7 +752,11 @@ class Vm(MmuLock):
             if hit is not None and hit[0] == gpa and hit[1] == error_code and \
                     not self.invalidation.in_progress:
                 self.stats["faults"] += 1
-                return hit[2]
+                o = hit[2]
+                if o.__class__ is tuple:        # stored as its fields: built on the first hit
+                    o = _outcome(o)
+                    self._fc[gpa >> 12] = (gpa, error_code, o)
+                return o
             if not (0 <= gpa < _U64_END and 0 <= error_code < _U64_END):  # u64's fast path
                 gpa = u64("gpa", gpa, err=VmError)                # (refuses: out of range)
                 error_code = u64("error_code", error_code, err=VmError)
@@ -855,10 +860,10 @@ class Vm(MmuLock):
             fm = self._fm
             if cur is not None and cur[0] == level and cur[1] == bpfn:
                 _fault_map(fm, root_idx, base | walk_bits, level, 0, 0)
-                o = _outcome(("spurious", gfn, is_private, level, bpfn, fm.spte, None, ""))
+                f = ("spurious", gfn, is_private, level, bpfn, fm.spte, None, "")
                 if max_level == PG_LEVEL_4K and race is None:
-                    self._fc_store(gpa, error_code, o)
-                return o
+                    self._fc_store(gpa, error_code, f)
+                return _outcome(f)
             if _fault_map(fm, root_idx, base | walk_bits, level, bpfn, _F_MAKE) == _VM_OK:
                 spte = fm.spte
                 lv_map[base] = (level, bpfn, kind)
@@ -875,8 +880,8 @@ class Vm(MmuLock):
                 self._install(root, base, level, spte, bpfn, kind)
             stats["mapped"] += 1
             if max_level == PG_LEVEL_4K and race is None:
-                self._fc_store(gpa, error_code, _outcome(("spurious", gfn, is_private, level,
-                                                          bpfn, spte, None, "")))
+                self._fc_store(gpa, error_code, ("spurious", gfn, is_private, level, bpfn,
+                                                 spte, None, ""))
             return _outcome(("mapped", gfn, is_private, level, bpfn, spte, None, ""))
         finally:
             self.mmu_lock_held -= 1
@@ -894,14 +899,19 @@ class Vm(MmuLock):
         hook = self._gmem_hooks.max_mapping_level(self, pfn, True)
         return min(max_level, hook) if hook else max_level
 
-    def _fc_store(self, gpa: int, error_code: int, outcome: FaultOutcome) -> None:
+    def _fc_store(self, gpa: int, error_code: int, fields: tuple) -> None:
         """Remember a fault whose leaf is installed: the same (gpa, error_code) is ``spurious``
-        with this outcome while nothing it read changes.  Only 4K-bounded faults (no huge-page
-        eligibility, no vendor level hook read) of a built-in policy, never a reserved-bit
-        fault; entries go when their gfn's leaf, attributes or backing change
-        (:meth:`_fc_drop`), and all at once on a memslot, policy, hook or max-level change."""
+        with the outcome of these fields (all eight, in order) while nothing it read changes.
+        Only 4K-bounded faults (no huge-page eligibility, no vendor level hook read) of a
+        built-in policy, never a reserved-bit fault; entries go when their gfn's leaf,
+        attributes or backing change (:meth:`_fc_drop`), and all at once on a memslot, policy,
+        hook or max-level change.  The fields are kept as a plain tuple and the
+        :class:`FaultOutcome` is built on the first hit: a plain tuple of ints and strings
+        leaves the garbage collector's tracking, a tuple subclass never does, so a fault that
+        is never repeated (every first fault of a large VM) adds no object that each full
+        collection must traverse again."""
         if self._fc_policy_ok and not error_code & _PFERR_RSVD:
-            self._fc[gpa >> 12] = (gpa, error_code, outcome)
+            self._fc[gpa >> 12] = (gpa, error_code, fields)
 
     def _exit(self, ex):
         self.stats["exits"] += 1
