@@ -9,7 +9,11 @@ Groups:
   (``Vm._fc``), so the same rounds also time, interleaved: ``no cache``, the same workload with
   the cache off (``Vm._fc_store`` a no-op, as tests/test_vm_cache.py does it: every fault walks),
   and ``first faults``, a fresh VM whose every fault maps a page not yet mapped (none can hit
-  the cache).  The cache hit rate of the workload is counted on one more, untimed, run.
+  the cache).  The cache hit rate of the workload is counted on one more, untimed, run.  Each
+  workload runs ``gc.collect()`` before its clock starts: a VM is a reference cycle (hooks,
+  guest_memfd and attribute callbacks point back at it), so a dead VM of an earlier round is
+  freed by whichever later full collection comes first, and would otherwise be charged to
+  another case (a first-fault VM holds 200K pages of state).
 - ``scalar vm.tdp_map``: the C walk + install called once per fault on the table pool of an SNP
   VM after a fault workload (re-installing mapped leaves with their own pfn and level, so the
   pool does not change, and reading the entries of unmapped gfns, which stop above the leaf
@@ -17,6 +21,7 @@ Groups:
   lists, on ``PYKVMMU_BENCH_REF_N`` of the calls, and a no-op Python call; ns per call (in the
   report's scalar table).
 """
+import gc
 import os
 import time
 
@@ -77,6 +82,7 @@ def vm_workload(n, seed=7, cache=True, count_hits=False):
     gfns = rng.integers(0, npages + 64, n).tolist()        # a few MMIO gfns past the slot
     kinds = rng.integers(0, 256, n).tolist()
     enc = P.PFERR_GUEST_ENC_MASK
+    gc.collect()            # earlier workloads' cyclic garbage (dead VMs) is not this one's cost
     t = time.perf_counter()
     for gfn, k in zip(gfns, kinds):
         if k < 4:
@@ -101,6 +107,7 @@ def first_fault_workload(n, seed=7):
     gfns = np.random.default_rng(seed).permutation(n).tolist()
     vm, _ = _snp_vm(n)
     enc = P.PFERR_GUEST_ENC_MASK
+    gc.collect()
     t = time.perf_counter()
     for gfn in gfns:
         vm.fault(gfn << 12, enc if vm.is_private(gfn) else 0)
