@@ -9,7 +9,11 @@ Groups:
   (``Vm._fc``), so the same rounds also time, interleaved: ``no cache``, the same workload with
   the cache off (``Vm._fc_store`` a no-op, as tests/test_vm_cache.py does it: every fault walks),
   and ``first faults``, a fresh VM whose every fault maps a page not yet mapped (none can hit
-  the cache).  The cache hit rate of the workload is counted on one more, untimed, run.
+  the cache).  The cache hit rate of the workload is counted on one more, untimed, run.  Each
+  workload runs ``gc.collect()`` before its clock starts: a VM is a reference cycle (hooks,
+  guest_memfd and attribute callbacks point back at it), so a dead VM of an earlier round is
+  freed by whichever later full collection comes first, and would otherwise be charged to
+  another case (a first-fault VM holds 200K pages of state).
 - ``scalar vm.tdp_map``: the C walk + install called once per fault on the table pool of an SNP
   VM after a fault workload (re-installing mapped leaves with their own pfn and level, so the
   pool does not change, and reading the entries of unmapped gfns, which stop above the leaf
@@ -17,6 +21,7 @@ Groups:
   lists, on ``PYKVMMU_BENCH_REF_N`` of the calls, and a no-op Python call; ns per call (in the
   report's scalar table).
 """
+import gc
 import os
 import time
 
@@ -56,8 +61,9 @@ def vm_workload(n, seed=7, cache=True, count_hits=False):
     """n random faults on an SNP VM with 64 MiB of guest_memfd memory, 1 in 64 a conversion, 1 in
     256 a punch hole; returns (seconds, outcome counts).  ``cache=False``: the VM's fault cache
     off; ``count_hits``: ``cache_hits`` in the counts, the faults answered by the cache (they
-    return the very outcome object the cache holds; the walk makes a new one), at the cost of a
-    wrapper around each fault (then the time is not the workload's)."""
+    return the very outcome object the cache holds afterwards; a walk returns a new one and
+    stores only its fields), at the cost of a wrapper around each fault (then the time is not
+    the workload's)."""
     rng = np.random.default_rng(seed)
     npages = 16384
     vm, g = _snp_vm(npages)
@@ -68,14 +74,15 @@ def vm_workload(n, seed=7, cache=True, count_hits=False):
         fault = vm.fault
 
         def counted(gpa, error_code):
-            cached = vm._fc.get(gpa >> 12)
             o = fault(gpa, error_code)
+            cached = vm._fc.get(gpa >> 12)
             hits[0] += cached is not None and o is cached[2]
             return o
         vm.fault = counted
     gfns = rng.integers(0, npages + 64, n).tolist()        # a few MMIO gfns past the slot
     kinds = rng.integers(0, 256, n).tolist()
     enc = P.PFERR_GUEST_ENC_MASK
+    gc.collect()            # earlier workloads' cyclic garbage (dead VMs) is not this one's cost
     t = time.perf_counter()
     for gfn, k in zip(gfns, kinds):
         if k < 4:
@@ -100,6 +107,7 @@ def first_fault_workload(n, seed=7):
     gfns = np.random.default_rng(seed).permutation(n).tolist()
     vm, _ = _snp_vm(n)
     enc = P.PFERR_GUEST_ENC_MASK
+    gc.collect()
     t = time.perf_counter()
     for gfn in gfns:
         vm.fault(gfn << 12, enc if vm.is_private(gfn) else 0)

@@ -688,5 +688,19 @@ int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, 
                      uint64_t gfn, uint32_t level, uint64_t pfn, uint32_t pte_access,
                      uint32_t mkflags, uint32_t memtype, uint32_t flags, uint64_t *spte,
                      uint32_t *stop_level);
+/* One Vm's fault-path constants (configuration, pool, make_spte's access / flags / memtype)
+ * and the outputs of its last kvmmu_vm_fault_map call: kvmmu_vm_tdp_map with the per-VM
+ * arguments read from here (the fault path's call, half the arguments to convert). */
+struct kvmmu_vm_fault {
+    const struct kvmmu_cfg *cfg;
+    const struct kvmmu_vm_tdp *tdp;
+    uint32_t pte_access;
+    uint32_t mkflags;
+    uint32_t memtype;
+    uint32_t stop_level;             /* out */
+    uint64_t spte;                   /* out */
+};
+int kvmmu_vm_fault_map(struct kvmmu_vm_fault *f, uint32_t root, uint64_t gfn, uint32_t level,
+                       uint64_t pfn, uint32_t flags);
 
 #endif

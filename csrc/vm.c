@@ -54,3 +54,10 @@ int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, 
     }
     return KVMMU_VM_OK;
 }
+
+int kvmmu_vm_fault_map(struct kvmmu_vm_fault *f, uint32_t root, uint64_t gfn, uint32_t level,
+                       uint64_t pfn, uint32_t flags)
+{
+    return kvmmu_vm_tdp_map(f->cfg, f->tdp, root, gfn, level, pfn, f->pte_access, f->mkflags,
+                            f->memtype, flags, &f->spte, &f->stop_level);
+}

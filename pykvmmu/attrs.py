@@ -45,6 +45,7 @@ class MemoryAttributeError(InputError):
 
 
 _gfn = u64      # a gfn argument: a u64 (fast path for plain ints)
+_bisect_right = bisect.bisect_right
 
 
 def _gfn_range(start, end) -> tuple:
@@ -169,7 +170,7 @@ class MemoryAttributes:
         """``kvm_mem_is_private(kvm, gfn)``."""
         if gfn.__class__ is not int or not 0 <= gfn <= U64:     # the fault path's fast path
             gfn = _gfn("gfn", gfn)
-        i = bisect.bisect_right(self._s, gfn) - 1
+        i = _bisect_right(self._s, gfn) - 1
         return i >= 0 and gfn < self._e[i] and bool(self._v[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE)
 
     def range_has(self, start: int, end: int, mask: int, attrs: int) -> bool:

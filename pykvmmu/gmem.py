@@ -690,9 +690,12 @@ class GuestMemfd:
         if getattr(slot, "gmem_file", None) is not self:
             raise GmemError(f"gfn {gfn:#x}: slot {getattr(slot, 'id', '?')} has no guest_memfd "
                             "file (released)", _errno.EFAULT)
-        index = _slot_index(slot, gfn)
+        base = slot.base_gfn
+        index = gfn - base + slot.gmem_pgoff if base <= gfn < base + slot.npages else \
+            _slot_index(slot, gfn)                                  # (refuses: outside)
         i = bisect.bisect_right(self._bind_starts, index) - 1       # binding_at(index)
-        if i < 0 or self._binds[i].end <= index or self._binds[i].slot is not slot:
+        b = self._binds[i] if i >= 0 else None
+        if b is None or b.pgoff + b.npages <= index or b.slot is not slot:     # (b.end)
             raise GmemError(f"gfn {gfn:#x}: index {index:#x} is not bound to this slot", _errno.EIO)
         return index
 
@@ -706,8 +709,13 @@ class GuestMemfd:
     def _get_pfn(self, slot, gfn: int) -> GetPfn:
         """:meth:`get_pfn` on a checked gfn (the fault path's call)."""
         index = self._lookup_for(slot, gfn)
-        base, bpfn, order = self._folio_at(index) if index in self._pfn else \
-            self._alloc_folio(index)
+        bpfn = self._pfn.get(index)
+        if bpfn is None:
+            base, bpfn, order = self._alloc_folio(index)
+        elif self.folio_order:
+            base, bpfn, order = self._folio_at(index)
+        else:                           # _folio_at of an order-0 file: the page itself
+            base, order = index, 0
         if base in self.poisoned:
             raise GmemError(f"gfn {gfn:#x}: the folio at index {base:#x} is hwpoisoned",
                             EHWPOISON)

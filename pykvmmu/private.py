@@ -411,6 +411,21 @@ def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
     return _tuple_new(Classification, ((gpa >> 12) & ~ctx.gfn_direct_bits, ec, kind, w))
 
 
+def _upstream_fault_checked(ctx, gpa: int, error_code: int):
+    """:class:`UpstreamPolicy`'s classify() then the :meth:`FaultPolicy.resolve` mismatch rule,
+    for ``pykvmmu.vm.Vm.fault`` (a fault context and u64 ``gpa`` / ``error_code`` it has
+    already checked): ``(gfn, is_private)`` of a fault that neither warns nor exits, else None
+    (synthetic bits set, or a mismatch: the caller takes the two public steps, which build the
+    warning or the exit)."""
+    if error_code & PFERR_SYNTHETIC_MASK:
+        return None
+    private = vendor_says_private(ctx, gpa, error_code)
+    gfn = (gpa >> 12) & ~ctx.gfn_direct_bits
+    if private is not bool(ctx.is_private(gfn)):
+        return None
+    return gfn, private
+
+
 class FaultPolicy:
     """A private/shared classification design.  Subclasses override :meth:`classify` (at
     ``kvm_mmu_do_page_fault`` time) and may override :meth:`resolve` (at faultin time, after

@@ -28,6 +28,7 @@ from .memslots import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_REA
                        kvm_arch_nr_memslot_as_ids)
 from .private import _A_EXIT, _A_NOSLOT, _A_SHARED
 from .rmp import RmpTable, sev_private_max_mapping_level
+from .rmp import _rmp_make_private_4k as _make_private_4k
 from ._batch import uint
 from ._check import boolean, choice, in_range, snapshot, u64
 from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
@@ -49,9 +50,12 @@ _U64_END = 1 << 64
 #: The gfn mask of a leaf's base at each level.
 _LEVEL_MASK = {lv: ~(n - 1) for lv, n in PAGES.items()}
 _VM_OK, _F_MAKE = lib.KVMMU_VM_OK, lib.KVMMU_VM_F_MAKE
+_fault_map = lib.kvmmu_vm_fault_map
 #: The built-in policies: pure functions of (VM type, gpa, error code, attributes, memslot
 #: kind), so that their verdict on a cached fault stands until one of those changes.
 _PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
+_upstream_fault = P._upstream_fault_checked
+_faultin_action = P.faultin_action
 
 
 def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> property:
@@ -69,6 +73,9 @@ def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> 
 def _checked_policy(vm: Vm, value) -> P.FaultPolicy:
     value = P.get_policy(value)
     vm._fc_policy_ok = type(value) in _PURE_POLICIES
+    # the built-in upstream policy as it is (no per-object override of its steps): the fault
+    # path may take its checked-value shortcut (private._upstream_fault_checked)
+    vm._fast_policy = type(value) is P.UpstreamPolicy and not vars(value)
     return value
 
 
@@ -143,7 +150,8 @@ class SnpHooks(GmemHooks):
             level, p, g = PG_LEVEL_2M, base, gfn & ~511
         else:
             level, p, g = PG_LEVEL_4K, pfn, gfn
-        rc = rmp.rmp_make_private(p, g << 12, level, self.vm.asid, False)
+        rc = _make_private_4k(rmp, p, g << 12, self.vm.asid) if level == PG_LEVEL_4K else \
+            rmp.rmp_make_private(p, g << 12, level, self.vm.asid, False)
         if self.vm.trace is not None:
             self.vm._log("rmp_make_private", pfn=p, gpa=g << 12, level=level, rc=rc)
         return rc
@@ -242,6 +250,8 @@ class Vm(MmuLock):
     is_private: Callable[[int], bool]
     #: Whether the policy is one of the built-in pure ones (see _fc_store).
     _fc_policy_ok: bool
+    #: Whether the policy is the built-in upstream one (see _checked_policy).
+    _fast_policy: bool
 
     def __init__(self, vm_type="snp", *, cfg: Optional[MmuConfig] = None, gpaw: int = 52,
                  policy=None, host: Optional[HostMemory] = None, rmp=None, hooks=None,
@@ -269,8 +279,9 @@ class Vm(MmuLock):
             if not isinstance(rmp, RmpTable):
                 raise VmError(f"rmp={rmp!r}: expected an RmpTable or None")
         policy = P.get_policy(policy)
-        # The fault cache: gpa >> 12 -> (gpa, error_code, outcome) of a fault that would now be
-        # "spurious" (see _fc_store); dropped per gfn range by everything that changes an input.
+        # The fault cache: gpa >> 12 -> (gpa, error_code, outcome or its fields) of a fault that
+        # would now be "spurious" (see _fc_store); dropped per gfn range by everything that
+        # changes an input.
         self._fc: dict = {}
         self.vm_type = vt
         self.type_name = P.vm_type_name(self.vm_type)
@@ -321,6 +332,10 @@ class Vm(MmuLock):
                               cfg.nx_huge_pages)
         self._out_spte = ffi.new("uint64_t *")
         self._out_level = ffi.new("uint32_t *")
+        # the fault path's kvmmu_vm_fault_map: the per-VM arguments once, the outputs read back
+        fm = self._fm = ffi.new("struct kvmmu_vm_fault *")
+        fm.cfg, fm.tdp = self._c, self._tdp
+        fm.pte_access, fm.mkflags, fm.memtype = ACC_ALL, self._mk, S.MEMTYPE_AUTO
         self.roots = {r: self._alloc_table() for r in self.root_names}
         # is_private -> (root, its pool index, the bits its walk adds to a gfn): the fault
         # path's root (roots are never freed, pool indexes never move).
@@ -737,7 +752,11 @@ class Vm(MmuLock):
             if hit is not None and hit[0] == gpa and hit[1] == error_code and \
                     not self.invalidation.in_progress:
                 self.stats["faults"] += 1
-                return hit[2]
+                o = hit[2]
+                if o.__class__ is tuple:        # stored as its fields: built on the first hit
+                    o = _outcome(o)
+                    self._fc[gpa >> 12] = (gpa, error_code, o)
+                return o
             if not (0 <= gpa < _U64_END and 0 <= error_code < _U64_END):  # u64's fast path
                 gpa = u64("gpa", gpa, err=VmError)                # (refuses: out of range)
                 error_code = u64("error_code", error_code, err=VmError)
@@ -761,17 +780,24 @@ class Vm(MmuLock):
                     stats["emulate"] += 1
                     return _outcome(("emulate", gfn0, False, 0, 0, s, None, "MMIO SPTE hit"))
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
-        policy, inv = self._policy, self.invalidation
-        c = policy.classify(self, gpa, error_code)
-        gfn = c.gfn
-        mmu_seq = inv.seq
-        is_private, ex = policy.resolve(self, c)
+        inv = self.invalidation
+        # the upstream policy on checked values (one call), unless it would warn or exit
+        r = _upstream_fault(self, gpa, error_code) if self._fast_policy else None
+        if r is not None:
+            gfn, is_private = r
+            mmu_seq, ex = inv.seq, None
+        else:
+            policy = self._policy
+            c = policy.classify(self, gpa, error_code)
+            gfn = c.gfn
+            mmu_seq = inv.seq
+            is_private, ex = policy.resolve(self, c)
         slot = self.memslots.at(gfn) if ex is None else None
         if slot is not None and (inv.in_progress or inv.seq != mmu_seq) and \
                 inv._retry(mmu_seq, gfn):                                       # ..._unsafe check
             stats["retries"] += 1
             return _outcome(("retry", gfn, is_private, 0, 0, 0, None, "invalidation in progress"))
-        action, ex = P.faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
+        action, ex = _faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
         if action == _A_EXIT:
             return self._exit(ex)
         if action == _A_NOSLOT:
@@ -795,7 +821,8 @@ class Vm(MmuLock):
                 return self._exit(P.MemoryFaultExit.for_fault(gfn, is_private,
                                                               f"kvm_gmem_get_pfn: {e}"))
             if is_private:
-                max_level = self._private_max_level(pfn, max_order)
+                # (order 0: _private_max_level's early 4K return, without the call)
+                max_level = self._private_max_level(pfn, max_order) if max_order else PG_LEVEL_4K
                 kind = "private"
             else:
                 max_level, kind = PG_LEVEL_4K, "shared"
@@ -818,32 +845,27 @@ class Vm(MmuLock):
                 return _outcome(("emulate", gfn, False, 0, 0, spte, None,
                                  "MMIO SPTE installed"))
             assert slot is not None and pfn is not None     # set for every kind but mmio
-            level = PG_LEVEL_4K
+            level, base, bpfn = PG_LEVEL_4K, gfn, pfn
             if max_level > PG_LEVEL_4K:
                 for lv in (PG_LEVEL_1G, PG_LEVEL_2M):
                     if lv <= max_level and self._lpage_ok(slot, gfn, lv, is_private):
                         level = lv
+                        base = gfn & _LEVEL_MASK[level]
+                        bpfn = pfn - (gfn - base)
                         break
-            base = gfn & _LEVEL_MASK[level]
-            bpfn = pfn - (gfn - base)
             lv_map = self.leaves[root]
             # already mapped by this very leaf? (one leaf covers a gfn: check() verifies that
             # the leaf index agrees with the tables, so probing ``level`` is _leaf's answer)
             cur = lv_map.get(base)
-            out_spte = self._out_spte
+            fm = self._fm
             if cur is not None and cur[0] == level and cur[1] == bpfn:
-                lib.kvmmu_vm_tdp_map(self._c, self._tdp, root_idx, base | walk_bits, level, 0,
-                                     ACC_ALL, self._mk, S.MEMTYPE_AUTO, 0, out_spte,
-                                     self._out_level)
-                o = _outcome(("spurious", gfn, is_private, level, bpfn, out_spte[0], None, ""))
+                _fault_map(fm, root_idx, base | walk_bits, level, 0, 0)
+                f = ("spurious", gfn, is_private, level, bpfn, fm.spte, None, "")
                 if max_level == PG_LEVEL_4K and race is None:
-                    self._fc_store(gpa, error_code, o)
-                return o
-            st = lib.kvmmu_vm_tdp_map(self._c, self._tdp, root_idx, base | walk_bits, level,
-                                      bpfn, ACC_ALL, self._mk, S.MEMTYPE_AUTO, _F_MAKE,
-                                      out_spte, self._out_level)
-            if st == _VM_OK:
-                spte = out_spte[0]
+                    self._fc_store(gpa, error_code, f)
+                return _outcome(f)
+            if _fault_map(fm, root_idx, base | walk_bits, level, bpfn, _F_MAKE) == _VM_OK:
+                spte = fm.spte
                 lv_map[base] = (level, bpfn, kind)
                 fc = self._fc
                 if fc:
@@ -858,8 +880,8 @@ class Vm(MmuLock):
                 self._install(root, base, level, spte, bpfn, kind)
             stats["mapped"] += 1
             if max_level == PG_LEVEL_4K and race is None:
-                self._fc_store(gpa, error_code, _outcome(("spurious", gfn, is_private, level,
-                                                          bpfn, spte, None, "")))
+                self._fc_store(gpa, error_code, ("spurious", gfn, is_private, level, bpfn,
+                                                 spte, None, ""))
             return _outcome(("mapped", gfn, is_private, level, bpfn, spte, None, ""))
         finally:
             self.mmu_lock_held -= 1
@@ -877,14 +899,19 @@ class Vm(MmuLock):
         hook = self._gmem_hooks.max_mapping_level(self, pfn, True)
         return min(max_level, hook) if hook else max_level
 
-    def _fc_store(self, gpa: int, error_code: int, outcome: FaultOutcome) -> None:
+    def _fc_store(self, gpa: int, error_code: int, fields: tuple) -> None:
         """Remember a fault whose leaf is installed: the same (gpa, error_code) is ``spurious``
-        with this outcome while nothing it read changes.  Only 4K-bounded faults (no huge-page
-        eligibility, no vendor level hook read) of a built-in policy, never a reserved-bit
-        fault; entries go when their gfn's leaf, attributes or backing change
-        (:meth:`_fc_drop`), and all at once on a memslot, policy, hook or max-level change."""
+        with the outcome of these fields (all eight, in order) while nothing it read changes.
+        Only 4K-bounded faults (no huge-page eligibility, no vendor level hook read) of a
+        built-in policy, never a reserved-bit fault; entries go when their gfn's leaf,
+        attributes or backing change (:meth:`_fc_drop`), and all at once on a memslot, policy,
+        hook or max-level change.  The fields are kept as a plain tuple and the
+        :class:`FaultOutcome` is built on the first hit: a plain tuple of ints and strings
+        leaves the garbage collector's tracking, a tuple subclass never does, so a fault that
+        is never repeated (every first fault of a large VM) adds no object that each full
+        collection must traverse again."""
         if self._fc_policy_ok and not error_code & _PFERR_RSVD:
-            self._fc[gpa >> 12] = (gpa, error_code, outcome)
+            self._fc[gpa >> 12] = (gpa, error_code, fields)
 
     def _exit(self, ex):
         self.stats["exits"] += 1

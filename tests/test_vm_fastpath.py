@@ -10,13 +10,15 @@ poison, migration, races, memslot and setting changes; huge folios too):
 """
 import zlib
 
+import numpy as np
 import pytest
 
+from pykvmmu import private as P
 from pykvmmu.gmem import GetPfn
 from pykvmmu.errors import InputError
-from pykvmmu.vm import FaultOutcome
+from pykvmmu.vm import FaultOutcome, Vm
 
-from test_vm_cache import NPAGES, _apply, _ops, _vm
+from test_vm_cache import NPAGES, _apply, _ops, _state, _vm
 
 
 @pytest.mark.parametrize("folio_order", [0, 9])
@@ -64,3 +66,125 @@ def test_get_pfn_checked_and_unchecked_agree():
             g.get_pfn(slot, bad)
     with pytest.raises(InputError):
         g.get_pfn(slot, NPAGES + 3)             # outside the slot: the same refusal
+
+
+@pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected", "default"])
+def test_upstream_shortcut_is_classify_then_resolve(t):
+    """private._upstream_fault_checked (the fault path's one call) answers (gfn, is_private)
+    exactly when UpstreamPolicy's classify() then resolve() neither warn nor exit, and then
+    with their gfn and privacy; synthetic bits, RSVD, both TDX aliases and mismatches."""
+    if t == "default":
+        vm = Vm("default")
+        vm.set_memory_region(0, 0, NPAGES << 12)
+    else:
+        vm, _ = _vm(t, "upstream", 0)
+    pol = P.get_policy("upstream")
+    rng = np.random.default_rng(zlib.crc32(t.encode()))
+    shared = P.gfn_direct_bits(t) << 12
+    bits = (0, P.PFERR_GUEST_ENC_MASK, P.PFERR_RSVD_MASK, P.PFERR_PRIVATE_ACCESS,
+            P.PFERR_IMPLICIT_ACCESS, P.PFERR_WRITE_MASK)
+    seen = set()
+    for i in range(3000):
+        if i == 1500:
+            vm.sw_protected_enabled = False
+        gpa = (int(rng.integers(0, NPAGES + 32)) << 12) | int(rng.integers(0, 4096)) | \
+            (shared if rng.integers(0, 2) else 0)
+        ec = sum(b for b in bits if rng.integers(0, 3) == 0)
+        c = pol.classify(vm, gpa, ec)
+        is_private, ex = pol.resolve(vm, c)
+        got = P._upstream_fault_checked(vm, gpa, ec)
+        want = None if c.warnings or ex is not None else (c.gfn, is_private)
+        assert got == want, (gpa, ec, got, want)
+        assert got is None or type(got[1]) is bool
+        seen.add(want is None)
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected"])
+def test_fast_policy_changes_no_outcome(t):
+    """Vm.fault with the upstream shortcut and without it (``_fast_policy`` off: classify()
+    and resolve() every fault) give the same outcomes, statistics and state on the random
+    operations of tests/test_vm_cache.py; a policy object whose steps are overridden per
+    object, or another policy, never takes the shortcut."""
+    a, ga = _vm(t, "upstream", 0)
+    b, gb = _vm(t, "upstream", 0)
+    assert a._fast_policy and b._fast_policy
+    b._fast_policy = False
+    b.vm_id = a.vm_id                                   # (TDX SEAMCALLs name the VM)
+    last = None
+    for i, op in enumerate(_ops(t, 1500, seed=zlib.crc32(f"pol{t}".encode()))):
+        oa, ob = _apply(a, ga, op, last), _apply(b, gb, op, last)
+        if op[0] == "fault":
+            last = op[1:]
+        assert oa == ob, (i, op, oa, ob)
+    assert _state(a) == _state(b)
+    a.check()
+    odd = P.UpstreamPolicy()
+    odd.classify = lambda ctx, gpa, ec: P.kvm_mmu_do_page_fault(ctx, gpa, ec)
+    for p in (odd, "rfc-v9", P.UpstreamPolicy()):
+        a.policy = p
+        assert a._fast_policy is (p.__class__ is P.UpstreamPolicy and not vars(p))
+
+
+def test_rmp_make_private_4k_is_the_public_call():
+    """rmp._rmp_make_private_4k (the SNP prepare hook's call) = rmp_make_private(..., 4K, ...,
+    False): return value, last_rc and the table, on fresh, assigned, 2M-covered and uncovered
+    pfns; a read-only table and out-of-range operands are refused the same way."""
+    from pykvmmu.rmp import RmpError, RmpTable, _rmp_make_private_4k
+    mem = 64 << 20
+    ta, tb = RmpTable.create(mem), RmpTable.create(mem)
+    n = mem >> 12
+    for t in (ta, tb):
+        t.rmp_make_private(1024, 0x200000, 2, 7, False)         # a 2M private entry
+        t.set_in_use(2048 + 3)                                   # a locked entry
+    cases = [(5, 0x5000, 1), (5, 0x5000, 1), (6, 0x9000, 3), (1024 + 9, 0x1000, 7),
+             (2048 + 3, 0x3000, 1), (n - 1, 0x7000, 2), (n, 0x7000, 2), (n + 5000, 0, 1),
+             (7, 0x7001, 1), (7, 0x7000, 5000), (7, 1 << 60, 1)]
+    for pfn, gpa, asid in cases:
+        ra = ta.rmp_make_private(pfn, gpa, 1, asid, False)
+        rb = _rmp_make_private_4k(tb, pfn, gpa, asid)
+        assert (ra, ta.last_rc) == (rb, tb.last_rc), (pfn, gpa, asid)
+        assert np.array_equal(ta.buffer, tb.buffer)
+    for pfn, gpa, asid in ((-1, 0, 1), (5, -1, 1), (5, 0, 1 << 32), (5, 1 << 64, 1), (5.0, 0, 1)):
+        with pytest.raises(InputError) as ea:
+            ta.rmp_make_private(pfn, gpa, 1, asid, False)
+        with pytest.raises(InputError) as eb:
+            _rmp_make_private_4k(tb, pfn, gpa, asid)
+        assert (type(ea.value), str(ea.value)) == (type(eb.value), str(eb.value))
+        assert np.array_equal(ta.buffer, tb.buffer)
+    ro = RmpTable.open(tb.buffer.copy(), mode="r")
+    with pytest.raises(RmpError) as ea:
+        ro.rmp_make_private(5, 0, 1, 1, False)
+    with pytest.raises(RmpError) as eb:
+        _rmp_make_private_4k(ro, 5, 0, 1)
+    assert str(ea.value) == str(eb.value)
+    ta.close()
+    with pytest.raises(RmpError, match="closed"):
+        _rmp_make_private_4k(ta, 5, 0, 1)
+
+
+def test_fault_map_is_tdp_map():
+    """kvmmu_vm_fault_map (the fault path's call, per-VM arguments in struct kvmmu_vm_fault)
+    = kvmmu_vm_tdp_map with those arguments: status, SPTE, stop level and the pool."""
+    from pykvmmu import spte as S
+    from pykvmmu._ffi import ffi, lib
+    from pykvmmu.config import ACC_ALL
+    vm, _ = _vm("snp", "upstream", 0)
+    for gfn in range(0, NPAGES, 3):
+        vm.fault(gfn << 12, P.PFERR_GUEST_ENC_MASK if vm.is_private(gfn) else 0)
+    fm = vm._fm
+    assert (fm.pte_access, fm.mkflags, fm.memtype) == (ACC_ALL, vm._mk, S.MEMTYPE_AUTO)
+    sp, lv = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+    root = vm._pt_idx[vm.roots["direct"]]
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        gfn, level = int(rng.integers(0, 1 << 22)), int(rng.integers(1, 4))
+        pfn, flags = int(rng.integers(0, 1 << 20)), int(rng.integers(0, 2))
+        tbl = vm._tbl.copy()
+        a = lib.kvmmu_vm_tdp_map(vm._c, vm._tdp, root, gfn, level, pfn, ACC_ALL, vm._mk,
+                                 S.MEMTYPE_AUTO, flags, sp, lv)
+        after_a = vm._tbl.copy()
+        vm._tbl[:] = tbl
+        b = lib.kvmmu_vm_fault_map(fm, root, gfn, level, pfn, flags)
+        assert (a, sp[0], lv[0]) == (b, fm.spte, fm.stop_level)
+        assert np.array_equal(after_a, vm._tbl)

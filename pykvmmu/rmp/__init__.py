@@ -1340,6 +1340,26 @@ def rmpupdate_kernel(table: "RmpTable", pfn, *, gpa: int, assigned: bool, level:
     return 0 if rc == Rc.SUCCESS else -EFAULT
 
 
+def _rmp_make_private_4k(table: "RmpTable", pfn: int, gpa: int, asid: int) -> int:
+    """``table.rmp_make_private(pfn, gpa, PG_LEVEL_4K, asid, False)`` (:func:`rmpupdate_kernel`)
+    for a caller that holds plain in-range ints (``pykvmmu.vm``'s SNP prepare hook): the same
+    result and ``last_rc`` without the operand checks.  A read-only or closed table, or an
+    operand the C call refuses, takes the public call (which raises what it raises)."""
+    tw = table._tw_
+    if tw is not None and pfn.__class__ is gpa.__class__ is asid.__class__ is int:
+        try:
+            rc = _RC[_rmpupdate_c(tw, pfn, gpa, True, 0, False, asid)]
+            # RMPUPDATE validates first: an uncovered pfn (FAIL_INPUT) wrote nothing, and
+            # rmpupdate_kernel refuses it before the instruction (last_rc None)
+            covered = rc != Rc.FAIL_INPUT or _covered_c(tw, pfn)
+        except (OverflowError, TypeError):
+            pass
+        else:
+            table.last_rc = rc if covered else None
+            return 0 if rc == Rc.SUCCESS else -EFAULT
+    return table.rmp_make_private(pfn, gpa, PG_LEVEL_4K, asid, False)
+
+
 # ------------------------------------------------------------------ the concept's other modules
 from . import tablefile  # noqa: E402,F401 (create_file writes through tablefile._write_all)
 from .dump import DumpEntry, decode_dump, dump_rmpentry_lines  # noqa: E402
