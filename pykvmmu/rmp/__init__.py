@@ -232,6 +232,7 @@ _GUEST_MEMO: dict = {}            # check | fault << 8 | exit info << 20 -> Acce
 # paths (a small int, an interned str and True/False are single objects: ``vmpl is _ZERO``
 # holds for the int 0 itself only); C functions with those operands built in take the call.
 _ZERO, _READ = 0, "read"
+_NO_QUADS = memoryview(b"").cast("Q")   # a closed table's entry() views
 
 
 def _fault_name(rc: int) -> Optional[str]:
@@ -476,8 +477,8 @@ class RmpTable:
         self._t_.base = self._cbuf
         self._tw_ = self._t_ if self._writable else None   # the table when instructions may write
         n8 = buf.size // 8         # entry(): quadword i and i + 1 of the buffer (i from the C core)
-        self._qlo: Optional[memoryview] = memoryview(buf[:n8 * 8]).cast("Q")
-        self._qhi: Optional[memoryview] = memoryview(buf[8:n8 * 8]).cast("Q")
+        self._qlo: memoryview = buf[:n8 * 8].data.cast("Q")
+        self._qhi: memoryview = buf[8:n8 * 8].data.cast("Q")
         self._t_.size = buf.size
         self._t_.flags = int(self.flags)
         if not segmented:
@@ -801,7 +802,7 @@ class RmpTable:
             self._cbuf = None
             for q in (self._qlo, self._qhi):
                 q.release()
-            self._qlo = self._qhi = None
+            self._qlo = self._qhi = _NO_QUADS      # never read: entry() refuses a closed table first
             self._buf = self._ro = self._lvl = None
 
     # -------------------------------------------------------------- level index, page cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from .._check import boolean, in_range
 from .._memo import bounded_put
 from ..errors import InputError, ProfileError
 from .eras import (ERAS, PACK_LEVEL_MAX, PACK_LIMITS, _PACK_SPEC, _PY_PACK_MAX, _REFUSED, _pack_named, _require,
-                   get_era, pack_many, pack_small, pack_spec, RoleEra, RoleFieldError)
+                   get_era, pack_many, pack_small, pack_spec, RoleEra, RoleFieldError, RoleLayout)
 
 _U32_END = 1 << 32
 _U64_END = 1 << 64
@@ -270,7 +271,7 @@ def _pack_cpu_role_full(era: RoleEra, base, ext) -> int:
             raise InputError(f"{n}={d!r}: expected a dict of field values")
     vals = dict(base)
     vals.update({"ext_" + k: v for k, v in ext.items()})
-    return era.cpu_role.pack(vals)
+    return cast(RoleLayout, era.cpu_role).pack(vals)     # era.ext is set: so is its cpu_role
 
 
 #: Bounded memo (era, as_u64) -> CpuRole of unpack_cpu_role (exact ints only; CpuRoles are
