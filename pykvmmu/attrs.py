@@ -171,7 +171,7 @@ class MemoryAttributes:
         if gfn.__class__ is not int or not 0 <= gfn <= U64:     # the fault path's fast path
             gfn = _gfn("gfn", gfn)
         i = _bisect_right(self._s, gfn) - 1
-        return i >= 0 and gfn < self._e[i] and bool(self._v[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE)
+        return i >= 0 and gfn < self._e[i] and self._v[i] & KVM_MEMORY_ATTRIBUTE_PRIVATE != 0
 
     def range_has(self, start: int, end: int, mask: int, attrs: int) -> bool:
         """``kvm_range_has_memory_attributes(kvm, start, end, mask, attrs)``: every gfn in

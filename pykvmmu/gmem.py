@@ -687,9 +687,18 @@ class GuestMemfd:
 
     # ------------------------------------------------------------ get_pfn / populate
     def _lookup_for(self, slot, gfn: int) -> int:
+        self._check_file(slot, gfn)
+        return self._bound_index(slot, gfn)
+
+    def _check_file(self, slot, gfn: int) -> None:
+        """-EFAULT unless ``slot``'s guest_memfd file is this one (released or another)."""
         if getattr(slot, "gmem_file", None) is not self:
             raise GmemError(f"gfn {gfn:#x}: slot {getattr(slot, 'id', '?')} has no guest_memfd "
                             "file (released)", _errno.EFAULT)
+
+    def _bound_index(self, slot, gfn: int) -> int:
+        """:meth:`_lookup_for` once ``slot.gmem_file is self`` is known: the file index of
+        ``gfn``, which must lie in a binding of this file to ``slot`` (-EIO)."""
         base = slot.base_gfn
         index = gfn - base + slot.gmem_pgoff if base <= gfn < base + slot.npages else \
             _slot_index(slot, gfn)                                  # (refuses: outside)
@@ -707,8 +716,14 @@ class GuestMemfd:
         return self._get_pfn(slot, u64("gfn", gfn))
 
     def _get_pfn(self, slot, gfn: int) -> GetPfn:
-        """:meth:`get_pfn` on a checked gfn (the fault path's call)."""
-        index = self._lookup_for(slot, gfn)
+        """:meth:`get_pfn` on a checked gfn."""
+        self._check_file(slot, gfn)
+        return _get_pfn_result(self._get_pfn_fields(slot, gfn))
+
+    def _get_pfn_fields(self, slot, gfn: int) -> tuple:
+        """:meth:`_get_pfn`'s three fields as a plain tuple, for a ``slot`` whose
+        ``gmem_file`` the caller read as this file (``pykvmmu.vm.Vm.fault``'s call)."""
+        index = self._bound_index(slot, gfn)
         bpfn = self._pfn.get(index)
         if bpfn is None:
             base, bpfn, order = self._alloc_folio(index)
@@ -730,8 +745,7 @@ class GuestMemfd:
             prepared_now = True
         pfn = bpfn + (index - base)
         mask = (1 << order) - 1         # max_order_at, with checked values
-        return _get_pfn_result((pfn, order if (gfn & mask) == (index & mask) else 0,
-                                prepared_now))
+        return pfn, order if (gfn & mask) == (index & mask) else 0, prepared_now
 
     def populate(self, slot, start_gfn: int, src, npages: int,
                  post_populate: Optional[Callable] = None, opaque=None) -> int:

@@ -337,12 +337,14 @@ class Vm(MmuLock):
         fm.cfg, fm.tdp = self._c, self._tdp
         fm.pte_access, fm.mkflags, fm.memtype = ACC_ALL, self._mk, S.MEMTYPE_AUTO
         self.roots = {r: self._alloc_table() for r in self.root_names}
-        # is_private -> (root, its pool index, the bits its walk adds to a gfn): the fault
-        # path's root (roots are never freed, pool indexes never move).
-        self._fault_root_priv, self._fault_root_shared = (
-            (r, self._pt_idx[self.roots[r]], self._walk_gfn(r, 0))
-            for r in (self._root_for(True), self._root_for(False)))
         self.leaves: dict = {r: {} for r in self.root_names}  # base gfn -> (level, pfn, kind)
+        # is_private -> (root, its pool index, the bits its walk adds to a gfn, its leaf
+        # index): the fault path's root (roots are never freed, pool indexes never move, a
+        # root's leaf index is emptied in place, never replaced).
+        self._fault_root_priv, self._fault_root_shared = (
+            (r, self._pt_idx[self.roots[r]], self._walk_gfn(r, 0), self.leaves[r])
+            for r in (self._root_for(True), self._root_for(False)))
+        self._slot_at = self.memslots.at        # gfn_to_memslot on a checked gfn (bound once)
         self.stats = dict(faults=0, mapped=0, exits=0, retries=0, emulate=0, zapped=0)
         if self.vm_type == P.KVM_X86_SNP_VM:
             if rmp is None:
@@ -792,7 +794,7 @@ class Vm(MmuLock):
             gfn = c.gfn
             mmu_seq = inv.seq
             is_private, ex = policy.resolve(self, c)
-        slot = self.memslots.at(gfn) if ex is None else None
+        slot = self._slot_at(gfn) if ex is None else None
         if slot is not None and (inv.in_progress or inv.seq != mmu_seq) and \
                 inv._retry(mmu_seq, gfn):                                       # ..._unsafe check
             stats["retries"] += 1
@@ -816,7 +818,7 @@ class Vm(MmuLock):
                 return self._exit(P.MemoryFaultExit.for_fault(
                     gfn, is_private, "guest_memfd was released (kvm_gmem_get_pfn: -EFAULT)"))
             try:
-                pfn, max_order, _ = gmem._get_pfn(slot, gfn)
+                pfn, max_order, _ = gmem._get_pfn_fields(slot, gfn)
             except GmemError as e:
                 return self._exit(P.MemoryFaultExit.for_fault(gfn, is_private,
                                                               f"kvm_gmem_get_pfn: {e}"))
@@ -835,7 +837,7 @@ class Vm(MmuLock):
                 stats["retries"] += 1
                 return _outcome(("retry", gfn, is_private, 0, 0, 0, None,
                                  "mmu_invalidate_seq moved or range in progress"))
-            root, root_idx, walk_bits = self._fault_root_priv if is_private else \
+            root, root_idx, walk_bits, lv_map = self._fault_root_priv if is_private else \
                 self._fault_root_shared
             if kind == "mmio":
                 spte = M.make_mmio_spte(self.cfg, gfn | walk_bits, ACC_ALL,
@@ -853,7 +855,6 @@ class Vm(MmuLock):
                         base = gfn & _LEVEL_MASK[level]
                         bpfn = pfn - (gfn - base)
                         break
-            lv_map = self.leaves[root]
             # already mapped by this very leaf? (one leaf covers a gfn: check() verifies that
             # the leaf index agrees with the tables, so probing ``level`` is _leaf's answer)
             cur = lv_map.get(base)

@@ -27,8 +27,9 @@ def test_fault_shortcuts_match_their_definitions(t, folio_order):
     vm, g = _vm(t, "upstream", folio_order)
     vm._fc_store = lambda *a: None                      # every fault walks (the uncached path)
     for p in (True, False):
-        root, idx, bits = vm._fault_root_priv if p else vm._fault_root_shared
+        root, idx, bits, lv_map = vm._fault_root_priv if p else vm._fault_root_shared
         assert root == vm._root_for(p) and idx == vm._pt_idx[vm.roots[root]]
+        assert lv_map is vm.leaves[root]
         assert bits == vm._walk_gfn(root, 0)
     last, kinds = None, set()
     for i, op in enumerate(_ops(t, 1500, seed=zlib.crc32(f"fast{t}{folio_order}".encode()))):
