@@ -189,3 +189,41 @@ def test_fault_map_is_tdp_map():
         b = lib.kvmmu_vm_fault_map(fm, root, gfn, level, pfn, flags)
         assert (a, sp[0], lv[0]) == (b, fm.spte, fm.stop_level)
         assert np.array_equal(after_a, vm._tbl)
+
+
+@pytest.mark.parametrize("folio_order", [0, 9])
+@pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected"])
+def test_gmem_fields_shortcut_changes_no_outcome(t, folio_order):
+    """Vm.fault through GuestMemfd._get_pfn_fields (plain fields, the file not re-checked) and
+    through the public get_pfn (checked gfn, file check, a GetPfn) give the same outcomes,
+    statistics and state on the random operations of tests/test_vm_cache.py, with the fault
+    cache off (every fault walks); the bound gfn_to_memslot is the VM's memslot set's."""
+    a, ga = _vm(t, "upstream", folio_order)
+    b, gb = _vm(t, "upstream", folio_order)
+    b.vm_id = a.vm_id                                   # (TDX SEAMCALLs name the VM)
+    calls = [0]
+
+    def full(slot, gfn):
+        calls[0] += 1
+        del gb._get_pfn_fields                          # the class's, under the public call
+        try:
+            r = gb.get_pfn(slot, gfn)
+        finally:
+            gb._get_pfn_fields = full
+        assert type(r) is GetPfn
+        return tuple(r)
+    for vm in (a, b):
+        vm._fc_store = lambda *args: None
+        assert vm._slot_at.__self__ is vm.memslots
+    gb._get_pfn_fields = full
+    last = None
+    for i, op in enumerate(_ops(t, 1500, seed=zlib.crc32(f"gmem{t}{folio_order}".encode()))):
+        oa, ob = _apply(a, ga, op, last), _apply(b, gb, op, last)
+        if op[0] == "fault":
+            last = op[1:]
+        assert oa == ob, (i, op, oa, ob)
+    assert calls[0] > 100
+    del gb._get_pfn_fields
+    assert _state(a) == _state(b) and a.stats == b.stats
+    a.check()
+    b.check()
