@@ -135,13 +135,18 @@ def thread_ceiling(b):
 
 
 def bandwidth_limit(b):
-    """Per-round t(operation, 1 thread) / t(copy, 2 threads) of a threads benchmark ([] without
-    the copies): two threads cannot finish sooner than two threads copying the operation's
-    bytes, so this is the most two threads can gain on this operation in that round."""
+    """Per round, about the most two threads can gain on the operation when memory bandwidth
+    bounds it ([] without the copies): the copy's two-thread speed-up C over min(r, 1), r the
+    operation's one-thread speed relative to the one-thread copy.  An operation slower than
+    the copy (r < 1) can gain up to reaching the two-thread copy's speed, C / r; one already at
+    or past the copy's speed (its stores may stream where the copy's do not) gains what the
+    bandwidth gains, C."""
     ns = b["ns_per_elem"]
-    if not b.get("threads") or "copy 2 threads" not in ns or "1 thread" not in ns:
+    if not b.get("threads") or not {"copy 1 thread", "copy 2 threads", "1 thread"} <= set(ns):
         return []
-    return [t1 / c2 for t1, c2 in zip(ns["1 thread"], ns["copy 2 threads"]) if c2 > 0]
+    return [(c1 / c2) / min(c1 / t1, 1.0)
+            for t1, c1, c2 in zip(ns["1 thread"], ns["copy 1 thread"], ns["copy 2 threads"])
+            if c2 > 0 and t1 > 0]
 
 
 def compute_bound(b, goal):
@@ -187,10 +192,10 @@ def target_line(b, t):
             if t.get("when") == "compute-bound" and compute_bound(b, t["min"]) is False:
                 lim = bandwidth_limit(b)
                 return None, (f"{where}: {who} >= {t['min']}x {t['vs']} (compute-bound batches): "
-                              f"not judged, memory-bound in this run: two threads can gain at most "
-                              f"{med(lim):.2f}x [{iqr(lim)[0]:.2f}..{iqr(lim)[1]:.2f}] (1-thread time / "
-                              f"2-thread copy time); measured {m:.2f}x [{lo:.2f}..{hi:.2f}] = "
-                              f"{100 * m / med(lim):.0f}% of that limit")
+                              f"not judged, memory-bound in this run: its bandwidth limit is "
+                              f"{med(lim):.2f}x [{iqr(lim)[0]:.2f}..{iqr(lim)[1]:.2f}] (two-thread "
+                              f"copy speed-up / min(1, its speed vs the copy)); measured {m:.2f}x "
+                              f"[{lo:.2f}..{hi:.2f}] = {100 * m / med(lim):.0f}% of that limit")
             note += ceiling_note(thread_ceiling(b), t["min"], "two-thread copy")
         return ok, (f"{where}: {who} >= {t['min']}x {t['vs']}: "
                     f"median {m:.2f}x [{lo:.2f}..{hi:.2f}]{note}")
@@ -562,8 +567,9 @@ def render(data, inter, other):
                "speed-up is the bandwidth ceiling, what two threads gain on an operation already "
                "running at one thread's copy speed (\"1 thread vs 1-thread copy\" near 1x; one at r x "
                "the copy's speed can gain up to about ceiling / r).  The bandwidth limit of an "
-               "operation is the median of the per-round t(operation, 1 thread) / t(copy, 2 "
-               "threads): two threads cannot finish sooner than two threads copying its bytes.  "
+               "operation is the median over rounds of ceiling / min(r, 1): an operation slower "
+               "than the copy can gain up to the two-thread copy's speed, one at or past the "
+               "copy's speed (streaming stores) what the bandwidth gains.  "
                "The 1.8x goal is issue 14's for compute-bound batches: an operation is "
                "compute-bound when its limit reaches 1.8x; one whose limit is under it is "
                "memory-bound in that run and its line is not judged (the speed-up and the share of "

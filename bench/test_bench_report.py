@@ -216,8 +216,9 @@ def test_interleaved_self_timed_records_the_workloads_own_seconds():
 
 def test_report_judges_the_compute_bound_goal_only_where_the_run_is_compute_bound(tmp_path):
     """A 1.8x goal "when compute-bound" is judged where the bandwidth limit (median of per-round
-    t(1 thread) / t(copy, 2 threads)) reaches 1.8x, and reported unjudged, with the limit and the
-    share of it reached, where it does not; the count says how many were not judged."""
+    C / min(r, 1): C the copy's two-thread speed-up, r the one-thread speed vs the copy) reaches
+    1.8x, and reported unjudged, with the limit and the share of it reached, where it does not;
+    the count says how many were not judged."""
     goal = [{"subject": "2 threads", "vs": "1 thread", "min": 1.8, "when": "compute-bound"}]
     th = dict(threads=True, kind="2 threads", elements=1_000_000)
     text = _render(tmp_path, [
@@ -227,18 +228,27 @@ def test_report_judges_the_compute_bound_goal_only_where_the_run_is_compute_boun
         _bench("threads k", {"2 threads": [6, 6, 6], "1 thread": [10, 10, 10],
                              "copy 1 thread": [4, 4, 4], "copy 2 threads": [3, 3, 3]},
                {"2 threads/1 thread": [1.6, 1.7, 1.65]}, goal, op="op.k", **th),    # limit 3.33x
+        _bench("threads f", {"2 threads": [4, 4, 4], "1 thread": [4.8, 4.8, 4.8],
+                             "copy 1 thread": [9.6, 9.6, 9.6], "copy 2 threads": [7.2, 7.2, 7.2]},
+               {"2 threads/1 thread": [1.2, 1.2, 1.2]}, goal, op="op.f", **th),     # limit 1.33x
         _bench("threads j", {"2 threads": [5, 5, 5], "1 thread": [10, 10, 10],
                              "copy 1 thread": [4, 4, 4], "copy 2 threads": [3, 3, 3]},
                {"2 threads/1 thread": [1.9, 2.0, 1.95]}, goal, op="op.j", **th),
     ])
     lines = text.splitlines()
     assert ("- [n/a] threads m: 2 threads >= 1.8x 1 thread (compute-bound batches): not judged, "
-            "memory-bound in this run: two threads can gain at most 1.50x [1.33..1.50] (1-thread "
-            "time / 2-thread copy time); measured 1.50x [1.50..1.50] = 100% of that limit") in lines
+            "memory-bound in this run: its bandwidth limit is 1.50x [1.33..1.50] (two-thread copy "
+            "speed-up / min(1, its speed vs the copy)); measured 1.50x [1.50..1.50] = 100% of that "
+            "limit") in lines
+    # faster than the copy with one thread (r = 2): the limit is the copy's own speed-up, 1.33x
+    assert ("- [n/a] threads f: 2 threads >= 1.8x 1 thread (compute-bound batches): not judged, "
+            "memory-bound in this run: its bandwidth limit is 1.33x [1.33..1.33] (two-thread copy "
+            "speed-up / min(1, its speed vs the copy)); measured 1.20x [1.20..1.20] = 90% of that "
+            "limit") in lines
     assert ("- [**NOT met**] threads k: 2 threads >= 1.8x 1 thread: median 1.65x [1.60..1.70] "
             "(above the two-thread copy ceiling 1.33x)") in lines
     assert "- [met] threads j: 2 threads >= 1.8x 1 thread: median 1.95x [1.90..2.00]" in text
-    assert ("1 of 2 target lines met (1 not judged: a goal for compute-bound batches on a batch "
+    assert ("1 of 2 target lines met (2 not judged: a goal for compute-bound batches on a batch "
             "memory-bound in this run)") in text
     assert "| op.m | 12.00 | 8.00 | 1.50x [1.50..1.50] | 1.25x [1.11..1.25] | 0.83x [0.83..0.83] | no, limit 1.50x |" in text
     assert "yes, limit 3.33x (target 1.8x)" in text

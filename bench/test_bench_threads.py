@@ -8,8 +8,8 @@ median per-round speed-up t(1 thread) / t(2 threads).  Every call passes threads
 library's own splitting (pykvmmu._par, timed as ``core`` against ``core1t`` in the other
 groups) stays out of this measurement.  Every operation carries issue 14's >= 1.8x goal for
 compute-bound batches; the report judges it where the run shows the operation compute-bound
-(its bandwidth limit, t(1 thread) / t(copy, 2 threads), reaches 1.8x) and says so where memory
-bandwidth, not the cores, bounds it.  The ``portable`` rows run the plain C loops (a CPU
+(its bandwidth limit, the copy's two-thread speed-up over min(1, its one-thread speed vs the
+copy), reaches 1.8x) and says so where memory bandwidth, not the cores, bounds it.  The ``portable`` rows run the plain C loops (a CPU
 without AVX2), the compute-bound case on any machine.
 
 The same rounds also time a same-traffic copy (the operation's input + output bytes per
