@@ -21,6 +21,16 @@ from pykvmmu.vm import FaultOutcome, Vm
 from test_vm_cache import NPAGES, _apply, _ops, _state, _vm
 
 
+def _same_outcomes(a, ga, b, gb, t, seed):
+    """The same 1500 random operations on VMs a and b give equal outcomes, one by one."""
+    last = None
+    for i, op in enumerate(_ops(t, 1500, seed=zlib.crc32(seed.encode()))):
+        oa, ob = _apply(a, ga, op, last), _apply(b, gb, op, last)
+        if op[0] == "fault":
+            last = op[1:]
+        assert oa == ob, (i, op, oa, ob)
+
+
 @pytest.mark.parametrize("folio_order", [0, 9])
 @pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected"])
 def test_fault_shortcuts_match_their_definitions(t, folio_order):
@@ -112,12 +122,7 @@ def test_fast_policy_changes_no_outcome(t):
     assert a._fast_policy and b._fast_policy
     b._fast_policy = False
     b.vm_id = a.vm_id                                   # (TDX SEAMCALLs name the VM)
-    last = None
-    for i, op in enumerate(_ops(t, 1500, seed=zlib.crc32(f"pol{t}".encode()))):
-        oa, ob = _apply(a, ga, op, last), _apply(b, gb, op, last)
-        if op[0] == "fault":
-            last = op[1:]
-        assert oa == ob, (i, op, oa, ob)
+    _same_outcomes(a, ga, b, gb, t, f"pol{t}")
     assert _state(a) == _state(b)
     a.check()
     odd = P.UpstreamPolicy()
@@ -216,12 +221,7 @@ def test_gmem_fields_shortcut_changes_no_outcome(t, folio_order):
         vm._fc_store = lambda *args: None
         assert vm._slot_at.__self__ is vm.memslots
     gb._get_pfn_fields = full
-    last = None
-    for i, op in enumerate(_ops(t, 1500, seed=zlib.crc32(f"gmem{t}{folio_order}".encode()))):
-        oa, ob = _apply(a, ga, op, last), _apply(b, gb, op, last)
-        if op[0] == "fault":
-            last = op[1:]
-        assert oa == ob, (i, op, oa, ob)
+    _same_outcomes(a, ga, b, gb, t, f"gmem{t}{folio_order}")
     assert calls[0] > 100
     del gb._get_pfn_fields
     assert _state(a) == _state(b) and a.stats == b.stats
