@@ -149,14 +149,11 @@ def bandwidth_limit(b):
             if c2 > 0 and t1 > 0]
 
 
-def compute_bound(b, goal):
-    """True when memory would let two threads gain ``goal`` (the median bandwidth limit
-    reaches it), False when it would not, None without the copies (then the benchmark's own
-    ``compute_bound`` flag holds)."""
-    lim = bandwidth_limit(b)
-    if not lim:
-        return b.get("compute_bound")
-    return med(lim) >= goal
+def compute_bound(lim, goal):
+    """True when memory would let two threads gain ``goal`` (the median of the bandwidth
+    limit ``lim``, from :func:`bandwidth_limit`, reaches it), False when it would not, None
+    without the copies."""
+    return med(lim) >= goal if lim else None
 
 
 def ceiling_note(cx, goal, what):
@@ -189,8 +186,8 @@ def target_line(b, t):
         if t["vs"] == "numpy":
             note += ceiling_note(ceiling(b), t["min"], "copy-speed")
         elif b.get("threads") and t["vs"] == "1 thread":
-            if t.get("when") == "compute-bound" and compute_bound(b, t["min"]) is False:
-                lim = bandwidth_limit(b)
+            lim = bandwidth_limit(b)
+            if t.get("when") == "compute-bound" and compute_bound(lim, t["min"]) is False:
                 return None, (f"{where}: {who} >= {t['min']}x {t['vs']} (compute-bound batches): "
                               f"not judged, memory-bound in this run: its bandwidth limit is "
                               f"{med(lim):.2f}x [{iqr(lim)[0]:.2f}..{iqr(lim)[1]:.2f}] (two-thread "
@@ -304,7 +301,7 @@ def threads_markdown(inter):
         t = next((t for t in b.get("targets", []) if t.get("vs") == "1 thread"), None)
         goal = t["min"] if t else None
         lim = bandwidth_limit(b)
-        cbound = compute_bound(b, goal or 1.8)
+        cbound = compute_bound(lim, goal or 1.8)
         cb = ("yes" if cbound else "no") + (f", limit {med(lim):.2f}x" if lim else "")
         if goal is not None and (cbound or t.get("when") != "compute-bound"):
             cb += f" (target {goal}x)" + (ceiling_note(cx, goal, "two-thread copy")
@@ -501,7 +498,7 @@ def plot_threads(inter, path):
     xs = [b["ratios"].get("2 threads/1 thread", []) for b in tb]
     ms = [med(x) for x in xs]
     q = [iqr(x) for x in xs]
-    ax.barh(range(len(tb)), ms, color=["tab:red" if compute_bound(b, 1.8) else "tab:gray" for b in tb],
+    ax.barh(range(len(tb)), ms, color=["tab:red" if compute_bound(bandwidth_limit(b), 1.8) else "tab:gray" for b in tb],
             xerr=[[max(0.0, m - lo) for m, (lo, _) in zip(ms, q)], [max(0.0, hi - m) for m, (_, hi) in zip(ms, q)]],
             capsize=3)
     ax.axvline(1.8, color="tab:red", ls=":", lw=1)

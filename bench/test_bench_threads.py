@@ -9,8 +9,9 @@ library's own splitting (pykvmmu._par, timed as ``core`` against ``core1t`` in t
 groups) stays out of this measurement.  Every operation carries issue 14's >= 1.8x goal for
 compute-bound batches; the report judges it where the run shows the operation compute-bound
 (its bandwidth limit, the copy's two-thread speed-up over min(1, its one-thread speed vs the
-copy), reaches 1.8x) and says so where memory bandwidth, not the cores, bounds it.  The ``portable`` rows run the plain C loops (a CPU
-without AVX2), the compute-bound case on any machine.
+copy), reaches 1.8x) and says so where memory bandwidth, not the cores, bounds it.  The
+``portable`` rows run the plain C loops (a CPU without AVX2), the compute-bound case on any
+machine.
 
 The same rounds also time a same-traffic copy (the operation's input + output bytes per
 element, as conftest.same_traffic_copy) by one thread and by two threads each copying its
@@ -18,6 +19,7 @@ half (np.copyto releases the GIL): the report gives the copy's two-thread speed-
 bandwidth ceiling of the operation's speed-up, and the operation's one-thread speed relative
 to the one-thread copy.
 """
+import functools
 import threading
 
 import numpy as np
@@ -49,33 +51,33 @@ def _data():
 
 OPS = {
     "spte.make_spte_batch": lambda d, s: S.make_spte_batch(CFG, d["pfns"][s], out=d["out64"][s], threads=1),
-    "spte.make_spte_batch per-element": lambda d, s: S.make_spte_batch(
-        CFG, d["pfns"][s], level=d["level"][s], pte_access=d["acc"][s], flags=d["flags"][s],
+    "spte.make_spte_batch per-element": lambda d, s, c=CFG: S.make_spte_batch(
+        c, d["pfns"][s], level=d["level"][s], pte_access=d["acc"][s], flags=d["flags"][s],
         out=d["out64"][s], threads=1),
     "spte.predicate_batch": lambda d, s: S.predicate_batch(CFG, "is_mmu_writable_spte", d["sptes"][s],
                                                            out=d["outb"][s], threads=1),
-    "spte.decode_batch": lambda d, s: S.decode_batch(CFG, d["sptes"][s], out=d["outdec"][s], threads=1),
-    "spte.decode_batch portable": lambda d, s: S.decode_batch(PORTABLE, d["sptes"][s], out=d["outdec"][s],
-                                                              threads=1),
-    "spte.make_spte_batch per-element portable": lambda d, s: S.make_spte_batch(
-        PORTABLE, d["pfns"][s], level=d["level"][s], pte_access=d["acc"][s], flags=d["flags"][s],
-        out=d["out64"][s], threads=1),
+    "spte.decode_batch": lambda d, s, c=CFG: S.decode_batch(c, d["sptes"][s], out=d["outdec"][s], threads=1),
     "mmio.make_mmio_spte_batch": lambda d, s: M.make_mmio_spte_batch(CFG, d["pfns"][s], 7, 3,
                                                                      out=d["out64"][s], threads=1),
     "role.hash_batch": lambda d, s: R.hash_batch(d["pfns"][s], out=d["out32"][s], threads=1),
 }
 
-#: The output array each operation writes.
+#: The same operations on the plain C loops (a CPU without AVX2): ``<op> portable``.
+PORTABLE_OPS = ("spte.decode_batch", "spte.make_spte_batch per-element")
+OPS.update({f"{op} portable": functools.partial(OPS[op], c=PORTABLE) for op in PORTABLE_OPS})
+#: The output array each operation writes (a portable row: its operation's).
 OUT = {"spte.make_spte_batch": "out64", "spte.make_spte_batch per-element": "out64",
        "spte.predicate_batch": "outb", "spte.decode_batch": "outdec",
-       "spte.decode_batch portable": "outdec", "spte.make_spte_batch per-element portable": "out64",
        "mmio.make_mmio_spte_batch": "out64", "role.hash_batch": "out32"}
 #: Bytes read and written per element by each operation (the same-traffic copy's size).
 TRAFFIC = {"spte.make_spte_batch": (8, 8), "spte.make_spte_batch per-element": (8 + 3, 8),
            "spte.predicate_batch": (8, 1), "spte.decode_batch": (8, S.DECODE_DTYPE.itemsize),
-           "spte.decode_batch portable": (8, S.DECODE_DTYPE.itemsize),
-           "spte.make_spte_batch per-element portable": (8 + 3, 8),
            "mmio.make_mmio_spte_batch": (8, 8), "role.hash_batch": (8, 4)}
+
+
+def _base(op):
+    """The operation a row runs (``<op> portable`` runs ``<op>``)."""
+    return op[:-len(" portable")] if op.endswith(" portable") else op
 #: Issue 14's goal for compute-bound batches (the report judges where the run shows one).
 GOAL = {"subject": "2 threads", "vs": "1 thread", "min": 1.8, "when": "compute-bound"}
 
@@ -131,7 +133,7 @@ def pair():
 
 def _copy_jobs(pair, op):
     """(1-thread copy, the two halves' jobs for _Pair.run) moving the operation's bytes."""
-    i, o = TRAFFIC[op]
+    i, o = TRAFFIC[_base(op)]
     nbytes = (N * (i + o) + 1) // 2
     c = {"src": np.ones(-(-nbytes // 8), dtype=np.uint64).view(np.uint8)[:nbytes]}
     c["dst"] = np.empty_like(c["src"])
@@ -152,7 +154,7 @@ def test_threads(benchmark, pair, op):
     fn = OPS[op]
     half = N // 2
     jobs = [(fn, d, slice(0, half)), (fn, d, slice(half, N))]
-    key = OUT[op]
+    key = OUT[_base(op)]
     pair.run(jobs)                     # both halves were computed: equal to the one-call result
     two = d[key].tobytes()             # raw bytes (a structured copy may skip the padding)
     fn(d, slice(0, N))
@@ -163,7 +165,8 @@ def test_threads(benchmark, pair, op):
         "1 thread": lambda: fn(d, slice(0, N)),
         "copy 2 threads": lambda: pair.run(copy_jobs),
         "copy 1 thread": copy1,
-    }, targets=(GOAL,), op=op, threads=True, in_bytes=TRAFFIC[op][0], out_bytes=TRAFFIC[op][1])
+    }, targets=(GOAL,), op=op, threads=True, in_bytes=TRAFFIC[_base(op)][0],
+        out_bytes=TRAFFIC[_base(op)][1])
 
 
 def test_release_thread_data():
