@@ -16,7 +16,7 @@ import pytest
 from pykvmmu import private as P
 from pykvmmu.gmem import GetPfn
 from pykvmmu.errors import InputError
-from pykvmmu.vm import FaultOutcome, Vm
+from pykvmmu.vm import FaultOutcome, Vm, VmError
 
 from test_vm_cache import NPAGES, _apply, _ops, _state, _vm
 
@@ -227,3 +227,21 @@ def test_gmem_fields_shortcut_changes_no_outcome(t, folio_order):
     assert _state(a) == _state(b) and a.stats == b.stats
     a.check()
     b.check()
+
+
+def test_refused_fast_path_calls_change_nothing():
+    """The u64 fast path of ``Vm.fault`` (plain ints, warm cache) and ``get_pfn`` through
+    ``_bound_index`` refuse before anything changes (stats, cache, folios, tables)."""
+    vm, g = _vm("snp", "upstream", 9)
+    enc = P.PFERR_GUEST_ENC_MASK
+    vm.fault(0x5000, enc)
+    vm.fault(0x5000, enc)
+    slot = vm.slot_of(0)
+    before, gbefore = vm._snapshot(), g._snapshot()
+    for gpa, ec in ((-0x5000, enc), (0x5000 + (1 << 64), enc), (0x5000, -1), (0x5000, 1 << 64)):
+        with pytest.raises(VmError):
+            vm.fault(gpa, ec)
+    for bad in (-1, 1 << 64, 5.0, "5", NPAGES + 3):
+        with pytest.raises(InputError):
+            g.get_pfn(slot, bad)
+    assert vm._snapshot() == before and g._snapshot() == gbefore
