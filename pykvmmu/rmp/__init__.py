@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import _batch, _par
 from .._ffi import ffi, lib
+from .._memo import bounded_put
 from ..errors import InputError, rule_texts
 
 __all__ = [
@@ -396,26 +397,20 @@ class AccessResult(NamedTuple):
 def _insn_result(w: int) -> InsnResult:
     """kvmmu_rmp_pvalidate_word / _rmpadjust_word's word (rc | exit info << 12) as an InsnResult."""
     r = _tuple_new(InsnResult, (_RC[w & 0xFFF], w >> 12))
-    if len(_INSN_MEMO) < _MEMO_MAX:
-        _INSN_MEMO[w] = r
-    return r
+    return bounded_put(_INSN_MEMO, _MEMO_MAX, w, r)
 
 
 def _host_result(w: int) -> AccessResult:
     """kvmmu_rmp_host_check_word's word (check | #PF error code << 8) as an AccessResult."""
     chk = _CHECKS[w & 0xFF]
     r = _tuple_new(AccessResult, (chk, "#PF" if chk else None, w >> 8))
-    if len(_HOST_MEMO) < _MEMO_MAX:
-        _HOST_MEMO[w] = r
-    return r
+    return bounded_put(_HOST_MEMO, _MEMO_MAX, w, r)
 
 
 def _guest_result(w: int) -> AccessResult:
     """kvmmu_rmp_guest_check_word's word (check | fault << 8 | exit info << 20) as an AccessResult."""
     r = _tuple_new(AccessResult, (_CHECKS[w & 0xFF], _FAULT_NAMES.get((w >> 8) & 0xFFF), w >> 20))
-    if len(_GUEST_MEMO) < _MEMO_MAX:
-        _GUEST_MEMO[w] = r
-    return r
+    return bounded_put(_GUEST_MEMO, _MEMO_MAX, w, r)
 
 
 #: result code (kvmmu_rmp_insn_code_word) -> InsnResult, for the codes there are

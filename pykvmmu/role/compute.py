@@ -162,9 +162,8 @@ _new, _setattr = object.__new__, object.__setattr__
 
 def _b4_for(era: RoleEra, eight: bool) -> dict:
     """Bit 4 for a page with 8-byte (or 4-byte) gptes, in the era's sense."""
-    if era.bit4 == "has_4_byte_gpte":
-        return {era.bit4: 0 if eight else 1}
-    return {era.bit4: 1 if eight else 0}
+    b = _eight(era)
+    return {era.bit4: b if eight else b ^ 1}
 
 
 _W32 = 0xFFFFFFFF

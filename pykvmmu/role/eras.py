@@ -421,7 +421,7 @@ class RoleEra:
         # Not fields: the kvm_cpu_role layout (pack_cpu_role's fast path) and the shifts the
         # role computations (:mod:`.compute`) build words with.
         object.__setattr__(self, "_cpu", None if self.ext is None else _cpu_layout(self, self.ext))
-        object.__setattr__(self, "_psl", {n: (sh, min(end, PACK_LEVEL_MAX + 1) if n == "level" else end)
+        object.__setattr__(self, "_psl", {n: (sh, min(end, PACK_LIMITS.get(n, end - 1) + 1))
                                           for n, (sh, end) in self.base._sl.items()})
         object.__setattr__(self, "_pspec", _spec(self.base, ((self.base._ig, self.base._names),),
                                                  PACK_LIMITS))
