@@ -687,11 +687,12 @@ int kvmmu_rmp_psmash(const struct kvmmu_rmp *t, uint64_t pfn)
 
 /* ------------------------------------------------------------ guest instructions */
 
+/* The base exit info of a guest instruction's NPF (guest_insn_npf, kvmmu_rmp_insn_code_word). */
+#define INSN_NPF_BASE       (PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC)
+
 /* The RMP checks PVALIDATE and RMPADJUST share: covered, guest-owned,
  * reverse-map, mutable, and (NPF with SIZEM) a 4K request on a 2M page.
  * Returns 0 or KVMMU_RMP_RC_NPF; *g is the governing entry. */
-#define INSN_NPF_BASE       (PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC)
-
 static int guest_insn_npf(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint64_t gfn,
                           uint32_t size, uint64_t **g, bool *in2m, uint64_t *exitinfo)
 {
