@@ -687,11 +687,12 @@ int kvmmu_rmp_psmash(const struct kvmmu_rmp *t, uint64_t pfn)
 
 /* ------------------------------------------------------------ guest instructions */
 
+/* The base exit info of a guest instruction's NPF (guest_insn_npf, kvmmu_rmp_insn_code_word). */
+#define INSN_NPF_BASE       (PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC)
+
 /* The RMP checks PVALIDATE and RMPADJUST share: covered, guest-owned,
  * reverse-map, mutable, and (NPF with SIZEM) a 4K request on a 2M page.
  * Returns 0 or KVMMU_RMP_RC_NPF; *g is the governing entry. */
-#define INSN_NPF_BASE       (PFERR_PRESENT | PFERR_GUEST_RMP | PFERR_GUEST_FINAL | PFERR_GUEST_ENC)
-
 static int guest_insn_npf(const struct kvmmu_rmp *t, uint64_t pfn, uint32_t asid, uint64_t gfn,
                           uint32_t size, uint64_t **g, bool *in2m, uint64_t *exitinfo)
 {
@@ -1055,6 +1056,17 @@ int kvmmu_rmp_max_private_level(uint32_t max_level, uint32_t max_order, uint32_t
     return (int)lv;
 }
 
+/* The entries of the 2M region at start that the table covers: all 512, or up to the
+ * table's end inside the region. */
+static uint32_t region_count(const struct kvmmu_rmp *t, uint64_t start)
+{
+    uint32_t cnt = PTRS_PER_PMD;
+    if (!entry_ptr(t, start + PTRS_PER_PMD - 1))
+        for (cnt = 0; cnt < PTRS_PER_PMD && entry_ptr(t, start + cnt); cnt++)
+            ;
+    return cnt;
+}
+
 /* dump_rmpentry(): -1 if pfn is beyond the table; 0 if its entry is assigned (out[0..2] =
  * pfn, lo, hi); else 1 + k, out[0 .. 3k) the (pfn, lo, hi) of the k non-zero entries of the
  * pfn's 2M region, in order, up to the first pfn beyond the table.  out: 3 * 512 words. */
@@ -1071,10 +1083,7 @@ int kvmmu_rmp_dump(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out)
     }
     uint64_t start = pfn & PMD_PFN_MASK;
     const uint64_t *b = entry_ptr(t, start);       /* a 2M block's entries are contiguous */
-    uint32_t cnt = PTRS_PER_PMD;
-    if (!entry_ptr(t, start + PTRS_PER_PMD - 1))    /* the table ends inside the block */
-        for (cnt = 0; cnt < PTRS_PER_PMD && entry_ptr(t, start + cnt); cnt++)
-            ;
+    const uint32_t cnt = region_count(t, start);
     int k = 0;
     for (uint32_t i = 0; i < cnt; i++) {
         if (b[2 * i] | b[2 * i + 1]) {
@@ -1164,10 +1173,7 @@ int kvmmu_rmp_dump_text(const struct kvmmu_rmp *t, uint64_t pfn, char *out)
     }
     uint64_t start = pfn & PMD_PFN_MASK;
     const uint64_t *b = entry_ptr(t, start);       /* a 2M block's entries are contiguous */
-    uint32_t cnt = PTRS_PER_PMD;
-    if (!entry_ptr(t, start + PTRS_PER_PMD - 1))    /* the table ends inside the block */
-        for (cnt = 0; cnt < PTRS_PER_PMD && entry_ptr(t, start + cnt); cnt++)
-            ;
+    const uint32_t cnt = region_count(t, start);
     uint16_t idx[PTRS_PER_PMD];
     uint32_t k = 0;
     for (uint32_t i = 0; i < cnt; i++) {
