@@ -148,11 +148,6 @@ size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
                              uint64_t *out, uint8_t *wrprot, size_t n, int *err);
 
 uint64_t kvmmu_make_nonleaf_spte(const struct kvmmu_cfg *cfg, uint64_t child_pa, bool ad_disabled);
-uint64_t kvmmu_make_small_spte(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
-                               uint32_t child_level, uint32_t role_access, uint32_t index,
-                               bool nx_huge);
-uint64_t kvmmu_make_huge_spte(const struct kvmmu_cfg *cfg, uint64_t small_spte,
-                              uint32_t level, bool nx_huge);
 uint64_t kvmmu_mark_spte_for_access_track(const struct kvmmu_cfg *cfg, uint64_t spte);
 uint64_t kvmmu_restore_acc_track_spte(const struct kvmmu_cfg *cfg, uint64_t spte);
 size_t kvmmu_make_nonleaf_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *child_pa,
@@ -548,7 +543,6 @@ int kvmmu_rmp_state_raw(uint64_t lo);
 int kvmmu_rmp_page_state(const struct kvmmu_rmp *t, uint64_t pfn, bool effective);
 void kvmmu_rmp_page_state_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, bool effective,
                                 uint8_t *out, size_t n);
-void kvmmu_rmp_state_raw_batch(const uint64_t *lo, uint8_t *out, size_t n);
 
 int kvmmu_rmp_rmpupdate(const struct kvmmu_rmp *t, uint64_t pfn, const struct kvmmu_rmp_state *st);
 size_t kvmmu_rmp_rmpupdate_batch_check(const struct kvmmu_rmp *t, const uint64_t *pfn,

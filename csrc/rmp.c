@@ -400,12 +400,6 @@ int kvmmu_rmp_state_raw(uint64_t lo)
     return KVMMU_RMP_STATE_INVALID;
 }
 
-void kvmmu_rmp_state_raw_batch(const uint64_t *lo, uint8_t *out, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        out[i] = (uint8_t)kvmmu_rmp_state_raw(lo[i]);
-}
-
 /* The entry that governs a pfn: the 2M-aligned entry of an assigned 2M page,
  * otherwise the pfn's own entry. */
 static inline const uint64_t *governing(const struct kvmmu_rmp *t, uint64_t pfn, const uint64_t *e,

@@ -824,13 +824,6 @@ static inline uint64_t small_spte(const struct kvmmu_cfg *c, uint64_t huge, uint
     return s;
 }
 
-uint64_t kvmmu_make_small_spte(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
-                               uint32_t child_level, uint32_t role_access, uint32_t index,
-                               bool nx_huge)
-{
-    return small_spte(cfg, huge_spte, child_level, role_access, index, nx_huge);
-}
-
 static inline int small_check(const struct kvmmu_cfg *c, uint64_t huge, uint32_t child_level,
                               uint32_t index)
 {
@@ -887,12 +880,6 @@ static inline uint64_t huge_spte(const struct kvmmu_cfg *c, uint64_t small, uint
     if (nx_huge)
         h = make_executable(c, h, 0);
     return h;
-}
-
-uint64_t kvmmu_make_huge_spte(const struct kvmmu_cfg *cfg, uint64_t small_spte, uint32_t level,
-                              bool nx_huge)
-{
-    return huge_spte(cfg, small_spte, level, nx_huge);
 }
 
 uint64_t kvmmu_make_huge_spte_checked(const struct kvmmu_cfg *cfg, uint64_t small_spte,
