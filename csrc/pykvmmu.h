@@ -233,6 +233,16 @@ uint64_t kvmmu_make_small_spte_checked(const struct kvmmu_cfg *cfg, uint64_t hug
 uint64_t kvmmu_make_huge_spte_checked(const struct kvmmu_cfg *cfg, uint64_t small_spte,
                                       uint32_t level, uint32_t nx);
 
+/*
+ * Test entry (tests/test_isa_spte.py): predicate p of n SPTEs (n a multiple of 64) by the
+ * AVX-512 vector-lane kernel, whichever predicates the batch gives it (PRED_VLANES), so
+ * that every row kind of its lane language runs.  Returns 0, 1 when the kernel cannot run
+ * (built without AVX-512, or the CPU or the configuration's ISA cap lacks it), -1 for p,
+ * level (1..5) or n out of range.
+ */
+int kvmmu_spte_pred_vlane_batch(const struct kvmmu_cfg *cfg, int p, const uint64_t *spte,
+                                uint32_t level, uint8_t *out, size_t n);
+
 /* ======================================================================
  * mmio: MMIO SPTEs and generations (csrc/mmio.c, pykvmmu/mmio.py)
  * ====================================================================== */

@@ -1434,20 +1434,22 @@ spte_vlane512(const struct kvmmu_cfg *c, uint32_t era, __m512i s, uint32_t level
  * by logic, the case where the k-mask form spends most of its operations on mask logic
  * (spte_needs_atomic_update: 0.25-0.31 -> 0.22 ns per SPTE in cache on a Zen 4).  The k-mask
  * form is faster for a predicate of one or two tests (a compare does a masked multi-bit test
- * in one operation, a rotate costs about as much).  The language covers every row (checked
- * against the portable loops for every predicate, level and preset during development).
+ * in one operation, a rotate costs about as much).  The language covers every row: the test
+ * entry kvmmu_spte_pred_vlane_batch() runs it for every predicate (tests/test_isa_spte.py
+ * holds it to the reference model), so the row kinds no listed predicate uses (BITIDX,
+ * TEST_SEL, multi-bit EQ) are tested too.
  */
 #define PRED_VLANES (KBIT(KVMMU_P_NEEDS_ATOMIC_UPDATE) | KBIT(KVMMU_P_WRITABLE_INVARIANTS_OK))
 
 /* One predicate over 64 SPTEs per step: eight k-masks make one 64-bit mask, stored as 64
  * bytes of 0/1.  n must be a multiple of 64. */
 AVX512_DECODE static inline __attribute__((always_inline)) void
-pred_avx512_one(const struct kvmmu_cfg *cfg, uint32_t era, int p, const uint64_t *restrict spte,
-                uint32_t level, uint8_t *restrict out, size_t n)
+pred_avx512_one(const struct kvmmu_cfg *cfg, uint32_t era, int p, bool vlanes,
+                const uint64_t *restrict spte, uint32_t level, uint8_t *restrict out, size_t n)
 {
     const struct kvmmu_cfg cl = *cfg, *c = &cl;   /* byte stores through out cannot change it */
     for (size_t j = 0; j < n; j += 64) {
-#define K(k) ((PRED_VLANES >> p) & 1 ?                                                   \
+#define K(k) (vlanes ?                                                                   \
               spte_vlane512(c, era, _mm512_loadu_si512(spte + j + 8 * (k)), level, p) :  \
               spte_lane512(c, era, _mm512_loadu_si512(spte + j + 8 * (k)), level, p))
         const __mmask32 lo = _mm512_kunpackw(_mm512_kunpackb(K(3), K(2)), _mm512_kunpackb(K(1), K(0)));
@@ -1463,13 +1465,44 @@ pred_avx512(const struct kvmmu_cfg *c, int p, const uint64_t *restrict spte, uin
 {
     switch (p) {
 #define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
-    case (id): KVMMU_ERA_SPECIALISE(c->rules, pred_avx512_one(c, era, (id), spte, level, out, n)) break;
+    case (id): KVMMU_ERA_SPECIALISE(c->rules, pred_avx512_one(c, era, (id), (PRED_VLANES >> (id)) & 1, \
+                                                              spte, level, out, n)) break;
+#include "spte_rules.h"
+    default:
+        break;
+    }
+}
+
+/* pred_avx512() in the vector lanes for every predicate (the era read at run time). */
+AVX512_DECODE static void
+pred_vlane_avx512(const struct kvmmu_cfg *c, int p, const uint64_t *restrict spte, uint32_t level,
+                  uint8_t *restrict out, size_t n)
+{
+    switch (p) {
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
+    case (id): pred_avx512_one(c, c->rules, (id), true, spte, level, out, n); break;
 #include "spte_rules.h"
     default:
         break;
     }
 }
 #endif
+
+int kvmmu_spte_pred_vlane_batch(const struct kvmmu_cfg *cfg, int p, const uint64_t *spte,
+                                uint32_t level, uint8_t *out, size_t n)
+{
+    if (p < 0 || p >= KVMMU_P_COUNT || level < 1 || level > 5 || n % 64)
+        return -1;
+#ifdef KVMMU_HAVE_AVX512
+    if (kvmmu_avx512_ok(cfg->isa)) {
+        pred_vlane_avx512(cfg, p, spte, level, out, n);
+        return 0;
+    }
+#endif
+    (void)spte;
+    (void)out;
+    return 1;
+}
 
 /* One record, any level (1..5). */
 static inline void decode_one(const struct kvmmu_cfg *c, uint64_t s, uint32_t level,
