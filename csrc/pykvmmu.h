@@ -148,11 +148,6 @@ size_t kvmmu_make_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *pfn,
                              uint64_t *out, uint8_t *wrprot, size_t n, int *err);
 
 uint64_t kvmmu_make_nonleaf_spte(const struct kvmmu_cfg *cfg, uint64_t child_pa, bool ad_disabled);
-uint64_t kvmmu_make_small_spte(const struct kvmmu_cfg *cfg, uint64_t huge_spte,
-                               uint32_t child_level, uint32_t role_access, uint32_t index,
-                               bool nx_huge);
-uint64_t kvmmu_make_huge_spte(const struct kvmmu_cfg *cfg, uint64_t small_spte,
-                              uint32_t level, bool nx_huge);
 uint64_t kvmmu_mark_spte_for_access_track(const struct kvmmu_cfg *cfg, uint64_t spte);
 uint64_t kvmmu_restore_acc_track_spte(const struct kvmmu_cfg *cfg, uint64_t spte);
 size_t kvmmu_make_nonleaf_spte_batch(const struct kvmmu_cfg *cfg, const uint64_t *child_pa,
@@ -237,6 +232,16 @@ uint64_t kvmmu_make_small_spte_checked(const struct kvmmu_cfg *cfg, uint64_t hug
                                        uint32_t nx);
 uint64_t kvmmu_make_huge_spte_checked(const struct kvmmu_cfg *cfg, uint64_t small_spte,
                                       uint32_t level, uint32_t nx);
+
+/*
+ * Test entry (tests/test_isa_spte.py): predicate p of n SPTEs (n a multiple of 64) by the
+ * AVX-512 vector-lane kernel, whichever predicates the batch gives it (PRED_VLANES), so
+ * that every row kind of its lane language runs.  Returns 0, 1 when the kernel cannot run
+ * (built without AVX-512, or the CPU or the configuration's ISA cap lacks it), -1 for p,
+ * level (1..5) or n out of range.
+ */
+int kvmmu_spte_pred_vlane_batch(const struct kvmmu_cfg *cfg, int p, const uint64_t *spte,
+                                uint32_t level, uint8_t *out, size_t n);
 
 /* ======================================================================
  * mmio: MMIO SPTEs and generations (csrc/mmio.c, pykvmmu/mmio.py)
@@ -548,7 +553,6 @@ int kvmmu_rmp_state_raw(uint64_t lo);
 int kvmmu_rmp_page_state(const struct kvmmu_rmp *t, uint64_t pfn, bool effective);
 void kvmmu_rmp_page_state_batch(const struct kvmmu_rmp *t, const uint64_t *pfn, bool effective,
                                 uint8_t *out, size_t n);
-void kvmmu_rmp_state_raw_batch(const uint64_t *lo, uint8_t *out, size_t n);
 
 int kvmmu_rmp_rmpupdate(const struct kvmmu_rmp *t, uint64_t pfn, const struct kvmmu_rmp_state *st);
 size_t kvmmu_rmp_rmpupdate_batch_check(const struct kvmmu_rmp *t, const uint64_t *pfn,

@@ -400,12 +400,6 @@ int kvmmu_rmp_state_raw(uint64_t lo)
     return KVMMU_RMP_STATE_INVALID;
 }
 
-void kvmmu_rmp_state_raw_batch(const uint64_t *lo, uint8_t *out, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        out[i] = (uint8_t)kvmmu_rmp_state_raw(lo[i]);
-}
-
 /* The entry that governs a pfn: the 2M-aligned entry of an assigned 2M page,
  * otherwise the pfn's own entry. */
 static inline const uint64_t *governing(const struct kvmmu_rmp *t, uint64_t pfn, const uint64_t *e,
@@ -1214,6 +1208,16 @@ int kvmmu_rmp_guest_check_read(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t
     a.asid = asid;
     return kvmmu_rmp_guest_check(t, &a, &fault, &ei);
 }
+
+/* The check codes are 0..KVMMU_RMP_CHK_VMPL, VMPL the highest (the last check of APM Table
+ * 15-39): kvmmu_rmp_guest_check_read_word() refuses the codes above it. */
+_Static_assert(KVMMU_RMP_CHK_OK < KVMMU_RMP_CHK_VMPL && KVMMU_RMP_CHK_COVERED < KVMMU_RMP_CHK_VMPL &&
+               KVMMU_RMP_CHK_HV_OWNED < KVMMU_RMP_CHK_VMPL &&
+               KVMMU_RMP_CHK_GUEST_OWNED < KVMMU_RMP_CHK_VMPL &&
+               KVMMU_RMP_CHK_REVERSE_MAP < KVMMU_RMP_CHK_VMPL &&
+               KVMMU_RMP_CHK_MUTABLE < KVMMU_RMP_CHK_VMPL &&
+               KVMMU_RMP_CHK_PAGE_SIZE < KVMMU_RMP_CHK_VMPL &&
+               KVMMU_RMP_CHK_VALIDATED < KVMMU_RMP_CHK_VMPL, "KVMMU_RMP_CHK_VMPL is the highest check code");
 
 /* The word of kvmmu_rmp_guest_check_word for the default access failing check chk (the
  * fault and exit info of an encrypted access); -1 for an unknown check code. */

@@ -71,6 +71,7 @@ class MmioMaskError(ConfigError):
 
 
 # ------------------------------------------------------------------ generation
+_gen_mask_c = lib.kvmmu_mmio_generation_mask
 _gen_bits_c = lib.kvmmu_mmio_generation_bits
 _gen_spte_bits_c = lib.kvmmu_mmio_gen_spte_bits_checked
 _invalidate_c = lib.kvmmu_mmio_invalidate_checked
@@ -79,8 +80,9 @@ _U64_MAX = (1 << 64) - 1
 
 def mmio_generation_mask(cfg: MmuConfig) -> int:
     """``MMIO_SPTE_GEN_MASK`` of the era: 19 bits (v5.13+), 18 bits (v5.10-5.12)."""
-    _cfg(cfg)
-    return (1 << cfg.profile.mmio_gen_bits) - 1
+    if cfg.__class__ is not MmuConfig:
+        _cfg(cfg)
+    return _gen_mask_c(cfg._cptr)
 
 
 def mmio_generation_bits(cfg: MmuConfig) -> int:

@@ -171,6 +171,14 @@ def test_gen_layout_v510_18_bits():
     assert M.make_mmio_spte(n, 0, 0, 1 << 18) != M.make_mmio_spte(n, 0, 0, 0)
 
 
+def test_generation_mask_and_bits_match_reference():
+    """mmio_generation_mask / mmio_generation_bits (the C core's) = the reference's layout."""
+    for c in CONFIGS:
+        low, _, high, _, gm = R.gen_layout(c.profile)
+        assert M.mmio_generation_mask(c) == gm
+        assert M.mmio_generation_bits(c) == low | high
+
+
 def test_generation_mmio_spte_mask_warn():
     c = MmuConfig.ept()
     assert M.generation_mmio_spte_mask(c, 0x7FFFF) == 0x7F8 | (0x7FF << 52)

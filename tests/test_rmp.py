@@ -583,3 +583,15 @@ def test_fact_sheet_constants():
     with pytest.raises(RmpError, match="1 MiB"):
         R.rst_entry(0x1000, 1)
     assert R.BOOKKEEPING == 0x4000 and R.NONSEG_SHIFT == 52
+
+
+def test_check_codes_end_at_vmpl():
+    """The C check codes are Check's, 0..VMPL with VMPL the highest, and
+    kvmmu_rmp_guest_check_read_word takes exactly those (rmp.c's bound on VMPL)."""
+    from pykvmmu._core import lib
+    assert {c.name: int(c) for c in Check} == {c.name: getattr(lib, f"KVMMU_RMP_CHK_{c.name}")
+                                               for c in Check}
+    assert max(Check) == Check.VMPL and sorted(Check) == list(range(len(Check)))
+    assert all(lib.kvmmu_rmp_guest_check_read_word(c) >= 0 for c in Check)
+    assert lib.kvmmu_rmp_guest_check_read_word(len(Check)) == -1
+    assert lib.kvmmu_rmp_guest_check_read_word(0xFFFFFFFF) == -1
