@@ -6,6 +6,8 @@ import builtins
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from ..errors import InputError
 
 U64 = (1 << 64) - 1
@@ -101,6 +103,43 @@ def expect_same(what: str, got, want, *details) -> None:
     if got != want:
         raise Disagreement(f"{what}: core {_fmt(got)} != reference {_fmt(want)}"
                            + ("; " + ", ".join(_fmt(d) for d in details) if details else ""))
+
+
+def batch_len(fi: FuzzInput, n: int) -> int:
+    """The length of a batch of ``n`` drawn values: ``n``, or (about 1 in 4) up to 200, the
+    values repeated (``np.resize``), so the hand-written kernels' vector steps (8 to 64
+    elements) and their tails run too."""
+    return fi.int_in(n, 200) if fi.chance(4) else n
+
+
+def isa_level(fi: FuzzInput) -> str:
+    """One of the instruction-set levels this CPU supports (:mod:`pykvmmu.isa`), to cap the
+    hand-written kernels at."""
+    from ..isa import supported_levels
+    return fi.pick(supported_levels())
+
+
+_ISA_CFGS: dict = {}
+
+
+def isa_cfg(fi: FuzzInput, cfg):
+    """``cfg`` with its hand-written kernels capped at a level :func:`isa_level` draws (the
+    copies are kept: the pool's configurations live as long as the process)."""
+    key = (id(cfg), isa_level(fi))
+    if key not in _ISA_CFGS:
+        _ISA_CFGS[key] = cfg._isa_copy(key[1])
+    return _ISA_CFGS[key]
+
+
+def expect_same_batch(what: str, got: np.ndarray, want, *details) -> None:
+    """Every element of a batch result against the reference's values for the drawn inputs
+    (``want``, repeated as ``np.resize`` repeated the inputs)."""
+    want = list(want)
+    vals = got.tolist()
+    full = want * (len(vals) // len(want)) + want[:len(vals) % len(want)]
+    if vals != full:
+        i = next(i for i, (g, w) in enumerate(zip(vals, full)) if g != w)
+        expect_same(f"{what}[{i}] of {len(vals)}", vals[i], full[i], *details)
 
 
 # ---------------------------------------------------------------------- registry

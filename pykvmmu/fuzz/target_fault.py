@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import U64, FuzzInput, check, expect_same, target
+from .base import U64, FuzzInput, batch_len, check, expect_same, expect_same_batch, isa_level, target
 
 
 _VM_TYPES = (0, 1, 2, 3, 4, 5)
@@ -37,8 +37,10 @@ def fuzz_fault(fi: FuzzInput) -> None:
         ecs.append(fi.pick(interesting_ec) | (fi.u64() if fi.chance(6) else 0))
     starts = np.array([s for s, _ in ranges], np.uint64)
     ends = np.array([e for _, e in ranges], np.uint64)
-    og, oe, op, nsyn = P.classify_batch(vt, np.array(gpas, np.uint64), np.array(ecs, np.uint64),
-                                        gpaw=gpaw, attrs=(starts, ends))
+    m = batch_len(fi, n)
+    og, oe, op, nsyn = P.classify_batch(vt, np.resize(np.array(gpas, np.uint64), m),
+                                        np.resize(np.array(ecs, np.uint64), m), gpaw=gpaw,
+                                        attrs=(starts, ends), isa=isa_level(fi))
     shared_bit = P.tdx_shared_gpa_bit(gpaw)
 
     def priv(gfn):
@@ -46,12 +48,12 @@ def fuzz_fault(fi: FuzzInput) -> None:
 
     ctx = P.FaultContext(vm_type=vt, gpaw=gpaw, is_private=priv,
                          slot_kind=lambda gfn: (None, "plain", "gmem", "gmem_only")[gfn % 4])
-    ncol = 0
-    for i, (gpa, ec) in enumerate(zip(gpas, ecs)):
-        want = RP.classify(vt, gpa, ec, shared_bit, ranges)
-        got = (int(og[i]), int(oe[i]), bool(op[i]))
-        expect_same("classify_batch", got, want[:3], vt, gpaw, gpa, ec, ranges)
-        ncol += want[3]
+    wants = [RP.classify(vt, gpa, ec, shared_bit, ranges) for gpa, ec in zip(gpas, ecs)]
+    for what, got, k in (("gfn", og, 0), ("error_code", oe, 1), ("is_private", op, 2)):
+        expect_same_batch(f"classify_batch {what}", got, [w[k] for w in wants], vt, gpaw, gpas, ecs, ranges)
+    expect_same("classify_batch synthetic collisions", nsyn,
+                int(np.resize(np.array([w[3] for w in wants], np.int64), m).sum()), vt)
+    for gpa, ec, want in zip(gpas, ecs, wants):
         c = P.kvm_mmu_do_page_fault(ctx, gpa, ec)
         expect_same("kvm_mmu_do_page_fault", (c.gfn, c.error_code, c.kind == P.KVM_FAULT_PRIVATE),
                     want[:3], vt, gpa, ec)
@@ -63,4 +65,3 @@ def fuzz_fault(fi: FuzzInput) -> None:
             check((d.exit is not None) == (d.action == "exit"), "decide: exit iff action exit", pol)
             fi.feature("fault.decide", vt, pol, d.outcome)
         str(P.decode_error_code(ec))
-    expect_same("classify_batch synthetic collisions", nsyn, ncol, vt)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import FuzzInput, _BIT, _cid, _configs, _mk_kwargs, _pfn, _spte_word, check, expect_same, target
+from .base import (FuzzInput, _BIT, _cid, _configs, _mk_kwargs, _pfn, _spte_word, batch_len, check,
+                   expect_same, expect_same_batch, isa_cfg, target)
 
 
 @target("spte")
@@ -47,29 +48,43 @@ def fuzz_spte(fi: FuzzInput) -> None:
         for i, p in enumerate(pfns):
             expect_same(f"make_spte_batch[{i}]", int(mb[i]),
                         R.make_spte(cfg, p, old_spte=old, **kw)[0], cid, p, kw)
+        if fi.chance(3):        # level and access arrays: the general path, from 16384 the table
+            lvls, accs = [fi.int_in(1, 5) for _ in pfns], [fi.int_in(0, 7) for _ in pfns]
+            m = 16384 + fi.int_in(0, 70) if fi.int_in(0, 15) == 15 else n
+            rest = {k: v for k, v in kw.items() if k not in ("level", "pte_access")}
+            mb = S.make_spte_batch(isa_cfg(fi, cfg), np.resize(np.array(pfns, np.uint64), m), old_spte=old,
+                                   level=np.resize(np.array(lvls, np.uint8), m),
+                                   pte_access=np.resize(np.array(accs, np.uint8), m), **rest)
+            expect_same_batch("make_spte_batch (level and access arrays)", mb,
+                              [R.make_spte(cfg, p, level=lv, pte_access=a, old_spte=old, **rest)[0]
+                               for p, lv, a in zip(pfns, lvls, accs)], cid, pfns, lvls, accs, rest, old)
     elif op == 1:                                   # predicates: scalar, batch, decode
         n = fi.int_in(1, 6)
         words = [_spte_word(fi, cfg) for _ in range(n)]
         levels = [fi.int_in(1, 5) for _ in range(n)]
-        arr = np.array(words, np.uint64)
-        lv = np.array(levels, np.uint8)
-        dec = S.decode_batch(cfg, arr, lv)
+        m = batch_len(fi, n)
+        arr = np.resize(np.array(words, np.uint64), m)
+        lv = levels[0] if fi.chance(3) else np.resize(np.array(levels, np.uint8), m)
+        if not isinstance(lv, np.ndarray):
+            levels = [lv] * n
+        bcfg = isa_cfg(fi, cfg)
+        dec = S.decode_batch(bcfg, arr, lv)
         for name, (_num, needs_level, feat) in S.PREDICATES.items():
             if feat and not getattr(cfg.profile, feat):
                 continue
-            got = S.predicate_batch(cfg, name, arr, lv)
-            for i, (s, level) in enumerate(zip(words, levels)):
-                want = R.predicate(cfg, name, s, level)
-                expect_same(f"{name} batch", bool(got[i]), want, cid, s, level)
-                if i == 0:
-                    expect_same(f"{name} scalar", S.predicate(cfg, name, s, level), want, cid, s, level)
+            want = [R.predicate(cfg, name, s, level) for s, level in zip(words, levels)]
+            expect_same_batch(f"{name} batch", S.predicate_batch(bcfg, name, arr, lv), want, cid, words, levels)
+            expect_same(f"{name} scalar", S.predicate(cfg, name, words[0], levels[0]), want[0], cid,
+                        words[0], levels[0])
+            if name not in ("is_dirty_spte", "is_ept_ve_possible"):
                 fld = "p_" + S._FIELD[name]
-                if name not in ("is_dirty_spte", "is_ept_ve_possible"):
-                    expect_same(f"decode_batch.{fld}", bool(dec[fld][i]), want, cid, s, level)
+                expect_same_batch(f"decode_batch.{fld}", dec[fld], want, cid, words, levels)
+        pfns = [R.spte_to_pfn(cfg, s) for s in words]
+        expect_same_batch("decode_batch.pfn", dec["pfn"], pfns, cid, words)
+        expect_same_batch("spte_to_pfn_batch", S.spte_to_pfn_batch(bcfg, arr), pfns, cid, words)
         for i, (s, level) in enumerate(zip(words, levels)):
             check(S.is_last_spte(cfg, s, level) == (level == 1 or bool(s & _BIT(7))),
                   "is_last_spte rule", cid, s, level)
-            expect_same("decode_batch.pfn", int(dec["pfn"][i]), R.spte_to_pfn(cfg, s), cid, s)
             expect_same("spte_to_pfn", S.spte_to_pfn(cfg, s), R.spte_to_pfn(cfg, s), cid, s)
             kind = S.KINDS[int(dec["kind"][i])]
             fi.feature("spte.kind", kind)
@@ -86,16 +101,17 @@ def fuzz_spte(fi: FuzzInput) -> None:
     elif op == 2:                                   # access tracking
         n = fi.int_in(1, 4)
         words = [_spte_word(fi, cfg) for _ in range(n)]
-        arr = np.array(words, np.uint64)
-        marked = S.access_track_batch(cfg, arr)
-        restored = S.access_track_batch(cfg, arr, restore=True)
-        for i, s in enumerate(words):
+        arr = np.resize(np.array(words, np.uint64), batch_len(fi, n))
+        bcfg = isa_cfg(fi, cfg)
+        want_m = [R.mark_spte_for_access_track(cfg, s) for s in words]
+        want_r = [R.restore_acc_track_spte(cfg, s) for s in words]
+        expect_same_batch("access_track_batch(mark)", S.access_track_batch(bcfg, arr), want_m, cid, words)
+        expect_same_batch("access_track_batch(restore)", S.access_track_batch(bcfg, arr, restore=True),
+                          want_r, cid, words)
+        for s, wm, wr in zip(words, want_m, want_r):
             m = S.mark_spte_for_access_track(cfg, s)
-            expect_same("mark_spte_for_access_track", m, R.mark_spte_for_access_track(cfg, s), cid, s)
-            expect_same("access_track_batch(mark)", int(marked[i]), m, cid, s)
-            rs = S.restore_acc_track_spte(cfg, s)
-            expect_same("restore_acc_track_spte", rs, R.restore_acc_track_spte(cfg, s), cid, s)
-            expect_same("access_track_batch(restore)", int(restored[i]), rs, cid, s)
+            expect_same("mark_spte_for_access_track", m, wm, cid, s)
+            expect_same("restore_acc_track_spte", S.restore_acc_track_spte(cfg, s), wr, cid, s)
             check(S.mark_spte_for_access_track(cfg, m) == m, "mark is not idempotent", cid, s, m)
             ad_disabled = (s >> 52) & 3 == 1
             fi.feature("spte.mark", ad_disabled, m == s)
@@ -161,7 +177,10 @@ def fuzz_spte(fi: FuzzInput) -> None:
         a, b = _spte_word(fi, cfg), _spte_word(fi, cfg)
         if fi.bool():
             b = a & ~(1 << fi.int_in(0, 63))
-        flush = S.leaf_spte_change_needs_tlb_flush(cfg, a, b)
-        expect_same("leaf_spte_change_needs_tlb_flush", flush,
-                    R.leaf_spte_change_needs_tlb_flush(cfg, a, b), cid, a, b)
+        flush = R.leaf_spte_change_needs_tlb_flush(cfg, a, b)
+        expect_same("leaf_spte_change_needs_tlb_flush", S.leaf_spte_change_needs_tlb_flush(cfg, a, b),
+                    flush, cid, a, b)
+        m = batch_len(fi, 1)
+        expect_same_batch("leaf_spte_change_needs_tlb_flush_batch", S.leaf_spte_change_needs_tlb_flush_batch(
+            cfg, np.full(m, a, np.uint64), np.full(m, b, np.uint64)), [flush], cid, a, b)
         fi.feature("spte.flush", flush)
