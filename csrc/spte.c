@@ -1017,32 +1017,38 @@ static inline struct decode_consts decode_setup(const struct kvmmu_cfg *c, uint3
     return d;
 }
 
-/* Word 2 of a record (kind, AD type, memtype, IPAT, access, saved R/X, level) from s and
- * its frozen, MMIO, present, executable and writable lanes (0 or 1). */
-static inline __attribute__((always_inline)) uint64_t
-decode_word2_lanes(const struct decode_consts *d, uint64_t s, uint64_t fr, uint64_t mm, uint64_t pr,
-                   uint64_t ex, uint64_t wr)
+/* Word 2 of a record (kind, AD type, memtype, IPAT, access, saved R/X, level) from the
+ * halves lo, hi of s and its frozen, MMIO, present, executable and writable lanes (0 or 1):
+ * its low half in *w2l, its high half in *w2h (32-bit arithmetic: 4 SPTEs per SSE2 vector). */
+static inline __attribute__((always_inline)) void
+decode_word2_halves(const struct decode_consts *d, uint32_t lo, uint32_t hi, uint32_t fr, uint32_t mm,
+                    uint32_t pr, uint32_t ex, uint32_t wr, uint32_t *w2l, uint32_t *w2h)
 {
-    const uint64_t np = 1 ^ nz(s ^ d->npv);
+    const uint32_t np = ((lo ^ (uint32_t)d->npv) | (hi ^ (uint32_t)(d->npv >> 32))) == 0;
+    const uint32_t eptm = (uint32_t)d->eptm;
     /* frozen > mmio > present > non-present value > other, as mask selects */
-    uint64_t kind = KVMMU_KIND_OTHER & (np - 1);
+    uint32_t kind = KVMMU_KIND_OTHER & (np - 1);
     kind = (kind & (pr - 1)) | (KVMMU_KIND_PRESENT & (0 - pr));
     kind = (kind & (mm - 1)) | (KVMMU_KIND_MMIO & (0 - mm));
     kind = (kind & (fr - 1)) | (KVMMU_KIND_FROZEN & (0 - fr));
-    const uint64_t acc = ex | (wr << 1) | (nz(s & d->user) << 2);
-    return kind | (((s >> 52) & 3) << 8) | ((((s >> 3) & 7) & d->eptm) << 16) |
-           ((((s >> 6) & 1) & d->eptm) << 24) | (acc << 32) |
-           (((s >> ACC_TRACK_SHIFT) & ACC_TRACK_SAVED) << 40) | d->lvl;
+    const uint32_t user = ((lo & (uint32_t)d->user) | (hi & (uint32_t)(d->user >> 32))) != 0;
+    const uint32_t acc = ex | (wr << 1) | (user << 2);
+    *w2l = kind | (((hi >> (52 - 32)) & 3) << 8) | ((((lo >> 3) & 7) & eptm) << 16) |
+           ((((lo >> 6) & 1) & eptm) << 24);
+    *w2h = acc | (((hi >> (ACC_TRACK_SHIFT - 32)) & (uint32_t)ACC_TRACK_SAVED) << 8) |
+           (uint32_t)(d->lvl >> 32);
 }
 
-/* decode_word2_lanes() from the predicate mask mk. */
+/* decode_word2_halves() from s and its predicate mask mk. */
 static inline __attribute__((always_inline)) uint64_t
 decode_word2(const struct decode_consts *d, uint64_t s, uint64_t mk)
 {
-#define MKB(NAME) ((mk >> KVMMU_P_##NAME) & 1)
-    return decode_word2_lanes(d, s, MKB(FROZEN), MKB(MMIO), MKB(SHADOW_PRESENT), MKB(EXECUTABLE),
-                              MKB(WRITABLE));
+#define MKB(NAME) ((uint32_t)(mk >> KVMMU_P_##NAME) & 1)
+    uint32_t l, h;
+    decode_word2_halves(d, (uint32_t)s, (uint32_t)(s >> 32), MKB(FROZEN), MKB(MMIO), MKB(SHADOW_PRESENT),
+                        MKB(EXECUTABLE), MKB(WRITABLE), &l, &h);
 #undef MKB
+    return l | (uint64_t)h << 32;
 }
 
 /* Predicate bit k of b (0..255) becomes byte k (0 or 1) of the word. */
@@ -1051,6 +1057,43 @@ static inline uint64_t spread_bits(uint64_t b)
     return ((((b * UINT64_C(0x0101010101010101)) & UINT64_C(0x8040201008040201)) +
              UINT64_C(0x7F7F7F7F7F7F7F7F)) >> 7) & UINT64_C(0x0101010101010101);
 }
+
+/*
+ * The lane language once more, for the portable decode: a lane is a uint32_t 0 or 1 and the
+ * SPTE its halves lo, hi, so a loop keeps 4 SPTEs per SSE2 vector (16 per AVX-512 one) and
+ * tests with 32-bit compares (SSE2 has no 64-bit compare: pcmpeqq is SSE4.1).  BITIDX reads
+ * the halves ohl, ohh of 1 << (s & 63), computed beforehand (SSE2 has no per-lane variable
+ * shift).
+ */
+#define LO32(m) ((uint32_t)(m))
+#define HI32(m) ((uint32_t)((uint64_t)(m) >> 32))
+#define TEST(m) ((uint32_t)(((lo & LO32(m)) | (hi & HI32(m))) != 0))
+#define EQ(m, v) ((uint32_t)((((lo & LO32(m)) ^ LO32(v)) | ((hi & HI32(m)) ^ HI32(v))) == 0))
+#define BITIDX(t) ((uint32_t)(((ohl & LO32(t)) | (ohh & HI32(t))) != 0))
+#define TEST_SEL(l, m1, m0)                                                               \
+    ((uint32_t)(((lo & ((LO32(m1) & (0u - (l))) | (LO32(m0) & ((l) - 1u)))) |              \
+                 (hi & ((HI32(m1) & (0u - (l))) | (HI32(m0) & ((l) - 1u))))) != 0))
+#define NOT(a) ((a) ^ 1u)
+#define ONES_IF(k) ((uint32_t)((k) != 0))
+#define SEL(k, a, b) (((a) & (0u - ONES_IF(k))) | ((b) & (ONES_IF(k) - 1u)))
+/* The predicate words of a record as six 32-bit halves (byte KVMMU_P_<NAME> of the 24 is that
+ * predicate, 0 or 1), plus word 2's halves. */
+static inline __attribute__((always_inline)) void
+decode_lanes32_era(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
+                   uint32_t lo, uint32_t hi, uint32_t ohl, uint32_t ohh, uint32_t w[8])
+{
+#define KVMMU_SPTE_TERM(var, expr) const uint32_t var = (expr);
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) const uint32_t field = (expr);
+#include "spte_rules.h"
+    w[2] = w[3] = w[4] = w[5] = w[6] = w[7] = 0;
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
+    w[2 + ((id) >> 2)] |= field << (8 * ((id) & 3));
+#include "spte_rules.h"
+    decode_word2_halves(d, lo, hi, frozen, mmio, shadow_present, executable, writable, &w[0], &w[1]);
+}
+#include "spte_lang_end.h"
+#undef LO32
+#undef HI32
 
 /* Records o[0..m) from words 0-3 (a[4j..4j+3]) and 4-5 (b[2j], b[2j + 1]) of each: a 32-byte
  * and a 16-byte move per record (wide stores into the output where the target has them). */
@@ -1063,43 +1106,48 @@ interleave_4_2(uint64_t *restrict o, const uint64_t *restrict a, const uint64_t 
     }
 }
 
+/* Records per block of the portable decode: small blocks interleave the burst of record
+ * stores with the next block's arithmetic (256: 1.5x slower at 16M records). */
+#define DECODE_BLOCK 64
+
 /*
- * Uniform-level decode, portable: per block of 256, a vectorisable pass computing the
- * record words (the predicate bytes straight from the lanes, spte_pred_words_era(): no bit
- * mask to spread, no table gathers) into words 0-3 and 4-5 of each record, then the records
- * by interleave_4_2().  (One pass storing records directly does not vectorise: 2-5x
- * slower.)  Huge outputs on AVX2 and AVX-512 CPUs go through decode_avx2() /
+ * Uniform-level decode, portable: per block of DECODE_BLOCK, a vectorisable pass computing
+ * the record words as 32-bit halves (decode_lanes32_era(): the predicate bytes straight from
+ * the lanes, no bit mask to spread, no table gathers) into words 0-3 and 4-5 of each record,
+ * then the records by interleave_4_2().  (One pass storing records directly does not
+ * vectorise: 2-5x slower.)  Huge outputs on AVX2 and AVX-512 CPUs go through decode_avx2() /
  * decode_avx512(), which stream.
  */
 static inline __attribute__((always_inline)) void
 decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n)
 {
-    uint64_t oh[256], a[1024], b[512];
+    uint64_t oh[DECODE_BLOCK];
+    uint64_t a[4 * DECODE_BLOCK], b[2 * DECODE_BLOCK];
     const struct decode_consts dl = *d;
     const uint64_t base_mask = dl.base_mask;
     uint64_t one = 1;
 #ifdef __GNUC__
     __asm__("" : "+r"(one));   /* opaque: gcc 12 vectorises one << k, not 1 << k */
 #endif
-    for (size_t base = 0; base < n; base += 256) {
-        const size_t m = n - base < 256 ? n - base : 256;
+    for (size_t base = 0; base < n; base += DECODE_BLOCK) {
+        const size_t m = n - base < DECODE_BLOCK ? n - base : DECODE_BLOCK;
         const uint64_t *sp = spte + base;
         for (size_t j = 0; j < m; j++)
             oh[j] = one << (sp[j] & 63);
         for (size_t j = 0; j < m; j++) {
-            const uint64_t s = sp[j];
-            uint64_t p[3];
-            spte_pred_words_era(c, era, s, oh[j], level, p);
-#define PB(NAME) ((p[KVMMU_P_##NAME >> 3] >> (8 * (KVMMU_P_##NAME & 7))) & 1)
+            const uint64_t s = sp[j], w1 = (s & base_mask) >> 12;
+            uint32_t w[8];
+            decode_lanes32_era(c, era, level, &dl, (uint32_t)s, (uint32_t)(s >> 32), (uint32_t)oh[j],
+                               (uint32_t)(oh[j] >> 32), w);
+#define W64(k) (w[2 * (k)] | (uint64_t)w[2 * (k) + 1] << 32)
             a[4 * j] = s;
-            a[4 * j + 1] = (s & base_mask) >> 12;
-            a[4 * j + 2] = decode_word2_lanes(&dl, s, PB(FROZEN), PB(MMIO), PB(SHADOW_PRESENT),
-                                              PB(EXECUTABLE), PB(WRITABLE));
-#undef PB
-            a[4 * j + 3] = p[0];
-            b[2 * j] = p[1];
-            b[2 * j + 1] = p[2];
+            a[4 * j + 1] = w1;
+            a[4 * j + 2] = W64(0);
+            a[4 * j + 3] = W64(1);
+            b[2 * j] = W64(2);
+            b[2 * j + 1] = W64(3);
+#undef W64
         }
         interleave_4_2((uint64_t *)(void *)(out + base), a, b, m);
     }

@@ -1,5 +1,5 @@
 """decode_batch on the portable path (the plain C loops a CPU without AVX2 runs: blocks of
-256 SPTEs, predicate bytes straight from the rule lanes) against the pure-Python reference,
+64 SPTEs, predicate bytes straight from the rule lanes) against the pure-Python reference,
 for every preset, across a block boundary and a partial last block."""
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ PRESETS = list(MmuConfig.all_presets())
 @pytest.mark.parametrize("i, cfg", list(enumerate(PRESETS)), ids=lambda x: x if isinstance(x, int) else
                          f"{x.mode}-{x.profile.name}")
 def test_portable_decode_matches_reference(i, cfg):
-    vals = _sptes(cfg, 90, seed=7 + i)               # 273 SPTEs: one full block and 17
+    vals = _sptes(cfg, 90, seed=7 + i)               # 273 SPTEs: four full blocks and 17
     lv = 1 + i % 5
     rec = S.decode_batch(cfg._isa_copy("portable"), vals, lv, threads=1)
     have = [not S.PREDICATES[n][2] or getattr(cfg.profile, S.PREDICATES[n][2]) for n in S.PREDICATES]
