@@ -135,36 +135,15 @@ static inline __attribute__((always_inline)) uint64_t test1(uint64_t s, uint64_t
 #define FLAG(f) ((c->flags & KVMMU_F_##f) != 0)
 #define LEVEL level
 
-/* Branch-free form: a lane is a uint64_t 0 or 1 for the one SPTE s (vectorises in loops).
- * BITIDX has two forms, each defined once: first the one-hot form (oh = 1 << (s & 63),
- * computed beforehand) of spte_pred_words_era(), then the shift form of the functions
- * that follow it, which have s alone. */
+/* Branch-free form: a lane is a uint64_t 0 or 1 for the one SPTE s (vectorises in loops). */
 #define TEST(m) test1(s, (m))
 #define EQ(m, v) (1 ^ nz((s & (m)) ^ (v)))
-#define BITIDX(t) nz((t) & oh)
+#define BITIDX(t) (((t) >> (s & 63)) & 1)
 #define TEST_SEL(l, m1, m0) nz(s & (((m1) & (0 - (l))) | ((m0) & ((l) - 1))))
 #define NOT(a) ((a) ^ 1)
 #define ONES_IF(k) ((uint64_t)((k) != 0))
 #define SEL(k, a, b) (((a) & (0 - ONES_IF(k))) | ((b) & (ONES_IF(k) - 1)))
 
-/* The three predicate words of a decode record (byte KVMMU_P_<NAME> of the 24 is that
- * predicate, 0 or 1) straight from the lanes: no bit mask to spread, no table.  BITIDX
- * reads oh = 1 << (s & 63), computed beforehand: a loop without a per-lane variable shift
- * vectorises on SSE2 too. */
-static inline __attribute__((always_inline)) void
-spte_pred_words_era(const struct kvmmu_cfg *c, uint32_t era, uint64_t s, uint64_t oh,
-                    uint32_t level, uint64_t w[3])
-{
-#define KVMMU_SPTE_TERM(var, expr) const uint64_t var = (expr);
-#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) const uint64_t field = (expr);
-#include "spte_rules.h"
-    w[0] = w[1] = w[2] = 0;
-#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) \
-    w[(id) >> 3] |= field << (8 * ((id) & 7));
-#include "spte_rules.h"
-}
-#undef BITIDX
-#define BITIDX(t) (((t) >> (s & 63)) & 1)
 /* Bit KVMMU_P_<NAME> of the result is that predicate of s; inlined, unused rows vanish. */
 static inline __attribute__((always_inline)) uint64_t
 spte_lanes_era(const struct kvmmu_cfg *c, uint32_t era, uint64_t s, uint32_t level)
