@@ -27,7 +27,8 @@ FULL_N = 16 * 1024 * 1024
 SUBJECTS = ("core", "core1t", "alloc", "avx2", "portable")
 SUBJECT_LABEL = {"core": "out=, auto threads", "core1t": "out=, 1 thread",
                  "alloc": "no out=, auto threads", "avx2": "out=, 1 thread, ISA cap avx2 (a CPU without AVX-512)",
-                 "portable": "out=, 1 thread, portable path (a CPU without AVX2)"}
+                 "portable": "out=, 1 thread, portable path (plain C loops, built by this CPU's "
+                             "target_clones variant, not SSE2 code)"}
 
 
 # ------------------------------------------------------------------ statistics
