@@ -37,7 +37,7 @@ def test_fault_shortcuts_match_their_definitions(t, folio_order):
     vm, g = _vm(t, "upstream", folio_order)
     vm._fc_store = lambda *a: None                      # every fault walks (the uncached path)
     for p in (True, False):
-        root, idx, bits, lv_map = vm._fault_root_priv if p else vm._fault_root_shared
+        root, idx, bits, lv_map = vm._fault_roots[p]
         assert root == vm._root_for(p) and idx == vm._pt_idx[vm.roots[root]]
         assert lv_map is vm.leaves[root]
         assert bits == vm._walk_gfn(root, 0)
@@ -81,9 +81,10 @@ def test_get_pfn_checked_and_unchecked_agree():
 
 @pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected", "default"])
 def test_upstream_shortcut_is_classify_then_resolve(t):
-    """private._upstream_fault_checked (the fault path's one call) answers (gfn, is_private)
-    exactly when UpstreamPolicy's classify() then resolve() neither warn nor exit, and then
-    with their gfn and privacy; synthetic bits, RSVD, both TDX aliases and mismatches."""
+    """The VM's bound private.upstream_fault_fn (the fault path's one call) answers (gfn,
+    is_private) exactly when UpstreamPolicy's classify() then resolve() neither warn nor exit,
+    and then with their gfn and privacy; synthetic bits, RSVD, both TDX aliases and
+    mismatches; rebound when sw_protected_enabled changes; other policies bind none."""
     if t == "default":
         vm = Vm("default")
         vm.set_memory_region(0, 0, NPAGES << 12)
@@ -103,12 +104,17 @@ def test_upstream_shortcut_is_classify_then_resolve(t):
         ec = sum(b for b in bits if rng.integers(0, 3) == 0)
         c = pol.classify(vm, gpa, ec)
         is_private, ex = pol.resolve(vm, c)
-        got = P._upstream_fault_checked(vm, gpa, ec)
+        got = vm._fast_fault(gpa, ec)
+        assert got == P.upstream_fault_fn(vm.vm_type, vm.gfn_direct_bits,
+                                          vm.sw_protected_enabled, vm.is_private)(gpa, ec)
         want = None if c.warnings or ex is not None else (c.gfn, is_private)
         assert got == want, (gpa, ec, got, want)
         assert got is None or type(got[1]) is bool
         seen.add(want is None)
     assert seen == {True, False}
+    for p in ("rfc-v9", P.UpstreamPolicy(), "upstream"):
+        vm.policy = p
+        assert (vm._fast_fault is None) is (p == "rfc-v9")
 
 
 @pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected"])
@@ -119,8 +125,8 @@ def test_fast_policy_changes_no_outcome(t):
     object, or another policy, never takes the shortcut."""
     a, ga = _vm(t, "upstream", 0)
     b, gb = _vm(t, "upstream", 0)
-    assert a._fast_policy and b._fast_policy
-    b._fast_policy = False
+    assert a._fast_policy and b._fast_policy and a._fast_fault and b._fast_fault
+    b._fast_fault = None
     b.vm_id = a.vm_id                                   # (TDX SEAMCALLs name the VM)
     _same_outcomes(a, ga, b, gb, t, f"pol{t}")
     assert _state(a) == _state(b)
@@ -130,6 +136,7 @@ def test_fast_policy_changes_no_outcome(t):
     for p in (odd, "rfc-v9", P.UpstreamPolicy()):
         a.policy = p
         assert a._fast_policy is (p.__class__ is P.UpstreamPolicy and not vars(p))
+        assert (a._fast_fault is not None) is a._fast_policy
 
 
 def test_rmp_make_private_4k_is_the_public_call():
