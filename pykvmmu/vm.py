@@ -49,7 +49,8 @@ _PFERR_RSVD = P.PFERR_RSVD_MASK
 _U64_END = 1 << 64
 #: The gfn mask of a leaf's base at each level.
 _LEVEL_MASK = {lv: ~(n - 1) for lv, n in PAGES.items()}
-_VM_OK, _F_MAKE = lib.KVMMU_VM_OK, lib.KVMMU_VM_F_MAKE
+_VM_OK, _VM_SPURIOUS = lib.KVMMU_VM_OK, lib.KVMMU_VM_SPURIOUS
+_F_MAKE_SPURIOUS = lib.KVMMU_VM_F_MAKE | lib.KVMMU_VM_F_SPURIOUS
 _fault_map = lib.kvmmu_vm_fault_map
 #: The built-in policies: pure functions of (VM type, gpa, error code, attributes, memslot
 #: kind), so that their verdict on a cached fault stands until one of those changes.
@@ -258,7 +259,7 @@ class Vm(MmuLock):
     _fast_policy: bool
     #: The upstream policy's classify + resolve on checked values, bound to this VM
     #: (private.upstream_fault_fn; None: another policy, see _bind_fault_path).
-    _fast_fault: Optional[Callable[[int, int], Optional[tuple]]] = None
+    _fast_fault: Optional[Callable[[int, int], Optional[tuple]]]
 
     def __init__(self, vm_type="snp", *, cfg: Optional[MmuConfig] = None, gpaw: int = 52,
                  policy=None, host: Optional[HostMemory] = None, rmp=None, hooks=None,
@@ -875,17 +876,17 @@ class Vm(MmuLock):
                         base = gfn & _LEVEL_MASK[level]
                         bpfn = pfn - (gfn - base)
                         break
-            # already mapped by this very leaf? (one leaf covers a gfn: check() verifies that
-            # the leaf index agrees with the tables, so probing ``level`` is _leaf's answer)
-            cur = lv_map.get(base)
+            # one C call: already mapped by this very leaf (the entry at ``level`` is a present
+            # leaf of bpfn: RET_PF_SPURIOUS; check() verifies that the leaf index and the
+            # tables agree, so this is _leaf's answer), else walk and install
             fm = self._fm
-            if cur is not None and cur[0] == level and cur[1] == bpfn:
-                _fault_map(fm, root_idx, base | walk_bits, level, 0, 0)
+            st = _fault_map(fm, root_idx, base | walk_bits, level, bpfn, _F_MAKE_SPURIOUS)
+            if st == _VM_SPURIOUS:
                 f = ("spurious", gfn, is_private, level, bpfn, fm.spte, None, "")
                 if max_level == PG_LEVEL_4K and race is None:
                     self._fc_store(gpa, error_code, f)
                 return _outcome(f)
-            if _fault_map(fm, root_idx, base | walk_bits, level, bpfn, _F_MAKE) == _VM_OK:
+            if st == _VM_OK:
                 spte = fm.spte
                 lv_map[base] = (level, bpfn, kind)
                 fc = self._fc
