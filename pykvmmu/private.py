@@ -41,7 +41,7 @@ __all__ = [
     "Classification", "FaultDecision", "FaultPolicy", "UpstreamPolicy", "RfcV9MaskPolicy",
     "MaskPolicy", "ThreeWayPolicy", "SoftwarePferrPolicy", "POLICIES", "get_policy",
     "KVM_FAULT_VMM_DEFINED", "KVM_FAULT_SHARED", "KVM_FAULT_PRIVATE", "upstream_error_code",
-    "kvm_mmu_do_page_fault", "vendor_says_private", "upstream_fault_fn", "faultin_action",
+    "kvm_mmu_do_page_fault", "vendor_says_private", "faultin_action",
     "FAULTIN_ACTIONS", "SlotKind", "FaultAction", "faultin_decision", "EXIT_NOSLOT_PRIVATE",
     "EXIT_NO_GMEM", "decide", "policy_table", "format_policy_table",
     "classify_batch", "ept_violation_error_code", "prefault_error_code", "PrivateFaultError",
@@ -412,7 +412,7 @@ def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
     return _tuple_new(Classification, ((gpa >> 12) & ~ctx.gfn_direct_bits, ec, kind, w))
 
 
-def upstream_fault_fn(vm_type: int, gfn_direct_bits: int, sw_protected_enabled: bool,
+def _upstream_fault_fn(vm_type: int, gfn_direct_bits: int, sw_protected_enabled: bool,
                       is_private: Callable[[int], bool]) -> Callable[[int, int], Optional[tuple]]:
     """:class:`UpstreamPolicy`'s classify() then the :meth:`FaultPolicy.resolve` mismatch rule
     for one VM, bound once (``pykvmmu.vm.Vm`` binds it when its policy or

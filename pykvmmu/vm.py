@@ -79,7 +79,7 @@ def _checked_policy(vm: Vm, value) -> P.FaultPolicy:
     value = P.get_policy(value)
     vm._fc_policy_ok = type(value) in _PURE_POLICIES
     # the built-in upstream policy as it is (no per-object override of its steps): the fault
-    # path may take its checked-value shortcut (private.upstream_fault_fn, see _bind_fault_path)
+    # path may take its checked-value shortcut (private._upstream_fault_fn, see _bind_fault_path)
     vm._fast_policy = type(value) is P.UpstreamPolicy and not vars(value)
     return value
 
@@ -258,7 +258,7 @@ class Vm(MmuLock):
     #: Whether the policy is the built-in upstream one (see _checked_policy).
     _fast_policy: bool
     #: The upstream policy's classify + resolve on checked values, bound to this VM
-    #: (private.upstream_fault_fn; None: another policy, see _bind_fault_path).
+    #: (private._upstream_fault_fn; None: another policy, see _bind_fault_path).
     _fast_fault: Optional[Callable[[int, int], Optional[tuple]]]
 
     def __init__(self, vm_type="snp", *, cfg: Optional[MmuConfig] = None, gpaw: int = 52,
@@ -382,12 +382,12 @@ class Vm(MmuLock):
     def _bind_fault_path(self) -> None:
         """Bind the fault path's per-VM choices after a setting changed: the upstream policy's
         checked-value shortcut for this VM type, attributes and ``sw_protected_enabled``
-        (:func:`pykvmmu.private.upstream_fault_fn`), or None for any other policy.  (During
+        (:func:`pykvmmu.private._upstream_fault_fn`), or None for any other policy.  (During
         ``__init__``, before the attributes exist, nothing: its end binds.)"""
         attrs = getattr(self, "attrs", None)
         if attrs is None:
             return
-        self._fast_fault = P.upstream_fault_fn(self.vm_type, self.gfn_direct_bits,
+        self._fast_fault = P._upstream_fault_fn(self.vm_type, self.gfn_direct_bits,
                                                self._sw_protected_enabled,
                                                attrs.is_private) if self._fast_policy else None
 

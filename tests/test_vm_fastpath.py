@@ -83,7 +83,7 @@ def test_get_pfn_checked_and_unchecked_agree():
 
 @pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected", "default"])
 def test_upstream_shortcut_is_classify_then_resolve(t):
-    """The VM's bound private.upstream_fault_fn (the fault path's one call) answers (gfn,
+    """The VM's bound private._upstream_fault_fn (the fault path's one call) answers (gfn,
     is_private) exactly when UpstreamPolicy's classify() then resolve() neither warn nor exit,
     and then with their gfn and privacy; synthetic bits, RSVD, both TDX aliases and
     mismatches; rebound when sw_protected_enabled changes; other policies bind none."""
@@ -107,7 +107,7 @@ def test_upstream_shortcut_is_classify_then_resolve(t):
         c = pol.classify(vm, gpa, ec)
         is_private, ex = pol.resolve(vm, c)
         got = vm._fast_fault(gpa, ec)
-        assert got == P.upstream_fault_fn(vm.vm_type, vm.gfn_direct_bits,
+        assert got == P._upstream_fault_fn(vm.vm_type, vm.gfn_direct_bits,
                                           vm.sw_protected_enabled, vm.is_private)(gpa, ec)
         want = None if c.warnings or ex is not None else (c.gfn, is_private)
         assert got == want, (gpa, ec, got, want)
