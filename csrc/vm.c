@@ -23,8 +23,8 @@ enum {
  * spte_to_pfn() is pfn -- the fault would install what is there (RET_PF_SPURIOUS). */
 static bool maps_pfn(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level, uint64_t pfn)
 {
-    return kvmmu_spte_pred(cfg, VM_P_SHADOW_PRESENT, spte, level) &&
-           kvmmu_spte_to_pfn(cfg, spte) == pfn;
+    return kvmmu_spte_to_pfn(cfg, spte) == pfn &&
+           kvmmu_spte_pred(cfg, VM_P_SHADOW_PRESENT, spte, level);
 }
 
 int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, uint32_t root,
