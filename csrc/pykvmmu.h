@@ -706,5 +706,10 @@ struct kvmmu_vm_fault {
 };
 int kvmmu_vm_fault_map(struct kvmmu_vm_fault *f, uint32_t root, uint64_t gfn, uint32_t level,
                        uint64_t pfn, uint32_t flags);
+/* kvmmu_vm_tdp_map flag F_SPURIOUS: first, if the entry at the level is a shadow-present leaf
+ * of pfn (RET_PF_SPURIOUS), nothing is written and SPURIOUS is returned with that entry;
+ * make_spte's inputs are then checked after the walk, before any write. */
+#define KVMMU_VM_F_SPURIOUS         2
+#define KVMMU_VM_SPURIOUS           5
 
 #endif

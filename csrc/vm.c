@@ -12,6 +12,21 @@
 #include "pykvmmu.h"
 #include "common.h"
 
+/* The SPTE predicate numbers of kvmmu_spte_pred (VM_P_<NAME> = the row's id). */
+enum {
+#define KVMMU_SPTE_PREDICATE(NAME, id, lv, feat, fn, field, doc, expr) VM_P_##NAME = (id),
+#include "spte_rules.h"
+};
+
+/* The entry at the target level already maps pfn: a shadow-present leaf (the walk reached
+ * it through pointers and it is not one, so a present entry is the leaf of its level) whose
+ * spte_to_pfn() is pfn -- the fault would install what is there (RET_PF_SPURIOUS). */
+static bool maps_pfn(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level, uint64_t pfn)
+{
+    return kvmmu_spte_to_pfn(cfg, spte) == pfn &&
+           kvmmu_spte_pred(cfg, VM_P_SHADOW_PRESENT, spte, level);
+}
+
 int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, uint32_t root,
                      uint64_t gfn, uint32_t level, uint64_t pfn, uint32_t pte_access,
                      uint32_t mkflags, uint32_t memtype, uint32_t flags, uint64_t *spte,
@@ -20,8 +35,9 @@ int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, 
     if (root >= t->npages || level < 1 || level > t->levels || t->levels > 5)
         return KVMMU_VM_E_INDEX;
     uint64_t new_spte = 0;
-    /* Validate make_spte's inputs before touching a table (the old SPTE never makes them fail). */
-    if ((flags & KVMMU_VM_F_MAKE) &&
+    /* Validate make_spte's inputs before touching a table (the old SPTE never makes them fail);
+     * with F_SPURIOUS, after the walk, so that an entry already mapping pfn is reported first. */
+    if ((flags & KVMMU_VM_F_MAKE) && !(flags & KVMMU_VM_F_SPURIOUS) &&
         (kvmmu_make_spte(cfg, pfn, t->nonpresent, level, pte_access, mkflags, memtype,
                          &new_spte) & 0xFFu))
         return KVMMU_VM_E_MAKE;
@@ -39,11 +55,21 @@ int kvmmu_vm_tdp_map(const struct kvmmu_cfg *cfg, const struct kvmmu_vm_tdp *t, 
         page = (uint32_t)c;
     }
     const size_t i = (size_t)page * 512u + (size_t)((gfn >> (9u * (level - 1u))) & 511u);
-    *stop_level = level;
     if (t->child[i] >= 0) {
+        *stop_level = level;
         *spte = t->spte[i];
         return KVMMU_VM_SUBTREE;
     }
+    if ((flags & KVMMU_VM_F_SPURIOUS) && maps_pfn(cfg, t->spte[i], level, pfn)) {
+        *stop_level = level;
+        *spte = t->spte[i];
+        return KVMMU_VM_SPURIOUS;
+    }
+    if ((flags & KVMMU_VM_F_MAKE) && (flags & KVMMU_VM_F_SPURIOUS) &&
+        (kvmmu_make_spte(cfg, pfn, t->nonpresent, level, pte_access, mkflags, memtype,
+                         &new_spte) & 0xFFu))
+        return KVMMU_VM_E_MAKE;
+    *stop_level = level;
     if (flags & KVMMU_VM_F_MAKE) {
         /* tdp_mmu_map_handle_target_level: make_spte() sees the entry's current value */
         (void)kvmmu_make_spte(cfg, pfn, t->spte[i], level, pte_access, mkflags, memtype, &new_spte);

@@ -38,6 +38,7 @@ GUEST_MEMFD_FLAG_MMAP = 1 << 0
 GUEST_MEMFD_FLAG_INIT_SHARED = 1 << 1
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
+_bisect_right = bisect.bisect_right
 KVM_FILTER_SHARED = 1 << 0
 KVM_FILTER_PRIVATE = 1 << 1
 PAGE_SHIFT = 12
@@ -702,7 +703,7 @@ class GuestMemfd:
         base = slot.base_gfn
         index = gfn - base + slot.gmem_pgoff if base <= gfn < base + slot.npages else \
             _slot_index(slot, gfn)                                  # (refuses: outside)
-        i = bisect.bisect_right(self._bind_starts, index) - 1       # binding_at(index)
+        i = _bisect_right(self._bind_starts, index) - 1             # binding_at(index)
         b = self._binds[i] if i >= 0 else None
         if b is None or b.pgoff + b.npages <= index or b.slot is not slot:     # (b.end)
             raise GmemError(f"gfn {gfn:#x}: index {index:#x} is not bound to this slot", _errno.EIO)
@@ -725,6 +726,9 @@ class GuestMemfd:
         ``gmem_file`` the caller read as this file (``pykvmmu.vm.Vm.fault``'s call)."""
         index = self._bound_index(slot, gfn)
         bpfn = self._pfn.get(index)
+        if bpfn is not None and not self.folio_order and index in self.uptodate and \
+                index not in self.poisoned:
+            return bpfn, 0, False       # a prepared order-0 page: the steps below, answered
         if bpfn is None:
             base, bpfn, order = self._alloc_folio(index)
         elif self.folio_order:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import errno as _errno
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -53,6 +53,10 @@ class VmError(InputError):
         self.errno = errno
 
 
+#: The Memslot fields :meth:`Memslot.kind` reads.
+_KIND_INPUTS = frozenset(("flags", "gmem_only"))
+
+
 @dataclass
 class Memslot:
     """A ``kvm_memory_slot``: gfn range, userspace address, flags, guest_memfd binding
@@ -66,6 +70,7 @@ class Memslot:
     gmem_file: Optional[Any] = None
     gmem_pgoff: int = 0
     gmem_only: bool = False
+    _kind: str = field(init=False, repr=False, compare=False)   # kind(), kept current
 
     def __post_init__(self):
         self.id = uint("id", self.id, 32, err=VmError)
@@ -75,6 +80,12 @@ class Memslot:
             raise VmError("npages=0: a memslot has at least one page")
         self.userspace_addr = uint("userspace_addr", self.userspace_addr, err=VmError)
         self.flags = uint("flags", self.flags, 32, err=VmError)
+        self._kind = self.kind()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _KIND_INPUTS and "_kind" in self.__dict__:
+            object.__setattr__(self, "_kind", self.kind())
 
     @property
     def end_gfn(self) -> int:
@@ -85,7 +96,8 @@ class Memslot:
 
     def kind(self) -> str:
         """``"plain"``, ``"gmem"`` or ``"gmem_only"`` (an mmap-able guest_memfd, v6.18+): the
-        memslot kinds of :func:`pykvmmu.private.faultin_action`."""
+        memslot kinds of :func:`pykvmmu.private.faultin_action`.  ``_kind`` holds the answer,
+        recomputed whenever ``flags`` or ``gmem_only`` is set (the fault path reads it)."""
         if self.flags & KVM_MEM_GUEST_MEMFD:
             return "gmem_only" if self.gmem_only else "gmem"
         return "plain"

@@ -41,7 +41,8 @@ __all__ = [
     "Classification", "FaultDecision", "FaultPolicy", "UpstreamPolicy", "RfcV9MaskPolicy",
     "MaskPolicy", "ThreeWayPolicy", "SoftwarePferrPolicy", "POLICIES", "get_policy",
     "KVM_FAULT_VMM_DEFINED", "KVM_FAULT_SHARED", "KVM_FAULT_PRIVATE", "upstream_error_code",
-    "kvm_mmu_do_page_fault", "vendor_says_private", "faultin_action", "SlotKind", "FaultAction", "faultin_decision", "EXIT_NOSLOT_PRIVATE",
+    "kvm_mmu_do_page_fault", "vendor_says_private", "faultin_action",
+    "FAULTIN_ACTIONS", "SlotKind", "FaultAction", "faultin_decision", "EXIT_NOSLOT_PRIVATE",
     "EXIT_NO_GMEM", "decide", "policy_table", "format_policy_table",
     "classify_batch", "ept_violation_error_code", "prefault_error_code", "PrivateFaultError",
 ]
@@ -411,19 +412,62 @@ def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
     return _tuple_new(Classification, ((gpa >> 12) & ~ctx.gfn_direct_bits, ec, kind, w))
 
 
-def _upstream_fault_checked(ctx, gpa: int, error_code: int):
-    """:class:`UpstreamPolicy`'s classify() then the :meth:`FaultPolicy.resolve` mismatch rule,
-    for ``pykvmmu.vm.Vm.fault`` (a fault context and u64 ``gpa`` / ``error_code`` it has
-    already checked): ``(gfn, is_private)`` of a fault that neither warns nor exits, else None
-    (synthetic bits set, or a mismatch: the caller takes the two public steps, which build the
-    warning or the exit)."""
-    if error_code & PFERR_SYNTHETIC_MASK:
-        return None
-    private = vendor_says_private(ctx, gpa, error_code)
-    gfn = (gpa >> 12) & ~ctx.gfn_direct_bits
-    if private is not bool(ctx.is_private(gfn)):
-        return None
-    return gfn, private
+def _upstream_fault_fn(vm_type: int, gfn_direct_bits: int, sw_protected_enabled: bool,
+                      is_private: Callable[[int], bool]) -> Callable[[int, int], Optional[tuple]]:
+    """:class:`UpstreamPolicy`'s classify() then the :meth:`FaultPolicy.resolve` mismatch rule
+    for one VM, bound once (``pykvmmu.vm.Vm`` binds it when its policy or
+    ``sw_protected_enabled`` is set): a function of u64 ``gpa`` / ``error_code`` the caller has
+    already checked, returning ``(gfn, is_private)`` of a fault that neither warns nor exits,
+    else None (synthetic bits set, or a mismatch: the caller takes the two public steps, which
+    build the warning or the exit).  ``is_private`` is ``kvm_mem_is_private`` on a checked gfn.
+
+    A documented fast-path copy of :func:`vendor_says_private` (the VM-type dispatch is done
+    here, once) and of the mismatch rule; ``tests/test_vm_fastpath.py`` holds it equal to
+    classify() then resolve() for every VM type, error-code bit and TDX alias."""
+    vm_type = vm_type_number(vm_type)
+    direct = uint("gfn_direct_bits", gfn_direct_bits)
+    sw_protected_enabled = boolean("sw_protected_enabled", sw_protected_enabled)
+    if not callable(is_private):
+        raise PrivateFaultError(f"is_private={is_private!r}: expected a callable of gfn")
+    keep, synthetic = ~direct, PFERR_SYNTHETIC_MASK
+    if vm_type == KVM_X86_SNP_VM:
+        enc = PFERR_GUEST_ENC_MASK
+
+        def snp(gpa: int, ec: int) -> Optional[tuple]:
+            if ec & synthetic:
+                return None
+            gfn = gpa >> 12
+            private = ec & enc != 0                     # the NPF ENC bit
+            return (gfn, private) if private is is_private(gfn) else None
+        return snp
+    if vm_type == KVM_X86_TDX_VM:
+        shared = direct << 12
+
+        def tdx(gpa: int, ec: int) -> Optional[tuple]:
+            if ec & synthetic:
+                return None
+            gfn = (gpa >> 12) & keep
+            private = not gpa & shared                  # vt_is_tdx_private_gpa
+            return (gfn, private) if private is is_private(gfn) else None
+        return tdx
+    if vm_type == KVM_X86_SW_PROTECTED_VM and sw_protected_enabled:
+        rsvd = PFERR_RSVD_MASK
+
+        def sw_protected(gpa: int, ec: int) -> Optional[tuple]:
+            if ec & synthetic:
+                return None
+            gfn = gpa >> 12
+            attr = is_private(gfn)
+            private = attr and not ec & rsvd            # never for a reserved-bit fault
+            return (gfn, private) if private is attr else None
+        return sw_protected
+
+    def shared_only(gpa: int, ec: int) -> Optional[tuple]:
+        if ec & synthetic:
+            return None
+        gfn = (gpa >> 12) & keep
+        return None if is_private(gfn) else (gfn, False)
+    return shared_only
 
 
 class FaultPolicy:
@@ -626,6 +670,14 @@ def faultin_action(gfn: int, is_private: bool, ex: Optional[MemoryFaultExit],
             return _A_EXIT, MemoryFaultExit.for_fault(gfn, True, EXIT_NO_GMEM)
         return _A_PRIVATE, None
     return (_A_GMEM_SHARED if slot_kind == _SLOT_GMEM_ONLY else _A_SHARED), None
+
+
+#: :func:`faultin_action`'s verdict for each (memslot kind, is_private) where it is neither an
+#: exit nor the no-slot case, derived from the function itself: ``pykvmmu.vm.Vm.fault`` looks
+#: its action up here and calls the function for the rest (exits name their gfn).
+FAULTIN_ACTIONS = {(kind, private): action for kind in sorted(_SLOT_KINDS)
+                   for private in (False, True)
+                   for action, ex in (faultin_action(0, private, None, kind),) if ex is None}
 
 
 def faultin_decision(c: Classification, is_private: bool, ex: Optional[MemoryFaultExit],

@@ -26,7 +26,7 @@ from .memslots import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_REA
                        KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS, KVM_USER_MEM_SLOTS, Memslot,
                        MemslotGenerations, MemslotSet, VmError, check_memory_region_flags,
                        kvm_arch_nr_memslot_as_ids)
-from .private import _A_EXIT, _A_NOSLOT, _A_SHARED
+from .private import _A_EXIT, _A_SHARED
 from .rmp import RmpTable, sev_private_max_mapping_level
 from .rmp import _rmp_make_private_4k as _make_private_4k
 from ._batch import uint
@@ -49,13 +49,17 @@ _PFERR_RSVD = P.PFERR_RSVD_MASK
 _U64_END = 1 << 64
 #: The gfn mask of a leaf's base at each level.
 _LEVEL_MASK = {lv: ~(n - 1) for lv, n in PAGES.items()}
-_VM_OK, _F_MAKE = lib.KVMMU_VM_OK, lib.KVMMU_VM_F_MAKE
+_VM_OK, _VM_SPURIOUS = lib.KVMMU_VM_OK, lib.KVMMU_VM_SPURIOUS
+_F_MAKE_SPURIOUS = lib.KVMMU_VM_F_MAKE | lib.KVMMU_VM_F_SPURIOUS
 _fault_map = lib.kvmmu_vm_fault_map
 #: The built-in policies: pure functions of (VM type, gpa, error code, attributes, memslot
 #: kind), so that their verdict on a cached fault stands until one of those changes.
 _PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
-_upstream_fault = P._upstream_fault_checked
 _faultin_action = P.faultin_action
+#: memslot kind -> faultin_action's verdict for a (shared, private) fault, from its table
+#: (a missing one, an exit, goes through the function)
+_SLOT_ACTIONS = {kind: (P.FAULTIN_ACTIONS.get((kind, False)), P.FAULTIN_ACTIONS.get((kind, True)))
+                 for kind, _ in P.FAULTIN_ACTIONS}
 
 
 def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> property:
@@ -67,6 +71,7 @@ def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> 
     def set_input(vm: Vm, value: object) -> None:
         setattr(vm, attr, check(vm, value))
         vm._fc.clear()
+        vm._bind_fault_path()
     return property(operator.attrgetter(attr), set_input, doc=doc)
 
 
@@ -74,7 +79,7 @@ def _checked_policy(vm: Vm, value) -> P.FaultPolicy:
     value = P.get_policy(value)
     vm._fc_policy_ok = type(value) in _PURE_POLICIES
     # the built-in upstream policy as it is (no per-object override of its steps): the fault
-    # path may take its checked-value shortcut (private._upstream_fault_checked)
+    # path may take its checked-value shortcut (private._upstream_fault_fn, see _bind_fault_path)
     vm._fast_policy = type(value) is P.UpstreamPolicy and not vars(value)
     return value
 
@@ -252,6 +257,9 @@ class Vm(MmuLock):
     _fc_policy_ok: bool
     #: Whether the policy is the built-in upstream one (see _checked_policy).
     _fast_policy: bool
+    #: The upstream policy's classify + resolve on checked values, bound to this VM
+    #: (private._upstream_fault_fn; None: another policy, see _bind_fault_path).
+    _fast_fault: Optional[Callable[[int, int], Optional[tuple]]]
 
     def __init__(self, vm_type="snp", *, cfg: Optional[MmuConfig] = None, gpaw: int = 52,
                  policy=None, host: Optional[HostMemory] = None, rmp=None, hooks=None,
@@ -338,12 +346,12 @@ class Vm(MmuLock):
         fm.pte_access, fm.mkflags, fm.memtype = ACC_ALL, self._mk, S.MEMTYPE_AUTO
         self.roots = {r: self._alloc_table() for r in self.root_names}
         self.leaves: dict = {r: {} for r in self.root_names}  # base gfn -> (level, pfn, kind)
-        # is_private -> (root, its pool index, the bits its walk adds to a gfn, its leaf
+        # [is_private] -> (root, its pool index, the bits its walk adds to a gfn, its leaf
         # index): the fault path's root (roots are never freed, pool indexes never move, a
         # root's leaf index is emptied in place, never replaced).
-        self._fault_root_priv, self._fault_root_shared = (
+        self._fault_roots = tuple(
             (r, self._pt_idx[self.roots[r]], self._walk_gfn(r, 0), self.leaves[r])
-            for r in (self._root_for(True), self._root_for(False)))
+            for r in (self._root_for(False), self._root_for(True)))
         self._slot_at = self.memslots.at        # gfn_to_memslot on a checked gfn (bound once)
         self.stats = dict(faults=0, mapped=0, exits=0, retries=0, emulate=0, zapped=0)
         if self.vm_type == P.KVM_X86_SNP_VM:
@@ -357,6 +365,7 @@ class Vm(MmuLock):
                 self.vm_type, lambda vm: GmemHooks())(self)
         self._gmem_hooks = hooks
         self.attrs.on_store = self._fc_drop
+        self._bind_fault_path()
 
     # ------------------------------------------------------------------ settings
     # Inputs of the fault path that users may replace: setting one empties the fault cache.
@@ -369,6 +378,18 @@ class Vm(MmuLock):
     sw_protected_enabled = _fault_input(
         "sw_protected_enabled", lambda vm, value: boolean("sw_protected_enabled", value, err=VmError),
         "``CONFIG_KVM_SW_PROTECTED_VM`` (SW-protected VMs take privacy from the attributes).")
+
+    def _bind_fault_path(self) -> None:
+        """Bind the fault path's per-VM choices after a setting changed: the upstream policy's
+        checked-value shortcut for this VM type, attributes and ``sw_protected_enabled``
+        (:func:`pykvmmu.private._upstream_fault_fn`), or None for any other policy.  (During
+        ``__init__``, before the attributes exist, nothing: its end binds.)"""
+        attrs = getattr(self, "attrs", None)
+        if attrs is None:
+            return
+        self._fast_fault = P._upstream_fault_fn(self.vm_type, self.gfn_direct_bits,
+                                               self._sw_protected_enabled,
+                                               attrs.is_private) if self._fast_policy else None
 
     # ------------------------------------------------------------------ fault cache
     def _fc_drop(self, start: int, end: int) -> None:
@@ -719,14 +740,6 @@ class Vm(MmuLock):
                                           KVM_MEMORY_ATTRIBUTE_PRIVATE if private else 0)
 
     # ------------------------------------------------------------------ faults
-    def _shared_pfn_for(self, slot: Memslot, gfn: int) -> int:
-        hva = (slot.userspace_addr >> 12) + (gfn - slot.base_gfn)
-        pfn = self._shared_pfn.get(hva)
-        if pfn is None:
-            pfn = self.host.alloc("shared")
-            self._shared_pfn[hva] = pfn
-        return pfn
-
     def _lpage_ok(self, slot: Memslot, gfn: int, level: int, is_private: bool) -> bool:
         """Huge page allowed: the aligned block lies in the slot (and, for shared memory, the
         hva has the same alignment) and its attributes are uniform (KVM_LPAGE_MIXED_FLAG)."""
@@ -750,14 +763,15 @@ class Vm(MmuLock):
         under its exact (gpa, error_code) while nothing it read changes (see ``_fc_store``);
         the same fault again then returns the same ``spurious`` outcome without the walk."""
         if race is None and gpa.__class__ is int and error_code.__class__ is int:
-            hit = self._fc.get(gpa >> 12)
+            fc = self._fc
+            hit = fc.get(gpa >> 12) if fc else None
             if hit is not None and hit[0] == gpa and hit[1] == error_code and \
                     not self.invalidation.in_progress:
                 self.stats["faults"] += 1
                 o = hit[2]
                 if o.__class__ is tuple:        # stored as its fields: built on the first hit
                     o = _outcome(o)
-                    self._fc[gpa >> 12] = (gpa, error_code, o)
+                    fc[gpa >> 12] = (gpa, error_code, o)
                 return o
             if not (0 <= gpa < _U64_END and 0 <= error_code < _U64_END):  # u64's fast path
                 gpa = u64("gpa", gpa, err=VmError)                # (refuses: out of range)
@@ -771,9 +785,9 @@ class Vm(MmuLock):
         stats["faults"] += 1
         # --- RSVD fast path: handle_mmio_page_fault on an existing MMIO SPTE.  MMIO is shared
         # only: a TDX private address (shared bit clear) never reads the shared root's entry.
-        direct = self.gfn_direct_bits
-        if error_code & _PFERR_RSVD and (not direct or (gpa >> 12) & direct):
-            gfn0 = (gpa >> 12) & ~direct
+        if error_code & _PFERR_RSVD and (not self.gfn_direct_bits or
+                                         (gpa >> 12) & self.gfn_direct_bits):
+            gfn0 = (gpa >> 12) & ~self.gfn_direct_bits
             root = self._root_for(False)
             e = self.leaves[root].get(gfn0)
             if e is not None and e[2] == "mmio":
@@ -783,36 +797,44 @@ class Vm(MmuLock):
                     return _outcome(("emulate", gfn0, False, 0, 0, s, None, "MMIO SPTE hit"))
                 # stale generation (RET_PF_INVALID): take the slow path, which replaces it
         inv = self.invalidation
-        # the upstream policy on checked values (one call), unless it would warn or exit
-        r = _upstream_fault(self, gpa, error_code) if self._fast_policy else None
+        # the upstream policy on checked values (bound per VM), unless it would warn or exit
+        fast = self._fast_fault
+        r = fast(gpa, error_code) if fast is not None else None
         if r is not None:
             gfn, is_private = r
             mmu_seq, ex = inv.seq, None
+            slot = self._slot_at(gfn)
+            # faultin_action's verdict from its table (None: no slot, or an exit to build)
+            action = None if slot is None else _SLOT_ACTIONS[slot._kind][is_private]
         else:
             policy = self._policy
             c = policy.classify(self, gpa, error_code)
             gfn = c.gfn
             mmu_seq = inv.seq
             is_private, ex = policy.resolve(self, c)
-        slot = self._slot_at(gfn) if ex is None else None
+            slot = self._slot_at(gfn) if ex is None else None
+            action = None
         if slot is not None and (inv.in_progress or inv.seq != mmu_seq) and \
                 inv._retry(mmu_seq, gfn):                                       # ..._unsafe check
             stats["retries"] += 1
             return _outcome(("retry", gfn, is_private, 0, 0, 0, None, "invalidation in progress"))
-        action, ex = _faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
-        if action == _A_EXIT:
-            return self._exit(ex)
-        if action == _A_NOSLOT:
+        if action is None:
+            action, ex = _faultin_action(gfn, is_private, ex, None if slot is None else slot.kind())
+            if action == _A_EXIT:
+                return self._exit(ex)
+        if slot is None:                        # faultin_action: "noslot" (emulated MMIO)
             if not self.cfg.mmio_caching or gfn > self._max_gfn:
                 stats["emulate"] += 1
                 return _outcome(("emulate", gfn, False, 0, 0, 0, None, "no MMIO caching or gfn "
                                  "above host MAXPHYADDR: no SPTE"))
-            pfn, max_level, kind = None, PG_LEVEL_4K, "mmio"
-        elif action == _A_SHARED:
-            assert slot is not None             # faultin_action: only noslot/exit lack a slot
-            pfn, max_level, kind = self._shared_pfn_for(slot, gfn), PG_LEVEL_4K, "shared"
+            pfn, max_level, kind = 0, PG_LEVEL_4K, "mmio"
+        elif action == _A_SHARED:               # the host page behind the slot's hva
+            hva = (slot.userspace_addr >> 12) + (gfn - slot.base_gfn)
+            pfn = self._shared_pfn.get(hva, -1)
+            if pfn < 0:
+                pfn = self._shared_pfn[hva] = self.host.alloc("shared")
+            max_level, kind = PG_LEVEL_4K, "shared"
         else:                                   # guest_memfd: "private" or "gmem_shared"
-            assert slot is not None
             gmem = slot.gmem_file
             if gmem is None:
                 return self._exit(P.MemoryFaultExit.for_fault(
@@ -837,8 +859,7 @@ class Vm(MmuLock):
                 stats["retries"] += 1
                 return _outcome(("retry", gfn, is_private, 0, 0, 0, None,
                                  "mmu_invalidate_seq moved or range in progress"))
-            root, root_idx, walk_bits, lv_map = self._fault_root_priv if is_private else \
-                self._fault_root_shared
+            root, root_idx, walk_bits, lv_map = self._fault_roots[is_private]
             if kind == "mmio":
                 spte = M.make_mmio_spte(self.cfg, gfn | walk_bits, ACC_ALL,
                                         self.generation & ~KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS)
@@ -846,7 +867,7 @@ class Vm(MmuLock):
                 stats["emulate"] += 1
                 return _outcome(("emulate", gfn, False, 0, 0, spte, None,
                                  "MMIO SPTE installed"))
-            assert slot is not None and pfn is not None     # set for every kind but mmio
+            assert slot is not None                 # set for every kind but mmio
             level, base, bpfn = PG_LEVEL_4K, gfn, pfn
             if max_level > PG_LEVEL_4K:
                 for lv in (PG_LEVEL_1G, PG_LEVEL_2M):
@@ -855,25 +876,25 @@ class Vm(MmuLock):
                         base = gfn & _LEVEL_MASK[level]
                         bpfn = pfn - (gfn - base)
                         break
-            # already mapped by this very leaf? (one leaf covers a gfn: check() verifies that
-            # the leaf index agrees with the tables, so probing ``level`` is _leaf's answer)
-            cur = lv_map.get(base)
+            # one C call: already mapped by this very leaf (the entry at ``level`` is a present
+            # leaf of bpfn: RET_PF_SPURIOUS; check() verifies that the leaf index and the
+            # tables agree, so this is _leaf's answer), else walk and install
             fm = self._fm
-            if cur is not None and cur[0] == level and cur[1] == bpfn:
-                _fault_map(fm, root_idx, base | walk_bits, level, 0, 0)
+            st = _fault_map(fm, root_idx, base | walk_bits, level, bpfn, _F_MAKE_SPURIOUS)
+            if st == _VM_SPURIOUS:
                 f = ("spurious", gfn, is_private, level, bpfn, fm.spte, None, "")
                 if max_level == PG_LEVEL_4K and race is None:
                     self._fc_store(gpa, error_code, f)
                 return _outcome(f)
-            if _fault_map(fm, root_idx, base | walk_bits, level, bpfn, _F_MAKE) == _VM_OK:
+            if st == _VM_OK:
                 spte = fm.spte
                 lv_map[base] = (level, bpfn, kind)
                 fc = self._fc
                 if fc:
                     if level == PG_LEVEL_4K:                # _fc_drop(base, base + 1)
                         fc.pop(base, None)
-                        if direct:
-                            fc.pop(base | direct, None)
+                        if self.gfn_direct_bits:
+                            fc.pop(base | self.gfn_direct_bits, None)
                     else:
                         self._fc_drop(base, base + PAGES[level])
             else:           # tables to allocate, a huge leaf to split or a subtree to free

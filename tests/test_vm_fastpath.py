@@ -2,8 +2,10 @@
 for, on the random operations of tests/test_vm_cache.py (faults, conversions, punch holes,
 poison, migration, races, memslot and setting changes; huge folios too):
 
-- the "already mapped" test probes one leaf (the fault's level and base) where ``Vm._leaf``
-  probes every level: a fault is ``spurious`` exactly when ``_leaf`` found that very leaf;
+- the "already mapped" test reads the table entry at the fault's level and base in the walk
+  (``KVMMU_VM_F_SPURIOUS``: a present leaf of the pfn) where ``Vm._leaf`` probes the leaf
+  index at every level: a fault is ``spurious`` exactly when ``_leaf`` found that very leaf,
+  on the VM types here and on a VM of every configuration preset;
 - outcomes built field by field (``tuple.__new__``) equal the keyword-built ``FaultOutcome``;
 - the root's pool index and walk bits precomputed per privacy are those of ``_root_for``;
 - ``GuestMemfd._get_pfn`` (checked gfn) answers as ``get_pfn``, which still refuses bad gfns.
@@ -37,7 +39,7 @@ def test_fault_shortcuts_match_their_definitions(t, folio_order):
     vm, g = _vm(t, "upstream", folio_order)
     vm._fc_store = lambda *a: None                      # every fault walks (the uncached path)
     for p in (True, False):
-        root, idx, bits, lv_map = vm._fault_root_priv if p else vm._fault_root_shared
+        root, idx, bits, lv_map = vm._fault_roots[p]
         assert root == vm._root_for(p) and idx == vm._pt_idx[vm.roots[root]]
         assert lv_map is vm.leaves[root]
         assert bits == vm._walk_gfn(root, 0)
@@ -81,9 +83,10 @@ def test_get_pfn_checked_and_unchecked_agree():
 
 @pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected", "default"])
 def test_upstream_shortcut_is_classify_then_resolve(t):
-    """private._upstream_fault_checked (the fault path's one call) answers (gfn, is_private)
-    exactly when UpstreamPolicy's classify() then resolve() neither warn nor exit, and then
-    with their gfn and privacy; synthetic bits, RSVD, both TDX aliases and mismatches."""
+    """The VM's bound private._upstream_fault_fn (the fault path's one call) answers (gfn,
+    is_private) exactly when UpstreamPolicy's classify() then resolve() neither warn nor exit,
+    and then with their gfn and privacy; synthetic bits, RSVD, both TDX aliases and
+    mismatches; rebound when sw_protected_enabled changes; other policies bind none."""
     if t == "default":
         vm = Vm("default")
         vm.set_memory_region(0, 0, NPAGES << 12)
@@ -103,12 +106,17 @@ def test_upstream_shortcut_is_classify_then_resolve(t):
         ec = sum(b for b in bits if rng.integers(0, 3) == 0)
         c = pol.classify(vm, gpa, ec)
         is_private, ex = pol.resolve(vm, c)
-        got = P._upstream_fault_checked(vm, gpa, ec)
+        got = vm._fast_fault(gpa, ec)
+        assert got == P._upstream_fault_fn(vm.vm_type, vm.gfn_direct_bits,
+                                          vm.sw_protected_enabled, vm.is_private)(gpa, ec)
         want = None if c.warnings or ex is not None else (c.gfn, is_private)
         assert got == want, (gpa, ec, got, want)
         assert got is None or type(got[1]) is bool
         seen.add(want is None)
     assert seen == {True, False}
+    for p in ("rfc-v9", P.UpstreamPolicy(), "upstream"):
+        vm.policy = p
+        assert (vm._fast_fault is None) is (p == "rfc-v9")
 
 
 @pytest.mark.parametrize("t", ["snp", "tdx", "sw_protected"])
@@ -119,8 +127,8 @@ def test_fast_policy_changes_no_outcome(t):
     object, or another policy, never takes the shortcut."""
     a, ga = _vm(t, "upstream", 0)
     b, gb = _vm(t, "upstream", 0)
-    assert a._fast_policy and b._fast_policy
-    b._fast_policy = False
+    assert a._fast_policy and b._fast_policy and a._fast_fault and b._fast_fault
+    b._fast_fault = None
     b.vm_id = a.vm_id                                   # (TDX SEAMCALLs name the VM)
     _same_outcomes(a, ga, b, gb, t, f"pol{t}")
     assert _state(a) == _state(b)
@@ -130,6 +138,7 @@ def test_fast_policy_changes_no_outcome(t):
     for p in (odd, "rfc-v9", P.UpstreamPolicy()):
         a.policy = p
         assert a._fast_policy is (p.__class__ is P.UpstreamPolicy and not vars(p))
+        assert (a._fast_fault is not None) is a._fast_policy
 
 
 def test_rmp_make_private_4k_is_the_public_call():
@@ -185,7 +194,10 @@ def test_fault_map_is_tdp_map():
     rng = np.random.default_rng(3)
     for _ in range(400):
         gfn, level = int(rng.integers(0, 1 << 22)), int(rng.integers(1, 4))
-        pfn, flags = int(rng.integers(0, 1 << 20)), int(rng.integers(0, 2))
+        pfn, flags = int(rng.integers(0, 1 << 20)), int(rng.integers(0, 4))
+        leaf = vm._leaf("direct", gfn)
+        if leaf is not None and rng.integers(0, 2):         # (F_SPURIOUS: its own pfn too)
+            level, gfn, pfn = leaf
         tbl = vm._tbl.copy()
         a = lib.kvmmu_vm_tdp_map(vm._c, vm._tdp, root, gfn, level, pfn, ACC_ALL, vm._mk,
                                  S.MEMTYPE_AUTO, flags, sp, lv)
@@ -245,3 +257,53 @@ def test_refused_fast_path_calls_change_nothing():
         with pytest.raises(InputError):
             g.get_pfn(slot, bad)
     assert vm._snapshot() == before and g._snapshot() == gbefore
+
+
+def test_slot_actions_are_faultin_action_and_kind_stays_current():
+    """Vm.fault's per-kind verdicts (vm._SLOT_ACTIONS, from private.FAULTIN_ACTIONS) are
+    faultin_action's action for every memslot kind and privacy, None exactly where it exits;
+    Memslot._kind (what the fault path reads) equals kind() through flag and gmem_only changes,
+    and a memslot's equality ignores it."""
+    from pykvmmu import vm as V
+    from pykvmmu.memslots import KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, Memslot
+    kinds = {k.value for k in P.SlotKind}
+    assert set(V._SLOT_ACTIONS) == kinds
+    for kind in kinds:
+        for private in (False, True):
+            action, ex = P.faultin_action(7, private, None, kind)
+            assert V._SLOT_ACTIONS[kind][private] == (None if ex is not None else action)
+            assert action != "noslot"
+    rng = np.random.default_rng(5)
+    s = Memslot(1, 0, 8, 0)
+    for _ in range(64):
+        if rng.integers(0, 2):
+            s.flags = int(rng.choice([0, KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES,
+                                      KVM_MEM_GUEST_MEMFD | KVM_MEM_LOG_DIRTY_PAGES]))
+        else:
+            s.gmem_only = bool(rng.integers(0, 2))
+        assert s._kind == s.kind()
+        t = Memslot(1, 0, 8, 0, s.flags, gmem_only=s.gmem_only)
+        assert t == s and t._kind == s._kind
+    vm, _ = _vm("snp", "upstream", 0)
+    assert [sl._kind for sl in vm.slots] == [sl.kind() for sl in vm.slots] == ["gmem", "plain"]
+
+
+@pytest.mark.parametrize("preset", sorted({c.mode for c in __import__(
+    "pykvmmu.config", fromlist=["MmuConfig"]).MmuConfig.all_presets()}))
+def test_spurious_from_the_table_is_the_leaf_index_on_every_preset(preset):
+    """On a VM of each configuration preset, a repeated fault is ``spurious`` (found by the C
+    walk from the table entry) exactly when the leaf index holds that very leaf, and a fault
+    on a page whose leaf was zapped maps it again."""
+    from pykvmmu.config import MmuConfig
+    vm = Vm("default", cfg=MmuConfig.preset(preset))
+    vm.set_memory_region(0, 0, 256 << 12)
+    for rnd in range(3):
+        for gfn in range(0, 256, 5):
+            had = vm._leaf("direct", gfn)
+            o = vm.fault(gfn << 12, 2)
+            assert (o.kind == "spurious") == (had == (o.level, gfn, o.pfn)), (preset, rnd, o)
+            assert o.kind == ("mapped" if rnd == 0 or gfn % 3 == 0 and rnd == 2 else "spurious")
+        if rnd == 1:
+            for gfn in range(0, 256, 15):
+                vm._zap_gfn_range(gfn, gfn + 1, 3)
+    vm.check()

@@ -286,3 +286,45 @@ def test_install_over_a_present_leaf_sees_the_old_spte(profile):
         assert int(tbl[0, gfn & 511]) == want == ref_tbl[gfn & 511]
     if profile != "v6.19":
         assert differs, "the old SPTE must matter in an era with the old-writable shortcut"
+
+
+@given(cfg=st.sampled_from(CONFIGS) | st.sampled_from(NX_CONFIGS), data=st.data())
+def test_spurious_equals_reference(cfg, data):
+    """F_SPURIOUS (Vm.fault's one call): an entry at the target level that already maps the
+    pfn (a present leaf of it: huge, small or any value) is reported SPURIOUS and left as it
+    is, any other is installed (F_MAKE) or read, and a refused make_spte input is reported only
+    past that check; code, SPTE, stop level and pool agree with the reference."""
+    levels = data.draw(st.sampled_from([4, 5]))
+    level = data.draw(st.integers(1, 3))
+    gfn = data.draw(st.integers(0, 2**64 - 1))
+    npages = levels - level + 1
+    tbl = np.full((npages, 512), cfg.profile.nonpresent_value, dtype=np.uint64)
+    child = np.full((npages, 512), -1, dtype=np.int32)
+    for p, lv in enumerate(range(levels, level, -1)):
+        child[p, (gfn >> (9 * (lv - 1))) & 511] = p + 1
+    i = (gfn >> (9 * (level - 1))) & 511
+    old = data.draw(st.sampled_from([cfg.profile.nonpresent_value,
+                                     RS.make_spte(cfg, 0x200 & cfg.max_pfn, level=level)[0],
+                                     RS.make_spte(cfg, 0x201 & cfg.max_pfn, level=1)[0]])
+                    | st.integers(0, 2**64 - 1))
+    tbl[npages - 1, i] = old
+    pfn = data.draw(st.sampled_from([RS.spte_to_pfn(cfg, old), 0x200 & cfg.max_pfn])
+                    | st.integers(0, cfg.max_pfn).map(lambda p: p & cfg.max_pfn)
+                    | st.just(1 << 40))
+    flags = data.draw(st.sampled_from([lib.KVMMU_VM_F_SPURIOUS,
+                                       lib.KVMMU_VM_F_SPURIOUS | lib.KVMMU_VM_F_MAKE]))
+    acc = data.draw(st.integers(0, 7) | st.just(8))
+    ref_tbl, ref_child = tbl.ravel().tolist(), child.ravel().tolist()
+    before = tbl.copy()
+    want = R.tdp_map(cfg, ref_tbl, ref_child, npages, levels, cfg.profile.nonpresent_value, 0,
+                     gfn, level, pfn, acc, 0, S.MEMTYPE_AUTO, flags)
+    present = RS.is_shadow_present_pte(cfg, old) and RS.spte_to_pfn(cfg, old) == pfn
+    assert (want.code == R.SPURIOUS) is present
+    got = _core(cfg, tbl, child, npages, levels, cfg.profile.nonpresent_value, 0, gfn, level,
+                pfn, acc, 0, S.MEMTYPE_AUTO, flags)
+    assert got[0] == want.code
+    if want.code != R.E_MAKE:
+        assert got[1:] == (want.spte, want.stop_level)
+    assert tbl.ravel().tolist() == ref_tbl
+    if want.code != R.OK or not flags & R.F_MAKE:
+        np.testing.assert_array_equal(tbl, before)

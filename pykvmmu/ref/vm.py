@@ -14,19 +14,25 @@ from __future__ import annotations
 
 from typing import MutableSequence, NamedTuple, Optional
 
-from .spte import make_spte
+from .spte import is_shadow_present_pte, make_spte, spte_to_pfn
 
-__all__ = ["tdp_map", "TdpMapResult", "make_spte_refusal", "F_MAKE", "OK", "BLOCKED", "SUBTREE",
-           "E_INDEX", "E_MAKE", "MK_AD_DISABLED", "MK_WRPROT_ONLY", "MK_PREFETCH",
+__all__ = ["tdp_map", "TdpMapResult", "make_spte_refusal", "F_MAKE", "F_SPURIOUS", "OK", "BLOCKED",
+           "SUBTREE", "E_INDEX", "E_MAKE", "SPURIOUS", "MK_AD_DISABLED", "MK_WRPROT_ONLY", "MK_PREFETCH",
            "MK_SYNCHRONIZING", "MK_HOST_WRITABLE", "MK_HOST_MMIO", "MK_UNSYNC_FAILS", "MK_NX_HUGE",
            "MK_ALL_FLAGS", "MK_AD_DEFAULT", "MK_NX_DEFAULT", "MK_OLD_DEFAULT", "MEMTYPE_AUTO"]
 
 #: flags: build make_spte(pfn, level) and write it at the target level (else only read the entry)
 F_MAKE = 1
+#: flags: first, an entry at the target level that already maps pfn (a shadow-present leaf
+#: whose spte_to_pfn is pfn: the fault is RET_PF_SPURIOUS) is read and reported, not rebuilt;
+#: make_spte's inputs are then validated after the walk (still before any write)
+F_SPURIOUS = 2
 #: results: installed (or read); a non-pointer entry above the level (a missing table or a huge
 #: leaf in the way); the entry at the level points to a table; root / child index outside the
 #: pool or a bad level; make_spte refused its inputs.  Nothing is written unless OK.
 OK, BLOCKED, SUBTREE, E_INDEX, E_MAKE = 0, 1, 2, 3, 4
+#: result with F_SPURIOUS: the entry at the level already maps pfn (read, nothing written)
+SPURIOUS = 5
 
 # make_spte's per-SPTE input bits (the mkflags word), as in the C core's header.
 MK_AD_DISABLED = 1
@@ -50,7 +56,7 @@ _MAX_LEVELS = 5
 
 
 class TdpMapResult(NamedTuple):
-    """``code`` (OK / BLOCKED / SUBTREE / E_INDEX / E_MAKE); ``spte``: the SPTE written (OK with
+    """``code`` (OK / BLOCKED / SUBTREE / E_INDEX / E_MAKE / SPURIOUS); ``spte``: the SPTE written (OK with
     F_MAKE) or read at ``stop_level``; both None on an error (the C outputs stay untouched)."""
 
     code: int
@@ -99,13 +105,14 @@ def tdp_map(cfg, spte: MutableSequence[int], child: MutableSequence[int], npages
     stops the walk (BLOCKED, with that entry and its level: ``kvm_tdp_mmu_map`` would allocate
     a table there or split the huge leaf), a child index outside the pool is E_INDEX.  At the
     target level, an entry pointing to a table is SUBTREE (the kernel frees it before
-    installing); otherwise, with F_MAKE, ``make_spte(pfn, level)`` is written there (its inputs
+    installing); with F_SPURIOUS an entry already mapping ``pfn`` there is SPURIOUS (read, and
+    make_spte's inputs validated only past this point); otherwise, with F_MAKE, ``make_spte(pfn, level)`` is written there (its inputs
     are validated before any table is touched: E_MAKE), else the entry is read.  ``spte`` and
     ``child`` are the flat pool (``npages * 512`` entries each); only OK with F_MAKE writes."""
     if root >= npages or not 1 <= level <= levels or levels > _MAX_LEVELS:
         return TdpMapResult(E_INDEX)
-    make = bool(flags & F_MAKE)
-    if make and make_spte_refusal(cfg, pfn, level, pte_access, mkflags, memtype):
+    make, spurious = bool(flags & F_MAKE), bool(flags & F_SPURIOUS)
+    if make and not spurious and make_spte_refusal(cfg, pfn, level, pte_access, mkflags, memtype):
         return TdpMapResult(E_MAKE)
     page = root
     for lv in range(levels, level, -1):
@@ -119,6 +126,10 @@ def tdp_map(cfg, spte: MutableSequence[int], child: MutableSequence[int], npages
     i = page * _ENTRIES + ((gfn >> (9 * (level - 1))) & (_ENTRIES - 1))
     if child[i] >= 0:
         return TdpMapResult(SUBTREE, spte[i], level)
+    if spurious and is_shadow_present_pte(cfg, spte[i]) and spte_to_pfn(cfg, spte[i]) == pfn:
+        return TdpMapResult(SPURIOUS, spte[i], level)
+    if make and spurious and make_spte_refusal(cfg, pfn, level, pte_access, mkflags, memtype):
+        return TdpMapResult(E_MAKE)
     if make:
         # tdp_mmu_map_handle_target_level: make_spte() is given the entry's current value
         new = _leaf(cfg, spte[i], pfn, level, pte_access, mkflags, memtype)
