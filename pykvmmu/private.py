@@ -385,23 +385,42 @@ def upstream_error_code(ctx, gpa: int, error_code: int):
     return ec, warnings
 
 
+def _snp_private(ctx, gpa: int, ec: int, upstream: bool) -> bool:
+    """SNP: the NPF ENC bit (34)."""
+    return ec & PFERR_GUEST_ENC_MASK != 0
+
+
+def _tdx_private(ctx, gpa: int, ec: int, upstream: bool) -> bool:
+    """TDX: the GPA's shared bit clear (``vt_is_tdx_private_gpa``)."""
+    return not gpa & (ctx.gfn_direct_bits << 12)
+
+
+def _sw_protected_private(ctx, gpa: int, ec: int, upstream: bool) -> bool:
+    """SW-protected: the gfn's attributes say PRIVATE; upstream, only with
+    ``CONFIG_KVM_SW_PROTECTED_VM`` and never for a reserved-bit (MMIO) fault."""
+    if upstream and (not ctx.sw_protected_enabled or ec & PFERR_RSVD_MASK):
+        return False
+    return bool(ctx.is_private(gpa >> 12))
+
+
+def _never_private(ctx, gpa: int, ec: int, upstream: bool) -> bool:
+    """Any other VM type: shared."""
+    return False
+
+
+#: The vendor private/shared source rule per VM type (:func:`vendor_says_private`).
+_VENDOR_RULES = {KVM_X86_SNP_VM: _snp_private, KVM_X86_TDX_VM: _tdx_private,
+                 KVM_X86_SW_PROTECTED_VM: _sw_protected_private}
+
+
 def vendor_says_private(ctx, gpa: int, ec: int, *, upstream: bool = True) -> bool:
     """The one private/shared source rule (checked arguments; ``csrc/private.c`` is its batch
-    twin): SNP: the NPF ENC bit (34); TDX: the GPA's shared bit clear
-    (``vt_is_tdx_private_gpa``); SW-protected: the gfn's attributes say PRIVATE
-    (``kvm_mem_is_private(gpa_to_gfn(gpa))``).  ``upstream`` (``kvm_mmu_page_fault``, v6.10+)
-    adds: only with ``CONFIG_KVM_SW_PROTECTED_VM`` and never for a reserved-bit (MMIO) fault;
-    the 2023 software-PFERR design (:class:`SoftwarePferrPolicy`) had neither exception."""
-    vt = ctx.vm_type
-    if vt == KVM_X86_SNP_VM:
-        return bool(ec & PFERR_GUEST_ENC_MASK)
-    if vt == KVM_X86_TDX_VM:
-        return not gpa & (ctx.gfn_direct_bits << 12)
-    if vt == KVM_X86_SW_PROTECTED_VM:
-        if upstream and (not ctx.sw_protected_enabled or ec & PFERR_RSVD_MASK):
-            return False
-        return bool(ctx.is_private(gpa >> 12))
-    return False
+    twin), one function per VM type in ``_VENDOR_RULES``: SNP: the NPF ENC bit (34); TDX: the
+    GPA's shared bit clear (``vt_is_tdx_private_gpa``); SW-protected: the gfn's attributes say
+    PRIVATE (``kvm_mem_is_private(gpa_to_gfn(gpa))``).  ``upstream`` (``kvm_mmu_page_fault``,
+    v6.10+) adds: only with ``CONFIG_KVM_SW_PROTECTED_VM`` and never for a reserved-bit (MMIO)
+    fault; the 2023 software-PFERR design (:class:`SoftwarePferrPolicy`) had neither exception."""
+    return _VENDOR_RULES.get(ctx.vm_type, _never_private)(ctx, gpa, ec, upstream)
 
 
 def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
@@ -412,62 +431,28 @@ def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
     return _tuple_new(Classification, ((gpa >> 12) & ~ctx.gfn_direct_bits, ec, kind, w))
 
 
-def _upstream_fault_fn(vm_type: int, gfn_direct_bits: int, sw_protected_enabled: bool,
-                      is_private: Callable[[int], bool]) -> Callable[[int, int], Optional[tuple]]:
+def _upstream_fault_fn(ctx, is_private: Callable[[int], bool]) -> Callable[[int, int], Optional[tuple]]:
     """:class:`UpstreamPolicy`'s classify() then the :meth:`FaultPolicy.resolve` mismatch rule
-    for one VM, bound once (``pykvmmu.vm.Vm`` binds it when its policy or
+    for one fault context, bound once (``pykvmmu.vm.Vm`` binds it when its policy or
     ``sw_protected_enabled`` is set): a function of u64 ``gpa`` / ``error_code`` the caller has
     already checked, returning ``(gfn, is_private)`` of a fault that neither warns nor exits,
     else None (synthetic bits set, or a mismatch: the caller takes the two public steps, which
     build the warning or the exit).  ``is_private`` is ``kvm_mem_is_private`` on a checked gfn.
-
-    A documented fast-path copy of :func:`vendor_says_private` (the VM-type dispatch is done
-    here, once) and of the mismatch rule; ``tests/test_vm_fastpath.py`` holds it equal to
-    classify() then resolve() for every VM type, error-code bit and TDX alias."""
-    vm_type = vm_type_number(vm_type)
-    direct = uint("gfn_direct_bits", gfn_direct_bits)
-    sw_protected_enabled = boolean("sw_protected_enabled", sw_protected_enabled)
+    The vendor rule is the VM type's function of :func:`vendor_says_private`, picked here once;
+    the gfn rule (``kvm_mmu_do_page_fault``'s) and the mismatch test are restated on purpose
+    (``tests/test_vm_fastpath.py`` holds this equal to classify() then resolve())."""
     if not callable(is_private):
         raise PrivateFaultError(f"is_private={is_private!r}: expected a callable of gfn")
-    keep, synthetic = ~direct, PFERR_SYNTHETIC_MASK
-    if vm_type == KVM_X86_SNP_VM:
-        enc = PFERR_GUEST_ENC_MASK
+    rule = _VENDOR_RULES.get(vm_type_number(ctx.vm_type), _never_private)
+    keep, synthetic = ~uint("gfn_direct_bits", ctx.gfn_direct_bits), PFERR_SYNTHETIC_MASK
 
-        def snp(gpa: int, ec: int) -> Optional[tuple]:
-            if ec & synthetic:
-                return None
-            gfn = gpa >> 12
-            private = ec & enc != 0                     # the NPF ENC bit
-            return (gfn, private) if private is is_private(gfn) else None
-        return snp
-    if vm_type == KVM_X86_TDX_VM:
-        shared = direct << 12
-
-        def tdx(gpa: int, ec: int) -> Optional[tuple]:
-            if ec & synthetic:
-                return None
-            gfn = (gpa >> 12) & keep
-            private = not gpa & shared                  # vt_is_tdx_private_gpa
-            return (gfn, private) if private is is_private(gfn) else None
-        return tdx
-    if vm_type == KVM_X86_SW_PROTECTED_VM and sw_protected_enabled:
-        rsvd = PFERR_RSVD_MASK
-
-        def sw_protected(gpa: int, ec: int) -> Optional[tuple]:
-            if ec & synthetic:
-                return None
-            gfn = gpa >> 12
-            attr = is_private(gfn)
-            private = attr and not ec & rsvd            # never for a reserved-bit fault
-            return (gfn, private) if private is attr else None
-        return sw_protected
-
-    def shared_only(gpa: int, ec: int) -> Optional[tuple]:
+    def upstream_fault(gpa: int, ec: int) -> Optional[tuple]:
         if ec & synthetic:
             return None
+        private = rule(ctx, gpa, ec, True)
         gfn = (gpa >> 12) & keep
-        return None if is_private(gfn) else (gfn, False)
-    return shared_only
+        return (gfn, private) if private is is_private(gfn) else None     # (a non-bool: None)
+    return upstream_fault
 
 
 class FaultPolicy:

@@ -387,9 +387,7 @@ class Vm(MmuLock):
         attrs = getattr(self, "attrs", None)
         if attrs is None:
             return
-        self._fast_fault = P._upstream_fault_fn(self.vm_type, self.gfn_direct_bits,
-                                               self._sw_protected_enabled,
-                                               attrs.is_private) if self._fast_policy else None
+        self._fast_fault = P._upstream_fault_fn(self, attrs.is_private) if self._fast_policy else None
 
     # ------------------------------------------------------------------ fault cache
     def _fc_drop(self, start: int, end: int) -> None:

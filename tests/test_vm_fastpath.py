@@ -107,8 +107,7 @@ def test_upstream_shortcut_is_classify_then_resolve(t):
         c = pol.classify(vm, gpa, ec)
         is_private, ex = pol.resolve(vm, c)
         got = vm._fast_fault(gpa, ec)
-        assert got == P._upstream_fault_fn(vm.vm_type, vm.gfn_direct_bits,
-                                          vm.sw_protected_enabled, vm.is_private)(gpa, ec)
+        assert got == P._upstream_fault_fn(vm, vm.is_private)(gpa, ec)
         want = None if c.warnings or ex is not None else (c.gfn, is_private)
         assert got == want, (gpa, ec, got, want)
         assert got is None or type(got[1]) is bool
