@@ -24,6 +24,7 @@ import numpy as np
 from . import _par
 from . import isa as _isa
 from ._batch import in_array, out_array, ptr, ptr_at, same_shape, uint
+from ._batch import tuple_new as _tuple_new
 from ._check import boolean, u64
 from ._ffi import ffi, lib
 from .errors import InputError, rule_texts
@@ -304,9 +305,6 @@ class FaultContext:
         self.gfn_direct_bits = gfn_direct_bits(self.vm_type, self.gpaw)
 
 
-_tuple_new = tuple.__new__     # a NamedTuple from a full tuple, without its __new__'s frame
-
-
 class Classification(NamedTuple):
     """A policy's verdict at ``kvm_mmu_do_page_fault()`` time."""
 
@@ -403,7 +401,7 @@ def _sw_protected_private(ctx, gpa: int, ec: int, upstream: bool) -> bool:
     return bool(ctx.is_private(gpa >> 12))
 
 
-def _never_private(ctx, gpa: int, ec: int, upstream: bool) -> bool:
+def _shared_only(ctx, gpa: int, ec: int, upstream: bool) -> bool:
     """Any other VM type: shared."""
     return False
 
@@ -420,7 +418,7 @@ def vendor_says_private(ctx, gpa: int, ec: int, *, upstream: bool = True) -> boo
     PRIVATE (``kvm_mem_is_private(gpa_to_gfn(gpa))``).  ``upstream`` (``kvm_mmu_page_fault``,
     v6.10+) adds: only with ``CONFIG_KVM_SW_PROTECTED_VM`` and never for a reserved-bit (MMIO)
     fault; the 2023 software-PFERR design (:class:`SoftwarePferrPolicy`) had neither exception."""
-    return _VENDOR_RULES.get(ctx.vm_type, _never_private)(ctx, gpa, ec, upstream)
+    return _VENDOR_RULES.get(ctx.vm_type, _shared_only)(ctx, gpa, ec, upstream)
 
 
 def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
@@ -443,7 +441,7 @@ def _upstream_fault_fn(ctx, is_private: Callable[[int], bool]) -> Callable[[int,
     (``tests/test_vm_fastpath.py`` holds this equal to classify() then resolve())."""
     if not callable(is_private):
         raise PrivateFaultError(f"is_private={is_private!r}: expected a callable of gfn")
-    rule = _VENDOR_RULES.get(vm_type_number(ctx.vm_type), _never_private)
+    rule = _VENDOR_RULES.get(vm_type_number(ctx.vm_type), _shared_only)
     keep, synthetic = ~uint("gfn_direct_bits", ctx.gfn_direct_bits), PFERR_SYNTHETIC_MASK
 
     def upstream_fault(gpa: int, ec: int) -> Optional[tuple]:
