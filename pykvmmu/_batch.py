@@ -12,7 +12,12 @@ from ._ffi import ffi
 from ._check import boolean, disjoint, no_overlap, uint  # noqa: F401 (re-exported)
 from .errors import ArrayError, InputError
 
-__all__ = ["uint", "bad_u64", "in_array", "out_array", "same_shape", "ptr", "ptr_at"]
+__all__ = ["uint", "bad_u64", "in_array", "out_array", "same_shape", "ptr", "ptr_at", "tuple_new"]
+
+#: A NamedTuple from a full tuple of its fields, without its ``__new__``'s Python frame: the
+#: scalar results' one constructor (``tuple_new(T, fields)``, or a ``functools.partial`` of it
+#: per result type).
+tuple_new = tuple.__new__
 
 
 def bad_u64(name: str, value) -> InputError:

@@ -22,7 +22,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional
 
-from ._batch import uint
+from ._batch import tuple_new, uint
 from ._check import boolean, in_range, snapshot, u64
 from .attrs import MmuInvalidation
 from .errors import InputError
@@ -318,8 +318,8 @@ class GetPfn(NamedTuple):
     prepared_now: bool
 
 
-#: A GetPfn from its three fields in order (``tuple.__new__`` through a C partial: one per fault).
-_get_pfn_result = functools.partial(tuple.__new__, GetPfn)
+#: A GetPfn from its three fields in order (``_batch.tuple_new`` through a C partial: one per fault).
+_get_pfn_result = functools.partial(tuple_new, GetPfn)
 
 
 def _slot(slot):

@@ -17,6 +17,7 @@ import numpy as np
 from . import _par
 from . import profile as _profile
 from ._batch import bad_u64, in_array, out_array, ptr, ptr_at, same_shape, uint
+from ._batch import tuple_new as _tuple_new
 from ._check import boolean, in_range, mmu_config
 from ._ffi import ffi, lib
 from ._memo import bounded_put
@@ -90,7 +91,6 @@ def _memtype(memtype) -> int:
 
 _U64_LIMIT = 1 << 64
 _MAKE_OUT = threading.local()      # per thread: the C call releases the GIL
-_tuple_new = tuple.__new__
 #: kvmmu_make_spte's return word >> 9 -> the warnings make_spte() would raise
 _WARNINGS = tuple(tuple(w for bit, w in ((lib.KVMMU_MKR_WARN_NONPRESENT,
                                           "pte_access|shadow_present_mask == SHADOW_NONPRESENT_VALUE"),

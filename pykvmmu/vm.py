@@ -29,7 +29,7 @@ from .memslots import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_REA
 from .private import _A_EXIT, _A_SHARED
 from .rmp import RmpTable, sev_private_max_mapping_level
 from .rmp import _rmp_make_private_4k as _make_private_4k
-from ._batch import uint
+from ._batch import tuple_new, uint
 from ._check import boolean, choice, in_range, snapshot, u64
 from .attrs import (KVM_MEMORY_ATTRIBUTE_PRIVATE, MemoryAttributes, MmuInvalidation,
                     kvm_supported_mem_attributes)
@@ -128,9 +128,9 @@ class FaultOutcome(NamedTuple):
         return f"{self.kind} gfn {self.gfn:#x}: {self.reason}"
 
 
-#: A FaultOutcome from all eight fields in order (``tuple.__new__`` through a C partial: no
+#: A FaultOutcome from all eight fields in order (``_batch.tuple_new`` through a C partial: no
 #: Python frame, no defaults to fill; the fault path builds one or two per fault).
-_outcome = functools.partial(tuple.__new__, FaultOutcome)
+_outcome = functools.partial(tuple_new, FaultOutcome)
 
 
 # ---------------------------------------------------------------------- vendor hooks

@@ -30,6 +30,7 @@ from typing import Literal, NamedTuple, Optional, cast
 import numpy as np
 
 from .. import _batch, _par
+from .._batch import tuple_new as _tuple_new
 from .._ffi import ffi, lib
 from .._memo import bounded_put
 from ..errors import InputError, rule_texts
@@ -208,7 +209,6 @@ _LOOKUP: tuple = (None, None, (False, PG_LEVEL_4K), (True, PG_LEVEL_4K), (False,
            (True, PG_LEVEL_2M))
 _KINDS = {**{a.name.lower(): int(a) for a in Access}, **{a.name: int(a) for a in Access}}
 _INT_OR_BOOL = (int, bool)
-_tuple_new = tuple.__new__
 _kind_code = _KINDS.get
 # The scalar entry points, bound once (a lib attribute lookup per call costs more than the call's checks).
 _covered_c = lib.kvmmu_rmp_covered
