@@ -974,10 +974,9 @@ class Vm(MmuLock):
         slot = self.slot_of(gfn)
         if slot is None or slot.gmem_file is None:
             raise VmError(f"gfn {gfn:#x}: no guest_memfd-backed memslot")
-        try:
-            return slot.gmem_file.migrate(GuestMemfd.index_of(slot, gfn))
-        finally:
-            self._fc_drop(gfn, gfn + 1)
+        answer = slot.gmem_file.migrate(GuestMemfd.index_of(slot, gfn))   # a refusal raises
+        self._fc_drop(gfn, gfn + 1)         # before any change: the fault cache stays too
+        return answer
 
     # ------------------------------------------------------------------ invariants
     def walk(self):

@@ -258,6 +258,24 @@ def test_refused_fast_path_calls_change_nothing():
     assert vm._snapshot() == before and g._snapshot() == gbefore
 
 
+def test_refused_migrate_keeps_the_fault_cache():
+    """A refused ``migrate_gfn`` (no folio behind the gfn) changes nothing, its fault cache
+    included: a cached fault of the same gfn (here the TDX shared alias) stays (found by
+    tests/test_trust_stateful.py: the cache entry used to be dropped in a ``finally``)."""
+    from pykvmmu import gmem as G
+    from pykvmmu.vm import KVM_MEM_GUEST_MEMFD
+    vm = Vm("tdx", host=G.HostMemory(nr_pfns=1 << 13))
+    g = vm.create_guest_memfd(0x400000)
+    vm.set_memory_region(0, 0, 0x200000, flags=KVM_MEM_GUEST_MEMFD, guest_memfd=g)
+    shared = vm.gfn_direct_bits << 12
+    assert vm.fault(shared, 0).kind == "mapped"
+    assert vm.fault(shared, 0).kind == "spurious" and vm._fc
+    before = vm._snapshot()
+    with pytest.raises(G.GmemError, match="no folio"):
+        vm.migrate_gfn(0)
+    assert vm._snapshot() == before
+
+
 def test_slot_actions_are_faultin_action_and_kind_stays_current():
     """Vm.fault's per-kind verdicts (vm._SLOT_ACTIONS, from private.FAULTIN_ACTIONS) are
     faultin_action's action for every memslot kind and privacy, None exactly where it exits;
