@@ -165,10 +165,9 @@ def test_core_equals_reference(data):
     assert len(changed) <= (1 if want.code == R.OK and flags & R.F_MAKE else 0)
 
 
-@given(cfg=st.sampled_from(CONFIGS) | st.sampled_from(NX_CONFIGS), data=st.data())
-def test_install_equals_reference(cfg, data):
-    """Every walk reaches its target: the leaf (all make_spte inputs, any old SPTE) and where
-    it lands agree with the reference, and nothing else in the pool changes."""
+def _walk_to_leaf_pool(cfg, data):
+    """A drawn (levels, level, gfn) and a pool of non-present tables linked from the root to
+    the table at ``level`` on gfn's path: (levels, level, gfn, npages, tbl, child)."""
     levels = data.draw(st.sampled_from([4, 5]))
     level = data.draw(st.integers(1, 3))
     gfn = data.draw(st.integers(0, 2**64 - 1))
@@ -177,6 +176,14 @@ def test_install_equals_reference(cfg, data):
     child = np.full((npages, 512), -1, dtype=np.int32)
     for p, lv in enumerate(range(levels, level, -1)):
         child[p, (gfn >> (9 * (lv - 1))) & 511] = p + 1
+    return levels, level, gfn, npages, tbl, child
+
+
+@given(cfg=st.sampled_from(CONFIGS) | st.sampled_from(NX_CONFIGS), data=st.data())
+def test_install_equals_reference(cfg, data):
+    """Every walk reaches its target: the leaf (all make_spte inputs, any old SPTE) and where
+    it lands agree with the reference, and nothing else in the pool changes."""
+    levels, level, gfn, npages, tbl, child = _walk_to_leaf_pool(cfg, data)
     old = data.draw(st.sampled_from(["nonpresent", "random", "huge", "small"]))
     i = (gfn >> (9 * (level - 1))) & 511
     tbl[npages - 1, i] = {"nonpresent": cfg.profile.nonpresent_value,
@@ -294,14 +301,7 @@ def test_spurious_equals_reference(cfg, data):
     pfn (a present leaf of it: huge, small or any value) is reported SPURIOUS and left as it
     is, any other is installed (F_MAKE) or read, and a refused make_spte input is reported only
     past that check; code, SPTE, stop level and pool agree with the reference."""
-    levels = data.draw(st.sampled_from([4, 5]))
-    level = data.draw(st.integers(1, 3))
-    gfn = data.draw(st.integers(0, 2**64 - 1))
-    npages = levels - level + 1
-    tbl = np.full((npages, 512), cfg.profile.nonpresent_value, dtype=np.uint64)
-    child = np.full((npages, 512), -1, dtype=np.int32)
-    for p, lv in enumerate(range(levels, level, -1)):
-        child[p, (gfn >> (9 * (lv - 1))) & 511] = p + 1
+    levels, level, gfn, npages, tbl, child = _walk_to_leaf_pool(cfg, data)
     i = (gfn >> (9 * (level - 1))) & 511
     old = data.draw(st.sampled_from([cfg.profile.nonpresent_value,
                                      RS.make_spte(cfg, 0x200 & cfg.max_pfn, level=level)[0],
