@@ -211,14 +211,20 @@ def _make_batch_flags(fi: FuzzInput, cfg, pfns: list, kw: dict, old) -> None:
     allb = sum(bits.values())
     fl = [fi.uint(8) & allb for _ in pfns]
     mts = [fi.pick((None, 0x00, 0x30, 0x70, 0x08, 0x78)) for _ in pfns]
+    if fi.chance(3):                # no memtype array: from 16384 elements the table path
+        mts = [None] * len(pfns)
     m = 16384 + fi.int_in(0, 70) if fi.int_in(0, 15) == 15 else batch_len(fi, len(pfns))
     threads = fi.pick((None, 1, 2, 3, 4))
+    if threads and fi.int_in(0, 7) == 7:    # enough elements for ``threads`` parts (pykvmmu._par)
+        from .._par import MIN_PART
+        m = threads * MIN_PART + fi.int_in(0, 70)
     rest = {k: v for k, v in kw.items() if k != "memtype"}
     scalar = {k: (v if v is not None else (not cfg.ad_enabled if k == "ad_disabled" else cfg.nx_huge_pages))
               for k, v in rest.items() if k in bits}
     mt_arr = np.array([S.MEMTYPE_AUTO if t is None else t for t in mts], np.uint8)
     got = S.make_spte_batch(isa_cfg(fi, cfg), np.resize(np.array(pfns, np.uint64), m), old_spte=old,
-                            flags=np.resize(np.array(fl, np.uint8), m), memtype=np.resize(mt_arr, m),
+                            flags=np.resize(np.array(fl, np.uint8), m),
+                            memtype=None if all(t is None for t in mts) else np.resize(mt_arr, m),
                             threads=threads, **rest)
     want = []
     for p, f, t in zip(pfns, fl, mts):
@@ -226,4 +232,4 @@ def _make_batch_flags(fi: FuzzInput, cfg, pfns: list, kw: dict, old) -> None:
         want.append(R.make_spte(cfg, p, old_spte=old, memtype=t, **eff)[0])
     expect_same_batch("make_spte_batch (flags and memtype arrays)", got, want, _cid(cfg), pfns, fl, mts, rest,
                       threads)
-    fi.feature("spte.make_flags", threads, m > 200)
+    fi.feature("spte.make_flags", threads, m > 200, m > 200 and threads, all(t is None for t in mts))
