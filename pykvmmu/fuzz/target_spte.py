@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import (FuzzInput, _BIT, _cid, _configs, _mk_kwargs, _pfn, _spte_word, batch_len, check,
-                   expect_same, expect_same_batch, isa_cfg, target)
+                   expect_same, expect_same_batch, isa_cfg, rep, target)
 
 
 @target("spte")
@@ -222,9 +222,9 @@ def _make_batch_flags(fi: FuzzInput, cfg, pfns: list, kw: dict, old) -> None:
     scalar = {k: (v if v is not None else (not cfg.ad_enabled if k == "ad_disabled" else cfg.nx_huge_pages))
               for k, v in rest.items() if k in bits}
     mt_arr = np.array([S.MEMTYPE_AUTO if t is None else t for t in mts], np.uint8)
-    got = S.make_spte_batch(isa_cfg(fi, cfg), np.resize(np.array(pfns, np.uint64), m), old_spte=old,
-                            flags=np.resize(np.array(fl, np.uint8), m),
-                            memtype=None if all(t is None for t in mts) else np.resize(mt_arr, m),
+    got = S.make_spte_batch(isa_cfg(fi, cfg), rep(np.array(pfns, np.uint64), m), old_spte=old,
+                            flags=rep(np.array(fl, np.uint8), m),
+                            memtype=None if all(t is None for t in mts) else rep(mt_arr, m),
                             threads=threads, **rest)
     want = []
     for p, f, t in zip(pfns, fl, mts):
