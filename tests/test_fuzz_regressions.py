@@ -1,8 +1,8 @@
 """Inputs the fuzzers found, kept as regression tests (each names what it exposed).
 
 So far no disagreement between the C core and the references and no crash was found; the
-one finding was an over-strong harness invariant, kept here because it documents a real
-corner of the v5.10 era.
+findings were over-strong harness invariants or unreachable inputs, kept here because each
+documents a real corner.
 """
 from pykvmmu import fuzz as F
 from pykvmmu import spte as S
@@ -29,3 +29,21 @@ def test_v510_exec_only_reproducer_replays_clean():
     data = bytes.fromhex("036252b43e6b44b2000000000000000001")
     _, fail = F.run_one(F.TARGETS["spte"], data)
     assert fail is None, fail.message
+
+
+def test_rolecalc_quadrant_only_at_levels_1_and_2():
+    """rolecalc's first run flagged kvm_mmu_get_page_role(guest_32bit=True) at level 3: the
+    2019 quadrant formula gives ``level`` bits, and ORed into the word at level >= 3 they
+    spill into ``direct``/``access`` (the kernel's ``role.quadrant`` is a 2-bit field, and
+    4-byte gptes only have level-1/2 SPs: role-hash-trace.md section 2.4).  The target draws
+    guest_32bit=True at levels 1-2 only; the model's level >= 3 result is left as it is."""
+    from pykvmmu import role as Ro
+    from pykvmmu.ref import role as RR
+    for level in (1, 2):
+        for gaddr in (0, 1 << 21, 3 << 30, (1 << 64) - 1):
+            q = Ro.quadrant_for_gaddr(gaddr, level)
+            assert q < 1 << level <= 4
+            w = Ro.kvm_mmu_get_page_role("v4.2", 0x1000714, level=level, direct=False, access=0, gaddr=gaddr,
+                                         guest_32bit=True)
+            assert RR.unpack_role("v4.2", w)["quadrant"] == q and RR.unpack_role("v4.2", w)["direct"] == 0
+    assert Ro.quadrant_for_gaddr((1 << 64) - 2, 3) == 7          # 3 bits: no room in quadrant:2

@@ -7,7 +7,14 @@ from .base import Disagreement, FuzzInput, _BIT, _cid, check, expect_same, targe
 @target("config")
 def fuzz_config(fi: FuzzInput) -> None:
     """MmuConfig: presets with random host facts either raise ConfigError or give a
-    configuration whose invariants hold; kvm_mmu_set_mmio_spte_mask vs pykvmmu.ref.mmio."""
+    configuration whose invariants hold; kvm_mmu_set_mmio_spte_mask vs pykvmmu.ref.mmio; then
+    an SME/SEV host (any C-bit and phys-bit reduction, NPT and shadow paging): make_spte,
+    spte_to_pfn, make_mmio_spte and is_mmio_spte vs the references."""
+    _config_ops(fi)
+    _config_sme(fi)
+
+
+def _config_ops(fi: FuzzInput) -> None:
     from .. import mmio as M
     from .. import spte as S
     from ..config import MmuConfig
@@ -75,3 +82,39 @@ def fuzz_config(fi: FuzzInput) -> None:
         return                                   # v5.10: the parameter is handled elsewhere
     expect_same("set_mmio_spte_mask (value, mask, caching)",
                 (rep.value, rep.mask, rep.caching), (rv, rmask, rcaching), cid, value, mask, access)
+
+
+def _config_sme(fi: FuzzInput) -> None:
+    """Drawn after the preset's draws: an SME/SEV host (C-bit 30-52, phys-bit reduction
+    0-8, npt / npt-sme / shadow) refused with ConfigError or held to the references."""
+    from .. import mmio as M
+    from .. import spte as S
+    from ..config import MmuConfig
+    from ..errors import ConfigError, ProfileError
+    from ..profile import PROFILES
+    from ..ref import mmio as RM
+    from ..ref import spte as R
+    from .base import _mk_kwargs, _pfn, _spte_word
+    name = fi.pick(("npt", "npt-sme", "shadow"))
+    kw = dict(profile=fi.pick(list(PROFILES)), sme_cbit=fi.int_in(30, 52), sme_phys_reduction=fi.int_in(0, 8))
+    if fi.bool():
+        kw["maxphyaddr"] = fi.int_in(36, 52)
+    try:
+        cfg = MmuConfig.preset(name, **kw)
+    except (ConfigError, ProfileError) as e:
+        fi.feature("config.sme.refused", name, str(e).split(":")[0][:30])
+        return
+    cid = _cid(cfg) + f"-c{kw['sme_cbit']}"
+    check(cfg.me_mask == cfg.me_value == _BIT(kw["sme_cbit"]), "SME host: me_mask/me_value is not the C-bit",
+          cid, cfg.me_mask)
+    fi.feature("config.sme", name, cfg.mmio_caching)
+    for _ in range(2):
+        pfn, mk = _pfn(fi, cfg), _mk_kwargs(fi)
+        r = S.make_spte(cfg, pfn, **mk)
+        expect_same("make_spte (SME host)", (r.spte, r.wrprot), R.make_spte(cfg, pfn, **mk), cid, pfn, mk)
+        expect_same("spte_to_pfn (SME host)", S.spte_to_pfn(cfg, r.spte), R.spte_to_pfn(cfg, r.spte), cid, r.spte)
+        w = _spte_word(fi, cfg)
+        expect_same("is_mmio_spte (SME host)", S.is_mmio_spte(cfg, w), RM.is_mmio_spte(cfg, w), cid, w)
+        gfn, acc, gen = fi.bits_below(40), fi.int_in(0, 7), fi.bits_below(20)
+        expect_same("make_mmio_spte (SME host)", M.make_mmio_spte(cfg, gfn, acc, gen),
+                    RM.make_mmio_spte(cfg, gfn, acc, gen), cid, gfn, acc, gen)

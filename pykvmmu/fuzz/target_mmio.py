@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import FuzzInput, _BIT, _cid, _configs, _spte_word, check, expect_same, target
+from .base import (Disagreement, FuzzInput, _BIT, _cid, _configs, _mk_kwargs, _pfn, _spte_word, check,
+                   expect_same, target)
 
 
 @target("mmio")
@@ -11,11 +12,16 @@ def fuzz_mmio(fi: FuzzInput) -> None:
     """MMIO SPTEs: make / decode (gfn, access, generation) / is_mmio / check / fault outcome /
     invalidation, scalar and batch vs pykvmmu.ref.mmio; round-trip invariants; the strict
     mask validator never crashes."""
+    cfgs = _configs()
+    cfg = cfgs[fi.int_in(0, len(cfgs) - 1)]
+    _mmio_ops(fi, cfg)
+    _mmio_masks(fi, cfg)
+
+
+def _mmio_ops(fi: FuzzInput, cfg) -> None:
     from .. import mmio as M
     from .. import spte as S
     from ..ref import mmio as RM
-    cfgs = _configs()
-    cfg = cfgs[fi.int_in(0, len(cfgs) - 1)]
     cid = _cid(cfg)
     gmask = M.mmio_generation_mask(cfg)
     op = fi.int_in(0, 3)
@@ -97,3 +103,68 @@ def fuzz_mmio(fi: FuzzInput) -> None:
             return
         fi.feature("mmio.validator", tuple(sorted({x.rule for x in v}))[:3])
         str(M.mmio_caching_off_reasons(cfg))
+
+
+def _mmio_masks(fi: FuzzInput, cfg) -> None:
+    """Drawn after the operation's draws: generation_mmio_spte_mask vs pykvmmu.ref.mmio (and
+    its refusal of a generation wider than the mask); validate_mmio_masks: a pair it accepts
+    never matches a present SPTE the reference builds (nor FROZEN / the non-present value),
+    a refusal names rules with bits; the TD's MMIO value (tdx_vm_mmio_value) passes the TDX
+    rules under the newest EPT mask and matches no present EPT SPTE either."""
+    from .. import mmio as M
+    from ..config import MmuConfig
+    from ..errors import InputError
+    from ..ref import mmio as RM
+    from ..ref import spte as R
+    cid = _cid(cfg)
+    gmask = M.mmio_generation_mask(cfg)
+    gen = fi.u64([0, gmask, gmask >> 1]) & gmask
+    expect_same("generation_mmio_spte_mask", M.generation_mmio_spte_mask(cfg, gen),
+                RM.generation_mmio_spte_mask(cfg, gen), cid, gen)
+    wide = gen | 1 << fi.int_in(gmask.bit_length(), 63)
+    try:
+        M.generation_mmio_spte_mask(cfg, wide)
+    except InputError:
+        pass
+    else:
+        raise Disagreement(f"generation_mmio_spte_mask accepted {wide:#x} wider than {gmask:#x} ({cid})")
+    k = fi.uint(8) % 4
+    if k == 0:
+        value, mask = cfg.mmio_value, cfg.mmio_mask
+    elif k == 1:
+        value, mask = cfg.mmio_value ^ 1 << fi.int_in(0, 63), cfg.mmio_mask
+    elif k == 2:
+        value, mask = cfg.mmio_value, cfg.mmio_mask ^ 1 << fi.int_in(0, 63)
+    else:
+        mask = fi.u64([cfg.mmio_mask, 7, 7 | _BIT(63), _BIT(51) | 1])
+        value = mask & fi.u64() if fi.bool() else fi.u64([6, 1 | _BIT(51), 0])
+    mode = None if fi.bool() else ("ept" if cfg.is_ept else "npt")
+    try:
+        ok = M.validate_mmio_masks(cfg, value, mask, mode=mode) is cfg
+    except M.MmioMaskError as e:
+        check(e.violations, "MmioMaskError without rules", cid, e)
+        ok = False
+    presents = []
+    for _ in range(3):
+        kw = _mk_kwargs(fi)
+        kw["host_mmio"] = False
+        # a host page: its PA below x86_phys_bits (MAXPHYADDR less the SME reduction)
+        s, _ = R.make_spte(cfg, _pfn(fi, cfg) & ((1 << (min(cfg.phys_bits, cfg.maxphyaddr) - 12)) - 1), **kw)
+        # what a guest can map: readable, or execute-only (EPT: W without R is a misconfiguration)
+        if kw["pte_access"] & 4 or kw["pte_access"] == 1:
+            presents.append((s, kw))
+    if ok and not cfg.profile.mmio_special_tag:
+        fi.feature("mmio.masks.accepted", k, cfg.mode)
+        for s, kw in presents:
+            check(s & mask != value, "validated MMIO value matches a present SPTE", cid, value, mask, s, kw)
+        for v in (cfg.profile.nonpresent_value, cfg.profile.frozen_value):
+            if v is not None:
+                check(v & mask != value, "validated MMIO value matches FROZEN/non-present", cid, value, mask, v)
+    if cfg.is_ept:
+        tmask = 7 | _BIT(63)
+        tv = M.tdx_vm_mmio_value()
+        check(M.validate_mmio_masks(MmuConfig.ept(), tv, tmask, mode="tdx") is not None, "TD value refused")
+        for s, kw in presents:
+            if not s & 7:
+                continue        # access-tracked, or exec stripped (NX huge pages) on an exec-only host
+            check(s & tmask != tv, "the TD's MMIO value matches a present EPT SPTE", cid, s, kw)

@@ -15,9 +15,30 @@ def fuzz_rmp(fi: FuzzInput) -> None:
     lock toggles / host and guest checks on a small table, C core vs pykvmmu.ref.rmp after
     every step (return codes, exit info, every entry), failed instructions change nothing,
     and the architectural invariants of the table hold."""
+    _rmp_session(fi, _RMP_NPFN, False)
+
+
+#: table sizes rmpx draws from (tiny, not multiples of 512, a few 2M regions)
+_RMPX_SIZES = (1, 2, 7, 100, 511, 512, 513, 600, 1023, 1024, 1025, 1061, 1536, 2048 + 5)
+
+
+@target("rmpx", stateful=True, max_len=512)
+def fuzz_rmpx(fi: FuzzInput) -> None:
+    """The rmp target's sequence on a table of a drawn size (1 to 2053 pfns, tiny and not
+    multiples of 512), plus the fault handlers and dumps, each vs pykvmmu.ref.rmp:
+    page_state_raw vs state_of on raw words, sev_handle_rmp_fault vs npf_rmp (action and the
+    table after its PSMASH), handle_user_rmp_page_fault vs user_pf,
+    sev_private_max_mapping_level vs max_mapping_level, dump_rmpentry_lines -> decode_dump
+    gives back the reference's entries, kvm_max_private_mapping_level is the largest level
+    the bounds allow."""
+    npfn = fi.pick(_RMPX_SIZES) if fi.bool() else fi.int_in(1, 2100)
+    fi.feature("rmpx.size", npfn % 512 == 0, min(npfn // 512, 3))
+    _rmp_session(fi, npfn, True)
+
+
+def _rmp_session(fi: FuzzInput, npfn: int, extended: bool) -> None:
     from ..ref import rmp as ref
     from ..rmp import BOOKKEEPING, Rc, RmpFlags, RmpTable
-    npfn = _RMP_NPFN
     flags = fi.uint(8) & int(sum(f for f in RmpFlags))
     t = RmpTable(np.zeros(BOOKKEEPING + 16 * npfn, np.uint8), flags=flags)
     r = ref.RefRmp(npfn, flags)
@@ -63,8 +84,10 @@ def fuzz_rmp(fi: FuzzInput) -> None:
     steps = 0
     while fi.remaining() and steps < 64:
         steps += 1
-        op = fi.int_in(0, 5)
-        if op == 0:
+        op = fi.int_in(0, 9 if extended else 5)
+        if op >= 6:
+            _rmp_extra(fi, op, t, r, pfn_any, pick_owned, compare)
+        elif op == 0:
             pfn = pfn_any()
             gpa = fi.pick([0, 0x1000, 0x200000, 0x400000, 0x401000, 0x123, 1 << 51])
             assigned = fi.pick([0, 1, 1, 2])
@@ -166,3 +189,69 @@ def fuzz_rmp(fi: FuzzInput) -> None:
     hv = (lo & np.uint64(1)) == 0
     check(not ((lo[hv] >> np.uint64(51)) & np.uint64(0x3FF)).any(), "hypervisor-owned entry with an ASID")
     check(not ((lo[hv] >> np.uint64(62)) & np.uint64(1)).any(), "hypervisor-owned entry validated")
+
+
+def _rmp_extra(fi: FuzzInput, op: int, t, r, pfn_any, pick_owned, compare) -> None:
+    """rmpx's operations beyond the instructions (see :func:`fuzz_rmpx`)."""
+    from ..ref import rmp as ref
+    from ..rmp import page_state_raw
+    from ..rmp.dump import decode_dump, dump_rmpentry_lines
+    from ..rmp.faults import (handle_user_rmp_page_fault, kvm_max_private_mapping_level,
+                              sev_handle_rmp_fault, sev_private_max_mapping_level)
+    if op == 6:
+        pfn = pick_owned(pfn_any())
+        lo = int(t.entries[pfn, 0]) if r.covered(pfn) and fi.bool() else fi.u64()
+        if fi.chance(3):
+            lo ^= 1 << fi.int_in(0, 63)
+        st = page_state_raw(lo)
+        expect_same("page_state_raw", int(st), ref.state_of(lo), lo)
+        fi.feature("rmpx.state", st.name)
+        snp = not fi.chance(4)
+        expect_same("sev_private_max_mapping_level", sev_private_max_mapping_level(t, pfn, snp=snp),
+                    r.max_mapping_level(pfn, snp), pfn, snp)
+        ml, order, hook = fi.int_in(1, 3), fi.pick((0, 1, 8, 9, 10, 17, 18, 19, 30, 255)), fi.int_in(0, 3)
+        # a level-L mapping needs a folio of 512^(L-1) pages; hook 0 sets no bound
+        fits = [lv for lv in range(1, ml + 1) if 9 * (lv - 1) <= order and (hook == 0 or lv <= hook)]
+        expect_same("kvm_max_private_mapping_level", kvm_max_private_mapping_level(ml, order, hook),
+                    max(fits, default=1), ml, order, hook)
+    elif op == 7:
+        pfn = pick_owned(pfn_any())
+        heads = [h for h in range(0, r.n - 511, 512) if r.is_2m(h)]
+        if heads and fi.bool():
+            pfn = fi.pick(heads) + fi.int_in(0, 511)
+        gpa = fi.int_in(0, 1 << 20) << 12 | fi.uint(12)
+        private = not fi.chance(4)
+        before = t.entries.copy()
+        got = sev_handle_rmp_fault(t, gpa, fi.u64(), pfn=pfn, is_private=private)
+        want = r.npf_rmp(gpa, pfn, private)
+        expect_same("sev_handle_rmp_fault action", got.action, want, gpa, pfn, private)
+        compare(0, 0, before, "sev_handle_rmp_fault")
+        if got.zap is not None:
+            expect_same("sev_handle_rmp_fault zap", got.zap, (gpa >> 12, (gpa >> 12) + 512), gpa)
+        fi.feature("rmpx.npf", want)
+    elif op == 8:
+        present, level = not fi.chance(5), fi.pick((1, 1, 2, 3))
+        pfn = pick_owned(pfn_any())
+        if level > 1 and fi.bool():
+            pfn &= ~((1 << (9 * (level - 1))) - 1)
+        address = fi.int_in(0, 1 << 30) << 12 | fi.uint(12) if fi.bool() else fi.u64()
+        uf = handle_user_rmp_page_fault(t, pte_present=present, pte_pfn=pfn, level=level, address=address)
+        want = r.user_pf(present, pfn, level, address)
+        expect_same("handle_user_rmp_page_fault", (uf.action, uf.pfn, uf.rmp_level), want,
+                    present, pfn, level, address)
+        fi.feature("rmpx.user_pf", want[0])
+    else:
+        pfn = pick_owned(pfn_any())
+        ents = decode_dump("\n".join(dump_rmpentry_lines(t, pfn)))
+        if not r.covered(pfn):
+            check([(x.kind, x.pfn) for x in ents] == [("error", pfn)], "dump of an uncovered pfn", pfn, ents)
+        elif ref.field(r.e[pfn][0], "assigned"):
+            expect_same("dump_rmpentry of an assigned pfn", [(x.kind, x.pfn, x.lo, x.hi) for x in ents],
+                        [("entry", pfn, *r.e[pfn])], pfn)
+        else:
+            h = r.head(pfn)
+            check(ents and (ents[0].kind, ents[0].pfn, ents[0].lo, ents[0].hi) == ("region-start", pfn, h, h + 512),
+                  "dump of an unassigned pfn: region line", pfn, ents[:1])
+            expect_same("dump_rmpentry region", [(x.kind, x.pfn, x.lo, x.hi) for x in ents[1:]],
+                        [("region", p, *r.e[p]) for p in range(h, min(h + 512, r.n)) if any(r.e[p])], pfn)
+        fi.feature("rmpx.dump", ents[0].kind if ents else None)

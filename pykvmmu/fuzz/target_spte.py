@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import (FuzzInput, _BIT, _cid, _configs, _mk_kwargs, _pfn, _spte_word, batch_len, check,
-                   expect_same, expect_same_batch, isa_cfg, target)
+                   expect_same, expect_same_batch, isa_cfg, rep, target)
 
 
 @target("spte")
@@ -58,6 +58,8 @@ def fuzz_spte(fi: FuzzInput) -> None:
             expect_same_batch("make_spte_batch (level and access arrays)", mb,
                               [R.make_spte(cfg, p, level=lv, pte_access=a, old_spte=old, **rest)[0]
                                for p, lv, a in zip(pfns, lvls, accs)], cid, pfns, lvls, accs, rest, old)
+        if fi.chance(2):        # flags and memtype arrays, split over threads (drawn after the above)
+            _make_batch_flags(fi, cfg, pfns, kw, old)
     elif op == 1:                                   # predicates: scalar, batch, decode
         n = fi.int_in(1, 6)
         words = [_spte_word(fi, cfg) for _ in range(n)]
@@ -98,6 +100,13 @@ def fuzz_spte(fi: FuzzInput) -> None:
             if v is not None:
                 check(not S.is_shadow_present_pte(cfg, v) and not S.is_mmio_spte(cfg, v),
                       "FROZEN_SPTE / SHADOW_NONPRESENT_VALUE is present or MMIO", cid, v)
+        for name, (_num, needs_level, feat) in S.PREDICATES.items():     # the scalar functions
+            if feat and not getattr(cfg.profile, feat):
+                continue
+            fn = getattr(S, name)
+            for w, level in zip(words, levels):
+                expect_same(name, fn(cfg, w, level) if needs_level else fn(cfg, w),
+                            R.predicate(cfg, name, w, level), cid, w, level)
     elif op == 2:                                   # access tracking
         n = fi.int_in(1, 4)
         words = [_spte_word(fi, cfg) for _ in range(n)]
@@ -184,3 +193,43 @@ def fuzz_spte(fi: FuzzInput) -> None:
         expect_same_batch("leaf_spte_change_needs_tlb_flush_batch", S.leaf_spte_change_needs_tlb_flush_batch(
             cfg, np.full(m, a, np.uint64), np.full(m, b, np.uint64)), [flush], cid, a, b)
         fi.feature("spte.flush", flush)
+
+
+_MK = ("prefetch", "synchronizing", "host_writable", "host_mmio", "ad_disabled", "ad_wrprot_only",
+       "unsync_fails", "nx_huge_pages")
+
+
+def _make_batch_flags(fi: FuzzInput, cfg, pfns: list, kw: dict, old) -> None:
+    """make_spte_batch with a per-element ``flags`` array (MK_* bits ORed with the scalar
+    booleans) and ``memtype`` array (MEMTYPE_AUTO: the automatic memtype), ``threads`` 1-4,
+    each element vs pykvmmu.ref.spte.make_spte with the booleans the bits select."""
+    from .. import spte as S
+    from ..ref import spte as R
+    bits = {n: getattr(S, "MK_" + m) for n, m in zip(_MK, ("PREFETCH", "SYNCHRONIZING", "HOST_WRITABLE",
+                                                           "HOST_MMIO", "AD_DISABLED", "WRPROT_ONLY",
+                                                           "UNSYNC_FAILS", "NX_HUGE"))}
+    allb = sum(bits.values())
+    fl = [fi.uint(8) & allb for _ in pfns]
+    mts = [fi.pick((None, 0x00, 0x30, 0x70, 0x08, 0x78)) for _ in pfns]
+    if fi.chance(3):                # no memtype array: from 16384 elements the table path
+        mts = [None] * len(pfns)
+    m = 16384 + fi.int_in(0, 70) if fi.int_in(0, 15) == 15 else batch_len(fi, len(pfns))
+    threads = fi.pick((None, 1, 2, 3, 4))
+    if threads and fi.int_in(0, 7) == 7:    # enough elements for ``threads`` parts (pykvmmu._par)
+        from .._par import MIN_PART
+        m = threads * MIN_PART + fi.int_in(0, 70)
+    rest = {k: v for k, v in kw.items() if k != "memtype"}
+    scalar = {k: (v if v is not None else (not cfg.ad_enabled if k == "ad_disabled" else cfg.nx_huge_pages))
+              for k, v in rest.items() if k in bits}
+    mt_arr = np.array([S.MEMTYPE_AUTO if t is None else t for t in mts], np.uint8)
+    got = S.make_spte_batch(isa_cfg(fi, cfg), rep(np.array(pfns, np.uint64), m), old_spte=old,
+                            flags=rep(np.array(fl, np.uint8), m),
+                            memtype=None if all(t is None for t in mts) else rep(mt_arr, m),
+                            threads=threads, **rest)
+    want = []
+    for p, f, t in zip(pfns, fl, mts):
+        eff = {**rest, **{k: scalar[k] or bool(f & b) for k, b in bits.items()}}
+        want.append(R.make_spte(cfg, p, old_spte=old, memtype=t, **eff)[0])
+    expect_same_batch("make_spte_batch (flags and memtype arrays)", got, want, _cid(cfg), pfns, fl, mts, rest,
+                      threads)
+    fi.feature("spte.make_flags", threads, m > 200, m > 200 and threads, all(t is None for t in mts))
