@@ -4,6 +4,8 @@ So far no disagreement between the C core and the references and no crash was fo
 findings were over-strong harness invariants or unreachable inputs, kept here because each
 documents a real corner.
 """
+import pytest
+
 from pykvmmu import fuzz as F
 from pykvmmu import spte as S
 from pykvmmu.config import MmuConfig
@@ -36,7 +38,8 @@ def test_rolecalc_quadrant_only_at_levels_1_and_2():
     2019 quadrant formula gives ``level`` bits, and ORed into the word at level >= 3 they
     spill into ``direct``/``access`` (the kernel's ``role.quadrant`` is a 2-bit field, and
     4-byte gptes only have level-1/2 SPs: role-hash-trace.md section 2.4).  The target draws
-    guest_32bit=True at levels 1-2 only; the model's level >= 3 result is left as it is."""
+    guest_32bit=True at levels 1-2 only; at level >= 3 a quadrant that does not fit the field
+    is refused (a quadrant of 0..3 is what the kernel's 2-bit field would hold)."""
     from pykvmmu import role as Ro
     from pykvmmu.ref import role as RR
     for level in (1, 2):
@@ -47,3 +50,9 @@ def test_rolecalc_quadrant_only_at_levels_1_and_2():
                                          guest_32bit=True)
             assert RR.unpack_role("v4.2", w)["quadrant"] == q and RR.unpack_role("v4.2", w)["direct"] == 0
     assert Ro.quadrant_for_gaddr((1 << 64) - 2, 3) == 7          # 3 bits: no room in quadrant:2
+    for era in ("v4.2", "v5.17", "v6.14"):
+        with pytest.raises(Ro.RoleFieldError, match="quadrant 7 at level 3 does not fit"):
+            Ro.kvm_mmu_get_page_role(era, 0, level=3, direct=False, access=0, gaddr=(1 << 64) - 2,
+                                     guest_32bit=True)
+        w = Ro.kvm_mmu_get_page_role(era, 0, level=3, direct=False, access=0, gaddr=3 << 39, guest_32bit=True)
+        assert RR.unpack_role(era, w)["quadrant"] == 3 and RR.unpack_role(era, w)["direct"] == 0

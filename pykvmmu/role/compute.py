@@ -279,7 +279,12 @@ def _get_page_word(era: RoleEra, base_word: int, level: int, direct: bool, acces
     if guest_32bit is None:
         guest_32bit = era.bit4 == _HAS4 and bool(w >> s.bit4 & 1)
     if guest_32bit:
-        w |= quadrant_for_gaddr(gaddr, level) << s.quadrant
+        q = quadrant_for_gaddr(gaddr, level)
+        if q << s.quadrant & ~_fmask(era, "quadrant"):
+            raise RoleFieldError(f"gaddr={gaddr:#x}: quadrant {q} at level {level} does not fit "
+                                 "role.quadrant (2 bits): 4-byte-gpte guests have shadow pages of "
+                                 "levels 1-2 only")
+        w |= q << s.quadrant
     return w
 
 
