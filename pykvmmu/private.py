@@ -431,8 +431,8 @@ def kvm_mmu_do_page_fault(ctx, gpa: int, error_code: int) -> Classification:
 
 def _upstream_fault_fn(ctx, is_private: Callable[[int], bool]) -> Callable[[int, int], Optional[tuple]]:
     """:class:`UpstreamPolicy`'s classify() then the :meth:`FaultPolicy.resolve` mismatch rule
-    for one fault context, bound once (``pykvmmu.vm.Vm`` binds it when its policy or
-    ``sw_protected_enabled`` is set): a function of u64 ``gpa`` / ``error_code`` the caller has
+    for one fault context, bound once (``pykvmmu.vm.Vm`` binds it when its policy is set; the
+    vendor rule reads the context's other settings at each call): a function of u64 ``gpa`` / ``error_code`` the caller has
     already checked, returning ``(gfn, is_private)`` of a fault that neither warns nor exits,
     else None (synthetic bits set, or a mismatch: the caller takes the two public steps, which
     build the warning or the exit).  ``is_private`` is ``kvm_mem_is_private`` on a checked gfn.
@@ -655,12 +655,13 @@ def faultin_action(gfn: int, is_private: bool, ex: Optional[MemoryFaultExit],
     return (_A_GMEM_SHARED if slot_kind == _SLOT_GMEM_ONLY else _A_SHARED), None
 
 
-#: :func:`faultin_action`'s verdict for each (memslot kind, is_private) where it is neither an
-#: exit nor the no-slot case, derived from the function itself: ``pykvmmu.vm.Vm.fault`` looks
-#: its action up here and calls the function for the rest (exits name their gfn).
-FAULTIN_ACTIONS = {(kind, private): action for kind in sorted(_SLOT_KINDS)
-                   for private in (False, True)
-                   for action, ex in (faultin_action(0, private, None, kind),) if ex is None}
+#: memslot kind -> :func:`faultin_action`'s verdict for a (shared, private) fault, None where
+#: it exits, derived from the function itself: ``pykvmmu.vm.Vm.fault`` looks its action up here
+#: (indexed by ``is_private``) and calls the function for the rest (exits name their gfn).
+FAULTIN_ACTIONS = {kind: tuple(action if ex is None else None
+                               for action, ex in (faultin_action(0, private, None, kind)
+                                                  for private in (False, True)))
+                   for kind in sorted(_SLOT_KINDS)}
 
 
 def faultin_decision(c: Classification, is_private: bool, ex: Optional[MemoryFaultExit],

@@ -56,10 +56,9 @@ _fault_map = lib.kvmmu_vm_fault_map
 #: kind), so that their verdict on a cached fault stands until one of those changes.
 _PURE_POLICIES = frozenset(type(p) for p in P.POLICIES.values())
 _faultin_action = P.faultin_action
-#: memslot kind -> faultin_action's verdict for a (shared, private) fault, from its table
-#: (a missing one, an exit, goes through the function)
-_SLOT_ACTIONS = {kind: (P.FAULTIN_ACTIONS.get((kind, False)), P.FAULTIN_ACTIONS.get((kind, True)))
-                 for kind, _ in P.FAULTIN_ACTIONS}
+#: memslot kind -> faultin_action's verdict for a (shared, private) fault (None: an exit,
+#: built by the function)
+_SLOT_ACTIONS = P.FAULTIN_ACTIONS
 
 
 def _fault_input(name: str, check: Callable[[Vm, object], object], doc: str) -> property:
@@ -380,10 +379,11 @@ class Vm(MmuLock):
         "``CONFIG_KVM_SW_PROTECTED_VM`` (SW-protected VMs take privacy from the attributes).")
 
     def _bind_fault_path(self) -> None:
-        """Bind the fault path's per-VM choices after a setting changed: the upstream policy's
-        checked-value shortcut for this VM type, attributes and ``sw_protected_enabled``
-        (:func:`pykvmmu.private._upstream_fault_fn`), or None for any other policy.  (During
-        ``__init__``, before the attributes exist, nothing: its end binds.)"""
+        """Bind the fault path's per-VM choice after a setting changed: the upstream policy's
+        checked-value shortcut for this VM's type and attributes
+        (:func:`pykvmmu.private._upstream_fault_fn`, which reads ``sw_protected_enabled`` at
+        each call), or None for any other policy.  (During ``__init__``, before the attributes
+        exist, nothing: its end binds.)"""
         attrs = getattr(self, "attrs", None)
         if attrs is None:
             return
