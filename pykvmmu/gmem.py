@@ -726,9 +726,6 @@ class GuestMemfd:
         ``gmem_file`` the caller read as this file (``pykvmmu.vm.Vm.fault``'s call)."""
         index = self._bound_index(slot, gfn)
         bpfn = self._pfn.get(index)
-        if bpfn is not None and not self.folio_order and index in self.uptodate and \
-                index not in self.poisoned:
-            return bpfn, 0, False       # a prepared order-0 page: the steps below, answered
         if bpfn is None:
             base, bpfn, order = self._alloc_folio(index)
         elif self.folio_order:
@@ -738,16 +735,17 @@ class GuestMemfd:
         if base in self.poisoned:
             raise GmemError(f"gfn {gfn:#x}: the folio at index {base:#x} is hwpoisoned",
                             EHWPOISON)
-        prepared_now = False
-        if base not in self.uptodate:
+        prepared_now = base not in self.uptodate
+        if prepared_now:
             gfn_base = slot.base_gfn + base - slot.gmem_pgoff
             rc = self.kvm.gmem_hooks.prepare(self.kvm, gfn_base, bpfn, order)
             if rc:
                 raise GmemError(f"gfn {gfn:#x}: prepare hook failed for pfn {bpfn:#x} order "
                                 f"{order}", -rc if rc < 0 else rc)
             self.uptodate.add(base)
-            prepared_now = True
         pfn = bpfn + (index - base)
+        if not order:                   # a 4K folio: max_order_at is 0
+            return pfn, 0, prepared_now
         mask = (1 << order) - 1         # max_order_at, with checked values
         return pfn, order if (gfn & mask) == (index & mask) else 0, prepared_now
 
