@@ -74,6 +74,29 @@ def test_report_gives_the_copy_speed_ceiling_of_numpy_targets(tmp_path):
     assert "judged like any other: met or NOT met from the measured median alone." in text
 
 
+def test_report_gives_the_call_floor_of_scalar_targets(tmp_path):
+    """Scalar lines: each function over 500 ns with its no-op call time, the ones whose no-op
+    call alone takes 500 ns or more listed as under the call floor; a vs-reference goal gets
+    the call-floor ceiling (median of per-round reference / no-op time)."""
+    text = _render(tmp_path, [
+        _bench("scalar m.fast", {"core": [300] * 3, "reference": [900] * 3, "call": [80] * 3},
+               {"core/reference": [3.0] * 3}, [{"subject": "core", "max_ns": 500.0}], scalar=True),
+        _bench("scalar m.slow", {"core": [700] * 3, "reference": [1400] * 3, "call": [200] * 3},
+               {"core/reference": [2.0] * 3}, [{"subject": "core", "max_ns": 500.0}], scalar=True),
+        _bench("scalar m.kw", {"core": [900] * 3, "reference": [1200, 1500, 1000], "call": [600, 500, 500]},
+               {"core/reference": [1.3] * 3},
+               [{"subject": "core", "max_ns": 500.0}, {"subject": "core", "vs": "reference", "min": 3.0}],
+               scalar=True),
+    ])
+    assert ("every scalar SPTE/MMIO/role/RMP call < 500 ns: 1 of 3 functions; over: "
+            "m.kw 900 ns (no-op call 500 ns), m.slow 700 ns (no-op call 200 ns); under the call "
+            "floor (a function that does nothing, called the same way, already takes 500 ns or "
+            "more): m.kw") in text
+    assert ("- [**NOT met**] scalar m.kw: core >= 3.0x reference: median 1.30x [1.30..1.30] "
+            "(above the call-floor ceiling 2.00x)") in text.splitlines()
+    assert "| m.kw | 900 [900..900] | 1200 | 1.30x" in text
+
+
 def test_report_vm_fault_section(tmp_path):
     """The headline (with the fault cache), the cache-off and first-fault workloads of the same
     rounds with the per-round ratios' median [q1..q3], and the cache hit rate."""
