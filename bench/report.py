@@ -157,12 +157,13 @@ def compute_bound(lim, goal):
     return med(lim) >= goal if lim else None
 
 
-def call_ceiling(b):
-    """Per round, reference time / no-op call time of a scalar group: the ratio to the
-    reference a function would score if it cost no more than calling a Python function that
-    does nothing, the same way (its ceiling)."""
+def call_ceiling(b, floor="call"):
+    """Per round, reference time / floor time of a scalar group: the ratio to the reference
+    a function would score if it cost no more than its floor, ``call`` (a Python function that
+    does nothing, called the same way) or ``floor`` (the library call without its checks:
+    the binding's own cost)."""
     ns = b["ns_per_elem"]
-    return [r / c for r, c in zip(ns.get("reference", []), ns.get("call", [])) if c > 0]
+    return [r / c for r, c in zip(ns.get("reference", []), ns.get(floor, [])) if c > 0]
 
 
 def ceiling_note(cx, goal, what):
@@ -196,6 +197,8 @@ def target_line(b, t):
             note += ceiling_note(ceiling(b), t["min"], "copy-speed")
         elif b.get("scalar") and t["vs"] == "reference":
             note += ceiling_note(call_ceiling(b), t["min"], "call-floor")
+            if "floor" in b["ns_per_elem"]:
+                note += ceiling_note(call_ceiling(b, "floor"), t["min"], "binding-floor")
         elif b.get("threads") and t["vs"] == "1 thread":
             lim = bandwidth_limit(b)
             if t.get("when") == "compute-bound" and compute_bound(lim, t["min"]) is False:

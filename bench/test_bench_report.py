@@ -77,13 +77,15 @@ def test_report_gives_the_copy_speed_ceiling_of_numpy_targets(tmp_path):
 def test_report_gives_the_call_floor_of_scalar_targets(tmp_path):
     """Scalar lines: each function over 500 ns with its no-op call time, the ones whose no-op
     call alone takes 500 ns or more listed as under the call floor; a vs-reference goal gets
-    the call-floor ceiling (median of per-round reference / no-op time)."""
+    the call-floor ceiling (median of per-round reference / no-op time) and, with a ``floor``
+    baseline (the call without its checks), the binding-floor ceiling."""
     text = _render(tmp_path, [
         _bench("scalar m.fast", {"core": [300] * 3, "reference": [900] * 3, "call": [80] * 3},
                {"core/reference": [3.0] * 3}, [{"subject": "core", "max_ns": 500.0}], scalar=True),
         _bench("scalar m.slow", {"core": [700] * 3, "reference": [1400] * 3, "call": [200] * 3},
                {"core/reference": [2.0] * 3}, [{"subject": "core", "max_ns": 500.0}], scalar=True),
-        _bench("scalar m.kw", {"core": [900] * 3, "reference": [1200, 1500, 1000], "call": [600, 500, 500]},
+        _bench("scalar m.kw", {"core": [900] * 3, "reference": [1200, 1500, 1000], "call": [600, 500, 500],
+                               "floor": [800, 1000, 1000]},
                {"core/reference": [1.3] * 3},
                [{"subject": "core", "max_ns": 500.0}, {"subject": "core", "vs": "reference", "min": 3.0}],
                scalar=True),
@@ -93,7 +95,7 @@ def test_report_gives_the_call_floor_of_scalar_targets(tmp_path):
             "floor (a function that does nothing, called the same way, already takes 500 ns or "
             "more): m.kw") in text
     assert ("- [**NOT met**] scalar m.kw: core >= 3.0x reference: median 1.30x [1.30..1.30] "
-            "(above the call-floor ceiling 2.00x)") in text.splitlines()
+            "(above the call-floor ceiling 2.00x) (above the binding-floor ceiling 1.50x)") in text.splitlines()
     assert "| m.kw | 900 [900..900] | 1200 | 1.30x" in text
 
 

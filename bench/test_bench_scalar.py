@@ -69,21 +69,43 @@ CASES = []
 
 
 def case(group, core, args, ref=None, ref_args=None, kw=None, compare=lambda x: x, max_ns=500.0,
-         min_vs_ref=None, ref_kw=None, form=None):
+         min_vs_ref=None, ref_kw=None, form=None, floor=None):
     """One scalar group.  ``form``: how a user calls ``core`` when an argument varies per
     call and is a keyword (``form(f)`` is a function of the args tuple calling ``f``); the
-    ``call`` baseline goes through the same form, so that the floor includes its cost."""
+    ``call`` baseline goes through the same form, so that the floor includes its cost.
+    ``floor``: an optional ``floor`` baseline, the library call without its checks (same
+    results)."""
     CASES.append(dict(group=group, core=form(core) if form else core, args=args, ref=ref,
                       ref_args=ref_args or args, kw=kw or {}, ref_kw=kw if ref_kw is None else ref_kw,
                       compare=compare, max_ns=max_ns, min_vs_ref=min_vs_ref,
-                      call=form(noop) if form else noop))
+                      call=form(noop) if form else noop, floor=floor))
 
 
 # ------------------------------------------------------------------ SPTE
+_MAKE_OUT, _make_fast, _ffi_new, _tuple_new = S._MAKE_OUT, S._make_fast, S.ffi.new, S._tuple_new
+_MK_PREFETCH, _MK_DEFAULTS, _MakeSpteResult = S._MK_DEFAULTS | S.MK_PREFETCH, S._MK_DEFAULTS, S.MakeSpteResult
+_WRPROT, _WARNINGS = S._FAST_WRPROT, S._FAST_WARNINGS
+
+
+def make_spte_floor(cfg, pfn, *, level=1, pte_access=S.ACC_ALL, old_spte=None, prefetch=False,
+                    synchronizing=False, host_writable=True, host_mmio=False, ad_disabled=None,
+                    ad_wrprot_only=False, unsync_fails=False, nx_huge_pages=None, memtype=None):
+    """make_spte's floor in this binding: its signature, its per-thread out buffer, its one
+    cffi call (the real computation) and its result tuple, without one argument check (only
+    ``prefetch`` is read: the bench's calls vary nothing else); module globals, as in spte.py."""
+    try:
+        out = _MAKE_OUT.out
+    except AttributeError:
+        out = _MAKE_OUT.out = _ffi_new("uint64_t *")
+    r = _make_fast(cfg._cptr, pfn, level, pte_access, _MK_PREFETCH if prefetch else _MK_DEFAULTS, out)
+    return _tuple_new(_MakeSpteResult, (out[0], _WRPROT[r], _WARNINGS[r]))
+
+
 _MK = [(CFG, p) for p in PFNS]
 _MK_KW = dict(level=2, pte_access=7, prefetch=True)
 case("spte.make_spte", S.make_spte, _MK, ref_spte.make_spte, kw=_MK_KW,
-     compare=lambda r: (r.spte, r.wrprot) if hasattr(r, "spte") else tuple(r), min_vs_ref=3.0)
+     compare=lambda r: (r.spte, r.wrprot) if hasattr(r, "spte") else tuple(r), min_vs_ref=3.0,
+     floor=make_spte_floor)
 case("spte.make_nonleaf_spte", S.make_nonleaf_spte, [(CFG, p << 12) for p in PFNS],
      ref_spte.make_nonleaf_spte)
 _HUGE = [(CFG, s, 1, i % 512) for i, s in enumerate(S.make_spte_batch(
@@ -264,6 +286,8 @@ def test_scalar(benchmark, c):
     if ref is not None:
         cases["reference"] = _loop(ref, c["ref_args"], c["ref_kw"])
     cases["call"] = _loop(c["call"], c["args"], c["kw"])
+    if c["floor"] is not None:
+        cases["floor"] = _loop(c["floor"], c["args"], c["kw"])
     targets = []
     if c["max_ns"]:
         targets.append({"subject": "core", "max_ns": c["max_ns"]})
@@ -273,5 +297,7 @@ def test_scalar(benchmark, c):
     def check(r):
         if ref is not None and c["compare"] is not None:
             assert [c["compare"](x) for x in r["core"]] == list(r["reference"])
+        if "floor" in r:
+            assert r["floor"] == r["core"]
     interleaved(benchmark, f"scalar {c['group']}", cases, elements=len(c["args"]), check=check,
                 targets=targets, scalar=True)
