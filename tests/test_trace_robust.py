@@ -166,3 +166,40 @@ def test_zlib_compressed_v7():
     bad[-40:-30] = bytes(10)
     with pytest.raises(T.TraceFormatError):
         list(raw_records(open_tracedat(io.BytesIO(bytes(bad)), "bad.dat"), all_events=True))
+
+
+CAP = gzip.open(os.path.join(L, "kfuzz-unsync-min.kvmcap")).read()     # the capture's tar
+
+
+def _read_capture(data: bytes):
+    with T.open_trace(io.BytesIO(data)) as st:
+        return sum(1 for _ in st)
+
+
+@pytest.mark.parametrize("cut", [700, 5000, 30000, 60000, len(CAP) - 9000])
+def test_truncated_capture_raises_a_trace_error(cut):
+    """A capture cut short (in a member's header or its data, or between members) is refused
+    as damaged: the tar reader's own ReadError used to escape, and a cut between members gave
+    a subset of the records silently (fuzz target ``trace``)."""
+    assert _read_capture(CAP) == 108
+    with pytest.raises(T.TraceError, match="damaged or cut short|cut short \\(no end-of-archive"):
+        _read_capture(CAP[:cut])
+
+
+@pytest.mark.parametrize("meta, rule", [({"lost": [1]}, "'lost' is not an object"),
+                                        ({"kernel_release": 618}, "'kernel_release' is not a string"),
+                                        ({"kernel_release": None, "proc_version": ["x"]}, "'proc_version' is not a string")])
+def test_capture_json_of_the_wrong_shape(meta, rule):
+    import json
+    import tarfile
+    src = tarfile.open(fileobj=io.BytesIO(CAP))
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as dst:
+        for m in src.getmembers():
+            data = src.extractfile(m).read() if m.isfile() else None
+            if m.name.endswith("capture.json"):
+                data = json.dumps({**json.loads(data), **meta}).encode()
+                m.size = len(data)
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
+    with pytest.raises(T.TraceFormatError, match=rule):
+        _read_capture(out.getvalue())

@@ -35,6 +35,20 @@ def _member_file(tf: tarfile.TarFile, m: tarfile.TarInfo, name: str) -> IO[bytes
     return f
 
 
+def _damaged(name: str, what: str, e: BaseException) -> TraceFormatError:
+    return TraceFormatError(f"{name}: {what} is damaged or cut short ({e or type(e).__name__})")
+
+
+def _member_reader(f: IO[bytes], name: str, member: str):
+    """``f.read`` raising TraceFormatError where the archive ends inside the member."""
+    def read(n: int = -1) -> bytes:
+        try:
+            return f.read(n)
+        except (tarfile.TarError, EOFError) as e:
+            raise _damaged(name, f"member {member}", e) from None
+    return read
+
+
 def open_capture(fileobj, name: str = "capture") -> RawSource:
     """Read a capture tar from a seekable binary file object (already decompressed)."""
     try:
@@ -42,7 +56,15 @@ def open_capture(fileobj, name: str = "capture") -> RawSource:
     except tarfile.TarError as e:
         raise TraceFormatError(f"{name}: not a tar archive ({e})") from None
     members = {}
-    for m in tf.getmembers():
+    try:
+        listing = tf.getmembers()
+    except (tarfile.TarError, EOFError) as e:
+        raise _damaged(name, "the tar archive", e) from None
+    fileobj.seek(tf.offset)             # a tar ends with two zero blocks: none means cut short
+    if fileobj.read(1024) != bytes(1024):
+        raise TraceFormatError(f"{name}: the tar archive is cut short (no end-of-archive blocks "
+                               f"after byte {tf.offset}: members may be missing)")
+    for m in listing:
         if m.isfile():
             members[m.name.lstrip("./") if m.name.startswith("./") else m.name] = m
 
@@ -50,7 +72,7 @@ def open_capture(fileobj, name: str = "capture") -> RawSource:
         m = members.get(member)
         if m is None:
             return None
-        return _member_file(tf, m, name).read().decode("utf-8", "replace")
+        return _member_reader(_member_file(tf, m, name), name, member)().decode("utf-8", "replace")
 
     meta = {}
     cj = text("capture.json")
@@ -73,12 +95,16 @@ def open_capture(fileobj, name: str = "capture") -> RawSource:
     for mname, m in members.items():
         c = _CPU.match(mname)
         if c:
-            cpus.append((int(c[1]), _member_file(tf, m, name).read, mname))
+            cpus.append((int(c[1]), _member_reader(_member_file(tf, m, name), name, mname), mname))
     cpus.sort()
-    release = meta.get("kernel_release") or release_from_proc_version(meta.get("proc_version", ""))
+    release = _meta_str(meta, "kernel_release", name) or release_from_proc_version(
+        _meta_str(meta, "proc_version", name) or "")
     if release is None:
         release = release_from_proc_version(text("proc_version") or "")
-    lost = {k: dict(v) for k, v in (meta.get("lost") or {}).items() if isinstance(v, dict)}
+    lost_meta = meta.get("lost") or {}
+    if not isinstance(lost_meta, dict):
+        raise TraceFormatError(f"{name}: capture.json 'lost' is not an object")
+    lost = {k: dict(v) for k, v in lost_meta.items() if isinstance(v, dict)}
     src = build_source(hp, text("header_event"), formats, cpus, "<", kernel_release=release,
                        format="capture", meta=meta)
     for k, v in lost.items():
@@ -86,6 +112,14 @@ def open_capture(fileobj, name: str = "capture") -> RawSource:
                                            if s in LOST_STATS and isinstance(n, int)})
     src.closers.append(tf.close)
     return src
+
+
+def _meta_str(meta: dict, key: str, name: str) -> str | None:
+    """capture.json's ``key``: a string or absent."""
+    v = meta.get(key)
+    if v is not None and not isinstance(v, str):
+        raise TraceFormatError(f"{name}: capture.json {key!r} is not a string ({v!r})")
+    return v
 
 
 def is_capture_dir(path: str) -> bool:
@@ -134,7 +168,9 @@ def open_directory(path: str) -> RawSource:
             meta = json.loads(cj)
         except ValueError as e:
             raise TraceFormatError(f"{path}/capture.json is not JSON ({e})") from None
-    release = meta.get("kernel_release") or release_from_proc_version(text("proc_version") or "")
+        if not isinstance(meta, dict):
+            raise TraceFormatError(f"{path}/capture.json is not a JSON object")
+    release = _meta_str(meta, "kernel_release", path) or release_from_proc_version(text("proc_version") or "")
     src = build_source(hp, text("header_event"), formats, cpus, "<", kernel_release=release,
                        format="capture", meta=meta)
     src.closers += [f.close for f in files]
