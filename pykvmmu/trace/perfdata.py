@@ -206,6 +206,10 @@ class _Buffered:
         return b
 
 
+#: the fixed-size sample fields before PERF_SAMPLE_READ, in their documented order
+_FIXED_ORDER = (S_IDENTIFIER, S_IP, S_TID, S_TIME, S_ADDR, S_ID, S_STREAM_ID, S_CPU, S_PERIOD)
+
+
 class Attr:
     """One ``perf_event_attr`` with its sample ids."""
 
@@ -218,17 +222,15 @@ class Attr:
         self.sample_id_all = bool(self.flags & ATTR_SAMPLE_ID_ALL)
         self.ids: list = []
         self.where = where
-        self._layout = None
-
-    @property
-    def id_pos(self):
-        """Byte offset of the sample id in a sample's body, or None without one."""
         st = self.sample_type
-        if st & S_IDENTIFIER:
-            return 0
-        if st & S_ID:
-            return 8 * bin(st & (S_IP | S_TID | S_TIME | S_ADDR)).count("1")
-        return None
+        #: byte offset of the sample id in a sample's body, or None without one
+        self.id_pos = (0 if st & S_IDENTIFIER else
+                       8 * bin(st & (S_IP | S_TID | S_TIME | S_ADDR)).count("1") if st & S_ID else None)
+        fixed = [b for b in _FIXED_ORDER if st & b]
+        #: the u64 words before READ (IDENTIFIER .. PERIOD) in one unpack
+        self.prefix = struct.Struct(f"<{len(fixed)}Q")
+        self.time_i = fixed.index(S_TIME) if S_TIME in fixed else None
+        self.cpu_i = fixed.index(S_CPU) if S_CPU in fixed else None
 
     def check(self) -> None:
         st = self.sample_type
@@ -411,17 +413,14 @@ class PerfSource:
             if a is None:
                 raise TraceFormatError(f"{where}: sample id {sid} belongs to no recorded event")
         st = a.sample_type
-        p = 0
-        ts = cpu = None
+        p = a.prefix.size
+        if p > len(body):
+            raise TraceFormatError(f"{where}: {len(body) + 8}-byte record, sample_type {st:#x} needs "
+                                   f"{p + 8} bytes before PERF_SAMPLE_READ")
+        words = a.prefix.unpack_from(body, 0)
+        ts = None if a.time_i is None else words[a.time_i]
+        cpu = None if a.cpu_i is None else words[a.cpu_i] & 0xFFFFFFFF
         chain = ()
-        for bit in (S_IDENTIFIER, S_IP, S_TID, S_TIME, S_ADDR, S_ID, S_STREAM_ID, S_CPU, S_PERIOD):
-            if st & bit:
-                v = _u64(body, p, where)
-                if bit == S_TIME:
-                    ts = v
-                elif bit == S_CPU:
-                    cpu = v & 0xFFFFFFFF
-                p += 8
         if st & S_READ:
             p += a.read_size(body, p, where)
         if st & S_CALLCHAIN:
