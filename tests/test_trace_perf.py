@@ -353,3 +353,34 @@ def test_perf_script_lines_among_other_text():
     assert (ft.comm, ft.pid, ft.cpu, ft.flags) == ("python", 28763, 0, ".....")
     with pytest.raises(TraceFormatError):
         P.Attr(b"\0" * 10, "x")
+
+
+@pytest.mark.parametrize("name", BINARY)
+def test_random_damage_raises_only_trace_error(name):
+    import random
+    rng = random.Random(name)
+    data = _raw(name)
+    for _ in range(120):
+        b = bytearray(data)
+        for _ in range(rng.choice([1, 2, 5, 20])):
+            # half the hits in the first 130 KB: header, attrs, features/tracing data, samples
+            b[rng.randrange(len(b)) if rng.random() < 0.5 else rng.randrange(min(len(b), 130000))] = \
+                rng.randrange(256)
+        if rng.random() < 0.2:
+            b = b[:rng.randrange(len(b))]
+        try:
+            _decode(bytes(b))
+        except TraceError:
+            pass
+
+
+def test_a_damaged_format_with_non_integer_common_fields_is_a_format_error():
+    from pykvmmu.trace.raw import event_record
+    from pykvmmu.trace.tpformat import parse_event_format
+    fmt = ("name: x\nID: 7\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+           "\tfield:char common_flags[1];\toffset:2;\tsize:1;\tsigned:0;\n"
+           "\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n"
+           "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\nprint fmt: \"\"\n")
+    ef = parse_event_format(fmt, "kvmmmu")
+    with pytest.raises(TraceFormatError, match="common_flags is not an integer field"):
+        event_record(1, ef, struct.pack("<HBBi", 7, 0, 0, 1), 0, 1, {}, "perf.data")

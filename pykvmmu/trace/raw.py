@@ -153,6 +153,10 @@ def event_record(n: int, ef, data, cpu: int, ts: int | None, comms: dict, source
     f.pop("common_type", None)
     cflags = f.pop("common_flags", 0)
     preempt = f.pop("common_preempt_count", 0)
+    for k, v in (("common_pid", pid), ("common_flags", cflags), ("common_preempt_count", preempt)):
+        if not isinstance(v, int):
+            raise TraceFormatError(f"{ef.full_name}: {k} is not an integer field in its format "
+                                   f"(a damaged format file?)")
     for k in [k for k in f if k.startswith("common_")]:
         del f[k]
     return TraceRecord(n, comms.get(pid, ""), pid, cpu, f"{cflags:#04x}:{preempt:x}",
