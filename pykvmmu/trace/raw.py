@@ -13,7 +13,7 @@ from .record import TraceFormatError, TraceRecord
 from .ringbuf import iter_cpu, merge_cpus
 from .tpformat import HeaderPage, check_header_event, parse_event_format, parse_header_page
 
-__all__ = ["RawSource", "raw_records"]
+__all__ = ["RawSource", "raw_records", "event_record"]
 
 
 @dataclass
@@ -137,16 +137,28 @@ def raw_records(src: RawSource, *, all_events: bool = False, other: Counter | No
             if other is not None:
                 other[ef.name] += 1
             continue
-        f = ef.decode(data)
-        pid = f.pop("common_pid", 0)
-        f.pop("common_type", None)
-        cflags = f.pop("common_flags", 0)
-        preempt = f.pop("common_preempt_count", 0)
-        for k in [k for k in f if k.startswith("common_")]:
-            del f[k]
-        rec = TraceRecord(n, src.cmdlines.get(pid, ""), pid, cpu, f"{cflags:#04x}:{preempt:x}",
-                          ts / 1e9, ef.name, f, source=src.format, ts_ns=ts, system=ef.system,
-                          stack=stack)
+        rec = event_record(n, ef, data, cpu, ts, src.cmdlines, src.format, stack)
         if decorate is not None:
             decorate(rec)
         yield rec
+
+
+def event_record(n: int, ef, data, cpu: int, ts: int | None, comms: dict, source: str,
+                 stack: tuple = ()) -> TraceRecord:
+    """The TraceRecord of one raw event (``common_*`` fields + the event's, as the ring
+    buffer and perf's PERF_SAMPLE_RAW store them) decoded with its format ``ef``; ``comms``
+    maps ``common_pid`` to the task name."""
+    f = ef.decode(data)
+    pid = f.pop("common_pid", 0)
+    f.pop("common_type", None)
+    cflags = f.pop("common_flags", 0)
+    preempt = f.pop("common_preempt_count", 0)
+    for k, v in (("common_pid", pid), ("common_flags", cflags), ("common_preempt_count", preempt)):
+        if not isinstance(v, int):
+            raise TraceFormatError(f"{ef.full_name}: {k} is not an integer field in its format "
+                                   f"(a damaged format file?)")
+    for k in [k for k in f if k.startswith("common_")]:
+        del f[k]
+    return TraceRecord(n, comms.get(pid, ""), pid, cpu, f"{cflags:#04x}:{preempt:x}",
+                       ts / 1e9 if ts is not None else 0.0, ef.name, f, source=source, ts_ns=ts,
+                       system=ef.system, stack=stack)

@@ -1,8 +1,8 @@
 """``open_trace``: one streaming entry point for every trace source.
 
 The format is detected from the bytes: gzip/xz are unwrapped; ``\\x17\\x08\\x44tracing`` is a
-trace-cmd ``trace.dat`` (v6/v7); a POSIX tar is a pykvmmu capture; a directory with
-``header_page`` is a saved tracefs tree; anything else is text (the print format, ftrace
+trace-cmd ``trace.dat`` (v6/v7); ``PERFILE2`` a ``perf record`` file or pipe stream; a POSIX
+tar is a pykvmmu capture; a directory with ``header_page`` is a saved tracefs tree; anything else is text (the print format, ftrace
 ``options/fields``, ``trace-cmd report [-R]``, libtraceevent and old trace-cmd plugin lines,
 one line at a time).  ``-`` is standard input.  Records come one at a time (constant memory):
 binary sources are read a page per CPU at a time, text a line at a time.
@@ -14,6 +14,7 @@ is refused (:class:`TraceEraError`).
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import lzma
@@ -27,6 +28,7 @@ from typing import IO
 from ..errors import PykvmmuError
 from ..role import RoleEra, get_era
 from .capture import is_capture_dir, open_capture, open_directory, release_from_proc_version
+from .perfdata import open_perf_pipe, open_perfdata, perf_kind
 from .raw import raw_records
 from .. import _check as C
 from .record import TraceArgumentError, TraceEraError, TraceError, decorate
@@ -79,7 +81,8 @@ def _spool(f) -> IO[bytes]:
 
 
 def detect_format(head: bytes) -> str:
-    """'gzip', 'xz', 'trace.dat', 'capture' (tar) or 'text' from a file's first 512 bytes."""
+    """'gzip', 'xz', 'trace.dat', 'perf.data', 'perf-pipe', 'capture' (tar) or 'text' from a
+    file's first 512 bytes."""
     if not isinstance(head, (bytes, bytearray, memoryview)):
         raise TraceArgumentError(f"head={head!r}: expected bytes (the first bytes of a file)")
     head = bytes(head)
@@ -89,6 +92,9 @@ def detect_format(head: bytes) -> str:
         return "xz"
     if head.startswith(_TRACEDAT):
         return "trace.dat"
+    perf = perf_kind(head)
+    if perf is not None:
+        return perf
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "capture"
     return "text"
@@ -251,7 +257,9 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
             kind = detect_format(_peek(f, 512))
         except (OSError, EOFError, lzma.LZMAError) as e:
             raise TraceError(f"{st.name}: bad compressed data ({e})") from None
-    if kind in ("trace.dat", "capture"):
+    if kind == "perf-pipe":                    # sequential: read as it arrives, never spooled
+        return _binary(st, open_perf_pipe(f, st.name), era, spte_decoder, mode, all_events, check_era)
+    if kind in ("trace.dat", "capture", "perf.data"):
         seekable = not compressed and raw_file is not None
         if not seekable:
             t = _spool(f)
@@ -259,6 +267,8 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
             f = t
         if kind == "capture":
             rs = open_capture(f, st.name)
+        elif kind == "perf.data":
+            rs = open_perfdata(f, st.name)
         else:
             from .tracedat import open_tracedat
             rs = open_tracedat(f, st.name)
@@ -309,5 +319,8 @@ def _binary(st, rs, era, spte_decoder, mode, all_events, check_era):
     st.era = _resolve_era(era, rs.kernel_release, check_era, st.name)
     st.spte_decoder = _decoder(st.era if era is None else era, rs.kernel_release, spte_decoder, mode)
     e = st.era
-    st._it = raw_records(rs, all_events=all_events, other=st.other_events,
-                         decorate=lambda r: decorate(r, e, None))
+    records = getattr(rs, "records", None)           # perf sources decode their own records
+    if records is None:
+        records = functools.partial(raw_records, rs)
+    st._it = records(all_events=all_events, other=st.other_events,
+                     decorate=lambda r: decorate(r, e, None))

@@ -22,7 +22,7 @@ from .record import (FULL_ROLE, PAGE_EVENTS, SPTE_FIELDS, TraceArgumentError, Tr
                      decorate)
 
 __all__ = ["parse", "parse_file", "parse_line", "EVENTS", "PAGE_EVENTS", "SPTE_FIELDS",
-           "ALL_EVENTS", "STACK", "STACK_LINE"]
+           "ALL_EVENTS", "STACK", "STACK_LINE", "CHAIN_LINE"]
 
 _HEX = r"(?:0x)?[0-9a-fA-F]+"
 _DEC = r"-?\d+"
@@ -36,11 +36,23 @@ _HEADER = re.compile(
     r"(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?(?P<ts>\d+\.\d+):\s+"
     r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
     r"(?P<payload>.*?)\s*$")
+# perf script (tools/perf/Documentation/perf-script.txt): "comm tid [cpu] secs.usecs: sys:event: payload"
+# by default for tracepoints; -F may drop comm, tid or cpu, print "pid/tid", and --ns nine
+# decimals.  Time and "system:event:" are required (they tell a perf line from others).
+_PERF_HEADER = re.compile(
+    r"^\s*(?P<comm>.*?)\s*(?:(?<!\S)(?P<pid>\d+)(?:/(?P<tid>\d+))?)?\s+(?:\[(?P<cpu>\d+)\]\s+)?"
+    r"(?P<ts>\d+\.\d+):\s+(?P<system>\w+):(?P<event>\w+):(?:\s+(?P<payload>.*?))?\s*$")
+# libtraceevent prints "[FAILED TO PARSE] name=value ..." (decimal) for an event whose print
+# fmt it cannot evaluate (the page events' statement expression in perf 6.1).
+_FAILED = "[FAILED TO PARSE] "
+# perf script -g: a callchain line "\t<hex address> <symbol> (<dso>)" after its record
+_PERF_CHAIN = re.compile(r"^\t\s*(?P<addr>[0-9a-f]+) (?P<sym>.*?) \((?P<dso>.*)\)\s*$")
 _INSTANCE = re.compile(r"^\S+:\s+")
 _COLON_SPACE = re.compile(r":\s")
 _SKIP = re.compile(r"^\s*(?:$|#|(?:cpus|version)\s*=)")
-#: parse_line's answers for the lines of an ftrace stack-trace block.
-STACK, STACK_LINE = "stack", "stack_line"
+#: parse_line's answers for the lines of an ftrace stack-trace block, and for a perf script
+#: callchain line (it belongs to the record before it).
+STACK, STACK_LINE, CHAIN_LINE = "stack", "stack_line", "chain_line"
 _STACK_LINE = re.compile(r"^ => (?P<func>.*?)\s*$")
 
 # KVM_MMU_PAGE_PRINTK of every era (the optional groups cover the history in sec. 6.2).
@@ -148,6 +160,13 @@ def _int(v: str, kind: str):
     if kind == "x":
         return int(v, 16)
     return v
+
+
+def _ns(ts: str) -> int | None:
+    """Exact nanoseconds of a perf script time ("secs.usecs" or, with --ns, "secs.nsecs"):
+    None when it has fewer than 9 decimals (then only ``ts`` in seconds is known)."""
+    sec, _, frac = ts.partition(".")
+    return int(sec) * 1_000_000_000 + int(frac) if len(frac) == 9 else None
 
 
 def _raw_int(v: str) -> int:
@@ -282,20 +301,38 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         sm = _STACK_LINE.match(s)
         if sm:
             return (STACK_LINE, sm["func"])
+    if s.startswith("\t"):
+        cm = _PERF_CHAIN.match(s)
+        if cm:
+            addr = f"{int(cm['addr'], 16):#x}"
+            return (CHAIN_LINE, addr if cm["sym"] == "[unknown]" else f"{addr} {cm['sym']} ({cm['dso']})")
     m = _HEADER.match(s)
     if m and _COLON_SPACE.search(m["comm"]):
         m = _HEADER.match(_INSTANCE.sub("", s.lstrip(), count=1))
+    perf = False
+    if not m:
+        m = _PERF_HEADER.match(s)
+        perf = m is not None
     if not m:
         pp = _perf_prof(s, line_no, era)
         if pp is not None:
             return pp
         raise ValueError("not a trace line (expected 'comm-pid [cpu] ts: event: ...')")
-    if m["stack"]:
+    if not perf and m["stack"]:
         return (STACK, m["stack"])
-    ev, payload = m["event"], m["payload"]
+    ev, payload = m["event"], m["payload"] or ""
     system = m["system"] or ("kvmmmu" if ev in ALL_EVENTS else "")
-    rec = TraceRecord(line_no, m["comm"], int(m["pid"]), int(m["cpu"]), m["flags"] or "",
-                      float(m["ts"]), ev, {}, system=system, payload=payload)
+    failed = perf and payload.startswith(_FAILED)
+    if failed:
+        payload = payload[len(_FAILED):]
+    if perf:
+        pid = m["tid"] or m["pid"]
+        rec = TraceRecord(line_no, m["comm"], int(pid) if pid else -1,
+                          int(m["cpu"]) if m["cpu"] else -1, "", float(m["ts"]), ev, {},
+                          system=system, payload=payload, ts_ns=_ns(m["ts"]))
+    else:
+        rec = TraceRecord(line_no, m["comm"], int(m["pid"]), int(m["cpu"]), m["flags"] or "",
+                          float(m["ts"]), ev, {}, system=system, payload=payload)
     if ev not in ALL_EVENTS or system != "kvmmmu":
         if not all_events:
             return ("other", ev)
@@ -315,7 +352,7 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
             raise ValueError(f"{ev}: fields record without an integer role=")
     elif "=" in payload and _RAW_LINE.match(payload):
         raw = dict(_RAW_FIELD.findall(payload))
-        hexes = RAW_HEX_FIELDS.get(ev, ())
+        hexes = () if failed else RAW_HEX_FIELDS.get(ev, ())
         try:
             rec.fields = {k: int(v.rstrip(","), 16) if k in hexes else _raw_int(v)
                           for k, v in raw.items()}
@@ -385,6 +422,12 @@ def iter_text(lines: Iterable[str], era="latest", spte_decoder: Callable | None 
             kind, what = r
             if kind == STACK:
                 in_stack = True
+                continue
+            if kind == CHAIN_LINE:
+                if pending is not None:
+                    pending.stack = pending.stack + (what,)
+                elif on_error is not None:
+                    on_error(n, "perf callchain line without a record before it", line.rstrip("\n"))
                 continue
             if kind == STACK_LINE:
                 if not in_stack:

@@ -317,13 +317,22 @@ def open_tracedat(f, name: str = "trace.dat") -> RawSource:
     return _v7(fh, endian, comp, first_opts, name)
 
 
-def _v6(fh, pos, endian, page_size, name) -> RawSource:
-    c = _FileCursor(fh, pos, endian, name)
+def v6_metadata(c, cmdlines: bool = True) -> tuple:
+    """The v6 metadata sequence at cursor ``c`` (a cursor with take/u/cstr/expect/skip):
+    header_page/header_event, ftrace and event formats, kallsyms and printk formats
+    (skipped), saved cmdlines (when ``cmdlines``) -> (header_page, header_event, formats,
+    {pid: comm}).  perf's HEADER_TRACING_DATA (version "0.6") stores the same sequence."""
     hp, he = _header_info(c)
     formats = _ftrace_formats(c) + _event_formats(c)
     c.skip(c.u(4))                                   # kallsyms
     c.skip(c.u(4))                                   # printk formats
-    cmdlines = _cmdlines(c.take(c.u(8)).decode("utf-8", "replace"))
+    comms = _cmdlines(c.take(c.u(8)).decode("utf-8", "replace")) if cmdlines else {}
+    return hp, he, formats, comms
+
+
+def _v6(fh, pos, endian, page_size, name) -> RawSource:
+    c = _FileCursor(fh, pos, endian, name)
+    hp, he, formats, cmdlines = v6_metadata(c)
     ncpu = c.u(4)
     opts = _Options()
     tag = c.take(10)
