@@ -69,9 +69,15 @@ FIXTURES = {
     "rmp.bin": "a 64 MiB RMP table made by `pykvmmu rmp create --memory 64M rmp.bin`",
     "cat /sys/kernel/tracing/trace |": "standard input from tests/data/live/demo.trace.txt "
                                        "(tracefs needs root)",
+    "perf.data": "gunzip of tests/data/live/demo.perf.data.gz",
+    "perf record -e kvmmmu:* -o - -- qemu-system-x86_64 ... |":
+        "standard input from tests/data/live/demo.pipe.perf.data.gz (the same run in pipe mode)",
+    "perf script |": "standard input from tests/data/live/demo.perf-script.txt",
 }
 #: The commands piped into a pykvmmu command -> the file its standard input reads instead.
-STDIN = {"cat /sys/kernel/tracing/trace |": DATA / "live" / "demo.trace.txt"}
+STDIN = {"cat /sys/kernel/tracing/trace |": DATA / "live" / "demo.trace.txt",
+         "perf record -e kvmmmu:* -o - -- qemu-system-x86_64 ... |": DATA / "live" / "demo.pipe.perf.data.gz",
+         "perf script |": DATA / "live" / "demo.perf-script.txt"}
 
 #: README's command-list synopses -> a concrete instance that runs.
 INSTANCES = {
@@ -298,6 +304,7 @@ def make_fixtures(tmp: Path) -> None:
     (tmp / "tests" / "data" / "live").mkdir(parents=True, exist_ok=True)
     shutil.copy(DATA / "live" / "demo.kvmcap", tmp / "tests" / "data" / "live" / "demo.kvmcap")
     (tmp / "trace.dat").write_bytes(gzip.decompress((DATA / "live" / "demo-v7-nocomp.dat.gz").read_bytes()))
+    (tmp / "perf.data").write_bytes(gzip.decompress((DATA / "live" / "demo.perf.data.gz").read_bytes()))
     with gzip.open(tmp / "trace.txt.gz", "wb") as f:
         f.write((DATA / "live" / "demo.trace.txt").read_bytes())
     (tmp / "fuzz-crashes").mkdir(exist_ok=True)
