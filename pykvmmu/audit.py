@@ -289,6 +289,15 @@ class _Rec:
     role_known: int
     key: object
     ts: float
+    #: fields the checks read as numbers that the record holds as something else (a damaged
+    #: text line): left out of ``fields``, so the check that needs one is not checkable
+    bad: dict
+
+
+#: The fields the checks read, all numbers.
+_NUMBER_FIELDS = frozenset(("gfn", "pfn", "level", "spte", "sptep", "kvm_gen", "spte_gen", "valid",
+                            "access", "addr", "pferr", "pte", "created", "mmu_valid_gen", "unsync",
+                            "root_count", "mmu_used_pages", "used_pages", "r", "x", "u"))
 
 
 def _norm(i: int, r) -> _Rec:
@@ -303,9 +312,12 @@ def _norm(i: int, r) -> _Rec:
     if word is not None and (not isinstance(word, int) or not 0 <= word < 1 << 32):
         raise InputError(f"records[{i - 1}].role={word!r}: a 32-bit role word")
     idx = getattr(r, "line_no", None) or i
-    return _Rec(idx, r.event, dict(r.fields), word, getattr(r, "role_known", 0xFFFFFFFF if word
-                                                             is not None else 0),
-                getattr(r, "pid", None) or getattr(r, "cpu", 0), getattr(r, "ts", 0.0))
+    fields = dict(r.fields)
+    bad = {k: fields.pop(k) for k in [k for k, v in fields.items()
+                                      if k in _NUMBER_FIELDS and not isinstance(v, int)]}
+    return _Rec(idx, r.event, fields, word, getattr(r, "role_known", 0xFFFFFFFF if word
+                                                    is not None else 0),
+                getattr(r, "pid", None) or getattr(r, "cpu", 0), getattr(r, "ts", 0.0), bad)
 
 
 @dataclass
@@ -453,9 +465,11 @@ class Auditor:
         gfns = defaultdict(set)
         for r in recs:
             if r.event == "kvm_mmu_spte_requested":
-                lvl = r.fields.get("level", 1) or 1
+                lvl, pfn, gfn = r.fields.get("level", 1) or 1, r.fields.get("pfn"), r.fields.get("gfn")
+                if not (pfn.__class__ is gfn.__class__ is lvl.__class__ is int and 1 <= lvl <= 5):
+                    continue        # a record without them: its own handler says not checkable
                 pages = 1 << (9 * (lvl - 1))
-                gfns[(r.fields["pfn"] & ~(pages - 1), lvl)].add(r.fields["gfn"] & ~(pages - 1))
+                gfns[(pfn & ~(pages - 1), lvl)].add(gfn & ~(pages - 1))
         return {k for k, v in gfns.items() if len(v) >= self.zero_min}
 
     # -------------------------------------------------------------- run
@@ -505,8 +519,10 @@ class Auditor:
                     # a text form that does not print this field (e.g. trace-cmd's plugin):
                     # the state this record changes is unknown from here on
                     self._parts = []
+                    name = e.args[0]
                     self._v(_EVENT_CHECK.get(rec.event, "page_hash"), "not_checkable", rec,
-                            reason=f"the record has no {e.args[0]!r} field")
+                            reason=f"the record has no {name!r} field" if name not in rec.bad else
+                            f"the record's {name!r} is not a number ({rec.bad[name]!r})")
                     if rec.event in _STATE_EVENTS:
                         self.tainted.setdefault("page_hash", rec.index)
                         self.tainted.setdefault("write_tracking", rec.index)

@@ -1,8 +1,10 @@
 """Inputs the fuzzers found, kept as regression tests (each names what it exposed).
 
-So far no disagreement between the C core and the references and no crash was found; the
-findings were over-strong harness invariants or unreachable inputs, kept here because each
-documents a real corner.
+The C core and the references have not disagreed; the core's findings were over-strong
+harness invariants or unreachable inputs (kept because each documents a real corner) and a
+role quadrant the model let spill.  The ``trace`` target's findings are real crashes of the
+readers and the audit on damaged traces (the damaged-capture cases are in
+tests/test_trace_robust.py).
 """
 import pytest
 
@@ -56,3 +58,55 @@ def test_rolecalc_quadrant_only_at_levels_1_and_2():
                                      guest_32bit=True)
         w = Ro.kvm_mmu_get_page_role(era, 0, level=3, direct=False, access=0, gaddr=3 << 39, guest_32bit=True)
         assert RR.unpack_role(era, w)["quadrant"] == 3 and RR.unpack_role(era, w)["direct"] == 0
+
+
+def test_trace_format_array_of_a_named_length():
+    """fuzz target ``trace``: a format file whose array length is not a number (a damaged
+    file, or a macro name the kernel left unexpanded) raised ValueError out of the reader;
+    the field is now read as bytes, like any array whose element count is unknown."""
+    from pykvmmu.trace.tpformat import parse_event_format
+    text = ("name: x\nID: 7\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+            "\tfield:u64 regs[NR_REGS];\toffset:8;\tsize:16;\tsigned:0;\n"
+            "\tfield:u64 damaged[\x005];\toffset:24;\tsize:8;\tsigned:0;\n\nprint fmt: \"\"\n")
+    ev = parse_event_format(text, "kvmmmu")
+    kinds = {f.name: (f.kind, f.count) for f in ev.fields}
+    assert kinds["regs"] == kinds["damaged"] == ("array", 0)
+
+
+def test_audit_of_a_request_without_its_pfn():
+    """fuzz target ``trace``: a damaged line read as kvm_mmu_spte_requested without its pfn
+    made the audit's zero-page pre-pass raise KeyError; the record is now not checkable, like
+    any record missing a field its check reads, and the audit goes on."""
+    import os
+
+    from pykvmmu import trace as T
+    from pykvmmu.audit import audit_records, live_config
+    with T.open_trace(os.path.join(os.path.dirname(__file__), "data", "live", "demo.trace.txt"),
+                      era="v6.14") as st:
+        recs = list(st)
+    r = next(r for r in recs if r.event == "kvm_mmu_spte_requested")
+    del r.fields["pfn"]
+    rep = audit_records(recs, live_config(), era="v6.18")
+    bad = [v for v in rep.verdicts if v.status != "agreed"]
+    assert [(v.check, v.status, v.event, v.reason) for v in bad] == [
+        ("set_spte", "not_checkable", "kvm_mmu_set_spte", "the record has no 'pfn' field")]
+    assert bad[0].record == r.line_no + 1          # the SPTE the request was for
+
+
+def test_audit_of_a_field_that_is_not_a_number():
+    """fuzz target ``trace``: a damaged text line whose gfn reads as text made the audit raise
+    TypeError (``str & int``); a field the checks read as a number and the record holds as
+    something else now makes that record's check not checkable, saying which field."""
+    import os
+
+    from pykvmmu import trace as T
+    from pykvmmu.audit import audit_records, live_config
+    with T.open_trace(os.path.join(os.path.dirname(__file__), "data", "live", "demo.trace.txt"),
+                      era="v6.14") as st:
+        recs = list(st)
+    r = next(r for r in recs if r.event == "kvm_mmu_set_spte")
+    r.fields["gfn"] = "1f!"
+    rep = audit_records(recs, live_config(), era="v6.18")
+    assert rep.total("disagreed") == 0
+    assert ("set_spte", r.line_no, "the record's 'gfn' is not a number ('1f!')") in [
+        (v.check, v.record, v.reason) for v in rep.verdicts if v.status == "not_checkable"]

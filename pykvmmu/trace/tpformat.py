@@ -48,7 +48,10 @@ def _field(decl: str, off: int, size: int, signed: bool) -> FieldFormat:
     if n is not None:
         if "char" in ctype:
             return FieldFormat(name, ctype, off, size, signed, "str")
-        count = int(n, 0) if n.strip() else 0
+        try:        # a number, or a name the format file left unexpanded (then: bytes)
+            count = int(n, 0) if n.strip() else 0
+        except ValueError:
+            count = 0
         if count <= 0 or size % count or size // count not in _INT:
             return FieldFormat(name, ctype, off, size, signed, "array", 0)
         return FieldFormat(name, ctype, off, size, signed, "array", count)
