@@ -289,8 +289,9 @@ class _Rec:
     role_known: int
     key: object
     ts: float
-    #: fields the checks read as numbers that the record holds as something else (a damaged
-    #: text line): left out of ``fields``, so the check that needs one is not checkable
+    #: fields the checks read as numbers that the record holds as something else, or a
+    #: level outside 1-5 (a damaged line or page): left out of ``fields``, so the check that
+    #: needs one is not checkable
     bad: dict
 
 
@@ -313,8 +314,8 @@ def _norm(i: int, r) -> _Rec:
         raise InputError(f"records[{i - 1}].role={word!r}: a 32-bit role word")
     idx = getattr(r, "line_no", None) or i
     fields = dict(r.fields)
-    bad = {k: fields.pop(k) for k in [k for k, v in fields.items()
-                                      if k in _NUMBER_FIELDS and not isinstance(v, int)]}
+    bad = {k: fields.pop(k) for k in [k for k, v in fields.items() if k in _NUMBER_FIELDS and (
+        not isinstance(v, int) or k == "level" and not 1 <= v <= 5)]}
     return _Rec(idx, r.event, fields, word, getattr(r, "role_known", 0xFFFFFFFF if word
                                                     is not None else 0),
                 getattr(r, "pid", None) or getattr(r, "cpu", 0), getattr(r, "ts", 0.0), bad)
@@ -522,7 +523,9 @@ class Auditor:
                     name = e.args[0]
                     self._v(_EVENT_CHECK.get(rec.event, "page_hash"), "not_checkable", rec,
                             reason=f"the record has no {name!r} field" if name not in rec.bad else
-                            f"the record's {name!r} is not a number ({rec.bad[name]!r})")
+                            f"the record's {name!r} is not a "
+                            f"{'page-table level (1-5)' if name == 'level' else 'number'} "
+                            f"({rec.bad[name]!r})")
                     if rec.event in _STATE_EVENTS:
                         self.tainted.setdefault("page_hash", rec.index)
                         self.tainted.setdefault("write_tracking", rec.index)

@@ -94,9 +94,10 @@ def test_audit_of_a_request_without_its_pfn():
 
 
 def test_audit_of_a_field_that_is_not_a_number():
-    """fuzz target ``trace``: a damaged text line whose gfn reads as text made the audit raise
-    TypeError (``str & int``); a field the checks read as a number and the record holds as
-    something else now makes that record's check not checkable, saying which field."""
+    """fuzz target ``trace``: a damaged line whose gfn reads as text made the audit raise
+    TypeError (``str & int``), a level 0 a negative shift; a field the checks read as a number
+    that the record holds as something else, or a level outside 1-5, now makes that record's
+    check not checkable, saying which field and value."""
     import os
 
     from pykvmmu import trace as T
@@ -104,9 +105,11 @@ def test_audit_of_a_field_that_is_not_a_number():
     with T.open_trace(os.path.join(os.path.dirname(__file__), "data", "live", "demo.trace.txt"),
                       era="v6.14") as st:
         recs = list(st)
-    r = next(r for r in recs if r.event == "kvm_mmu_set_spte")
-    r.fields["gfn"] = "1f!"
+    sets = [r for r in recs if r.event == "kvm_mmu_set_spte"]
+    sets[0].fields["gfn"] = "1f!"
+    sets[1].fields["level"] = 0            # a level outside 1-5 made a negative shift
     rep = audit_records(recs, live_config(), era="v6.18")
     assert rep.total("disagreed") == 0
-    assert ("set_spte", r.line_no, "the record's 'gfn' is not a number ('1f!')") in [
-        (v.check, v.record, v.reason) for v in rep.verdicts if v.status == "not_checkable"]
+    nc = [(v.check, v.record, v.reason) for v in rep.verdicts if v.status == "not_checkable"]
+    assert ("set_spte", sets[0].line_no, "the record's 'gfn' is not a number ('1f!')") in nc
+    assert ("set_spte", sets[1].line_no, "the record's 'level' is not a page-table level (1-5) (0)") in nc
