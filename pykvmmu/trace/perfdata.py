@@ -281,9 +281,9 @@ class PerfSource:
         self.meta: dict = {}
         self.closers: list = []
         self._seq: _Seq | None = None
-        self._pending = None
+        self._pending: tuple | None = None      # the first data record of a pipe
         self._pipe = False
-        self._td = None
+        self._td: tuple | None = None           # (offset, bytes) of pipe tracing data
 
     def close(self) -> None:
         for c in self.closers:
@@ -420,7 +420,7 @@ class PerfSource:
         words = a.prefix.unpack_from(body, 0)
         ts = None if a.time_i is None else words[a.time_i]
         cpu = None if a.cpu_i is None else words[a.cpu_i] & 0xFFFFFFFF
-        chain = ()
+        chain: tuple = ()
         if st & S_READ:
             p += a.read_size(body, p, where)
         if st & S_CALLCHAIN:
@@ -628,7 +628,7 @@ def open_perf_pipe(f, name: str = "perf pipe") -> PerfSource:
             bit = _u64(body, 0, where)
             fc = _Seq(_bytes_reader(body[8:]), off + 16, f"{name} feature {bit}", off + len(body) + 8)
             ps._feature(bit, fc, len(body) - 8)
-        elif typ == REC_HEADER_TRACING_DATA:
+        elif typ == REC_HEADER_TRACING_DATA and ps._td is not None:
             start, data = ps._td
             ps._tracing_data(_Seq(_bytes_reader(data), start, f"{name} tracing data", start + len(data)))
             ps._td = None
