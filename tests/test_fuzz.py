@@ -106,3 +106,47 @@ def test_target_for_file(tmp_path):
     assert F.target_for_file("x/fuzz/corpus/mmio/abc") == "mmio"
     assert F.target_for_file("fuzz-crashes/spte-crash-0123.bin") == "spte"
     assert F.target_for_file(str(tmp_path / "nothing")) is None
+
+
+def _trace_input(base: str, audit: bool = False) -> bytes:
+    """Bytes that make the ``trace`` target read base ``base`` undamaged, with all events and
+    its own era (the draws of target_trace.fuzz_trace, in order)."""
+    from pykvmmu.fuzz.target_trace import bases
+    idx = [n for n, _, _ in bases()].index(base)
+    return idx.to_bytes(2, "little") + b"\x00\x00" + b"\x01" + b"\x01" + (b"\x00" if audit else b"\x01")
+
+
+def test_trace_target_reads_every_base_undamaged():
+    from pykvmmu.fuzz.target_trace import bases
+    for name, _, _ in bases():
+        feats, fail = F.run_one(F.TARGETS["trace"], _trace_input(name, audit=True))
+        assert fail is None, fail.message
+        assert any(f[:2] == ("read", name) and f[3] is False for f in feats), feats
+        assert any(f[:2] == ("audit", name) for f in feats), feats
+
+
+def test_trace_target_finds_a_reader_crash_and_a_lost_record(monkeypatch):
+    """Planted reader bugs: a struct.error out of the raw reader is a crash; a record dropped
+    silently is a finding on the undamaged file."""
+    import struct
+
+    import pykvmmu.trace.stream as S
+    real = S.raw_records
+
+    def crashing(*a, **k):
+        raise struct.error("planted")
+        yield
+
+    def dropping(*a, **k):
+        recs = list(real(*a, **k))
+        yield from recs[:-1]
+
+    data = _trace_input("demo.kvmcap")
+    monkeypatch.setattr(S, "raw_records", crashing)
+    _, fail = F.run_one(F.TARGETS["trace"], data)
+    assert fail is not None and "planted" in fail.message
+    monkeypatch.setattr(S, "raw_records", dropping)
+    _, fail = F.run_one(F.TARGETS["trace"], data)
+    assert fail is not None and "the undamaged trace's records" in fail.message
+    monkeypatch.setattr(S, "raw_records", real)
+    assert F.run_one(F.TARGETS["trace"], data)[1] is None

@@ -24,7 +24,7 @@ and written as a raw bytes file; ``pykvmmu fuzz --replay FILE`` replays it.
 from __future__ import annotations
 
 from . import (target_spte, target_config, target_mmio, target_role,  # noqa: F401  (registration order)
-               target_fault, target_rmp, target_vm, target_rolecalc)
+               target_fault, target_rmp, target_vm, target_rolecalc, target_trace)
 from .base import (ENGINES, TARGETS, U64, Disagreement, FuzzInput, Target, UnknownTarget, check,
                    expect_same, get_target, target)
 from .corpus import (SEED_CORPUS, corpus_dir, load_corpus, replay, repo_root, target_for_file,
