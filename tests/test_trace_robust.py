@@ -203,3 +203,24 @@ def test_capture_json_of_the_wrong_shape(meta, rule):
             dst.addfile(m, io.BytesIO(data) if data is not None else None)
     with pytest.raises(T.TraceFormatError, match=rule):
         _read_capture(out.getvalue())
+
+
+@pytest.mark.parametrize("kind", ["text", "capture", "trace.dat"])
+@pytest.mark.parametrize("damage", ["flip", "cut"])
+def test_damaged_compressed_traces(kind, damage):
+    """gzip/xz data damaged or cut short inside the stream raises TraceError wherever it is
+    read (zlib.error / EOFError used to escape from text lines and spooling: fuzz target
+    ``trace``)."""
+    import lzma
+    plain = {"text": open(os.path.join(L, "demo.trace.txt"), "rb").read(), "capture": CAP,
+             "trace.dat": V6}[kind]
+    for z in (gzip.compress(plain, 1, mtime=0), lzma.compress(plain, preset=0)):
+        b = bytearray(z)
+        if damage == "flip":
+            b[len(b) // 2] ^= 0x10
+        else:
+            del b[len(b) * 2 // 3:]
+        with pytest.raises(T.TraceError, match="bad compressed data|damaged|cut short|truncated"):
+            with T.open_trace(io.BytesIO(bytes(b)), era="v6.14" if kind == "text" else None) as st:
+                for _ in st:
+                    pass

@@ -8,14 +8,15 @@ live KVM: pykvmmu capture, trace-cmd ``trace.dat`` v6 and v7, Linux perf's ``per
 (file, pipe mode, callchains) and ``perf script`` text, the kernel print format, ftrace
 fields with stack traces, ``trace-cmd report`` with and without ``-R``, the plugin and
 perf-prof text) and a list of edits (overwrite, bit flip, truncate, insert, delete, an
-interesting 32/64-bit value), then read the result with ``open_trace`` and sometimes audit
-it.  Any exception other than a :class:`pykvmmu.errors.PykvmmuError` escapes as a crash.
+interesting 32/64-bit value), sometimes compresses the result with gzip or xz (and may edit
+that too), then reads it with ``open_trace`` and sometimes audits it.  Any exception other than a :class:`pykvmmu.errors.PykvmmuError` escapes as a crash.
 """
 from __future__ import annotations
 
 import functools
 import gzip
 import io
+import lzma
 import os
 import re
 import struct
@@ -115,6 +116,13 @@ def fuzz_trace(fi: FuzzInput) -> None:
         era = None if era else "v6.14"
     all_events = fi.bool()
     audit = fi.chance(4)
+    wrap = fi.pick((None, None, None, None, None, None, "gzip", "xz"))
+    if wrap:                                   # compressed, and maybe damaged after that
+        b = bytearray(gzip.compress(bytes(b), 1, mtime=0) if wrap == "gzip" else
+                      lzma.compress(bytes(b), preset=0))
+        if fi.bool():
+            _edit(fi, b)
+            n_edits += 1
     t0 = time.monotonic()
     recs = []
     try:
@@ -122,9 +130,9 @@ def fuzz_trace(fi: FuzzInput) -> None:
             for r in st:
                 _well_formed(r)
                 recs.append(r)
-            fi.feature("read", name, st.format, n_edits > 0, len(recs).bit_length())
+            fi.feature("read", name, st.format, n_edits > 0, wrap, len(recs).bit_length())
     except PykvmmuError as e:
-        fi.feature("refused", name, type(e).__name__, _shape(str(e)))
+        fi.feature("refused", name, wrap, type(e).__name__, _shape(str(e)))
         check(str(e) != "", "a refusal without a message", name, type(e).__name__)
         check(n_edits or era != bs[i][2], "the undamaged trace is refused", name, str(e))
         return

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import zlib
 from collections import Counter
 from typing import IO
 
@@ -31,7 +32,7 @@ from .capture import is_capture_dir, open_capture, open_directory, release_from_
 from .perfdata import open_perf_pipe, open_perfdata, perf_kind
 from .raw import raw_records
 from .. import _check as C
-from .record import TraceArgumentError, TraceEraError, TraceError, decorate
+from .record import TraceArgumentError, TraceEraError, TraceError, TraceFormatError, decorate
 from .report import SpteDecoder, default_spte_decoder, kernel_version_of
 from .text import check_decoder, iter_text
 
@@ -249,14 +250,11 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
     kind = detect_format(_peek(f, 512))
     compressed = False
     while kind in ("gzip", "xz"):
-        f = gzip.GzipFile(fileobj=f, mode="rb") if kind == "gzip" else lzma.LZMAFile(f, "rb")
-        f = io.BufferedReader(f)
+        z = gzip.GzipFile(fileobj=f, mode="rb") if kind == "gzip" else lzma.LZMAFile(f, "rb")
+        f = io.BufferedReader(_Decompressed(z, f"{st.name} ({kind})"))
         st._closers.append(f.close)
         compressed = True
-        try:
-            kind = detect_format(_peek(f, 512))
-        except (OSError, EOFError, lzma.LZMAError) as e:
-            raise TraceError(f"{st.name}: bad compressed data ({e})") from None
+        kind = detect_format(_peek(f, 512))
     if kind == "perf-pipe":                    # sequential: read as it arrives, never spooled
         return _binary(st, open_perf_pipe(f, st.name), era, spte_decoder, mode, all_events, check_era)
     if kind in ("trace.dat", "capture", "perf.data"):
@@ -275,6 +273,32 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
         return _binary(st, rs, era, spte_decoder, mode, all_events, check_era)
     text = io.TextIOWrapper(f, encoding="utf-8", errors="replace")
     return _text(st, text, era, spte_decoder, mode, all_events, check_era, sibling_version)
+
+
+class _Decompressed(io.RawIOBase):
+    """A gzip/xz reader whose damaged or cut-short data raises TraceFormatError wherever it is
+    read (format detection, spooling, text lines, a perf pipe), naming the offset."""
+
+    def __init__(self, z, name: str):
+        self._z, self._name, self._pos = z, name, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        try:
+            data = self._z.read(len(b))
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+            raise TraceFormatError(f"{self._name}: bad compressed data after {self._pos} bytes "
+                                   f"({e or type(e).__name__})") from None
+        n = len(data)
+        b[:n] = data
+        self._pos += n
+        return n
+
+    def close(self):
+        self._z.close()
+        super().close()
 
 
 class _Peekable(io.RawIOBase):
