@@ -289,10 +289,32 @@ class _Rec:
     role_known: int
     key: object
     ts: float
-    #: fields the checks read as numbers that the record holds as something else, or a
-    #: level outside 1-5 (a damaged line or page): left out of ``fields``, so the check that
-    #: needs one is not checkable
-    bad: dict
+
+
+class _NoField(KeyError):
+    """A field a check reads is missing or unusable in record ``index`` (``bad``: its value,
+    or None when absent)."""
+
+    def __init__(self, name: str, index: int, bad):
+        super().__init__(name)
+        self.index, self.bad = index, bad
+
+    def reason(self, index: int) -> str:
+        name = self.args[0]
+        what = "the record" if self.index == index else f"record {self.index}, which this check uses,"
+        if self.bad is None:
+            return f"{what} has no {name!r} field"
+        rule = "a page-table level (1-5)" if name == "level" else "a number"
+        return f"{what} has a {name!r} that is not {rule} ({self.bad!r})"
+
+
+class _Fields(dict):
+    """A record's fields; a missing one raises :class:`_NoField` naming the record."""
+
+    __slots__ = ("index", "bad")
+
+    def __missing__(self, name):
+        raise _NoField(name, self.index, self.bad.get(name))
 
 
 #: The fields the checks read, all numbers.
@@ -313,12 +335,15 @@ def _norm(i: int, r) -> _Rec:
     if word is not None and (not isinstance(word, int) or not 0 <= word < 1 << 32):
         raise InputError(f"records[{i - 1}].role={word!r}: a 32-bit role word")
     idx = getattr(r, "line_no", None) or i
-    fields = dict(r.fields)
-    bad = {k: fields.pop(k) for k in [k for k, v in fields.items() if k in _NUMBER_FIELDS and (
+    fields = _Fields(r.fields)
+    fields.index = idx
+    # fields the checks read as numbers but held as something else, or a level outside 1-5
+    # (a damaged line or page): left out, so a check that reads one is not checkable
+    fields.bad = {k: fields.pop(k) for k in [k for k, v in fields.items() if k in _NUMBER_FIELDS and (
         not isinstance(v, int) or k == "level" and not 1 <= v <= 5)]}
     return _Rec(idx, r.event, fields, word, getattr(r, "role_known", 0xFFFFFFFF if word
                                                     is not None else 0),
-                getattr(r, "pid", None) or getattr(r, "cpu", 0), getattr(r, "ts", 0.0), bad)
+                getattr(r, "pid", None) or getattr(r, "cpu", 0), getattr(r, "ts", 0.0))
 
 
 @dataclass
@@ -520,12 +545,9 @@ class Auditor:
                     # a text form that does not print this field (e.g. trace-cmd's plugin):
                     # the state this record changes is unknown from here on
                     self._parts = []
-                    name = e.args[0]
                     self._v(_EVENT_CHECK.get(rec.event, "page_hash"), "not_checkable", rec,
-                            reason=f"the record has no {name!r} field" if name not in rec.bad else
-                            f"the record's {name!r} is not a "
-                            f"{'page-table level (1-5)' if name == 'level' else 'number'} "
-                            f"({rec.bad[name]!r})")
+                            reason=e.reason(rec.index) if isinstance(e, _NoField) else
+                            f"the record has no {e.args[0]!r} field")
                     if rec.event in _STATE_EVENTS:
                         self.tainted.setdefault("page_hash", rec.index)
                         self.tainted.setdefault("write_tracking", rec.index)

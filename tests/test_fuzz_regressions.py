@@ -89,7 +89,8 @@ def test_audit_of_a_request_without_its_pfn():
     rep = audit_records(recs, live_config(), era="v6.18")
     bad = [v for v in rep.verdicts if v.status != "agreed"]
     assert [(v.check, v.status, v.event, v.reason) for v in bad] == [
-        ("set_spte", "not_checkable", "kvm_mmu_set_spte", "the record has no 'pfn' field")]
+        ("set_spte", "not_checkable", "kvm_mmu_set_spte",
+         f"record {r.line_no}, which this check uses, has no 'pfn' field")]
     assert bad[0].record == r.line_no + 1          # the SPTE the request was for
 
 
@@ -111,5 +112,5 @@ def test_audit_of_a_field_that_is_not_a_number():
     rep = audit_records(recs, live_config(), era="v6.18")
     assert rep.total("disagreed") == 0
     nc = [(v.check, v.record, v.reason) for v in rep.verdicts if v.status == "not_checkable"]
-    assert ("set_spte", sets[0].line_no, "the record's 'gfn' is not a number ('1f!')") in nc
-    assert ("set_spte", sets[1].line_no, "the record's 'level' is not a page-table level (1-5) (0)") in nc
+    assert ("set_spte", sets[0].line_no, "the record has a 'gfn' that is not a number ('1f!')") in nc
+    assert ("set_spte", sets[1].line_no, "the record has a 'level' that is not a page-table level (1-5) (0)") in nc
