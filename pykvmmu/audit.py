@@ -312,6 +312,8 @@ class _Fields(dict):
     """A record's fields; a missing one raises :class:`_NoField` naming the record."""
 
     __slots__ = ("index", "bad")
+    index: int
+    bad: dict
 
     def __missing__(self, name):
         raise _NoField(name, self.index, self.bad.get(name))
