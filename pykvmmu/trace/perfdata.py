@@ -40,7 +40,7 @@ import heapq
 import os
 import struct
 
-from .raw import FormatTable, event_record
+from .raw import FormatTable, close_all, event_record
 from .record import TraceFormatError, UnsupportedTraceError
 from .tpformat import check_header_event, parse_header_page
 from .tracedat import v6_metadata
@@ -286,12 +286,7 @@ class PerfSource:
         self._td: tuple | None = None           # (offset, bytes) of pipe tracing data
 
     def close(self) -> None:
-        for c in self.closers:
-            try:
-                c()
-            except OSError:
-                pass
-        self.closers.clear()
+        close_all(self.closers)
 
     # -- metadata ------------------------------------------------------------------------
     def _add_attr(self, a: Attr) -> None:

@@ -32,12 +32,17 @@ class RawSource:
     closers: list = field(default_factory=list)
 
     def close(self) -> None:
-        for c in self.closers:
-            try:
-                c()
-            except OSError:
-                pass
-        self.closers.clear()
+        close_all(self.closers)
+
+
+def close_all(closers: list) -> None:
+    """Call and forget a source's closers (files, tar archives), ignoring OSError."""
+    for c in closers:
+        try:
+            c()
+        except OSError:
+            pass
+    closers.clear()
 
 
 _ID = re.compile(r"^ID:\s*(\d+)\s*$", re.M)
