@@ -1307,36 +1307,57 @@ def _auditor_options(kw: dict) -> None:
             raise InputError(f"{k}={kw[k]!r}: not an audit option (one of {', '.join(names)})")
 
 
-def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
-          profile: str | None = None, maxphyaddr: int = 48, mmio_caching: bool = False,
-          nx_huge_pages: bool = False, **kw) -> AuditReport:
-    """Audit a trace file: a capture (.kvmcap), a saved tracefs tree, trace text, the
-    ``options/fields`` text or ``trace-cmd report`` output (pykvmmu.trace.open_trace).  The era
-    comes from the trace's kernel version when it has one; text needs ``era``.  Without
-    ``cfg`` the configuration is :func:`live_config` with ``profile`` (default: the one for
-    the trace's kernel, pykvmmu.trace.spte_profile_for) and the other options."""
-    from . import trace as T
-    _auditor_options(kw)
-    if cfg is not None:
-        C.mmu_config(cfg)
-    stream = T.open_trace(path, era=era)
-    assert stream.era is not None                # open_trace resolves it (_resolve_era)
-    records = list(stream)
-    meta = getattr(stream, "meta", None) or {}
-    guest = meta.get("guest") or {}
-    if meta.get("host_zero_pfn") and "host_zero_pfn" not in kw and "host_writable" not in kw:
-        kw["host_zero_pfn"] = int(meta["host_zero_pfn"])
+def _guest_inputs(guest: dict, result: dict, kw: dict) -> None:
+    """The audit options a guest description and its run's result give (``kw`` wins)."""
     if guest.get("memslots") and "memslots" not in kw:
         kw["memslots"] = guest["memslots"]
         kw.setdefault("slot_changes", [dict(c, run=i) for i, run in enumerate(guest.get("runs", ()))
                                        for c in run.get("changes", ())])
-    runs = (meta.get("guest_result") or {}).get("runs")
+    runs = result.get("runs")
     if runs and guest.get("memslots") and "dirty_log" not in kw:
         kw["dirty_log"] = dirty_log_pages(runs)
     if runs is not None and guest.get("memslots") and "runs_done" not in kw:
         kw["runs_done"] = len(runs)
     if runs and guest.get("memslots") and "mmio_exits" not in kw:
         kw["mmio_exits"] = [m["gpa"] >> 12 for run in runs for m in run.get("mmio") or ()]
+
+
+def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
+          profile: str | None = None, maxphyaddr: int = 48, mmio_caching: bool = False,
+          nx_huge_pages: bool = False, guest: dict | None = None, guest_result: dict | None = None,
+          **kw) -> AuditReport:
+    """Audit a trace file: a capture (.kvmcap), a saved tracefs tree, trace text, the
+    ``options/fields`` text, ``trace-cmd report`` output, a perf.data file or ``perf script``
+    text (pykvmmu.trace.open_trace).  The era comes from the trace's kernel version when it
+    has one; text needs ``era``.  Without ``cfg`` the configuration is :func:`live_config`
+    with ``profile`` (default: the one for the trace's kernel, pykvmmu.trace.spte_profile_for)
+    and the other options.  ``guest`` and ``guest_result`` are the guest's description and
+    what its run did (the JSON of ``pykvmmu guest demo`` and ``pykvmmu guest run``, as dicts):
+    its memslots, slot changes, dirty logs and MMIO exits, for a trace that does not carry
+    them (a capture of ``pykvmmu record`` does; these override it)."""
+    from . import trace as T
+    _auditor_options(kw)
+    if cfg is not None:
+        C.mmu_config(cfg)
+    for name, v in (("guest", guest), ("guest_result", guest_result)):
+        if v is not None and not isinstance(v, dict):
+            raise InputError(f"{name}={v!r}: expected a dict (the JSON of `pykvmmu guest "
+                             f"{'demo' if name == 'guest' else 'run'}`)")
+    stream = T.open_trace(path, era=era)
+    assert stream.era is not None                # open_trace resolves it (_resolve_era)
+    records = list(stream)
+    meta = getattr(stream, "meta", None) or {}
+    if guest is None:
+        guest = meta.get("guest") or {}
+    if guest_result is None:
+        guest_result = meta.get("guest_result") or {}
+    if meta.get("host_zero_pfn") and "host_zero_pfn" not in kw and "host_writable" not in kw:
+        kw["host_zero_pfn"] = int(meta["host_zero_pfn"])
+    try:
+        _guest_inputs(guest, guest_result, kw)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InputError(f"guest / guest_result: not the JSON of `pykvmmu guest demo` / `guest run` "
+                         f"({type(e).__name__}: {e})") from None
     if cfg is None:
         kver = getattr(stream, "kernel_version", None)
         prof = profile

@@ -384,3 +384,51 @@ def test_a_damaged_format_with_non_integer_common_fields_is_a_format_error():
     ef = parse_event_format(fmt, "kvmmmu")
     with pytest.raises(TraceFormatError, match="common_flags is not an integer field"):
         event_record(1, ef, struct.pack("<HBBi", 7, 0, 0, 1), 0, 1, {}, "perf.data")
+
+
+def _guest_files(tmp_path):
+    """The guest description and run result the capture of the same run carries, as the
+    JSON files `pykvmmu guest demo` / `pykvmmu guest run` write."""
+    import json
+    with T.open_trace(CAP) as st:
+        list(st)
+        meta = st.meta
+    g, r = tmp_path / "guest.json", tmp_path / "result.json"
+    g.write_text(json.dumps(meta["guest"]))
+    r.write_text(json.dumps(meta["guest_result"]))
+    return meta, str(g), str(r)
+
+
+def test_audit_takes_the_guest_for_a_perf_file(tmp_path, capsys):
+    """A perf file carries no guest description: with `--guest` / `--guest-result` (the API's
+    guest= / guest_result=) the audit of perf.data equals the capture's, every verdict
+    checkable; without them the verdicts that need the memslots and MMIO exits are missing."""
+    ref = A.audit(CAP)
+    meta, g, r = _guest_files(tmp_path)
+    perf = tmp_path / "demo.perf.data"
+    perf.write_bytes(_raw(PERF))
+    rep = A.audit(str(perf), guest=meta["guest"], guest_result=meta["guest_result"])
+    assert counts(rep) == counts(ref) and rep.total("not_checkable") == 0 and rep.agreement == 100.0
+    bare = A.audit(str(perf))
+    assert counts(bare) != counts(ref) and bare.counts["mmio"]["agreed"] < ref.counts["mmio"]["agreed"]
+    assert cli.main(["audit", str(perf), "--guest", g, "--guest-result", r, "--strict", "--json"]) == 0
+    import json
+    out = json.loads(capsys.readouterr().out)
+    want = ref.to_json()["counts"]
+    assert {c: {s: n for s, n in v.items() if s != "inferred"} for c, v in out["counts"].items()} == \
+        {c: {s: n for s, n in v.items() if s != "inferred"} for c, v in want.items()}
+
+
+def test_audit_guest_arguments_are_checked(tmp_path, capsys):
+    meta, g, r = _guest_files(tmp_path)
+    bad_result = {"runs": [{"mmio": [{"address": 1}]}]}
+    for kw, rule in ((dict(guest=[1]), "guest=\\[1\\]: expected a dict"),
+                     (dict(guest_result="x"), "guest_result='x': expected a dict"),
+                     (dict(guest=meta["guest"], guest_result=bad_result), "not the JSON of")):
+        with pytest.raises(A.InputError, match=rule):
+            A.audit(CAP, **kw)
+    (tmp_path / "bad.json").write_text("[1, 2")
+    assert cli.main(["audit", CAP, "--guest", str(tmp_path / "bad.json")]) != 0
+    assert "--guest" in capsys.readouterr().err
+    assert cli.main(["audit", CAP, "--guest-result", str(tmp_path / "nope.json")]) != 0
+    assert "--guest-result" in capsys.readouterr().err

@@ -24,12 +24,29 @@ vcpu-1 [000] 1.000011: kvm_mmu_set_spte: gfn=0x2005 spte={spte} sptep=0x12345028
 """
 
 
+def _json_file(opt: str, path: str | None):
+    """The JSON object in ``path`` (None without one)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            v = json.load(f)
+    except OSError as e:
+        raise InputError(f"{opt} {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise InputError(f"{opt} {path}: not JSON ({e})") from None
+    if not isinstance(v, dict):
+        raise InputError(f"{opt} {path}: expected a JSON object")
+    return v
+
+
 def _cmd_audit(args) -> int:
     if args.mode != "shadow":
         raise InputError(f"--mode {args.mode}: the audit models the shadow MMU (mode shadow)")
     rep = A.audit(args.trace, era=args.era, profile=args.profile, maxphyaddr=args.maxphyaddr,
                   mmio_caching=args.mmio_caching, nx_huge_pages=args.nx_huge_pages,
-                  keep_agreed=args.all)
+                  keep_agreed=args.all, guest=_json_file("--guest", args.guest),
+                  guest_result=_json_file("--guest-result", args.guest_result))
     if args.json:
         print(json.dumps(rep.to_json(), indent=1))
     else:
@@ -40,7 +57,8 @@ def _cmd_audit(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("audit", help="replay a kvmmmu trace against the model: a verdict per "
                                      "record (roles, set_spte, write tracking, flooding, hash, MMIO)")
-    p.add_argument("trace", help="trace file (capture .kvmcap, trace text, trace-cmd report)")
+    p.add_argument("trace", help="trace file (capture .kvmcap, trace text, trace-cmd report, "
+                                 "trace.dat, perf.data, perf script)")
     p.add_argument("--json", action="store_true", help="the whole report as JSON")
     p.add_argument("--era", default=None,
                    help="kernel of the trace, e.g. v6.18 (default: the capture's kernel version; "
@@ -54,6 +72,12 @@ def register(sub) -> None:
     p.add_argument("--all", action="store_true", help="keep agreed verdicts in --json")
     p.add_argument("--max", type=int, default=50, help="verdicts listed per section in the table")
     p.add_argument("--strict", action="store_true", help="exit status 1 on any disagreement")
+    p.add_argument("--guest", metavar="DESC.json", default=None,
+                   help="the guest's description (pykvmmu guest demo), for a trace that does not "
+                        "carry it (all but a pykvmmu capture): its memslots and slot changes")
+    p.add_argument("--guest-result", metavar="RESULT.json", default=None,
+                   help="what the guest's run did (pykvmmu guest run's output): dirty logs, "
+                        "MMIO exits")
     p.set_defaults(func=_cmd_audit)
 
 
