@@ -1074,37 +1074,42 @@ decode_lanes32_era(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, cons
 #undef LO32
 #undef HI32
 
-/* Records o[0..m) from words 0-3 (a[4j..4j+3]) and 4-5 (b[2j], b[2j + 1]) of each: a 32-byte
- * and a 16-byte move per record (wide stores into the output where the target has them). */
-static inline __attribute__((always_inline)) void
-interleave_4_2(uint64_t *restrict o, const uint64_t *restrict a, const uint64_t *restrict b, size_t m)
-{
-    for (size_t j = 0; j < m; j++) {
-        memcpy(o + 6 * j, a + 4 * j, 32);
-        memcpy(o + 6 * j + 4, b + 2 * j, 16);
-    }
-}
-
 /* Records per block of the portable decode: small blocks interleave the burst of record
  * stores with the next block's arithmetic (256: 1.5x slower at 16M records). */
 #define DECODE_BLOCK 64
 
+/* Records o[0..m) from the SPTEs sp and words 2-5 of each as (low, high) 32-bit halves
+ * q[k][2j], q[k][2j + 1] (word 2 + k): words 0 and 1 (the SPTE and its pfn) computed here. */
+static inline __attribute__((always_inline)) void
+interleave_records(uint64_t *restrict o, const uint64_t *restrict sp,
+                   const uint32_t (*restrict q)[2 * DECODE_BLOCK], uint64_t base_mask, size_t m)
+{
+    for (size_t j = 0; j < m; j++) {
+        const uint64_t s = sp[j];
+        o[6 * j] = s;
+        o[6 * j + 1] = (s & base_mask) >> 12;
+        for (int k = 0; k < 4; k++)
+            memcpy(o + 6 * j + 2 + k, &q[k][2 * j], 8);
+    }
+}
+
 /*
  * Uniform-level decode, portable: per block of DECODE_BLOCK, a vectorisable pass computing
- * the record words as 32-bit halves (decode_lanes32_era(): the predicate bytes straight from
- * the lanes, no bit mask to spread, no table gathers) into words 0-3 and 4-5 of each record,
- * then the records by interleave_4_2().  (One pass storing records directly does not
- * vectorise: 2-5x slower.)  Huge outputs on AVX2 and AVX-512 CPUs go through decode_avx2() /
- * decode_avx512(), which stream.
+ * words 2-5 of each record as 32-bit halves (decode_lanes32_era(): the predicate bytes
+ * straight from the lanes, no bit mask to spread, no table gathers), each word's halves
+ * stored as a pair in its own array (two-lane interleaves, no widening to 64 bits), then the
+ * records by interleave_records().  (One pass storing records directly does not vectorise:
+ * 2-5x slower; words 2-5 as one group of eight halves per record are stored lane by lane.)
+ * Huge outputs on AVX2 and AVX-512 CPUs go through decode_avx2() / decode_avx512(), which
+ * stream.
  */
 static inline __attribute__((always_inline)) void
 decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const struct decode_consts *d,
               const uint64_t *restrict spte, struct kvmmu_spte_info *restrict out, size_t n)
 {
     uint64_t oh[DECODE_BLOCK];
-    uint64_t a[4 * DECODE_BLOCK], b[2 * DECODE_BLOCK];
+    uint32_t q[4][2 * DECODE_BLOCK];
     const struct decode_consts dl = *d;
-    const uint64_t base_mask = dl.base_mask;
     uint64_t one = 1;
 #ifdef __GNUC__
     __asm__("" : "+r"(one));   /* opaque: gcc 12 vectorises one << k, not 1 << k */
@@ -1115,20 +1120,17 @@ decode_blocks(const struct kvmmu_cfg *c, uint32_t era, uint32_t level, const str
         for (size_t j = 0; j < m; j++)
             oh[j] = one << (sp[j] & 63);
         for (size_t j = 0; j < m; j++) {
-            const uint64_t s = sp[j], w1 = (s & base_mask) >> 12;
+            const uint64_t s = sp[j];
             uint32_t w[8];
             decode_lanes32_era(c, era, level, &dl, (uint32_t)s, (uint32_t)(s >> 32), (uint32_t)oh[j],
                                (uint32_t)(oh[j] >> 32), w);
-#define W64(k) (w[2 * (k)] | (uint64_t)w[2 * (k) + 1] << 32)
-            a[4 * j] = s;
-            a[4 * j + 1] = w1;
-            a[4 * j + 2] = W64(0);
-            a[4 * j + 3] = W64(1);
-            b[2 * j] = W64(2);
-            b[2 * j + 1] = W64(3);
-#undef W64
+            for (int k = 0; k < 4; k++) {
+                q[k][2 * j] = w[2 * k];
+                q[k][2 * j + 1] = w[2 * k + 1];
+            }
         }
-        interleave_4_2((uint64_t *)(void *)(out + base), a, b, m);
+        interleave_records((uint64_t *)(void *)(out + base), sp, (const uint32_t (*)[2 * DECODE_BLOCK])q,
+                           dl.base_mask, m);
     }
 }
 
