@@ -492,12 +492,11 @@ class Auditor:
         zero page (mapped read-only, so host_writable is false for them)."""
         gfns = defaultdict(set)
         for r in recs:
-            if r.event == "kvm_mmu_spte_requested":
-                lvl, pfn, gfn = r.fields.get("level", 1) or 1, r.fields.get("pfn"), r.fields.get("gfn")
-                if not (pfn.__class__ is gfn.__class__ is lvl.__class__ is int and 1 <= lvl <= 5):
-                    continue        # a record without them: its own handler says not checkable
+            fl = r.fields            # _norm left out unusable values: present means valid
+            if r.event == "kvm_mmu_spte_requested" and "pfn" in fl and "gfn" in fl:
+                lvl = fl.get("level", 1)
                 pages = 1 << (9 * (lvl - 1))
-                gfns[(pfn & ~(pages - 1), lvl)].add(gfn & ~(pages - 1))
+                gfns[(fl["pfn"] & ~(pages - 1), lvl)].add(fl["gfn"] & ~(pages - 1))
         return {k for k, v in gfns.items() if len(v) >= self.zero_min}
 
     # -------------------------------------------------------------- run

@@ -45,7 +45,7 @@ def bases() -> tuple:
             continue
         with gzip.open(os.path.join(_BASES_DIR, n)) as f:
             data = f.read()
-        out.append((n[:-3], data, "v6.14" if n.endswith((".txt.gz",)) else None))
+        out.append((n[:-3], data, "v6.14" if n.endswith(".txt.gz") else None))
     return tuple(out)
 
 

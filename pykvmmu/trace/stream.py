@@ -275,32 +275,6 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
     return _text(st, text, era, spte_decoder, mode, all_events, check_era, sibling_version)
 
 
-class _Decompressed(io.RawIOBase):
-    """A gzip/xz reader whose damaged or cut-short data raises TraceFormatError wherever it is
-    read (format detection, spooling, text lines, a perf pipe), naming the offset."""
-
-    def __init__(self, z, name: str):
-        self._z, self._name, self._pos = z, name, 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, b):
-        try:
-            data = self._z.read(len(b))
-        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
-            raise TraceFormatError(f"{self._name}: bad compressed data after {self._pos} bytes "
-                                   f"({e or type(e).__name__})") from None
-        n = len(data)
-        b[:n] = data
-        self._pos += n
-        return n
-
-    def close(self):
-        self._z.close()
-        super().close()
-
-
 class _Peekable(io.RawIOBase):
     """A binary file object without peek() (e.g. a socket file) made peekable."""
 
@@ -315,6 +289,28 @@ class _Peekable(io.RawIOBase):
         n = len(data)
         b[:n] = data
         return n
+
+
+class _Decompressed(_Peekable):
+    """A gzip/xz reader whose damaged or cut-short data raises TraceFormatError wherever it is
+    read (format detection, spooling, text lines, a perf pipe), naming the offset."""
+
+    def __init__(self, z, name: str):
+        super().__init__(z)
+        self._name, self._pos = name, 0
+
+    def readinto(self, b):
+        try:
+            n = super().readinto(b)
+        except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+            raise TraceFormatError(f"{self._name}: bad compressed data after {self._pos} bytes "
+                                   f"({e or type(e).__name__})") from None
+        self._pos += n
+        return n
+
+    def close(self):
+        self._f.close()
+        super().close()
 
 
 def _decoder(era, version, spte_decoder, mode):

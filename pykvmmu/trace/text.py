@@ -325,14 +325,10 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     failed = perf and payload.startswith(_FAILED)
     if failed:
         payload = payload[len(_FAILED):]
-    if perf:
-        pid = m["tid"] or m["pid"]
-        rec = TraceRecord(line_no, m["comm"], int(pid) if pid else -1,
-                          int(m["cpu"]) if m["cpu"] else -1, "", float(m["ts"]), ev, {},
-                          system=system, payload=payload, ts_ns=_ns(m["ts"]))
-    else:
-        rec = TraceRecord(line_no, m["comm"], int(m["pid"]), int(m["cpu"]), m["flags"] or "",
-                          float(m["ts"]), ev, {}, system=system, payload=payload)
+    pid = (m["tid"] or m["pid"]) if perf else m["pid"]   # perf script may leave out tid and cpu
+    rec = TraceRecord(line_no, m["comm"], int(pid) if pid else -1, int(m["cpu"]) if m["cpu"] else -1,
+                      "" if perf else m["flags"] or "", float(m["ts"]), ev, {}, system=system,
+                      payload=payload, ts_ns=_ns(m["ts"]) if perf else None)
     if ev not in ALL_EVENTS or system != "kvmmmu":
         if not all_events:
             return ("other", ev)
