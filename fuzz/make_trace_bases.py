@@ -26,6 +26,7 @@ BASES = {
     "demo.perf.data": "tests/data/live/demo.perf.data.gz",         # Linux perf, perf.data file
     "demo.pipe.perf.data": "tests/data/live/demo.pipe.perf.data.gz",  # perf record -o - (pipe mode)
     "demo-g.perf.data": "tests/data/live/demo-g.perf.data.gz",     # perf record -g (callchains)
+    "demo.z.perf.data": "tests/data/live/demo.z.perf.data.gz",     # perf record -z (zstd records)
     "demo.perf-script.txt": "tests/data/live/demo.perf-script.txt",  # perf script, default fields
     "demo.perf-script-F.txt": "tests/data/live/demo.perf-script-F.txt",  # perf script -F ... --ns
 }

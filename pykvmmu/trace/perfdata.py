@@ -33,12 +33,21 @@ count losses.  Records are written per CPU buffer in rounds closed by
 PERF_RECORD_FINISHED_ROUND (68): after a round marker everything up to the largest time of
 the round before it can be emitted (perf's ordered-events rule), so memory stays bounded
 by two rounds.
+
+``perf record -z`` writes the records in zstd: PERF_RECORD_COMPRESSED (81: the header, then
+compressed bytes) or, from perf 6.15, PERF_RECORD_COMPRESSED2 (83: the header, u64
+data_size, the compressed bytes, zero padding to 8 bytes).  All of them continue one zstd
+stream (perf flushes it per record: only the first starts with the frame magic), and the
+records it yields may straddle two compressed records.  HEADER_COMPRESSED (feature 27:
+u32 version, type (1 = zstd), level, ratio, mmap_len) tells the compressor; perf decompresses
+each record into an mmap_len buffer.  Read with the optional ``zstandard`` package.
 """
 from __future__ import annotations
 
 import heapq
 import os
 import struct
+from typing import Any
 
 from .raw import FormatTable, close_all, event_record
 from .record import TraceFormatError, UnsupportedTraceError
@@ -71,9 +80,18 @@ PERF_CONTEXT_MAX = (1 << 64) - 4095
 REC_LOST, REC_COMM, REC_SAMPLE, REC_LOST_SAMPLES = 2, 3, 9, 13
 REC_HEADER_ATTR, REC_HEADER_EVENT_TYPE, REC_HEADER_TRACING_DATA = 64, 65, 66
 REC_FINISHED_ROUND, REC_AUXTRACE, REC_HEADER_FEATURE, REC_COMPRESSED = 68, 71, 80, 81
+REC_COMPRESSED2 = 83
 #: record types that may precede the data in a pipe (metadata perf synthesizes first)
 _PIPE_HEADER_TYPES = {64, 65, 66, 67, 69, 70, 73, 74, 75, 78, 79, 80, 82}
 FEAT_TRACING_DATA, FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION = 1, 3, 4, 5
+FEAT_COMPRESSED = 27
+#: the features this reader uses
+_FEATURES = (FEAT_TRACING_DATA, FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_COMPRESSED)
+PERF_COMP_ZSTD = 1
+#: decompressed bytes one compressed record may give without HEADER_COMPRESSED's mmap_len (a
+#: damaged file must not expand without bound); with it, 4 x mmap_len (perf itself takes 1 x)
+_ZSTD_OUT_DEFAULT = 64 << 20
+_ZSTD_SLICE = 256            # compressed bytes per feed: at most 64 zstd blocks (8 MiB) each
 _MAX_STR = 1 << 16
 
 
@@ -284,6 +302,10 @@ class PerfSource:
         self._pending: tuple | None = None      # the first data record of a pipe
         self._pipe = False
         self._td: tuple | None = None           # (offset, bytes) of pipe tracing data
+        self._zstd: Any = None                  # the decompressor of perf record -z data
+        self._zbuf = bytearray()                # decompressed bytes not yet a whole record
+        self._zoff = 0                          # their offset in the decompressed stream
+        self._zlimit = _ZSTD_OUT_DEFAULT
 
     def close(self) -> None:
         close_all(self.closers)
@@ -339,6 +361,16 @@ class PerfSource:
             self.meta[key] = s
             if bit == FEAT_OSRELEASE:
                 self.kernel_release = s or None
+        elif bit == FEAT_COMPRESSED:
+            if size < 20:
+                raise TraceFormatError(f"{c.where}: HEADER_COMPRESSED of {size} bytes (needs 20)")
+            version, ctype, level, ratio, mmap_len = (c.u(4) for _ in range(5))
+            if ctype != PERF_COMP_ZSTD:
+                raise UnsupportedTraceError(f"{c.where}: records compressed with type {ctype} (this "
+                                            f"reader knows zstd, type {PERF_COMP_ZSTD})")
+            self.meta.update(compression="zstd", compression_level=level, compression_mmap_len=mmap_len)
+            if mmap_len:
+                self._zlimit = 4 * mmap_len
 
     def _need_tracing_data(self) -> None:
         if self.formats is None:
@@ -353,12 +385,15 @@ class PerfSource:
             yield self._pending
             self._pending = None
         while True:
+            yield from self._unzipped()
             off = c.pos
             if c.end is not None and off >= c.end:
+                self._zip_end(off)
                 return
             b = c._read(8) if c.end is None else c.take(8)
             if c.end is None:
                 if not b:
+                    self._zip_end(off)
                     return
                 if len(b) != 8:
                     raise TraceFormatError(f"{self.name}: record header at offset {off} cut after "
@@ -369,6 +404,9 @@ class PerfSource:
                 raise TraceFormatError(f"{self.name}: record at offset {off} (type {typ}) has size "
                                        f"{size} (< 8, its own header)")
             body = c.take(size - 8)
+            if typ == REC_COMPRESSED or typ == REC_COMPRESSED2:
+                self._unzip(off, typ, body)
+                continue
             if typ == REC_HEADER_TRACING_DATA and self._pipe:
                 if len(body) < 4:
                     raise TraceFormatError(f"{self.name}: tracing-data record at offset {off} too short")
@@ -377,6 +415,63 @@ class PerfSource:
             yield off, typ, misc, body
             if typ == REC_AUXTRACE:                 # its data follows the record
                 c.skip(_u64(body, 0, f"{self.name}: AUXTRACE record at offset {off}"))
+
+    def _unzip(self, off: int, typ: int, body: bytes) -> None:
+        """Feed one PERF_RECORD_COMPRESSED(2) record's data to the stream's decompressor."""
+        where = f"{self.name}: compressed record at offset {off}"
+        if typ == REC_COMPRESSED2:
+            n = _u64(body, 0, where)
+            if n > len(body) - 8 or len(body) - 8 - n >= 8:
+                raise TraceFormatError(f"{where}: data_size {n} in a {len(body) + 8}-byte "
+                                       "PERF_RECORD_COMPRESSED2 (header, u64, data, padding < 8)")
+            body = body[8:8 + n]
+        if self._zstd is None:
+            try:
+                import zstandard
+            except ImportError:
+                raise UnsupportedTraceError(f"{where}: `perf record -z` data needs the zstandard "
+                                            "package (pip install zstandard, or pykvmmu[trace])") from None
+            self._zstd = zstandard.ZstdDecompressor().decompressobj()
+        got = 0
+        try:
+            for i in range(0, len(body), _ZSTD_SLICE):
+                out = self._zstd.decompress(body[i:i + _ZSTD_SLICE])
+                got += len(out)
+                if got > self._zlimit:
+                    raise TraceFormatError(f"{where}: decompresses to more than {self._zlimit} bytes "
+                                           "(damaged? perf's own reader takes HEADER_COMPRESSED's "
+                                           "mmap_len)")
+                self._zbuf += out
+        except TraceFormatError:
+            raise
+        except Exception as e:       # zstandard.ZstdError, or data after the end of the stream
+            raise TraceFormatError(f"{where}: damaged zstd data ({e})") from None
+
+    def _unzipped(self):
+        """(offset, type, misc, body) of each whole record decompressed so far, taken off the
+        buffer before it is given (a reader may stop after any); ``offset`` names the record
+        by its place in the decompressed stream."""
+        zb = self._zbuf
+        while len(zb) >= 8:
+            typ, misc, size = struct.unpack_from("<IHH", zb, 0)
+            at = self._zoff
+            if size < 8:
+                raise TraceFormatError(f"{self.name}: decompressed record at byte {at} of the zstd "
+                                       f"data (type {typ}) has size {size} (< 8, its own header)")
+            if len(zb) < size:
+                return
+            if typ in (REC_AUXTRACE, REC_COMPRESSED, REC_COMPRESSED2, REC_HEADER_TRACING_DATA):
+                raise UnsupportedTraceError(f"{self.name}: record type {typ} inside compressed data "
+                                            f"(byte {at} of the zstd data)")
+            body = bytes(zb[8:size])
+            del zb[:size]                  # bytearray drops its front in place
+            self._zoff = at + size
+            yield f"{at} of the zstd data", typ, misc, body
+
+    def _zip_end(self, off: int) -> None:
+        if self._zbuf:
+            raise TraceFormatError(f"{self.name}: the data ends at offset {off} with {len(self._zbuf)} "
+                                   "decompressed bytes that are not a whole record (truncated?)")
 
     def _trailer(self, body: bytes) -> tuple:
         """(time, cpu) from a non-sample record's sample_id_all trailer, None where absent."""
@@ -516,9 +611,6 @@ class PerfSource:
                     if r is not None:
                         yield r
                 prev_max = cur_max
-            elif typ == REC_COMPRESSED:
-                raise UnsupportedTraceError(f"{self.name}: compressed records (perf record -z) at "
-                                            f"offset {off}; decompress with `perf inject -i IN -o OUT`")
             elif typ == REC_HEADER_ATTR and self._pipe:
                 self._add_attr(_pipe_attr(body, f"{self.name}: attr record at offset {off}"))
                 self._finish_attrs()
@@ -587,7 +679,7 @@ def open_perfdata(f, name: str = "perf.data") -> PerfSource:
     for i, bit in enumerate(feats):
         off, size = struct.unpack_from("<QQ", table, 16 * i)
         inside(off, size, f"feature {bit} section")
-        if bit in (FEAT_TRACING_DATA, FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION):
+        if bit in _FEATURES:
             c = _Seq(_pread_reader(f, off, size), off, f"{name} feature {bit}", off + size)
             ps._feature(bit, c, size)
     ps._need_tracing_data()
