@@ -123,6 +123,60 @@ def test_perf_script_text_agrees_with_perf_data(name, perf):
                       for t, p in zip(sp, [p for p in perf if p.event == "kvm_mmu_set_spte"]))
 
 
+#: perf script -F sets printing more than the default (perf 6.1 on demo.perf.data), with what
+#: the test expects of comm and cpu
+F_VARIANTS = {
+    "demo.perf-script-ip.txt.gz": ("comm,tid,cpu,time,event,trace,ip,sym,dso", True),
+    "demo.perf-script-period.txt.gz": ("comm,pid,tid,cpu,time,period,event,trace", True),
+    "demo.perf-script-ip-only.txt.gz": ("tid,time,event,ip,trace", False),
+}
+
+
+@pytest.mark.parametrize("name", F_VARIANTS)
+def test_perf_script_field_sets_with_ip_sym_dso_and_period(name, perf):
+    """-F with ip (and sym, dso) prints the sample's address after the event's text, period a
+    number after the time: every record is read, with every field perf.data has."""
+    _, has_comm_cpu = F_VARIANTS[name]
+    txt, st = _read(name, "v6.14")
+    assert st.format == "text" and len(txt) == len(perf) == 478
+    for p, t in zip(perf, txt):
+        assert (t.event, t.system, t.pid) == (p.event, p.system, p.pid)
+        assert (t.comm, t.cpu) == ((p.comm, p.cpu) if has_comm_cpu else ("", -1))
+        assert round(t.ts * 1e6) == p.ts_ns // 1000
+        shared = set(t.fields) & set(p.fields)
+        assert shared and all(_same_int(p.fields[k], t.fields[k]) for k in shared), (p, t)
+        if p.role is not None:
+            assert t.role.word == p.role.word
+        assert "ffffffff" not in t.payload                 # the address is not in the text
+    walks = {t.fields["pferr_flags"] for t in txt if t.event == "kvm_mmu_pagetable_walk"}
+    assert walks == {"", "F", "W", "P|W"}
+
+
+def test_perf_ip_is_taken_off_only_where_the_text_needs_it():
+    def line(payload):
+        return f"  python 1 [000] 1.000001:   kvmmmu:{payload}"
+    # a payload ending in a hex value of its own keeps it (the event's text parses)
+    r = T.parse_line(line("kvm_mmu_paging_element: pte 8000000012345e77 level 1"), 1, "v6.14")
+    assert r.fields == {"pte": 0x8000000012345E77, "level": 1}
+    # the same event with perf's 16-wide address (and symbol, dso) after it
+    for tail in (" ffffffff812cf4ff", " ffffffff812cf4ff [unknown]", " ffffffff812cf4ff [unknown] ([unknown])",
+                 "     7f0012345678 __GI___ioctl+0x8 (/usr/lib/libc.so.6)"):
+        r = T.parse_line(line("kvm_mmu_paging_element: pte 11027 level 4" + tail), 1, "v6.14")
+        assert r.fields == {"pte": 0x11027, "level": 4}, tail
+    # an address narrower than perf's 16 columns is not one: the line stays malformed
+    with pytest.raises(ValueError, match="TP_printk"):
+        T.parse_line(line("kvm_mmu_paging_element: pte 11027 level 4 12345"), 1, "v6.14")
+    # PFERR flags are __print_flags names joined by "|": other text after pferr is refused
+    r = T.parse_line(line("kvm_mmu_pagetable_walk: addr 4002e8 pferr 3 P|W ffffffff812cf47f"), 1, "v6.14")
+    assert r.fields == {"addr": 0x4002E8, "pferr": 3, "pferr_flags": "P|W"}
+    with pytest.raises(ValueError, match="TP_printk"):
+        T.parse_line(" qemu-1 [001] ..... 1.0: kvm_mmu_pagetable_walk: addr 1 pferr 3 P|W junk", 1, "v6.14")
+    # an ftrace line never has perf's address: not taken off
+    with pytest.raises(ValueError, match="TP_printk"):
+        T.parse_line(" qemu-1 [001] ..... 1.0: kvm_mmu_paging_element: pte 1 level 4 ffffffff812cf4ff", 1,
+                     "v6.14")
+
+
 def test_callchains_become_the_record_stack():
     bin_, _ = _read(CHAIN)
     txt, _ = _read(TEXTS[2], "v6.14")

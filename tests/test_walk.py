@@ -496,11 +496,12 @@ def test_32bit_children_roles_per_era(era, b4_indirect, b4_direct):
 
 
 def _trace_lines(w, cpu=1, t0=100.0):
-    fmt = {"kvm_mmu_pagetable_walk": lambda f: f"addr {f['addr']:x} pferr {f['pferr']:x} -",
+    from pykvmmu.perm import pfec_str
+    fmt = {"kvm_mmu_pagetable_walk": lambda f: f"addr {f['addr']:x} pferr {f['pferr']:x} {pfec_str(f['pferr'])}",
            "kvm_mmu_paging_element": lambda f: f"pte {f['pte']:x} level {f['level']}",
            "kvm_mmu_set_accessed_bit": lambda f: f"gpa {f['gpa']:x}",
            "kvm_mmu_set_dirty_bit": lambda f: f"gpa {f['gpa']:x}",
-           "kvm_mmu_walker_error": lambda f: f"pferr {f['pferr']:x} -"}
+           "kvm_mmu_walker_error": lambda f: f"pferr {f['pferr']:x} {pfec_str(f['pferr'])}"}
     return [f" qemu-1 [{cpu:03d}] ..... {t0 + i / 1e6:.6f}: {name}: {fmt[name](f)}"
             for i, (name, f) in enumerate(w.events)]
 

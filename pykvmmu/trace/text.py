@@ -37,11 +37,17 @@ _HEADER = re.compile(
     r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
     r"(?P<payload>.*?)\s*$")
 # perf script (tools/perf/Documentation/perf-script.txt): "comm tid [cpu] secs.usecs: sys:event: payload"
-# by default for tracepoints; -F may drop comm, tid or cpu, print "pid/tid", and --ns nine
-# decimals.  Time and "system:event:" are required (they tell a perf line from others).
+# by default for tracepoints; -F may drop comm, tid or cpu, print "pid/tid", the period after
+# the time, and --ns nine decimals.  Time and "system:event:" are required (they tell a perf
+# line from others).
 _PERF_HEADER = re.compile(
     r"^\s*(?P<comm>.*?)\s*(?:(?<!\S)(?P<pid>\d+)(?:/(?P<tid>\d+))?)?\s+(?:\[(?P<cpu>\d+)\]\s+)?"
-    r"(?P<ts>\d+\.\d+):\s+(?P<system>\w+):(?P<event>\w+):(?:\s+(?P<payload>.*?))?\s*$")
+    r"(?P<ts>\d+\.\d+):\s+(?:(?P<period>\d+)\s+)?(?P<system>\w+):(?P<event>\w+):"
+    r"(?:\s+(?P<payload>.*?))?\s*$")
+# -F ...,ip[,sym][,symoff][,dso]: " " and the sample's address ("%16lx": 16 wide), its symbol
+# and "(dso)" after the event's text.  Taken off only where the text does not parse with them
+# (a payload may end in a hex value of its own).
+_PERF_IP = re.compile(r"^(?P<keep>.*\S) (?P<ip> *[0-9a-f]{1,16})(?: (?!\()\S+)?(?: \([^()]*\))?$")
 # libtraceevent prints "[FAILED TO PARSE] name=value ..." (decimal) for an event whose print
 # fmt it cannot evaluate (the page events' statement expression in perf 6.1).
 _FAILED = "[FAILED TO PARSE] "
@@ -108,14 +114,17 @@ _RAW_LINE = re.compile(r"^(?:\w+=\S+\s*)+$")
 _FIELDS_ITEM = re.compile(r"(\w+)=(?:\((-?\d+)\)|(\S*?)(?: \((-?\d+)\))?)(?=\s+\w+=|\s*$)")
 _FIELDS_LINE = re.compile(r"^(?:\w+=(?:\(-?\d+\)|\S*(?: \(-?\d+\))?)\s*)+$")
 
+# __print_flags(pferr, "|", kvm_mmu_trace_pferr_flags): P, W, U, RSVD, F joined by "|", bits
+# without a name as one 0x number after them; nothing when no bit is set
+_PFERR_FLAGS = r"(?P<pferr_flags>(?:[A-Z]+|0x[0-9a-f]+)(?:\|(?:[A-Z]+|0x[0-9a-f]+))*|)"
 # (payload regex, {field: "x" hex | "d" decimal | "s" string})
 EVENTS = {
-    "kvm_mmu_pagetable_walk": (rf"addr (?P<addr>{_HEX}) pferr (?P<pferr>{_HEX})\s*(?P<pferr_flags>.*)",
+    "kvm_mmu_pagetable_walk": (rf"addr (?P<addr>{_HEX}) pferr (?P<pferr>{_HEX})\s*{_PFERR_FLAGS}",
                                {"addr": "x", "pferr": "x", "pferr_flags": "s"}),
     "kvm_mmu_paging_element": (rf"pte (?P<pte>{_HEX}) level (?P<level>\d+)", {"pte": "x", "level": "d"}),
     "kvm_mmu_set_accessed_bit": (rf"gpa (?P<gpa>{_HEX})", {"gpa": "x"}),
     "kvm_mmu_set_dirty_bit": (rf"gpa (?P<gpa>{_HEX})", {"gpa": "x"}),
-    "kvm_mmu_walker_error": (rf"pferr (?P<pferr>{_HEX})\s*(?P<pferr_flags>.*)",
+    "kvm_mmu_walker_error": (rf"pferr (?P<pferr>{_HEX})\s*{_PFERR_FLAGS}",
                              {"pferr": "x", "pferr_flags": "s"}),
     "mark_mmio_spte": (rf"sptep:(?P<sptep>\S+) gfn (?P<gfn>{_HEX}) access (?P<access>{_HEX}) "
                        rf"gen (?P<gen>{_HEX})",
@@ -326,9 +335,24 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     if failed:
         payload = payload[len(_FAILED):]
     pid = (m["tid"] or m["pid"]) if perf else m["pid"]   # perf script may leave out tid and cpu
-    rec = TraceRecord(line_no, m["comm"], int(pid) if pid else -1, int(m["cpu"]) if m["cpu"] else -1,
-                      "" if perf else m["flags"] or "", float(m["ts"]), ev, {}, system=system,
-                      payload=payload, ts_ns=_ns(m["ts"]) if perf else None)
+
+    def record(payload):
+        return TraceRecord(line_no, m["comm"], int(pid) if pid else -1, int(m["cpu"]) if m["cpu"] else -1,
+                           "" if perf else m["flags"] or "", float(m["ts"]), ev, {}, system=system,
+                           payload=payload, ts_ns=_ns(m["ts"]) if perf else None)
+    try:
+        return _fill(record(payload), ev, system, payload, failed, all_events, era, spte_decoder)
+    except ValueError:
+        im = _PERF_IP.match(payload) if perf else None
+        if im is None or len(im["ip"]) < 16:
+            raise
+        payload = im["keep"]
+        return _fill(record(payload), ev, system, payload, failed, all_events, era, spte_decoder)
+
+
+def _fill(rec: TraceRecord, ev: str, system: str, payload: str, failed: bool, all_events: bool,
+          era, spte_decoder):
+    """parse_line's record ``rec`` of event ``ev`` with the fields of its payload."""
     if ev not in ALL_EVENTS or system != "kvmmmu":
         if not all_events:
             return ("other", ev)
