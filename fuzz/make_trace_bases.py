@@ -29,6 +29,7 @@ BASES = {
     "demo.z.perf.data": "tests/data/live/demo.z.perf.data.gz",     # perf record -z (zstd records)
     "demo.perf-script.txt": "tests/data/live/demo.perf-script.txt",  # perf script, default fields
     "demo.perf-script-F.txt": "tests/data/live/demo.perf-script-F.txt",  # perf script -F ... --ns
+    "demo.perf-trace-T.txt": "tests/data/live/demo.perf-trace-T.txt.gz",  # perf trace -T
 }
 
 

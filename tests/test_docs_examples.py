@@ -70,6 +70,7 @@ FIXTURES = {
     "cat /sys/kernel/tracing/trace |": "standard input from tests/data/live/demo.trace.txt "
                                        "(tracefs needs root)",
     "perf.data": "gunzip of tests/data/live/demo.perf.data.gz",
+    "perf-trace.txt": "gunzip of tests/data/live/demo.perf-trace-T.txt.gz",
     "perf record -e kvmmmu:* -o - -- qemu-system-x86_64 ... |":
         "standard input from tests/data/live/demo.pipe.perf.data.gz (the same run in pipe mode)",
     "perf script |": "standard input from tests/data/live/demo.perf-script.txt",
@@ -305,6 +306,7 @@ def make_fixtures(tmp: Path) -> None:
     shutil.copy(DATA / "live" / "demo.kvmcap", tmp / "tests" / "data" / "live" / "demo.kvmcap")
     (tmp / "trace.dat").write_bytes(gzip.decompress((DATA / "live" / "demo-v7-nocomp.dat.gz").read_bytes()))
     (tmp / "perf.data").write_bytes(gzip.decompress((DATA / "live" / "demo.perf.data.gz").read_bytes()))
+    (tmp / "perf-trace.txt").write_bytes(gzip.decompress((DATA / "live" / "demo.perf-trace-T.txt.gz").read_bytes()))
     with gzip.open(tmp / "trace.txt.gz", "wb") as f:
         f.write((DATA / "live" / "demo.trace.txt").read_bytes())
     (tmp / "fuzz-crashes").mkdir(exist_ok=True)

@@ -48,6 +48,13 @@ _PERF_HEADER = re.compile(
 # and "(dso)" after the event's text.  Taken off only where the text does not parse with them
 # (a payload may end in a hex value of its own).
 _PERF_IP = re.compile(r"^(?P<keep>.*\S) (?P<ip> *[0-9a-f]{1,16})(?: (?!\()\S+)?(?: \([^()]*\))?$")
+# perf trace -e 'kvmmmu:*' (tools/perf/builtin-trace.c): "<ms> comm/tid sys:event(name: value, ...)",
+# the time in milliseconds ("%10.3f": since the first event, or since boot with -T), no CPU,
+# every record field as "name: value" (decimal, or 0x-hex), a field equal to zero left out
+# unless the perf config has trace.show_zeros.
+_PERF_TRACE = re.compile(r"^\s*(?P<ms>\d+\.\d+)\s+(?:(?P<comm>.*?)/)?(?P<tid>\d+)\s+"
+                         r"(?P<system>\w+):(?P<event>\w+)\((?P<args>.*)\)\s*$")
+_PERF_TRACE_ARG = re.compile(r"(\w+): (-?(?:0x[0-9a-f]+|\d+))$")
 # libtraceevent prints "[FAILED TO PARSE] name=value ..." (decimal) for an event whose print
 # fmt it cannot evaluate (the page events' statement expression in perf 6.1).
 _FAILED = "[FAILED TO PARSE] "
@@ -159,6 +166,35 @@ EVENTS = {
 }
 _EVENT_RE = {k: re.compile("^" + v[0] + "$") for k, v in EVENTS.items()}
 ALL_EVENTS = tuple(EVENTS) + PAGE_EVENTS
+_PAGE_FIELDS = (("mmu_valid_gen", "u8"), ("gfn", "u64"), ("role", "u32"), ("root_count", "u32"),
+                ("unsync", "bool"))
+#: Each event's record fields (TP_STRUCT__entry, current layout: role-hash-trace.md sec. 6.1)
+#: with their C types, the names perf.data, trace.dat and perf trace give; perf trace leaves
+#: out those equal to 0 and prints each as a long of the field's bytes read unsigned.
+RECORD_FIELDS = {
+    "kvm_mmu_pagetable_walk": (("addr", "u64"), ("pferr", "u32")),
+    "kvm_mmu_paging_element": (("pte", "u64"), ("level", "u32")),
+    "kvm_mmu_set_accessed_bit": (("gpa", "u64"),), "kvm_mmu_set_dirty_bit": (("gpa", "u64"),),
+    "kvm_mmu_walker_error": (("pferr", "u32"),),
+    "mark_mmio_spte": (("sptep", "u64"), ("gfn", "u64"), ("access", "u32"), ("gen", "u32")),
+    "handle_mmio_page_fault": (("addr", "u64"), ("gfn", "u64"), ("access", "u32")),
+    "fast_page_fault": (("vcpu_id", "s32"), ("cr2_or_gpa", "u64"), ("error_code", "u32"),
+                        ("sptep", "u64"), ("old_spte", "u64"), ("new_spte", "u64"), ("ret", "s32")),
+    "kvm_mmu_zap_all_fast": (("mmu_valid_gen", "u8"), ("mmu_used_pages", "u32")),
+    "kvm_mmu_invalidate_zap_all_pages": (("mmu_valid_gen", "u64"), ("mmu_used_pages", "u32")),
+    "check_mmio_spte": (("kvm_gen", "u32"), ("spte_gen", "u32"), ("spte", "u64")),
+    "kvm_mmu_set_spte": (("gfn", "u64"), ("spte", "u64"), ("sptep", "u64"), ("level", "u8"),
+                         ("r", "bool"), ("x", "bool"), ("u", "s8")),
+    "kvm_mmu_spte_requested": (("gfn", "u64"), ("pfn", "u64"), ("level", "u8")),
+    "kvm_tdp_mmu_spte_changed": (("gfn", "u64"), ("old_spte", "u64"), ("new_spte", "u64"),
+                                 ("level", "u8"), ("as_id", "u8")),
+    "kvm_mmu_split_huge_page": (("gfn", "u64"), ("spte", "u64"), ("level", "s32"), ("errno", "s32")),
+    "kvm_mmu_get_page": _PAGE_FIELDS + (("created", "bool"),),
+    **{e: _PAGE_FIELDS for e in PAGE_EVENTS if e != "kvm_mmu_get_page"},
+}
+#: C type -> (bits, signed)
+_CTYPES = {"u8": (8, False), "bool": (8, False), "s8": (8, True), "u32": (32, False),
+           "s32": (32, True), "u64": (64, False)}
 
 _ACC = {"---": 0, "--x": 1, "w--": 2, "w-x": 3, "-u-": 4, "-ux": 5, "wu-": 6, "wux": 7}
 
@@ -291,6 +327,45 @@ def _perf_prof(s: str, line_no: int, era):
     return None
 
 
+def _perf_trace(m, line_no: int, era, spte_decoder, all_events: bool):
+    """parse_line() of a perf trace line: every record field, those perf left out as 0."""
+    ev, system = m["event"], m["system"]
+    if system != "kvmmmu" and not all_events:
+        return ("other", ev)
+    ms = m["ms"]
+    whole, frac = ms.split(".")
+    rec = TraceRecord(line_no, m["comm"] or "", int(m["tid"]), -1, "", float(ms) / 1000, ev, {},
+                      system=system, payload=m["args"], source="perf-trace",
+                      ts_ns=int(whole) * 1_000_000 + int(frac[:6].ljust(6, "0")))
+    fields = {}
+    for part in m["args"].split(", ") if m["args"] else ():
+        am = _PERF_TRACE_ARG.match(part)
+        if am is None:
+            if system == "kvmmmu":
+                raise ValueError(f"{ev}: perf trace argument {part!r} is not 'name: number'")
+            fields[part.split(":", 1)[0]] = part.split(": ", 1)[-1]
+            continue
+        fields[am[1]] = int(am[2], 16) if am[2].startswith("0x") else int(am[2])
+    if system == "kvmmmu":
+        types = RECORD_FIELDS.get(ev)
+        if types is None:
+            raise ValueError(f"{ev}: not a kvmmmu event this reader knows the record fields of")
+        extra = set(fields) - {k for k, _ in types}
+        if extra:
+            raise ValueError(f"{ev}: perf trace field {sorted(extra)[0]!r} is not one of its record "
+                             f"fields {tuple(k for k, _ in types)}")
+        out = {}
+        for k, t in types:
+            v = fields.get(k, 0) & 0xFFFFFFFFFFFFFFFF       # "%ld" of the unsigned read
+            bits, signed = _CTYPES[t]
+            if v >> bits:
+                raise ValueError(f"{ev}: {k}={fields[k]} does not fit its {t} field")
+            out[k] = v - (1 << bits) if signed and v >> (bits - 1) else v
+        fields = out
+    rec.fields = fields
+    return decorate(rec, era, spte_decoder)
+
+
 def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
                all_events: bool = False):
     """Parse one line: a TraceRecord; None for a blank/comment line; ``("other", event)``
@@ -323,6 +398,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         m = _PERF_HEADER.match(s)
         perf = m is not None
     if not m:
+        pt = _PERF_TRACE.match(s)
+        if pt is not None:
+            return _perf_trace(pt, line_no, era, spte_decoder, all_events)
         pp = _perf_prof(s, line_no, era)
         if pp is not None:
             return pp
