@@ -1371,6 +1371,12 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
                                        if getattr(stream, "kernel_version", None) else "")
     if stream.n_errors:
         rep.warnings.append(f"{stream.n_errors} trace lines or records could not be read")
+    lost = {cpu: n for cpu, d in sorted(stream.lost.items())
+            if (n := sum(v for v in d.values() if isinstance(v, int)))}
+    if lost:
+        rep.warnings.append(f"the trace counts {sum(lost.values())} lost events ("
+                            + ", ".join(f"{c}: {n}" for c, n in lost.items())
+                            + "): a verdict near a loss may be about a record that was lost, not the kernel")
     return rep
 
 

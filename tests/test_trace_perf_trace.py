@@ -117,3 +117,22 @@ def test_malformed_perf_trace_lines_are_refused_with_the_rule(args, event, rule)
 def test_record_fields_cover_every_kvmmmu_event_the_text_reader_knows():
     assert set(X.RECORD_FIELDS) == set(X.ALL_EVENTS)
     assert all(t in X._CTYPES for f in X.RECORD_FIELDS.values() for _, t in f)
+
+
+def test_lost_event_lines_are_counted_and_the_audit_warns(tmp_path):
+    """ftrace's "CPU:N [LOST n EVENTS]" and perf trace's "LOST n events!" lines count losses in
+    ``lost`` (not malformed lines); the audit warns that a verdict near them may be a loss."""
+    import gzip
+    lines = gzip.decompress(open(PT, "rb").read()).decode().splitlines(True)
+    f = tmp_path / "lossy.txt"
+    f.write_text("".join(lines[:100] + ["LOST 5 events!\n"] + lines[100:200]
+                         + ["CPU:1 [LOST 3 EVENTS]\n", "CPU:1 [LOST 4 EVENTS]\n"] + lines[200:]))
+    with T.open_trace(str(f), era="v6.14") as st:
+        recs = list(st)
+        assert st.n_errors == 0 and len(recs) == 478
+        assert st.lost == {"all": {"perf trace lost events": 5}, "cpu1": {"ftrace lost events": 7}}
+    rep = A.audit(str(f), era="v6.18", **guest_kw(CAP))
+    assert any("counts 12 lost events (all: 5, cpu1: 7)" in w for w in rep.warnings), rep.warnings
+    assert not any("lost" in w for w in A.audit(PT, era="v6.18", **guest_kw(CAP)).warnings)
+    assert not any("lost" in w for w in A.audit(CAP).warnings)     # per-CPU stats, all zero
+    assert T.parse_line("CPU:2 [LOST 9 EVENTS]", 1, "v6.14") == ("lost", (2, 9, "ftrace lost events"))

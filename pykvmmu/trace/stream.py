@@ -135,6 +135,11 @@ class TraceStream:
         if self.on_error is not None:
             self.on_error(n, why, text)
 
+    def _lose(self, cpu, n: int, key: str) -> None:
+        """Count n lost events of a text trace's loss line under ``lost``."""
+        d = self.lost.setdefault(f"cpu{cpu}" if cpu is not None else "all", {})
+        d[key] = d.get(key, 0) + n
+
     def progress(self):
         """(bytes read, total bytes) of the underlying file, or None when unknown."""
         if self._pos is None:
@@ -327,7 +332,7 @@ def _text(st, text, era, spte_decoder, mode, all_events, check_era, version):
     st.era = _resolve_era(era, version, check_era, st.name)
     st.spte_decoder = _decoder(st.era if era is None else era, version, spte_decoder, mode)
     st._it = iter_text(text, st.era, None, all_events=all_events, on_error=st._error,
-                       on_other=lambda ev: st.other_events.update([ev]))
+                       on_other=lambda ev: st.other_events.update([ev]), on_lost=st._lose)
 
 
 def _binary(st, rs, era, spte_decoder, mode, all_events, check_era):

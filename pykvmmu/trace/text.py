@@ -66,6 +66,11 @@ _SKIP = re.compile(r"^\s*(?:$|#|(?:cpus|version)\s*=)")
 #: parse_line's answers for the lines of an ftrace stack-trace block, and for a perf script
 #: callchain line (it belongs to the record before it).
 STACK, STACK_LINE, CHAIN_LINE = "stack", "stack_line", "chain_line"
+#: parse_line's answer for a line that counts lost events: (LOST, (cpu or None, count, key)).
+LOST = "lost"
+# ftrace (kernel/trace/trace.c print_trace_line): "CPU:%d [LOST %lu EVENTS]" where the ring
+# buffer overwrote events; perf trace (builtin-trace.c): "LOST %llu events!" per PERF_RECORD_LOST
+_LOST_LINE = re.compile(r"^\s*(?:CPU:(?P<cpu>\d+) \[LOST (?P<n>\d+) EVENTS\]|LOST (?P<pn>\d+) events!)\s*$")
 _STACK_LINE = re.compile(r"^ => (?P<func>.*?)\s*$")
 
 # KVM_MMU_PAGE_PRINTK of every era (the optional groups cover the history in sec. 6.2).
@@ -381,6 +386,11 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     s = line.rstrip("\n")
     if _SKIP.match(s):
         return None
+    lm = _LOST_LINE.match(s)
+    if lm is not None:
+        if lm["cpu"] is not None:
+            return (LOST, (int(lm["cpu"]), int(lm["n"]), "ftrace lost events"))
+        return (LOST, (None, int(lm["pn"]), "perf trace lost events"))
     if s.startswith(" =>"):
         sm = _STACK_LINE.match(s)
         if sm:
@@ -500,9 +510,10 @@ def _fill(rec: TraceRecord, ev: str, system: str, payload: str, failed: bool, al
 
 def iter_text(lines: Iterable[str], era="latest", spte_decoder: Callable | None = None, *,
               all_events: bool = False, on_error: Callable | None = None,
-              on_other: Callable | None = None):
+              on_other: Callable | None = None, on_lost: Callable | None = None):
     """Stream records from text lines; a stack-trace block is attached to the record before
-    it (``record.stack``); malformed lines go to ``on_error(line_no, reason, text)``."""
+    it (``record.stack``); malformed lines go to ``on_error(line_no, reason, text)``, lines
+    that count lost events to ``on_lost(cpu or None, count, key)``."""
     era = get_era(era)
     pending = None
     in_stack = False
@@ -526,6 +537,11 @@ def iter_text(lines: Iterable[str], era="latest", spte_decoder: Callable | None 
                     pending.stack = pending.stack + (what,)
                 elif on_error is not None:
                     on_error(n, "perf callchain line without a record before it", line.rstrip("\n"))
+                continue
+            if kind == LOST:
+                in_stack = False
+                if on_lost is not None:
+                    on_lost(*what)
                 continue
             if kind == STACK_LINE:
                 if not in_stack:
