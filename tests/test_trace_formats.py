@@ -98,6 +98,29 @@ def test_trace_dat_equals_report_R(name):
             assert t.source == "plugin" and t.role.word == d.role.word & t.role_known
 
 
+@pytest.mark.parametrize("name", ["demo-dat.report-l.txt.gz", "demo-dat.report-ts-diff.txt.gz"])
+def test_report_latency_and_ts_diff_forms_equal_the_default_report(name):
+    """trace-cmd report -l (the CPU straight before the flags) and --ts-diff -t ("(+delta)" after
+    nanosecond timestamps): the same records as the default report of the same file."""
+    rep, _ = _read("demo-dat.report.txt", "v6.14")
+    dat, _ = _read("demo-v6.dat.gz")
+    got, st = _read(name, "v6.14")
+    assert st.n_errors == 0 and len(got) == len(rep) == 478
+    for r, g, d in zip(rep, got, dat):
+        assert (g.event, g.cpu, g.pid, g.comm, g.fields) == (r.event, r.cpu, r.pid, r.comm, r.fields)
+        assert (g.role and (g.role.word, g.role_known)) == (r.role and (r.role.word, r.role_known))
+        if name.endswith("-l.txt.gz"):
+            # the latency flags: irqs-off, need-resched, hard/softirq, preempt depth ("." for
+            # 0), migrate-disable; trace.dat gives common_flags:common_preempt_count
+            flags, preempt = d.flags.split(":")
+            assert flags == "0x00" and g.flags == "..." + (preempt if preempt != "0" else ".") + "."
+            assert round(g.ts * 1e6) == round(r.ts * 1e6)
+        else:
+            assert g.ts_ns is None and round(g.ts * 1e9) == d.ts_ns      # -t: nanoseconds
+    if name.endswith("-l.txt.gz"):
+        assert {g.flags for g in got} == {".....", "...1.", "...2."}
+
+
 def test_trace_dat_zstd_equals_the_uncompressed_file():
     """trace-cmd 3's default: a zstd-compressed v7 file (sections and CPU chunks) is read
     directly and gives exactly the records of the same file written uncompressed."""
