@@ -207,9 +207,15 @@ struct kvmmu_spte_info {
     uint8_t pad;
     uint8_t pred[24];        /* [i] = predicate i (0 where the era lacks it) */
 };
-/* One SPTE decoded into *out (the record of decode_batch); returns 0 or KVMMU_E_LEVEL. */
+/* decode()'s result: the record of decode_batch, and for an MMIO SPTE (kind
+ * KVMMU_KIND_MMIO) what get_mmio_spte_gfn/_access/_generation give (0 otherwise). */
+struct kvmmu_spte_decoded {
+    struct kvmmu_spte_info info;
+    uint64_t mmio_gfn, mmio_access, mmio_generation;
+};
+/* One SPTE decoded into *out in one call; returns 0 or KVMMU_E_LEVEL. */
 int kvmmu_spte_decode(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level,
-                      struct kvmmu_spte_info *out);
+                      struct kvmmu_spte_decoded *out);
 size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint64_t *spte,
                                const uint8_t *level, uint32_t level_scalar,
                                struct kvmmu_spte_info *out, size_t n, int *err);

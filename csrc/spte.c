@@ -41,6 +41,8 @@ _Static_assert(((KBIT(63) | UINT64_C(0x5A0)) & KBIT(11)) == 0, "FROZEN_SPTE is n
 #endif
 _Static_assert(ACC_EXEC == 1 && ACC_WRITE == 2 && ACC_USER == 4, "decode packs ACC bits by shifts");
 _Static_assert(sizeof(struct kvmmu_spte_info) == 48, "decode record is 48 bytes (DECODE_DTYPE)");
+_Static_assert(offsetof(struct kvmmu_spte_decoded, mmio_gfn) == 48 &&
+                   sizeof(struct kvmmu_spte_decoded) == 72, "decode() result layout (spte._MMIO_FIELDS)");
 _Static_assert(offsetof(struct kvmmu_spte_info, kind) == 16 &&
                offsetof(struct kvmmu_spte_info, level) == 22 &&
                offsetof(struct kvmmu_spte_info, pred) == 24, "decode record layout (DECODE_DTYPE)");
@@ -1622,10 +1624,14 @@ KVMMU_HOT size_t kvmmu_spte_decode_batch(const struct kvmmu_cfg *cfg, const uint
 }
 
 int kvmmu_spte_decode(const struct kvmmu_cfg *cfg, uint64_t spte, uint32_t level,
-                      struct kvmmu_spte_info *out)
+                      struct kvmmu_spte_decoded *out)
 {
     if (level < 1 || level > 5)
         return KVMMU_E_LEVEL;
-    decode_one(cfg, spte, level, out);
+    decode_one(cfg, spte, level, &out->info);
+    const bool mmio = out->info.kind == KVMMU_KIND_MMIO;
+    out->mmio_gfn = mmio ? kvmmu_mmio_get_gfn(cfg, spte) : 0;
+    out->mmio_access = mmio ? kvmmu_mmio_get_access(cfg, spte) : 0;
+    out->mmio_generation = mmio ? kvmmu_mmio_get_generation(cfg, spte) : 0;
     return 0;
 }

@@ -760,6 +760,7 @@ class SpteRecord:
 _DECODE_OUT = threading.local()      # per thread: the C call releases the GIL
 _decode_c = lib.kvmmu_spte_decode
 _RECORD = struct.Struct("<QQ8B24s")   # struct kvmmu_spte_info, as DECODE_DTYPE
+_MMIO_FIELDS = struct.Struct("<48xQQQ")   # struct kvmmu_spte_decoded's MMIO fields
 #: (id of the profile, predicate bytes) -> (that profile, {name: bool} for the predicates its
 #: era has): keyed on the profile object, not its name (a replaced profile keeps the name);
 #: the entry holds the profile, so its id is not reused while cached; copied out on use.
@@ -789,7 +790,7 @@ def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
     try:
         r, buf = _DECODE_OUT.rec
     except AttributeError:
-        r = ffi.new("struct kvmmu_spte_info *")
+        r = ffi.new("struct kvmmu_spte_decoded *")
         _DECODE_OUT.rec = (r, ffi.buffer(r))
         buf = _DECODE_OUT.rec[1]
     try:
@@ -806,9 +807,8 @@ def decode(cfg: MmuConfig, spte: int, level: int = 1) -> SpteRecord:
     mmio = None
     kind = KINDS[kind]
     if kind == "mmio":          # pykvmmu.mmio's get_mmio_spte_gfn/_access/_generation
-        c = cfg._cptr
-        mmio = {"gfn": lib.kvmmu_mmio_get_gfn(c, s), "access": lib.kvmmu_mmio_get_access(c, s),
-                "generation": lib.kvmmu_mmio_get_generation(c, s)}
+        gfn, access, generation = _MMIO_FIELDS.unpack_from(buf)
+        mmio = {"gfn": gfn, "access": access, "generation": generation}
     rec = _object_new(SpteRecord)       # the frozen dataclass's fields, set without __init__
     if cfg.is_ept:
         _object_setattr(rec, "__dict__", {

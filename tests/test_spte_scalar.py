@@ -7,6 +7,7 @@ import threading
 import numpy as np
 import pytest
 
+from pykvmmu import mmio as M
 from pykvmmu import spte as S
 from pykvmmu.config import MmuConfig
 from pykvmmu.errors import InputError
@@ -29,6 +30,10 @@ def test_scalar_decode_equals_batch_record(cfg):
             d = S.decode(cfg, v, lv)
             assert d.pfn == int(rec["pfn"]) and d.kind == S.KINDS[int(rec["kind"])]
             assert d.saved_rx == int(rec["saved_rx"]) and d.level == lv
+            # one C call fills the MMIO fields too: pykvmmu.mmio's getters, None for others
+            assert d.mmio == ({"gfn": M.get_mmio_spte_gfn(cfg, v), "access": M.get_mmio_spte_access(cfg, v),
+                               "generation": M.get_mmio_spte_generation(cfg, v)}
+                              if d.kind == "mmio" else None), hex(v)
             for name, field in zip(S._PRED_NAMES, S._pred_fields):
                 if name in d.predicates:
                     assert d.predicates[name] == bool(rec[f"p_{field}"]), (name, hex(v))
