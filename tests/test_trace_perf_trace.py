@@ -108,6 +108,7 @@ def test_perf_trace_values_are_read_by_their_field_types():
     ("gfn: 1, spte: 2", "kvm_mmu_not_an_event", "not a kvmmmu event this reader knows"),
     ("gfn: 1, spte: zz", "kvm_mmu_set_spte", "'spte: zz' is not 'name: number'"),
     ("gfn 1", "kvm_mmu_set_spte", "'gfn 1' is not 'name: number'"),
+    ("gfn: 1, gfn: 2", "kvm_mmu_set_spte", "field 'gfn' given twice"),
 ])
 def test_malformed_perf_trace_lines_are_refused_with_the_rule(args, event, rule):
     with pytest.raises(ValueError, match=rule):

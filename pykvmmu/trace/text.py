@@ -353,6 +353,8 @@ def _perf_trace(m, line_no: int, era, spte_decoder, all_events: bool):
                 raise ValueError(f"{ev}: perf trace argument {part!r} is not 'name: number'")
             fields[part.split(":", 1)[0]] = part.split(": ", 1)[-1]
             continue
+        if am[1] in fields:
+            raise ValueError(f"{ev}: perf trace field {am[1]!r} given twice")
         fields[am[1]] = int(am[2], 16) if am[2].startswith("0x") else int(am[2])
     if system == "kvmmmu":
         types = RECORD_FIELDS.get(ev)
