@@ -73,6 +73,38 @@ def test_trace_format_array_of_a_named_length():
     assert kinds["regs"] == kinds["damaged"] == ("array", 0)
 
 
+def test_trace_format_whose_event_name_is_not_a_name():
+    """fuzz target ``trace`` (seed 23): a damaged capture whose format file had an empty
+    ``name:`` line gave records with the event name ''; a format file's name must now be a C
+    identifier, as every tracepoint's is, and the capture is refused naming it."""
+    import io
+    import os
+    import tarfile
+    from pykvmmu import trace as T
+    from pykvmmu.trace.record import TraceFormatError
+    from pykvmmu.trace.tpformat import parse_event_format
+    fmt = "name: {}\nID: 7\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+    assert parse_event_format(fmt.format("kvm_mmu_set_spte"), "kvmmmu").name == "kvm_mmu_set_spte"
+    for bad in ("", "1x", "a b", "x\x00"):
+        with pytest.raises(TraceFormatError, match="event name .* is not a C identifier"):
+            parse_event_format(fmt.format(bad), "kvmmmu")
+    src = os.path.join(os.path.dirname(__file__), "data", "live", "demo.kvmcap")
+    out = io.BytesIO()
+    with tarfile.open(src) as tin, tarfile.open(fileobj=out, mode="w") as tout:
+        damaged = 0
+        for m in tin.getmembers():
+            data = tin.extractfile(m).read() if m.isfile() else None
+            if data is not None and data.startswith(b"name: kvm_mmu_set_accessed_bit\n"):
+                data = b"name: \n" + data.split(b"\n", 1)[1]
+                m.size = len(data)
+                damaged += 1
+            tout.addfile(m, io.BytesIO(data) if data is not None else None)
+    assert damaged == 1
+    with pytest.raises(TraceFormatError, match="event name '' is not a C identifier"):
+        with T.open_trace(io.BytesIO(out.getvalue())) as st:
+            list(st)
+
+
 def test_audit_of_a_request_without_its_pfn():
     """fuzz target ``trace``: a damaged line read as kvm_mmu_spte_requested without its pfn
     made the audit's zero-page pre-pass raise KeyError; the record is now not checkable, like

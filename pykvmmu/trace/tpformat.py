@@ -134,6 +134,9 @@ def _cstr(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+_EVENT_NAME = re.compile(r"^[A-Za-z_]\w*$")
+
+
 def parse_event_format(text: str, system: str | None = None, endian: str = "<") -> EventFormat:
     """Parse a tracefs ``format`` file (``system`` from the caller: the file does not say it)."""
     name = id_ = None
@@ -158,6 +161,9 @@ def parse_event_format(text: str, system: str | None = None, endian: str = "<") 
                 fields.append(_field(m["decl"], off, size, m["signed"] == "1"))
     if name is None or id_ is None:
         raise TraceFormatError("format file without 'name:' or 'ID:' line")
+    if not _EVENT_NAME.match(name):
+        raise TraceFormatError(f"format file: event name {name!r} is not a C identifier (a "
+                               "tracepoint's name is one)")
     if not any(f.name == "common_type" for f in fields):
         raise TraceFormatError(f"format of {name}: no common_type field")
     return EventFormat(system or "", name, id_, fields, print_fmt, endian)
