@@ -54,10 +54,12 @@ _PERF_IP = re.compile(r"^(?P<keep>.*\S) (?P<ip> *[0-9a-f]{1,16})(?: (?!\()\S+)?(
 # perf trace -e 'kvmmmu:*' (tools/perf/builtin-trace.c): "<ms> comm/tid sys:event(name: value, ...)",
 # the time in milliseconds ("%10.3f": since the first event, or since boot with -T), no CPU,
 # every record field as "name: value" (decimal, or 0x-hex), a field equal to zero left out
-# unless the perf config has trace.show_zeros.
+# unless the perf config has trace.show_zeros; with --libtraceevent_print, what perf script
+# prints for the event (its print format, or "[FAILED TO PARSE] name=value ...") instead.
 _PERF_TRACE = re.compile(r"^\s*(?P<ms>\d+\.\d+)\s+(?:(?P<comm>.*?)/)?(?P<tid>\d+)\s+"
                          r"(?P<system>\w+):(?P<event>\w+)\((?P<args>.*)\)\s*$")
 _PERF_TRACE_ARG = re.compile(r"(\w+): (-?(?:0x[0-9a-f]+|\d+))$")
+_PERF_TRACE_NAMED = re.compile(r"^\w+: ")
 # libtraceevent prints "[FAILED TO PARSE] name=value ..." (decimal) for an event whose print
 # fmt it cannot evaluate (the page events' statement expression in perf 6.1).
 _FAILED = "[FAILED TO PARSE] "
@@ -345,6 +347,13 @@ def _perf_trace(m, line_no: int, era, spte_decoder, all_events: bool):
     rec = TraceRecord(line_no, m["comm"] or "", int(m["tid"]), -1, "", float(ms) / 1000, ev, {},
                       system=system, payload=m["args"], source="perf-trace",
                       ts_ns=int(whole) * 1_000_000 + int(frac[:6].ljust(6, "0")))
+    if m["args"] and not _PERF_TRACE_NAMED.match(m["args"]):       # --libtraceevent_print
+        payload = m["args"]
+        failed = payload.startswith(_FAILED)
+        if failed:
+            payload = payload[len(_FAILED):]
+        rec.payload, rec.source = payload, "text"
+        return _fill(rec, ev, system, payload, failed, all_events, era, spte_decoder)
     fields = {}
     for part in m["args"].split(", ") if m["args"] else ():
         am = _PERF_TRACE_ARG.match(part)
