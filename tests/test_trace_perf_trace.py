@@ -161,3 +161,19 @@ def test_perf_trace_libtraceevent_print_equals_the_capture_of_its_run():
             assert r.source == "text"
     rep = A.audit(os.path.join(L, "demo.perf-trace-lte.txt.gz"), era="v6.18", **guest_kw(cap_))
     assert counts(rep) == counts(A.audit(cap_)) and rep.total("not_checkable") == 0
+
+
+def test_perf_trace_with_system_calls_among_the_events():
+    """perf trace -e 'kvmmmu:*' -e ioctl (a fourth run of the same guest): the system call lines,
+    finished, interrupted ("(         ): ... ...") and continued ("... [continued]: ioctl())"),
+    count as other events; the kvmmmu records are the same sequence as the -T run's."""
+    recs = _read(os.path.join(L, "demo.perf-trace-syscalls.txt.gz"))
+    with T.open_trace(os.path.join(L, "demo.perf-trace-syscalls.txt.gz"), era="v6.14") as st:
+        list(st)
+        assert dict(st.other_events) == {"ioctl": 597} and st.n_errors == 0
+    assert [r.event for r in recs] == [r.event for r in _read(PT)]
+    for line in ("     0.772 ( 0.063 ms): bash/18018 ioctl(fd: 2, cmd: TIOCGPGRP, arg: 0x7ffe0ad07c84)"
+                 "    = -1 ENOTTY (Inappropriate ioctl for device)",
+                 "   767.401 (         ): python/18018 ioctl(fd: 7, cmd: KVM_RUN)        ...",
+                 "   767.401 ( 4.031 ms): python/18018  ... [continued]: ioctl())        = 0"):
+        assert T.parse_line(line, 1, "v6.14") == ("other", "ioctl")

@@ -60,6 +60,10 @@ _PERF_TRACE = re.compile(r"^\s*(?P<ms>\d+\.\d+)\s+(?:(?P<comm>.*?)/)?(?P<tid>\d+
                          r"(?P<system>\w+):(?P<event>\w+)\((?P<args>.*)\)\s*$")
 _PERF_TRACE_ARG = re.compile(r"(\w+): (-?(?:0x[0-9a-f]+|\d+))$")
 _PERF_TRACE_NAMED = re.compile(r"^\w+: ")
+# perf trace's system calls: "<ms> (<dur> ms): comm/tid name(args) = ret", "(         )" and a
+# trailing "..." for one a later line finishes ("... [continued]: name()) = ret")
+_PERF_TRACE_SYSCALL = re.compile(r"^\s*\d+\.\d+\s+\(\s*(?:[\d.]+ ms)?\s*\):\s+(?:.*?/)?\d+\s+"
+                                 r"(?:\.\.\. \[continued\]: )?(?P<name>\w+)\(")
 # libtraceevent prints "[FAILED TO PARSE] name=value ..." (decimal) for an event whose print
 # fmt it cannot evaluate (the page events' statement expression in perf 6.1).
 _FAILED = "[FAILED TO PARSE] "
@@ -425,6 +429,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         pt = _PERF_TRACE.match(s)
         if pt is not None:
             return _perf_trace(pt, line_no, era, spte_decoder, all_events)
+        sc = _PERF_TRACE_SYSCALL.match(s)
+        if sc is not None:
+            return ("other", sc["name"])
         pp = _perf_prof(s, line_no, era)
         if pp is not None:
             return pp
