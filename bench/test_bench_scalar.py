@@ -6,8 +6,8 @@ Each function is one interleaved group ``scalar <module>.<function>`` (conftest.
 (a pure-Python function that does nothing, called the same way in the same loop: the same
 arguments, keywords and wrapper, the floor of any Python-level call of that form).  Every
 case is a loop over CALLS varied argument tuples (``for a in args: f(*a)``), so ns per
-element is the cost of one call including ~30 ns of loop.  The results of core and reference are checked equal on the same arguments (where they
-return the same thing).  Targets (issue 14): every scalar SPTE/MMIO/role/RMP call < 0.5 us,
+element is the cost of one call including ~30 ns of loop.  The results of core and
+reference are checked equal on the same arguments (where they return the same thing).  Targets (issue 14): every scalar SPTE/MMIO/role/RMP call < 0.5 us,
 scalar decode < 2 us, make_spte >= 3x the reference.
 """
 import numpy as np

@@ -102,8 +102,9 @@ def _well_formed(r) -> None:
 @target("trace", max_len=512)
 def fuzz_trace(fi: FuzzInput) -> None:
     """open_trace over a real capture (pykvmmu capture, trace.dat v6/v7, perf.data file and
-    pipe, perf -z, perf script, perf trace, print format, fields, trace-cmd report, plugin text) after drawn edits (overwrite, bit flip, truncate,
-    insert, delete, interesting 32/64-bit values): a PykvmmuError or well-formed records,
+    pipe, perf -z, perf script, perf trace, print format, fields, trace-cmd report, plugin
+    text) after drawn edits (overwrite, bit flip, truncate, insert, delete, interesting
+    32/64-bit values): a PykvmmuError or well-formed records,
     never another exception or a hang; the undamaged trace gives all its records; sometimes
     audit_records over what was read (a PykvmmuError or a report, never a crash)."""
     from ..audit import audit_records, live_config

@@ -49,7 +49,7 @@ import os
 import struct
 from typing import Any
 
-from .raw import FormatTable, close_all, event_record
+from .raw import FormatTable, close_all, count_lost, event_record
 from .record import TraceFormatError, UnsupportedTraceError
 from .tpformat import check_header_event, parse_header_page
 from .tracedat import v6_metadata
@@ -532,10 +532,6 @@ class PerfSource:
             raw = body[p + 4:p + 4 + n]
         return a, ts, cpu, chain, raw
 
-    def _lose(self, cpu, key: str, n: int) -> None:
-        d = self.lost.setdefault(f"cpu{cpu}" if cpu is not None else "all", {})
-        d[key] = d.get(key, 0) + n
-
     def records(self, *, all_events: bool = False, other=None, decorate=None):
         """Every tracepoint sample as a TraceRecord, in time order (kvmmmu events only unless
         ``all_events``; others counted in ``other``), task names from COMM records."""
@@ -600,10 +596,10 @@ class PerfSource:
                     seq += 1
             elif typ == REC_LOST:
                 _, cpu = self._trailer(body)
-                self._lose(cpu, "perf lost", _u64(body, 8, f"{self.name}: LOST record at {off}"))
+                count_lost(self.lost, cpu, "perf lost", _u64(body, 8, f"{self.name}: LOST record at {off}"))
             elif typ == REC_LOST_SAMPLES:
                 _, cpu = self._trailer(body)
-                self._lose(cpu, "perf lost samples",
+                count_lost(self.lost, cpu, "perf lost samples",
                            _u64(body, 0, f"{self.name}: LOST_SAMPLES record at {off}"))
             elif typ == REC_FINISHED_ROUND:
                 while heap and prev_max is not None and heap[0][0] <= prev_max:

@@ -35,6 +35,12 @@ class RawSource:
         close_all(self.closers)
 
 
+def count_lost(lost: dict, cpu, key: str, n: int) -> None:
+    """Add n lost events under ``lost[cpuN][key]`` (``lost["all"]`` when the CPU is unknown)."""
+    d = lost.setdefault(f"cpu{cpu}" if cpu is not None else "all", {})
+    d[key] = d.get(key, 0) + n
+
+
 def close_all(closers: list) -> None:
     """Call and forget a source's closers (files, tar archives), ignoring OSError."""
     for c in closers:

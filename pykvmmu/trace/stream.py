@@ -30,7 +30,7 @@ from ..errors import PykvmmuError
 from ..role import RoleEra, get_era
 from .capture import is_capture_dir, open_capture, open_directory, release_from_proc_version
 from .perfdata import open_perf_pipe, open_perfdata, perf_kind
-from .raw import raw_records
+from .raw import count_lost, raw_records
 from .. import _check as C
 from .record import TraceArgumentError, TraceEraError, TraceError, TraceFormatError, decorate
 from .report import SpteDecoder, default_spte_decoder, kernel_version_of
@@ -134,11 +134,6 @@ class TraceStream:
             self.errors.append((n, why, text))
         if self.on_error is not None:
             self.on_error(n, why, text)
-
-    def _lose(self, cpu, n: int, key: str) -> None:
-        """Count n lost events of a text trace's loss line under ``lost``."""
-        d = self.lost.setdefault(f"cpu{cpu}" if cpu is not None else "all", {})
-        d[key] = d.get(key, 0) + n
 
     def progress(self):
         """(bytes read, total bytes) of the underlying file, or None when unknown."""
@@ -332,7 +327,8 @@ def _text(st, text, era, spte_decoder, mode, all_events, check_era, version):
     st.era = _resolve_era(era, version, check_era, st.name)
     st.spte_decoder = _decoder(st.era if era is None else era, version, spte_decoder, mode)
     st._it = iter_text(text, st.era, None, all_events=all_events, on_error=st._error,
-                       on_other=lambda ev: st.other_events.update([ev]), on_lost=st._lose)
+                       on_other=lambda ev: st.other_events.update([ev]),
+                       on_lost=lambda cpu, n, key: count_lost(st.lost, cpu, key, n))
 
 
 def _binary(st, rs, era, spte_decoder, mode, all_events, check_era):

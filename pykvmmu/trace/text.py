@@ -341,6 +341,13 @@ def _perf_prof(s: str, line_no: int, era):
     return None
 
 
+def _unfailed(payload: str) -> tuple:
+    """(payload without libtraceevent's "[FAILED TO PARSE] " prefix, whether it had it)."""
+    if payload.startswith(_FAILED):
+        return payload[len(_FAILED):], True
+    return payload, False
+
+
 def _perf_trace(m, line_no: int, era, spte_decoder, all_events: bool):
     """parse_line() of a perf trace line: every record field, those perf left out as 0."""
     ev, system = m["event"], m["system"]
@@ -352,10 +359,7 @@ def _perf_trace(m, line_no: int, era, spte_decoder, all_events: bool):
                       system=system, payload=m["args"], source="perf-trace",
                       ts_ns=int(whole) * 1_000_000 + int(frac[:6].ljust(6, "0")))
     if m["args"] and not _PERF_TRACE_NAMED.match(m["args"]):       # --libtraceevent_print
-        payload = m["args"]
-        failed = payload.startswith(_FAILED)
-        if failed:
-            payload = payload[len(_FAILED):]
+        payload, failed = _unfailed(m["args"])
         rec.payload, rec.source = payload, "text"
         return _fill(rec, ev, system, payload, failed, all_events, era, spte_decoder)
     fields = {}
@@ -440,11 +444,8 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         return (STACK, m["stack"])
     ev, payload = m["event"], m["payload"] or ""
     system = m["system"] or ("kvmmmu" if ev in ALL_EVENTS else "")
-    failed = perf and payload.startswith(_FAILED)
-    if failed:
-        payload = payload[len(_FAILED):]
+    payload, failed = _unfailed(payload) if perf else (payload, False)
     pid = (m["tid"] or m["pid"]) if perf else m["pid"]   # perf script may leave out tid and cpu
-
     cpu = m["cpu"] if perf else m["cpu"] or m["lcpu"]
     flags = "" if perf else m["flags"] or m["lflags"] or ""
 
