@@ -474,13 +474,18 @@ def test_audit_takes_the_guest_for_a_perf_file(tmp_path, capsys):
 
 
 def test_audit_guest_arguments_are_checked(tmp_path, capsys):
+    import copy
     meta, g, r = _guest_files(tmp_path)
     bad_result = {"runs": [{"mmio": [{"address": 1}]}]}
+    before = copy.deepcopy((meta["guest"], bad_result))
     for kw, rule in ((dict(guest=[1]), "guest=\\[1\\]: expected a dict"),
                      (dict(guest_result="x"), "guest_result='x': expected a dict"),
                      (dict(guest=meta["guest"], guest_result=bad_result), "not the JSON of")):
         with pytest.raises(A.InputError, match=rule):
             A.audit(CAP, **kw)
+    assert (meta["guest"], bad_result) == before           # a refused audit changes no input
+    A.audit(CAP, guest=meta["guest"], guest_result=meta["guest_result"])
+    assert meta["guest"] == before[0]                      # nor does an accepted one
     (tmp_path / "bad.json").write_text("[1, 2")
     assert cli.main(["audit", CAP, "--guest", str(tmp_path / "bad.json")]) != 0
     assert "--guest" in capsys.readouterr().err
