@@ -615,8 +615,9 @@ int kvmmu_rmp_dump(const struct kvmmu_rmp *t, uint64_t pfn, uint64_t *out);
 /* dump_rmpentry()'s log lines as text (out: KVMMU_RMP_DUMP_TEXT_MAX bytes); -1 beyond the table. */
 #define KVMMU_RMP_DUMP_TEXT_MAX     34816
 int kvmmu_rmp_dump_text(const struct kvmmu_rmp *t, uint64_t pfn, char *out);
-/* A level index for one batch (lookup_batch builds one when the batch is large enough). */
-void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nbits);
+/* Bits [lo, hi) of a level index for one batch (lookup_batch builds one when the batch is
+ * large enough, in parts on its threads): lo a multiple of 64, hi one too or the end. */
+void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t lo, uint64_t hi);
 size_t kvmmu_rmp_lookup_batch_lvl(const struct kvmmu_rmp *t, const uint64_t *pfn,
                                   uint8_t *assigned, uint8_t *level, uint16_t *asid,
                                   uint64_t *gpa, size_t n, int *err, const uint64_t *lvl_bits);

@@ -166,18 +166,20 @@ static inline uint8_t lvl_get(const uint64_t *bits, uint64_t pfn)
     return (uint8_t)(1 + ((bits[i >> 6] >> (i & 63)) & 1));
 }
 
-/* bits[0 .. ceil(nbits / 64)): bit i = Page_Size of the entry at pfn i * 512 (0 where not
- * covered).  The 2M-aligned entries are 8 KiB apart: prefetched PREFETCH_DIST ahead. */
-void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nbits)
+/* Bits [lo, hi) of a level index: bit i = Page_Size of the entry at pfn i * 512 (0 where
+ * not covered), written a whole 64-bit word at a time (lo a multiple of 64, hi the index's
+ * size or a multiple of 64), so that parts of one index can be built at once.  The
+ * 2M-aligned entries are 8 KiB apart: prefetched PREFETCH_DIST ahead. */
+void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t lo, uint64_t hi)
 {
-    for (uint64_t i = 0; i < PREFETCH_DIST && i < nbits; i++) {
+    for (uint64_t i = lo; i < lo + PREFETCH_DIST && i < hi; i++) {
         const uint64_t *q = entry_ptr(t, i * PTRS_PER_PMD);
         if (q)
             __builtin_prefetch(q);
     }
     uint64_t word = 0;
-    for (uint64_t i = 0; i < nbits; i++) {
-        if (i + PREFETCH_DIST < nbits) {
+    for (uint64_t i = lo; i < hi; i++) {
+        if (i + PREFETCH_DIST < hi) {
             const uint64_t *q = entry_ptr(t, (i + PREFETCH_DIST) * PTRS_PER_PMD);
             if (q)
                 __builtin_prefetch(q);
@@ -185,7 +187,7 @@ void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nb
         const uint64_t *h = entry_ptr(t, i * PTRS_PER_PMD);
         if (h && (h[0] & RMP_PAGESIZE))
             word |= KBIT(i & 63);
-        if ((i & 63) == 63 || i + 1 == nbits) {
+        if ((i & 63) == 63 || i + 1 == hi) {
             bits[i >> 6] = word;
             word = 0;
         }
@@ -195,7 +197,7 @@ void kvmmu_rmp_level_bits(const struct kvmmu_rmp *t, uint64_t *bits, uint64_t nb
 void kvmmu_rmp_level_index_build(const struct kvmmu_rmp *t)
 {
     if (t->lvl_bits)
-        kvmmu_rmp_level_bits(t, t->lvl_bits, t->lvl_nbits);
+        kvmmu_rmp_level_bits(t, t->lvl_bits, 0, t->lvl_nbits);
 }
 
 /* 0, or 1 + the first 2M block whose index bit differs from its entry. */

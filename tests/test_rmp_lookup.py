@@ -133,3 +133,38 @@ def test_batch_level_index_equals_two_reads(t, monkeypatch):
     assert [(bool(a), int(lv)) for a, lv in zip(r.assigned[:300], r.level[:300])] == want
     if not t.segmented:
         assert t._batch_level_bits(n) != t._batch_level_bits(1)   # the index path was taken
+
+
+@pytest.mark.parametrize("blocks", [1000, 1024, 64 * 3 + 1])
+def test_batch_level_index_built_in_parts(blocks, monkeypatch):
+    """A batch's level index is built in parts on the batch's threads, each part whole
+    64-bit words: every split gives the index enable_level_index() builds in one pass,
+    and the lookups through it equal the two-read lookup's."""
+    from pykvmmu import _par
+    from pykvmmu._ffi import ffi
+    t = RmpTable(np.zeros(BOOKKEEPING + 16 * 512 * blocks, np.uint8))
+    rng = np.random.default_rng(blocks)
+    for b in rng.choice(blocks, blocks // 3, replace=False):
+        t.write_raw(int(b) * 512, 0b11)                     # Assigned | Page_Size at the head
+    t.write_raw(0, 0b11)
+    t.write_raw((blocks - 1) * 512, 0b11)                   # the last, partial word's last bit
+    words = -(-blocks // 64)
+    t.enable_level_index()
+    want = np.frombuffer(ffi.buffer(t._t.lvl_bits, 8 * words), np.uint64).copy()
+    t.disable_level_index()
+    assert want.any() and int(want[-1]) >> ((blocks - 1) % 64) & 1
+    n = RmpTable.BATCH_INDEX_RATIO * blocks
+    pfns = rng.integers(0, t.nr_pfns, n, dtype=np.uint64)
+    monkeypatch.setattr(_par, "MIN_PART", 64)
+    monkeypatch.setattr(_par, "MIN_ELEMENTS", 1)
+    seen = set()
+    for threads in (1, 2, 3, 4):
+        seen.add(_par.threads_for(blocks, _par.threads_for(n, threads)))
+        bits = t._batch_level_bits(n, threads)
+        assert np.array_equal(np.frombuffer(ffi.buffer(bits, 8 * words), np.uint64), want), threads
+        r = t.lookup_batch(pfns, threads=threads)
+        monkeypatch.setattr(t, "BATCH_INDEX_RATIO", 1 << 62)    # the two-read path
+        plain = t.lookup_batch(pfns, threads=threads)
+        monkeypatch.setattr(t, "BATCH_INDEX_RATIO", RmpTable.BATCH_INDEX_RATIO)
+        assert all(np.array_equal(a, b) for a, b in zip(r, plain))
+    assert len(seen) > 2                                    # several splits were taken

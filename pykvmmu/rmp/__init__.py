@@ -989,7 +989,7 @@ class RmpTable:
                        [("pfns", pfns)])
         t = self._t
         owner = with_owner
-        bits = self._batch_level_bits(pfns.size)
+        bits = self._batch_level_bits(pfns.size, threads)
 
         def part(lo, hi):
             err = ffi.new("int *")
@@ -1007,14 +1007,16 @@ class RmpTable:
     #: for itself (see _batch_level_bits)
     BATCH_INDEX_RATIO = 4
 
-    def _batch_level_bits(self, n: int):
+    def _batch_level_bits(self, n: int, threads: Optional[int] = None):
         """The level index a lookup batch of ``n`` pfns reads: the table's own (with
         enable_level_index), else, for an in-memory contiguous table and a batch of at least
         BATCH_INDEX_RATIO lookups per 2M block, one built for this batch (64 KiB per TiB of
         host memory, one read of each 2M-aligned entry: a random batch that large reads
         nearly all of them anyway, and each lookup then reads one entry, not two), else NULL
         (each lookup reads its 2M-aligned entry).  A file-backed table never builds one: it
-        would pull every 2M-aligned entry's page into the page cache (docs/rmp.md)."""
+        would pull every 2M-aligned entry's page into the page cache (docs/rmp.md).  A
+        batch index is built in parts on as many threads as the batch runs on (``threads``),
+        each part whole 64-bit words of it."""
         t = self._t
         if t.lvl_bits != ffi.NULL:
             return t.lvl_bits
@@ -1023,7 +1025,9 @@ class RmpTable:
                 or n < self.BATCH_INDEX_RATIO * nblocks):
             return ffi.NULL
         bits = ffi.new("uint64_t[]", max(1, -(-nblocks // 64)))
-        lib.kvmmu_rmp_level_bits(t, bits, nblocks)
+        assert _par.ALIGN % 64 == 0             # parts cut on whole words of the index
+        _par.map_parts(nblocks, _par.threads_for(n, threads),
+                       lambda lo, hi: lib.kvmmu_rmp_level_bits(t, bits, lo, hi))
         return bits
 
     def page_state(self, pfn, *, effective: bool = True) -> PageState:
