@@ -301,6 +301,28 @@ def test_magic_variants_are_refused_by_name():
     assert T.detect_format(_raw(PIPE)[:512]) == "perf-pipe"
 
 
+def test_perf_json_is_refused_by_name(capsys):
+    """`perf data convert --to-json` of the fixture (perf 6.1: time, pid, cpu, comm and the
+    sample address, no event name, no fields) is refused with the reason, also compressed,
+    from a stream, and in the newer form that adds the event's own fields (still no name);
+    it is never read as text lines that all fail."""
+    src = os.path.join(L, "demo.perf-json.json.gz")
+    data = _raw("demo.perf-json.json.gz")
+    assert T.detect_format(data[:512]) == "perf-json"
+    assert '"samples"' in data.decode() and "kvm_mmu" not in data.decode()
+    newer = data.replace(b'\t\t\t]\n\t\t}', b'\t\t\t],\n\t\t\t"mmu_valid_gen": "0",\n'
+                         b'\t\t\t"gfn": "19",\n\t\t\t"role": "14081",\n\t\t\t"root_count": "0",\n'
+                         b'\t\t\t"unsync": "1"\n\t\t}', 1)
+    assert newer != data
+    for s in (src, io.BytesIO(data), io.BytesIO(gzip.compress(newer)), io.BytesIO(b"\n  " + data)):
+        with pytest.raises(UnsupportedTraceError, match="--to-json.*names no event.*kvm_mmu_sync_page"):
+            T.open_trace(s, era="v6.14")
+    assert cli.main(["trace", src, "--summary", "--era", "v6.14"]) != 0
+    err = capsys.readouterr().err
+    assert "--to-json" in err and "not a trace line" not in err
+    assert T.detect_format(b'{"not": "perf"}\n') == "text"
+
+
 def test_sample_types_it_cannot_parse_are_refused():
     data = bytearray(_raw(PERF))
     attr_size, a_off, *_ = _file_offsets(bytes(data))

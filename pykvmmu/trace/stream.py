@@ -32,7 +32,8 @@ from .capture import is_capture_dir, open_capture, open_directory, release_from_
 from .perfdata import open_perf_pipe, open_perfdata, perf_kind
 from .raw import count_lost, raw_records
 from .. import _check as C
-from .record import TraceArgumentError, TraceEraError, TraceError, TraceFormatError, decorate
+from .record import (TraceArgumentError, TraceEraError, TraceError, TraceFormatError, UnsupportedTraceError,
+                     decorate)
 from .report import SpteDecoder, default_spte_decoder, kernel_version_of
 from .text import check_decoder, iter_text
 
@@ -82,8 +83,8 @@ def _spool(f) -> IO[bytes]:
 
 
 def detect_format(head: bytes) -> str:
-    """'gzip', 'xz', 'trace.dat', 'perf.data', 'perf-pipe', 'capture' (tar) or 'text' from a
-    file's first 512 bytes."""
+    """'gzip', 'xz', 'trace.dat', 'perf.data', 'perf-pipe', 'capture' (tar), 'perf-json'
+    (``perf data convert --to-json``) or 'text' from a file's first 512 bytes."""
     if not isinstance(head, (bytes, bytearray, memoryview)):
         raise TraceArgumentError(f"head={head!r}: expected bytes (the first bytes of a file)")
     head = bytes(head)
@@ -98,6 +99,8 @@ def detect_format(head: bytes) -> str:
         return perf
     if len(head) >= 262 and head[257:262] == b"ustar":
         return "capture"
+    if head.lstrip().startswith(b"{") and b'"linux-perf-json-version"' in head:
+        return "perf-json"
     return "text"
 
 
@@ -255,6 +258,13 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
         st._closers.append(f.close)
         compressed = True
         kind = detect_format(_peek(f, 512))
+    if kind == "perf-json":
+        raise UnsupportedTraceError(
+            f"{st.name}: `perf data convert --to-json` output, which names no event: a sample "
+            "gives time, pid, cpu and comm (and, from newer perf versions, the event's own "
+            "fields, but still not its name), so kvm_mmu_sync_page, kvm_mmu_unsync_page and "
+            "kvm_mmu_prepare_zap_page, which share one field set, cannot be told apart; give "
+            "the perf.data it was converted from")
     if kind == "perf-pipe":                    # sequential: read as it arrives, never spooled
         return _binary(st, open_perf_pipe(f, st.name), era, spte_decoder, mode, all_events, check_era)
     if kind in ("trace.dat", "capture", "perf.data"):
