@@ -97,7 +97,7 @@ def _cmd_trace(args) -> int:
 def register(sub) -> None:
     t = sub.add_parser("trace", help="decode kvmmmu tracepoints (text, fields, capture, tracefs "
                        "raw pages, trace.dat; gzip; '-' for stdin), streamed")
-    t.add_argument("file", help="trace file, capture, saved tracefs directory, or '-'")
+    t.add_argument("file", help="trace file, capture, saved tracefs or CTF directory, or '-'")
     t.add_argument("--era", default=None,
                    help="role-word era or kernel version (see `pykvmmu role eras`); required when "
                         "the trace carries no kernel version, refused when it contradicts it")

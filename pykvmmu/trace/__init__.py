@@ -2,16 +2,18 @@
 
 ``open_trace(path_or_file, era=None)`` detects the format (text print format with stack
 traces, ftrace ``options/fields``, ``trace-cmd report``/``-R``, libtraceevent / old
-trace-cmd plugin lines, a pykvmmu capture ``.kvmcap``, a saved tracefs tree with raw
-``trace_pipe_raw`` pages, trace-cmd ``trace.dat`` v6/v7; gzip/xz; ``-`` for stdin) and
-yields :class:`TraceRecord` objects one at a time.  Binary sources give every field of
-every event (whole role words, SPTEs); text gives what the line shows (``role_known`` is the
-mask of role bits it states).  ``parse``/``parse_file`` keep the in-memory API.
+trace-cmd plugin lines, ``perf script`` and ``perf trace`` text, a pykvmmu capture
+``.kvmcap``, a saved tracefs tree with raw ``trace_pipe_raw`` pages, trace-cmd
+``trace.dat`` v6/v7, perf.data and perf pipe streams, CTF from ``perf data convert
+--to-ctf``; gzip/xz; ``-`` for stdin) and yields :class:`TraceRecord` objects one at a
+time.  Binary sources give every field of every event (whole role words, SPTEs); text gives
+what the line shows (``role_known`` is the mask of role bits it states).
+``parse``/``parse_file`` keep the in-memory API.
 
 Modules: ``record`` (record type, errors), ``text`` (line formats), ``tpformat`` (format
 files), ``ringbuf`` (ring-buffer pages), ``raw`` (binary records), ``capture`` (capture file
-and tracefs tree), ``tracedat`` (trace.dat), ``stream`` (detection, era), ``report``
-(summary, JSON, SPTE decoder hook).
+and tracefs tree), ``tracedat`` (trace.dat), ``perfdata`` (perf.data), ``ctf`` (CTF),
+``stream`` (detection, era), ``report`` (summary, JSON, SPTE decoder hook).
 """
 from .record import (FULL_ROLE, PAGE_EVENTS, SPTE_FIELDS, TraceArgumentError, TraceEraError, TraceError,
                      TraceFormatError, TraceRecord, TraceResult, UnsupportedTraceError)

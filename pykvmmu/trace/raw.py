@@ -154,22 +154,29 @@ def raw_records(src: RawSource, *, all_events: bool = False, other: Counter | No
         yield rec
 
 
-def event_record(n: int, ef, data, cpu: int, ts: int | None, comms: dict, source: str,
-                 stack: tuple = ()) -> TraceRecord:
-    """The TraceRecord of one raw event (``common_*`` fields + the event's, as the ring
-    buffer and perf's PERF_SAMPLE_RAW store them) decoded with its format ``ef``; ``comms``
-    maps ``common_pid`` to the task name."""
-    f = ef.decode(data)
+def event_record_fields(f: dict, full_name: str) -> tuple:
+    """(pid, flags text, fields) of one event's decoded fields: ``common_pid``, then
+    ``common_flags:common_preempt_count`` in hex, then the event's own fields (``f`` without
+    its ``common_*`` fields; ``f`` is changed)."""
     pid = f.pop("common_pid", 0)
     f.pop("common_type", None)
     cflags = f.pop("common_flags", 0)
     preempt = f.pop("common_preempt_count", 0)
     for k, v in (("common_pid", pid), ("common_flags", cflags), ("common_preempt_count", preempt)):
         if not isinstance(v, int):
-            raise TraceFormatError(f"{ef.full_name}: {k} is not an integer field in its format "
+            raise TraceFormatError(f"{full_name}: {k} is not an integer field in its format "
                                    f"(a damaged format file?)")
     for k in [k for k in f if k.startswith("common_")]:
         del f[k]
-    return TraceRecord(n, comms.get(pid, ""), pid, cpu, f"{cflags:#04x}:{preempt:x}",
+    return pid, f"{cflags:#04x}:{preempt:x}", f
+
+
+def event_record(n: int, ef, data, cpu: int, ts: int | None, comms: dict, source: str,
+                 stack: tuple = ()) -> TraceRecord:
+    """The TraceRecord of one raw event (``common_*`` fields + the event's, as the ring
+    buffer and perf's PERF_SAMPLE_RAW store them) decoded with its format ``ef``; ``comms``
+    maps ``common_pid`` to the task name."""
+    pid, flags, f = event_record_fields(ef.decode(data), ef.full_name)
+    return TraceRecord(n, comms.get(pid, ""), pid, cpu, flags,
                        ts / 1e9 if ts is not None else 0.0, ef.name, f, source=source, ts_ns=ts,
                        system=ef.system, stack=stack)

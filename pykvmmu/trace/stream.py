@@ -29,6 +29,7 @@ from typing import IO
 from ..errors import PykvmmuError
 from ..role import RoleEra, get_era
 from .capture import is_capture_dir, open_capture, open_directory, release_from_proc_version
+from .ctf import is_ctf_dir, is_ctf_metadata, open_ctf
 from .perfdata import open_perf_pipe, open_perfdata, perf_kind
 from .raw import count_lost, raw_records
 from .. import _check as C
@@ -223,8 +224,11 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
         if src == "-":
             f = sys.stdin.buffer
         elif os.path.isdir(src):
+            if is_ctf_dir(src):
+                return _binary(st, open_ctf(src, st.name), era, spte_decoder, mode, all_events, check_era)
             if not is_capture_dir(src):
-                raise TraceError(f"{src}: a directory without header_page (not a saved tracefs tree)")
+                raise TraceError(f"{src}: a directory with neither header_page (a saved tracefs "
+                                 "tree) nor CTF metadata (`perf data convert --to-ctf`)")
             rs = open_directory(src)
             return _binary(st, rs, era, spte_decoder, mode, all_events, check_era)
         else:
@@ -234,6 +238,9 @@ def _open(st, src, era, spte_decoder, mode, all_events, check_era):
                 raise TraceError(f"trace file {src!r}: {e.strerror}") from None
             st._closers.append(f.close)
             raw_file = f
+            if is_ctf_metadata(_peek(f, 64)):          # the metadata file of a CTF directory
+                return _binary(st, open_ctf(os.path.dirname(os.path.abspath(src)), st.name), era,
+                               spte_decoder, mode, all_events, check_era)
             pv = os.path.join(os.path.dirname(os.path.abspath(src)), "proc_version")
             if os.path.isfile(pv):
                 with open(pv, encoding="utf-8", errors="replace") as pf:
