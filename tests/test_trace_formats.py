@@ -121,6 +121,19 @@ def test_report_latency_and_ts_diff_forms_equal_the_default_report(name):
         assert {g.flags for g in got} == {".....", "...1.", "...2."}
 
 
+def test_report_raw_latency_form_equals_report_R():
+    """trace-cmd report -R -l: "0-0x0" (the CPU, a dash, a hex number that stayed 0x0 while
+    the preempt depth of the same records was 1 or 2) before the time; the records of
+    report -R, the flags column kept as its text."""
+    rr, _ = _read("demo-dat.report-R.txt", "v6.14")
+    got, st = _read("demo-dat.report-R-l.txt.gz", "v6.14")
+    assert st.n_errors == 0 and len(got) == len(rr) == 478
+    for r, g in zip(rr, got):
+        assert (g.event, g.cpu, g.pid, g.comm, g.fields, round(g.ts * 1e6)) == (
+            r.event, r.cpu, r.pid, r.comm, r.fields, round(r.ts * 1e6))
+    assert {g.flags for g in got} == {"0x0"}
+
+
 def test_trace_dat_zstd_equals_the_uncompressed_file():
     """trace-cmd 3's default: a zstd-compressed v7 file (sections and CPU chunks) is read
     directly and gives exactly the records of the same file written uncompressed."""

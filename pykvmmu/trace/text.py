@@ -29,14 +29,16 @@ _DEC = r"-?\d+"
 
 # One line: "comm-pid [cpu] flags timestamp: event: payload"; trace-cmd report may omit the
 # flags column and may print "(tgid)" after the pid; `trace-cmd report -l` prints the CPU
-# number straight before the flags ("0...1.": the irqs-off flag is never a digit), and
-# `--ts-diff` "(+usecs)" after the timestamp.
+# number straight before the flags ("0...1.": the irqs-off flag is never a digit; with -R,
+# "0-0x0": the CPU, a dash and a hex number, kept as the flags text), and `--ts-diff`
+# "(+usecs)" after the timestamp.
 # trace-cmd report prefixes records of an instance with "name:".  The event may carry its
 # system ("kvmmmu:kvm_mmu_get_page"); ftrace stack traces print "<stack trace>" as the event.
 _HEADER = re.compile(
     r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?"
     r"(?:\[(?P<cpu>\d+)\]\s+(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?"
-    r"|(?P<lcpu>\d+)(?P<lflags>[.a-zA-Z][.a-zA-Z0-9]{3,5})\s+)(?P<ts>\d+\.\d+):\s+(?:\(\+\d+\)\s+)?"
+    r"|(?P<lcpu>\d+)(?:(?P<lflags>[.a-zA-Z][.a-zA-Z0-9]{3,5})|-(?P<rflags>0x[0-9a-fA-F]+))\s+)"
+    r"(?P<ts>\d+\.\d+):\s+(?:\(\+\d+\)\s+)?"
     r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
     r"(?P<payload>.*?)\s*$")
 # perf script (tools/perf/Documentation/perf-script.txt): "comm tid [cpu] secs.usecs: sys:event: payload"
@@ -447,7 +449,7 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     payload, failed = _unfailed(payload) if perf else (payload, False)
     pid = (m["tid"] or m["pid"]) if perf else m["pid"]   # perf script may leave out tid and cpu
     cpu = m["cpu"] if perf else m["cpu"] or m["lcpu"]
-    flags = "" if perf else m["flags"] or m["lflags"] or ""
+    flags = "" if perf else m["flags"] or m["lflags"] or m["rflags"] or ""
 
     def record(payload):
         return TraceRecord(line_no, m["comm"], int(pid) if pid else -1, int(cpu) if cpu else -1,
