@@ -30,6 +30,7 @@ BASES = {
     "demo.perf-script.txt": "tests/data/live/demo.perf-script.txt",  # perf script, default fields
     "demo.perf-script-F.txt": "tests/data/live/demo.perf-script-F.txt",  # perf script -F ... --ns
     "demo.perf-trace-T.txt": "tests/data/live/demo.perf-trace-T.txt.gz",  # perf trace -T
+    "demo.ctf.tar": "tests/data/live/demo.ctf.tar.gz",             # perf data convert --to-ctf --all
 }
 
 

@@ -26,7 +26,7 @@ RELEASE = "6.18.44-fc-v669"
 
 
 def _read(src, era=None, **kw):
-    with T.open_trace(str(src), era=era, **kw) as st:
+    with T.open_trace(src, era=era, **kw) as st:
         recs = list(st)
         assert st.n_errors == 0
         return recs, st
@@ -90,6 +90,17 @@ def test_audit_and_cli_of_a_ctf_directory(dirs, capsys):
     assert "malformed: 0" in out and "0x00003704" in out and f"kernel {RELEASE}" in out
     with pytest.raises(T.TraceEraError, match="contradicts"):
         T.open_trace(dirs["demo.ctf"], era="v5.1")
+
+
+def test_a_tar_of_the_directory_reads_the_same(dirs):
+    """The fixture tar itself (how a CTF directory travels): the same records as the
+    directory, from a path and from an unseekable stream."""
+    want = [_key(r) for r in _read(dirs["demo.ctf"])[0]]
+    tgz = os.path.join(L, "demo.ctf.tar.gz")
+    recs, st = _read(tgz)
+    assert st.format == "ctf" and st.kernel_version == RELEASE and [_key(r) for r in recs] == want
+    with open(tgz, "rb") as f:
+        assert [_key(r) for r in _read(f)[0]] == want
 
 
 def test_all_events_and_side_band(dirs):

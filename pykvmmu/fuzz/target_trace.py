@@ -5,7 +5,8 @@ copy, a flipped bit, a pasted fragment) must be refused with a pykvmmu error nam
 place, never a crash, a hang or a record that is not well-formed.  The fuzzer's bytes pick
 one of the real captures shipped in ``pykvmmu/data/fuzz_traces`` (made on the project's
 live KVM: pykvmmu capture, trace-cmd ``trace.dat`` v6 and v7, Linux perf's ``perf.data``
-(file, pipe mode, callchains) and ``perf script`` text, the kernel print format, ftrace
+(file, pipe mode, callchains, -z), ``perf script`` and ``perf trace`` text, a tar of the CTF
+directory ``perf data convert --to-ctf`` writes, the kernel print format, ftrace
 fields with stack traces, ``trace-cmd report`` with and without ``-R``, the plugin and
 perf-prof text) and a list of edits (overwrite, bit flip, truncate, insert, delete, an
 interesting 32/64-bit value), sometimes compresses the result with gzip or xz (and may edit
@@ -102,8 +103,8 @@ def _well_formed(r) -> None:
 @target("trace", max_len=512)
 def fuzz_trace(fi: FuzzInput) -> None:
     """open_trace over a real capture (pykvmmu capture, trace.dat v6/v7, perf.data file and
-    pipe, perf -z, perf script, perf trace, print format, fields, trace-cmd report, plugin
-    text) after drawn edits (overwrite, bit flip, truncate, insert, delete, interesting
+    pipe, perf -z, perf script, perf trace, CTF tar, print format, fields, trace-cmd report,
+    plugin text) after drawn edits (overwrite, bit flip, truncate, insert, delete, interesting
     32/64-bit values): a PykvmmuError or well-formed records,
     never another exception or a hang; the undamaged trace gives all its records; sometimes
     audit_records over what was read (a PykvmmuError or a report, never a crash)."""

@@ -10,6 +10,7 @@ import re
 import tarfile
 from typing import IO
 
+from .ctf import CtfSource, ctf_in_tar, open_ctf_tar
 from .raw import RawSource, build_source
 from .record import TraceError, TraceFormatError
 
@@ -49,8 +50,9 @@ def _member_reader(f: IO[bytes], name: str, member: str):
     return read
 
 
-def open_capture(fileobj, name: str = "capture") -> RawSource:
-    """Read a capture tar from a seekable binary file object (already decompressed)."""
+def open_capture(fileobj, name: str = "capture") -> RawSource | CtfSource:
+    """Read a capture tar from a seekable binary file object (already decompressed); a tar
+    of a CTF trace directory (`perf data convert --to-ctf`) is read as that trace."""
     try:
         tf = tarfile.open(fileobj=fileobj, mode="r:")
     except tarfile.TarError as e:
@@ -67,6 +69,10 @@ def open_capture(fileobj, name: str = "capture") -> RawSource:
     for m in listing:
         if m.isfile():
             members[m.name.lstrip("./") if m.name.startswith("./") else m.name] = m
+
+    top = ctf_in_tar(members) if "header_page" not in members else None
+    if top is not None:
+        return open_ctf_tar(tf, members, top, name)
 
     def text(member: str) -> str | None:
         m = members.get(member)

@@ -27,7 +27,8 @@ from collections import Counter
 from .raw import count_lost, event_record_fields
 from .record import TraceFormatError, TraceRecord, UnsupportedTraceError
 
-__all__ = ["CtfSource", "is_ctf_dir", "is_ctf_metadata", "open_ctf", "parse_metadata"]
+__all__ = ["CtfSource", "ctf_in_tar", "is_ctf_dir", "is_ctf_metadata", "open_ctf", "open_ctf_tar",
+           "parse_metadata"]
 
 PACKET_MAGIC = 0xC1FC1FC1
 _PACKETIZED_MAGIC = (0x75D11D57).to_bytes(4, "little"), (0x75D11D57).to_bytes(4, "big")
@@ -414,14 +415,12 @@ class CtfSource:
 
     format = "ctf"
 
-    def __init__(self, path: str, name: str | None = None):
-        self.path, self.name = path, name or path
-        mp = os.path.join(path, "metadata")
-        try:
-            with open(mp, "rb") as f:
-                data = f.read(_METADATA_MAX + 1)
-        except OSError as e:
-            raise TraceFormatError(f"{self.name}: metadata: {e.strerror}") from None
+    def __init__(self, name: str, metadata: bytes, streams: list):
+        """``metadata``: the metadata file's bytes (at most _METADATA_MAX + 1 of them);
+        ``streams``: (file name, opener) of each stream file, ``opener()`` giving a seekable
+        binary file object and its size."""
+        self.name = name
+        data = metadata
         if data[:4] in _PACKETIZED_MAGIC:
             raise UnsupportedTraceError(f"{self.name}: packetized CTF metadata (as LTTng writes it); "
                                         "this reader takes the text metadata of `perf data convert "
@@ -439,9 +438,8 @@ class CtfSource:
         self.kernel_release = self.m.env.get("release") if isinstance(self.m.env.get("release"), str) else None
         self.meta = {"ctf_env": dict(self.m.env), "tracer": self.m.env.get("tracer_name")}
         self.lost: dict = {}
-        self.files = sorted((f for f in os.listdir(path)
-                             if f != "metadata" and not f.startswith(".")
-                             and os.path.isfile(os.path.join(path, f))), key=_natural)
+        self._open = dict(streams)
+        self.files = sorted(self._open, key=_natural)
         if not self.files:
             raise TraceFormatError(f"{self.name}: no stream files beside the metadata")
 
@@ -493,13 +491,11 @@ class CtfSource:
     def _packets(self, fname: str):
         """(cursor over the events, context dict, stream id) of each packet of a stream file."""
         m = self.m
-        p = os.path.join(self.path, fname)
         try:
-            f = open(p, "rb")
+            f, size = self._open[fname]()
         except OSError as e:
-            raise TraceFormatError(f"{self.name}/{fname}: {e.strerror}") from None
+            raise TraceFormatError(f"{self.name}/{fname}: {e.strerror or e}") from None
         with f:
-            size = os.fstat(f.fileno()).st_size
             off = 0
             k = 0
             while off < size:
@@ -624,4 +620,42 @@ def _uuid_bytes(uuid: str, where: str) -> bytes:
 
 def open_ctf(path: str, name: str | None = None) -> CtfSource:
     """A CTF trace directory (``perf data convert --to-ctf DIR``) as a record source."""
-    return CtfSource(path, name)
+    name = name or path
+    try:
+        with open(os.path.join(path, "metadata"), "rb") as f:
+            data = f.read(_METADATA_MAX + 1)
+        files = [f for f in os.listdir(path) if f != "metadata" and not f.startswith(".")
+                 and os.path.isfile(os.path.join(path, f))]
+    except OSError as e:
+        raise TraceFormatError(f"{name}: metadata: {e.strerror}") from None
+
+    def opener(p):
+        def o():
+            f = open(p, "rb")
+            return f, os.fstat(f.fileno()).st_size
+        return o
+    return CtfSource(name, data, [(f, opener(os.path.join(path, f))) for f in files])
+
+
+def ctf_in_tar(members: dict) -> str | None:
+    """The directory (``""`` for the top) of a tar listing ``{name: member}`` whose
+    ``metadata`` member is a CTF trace's, else None (read with :func:`open_ctf_tar`)."""
+    tops = sorted(n[:-len("metadata")] for n in members
+                  if n == "metadata" or n.endswith("/metadata"))
+    return tops[0] if tops else None
+
+
+def open_ctf_tar(tf, members: dict, top: str, name: str) -> CtfSource:
+    """The CTF trace in directory ``top`` of an open tar (``members``: name -> TarInfo):
+    how such a directory travels (``tar czf demo.ctf.tar.gz demo.ctf``)."""
+    def read(m):
+        f = tf.extractfile(m)
+        if f is None:
+            raise TraceFormatError(f"{name}: tar member {m.name!r} is not a file")
+        return f
+
+    meta = read(members[top + "metadata"]).read(_METADATA_MAX + 1)
+    streams = [(n[len(top):], (lambda m: lambda: (read(m), m.size))(m)) for n, m in members.items()
+               if n.startswith(top) and "/" not in n[len(top):] and n != top + "metadata"
+               and not n[len(top):].startswith(".")]
+    return CtfSource(name, meta, streams)
