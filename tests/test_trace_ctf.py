@@ -110,10 +110,6 @@ def test_all_events_and_side_band(dirs):
 
 
 # ----------------------------------------------------------------- a test-side writer
-def _types(meta):
-    return meta
-
-
 def _put(buf: bytearray, bit: int, t, v, name) -> int:
     """Write value ``v`` of CTF type ``t`` at ``bit``; the bit after it."""
     if isinstance(t, X._Struct):

@@ -402,10 +402,7 @@ class _Cursor:
                 raise TraceFormatError(f"{self.where}: string {name} at bit {self.bit} has no NUL "
                                        "within the packet's content")
             self.bit = (j + 1) * 8
-            try:
-                return self.buf[i:j].decode("utf-8")
-            except UnicodeDecodeError:
-                raise TraceFormatError(f"{self.where}: string {name} at byte {i} is not UTF-8") from None
+            return self.buf[i:j].decode("utf-8", "replace")     # a task or file name, as bytes allow
         return self.read(t, {})
 
 
@@ -501,7 +498,7 @@ class CtfSource:
             while off < size:
                 where = f"{self.name}/{fname} packet {k} (offset {off})"
                 f.seek(off)
-                head = f.read(min(size - off, 4096))
+                head = f.read(min(size - off, 1 << 16))            # the packet's headers
                 c = _Cursor(head, 0, len(head) * 8, where)
                 hdr = c.read(m.packet_header, {}) if m.packet_header is not None else {}
                 if "magic" in hdr and hdr["magic"] != PACKET_MAGIC:
