@@ -134,6 +134,32 @@ def test_report_raw_latency_form_equals_report_R():
     assert {g.flags for g in got} == {"0x0"}
 
 
+def test_report_without_plugins_and_with_raw_timestamps():
+    """trace-cmd report -N (no plugins: libtraceevent cannot evaluate the page events' print
+    fmt and prints "[FAILED TO PARSE] name=value", decimal: read as raw fields, whole role
+    words) and --raw-ts (the clock's count straight after "[cpu]", no dot): the records of
+    the trace.dat they were printed from."""
+    dat, _ = _read("demo-v6.dat.gz")
+    rep, _ = _read("demo-dat.report.txt", "v6.14")
+    nop, st = _read("demo-dat.report-N.txt.gz", "v6.14")
+    assert st.n_errors == 0 and len(nop) == len(dat) == 478
+    failed = 0
+    for d, n, r in zip(dat, nop, rep):
+        assert (n.event, n.cpu, n.pid, n.comm) == (d.event, d.cpu, d.pid, d.comm)
+        if n.event in T.PAGE_EVENTS:
+            failed += 1
+            assert n.source == "raw" and n.fields == d.fields and n.role_known == T.FULL_ROLE
+            assert n.role.word == d.role.word
+        else:
+            assert n.fields == r.fields
+    assert failed == 62
+    raw, st = _read("demo-dat.report-raw-ts.txt.gz", "v6.14")
+    assert st.n_errors == 0 and len(raw) == 478
+    for d, r, x in zip(dat, rep, raw):
+        assert (x.event, x.cpu, x.pid, x.fields) == (r.event, r.cpu, r.pid, r.fields)
+        assert round(x.ts * 1e9) == d.ts_ns
+
+
 def test_trace_dat_zstd_equals_the_uncompressed_file():
     """trace-cmd 3's default: a zstd-compressed v7 file (sections and CPU chunks) is read
     directly and gives exactly the records of the same file written uncompressed."""

@@ -30,15 +30,16 @@ _DEC = r"-?\d+"
 # One line: "comm-pid [cpu] flags timestamp: event: payload"; trace-cmd report may omit the
 # flags column and may print "(tgid)" after the pid; `trace-cmd report -l` prints the CPU
 # number straight before the flags ("0...1.": the irqs-off flag is never a digit; with -R,
-# "0-0x0": the CPU, a dash and a hex number, kept as the flags text), and `--ts-diff`
-# "(+usecs)" after the timestamp.
+# "0-0x0": the CPU, a dash and a hex number, kept as the flags text), `--ts-diff`
+# "(+usecs)" after the timestamp, and `--raw-ts` the trace clock's count, without a dot and
+# straight after "[cpu]" (read as nanoseconds: the local, global and mono clocks count ns).
 # trace-cmd report prefixes records of an instance with "name:".  The event may carry its
 # system ("kvmmmu:kvm_mmu_get_page"); ftrace stack traces print "<stack trace>" as the event.
 _HEADER = re.compile(
     r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?"
-    r"(?:\[(?P<cpu>\d+)\]\s+(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?"
+    r"(?:\[(?P<cpu>\d+)\]\s*(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?"
     r"|(?P<lcpu>\d+)(?:(?P<lflags>[.a-zA-Z][.a-zA-Z0-9]{3,5})|-(?P<rflags>0x[0-9a-fA-F]+))\s+)"
-    r"(?P<ts>\d+\.\d+):\s+(?:\(\+\d+\)\s+)?"
+    r"(?P<ts>\d+\.\d+|(?P<rawts>\d+)):\s+(?:\(\+\d+\)\s+)?"
     r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
     r"(?P<payload>.*?)\s*$")
 # perf script (tools/perf/Documentation/perf-script.txt): "comm tid [cpu] secs.usecs: sys:event: payload"
@@ -446,14 +447,15 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         return (STACK, m["stack"])
     ev, payload = m["event"], m["payload"] or ""
     system = m["system"] or ("kvmmmu" if ev in ALL_EVENTS else "")
-    payload, failed = _unfailed(payload) if perf else (payload, False)
+    payload, failed = _unfailed(payload)
     pid = (m["tid"] or m["pid"]) if perf else m["pid"]   # perf script may leave out tid and cpu
     cpu = m["cpu"] if perf else m["cpu"] or m["lcpu"]
     flags = "" if perf else m["flags"] or m["lflags"] or m["rflags"] or ""
 
     def record(payload):
         return TraceRecord(line_no, m["comm"], int(pid) if pid else -1, int(cpu) if cpu else -1,
-                           flags, float(m["ts"]), ev, {}, system=system,
+                           flags, float(m["ts"]) / (1e9 if not perf and m["rawts"] else 1), ev, {},
+                           system=system,
                            payload=payload, ts_ns=_ns(m["ts"]) if perf else None)
     try:
         return _fill(record(payload), ev, system, payload, failed, all_events, era, spte_decoder)
