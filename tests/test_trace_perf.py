@@ -152,6 +152,29 @@ def test_perf_script_field_sets_with_ip_sym_dso_and_period(name, perf):
     assert walks == {"", "F", "W", "P|W"}
 
 
+def test_perf_script_side_band_lines_and_time_first_lines(perf):
+    """--show-task-events/--show-mmap-events/--show-round-events print perf's side-band
+    records (PERF_RECORD_COMM, FORK, EXIT, MMAP2, FINISHED_ROUND) among the samples: other
+    events, not malformed lines; -F time,event,trace lines start with the time."""
+    side, st = _read("demo.perf-script-sideband.txt.gz", "v6.14")
+    assert dict(st.other_events) == {"PERF_RECORD_COMM": 42, "PERF_RECORD_FORK": 46,
+                                     "PERF_RECORD_EXIT": 47, "PERF_RECORD_MMAP2": 218,
+                                     "PERF_RECORD_FINISHED_ROUND": 1}
+    tim, st = _read("demo.perf-script-time.txt.gz", "v6.14")
+    assert len(side) == len(tim) == len(perf) == 478
+    # perf script named every sample's task "bash": the exec COMM record that made it
+    # "python" (CPU 1, 40688.121738, before every sample) came out 597 lines after the first
+    # sample; perf.data's COMM records give "python"
+    for p, a, b in zip(perf, side, tim):
+        assert (a.event, a.pid, a.cpu, a.comm, p.comm) == (p.event, p.pid, p.cpu, "bash", "python")
+        assert (b.event, b.pid, b.cpu, b.comm, b.ts_ns) == (p.event, -1, -1, "", p.ts_ns)
+        shared = set(a.fields) & set(p.fields)
+        assert a.fields == b.fields and shared and all(_same_int(p.fields[k], a.fields[k]) for k in shared)
+        assert (b.role and b.role.word) == (p.role and p.role.word)
+    with pytest.raises(ValueError, match="not a trace line"):
+        T.parse_line("some text PERF_RECORD_COMM: x", 1, "v6.14")      # not after a time
+
+
 def test_perf_ip_is_taken_off_only_where_the_text_needs_it():
     def line(payload):
         return f"  python 1 [000] 1.000001:   kvmmmu:{payload}"

@@ -43,11 +43,11 @@ _HEADER = re.compile(
     r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
     r"(?P<payload>.*?)\s*$")
 # perf script (tools/perf/Documentation/perf-script.txt): "comm tid [cpu] secs.usecs: sys:event: payload"
-# by default for tracepoints; -F may drop comm, tid or cpu, print "pid/tid", the period after
-# the time, and --ns nine decimals.  Time and "system:event:" are required (they tell a perf
+# by default for tracepoints; -F may drop comm, tid or cpu (the line may then start with the
+# time), print "pid/tid", the period after the time, and --ns nine decimals.  Time and "system:event:" are required (they tell a perf
 # line from others).
 _PERF_HEADER = re.compile(
-    r"^\s*(?P<comm>.*?)\s*(?:(?<!\S)(?P<pid>\d+)(?:/(?P<tid>\d+))?)?\s+(?:\[(?P<cpu>\d+)\]\s+)?"
+    r"^\s*(?P<comm>.*?)\s*(?:(?<!\S)(?P<pid>\d+)(?:/(?P<tid>\d+))?)?(?:\s+|^)(?:\[(?P<cpu>\d+)\]\s+)?"
     r"(?P<ts>\d+\.\d+):\s+(?:(?P<period>\d+)\s+)?(?P<system>\w+):(?P<event>\w+):"
     r"(?:\s+(?P<payload>.*?))?\s*$")
 # -F ...,ip[,sym][,symoff][,dso]: " " and the sample's address ("%16lx": 16 wide), its symbol
@@ -67,6 +67,9 @@ _PERF_TRACE_NAMED = re.compile(r"^\w+: ")
 # trailing "..." for one a later line finishes ("... [continued]: name()) = ret")
 _PERF_TRACE_SYSCALL = re.compile(r"^\s*\d+\.\d+\s+\(\s*(?:[\d.]+ ms)?\s*\):\s+(?:.*?/)?\d+\s+"
                                  r"(?:\.\.\. \[continued\]: )?(?P<name>\w+)\(")
+# perf script --show-task-events / --show-mmap-events / --show-round-events: side-band
+# records ("... 0.000000: PERF_RECORD_COMM: perf-exec:28763/28763", "PERF_RECORD_FINISHED_ROUND")
+_PERF_SIDEBAND = re.compile(r"^(?:.*?\d+\.\d+:\s+)?(?P<name>PERF_RECORD_[A-Z][A-Z0-9_]*)(?=[\s:(]|$)")
 # libtraceevent prints "[FAILED TO PARSE] name=value ..." (decimal) for an event whose print
 # fmt it cannot evaluate (the page events' statement expression in perf 6.1).
 _FAILED = "[FAILED TO PARSE] "
@@ -439,6 +442,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         sc = _PERF_TRACE_SYSCALL.match(s)
         if sc is not None:
             return ("other", sc["name"])
+        sb = _PERF_SIDEBAND.match(s)
+        if sb is not None:
+            return ("other", sb["name"])
         pp = _perf_prof(s, line_no, era)
         if pp is not None:
             return pp
