@@ -44,8 +44,10 @@ class TraceEraError(TraceError, InputError):
 @dataclass
 class TraceRecord:
     """One event.  ``line_no`` is the text line (1-based) or the record's index in a binary
-    source; ``ts`` is in seconds, ``ts_ns`` the exact nanoseconds where the source has them;
-    ``fields`` maps the event's field names (without ``common_*``) to values."""
+    source; ``ts`` is in seconds, ``ts_ns`` the exact nanoseconds where the source has them
+    (a text timestamp without a dot is a clock's count, not time: ``ts`` is that count; a
+    line without a time has ``ts`` 0.0); ``fields`` maps the event's field names (without
+    ``common_*``) to values."""
     line_no: int
     comm: str
     pid: int

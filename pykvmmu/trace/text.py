@@ -30,16 +30,19 @@ _DEC = r"-?\d+"
 # One line: "comm-pid [cpu] flags timestamp: event: payload"; trace-cmd report may omit the
 # flags column and may print "(tgid)" after the pid; `trace-cmd report -l` prints the CPU
 # number straight before the flags ("0...1.": the irqs-off flag is never a digit; with -R,
-# "0-0x0": the CPU, a dash and a hex number, kept as the flags text), `--ts-diff`
-# "(+usecs)" after the timestamp, and `--raw-ts` the trace clock's count, without a dot and
-# straight after "[cpu]" (read as nanoseconds: the local, global and mono clocks count ns).
+# "0-0x0": the CPU, a dash and a hex number, kept as the flags text), and `--ts-diff`
+# "(+usecs)" after the timestamp.  A timestamp without a dot is a clock's count (the kernel
+# prints one for a trace clock that does not count ns, such as counter or x86-tsc, and
+# trace-cmd --raw-ts prints the uncorrected count), straight after "[cpu]" with --raw-ts;
+# ftrace's options/latency-format prints the CPU and flags as -l does and the time as
+# "<usecs>us" and a delay mark ("60844413501us+:").
 # trace-cmd report prefixes records of an instance with "name:".  The event may carry its
 # system ("kvmmmu:kvm_mmu_get_page"); ftrace stack traces print "<stack trace>" as the event.
 _HEADER = re.compile(
     r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?"
     r"(?:\[(?P<cpu>\d+)\]\s*(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?"
     r"|(?P<lcpu>\d+)(?:(?P<lflags>[.a-zA-Z][.a-zA-Z0-9]{3,5})|-(?P<rflags>0x[0-9a-fA-F]+))\s+)"
-    r"(?P<ts>\d+\.\d+|(?P<rawts>\d+)):\s+(?:\(\+\d+\)\s+)?"
+    r"(?P<ts>\d+\.\d+|(?P<rawts>\d+)|(?P<usts>\d+)us[ +!#*@$]?):\s+(?:\(\+\d+\)\s+)?"
     r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
     r"(?P<payload>.*?)\s*$")
 # perf script (tools/perf/Documentation/perf-script.txt): "comm tid [cpu] secs.usecs: sys:event: payload"
@@ -67,6 +70,9 @@ _PERF_TRACE_NAMED = re.compile(r"^\w+: ")
 # trailing "..." for one a later line finishes ("... [continued]: name()) = ret")
 _PERF_TRACE_SYSCALL = re.compile(r"^\s*\d+\.\d+\s+\(\s*(?:[\d.]+ ms)?\s*\):\s+(?:.*?/)?\d+\s+"
                                  r"(?:\.\.\. \[continued\]: )?(?P<name>\w+)\(")
+# ftrace with options/context-info=0: "event: payload", no task, CPU or time (read for the
+# kvmmmu events only: any "word: text" line would look like another event)
+_BARE = re.compile(r"^(?:(?P<system>\w+):)?(?P<event>\w+):\s*(?P<payload>.*?)\s*$")
 # perf script --show-task-events / --show-mmap-events / --show-round-events: side-band
 # records ("... 0.000000: PERF_RECORD_COMM: perf-exec:28763/28763", "PERF_RECORD_FINISHED_ROUND")
 _PERF_SIDEBAND = re.compile(r"^(?:.*?\d+\.\d+:\s+)?(?P<name>PERF_RECORD_[A-Z][A-Z0-9_]*)(?=[\s:(]|$)")
@@ -445,6 +451,11 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         sb = _PERF_SIDEBAND.match(s)
         if sb is not None:
             return ("other", sb["name"])
+        bm = _BARE.match(s)
+        if bm is not None and bm["event"] in ALL_EVENTS and bm["system"] in (None, "kvmmmu"):
+            payload, failed = _unfailed(bm["payload"])
+            rec = TraceRecord(line_no, "", -1, -1, "", 0.0, bm["event"], {}, payload=payload)
+            return _fill(rec, bm["event"], "kvmmmu", payload, failed, all_events, era, spte_decoder)
         pp = _perf_prof(s, line_no, era)
         if pp is not None:
             return pp
@@ -460,8 +471,7 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
 
     def record(payload):
         return TraceRecord(line_no, m["comm"], int(pid) if pid else -1, int(cpu) if cpu else -1,
-                           flags, float(m["ts"]) / (1e9 if not perf and m["rawts"] else 1), ev, {},
-                           system=system,
+                           flags, _secs(m, perf), ev, {}, system=system,
                            payload=payload, ts_ns=_ns(m["ts"]) if perf else None)
     try:
         return _fill(record(payload), ev, system, payload, failed, all_events, era, spte_decoder)
@@ -471,6 +481,14 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
             raise
         payload = im["keep"]
         return _fill(record(payload), ev, system, payload, failed, all_events, era, spte_decoder)
+
+
+def _secs(m, perf: bool) -> float:
+    """TraceRecord.ts of a header match: seconds, a latency-format line's microseconds in
+    seconds, or a bare count as it is (a clock that does not count time: no seconds)."""
+    if perf or m["rawts"] is None and m["usts"] is None:
+        return float(m["ts"])
+    return float(m["rawts"]) if m["rawts"] is not None else int(m["usts"]) / 1e6
 
 
 def _fill(rec: TraceRecord, ev: str, system: str, payload: str, failed: bool, all_events: bool,
