@@ -173,6 +173,9 @@ def test_perf_script_side_band_lines_and_time_first_lines(perf):
         assert (b.role and b.role.word) == (p.role and p.role.word)
     with pytest.raises(ValueError, match="not a trace line"):
         T.parse_line("some text PERF_RECORD_COMM: x", 1, "v6.14")      # not after a time
+    bare, st = _read("demo.perf-script-event-only.txt.gz", "v6.14")   # -F event,trace: no time
+    assert [(b.event, b.fields, b.pid, b.cpu, b.ts) for b in bare] == [
+        (b.event, b.fields, -1, -1, 0.0) for b in tim]
 
 
 def test_perf_ip_is_taken_off_only_where_the_text_needs_it():

@@ -70,9 +70,10 @@ _PERF_TRACE_NAMED = re.compile(r"^\w+: ")
 # trailing "..." for one a later line finishes ("... [continued]: name()) = ret")
 _PERF_TRACE_SYSCALL = re.compile(r"^\s*\d+\.\d+\s+\(\s*(?:[\d.]+ ms)?\s*\):\s+(?:.*?/)?\d+\s+"
                                  r"(?:\.\.\. \[continued\]: )?(?P<name>\w+)\(")
-# ftrace with options/context-info=0: "event: payload", no task, CPU or time (read for the
-# kvmmmu events only: any "word: text" line would look like another event)
-_BARE = re.compile(r"^(?:(?P<system>\w+):)?(?P<event>\w+):\s*(?P<payload>.*?)\s*$")
+# ftrace with options/context-info=0 and perf script -F event,trace: "[system:]event: payload",
+# no task, CPU or time (read for the kvmmmu events only: any "word: text" line would look like
+# another event)
+_BARE = re.compile(r"^\s*(?:(?P<system>\w+):)?(?P<event>\w+):\s*(?P<payload>.*?)\s*$")
 # perf script --show-task-events / --show-mmap-events / --show-round-events: side-band
 # records ("... 0.000000: PERF_RECORD_COMM: perf-exec:28763/28763", "PERF_RECORD_FINISHED_ROUND")
 _PERF_SIDEBAND = re.compile(r"^(?:.*?\d+\.\d+:\s+)?(?P<name>PERF_RECORD_[A-Z][A-Z0-9_]*)(?=[\s:(]|$)")
