@@ -2,6 +2,7 @@
 capture of the same run (tests/data/live/README.md, "perf trace files"): perf trace leaves out
 fields equal to zero (restored from the event's record fields) and prints u64 fields as signed
 longs (read back unsigned); the audit of it equals the capture's."""
+import io
 import os
 
 import pytest
@@ -177,3 +178,21 @@ def test_perf_trace_with_system_calls_among_the_events():
                  "   767.401 (         ): python/18018 ioctl(fd: 7, cmd: KVM_RUN)        ...",
                  "   767.401 ( 4.031 ms): python/18018  ... [continued]: ioctl())        = 0"):
         assert T.parse_line(line, 1, "v6.14") == ("other", "ioctl")
+
+
+def test_perf_trace_call_graph_lines_become_the_record_stack():
+    """perf trace --call-graph=fp (a fifth run): each record is followed by its callchain,
+    "<deep indent>symbol (dso)" lines with no address; they become the record's stack, and
+    the records are the -T run's sequence; a payload ending in "(4)" is never a chain line."""
+    recs = _read(os.path.join(L, "demo.perf-trace-callgraph.txt.gz"))
+    assert [r.event for r in recs] == [r.event for r in _read(PT)]
+    assert all(len(r.stack) >= 8 and r.stack[-1] == "[0] ([unknown])" for r in recs)
+    gets = [r for r in recs if r.event == "kvm_mmu_get_page"]
+    assert gets[0].stack[:2] == ("__kvm_mmu_get_shadow_page ([kernel.kallsyms])",
+                                 "mmu_alloc_root ([kernel.kallsyms])")
+    assert all(r.stack[0].endswith("([kernel.kallsyms])") for r in recs)
+    assert T.parse_line("         python3-3742    [000] ..... 60844.413516: kvm_mmu_paging_element: "
+                        "pte=0x11027 (69671) level=0x4 (4)", 1, "v6.14").fields["level"] == 4
+    with T.open_trace(io.StringIO("                                       mmu_alloc_root ([kernel.kallsyms])\n"),
+                      era="v6.14") as st:
+        assert list(st) == [] and "callchain line without a record" in st.errors[0][1]

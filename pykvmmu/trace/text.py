@@ -80,6 +80,9 @@ _PERF_SIDEBAND = re.compile(r"^(?:.*?\d+\.\d+:\s+)?(?P<name>PERF_RECORD_[A-Z][A-
 # libtraceevent prints "[FAILED TO PARSE] name=value ..." (decimal) for an event whose print
 # fmt it cannot evaluate (the page events' statement expression in perf 6.1).
 _FAILED = "[FAILED TO PARSE] "
+# perf trace --call-graph: a callchain line "<deep indent><symbol> (<dso>)" after its record
+# (no address; tried after every record form, since a record's payload may end in "(4)")
+_PERF_TRACE_CHAIN = re.compile(r"^ {20,}(?P<sym>\S.*?) \((?P<dso>[^()]*)\)\s*$")
 # perf script -g: a callchain line "\t<hex address> <symbol> (<dso>)" after its record
 _PERF_CHAIN = re.compile(r"^\t\s*(?P<addr>[0-9a-f]+) (?P<sym>.*?) \((?P<dso>.*)\)\s*$")
 _INSTANCE = re.compile(r"^\S+:\s+")
@@ -452,6 +455,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         sb = _PERF_SIDEBAND.match(s)
         if sb is not None:
             return ("other", sb["name"])
+        tc = _PERF_TRACE_CHAIN.match(s)
+        if tc is not None:
+            return (CHAIN_LINE, f"{tc['sym']} ({tc['dso']})")
         bm = _BARE.match(s)
         if bm is not None and bm["event"] in ALL_EVENTS and bm["system"] in (None, "kvmmmu"):
             payload, failed = _unfailed(bm["payload"])
