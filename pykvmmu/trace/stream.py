@@ -36,7 +36,7 @@ from .. import _check as C
 from .record import (TraceArgumentError, TraceEraError, TraceError, TraceFormatError, UnsupportedTraceError,
                      decorate)
 from .report import SpteDecoder, default_spte_decoder, kernel_version_of
-from .text import check_decoder, iter_text
+from .text import bounded_lines, check_decoder, iter_text
 
 __all__ = ["open_trace", "TraceStream", "era_for_release", "era_arg", "detect_format"]
 
@@ -343,7 +343,7 @@ def _text(st, text, era, spte_decoder, mode, all_events, check_era, version):
     st.kernel_version = version
     st.era = _resolve_era(era, version, check_era, st.name)
     st.spte_decoder = _decoder(st.era if era is None else era, version, spte_decoder, mode)
-    st._it = iter_text(text, st.era, None, all_events=all_events, on_error=st._error,
+    st._it = iter_text(bounded_lines(text), st.era, None, all_events=all_events, on_error=st._error,
                        on_other=lambda ev: st.other_events.update([ev]),
                        on_lost=lambda cpu, n, key: count_lost(st.lost, cpu, key, n))
 

@@ -14,7 +14,7 @@ SPTE values can be decoded by an optional callable ``spte_decoder(spte, level) -
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ..role import get_era, unpack
 from .. import _check as C
@@ -39,20 +39,22 @@ _DEC = r"-?\d+"
 # trace-cmd report prefixes records of an instance with "name:".  The event may carry its
 # system ("kvmmmu:kvm_mmu_get_page"); ftrace stack traces print "<stack trace>" as the event.
 _HEADER = re.compile(
-    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?"
+    r"^\s*(?P<comm>(?:\S.*?)?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?"
     r"(?:\[(?P<cpu>\d+)\]\s*(?:(?P<flags>[.a-zA-Z0-9]{4,6})\s+)?"
     r"|(?P<lcpu>\d+)(?:(?P<lflags>[.a-zA-Z][.a-zA-Z0-9]{3,5})|-(?P<rflags>0x[0-9a-fA-F]+))\s+)"
     r"(?P<ts>\d+\.\d+|(?P<rawts>\d+)|(?P<usts>\d+)us[ +!#*@$]?):\s+(?:\(\+\d+\)\s+)?"
     r"(?:(?P<stack><(?:user )?stack trace>)|(?:(?P<system>\w+):)?(?P<event>\w+):)\s*"
-    r"(?P<payload>.*?)\s*$")
+    r"(?P<payload>(?:.*\S)?)\s*$")
 # perf script (tools/perf/Documentation/perf-script.txt): "comm tid [cpu] secs.usecs: sys:event: payload"
 # by default for tracepoints; -F may drop comm, tid or cpu (the line may then start with the
-# time), print "pid/tid", the period after the time, and --ns nine decimals.  Time and "system:event:" are required (they tell a perf
-# line from others).
+# time), print "pid/tid", the period after the time, and --ns nine decimals.  Time and
+# "system:event:" are required (they tell a perf line from others).  Each column takes the
+# blanks after it and the comm starts and ends with a non-blank, so that a long run of
+# blanks is crossed once (no polynomial backtracking on a damaged line).
 _PERF_HEADER = re.compile(
-    r"^\s*(?P<comm>.*?)\s*(?:(?<!\S)(?P<pid>\d+)(?:/(?P<tid>\d+))?)?(?:\s+|^)(?:\[(?P<cpu>\d+)\]\s+)?"
+    r"^\s*(?:(?P<comm>\S(?:.*?\S)?)\s+)??(?:(?P<pid>\d+)(?:/(?P<tid>\d+))?\s+)?(?:\[(?P<cpu>\d+)\]\s+)?"
     r"(?P<ts>\d+\.\d+):\s+(?:(?P<period>\d+)\s+)?(?P<system>\w+):(?P<event>\w+):"
-    r"(?:\s+(?P<payload>.*?))?\s*$")
+    r"(?:\s+(?P<payload>.*\S))?\s*$")
 # -F ...,ip[,sym][,symoff][,dso]: " " and the sample's address ("%16lx": 16 wide), its symbol
 # and "(dso)" after the event's text.  Taken off only where the text does not parse with them
 # (a payload may end in a hex value of its own).
@@ -76,7 +78,8 @@ _PERF_TRACE_SYSCALL = re.compile(r"^\s*\d+\.\d+\s+\(\s*(?:[\d.]+ ms)?\s*\):\s+(?
 _BARE = re.compile(r"^\s*(?:(?P<system>\w+):)?(?P<event>\w+):\s*(?P<payload>.*?)\s*$")
 # perf script --show-task-events / --show-mmap-events / --show-round-events: side-band
 # records ("... 0.000000: PERF_RECORD_COMM: perf-exec:28763/28763", "PERF_RECORD_FINISHED_ROUND")
-_PERF_SIDEBAND = re.compile(r"^(?:.*?\d+\.\d+:\s+)?(?P<name>PERF_RECORD_[A-Z][A-Z0-9_]*)(?=[\s:(]|$)")
+_PERF_SIDEBAND = re.compile(r"PERF_RECORD_[A-Z][A-Z0-9_]*(?=[\s:(]|$)")
+_PERF_SIDEBAND_TIME = re.compile(r"\d\.\d+:\s+\Z")         # what may come before it
 # libtraceevent prints "[FAILED TO PARSE] name=value ..." (decimal) for an event whose print
 # fmt it cannot evaluate (the page events' statement expression in perf 6.1).
 _FAILED = "[FAILED TO PARSE] "
@@ -144,12 +147,13 @@ RAW_HEX_FIELDS = {
     "kvm_mmu_set_spte": {"gfn", "spte", "sptep"}, "kvm_mmu_spte_requested": {"gfn", "pfn"},
     "kvm_tdp_mmu_spte_changed": {"gfn", "old_spte", "new_spte"},
     "kvm_mmu_split_huge_page": {"gfn", "spte"}}
-_RAW_LINE = re.compile(r"^(?:\w+=\S+\s*)+$")
+_RAW_LINE = re.compile(r"^\w+=\S+(?:\s+\w+=\S+)*\s*$")      # pairs apart: no backtracking blow-up
 # ftrace options/fields: "name=0x1 (1)" for integers (u64 decimals print signed or
 # truncated: the hex is the value), "name=text" for strings.
 # A bool prints as "name=(1)" (no hex).
 _FIELDS_ITEM = re.compile(r"(\w+)=(?:\((-?\d+)\)|(\S*?)(?: \((-?\d+)\))?)(?=\s+\w+=|\s*$)")
-_FIELDS_LINE = re.compile(r"^(?:\w+=(?:\(-?\d+\)|\S*(?: \(-?\d+\))?)\s*)+$")
+_FIELDS_VALUE = r"\w+=\S*(?: \(-?\d+\))?"     # "(1)" is one \S*: one way to read each value
+_FIELDS_LINE = re.compile(rf"^{_FIELDS_VALUE}(?:\s+{_FIELDS_VALUE})*\s*$")
 
 # __print_flags(pferr, "|", kvm_mmu_trace_pferr_flags): P, W, U, RSVD, F joined by "|", bits
 # without a name as one 0x number after them; nothing when no bit is set
@@ -422,6 +426,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     C.boolean("all_events", all_events, err=TraceArgumentError)
     era = get_era(era)
     s = line.rstrip("\n")
+    if len(s) > LINE_MAX:
+        raise ValueError(f"a line of {len(s)} characters or more: longer than any trace line "
+                         f"({LINE_MAX}; the kernel prints an event within one page)")
     if _SKIP.match(s):
         return None
     lm = _LOST_LINE.match(s)
@@ -452,9 +459,9 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
         sc = _PERF_TRACE_SYSCALL.match(s)
         if sc is not None:
             return ("other", sc["name"])
-        sb = _PERF_SIDEBAND.match(s)
+        sb = _perf_sideband(s)
         if sb is not None:
-            return ("other", sb["name"])
+            return ("other", sb)
         tc = _PERF_TRACE_CHAIN.match(s)
         if tc is not None:
             return (CHAIN_LINE, f"{tc['sym']} ({tc['dso']})")
@@ -477,7 +484,7 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
     flags = "" if perf else m["flags"] or m["lflags"] or m["rflags"] or ""
 
     def record(payload):
-        return TraceRecord(line_no, m["comm"], int(pid) if pid else -1, int(cpu) if cpu else -1,
+        return TraceRecord(line_no, m["comm"] or "", int(pid) if pid else -1, int(cpu) if cpu else -1,
                            flags, _secs(m, perf), ev, {}, system=system,
                            payload=payload, ts_ns=_ns(m["ts"]) if perf else None)
     try:
@@ -488,6 +495,17 @@ def parse_line(line: str, line_no: int = 0, era="latest", spte_decoder=None,
             raise
         payload = im["keep"]
         return _fill(record(payload), ev, system, payload, failed, all_events, era, spte_decoder)
+
+
+def _perf_sideband(s: str) -> str | None:
+    """The PERF_RECORD_* name of a perf script side-band line (alone, or after the time)."""
+    i = s.find("PERF_RECORD_")
+    if i < 0:
+        return None
+    m = _PERF_SIDEBAND.match(s, i)
+    if m is None or s[:i].strip() and not _PERF_SIDEBAND_TIME.search(s[:i]):
+        return None
+    return m[0]
 
 
 def _secs(m, perf: bool) -> float:
@@ -566,6 +584,26 @@ def _fill(rec: TraceRecord, ev: str, system: str, payload: str, failed: bool, al
         kinds = EVENTS[ev][1]
         rec.fields = {k: _int(v, kinds[k]) for k, v in em.groupdict().items()}
     return decorate(rec, era, spte_decoder)
+
+
+#: The longest line parse_line reads (a damaged file read as text may hold megabytes without
+#: a newline: its line is refused, and bounded_lines never holds more of it than this).
+LINE_MAX = 1 << 16
+
+
+def bounded_lines(f) -> Iterator[str]:
+    """The lines of a text file object, each at most LINE_MAX + 1 characters: the rest of a
+    longer one is read and dropped (parse_line refuses what is kept)."""
+    while True:
+        line = f.readline(LINE_MAX + 1)
+        if not line:
+            return
+        if len(line) > LINE_MAX and not line.endswith("\n"):
+            while True:
+                rest = f.readline(LINE_MAX)
+                if not rest or rest.endswith("\n"):
+                    break
+        yield line
 
 
 def iter_text(lines: Iterable[str], era="latest", spte_decoder: Callable | None = None, *,
