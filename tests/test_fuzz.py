@@ -150,3 +150,20 @@ def test_trace_target_finds_a_reader_crash_and_a_lost_record(monkeypatch):
     assert fail is not None and "the undamaged trace's records" in fail.message
     monkeypatch.setattr(S, "raw_records", real)
     assert F.run_one(F.TARGETS["trace"], data)[1] is None
+
+
+def test_trace_target_turns_a_read_that_never_ends_into_a_finding(monkeypatch):
+    """A planted endless reader: the CPU-time alarm stops it and the input is a finding
+    (before, an endless read hung the fuzzer: the slowness check runs after a read ends)."""
+    import pykvmmu.fuzz.target_trace as TT
+    import pykvmmu.trace.stream as S
+
+    def endless(*a, **k):
+        while True:
+            sum(range(1000))
+        yield
+
+    monkeypatch.setattr(TT, "SLOW_S", 0.25)
+    monkeypatch.setattr(S, "raw_records", endless)
+    _, fail = F.run_one(F.TARGETS["trace"], _trace_input("demo.kvmcap"))
+    assert fail is not None and "a read this slow is a loop" in fail.message
