@@ -148,38 +148,19 @@ def test_audit_of_a_field_that_is_not_a_number():
     assert ("set_spte", sets[1].line_no, "the record has a 'level' that is not a page-table level (1-5) (0)") in nc
 
 
-def _bounded(seconds: float):
-    """Fail (not hang) if the block takes longer than ``seconds`` of wall time: a guard
-    against a backtracking blow-up coming back, not a speed measurement."""
-    import contextlib
-    import signal
-
-    @contextlib.contextmanager
-    def guard():
-        def fire(*_):
-            raise TimeoutError(f"did not finish in {seconds} s: a regex backtracking blow-up?")
-        old = signal.signal(signal.SIGALRM, fire)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
-    return guard()
-
-
 def test_trace_text_lines_that_backtracked_for_ever():
     """Trace target, seed 47: a damaged sched_stack base gave a sched_switch payload of
     'name=value' pairs glued together ("prev_comm=2n0a_rev_comm=...") and the raw-fields
     line regex, '(?:\\w+=\\S+\\s*)+', tried exponentially many splits of it (the fuzzer
     hung).  The line forms now take pairs apart by blanks, the perf script header crosses a
     run of blanks once, and a line longer than LINE_MAX is refused unread."""
+    from pykvmmu.fuzz.target_trace import _cpu_bound    # the fuzzer's guard: fail, not hang
     from pykvmmu.trace import text as X
     payload = ("prev_comm=2n0a_rev_comm=2n0a_rev_comm=2n0a_rev_comm=2n0a_rev_comm=2n0a_rev_comm="
                "2n0a_rev_comm=2n0a_rev_comm=2n0a_rev_comm=2n0a_rev_comm=234: sched_swm=2n0a_revsa_rev_"
                "comm=2iym=rcu_preempt pi7 prio=120 target_cpu=001")
     line = f"     rcu_preempt-15      [001] d..2.    35.123456: sched_switch: {payload}"
-    with _bounded(20):
+    with _cpu_bound(20):
         r = X.parse_line(line, 21, "v6.14", None, True)
         assert r.event == "sched_switch" and r.fields == {}       # not name=value pairs
         for unit in ("x=(1) ", "a=", " ", "\t", "1", "=0x1 (1)", "a-1 ", "1.5: ", "us"):
