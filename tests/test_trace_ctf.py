@@ -71,6 +71,23 @@ def test_ctf_equals_the_perf_data_it_was_converted_from(dirs, name, perf):
     assert [_key(r) for r in _read(os.path.join(dirs[name], "metadata"))[0]] == keys
 
 
+def test_two_cpus_two_stream_files_merged_by_time():
+    """Two copies of the demo guest run at once, pinned to CPU 0 and CPU 1, under one
+    `perf record` (tests/data/live/README.md): perf's converter wrote a stream file per CPU.
+    Merged by time, the CTF gives the perf.data's 956 records in the perf.data's order,
+    the two guests' records interleaved, each guest the demo's event sequence."""
+    recs, st = _read(os.path.join(L, "demo-two.ctf.tar.gz"))
+    ref, _ = _read(os.path.join(L, "demo-two.perf.data.gz"))
+    assert len(recs) == len(ref) == 956 and [_key(r) for r in recs] == [_key(r) for r in ref]
+    by_cpu = {c: [r for r in recs if r.cpu == c] for c in (0, 1)}
+    assert [len(v) for v in by_cpu.values()] == [478, 478]
+    assert len({r.pid for r in by_cpu[0]}) == len({r.pid for r in by_cpu[1]}) == 1
+    switches = sum(a.cpu != b.cpu for a, b in zip(recs, recs[1:]))
+    assert switches > 10                                     # interleaved, not one after the other
+    demo = [r.event for r in _read(os.path.join(L, "demo.perf.data.gz"))[0]]
+    assert [r.event for r in by_cpu[0]] == [r.event for r in by_cpu[1]] == demo
+
+
 def test_ctf_equals_the_capture_of_the_same_run(dirs):
     recs, _ = _read(dirs["demo.ctf"])
     cap, _ = _read(CAP)
