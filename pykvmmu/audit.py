@@ -370,13 +370,15 @@ class Auditor:
     ``host_zero_pfn`` (the host's zero page), ``host_writable(gfn, pfn) -> bool`` (overrides
     the zero-page rule).  Otherwise inferred: ``zero_page_min_gfns`` (a pfn serving that many
     gfns is the zero page), ``guest_gbpages``/``guest_amd`` (guest CPUID for the walk).
-    ``keep_agreed`` keeps agreed verdicts in the report (``--json --all``)."""
+    ``keep_agreed`` keeps agreed verdicts in the report (``--json --all``).  ``pids``: audit
+    only the records of these tasks (a VM's vCPU threads): the model is one VM, and a trace of
+    several VMs (records from more than one task, warned about) is audited one VM at a time."""
 
     def __init__(self, cfg: MmuConfig | None = None, era="v6.18", *, host_writable=None,
                  zero_page_min_gfns: int = 2, keep_agreed: bool = False,
                  guest_gbpages: bool = False, guest_amd: bool = True, memslots=None,
                  slot_changes=(), host_zero_pfn: int | None = None, dirty_log=None,
-                 mmio_exits=None, runs_done: int | None = None):
+                 mmio_exits=None, runs_done: int | None = None, pids=None):
         self.cfg = cfg or live_config()
         if not isinstance(self.cfg, MmuConfig):
             raise InputError(f"cfg={cfg!r}: expected an MmuConfig")
@@ -389,6 +391,14 @@ class Auditor:
         if host_writable is not None and not callable(host_writable):
             raise InputError("host_writable: a callable (gfn, pfn) -> bool, or None to infer")
         self.host_writable_fn = host_writable
+        if pids is not None:
+            if isinstance(pids, (str, bytes, dict)) or not hasattr(pids, "__iter__"):
+                raise InputError(f"pids={pids!r}: expected a list of task ids or None")
+            pids = list(pids)
+            bad = [p for p in pids if not isinstance(p, int) or isinstance(p, bool) or p < 0]
+            if bad or not pids:
+                raise InputError(f"pids={pids!r}: task ids (non-negative integers), at least one")
+        self.pids = None if pids is None else frozenset(pids)
         self.zero_min = zero_page_min_gfns
         self.keep_agreed = C.boolean("keep_agreed", keep_agreed)
         self.guest_gbpages = C.boolean("guest_gbpages", guest_gbpages)
@@ -506,12 +516,21 @@ class Auditor:
             it = iter(records)
         except TypeError:
             raise InputError(f"records={records!r}: an iterable of trace records") from None
-        recs = [_norm(i, r) for i, r in enumerate(it, 1)]
+        raw = list(enumerate(it, 1))
+        tasks = sorted({p for _, r in raw if isinstance(p := getattr(r, "pid", None), int) and p > 0})
+        if self.pids is not None:
+            raw = [(i, r) for i, r in raw if getattr(r, "pid", None) in self.pids]
+        recs = [_norm(i, r) for i, r in raw]
         self.report = AuditReport(config=f"mode {self.cfg.mode}, profile {self.cfg.profile.name}, "
                                          f"MAXPHYADDR {self.cfg.maxphyaddr}, mmio_caching "
                                          f"{'on' if self.cfg.mmio_caching else 'off'}",
                                   era=self.era.name, records=len(recs),
                                   keep_agreed=self.keep_agreed)
+        if len(tasks) > 1 and self.pids is None:
+            shown = ", ".join(map(str, tasks[:8])) + (", ..." if len(tasks) > 8 else "")
+            self.report.warnings.append(
+                f"the records come from {len(tasks)} tasks ({shown}) and the audit models one VM: "
+                "if they are different VMs, audit each on its own (pids=, --pid)")
         self.mmu = ShadowMmu()
         self.zero_pfns = self._zero_page_pfns(recs)
         self.walk_state: dict = {}       # key -> {"addr","pferr","elems","failed"}

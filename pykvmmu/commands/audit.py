@@ -46,7 +46,7 @@ def _cmd_audit(args) -> int:
     rep = A.audit(args.trace, era=args.era, profile=args.profile, maxphyaddr=args.maxphyaddr,
                   mmio_caching=args.mmio_caching, nx_huge_pages=args.nx_huge_pages,
                   keep_agreed=args.all, guest=_json_file("--guest", args.guest),
-                  guest_result=_json_file("--guest-result", args.guest_result))
+                  guest_result=_json_file("--guest-result", args.guest_result), pids=args.pid)
     if args.json:
         print(json.dumps(rep.to_json(), indent=1))
     else:
@@ -78,6 +78,9 @@ def register(sub) -> None:
     p.add_argument("--guest-result", metavar="RESULT.json", default=None,
                    help="what the guest's run did (pykvmmu guest run's output): dirty logs, "
                         "MMIO exits")
+    p.add_argument("--pid", type=int, action="append", default=None, metavar="PID",
+                   help="audit only the records of this task (a VM's vCPU thread; repeat for each): "
+                        "a trace of several VMs is audited one VM at a time")
     p.set_defaults(func=_cmd_audit)
 
 
