@@ -270,3 +270,30 @@ def test_perf_prof_kvmmmu_dump():
     assert sps[2].fields["refcount"] == 2 and sps[2].role.cr0_wp == 1
     assert res.records[8].fields == {"gfn": 0x20, "gfn_end": 0x21, "mmio": 1}
     assert res.records[0].fields["get_page"] == 27 and res.records[-1].fields["obsoleted"] == 1
+
+
+def test_trace_dat_of_a_clock_that_does_not_count_ns():
+    """An x86-tsc instance extracted by trace-cmd (tests/data/live/README.md): its BUFFER
+    option names the clock "local" (trace-cmd read the top buffer's), but the kernel's
+    per-CPU stats it kept print counts, as for every clock that does not count ns: the
+    timestamps stay counts (``ts`` the count, ``ts_ns`` None), the same counts the kernel's
+    own `trace` text of the same instance printed, record by record."""
+    dat, st = _read("demo-tsc-v7-nocomp.dat.gz")
+    assert st.meta["ts"] == "trace clock counts, not nanoseconds (CPUSTAT prints counts)"
+    txt, _ = _read("demo-tsc.trace.txt.gz", "v6.14")
+    assert len(dat) == len(txt) == 478
+    for d, t in zip(dat, txt):
+        assert d.ts_ns is None and d.ts == t.ts == int(d.ts) > 10**12
+        assert (d.event, d.cpu, d.pid) == (t.event, t.cpu, t.pid)
+        shared = set(d.fields) & set(t.fields)
+        assert shared and all(_same_int(d.fields[k], t.fields[k]) for k in shared)
+    from pykvmmu.trace import tracedat as D
+    from pykvmmu.trace.raw import RawSource
+    for clocks, corr, want in ((["local"], [], False), (["x86-tsc"], [], True), (["counter"], [], True),
+                               (["local"], ["TSC2NSEC"], True), (["mono"], ["OFFSET"], True)):
+        o = D._Options()
+        o.clocks, o.corrections = clocks, corr
+        src = D._clock(RawSource(None, None, []), o)
+        assert src.ts_counts is want and ("ts" in src.meta) is want
+    ns, _ = _read("demo-v6.dat.gz")
+    assert ns[0].ts_ns == 784004313678                    # the local clock: nanoseconds

@@ -30,9 +30,27 @@ class RawSource:
     lost: dict = field(default_factory=dict)       # "cpuN" -> {...}
     meta: dict = field(default_factory=dict)
     closers: list = field(default_factory=list)
+    #: the timestamps are a trace clock's counts (counter, uptime, x86-tsc), not nanoseconds
+    ts_counts: bool = False
 
     def close(self) -> None:
         close_all(self.closers)
+
+
+#: trace clocks that do not count nanoseconds (the kernel's trace_clocks[].in_ns == 0)
+COUNT_CLOCKS = ("counter", "uptime", "x86-tsc")
+
+
+def stats_show_counts(texts) -> bool:
+    """Whether per-CPU ``stats`` texts print a clock's counts: the kernel prints "now ts:"
+    (and "oldest event ts:") as seconds.microseconds for a clock that counts ns, and as a
+    bare integer for counter, uptime and x86-tsc (tracing_stats_read)."""
+    for t in texts:
+        for line in t.splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() in ("now ts", "oldest event ts") and v.strip().isdigit():
+                return True
+    return False
 
 
 def count_lost(lost: dict, cpu, key: str, n: int) -> None:
@@ -148,7 +166,7 @@ def raw_records(src: RawSource, *, all_events: bool = False, other: Counter | No
             if other is not None:
                 other[ef.name] += 1
             continue
-        rec = event_record(n, ef, data, cpu, ts, src.cmdlines, src.format, stack)
+        rec = event_record(n, ef, data, cpu, ts, src.cmdlines, src.format, stack, src.ts_counts)
         if decorate is not None:
             decorate(rec)
         yield rec
@@ -172,11 +190,15 @@ def event_record_fields(f: dict, full_name: str) -> tuple:
 
 
 def event_record(n: int, ef, data, cpu: int, ts: int | None, comms: dict, source: str,
-                 stack: tuple = ()) -> TraceRecord:
+                 stack: tuple = (), ts_counts: bool = False) -> TraceRecord:
     """The TraceRecord of one raw event (``common_*`` fields + the event's, as the ring
     buffer and perf's PERF_SAMPLE_RAW store them) decoded with its format ``ef``; ``comms``
-    maps ``common_pid`` to the task name."""
+    maps ``common_pid`` to the task name.  ``ts_counts``: ``ts`` counts a clock that does not
+    count ns (kept in ``ts`` as the count; ``ts_ns`` None)."""
     pid, flags, f = event_record_fields(ef.decode(data), ef.full_name)
-    return TraceRecord(n, comms.get(pid, ""), pid, cpu, flags,
-                       ts / 1e9 if ts is not None else 0.0, ef.name, f, source=source, ts_ns=ts,
-                       system=ef.system, stack=stack)
+    if ts is None:
+        secs, ts_ns = 0.0, None
+    else:
+        secs, ts_ns = (float(ts), None) if ts_counts else (ts / 1e9, ts)
+    return TraceRecord(n, comms.get(pid, ""), pid, cpu, flags, secs, ef.name, f, source=source,
+                       ts_ns=ts_ns, system=ef.system, stack=stack)

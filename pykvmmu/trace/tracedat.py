@@ -22,16 +22,21 @@ UNAME (id 5, ``uname`` text) gives the kernel release.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import zlib
 
-from .raw import RawSource, build_source
+from .raw import COUNT_CLOCKS, RawSource, build_source, stats_show_counts
 from .record import TraceFormatError, UnsupportedTraceError
 
 __all__ = ["open_tracedat"]
 
 _MAGIC = b"\x17\x08\x44tracing"
 OPT_DONE, OPT_CPUSTAT, OPT_BUFFER, OPT_UNAME, OPT_BUFFER_TEXT = 0, 2, 3, 5, 22
+OPT_TRACECLOCK = 4
+#: options that correct timestamps (OFFSET, TIME_SHIFT, TSC2NSEC), which this reader does not
+#: apply: a file with one has its timestamps read as counts, not nanoseconds
+_TS_CORRECTIONS = {7: "OFFSET", 12: "TIME_SHIFT", 14: "TSC2NSEC"}
 SEC_HEADER_INFO, SEC_FTRACE_EVENTS, SEC_EVENT_FORMATS, SEC_KALLSYMS, SEC_PRINTK, SEC_CMDLINES = (
     16, 17, 18, 19, 20, 21)
 
@@ -175,6 +180,8 @@ class _Options:
         self.sections = {}
         self.cpustat = []
         self.text_buffer = False
+        self.clocks = []           # the TRACECLOCK option's current clock, each BUFFER's (v7)
+        self.corrections = []      # names of timestamp-correcting options present
 
 
 def _parse_options(c: _Cursor, opts: _Options, version: int) -> int | None:
@@ -189,6 +196,12 @@ def _parse_options(c: _Cursor, opts: _Options, version: int) -> int | None:
             return data.u(8) if size >= 8 else 0
         if oid == OPT_UNAME:
             opts.uname = data.cstr()
+        elif oid == OPT_TRACECLOCK:
+            m = re.search(rb"\[([\w-]+)\]", data.d)
+            if m:
+                opts.clocks.append(m[1].decode("ascii"))
+        elif oid in _TS_CORRECTIONS:
+            opts.corrections.append(_TS_CORRECTIONS[oid])
         elif oid == OPT_CPUSTAT:
             opts.cpustat.append(data.d.split(b"\0", 1)[0].decode("utf-8", "replace"))
         elif oid == OPT_BUFFER:
@@ -197,7 +210,7 @@ def _parse_options(c: _Cursor, opts: _Options, version: int) -> int | None:
             if version == 6:
                 opts.buffers.append((off, name))
             else:
-                data.cstr()                     # trace clock
+                opts.clocks.append(data.cstr())     # the clock trace-cmd says the buffer used
                 page = data.u(4)
                 cpus = [(data.u(4), data.u(8), data.u(8)) for _ in range(data.u(4))]
                 opts.buffers.append((name, page, cpus, off))
@@ -205,6 +218,21 @@ def _parse_options(c: _Cursor, opts: _Options, version: int) -> int | None:
             opts.text_buffer = True
         elif 16 <= oid <= 21:
             opts.sections[oid] = data.u(8)
+
+
+def _clock(src: RawSource, opts: _Options) -> RawSource:
+    """Mark a source whose timestamps are not nanoseconds: a named clock that counts something
+    else, per-CPU stats printed as counts (kept by trace-cmd even where its clock name is
+    wrong: `trace-cmd extract -B` of an x86-tsc instance names the top buffer's "local"), or
+    a timestamp correction this reader does not apply."""
+    why = [f"clock {c}" for c in dict.fromkeys(opts.clocks) if c in COUNT_CLOCKS]
+    if stats_show_counts(opts.cpustat):
+        why.append("CPUSTAT prints counts")
+    why += [f"{c} not applied" for c in opts.corrections]
+    if why:
+        src.ts_counts = True
+        src.meta["ts"] = "trace clock counts, not nanoseconds (" + ", ".join(why) + ")"
+    return src
 
 
 def _lost_from_cpustat(texts: list) -> dict:
@@ -359,7 +387,7 @@ def _v6(fh, pos, endian, page_size, name) -> RawSource:
                        kernel_release=_release(opts.uname), format="trace.dat",
                        meta={"file_version": 6, "uname": opts.uname, "page_size": page_size})
     src.lost.update(_lost_from_cpustat(opts.cpustat))
-    return src
+    return _clock(src, opts)
 
 
 def _section(fh: _File, off: int, endian: str, comp: str, name: str, want: int | None = None):
@@ -422,4 +450,4 @@ def _v7(fh, endian, comp, first_opts, name) -> RawSource:
                        kernel_release=_release(opts.uname), format="trace.dat",
                        meta={"file_version": 7, "uname": opts.uname, "compression": comp})
     src.lost.update(_lost_from_cpustat(opts.cpustat))
-    return src
+    return _clock(src, opts)
