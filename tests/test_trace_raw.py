@@ -202,3 +202,32 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert " 50.0%" in err and "4096 records" in err
     on.done()
+
+
+def test_a_tree_of_a_clock_that_does_not_count_ns_keeps_counts(tmp_path):
+    """A saved tracefs tree keeps its timestamps as nanoseconds unless it says its clock
+    counts something else: a saved trace_clock naming counter, uptime or x86-tsc, or per-CPU
+    stats printed as counts (the kernel's rule for those clocks; the trace.dat fixture
+    demo-tsc-v7-nocomp.dat.gz shows it on a real x86-tsc instance)."""
+    import shutil
+
+    def read(d):
+        with T.open_trace(str(d), all_events=True) as st:
+            return list(st), st
+
+    base, st = read(RAW)
+    assert base and "ts" not in st.meta and all(r.ts_ns is not None for r in base)
+    for name, edit in (("named", lambda d: (d / "trace_clock").write_text("local global [x86-tsc]\n")),
+                       ("plain", lambda d: (d / "trace_clock").write_text("counter\n")),
+                       ("stats", lambda d: [(p / "stats").write_text((p / "stats").read_text().replace(
+                           "now ts:   314.011167", "now ts: 314011167"))
+                           for p in (d / "per_cpu").iterdir()]),
+                       ("local", lambda d: (d / "trace_clock").write_text("[local] global x86-tsc\n"))):
+        d = tmp_path / name
+        shutil.copytree(RAW, d)
+        edit(d)
+        recs, st = read(d)
+        counts = name != "local"
+        assert ("ts" in st.meta) is counts, name
+        for a, b in zip(base, recs):
+            assert (b.ts_ns, b.ts) == ((None, float(a.ts_ns)) if counts else (a.ts_ns, a.ts))
