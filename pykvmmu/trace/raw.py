@@ -53,6 +53,13 @@ def stats_show_counts(texts) -> bool:
     return False
 
 
+def mark_counts(src: "RawSource", why: list) -> None:
+    """Keep ``src``'s timestamps as counts when ``why`` (the reasons found) is not empty."""
+    if why:
+        src.ts_counts = True
+        src.meta["ts"] = "trace clock counts, not nanoseconds (" + ", ".join(why) + ")"
+
+
 def count_lost(lost: dict, cpu, key: str, n: int) -> None:
     """Add n lost events under ``lost[cpuN][key]`` (``lost["all"]`` when the CPU is unknown)."""
     d = lost.setdefault(f"cpu{cpu}" if cpu is not None else "all", {})

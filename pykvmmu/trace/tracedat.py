@@ -26,7 +26,7 @@ import re
 import threading
 import zlib
 
-from .raw import COUNT_CLOCKS, RawSource, build_source, stats_show_counts
+from .raw import COUNT_CLOCKS, RawSource, build_source, mark_counts, stats_show_counts
 from .record import TraceFormatError, UnsupportedTraceError
 
 __all__ = ["open_tracedat"]
@@ -228,10 +228,7 @@ def _clock(src: RawSource, opts: _Options) -> RawSource:
     why = [f"clock {c}" for c in dict.fromkeys(opts.clocks) if c in COUNT_CLOCKS]
     if stats_show_counts(opts.cpustat):
         why.append("CPUSTAT prints counts")
-    why += [f"{c} not applied" for c in opts.corrections]
-    if why:
-        src.ts_counts = True
-        src.meta["ts"] = "trace clock counts, not nanoseconds (" + ", ".join(why) + ")"
+    mark_counts(src, why + [f"{c} not applied" for c in opts.corrections])
     return src
 
 
