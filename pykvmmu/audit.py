@@ -516,18 +516,21 @@ class Auditor:
             it = iter(records)
         except TypeError:
             raise InputError(f"records={records!r}: an iterable of trace records") from None
-        raw = list(enumerate(it, 1))
-        tasks = sorted({p for _, r in raw if isinstance(p := getattr(r, "pid", None), int) and p > 0})
-        if self.pids is not None:
-            raw = [(i, r) for i, r in raw if getattr(r, "pid", None) in self.pids]
-        recs = [_norm(i, r) for i, r in raw]
+        tasks: set = set()              # every task the records name, audited or not
+        recs = []
+        for i, r in enumerate(it, 1):
+            pid = getattr(r, "pid", None)
+            if isinstance(pid, int) and pid > 0:
+                tasks.add(pid)
+            if self.pids is None or pid in self.pids:
+                recs.append(_norm(i, r))
         self.report = AuditReport(config=f"mode {self.cfg.mode}, profile {self.cfg.profile.name}, "
                                          f"MAXPHYADDR {self.cfg.maxphyaddr}, mmio_caching "
                                          f"{'on' if self.cfg.mmio_caching else 'off'}",
                                   era=self.era.name, records=len(recs),
                                   keep_agreed=self.keep_agreed)
         if len(tasks) > 1 and self.pids is None:
-            shown = ", ".join(map(str, tasks[:8])) + (", ..." if len(tasks) > 8 else "")
+            shown = ", ".join(map(str, sorted(tasks)[:8])) + (", ..." if len(tasks) > 8 else "")
             self.report.warnings.append(
                 f"the records come from {len(tasks)} tasks ({shown}) and the audit models one VM: "
                 "if they are different VMs, audit each on its own (pids=, --pid)")
@@ -1363,7 +1366,8 @@ def audit(path: str, cfg: MmuConfig | None = None, era: str | None = None, *,
                              f"{'demo' if name == 'guest' else 'run'}`)")
     stream = T.open_trace(path, era=era)
     assert stream.era is not None                # open_trace resolves it (_resolve_era)
-    records = list(stream)
+    with stream:                                 # its files are closed once read, refused or not
+        records = list(stream)
     meta = getattr(stream, "meta", None) or {}
     if guest is None:
         guest = meta.get("guest") or {}

@@ -30,8 +30,8 @@ def counts(rep):
 def guest_kw(path):
     """The memslots and their changes from a capture's guest description (text forms have
     none; the capture of the same run does)."""
-    s = T.open_trace(path)
-    list(s)
+    with T.open_trace(path) as s:
+        list(s)
     g = s.meta["guest"]
     runs = (s.meta.get("guest_result") or {}).get("runs")
     exits = [m["gpa"] >> 12 for run in runs or () for m in run["mmio"]] if runs else None
@@ -320,7 +320,8 @@ def test_a_trace_of_two_vms_is_audited_one_vm_at_a_time(name, capsys):
     kw = guest_kw(os.path.join(LIVE, "demo-perf.kvmcap"))
     ref = A.audit(os.path.join(LIVE, "demo-perf.kvmcap"))
     mixed = A.audit(path, **kw)
-    tasks = sorted({r.pid for r in T.open_trace(path)})
+    with T.open_trace(path) as st:
+        tasks = sorted({r.pid for r in st})
     assert len(tasks) == 2 and mixed.total("disagreed") > 0
     assert any(f"2 tasks ({tasks[0]}, {tasks[1]})" in w for w in mixed.warnings)
     for pid in tasks:

@@ -11,7 +11,7 @@ import tarfile
 from typing import IO
 
 from .ctf import CtfSource, ctf_in_tar, open_ctf_tar
-from .raw import COUNT_CLOCKS, RawSource, build_source, mark_counts, stats_show_counts
+from .raw import RawSource, build_source, clock_name, mark_counts
 from .record import TraceError, TraceFormatError
 
 __all__ = ["open_capture", "open_directory", "is_capture_dir", "release_from_proc_version"]
@@ -182,9 +182,6 @@ def open_directory(path: str) -> RawSource:
     src.closers += [f.close for f in files]
     # a tree copied from an instance may keep its trace_clock and per-CPU stats: a clock that
     # does not count ns (named, or stats printed as counts) keeps the timestamps as counts
-    clock = re.search(r"\[([\w-]+)\]", text("trace_clock") or "") or re.fullmatch(
-        r"\s*([\w-]+)\s*", text("trace_clock") or "")
-    stats = [text(os.path.join("per_cpu", f"cpu{c}", "stats")) or "" for c, _, _ in cpus]
-    mark_counts(src, ([f"clock {clock[1]}"] if clock and clock[1] in COUNT_CLOCKS else [])
-                + (["per-CPU stats print counts"] if stats_show_counts(stats) else []))
+    mark_counts(src, [c for c in [clock_name(text("trace_clock"))] if c],
+                [text(os.path.join("per_cpu", f"cpu{c}", "stats")) or "" for c, _, _ in cpus])
     return src

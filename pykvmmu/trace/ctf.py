@@ -24,6 +24,7 @@ import re
 import struct
 from collections import Counter
 
+from .perfdata import PERF_CONTEXT_MAX
 from .raw import count_lost, event_record_fields
 from .record import TraceFormatError, TraceRecord, UnsupportedTraceError
 
@@ -595,13 +596,10 @@ class CtfSource:
                 pid = vals["perf_tid"]
             rec = TraceRecord(n, comms.get(pid, ""), pid, cpu, flags, ts / 1e9, event, f,
                               source=self.format, ts_ns=ts, system=system or "",
-                              stack=tuple(f"{x:#x}" for x in chain if x < _PERF_CONTEXT_MAX))
+                              stack=tuple(f"{x:#x}" for x in chain if x < PERF_CONTEXT_MAX))
             if decorate is not None:
                 decorate(rec)
             yield rec
-
-
-_PERF_CONTEXT_MAX = (1 << 64) - 4095
 
 
 def _natural(name: str):

@@ -53,8 +53,22 @@ def stats_show_counts(texts) -> bool:
     return False
 
 
-def mark_counts(src: "RawSource", why: list) -> None:
-    """Keep ``src``'s timestamps as counts when ``why`` (the reasons found) is not empty."""
+def clock_name(text: str | None) -> str | None:
+    """The current clock of a ``trace_clock`` text: the bracketed one ("local [x86-tsc]"), or
+    a lone name."""
+    m = re.search(r"\[([\w-]+)\]", text or "") or re.fullmatch(r"\s*([\w-]+)\s*", text or "")
+    return m[1] if m else None
+
+
+def mark_counts(src: "RawSource", clocks=(), stats=(), stats_label: str = "per-CPU stats print counts",
+                corrections=()) -> None:
+    """Keep ``src``'s timestamps as counts (``ts_counts``, and the reasons in ``meta["ts"]``)
+    when a named clock (``clocks``) does not count ns, the per-CPU ``stats`` texts print
+    counts (:func:`stats_show_counts`), or a timestamp correction was not applied."""
+    why = [f"clock {c}" for c in dict.fromkeys(clocks) if c in COUNT_CLOCKS]
+    if stats_show_counts(stats):
+        why.append(stats_label)
+    why += [f"{c} not applied" for c in corrections]
     if why:
         src.ts_counts = True
         src.meta["ts"] = "trace clock counts, not nanoseconds (" + ", ".join(why) + ")"

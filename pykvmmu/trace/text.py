@@ -75,7 +75,7 @@ _PERF_TRACE_SYSCALL = re.compile(r"^\s*\d+\.\d+\s+\(\s*(?:[\d.]+ ms)?\s*\):\s+(?
 # ftrace with options/context-info=0 and perf script -F event,trace: "[system:]event: payload",
 # no task, CPU or time (read for the kvmmmu events only: any "word: text" line would look like
 # another event)
-_BARE = re.compile(r"^\s*(?:(?P<system>\w+):)?(?P<event>\w+):\s*(?P<payload>.*?)\s*$")
+_BARE = re.compile(r"^\s*(?:(?P<system>\w+):)?(?P<event>\w+):\s*(?P<payload>(?:.*\S)?)\s*$")
 # perf script --show-task-events / --show-mmap-events / --show-round-events: side-band
 # records ("... 0.000000: PERF_RECORD_COMM: perf-exec:28763/28763", "PERF_RECORD_FINISHED_ROUND")
 _PERF_SIDEBAND = re.compile(r"PERF_RECORD_[A-Z][A-Z0-9_]*(?=[\s:(]|$)")

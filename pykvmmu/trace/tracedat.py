@@ -22,11 +22,10 @@ UNAME (id 5, ``uname`` text) gives the kernel release.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import zlib
 
-from .raw import COUNT_CLOCKS, RawSource, build_source, mark_counts, stats_show_counts
+from .raw import RawSource, build_source, clock_name, mark_counts
 from .record import TraceFormatError, UnsupportedTraceError
 
 __all__ = ["open_tracedat"]
@@ -197,9 +196,9 @@ def _parse_options(c: _Cursor, opts: _Options, version: int) -> int | None:
         if oid == OPT_UNAME:
             opts.uname = data.cstr()
         elif oid == OPT_TRACECLOCK:
-            m = re.search(rb"\[([\w-]+)\]", data.d)
-            if m:
-                opts.clocks.append(m[1].decode("ascii"))
+            clock = clock_name(data.d.decode("ascii", "replace"))
+            if clock:
+                opts.clocks.append(clock)
         elif oid in _TS_CORRECTIONS:
             opts.corrections.append(_TS_CORRECTIONS[oid])
         elif oid == OPT_CPUSTAT:
@@ -225,10 +224,7 @@ def _clock(src: RawSource, opts: _Options) -> RawSource:
     else, per-CPU stats printed as counts (kept by trace-cmd even where its clock name is
     wrong: `trace-cmd extract -B` of an x86-tsc instance names the top buffer's "local"), or
     a timestamp correction this reader does not apply."""
-    why = [f"clock {c}" for c in dict.fromkeys(opts.clocks) if c in COUNT_CLOCKS]
-    if stats_show_counts(opts.cpustat):
-        why.append("CPUSTAT prints counts")
-    mark_counts(src, why + [f"{c} not applied" for c in opts.corrections])
+    mark_counts(src, opts.clocks, opts.cpustat, "CPUSTAT prints counts", opts.corrections)
     return src
 
 
